@@ -1,0 +1,45 @@
+"""shiftaudit: how shift-robust is an image model, where is robustness lost, and what would anti-aliasing buy.
+
+The public API is importable from here; heavy submodules are loaded on first use so that
+``import shiftaudit`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ShiftAuditError": "shiftaudit.errors",
+    "Preprocessing": "shiftaudit.presets",
+    "load_model": "shiftaudit.loading",
+    "build_model": "shiftaudit.loading",
+    "save_model": "shiftaudit.loading",
+    "LoadedModel": "shiftaudit.loading",
+    "load_data": "shiftaudit.data",
+    "ShiftSet": "shiftaudit.shifts",
+    "audit": "shiftaudit.engine",
+    "AuditResult": "shiftaudit.result",
+    "inspect_model": "shiftaudit.inspection",
+    "get_filter": "shiftaudit.filters",
+    "BlurPool2d": "shiftaudit.blurpool",
+    "blur_pool2d": "shiftaudit.blurpool",
+    "patch": "shiftaudit.patching",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shiftaudit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Anything the user can fix (a wrong path, a corrupt file, a flag that makes no sense) is raised as a
+:class:`ShiftAuditError` whose message is one plain sentence. The CLI prints that sentence and exits with
+``exit_code``; the Python API lets it propagate, so library users can catch it.
+"""
+
+from __future__ import annotations
+
+
+class ShiftAuditError(Exception):
+    """A problem with the user's input or settings, said in one sentence (CLI exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class CheckpointError(ShiftAuditError):
+    """The checkpoint cannot be read or does not fit the architecture."""
+
+
+class DataError(ShiftAuditError):
+    """The data source cannot be read or does not fit the model."""
+
+
+class UsageError(ShiftAuditError):
+    """Flags or arguments that contradict each other or are out of range."""
+
+
+class ModelError(ShiftAuditError):
+    """The model misbehaves on valid input (wrong output shape, fails to run)."""
