@@ -1,0 +1,197 @@
+"""``shiftaudit eval MODEL --data ...``: every shift metric in one pass, a table, a JSON report and a CI gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..engine import audit, plan_shifts
+from ..gate import build_thresholds, evaluate_gate, validate_thresholds
+from ..report.outputs import write_report_dir
+from ..report.terminal import audit_table, describe_run
+from . import app
+from .common import (
+    ArchOpt,
+    BatchOpt,
+    ClassMapOpt,
+    DataKindOpt,
+    DataOpt,
+    DeviceOpt,
+    LimitOpt,
+    MaxShiftOpt,
+    MeanOpt,
+    ModeOpt,
+    ModelArg,
+    NumClassesOpt,
+    PairsOpt,
+    PrecisionOpt,
+    PresetOpt,
+    RawOpt,
+    ResizeOpt,
+    SeedOpt,
+    ShiftStepOpt,
+    SizeOpt,
+    StdOpt,
+    StrictOpt,
+    TrustPickleOpt,
+    WorkersOpt,
+    console,
+    err_console,
+    handle_errors,
+    load_model_from_cli,
+    resolve_cli_preprocessing,
+)
+from .progress import RichProgress
+
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the JSON report to this path.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Report folder: report.json plus pictures and HTML.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar; only the verdict and errors.")]
+MinConsOpt = Annotated[float | None, typer.Option("--min-consistency", help="Gate: fail (exit 1) when consistency is below this fraction.")]
+MinAccOpt = Annotated[float | None, typer.Option("--min-accuracy", help="Gate: fail when accuracy without shift is below this fraction.")]
+MaxVarOpt = Annotated[float | None, typer.Option("--max-variation", help="Gate: fail when mean classification variation is above this.")]
+MinAdvOpt = Annotated[list[str] | None, typer.Option("--min-adv-accuracy", help="Gate: RADIUS=FRACTION, fail when adversarial accuracy at that max shift is below it (repeatable).")]
+
+
+def run_eval(
+    loaded: Any,
+    dataset: Any,
+    *,
+    thresholds: list[Any],
+    max_shift: int | None,
+    shift_step: int | None,
+    mode: str,
+    pairs: int,
+    seed: int,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    workers: int | None,
+    quiet: bool,
+    label: str = "auditing",
+) -> Any:
+    """Plan, validate the gate against the plan, run the audit and attach the gate verdict."""
+    shifts, exhaustive = plan_shifts(tuple(dataset.image_size), max_shift=max_shift, shift_step=shift_step, mode=mode)
+    validate_thresholds(thresholds, labelled=dataset.has_labels, exhaustive=exhaustive, max_radius=int(shifts.radius.max()))
+    result = audit(
+        loaded,
+        dataset,
+        shifts=shifts,
+        mode=mode,
+        pairs=pairs,
+        seed=seed,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        num_workers=workers,
+        progress=RichProgress(enabled=not quiet),
+    )
+    if thresholds:
+        result.gate = evaluate_gate(result, thresholds).to_json()
+    return result
+
+
+def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean, std, data_kind, class_map, limit, seed, strict, raw):  # type: ignore[no-untyped-def]
+    from ..data import load_data
+
+    prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
+    return load_data(
+        data,
+        preprocessing=prep,
+        kind=data_kind,
+        class_map=class_map,
+        limit=limit,
+        seed=seed,
+        strict=strict,
+        raw=raw,
+        num_classes=loaded.num_classes,
+    )
+
+
+def report_result(result: Any, *, json_out: Path | None, out: Path | None, quiet: bool) -> int:
+    """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
+    if not quiet:
+        console.print(audit_table(result, title=describe_run(result)))
+        for note in result.notes:
+            console.print(f"note: {note}", style="dim", soft_wrap=True)
+        t = result.timing
+        if t:
+            console.print(f"{result.data['num_images']} images in {t['seconds']:.1f} s ({t['images_per_s']:.1f} images/s, {t['forwards_per_s']:.0f} forward passes/s)", style="dim")
+    if json_out is not None:
+        result.save_json(json_out)
+        if not quiet:
+            console.print(f"wrote {json_out}")
+    if out is not None:
+        for path in write_report_dir(result, out):
+            if not quiet:
+                console.print(f"wrote {path}")
+    if result.gate is None:
+        return 0
+    checks = result.gate["checks"]
+    failed = [c for c in checks if not c["passed"]]
+    for c in checks:
+        if not c["passed"] or not quiet:
+            err_console.print(c["message"], soft_wrap=True, style=None if c["passed"] else "red")
+    if failed:
+        err_console.print(f"gate: FAILED ({len(failed)} of {len(checks)} checks)", soft_wrap=True, style="bold red")
+        return 1
+    err_console.print(f"gate: passed ({len(checks)} checks)", soft_wrap=True, style="green")
+    return 0
+
+
+@app.command("eval")
+@handle_errors
+def eval_command(
+    model: ModelArg,
+    data: DataOpt = None,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    data_kind: DataKindOpt = "auto",
+    class_map: ClassMapOpt = None,
+    preset: PresetOpt = None,
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    raw: RawOpt = False,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    max_shift: MaxShiftOpt = None,
+    shift_step: ShiftStepOpt = None,
+    mode: ModeOpt = "auto",
+    pairs: PairsOpt = 5,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = None,
+    json_out: JsonOpt = None,
+    out: OutOpt = None,
+    quiet: QuietOpt = False,
+    min_consistency: MinConsOpt = None,
+    min_accuracy: MinAccOpt = None,
+    max_variation: MaxVarOpt = None,
+    min_adv_accuracy: MinAdvOpt = None,
+) -> None:
+    """Audit MODEL on --data under circular shifts: accuracy, consistency, variation, adversarial curve, accuracy map.
+
+    Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage.
+    """
+    from ..errors import UsageError
+
+    thresholds = build_thresholds(min_consistency, min_accuracy, max_variation, min_adv_accuracy)
+    if data is None:
+        raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
+    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
+    dataset = load_dataset_from_cli(
+        loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,
+        class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
+    )
+    result = run_eval(
+        loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
+        seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet,
+    )
+    code = report_result(result, json_out=json_out, out=out, quiet=quiet)
+    raise typer.Exit(code)

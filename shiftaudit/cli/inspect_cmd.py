@@ -1,0 +1,110 @@
+"""``shiftaudit inspect MODEL``: how the checkpoint loaded and where the network downsamples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..atomicio import write_json_atomic
+from ..inspection import inspect_model
+from ..report.terminal import inspection_table
+from . import app
+from .common import (
+    ArchOpt,
+    ModelArg,
+    NumClassesOpt,
+    PresetOpt,
+    SizeOpt,
+    TrustPickleOpt,
+    console,
+    handle_errors,
+    load_model_from_cli,
+    resolve_cli_preprocessing,
+)
+
+
+def loading_table(loaded) -> Table:  # type: ignore[no-untyped-def]
+    t = Table(title="Checkpoint", title_justify="left", show_header=False, show_edge=False, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("File", str(loaded.source))
+    t.add_row("Format", loaded.format)
+    t.add_row("Architecture", f"{loaded.arch or 'n/a'}" + (f"  ({loaded.arch_source})" if loaded.arch_source not in ("", "n/a") else ""))
+    t.add_row("Classes", str(loaded.num_classes) if loaded.num_classes is not None else "unknown")
+    t.add_row("Parameters", f"{loaded.parameter_count:,}")
+    if loaded.preprocessing is not None:
+        p = loaded.preprocessing
+        t.add_row("Preprocessing", f"{p.name}: {p.size[0]}x{p.size[1]}" + (f", resize {p.resize}" if p.resize else ""))
+    if loaded.patch_spec:
+        t.add_row("Patched", json.dumps(loaded.patch_spec)[:120])
+    for note in loaded.notes:
+        t.add_row("Note", note)
+    return t
+
+
+def inspection_report(loaded, insp) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "schema": "shiftaudit/inspect-report",
+        "schema_version": 1,
+        "model": {
+            "source": str(loaded.source),
+            "format": loaded.format,
+            "arch": loaded.arch,
+            "arch_source": loaded.arch_source,
+            "num_classes": loaded.num_classes,
+            "parameters": loaded.parameter_count,
+            "notes": loaded.notes,
+            "patch": loaded.patch_spec,
+        },
+        "inspection": insp.to_json() if insp is not None else None,
+    }
+
+
+@app.command("inspect")
+@handle_errors
+def inspect_command(
+    model: ModelArg,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    size: SizeOpt = None,
+    preset: PresetOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the inspection as JSON to this path ('-' for stdout).")] = None,
+) -> None:
+    """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
+    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
+    prep = resolve_cli_preprocessing(loaded, preset, size, None, None, None, None)
+    insp = None
+    if loaded.format != "torchscript":
+        insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
+    report = inspection_report(loaded, insp)
+    if json_out is not None and str(json_out) == "-":
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console.print(loading_table(loaded))
+    console.print()
+    if insp is None:
+        console.print("TorchScript archives are audited as black boxes: no layer-by-layer view.")
+    else:
+        console.print(inspection_table(insp, _patch_column(loaded.model, insp)))
+        console.print(
+            f"{len(insp.downsampling)} downsampling layers; input {insp.input_size[0]}x{insp.input_size[1]} -> "
+            f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."
+        )
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+        console.print(f"wrote {json_out}")
+
+
+def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+    """What ``shiftaudit patch`` would do at each point, when the patching module is available."""
+    try:
+        from ..patching import plan_patch
+    except ImportError:
+        return {}
+    plan = plan_patch(model, insp)
+    return {"Patch": {step.name: step.action for step in plan}}

@@ -1,0 +1,531 @@
+"""The audit engine: one pass over images x shifts feeds every metric.
+
+For each batch of images the engine lays out the (image, shift) pairs it needs, builds the shifted copies on the
+device with a single gather (:class:`~shiftaudit.shifts.ShiftBank`), runs the model on large flattened batches,
+reduces each output to (prediction, P(label), top-1 probability) on the device, and hands one
+:class:`~shiftaudit.metrics.ShiftBatch` to every accumulator. Nothing is ever computed twice and no metric needs a
+pass of its own.
+
+Two modes:
+- *exhaustive*: every shift of the set for every image; gives all metrics (exact consistency, variation, the
+  adversarial curve and the accuracy map) plus the random-draw metrics, read off the same outputs.
+- *sampled*: only the zero shift, one random shift and k random pairs per image (the paper's ImageNet-scale
+  protocol): accuracy, random-shift accuracy and sampled consistency, at 2 + 2k forwards per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import DataError, ModelError, UsageError
+from .metrics import (
+    AccuracyAtRandomShift,
+    AccuracyAtZeroShift,
+    AccuracyMap,
+    AdversarialCurve,
+    ExactConsistency,
+    Metric,
+    SampledConsistency,
+    ShiftBatch,
+    Variation,
+)
+from .result import AuditResult
+from .rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
+from .shifts import ShiftBank, ShiftSet, default_shift_set
+
+EXHAUSTIVE_LIMIT = 2048  # auto mode evaluates every shift when the set is at most this large
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class Progress(Protocol):
+    """What the engine reports to: the CLI plugs a rich progress bar in, the API passes None."""
+
+    def start(self, total: int, description: str) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"Unknown device {device!r}; use auto, cpu or cuda[:N].") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"Device {device!r} is not supported; use auto, cpu or cuda[:N].")
+    return dev
+
+
+def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
+    """Images x shifts per forward pass: big enough to keep the device busy, bounded by activation memory."""
+    pixels = size[0] * size[1]
+    budget = (1024 if device.type == "cuda" else 256) * 32 * 32
+    floor = 64 if device.type == "cuda" else 16
+    return int(max(floor, min(2048, budget // max(pixels, 1))))
+
+
+@dataclass(frozen=True)
+class DrawPlan:
+    """The per-image random draws: one random shift and ``pairs`` random pairs, as indices into the shift set."""
+
+    seed: int
+    pairs: int
+    num_shifts: int
+
+    def random_shift(self, image_ids: np.ndarray) -> np.ndarray:
+        return uniform_integers(self.seed, STREAM_RANDOM_SHIFT, image_ids, 1, self.num_shifts)[:, 0]
+
+    def pair_shifts(self, image_ids: np.ndarray) -> np.ndarray:
+        flat = uniform_integers(self.seed, STREAM_PAIRS, image_ids, 2 * self.pairs, self.num_shifts)
+        return flat.reshape(len(image_ids), self.pairs, 2)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def as_logits(output: Any, batch: int) -> torch.Tensor:
+    """The class scores in a model's output: a tensor, the first tensor of a tuple, or ``logits`` of a dict."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    elif isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        logits = output["logits"]
+    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
+        logits = output.logits
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        logits = output[0]
+    else:
+        raise ModelError(f"The model returned {type(output).__name__}, not a tensor of class scores.")
+    if logits.ndim == 4 and logits.shape[2] == 1 and logits.shape[3] == 1:
+        logits = logits.flatten(1)
+    if logits.ndim != 2 or logits.shape[0] != batch:
+        raise ModelError(
+            f"The model's output has shape {tuple(logits.shape)}; expected (batch, classes) = ({batch}, C) for a classifier."
+        )
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pass
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Forward:
+    """Runs the model on flattened (image, shift) batches with AMP, channels_last and CUDA out-of-memory back-off."""
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str, batch: int, channels_last: bool) -> None:
+        self.model = model
+        self.device = device
+        self.batch = batch
+        self.channels_last = channels_last
+        self.notes: list[str] = []
+        self.num_classes = 0
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def run(self, make_inputs: Callable[[slice], torch.Tensor], total: int, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Returns per-pair (pred, p_label, p_top, finite) for ``total`` pairs built by ``make_inputs(slice)``."""
+        preds = torch.empty(total, dtype=torch.long, device=self.device)
+        p_label = torch.empty(total, dtype=torch.float32, device=self.device)
+        p_top = torch.empty(total, dtype=torch.float32, device=self.device)
+        finite = torch.empty(total, dtype=torch.bool, device=self.device)
+        start = 0
+        while start < total:
+            stop = min(total, start + self.batch)
+            sl = slice(start, stop)
+            try:
+                x = make_inputs(sl)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    out = self.model(x)
+                logits = as_logits(out, stop - start).float()
+            except torch.cuda.OutOfMemoryError:
+                if self.batch <= 1:
+                    raise ModelError("CUDA ran out of memory even with a batch of one image; use --device cpu.") from None
+                self.batch = max(1, self.batch // 2)
+                self.notes.append(f"CUDA out of memory: device batch halved to {self.batch}")
+                torch.cuda.empty_cache()
+                continue
+            except (ModelError, KeyboardInterrupt):
+                raise
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(
+                    f"The model failed on a batch of shape {tuple(x.shape) if 'x' in locals() else '?'}: {first}"
+                ) from None
+            self.num_classes = int(logits.shape[1])
+            ok = torch.isfinite(logits).all(dim=1)
+            probs = torch.softmax(logits, dim=1)
+            top, pred = probs.max(dim=1)
+            preds[sl] = pred
+            p_top[sl] = top
+            finite[sl] = ok
+            if labels is not None:
+                lab = labels[sl]
+                if int(lab.max()) >= logits.shape[1]:
+                    raise DataError(
+                        f"Labels go up to {int(lab.max())} but the model has {logits.shape[1]} classes; "
+                        "pass --class-map to map folder names to the model's class indices."
+                    )
+                p_label[sl] = probs.gather(1, lab.clamp(min=0).unsqueeze(1)).squeeze(1)
+            start = stop
+        return preds, p_label, p_top, finite
+
+
+def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool) -> list[Metric]:
+    metrics: list[Metric] = [SampledConsistency()]
+    if labelled:
+        metrics += [AccuracyAtZeroShift(), AccuracyAtRandomShift()]
+    if exhaustive:
+        metrics.append(ExactConsistency())
+        if labelled:
+            metrics += [Variation(), AdversarialCurve(shift_set), AccuracyMap(shift_set)]
+    return metrics
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "shiftaudit": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "python": platform.python_version(),
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def plan_shifts(
+    size: tuple[int, int],
+    *,
+    shifts: ShiftSet | None = None,
+    max_shift: int | None = None,
+    shift_step: int | None = None,
+    mode: str = "auto",
+) -> tuple[ShiftSet, bool]:
+    """The shift set for ``size`` and whether every shift of it will be evaluated (exhaustive mode)."""
+    if mode not in ("auto", "exhaustive", "sampled"):
+        raise UsageError(f"Unknown mode {mode!r}; use auto, exhaustive or sampled.")
+    if shifts is None:
+        half = max(size) // 2
+        if max_shift is not None and max_shift > half:
+            raise UsageError(
+                f"--max-shift {max_shift} is more than half the {size[0]}x{size[1]} input: every circular shift is "
+                f"already within {half} px; use --max-shift {half} or less."
+            )
+        shifts = default_shift_set(size, max_shift, shift_step)
+    elif (shifts.height, shifts.width) != tuple(size):
+        raise UsageError(f"The shift set is for {shifts.height}x{shifts.width} inputs but the data is {size[0]}x{size[1]}.")
+    exhaustive = mode == "exhaustive" or (mode == "auto" and len(shifts) <= EXHAUSTIVE_LIMIT)
+    return shifts, exhaustive
+
+
+def audit(
+    model: Any,
+    data: Any,
+    *,
+    shifts: ShiftSet | None = None,
+    max_shift: int | None = None,
+    shift_step: int | None = None,
+    mode: str = "auto",
+    pairs: int = 5,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+    metrics: list[Metric] | None = None,
+    model_info: dict[str, Any] | None = None,
+) -> AuditResult:
+    """Audit ``model`` on ``data`` under circular shifts and return every metric from one pass.
+
+    ``model``: an ``nn.Module`` (or a :class:`~shiftaudit.loading.LoadedModel`, or a checkpoint path).
+    ``data``: a :class:`~shiftaudit.data.AuditDataset`, a dataset of ``(image, label)``, an ``(images, labels)``
+    pair of tensors, or a path understood by :func:`shiftaudit.data.load_data`.
+    ``shifts``: the shift set; by default :func:`~shiftaudit.shifts.default_shift_set` of the image size with
+    ``max_shift``/``shift_step`` overrides. ``mode``: ``auto`` (exhaustive when the set has at most
+    2048 shifts), ``exhaustive`` or ``sampled``. ``pairs``: random pairs per image for sampled consistency.
+    """
+    from .data import AuditDataset, load_data, make_loader
+
+    notes: list[str] = []
+    info: dict[str, Any] = dict(model_info or {})
+    preprocessing = None
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .loading import load_model
+
+        model = load_model(model)
+    if hasattr(model, "model") and hasattr(model, "format") and not isinstance(model, nn.Module):
+        loaded = model
+        model = loaded.model
+        preprocessing = loaded.preprocessing
+        info = {**_loaded_info(loaded), **info}
+    if not isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        raise UsageError(f"audit() needs a torch.nn.Module, got {type(model).__name__}.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if pairs < 1:
+        raise UsageError(f"--pairs must be at least 1, got {pairs}.")
+    dev = resolve_device(device)
+    if precision == "fp16" and dev.type == "cpu":
+        raise UsageError("--precision fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
+
+    if not isinstance(data, AuditDataset):
+        is_path = isinstance(data, str) or hasattr(data, "__fspath__")
+        if is_path and preprocessing is None:
+            raise UsageError("Pass the data through shiftaudit.load_data(path, preprocessing=...) to say how to preprocess it.")
+        if is_path:
+            data = load_data(data, preprocessing=preprocessing)
+        else:  # tensors or a dataset in memory: taken as already preprocessed
+            data = load_data(data, preprocessing=preprocessing, raw=True)
+    dataset = data
+    if len(dataset) == 0:
+        raise DataError("The data holds no images.")
+    size = tuple(dataset.image_size)
+    shifts, exhaustive = plan_shifts(size, shifts=shifts, max_shift=max_shift, shift_step=shift_step, mode=mode)
+    if mode == "auto" and not exhaustive:
+        notes.append(
+            f"{len(shifts)} shifts is too many to evaluate exhaustively: sampled mode (zero, one random shift and "
+            f"{pairs} random pairs per image); variation, exact consistency, the adversarial curve and the accuracy "
+            "map need --mode exhaustive or a smaller shift set"
+        )
+    labelled = bool(dataset.has_labels)
+    if not labelled:
+        notes.append("unlabelled data: only classification consistency is reported (it needs no labels)")
+    metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive)
+    for m in metric_list:
+        if m.needs_labels and not labelled:
+            raise UsageError(f"Metric {m.name} needs labelled data.")
+        if m.needs_all_shifts and not exhaustive:
+            raise UsageError(f"Metric {m.name} needs every shift evaluated (--mode exhaustive).")
+
+    dtype = model_dtype(model)
+    use_cl = channels_last if channels_last is not None else dev.type == "cuda"
+    model = model.eval().to(dev)
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    device_batch = batch_size or default_device_batch(dev, size)
+    forward = _Forward(model, dev, precision, device_batch, use_cl)
+    plan = DrawPlan(seed=seed, pairs=pairs, num_shifts=len(shifts))
+    slots_per_image = len(shifts) if exhaustive else 2 + 2 * pairs
+    image_batch = int(min(512, max(1, math.ceil(device_batch / slots_per_image))))
+    loader = make_loader(dataset, batch_size=image_batch, num_workers=num_workers, pin_memory=dev.type == "cuda")
+
+    dh_all = torch.as_tensor(shifts.dh, dtype=torch.long, device=dev)
+    dw_all = torch.as_tensor(shifts.dw, dtype=torch.long, device=dev)
+    nonfinite_images = 0
+    images_done = 0
+    t0 = time.perf_counter()
+    if progress is not None:
+        progress.start(len(dataset), f"auditing {len(dataset)} images x {slots_per_image} shifts")
+    try:
+        with torch.inference_mode():
+            for images, labels, ids in _batches(loader):
+                ids_np = ids.numpy().astype(np.int64)
+                b = images.shape[0]
+                x = images.to(dev, dtype=dtype, non_blocking=True)
+                rand = plan.random_shift(ids_np)
+                pair = plan.pair_shifts(ids_np)
+                if exhaustive:
+                    slot_shift = np.tile(np.arange(len(shifts)), (b, 1))
+                    zero_slot = np.full(b, shifts.zero_index)
+                    random_slot = rand
+                    pair_slots = pair
+                else:
+                    slot_shift = np.concatenate(
+                        [np.full((b, 1), shifts.zero_index), rand[:, None], pair.reshape(b, -1)], axis=1
+                    )
+                    zero_slot = np.zeros(b, dtype=np.int64)
+                    random_slot = np.ones(b, dtype=np.int64)
+                    pair_slots = (2 + np.arange(2 * pairs)).reshape(1, pairs, 2).repeat(b, 0)
+                s = slot_shift.shape[1]
+                flat_shift = torch.as_tensor(slot_shift.reshape(-1), device=dev)
+                flat_image = torch.arange(b, device=dev).repeat_interleave(s)
+                bank = ShiftBank(x)
+                lab_dev = labels.to(dev) if labelled else None
+                flat_labels = lab_dev[flat_image] if lab_dev is not None else None
+
+                def make_inputs(sl: slice) -> torch.Tensor:
+                    k = flat_shift[sl]
+                    return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
+
+                pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels)
+                pred = pred.view(b, s).cpu().numpy()
+                p_top_np = p_top.view(b, s).cpu().numpy()
+                p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
+                ok_img = finite.view(b, s).all(dim=1).cpu().numpy()
+                if not ok_img.all():
+                    nonfinite_images += int((~ok_img).sum())
+                keep = np.flatnonzero(ok_img)
+                if keep.size:
+                    batch = ShiftBatch(
+                        image_ids=ids_np[keep],
+                        labels=labels.numpy().astype(np.int64)[keep] if labelled else None,
+                        preds=pred[keep],
+                        p_label=p_lab_np[keep] if p_lab_np is not None else None,
+                        p_top=p_top_np[keep],
+                        shift_index=slot_shift[keep],
+                        zero_slot=zero_slot[keep],
+                        random_slot=random_slot[keep],
+                        pair_slots=pair_slots[keep],
+                        exhaustive=exhaustive,
+                        num_shifts=len(shifts),
+                        num_classes=forward.num_classes,
+                    )
+                    for m in metric_list:
+                        m.update(batch)
+                images_done += b
+                if progress is not None:
+                    progress.advance(b)
+    finally:
+        if progress is not None:
+            progress.stop()
+    elapsed = time.perf_counter() - t0
+    notes.extend(forward.notes)
+    if nonfinite_images:
+        notes.append(
+            f"{nonfinite_images} of {images_done} images gave NaN or infinite outputs at some shift and were left "
+            "out of every metric"
+        )
+    if nonfinite_images == images_done:
+        raise ModelError("The model gave NaN or infinite outputs for every image; no metric can be computed.")
+
+    computed, per_image = _assemble(metric_list)
+    settings = {
+        "shifts": shifts.to_json(),
+        "mode": "exhaustive" if exhaustive else "sampled",
+        "pairs": pairs,
+        "seed": seed,
+        "precision": precision,
+        "device_batch": device_batch,
+    }
+    data_info = {
+        "description": getattr(dataset, "description", type(dataset).__name__),
+        "kind": getattr(dataset, "kind", "memory"),
+        "num_images": images_done,
+        "labelled": labelled,
+        "image_size": list(size),
+        "nonfinite_images": nonfinite_images,
+    }
+    prep = getattr(dataset, "preprocessing", None)
+    if prep is not None and hasattr(prep, "to_json"):
+        data_info["preprocessing"] = prep.to_json()
+    data_notes = list(getattr(dataset, "notes", []) or [])
+    return AuditResult(
+        metrics=computed,
+        per_image=per_image,
+        model=info or {"description": type(model).__name__},
+        data=data_info,
+        settings=settings,
+        environment=_environment(dev),
+        notes=data_notes + notes,
+        timing={
+            "seconds": elapsed,
+            "images_per_s": images_done / elapsed if elapsed > 0 else float("nan"),
+            "forwards_per_s": images_done * slots_per_image / elapsed if elapsed > 0 else float("nan"),
+        },
+    )
+
+
+def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    yield from loader
+
+
+def _loaded_info(loaded: Any) -> dict[str, Any]:
+    return {
+        "source": str(loaded.source),
+        "format": loaded.format,
+        "arch": loaded.arch,
+        "num_classes": loaded.num_classes,
+        "parameters": loaded.parameter_count,
+        "patch": loaded.patch_spec,
+    }
+
+
+def _assemble(metric_list: list[Metric]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Lay the accumulators' results out in the report schema."""
+    by_name = {m.name: m for m in metric_list}
+    out: dict[str, Any] = {}
+    per_image: dict[str, list[Any]] = {}
+    ids: np.ndarray | None = None
+
+    def add_per_image(key: str, metric: Metric, cast: Callable[[float], Any]) -> None:
+        nonlocal ids
+        mids, values = metric.sorted_values()  # type: ignore[attr-defined]
+        if ids is None:
+            ids = mids
+            per_image["image_id"] = [int(v) for v in mids]
+        per_image[key] = [cast(v) for v in values]
+
+    if "accuracy_none" in by_name or "accuracy_random" in by_name:
+        out["accuracy"] = {}
+        if "accuracy_none" in by_name:
+            out["accuracy"]["none"] = by_name["accuracy_none"].compute()
+            add_per_image("correct", by_name["accuracy_none"], lambda v: bool(v))
+        if "accuracy_random" in by_name:
+            out["accuracy"]["random"] = by_name["accuracy_random"].compute()
+    cons: dict[str, Any] = {}
+    if "consistency_sampled" in by_name:
+        m = by_name["consistency_sampled"]
+        cons["sampled"] = m.compute()
+        add_per_image("sampled_agreement", m, float)
+    if "consistency_exact" in by_name:
+        m = by_name["consistency_exact"]
+        cons["exact"] = m.compute()
+        add_per_image("exact_consistency", m, float)
+    if cons:
+        out["consistency"] = cons
+    if "variation" in by_name:
+        out["variation"] = by_name["variation"].compute()
+        add_per_image("variation", by_name["variation"], float)
+    if "adversarial" in by_name:
+        adv = by_name["adversarial"]
+        out["adversarial"] = adv.compute()
+        add_per_image("first_failure_radius", adv, lambda v: None if int(v) == np.iinfo(np.int64).max else int(v))
+    if "accuracy_map" in by_name:
+        out["accuracy_map"] = by_name["accuracy_map"].compute()
+    for m in metric_list:  # metrics added by callers go under their own name
+        if m.name not in by_name or m.name in out:
+            continue
+        if m.name not in {
+            "accuracy_none",
+            "accuracy_random",
+            "consistency_sampled",
+            "consistency_exact",
+            "variation",
+            "adversarial",
+            "accuracy_map",
+        }:
+            out[m.name] = m.compute()
+    return out, per_image

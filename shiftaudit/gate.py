@@ -1,0 +1,156 @@
+"""The CI gate: thresholds on the audit's headline numbers, each one a named pass/fail check.
+
+``shiftaudit eval ... --min-consistency 0.95`` exits 1 when any check fails, so a retrain that loses shift
+robustness fails the build. Each check carries the value, the threshold and the confidence interval so the
+failure line says everything needed to judge it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import UsageError
+from .result import AuditResult
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # "consistency" | "accuracy" | "variation" | "adversarial"
+    bound: str  # "min" | "max"
+    value: float
+    radius: int | None = None
+
+    @property
+    def flag(self) -> str:
+        if self.metric == "adversarial":
+            return f"--min-adv-accuracy {self.radius}={self.value:g}"
+        return f"--{self.bound}-{self.metric} {self.value:g}"
+
+    @property
+    def label(self) -> str:
+        return f"adversarial accuracy at r={self.radius}" if self.metric == "adversarial" else self.metric
+
+
+@dataclass
+class Check:
+    threshold: Threshold
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    passed: bool
+    estimator: str
+
+    def line(self) -> str:
+        ci = f" (95% CI {self.ci_low:.4f}-{self.ci_high:.4f})" if self.ci_low is not None and self.ci_high is not None else ""
+        verdict = "ok  " if self.passed else "FAIL"
+        rel = ">=" if self.threshold.bound == "min" else "<="
+        if not self.passed:
+            rel = "<" if self.threshold.bound == "min" else ">"
+        return f"{verdict} {self.threshold.label} {self.value:.4f}{ci} {rel} {self.threshold.value:g} ({self.threshold.flag})"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["threshold"] = asdict(self.threshold)
+        d["flag"] = self.threshold.flag
+        d["message"] = self.line()
+        return d
+
+
+@dataclass
+class GateReport:
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "checks": [c.to_json() for c in self.checks]}
+
+
+def _fraction(value: float, flag: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{flag} takes a fraction between 0 and 1 (e.g. 0.95), got {value:g}.")
+    return value
+
+
+def parse_adv_threshold(text: str) -> Threshold:
+    m = re.fullmatch(r"\s*(\d+)\s*=\s*([0-9.]+)\s*", text)
+    if not m:
+        raise UsageError(f"--min-adv-accuracy takes RADIUS=FRACTION (e.g. 4=0.8), got {text!r}.")
+    return Threshold("adversarial", "min", _fraction(float(m.group(2)), "--min-adv-accuracy"), int(m.group(1)))
+
+
+def build_thresholds(
+    min_consistency: float | None = None,
+    min_accuracy: float | None = None,
+    max_variation: float | None = None,
+    min_adv_accuracy: list[str] | None = None,
+) -> list[Threshold]:
+    out: list[Threshold] = []
+    if min_consistency is not None:
+        out.append(Threshold("consistency", "min", _fraction(min_consistency, "--min-consistency")))
+    if min_accuracy is not None:
+        out.append(Threshold("accuracy", "min", _fraction(min_accuracy, "--min-accuracy")))
+    if max_variation is not None:
+        if max_variation < 0:
+            raise UsageError(f"--max-variation must be >= 0, got {max_variation:g}.")
+        out.append(Threshold("variation", "max", max_variation))
+    for text in min_adv_accuracy or []:
+        out.append(parse_adv_threshold(text))
+    return out
+
+
+def validate_thresholds(thresholds: list[Threshold], *, labelled: bool, exhaustive: bool, max_radius: int | None) -> None:
+    """Refuse, before any work, a threshold the planned run cannot measure."""
+    for t in thresholds:
+        if t.metric in ("accuracy", "variation", "adversarial") and not labelled:
+            raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
+        if t.metric in ("variation", "adversarial") and not exhaustive:
+            raise UsageError(f"{t.flag} needs every shift evaluated; use --mode exhaustive or a smaller shift set.")
+        if t.metric == "adversarial" and max_radius is not None and t.radius is not None and t.radius > max_radius:
+            raise UsageError(f"{t.flag} asks for radius {t.radius} but the shift set only reaches {max_radius}; raise --max-shift.")
+
+
+def evaluate_gate(result: AuditResult, thresholds: list[Threshold]) -> GateReport:
+    checks: list[Check] = []
+    m = result.metrics
+    for t in thresholds:
+        lo = hi = None
+        if t.metric == "consistency":
+            cons = m.get("consistency", {})
+            key = "exact" if "exact" in cons else "sampled"
+            entry = cons.get(key)
+            estimator = f"{key} consistency"
+            value, lo, hi = entry["value"], entry["ci_low"], entry["ci_high"]
+        elif t.metric == "accuracy":
+            entry = m.get("accuracy", {}).get("none")
+            if entry is None:
+                raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
+            estimator = "top-1 accuracy without shift"
+            value, lo, hi = entry["value"], entry["ci_low"], entry["ci_high"]
+        elif t.metric == "variation":
+            entry = m.get("variation")
+            if entry is None:
+                raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
+            estimator = "mean classification variation"
+            value, lo, hi = entry["mean"], entry["ci_low"], entry["ci_high"]
+        else:
+            adv = m.get("adversarial")
+            if adv is None:
+                raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
+            radii = adv["radius"]
+            if t.radius not in radii:
+                raise UsageError(f"{t.flag} asks for radius {t.radius} but the curve only reaches {max(radii)}.")
+            i = radii.index(t.radius)
+            estimator = f"max-shift adversarial accuracy at r={t.radius}"
+            value, lo, hi = adv["accuracy"][i], adv["ci_low"][i], adv["ci_high"][i]
+        passed = value >= t.value if t.bound == "min" else value <= t.value
+        checks.append(Check(t, float(value), lo, hi, bool(passed), estimator))
+    return GateReport(checks)

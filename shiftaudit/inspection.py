@@ -1,0 +1,188 @@
+"""Where does a network downsample? Every strided conv/pool and every global pooling, with resolutions.
+
+A forward pass on one blank image of the audit size, with a hook on every leaf module, records the spatial size
+going into and coming out of each layer. A layer *downsamples* when its output is smaller than its input; adaptive
+or global pooling to 1x1 is listed separately (it is where the network becomes invariant by averaging, and patching
+leaves it alone). These are the points the paper identifies as the cause of aliasing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass
+class DownsamplingPoint:
+    name: str
+    kind: str  # "conv", "maxpool", "avgpool", "pool", "global-pool", "other"
+    module: str  # class name
+    kernel: tuple[int, int] | None
+    stride: tuple[int, int] | None
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    channels: int | None
+    cumulative_stride: int  # input size / this layer's output size (height)
+    role: str  # "stem", "shortcut", "main", "global", "squeeze" (squeeze-excitation pooling inside a block)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Inspection:
+    input_size: tuple[int, int]
+    points: list[DownsamplingPoint]
+    total_stride: int
+    final_size: tuple[int, int]
+    parameter_count: int
+    output_shape: tuple[int, ...]
+
+    @property
+    def downsampling(self) -> list[DownsamplingPoint]:
+        return [p for p in self.points if p.role not in ("global", "squeeze")]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "total_stride": self.total_stride,
+            "final_size": list(self.final_size),
+            "parameter_count": self.parameter_count,
+            "output_shape": list(self.output_shape),
+            "points": [p.to_json() for p in self.points],
+        }
+
+
+def _pair(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(x) for x in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if isinstance(module, nn.MaxPool2d):
+        return "maxpool"
+    if isinstance(module, nn.AvgPool2d):
+        return "avgpool"
+    if isinstance(module, POOLS):
+        return "pool"
+    if isinstance(module, GLOBAL_POOLS):
+        return "global-pool"
+    return "other"
+
+
+def is_spatial_op(module: nn.Module) -> bool:
+    """Convolutions and pools: the only layers whose 4-D inputs we may read as (N, C, H, W).
+
+    Other layers can see 4-D tensors in another layout (ConvNeXt runs Linear layers on N, H, W, C tensors), so
+    their shapes say nothing about resolution.
+    """
+    if isinstance(module, (nn.Conv2d, *POOLS, *GLOBAL_POOLS, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
+        return True
+    name = type(module).__name__
+    return ("Pool" in name or "Conv" in name) and "1d" not in name and "3d" not in name
+
+
+def _first_input_channels(model: nn.Module, default: int) -> int:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return default
+
+
+def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels: int | None = None) -> Inspection:
+    """Find every downsampling point of ``model`` for inputs of ``size`` (one forward pass on a blank image)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError("Layer-by-layer inspection needs a Python nn.Module; a TorchScript archive can be audited but not inspected.")
+    h, w = size
+    c = channels or _first_input_channels(model, 3)
+    records: list[tuple[str, nn.Module, tuple[int, int], tuple[int, int], int | None]] = []
+    hooks = []
+
+    def hook(name: str):
+        def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0] if inputs else None
+            if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+                return
+            if x.ndim != 4 or output.ndim != 4:
+                return
+            records.append((name, module, (x.shape[-2], x.shape[-1]), (output.shape[-2], output.shape[-1]), output.shape[1]))
+
+        return fn
+
+    for name, module in model.named_modules():
+        if name and is_spatial_op(module) and (not list(module.children()) or isinstance(module, nn.Conv2d)):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        param = next((p for p in model.parameters()), None)
+        dev = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        with torch.no_grad():
+            out = model(torch.zeros(1, c, h, w, device=dev, dtype=dtype))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"The model failed on a {c}x{h}x{w} input: {first}") from None
+    finally:
+        for hd in hooks:
+            hd.remove()
+        model.train(was_training)
+
+    points: list[DownsamplingPoint] = []
+    smallest = (h, w)
+    last_spatial = max((i for i, r in enumerate(records) if r[2] != (1, 1) and _kind(r[1]) != "global-pool"), default=-1)
+    for i, (name, module, ins, outs, ch) in enumerate(records):
+        kind = _kind(module)
+        is_global = kind == "global-pool" or (outs == (1, 1) and ins != (1, 1) and kind in ("avgpool", "pool", "maxpool"))
+        if ins == (1, 1):
+            continue  # 1x1 maps after a global pool (classifier heads, squeeze-excitation MLPs)
+        if not is_global and outs[0] * outs[1] < smallest[0] * smallest[1] and outs[0] >= 1:
+            smallest = outs
+        if not is_global and (outs[0] >= ins[0] and outs[1] >= ins[1]):
+            continue
+        if is_global:
+            # A global pool followed by more spatial layers gates channels (squeeze-excitation), it does not end the net.
+            role = "global" if i > last_spatial else "squeeze"
+        elif ins == (h, w):
+            role = "stem"
+        elif kind == "conv" and _pair(getattr(module, "kernel_size", None)) == (1, 1):
+            role = "shortcut"
+        else:
+            role = "main"
+        points.append(
+            DownsamplingPoint(
+                name=name,
+                kind="global-pool" if is_global else kind,
+                module=type(module).__name__,
+                kernel=_pair(getattr(module, "kernel_size", None)),
+                stride=_pair(getattr(module, "stride", None)),
+                in_size=ins,
+                out_size=outs,
+                channels=ch,
+                cumulative_stride=max(1, round(h / max(outs[0], 1))),
+                role=role,
+            )
+        )
+    out_t = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, (tuple, list)) else None)
+    return Inspection(
+        input_size=(h, w),
+        points=points,
+        total_stride=max(1, round(h / max(smallest[0], 1))),
+        final_size=smallest,
+        parameter_count=sum(p.numel() for p in model.parameters()),
+        output_shape=tuple(out_t.shape) if isinstance(out_t, torch.Tensor) else (),
+    )

@@ -1,0 +1,55 @@
+"""Accuracy as a function of the shift (App. D, Fig. 11): a (dh, dw) map and its diagonal profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..shifts import ShiftSet
+from .base import Metric, ShiftBatch
+
+
+class AccuracyMap(Metric):
+    name = "accuracy_map"
+    needs_all_shifts = True
+
+    def __init__(self, shift_set: ShiftSet) -> None:
+        self.shift_set = shift_set
+        self.sum_correct = np.zeros(len(shift_set), dtype=np.int64)
+        self.sum_images = np.zeros(1, dtype=np.int64)
+
+    def update(self, batch: ShiftBatch) -> None:
+        assert batch.labels is not None
+        correct = batch.preds == batch.labels[:, None]
+        np.add.at(self.sum_correct, batch.shift_index.reshape(-1), correct.reshape(-1).astype(np.int64))
+        self.sum_images += len(batch)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"sum_correct": self.sum_correct, "sum_images": self.sum_images}
+
+    def per_shift(self) -> np.ndarray:
+        n = int(self.sum_images[0])
+        return self.sum_correct / n if n else np.full(len(self.shift_set), np.nan)
+
+    def compute(self) -> dict[str, Any]:
+        ss = self.shift_set
+        acc = self.per_shift()
+        hs = np.unique(ss.dh)
+        ws = np.unique(ss.dw)
+        grid: list[list[float | None]] = [[None] * len(ws) for _ in hs]
+        hpos = {int(v): i for i, v in enumerate(hs)}
+        wpos = {int(v): i for i, v in enumerate(ws)}
+        for k in range(len(ss)):
+            grid[hpos[int(ss.dh[k])]][wpos[int(ss.dw[k])]] = float(acc[k])
+        diag = np.flatnonzero(ss.dh == ss.dw)
+        diag = diag[np.argsort(ss.dh[diag])]
+        return {
+            "dh": [int(v) for v in hs],
+            "dw": [int(v) for v in ws],
+            "accuracy": grid,
+            "diagonal": {"shift": [int(ss.dh[k]) for k in diag], "accuracy": [float(acc[k]) for k in diag]},
+            "min": float(np.nanmin(acc)) if acc.size else float("nan"),
+            "max": float(np.nanmax(acc)) if acc.size else float("nan"),
+            "n": int(self.sum_images[0]),
+        }

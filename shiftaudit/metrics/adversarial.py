@@ -1,0 +1,60 @@
+"""Accuracy under a max-shift adversary (App. B, Fig. 9).
+
+An image counts as correct at radius r only if it is classified correctly at every shift of the set within
+``[-r, r]^2``. It is therefore enough to keep, per image, the smallest radius at which it is misclassified:
+correct at r  <=>  first_failure_radius > r. The curve is non-increasing and r = 0 is plain accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..shifts import ShiftSet
+from .base import PerImageMetric, ShiftBatch
+from .stats import wilson_interval
+
+NEVER = np.iinfo(np.int64).max
+
+
+class AdversarialCurve(PerImageMetric):
+    name = "adversarial"
+    needs_all_shifts = True
+
+    def __init__(self, shift_set: ShiftSet) -> None:
+        super().__init__()
+        self.shift_radius = shift_set.radius
+        self.radii = shift_set.radii
+
+    def update(self, batch: ShiftBatch) -> None:
+        assert batch.labels is not None
+        wrong = batch.preds != batch.labels[:, None]
+        radius = self.shift_radius[batch.shift_index]
+        first = np.where(wrong, radius, NEVER).min(axis=1)
+        self._append(batch.image_ids, first)
+
+    def first_failure(self) -> np.ndarray:
+        return self.sorted_values()[1].astype(np.int64) if self.values.size else np.zeros(0, np.int64)
+
+    def sorted_values(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.ids, kind="stable")
+        return self.ids[order], self.values[order]
+
+    def _append(self, ids: np.ndarray, values: np.ndarray) -> None:
+        # Keep radii as exact integers (float64 cannot hold NEVER exactly).
+        self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
+        self.values = np.concatenate([self.values.astype(np.int64), values.astype(np.int64)])
+
+    def compute(self) -> dict[str, Any]:
+        first = self.first_failure()
+        n = int(first.size)
+        acc = [float((first > r).mean()) if n else float("nan") for r in self.radii]
+        ci = [wilson_interval(a, n) for a in acc]
+        return {
+            "radius": list(self.radii),
+            "accuracy": acc,
+            "ci_low": [c[0] for c in ci],
+            "ci_high": [c[1] for c in ci],
+            "n": n,
+        }

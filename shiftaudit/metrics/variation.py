@@ -1,0 +1,31 @@
+"""Classification variation (§4.2.3, Fig. 6): per image, the standard deviation over all shifts of P(correct class)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import PerImageMetric, ShiftBatch
+from .stats import mean_interval
+
+
+class Variation(PerImageMetric):
+    name = "variation"
+    needs_all_shifts = True
+
+    def update(self, batch: ShiftBatch) -> None:
+        assert batch.p_label is not None
+        p = batch.p_label.astype(np.float64)
+        self._append(batch.image_ids, p.std(axis=1))
+
+    def compute(self) -> dict[str, Any]:
+        ids, values = self.sorted_values()
+        lo, hi = mean_interval(values)
+        return {
+            "mean": float(values.mean()) if values.size else float("nan"),
+            "median": float(np.median(values)) if values.size else float("nan"),
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": int(values.size),
+        }

@@ -1,0 +1,1 @@
+"""Everything that turns results into something people read: terminal tables, JSON, pictures, HTML."""

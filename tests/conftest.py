@@ -1,0 +1,17 @@
+"""Shared fixtures: tiny models and data made in the test, never downloaded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def seeded() -> None:
+    torch.manual_seed(0)

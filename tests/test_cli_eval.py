@@ -1,0 +1,125 @@
+"""End to end: the real CLI on real files (a saved torchvision resnet18 and a small ImageFolder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from typer.testing import CliRunner
+
+from shiftaudit.cli import app
+
+runner = CliRunner()
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 3, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def resnet_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    ckpt = root / "resnet18.pt"
+    torch.save(model.state_dict(), ckpt)
+    data = write_image_folder(root / "val")
+    return ckpt, data
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_eval_writes_table_and_json_and_gate_passes(resnet_files, tmp_path):
+    ckpt, data = resnet_files
+    report = tmp_path / "r.json"
+    res = run("eval", ckpt, "--arch", "resnet18", "--data", data, "--size", "32", "--max-shift", "2", "--json", report,
+              "--min-consistency", "0.0", "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert "Consistency" in res.stdout and "Adversarial accuracy" in res.stdout
+    rep = json.loads(report.read_text())
+    assert rep["schema"] == "shiftaudit/audit-report" and rep["schema_version"] == 1
+    assert rep["data"]["num_images"] == 9 and rep["settings"]["shifts"]["count"] == 25
+    assert rep["gate"]["passed"] is True
+    assert rep["model"]["arch"] == "resnet18"
+
+
+def test_eval_gate_fails_with_exit_1_and_a_reason(resnet_files, tmp_path):
+    ckpt, data = resnet_files
+    res = run("eval", ckpt, "--data", data, "--size", "32", "--max-shift", "2", "--device", "cpu", "--workers", "0",
+              "--min-consistency", "1.0", "--min-accuracy", "1.0", "--min-adv-accuracy", "2=1.0", "--quiet")
+    # identified without --arch; random weights cannot be perfectly accurate on 3 random classes
+    assert res.exit_code == 1, res.output
+    assert "FAIL" in res.stderr and "--min-accuracy 1" in res.stderr
+    assert "gate: FAILED" in res.stderr
+
+
+def test_eval_same_seed_same_json(resnet_files, tmp_path):
+    ckpt, data = resnet_files
+    outs = []
+    for i in range(2):
+        p = tmp_path / f"r{i}.json"
+        res = run("eval", ckpt, "--arch", "resnet18", "--data", data, "--size", "32", "--max-shift", "1", "--device",
+                  "cpu", "--workers", "0", "--json", p, "--quiet", "--seed", "3")
+        assert res.exit_code == 0, res.output
+        outs.append(p.read_bytes())
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--min-consistency", "1.5"], "between 0 and 1"),
+        (["--min-adv-accuracy", "9=0.5"], "only reaches 2"),
+        (["--mode", "sampled", "--max-variation", "0.1"], "every shift evaluated"),
+        (["--precision", "fp16"], "needs a CUDA device"),
+        (["--max-shift", "40"], "more than half"),
+    ],
+)
+def test_eval_usage_errors_exit_2_with_one_line(resnet_files, extra, message):
+    ckpt, data = resnet_files
+    res = run("eval", ckpt, "--arch", "resnet18", "--data", data, "--size", "32", "--device", "cpu", "--workers", "0",
+              "--max-shift", "2", *extra)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr
+    assert "Traceback" not in res.output
+    assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_eval_without_data_is_a_usage_error(resnet_files):
+    ckpt, _ = resnet_files
+    res = run("eval", ckpt)
+    assert res.exit_code == 2 and "needs --data" in res.stderr
+
+
+def test_inspect_resnet18_lists_every_downsampling_point(resnet_files, tmp_path):
+    ckpt, _ = resnet_files
+    res = run("inspect", ckpt, "--json", "-")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    insp = rep["inspection"]
+    assert insp["total_stride"] == 32
+    strided = {p["name"]: p for p in insp["points"] if p["role"] != "global"}
+    assert set(strided) == {
+        "conv1", "maxpool", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.0.conv1", "layer3.0.downsample.0",
+        "layer4.0.conv1", "layer4.0.downsample.0",
+    }
+    assert all(p["stride"] == [2, 2] for p in strided.values())
+    assert strided["conv1"]["role"] == "stem" and strided["layer2.0.downsample.0"]["role"] == "shortcut"
+    assert rep["model"]["arch"] == "resnet18" and rep["model"]["arch_source"] == "identified"
+    assert rep["model"]["num_classes"] == 3
+    table = run("inspect", ckpt)
+    assert table.exit_code == 0 and "total stride 32" in table.stdout and "layer4.0.downsample.0" in table.stdout

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shiftaudit.errors import UsageError
+from shiftaudit.shifts import ShiftBank, ShiftSet, canonical_offset, cyclic_radius, default_shift_set, roll_batch
+
+
+def test_canonical_offset_and_radius():
+    d = np.arange(-20, 21)
+    c = canonical_offset(d, 8)
+    assert np.all((c > -4) & (c <= 4))
+    assert np.all(np.mod(c - d, 8) == 0)
+    assert cyclic_radius(7, 8) == 1 and cyclic_radius(4, 8) == 4 and cyclic_radius(-12, 8) == 4
+
+
+def test_window_is_deduplicated_modulo_size_and_ordered_by_radius():
+    s = ShiftSet.window((32, 32), 16)
+    assert len(s) == 32 * 32 and s.kind == "all"
+    assert len({(int(a), int(b)) for a, b in zip(s.dh % 32, s.dw % 32)}) == 1024
+    assert (s.dh[0], s.dw[0]) == (0, 0)
+    assert np.all(np.diff(s.radius) >= 0)
+    assert s.radii == list(range(17))
+    w = ShiftSet.window((32, 32), 2)
+    assert len(w) == 25 and w.kind == "window" and w.radius.max() == 2
+    g = ShiftSet.window((224, 224), 16, 4)
+    assert len(g) == 81 and g.kind == "grid"
+    assert set(np.abs(g.dh).tolist()) == {0, 4, 8, 12, 16}
+
+
+def test_window_larger_than_small_image_wraps_once():
+    s = ShiftSet.window((5, 5), 2)
+    assert len(s) == 25 and s.kind == "all"
+
+
+def test_bad_shift_arguments():
+    with pytest.raises(UsageError):
+        ShiftSet.window((32, 32), -1)
+    with pytest.raises(UsageError):
+        ShiftSet.window((32, 32), 4, 0)
+    with pytest.raises(UsageError):
+        ShiftSet.window((32, 32), 2, 3)
+
+
+def test_default_shift_sets():
+    assert len(default_shift_set((32, 32))) == 1024
+    big = default_shift_set((224, 224))
+    assert len(big) == 81 and big.max_shift == 16 and big.step == 4
+
+
+def test_roll_batch_equals_torch_roll_for_shared_and_per_image_shifts():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 7, 9)
+    s = ShiftSet.window((7, 9), 4)
+    dh, dw = torch.as_tensor(s.dh), torch.as_tensor(s.dw)
+    out = roll_batch(x, dh, dw)
+    for b in range(3):
+        for k in range(len(s)):
+            assert torch.equal(out[b, k], torch.roll(x[b], (int(dh[k]), int(dw[k])), (-2, -1)))
+    per = torch.randint(-20, 20, (3, 4)), torch.randint(-20, 20, (3, 4))
+    out2 = roll_batch(x, *per)
+    for b in range(3):
+        for k in range(4):
+            assert torch.equal(out2[b, k], torch.roll(x[b], (int(per[0][b, k]), int(per[1][b, k])), (-2, -1)))
+
+
+def test_shift_bank_gather_matches_eq4_definition():
+    x = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5)
+    bank = ShiftBank(x)
+    out = bank.gather(torch.tensor([1]), torch.tensor([1]), torch.tensor([-2]))[0, 0]
+    for h in range(4):
+        for w in range(5):  # Eq. 4: Shift(X)[h, w] = X[(h - dh) % H, (w - dw) % W]
+            assert out[h, w] == x[1, 0, (h - 1) % 4, (w + 2) % 5]
