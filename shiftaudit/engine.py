@@ -48,6 +48,33 @@ EXHAUSTIVE_LIMIT = 2048  # auto mode evaluates every shift when the set is at mo
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+class Observer(Protocol):
+    """Something that watches the same forward passes as the metrics (e.g. per-layer feature distances).
+
+    The engine calls ``attach`` once, ``begin_batch`` with the flattened (image slot, shift index) layout of each
+    image batch, then per device chunk ``begin_chunk``/``on_inputs``/``on_logits``/``end_chunk`` (or ``abort_chunk``
+    when the chunk is retried after running out of memory), and ``detach`` at the end.
+    """
+
+    def attach(self, model: nn.Module) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def begin_batch(self, flat_image: torch.Tensor, flat_shift: torch.Tensor, image_ids: np.ndarray) -> None: ...
+
+    def begin_chunk(self, sl: slice) -> None: ...
+
+    def on_inputs(self, x: torch.Tensor) -> None: ...
+
+    def on_logits(self, logits: torch.Tensor) -> None: ...
+
+    def end_chunk(self) -> None: ...
+
+    def abort_chunk(self) -> None: ...
+
+    def compute(self) -> dict[str, Any]: ...
+
+
 class Progress(Protocol):
     """What the engine reports to: the CLI plugs a rich progress bar in, the API passes None."""
 
@@ -151,7 +178,13 @@ class _Forward:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def run(self, make_inputs: Callable[[slice], torch.Tensor], total: int, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def run(
+        self,
+        make_inputs: Callable[[slice], torch.Tensor],
+        total: int,
+        labels: torch.Tensor | None,
+        observers: tuple[Observer, ...] = (),
+    ) -> tuple[torch.Tensor, ...]:
         """Returns per-pair (pred, p_label, p_top, finite) for ``total`` pairs built by ``make_inputs(slice)``."""
         preds = torch.empty(total, dtype=torch.long, device=self.device)
         p_label = torch.empty(total, dtype=torch.float32, device=self.device)
@@ -162,13 +195,22 @@ class _Forward:
             stop = min(total, start + self.batch)
             sl = slice(start, stop)
             try:
+                for o in observers:
+                    o.begin_chunk(sl)
                 x = make_inputs(sl)
+                for o in observers:
+                    o.on_inputs(x)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self._autocast():
                     out = self.model(x)
                 logits = as_logits(out, stop - start).float()
+                for o in observers:
+                    o.on_logits(logits)
+                    o.end_chunk()
             except torch.cuda.OutOfMemoryError:
+                for o in observers:
+                    o.abort_chunk()
                 if self.batch <= 1:
                     raise ModelError("CUDA ran out of memory even with a batch of one image; use --device cpu.") from None
                 self.batch = max(1, self.batch // 2)
@@ -267,6 +309,8 @@ def audit(
     progress: Progress | None = None,
     metrics: list[Metric] | None = None,
     model_info: dict[str, Any] | None = None,
+    layers: str | list[str] | None = None,
+    observers: list[Observer] | None = None,
 ) -> AuditResult:
     """Audit ``model`` on ``data`` under circular shifts and return every metric from one pass.
 
@@ -276,6 +320,8 @@ def audit(
     ``shifts``: the shift set; by default :func:`~shiftaudit.shifts.default_shift_set` of the image size with
     ``max_shift``/``shift_step`` overrides. ``mode``: ``auto`` (exhaustive when the set has at most
     2048 shifts), ``exhaustive`` or ``sampled``. ``pairs``: random pairs per image for sampled consistency.
+    ``layers``: ``"auto"``, ``"all"`` or module names: also measure per-layer equivariance/invariance distances
+    over the shift set (needs exhaustive mode), reported under ``metrics["layers"]``.
     """
     from .data import AuditDataset, load_data, make_loader
 
@@ -330,6 +376,13 @@ def audit(
         if m.needs_all_shifts and not exhaustive:
             raise UsageError(f"Metric {m.name} needs every shift evaluated (--mode exhaustive).")
 
+    observer_list: list[Observer] = list(observers or [])
+    if layers:
+        from .layers import FeatureDistance, select_layers
+
+        if not exhaustive:
+            raise UsageError("Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set.")
+        observer_list.append(FeatureDistance(select_layers(model, layers, size, getattr(dataset, "channels", 3)), shifts))
     dtype = model_dtype(model)
     use_cl = channels_last if channels_last is not None else dev.type == "cuda"
     model = model.eval().to(dev)
@@ -346,6 +399,8 @@ def audit(
     dw_all = torch.as_tensor(shifts.dw, dtype=torch.long, device=dev)
     nonfinite_images = 0
     images_done = 0
+    for o in observer_list:
+        o.attach(model)
     t0 = time.perf_counter()
     if progress is not None:
         progress.start(len(dataset), f"auditing {len(dataset)} images x {slots_per_image} shifts")
@@ -380,7 +435,9 @@ def audit(
                     k = flat_shift[sl]
                     return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
 
-                pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels)
+                for o in observer_list:
+                    o.begin_batch(flat_image, flat_shift, ids_np)
+                pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels, tuple(observer_list))
                 pred = pred.view(b, s).cpu().numpy()
                 p_top_np = p_top.view(b, s).cpu().numpy()
                 p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
@@ -409,6 +466,8 @@ def audit(
                 if progress is not None:
                     progress.advance(b)
     finally:
+        for o in observer_list:
+            o.detach()
         if progress is not None:
             progress.stop()
     elapsed = time.perf_counter() - t0
@@ -422,6 +481,8 @@ def audit(
         raise ModelError("The model gave NaN or infinite outputs for every image; no metric can be computed.")
 
     computed, per_image = _assemble(metric_list)
+    for o in observer_list:
+        computed[o.name] = o.compute()
     settings = {
         "shifts": shifts.to_json(),
         "mode": "exhaustive" if exhaustive else "sampled",

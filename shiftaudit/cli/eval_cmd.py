@@ -10,7 +10,7 @@ import typer
 from ..engine import audit, plan_shifts
 from ..gate import build_thresholds, evaluate_gate, validate_thresholds
 from ..report.outputs import write_report_dir
-from ..report.terminal import audit_table, describe_run
+from ..report.terminal import audit_table, describe_run, layers_table
 from . import app
 from .common import (
     ArchOpt,
@@ -48,6 +48,7 @@ from .progress import RichProgress
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the JSON report to this path.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Report folder: report.json plus pictures and HTML.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar; only the verdict and errors.")]
+LayersOpt = Annotated[str | None, typer.Option("--layers", help="Also measure per-layer shift-equivariance: auto (Fig. 4's layers), all, or comma-separated module names; writes layers.png to --out.")]
 MinConsOpt = Annotated[float | None, typer.Option("--min-consistency", help="Gate: fail (exit 1) when consistency is below this fraction.")]
 MinAccOpt = Annotated[float | None, typer.Option("--min-accuracy", help="Gate: fail when accuracy without shift is below this fraction.")]
 MaxVarOpt = Annotated[float | None, typer.Option("--max-variation", help="Gate: fail when mean classification variation is above this.")]
@@ -69,7 +70,7 @@ def run_eval(
     batch_size: int | None,
     workers: int | None,
     quiet: bool,
-    label: str = "auditing",
+    layers: str | None = None,
 ) -> Any:
     """Plan, validate the gate against the plan, run the audit and attach the gate verdict."""
     shifts, exhaustive = plan_shifts(tuple(dataset.image_size), max_shift=max_shift, shift_step=shift_step, mode=mode)
@@ -86,6 +87,7 @@ def run_eval(
         batch_size=batch_size,
         num_workers=workers,
         progress=RichProgress(enabled=not quiet),
+        layers=layers,
     )
     if thresholds:
         result.gate = evaluate_gate(result, thresholds).to_json()
@@ -113,6 +115,9 @@ def report_result(result: Any, *, json_out: Path | None, out: Path | None, quiet
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
     if not quiet:
         console.print(audit_table(result, title=describe_run(result)))
+        if "layers" in result.metrics:
+            console.print()
+            console.print(layers_table(result.metrics["layers"]))
         for note in result.notes:
             console.print(f"note: {note}", style="dim", soft_wrap=True)
         t = result.timing
@@ -170,6 +175,7 @@ def eval_command(
     json_out: JsonOpt = None,
     out: OutOpt = None,
     quiet: QuietOpt = False,
+    layers: LayersOpt = None,
     min_consistency: MinConsOpt = None,
     min_accuracy: MinAccOpt = None,
     max_variation: MaxVarOpt = None,
@@ -192,6 +198,7 @@ def eval_command(
     result = run_eval(
         loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
         seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet,
+        layers=layers,
     )
     code = report_result(result, json_out=json_out, out=out, quiet=quiet)
     raise typer.Exit(code)

@@ -12,4 +12,8 @@ def write_report_dir(result: AuditResult, out_dir: str | Path) -> list[Path]:
     """Write everything a report folder holds; returns the files written (each one atomically)."""
     out = ensure_writable_dir(out_dir)
     written = [result.save_json(out / "report.json")]
+    if "layers" in result.metrics:
+        from .heatmaps import plot_layer_heatmaps
+
+        written.append(plot_layer_heatmaps(result.metrics["layers"], out / "layers.png"))
     return written

@@ -160,3 +160,22 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
     if squeeze:
         t.caption = f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)"
     return t
+
+
+def layers_table(layers: dict[str, Any]) -> Table:
+    """Per layer: resolution, stride so far, mean distances (absolute and relative to the layer's reference), exact modulo."""
+    t = Table(title="Per-layer distance from shift-equivariance (cosine, averaged over shifts and images)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("Layer", "Resolution", "Stride", "Equivariance", "/ reference", "Invariance", "Exact modulo"):
+        t.add_column(col, justify="left" if col == "Layer" else "right")
+    for layer in layers["layers"]:
+        h, w = layer["resolution"]
+        ref = layer.get("reference_distance")
+        eq = layer["equivariance"]["mean"]
+        rel = f"{eq / ref:.3f}" if ref else "-"
+        mod = layer.get("exact_modulo")
+        t.add_row(
+            layer["name"], f"{h}x{w}", str(layer["stride"]), f"{eq:.4f}", rel, f"{layer['invariance']['mean']:.4f}",
+            "-" if mod is None else f"{mod}",
+        )
+    t.caption = "Exact modulo N: distance ~0 at every shift that is a multiple of N (1 = exactly equivariant; '-' = at no modulo, e.g. zero padding)."
+    return t

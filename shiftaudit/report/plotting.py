@@ -1,0 +1,26 @@
+"""Matplotlib set-up shared by every picture: headless backend, atomic PNG writes, one house style."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and servers have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..atomicio import atomic_path  # noqa: E402
+
+
+def new_figure(width: float, height: float) -> tuple[Any, Any]:
+    return plt.subplots(figsize=(width, height), dpi=100)
+
+
+def save_png(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG atomically and close it."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
