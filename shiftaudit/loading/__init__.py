@@ -1,0 +1,31 @@
+"""Checkpoints in, ready models out: formats, architectures, identification from weights, saving.
+
+``load_model`` is the single entry point the CLI and the Python API share; see its docstring.
+"""
+
+from __future__ import annotations
+
+from .architectures import build_model, canonical_arch, torchvision_names
+from .identify import Candidate, IdentifyResult, identify_architecture
+from .load import load_model, read_state_dict
+from .metadata import CheckpointMetadata, parse_metadata
+from .model import LoadedModel
+from .saving import save_model
+from .state_dict import classifier_key, infer_num_classes
+
+__all__ = [
+    "Candidate",
+    "CheckpointMetadata",
+    "IdentifyResult",
+    "LoadedModel",
+    "build_model",
+    "canonical_arch",
+    "classifier_key",
+    "identify_architecture",
+    "infer_num_classes",
+    "load_model",
+    "parse_metadata",
+    "read_state_dict",
+    "save_model",
+    "torchvision_names",
+]

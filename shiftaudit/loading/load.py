@@ -1,0 +1,182 @@
+"""``load_model``: the one path from a checkpoint file to a ready model, shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from ..errors import CheckpointError, UsageError
+from .architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
+from .formats import SAFETENSORS, TORCHSCRIPT, check_file, read_safetensors, read_torch, read_torchscript, sniff_format
+from .identify import identify_architecture
+from .metadata import CheckpointMetadata, parse_metadata
+from .model import LoadedModel
+from .state_dict import StateDict, extract_state_dict, infer_num_classes, load_weights, strip_prefixes
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, str]]:
+    """The flat state dict of a weights file (safetensors or ``torch.save``) and its raw string metadata.
+
+    Never unpickles code: whole-model pickles and TorchScript archives are refused here.
+    """
+    p = check_file(path)
+    kind = sniff_format(p)
+    if kind == SAFETENSORS:
+        tensors, raw = read_safetensors(p)
+        return strip_prefixes(tensors, []), raw
+    if kind == TORCHSCRIPT:
+        raise CheckpointError(f"{p} is a TorchScript archive, not a state dict; load it with load_model().")
+    obj, _ = read_torch(p, trust_pickle=False)
+    sd = extract_state_dict(obj, str(p), [])
+    if isinstance(sd, nn.Module):
+        raise CheckpointError(f"{p} holds a whole model, not a state dict; load it with load_model().")
+    return strip_prefixes(sd, []), {}
+
+
+def load_model(
+    path: str | os.PathLike[str] | nn.Module,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    arch_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load any supported checkpoint into an eval-mode CPU model, deciding the architecture as the user would.
+
+    The architecture comes from ``arch`` if given, else the file's shiftaudit metadata, else identification
+    from the weights. Problems are raised as one-sentence :class:`CheckpointError`/:class:`UsageError`.
+    """
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise UsageError(f"--num-classes must be a positive integer, got {num_classes!r}.")
+    if isinstance(path, nn.Module):
+        n, _ = infer_num_classes(path.state_dict())
+        return LoadedModel(model=path.eval(), format="module", source=type(path).__name__,
+                           num_classes=num_classes or n, arch=arch, arch_source="--arch" if arch else "n/a")
+    p = check_file(path)
+    source = str(p)
+    kind = sniff_format(p)
+    notes: list[str] = []
+
+    if kind == TORCHSCRIPT:
+        module, raw = read_torchscript(p)
+        return _whole_model(module, "torchscript", source, parse_metadata(raw, source), arch, num_classes, notes)
+
+    if kind == SAFETENSORS:
+        tensors, raw = read_safetensors(p)
+        meta = parse_metadata(raw, source)
+        sd = strip_prefixes(tensors, notes)
+        fmt = "safetensors"
+    else:
+        obj, unpickled = read_torch(p, trust_pickle=trust_pickle)
+        extracted = extract_state_dict(obj, source, notes)
+        if isinstance(extracted, nn.Module):
+            return _whole_model(extracted, "pickle", source, CheckpointMetadata(), arch, num_classes, notes)
+        if unpickled:
+            notes.append("read with --trust-pickle (the file needed full unpickling)")
+        meta = CheckpointMetadata()
+        sd = strip_prefixes(extracted, notes)
+        fmt = "state_dict"
+    return _from_state_dict(sd, fmt, source, meta, arch, num_classes, arch_kwargs, notes)
+
+
+def _whole_model(module: nn.Module, fmt: str, source: str, meta: CheckpointMetadata, arch: str | None,
+                 num_classes: int | None, notes: list[str]) -> LoadedModel:
+    if arch:
+        notes.append(f"--arch {arch} ignored: the file contains the whole model")
+    if fmt == "pickle":
+        notes.append(f"whole pickled model of class {type(module).__module__}.{type(module).__qualname__}")
+    inferred, _ = infer_num_classes(module.state_dict())
+    n = meta.num_classes or inferred
+    if num_classes is not None and n is not None and num_classes != n:
+        raise CheckpointError(f"Checkpoint {source} has {n} classes but --num-classes {num_classes} was given.")
+    module = module.to("cpu").eval()
+    return LoadedModel(
+        model=module, format=fmt, source=source, arch=meta.arch, num_classes=n if n is not None else num_classes,
+        preprocessing=meta.preprocessing, patch_spec=meta.patch_spec, class_names=meta.class_names,
+        arch_source="metadata" if meta.arch else "n/a", notes=notes,
+    )
+
+
+def _trusted_metadata_arch(arch: str, source: str) -> str:
+    """A factory named inside a file would import and run that module: only our own package is trusted."""
+    if kind_of(arch) == "factory":
+        module = arch.partition(":")[0]
+        if module != "shiftaudit" and not module.startswith("shiftaudit."):
+            raise CheckpointError(
+                f"Checkpoint {source} names the architecture factory {arch!r} from outside shiftaudit; importing it "
+                f"would run that module's code, so pass --arch {arch} explicitly if you trust it."
+            )
+    return arch
+
+
+def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetadata, arch: str | None,
+                     num_classes: int | None, arch_kwargs: dict[str, Any] | None, notes: list[str]) -> LoadedModel:
+    kwargs = dict(meta.arch_kwargs or {})
+    kwargs.update(arch_kwargs or {})
+    identified_n: int | None = None
+    if arch:
+        arch = canonical_arch(arch)
+        arch_source = "--arch"
+        if meta.arch and meta.arch.lower() != arch.lower():
+            notes.append(f"--arch {arch} overrides the file's recorded architecture {meta.arch}")
+    elif meta.arch:
+        arch = canonical_arch(_trusted_metadata_arch(meta.arch, source))
+        arch_source = "metadata"
+    else:
+        result = identify_architecture(sd)
+        if result.arch is None:
+            raise CheckpointError(result.explain(source))
+        arch = result.arch
+        identified_n = result.num_classes
+        arch_source = "identified from weights"
+        also = [m for m in result.matches if m != arch]
+        notes.append(f"identified from weights as {arch}" + (f" (same structure as {', '.join(also[:3])})" if also else ""))
+
+    n = num_classes if num_classes is not None else meta.num_classes
+    if n is None:
+        n = identified_n
+    if n is None:
+        n, key = infer_num_classes(sd)
+        if n is not None:
+            notes.append(f"{n} classes, inferred from {key}")
+    # an explicit --num-classes is always passed; a recorded or inferred one only where the builder takes it
+    build_n = n if num_classes is not None or accepts_num_classes(arch) else None
+    model = build_model(arch, build_n, **kwargs)
+
+    patch_spec = meta.patch_spec
+    if patch_spec:
+        try:
+            from ..patching import apply_patch_spec
+        except ImportError:
+            raise CheckpointError(f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.patching, which is not available.") from None
+        model = apply_patch_spec(model, patch_spec) or model
+
+    hint = _wrong_arch_hint(sd, arch) if arch_source == "--arch" else None
+    notes += load_weights(model, sd, label=arch, source=source, hint=hint)
+    model = model.to("cpu").eval()
+    if n is None:
+        n, _ = infer_num_classes(model.state_dict())
+    preprocessing = meta.preprocessing
+    if preprocessing is None and kind_of(arch) == "timm":
+        preprocessing = timm_preprocessing(model, arch)
+    return LoadedModel(
+        model=model, format=fmt, source=source, arch=arch, num_classes=n, preprocessing=preprocessing,
+        patch_spec=patch_spec, class_names=meta.class_names, arch_source=arch_source, notes=notes,
+    )
+
+
+def _wrong_arch_hint(sd: StateDict, arch: str) -> Any:
+    """A function naming the architecture the weights really fit (torchvision only, so it stays quick)."""
+
+    def hint() -> str | None:
+        try:
+            result = identify_architecture(sd, include_timm=False)
+        except Exception:
+            return None
+        if result.arch and result.arch != arch:
+            return f"the weights look like {result.arch} (leave --arch out to use it)"
+        return None
+
+    return hint

@@ -1,0 +1,133 @@
+"""The ``shiftaudit.*`` string metadata stored in safetensors (and TorchScript) files we write.
+
+Metadata comes from a file the user may have downloaded, so it is parsed as data only (``json.loads`` and
+type checks), never evaluated; anything malformed is a one-sentence :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CheckpointError, ShiftAuditError
+from ..presets import Preprocessing
+
+FORMAT_VERSION = "1"
+PREFIX = "shiftaudit."
+KEYS = ("format", "arch", "num_classes", "arch_kwargs", "preprocessing", "class_names", "patch")
+
+
+@dataclass
+class CheckpointMetadata:
+    arch: str | None = None
+    num_classes: int | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    patch_spec: dict[str, Any] | None = None
+    present: bool = False  # the file carries our metadata at all
+
+    @property
+    def empty(self) -> bool:
+        return not self.present
+
+
+def _json(raw: dict[str, str], key: str, source: str) -> Any:
+    text = raw.get(PREFIX + key)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"Checkpoint {source} has malformed metadata: {PREFIX}{key} is not valid JSON.") from None
+
+
+def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadata:
+    """Validate and decode the ``shiftaudit.*`` entries of ``raw``; other entries are ignored."""
+    raw = dict(raw or {})
+    meta = CheckpointMetadata(present=any(k.startswith(PREFIX) for k in raw))
+    if not meta.present:
+        return meta
+
+    def bad(key: str, what: str) -> CheckpointError:
+        return CheckpointError(f"Checkpoint {source} has malformed metadata: {PREFIX}{key} {what}.")
+
+    version = raw.get(PREFIX + "format", FORMAT_VERSION)
+    if not str(version).isdigit():
+        raise bad("format", f"is {version!r}, not a version number")
+    if int(version) > int(FORMAT_VERSION):
+        raise CheckpointError(f"Checkpoint {source} was written by a newer shiftaudit (metadata format {version}); upgrade shiftaudit to read it.")
+
+    arch = raw.get(PREFIX + "arch")
+    if arch is not None:
+        if not isinstance(arch, str) or not arch.strip():
+            raise bad("arch", "is empty")
+        meta.arch = arch.strip()
+
+    n = raw.get(PREFIX + "num_classes")
+    if n is not None and str(n).strip() not in ("", "null", "None"):
+        try:
+            meta.num_classes = int(str(n).strip())
+        except ValueError:
+            raise bad("num_classes", f"is {n!r}, not an integer") from None
+        if meta.num_classes < 1:
+            raise bad("num_classes", "is not positive")
+
+    kwargs = _json(raw, "arch_kwargs", source)
+    if kwargs is not None:
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+            raise bad("arch_kwargs", "is not an object of keyword arguments")
+        meta.arch_kwargs = kwargs
+
+    prep = _json(raw, "preprocessing", source)
+    if prep is not None:
+        if not isinstance(prep, dict):
+            raise bad("preprocessing", "is not an object")
+        try:
+            meta.preprocessing = Preprocessing.from_json(prep)
+        except ShiftAuditError as exc:
+            raise bad("preprocessing", f"is invalid ({exc.message.rstrip('.')})") from None
+
+    names = _json(raw, "class_names", source)
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
+            raise bad("class_names", "is not a list of strings")
+        meta.class_names = names
+
+    patch = _json(raw, "patch", source)
+    if patch is not None:
+        if not isinstance(patch, dict):
+            raise bad("patch", "is not an object")
+        meta.patch_spec = patch
+    return meta
+
+
+def encode_metadata(
+    *,
+    arch: str | None,
+    num_classes: int | None,
+    arch_kwargs: dict[str, Any] | None,
+    preprocessing: Preprocessing | dict[str, Any] | None,
+    class_names: list[str] | None,
+    patch_spec: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """The string->string map safetensors stores; JSON for anything structured."""
+    out: dict[str, str] = {PREFIX + "format": FORMAT_VERSION}
+    if arch:
+        out[PREFIX + "arch"] = str(arch)
+    if num_classes is not None:
+        out[PREFIX + "num_classes"] = str(int(num_classes))
+    if arch_kwargs:
+        out[PREFIX + "arch_kwargs"] = json.dumps(arch_kwargs, sort_keys=True)
+    if preprocessing is not None:
+        d = preprocessing.to_json() if isinstance(preprocessing, Preprocessing) else dict(preprocessing)
+        out[PREFIX + "preprocessing"] = json.dumps(d, sort_keys=True)
+    if class_names is not None:
+        out[PREFIX + "class_names"] = json.dumps([str(c) for c in class_names])
+    if patch_spec is not None:
+        out[PREFIX + "patch"] = json.dumps(patch_spec, sort_keys=True)
+    for key, value in (extra or {}).items():
+        out[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return out
