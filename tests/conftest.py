@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["COLUMNS"] = "200"  # wide rich tables, so CLI tests can read whole layer names
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -15,10 +15,10 @@ def filters_command() -> None:
     from ..filters import list_filters
 
     t = Table(title="Blur filters (Zhang, Table 1); 2-D filter = outer product", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("Name", "Family", "Taps", "Weights", "Normalised"):
+    for col in ("Name", "Family", "Taps", "Weights", "Normalised", "Nyquist gain"):
         t.add_column(col)
     for f in list_filters():
         raw = ", ".join(f"{w:g}" for w in f.weights)
         norm = ", ".join(f"{w:.4f}" for w in f.normalized)
-        t.add_row(f.name, f.family, str(f.taps), f"[{raw}]", f"[{norm}]")
+        t.add_row(f.name, f.family, str(f.taps), f"[{raw}]", f"[{norm}]", f"{f.nyquist_gain:.3f}")
     console.print(t)

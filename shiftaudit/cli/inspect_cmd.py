@@ -61,6 +61,7 @@ def inspection_report(loaded, insp) -> dict:  # type: ignore[no-untyped-def]
             "patch": loaded.patch_spec,
         },
         "inspection": insp.to_json() if insp is not None else None,
+        "filter_total_variation": _total_variation(loaded.model) if insp is not None else None,
     }
 
 
@@ -106,5 +107,15 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-
         from ..patching import plan_patch
     except ImportError:
         return {}
+    from ..patching import conv_total_variation
+
     plan = plan_patch(model, insp)
-    return {"Patch": {step.name: step.action for step in plan}}
+    tv = conv_total_variation(model)
+    return {"Patch": {step.name: step.action for step in plan}, "Filter TV": {n: f"{v:.3f}" for n, v in tv.items()}}
+
+
+def _total_variation(model) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Normalised TV of every spatial conv's filters (Fig. 7: lower is smoother)."""
+    from ..patching import conv_total_variation
+
+    return conv_total_variation(model)

@@ -1,0 +1,189 @@
+"""``shiftaudit patch MODEL``: blur before every subsampling, weights kept; save it and compare before/after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import (
+    ArchOpt,
+    BatchOpt,
+    ClassMapOpt,
+    DataKindOpt,
+    DataOpt,
+    DeviceOpt,
+    LimitOpt,
+    MaxShiftOpt,
+    MeanOpt,
+    ModeOpt,
+    ModelArg,
+    NumClassesOpt,
+    PairsOpt,
+    PrecisionOpt,
+    PresetOpt,
+    RawOpt,
+    ResizeOpt,
+    SeedOpt,
+    ShiftStepOpt,
+    SizeOpt,
+    StdOpt,
+    StrictOpt,
+    TrustPickleOpt,
+    WorkersOpt,
+    console,
+    handle_errors,
+    load_model_from_cli,
+    resolve_cli_preprocessing,
+)
+from .eval_cmd import QuietOpt
+
+FilterOpt = Annotated[str, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them).")]
+PadOpt = Annotated[str, typer.Option("--pad", help="Blur padding: reflect, zero, circular or replicate.")]
+
+
+def steps_table(result: Any) -> Table:
+    t = Table(title=f"Patch ({result.config.filter}, {result.config.pad} padding)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("Layer", "Kind", "Rule", "Decision"):
+        t.add_column(col)
+    for s in result.steps:
+        t.add_row(s.name, s.kind, s.rule if s.patched else "-", s.action, style=None if s.patched else "dim")
+    return t
+
+
+def latency_table(before_ms: float, after_ms: float, shape: tuple[int, ...], device: str) -> Table:
+    t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {device} (median)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("Baseline", "Patched", "Overhead"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{before_ms:.2f} ms", f"{after_ms:.2f} ms", f"{100 * (after_ms / before_ms - 1):+.1f} %")
+    return t
+
+
+@app.command("patch")
+@handle_errors
+def patch_command(
+    model: ModelArg,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    filter_name: FilterOpt = "binomial5",
+    pad: PadOpt = "reflect",
+    stem: Annotated[bool, typer.Option("--stem/--no-stem", help="Also blur the strided conv that reads the pixels (costs the most).")] = False,
+    shortcuts: Annotated[bool, typer.Option("--shortcuts/--no-shortcuts", help="Blur before strided 1x1 shortcut convs.")] = True,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Patch only this layer (and what is under it); repeatable, globs allowed.")] = None,
+    skip: Annotated[list[str] | None, typer.Option("--skip", help="Leave this layer alone; repeatable, globs allowed.")] = None,
+    circular_conv: Annotated[bool, typer.Option("--circular-conv", help="Make every conv's zero padding circular (the paper's clean testbed).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and stop.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the patched model here (.safetensors with metadata, or a TorchScript archive with --format torchscript).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="safetensors or torchscript.")] = "safetensors",
+    recalibrate: Annotated[int, typer.Option("--recalibrate", min=0, help="Re-estimate BatchNorm statistics on this many --data images after patching (labels unused).")] = 0,
+    evaluate: Annotated[bool, typer.Option("--eval", help="Audit the original and the patched model on --data and compare them side by side.")] = False,
+    data: DataOpt = None,
+    data_kind: DataKindOpt = "auto",
+    class_map: ClassMapOpt = None,
+    preset: PresetOpt = None,
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    raw: RawOpt = False,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    max_shift: MaxShiftOpt = None,
+    shift_step: ShiftStepOpt = None,
+    mode: ModeOpt = "auto",
+    pairs: PairsOpt = 5,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
+    from ..atomicio import write_json_atomic
+    from ..engine import resolve_device
+    from ..errors import UsageError
+    from ..inspection import inspect_model
+    from ..patching import PatchConfig, measure_latency, patch_model, plan_patch, recalibrate_batchnorm
+    from ..report.terminal import comparison_table, inspection_table
+    from .eval_cmd import load_dataset_from_cli, run_eval
+    from .progress import RichProgress
+
+    if fmt not in ("safetensors", "torchscript"):
+        raise UsageError(f"--format must be safetensors or torchscript, got {fmt!r}.")
+    if (evaluate or recalibrate) and data is None:
+        raise UsageError(f"{'--eval' if evaluate else '--recalibrate'} needs --data (the images to {'audit' if evaluate else 'estimate statistics on'}).")
+    if dry_run and (output is not None or evaluate or recalibrate):
+        raise UsageError("--dry-run only shows the plan: drop --output, --eval and --recalibrate, or drop --dry-run.")
+    config = PatchConfig(filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
+                         only=tuple(only or ()), skip=tuple(skip or ()))
+    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
+    if loaded.format == "torchscript":
+        raise UsageError("A TorchScript archive cannot be patched: pass the weights (state dict or safetensors) with --arch.")
+    prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
+    if output is not None and fmt == "safetensors" and not loaded.arch:
+        raise UsageError("Saving a patched model as safetensors needs its architecture: pass --arch, or use --format torchscript.")
+
+    if dry_run:
+        insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
+        plan = {s.name: s for s in plan_patch(loaded.model, insp, config)}
+        console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}))
+        n = sum(s.patched for s in plan.values())
+        console.print(f"dry run: {n} of {len(plan)} strided layers would be patched; nothing was changed.")
+        return
+
+    result = patch_model(loaded.model, config)
+    if not quiet:
+        console.print(steps_table(result))
+        for note in result.notes:
+            console.print(f"note: {note}", style="dim", soft_wrap=True)
+    if not result.patched:
+        console.print("nothing to patch: the model has no strided layer the policy selects.", style="yellow")
+
+    dataset = None
+    if data is not None:
+        dataset = load_dataset_from_cli(loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std,
+                                        data_kind=data_kind, class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw)
+    dev = resolve_device(device)
+    report: dict[str, Any] = {"schema": "shiftaudit/patch-report", "schema_version": 1, "model": str(model), **result.to_json()}
+    if recalibrate:
+        used = recalibrate_batchnorm(result.model, dataset, num_images=recalibrate, device=dev, progress=RichProgress(enabled=not quiet))
+        report["recalibrated_images"] = used
+        if not quiet:
+            console.print(f"re-estimated BatchNorm statistics on {used} images")
+    result.model.eval().cpu()
+
+    if output is not None:
+        from ..loading import save_model
+
+        spec = result.spec
+        save_model(result.model, output, format=fmt, arch=loaded.arch, num_classes=loaded.num_classes, preprocessing=prep,
+                   class_names=loaded.class_names, patch_spec=spec, extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0)})
+        report["output"] = str(output)
+        if not quiet:
+            console.print(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags")
+
+    if evaluate:
+        import dataclasses
+
+        kwargs = dict(thresholds=[], max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs, seed=seed,
+                      device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet)
+        before = run_eval(loaded, dataset, **kwargs)
+        after = run_eval(dataclasses.replace(loaded, model=result.model, patch_spec=result.spec), dataset, **kwargs)
+        shape = (1, prep.channels, *prep.size)
+        lat_before = measure_latency(loaded.model, shape, device=dev)
+        lat_after = measure_latency(result.model, shape, device=dev)
+        console.print(comparison_table([("Baseline", before), (f"Patched ({config.filter})", after)]))
+        console.print(latency_table(lat_before, lat_after, shape, str(dev)))
+        report["before"] = before.to_json()
+        report["after"] = after.to_json()
+        report["latency_ms"] = {"baseline": lat_before, "patched": lat_after, "input_shape": list(shape), "device": str(dev)}
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+        if not quiet:
+            console.print(f"wrote {json_out}")

@@ -1,0 +1,64 @@
+"""What a patch does, as a small JSON-able spec: saved in a patched checkpoint so the model can be rebuilt exactly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+
+SPEC_VERSION = 1
+METHODS = ("blurpool",)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Options of ``shiftaudit patch``. ``stem``: also blur the strided conv that reads the pixels (the costliest);
+    ``shortcuts``: blur before strided 1x1 shortcut convs; ``circular_conv``: make every conv's padding circular
+    (the paper's clean testbed); ``only``/``skip``: module names or globs (a name also matches everything under it)."""
+
+    method: str = "blurpool"
+    filter: str = "binomial5"
+    pad: str = "reflect"
+    stem: bool = False
+    shortcuts: bool = True
+    pools: bool = True
+    convs: bool = True
+    circular_conv: bool = False
+    only: tuple[str, ...] = field(default_factory=tuple)
+    skip: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"Unknown patch method {self.method!r}; choose one of: {', '.join(METHODS)}.")
+        from ..blurpool import normalize_pad_mode
+        from ..filters import canonical_filter_name
+
+        object.__setattr__(self, "filter", canonical_filter_name(self.filter))
+        object.__setattr__(self, "pad", normalize_pad_mode(self.pad))
+        object.__setattr__(self, "only", tuple(self.only))
+        object.__setattr__(self, "skip", tuple(self.skip))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["only"] = list(self.only)
+        d["skip"] = list(self.skip)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PatchConfig:
+        if not isinstance(d, dict):
+            raise UsageError("A patch spec must be a JSON object.")
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for key in ("only", "skip"):
+            if key in known:
+                if not isinstance(known[key], (list, tuple)) or not all(isinstance(v, str) for v in known[key]):
+                    raise UsageError(f"Patch spec field {key!r} must be a list of module names.")
+                known[key] = tuple(known[key])
+        for key in ("stem", "shortcuts", "pools", "convs", "circular_conv"):
+            if key in known and not isinstance(known[key], bool):
+                raise UsageError(f"Patch spec field {key!r} must be true or false.")
+        for key in ("method", "filter", "pad"):
+            if key in known and not isinstance(known[key], str):
+                raise UsageError(f"Patch spec field {key!r} must be a string.")
+        return cls(**known)

@@ -1,0 +1,52 @@
+"""What a patch costs and what it changes besides shift-robustness: latency (the paper's Table 2) and the
+smoothness of the learned filters (normalised total variation, Fig. 7)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
+                    repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of one forward pass on ``input_shape``, in milliseconds."""
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.randn(*input_shape, device=dev, dtype=dtype)
+    times = []
+    for i in range(warmup + repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def filter_total_variation(weight: torch.Tensor) -> float:
+    """Normalised total variation of conv filters (Ruderman et al., used in the paper's Fig. 7).
+
+    Per 2-D filter: sum of absolute differences between vertical and horizontal neighbours divided by the sum of
+    absolute values; averaged over all (out, in) filters. 0 for constant filters; lower is smoother.
+    """
+    w = weight.detach().float()
+    tv = (w[..., 1:, :] - w[..., :-1, :]).abs().sum(dim=(-2, -1)) + (w[..., :, 1:] - w[..., :, :-1]).abs().sum(dim=(-2, -1))
+    norm = w.abs().sum(dim=(-2, -1)).clamp_min(1e-12)
+    return float((tv / norm).mean())
+
+
+def conv_total_variation(model: nn.Module) -> dict[str, float]:
+    """Normalised TV of every conv with a spatial kernel (1x1 convs have no spatial variation)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.weight.shape[-1] * m.weight.shape[-2] > 1:
+            out[name] = filter_total_variation(m.weight)
+    return out

@@ -1,0 +1,123 @@
+"""The building blocks a patch inserts. None of them holds a persistent tensor, so state dicts keep their keys."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..blurpool import BlurPool2d
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(x) for x in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def pool_output_size(n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length of a strided PyTorch pool (the formula of nn.MaxPool2d's documentation)."""
+    span = n + 2 * padding - dilation * (kernel - 1) - 1
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= n + padding:
+        out -= 1
+    return out
+
+
+class PoolBlur2d(nn.Module):
+    """A strided pool evaluated densely (stride 1), then blurred and subsampled: Eq. 3 of the paper.
+
+    ``MaxPool(k, s)`` becomes ``MaxPool(k, 1)`` + ``BlurPool(s)`` (MaxBlurPool); ``AvgPool(k, s)`` becomes
+    ``AvgPool(k, 1)`` + ``BlurPool(s)``. The output has the original pool's size, ``ceil_mode`` included. With
+    ``circular`` (set by ``--circular-conv``) the dense pool wraps around the border as circular convs do, so the
+    whole layer is exactly equivariant to shifts by multiples of its stride; its output is then ceil(H / s) long.
+    """
+
+    def __init__(self, pool: nn.Module, blur: BlurPool2d, circular: bool = False) -> None:
+        super().__init__()
+        self.kernel = _pair(pool.kernel_size)
+        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = _pair(pool.padding)
+        self.dilation = _pair(getattr(pool, "dilation", 1))
+        self.ceil_mode = bool(pool.ceil_mode)
+        self.circular = bool(circular)
+        pool.stride = (1, 1) if isinstance(pool.stride, tuple) else 1
+        pool.ceil_mode = False
+        if self.circular:
+            pool.padding = 0
+        self.pool = pool
+        self.blur = blur
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.circular:
+            # the dense pool wraps around like the convs: output index i is the window starting at i - padding
+            (kh, kw), (ph, pw), (dh, dw) = self.kernel, self.padding, self.dilation
+            x = F.pad(x, (pw, dw * (kw - 1) - pw, ph, dh * (kh - 1) - ph), mode="circular")
+        elif self.ceil_mode:
+            x = self._pad_for_ceil_mode(x)
+        return self.blur(self.pool(x))
+
+    def _pad_for_ceil_mode(self, x: torch.Tensor) -> torch.Tensor:
+        """ceil_mode keeps a last, partial window: extend the input so the dense map reaches it.
+
+        Max pools see the extension as -inf (the partial window's maximum is exact); average pools see a copy of
+        the border.
+        """
+        extra = []
+        for n, k, s, p, d in zip(x.shape[-2:], self.kernel, self.stride, self.padding, self.dilation):
+            want = pool_output_size(n, k, s, p, d, True)
+            dense = n + 2 * p - d * (k - 1)
+            extra.append(max(0, (want - 1) * s + 1 - dense))
+        if not (extra[0] or extra[1]):
+            return x
+        if isinstance(self.pool, nn.MaxPool2d):
+            return F.pad(x, (0, extra[1], 0, extra[0]), value=float("-inf"))
+        return F.pad(x, (0, extra[1], 0, extra[0]), mode="replicate")
+
+
+class ConvThenBlur2d(nn.Conv2d):
+    """A strided conv run at stride 1 and followed by a blur-subsample; the weights stay ``weight``/``bias``.
+
+    Used where the graph cannot be traced, so the blur cannot be moved past the conv's norm and activation.
+    """
+
+    blur: BlurPool2d
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, blur: BlurPool2d) -> ConvThenBlur2d:
+        new = _conv_like(cls, conv)
+        new.blur = blur
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blur(super().forward(x))
+
+
+class BlurThenConv2d(nn.Conv2d):
+    """A blur-subsample followed by the (1x1) conv at stride 1: the paper's rule for strided shortcut convs."""
+
+    blur: BlurPool2d
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, blur: BlurPool2d) -> BlurThenConv2d:
+        new = _conv_like(cls, conv)
+        new.blur = blur
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.blur(x))
+
+
+def _conv_like(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+    new = cls(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        device="meta",
+    )
+    new.weight = conv.weight
+    new.bias = conv.bias
+    new.train(conv.training)
+    return new
