@@ -1,0 +1,352 @@
+"""The dataset every audit runs on, and the loader that feeds the engine.
+
+:class:`AuditDataset` yields ``(image, label)`` with the image already preprocessed (float ``(C, H, W)``) and the
+label an int (-1 when unlabelled). Image files are decoded lazily in ``__getitem__`` so that DataLoader workers
+decode in parallel; nothing but the file list is read up front.
+
+What happened while decoding (images converted to RGB, enlarged to the crop size, unreadable) is reported back to
+the main process by :func:`make_loader`'s loader and shows up in ``dataset.notes`` once the audit has run. An
+unreadable file is skipped by the loader (and, read directly with ``dataset[i]``, comes back as an all-NaN image,
+which the engine leaves out as non-finite); with ``strict=True`` it raises :class:`~shiftaudit.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from ..presets import Preprocessing
+from .preprocess import CONVERTED, ENLARGED, UNREADABLE, adapt_channels, decode_image, finish
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources: where image i comes from, before preprocessing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FileSource:
+    """Image files, decoded on demand."""
+
+    in_memory = False
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = [str(f) for f in files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, i: int) -> str:
+        return self.files[i]
+
+    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
+        img, flags = decode_image(self.files[i], channels)
+        x, more = finish(img, prep)
+        return x, flags | more
+
+    def error(self, i: int, channels: int) -> str:
+        """Why image i cannot be read (decoded again in the main process to get the reason)."""
+        try:
+            decode_image(self.files[i], channels)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
+            return f"{type(exc).__name__}: {exc}".rstrip(".")
+        return "it could not be decoded"
+
+
+class TensorSource:
+    """A stack of images in memory: NCHW or NHWC, uint8 (0-255) or float (0-1, or as is when ``raw``)."""
+
+    in_memory = True
+
+    def __init__(self, images: torch.Tensor, *, channels_last: bool, raw: bool, scale: float | None) -> None:
+        self.images = images
+        self.channels_last = channels_last
+        self.raw = raw
+        self.scale = scale  # divide integer data by this to get [0, 1]; None: uint8 or float, handled by finish
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def name(self, i: int) -> str:
+        return f"image {i}"
+
+    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
+        img = self.images[i]
+        if self.channels_last:
+            img = img.permute(2, 0, 1)
+        if self.raw:
+            return img.to(torch.float32).contiguous(), 0
+        if self.scale is not None:
+            img = img.to(torch.float32) / self.scale
+        elif img.dtype not in (torch.uint8, torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            img = img.to(torch.uint8)
+        img, flags = adapt_channels(img, channels)
+        x, more = finish(img, prep)
+        return x, flags | more
+
+    def error(self, i: int, channels: int) -> str:
+        return "it could not be read"
+
+
+class DatasetSource:
+    """A user's torch Dataset yielding ``(image, label)`` (image: tensor or PIL image) or just images."""
+
+    in_memory = True
+
+    def __init__(self, dataset: Any, *, raw: bool) -> None:
+        self.dataset = dataset
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def name(self, i: int) -> str:
+        return f"item {i}"
+
+    def item(self, i: int) -> tuple[Any, int]:
+        it = self.dataset[i]
+        if isinstance(it, (tuple, list)):
+            img, label = it[0], (it[1] if len(it) > 1 else -1)
+            return img, int(label) if label is not None else -1
+        return it, -1
+
+    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
+        img, _ = self.item(i)
+        return to_chw(img, prep, channels, self.raw)
+
+    def error(self, i: int, channels: int) -> str:
+        return "it could not be read"
+
+
+def to_chw(img: Any, prep: Preprocessing | None, channels: int, raw: bool) -> tuple[torch.Tensor, int]:
+    """One in-memory image (PIL, ndarray or tensor; CHW, HWC or HW) to the preprocessed network input."""
+    from PIL import Image
+
+    from .preprocess import pil_mode_for
+
+    flags = 0
+    if isinstance(img, Image.Image):
+        mode = pil_mode_for(channels)
+        if mode is None:
+            raise DataError(f"PIL images cannot give the {channels} channels the model expects.")
+        if img.mode != mode:
+            img, flags = img.convert(mode), CONVERTED
+        x, more = finish(torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(img.height, img.width, -1).permute(2, 0, 1), prep)
+        return x, flags | more
+    t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise DataError(f"A dataset item has shape {tuple(t.shape)}; images must be (C, H, W), (H, W, C) or (H, W).")
+    if t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
+        t = t.permute(2, 0, 1)
+    if raw:
+        return t.to(torch.float32).contiguous(), 0
+    t, flags = adapt_channels(t, channels)
+    x, more = finish(t, prep)
+    return x, flags | more
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class AuditDataset(Dataset):
+    """Preprocessed images with optional labels, plus what the report needs to describe them.
+
+    Attributes: ``has_labels``, ``labels`` (list of ints aligned with the items, or None), ``classes`` (class names
+    by label index, or None), ``description``, ``kind`` (imagefolder, folder, cifar10, tensors, memory),
+    ``image_size`` (H, W of every item), ``channels``, ``preprocessing`` and ``notes`` (what was converted, skipped
+    or guessed; notes from decoding appear after the images have been read).
+    """
+
+    def __init__(
+        self,
+        source: FileSource | TensorSource | DatasetSource,
+        *,
+        index: np.ndarray | None = None,
+        labels: Sequence[int] | None,
+        has_labels: bool | None = None,
+        classes: list[str] | None = None,
+        kind: str,
+        description: str,
+        image_size: tuple[int, int],
+        channels: int,
+        preprocessing: Preprocessing | None,
+        notes: list[str] | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.source = source
+        self.index = np.arange(len(source), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+        self.labels: list[int] | None = None if labels is None else [int(v) for v in labels]
+        if self.labels is not None and len(self.labels) != len(self.index):
+            raise ValueError("labels must be aligned with the selected items")
+        self.has_labels = bool(has_labels) if has_labels is not None else self.labels is not None
+        self.classes = classes
+        self.kind = kind
+        self.description = description
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.channels = int(channels)
+        self.preprocessing = preprocessing
+        self.strict = strict
+        self._notes: list[str] = list(notes or [])
+        self._flags = np.zeros(len(self.index), dtype=np.uint8)
+        self._seen = np.zeros(len(self.index), dtype=bool)
+
+    # -- items -----------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def label(self, i: int) -> int:
+        if self.labels is not None:
+            return self.labels[i]
+        if isinstance(self.source, DatasetSource) and self.has_labels:
+            return self.source.item(int(self.index[i]))[1]
+        return -1
+
+    def load(self, i: int) -> tuple[torch.Tensor, int, int]:
+        """Item i as ``(image, label, flags)``; an unreadable file gives an all-NaN image and the UNREADABLE flag."""
+        j = int(self.index[i])
+        try:
+            x, flags = self.source.get(j, self.preprocessing, self.channels)
+        except DataError:
+            raise
+        except Exception:  # noqa: BLE001 - a corrupt file may raise anything from inside the decoder
+            if not isinstance(self.source, FileSource):
+                raise
+            x = torch.full((self.channels, *self.image_size), float("nan"))
+            flags = UNREADABLE
+        return x, self.label(i), flags
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y, flags = self.load(i)
+        self.record(np.array([i]), np.array([flags]))
+        if flags & UNREADABLE and self.strict:
+            raise self.unreadable_error(i)
+        return x, y
+
+    # -- what decoding found ---------------------------------------------------------------------------------
+
+    def record(self, ids: np.ndarray, flags: np.ndarray) -> None:
+        self._flags[ids] |= flags.astype(np.uint8)
+        self._seen[ids] = True
+
+    def unreadable_error(self, i: int) -> DataError:
+        j = int(self.index[i])
+        return DataError(
+            f"Cannot read image {self.source.name(j)}: {self.source.error(j, self.channels)}.",
+            hint="leave out --strict to skip unreadable images",
+        )
+
+    def unreadable(self) -> list[str]:
+        """Names of the files found unreadable so far."""
+        return [self.source.name(int(self.index[i])) for i in np.flatnonzero(self._flags & UNREADABLE)]
+
+    @property
+    def notes(self) -> list[str]:
+        out = list(self._notes)
+        n_conv = int(np.count_nonzero(self._flags & CONVERTED))
+        if n_conv:
+            target = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(self.channels, f"{self.channels} channels")
+            out.append(f"converted {n_conv} image{'s' if n_conv != 1 else ''} with another colour mode to {target}")
+        n_big = int(np.count_nonzero(self._flags & ENLARGED))
+        if n_big:
+            h, w = self.image_size
+            out.append(f"{n_big} image{'s' if n_big != 1 else ''} smaller than the {h}x{w} crop enlarged to cover it")
+        bad = self.unreadable()
+        if bad:
+            shown = ", ".join(os.path.basename(b) for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            out.append(f"{len(bad)} unreadable image{'s' if len(bad) != 1 else ''} skipped: {shown}")
+        return out
+
+    @notes.setter
+    def notes(self, value: list[str]) -> None:
+        self._notes = list(value)
+
+    def __repr__(self) -> str:
+        return f"AuditDataset({self.description!r})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Indexed(Dataset):
+    """Adds the item's index and decode flags; never raises for an unreadable file (the main process decides)."""
+
+    def __init__(self, ds: AuditDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
+        x, y, flags = self.ds.load(i)
+        return x, y, i, flags
+
+
+class AuditLoader(DataLoader):
+    """A DataLoader yielding ``(images, labels, indices)``; it records decode flags and drops unreadable images."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        ds: AuditDataset = self.dataset.ds  # type: ignore[attr-defined]
+        yielded = 0
+        for images, labels, ids, flags in super().__iter__():
+            ds.record(ids.numpy(), flags.numpy())
+            bad = (flags & UNREADABLE) != 0
+            if bool(bad.any()):
+                if ds.strict:
+                    raise ds.unreadable_error(int(ids[bad][0]))
+                keep = ~bad
+                if not bool(keep.any()):
+                    continue
+                images, labels, ids = images[keep], labels[keep], ids[keep]
+            yielded += int(ids.numel())
+            yield images, labels, ids
+        if yielded == 0 and len(ds) > 0:
+            first = int(np.flatnonzero(ds._flags & UNREADABLE)[0])
+            raise DataError(f"None of the {len(ds)} images could be read; the first: {ds.unreadable_error(first).message}")
+
+
+def default_workers(dataset: AuditDataset, batch_size: int) -> int:
+    """0 for data in memory; for files min(4, CPUs - 1), and no more workers than batches."""
+    if getattr(dataset.source, "in_memory", True):
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    batches = -(-len(dataset) // max(1, batch_size))
+    return max(0, min(4, cpus - 1, batches))
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not fight the model's threads
+
+
+def make_loader(
+    dataset: Any, *, batch_size: int, num_workers: int | None = None, pin_memory: bool = False
+) -> AuditLoader:
+    """Batches of ``(images float, labels int64 (-1: unlabelled), indices int64)`` in dataset order."""
+    if not isinstance(dataset, AuditDataset):
+        from .sources import load_data
+
+        dataset = load_data(dataset, raw=True)
+    workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
+    return AuditLoader(
+        _Indexed(dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )

@@ -1,0 +1,8 @@
+"""Model definitions that ship with shiftaudit: the demo CNN and the paper's VGG-13 for CIFAR."""
+
+from __future__ import annotations
+
+from .demo import DEMO_TEST_SEED, demo_checkpoint_path, demo_cnn
+from .vgg_cifar import vgg13_cifar
+
+__all__ = ["DEMO_TEST_SEED", "demo_checkpoint_path", "demo_cnn", "vgg13_cifar"]

@@ -1,0 +1,319 @@
+"""Data loading on real small files written here: folders, CIFAR pickles, tensor files, preprocessing, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shiftaudit.data import AuditDataset, detect_kind, load_data, make_loader
+from shiftaudit.data.cifar import RestrictedUnpickler, restricted_load
+from shiftaudit.errors import DataError, UsageError
+from shiftaudit.presets import Preprocessing
+
+PREP = Preprocessing(size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), name="test")
+
+
+def png(path: Path, value: tuple[int, ...] | int = (10, 20, 30), size: tuple[int, int] = (8, 8), mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def image_folder(root: Path, classes: dict[str, int]) -> Path:
+    for name, n in classes.items():
+        for i in range(n):
+            png(root / name / f"{i}.png", (i * 10, 50, 100))
+    return root
+
+
+def all_items(ds: AuditDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batches = list(make_loader(ds, batch_size=4, num_workers=0))
+    return tuple(torch.cat(parts) for parts in zip(*batches))  # type: ignore[return-value]
+
+
+# -- folders ------------------------------------------------------------------------------------------------------
+
+
+def test_image_folder_labels_follow_sorted_folder_names(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"cat": 2, "ant": 3, "dog": 1})
+    ds = load_data(root, preprocessing=PREP)
+    assert detect_kind(root) == "imagefolder" and ds.kind == "imagefolder"
+    assert ds.classes == ["ant", "cat", "dog"] and ds.has_labels
+    assert ds.labels == [0, 0, 0, 1, 1, 2]
+    assert ds.description == f"ImageFolder {root}: 6 images, 3 classes"
+    x, y, idx = all_items(ds)
+    assert x.shape == (6, 3, 8, 8) and x.dtype == torch.float32
+    assert y.tolist() == ds.labels and idx.tolist() == list(range(6))
+    assert ds.image_size == (8, 8) and ds.channels == 3 and ds.preprocessing == PREP
+
+
+def test_class_map_remaps_and_unknown_folder_is_an_error(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"n02": 1, "n01": 2})
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"n01": 7, "n02": 3}))
+    ds = load_data(root, preprocessing=PREP, class_map=cmap)
+    assert ds.labels == [7, 7, 3]
+    assert ds.classes is not None and ds.classes[7] == "n01" and ds.classes[3] == "n02"
+    # the Keras/ImageNet index file format works too
+    keras = {"3": ["n02", "goldfish"], "7": ["n01", "tench"]}
+    assert load_data(root, preprocessing=PREP, class_map=keras).labels == [7, 7, 3]
+    with pytest.raises(DataError, match="not in the class map: n02"):
+        load_data(root, preprocessing=PREP, class_map={"n01": 0})
+
+
+def test_flat_folder_is_unlabelled(tmp_path: Path) -> None:
+    for i in range(3):
+        png(tmp_path / "imgs" / f"{i}.jpg")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    ds = load_data(tmp_path / "imgs", preprocessing=PREP)
+    assert detect_kind(tmp_path / "imgs") == "folder" and ds.kind == "folder"
+    assert not ds.has_labels and ds.labels is None and len(ds) == 3
+    _, y, _ = all_items(ds)
+    assert y.tolist() == [-1, -1, -1]
+
+
+def test_loose_images_next_to_class_folders_are_ignored_with_a_note(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"a": 1, "b": 1})
+    png(root / "stray.png")
+    ds = load_data(root, preprocessing=PREP)
+    assert len(ds) == 2 and any("loose image" in n for n in ds.notes)
+
+
+def test_grayscale_and_rgba_are_converted_with_a_note(tmp_path: Path) -> None:
+    png(tmp_path / "f" / "gray.png", 128, mode="L")
+    png(tmp_path / "f" / "rgba.png", (10, 20, 30, 40), mode="RGBA")
+    png(tmp_path / "f" / "rgb.png", (10, 20, 30))
+    ds = load_data(tmp_path / "f", preprocessing=PREP)
+    x, _, _ = all_items(ds)
+    assert x.shape == (3, 3, 8, 8)
+    assert any("converted 2 images" in n for n in ds.notes), ds.notes
+    gray = x[0]  # gray.png sorts first: every channel holds the same value
+    assert torch.allclose(gray[0], gray[1]) and torch.allclose(gray[1], gray[2])
+    # a one-channel model gets grayscale
+    one = Preprocessing(size=(8, 8), mean=(0.5,), std=(0.5,))
+    assert load_data(tmp_path / "f", preprocessing=one)[2][0].shape == (1, 8, 8)
+
+
+def test_corrupt_image_is_skipped_and_counted_or_raises_when_strict(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"a": 2, "b": 2})
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    ds = load_data(root, preprocessing=PREP)
+    assert len(ds) == 5
+    x, y, idx = all_items(ds)
+    assert len(idx) == 4 and torch.isfinite(x).all()
+    assert any(n.startswith("1 unreadable image skipped: broken.png") for n in ds.notes), ds.notes
+    assert torch.isnan(ds[2][0]).all()  # read directly: an all-NaN image the engine leaves out
+    strict = load_data(root, preprocessing=PREP, strict=True)
+    with pytest.raises(DataError, match="Cannot read image .*broken.png"):
+        all_items(strict)
+    with pytest.raises(DataError, match="broken.png"):
+        strict[2]
+
+
+def test_loader_with_a_worker_process_reports_back(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"a": 3})
+    png(root / "a" / "gray.png", 5, mode="L")
+    (root / "a" / "zz.png").write_bytes(b"junk")
+    ds = load_data(root, preprocessing=PREP)
+    loader = make_loader(ds, batch_size=2, num_workers=1)
+    ids = torch.cat([b[2] for b in loader])
+    assert len(ids) == 4
+    assert any("converted 1 image" in n for n in ds.notes) and any("unreadable" in n for n in ds.notes)
+
+
+def test_limit_is_a_reproducible_seeded_subset_in_order(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"a": 6, "b": 6})
+    a = load_data(root, preprocessing=PREP, limit=5, seed=1)
+    b = load_data(root, preprocessing=PREP, limit=5, seed=1)
+    c = load_data(root, preprocessing=PREP, limit=5, seed=2)
+    assert len(a) == 5 and a.index.tolist() == b.index.tolist() and a.index.tolist() != c.index.tolist()
+    assert a.index.tolist() == sorted(a.index.tolist())
+    assert a.labels == [0 if i < 6 else 1 for i in a.index]
+    assert "random subset of 5 of 12" in a.description
+    assert len(load_data(root, preprocessing=PREP, limit=50)) == 12
+
+
+# -- preprocessing ----------------------------------------------------------------------------------------------
+
+
+def test_constant_image_normalises_exactly(tmp_path: Path) -> None:
+    png(tmp_path / "f" / "c.png", (200, 100, 0), size=(8, 8))
+    x = load_data(tmp_path / "f", preprocessing=PREP)[0][0]
+    expect = torch.tensor([(v / 255 - 0.5) / 0.25 for v in (200, 100, 0)]).view(3, 1, 1).expand(3, 8, 8)
+    assert torch.allclose(x, expect, atol=1e-6)
+
+
+def test_resize_then_centre_crop(tmp_path: Path) -> None:
+    # a 40x20 (W x H) image: left half black, right half white; resize shorter side to 10 -> 20x10, crop 8x8
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, 20:] = 255
+    Image.fromarray(arr).save(tmp_path / "img.png")
+    prep = Preprocessing(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1), resize=10)
+    x = load_data(tmp_path / "img.png", preprocessing=prep)[0][0]
+    assert x.shape == (3, 8, 8)
+    assert x[:, :, :2].max() < 0.05 and x[:, :, -2:].min() > 0.95  # the crop straddles the edge in the middle
+    # constant colour survives the resize (antialiased bilinear on uint8)
+    png(tmp_path / "c" / "c.png", (77, 77, 77), size=(30, 13))
+    y = load_data(tmp_path / "c", preprocessing=prep)[0][0]
+    assert torch.allclose(y, torch.full_like(y, 77 / 255), atol=1 / 255 + 1e-6)
+
+
+def test_small_images_are_enlarged_to_the_crop_with_a_note(tmp_path: Path) -> None:
+    png(tmp_path / "f" / "small.png", (9, 9, 9), size=(6, 4))
+    ds = load_data(tmp_path / "f", preprocessing=PREP)
+    x, _, _ = all_items(ds)
+    assert x.shape == (1, 3, 8, 8) and torch.isfinite(x).all()
+    assert any("smaller than the 8x8 crop" in n for n in ds.notes)
+
+
+# -- tensors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", ["uint8", "float"])
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_tensor_files_in_every_layout(tmp_path: Path, layout: str, dtype: str, fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(5, 3, 8, 8), dtype=np.uint8)
+    images = u8 if dtype == "uint8" else u8.astype(np.float32) / 255
+    if layout == "nhwc":
+        images = images.transpose(0, 2, 3, 1).copy()
+    labels = np.array([0, 1, 2, 1, 0])
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "npz":
+        np.savez(path, images=images, labels=labels)
+    else:
+        torch.save({"x": torch.from_numpy(images), "y": torch.from_numpy(labels)}, path)
+    ds = load_data(path, preprocessing=PREP)
+    assert detect_kind(path) == "tensors" and ds.kind == "tensors" and ds.labels == [0, 1, 2, 1, 0]
+    expect = (torch.from_numpy(u8).float() / 255 - 0.5) / 0.25
+    got, _, _ = all_items(ds)
+    assert torch.allclose(got, expect, atol=1e-5)
+
+
+def test_pt_tuple_bare_tensor_raw_and_unlabelled(tmp_path: Path) -> None:
+    x = torch.randn(4, 3, 6, 6)
+    torch.save((x, torch.tensor([1, 0, 1, 0])), tmp_path / "pair.pt")
+    torch.save(x, tmp_path / "bare.pth")
+    pair = load_data(tmp_path / "pair.pt", preprocessing=PREP, raw=True)
+    assert pair.labels == [1, 0, 1, 0] and pair.image_size == (6, 6) and torch.equal(pair[2][0], x[2])
+    bare = load_data(tmp_path / "bare.pth", raw=True)
+    assert not bare.has_labels and bare[0][1] == -1
+
+
+def test_npz_without_images_and_wrong_rank_are_errors(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", foo=np.zeros(3), bar=np.zeros(3))
+    with pytest.raises(DataError, match="no image array"):
+        load_data(tmp_path / "a.npz", preprocessing=PREP)
+    np.savez(tmp_path / "b.npz", images=np.zeros((2, 3, 4, 4, 1)))
+    with pytest.raises(DataError, match="4-D"):
+        load_data(tmp_path / "b.npz", preprocessing=PREP)
+
+
+def test_in_memory_uint8_nhwc_is_preprocessed_and_float_raw_is_kept(tmp_path: Path) -> None:
+    u8 = torch.full((3, 8, 8, 3), 51, dtype=torch.uint8)
+    ds = load_data((u8, torch.tensor([0, 1, 2])), preprocessing=PREP)
+    assert ds.kind == "memory" and ds.labels == [0, 1, 2]
+    assert torch.allclose(ds[0][0], torch.full((3, 8, 8), (0.2 - 0.5) / 0.25), atol=1e-6)
+    f = torch.randn(2, 3, 5, 5)
+    raw = load_data(f, preprocessing=PREP, raw=True)
+    assert raw.image_size == (5, 5) and torch.equal(raw[1][0], f[1])
+
+
+def test_torch_dataset_in_memory(tmp_path: Path) -> None:
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return torch.full((3, 4, 4), float(i)), i
+
+    ds = load_data(Pairs(), raw=True)
+    x, y, _ = all_items(ds)
+    assert ds.has_labels and y.tolist() == [0, 1, 2] and x[2].eq(2).all()
+
+
+# -- errors -----------------------------------------------------------------------------------------------------
+
+
+def test_label_range_is_checked_against_the_model(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {f"c{i}": 1 for i in range(10)})
+    with pytest.raises(DataError, match=r"^Labels go up to 9 but the model has 5 classes; pass --class-map"):
+        load_data(root, preprocessing=PREP, num_classes=5)
+    assert len(load_data(root, preprocessing=PREP, num_classes=10)) == 10
+
+
+def test_missing_path_empty_folder_and_unknown_kind(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(tmp_path / "nope", preprocessing=PREP)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"No images found in .*empty; looked for \.jpg \.jpeg \.png"):
+        load_data(tmp_path / "empty", preprocessing=PREP)
+    png(tmp_path / "f" / "a.png")
+    with pytest.raises(DataError, match="Unknown data kind"):
+        load_data(tmp_path / "f", preprocessing=PREP, kind="videos")
+    with pytest.raises(DataError, match="no sub-folders with images"):
+        load_data(tmp_path / "f", preprocessing=PREP, kind="imagefolder")
+    with pytest.raises(UsageError, match="--raw applies to tensor files"):
+        load_data(tmp_path / "f", preprocessing=PREP, raw=True)
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(DataError, match="Cannot tell what kind"):
+        load_data(tmp_path / "x.csv", preprocessing=PREP)
+
+
+# -- CIFAR-10 ---------------------------------------------------------------------------------------------------
+
+
+def fake_cifar(root: Path, n: int = 6) -> tuple[Path, np.ndarray]:
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    data = np.random.default_rng(0).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [i % 3 for i in range(n)]}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"airplane", b"automobile", b"bird"], b"num_vis": 3072}, f, protocol=2)
+    return d, data
+
+
+def test_fake_cifar_is_read_with_the_restricted_unpickler(tmp_path: Path) -> None:
+    d, data = fake_cifar(tmp_path)
+    assert detect_kind(tmp_path) == "cifar10" and detect_kind(d) == "cifar10"
+    prep = Preprocessing(size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1))
+    for src in (tmp_path, d):
+        ds = load_data(src, preprocessing=prep)
+        assert ds.kind == "cifar10" and len(ds) == 6 and ds.labels == [0, 1, 2, 0, 1, 2]
+        assert ds.classes == ["airplane", "automobile", "bird"]
+        assert any("md5" in n for n in ds.notes)
+        expect = torch.from_numpy(data[4].reshape(3, 32, 32)).float() / 255
+        assert torch.allclose(ds[4][0], expect)
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
+    payload = pickle.dumps({b"data": _Evil(), b"labels": [0]})
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        restricted_load(payload)
+    with pytest.raises(pickle.UnpicklingError):
+        RestrictedUnpickler.find_class(RestrictedUnpickler.__new__(RestrictedUnpickler), "builtins", "eval")
+    d, _ = fake_cifar(tmp_path)
+    (d / "test_batch").write_bytes(payload)
+    with pytest.raises(DataError, match="Refused to read"):
+        load_data(tmp_path, preprocessing=PREP)
+
+
+def test_numpy_arrays_round_trip_through_the_restricted_unpickler() -> None:
+    arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for protocol in (2, 4, 5):
+        out = restricted_load(pickle.dumps({b"data": arr, "k": [1, "x", b"y"]}, protocol=protocol))
+        assert np.array_equal(out[b"data"], arr) and out["k"] == [1, "x", b"y"]

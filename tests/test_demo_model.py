@@ -1,0 +1,81 @@
+"""The built-in demo: synthetic images, the shipped demo checkpoint, and the paper's CIFAR VGG-13."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from shiftaudit.models import DEMO_TEST_SEED, demo_checkpoint_path, demo_cnn, vgg13_cifar
+from shiftaudit.models.demo import DEMO_TRAIN_SEED
+from shiftaudit.presets import Preprocessing
+from shiftaudit.synthetic import CLASS_NAMES, make_synthetic
+
+
+def test_make_synthetic_is_deterministic_shaped_and_balanced() -> None:
+    a, ya, names = make_synthetic(103, seed=5)
+    b, yb, _ = make_synthetic(103, seed=5)
+    c, _, _ = make_synthetic(103, seed=6)
+    assert a.shape == (103, 32, 32, 3) and a.dtype == np.uint8 and ya.dtype == np.int64 and ya.shape == (103,)
+    assert np.array_equal(a, b) and np.array_equal(ya, yb) and not np.array_equal(a, c)
+    assert names == CLASS_NAMES and len(names) == 10
+    counts = np.bincount(ya, minlength=10)
+    assert counts.max() - counts.min() <= 1
+    assert make_synthetic(4, seed=0, size=48)[0].shape == (4, 48, 48, 3)
+
+
+def test_demo_seeds_are_disjoint() -> None:
+    assert DEMO_TEST_SEED != DEMO_TRAIN_SEED
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> nn.Module:
+    path = demo_checkpoint_path()
+    assert path.is_file(), f"missing {path}: run scripts/train_demo.py"
+    model = demo_cnn(10)
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.eval()
+
+
+def test_demo_asset_has_the_metadata(demo_model: nn.Module) -> None:
+    path = demo_checkpoint_path()
+    assert path.stat().st_size < 1_000_000
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["shiftaudit.format"] == "1"
+    assert meta["shiftaudit.arch"] == "shiftaudit.models.demo:demo_cnn"
+    assert meta["shiftaudit.num_classes"] == "10"
+    prep = Preprocessing.from_json(json.loads(meta["shiftaudit.preprocessing"]))
+    assert prep.size == (32, 32) and prep.channels == 3
+    assert json.loads(meta["shiftaudit.class_names"]) == list(CLASS_NAMES)
+    info = json.loads(meta["shiftaudit.train_info"])
+    assert info["shift_augmentation"] is False and info["test_accuracy"] >= 0.9
+
+
+def test_demo_model_is_accurate_on_the_demo_test_images(demo_model: nn.Module) -> None:
+    from shiftaudit.data import load_data
+
+    with safe_open(str(demo_checkpoint_path()), framework="pt") as f:
+        prep = Preprocessing.from_json(json.loads(f.metadata()["shiftaudit.preprocessing"]))
+    images, labels, _ = make_synthetic(256, seed=DEMO_TEST_SEED)
+    ds = load_data((torch.from_numpy(images), torch.from_numpy(labels)), preprocessing=prep)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        acc = (demo_model(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
+    assert acc >= 0.9
+
+
+def test_vgg13_cifar_shape_and_circular_padding() -> None:
+    torch.manual_seed(0)
+    model = vgg13_cifar(10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    convs = [m for m in vgg13_cifar(10, circular=True).modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 10 and all(m.padding_mode == "circular" for m in convs)
+    assert all(m.padding_mode == "zeros" for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
