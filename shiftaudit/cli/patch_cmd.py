@@ -41,12 +41,15 @@ from .common import (
 )
 from .eval_cmd import QuietOpt
 
-FilterOpt = Annotated[str, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them).")]
-PadOpt = Annotated[str, typer.Option("--pad", help="Blur padding: reflect, zero, circular or replicate.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
+FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: binomial5 for blurpool, none (delta) for aps.")]
+PadOpt = Annotated[str | None, typer.Option("--pad", help="Blur padding: reflect, zero, circular or replicate. Default: reflect for blurpool, circular for aps.")]
 
 
 def steps_table(result: Any) -> Table:
-    t = Table(title=f"Patch ({result.config.filter}, {result.config.pad} padding)", title_justify="left", show_edge=False, pad_edge=False)
+    cfg = result.config
+    what = f"{cfg.filter}, {cfg.pad} padding" if cfg.method == "blurpool" else f"APS, blur {cfg.filter}, {cfg.pad} padding"
+    t = Table(title=f"Patch ({what})", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("Layer", "Kind", "Rule", "Decision"):
         t.add_column(col)
     for s in result.steps:
@@ -69,8 +72,9 @@ def patch_command(
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    filter_name: FilterOpt = "binomial5",
-    pad: PadOpt = "reflect",
+    method: MethodOpt = "blurpool",
+    filter_name: FilterOpt = None,
+    pad: PadOpt = None,
     stem: Annotated[bool, typer.Option("--stem/--no-stem", help="Also blur the strided conv that reads the pixels (costs the most).")] = False,
     shortcuts: Annotated[bool, typer.Option("--shortcuts/--no-shortcuts", help="Blur before strided 1x1 shortcut convs.")] = True,
     only: Annotated[list[str] | None, typer.Option("--only", help="Patch only this layer (and what is under it); repeatable, globs allowed.")] = None,
@@ -120,7 +124,8 @@ def patch_command(
         raise UsageError(f"{'--eval' if evaluate else '--recalibrate'} needs --data (the images to {'audit' if evaluate else 'estimate statistics on'}).")
     if dry_run and (output is not None or evaluate or recalibrate):
         raise UsageError("--dry-run only shows the plan: drop --output, --eval and --recalibrate, or drop --dry-run.")
-    config = PatchConfig(filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
+    pad = pad or ("circular" if method == "aps" else "reflect")
+    config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     if loaded.format == "torchscript":
@@ -178,7 +183,7 @@ def patch_command(
         shape = (1, prep.channels, *prep.size)
         lat_before = measure_latency(loaded.model, shape, device=dev)
         lat_after = measure_latency(result.model, shape, device=dev)
-        console.print(comparison_table([("Baseline", before), (f"Patched ({config.filter})", after)]))
+        console.print(comparison_table([("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)]))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
         report["before"] = before.to_json()
         report["after"] = after.to_json()

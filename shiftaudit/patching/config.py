@@ -8,17 +8,18 @@ from typing import Any
 from ..errors import UsageError
 
 SPEC_VERSION = 1
-METHODS = ("blurpool",)
+METHODS = ("blurpool", "aps")
 
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """Options of ``shiftaudit patch``. ``stem``: also blur the strided conv that reads the pixels (the costliest);
+    """Options of ``shiftaudit patch``. ``method``: ``blurpool`` (blur, then subsample at phase 0) or ``aps``
+    (adaptive polyphase sampling, optionally after a blur); ``stem``: also blur the strided conv that reads the pixels (the costliest);
     ``shortcuts``: blur before strided 1x1 shortcut convs; ``circular_conv``: make every conv's padding circular
     (the paper's clean testbed); ``only``/``skip``: module names or globs (a name also matches everything under it)."""
 
     method: str = "blurpool"
-    filter: str = "binomial5"
+    filter: str | None = None  # default: binomial5 for blurpool, delta (no blur) for aps
     pad: str = "reflect"
     stem: bool = False
     shortcuts: bool = True
@@ -34,7 +35,8 @@ class PatchConfig:
         from ..blurpool import normalize_pad_mode
         from ..filters import canonical_filter_name
 
-        object.__setattr__(self, "filter", canonical_filter_name(self.filter))
+        default = "binomial5" if self.method == "blurpool" else "delta"
+        object.__setattr__(self, "filter", canonical_filter_name(self.filter or default))
         object.__setattr__(self, "pad", normalize_pad_mode(self.pad))
         object.__setattr__(self, "only", tuple(self.only))
         object.__setattr__(self, "skip", tuple(self.skip))
@@ -58,7 +60,9 @@ class PatchConfig:
         for key in ("stem", "shortcuts", "pools", "convs", "circular_conv"):
             if key in known and not isinstance(known[key], bool):
                 raise UsageError(f"Patch spec field {key!r} must be true or false.")
-        for key in ("method", "filter", "pad"):
+        for key in ("method", "pad"):
             if key in known and not isinstance(known[key], str):
                 raise UsageError(f"Patch spec field {key!r} must be a string.")
+        if "filter" in known and known["filter"] is not None and not isinstance(known["filter"], str):
+            raise UsageError("Patch spec field 'filter' must be a string.")
         return cls(**known)

@@ -28,10 +28,11 @@ from torch import fx, nn
 
 from ..blurpool import BlurPool2d
 from ..errors import UsageError
+from .aps import APSDown2d
 from .config import SPEC_VERSION, PatchConfig
 from .modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 
-_OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d)
+_OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish,
                 nn.Hardtanh, nn.CELU, nn.SELU, nn.RReLU)
 _ACT_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu,
@@ -50,26 +51,29 @@ class PatchStep:
     reason: str = ""
     placed_after: str = ""  # the module/node after which the blur sits ("" for blur-before rules)
     blur: str = ""  # name of the inserted blur module
+    method: str = "blurpool"
 
     @property
     def rule(self) -> str:
         s = self.stride
+        down = f"BlurPool(s{s})" if self.method == "blurpool" else f"APS(s{s})"
         return {
-            "maxpool": f"MaxPool(s{s}) -> MaxPool(s1) + BlurPool(s{s})",
-            "avgpool": f"AvgPool(s{s}) -> AvgPool(s1) + BlurPool(s{s})",
-            "shortcut": f"BlurPool(s{s}) + Conv1x1(s1)",
-        }.get(self.kind, f"Conv(s{s}) -> Conv(s1) + BlurPool(s{s})")
+            "maxpool": f"MaxPool(s{s}) -> MaxPool(s1) + {down}",
+            "avgpool": f"AvgPool(s{s}) -> AvgPool(s1) + {down}",
+            "shortcut": f"{down} + Conv1x1(s1)",
+        }.get(self.kind, f"Conv(s{s}) -> Conv(s1) + {down}")
 
     @property
     def action(self) -> str:
         if not self.patched:
             return f"skip: {self.reason}"
+        down = "blur" if self.method == "blurpool" else "APS"
         if self.kind == "shortcut":
-            return f"blur, then conv s1"
+            return f"{down}, then conv s1"
         if self.kind in ("maxpool", "avgpool"):
-            return f"{self.kind[:3]}pool s1 + blur s{self.stride}"
+            return f"{self.kind[:3]}pool s1 + {down} s{self.stride}"
         where = f" after {self.placed_after}" if self.placed_after and self.placed_after != self.name else " after conv"
-        return f"conv s1, blur s{self.stride}{where}"
+        return f"conv s1, {down} s{self.stride}{where}"
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "stride": self.stride, "patched": self.patched,
@@ -284,8 +288,14 @@ def _free_name(root: nn.Module, base: str) -> str:
     return candidate
 
 
-def _make_blur(cfg: PatchConfig, channels: int, stride: int, like: nn.Module) -> BlurPool2d:
-    blur = BlurPool2d(channels=channels, filt=cfg.filter, stride=stride, pad_mode=cfg.pad)
+def _make_blur(cfg: PatchConfig, channels: int | None, stride: int, like: nn.Module | None = None) -> nn.Module:
+    """The subsampling layer the method asks for: BlurPool (blur + phase 0) or APS (blur + best phase)."""
+    if cfg.method == "aps":
+        blur: nn.Module = APSDown2d(stride=stride, filt=cfg.filter, pad_mode=cfg.pad, channels=channels)
+    else:
+        blur = BlurPool2d(channels=channels, filt=cfg.filter, stride=stride, pad_mode=cfg.pad)
+    if like is None:
+        return blur
     ref = next(iter(like.parameters()), None)
     if ref is not None:
         blur = blur.to(device=ref.device)
@@ -294,6 +304,35 @@ def _make_blur(cfg: PatchConfig, channels: int, stride: int, like: nn.Module) ->
 
 def _set_stride_one(conv: nn.Conv2d) -> None:
     conv.stride = (1, 1)
+
+
+def _link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
+    """Each APS shortcut follows the main-path APS layer of its own block (the longest common name prefix)."""
+    notes = []
+    mains = [s for s in steps if s.patched and s.kind != "shortcut"]
+    for short in (s for s in steps if s.patched and s.kind == "shortcut"):
+        parent = short.name.split(".")[:-1]
+
+        def shared(step: PatchStep) -> int:
+            n = 0
+            for a, b in zip(step.name.split("."), parent):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        best = max(mains, key=shared, default=None)
+        follower = model.get_submodule(short.blur)
+        block_depth = max(1, len(parent) - 1)  # e.g. "layer2.0" for "layer2.0.downsample.0"
+        if best is None or shared(best) < block_depth:
+            notes.append(f"{short.name}: no main-path subsampling in its block; it chooses its own phase")
+            continue
+        leader = model.get_submodule(best.blur.split(",")[0])
+        if isinstance(leader, PoolBlur2d):
+            leader = leader.blur
+        if isinstance(follower, APSDown2d) and isinstance(leader, APSDown2d):
+            follower.follow(leader)
+    return notes
 
 
 def _blur_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -323,6 +362,8 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise UsageError("Only a Python nn.Module can be patched (a TorchScript archive cannot).")
     steps = plan_patch(model, None, cfg)
+    for step in steps:
+        step.method = cfg.method
     if not inplace:
         model = copy.deepcopy(model)
     notes: list[str] = []
@@ -355,9 +396,8 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     for s in todo:
         m = root.get_submodule(s.name)
         if s.kind in ("maxpool", "avgpool"):
-            channels = None
-            blur = BlurPool2d(channels=channels, filt=cfg.filter, stride=s.stride, pad_mode=cfg.pad)
-            _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv))
+            blur = _make_blur(cfg, None, s.stride)
+            _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv or cfg.pad == "circular"))
             s.blur = f"{s.name}.blur"
             continue
         assert isinstance(m, nn.Conv2d)
@@ -402,15 +442,18 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
         gm.graph.lint()
         gm.recompile()
         model = gm
+    if cfg.method == "aps":
+        notes.extend(_link_aps_shortcuts(model, steps))
     model.train(was_training)
     return PatchResult(model=model, steps=steps, config=cfg, mode="graph" if gm is not None else "modules", notes=notes)
 
 
-def patch(model: nn.Module, *, filter: str = "binomial5", pad: str = "reflect", stem: bool = False,  # noqa: A002
+def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,  # noqa: A002
           shortcuts: bool = True, circular_conv: bool = False, only: tuple[str, ...] | list[str] = (),
           skip: tuple[str, ...] | list[str] = (), inplace: bool = False) -> nn.Module:
     """Return ``model`` with blur-before-subsampling at every strided layer (see :func:`patch_model` for the report)."""
-    cfg = PatchConfig(filter=filter, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
+    pad = pad or ("circular" if method == "aps" else "reflect")
+    cfg = PatchConfig(method=method, filter=filter, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                       only=tuple(only), skip=tuple(skip))
     return patch_model(model, cfg, inplace=inplace).model
 
