@@ -154,3 +154,25 @@ def test_heatmap_png_for_resnet18_at_64(tmp_path):
     for layer in layers["layers"]:
         grid = np.array(layer["equivariance"]["map"], dtype=float)
         assert grid[zero_i, zero_j] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_blurpool_patched_stack_has_lower_distances_at_the_same_layers():
+    """Fig. 4 (b) vs (a): with MaxBlurPool, features stay closer to equivariant after each downsampling."""
+    from shiftaudit.patching import patch
+
+    torch.manual_seed(0)
+    model = circular_vgg().double()
+    patched = patch(model, filter="binomial5", pad="circular").double().eval()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    # the same feature maps in both: the output of every conv stage's ReLU, and the logits
+    names = ["5", "11", "17"]
+    base = audit(model, x, device="cpu", layers=names).metrics["layers"]["layers"]
+    blur = audit(patched, x, device="cpu", layers=names).metrics["layers"]["layers"]
+
+    def mean_eq(layers, name):
+        layer = next(lay for lay in layers if lay["name"].startswith(name))
+        return float(np.mean(np.array(layer["equivariance"]["map"], dtype=float)))
+
+    for name in ("11", "17", "logits"):  # after the first and second downsampling, and the output
+        assert mean_eq(blur, name) < mean_eq(base, name), name
+    assert mean_eq(blur, "5") == pytest.approx(0.0, abs=1e-9) and mean_eq(base, "5") == pytest.approx(0.0, abs=1e-9)

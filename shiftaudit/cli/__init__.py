@@ -16,7 +16,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
+from . import compare_cmd, demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
 
 
 @app.callback()

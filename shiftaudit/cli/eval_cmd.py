@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ..distributed import finish as finish_distributed
+from ..distributed import is_main_process
 from ..engine import audit, plan_shifts
 from ..gate import build_thresholds, evaluate_gate, validate_thresholds
 from ..report.outputs import write_report_dir
@@ -52,6 +54,9 @@ LayersOpt = Annotated[str | None, typer.Option("--layers", help="Also measure pe
 MinConsOpt = Annotated[float | None, typer.Option("--min-consistency", help="Gate: fail (exit 1) when consistency is below this fraction.")]
 MinAccOpt = Annotated[float | None, typer.Option("--min-accuracy", help="Gate: fail when accuracy without shift is below this fraction.")]
 MaxVarOpt = Annotated[float | None, typer.Option("--max-variation", help="Gate: fail when mean classification variation is above this.")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write the gate as JUnit XML (one testcase per threshold) for CI test reports; needs at least one threshold.")]
+NoPolyphaseOpt = Annotated[bool, typer.Option("--no-polyphase", help="Never use the polyphase (shift-and-stitch) engine, which evaluates every circular shift at once for circular-padded nets.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="Run the model through torch.compile (falls back to eager if compiling fails).")]
 MinAdvOpt = Annotated[list[str] | None, typer.Option("--min-adv-accuracy", help="Gate: RADIUS=FRACTION, fail when adversarial accuracy at that max shift is below it (repeatable).")]
 
 
@@ -71,6 +76,8 @@ def run_eval(
     workers: int | None,
     quiet: bool,
     layers: str | None = None,
+    polyphase: bool | None = None,
+    compile_model: bool = False,
 ) -> Any:
     """Plan, validate the gate against the plan, run the audit and attach the gate verdict."""
     shifts, exhaustive = plan_shifts(tuple(dataset.image_size), max_shift=max_shift, shift_step=shift_step, mode=mode)
@@ -88,6 +95,8 @@ def run_eval(
         num_workers=workers,
         progress=RichProgress(enabled=not quiet),
         layers=layers,
+        polyphase=polyphase,
+        compile=compile_model,
     )
     if thresholds:
         result.gate = evaluate_gate(result, thresholds).to_json()
@@ -111,7 +120,9 @@ def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean
     )
 
 
-def report_result(result: Any, *, json_out: Path | None, out: Path | None, quiet: bool) -> int:
+def report_result(
+    result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
+) -> int:
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
     if not quiet:
         console.print(audit_table(result, title=describe_run(result)))
@@ -128,9 +139,15 @@ def report_result(result: Any, *, json_out: Path | None, out: Path | None, quiet
         if not quiet:
             console.print(f"wrote {json_out}")
     if out is not None:
-        for path in write_report_dir(result, out):
+        for path in write_report_dir(result, out, dataset=dataset):
             if not quiet:
                 console.print(f"wrote {path}")
+    if junit is not None:
+        from ..report.junit import write_junit
+
+        write_junit(result, junit)
+        if not quiet:
+            console.print(f"wrote {junit}")
     if result.gate is None:
         return 0
     checks = result.gate["checks"]
@@ -180,6 +197,9 @@ def eval_command(
     min_accuracy: MinAccOpt = None,
     max_variation: MaxVarOpt = None,
     min_adv_accuracy: MinAdvOpt = None,
+    junit: JunitOpt = None,
+    no_polyphase: NoPolyphaseOpt = False,
+    compile_model: CompileOpt = False,
 ) -> None:
     """Audit MODEL on --data under circular shifts: accuracy, consistency, variation, adversarial curve, accuracy map.
 
@@ -188,6 +208,8 @@ def eval_command(
     from ..errors import UsageError
 
     thresholds = build_thresholds(min_consistency, min_accuracy, max_variation, min_adv_accuracy)
+    if junit is not None and not thresholds:
+        raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
     if data is None:
         raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
@@ -197,8 +219,13 @@ def eval_command(
     )
     result = run_eval(
         loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
-        seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet,
-        layers=layers,
+        seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers,
+        quiet=quiet or not is_main_process(), layers=layers, polyphase=False if no_polyphase else None,
+        compile_model=compile_model,
     )
-    code = report_result(result, json_out=json_out, out=out, quiet=quiet)
+    if not is_main_process():  # under torchrun every rank holds the merged result; rank 0 alone reports
+        finish_distributed()
+        raise typer.Exit(0)
+    code = report_result(result, json_out=json_out, out=out, quiet=quiet, junit=junit, dataset=dataset)
+    finish_distributed()
     raise typer.Exit(code)

@@ -9,6 +9,7 @@ from .accuracy_map import AccuracyMap
 from .adversarial import AdversarialCurve
 from .base import Metric, ShiftBatch
 from .consistency import ExactConsistency, SampledConsistency
+from .flips import FlipExamples
 from .variation import Variation
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "AccuracyMap",
     "AdversarialCurve",
     "ExactConsistency",
+    "FlipExamples",
     "Metric",
     "SampledConsistency",
     "ShiftBatch",

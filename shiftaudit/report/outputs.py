@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..atomicio import ensure_writable_dir
 from ..result import AuditResult
 
 
-def write_report_dir(result: AuditResult, out_dir: str | Path) -> list[Path]:
-    """Write everything a report folder holds; returns the files written (each one atomically)."""
-    out = ensure_writable_dir(out_dir)
-    written = [result.save_json(out / "report.json")]
+def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[Path]:
+    """Every picture the result can give (a missing metric means a missing picture, not an error)."""
+    from .figures import plot_accuracy_map, plot_adversarial_curve, plot_flip_examples, plot_variation_distribution
+
+    pictures = [
+        plot_adversarial_curve(result, out / "adversarial.png"),
+        plot_variation_distribution(result, out / "variation.png"),
+        plot_accuracy_map(result, out / "accuracy_map.png"),
+        plot_flip_examples(result, out / "flips.png", dataset=dataset),
+    ]
     if "layers" in result.metrics:
         from .heatmaps import plot_layer_heatmaps
 
-        written.append(plot_layer_heatmaps(result.metrics["layers"], out / "layers.png"))
+        pictures.append(plot_layer_heatmaps(result.metrics["layers"], out / "layers.png"))
+    return [p for p in pictures if p is not None]
+
+
+def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = None) -> list[Path]:
+    """Write everything a report folder holds; returns the files written (each one atomically).
+
+    ``dataset`` (optional, the audited data) lets the flip-example picture show the images themselves.
+    """
+    from .html import write_html_report
+
+    out = ensure_writable_dir(out_dir)
+    written = [result.save_json(out / "report.json")]
+    pictures = write_pictures(result, out, dataset)
+    written += pictures
+    written.append(write_html_report(result, out / "report.html", pictures))
     return written

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
-from rich.text import Text
 
 from ..inspection import Inspection
 from ..result import AuditResult
@@ -92,40 +92,131 @@ def describe_run(result: AuditResult) -> str:
     return f"{name} on {data}; {shifts}, {mode}; {dev}"
 
 
+@dataclass
+class CompareRow:
+    """One metric across runs: numbers, their 95 % intervals, and the change of each run from the first."""
+
+    metric: str
+    percent: bool  # values are fractions shown as %, changes in percentage points
+    values: list[float | None]
+    ci_low: list[float | None]
+    ci_high: list[float | None]
+
+    def cell(self, i: int) -> str:
+        v = self.values[i]
+        if v is None:
+            return "-"
+        return pct(v, 2 if "onsistency" in self.metric else 1) if self.percent else f"{v:.4f}"
+
+    def delta(self, i: int) -> float | None:
+        """Change of run ``i`` from the first run (percentage points for percentages)."""
+        a, b = self.values[0], self.values[i]
+        if a is None or b is None:
+            return None
+        return (b - a) * (100.0 if self.percent else 1.0)
+
+    def significant(self, i: int) -> bool | None:
+        """True when the 95 % intervals of run ``i`` and the first run do not overlap; None without intervals."""
+        lo0, hi0, lo, hi = self.ci_low[0], self.ci_high[0], self.ci_low[i], self.ci_high[i]
+        if None in (lo0, hi0, lo, hi):
+            return None
+        return bool(hi < lo0 or lo > hi0)  # type: ignore[operator]
+
+    def delta_text(self, i: int) -> str:
+        d = self.delta(i)
+        if d is None:
+            return ""
+        number = "0" if abs(d) < 5e-13 else (f"{d:+.2f}" if self.percent else f"{d:+.4f}")
+        text = number + (" pt" if self.percent else "")
+        return text + (" *" if self.significant(i) else "")
+
+
+SIGNIFICANCE_RULE = (
+    "* = the two 95 % confidence intervals do not overlap (a conservative rule: such a change is very unlikely to be "
+    "noise; an unmarked change may still be real)."
+)
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def metric_values(result: AuditResult) -> dict[str, tuple[bool, float | None, float | None, float | None]]:
+    """The comparable numbers of a result: label -> (is a percentage, value, ci_low, ci_high). Labels match audit_rows."""
+    m = result.metrics
+    out: dict[str, tuple[bool, float | None, float | None, float | None]] = {}
+
+    def put(label: str, entry: dict[str, Any] | None, percent: bool = True, key: str = "value") -> None:
+        if entry:
+            out[label] = (percent, _num(entry.get(key)), _num(entry.get("ci_low")), _num(entry.get("ci_high")))
+
+    acc = m.get("accuracy", {})
+    put("Accuracy, no shift", acc.get("none"))
+    put("Accuracy, random shift", acc.get("random"))
+    cons = m.get("consistency", {})
+    put("Consistency (exact, all shifts)", cons.get("exact"))
+    put(f"Consistency (sampled, {result.settings.get('pairs', '?')} pairs/image)", cons.get("sampled"))
+    if "variation" in m:
+        put("Variation of P(correct), mean", m["variation"], percent=False, key="mean")
+        out["Variation of P(correct), median"] = (False, _num(m["variation"].get("median")), None, None)
+    adv = m.get("adversarial")
+    if adv:
+        for i, r in enumerate(adv["radius"]):
+            out[f"Adversarial accuracy, max shift {r} px"] = (True, _num(adv["accuracy"][i]), _num(adv["ci_low"][i]), _num(adv["ci_high"][i]))
+    amap = m.get("accuracy_map")
+    if amap:
+        out["Accuracy over shifts, worst"] = (True, _num(amap.get("min")), None, None)
+        out["Accuracy over shifts, best"] = (True, _num(amap.get("max")), None, None)
+    for name, value in m.items():
+        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map"):
+            continue
+        if isinstance(value, dict) and "value" in value:
+            put(name.replace("_", " "), value, percent=False)
+    return out
+
+
+def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
+    """Rows for every metric any run has, in a stable order; adversarial radii limited to the headline ones."""
+    per_run = [metric_values(res) for _, res in results]
+    radii: set[int] = set()
+    for _, res in results:
+        radii.update(res.adversarial_curve)
+    keep_adv = {f"Adversarial accuracy, max shift {r} px" for r in headline_radii(sorted(radii))}
+    labels = [k for k in dict.fromkeys(k for run in per_run for k in run) if not k.startswith("Adversarial") or k in keep_adv]
+    rows = []
+    for label in labels:
+        entries = [run.get(label) for run in per_run]
+        percent = next(e[0] for e in entries if e is not None)
+        rows.append(
+            CompareRow(
+                label,
+                percent,
+                [e[1] if e else None for e in entries],
+                [e[2] if e else None for e in entries],
+                [e[3] if e else None for e in entries],
+            )
+        )
+    return rows
+
+
 def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after") -> Table:
-    """Side-by-side rows for several results (same data), with the change from the first."""
+    """Side-by-side rows for several results (same data), with each run's change from the first.
+
+    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`).
+    """
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("Metric")
     for name, _ in results:
         t.add_column(name, justify="right")
-    if len(results) > 1:
-        t.add_column("Change", justify="right")
-    rows = [dict((r[0], r[1]) for r in audit_rows(res)) for _, res in results]
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    for key in keys:
-        cells = [row.get(key, "-") for row in rows]
-        change = ""
-        if len(results) > 1:
-            change = _delta(cells[0], cells[-1])
-        t.add_row(key, *cells, *([change] if len(results) > 1 else []))
+    others = list(range(1, len(results)))
+    for i in others:
+        t.add_column("Change" if len(results) == 2 else f"\u0394 {results[i][0]}", justify="right")
+    rows = compare_rows(results)
+    for row in rows:
+        t.add_row(row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others])
+    if others:
+        t.caption = f"Change from {results[0][0]}; " + SIGNIFICANCE_RULE
     return t
-
-
-def _delta(a: str, b: str) -> str:
-    def num(s: str) -> float | None:
-        try:
-            return float(s.split("/")[0].replace("%", "").strip())
-        except ValueError:
-            return None
-
-    x, y = num(a), num(b)
-    if x is None or y is None:
-        return ""
-    unit = " pt" if "%" in a else ""
-    d = y - x
-    if abs(d) < 1e-12:
-        return Text("0" + unit, style="dim").plain
-    return f"{d:+.2f}{unit}" if unit else f"{d:+.4f}"
 
 
 def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None) -> Table:

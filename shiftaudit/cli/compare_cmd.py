@@ -1,0 +1,157 @@
+"""``shiftaudit compare A.json B.json ...``: runs of the same data side by side, with each change from the first run.
+
+Typical pairs: baseline vs anti-aliased patch, two checkpoints, two filters. A change is marked significant when the
+two runs' 95 % confidence intervals do not overlap (see :data:`~shiftaudit.report.terminal.SIGNIFICANCE_RULE`).
+Runs on different data are refused: their numbers would look comparable and not be.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import UsageError
+from ..result import SCHEMA, SCHEMA_VERSION, AuditResult
+from . import app
+from .common import console, handle_errors
+
+COMPARISON_SCHEMA = "shiftaudit/comparison"
+DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
+
+FilesArg = Annotated[list[Path], typer.Argument(help="Two or more JSON reports written by `eval --json` or `demo --json` on the same data.", show_default=False)]
+NamesOpt = Annotated[str | None, typer.Option("--names", help="Comma-separated column names, one per report (default: the file names).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the combined pictures (adversarial curve, variation, accuracy over shifts).")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON.")]
+
+
+def load_report(path: Path) -> AuditResult:
+    """Read one report, refusing anything that is not our schema (or is a newer version of it) in one sentence."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}.") from None
+    except json.JSONDecodeError:
+        raise UsageError(f"{path} is not JSON; compare reads reports written by `shiftaudit eval --json`.") from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        raise UsageError(f"{path} is not a shiftaudit audit report; compare reads reports written by `shiftaudit eval --json`.")
+    version = raw.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise UsageError(f"{path} uses report schema version {version!r}, newer than this shiftaudit reads ({SCHEMA_VERSION}); upgrade shiftaudit.")
+    return AuditResult.from_json(raw)
+
+
+def run_names(paths: list[Path], names: str | None) -> list[str]:
+    if names is not None:
+        out = [n.strip() for n in names.split(",")]
+        if len(out) != len(paths) or not all(out):
+            raise UsageError(f"--names needs {len(paths)} non-empty comma-separated names, one per report; got {names!r}.")
+        return out
+    stems = [p.stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
+
+
+def check_same_data(runs: list[tuple[str, AuditResult]]) -> list[str]:
+    """Refuse runs on different data; return notes for differences that keep the comparison meaningful but qualified."""
+    (name0, first), notes = runs[0], []
+    for name, res in runs[1:]:
+        for key in DATA_FIELDS:
+            a, b = first.data.get(key), res.data.get(key)
+            if a != b:
+                raise UsageError(f"{name} ran on different data than {name0} ({key}: {b!r} vs {a!r}); compare only runs on the same images.")
+        ids_a, ids_b = first.per_image.get("image_id"), res.per_image.get("image_id")
+        if ids_a is not None and ids_b is not None and ids_a != ids_b:
+            raise UsageError(f"{name} evaluated other images than {name0} (per-image ids differ); compare only runs on the same images.")
+        if res.settings.get("shifts") != first.settings.get("shifts"):
+            notes.append(
+                f"{name} used a different shift set than {name0} ({_shifts(res)} vs {_shifts(first)}): consistency, "
+                "variation and accuracy over shifts depend on the set, so compare them with care"
+            )
+        if res.settings.get("mode") != first.settings.get("mode"):
+            notes.append(f"{name} ran in {res.settings.get('mode')} mode, {name0} in {first.settings.get('mode')} mode: some rows exist for one run only")
+        if res.data.get("preprocessing") != first.data.get("preprocessing"):
+            notes.append(f"{name} preprocessed the images differently from {name0}")
+    return notes
+
+
+def _shifts(result: AuditResult) -> str:
+    s = result.settings.get("shifts", {})
+    return f"{s.get('count', '?')} shifts, max {s.get('max_shift', '?')} px, step {s.get('step', '?')}"
+
+
+def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], notes: list[str]) -> dict[str, Any]:
+    from ..report.terminal import SIGNIFICANCE_RULE, compare_rows
+
+    rows = []
+    for row in compare_rows(runs):
+        rows.append(
+            {
+                "metric": row.metric,
+                "unit": "fraction" if row.percent else "value",
+                "values": row.values,
+                "ci_low": row.ci_low,
+                "ci_high": row.ci_high,
+                "change": [None] + [None if row.delta(i) is None else row.delta(i) / (100.0 if row.percent else 1.0) for i in range(1, len(runs))],
+                "significant": [None] + [row.significant(i) for i in range(1, len(runs))],
+            }
+        )
+    return {
+        "schema": COMPARISON_SCHEMA,
+        "schema_version": 1,
+        "runs": [
+            {"name": name, "file": str(path), "model": res.model, "settings": res.settings}
+            for (name, res), path in zip(runs, paths)
+        ],
+        "data": runs[0][1].data,
+        "rows": rows,
+        "significance_rule": SIGNIFICANCE_RULE,
+        "notes": notes,
+    }
+
+
+@app.command("compare")
+@handle_errors
+def compare_command(
+    files: FilesArg,
+    names: NamesOpt = None,
+    out: OutOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Compare audit reports of the same data side by side, with each change from the first and whether it is beyond
+    the confidence intervals.
+
+    Exit codes: 0 compared, 2 a file is not a shiftaudit report, is newer than this version, or ran on other data.
+    """
+    from ..atomicio import ensure_writable_dir, write_json_atomic
+    from ..report.terminal import comparison_table
+
+    if len(files) < 2:
+        raise UsageError("compare needs at least two reports, e.g. shiftaudit compare baseline.json patched.json.")
+    labels = run_names(files, names)
+    runs = [(label, load_report(path)) for label, path in zip(labels, files)]
+    notes = check_same_data(runs)
+    console.print(comparison_table(runs, title=f"Comparison on {runs[0][1].data.get('description', 'the same data')}"))
+    for note in notes:
+        console.print(f"note: {note}", style="dim", soft_wrap=True)
+    if json_out is not None:
+        write_json_atomic(json_out, comparison_json(runs, files, notes))
+        console.print(f"wrote {json_out}")
+    if out is not None:
+        from ..report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
+
+        folder = ensure_writable_dir(out)
+        written = [
+            plot_adversarial_curve(runs, folder / "adversarial.png"),
+            plot_variation_distribution(runs, folder / "variation.png"),
+            plot_accuracy_map(runs, folder / "accuracy_map.png"),
+        ]
+        for path in written:
+            if path is not None:
+                console.print(f"wrote {path}")
+        if not any(written):
+            console.print("note: no run has the all-shift metrics (sampled mode or unlabelled data): no picture to draw", style="dim")
+    raise typer.Exit(0)

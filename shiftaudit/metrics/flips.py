@@ -1,0 +1,121 @@
+"""A few images whose correct prediction a small shift breaks, with P(correct) at every shift (the paper's Fig. 2).
+
+Reports need concrete examples next to the averages: "this image is right as given and wrong one pixel to the
+right". Only a bounded handful is kept (the ``limit`` images that fail at the smallest shift radius, ties broken by
+image id), so the state and the JSON stay small however large the data set is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..shifts import ShiftSet
+from .base import Metric, ShiftBatch
+
+MAX_STORED_SHIFTS = 1089  # at most a 33 x 33 window of P(correct) values per example
+
+
+class FlipExamples(Metric):
+    """Keeps, for up to ``limit`` images correct at zero shift and wrong at some shift, P(correct) over the shifts."""
+
+    name = "flip_examples"
+    needs_all_shifts = True
+
+    def __init__(self, shift_set: ShiftSet, limit: int = 4) -> None:
+        self.shift_set = shift_set
+        self.limit = int(limit)
+        radius = shift_set.radius
+        r_keep = int(radius.max()) if len(shift_set) else 0
+        while r_keep > 0 and int((radius <= r_keep).sum()) > MAX_STORED_SHIFTS:
+            r_keep -= 1
+        self.stored = np.flatnonzero(radius <= r_keep)  # shift indices whose P(correct) is stored
+        s = len(self.stored)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.label = np.zeros(0, dtype=np.int64)
+        self.radius = np.zeros(0, dtype=np.int64)
+        self.flip_shift = np.zeros(0, dtype=np.int64)  # index in the shift set of the shift that breaks it
+        self.flip_pred = np.zeros(0, dtype=np.int64)
+        self.p_correct = np.zeros((0, s), dtype=np.float32)
+
+    def update(self, batch: ShiftBatch) -> None:
+        assert batch.labels is not None and batch.p_label is not None
+        n = len(batch)
+        p_all = np.full((n, len(self.shift_set)), np.nan, dtype=np.float32)
+        pred_all = np.full((n, len(self.shift_set)), -1, dtype=np.int64)
+        rows = np.arange(n)[:, None]
+        p_all[rows, batch.shift_index] = batch.p_label
+        pred_all[rows, batch.shift_index] = batch.preds
+        zero = self.shift_set.zero_index
+        wrong = (pred_all != batch.labels[:, None]) & (pred_all >= 0)
+        keep = (~wrong[:, zero]) & wrong.any(axis=1)
+        if not keep.any():
+            return
+        idx = np.flatnonzero(keep)
+        radius = self.shift_set.radius
+        first = np.where(wrong[idx], radius[None, :], np.iinfo(np.int64).max).min(axis=1)
+        # At the first failing radius, the shift where the correct class is least likely.
+        at_first = wrong[idx] & (radius[None, :] == first[:, None])
+        flip = np.where(at_first, p_all[idx], np.inf).argmin(axis=1)
+        self._add(
+            batch.image_ids[idx],
+            batch.labels[idx],
+            first,
+            flip,
+            pred_all[idx, flip],
+            p_all[idx][:, self.stored],
+        )
+
+    def _add(self, ids: np.ndarray, label: np.ndarray, radius: np.ndarray, flip: np.ndarray, pred: np.ndarray, p: np.ndarray) -> None:
+        self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
+        self.label = np.concatenate([self.label, label.astype(np.int64)])
+        self.radius = np.concatenate([self.radius, radius.astype(np.int64)])
+        self.flip_shift = np.concatenate([self.flip_shift, flip.astype(np.int64)])
+        self.flip_pred = np.concatenate([self.flip_pred, pred.astype(np.int64)])
+        self.p_correct = np.concatenate([self.p_correct, p.astype(np.float32)])
+        self._truncate()
+
+    def _truncate(self) -> None:
+        order = np.lexsort((self.ids, self.radius))[: self.limit]
+        for key in ("ids", "label", "radius", "flip_shift", "flip_pred", "p_correct"):
+            setattr(self, key, getattr(self, key)[order])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {
+            "ids": self.ids,
+            "label": self.label,
+            "radius": self.radius,
+            "flip_shift": self.flip_shift,
+            "flip_pred": self.flip_pred,
+            "p_correct": self.p_correct,
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        super().load_state_dict(state)
+        self._truncate()
+
+    def compute(self) -> dict[str, Any]:
+        ss = self.shift_set
+        dh, dw = ss.dh[self.stored], ss.dw[self.stored]
+        hs, ws = np.unique(dh), np.unique(dw)
+        hpos = {int(v): i for i, v in enumerate(hs)}
+        wpos = {int(v): i for i, v in enumerate(ws)}
+        examples = []
+        for k in range(len(self.ids)):
+            grid: list[list[float | None]] = [[None] * len(ws) for _ in hs]
+            for j, (h, w) in enumerate(zip(dh, dw)):
+                v = float(self.p_correct[k, j])
+                grid[hpos[int(h)]][wpos[int(w)]] = round(v, 4) if np.isfinite(v) else None
+            f = int(self.flip_shift[k])
+            examples.append(
+                {
+                    "image_id": int(self.ids[k]),
+                    "label": int(self.label[k]),
+                    "first_failure_radius": int(self.radius[k]),
+                    "flip_shift": [int(ss.dh[f]), int(ss.dw[f])],
+                    "flip_prediction": int(self.flip_pred[k]),
+                    "p_correct": grid,
+                }
+            )
+        return {"limit": self.limit, "dh": [int(v) for v in hs], "dw": [int(v) for v in ws], "examples": examples}

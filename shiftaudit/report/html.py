@@ -1,0 +1,177 @@
+"""One self-contained ``report.html``: pictures embedded as data URIs, inline CSS, no script, nothing fetched.
+
+A single file survives being attached to a CI run, mailed or opened offline years later. Everything that comes from
+the user (model names, paths, notes, class names) is HTML-escaped: a report must never run what a file name says.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..atomicio import write_text_atomic
+from ..result import AuditResult
+from .terminal import audit_rows, describe_run
+
+CAPTIONS = {
+    "adversarial": "Accuracy when an adversary may shift each image by up to r pixels (the paper's Fig. 9). An image "
+    "counts as correct at r only if it is classified correctly at every shift in [-r, r]²; the band is the 95 % CI.",
+    "variation": "Distribution over images of the classification variation: the standard deviation, over all shifts, "
+    "of the probability of the correct class (Fig. 6). Lower is more shift-invariant.",
+    "accuracy_map": "Accuracy as a function of the shift (dh, dw), zero shift at the centre, and along the diagonal "
+    "(Fig. 11). A shift-invariant model is flat.",
+    "flips": "Correctly classified images that a small circular shift makes wrong, with the probability of the "
+    "correct class at every shift (Fig. 2).",
+    "layers": "Per-layer distance from shift-equivariance over shifts (Fig. 4): blue is exactly equivariant, red is "
+    "half the distance between two different images.",
+}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+main{max-width:1080px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
+.sub{color:#555;margin:0 0 16px}
+table{border-collapse:collapse;background:#fff;margin:4px 0}
+th,td{padding:5px 12px;border-bottom:1px solid #e6e8ec;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}td.ci{color:#777;text-align:right}
+figure{background:#fff;margin:12px 0;padding:12px;border:1px solid #e0e3e8}
+figure img{max-width:100%;height:auto;display:block}figcaption{color:#444;margin-top:6px}
+.verdict{padding:10px 14px;font-weight:600;margin:12px 0}
+.pass{background:#e3f4e6;color:#18602a;border-left:5px solid #2e9a4a}
+.fail{background:#fbe5e5;color:#8a1c1c;border-left:5px solid #c93a3a}
+code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
+footer{color:#888;margin-top:32px;font-size:12px}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None when the bytes are not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def _picture(item: Path | tuple[str, Path]) -> str:
+    caption, path = (item if isinstance(item, tuple) else (CAPTIONS.get(Path(item).stem, Path(item).stem), item))
+    data = Path(path).read_bytes()
+    size = png_size(data)
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return (
+        f'<figure id="fig-{esc(Path(path).stem)}"><img src="{uri}" alt="{esc(Path(path).stem)}"{dims}>'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None, classes: Sequence[str] = ()) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
+            cells.append(f"<td{cls}>{esc(cell)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _shift_text(shifts: dict[str, Any]) -> str:
+    if not shifts:
+        return "-"
+    size = shifts.get("image_size") or ["?", "?"]
+    if shifts.get("kind") == "all":
+        text = f"all {shifts.get('count')} shifts of {size[0]}x{size[1]}"
+    else:
+        step = f", step {shifts['step']}" if shifts.get("step", 1) > 1 else ""
+        text = f"{shifts.get('count')} shifts in [-{shifts.get('max_shift')}, {shifts.get('max_shift')}]²{step} of {size[0]}x{size[1]}"
+    return f"{text}; {shifts.get('mode', 'circular')} (wrap-around) padding"
+
+
+def settings_rows(result: AuditResult) -> list[tuple[str, str]]:
+    """What was run, on what, how and with which versions: enough to reproduce the numbers."""
+    m, d, s, env = result.model, result.data, result.settings, result.environment
+    rows: list[tuple[str, str]] = []
+    for key, label in (("description", "Model"), ("arch", "Architecture"), ("source", "Checkpoint"), ("format", "Format"),
+                       ("num_classes", "Classes"), ("parameters", "Parameters")):
+        if m.get(key) is not None:
+            rows.append((label, f"{m[key]:,}" if key == "parameters" and isinstance(m[key], int) else str(m[key])))
+    if m.get("patch"):
+        rows.append(("Anti-aliasing patch", str(m["patch"])))
+    rows.append(("Data", str(d.get("description", "-"))))
+    size = d.get("image_size")
+    rows.append(("Images", f"{d.get('num_images', '?')}" + (f" at {size[0]}x{size[1]}" if size else "") + ("" if d.get("labelled") else ", unlabelled")))
+    prep = d.get("preprocessing")
+    if prep:
+        resize = f"resize {prep['resize']}, " if prep.get("resize") else ""
+        rows.append(("Preprocessing", f"{prep.get('name', 'custom')}: {resize}crop {prep.get('size')}, mean {prep.get('mean')}, std {prep.get('std')}"))
+    rows.append(("Shift set", _shift_text(s.get("shifts", {}))))
+    mode = s.get("mode", "-")
+    if mode == "sampled":
+        mode += f" ({s.get('pairs')} random pairs per image)"
+    rows.append(("Mode", mode))
+    rows.append(("Seed", str(s.get("seed", "-"))))
+    rows.append(("Precision", str(s.get("precision", "-"))))
+    rows.append(("Device", str(env.get("device_name") or env.get("device", "-"))))
+    versions = ", ".join(f"{k} {env[k]}" for k in ("shiftaudit", "torch", "python") if env.get(k))
+    rows.append(("Versions", versions or "-"))
+    return rows
+
+
+def _gate_html(gate: dict[str, Any] | None) -> str:
+    if gate is None:
+        return ""
+    checks = gate.get("checks", [])
+    failed = [c for c in checks if not c.get("passed")]
+    if failed:
+        verdict = f'<div class="verdict fail">Gate FAILED: {len(failed)} of {len(checks)} checks</div>'
+    else:
+        verdict = f'<div class="verdict pass">Gate passed: {len(checks)} checks</div>'
+    rows = [("ok" if c.get("passed") else "FAIL", c.get("message", "")) for c in checks]
+    return f"<h2>Gate</h2>{verdict}" + _table(rows, ("Result", "Check"), ("", "mono"))
+
+
+def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]] = ()) -> str:
+    """The page as a string (see :func:`write_html_report`)."""
+    from .. import __version__
+
+    title = f"shiftaudit report: {result.model.get('arch') or result.model.get('description') or 'model'}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="sub">{esc(describe_run(result))}</p>',
+    ]
+    gate = _gate_html(result.gate)
+    if gate:
+        parts.append(gate)
+    parts.append("<h2>Summary</h2>")
+    parts.append(_table(audit_rows(result), ("Metric", "Value", "95% CI"), ("", "num", "ci")))
+    if pictures:
+        parts.append("<h2>Pictures</h2>")
+        parts.extend(_picture(p) for p in pictures)
+    parts.append("<h2>Settings</h2>")
+    parts.append(_table(settings_rows(result), None, ("", "mono")))
+    if result.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in result.notes) + "</ul>")
+    parts.append(f"<footer>Written by shiftaudit {esc(__version__)}; schema shiftaudit/audit-report v1. "
+                 "Shifts are circular (Zhang 2019, Eq. 4); intervals are 95 % over images.</footer>")
+    parts.append("</main></body></html>\n")
+    return "\n".join(parts)
+
+
+def write_html_report(result: AuditResult, path: str | Path, pictures: Sequence[Path | tuple[str, Path]] = ()) -> Path:
+    """Write the self-contained page atomically; ``pictures`` are PNG paths (captioned by their stem) or (caption, path)."""
+    return write_text_atomic(path, render_html(result, pictures))

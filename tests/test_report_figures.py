@@ -1,0 +1,186 @@
+"""The report pictures: right pixel size, real content, skipped cleanly when their metric is absent."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from shiftaudit.engine import audit
+from shiftaudit.metrics import FlipExamples
+from shiftaudit.report import figures
+from shiftaudit.report.outputs import write_report_dir
+from shiftaudit.result import AuditResult
+from shiftaudit.shifts import ShiftSet
+
+
+def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: str = "tiny", gate: bool = False) -> AuditResult:
+    """A plausible exhaustive, labelled report made up in the test (no model run); ``shift`` lowers every accuracy."""
+    rng = np.random.default_rng(0)
+    radii = list(range(max_shift + 1))
+    adv = [max(0.0, 0.9 - shift - 0.05 * r) for r in radii]
+    offs = list(range(-max_shift, max_shift + 1))
+    grid = [[round(0.9 - shift - 0.02 * max(abs(h), abs(w)), 4) for w in offs] for h in offs]
+    p_grid = [[float(0.5 + 0.4 * np.cos(h + 2 * w)) for w in offs] for h in offs]
+    variation = list(np.exp(rng.uniform(np.log(1e-4), np.log(0.3), n)))
+    variation[0] = 0.0
+    metrics: dict[str, Any] = {
+        "accuracy": {
+            "none": {"value": 0.9 - shift, "ci_low": 0.85 - shift, "ci_high": 0.94 - shift, "n": n},
+            "random": {"value": 0.8 - shift, "ci_low": 0.74 - shift, "ci_high": 0.85 - shift, "n": n},
+        },
+        "consistency": {
+            "sampled": {"value": 0.93, "ci_low": 0.88, "ci_high": 0.96, "n": n},
+            "exact": {"value": 0.92 + shift / 10, "ci_low": 0.87, "ci_high": 0.95, "n": n},
+        },
+        "variation": {"mean": float(np.mean(variation)), "median": float(np.median(variation)), "ci_low": 0.01, "ci_high": 0.05, "n": n},
+        "adversarial": {"radius": radii, "accuracy": adv, "ci_low": [a - 0.05 for a in adv], "ci_high": [a + 0.04 for a in adv], "n": n},
+        "accuracy_map": {
+            "dh": offs, "dw": offs, "accuracy": grid,
+            "diagonal": {"shift": offs, "accuracy": [grid[i][i] for i in range(len(offs))]},
+            "min": min(min(r) for r in grid), "max": max(max(r) for r in grid), "n": n,
+        },
+        "flip_examples": {
+            "limit": 4, "dh": offs, "dw": offs,
+            "examples": [
+                {"image_id": i, "label": i % 3, "first_failure_radius": 1, "flip_shift": [0, 1], "flip_prediction": (i + 1) % 3, "p_correct": p_grid}
+                for i in range(2)
+            ],
+        },
+    }
+    result = AuditResult(
+        metrics=metrics,
+        per_image={"image_id": list(range(n)), "variation": variation},
+        model={"arch": name, "description": f"test model {name}"},
+        data={"description": "synthetic test set", "kind": "memory", "num_images": n, "labelled": True, "image_size": [8, 8]},
+        settings={"shifts": {"mode": "circular", "kind": "window", "image_size": [8, 8], "max_shift": max_shift, "step": 1,
+                             "count": (2 * max_shift + 1) ** 2}, "mode": "exhaustive", "pairs": 5, "seed": 0, "precision": "fp32"},
+        environment={"shiftaudit": "0.1.0", "torch": "2.x", "python": "3.11", "device": "cpu"},
+        notes=["a test note"],
+    )
+    if gate:
+        from shiftaudit.gate import build_thresholds, evaluate_gate
+
+        result.gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.95, min_adv_accuracy=["2=0.5"])).to_json()
+    return result
+
+
+def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
+    """A PNG of the expected size that is not blank: varied pixels, more than a handful of colours."""
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as img:
+        if size is not None:
+            assert img.size == size
+        rgb = np.asarray(img.convert("RGB"), dtype=float)
+    assert rgb.std() > 10, f"{path.name} looks blank"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"
+
+
+def test_each_picture_has_its_size_and_content(tmp_path):
+    r = synthetic_result()
+    cases = [
+        (figures.plot_adversarial_curve(r, tmp_path / "a.png"), figures.ADVERSARIAL_SIZE),
+        (figures.plot_variation_distribution(r, tmp_path / "v.png"), figures.VARIATION_SIZE),
+        (figures.plot_accuracy_map(r, tmp_path / "m.png"), figures.ACCURACY_MAP_SIZE),
+        (figures.plot_flip_examples(r, tmp_path / "f.png"), figures.flip_examples_size(2, with_images=False)),
+    ]
+    for path, size in cases:
+        assert path is not None
+        assert_real_png(path, figures.figure_pixels(size))
+    assert not list(tmp_path.glob(".*")), "temporary files left behind"
+
+
+def test_several_runs_share_one_axis(tmp_path):
+    runs = [("baseline", synthetic_result()), ("patched", synthetic_result(shift=-0.05)), ("other", synthetic_result(shift=0.1))]
+    path = figures.plot_adversarial_curve(runs, tmp_path / "a.png")
+    assert path is not None
+    assert_real_png(path, figures.figure_pixels(figures.ADVERSARIAL_SIZE))
+    assert_real_png(figures.plot_variation_distribution(runs, tmp_path / "v.png"))  # type: ignore[arg-type]
+
+
+def test_pictures_skip_cleanly_without_their_metric(tmp_path):
+    sampled = synthetic_result()
+    for key in ("variation", "adversarial", "accuracy_map", "flip_examples"):
+        del sampled.metrics[key]
+    sampled.per_image.pop("variation")
+    assert figures.plot_adversarial_curve(sampled, tmp_path / "a.png") is None
+    assert figures.plot_variation_distribution(sampled, tmp_path / "v.png") is None
+    assert figures.plot_accuracy_map(sampled, tmp_path / "m.png") is None
+    assert figures.plot_flip_examples(sampled, tmp_path / "f.png") is None
+    written = write_report_dir(sampled, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["report.html", "report.json"]
+    assert not list(tmp_path.glob("*.png"))
+
+
+class _Images:
+    """Just enough of a dataset to draw the flip examples: indexable (image, label), class names, no preprocessing."""
+
+    classes = ["ring", "bar", "dot"]
+    preprocessing = None
+
+    def __getitem__(self, i: int):
+        g = torch.linspace(0, 1, 8)
+        return torch.stack([g[:, None] * g[None, :] * (c + 1) / 3 for c in range(3)]) + 0.1 * i, i % 3
+
+
+def test_flip_examples_draw_the_images_when_the_data_is_given(tmp_path):
+    r = synthetic_result()
+    path = figures.plot_flip_examples(r, tmp_path / "f.png", dataset=_Images())
+    assert path is not None
+    assert_real_png(path, figures.figure_pixels(figures.flip_examples_size(2, with_images=True)))
+
+
+def test_flip_metric_keeps_the_earliest_failures_and_stays_bounded():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()  # position-dependent: shifts flip it
+    spread = torch.linspace(0.2, 3.0, 24).view(-1, 1, 1, 1)
+    images = torch.randn(24, 3, 1, 1) + spread * torch.randn(24, 3, 8, 8)
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # every image right at zero shift: any failure is a flip
+    labels[7] = (labels[7] + 1) % 3  # one image wrong as given: never an example
+    r = audit(model, (images, labels), max_shift=2, device="cpu", batch_size=100)  # 4 images per batch: truncated across updates
+    flips = r.metrics["flip_examples"]
+    first = r.per_image["first_failure_radius"]
+    failing = sorted((f, i) for i, f in enumerate(first) if f is not None and f > 0)
+    assert failing, "the tiny model should flip some image"
+    got = [(ex["first_failure_radius"], ex["image_id"]) for ex in flips["examples"]]
+    assert got == failing[:4]
+    for ex in flips["examples"]:
+        grid = np.array(ex["p_correct"], dtype=float)
+        assert grid.shape == (5, 5) and np.all((grid >= 0) & (grid <= 1))
+        assert grid[2, 2] > 1 / 3  # zero shift at the centre, where the top class (of 3) is the right one
+        assert max(abs(ex["flip_shift"][0]), abs(ex["flip_shift"][1])) == ex["first_failure_radius"]
+
+
+def test_flip_metric_merges_and_bounds_state():
+    ss = ShiftSet.window((40, 40), 20)  # 1600 shifts: more than the stored window
+    a, b = FlipExamples(ss, limit=2), FlipExamples(ss, limit=2)
+    assert len(a.stored) <= 1089
+    a.load_state_dict({"ids": np.array([5, 1]), "label": np.array([0, 0]), "radius": np.array([2, 3]), "flip_shift": np.array([1, 2]),
+                       "flip_pred": np.array([1, 1]), "p_correct": np.zeros((2, len(a.stored)), np.float32)})
+    b.load_state_dict({"ids": np.array([9]), "label": np.array([0]), "radius": np.array([1]), "flip_shift": np.array([3]),
+                       "flip_pred": np.array([1]), "p_correct": np.zeros((1, len(b.stored)), np.float32)})
+    a.merge(copy.deepcopy(b))
+    assert list(a.ids) == [9, 5] and a.p_correct.shape[0] == 2
+
+
+def test_report_dir_writes_every_picture_and_the_page(tmp_path):
+    written = {p.name for p in write_report_dir(synthetic_result(), tmp_path)}
+    assert written == {"report.json", "report.html", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png"}
+
+
+def test_real_sampled_and_unlabelled_runs_give_a_page_without_pictures(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()
+    images = torch.randn(6, 3, 8, 8)
+    sampled = audit(model, (images, torch.zeros(6, dtype=torch.long)), max_shift=2, mode="sampled", device="cpu")
+    unlabelled = audit(model, images, max_shift=2, device="cpu")
+    for i, r in enumerate((sampled, unlabelled)):
+        written = write_report_dir(r, tmp_path / str(i))
+        assert sorted(p.name for p in written) == ["report.html", "report.json"]
+        assert "Consistency" in (tmp_path / str(i) / "report.html").read_text(encoding="utf-8")
