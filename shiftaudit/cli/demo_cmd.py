@@ -22,7 +22,7 @@ def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:
 
     seed = DEMO_TEST_SEED if seed is None else seed
     images, labels, names = make_synthetic(n, seed=seed)
-    ds = load_data((torch.from_numpy(images), torch.from_numpy(labels)), preprocessing=preprocessing)
+    ds = load_data((torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels)), preprocessing=preprocessing)
     ds.description = f"synthetic demo set: {n} images, {len(names)} classes (seed {seed})"
     ds.classes = list(names)
     return ds

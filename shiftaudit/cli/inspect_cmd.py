@@ -109,7 +109,12 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-
         return {}
     from ..patching import conv_total_variation
 
-    plan = plan_patch(model, insp)
+    try:  # patch a copy to show where each blur would really go (after the conv's norm/activation)
+        from ..patching import patch_model
+
+        plan = patch_model(model).steps
+    except Exception:  # noqa: BLE001 - the plan alone still says what would change
+        plan = plan_patch(model, insp)
     tv = conv_total_variation(model)
     return {"Patch": {step.name: step.action for step in plan}, "Filter TV": {n: f"{v:.3f}" for n, v in tv.items()}}
 

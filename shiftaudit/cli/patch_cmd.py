@@ -113,7 +113,7 @@ def patch_command(
     from ..engine import resolve_device
     from ..errors import UsageError
     from ..inspection import inspect_model
-    from ..patching import PatchConfig, measure_latency, patch_model, plan_patch, recalibrate_batchnorm
+    from ..patching import PatchConfig, compare_latency, patch_model, recalibrate_batchnorm
     from ..report.terminal import comparison_table, inspection_table
     from .eval_cmd import load_dataset_from_cli, run_eval
     from .progress import RichProgress
@@ -136,7 +136,7 @@ def patch_command(
 
     if dry_run:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
-        plan = {s.name: s for s in plan_patch(loaded.model, insp, config)}
+        plan = {s.name: s for s in patch_model(loaded.model, config).steps}  # a copy: shows the real placements
         console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}))
         n = sum(s.patched for s in plan.values())
         console.print(f"dry run: {n} of {len(plan)} strided layers would be patched; nothing was changed.")
@@ -181,8 +181,7 @@ def patch_command(
         before = run_eval(loaded, dataset, **kwargs)
         after = run_eval(dataclasses.replace(loaded, model=result.model, patch_spec=result.spec), dataset, **kwargs)
         shape = (1, prep.channels, *prep.size)
-        lat_before = measure_latency(loaded.model, shape, device=dev)
-        lat_after = measure_latency(result.model, shape, device=dev)
+        lat_before, lat_after = compare_latency([loaded.model, result.model], shape, device=dev)
         console.print(comparison_table([("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)]))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
         report["before"] = before.to_json()

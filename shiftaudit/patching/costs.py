@@ -31,6 +31,31 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: s
     return 1000.0 * statistics.median(times)
 
 
+@torch.inference_mode()
+def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
+                    repeats: int = 15, warmup: int = 3) -> list[float]:
+    """Median forward time (ms) of each model, measured in alternation so that a busy machine slows all of them
+    alike (timing one model after the other lets a burst of background load land on just one)."""
+    dev = torch.device(device)
+    runs = []
+    for model in models:
+        model = model.eval().to(dev)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        runs.append((model, torch.randn(*input_shape, device=dev, dtype=dtype)))
+    times: list[list[float]] = [[] for _ in models]
+    for i in range(warmup + repeats):
+        for k, (model, x) in enumerate(runs):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            model(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return [1000.0 * statistics.median(t) for t in times]
+
+
 def filter_total_variation(weight: torch.Tensor) -> float:
     """Normalised total variation of conv filters (Ruderman et al., used in the paper's Fig. 7).
 

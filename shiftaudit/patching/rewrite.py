@@ -69,11 +69,11 @@ class PatchStep:
             return f"skip: {self.reason}"
         down = "blur" if self.method == "blurpool" else "APS"
         if self.kind == "shortcut":
-            return f"{down}, then conv s1"
+            return f"{down} before conv"
         if self.kind in ("maxpool", "avgpool"):
-            return f"{self.kind[:3]}pool s1 + {down} s{self.stride}"
-        where = f" after {self.placed_after}" if self.placed_after and self.placed_after != self.name else " after conv"
-        return f"conv s1, {down} s{self.stride}{where}"
+            return f"dense pool + {down}"
+        where = self.placed_after if self.placed_after and self.placed_after != self.name else "conv"
+        return f"{down} after {where}"
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "stride": self.stride, "patched": self.patched,
@@ -164,15 +164,15 @@ def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | N
         elif _matches(name, cfg.skip):
             step.patched, step.reason = False, "--skip"
         elif kind == "stem" and not cfg.stem:
-            step.patched, step.reason = False, "stem conv at full resolution (--stem to blur it; costs the most)"
+            step.patched, step.reason = False, "stem (--stem)"
         elif kind == "shortcut" and not cfg.shortcuts:
-            step.patched, step.reason = False, "shortcut (--shortcuts to blur it)"
+            step.patched, step.reason = False, "shortcut (--shortcuts)"
         elif kind in ("maxpool", "avgpool") and not cfg.pools:
             step.patched, step.reason = False, "pools disabled"
         elif kind in ("conv", "stem") and not cfg.convs:
             step.patched, step.reason = False, "convs disabled"
         elif kind in ("conv", "stem") and isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and _pair(m.padding) == (0, 0) and max(stride) >= 4:
-            step.patched, step.reason = False, "patchify conv (kernel = stride): run densely it would cost stride² times more"
+            step.patched, step.reason = False, "patchify conv (kernel = stride)"
         steps.append(step)
     return steps
 

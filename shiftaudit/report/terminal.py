@@ -227,10 +227,10 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
         pad_edge=False,
     )
     for col in ("Layer", "Type", "Kernel", "Stride", "In", "Out", "Role"):
-        t.add_column(col, justify="right" if col in ("Stride", "In", "Out", "Kernel") else "left")
+        t.add_column(col, justify="right" if col in ("Stride", "In", "Out", "Kernel") else "left", no_wrap=col != "Type")
     extra_columns = extra_columns or {}
     for col in extra_columns:
-        t.add_column(col)
+        t.add_column(col, no_wrap=col != "Patch")
     squeeze = 0
     for p in insp.points:
         if p.role == "squeeze":
