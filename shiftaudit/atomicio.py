@@ -15,37 +15,52 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ShiftAuditError
+from .errors import OutputError
 
 
 def ensure_writable_dir(directory: str | os.PathLike[str]) -> Path:
     """Create ``directory`` (and parents) or raise a one-sentence error saying why it cannot be used."""
     path = Path(directory)
     if path.exists() and not path.is_dir():
-        raise ShiftAuditError(f"Output path {path} exists and is not a directory.")
+        raise OutputError(f"Output path {path} exists and is not a directory; choose another output location.")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ShiftAuditError(f"Cannot create output directory {path}: {exc.strerror or exc}.") from None
+        raise OutputError(f"Cannot create output directory {path} ({_reason(exc)}); choose another output location.") from None
     if not os.access(path, os.W_OK):
-        raise ShiftAuditError(f"Output directory {path} is not writable.")
+        raise OutputError(f"Output directory {path} is not writable; choose another output location.")
     return path
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc) or type(exc).__name__).rstrip(".").lower()
 
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``destination``; rename it into place on success, delete it on failure."""
+    """Yield a temporary path next to ``destination``; rename it into place on success, delete it on failure.
+
+    Any exception (Ctrl-C included) leaves ``destination`` as it was. An ``OSError`` while creating, writing or
+    renaming (a read-only or pseudo file system, a full disk) becomes a one-sentence :class:`OutputError`.
+    """
     dest = Path(destination)
     if dest.exists() and dest.is_dir():
-        raise ShiftAuditError(f"Output path {dest} is a directory, expected a file path.")
+        raise OutputError(f"Output path {dest} is a directory, expected a file path.")
     parent = dest.parent if str(dest.parent) else Path(".")
     ensure_writable_dir(parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {dest} ({_reason(exc)}); choose another output location.") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"Cannot write {dest} ({_reason(exc)}); the previous file, if any, is unchanged.") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -19,7 +19,9 @@ class ShiftAuditError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message} ({self.hint})"
+        if not self.hint:
+            return self.message
+        return f"{self.message.rstrip('.')} ({self.hint})."  # still one sentence: the hint goes inside it
 
 
 class CheckpointError(ShiftAuditError):
@@ -32,6 +34,10 @@ class DataError(ShiftAuditError):
 
 class UsageError(ShiftAuditError):
     """Flags or arguments that contradict each other or are out of range."""
+
+
+class OutputError(ShiftAuditError):
+    """An output file or folder cannot be written (a read-only place, a file where a folder should be, a full disk)."""
 
 
 class ModelError(ShiftAuditError):

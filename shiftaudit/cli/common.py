@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import ShiftAuditError, UsageError
+from ..errors import OutputError, ShiftAuditError, UsageError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -36,17 +37,84 @@ def handle_errors(fn: F) -> F:
         except ShiftAuditError as exc:
             say_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: stopped cleanly, no output file was written half.", soft_wrap=True)
+        except KeyboardInterrupt as exc:
+            err_console.print(interrupted_message(exc), soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):
                 raise
+            resource = _out_of_memory_message(exc)
+            if resource is not None:
+                say_error(resource)
+                raise typer.Exit(2) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             say_error(f"internal error ({type(exc).__name__}: {first}); rerun with SHIFTAUDIT_DEBUG=1 for the traceback and report it.")
             raise typer.Exit(3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory_message(exc: BaseException) -> str | None:
+    """Running out of memory is a resource limit the user can change, not a bug: say which knob to turn."""
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return "The GPU ran out of memory outside the batched forward passes; free the GPU, pass a smaller --batch-size, or use --device cpu."
+    if isinstance(exc, MemoryError):
+        return "The machine ran out of memory; pass a smaller --batch-size or --limit, or close other programs."
+    return None
+
+
+def audit_progress(exc: BaseException) -> tuple[int, int] | None:
+    """``(images done, images in total)`` of the audit an exception stopped, or None when no audit was running.
+
+    The engine may attach ``shiftaudit_progress = (done, total)`` to the exception; otherwise the counters are read
+    from the innermost ``shiftaudit.engine.audit`` frame of the traceback (a read of two local variables, so the
+    CLI can say how far a Ctrl-C got without the engine having to know about the CLI).
+    """
+    info = getattr(exc, "shiftaudit_progress", None)
+    if isinstance(info, tuple) and len(info) == 2 and all(isinstance(v, int) for v in info):
+        return info
+    found: tuple[int, int] | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "audit" and frame.f_globals.get("__name__") == "shiftaudit.engine":
+            done, total = frame.f_locals.get("images_done"), frame.f_locals.get("total_images")
+            if isinstance(done, int) and isinstance(total, int):
+                found = (done, total)
+        tb = tb.tb_next
+    return found
+
+
+def interrupted_message(exc: BaseException) -> str:
+    progress = audit_progress(exc)
+    where = f" after {progress[0]} of {progress[1]} images" if progress else ""
+    return f"interrupted: stopped cleanly{where}; no output file was left half-written."
+
+
+def check_output_path(path: Path | None, flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output location that cannot be written.
+
+    An audit must not run for an hour and then fail to save. Nothing is created: only the nearest existing folder
+    is checked, with an anonymous temporary file (so pseudo file systems such as /proc are caught too).
+    """
+    if path is None or str(path) == "-":
+        return
+    p = Path(path).expanduser()
+    if folder and p.exists() and not p.is_dir():
+        raise OutputError(f"{flag} {p} exists and is not a folder; choose another output location.")
+    if not folder and p.is_dir():
+        raise OutputError(f"{flag} {p} is a folder, expected a file path.")
+    ancestor = p if folder else p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{flag} {p} cannot be written: {ancestor} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        why = (exc.strerror or str(exc)).rstrip(".").lower()
+        raise OutputError(f"{flag} {p} cannot be written ({why}); choose another output location.") from None
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

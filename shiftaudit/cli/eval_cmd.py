@@ -212,6 +212,11 @@ def eval_command(
         raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
     if data is None:
         raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
+    from .common import check_output_path
+
+    check_output_path(json_out, "--json")
+    check_output_path(out, "--out", folder=True)
+    check_output_path(junit, "--junit")
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     dataset = load_dataset_from_cli(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,

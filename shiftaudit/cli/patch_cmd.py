@@ -127,6 +127,10 @@ def patch_command(
     pad = pad or ("circular" if method == "aps" else "reflect")
     config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
+    from .common import check_output_path
+
+    check_output_path(output, "--output")
+    check_output_path(json_out, "--json")
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     if loaded.format == "torchscript":
         raise UsageError("A TorchScript archive cannot be patched: pass the weights (state dict or safetensors) with --arch.")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import DataError, ShiftAuditError
 from ..presets import Preprocessing
 from .preprocess import CONVERTED, ENLARGED, UNREADABLE, adapt_channels, decode_image, finish
 
@@ -54,8 +54,22 @@ class FileSource:
         try:
             decode_image(self.files[i], channels)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
-            return f"{type(exc).__name__}: {exc}".rstrip(".")
+            return _decode_reason(exc, self.files[i])
         return "it could not be decoded"
+
+
+def _decode_reason(exc: BaseException, path: str) -> str:
+    """Why PIL could not decode ``path``, in words (PIL's own messages repeat the path and name no fix)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "it is not an image PIL can decode (corrupt, empty, or an unsupported format)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.rstrip(".").lower()
+    text = str(exc).replace(f"'{path}'", "the file").replace(path, "the file").strip().rstrip(".")
+    if "truncated" in text.lower():
+        return "the file is truncated"
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 class TensorSource:
@@ -299,7 +313,7 @@ class AuditLoader(DataLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]
         ds: AuditDataset = self.dataset.ds  # type: ignore[attr-defined]
         yielded = 0
-        for images, labels, ids, flags in super().__iter__():
+        for images, labels, ids, flags in _worker_errors_said(super().__iter__()):
             ds.record(ids.numpy(), flags.numpy())
             bad = (flags & UNREADABLE) != 0
             if bool(bad.any()):
@@ -314,6 +328,25 @@ class AuditLoader(DataLoader):
         if yielded == 0 and len(ds) > 0:
             first = int(np.flatnonzero(ds._flags & UNREADABLE)[0])
             raise DataError(f"None of the {len(ds)} images could be read; the first: {ds.unreadable_error(first).message}")
+
+
+def _worker_errors_said(batches: Iterator[Any]) -> Iterator[Any]:
+    """A decoding worker that dies (killed for memory, a crashing codec) is a one-sentence DataError, not a bug."""
+    while True:
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            text = str(exc).strip()
+            if "DataLoader worker" not in text:
+                raise
+            lines = text.splitlines()
+            if isinstance(exc, ShiftAuditError) and len(lines) > 1:  # re-raised from a worker with its traceback
+                raise type(exc)(lines[-1].split(": ", 1)[-1]) from None
+            first = lines[0].rstrip(".") if lines else type(exc).__name__
+            raise DataError(f"An image-decoding worker process failed ({first}); rerun with --workers 0.") from None
+        yield item
 
 
 def default_workers(dataset: AuditDataset, batch_size: int) -> int:

@@ -46,9 +46,19 @@ def _images_under(folder: Path, recursive: bool = True) -> list[Path]:
     if not recursive:
         return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
     out: list[Path] = []
+    seen = {os.path.realpath(folder)}  # folders walked so far: a symlink loop or a second link is not followed
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(root) / f for f in sorted(files) if _is_image(f))
+        here = os.path.realpath(root)
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if d.startswith(".") or real in seen or here.startswith(real + os.sep):
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirs[:] = keep
+        # regular files only: a FIFO named x.png would block the decoder forever
+        out.extend(Path(root) / f for f in sorted(files) if _is_image(f) and (Path(root) / f).is_file())
     return out
 
 
@@ -66,6 +76,8 @@ def detect_kind(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
         raise DataError(f"Data path {p} does not exist.")
+    if not p.is_file() and not p.is_dir():
+        raise DataError(f"Data path {p} is neither a regular file nor a folder (a pipe or device?).")
     if p.is_file():
         if p.suffix.lower() in TENSOR_SUFFIXES:
             return "tensors"
@@ -103,8 +115,11 @@ def read_class_map(class_map: str | Path | Mapping[str, Any] | Sequence[str]) ->
             raise DataError(f"Class map {p} does not exist.")
         try:
             obj = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"Class map {p} is not valid JSON: {exc}.") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc).rstrip(".")
+            raise DataError(f"Class map {p} is not valid JSON ({why}).") from None
+        except OSError as exc:
+            raise DataError(f"Cannot read class map {p}: {exc.strerror or exc}.") from None
     mapping: dict[str, int] = {}
     try:
         if isinstance(obj, Mapping):

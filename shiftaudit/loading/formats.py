@@ -39,6 +39,8 @@ def check_file(path: str | os.PathLike[str]) -> Path:
         raise CheckpointError(f"Checkpoint file {p} does not exist.")
     if p.is_dir():
         raise CheckpointError(f"Checkpoint path {p} is a directory, expected a checkpoint file.")
+    if not p.is_file():  # a FIFO or device would block or never end when read
+        raise CheckpointError(f"Checkpoint path {p} is not a regular file (a pipe or device?); save the checkpoint to a file first.")
     try:
         size = p.stat().st_size
         with p.open("rb"):
@@ -172,7 +174,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             raw = dict(f.metadata() or {})
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:  # SafetensorError, OSError, ...
-        raise CheckpointError(f"Checkpoint {path} is not a readable safetensors file ({_first_line(exc)}).") from None
+        raise CheckpointError(
+            f"Checkpoint {path} is a corrupt or truncated safetensors file ({_first_line(exc)}); re-download or re-save it."
+        ) from None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise CheckpointError(f"Checkpoint {path} has malformed safetensors metadata (values must be strings).")
     return tensors, raw
@@ -180,24 +184,24 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def read_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
     """A TorchScript archive on the CPU, plus our metadata when it was written by :func:`save_model`."""
-    import json
-
     extra: dict[str, Any] = {EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices are not the user's concern
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
-        raise CheckpointError(f"TorchScript archive {path} cannot be loaded ({_first_line(exc)}).") from None
+        raise CheckpointError(
+            f"TorchScript archive {path} cannot be loaded ({_first_line(exc)}); it is damaged or from an incompatible "
+            f"torch, so re-export it, or pass its weights with --arch."
+        ) from None
     raw: dict[str, str] = {}
     blob = extra.get(EXTRA_FILE) or ""
     if isinstance(blob, bytes):
         blob = blob.decode("utf-8", "replace")
     if blob:
-        try:
-            parsed = json.loads(blob)
-        except ValueError:
-            raise CheckpointError(f"TorchScript archive {path} has malformed shiftaudit metadata (not valid JSON).") from None
+        from .metadata import bounded_json
+
+        parsed = bounded_json(blob, f"The shiftaudit metadata in TorchScript archive {path}")
         if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
             raise CheckpointError(f"TorchScript archive {path} has malformed shiftaudit metadata (expected string values).")
         raw = parsed

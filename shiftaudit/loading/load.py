@@ -115,6 +115,8 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
                      num_classes: int | None, arch_kwargs: dict[str, Any] | None, notes: list[str]) -> LoadedModel:
     kwargs = dict(meta.arch_kwargs or {})
     kwargs.update(arch_kwargs or {})
+    if "num_classes" in kwargs:
+        raise UsageError("Pass the class count as num_classes=..., not inside arch_kwargs.")
     identified_n: int | None = None
     if arch:
         arch = canonical_arch(arch)

@@ -16,6 +16,39 @@ from ..presets import Preprocessing
 FORMAT_VERSION = "1"
 PREFIX = "shiftaudit."
 KEYS = ("format", "arch", "num_classes", "arch_kwargs", "preprocessing", "class_names", "patch")
+MAX_VALUE_CHARS = 1_000_000  # far above anything we write (class names of 22k ImageNet classes fit)
+MAX_DEPTH = 32  # patch specs nest a few levels; deeper JSON is hostile or broken
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, computed without recursion (a hostile value must not exhaust the stack)."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            depth = max(depth, d)
+            if depth > MAX_DEPTH:
+                return depth
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return depth
+
+
+def bounded_json(text: str, what: str) -> Any:
+    """``json.loads`` for text from a file we do not trust: size- and depth-limited, never evaluated.
+
+    ``what`` names the value in the error ("Checkpoint x has malformed metadata: shiftaudit.patch").
+    """
+    if len(text) > MAX_VALUE_CHARS:
+        raise CheckpointError(f"{what} is {len(text):,} characters long, more than the {MAX_VALUE_CHARS:,} allowed.")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{what} is nested too deeply to be metadata.") from None
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{what} is not valid JSON.") from None
+    if json_depth(value) > MAX_DEPTH:
+        raise CheckpointError(f"{what} is nested too deeply to be metadata (more than {MAX_DEPTH} levels).")
+    return value
 
 
 @dataclass
@@ -37,10 +70,7 @@ def _json(raw: dict[str, str], key: str, source: str) -> Any:
     text = raw.get(PREFIX + key)
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"Checkpoint {source} has malformed metadata: {PREFIX}{key} is not valid JSON.") from None
+    return bounded_json(text, f"Checkpoint {source} has malformed metadata: {PREFIX}{key}")
 
 
 def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadata:
@@ -52,6 +82,13 @@ def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadat
 
     def bad(key: str, what: str) -> CheckpointError:
         return CheckpointError(f"Checkpoint {source} has malformed metadata: {PREFIX}{key} {what}.")
+
+    for key in KEYS:
+        value = raw.get(PREFIX + key)
+        if value is not None and not isinstance(value, str):
+            raise bad(key, f"is a {type(value).__name__}, not a string")
+        if value is not None and len(value) > MAX_VALUE_CHARS:
+            raise bad(key, f"is {len(value):,} characters long, more than the {MAX_VALUE_CHARS:,} allowed")
 
     version = raw.get(PREFIX + "format", FORMAT_VERSION)
     if not str(version).isdigit():
@@ -76,8 +113,10 @@ def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadat
 
     kwargs = _json(raw, "arch_kwargs", source)
     if kwargs is not None:
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() and not k.startswith("_") for k in kwargs):
             raise bad("arch_kwargs", "is not an object of keyword arguments")
+        if "num_classes" in kwargs:
+            raise bad("arch_kwargs", "sets num_classes, which belongs in shiftaudit.num_classes")
         meta.arch_kwargs = kwargs
 
     prep = _json(raw, "preprocessing", source)
