@@ -27,14 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .errors import DataError, ModelError, UsageError
+from .metrics.stability import FlipRate, MeanAbsoluteChange
 from .metrics import (
     AccuracyAtRandomShift,
     AccuracyAtZeroShift,
     AccuracyMap,
     AdversarialCurve,
     ExactConsistency,
+    FlipExamples,
     Metric,
     SampledConsistency,
     ShiftBatch,
@@ -105,9 +107,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
-    """Images x shifts per forward pass: big enough to keep the device busy, bounded by activation memory."""
+    """Images x shifts per forward pass: big enough to keep the device busy, bounded by activation memory.
+
+    On the CPU moderate batches win: 32-64 rows at 32x32 ran ~1.2-2x faster than 256 (cache-resident activations;
+    benchmarks/RESULTS.md), so the CPU budget is 64 rows of 32x32.
+    """
     pixels = size[0] * size[1]
-    budget = (1024 if device.type == "cuda" else 256) * 32 * 32
+    budget = (1024 if device.type == "cuda" else 64) * 32 * 32
     floor = 64 if device.type == "cuda" else 16
     return int(max(floor, min(2048, budget // max(pixels, 1))))
 
@@ -164,14 +170,30 @@ def as_logits(output: Any, batch: int) -> torch.Tensor:
 class _Forward:
     """Runs the model on flattened (image, shift) batches with AMP, channels_last and CUDA out-of-memory back-off."""
 
-    def __init__(self, model: nn.Module, device: torch.device, precision: str, batch: int, channels_last: bool) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, precision: str, batch: int, channels_last: bool,
+                 eager: nn.Module | None = None) -> None:
         self.model = model
         self.device = device
         self.batch = batch
         self.channels_last = channels_last
         self.notes: list[str] = []
         self.num_classes = 0
+        self.rows = 0  # forward rows (image x shift pairs) evaluated so far
+        self.eager = eager  # set when ``model`` is torch.compile'd: what to fall back to if compiling fails
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def _call(self, x: torch.Tensor) -> Any:
+        if self.eager is None:
+            return self.model(x)
+        try:
+            return self.model(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a compile failure must not cost the user the audit
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.notes.append(f"torch.compile failed ({first[:120]}); ran the model eagerly")
+            self.model, self.eager = self.eager, None
+            return self.model(x)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -184,16 +206,26 @@ class _Forward:
         total: int,
         labels: torch.Tensor | None,
         observers: tuple[Observer, ...] = (),
+        fan_out: int = 1,
+        cost: int | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """Returns per-pair (pred, p_label, p_top, finite) for ``total`` pairs built by ``make_inputs(slice)``."""
-        preds = torch.empty(total, dtype=torch.long, device=self.device)
-        p_label = torch.empty(total, dtype=torch.float32, device=self.device)
-        p_top = torch.empty(total, dtype=torch.float32, device=self.device)
-        finite = torch.empty(total, dtype=torch.bool, device=self.device)
+        """Returns per-row (pred, p_label, p_top, finite) for ``total`` inputs built by ``make_inputs(slice)``.
+
+        Each input gives ``fan_out`` consecutive output rows (1 for a plain model; every shift of the set for the
+        polyphase model), so ``labels`` and the results have ``total * fan_out`` rows. ``cost``: how many batch
+        rows one input weighs in memory (``fan_out`` by default); the device batch is shared out by it.
+        """
+        cost = max(1, fan_out if cost is None else cost)
+        rows = total * fan_out
+        preds = torch.empty(rows, dtype=torch.long, device=self.device)
+        p_label = torch.empty(rows, dtype=torch.float32, device=self.device)
+        p_top = torch.empty(rows, dtype=torch.float32, device=self.device)
+        finite = torch.empty(rows, dtype=torch.bool, device=self.device)
         start = 0
         while start < total:
-            stop = min(total, start + self.batch)
+            stop = min(total, start + max(1, self.batch // cost))
             sl = slice(start, stop)
+            out_sl = slice(start * fan_out, stop * fan_out)
             try:
                 for o in observers:
                     o.begin_chunk(sl)
@@ -203,17 +235,23 @@ class _Forward:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self._autocast():
-                    out = self.model(x)
-                logits = as_logits(out, stop - start).float()
+                    try:
+                        out = self._call(x)
+                    except (ModelError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
+                        raise
+                    except Exception as exc:  # the user's model failed (a TypeError is its fault too, not ours)
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {first}") from None
+                logits = as_logits(out, (stop - start) * fan_out).float()
                 for o in observers:
                     o.on_logits(logits)
                     o.end_chunk()
             except torch.cuda.OutOfMemoryError:
                 for o in observers:
                     o.abort_chunk()
-                if self.batch <= 1:
+                if self.batch <= 1 or (cost > 1 and stop - start <= 1):
                     raise ModelError("CUDA ran out of memory even with a batch of one image; use --device cpu.") from None
-                self.batch = max(1, self.batch // 2)
+                self.batch = max(1, min(self.batch, (stop - start) * cost) // 2)
                 self.notes.append(f"CUDA out of memory: device batch halved to {self.batch}")
                 torch.cuda.empty_cache()
                 continue
@@ -225,9 +263,11 @@ class _Forward:
                     f"The model failed on a batch of shape {tuple(x.shape) if 'x' in locals() else '?'}: {first}"
                 ) from None
             self.num_classes = int(logits.shape[1])
+            self.rows += (stop - start) * fan_out
             ok = torch.isfinite(logits).all(dim=1)
             probs = torch.softmax(logits, dim=1)
             top, pred = probs.max(dim=1)
+            sl = out_sl
             preds[sl] = pred
             p_top[sl] = top
             finite[sl] = ok
@@ -250,7 +290,9 @@ def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool) -> l
     if exhaustive:
         metrics.append(ExactConsistency())
         if labelled:
-            metrics += [Variation(), AdversarialCurve(shift_set), AccuracyMap(shift_set)]
+            metrics += [Variation(), AdversarialCurve(shift_set), AccuracyMap(shift_set), FlipExamples(shift_set)]
+        metrics.append(FlipRate(shift_set))
+    metrics.append(MeanAbsoluteChange())
     return metrics
 
 
@@ -291,6 +333,201 @@ def plan_shifts(
     return shifts, exhaustive
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Strategies: dense (every pair through the model), polyphase (every shift at once), adversary early exit
+# ---------------------------------------------------------------------------------------------------------------
+
+POLYPHASE_TOLERANCE = 1e-3  # largest logit difference (relative to 1 + max |logit|) the probe accepts
+
+
+def _try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: bool, observers: list[Observer],
+                   wanted: bool | None, dev: torch.device, dtype: torch.dtype, notes: list[str]) -> tuple[str, nn.Module]:
+    """The polyphase model when it applies and pays (auto: every H*W shift asked for); otherwise ("dense", model)."""
+    auto = wanted is None
+    if not exhaustive or observers or (auto and len(shifts) < shifts.height * shifts.width):
+        if not auto:
+            why = "per-layer distances watch each shifted input" if observers else "it needs exhaustive mode"
+            notes.append(f"polyphase engine not used: {why}")
+        return "dense", model
+    from .polyphase import PolyphaseUnsupported, build_polyphase, probe
+
+    gen = torch.Generator().manual_seed(0)  # a probe input: the check is about the model, not the data
+    first = torch.randn((1, int(getattr(dataset, "channels", 3)), shifts.height, shifts.width), generator=gen)
+    first = first.to(dev, dtype=dtype)
+    try:
+        with torch.inference_mode():
+            poly = build_polyphase(model, first, shifts.dh, shifts.dw).to(dev)
+            err = probe(model, poly, first, shifts.dh, shifts.dw)
+    except PolyphaseUnsupported as exc:
+        if not auto:
+            notes.append(f"polyphase engine not applicable ({exc}); evaluated every shift separately")
+        return "dense", model
+    if not err <= POLYPHASE_TOLERANCE:
+        notes.append(f"polyphase engine failed its check against direct forwards (error {err:.2g}); evaluated every shift separately")
+        return "dense", model
+    notes.append("polyphase engine: every circular shift of an image from one shift-and-stitch evaluation")
+    return "polyphase", poly
+
+
+def _early_exit_ok(metric: Metric) -> bool:
+    """Metrics that only need the zero shift and each image's smallest misclassified shift."""
+    return isinstance(metric, (AdversarialCurve, AccuracyAtZeroShift)) or bool(getattr(metric, "early_exit_safe", False))
+
+
+def _early_exit_strategy(metric_list: list[Metric], exhaustive: bool, labelled: bool, observers: list[Observer],
+                         wanted: bool | None, notes: list[str]) -> str:
+    blockers = [m.name for m in metric_list if not _early_exit_ok(m)]
+    ok = exhaustive and labelled and not observers and not blockers and any(isinstance(m, AdversarialCurve) for m in metric_list)
+    if ok:
+        return "early-exit"
+    if wanted:
+        why = ("it needs labelled data and exhaustive mode" if not (exhaustive and labelled) else
+               "per-layer distances need every shift" if observers else
+               f"{', '.join(blockers)} need every shift" if blockers else "no adversarial curve was asked for")
+        notes.append(f"adversary early exit not used: {why}")
+    return "dense"
+
+
+def _compile(model: nn.Module, notes: list[str]) -> nn.Module:
+    if not hasattr(torch, "compile"):
+        notes.append("torch.compile is not available in this torch; ran the model eagerly")
+        return model
+    try:
+        return torch.compile(model, dynamic=False)  # type: ignore[return-value]
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"torch.compile failed ({type(exc).__name__}); ran the model eagerly")
+        return model
+
+
+def _full_batch(forward: _Forward, x: torch.Tensor, lab_dev: torch.Tensor | None, labels: torch.Tensor,
+                ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int,
+                dh_all: torch.Tensor, dw_all: torch.Tensor, observers: list[Observer],
+                polyphase: bool) -> tuple[ShiftBatch | None, int]:
+    """Every planned (image, shift) pair of a batch through the model: the batch for the metrics, nonfinite count."""
+    dev = x.device
+    b = x.shape[0]
+    rand = plan.random_shift(ids_np)
+    pair = plan.pair_shifts(ids_np)
+    if exhaustive:
+        slot_shift = np.tile(np.arange(len(shifts)), (b, 1))
+        zero_slot = np.full(b, shifts.zero_index)
+        random_slot = rand
+        pair_slots = pair
+    else:
+        slot_shift = np.concatenate([np.full((b, 1), shifts.zero_index), rand[:, None], pair.reshape(b, -1)], axis=1)
+        zero_slot = np.zeros(b, dtype=np.int64)
+        random_slot = np.ones(b, dtype=np.int64)
+        pair_slots = (2 + np.arange(2 * pairs)).reshape(1, pairs, 2).repeat(b, 0)
+    s = slot_shift.shape[1]
+    flat_shift = torch.as_tensor(slot_shift.reshape(-1), device=dev)
+    flat_image = torch.arange(b, device=dev).repeat_interleave(s)
+    flat_labels = lab_dev[flat_image] if lab_dev is not None else None
+    if polyphase:  # one input per image; the polyphase model returns its rows in shift-set order
+        cost = int(getattr(forward.model, "cost", s))
+        pred, p_lab, p_top, finite = forward.run(lambda sl: x[sl], b, flat_labels, (), fan_out=s, cost=cost)
+    else:
+        bank = ShiftBank(x)
+
+        def make_inputs(sl: slice) -> torch.Tensor:
+            k = flat_shift[sl]
+            return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
+
+        for o in observers:
+            o.begin_batch(flat_image, flat_shift, ids_np)
+        pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels, tuple(observers))
+    labelled = lab_dev is not None
+    pred_np = pred.view(b, s).cpu().numpy()
+    p_top_np = p_top.view(b, s).cpu().numpy()
+    p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
+    ok_img = finite.view(b, s).all(dim=1).cpu().numpy()
+    keep = np.flatnonzero(ok_img)
+    bad = int(b - keep.size)
+    if not keep.size:
+        return None, bad
+    return ShiftBatch(
+        image_ids=ids_np[keep],
+        labels=labels.numpy().astype(np.int64)[keep] if labelled else None,
+        preds=pred_np[keep],
+        p_label=p_lab_np[keep] if p_lab_np is not None else None,
+        p_top=p_top_np[keep],
+        shift_index=slot_shift[keep],
+        zero_slot=zero_slot[keep],
+        random_slot=random_slot[keep],
+        pair_slots=pair_slots[keep],
+        exhaustive=exhaustive,
+        num_shifts=len(shifts),
+        num_classes=forward.num_classes,
+    ), bad
+
+
+def _early_exit_batch(forward: _Forward, x: torch.Tensor, lab_dev: torch.Tensor, labels: np.ndarray,
+                      ids_np: np.ndarray, shifts: ShiftSet, dh_all: torch.Tensor, dw_all: torch.Tensor,
+                      pairs: int) -> tuple[ShiftBatch | None, int]:
+    """Shifts in order of growing radius; an image leaves the batch at its first misclassified shift.
+
+    The set is ordered by radius, so the first wrong column of a chunk is a smallest-radius failure and earlier
+    chunks had none. Each chunk looks at most as far ahead as has been evaluated so far (at least 8 shifts), which
+    bounds the work past an image's failure to about twice what it needed. The metrics get two slots per image: the
+    zero shift and the first failure (the zero shift again for an image that never failed).
+    """
+    dev = x.device
+    b, n_shifts = x.shape[0], len(shifts)
+    bank = ShiftBank(x)
+    fail = np.full(b, shifts.zero_index, dtype=np.int64)
+    out = {k: np.zeros((b, 2), dtype=d) for k, d in (("pred", np.int64), ("p_lab", np.float32), ("p_top", np.float32))}
+    nonfinite = np.zeros(b, dtype=bool)
+    active = np.arange(b)
+    pos = 0
+    while active.size and pos < n_shifts:
+        k = max(1, forward.batch // active.size)
+        k = min(k, max(8, pos), n_shifts - pos)
+        cols = np.arange(pos, pos + k)
+        flat_image = torch.as_tensor(np.repeat(active, k), device=dev)
+        flat_shift = torch.as_tensor(np.tile(cols, active.size), device=dev)
+
+        def make_inputs(sl: slice, fi: torch.Tensor = flat_image, fs: torch.Tensor = flat_shift) -> torch.Tensor:
+            return bank.gather(fi[sl], dh_all[fs[sl]], dw_all[fs[sl]])
+
+        res = forward.run(make_inputs, active.size * k, lab_dev[flat_image])
+        pred, p_lab, p_top, finite = (t.view(active.size, k).cpu().numpy() for t in res)
+        if pos == 0:  # column 0 is the zero shift: every image's unshifted output
+            out["pred"][active, 0] = out["pred"][active, 1] = pred[:, 0]
+            out["p_lab"][active, 0] = out["p_lab"][active, 1] = p_lab[:, 0]
+            out["p_top"][active, 0] = out["p_top"][active, 1] = p_top[:, 0]
+        bad = ~finite.all(axis=1)
+        nonfinite[active[bad]] = True
+        wrong = pred != labels[active][:, None]
+        failed = wrong.any(axis=1) & ~bad
+        if failed.any():
+            rows = np.flatnonzero(failed)
+            col = wrong[rows].argmax(axis=1)
+            img = active[rows]
+            fail[img] = cols[col]
+            out["pred"][img, 1] = pred[rows, col]
+            out["p_lab"][img, 1] = p_lab[rows, col]
+            out["p_top"][img, 1] = p_top[rows, col]
+        active = active[~(failed | bad)]
+        pos += k
+    keep = np.flatnonzero(~nonfinite)
+    if not keep.size:
+        return None, int(b)
+    n = keep.size
+    return ShiftBatch(
+        image_ids=ids_np[keep],
+        labels=labels[keep],
+        preds=out["pred"][keep],
+        p_label=out["p_lab"][keep],
+        p_top=out["p_top"][keep],
+        shift_index=np.stack([np.full(n, shifts.zero_index), fail[keep]], axis=1),
+        zero_slot=np.zeros(n, dtype=np.int64),
+        random_slot=np.zeros(n, dtype=np.int64),
+        pair_slots=np.zeros((n, pairs, 2), dtype=np.int64),
+        exhaustive=True,
+        num_shifts=n_shifts,
+        num_classes=forward.num_classes,
+    ), int(b - n)
+
+
 def audit(
     model: Any,
     data: Any,
@@ -311,6 +548,9 @@ def audit(
     model_info: dict[str, Any] | None = None,
     layers: str | list[str] | None = None,
     observers: list[Observer] | None = None,
+    polyphase: bool | None = None,
+    early_exit: bool | None = None,
+    compile: bool = False,
 ) -> AuditResult:
     """Audit ``model`` on ``data`` under circular shifts and return every metric from one pass.
 
@@ -322,6 +562,11 @@ def audit(
     2048 shifts), ``exhaustive`` or ``sampled``. ``pairs``: random pairs per image for sampled consistency.
     ``layers``: ``"auto"``, ``"all"`` or module names: also measure per-layer equivariance/invariance distances
     over the shift set (needs exhaustive mode), reported under ``metrics["layers"]``.
+    ``polyphase``: evaluate every circular shift at once in shift-and-stitch form (:mod:`shiftaudit.polyphase`);
+    ``None`` uses it for all-shift runs whenever the model allows it, ``False`` never. ``early_exit``: stop each
+    image at its first misclassified shift; ``None`` does so when every metric asked for allows it (the adversarial
+    curve and zero-shift accuracy). ``compile``: run the model through ``torch.compile`` (eager if that fails).
+    Under ``torchrun`` the images are sharded over the processes and every process returns the merged result.
     """
     from .data import AuditDataset, load_data, make_loader
 
@@ -368,7 +613,7 @@ def audit(
         )
     labelled = bool(dataset.has_labels)
     if not labelled:
-        notes.append("unlabelled data: only classification consistency is reported (it needs no labels)")
+        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability)")
     metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive)
     for m in metric_list:
         if m.needs_labels and not labelled:
@@ -383,83 +628,70 @@ def audit(
         if not exhaustive:
             raise UsageError("Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set.")
         observer_list.append(FeatureDistance(select_layers(model, layers, size, getattr(dataset, "channels", 3)), shifts))
+    dist = distributed.setup(dev)
+    if dist is not None:
+        dev = dist.device
+        if observer_list:
+            raise UsageError("Per-layer distances are not supported under torchrun yet; run --layers in one process.")
     dtype = model_dtype(model)
     use_cl = channels_last if channels_last is not None else dev.type == "cuda"
     model = model.eval().to(dev)
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     device_batch = batch_size or default_device_batch(dev, size)
-    forward = _Forward(model, dev, precision, device_batch, use_cl)
-    plan = DrawPlan(seed=seed, pairs=pairs, num_shifts=len(shifts))
-    slots_per_image = len(shifts) if exhaustive else 2 + 2 * pairs
-    image_batch = int(min(512, max(1, math.ceil(device_batch / slots_per_image))))
-    loader = make_loader(dataset, batch_size=image_batch, num_workers=num_workers, pin_memory=dev.type == "cuda")
-
     dh_all = torch.as_tensor(shifts.dh, dtype=torch.long, device=dev)
     dw_all = torch.as_tensor(shifts.dw, dtype=torch.long, device=dev)
+
+    strategy, runner = "dense", model
+    if polyphase is not False:
+        strategy, runner = _try_polyphase(model, dataset, shifts, exhaustive, observer_list, polyphase, dev, dtype, notes)
+    if strategy == "dense" and early_exit is not False:
+        strategy = _early_exit_strategy(metric_list, exhaustive, labelled, observer_list, early_exit, notes)
+    eager = None
+    if compile:
+        eager, runner = runner, _compile(runner, notes)
+        if runner is eager:
+            eager = None
+    forward = _Forward(runner, dev, precision, device_batch, use_cl, eager=eager)
+    plan = DrawPlan(seed=seed, pairs=pairs, num_shifts=len(shifts))
+    slots_per_image = len(shifts) if exhaustive else 2 + 2 * pairs
+    if strategy == "early-exit":  # many images at once, so each chunk can hold few shifts: failures stop early
+        image_batch = int(min(512, max(1, device_batch)))
+    elif strategy == "polyphase":
+        image_batch = int(min(512, max(1, device_batch // int(getattr(eager or runner, "cost", 1)))))
+    else:
+        image_batch = int(min(512, max(1, math.ceil(device_batch / slots_per_image))))
+    pin = dev.type == "cuda"
+    if dist is not None:
+        loader = distributed.shard_loader(dataset, dist, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
+        total_images = len(distributed.shard_indices(len(dataset), dist.rank, dist.world))
+    else:
+        loader = make_loader(dataset, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
+        total_images = len(dataset)
+
     nonfinite_images = 0
     images_done = 0
     for o in observer_list:
         o.attach(model)
     t0 = time.perf_counter()
     if progress is not None:
-        progress.start(len(dataset), f"auditing {len(dataset)} images x {slots_per_image} shifts")
+        progress.start(total_images, f"auditing {total_images} images x {slots_per_image} shifts")
     try:
         with torch.inference_mode():
             for images, labels, ids in _batches(loader):
                 ids_np = ids.numpy().astype(np.int64)
                 b = images.shape[0]
                 x = images.to(dev, dtype=dtype, non_blocking=True)
-                rand = plan.random_shift(ids_np)
-                pair = plan.pair_shifts(ids_np)
-                if exhaustive:
-                    slot_shift = np.tile(np.arange(len(shifts)), (b, 1))
-                    zero_slot = np.full(b, shifts.zero_index)
-                    random_slot = rand
-                    pair_slots = pair
+                lab_dev = labels.to(dev, non_blocking=True) if labelled else None
+                if strategy == "early-exit":
+                    assert lab_dev is not None
+                    batch, bad = _early_exit_batch(forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np,
+                                                   shifts, dh_all, dw_all, pairs)
                 else:
-                    slot_shift = np.concatenate(
-                        [np.full((b, 1), shifts.zero_index), rand[:, None], pair.reshape(b, -1)], axis=1
-                    )
-                    zero_slot = np.zeros(b, dtype=np.int64)
-                    random_slot = np.ones(b, dtype=np.int64)
-                    pair_slots = (2 + np.arange(2 * pairs)).reshape(1, pairs, 2).repeat(b, 0)
-                s = slot_shift.shape[1]
-                flat_shift = torch.as_tensor(slot_shift.reshape(-1), device=dev)
-                flat_image = torch.arange(b, device=dev).repeat_interleave(s)
-                bank = ShiftBank(x)
-                lab_dev = labels.to(dev) if labelled else None
-                flat_labels = lab_dev[flat_image] if lab_dev is not None else None
-
-                def make_inputs(sl: slice) -> torch.Tensor:
-                    k = flat_shift[sl]
-                    return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
-
-                for o in observer_list:
-                    o.begin_batch(flat_image, flat_shift, ids_np)
-                pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels, tuple(observer_list))
-                pred = pred.view(b, s).cpu().numpy()
-                p_top_np = p_top.view(b, s).cpu().numpy()
-                p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
-                ok_img = finite.view(b, s).all(dim=1).cpu().numpy()
-                if not ok_img.all():
-                    nonfinite_images += int((~ok_img).sum())
-                keep = np.flatnonzero(ok_img)
-                if keep.size:
-                    batch = ShiftBatch(
-                        image_ids=ids_np[keep],
-                        labels=labels.numpy().astype(np.int64)[keep] if labelled else None,
-                        preds=pred[keep],
-                        p_label=p_lab_np[keep] if p_lab_np is not None else None,
-                        p_top=p_top_np[keep],
-                        shift_index=slot_shift[keep],
-                        zero_slot=zero_slot[keep],
-                        random_slot=random_slot[keep],
-                        pair_slots=pair_slots[keep],
-                        exhaustive=exhaustive,
-                        num_shifts=len(shifts),
-                        num_classes=forward.num_classes,
-                    )
+                    batch, bad = _full_batch(forward, x, lab_dev, labels, ids_np, shifts, exhaustive, plan, pairs,
+                                             dh_all, dw_all, observer_list, polyphase=strategy == "polyphase")
+                nonfinite_images += bad
+                if batch is not None:
                     for m in metric_list:
                         m.update(batch)
                 images_done += b
@@ -471,7 +703,17 @@ def audit(
         if progress is not None:
             progress.stop()
     elapsed = time.perf_counter() - t0
-    notes.extend(forward.notes)
+    rows = forward.rows
+    if dist is not None:
+        images_done, nonfinite_images, rows = distributed.merge(dist, metric_list, dataset, images_done,
+                                                                nonfinite_images, rows)
+    notes.extend(dict.fromkeys(forward.notes))
+    if strategy == "early-exit":
+        full = images_done * len(shifts)
+        notes.append(
+            f"adversary early exit: each image stopped at its first misclassified shift; {rows} of {full} forward "
+            f"passes evaluated ({100.0 * (1 - rows / full) if full else 0.0:.1f}% skipped)"
+        )
     if nonfinite_images:
         notes.append(
             f"{nonfinite_images} of {images_done} images gave NaN or infinite outputs at some shift and were left "
@@ -490,6 +732,7 @@ def audit(
         "seed": seed,
         "precision": precision,
         "device_batch": device_batch,
+        "engine": strategy,
     }
     data_info = {
         "description": getattr(dataset, "description", type(dataset).__name__),
@@ -515,6 +758,8 @@ def audit(
             "seconds": elapsed,
             "images_per_s": images_done / elapsed if elapsed > 0 else float("nan"),
             "forwards_per_s": images_done * slots_per_image / elapsed if elapsed > 0 else float("nan"),
+            "forward_rows": float(rows),
+            "forward_rows_full": float(images_done * slots_per_image),
         },
     )
 

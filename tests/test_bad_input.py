@@ -575,10 +575,6 @@ def test_check_output_path_refuses_unwritable_places_without_creating_anything(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine._Forward.run only turns RuntimeError from the model into ModelError; "
-                   "its `except RuntimeError as exc:` clause should be `except Exception as exc:` (it already comes "
-                   "after `except (ModelError, KeyboardInterrupt): raise`), so a user model's TypeError is exit 2, not "
-                   "'internal error ... report it'")
 def test_a_model_failing_with_a_python_error_is_the_models_fault_not_ours(files, tmp_path):
     res = cli(*eval_args(files, "--json", tmp_path / "r.json", arch=f"{MODULE}:needs_mask"))
     assert_clean_error(res, "The model failed", "mask")

@@ -50,6 +50,12 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
     if "variation" in m:
         v = m["variation"]
         rows.append(("Variation of P(correct), mean / median", f"{v['mean']:.4f} / {v['median']:.4f}", f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]"))
+    if "flip_rate" in m:
+        f = m["flip_rate"]
+        rows.append(("Flip rate between 1-px neighbouring shifts", pct(f["mean"], 2), ci_text(f["ci_low"], f["ci_high"], 2)))
+    if "mac" in m:
+        mac = m["mac"]
+        rows.append(("Mean abs. change of top-1 probability", f"{mac['mean']:.4f}", f"[{mac['ci_low']:.4f}, {mac['ci_high']:.4f}]"))
     if "adversarial" in m:
         adv = m["adversarial"]
         for r in headline_radii(adv["radius"]):
@@ -59,7 +65,7 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
         amap = m["accuracy_map"]
         rows.append(("Accuracy over shifts, worst / best", f"{pct(amap['min'])} / {pct(amap['max'])}", ""))
     for name, value in m.items():
-        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map"):
+        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map", "flip_rate", "mac"):
             continue
         if isinstance(value, dict) and "value" in value:
             rows.append((name.replace("_", " "), f"{value['value']:.4f}", ci_text(value.get("ci_low"), value.get("ci_high"))))
@@ -159,6 +165,10 @@ def metric_values(result: AuditResult) -> dict[str, tuple[bool, float | None, fl
     if "variation" in m:
         put("Variation of P(correct), mean", m["variation"], percent=False, key="mean")
         out["Variation of P(correct), median"] = (False, _num(m["variation"].get("median")), None, None)
+    if "flip_rate" in m:
+        put("Flip rate between 1-px neighbouring shifts", m["flip_rate"], key="mean")
+    if "mac" in m:
+        put("Mean abs. change of top-1 probability", m["mac"], percent=False, key="mean")
     adv = m.get("adversarial")
     if adv:
         for i, r in enumerate(adv["radius"]):
@@ -168,7 +178,7 @@ def metric_values(result: AuditResult) -> dict[str, tuple[bool, float | None, fl
         out["Accuracy over shifts, worst"] = (True, _num(amap.get("min")), None, None)
         out["Accuracy over shifts, best"] = (True, _num(amap.get("max")), None, None)
     for name, value in m.items():
-        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map"):
+        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map", "flip_rate", "mac"):
             continue
         if isinstance(value, dict) and "value" in value:
             put(name.replace("_", " "), value, percent=False)

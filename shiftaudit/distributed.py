@@ -1,0 +1,119 @@
+"""``torchrun`` support: shard the images over processes, merge the metric accumulators, identical reports.
+
+Every accumulator keeps per-image values keyed by image id (concatenated on merge, then sorted by id) or integer
+sums (added), so merging the shards of any split gives exactly the single-process state. Images are dealt out by
+index (image i to rank i mod world), which needs no communication and balances the shards.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def is_main_process() -> bool:
+    """False only on the non-zero ranks of a ``torchrun`` launch: they neither print nor write files."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank() == 0
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
+def setup(device: torch.device) -> DistContext | None:
+    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA); None for a single process."""
+    if env_world_size() <= 1 or not torch_dist.is_available():
+        return None
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.index is None:
+            device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            torch_dist.init_process_group(backend=backend)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"Cannot join the torchrun process group: {first}.") from None
+    return DistContext(torch_dist.get_rank(), torch_dist.get_world_size(), device)
+
+
+def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
+    """The dataset positions one process audits: rank, rank + world, ... (deterministic, no communication)."""
+    return np.arange(rank, n, world, dtype=np.int64)
+
+
+def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool) -> Any:
+    """The engine's usual loader, reading only this process's shard; image ids stay dataset positions."""
+    from .data.dataset import AuditLoader, _Indexed, _worker_init, default_workers
+
+    indices = shard_indices(len(dataset), ctx.rank, ctx.world).tolist()
+    workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
+    return AuditLoader(
+        _Indexed(dataset),
+        batch_size=batch_size,
+        sampler=indices,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+
+
+def merge(ctx: DistContext, metrics: list[Any], dataset: Any, images: int, nonfinite: int, rows: int) -> tuple[int, int, int]:
+    """Gather every process's accumulator states and counts; every process ends with the merged state."""
+    mine = {
+        "states": [m.state_dict() for m in metrics],
+        "counts": (images, nonfinite, rows),
+        "flags": getattr(dataset, "_flags", None),
+        "seen": getattr(dataset, "_seen", None),
+    }
+    gathered: list[Any] = [None] * ctx.world
+    torch_dist.all_gather_object(gathered, mine)
+    for i, m in enumerate(metrics):
+        states = [g["states"][i] for g in gathered]
+        merged = {}
+        for key in states[0]:
+            if key.startswith("sum_"):
+                merged[key] = sum(np.asarray(s[key]) for s in states)
+            else:
+                merged[key] = np.concatenate([np.asarray(s[key]) for s in states])
+        m.load_state_dict(merged)
+    if mine["flags"] is not None:  # decode flags (unreadable, converted ...) feed the data notes
+        dataset._flags = np.bitwise_or.reduce([np.asarray(g["flags"]) for g in gathered])
+        dataset._seen = np.logical_or.reduce([np.asarray(g["seen"]) for g in gathered])
+    totals = np.sum([g["counts"] for g in gathered], axis=0)
+    return int(totals[0]), int(totals[1]), int(totals[2])
+
+
+def finish() -> None:
+    """Leave the process group (the CLI calls this once the report is written)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,0 +1,79 @@
+"""Two label-free stability measures beside consistency: how much the confidence moves, and how often a one-pixel
+step flips the answer.
+
+* **Mean absolute change (MAC)** of the top-1 probability between shifted copies of an image: over the random pairs
+  of the consistency protocol, ``|p_top(Shift_a X) - p_top(Shift_b X)|``. It sees the confidence wobble that
+  consistency (which counts only flips) does not.
+* **Flip rate** along consecutive one-pixel shifts: over every pair of shifts of the set that are one pixel apart
+  (vertically or horizontally, modulo the size), the share whose predicted classes differ. This is the
+  "walk the image one pixel at a time" view of Fig. 2; it needs every shift evaluated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..shifts import ShiftSet
+from .base import PerImageMetric, ShiftBatch
+from .stats import mean_interval
+
+
+def _summary(values: np.ndarray) -> dict[str, Any]:
+    lo, hi = mean_interval(values)
+    return {
+        "mean": float(values.mean()) if values.size else float("nan"),
+        "median": float(np.median(values)) if values.size else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": int(values.size),
+    }
+
+
+class MeanAbsoluteChange(PerImageMetric):
+    name = "mac"
+    needs_labels = False
+
+    def update(self, batch: ShiftBatch) -> None:
+        a = batch.at(batch.p_top, batch.pair_slots[:, :, 0]).astype(np.float64)
+        b = batch.at(batch.p_top, batch.pair_slots[:, :, 1]).astype(np.float64)
+        self._append(batch.image_ids, np.abs(a - b).mean(axis=1))
+
+    def compute(self) -> dict[str, Any]:
+        return _summary(self.sorted_values()[1])
+
+
+def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
+    """(P, 2) indices of the shift pairs one pixel apart (down or right, modulo the size) inside the set."""
+    h, w = shifts.height, shifts.width
+    index = {(int(a) % h, int(b) % w): i for i, (a, b) in enumerate(zip(shifts.dh, shifts.dw))}
+    pairs = []
+    for (a, b), i in index.items():
+        for na, nb in (((a + 1) % h, b), (a, (b + 1) % w)):
+            j = index.get((na, nb))
+            if j is not None and j != i:
+                pairs.append((i, j))
+    return np.asarray(sorted(set(pairs)), dtype=np.int64).reshape(-1, 2)
+
+
+class FlipRate(PerImageMetric):
+    name = "flip_rate"
+    needs_labels = False
+    needs_all_shifts = True
+
+    def __init__(self, shifts: ShiftSet) -> None:
+        super().__init__()
+        self.pairs = neighbour_pairs(shifts)
+
+    def update(self, batch: ShiftBatch) -> None:
+        if self.pairs.size == 0:
+            return
+        preds = batch.preds  # exhaustive: slot s is shift s
+        flips = preds[:, self.pairs[:, 0]] != preds[:, self.pairs[:, 1]]
+        self._append(batch.image_ids, flips.mean(axis=1))
+
+    def compute(self) -> dict[str, Any]:
+        out = _summary(self.sorted_values()[1])
+        out["pairs_per_image"] = int(self.pairs.shape[0])
+        return out

@@ -1,0 +1,37 @@
+"""The benchmark suite runs end to end (tiny mode) and writes the JSON structure RESULTS.md is read from."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks import run as bench
+
+
+def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--tiny", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert result["schema"] == "shiftaudit/bench" and result["mode"] == "tiny"
+    assert {"device", "threads", "torch"} <= set(result["machine"])
+    names = [c["name"] for c in result["cases"]]
+    assert names[:2] == ["vgg13_cifar", "vgg13_cifar_circular"]
+    for case in result["cases"]:
+        for key in ("engine", "naive_shared", "naive_per_metric"):
+            assert case[key]["pairs_per_s"] > 0
+        assert case["naive_per_metric"]["passes"] == 4 and case["naive_shared"]["passes"] == 1
+        assert case["speedup_vs_naive_per_metric"] > 0
+    circular = result["cases"][1]
+    assert circular["engine"]["strategy"] == "polyphase" and circular["shifts"] == 1024
+    assert circular["engine_dense"]["strategy"] == "dense"
+    early = result["early_exit"]
+    assert early["identical_curve"] is True and early["early_exit"]["strategy"] == "early-exit"
+    assert early["early_exit"]["forwards"] <= early["full"]["forwards"]
+    assert {r["form"] for r in result["blurpool"]["rows"]} >= {"strided", "separable", "naive"}
+    assert set(result["summary"]) >= {"engine_vs_naive_per_metric", "polyphase_vs_naive_per_metric",
+                                      "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative"}
+    assert "wrote" in capsys.readouterr().out
