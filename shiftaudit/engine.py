@@ -16,11 +16,13 @@ Two modes:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -551,6 +553,7 @@ def audit(
     polyphase: bool | None = None,
     early_exit: bool | None = None,
     compile: bool = False,
+    resume: str | Path | None = None,
 ) -> AuditResult:
     """Audit ``model`` on ``data`` under circular shifts and return every metric from one pass.
 
@@ -562,6 +565,8 @@ def audit(
     2048 shifts), ``exhaustive`` or ``sampled``. ``pairs``: random pairs per image for sampled consistency.
     ``layers``: ``"auto"``, ``"all"`` or module names: also measure per-layer equivariance/invariance distances
     over the shift set (needs exhaustive mode), reported under ``metrics["layers"]``.
+    ``resume``: a state file saved as the audit goes; when it exists the audit continues from it, and the result
+    equals an uninterrupted run's. The file is left in place (the CLI deletes it once the report is written).
     ``polyphase``: evaluate every circular shift at once in shift-and-stitch form (:mod:`shiftaudit.polyphase`);
     ``None`` uses it for all-shift runs whenever the model allows it, ``False`` never. ``early_exit``: stop each
     image at its first misclassified shift; ``None`` does so when every metric asked for allows it (the adversarial
@@ -662,20 +667,35 @@ def audit(
     else:
         image_batch = int(min(512, max(1, math.ceil(device_batch / slots_per_image))))
     pin = dev.type == "cuda"
+    state = None
+    if resume is not None:
+        state = _resume_state(resume, model, info, dataset, shifts, exhaustive, pairs, seed, precision, metric_list,
+                              observer_list, dist)
     if dist is not None:
         loader = distributed.shard_loader(dataset, dist, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
         total_images = len(distributed.shard_indices(len(dataset), dist.rank, dist.world))
+    elif state is not None:
+        loader = _subset_loader(dataset, state.remaining(len(dataset)), image_batch, num_workers, pin)
+        total_images = len(dataset)
     else:
         loader = make_loader(dataset, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
         total_images = len(dataset)
 
     nonfinite_images = 0
     images_done = 0
+    rows_before = 0
+    if state is not None and state.resumed:
+        images_done = state.counters["images_done"]
+        nonfinite_images = state.counters["nonfinite_images"]
+        rows_before = state.counters["rows"]
+        # no note in the report: a resumed run's JSON must equal an uninterrupted one's (the CLI says it resumed)
     for o in observer_list:
         o.attach(model)
     t0 = time.perf_counter()
     if progress is not None:
         progress.start(total_images, f"auditing {total_images} images x {slots_per_image} shifts")
+        if images_done:
+            progress.advance(images_done)
     try:
         with torch.inference_mode():
             for images, labels, ids in _batches(loader):
@@ -695,15 +715,26 @@ def audit(
                     for m in metric_list:
                         m.update(batch)
                 images_done += b
+                if state is not None:
+                    state.record(ids_np, metric_list, images_done=images_done, nonfinite_images=nonfinite_images,
+                                 rows=rows_before + forward.rows)
                 if progress is not None:
                     progress.advance(b)
+    except BaseException as exc:
+        if state is not None:  # whole batches only: the saved state is consistent, the run can continue from it
+            state.save(metric_list)
+            exc.shiftaudit_resume = str(state.path)  # type: ignore[attr-defined]
+        exc.shiftaudit_progress = (images_done, total_images)  # type: ignore[attr-defined]
+        raise
     finally:
         for o in observer_list:
             o.detach()
         if progress is not None:
             progress.stop()
     elapsed = time.perf_counter() - t0
-    rows = forward.rows
+    rows = rows_before + forward.rows
+    if state is not None:
+        state.save(metric_list)
     if dist is not None:
         images_done, nonfinite_images, rows = distributed.merge(dist, metric_list, dataset, images_done,
                                                                 nonfinite_images, rows)
@@ -762,6 +793,45 @@ def audit(
             "forward_rows_full": float(images_done * slots_per_image),
         },
     )
+
+
+def _resume_state(path: str | Path, model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
+                  exhaustive: bool, pairs: int, seed: int, precision: str, metric_list: list[Metric],
+                  observers: list[Observer], dist: Any) -> Any:
+    """The state file of a resumable run, with what it already holds loaded into the accumulators."""
+    from .resume import ResumeState, fingerprint
+
+    if observers:
+        raise UsageError("--resume cannot be combined with --layers: per-layer distances are not saved as the audit goes.")
+    if dist is not None:
+        raise UsageError("--resume is for single-process runs; under torchrun, rerun the whole audit.")
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().float().cpu().numpy().tobytes())
+    parts = {
+        "weights": weights.hexdigest(),
+        "model": {k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")},
+        "data": [getattr(dataset, "description", ""), len(dataset), list(getattr(dataset, "image_size", [])),
+                 bool(getattr(dataset, "has_labels", False))],
+        "shifts": shifts.to_json(),
+        "exhaustive": exhaustive,
+        "pairs": pairs,
+        "seed": seed,
+        "precision": precision,
+    }
+    state = ResumeState(path, fingerprint(parts))
+    state.load_into(metric_list)
+    return state
+
+
+def _subset_loader(dataset: Any, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> Any:
+    """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
+    from .data.dataset import AuditLoader, _Indexed, _worker_init, default_workers
+
+    workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
+    return AuditLoader(_Indexed(dataset), batch_size=batch_size, sampler=indices.tolist(), num_workers=workers,
+                       pin_memory=pin, persistent_workers=False, worker_init_fn=_worker_init if workers else None)
 
 
 def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -88,6 +88,9 @@ def audit_progress(exc: BaseException) -> tuple[int, int] | None:
 def interrupted_message(exc: BaseException) -> str:
     progress = audit_progress(exc)
     where = f" after {progress[0]} of {progress[1]} images" if progress else ""
+    saved = getattr(exc, "shiftaudit_resume", None)
+    if saved:
+        return f"interrupted: stopped cleanly{where}; progress saved in {saved}: run the same command again to continue."
     return f"interrupted: stopped cleanly{where}; no output file was left half-written."
 
 

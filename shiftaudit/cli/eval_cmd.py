@@ -78,6 +78,7 @@ def run_eval(
     layers: str | None = None,
     polyphase: bool | None = None,
     compile_model: bool = False,
+    resume: Path | None = None,
 ) -> Any:
     """Plan, validate the gate against the plan, run the audit and attach the gate verdict."""
     shifts, exhaustive = plan_shifts(tuple(dataset.image_size), max_shift=max_shift, shift_step=shift_step, mode=mode)
@@ -97,6 +98,7 @@ def run_eval(
         layers=layers,
         polyphase=polyphase,
         compile=compile_model,
+        resume=resume,
     )
     if thresholds:
         result.gate = evaluate_gate(result, thresholds).to_json()
@@ -200,6 +202,7 @@ def eval_command(
     junit: JunitOpt = None,
     no_polyphase: NoPolyphaseOpt = False,
     compile_model: CompileOpt = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Save the audit's progress to this file as it goes; if it exists, continue from it (same final JSON as an uninterrupted run). Deleted once the report is written.")] = None,
 ) -> None:
     """Audit MODEL on --data under circular shifts: accuracy, consistency, variation, adversarial curve, accuracy map.
 
@@ -222,15 +225,19 @@ def eval_command(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,
         class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
     )
+    if resume is not None and resume.exists() and not quiet:
+        console.print(f"resuming the audit saved in {resume}", style="dim")
     result = run_eval(
         loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
         seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers,
         quiet=quiet or not is_main_process(), layers=layers, polyphase=False if no_polyphase else None,
-        compile_model=compile_model,
+        compile_model=compile_model, resume=resume,
     )
     if not is_main_process():  # under torchrun every rank holds the merged result; rank 0 alone reports
         finish_distributed()
         raise typer.Exit(0)
     code = report_result(result, json_out=json_out, out=out, quiet=quiet, junit=junit, dataset=dataset)
+    if resume is not None:
+        resume.unlink(missing_ok=True)  # the report is written: nothing left to resume
     finish_distributed()
     raise typer.Exit(code)
