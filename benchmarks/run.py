@@ -5,7 +5,7 @@
 - the engine's all-shift audit (images x shifts per second, every metric from one batched pass);
 - the naive reference: one shift per forward (``torch.roll`` of the whole image batch), in two flavours:
   ``naive_shared`` runs one pass and computes each metric from the stored predictions; ``naive_per_metric`` runs one
-  pass per all-shift metric (exact consistency, variation, adversarial curve, accuracy map), as separate evaluation
+  pass per all-shift metric (exact consistency, variation, adversarial curve, accuracy map, 1-px flip rate), as separate evaluation
   scripts do. The naive loops are timed on a prefix of the shift set (their cost per shift is constant) and leave
   out the few single-shift passes of the random-draw metrics, which only flatters them;
 - the polyphase engine against the same loops on the circular VGG-13;
@@ -36,7 +36,7 @@ from shiftaudit.engine import audit
 from shiftaudit.shifts import ShiftSet
 
 SCHEMA = "shiftaudit/bench"
-NAIVE_METRICS = ("consistency_exact", "variation", "adversarial", "accuracy_map")
+NAIVE_METRICS = ("consistency_exact", "variation", "adversarial", "accuracy_map", "flip_rate")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ def naive_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: Shift
     return torch.stack(preds, 1).numpy(), torch.stack(plab, 1).numpy()
 
 
-def naive_metric(name: str, preds: np.ndarray, plab: np.ndarray, y: np.ndarray, radius: np.ndarray) -> Any:
+def naive_metric(name: str, preds: np.ndarray, plab: np.ndarray, y: np.ndarray, radius: np.ndarray,
+                 dh: np.ndarray, dw: np.ndarray) -> Any:
     """Each all-shift metric as an evaluation script computes it from its table of predictions."""
     correct = preds == y[:, None]
     if name == "consistency_exact":
@@ -133,6 +134,11 @@ def naive_metric(name: str, preds: np.ndarray, plab: np.ndarray, y: np.ndarray, 
         return float(plab.std(axis=1).mean())
     if name == "adversarial":
         return [float(np.mean([correct[i, radius <= r].all() for i in range(len(y))])) for r in np.unique(radius)]
+    if name == "flip_rate":  # prediction changes between shifts one pixel apart
+        index = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(dh, dw))}
+        pairs = [(i, index[(a + 1, b)]) for (a, b), i in index.items() if (a + 1, b) in index]
+        pairs += [(i, index[(a, b + 1)]) for (a, b), i in index.items() if (a, b + 1) in index]
+        return float(np.mean([[row[i] != row[j] for i, j in pairs] for row in preds])) if pairs else 0.0
     return correct.mean(axis=0).tolist()  # accuracy map
 
 
@@ -146,11 +152,11 @@ def time_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: Shift
     if per_metric:
         for name in NAIVE_METRICS:
             preds, plab = naive_pass(model, x, y, shifts, ks)
-            naive_metric(name, preds, plab, y_np, shifts.radius[ks])
+            naive_metric(name, preds, plab, y_np, shifts.radius[ks], shifts.dh[ks], shifts.dw[ks])
     else:
         preds, plab = naive_pass(model, x, y, shifts, ks)
         for name in NAIVE_METRICS:
-            naive_metric(name, preds, plab, y_np, shifts.radius[ks])
+            naive_metric(name, preds, plab, y_np, shifts.radius[ks], shifts.dh[ks], shifts.dw[ks])
     _sync(x.device)
     dt = time.perf_counter() - t0
     pairs = x.shape[0] * len(ks)
