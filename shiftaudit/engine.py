@@ -46,6 +46,8 @@ from .metrics import (
 )
 from .result import AuditResult
 from .rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
+from .metrics.adversarial import radius_json
+from .shiftmodes import check_shift_mode, crop_margin, input_geometry, make_bank
 from .shifts import ShiftBank, ShiftSet, default_shift_set
 
 EXHAUSTIVE_LIMIT = 2048  # auto mode evaluates every shift when the set is at most this large
@@ -315,22 +317,27 @@ def plan_shifts(
     *,
     shifts: ShiftSet | None = None,
     max_shift: int | None = None,
-    shift_step: int | None = None,
+    shift_step: int | float | None = None,
     mode: str = "auto",
+    shift_mode: str = "circular",
 ) -> tuple[ShiftSet, bool]:
-    """The shift set for ``size`` and whether every shift of it will be evaluated (exhaustive mode)."""
+    """The shift set for ``size`` (the model input size) and whether every shift of it will be evaluated (exhaustive
+    mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shiftmodes`)."""
     if mode not in ("auto", "exhaustive", "sampled"):
         raise UsageError(f"Unknown mode {mode!r}; use auto, exhaustive or sampled.")
+    check_shift_mode(shift_mode)
     if shifts is None:
         half = max(size) // 2
-        if max_shift is not None and max_shift > half:
+        if max_shift is not None and max_shift > half and shift_mode != "crop":
             raise UsageError(
                 f"--max-shift {max_shift} is more than half the {size[0]}x{size[1]} input: every circular shift is "
                 f"already within {half} px; use --max-shift {half} or less."
             )
-        shifts = default_shift_set(size, max_shift, shift_step)
+        shifts = default_shift_set(size, max_shift, shift_step, shift_mode)
     elif (shifts.height, shifts.width) != tuple(size):
         raise UsageError(f"The shift set is for {shifts.height}x{shifts.width} inputs but the data is {size[0]}x{size[1]}.")
+    elif shifts.mode != shift_mode:
+        raise UsageError(f"The shift set is a {shifts.mode} set but the audit asks for shift mode {shift_mode}.")
     exhaustive = mode == "exhaustive" or (mode == "auto" and len(shifts) <= EXHAUSTIVE_LIMIT)
     return shifts, exhaustive
 
@@ -428,7 +435,7 @@ def _full_batch(forward: _Forward, x: torch.Tensor, lab_dev: torch.Tensor | None
         cost = int(getattr(forward.model, "cost", s))
         pred, p_lab, p_top, finite = forward.run(lambda sl: x[sl], b, flat_labels, (), fan_out=s, cost=cost)
     else:
-        bank = ShiftBank(x)
+        bank = make_bank(x, shifts)  # circular roll, crop window of the canvas, or Fourier sub-pixel shift
 
         def make_inputs(sl: slice) -> torch.Tensor:
             k = flat_shift[sl]
@@ -536,8 +543,9 @@ def audit(
     *,
     shifts: ShiftSet | None = None,
     max_shift: int | None = None,
-    shift_step: int | None = None,
+    shift_step: int | float | None = None,
     mode: str = "auto",
+    shift_mode: str = "circular",
     pairs: int = 5,
     seed: int = 0,
     device: str | torch.device | None = "auto",
@@ -563,6 +571,9 @@ def audit(
     ``shifts``: the shift set; by default :func:`~shiftaudit.shifts.default_shift_set` of the image size with
     ``max_shift``/``shift_step`` overrides. ``mode``: ``auto`` (exhaustive when the set has at most
     2048 shifts), ``exhaustive`` or ``sampled``. ``pairs``: random pairs per image for sampled consistency.
+    ``shift_mode``: ``circular`` (Eq. 4), ``crop`` (crops of a larger canvas: a path is loaded with a canvas margin
+    of the max shift; data in memory is taken as the canvas, the input being the canvas minus twice the margin) or
+    ``subpixel`` (Fourier phase shifts, e.g. ``shift_step=0.5``); see :mod:`shiftaudit.shiftmodes`.
     ``layers``: ``"auto"``, ``"all"`` or module names: also measure per-layer equivariance/invariance distances
     over the shift set (needs exhaustive mode), reported under ``metrics["layers"]``.
     ``resume``: a state file saved as the audit goes; when it exists the audit continues from it, and the result
@@ -602,14 +613,18 @@ def audit(
         if is_path and preprocessing is None:
             raise UsageError("Pass the data through shiftaudit.load_data(path, preprocessing=...) to say how to preprocess it.")
         if is_path:
-            data = load_data(data, preprocessing=preprocessing)
+            margin = crop_margin(shift_mode, shifts, max_shift, preprocessing.size) if shift_mode == "crop" else None
+            data = load_data(data, preprocessing=preprocessing, canvas_margin=margin)
         else:  # tensors or a dataset in memory: taken as already preprocessed
             data = load_data(data, preprocessing=preprocessing, raw=True)
     dataset = data
     if len(dataset) == 0:
         raise DataError("The data holds no images.")
-    size = tuple(dataset.image_size)
-    shifts, exhaustive = plan_shifts(size, shifts=shifts, max_shift=max_shift, shift_step=shift_step, mode=mode)
+    size, margin = input_geometry(dataset, check_shift_mode(shift_mode), shifts, max_shift, notes)  # crop: canvas - 2R
+    shifts, exhaustive = plan_shifts(size, shifts=shifts, max_shift=margin if max_shift is None and margin else max_shift,
+                                     shift_step=shift_step, mode=mode, shift_mode=shift_mode)
+    if shift_mode != "circular" and (layers or observers):
+        raise UsageError(f"Per-layer distances compare circularly shifted feature maps; --layers needs --shift-mode circular, not {shift_mode}.")
     if mode == "auto" and not exhaustive:
         notes.append(
             f"{len(shifts)} shifts is too many to evaluate exhaustively: sampled mode (zero, one random shift and "
@@ -644,13 +659,17 @@ def audit(
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     device_batch = batch_size or default_device_batch(dev, size)
-    dh_all = torch.as_tensor(shifts.dh, dtype=torch.long, device=dev)
-    dw_all = torch.as_tensor(shifts.dw, dtype=torch.long, device=dev)
+    off_dtype = torch.float64 if shifts.fractional else torch.long  # sub-pixel offsets are fractional
+    dh_all = torch.as_tensor(shifts.dh, dtype=off_dtype, device=dev)
+    dw_all = torch.as_tensor(shifts.dw, dtype=off_dtype, device=dev)
 
     strategy, runner = "dense", model
-    if polyphase is not False:
+    circular = shifts.mode == "circular"  # polyphase and early exit are built on circular shifts only
+    if not circular and (polyphase or early_exit):
+        notes.append(f"polyphase engine and adversary early exit work on circular shifts only: not used in {shifts.mode} mode")
+    if polyphase is not False and circular:
         strategy, runner = _try_polyphase(model, dataset, shifts, exhaustive, observer_list, polyphase, dev, dtype, notes)
-    if strategy == "dense" and early_exit is not False:
+    if strategy == "dense" and early_exit is not False and circular:
         strategy = _early_exit_strategy(metric_list, exhaustive, labelled, observer_list, early_exit, notes)
     eager = None
     if compile:
@@ -758,6 +777,7 @@ def audit(
         computed[o.name] = o.compute()
     settings = {
         "shifts": shifts.to_json(),
+        "shift_mode": shifts.mode,
         "mode": "exhaustive" if exhaustive else "sampled",
         "pairs": pairs,
         "seed": seed,
@@ -888,7 +908,7 @@ def _assemble(metric_list: list[Metric]) -> tuple[dict[str, Any], dict[str, list
     if "adversarial" in by_name:
         adv = by_name["adversarial"]
         out["adversarial"] = adv.compute()
-        add_per_image("first_failure_radius", adv, lambda v: None if int(v) == np.iinfo(np.int64).max else int(v))
+        add_per_image("first_failure_radius", adv, radius_json)
     if "accuracy_map" in by_name:
         out["accuracy_map"] = by_name["accuracy_map"].compute()
     for m in metric_list:  # metrics added by callers go under their own name

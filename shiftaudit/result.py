@@ -86,7 +86,7 @@ class AuditResult:
         adv = self._get("adversarial")
         if not adv:
             return {}
-        return {int(r): float(a) for r, a in zip(adv["radius"], adv["accuracy"])}
+        return {(int(r) if float(r).is_integer() else float(r)): float(a) for r, a in zip(adv["radius"], adv["accuracy"])}
 
     def adversarial_accuracy(self, radius: int) -> float | None:
         """Accuracy when the adversary may shift by up to ``radius`` px (the largest measured radius <= it)."""

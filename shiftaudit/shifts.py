@@ -1,5 +1,9 @@
 """Shift sets and batched circular shifts (the paper's Eq. 4).
 
+A shift set also names its *shift mode* (see :mod:`shiftaudit.shiftmodes`): ``circular`` (Eq. 4, integer offsets
+modulo the size), ``crop`` (windows of a larger canvas: integer offsets, nothing wraps, the radius is the plain
+Chebyshev norm) or ``subpixel`` (Fourier phase shifts: float offsets, periodic like circular shifts).
+
 ``Shift_{dh,dw}(X)[c, h, w] = X[c, (h - dh) mod H, (w - dw) mod W]`` is ``torch.roll(X, (dh, dw), (-2, -1))``.
 Two offsets equal modulo the image size are the same shift, so every shift is stored once, under its canonical
 signed offset (in ``(-H/2, H/2]``), and its *radius* is the Chebyshev distance on the torus: the smallest ``r``
@@ -17,21 +21,57 @@ import torch
 from .errors import UsageError
 
 
-def canonical_offset(d: np.ndarray | int, n: int) -> np.ndarray:
-    """Signed representative of ``d mod n`` in ``(-n/2, n/2]``."""
-    m = np.mod(np.asarray(d, dtype=np.int64), n)
+SHIFT_MODES = ("circular", "crop", "subpixel")
+DECIMALS = 9  # fractional offsets are rounded to this many decimals so that equal shifts deduplicate
+
+
+def _as_offsets(d: np.ndarray | int | float) -> np.ndarray:
+    arr = np.asarray(d)
+    if arr.dtype.kind == "f":
+        return np.round(arr.astype(np.float64), DECIMALS)
+    return arr.astype(np.int64)
+
+
+def canonical_offset(d: np.ndarray | int | float, n: int) -> np.ndarray:
+    """Signed representative of ``d mod n`` in ``(-n/2, n/2]`` (integers stay integers, floats stay floats)."""
+    arr = _as_offsets(d)
+    if arr.dtype.kind == "f":
+        m = np.round(np.mod(arr, n), DECIMALS)
+        m = np.where(m >= n, m - n, m)
+        return np.where(m > n / 2, m - n, m)
+    m = np.mod(arr, n)
     return np.where(m > n // 2, m - n, m)
 
 
-def cyclic_radius(d: np.ndarray | int, n: int) -> np.ndarray:
+def cyclic_radius(d: np.ndarray | int | float, n: int) -> np.ndarray:
     """Smallest |offset| among the representatives of ``d mod n``."""
-    m = np.mod(np.asarray(d, dtype=np.int64), n)
+    arr = _as_offsets(d)
+    if arr.dtype.kind == "f":
+        m = np.round(np.mod(arr, n), DECIMALS)
+        return np.round(np.minimum(m, n - m), DECIMALS)
+    m = np.mod(arr, n)
     return np.minimum(m, n - m)
+
+
+def offset_json(v: Any) -> int | float:
+    """An offset or radius for JSON: an int when it is whole, else a float (sub-pixel shifts)."""
+    f = float(v)
+    return int(round(f)) if abs(f - round(f)) < 1e-9 else round(f, 6)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in SHIFT_MODES:
+        raise UsageError(f"Unknown shift mode {mode!r}; use {', '.join(SHIFT_MODES)}.")
 
 
 @dataclass(frozen=True)
 class ShiftSet:
-    """An ordered set of distinct circular shifts of an ``height x width`` input."""
+    """An ordered set of distinct shifts of an ``height x width`` input, in one shift mode.
+
+    ``circular`` (default) and ``crop`` sets hold int64 offsets, ``subpixel`` sets float64 offsets. The radius is
+    the Chebyshev distance on the torus for the periodic modes (circular, subpixel) and the plain
+    ``max(|dh|, |dw|)`` for crop (a crop offset never wraps); it is float64 for subpixel sets.
+    """
 
     height: int
     width: int
@@ -39,34 +79,69 @@ class ShiftSet:
     dw: np.ndarray
     kind: str
     max_shift: int
-    step: int
+    step: int | float
     radius: np.ndarray = field(init=False, repr=False)
+    mode: str = "circular"
 
     def __post_init__(self) -> None:
-        r = np.maximum(cyclic_radius(self.dh, self.height), cyclic_radius(self.dw, self.width))
-        object.__setattr__(self, "radius", r.astype(np.int64))
+        _check_mode(self.mode)
+        if self.mode == "crop":
+            r = np.maximum(np.abs(_as_offsets(self.dh)), np.abs(_as_offsets(self.dw)))
+        else:
+            r = np.maximum(cyclic_radius(self.dh, self.height), cyclic_radius(self.dw, self.width))
+        object.__setattr__(self, "radius", r.astype(np.float64 if self.fractional else np.int64))
+
+    @property
+    def fractional(self) -> bool:
+        """Whether offsets are floats (sub-pixel shifts)."""
+        return self.mode == "subpixel" or np.asarray(self.dh).dtype.kind == "f"
+
+    @property
+    def wraps(self) -> bool:
+        """Whether shifts are periodic (offsets equal modulo the size are one shift): circular and subpixel."""
+        return self.mode != "crop"
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def window(cls, size: tuple[int, int], max_shift: int, step: int = 1) -> ShiftSet:
-        """Every shift in ``[-max_shift, max_shift]^2`` whose offsets are multiples of ``step``, deduplicated modulo the size."""
+    def window(cls, size: tuple[int, int], max_shift: int, step: int | float = 1, mode: str = "circular") -> ShiftSet:
+        """Every shift in ``[-max_shift, max_shift]^2`` whose offsets are multiples of ``step``.
+
+        Circular and subpixel sets are deduplicated modulo the size; a crop set is not (a crop offset never wraps).
+        Only subpixel sets may have a fractional ``step`` (e.g. 0.5 for half-pixel, 0.25 for quarter-pixel shifts).
+        """
+        _check_mode(mode)
         h, w = int(size[0]), int(size[1])
         if max_shift < 0:
             raise UsageError(f"--max-shift must be >= 0, got {max_shift}.")
-        if step < 1:
-            raise UsageError(f"--shift-step must be >= 1, got {step}.")
+        if mode == "subpixel":
+            step = float(step)
+            if not step > 0:
+                raise UsageError(f"--shift-step must be > 0, got {step:g}.")
+        else:
+            if float(step) != int(step):
+                raise UsageError(f"A fractional --shift-step ({float(step):g}) needs --shift-mode subpixel.")
+            step = int(step)
+            if step < 1:
+                raise UsageError(f"--shift-step must be >= 1, got {step}.")
         if max_shift > 0 and step > max_shift:
-            raise UsageError(f"--shift-step {step} is larger than --max-shift {max_shift}: only the zero shift would remain.")
-        if 2 * max_shift + 1 > 2 * max(h, w) + 1 and max_shift > max(h, w):
+            raise UsageError(f"--shift-step {step:g} is larger than --max-shift {max_shift}: only the zero shift would remain.")
+        if mode != "crop" and 2 * max_shift + 1 > 2 * max(h, w) + 1 and max_shift > max(h, w):
             raise UsageError(f"--max-shift {max_shift} exceeds the image size {h}x{w}.")
-        offs = np.arange(-max_shift, max_shift + 1, dtype=np.int64)
-        offs = offs[offs % step == 0]
-        hh = np.unique(canonical_offset(offs, h))
-        ww = np.unique(canonical_offset(offs, w))
+        if mode == "subpixel":
+            k = int(np.floor(max_shift / step + 1e-9))
+            offs = np.round(np.arange(-k, k + 1, dtype=np.float64) * step, DECIMALS)
+        else:
+            offs = np.arange(-max_shift, max_shift + 1, dtype=np.int64)
+            offs = offs[offs % step == 0]
+        if mode == "crop":
+            hh = ww = np.unique(offs)
+        else:
+            hh = np.unique(canonical_offset(offs, h))
+            ww = np.unique(canonical_offset(offs, w))
         gh, gw = np.meshgrid(hh, ww, indexing="ij")
-        covers_all = len(hh) == h and len(ww) == w
-        kind = "all" if covers_all else ("grid" if step > 1 else "window")
-        return cls._ordered(h, w, gh.ravel(), gw.ravel(), kind, max_shift, step)
+        covers_all = mode == "circular" and len(hh) == h and len(ww) == w
+        kind = "all" if covers_all else ("grid" if step != 1 else "window")
+        return cls._ordered(h, w, gh.ravel(), gw.ravel(), kind, max_shift, step, mode)
 
     @classmethod
     def all_shifts(cls, size: tuple[int, int]) -> ShiftSet:
@@ -75,20 +150,30 @@ class ShiftSet:
         return cls.window((h, w), max(h, w) // 2, 1)
 
     @classmethod
-    def from_offsets(cls, size: tuple[int, int], offsets: list[tuple[int, int]], kind: str = "custom") -> ShiftSet:
+    def from_offsets(cls, size: tuple[int, int], offsets: list[tuple[int, int]] | list[tuple[float, float]],
+                     kind: str = "custom", mode: str = "circular") -> ShiftSet:
+        _check_mode(mode)
         h, w = int(size[0]), int(size[1])
-        arr = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        pairs = np.unique(np.stack([canonical_offset(arr[:, 0], h), canonical_offset(arr[:, 1], w)], 1), axis=0)
+        arr = np.asarray(offsets, dtype=np.float64 if mode == "subpixel" else np.int64).reshape(-1, 2)
+        if mode != "subpixel" and not np.array_equal(arr, np.asarray(offsets, dtype=np.float64).reshape(-1, 2)):
+            raise UsageError(f"Fractional offsets need shift mode subpixel, not {mode}.")
+        if mode == "crop":
+            pairs = np.unique(arr, axis=0)
+        else:
+            pairs = np.unique(np.stack([canonical_offset(arr[:, 0], h), canonical_offset(arr[:, 1], w)], 1), axis=0)
         if not ((pairs[:, 0] == 0) & (pairs[:, 1] == 0)).any():
-            pairs = np.concatenate([[[0, 0]], pairs])
-        r = int(np.max(np.maximum(cyclic_radius(pairs[:, 0], h), cyclic_radius(pairs[:, 1], w))))
-        return cls._ordered(h, w, pairs[:, 0], pairs[:, 1], kind, r, 1)
+            pairs = np.concatenate([np.zeros((1, 2), dtype=pairs.dtype), pairs])
+        probe = cls(h, w, pairs[:, 0], pairs[:, 1], kind, 0, 1, mode)
+        r = probe.radius.max()
+        max_shift = int(np.ceil(r - 1e-9))
+        return cls._ordered(h, w, pairs[:, 0], pairs[:, 1], kind, max_shift, 1, mode)
 
     @classmethod
-    def _ordered(cls, h: int, w: int, dh: np.ndarray, dw: np.ndarray, kind: str, max_shift: int, step: int) -> ShiftSet:
-        radius = np.maximum(cyclic_radius(dh, h), cyclic_radius(dw, w))
+    def _ordered(cls, h: int, w: int, dh: np.ndarray, dw: np.ndarray, kind: str, max_shift: int, step: int | float,
+                 mode: str = "circular") -> ShiftSet:
+        radius = cls(h, w, dh, dw, kind, int(max_shift), step, mode).radius
         order = np.lexsort((dw, dh, radius))
-        return cls(h, w, dh[order].copy(), dw[order].copy(), kind, int(max_shift), int(step))
+        return cls(h, w, dh[order].copy(), dw[order].copy(), kind, int(max_shift), step, mode)
 
     # -- queries ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -99,41 +184,72 @@ class ShiftSet:
         return 0  # ordered by radius: the zero shift comes first
 
     @property
-    def radii(self) -> list[int]:
-        """The radii of the adversarial curve: 0 .. the largest radius present."""
-        return list(range(int(self.radius.max()) + 1)) if len(self) else [0]
+    def radii(self) -> list[int] | list[float]:
+        """The radii of the adversarial curve: 0 .. the largest radius present (integer sets); for sub-pixel sets
+        the distinct radii of the set."""
+        if not len(self):
+            return [0]
+        if self.fractional:
+            return [offset_json(r) for r in np.unique(self.radius)]
+        return list(range(int(self.radius.max()) + 1))
+
+    @property
+    def padding(self) -> str:
+        """How content outside the image is filled, in words (every report row names it)."""
+        return {
+            "circular": "circular (wrap-around)",
+            "crop": "none: crops of a larger canvas, new content enters at the border",
+            "subpixel": "periodic (Fourier phase shift)",
+        }[self.mode]
 
     def describe(self) -> str:
+        noun = {"circular": "circular shifts", "crop": "crop shifts", "subpixel": "sub-pixel shifts"}[self.mode]
         if self.kind == "all":
-            return f"all {len(self)} circular shifts of {self.height}x{self.width}"
-        step = f", step {self.step}" if self.step > 1 else ""
-        return f"{len(self)} circular shifts in [-{self.max_shift}, {self.max_shift}]^2{step}"
+            return f"all {len(self)} {noun} of {self.height}x{self.width}"
+        step = f", step {self.step:g}" if self.step != 1 else ""
+        return f"{len(self)} {noun} in [-{self.max_shift}, {self.max_shift}]^2{step}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": "circular",
+        out: dict[str, Any] = {
+            "mode": self.mode,
             "kind": self.kind,
             "image_size": [self.height, self.width],
             "max_shift": self.max_shift,
-            "step": self.step,
+            "step": offset_json(self.step),
             "count": len(self),
+            "padding": self.padding,
         }
+        return out
 
 
-def default_shift_set(size: tuple[int, int], max_shift: int | None = None, step: int | None = None) -> ShiftSet:
+def default_shift_set(size: tuple[int, int], max_shift: int | None = None, step: int | float | None = None,
+                      mode: str = "circular") -> ShiftSet:
     """The default keeps every audit affordable.
 
     Small images (<= 64 px): every shift in the window of half the image size, i.e. all H x W shifts, the paper's
     CIFAR protocol. Larger images: a max shift of 16 px on a grid of step 4 (81 shifts), which still draws the
-    adversarial curve at r = 0, 4, 8, 12, 16 at 224x224.
+    adversarial curve at r = 0, 4, 8, 12, 16 at 224x224. Crop sets default to the canvas margin of
+    :func:`default_crop_margin` (16 px at ImageNet sizes, the published protocol); sub-pixel sets to half-pixel
+    shifts within 1 px (25 shifts).
     """
     h, w = size
+    if mode == "subpixel":
+        return ShiftSet.window(size, 1 if max_shift is None else max_shift, 0.5 if step is None else step, mode)
     small = max(h, w) <= 64
     if max_shift is None:
-        max_shift = max(h, w) // 2 if small else 16
+        if mode == "crop":
+            max_shift = default_crop_margin(size)
+        else:
+            max_shift = max(h, w) // 2 if small else 16
     if step is None:
         step = 1 if (small or max_shift <= 4) else max(1, min(4, max_shift // 4))
-    return ShiftSet.window(size, max_shift, step)
+    return ShiftSet.window(size, max_shift, step, mode)
+
+
+def default_crop_margin(size: tuple[int, int]) -> int:
+    """The canvas margin R of crop mode when no --max-shift is given: 16 px above 64 px (ImageNet: 224 + 2*16 =
+    256, the published protocol), else an eighth of the size (32 px: 4, like CIFAR's pad-4 crops)."""
+    return 16 if max(size) > 64 else max(1, max(size) // 8)
 
 
 class ShiftBank:

@@ -153,7 +153,8 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on an unreadable
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help="Image-decoding worker processes.")]
 
 MaxShiftOpt = Annotated[int | None, typer.Option("--max-shift", min=0, help="Largest shift in px (default: half the image size up to 64 px images, else 16).")]
-ShiftStepOpt = Annotated[int | None, typer.Option("--shift-step", min=1, help="Evaluate shifts on a grid with this step (default 1 for small images, 4 for large).")]
+ShiftStepOpt = Annotated[float | None, typer.Option("--shift-step", min=0.0, help="Evaluate shifts on a grid with this step (default 1 for small images, 4 for large); fractional (0.5, 0.25) with --shift-mode subpixel (default 0.5).")]
+ShiftModeOpt = Annotated[str, typer.Option("--shift-mode", help="circular (roll, Eq. 4), crop (crops of a canvas resized and centre-cropped --max-shift px larger per side: the published ImageNet protocol; nothing wraps) or subpixel (Fourier phase shifts, fractional --shift-step).")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="auto, exhaustive (every shift of the set) or sampled (zero, one random shift and --pairs pairs per image).")]
 PairsOpt = Annotated[int, typer.Option("--pairs", min=1, help="Random shift pairs per image for sampled consistency.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]

@@ -66,6 +66,12 @@ def check_same_data(runs: list[tuple[str, AuditResult]]) -> list[str]:
         ids_a, ids_b = first.per_image.get("image_id"), res.per_image.get("image_id")
         if ids_a is not None and ids_b is not None and ids_a != ids_b:
             raise UsageError(f"{name} evaluated other images than {name0} (per-image ids differ); compare only runs on the same images.")
+        mode_a, mode_b = _shift_mode(first), _shift_mode(res)
+        if mode_a != mode_b:
+            raise UsageError(
+                f"{name} used shift mode {mode_b} and {name0} shift mode {mode_a}: circular, crop and sub-pixel shifts "
+                "measure different things, so their numbers are not comparable; compare runs of one shift mode."
+            )
         if res.settings.get("shifts") != first.settings.get("shifts"):
             notes.append(
                 f"{name} used a different shift set than {name0} ({_shifts(res)} vs {_shifts(first)}): consistency, "
@@ -76,6 +82,11 @@ def check_same_data(runs: list[tuple[str, AuditResult]]) -> list[str]:
         if res.data.get("preprocessing") != first.data.get("preprocessing"):
             notes.append(f"{name} preprocessed the images differently from {name0}")
     return notes
+
+
+def _shift_mode(result: AuditResult) -> str:
+    """The shift mode of a report (reports written before shift modes existed are circular)."""
+    return str(result.settings.get("shift_mode") or result.settings.get("shifts", {}).get("mode") or "circular")
 
 
 def _shifts(result: AuditResult) -> str:

@@ -33,6 +33,7 @@ from .common import (
     RawOpt,
     ResizeOpt,
     SeedOpt,
+    ShiftModeOpt,
     ShiftStepOpt,
     SizeOpt,
     StdOpt,
@@ -66,7 +67,7 @@ def run_eval(
     *,
     thresholds: list[Any],
     max_shift: int | None,
-    shift_step: int | None,
+    shift_step: int | float | None,
     mode: str,
     pairs: int,
     seed: int,
@@ -79,15 +80,21 @@ def run_eval(
     polyphase: bool | None = None,
     compile_model: bool = False,
     resume: Path | None = None,
+    shift_mode: str = "circular",
 ) -> Any:
     """Plan, validate the gate against the plan, run the audit and attach the gate verdict."""
-    shifts, exhaustive = plan_shifts(tuple(dataset.image_size), max_shift=max_shift, shift_step=shift_step, mode=mode)
+    from ..shiftmodes import input_geometry
+
+    size, margin = input_geometry(dataset, shift_mode, None, max_shift)  # crop mode: the data holds larger canvases
+    shifts, exhaustive = plan_shifts(size, max_shift=margin if max_shift is None and margin else max_shift,
+                                     shift_step=shift_step, mode=mode, shift_mode=shift_mode)
     validate_thresholds(thresholds, labelled=dataset.has_labels, exhaustive=exhaustive, max_radius=int(shifts.radius.max()))
     result = audit(
         loaded,
         dataset,
         shifts=shifts,
         mode=mode,
+        shift_mode=shift_mode,
         pairs=pairs,
         seed=seed,
         device=device,
@@ -105,10 +112,14 @@ def run_eval(
     return result
 
 
-def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean, std, data_kind, class_map, limit, seed, strict, raw):  # type: ignore[no-untyped-def]
+def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean, std, data_kind, class_map, limit, seed, strict, raw,  # type: ignore[no-untyped-def]
+                          shift_mode: str = "circular", max_shift: int | None = None):
     from ..data import load_data
+    from ..shiftmodes import check_shift_mode, crop_margin
 
     prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
+    check_shift_mode(shift_mode)
+    margin = crop_margin(shift_mode, None, max_shift, prep.size) if shift_mode == "crop" else None
     return load_data(
         data,
         preprocessing=prep,
@@ -119,6 +130,7 @@ def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean
         strict=strict,
         raw=raw,
         num_classes=loaded.num_classes,
+        canvas_margin=margin,
     )
 
 
@@ -186,6 +198,7 @@ def eval_command(
     workers: WorkersOpt = None,
     max_shift: MaxShiftOpt = None,
     shift_step: ShiftStepOpt = None,
+    shift_mode: ShiftModeOpt = "circular",
     mode: ModeOpt = "auto",
     pairs: PairsOpt = 5,
     device: DeviceOpt = "auto",
@@ -204,7 +217,8 @@ def eval_command(
     compile_model: CompileOpt = False,
     resume: Annotated[Path | None, typer.Option("--resume", help="Save the audit's progress to this file as it goes; if it exists, continue from it (same final JSON as an uninterrupted run). Deleted once the report is written.")] = None,
 ) -> None:
-    """Audit MODEL on --data under circular shifts: accuracy, consistency, variation, adversarial curve, accuracy map.
+    """Audit MODEL on --data under shifts (circular by default; --shift-mode crop or subpixel): accuracy, consistency,
+    variation, adversarial curve, accuracy map.
 
     Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage.
     """
@@ -223,7 +237,7 @@ def eval_command(
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     dataset = load_dataset_from_cli(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,
-        class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
+        class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw, shift_mode=shift_mode, max_shift=max_shift,
     )
     if resume is not None and resume.exists() and not quiet:
         console.print(f"resuming the audit saved in {resume}", style="dim")
@@ -231,7 +245,7 @@ def eval_command(
         loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
         seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers,
         quiet=quiet or not is_main_process(), layers=layers, polyphase=False if no_polyphase else None,
-        compile_model=compile_model, resume=resume,
+        compile_model=compile_model, resume=resume, shift_mode=shift_mode,
     )
     if not is_main_process():  # under torchrun every rank holds the merged result; rank 0 alone reports
         finish_distributed()

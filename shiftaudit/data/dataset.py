@@ -177,8 +177,11 @@ class AuditDataset(Dataset):
     Attributes: ``has_labels``, ``labels`` (list of ints aligned with the items, or None), ``classes`` (class names
     by label index, or None), ``description``, ``kind`` (imagefolder, folder, cifar10, tensors, memory),
     ``image_size`` (H, W of every item), ``channels``, ``preprocessing`` and ``notes`` (what was converted, skipped
-    or guessed; notes from decoding appear after the images have been read).
+    or guessed; notes from decoding appear after the images have been read). ``canvas_margin``: set for crop-mode
+    data (``load_data(..., canvas_margin=R)``): the items are canvases R px larger than the model input on every side.
     """
+
+    canvas_margin: int | None = None
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,7 @@ def load_data(
     strict: bool = False,
     raw: bool = False,
     num_classes: int | None = None,
+    canvas_margin: int | None = None,
 ) -> AuditDataset:
     """Load images (and labels when the source has them) for an audit.
 
@@ -237,6 +239,10 @@ def load_data(
     class index for ImageFolder trees; a folder missing from the map is an error (most likely a wrong map).
     ``limit``: audit a random subset of that many images, drawn with ``seed`` and kept in order. ``strict``: an
     unreadable image file raises instead of being skipped. ``num_classes``: check that labels fit the model.
+    ``canvas_margin``: for crop-mode audits (``shift_mode="crop"``), preprocess every image to a canvas ``R`` px
+    larger than the crop size on every side (resize the shorter side, centre-crop ``size + 2R``); the model then
+    sees ``size`` crops of it. Ignored for raw tensors and data without preprocessing, which crop mode takes as
+    canvases as they are.
     """
     if kind not in ("auto", *KINDS, "memory"):
         raise DataError(f"Unknown data kind {kind!r}; use auto, {', '.join(KINDS)}.")
@@ -244,6 +250,13 @@ def load_data(
         raise UsageError(f"--limit must be at least 1, got {limit}.")
     if preprocessing is not None and pil_mode_for(preprocessing.channels) is None and not raw:
         raise DataError(f"Images cannot be prepared for a model with {preprocessing.channels} input channels; pass tensors with raw=True.")
+    canvas = None
+    if canvas_margin and preprocessing is not None and not raw:
+        if canvas_margin < 0:
+            raise UsageError(f"The crop canvas margin must be >= 0, got {canvas_margin}.")
+        canvas = int(canvas_margin)
+        size = preprocessing.size
+        preprocessing = replace(preprocessing, size=(size[0] + 2 * canvas, size[1] + 2 * canvas))
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
         path = Path(os.fsdecode(source))
         if not path.exists():
@@ -268,6 +281,13 @@ def load_data(
             raise UsageError("A class map applies to ImageFolder trees, not to data in memory.")
         ds = _in_memory(source, preprocessing, raw)
     _check_labels(ds, num_classes)
+    if canvas is not None and ds.preprocessing is not None:
+        ds.canvas_margin = canvas
+        ch, cw = ds.image_size
+        ds.notes = ds._notes + [
+            f"crop mode: images preprocessed to {ch}x{cw} canvases, the model sees {ch - 2 * canvas}x{cw - 2 * canvas} "
+            f"crops of them (margin {canvas} px)"
+        ]
     return _subset(ds, limit, seed) if limit is not None and limit < len(ds) else ds
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shifts import ShiftSet
+from ..shifts import ShiftSet, offset_json
 from .base import Metric, ShiftBatch
 
 
@@ -38,17 +38,17 @@ class AccuracyMap(Metric):
         hs = np.unique(ss.dh)
         ws = np.unique(ss.dw)
         grid: list[list[float | None]] = [[None] * len(ws) for _ in hs]
-        hpos = {int(v): i for i, v in enumerate(hs)}
-        wpos = {int(v): i for i, v in enumerate(ws)}
+        hpos = {v: i for i, v in enumerate(hs.tolist())}  # exact keys: sub-pixel offsets are fractional
+        wpos = {v: i for i, v in enumerate(ws.tolist())}
         for k in range(len(ss)):
-            grid[hpos[int(ss.dh[k])]][wpos[int(ss.dw[k])]] = float(acc[k])
+            grid[hpos[ss.dh[k].item()]][wpos[ss.dw[k].item()]] = float(acc[k])
         diag = np.flatnonzero(ss.dh == ss.dw)
         diag = diag[np.argsort(ss.dh[diag])]
         return {
-            "dh": [int(v) for v in hs],
-            "dw": [int(v) for v in ws],
+            "dh": [offset_json(v) for v in hs],
+            "dw": [offset_json(v) for v in ws],
             "accuracy": grid,
-            "diagonal": {"shift": [int(ss.dh[k]) for k in diag], "accuracy": [float(acc[k]) for k in diag]},
+            "diagonal": {"shift": [offset_json(ss.dh[k]) for k in diag], "accuracy": [float(acc[k]) for k in diag]},
             "min": float(np.nanmin(acc)) if acc.size else float("nan"),
             "max": float(np.nanmax(acc)) if acc.size else float("nan"),
             "n": int(self.sum_images[0]),

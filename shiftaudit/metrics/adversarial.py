@@ -3,6 +3,8 @@
 An image counts as correct at radius r only if it is classified correctly at every shift of the set within
 ``[-r, r]^2``. It is therefore enough to keep, per image, the smallest radius at which it is misclassified:
 correct at r  <=>  first_failure_radius > r. The curve is non-increasing and r = 0 is plain accuracy.
+Sub-pixel shift sets have fractional radii: the curve is drawn at the distinct radii of the set, and the per-image
+radii are kept as floats (with +inf for "never misclassified").
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from .stats import wilson_interval
 NEVER = np.iinfo(np.int64).max
 
 
+def radius_json(v: float | int) -> int | float | None:
+    """A per-image first-failure radius for JSON: None for never, an int when whole, else a float."""
+    if isinstance(v, (int, np.integer)):
+        return None if int(v) == NEVER else int(v)
+    f = float(v)
+    if not np.isfinite(f) or f >= float(NEVER):
+        return None
+    return int(round(f)) if abs(f - round(f)) < 1e-9 else round(f, 6)
+
+
 class AdversarialCurve(PerImageMetric):
     name = "adversarial"
     needs_all_shifts = True
@@ -26,24 +38,31 @@ class AdversarialCurve(PerImageMetric):
         super().__init__()
         self.shift_radius = shift_set.radius
         self.radii = shift_set.radii
+        self.fractional = shift_set.radius.dtype.kind == "f"
+        if self.fractional:
+            self.values = np.zeros(0, dtype=np.float64)
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.labels is not None
         wrong = batch.preds != batch.labels[:, None]
         radius = self.shift_radius[batch.shift_index]
-        first = np.where(wrong, radius, NEVER).min(axis=1)
+        first = np.where(wrong, radius, np.inf if self.fractional else NEVER).min(axis=1)
         self._append(batch.image_ids, first)
 
     def first_failure(self) -> np.ndarray:
-        return self.sorted_values()[1].astype(np.int64) if self.values.size else np.zeros(0, np.int64)
+        dt = np.float64 if self.fractional else np.int64
+        return self.sorted_values()[1].astype(dt) if self.values.size else np.zeros(0, dt)
 
     def sorted_values(self) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(self.ids, kind="stable")
         return self.ids[order], self.values[order]
 
     def _append(self, ids: np.ndarray, values: np.ndarray) -> None:
-        # Keep radii as exact integers (float64 cannot hold NEVER exactly).
+        # Keep radii as exact integers (float64 cannot hold NEVER exactly); sub-pixel radii as floats (inf: never).
         self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
+        if self.fractional:
+            self.values = np.concatenate([self.values.astype(np.float64), values.astype(np.float64)])
+            return
         self.values = np.concatenate([self.values.astype(np.int64), values.astype(np.int64)])
 
     def compute(self) -> dict[str, Any]:

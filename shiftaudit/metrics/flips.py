@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shifts import ShiftSet
+from ..shifts import ShiftSet, offset_json
 from .base import Metric, ShiftBatch
 
 MAX_STORED_SHIFTS = 1089  # at most a 33 x 33 window of P(correct) values per example
@@ -27,14 +27,16 @@ class FlipExamples(Metric):
         self.shift_set = shift_set
         self.limit = int(limit)
         radius = shift_set.radius
-        r_keep = int(radius.max()) if len(shift_set) else 0
-        while r_keep > 0 and int((radius <= r_keep).sum()) > MAX_STORED_SHIFTS:
-            r_keep -= 1
-        self.stored = np.flatnonzero(radius <= r_keep)  # shift indices whose P(correct) is stored
+        levels = np.unique(radius) if len(shift_set) else np.zeros(1, dtype=radius.dtype)
+        k_keep = len(levels) - 1  # the largest radius level whose window fits the storage bound
+        while k_keep > 0 and int((radius <= levels[k_keep]).sum()) > MAX_STORED_SHIFTS:
+            k_keep -= 1
+        self.stored = np.flatnonzero(radius <= levels[k_keep])  # shift indices whose P(correct) is stored
         s = len(self.stored)
+        self._never = np.inf if radius.dtype.kind == "f" else np.iinfo(np.int64).max
         self.ids = np.zeros(0, dtype=np.int64)
         self.label = np.zeros(0, dtype=np.int64)
-        self.radius = np.zeros(0, dtype=np.int64)
+        self.radius = np.zeros(0, dtype=radius.dtype)  # float for sub-pixel sets
         self.flip_shift = np.zeros(0, dtype=np.int64)  # index in the shift set of the shift that breaks it
         self.flip_pred = np.zeros(0, dtype=np.int64)
         self.p_correct = np.zeros((0, s), dtype=np.float32)
@@ -54,7 +56,7 @@ class FlipExamples(Metric):
             return
         idx = np.flatnonzero(keep)
         radius = self.shift_set.radius
-        first = np.where(wrong[idx], radius[None, :], np.iinfo(np.int64).max).min(axis=1)
+        first = np.where(wrong[idx], radius[None, :], self._never).min(axis=1)
         # At the first failing radius, the shift where the correct class is least likely.
         at_first = wrong[idx] & (radius[None, :] == first[:, None])
         flip = np.where(at_first, p_all[idx], np.inf).argmin(axis=1)
@@ -70,7 +72,7 @@ class FlipExamples(Metric):
     def _add(self, ids: np.ndarray, label: np.ndarray, radius: np.ndarray, flip: np.ndarray, pred: np.ndarray, p: np.ndarray) -> None:
         self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
         self.label = np.concatenate([self.label, label.astype(np.int64)])
-        self.radius = np.concatenate([self.radius, radius.astype(np.int64)])
+        self.radius = np.concatenate([self.radius, radius.astype(self.radius.dtype)])
         self.flip_shift = np.concatenate([self.flip_shift, flip.astype(np.int64)])
         self.flip_pred = np.concatenate([self.flip_pred, pred.astype(np.int64)])
         self.p_correct = np.concatenate([self.p_correct, p.astype(np.float32)])
@@ -99,23 +101,23 @@ class FlipExamples(Metric):
         ss = self.shift_set
         dh, dw = ss.dh[self.stored], ss.dw[self.stored]
         hs, ws = np.unique(dh), np.unique(dw)
-        hpos = {int(v): i for i, v in enumerate(hs)}
-        wpos = {int(v): i for i, v in enumerate(ws)}
+        hpos = {v: i for i, v in enumerate(hs.tolist())}  # exact keys: sub-pixel offsets are fractional
+        wpos = {v: i for i, v in enumerate(ws.tolist())}
         examples = []
         for k in range(len(self.ids)):
             grid: list[list[float | None]] = [[None] * len(ws) for _ in hs]
             for j, (h, w) in enumerate(zip(dh, dw)):
                 v = float(self.p_correct[k, j])
-                grid[hpos[int(h)]][wpos[int(w)]] = round(v, 4) if np.isfinite(v) else None
+                grid[hpos[h.item()]][wpos[w.item()]] = round(v, 4) if np.isfinite(v) else None
             f = int(self.flip_shift[k])
             examples.append(
                 {
                     "image_id": int(self.ids[k]),
                     "label": int(self.label[k]),
-                    "first_failure_radius": int(self.radius[k]),
-                    "flip_shift": [int(ss.dh[f]), int(ss.dw[f])],
+                    "first_failure_radius": offset_json(self.radius[k]),
+                    "flip_shift": [offset_json(ss.dh[f]), offset_json(ss.dw[f])],
                     "flip_prediction": int(self.flip_pred[k]),
                     "p_correct": grid,
                 }
             )
-        return {"limit": self.limit, "dh": [int(v) for v in hs], "dw": [int(v) for v in ws], "examples": examples}
+        return {"limit": self.limit, "dh": [offset_json(v) for v in hs], "dw": [offset_json(v) for v in ws], "examples": examples}

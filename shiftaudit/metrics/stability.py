@@ -45,12 +45,18 @@ class MeanAbsoluteChange(PerImageMetric):
 
 
 def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
-    """(P, 2) indices of the shift pairs one pixel apart (down or right, modulo the size) inside the set."""
+    """(P, 2) indices of the shift pairs one pixel apart (down or right) inside the set: modulo the size for the
+    periodic modes (circular, subpixel), without wrapping for crop shifts (offsets of a canvas)."""
     h, w = shifts.height, shifts.width
-    index = {(int(a) % h, int(b) % w): i for i, (a, b) in enumerate(zip(shifts.dh, shifts.dw))}
+    fh, fw = shifts.wraps and h, shifts.wraps and w
+
+    def key(a: float, n: int | bool) -> float:
+        return round(float(a) % n, 6) % n if n else round(float(a), 6)
+
+    index = {(key(a, fh), key(b, fw)): i for i, (a, b) in enumerate(zip(shifts.dh, shifts.dw))}
     pairs = []
     for (a, b), i in index.items():
-        for na, nb in (((a + 1) % h, b), (a, (b + 1) % w)):
+        for na, nb in ((key(a + 1, fh), b), (a, key(b + 1, fw))):
             j = index.get((na, nb))
             if j is not None and j != i:
                 pairs.append((i, j))

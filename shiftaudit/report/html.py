@@ -93,9 +93,17 @@ def _shift_text(shifts: dict[str, Any]) -> str:
     if shifts.get("kind") == "all":
         text = f"all {shifts.get('count')} shifts of {size[0]}x{size[1]}"
     else:
-        step = f", step {shifts['step']}" if shifts.get("step", 1) > 1 else ""
+        step = f", step {shifts['step']:g}" if shifts.get("step", 1) != 1 else ""
         text = f"{shifts.get('count')} shifts in [-{shifts.get('max_shift')}, {shifts.get('max_shift')}]²{step} of {size[0]}x{size[1]}"
-    return f"{text}; {shifts.get('mode', 'circular')} (wrap-around) padding"
+    mode = shifts.get("mode", "circular")
+    padding = shifts.get("padding") or ("circular (wrap-around)" if mode == "circular" else "-")
+    return f"{text}; shift mode {mode}; padding {padding}"
+
+
+def _footer_shifts(result: AuditResult) -> str:
+    mode = result.settings.get("shift_mode") or result.settings.get("shifts", {}).get("mode") or "circular"
+    return {"crop": "Shifts are crops of a larger canvas (the published ImageNet protocol)",
+            "subpixel": "Shifts are sub-pixel Fourier phase shifts"}.get(mode, "Shifts are circular (Zhang 2019, Eq. 4)")
 
 
 def settings_rows(result: AuditResult) -> list[tuple[str, str]]:
@@ -167,7 +175,7 @@ def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]]
     if result.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in result.notes) + "</ul>")
     parts.append(f"<footer>Written by shiftaudit {esc(__version__)}; schema shiftaudit/audit-report v1. "
-                 "Shifts are circular (Zhang 2019, Eq. 4); intervals are 95 % over images.</footer>")
+                 f"{esc(_footer_shifts(result))}; intervals are 95 % over images.</footer>")
     parts.append("</main></body></html>\n")
     return "\n".join(parts)
 

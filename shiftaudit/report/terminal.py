@@ -27,6 +27,9 @@ def headline_radii(radii: list[int]) -> list[int]:
         return []
     top = max(radii)
     picks = [r for r in (1, 2, 4, 8, 16, 32, 64) if r <= top and r in radii]
+    fine = [r for r in radii if 0 < r < 1]  # sub-pixel sets: the smallest fractional radius too
+    if fine:
+        picks.insert(0, min(fine))
     if top not in picks:
         picks.append(top)
     return picks
@@ -82,16 +85,23 @@ def audit_table(result: AuditResult, title: str | None = None) -> Table:
     return t
 
 
+PADDING = {"circular": "circular (wrap-around)", "crop": "none: crops of a larger canvas, new content enters at the border",
+           "subpixel": "periodic (Fourier phase shift)"}  # for reports written before shift modes
+
+
 def describe_run(result: AuditResult) -> str:
     model = result.model.get("arch") or result.model.get("description") or "model"
     src = result.model.get("source")
     data = result.data.get("description", "")
     s = result.settings.get("shifts", {})
-    shifts = f"{s.get('count', '?')} circular shifts"
+    shift_mode = s.get("mode") or result.settings.get("shift_mode") or "circular"
+    noun = {"crop": "crop shifts", "subpixel": "sub-pixel shifts"}.get(shift_mode, "circular shifts")
+    shifts = f"{s.get('count', '?')} {noun}"
     if s.get("kind") == "all":
-        shifts = f"all {s.get('count')} circular shifts"
+        shifts = f"all {s.get('count')} {noun}"
     elif s.get("max_shift") is not None:
-        shifts += f" within +/-{s['max_shift']} px" + (f", step {s['step']}" if s.get("step", 1) > 1 else "")
+        shifts += f" within +/-{s['max_shift']} px" + (f", step {s['step']:g}" if s.get("step", 1) != 1 else "")
+    shifts += f", shift mode {shift_mode} (padding: {s.get('padding') or PADDING.get(shift_mode, '?')})"  # no [..]: rich markup
     mode = result.settings.get("mode", "")
     dev = result.environment.get("device_name") or result.environment.get("device", "")
     name = f"{model} ({src})" if src else str(model)
