@@ -17,18 +17,7 @@ import numpy as np
 
 from ..shifts import ShiftSet
 from .base import PerImageMetric, ShiftBatch
-from .stats import mean_interval
-
-
-def _summary(values: np.ndarray) -> dict[str, Any]:
-    lo, hi = mean_interval(values)
-    return {
-        "mean": float(values.mean()) if values.size else float("nan"),
-        "median": float(np.median(values)) if values.size else float("nan"),
-        "ci_low": lo,
-        "ci_high": hi,
-        "n": int(values.size),
-    }
+from .stats import summary
 
 
 class MeanAbsoluteChange(PerImageMetric):
@@ -41,7 +30,7 @@ class MeanAbsoluteChange(PerImageMetric):
         self._append(batch.image_ids, np.abs(a - b).mean(axis=1))
 
     def compute(self) -> dict[str, Any]:
-        return _summary(self.sorted_values()[1])
+        return summary(self.sorted_values()[1])
 
 
 def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
@@ -80,6 +69,6 @@ class FlipRate(PerImageMetric):
         self._append(batch.image_ids, flips.mean(axis=1))
 
     def compute(self) -> dict[str, Any]:
-        out = _summary(self.sorted_values()[1])
+        out = summary(self.sorted_values()[1])
         out["pairs_per_image"] = int(self.pairs.shape[0])
         return out

@@ -43,3 +43,15 @@ def proportion(values: np.ndarray) -> dict[str, float | int]:
     p = float(values.mean()) if n else float("nan")
     lo, hi = wilson_interval(p, n)
     return {"value": p, "ci_low": lo, "ci_high": hi, "n": n}
+
+
+def summary(values: np.ndarray) -> dict[str, float | int]:
+    """Mean (with its normal-approximation 95 % interval) and median of per-image values."""
+    lo, hi = mean_interval(values)
+    return {
+        "mean": float(values.mean()) if values.size else float("nan"),
+        "median": float(np.median(values)) if values.size else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": int(values.size),
+    }

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .base import PerImageMetric, ShiftBatch
-from .stats import mean_interval
+from .stats import summary
 
 
 class Variation(PerImageMetric):
@@ -20,12 +20,4 @@ class Variation(PerImageMetric):
         self._append(batch.image_ids, p.std(axis=1))
 
     def compute(self) -> dict[str, Any]:
-        ids, values = self.sorted_values()
-        lo, hi = mean_interval(values)
-        return {
-            "mean": float(values.mean()) if values.size else float("nan"),
-            "median": float(np.median(values)) if values.size else float("nan"),
-            "ci_low": lo,
-            "ci_high": hi,
-            "n": int(values.size),
-        }
+        return summary(self.sorted_values()[1])

@@ -10,25 +10,10 @@ import torch
 from torch import nn
 
 
-@torch.inference_mode()
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
                     repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time of one forward pass on ``input_shape``, in milliseconds."""
-    dev = torch.device(device)
-    model = model.eval().to(dev)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.randn(*input_shape, device=dev, dtype=dtype)
-    times = []
-    for i in range(warmup + repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        model(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    return compare_latency([model], input_shape, device=device, repeats=repeats, warmup=warmup)[0]
 
 
 @torch.inference_mode()

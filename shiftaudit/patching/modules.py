@@ -78,46 +78,37 @@ class PoolBlur2d(nn.Module):
         return F.pad(x, (0, extra[1], 0, extra[0]), mode="replicate")
 
 
-class ConvThenBlur2d(nn.Conv2d):
-    """A strided conv run at stride 1 and followed by a blur-subsample; the weights stay ``weight``/``bias``.
+class _ConvWithBlur(nn.Conv2d):
+    """A conv at stride 1 that owns a blur-subsample; its weights stay ``weight``/``bias`` (state dicts unchanged)."""
+
+    blur: nn.Module
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, blur: nn.Module) -> _ConvWithBlur:
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        new.blur = blur
+        return new
+
+
+class ConvThenBlur2d(_ConvWithBlur):
+    """A strided conv run at stride 1 and followed by a blur-subsample.
 
     Used where the graph cannot be traced, so the blur cannot be moved past the conv's norm and activation.
     """
-
-    blur: BlurPool2d
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, blur: BlurPool2d) -> ConvThenBlur2d:
-        new = _conv_like(cls, conv)
-        new.blur = blur
-        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blur(super().forward(x))
 
 
-class BlurThenConv2d(nn.Conv2d):
+class BlurThenConv2d(_ConvWithBlur):
     """A blur-subsample followed by the (1x1) conv at stride 1: the paper's rule for strided shortcut convs."""
-
-    blur: BlurPool2d
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, blur: BlurPool2d) -> BlurThenConv2d:
-        new = _conv_like(cls, conv)
-        new.blur = blur
-        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.blur(x))
-
-
-def _conv_like(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
-    new = cls(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device="meta",
-    )
-    new.weight = conv.weight
-    new.bias = conv.bias
-    new.train(conv.training)
-    return new
