@@ -72,19 +72,10 @@ def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
 
 def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool) -> Any:
     """The engine's usual loader, reading only this process's shard; image ids stay dataset positions."""
-    from .data.dataset import AuditLoader, _Indexed, _worker_init, default_workers
+    from .data import make_loader
 
     indices = shard_indices(len(dataset), ctx.rank, ctx.world).tolist()
-    workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
-    return AuditLoader(
-        _Indexed(dataset),
-        batch_size=batch_size,
-        sampler=indices,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        worker_init_fn=_worker_init if workers > 0 else None,
-    )
+    return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, indices=indices)
 
 
 def merge(ctx: DistContext, metrics: list[Any], dataset: Any, images: int, nonfinite: int, rows: int) -> tuple[int, int, int]:

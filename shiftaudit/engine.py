@@ -11,19 +11,23 @@ Two modes:
   adversarial curve and the accuracy map) plus the random-draw metrics, read off the same outputs.
 - *sampled*: only the zero shift, one random shift and k random pairs per image (the paper's ImageNet-scale
   protocol): accuracy, random-shift accuracy and sampled consistency, at 2 + 2k forwards per image.
+
+Where the parts live: this module checks the arguments and runs the loop (:func:`audit`, :func:`plan_shifts`, the
+default metrics, the device); :mod:`shiftaudit.strategies` picks dense, polyphase or early exit;
+:mod:`shiftaudit.passes` lays out and evaluates each batch's (image, shift) pairs; :mod:`shiftaudit.forward` runs the
+model on them; :mod:`shiftaudit.metrics.layout` arranges the results in the report schema; :mod:`shiftaudit.resume`
+saves and restores a resumable run. :class:`Observer` and :class:`Progress` (:mod:`shiftaudit.observers`) are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +35,7 @@ from torch import nn
 
 from . import __version__, distributed
 from .errors import DataError, ModelError, UsageError
+from .forward import BatchedForward, model_dtype
 from .metrics.stability import FlipRate, MeanAbsoluteChange
 from .metrics import (
     AccuracyAtRandomShift,
@@ -41,54 +46,21 @@ from .metrics import (
     FlipExamples,
     Metric,
     SampledConsistency,
-    ShiftBatch,
     Variation,
 )
+from .metrics.layout import assemble
+from .observers import Observer, Progress
+from .passes import DrawPlan, early_exit_batch, full_batch
 from .result import AuditResult
-from .rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
-from .metrics.adversarial import radius_json
-from .shiftmodes import check_shift_mode, crop_margin, input_geometry, make_bank
-from .shifts import ShiftBank, ShiftSet, default_shift_set
+from .resume import resume_state, subset_loader
+from .shiftmodes import check_shift_mode, crop_margin, input_geometry
+from .shifts import ShiftSet, default_shift_set
+from .strategies import compile_model, early_exit_strategy, try_polyphase
+
+_Forward = BatchedForward  # the runner's name before it moved to shiftaudit.forward (tests import it from here)
 
 EXHAUSTIVE_LIMIT = 2048  # auto mode evaluates every shift when the set is at most this large
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-class Observer(Protocol):
-    """Something that watches the same forward passes as the metrics (e.g. per-layer feature distances).
-
-    The engine calls ``attach`` once, ``begin_batch`` with the flattened (image slot, shift index) layout of each
-    image batch, then per device chunk ``begin_chunk``/``on_inputs``/``on_logits``/``end_chunk`` (or ``abort_chunk``
-    when the chunk is retried after running out of memory), and ``detach`` at the end.
-    """
-
-    def attach(self, model: nn.Module) -> None: ...
-
-    def detach(self) -> None: ...
-
-    def begin_batch(self, flat_image: torch.Tensor, flat_shift: torch.Tensor, image_ids: np.ndarray) -> None: ...
-
-    def begin_chunk(self, sl: slice) -> None: ...
-
-    def on_inputs(self, x: torch.Tensor) -> None: ...
-
-    def on_logits(self, logits: torch.Tensor) -> None: ...
-
-    def end_chunk(self) -> None: ...
-
-    def abort_chunk(self) -> None: ...
-
-    def compute(self) -> dict[str, Any]: ...
-
-
-class Progress(Protocol):
-    """What the engine reports to: the CLI plugs a rich progress bar in, the API passes None."""
-
-    def start(self, total: int, description: str) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,171 +92,6 @@ def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
     budget = (1024 if device.type == "cuda" else 64) * 32 * 32
     floor = 64 if device.type == "cuda" else 16
     return int(max(floor, min(2048, budget // max(pixels, 1))))
-
-
-@dataclass(frozen=True)
-class DrawPlan:
-    """The per-image random draws: one random shift and ``pairs`` random pairs, as indices into the shift set."""
-
-    seed: int
-    pairs: int
-    num_shifts: int
-
-    def random_shift(self, image_ids: np.ndarray) -> np.ndarray:
-        return uniform_integers(self.seed, STREAM_RANDOM_SHIFT, image_ids, 1, self.num_shifts)[:, 0]
-
-    def pair_shifts(self, image_ids: np.ndarray) -> np.ndarray:
-        flat = uniform_integers(self.seed, STREAM_PAIRS, image_ids, 2 * self.pairs, self.num_shifts)
-        return flat.reshape(len(image_ids), self.pairs, 2)
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
-
-
-def as_logits(output: Any, batch: int) -> torch.Tensor:
-    """The class scores in a model's output: a tensor, the first tensor of a tuple, or ``logits`` of a dict."""
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
-        logits = output["logits"]
-    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
-        logits = output.logits
-    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        logits = output[0]
-    else:
-        raise ModelError(f"The model returned {type(output).__name__}, not a tensor of class scores.")
-    if logits.ndim == 4 and logits.shape[2] == 1 and logits.shape[3] == 1:
-        logits = logits.flatten(1)
-    if logits.ndim != 2 or logits.shape[0] != batch:
-        raise ModelError(
-            f"The model's output has shape {tuple(logits.shape)}; expected (batch, classes) = ({batch}, C) for a classifier."
-        )
-    return logits
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The pass
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _Forward:
-    """Runs the model on flattened (image, shift) batches with AMP, channels_last and CUDA out-of-memory back-off."""
-
-    def __init__(self, model: nn.Module, device: torch.device, precision: str, batch: int, channels_last: bool,
-                 eager: nn.Module | None = None) -> None:
-        self.model = model
-        self.device = device
-        self.batch = batch
-        self.channels_last = channels_last
-        self.notes: list[str] = []
-        self.num_classes = 0
-        self.rows = 0  # forward rows (image x shift pairs) evaluated so far
-        self.eager = eager  # set when ``model`` is torch.compile'd: what to fall back to if compiling fails
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-    def _call(self, x: torch.Tensor) -> Any:
-        if self.eager is None:
-            return self.model(x)
-        try:
-            return self.model(x)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a compile failure must not cost the user the audit
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.notes.append(f"torch.compile failed ({first[:120]}); ran the model eagerly")
-            self.model, self.eager = self.eager, None
-            return self.model(x)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def run(
-        self,
-        make_inputs: Callable[[slice], torch.Tensor],
-        total: int,
-        labels: torch.Tensor | None,
-        observers: tuple[Observer, ...] = (),
-        fan_out: int = 1,
-        cost: int | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """Returns per-row (pred, p_label, p_top, finite) for ``total`` inputs built by ``make_inputs(slice)``.
-
-        Each input gives ``fan_out`` consecutive output rows (1 for a plain model; every shift of the set for the
-        polyphase model), so ``labels`` and the results have ``total * fan_out`` rows. ``cost``: how many batch
-        rows one input weighs in memory (``fan_out`` by default); the device batch is shared out by it.
-        """
-        cost = max(1, fan_out if cost is None else cost)
-        rows = total * fan_out
-        preds = torch.empty(rows, dtype=torch.long, device=self.device)
-        p_label = torch.empty(rows, dtype=torch.float32, device=self.device)
-        p_top = torch.empty(rows, dtype=torch.float32, device=self.device)
-        finite = torch.empty(rows, dtype=torch.bool, device=self.device)
-        start = 0
-        while start < total:
-            stop = min(total, start + max(1, self.batch // cost))
-            sl = slice(start, stop)
-            out_sl = slice(start * fan_out, stop * fan_out)
-            try:
-                for o in observers:
-                    o.begin_chunk(sl)
-                x = make_inputs(sl)
-                for o in observers:
-                    o.on_inputs(x)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    try:
-                        out = self._call(x)
-                    except (ModelError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
-                        raise
-                    except Exception as exc:  # the user's model failed (a TypeError is its fault too, not ours)
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                        raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {first}") from None
-                logits = as_logits(out, (stop - start) * fan_out).float()
-                for o in observers:
-                    o.on_logits(logits)
-                    o.end_chunk()
-            except torch.cuda.OutOfMemoryError:
-                for o in observers:
-                    o.abort_chunk()
-                if self.batch <= 1 or (cost > 1 and stop - start <= 1):
-                    raise ModelError("CUDA ran out of memory even with a batch of one image; use --device cpu.") from None
-                self.batch = max(1, min(self.batch, (stop - start) * cost) // 2)
-                self.notes.append(f"CUDA out of memory: device batch halved to {self.batch}")
-                torch.cuda.empty_cache()
-                continue
-            except (ModelError, KeyboardInterrupt):
-                raise
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelError(
-                    f"The model failed on a batch of shape {tuple(x.shape) if 'x' in locals() else '?'}: {first}"
-                ) from None
-            self.num_classes = int(logits.shape[1])
-            self.rows += (stop - start) * fan_out
-            ok = torch.isfinite(logits).all(dim=1)
-            probs = torch.softmax(logits, dim=1)
-            top, pred = probs.max(dim=1)
-            sl = out_sl
-            preds[sl] = pred
-            p_top[sl] = top
-            finite[sl] = ok
-            if labels is not None:
-                lab = labels[sl]
-                if int(lab.max()) >= logits.shape[1]:
-                    raise DataError(
-                        f"Labels go up to {int(lab.max())} but the model has {logits.shape[1]} classes; "
-                        "pass --class-map to map folder names to the model's class indices."
-                    )
-                p_label[sl] = probs.gather(1, lab.clamp(min=0).unsqueeze(1)).squeeze(1)
-            start = stop
-        return preds, p_label, p_top, finite
 
 
 def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool) -> list[Metric]:
@@ -343,198 +150,8 @@ def plan_shifts(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Strategies: dense (every pair through the model), polyphase (every shift at once), adversary early exit
+# The audit
 # ---------------------------------------------------------------------------------------------------------------
-
-POLYPHASE_TOLERANCE = 1e-3  # largest logit difference (relative to 1 + max |logit|) the probe accepts
-
-
-def _try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: bool, observers: list[Observer],
-                   wanted: bool | None, dev: torch.device, dtype: torch.dtype, notes: list[str]) -> tuple[str, nn.Module]:
-    """The polyphase model when it applies and pays (auto: every H*W shift asked for); otherwise ("dense", model)."""
-    auto = wanted is None
-    if not exhaustive or observers or (auto and len(shifts) < shifts.height * shifts.width):
-        if not auto:
-            why = "per-layer distances watch each shifted input" if observers else "it needs exhaustive mode"
-            notes.append(f"polyphase engine not used: {why}")
-        return "dense", model
-    from .polyphase import PolyphaseUnsupported, build_polyphase, probe
-
-    gen = torch.Generator().manual_seed(0)  # a probe input: the check is about the model, not the data
-    first = torch.randn((1, int(getattr(dataset, "channels", 3)), shifts.height, shifts.width), generator=gen)
-    first = first.to(dev, dtype=dtype)
-    try:
-        with torch.inference_mode():
-            poly = build_polyphase(model, first, shifts.dh, shifts.dw).to(dev)
-            err = probe(model, poly, first, shifts.dh, shifts.dw)
-    except PolyphaseUnsupported as exc:
-        if not auto:
-            notes.append(f"polyphase engine not applicable ({exc}); evaluated every shift separately")
-        return "dense", model
-    if not err <= POLYPHASE_TOLERANCE:
-        notes.append(f"polyphase engine failed its check against direct forwards (error {err:.2g}); evaluated every shift separately")
-        return "dense", model
-    notes.append("polyphase engine: every circular shift of an image from one shift-and-stitch evaluation")
-    return "polyphase", poly
-
-
-def _early_exit_ok(metric: Metric) -> bool:
-    """Metrics that only need the zero shift and each image's smallest misclassified shift."""
-    return isinstance(metric, (AdversarialCurve, AccuracyAtZeroShift)) or bool(getattr(metric, "early_exit_safe", False))
-
-
-def _early_exit_strategy(metric_list: list[Metric], exhaustive: bool, labelled: bool, observers: list[Observer],
-                         wanted: bool | None, notes: list[str]) -> str:
-    blockers = [m.name for m in metric_list if not _early_exit_ok(m)]
-    ok = exhaustive and labelled and not observers and not blockers and any(isinstance(m, AdversarialCurve) for m in metric_list)
-    if ok:
-        return "early-exit"
-    if wanted:
-        why = ("it needs labelled data and exhaustive mode" if not (exhaustive and labelled) else
-               "per-layer distances need every shift" if observers else
-               f"{', '.join(blockers)} need every shift" if blockers else "no adversarial curve was asked for")
-        notes.append(f"adversary early exit not used: {why}")
-    return "dense"
-
-
-def _compile(model: nn.Module, notes: list[str]) -> nn.Module:
-    if not hasattr(torch, "compile"):
-        notes.append("torch.compile is not available in this torch; ran the model eagerly")
-        return model
-    try:
-        return torch.compile(model, dynamic=False)  # type: ignore[return-value]
-    except Exception as exc:  # noqa: BLE001
-        notes.append(f"torch.compile failed ({type(exc).__name__}); ran the model eagerly")
-        return model
-
-
-def _full_batch(forward: _Forward, x: torch.Tensor, lab_dev: torch.Tensor | None, labels: torch.Tensor,
-                ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int,
-                dh_all: torch.Tensor, dw_all: torch.Tensor, observers: list[Observer],
-                polyphase: bool) -> tuple[ShiftBatch | None, int]:
-    """Every planned (image, shift) pair of a batch through the model: the batch for the metrics, nonfinite count."""
-    dev = x.device
-    b = x.shape[0]
-    rand = plan.random_shift(ids_np)
-    pair = plan.pair_shifts(ids_np)
-    if exhaustive:
-        slot_shift = np.tile(np.arange(len(shifts)), (b, 1))
-        zero_slot = np.full(b, shifts.zero_index)
-        random_slot = rand
-        pair_slots = pair
-    else:
-        slot_shift = np.concatenate([np.full((b, 1), shifts.zero_index), rand[:, None], pair.reshape(b, -1)], axis=1)
-        zero_slot = np.zeros(b, dtype=np.int64)
-        random_slot = np.ones(b, dtype=np.int64)
-        pair_slots = (2 + np.arange(2 * pairs)).reshape(1, pairs, 2).repeat(b, 0)
-    s = slot_shift.shape[1]
-    flat_shift = torch.as_tensor(slot_shift.reshape(-1), device=dev)
-    flat_image = torch.arange(b, device=dev).repeat_interleave(s)
-    flat_labels = lab_dev[flat_image] if lab_dev is not None else None
-    if polyphase:  # one input per image; the polyphase model returns its rows in shift-set order
-        cost = int(getattr(forward.model, "cost", s))
-        pred, p_lab, p_top, finite = forward.run(lambda sl: x[sl], b, flat_labels, (), fan_out=s, cost=cost)
-    else:
-        bank = make_bank(x, shifts)  # circular roll, crop window of the canvas, or Fourier sub-pixel shift
-
-        def make_inputs(sl: slice) -> torch.Tensor:
-            k = flat_shift[sl]
-            return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
-
-        for o in observers:
-            o.begin_batch(flat_image, flat_shift, ids_np)
-        pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels, tuple(observers))
-    labelled = lab_dev is not None
-    pred_np = pred.view(b, s).cpu().numpy()
-    p_top_np = p_top.view(b, s).cpu().numpy()
-    p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
-    ok_img = finite.view(b, s).all(dim=1).cpu().numpy()
-    keep = np.flatnonzero(ok_img)
-    bad = int(b - keep.size)
-    if not keep.size:
-        return None, bad
-    return ShiftBatch(
-        image_ids=ids_np[keep],
-        labels=labels.numpy().astype(np.int64)[keep] if labelled else None,
-        preds=pred_np[keep],
-        p_label=p_lab_np[keep] if p_lab_np is not None else None,
-        p_top=p_top_np[keep],
-        shift_index=slot_shift[keep],
-        zero_slot=zero_slot[keep],
-        random_slot=random_slot[keep],
-        pair_slots=pair_slots[keep],
-        exhaustive=exhaustive,
-        num_shifts=len(shifts),
-        num_classes=forward.num_classes,
-    ), bad
-
-
-def _early_exit_batch(forward: _Forward, x: torch.Tensor, lab_dev: torch.Tensor, labels: np.ndarray,
-                      ids_np: np.ndarray, shifts: ShiftSet, dh_all: torch.Tensor, dw_all: torch.Tensor,
-                      pairs: int) -> tuple[ShiftBatch | None, int]:
-    """Shifts in order of growing radius; an image leaves the batch at its first misclassified shift.
-
-    The set is ordered by radius, so the first wrong column of a chunk is a smallest-radius failure and earlier
-    chunks had none. Each chunk looks at most as far ahead as has been evaluated so far (at least 8 shifts), which
-    bounds the work past an image's failure to about twice what it needed. The metrics get two slots per image: the
-    zero shift and the first failure (the zero shift again for an image that never failed).
-    """
-    dev = x.device
-    b, n_shifts = x.shape[0], len(shifts)
-    bank = ShiftBank(x)
-    fail = np.full(b, shifts.zero_index, dtype=np.int64)
-    out = {k: np.zeros((b, 2), dtype=d) for k, d in (("pred", np.int64), ("p_lab", np.float32), ("p_top", np.float32))}
-    nonfinite = np.zeros(b, dtype=bool)
-    active = np.arange(b)
-    pos = 0
-    while active.size and pos < n_shifts:
-        k = max(1, forward.batch // active.size)
-        k = min(k, max(8, pos), n_shifts - pos)
-        cols = np.arange(pos, pos + k)
-        flat_image = torch.as_tensor(np.repeat(active, k), device=dev)
-        flat_shift = torch.as_tensor(np.tile(cols, active.size), device=dev)
-
-        def make_inputs(sl: slice, fi: torch.Tensor = flat_image, fs: torch.Tensor = flat_shift) -> torch.Tensor:
-            return bank.gather(fi[sl], dh_all[fs[sl]], dw_all[fs[sl]])
-
-        res = forward.run(make_inputs, active.size * k, lab_dev[flat_image])
-        pred, p_lab, p_top, finite = (t.view(active.size, k).cpu().numpy() for t in res)
-        if pos == 0:  # column 0 is the zero shift: every image's unshifted output
-            out["pred"][active, 0] = out["pred"][active, 1] = pred[:, 0]
-            out["p_lab"][active, 0] = out["p_lab"][active, 1] = p_lab[:, 0]
-            out["p_top"][active, 0] = out["p_top"][active, 1] = p_top[:, 0]
-        bad = ~finite.all(axis=1)
-        nonfinite[active[bad]] = True
-        wrong = pred != labels[active][:, None]
-        failed = wrong.any(axis=1) & ~bad
-        if failed.any():
-            rows = np.flatnonzero(failed)
-            col = wrong[rows].argmax(axis=1)
-            img = active[rows]
-            fail[img] = cols[col]
-            out["pred"][img, 1] = pred[rows, col]
-            out["p_lab"][img, 1] = p_lab[rows, col]
-            out["p_top"][img, 1] = p_top[rows, col]
-        active = active[~(failed | bad)]
-        pos += k
-    keep = np.flatnonzero(~nonfinite)
-    if not keep.size:
-        return None, int(b)
-    n = keep.size
-    return ShiftBatch(
-        image_ids=ids_np[keep],
-        labels=labels[keep],
-        preds=out["pred"][keep],
-        p_label=out["p_lab"][keep],
-        p_top=out["p_top"][keep],
-        shift_index=np.stack([np.full(n, shifts.zero_index), fail[keep]], axis=1),
-        zero_slot=np.zeros(n, dtype=np.int64),
-        random_slot=np.zeros(n, dtype=np.int64),
-        pair_slots=np.zeros((n, pairs, 2), dtype=np.int64),
-        exhaustive=True,
-        num_shifts=n_shifts,
-        num_classes=forward.num_classes,
-    ), int(b - n)
 
 
 def audit(
@@ -668,15 +285,15 @@ def audit(
     if not circular and (polyphase or early_exit):
         notes.append(f"polyphase engine and adversary early exit work on circular shifts only: not used in {shifts.mode} mode")
     if polyphase is not False and circular:
-        strategy, runner = _try_polyphase(model, dataset, shifts, exhaustive, observer_list, polyphase, dev, dtype, notes)
+        strategy, runner = try_polyphase(model, dataset, shifts, exhaustive, observer_list, polyphase, dev, dtype, notes)
     if strategy == "dense" and early_exit is not False and circular:
-        strategy = _early_exit_strategy(metric_list, exhaustive, labelled, observer_list, early_exit, notes)
+        strategy = early_exit_strategy(metric_list, exhaustive, labelled, observer_list, early_exit, notes)
     eager = None
     if compile:
-        eager, runner = runner, _compile(runner, notes)
+        eager, runner = runner, compile_model(runner, notes)
         if runner is eager:
             eager = None
-    forward = _Forward(runner, dev, precision, device_batch, use_cl, eager=eager)
+    forward = BatchedForward(runner, dev, precision, device_batch, use_cl, eager=eager)
     plan = DrawPlan(seed=seed, pairs=pairs, num_shifts=len(shifts))
     slots_per_image = len(shifts) if exhaustive else 2 + 2 * pairs
     if strategy == "early-exit":  # many images at once, so each chunk can hold few shifts: failures stop early
@@ -688,13 +305,13 @@ def audit(
     pin = dev.type == "cuda"
     state = None
     if resume is not None:
-        state = _resume_state(resume, model, info, dataset, shifts, exhaustive, pairs, seed, precision, metric_list,
-                              observer_list, dist)
+        state = resume_state(resume, model, info, dataset, shifts, exhaustive, pairs, seed, precision, metric_list,
+                             observer_list, dist)
     if dist is not None:
         loader = distributed.shard_loader(dataset, dist, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
         total_images = len(distributed.shard_indices(len(dataset), dist.rank, dist.world))
     elif state is not None:
-        loader = _subset_loader(dataset, state.remaining(len(dataset)), image_batch, num_workers, pin)
+        loader = subset_loader(dataset, state.remaining(len(dataset)), image_batch, num_workers, pin)
         total_images = len(dataset)
     else:
         loader = make_loader(dataset, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
@@ -724,11 +341,11 @@ def audit(
                 lab_dev = labels.to(dev, non_blocking=True) if labelled else None
                 if strategy == "early-exit":
                     assert lab_dev is not None
-                    batch, bad = _early_exit_batch(forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np,
-                                                   shifts, dh_all, dw_all, pairs)
+                    batch, bad = early_exit_batch(forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np,
+                                                  shifts, dh_all, dw_all, pairs)
                 else:
-                    batch, bad = _full_batch(forward, x, lab_dev, labels, ids_np, shifts, exhaustive, plan, pairs,
-                                             dh_all, dw_all, observer_list, polyphase=strategy == "polyphase")
+                    batch, bad = full_batch(forward, x, lab_dev, labels, ids_np, shifts, exhaustive, plan, pairs,
+                                            dh_all, dw_all, observer_list, polyphase=strategy == "polyphase")
                 nonfinite_images += bad
                 if batch is not None:
                     for m in metric_list:
@@ -772,7 +389,7 @@ def audit(
     if nonfinite_images == images_done:
         raise ModelError("The model gave NaN or infinite outputs for every image; no metric can be computed.")
 
-    computed, per_image = _assemble(metric_list)
+    computed, per_image = assemble(metric_list)
     for o in observer_list:
         computed[o.name] = o.compute()
     settings = {
@@ -815,45 +432,6 @@ def audit(
     )
 
 
-def _resume_state(path: str | Path, model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
-                  exhaustive: bool, pairs: int, seed: int, precision: str, metric_list: list[Metric],
-                  observers: list[Observer], dist: Any) -> Any:
-    """The state file of a resumable run, with what it already holds loaded into the accumulators."""
-    from .resume import ResumeState, fingerprint
-
-    if observers:
-        raise UsageError("--resume cannot be combined with --layers: per-layer distances are not saved as the audit goes.")
-    if dist is not None:
-        raise UsageError("--resume is for single-process runs; under torchrun, rerun the whole audit.")
-    weights = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(tensor.detach().float().cpu().numpy().tobytes())
-    parts = {
-        "weights": weights.hexdigest(),
-        "model": {k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")},
-        "data": [getattr(dataset, "description", ""), len(dataset), list(getattr(dataset, "image_size", [])),
-                 bool(getattr(dataset, "has_labels", False))],
-        "shifts": shifts.to_json(),
-        "exhaustive": exhaustive,
-        "pairs": pairs,
-        "seed": seed,
-        "precision": precision,
-    }
-    state = ResumeState(path, fingerprint(parts))
-    state.load_into(metric_list)
-    return state
-
-
-def _subset_loader(dataset: Any, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> Any:
-    """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
-    from .data.dataset import AuditLoader, _Indexed, _worker_init, default_workers
-
-    workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
-    return AuditLoader(_Indexed(dataset), batch_size=batch_size, sampler=indices.tolist(), num_workers=workers,
-                       pin_memory=pin, persistent_workers=False, worker_init_fn=_worker_init if workers else None)
-
-
 def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     yield from loader
 
@@ -867,61 +445,3 @@ def _loaded_info(loaded: Any) -> dict[str, Any]:
         "parameters": loaded.parameter_count,
         "patch": loaded.patch_spec,
     }
-
-
-def _assemble(metric_list: list[Metric]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """Lay the accumulators' results out in the report schema."""
-    by_name = {m.name: m for m in metric_list}
-    out: dict[str, Any] = {}
-    per_image: dict[str, list[Any]] = {}
-    ids: np.ndarray | None = None
-
-    def add_per_image(key: str, metric: Metric, cast: Callable[[float], Any]) -> None:
-        nonlocal ids
-        mids, values = metric.sorted_values()  # type: ignore[attr-defined]
-        if ids is None:
-            ids = mids
-            per_image["image_id"] = [int(v) for v in mids]
-        per_image[key] = [cast(v) for v in values]
-
-    if "accuracy_none" in by_name or "accuracy_random" in by_name:
-        out["accuracy"] = {}
-        if "accuracy_none" in by_name:
-            out["accuracy"]["none"] = by_name["accuracy_none"].compute()
-            add_per_image("correct", by_name["accuracy_none"], lambda v: bool(v))
-        if "accuracy_random" in by_name:
-            out["accuracy"]["random"] = by_name["accuracy_random"].compute()
-    cons: dict[str, Any] = {}
-    if "consistency_sampled" in by_name:
-        m = by_name["consistency_sampled"]
-        cons["sampled"] = m.compute()
-        add_per_image("sampled_agreement", m, float)
-    if "consistency_exact" in by_name:
-        m = by_name["consistency_exact"]
-        cons["exact"] = m.compute()
-        add_per_image("exact_consistency", m, float)
-    if cons:
-        out["consistency"] = cons
-    if "variation" in by_name:
-        out["variation"] = by_name["variation"].compute()
-        add_per_image("variation", by_name["variation"], float)
-    if "adversarial" in by_name:
-        adv = by_name["adversarial"]
-        out["adversarial"] = adv.compute()
-        add_per_image("first_failure_radius", adv, radius_json)
-    if "accuracy_map" in by_name:
-        out["accuracy_map"] = by_name["accuracy_map"].compute()
-    for m in metric_list:  # metrics added by callers go under their own name
-        if m.name not in by_name or m.name in out:
-            continue
-        if m.name not in {
-            "accuracy_none",
-            "accuracy_random",
-            "consistency_sampled",
-            "consistency_exact",
-            "variation",
-            "adversarial",
-            "accuracy_map",
-        }:
-            out[m.name] = m.compute()
-    return out, per_image

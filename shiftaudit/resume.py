@@ -5,6 +5,9 @@ only with whole batches. Saving those states with the ids already done, and load
 later, therefore gives exactly the accumulators of an uninterrupted run once the remaining images are added: the
 final JSON is the same. The state file also records a fingerprint of the run (model, data, shifts, seed,
 settings), and refuses to continue a different run.
+
+:func:`resume_state` builds that fingerprint for an audit and loads the saved state; :func:`subset_loader` feeds the
+engine only the images still to do.
 """
 
 from __future__ import annotations
@@ -15,13 +18,19 @@ import json
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomicio import write_bytes_atomic
 from .errors import UsageError
 from .metrics.base import Metric
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .observers import Observer
+    from .shifts import ShiftSet
 
 STATE_FORMAT = "shiftaudit/audit-state"
 STATE_VERSION = 1
@@ -97,3 +106,38 @@ class ResumeState:
         np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
         write_bytes_atomic(self.path, buf.getvalue())
         self._last_save = time.monotonic()
+
+
+def resume_state(path: str | Path, model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
+                 exhaustive: bool, pairs: int, seed: int, precision: str, metric_list: list[Metric],
+                 observers: list[Observer], dist: Any) -> Any:
+    """The state file of a resumable run, with what it already holds loaded into the accumulators."""
+    if observers:
+        raise UsageError("--resume cannot be combined with --layers: per-layer distances are not saved as the audit goes.")
+    if dist is not None:
+        raise UsageError("--resume is for single-process runs; under torchrun, rerun the whole audit.")
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().float().cpu().numpy().tobytes())
+    parts = {
+        "weights": weights.hexdigest(),
+        "model": {k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")},
+        "data": [getattr(dataset, "description", ""), len(dataset), list(getattr(dataset, "image_size", [])),
+                 bool(getattr(dataset, "has_labels", False))],
+        "shifts": shifts.to_json(),
+        "exhaustive": exhaustive,
+        "pairs": pairs,
+        "seed": seed,
+        "precision": precision,
+    }
+    state = ResumeState(path, fingerprint(parts))
+    state.load_into(metric_list)
+    return state
+
+
+def subset_loader(dataset: Any, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> Any:
+    """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
+    from .data import make_loader
+
+    return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin, indices=indices.tolist())

@@ -369,9 +369,14 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(
-    dataset: Any, *, batch_size: int, num_workers: int | None = None, pin_memory: bool = False
+    dataset: Any, *, batch_size: int, num_workers: int | None = None, pin_memory: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> AuditLoader:
-    """Batches of ``(images float, labels int64 (-1: unlabelled), indices int64)`` in dataset order."""
+    """Batches of ``(images float, labels int64 (-1: unlabelled), indices int64)`` in dataset order.
+
+    ``indices``: only these dataset positions, in this order (a process's shard, the images a resumed run still
+    needs); the ids yielded stay dataset positions either way.
+    """
     if not isinstance(dataset, AuditDataset):
         from .sources import load_data
 
@@ -381,6 +386,7 @@ def make_loader(
         _Indexed(dataset),
         batch_size=batch_size,
         shuffle=False,
+        sampler=None if indices is None else [int(i) for i in indices],
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=False,

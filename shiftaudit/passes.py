@@ -1,0 +1,166 @@
+"""One batch of images through the model as (image, shift) pairs, read back as one :class:`ShiftBatch`.
+
+:func:`full_batch` lays out every planned pair (every shift of the set in exhaustive mode; the zero shift, one random
+shift and the random pairs of a :class:`DrawPlan` in sampled mode) and runs it through the dense or the polyphase
+model. :func:`early_exit_batch` walks the shifts in order of growing radius and drops each image at its first
+misclassified shift. Both leave out images whose outputs are not finite and return how many there were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .forward import BatchedForward
+from .metrics import ShiftBatch
+from .observers import Observer
+from .rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
+from .shiftmodes import make_bank
+from .shifts import ShiftBank, ShiftSet
+
+
+@dataclass(frozen=True)
+class DrawPlan:
+    """The per-image random draws: one random shift and ``pairs`` random pairs, as indices into the shift set."""
+
+    seed: int
+    pairs: int
+    num_shifts: int
+
+    def random_shift(self, image_ids: np.ndarray) -> np.ndarray:
+        return uniform_integers(self.seed, STREAM_RANDOM_SHIFT, image_ids, 1, self.num_shifts)[:, 0]
+
+    def pair_shifts(self, image_ids: np.ndarray) -> np.ndarray:
+        flat = uniform_integers(self.seed, STREAM_PAIRS, image_ids, 2 * self.pairs, self.num_shifts)
+        return flat.reshape(len(image_ids), self.pairs, 2)
+
+
+def full_batch(forward: BatchedForward, x: torch.Tensor, lab_dev: torch.Tensor | None, labels: torch.Tensor,
+               ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int,
+               dh_all: torch.Tensor, dw_all: torch.Tensor, observers: list[Observer],
+               polyphase: bool) -> tuple[ShiftBatch | None, int]:
+    """Every planned (image, shift) pair of a batch through the model: the batch for the metrics, nonfinite count."""
+    dev = x.device
+    b = x.shape[0]
+    rand = plan.random_shift(ids_np)
+    pair = plan.pair_shifts(ids_np)
+    if exhaustive:
+        slot_shift = np.tile(np.arange(len(shifts)), (b, 1))
+        zero_slot = np.full(b, shifts.zero_index)
+        random_slot = rand
+        pair_slots = pair
+    else:
+        slot_shift = np.concatenate([np.full((b, 1), shifts.zero_index), rand[:, None], pair.reshape(b, -1)], axis=1)
+        zero_slot = np.zeros(b, dtype=np.int64)
+        random_slot = np.ones(b, dtype=np.int64)
+        pair_slots = (2 + np.arange(2 * pairs)).reshape(1, pairs, 2).repeat(b, 0)
+    s = slot_shift.shape[1]
+    flat_shift = torch.as_tensor(slot_shift.reshape(-1), device=dev)
+    flat_image = torch.arange(b, device=dev).repeat_interleave(s)
+    flat_labels = lab_dev[flat_image] if lab_dev is not None else None
+    if polyphase:  # one input per image; the polyphase model returns its rows in shift-set order
+        cost = int(getattr(forward.model, "cost", s))
+        pred, p_lab, p_top, finite = forward.run(lambda sl: x[sl], b, flat_labels, (), fan_out=s, cost=cost)
+    else:
+        bank = make_bank(x, shifts)  # circular roll, crop window of the canvas, or Fourier sub-pixel shift
+
+        def make_inputs(sl: slice) -> torch.Tensor:
+            k = flat_shift[sl]
+            return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
+
+        for o in observers:
+            o.begin_batch(flat_image, flat_shift, ids_np)
+        pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels, tuple(observers))
+    labelled = lab_dev is not None
+    pred_np = pred.view(b, s).cpu().numpy()
+    p_top_np = p_top.view(b, s).cpu().numpy()
+    p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
+    ok_img = finite.view(b, s).all(dim=1).cpu().numpy()
+    keep = np.flatnonzero(ok_img)
+    bad = int(b - keep.size)
+    if not keep.size:
+        return None, bad
+    return ShiftBatch(
+        image_ids=ids_np[keep],
+        labels=labels.numpy().astype(np.int64)[keep] if labelled else None,
+        preds=pred_np[keep],
+        p_label=p_lab_np[keep] if p_lab_np is not None else None,
+        p_top=p_top_np[keep],
+        shift_index=slot_shift[keep],
+        zero_slot=zero_slot[keep],
+        random_slot=random_slot[keep],
+        pair_slots=pair_slots[keep],
+        exhaustive=exhaustive,
+        num_shifts=len(shifts),
+        num_classes=forward.num_classes,
+    ), bad
+
+
+def early_exit_batch(forward: BatchedForward, x: torch.Tensor, lab_dev: torch.Tensor, labels: np.ndarray,
+                     ids_np: np.ndarray, shifts: ShiftSet, dh_all: torch.Tensor, dw_all: torch.Tensor,
+                     pairs: int) -> tuple[ShiftBatch | None, int]:
+    """Shifts in order of growing radius; an image leaves the batch at its first misclassified shift.
+
+    The set is ordered by radius, so the first wrong column of a chunk is a smallest-radius failure and earlier
+    chunks had none. Each chunk looks at most as far ahead as has been evaluated so far (at least 8 shifts), which
+    bounds the work past an image's failure to about twice what it needed. The metrics get two slots per image: the
+    zero shift and the first failure (the zero shift again for an image that never failed).
+    """
+    dev = x.device
+    b, n_shifts = x.shape[0], len(shifts)
+    bank = ShiftBank(x)
+    fail = np.full(b, shifts.zero_index, dtype=np.int64)
+    out = {k: np.zeros((b, 2), dtype=d) for k, d in (("pred", np.int64), ("p_lab", np.float32), ("p_top", np.float32))}
+    nonfinite = np.zeros(b, dtype=bool)
+    active = np.arange(b)
+    pos = 0
+    while active.size and pos < n_shifts:
+        k = max(1, forward.batch // active.size)
+        k = min(k, max(8, pos), n_shifts - pos)
+        cols = np.arange(pos, pos + k)
+        flat_image = torch.as_tensor(np.repeat(active, k), device=dev)
+        flat_shift = torch.as_tensor(np.tile(cols, active.size), device=dev)
+
+        def make_inputs(sl: slice, fi: torch.Tensor = flat_image, fs: torch.Tensor = flat_shift) -> torch.Tensor:
+            return bank.gather(fi[sl], dh_all[fs[sl]], dw_all[fs[sl]])
+
+        res = forward.run(make_inputs, active.size * k, lab_dev[flat_image])
+        pred, p_lab, p_top, finite = (t.view(active.size, k).cpu().numpy() for t in res)
+        if pos == 0:  # column 0 is the zero shift: every image's unshifted output
+            out["pred"][active, 0] = out["pred"][active, 1] = pred[:, 0]
+            out["p_lab"][active, 0] = out["p_lab"][active, 1] = p_lab[:, 0]
+            out["p_top"][active, 0] = out["p_top"][active, 1] = p_top[:, 0]
+        bad = ~finite.all(axis=1)
+        nonfinite[active[bad]] = True
+        wrong = pred != labels[active][:, None]
+        failed = wrong.any(axis=1) & ~bad
+        if failed.any():
+            rows = np.flatnonzero(failed)
+            col = wrong[rows].argmax(axis=1)
+            img = active[rows]
+            fail[img] = cols[col]
+            out["pred"][img, 1] = pred[rows, col]
+            out["p_lab"][img, 1] = p_lab[rows, col]
+            out["p_top"][img, 1] = p_top[rows, col]
+        active = active[~(failed | bad)]
+        pos += k
+    keep = np.flatnonzero(~nonfinite)
+    if not keep.size:
+        return None, int(b)
+    n = keep.size
+    return ShiftBatch(
+        image_ids=ids_np[keep],
+        labels=labels[keep],
+        preds=out["pred"][keep],
+        p_label=out["p_lab"][keep],
+        p_top=out["p_top"][keep],
+        shift_index=np.stack([np.full(n, shifts.zero_index), fail[keep]], axis=1),
+        zero_slot=np.zeros(n, dtype=np.int64),
+        random_slot=np.zeros(n, dtype=np.int64),
+        pair_slots=np.zeros((n, pairs, 2), dtype=np.int64),
+        exhaustive=True,
+        num_shifts=n_shifts,
+        num_classes=forward.num_classes,
+    ), int(b - n)
