@@ -1,6 +1,13 @@
 """Train the built-in demo CNN and write ``shiftaudit/assets/demo.safetensors``.
 
-    .venv/bin/python scripts/train_demo.py            # about 2-3 minutes on 2 CPU cores
+    .venv/bin/python scripts/train_demo.py                          # about 2-3 minutes on 2 CPU cores
+    .venv/bin/python scripts/train_demo.py --antialias binomial5    # -> shiftaudit/assets/demo_aa.safetensors
+
+``--antialias FILTER`` anti-aliases the same architecture BEFORE training (``patch_model`` with
+``PatchConfig(filter=FILTER)``: blur before every subsampling, the paper's BlurPool) and trains it with exactly
+the baseline's data, seed and schedule, so that ``shiftaudit demo --compare-antialiased`` compares like with like.
+That checkpoint is written with :func:`shiftaudit.loading.save_model` and carries the patch spec, so
+``load_model`` rebuilds the blurred architecture before loading the weights.
 
 The model is trained WITHOUT shift augmentation on synthetic shapes (``shiftaudit.synthetic``), so that
 ``shiftaudit demo`` has an accurate model that is measurably not shift-invariant. The run is deterministic given
@@ -23,7 +30,16 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shiftaudit.models.demo import DEMO_ARCH, DEMO_TEST_SEED, DEMO_TRAIN_SEED, demo_checkpoint_path, demo_cnn  # noqa: E402
+from shiftaudit.loading import save_model  # noqa: E402
+from shiftaudit.models.demo import (  # noqa: E402
+    DEMO_ARCH,
+    DEMO_TEST_SEED,
+    DEMO_TRAIN_SEED,
+    demo_aa_checkpoint_path,
+    demo_checkpoint_path,
+    demo_cnn,
+)
+from shiftaudit.patching import PatchConfig, patch_model  # noqa: E402
 from shiftaudit.presets import Preprocessing  # noqa: E402
 from shiftaudit.synthetic import make_synthetic  # noqa: E402
 
@@ -63,8 +79,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--test-images", type=int, default=1024)
-    ap.add_argument("--out", type=Path, default=demo_checkpoint_path())
+    ap.add_argument("--antialias", metavar="FILTER", default=None,
+                    help="anti-alias the model with this blur filter (e.g. binomial5) before training; "
+                         "default output becomes shiftaudit/assets/demo_aa.safetensors")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output file (default: the packaged demo.safetensors, or demo_aa.safetensors with --antialias)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = demo_aa_checkpoint_path() if args.antialias else demo_checkpoint_path()
 
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
@@ -75,6 +97,12 @@ def main() -> None:
     x_test, y_test = to_input(timgs), torch.from_numpy(tlabels)
 
     model = demo_cnn(len(names))
+    patch_spec = None
+    if args.antialias:
+        # Patching adds only fixed blur buffers, so the random initialisation (and the RNG stream) matches the baseline.
+        patched = patch_model(model, PatchConfig(filter=args.antialias))
+        model, patch_spec = patched.model, patched.spec
+        print(f"anti-aliased with {patched.config.filter}: {', '.join(s.name for s in patched.patched)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
@@ -99,7 +127,6 @@ def main() -> None:
     print(f"final: test accuracy {acc:.4f}, sampled consistency {cons:.4f} on {len(x_test)} images; trained in {train_s:.0f} s")
 
     model.eval()
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     info = {
         "seed": args.seed,
         "train_seed": DEMO_TRAIN_SEED,
@@ -113,6 +140,15 @@ def main() -> None:
         "train_seconds": round(train_s, 1),
         "torch": torch.__version__,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if patch_spec is not None:
+        info["filter"] = patch_spec["filter"]
+        save_model(model, args.out, arch=DEMO_ARCH, num_classes=len(names), preprocessing=PREP,
+                   class_names=list(names), patch_spec=patch_spec, extra_metadata={"shiftaudit.train_info": json.dumps(info)})
+        args.out.chmod(0o644)
+        print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
+        return
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {
         "shiftaudit.format": "1",
         "shiftaudit.arch": DEMO_ARCH,
@@ -121,7 +157,6 @@ def main() -> None:
         "shiftaudit.class_names": json.dumps(list(names)),
         "shiftaudit.train_info": json.dumps(info),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=metadata)
     args.out.chmod(0o644)  # package data: readable by everyone
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")

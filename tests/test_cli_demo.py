@@ -25,3 +25,16 @@ def test_demo_patch_compares_baseline_and_patched(tmp_path):
     res = runner.invoke(app, ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--patch", "tri3", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "Baseline" in res.stdout and "Patched (tri3" in res.stdout
+
+
+def test_demo_compare_antialiased_adds_the_model_trained_with_blur():
+    res = runner.invoke(app, ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--compare-antialiased", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "Baseline" in res.stdout and "Trained with blur (tri3)" in res.stdout and "Patched" not in res.stdout
+
+
+def test_demo_patch_and_compare_antialiased_print_three_columns():
+    res = runner.invoke(app, ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--patch", "tri3",
+                              "--compare-antialiased", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "Baseline" in res.stdout and "post hoc" in res.stdout and "with blur" in res.stdout  # headers wrap at 80 columns

@@ -58,6 +58,7 @@ def demo_command(
     images: Annotated[int, typer.Option("--images", "-n", min=1, help="How many synthetic test images to audit.")] = 64,
     max_shift: Annotated[int, typer.Option("--max-shift", min=0, max=16, help="Largest shift in px (16 = all 32x32 shifts, the paper's protocol).")] = 16,
     patch_filter: Annotated[str | None, typer.Option("--patch", help="Also anti-alias the demo model with this filter (e.g. tri3), re-estimate its BatchNorm statistics on other synthetic images, and compare.")] = None,
+    compare_antialiased: Annotated[bool, typer.Option("--compare-antialiased", help="Also audit the shipped demo model trained WITH blur-before-subsampling (same data, seed and schedule) and compare it with the baseline (and with --patch, if given).")] = False,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = None,
     out: OutOpt = None,
@@ -66,7 +67,7 @@ def demo_command(
     """Audit the built-in demo model (a small CNN trained without shift augmentation) on built-in synthetic images."""
     from ..engine import audit
     from ..loading import load_model
-    from ..models.demo import DEMO_TRAIN_SEED, demo_checkpoint_path
+    from ..models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
     from .progress import RichProgress
 
     loaded = load_model(demo_checkpoint_path())
@@ -79,20 +80,32 @@ def demo_command(
         for line in explain(result):
             console.print(line, soft_wrap=False)
         console.print()
+    columns: list[tuple[str, AuditResult]] = [("Baseline", result)]
     if patch_filter is not None:
         import dataclasses
 
         from ..patching import PatchConfig, patch_model, recalibrate_batchnorm
-        from ..report.terminal import comparison_table
 
         patched = patch_model(loaded.model, PatchConfig(filter=patch_filter))
         calibration = demo_dataset(512, loaded.preprocessing, seed=DEMO_TRAIN_SEED)
         recalibrate_batchnorm(patched.model, calibration, num_images=512)
         after = audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset,
                       max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
-        console.print(comparison_table([("Baseline", result), (f"Patched ({patched.config.filter}, BN re-estimated)", after)]))
+        f = patched.config.filter
+        columns.append((f"Patched post hoc ({f}, new BN stats)" if compare_antialiased else f"Patched ({f}, BN re-estimated)", after))
+    if compare_antialiased:
+        trained = load_model(demo_aa_checkpoint_path())
+        aa_filter = (trained.patch_spec or {}).get("filter", "blur")
+        aa_result = audit(trained, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
+        columns.append((f"Trained with blur ({aa_filter})", aa_result))
+    if len(columns) > 1:
+        from ..report.terminal import comparison_table
+
+        console.print(comparison_table(columns))
         console.print()
     if not quiet:
-        console.print("Next: `shiftaudit demo --patch tri3` shows what anti-aliasing buys; `shiftaudit inspect MODEL` shows where a "
-                      "network downsamples; `shiftaudit eval MODEL --data DIR` audits your own model.")
+        console.print("Next: `shiftaudit demo --compare-antialiased` compares a model trained with anti-aliasing "
+                      "(blur before subsampling); `shiftaudit demo --patch tri3` patches this one after training; "
+                      "`shiftaudit inspect MODEL` shows where a network downsamples; `shiftaudit eval MODEL --data DIR` "
+                      "audits your own model.")
     raise typer.Exit(code)

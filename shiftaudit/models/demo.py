@@ -47,3 +47,10 @@ def demo_cnn(num_classes: int = 10) -> nn.Module:
 def demo_checkpoint_path() -> Path:
     """The packaged demo checkpoint (``shiftaudit/assets/demo.safetensors``)."""
     return Path(__file__).resolve().parent.parent / "assets" / "demo.safetensors"
+
+
+def demo_aa_checkpoint_path() -> Path:
+    """The packaged anti-aliased demo checkpoint (``shiftaudit/assets/demo_aa.safetensors``): the same network and
+    training run as :func:`demo_checkpoint_path`, but with blur-before-subsampling in place from the start
+    (``scripts/train_demo.py --antialias``). Its metadata carries the patch spec, so ``load_model`` rebuilds it."""
+    return Path(__file__).resolve().parent.parent / "assets" / "demo_aa.safetensors"
