@@ -100,7 +100,7 @@ def main() -> None:
     patch_spec = None
     if args.antialias:
         # Patching adds only fixed blur buffers, so the random initialisation (and the RNG stream) matches the baseline.
-        patched = patch_model(model, PatchConfig(filter=args.antialias))
+        patched = patch_model(model, PatchConfig(filter=args.antialias, pad="circular"))
         model, patch_spec = patched.model, patched.spec
         print(f"anti-aliased with {patched.config.filter}: {', '.join(s.name for s in patched.patched)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)

@@ -45,17 +45,18 @@ def explain(result: AuditResult) -> list[str]:
         if r1 is not None and acc is not None:
             lines.append(
                 f"If an adversary may shift each image by at most 1 px, accuracy drops from {100 * acc:.1f} % to "
-                f"{100 * r1:.1f} %; at {rmax} px, to {100 * curve[rmax]:.1f} %. The loss at 1-2 px is aliasing: strided "
-                "pooling subsamples without a low-pass filter (at large shifts, wrapping the object around the border "
-                "adds to it)."
+                f"{100 * r1:.1f} %; at {rmax} px, to {100 * curve[rmax]:.1f} %. The network pads circularly, so no "
+                "border effect is involved: every flip is aliasing, from max-pooling that subsamples without a "
+                "low-pass filter."
             )
+    return lines
     return lines
 
 
 @app.command("demo")
 @handle_errors
 def demo_command(
-    images: Annotated[int, typer.Option("--images", "-n", min=1, help="How many synthetic test images to audit.")] = 64,
+    images: Annotated[int, typer.Option("--images", "-n", min=1, help="How many synthetic test images to audit.")] = 256,
     max_shift: Annotated[int, typer.Option("--max-shift", min=0, max=16, help="Largest shift in px (16 = all 32x32 shifts, the paper's protocol).")] = 16,
     patch_filter: Annotated[str | None, typer.Option("--patch", help="Also anti-alias the demo model with this filter (e.g. tri3), re-estimate its BatchNorm statistics on other synthetic images, and compare.")] = None,
     compare_antialiased: Annotated[bool, typer.Option("--compare-antialiased", help="Also audit the shipped demo model trained WITH blur-before-subsampling (same data, seed and schedule) and compare it with the baseline (and with --patch, if given).")] = False,
@@ -64,7 +65,8 @@ def demo_command(
     out: OutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Audit the built-in demo model (a small CNN trained without shift augmentation) on built-in synthetic images."""
+    """Audit the built-in demo model (a small circularly padded CNN trained without shift augmentation) on built-in
+    synthetic images, at every circular shift."""
     from ..engine import audit
     from ..loading import load_model
     from ..models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
@@ -73,7 +75,7 @@ def demo_command(
     loaded = load_model(demo_checkpoint_path())
     dataset = demo_dataset(images, loaded.preprocessing)
     result = audit(loaded, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
-    result.model["description"] = "built-in demo CNN (VGG-style, max-pooling, trained without shift augmentation)"
+    result.model["description"] = "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
     code = report_result(result, json_out=json_out, out=out, quiet=quiet, dataset=dataset)
     if not quiet:
         console.print()
@@ -86,7 +88,7 @@ def demo_command(
 
         from ..patching import PatchConfig, patch_model, recalibrate_batchnorm
 
-        patched = patch_model(loaded.model, PatchConfig(filter=patch_filter))
+        patched = patch_model(loaded.model, PatchConfig(filter=patch_filter, pad="circular"))
         calibration = demo_dataset(512, loaded.preprocessing, seed=DEMO_TRAIN_SEED)
         recalibrate_batchnorm(patched.model, calibration, num_images=512)
         after = audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset,

@@ -21,24 +21,29 @@ DEMO_ARCH = "shiftaudit.models.demo:demo_cnn"
 WIDTHS = (16, 32, 64)
 
 
-def _stage(c_in: int, c_out: int) -> list[nn.Module]:
+def _stage(c_in: int, c_out: int, padding_mode: str) -> list[nn.Module]:
     return [
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False, padding_mode=padding_mode),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False, padding_mode=padding_mode),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     ]
 
 
-def demo_cnn(num_classes: int = 10) -> nn.Module:
-    """Three stages of (conv-BN-ReLU) x 2 + MaxPool2d(2), then global average pooling and a linear classifier."""
+def demo_cnn(num_classes: int = 10, padding_mode: str = "circular") -> nn.Module:
+    """Three stages of (conv-BN-ReLU) x 2 + MaxPool2d(2), then global average pooling and a linear classifier.
+
+    Convs pad circularly, as in the paper's experiments ("we use circular shifting and convolution"): under circular
+    shifts the network is then exactly invariant to shifts by multiples of its total stride (8), and every
+    inconsistency the demo shows comes from aliasing at the three subsampling steps, not from the border.
+    """
     layers: list[nn.Module] = []
     c = 3
     for w in WIDTHS:
-        layers += _stage(c, w)
+        layers += _stage(c, w, padding_mode)
         c = w
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)
