@@ -12,6 +12,12 @@ roll stacked as well. The batch then holds the output of every one of the H*W ci
 dense evaluation per layer (the total spatial extent never shrinks), e.g. ~24x fewer FLOPs than 1024 passes for
 VGG-13 at 32x32. Exactness rests on a whitelist checked on a ``torch.fx`` graph plus a numeric probe in the engine;
 anything else falls back to the normal engine. See docs/performance.md for the bookkeeping.
+
+Models patched by :mod:`shiftaudit.patching` with circular blur padding are accepted too: a circular ``BlurPool2d``
+of stride s is a circularly padded depthwise conv of stride s (a subsampling like any strided conv), and the blur
+modules that wrap a dense op (``PoolBlur2d``, ``ConvThenBlur2d``, ``BlurThenConv2d``) are split in the traced graph
+into their stride-1 part and their blur, so the phases are stacked right before the subsampling. ``APSDown2d``
+chooses its phase from the data and is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .blurpool import BlurPool2d
+from .patching.aps import APSDown2d
+from .patching.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 
 Signature = tuple[tuple[Any, ...], ...]  # per downsampling ("s", sh, sw); a final ("q", hf, wf) residual stack
 
@@ -63,11 +71,86 @@ def _residuals(x: torch.Tensor) -> torch.Tensor:
     return _phases(x, x.shape[-2], x.shape[-1])
 
 
+class _CircularPool(nn.Module):
+    """The dense half of a circular ``PoolBlur2d``: circular padding, then its stride-1 pool (the same ops, in order)."""
+
+    def __init__(self, owner: PoolBlur2d) -> None:
+        super().__init__()
+        (kh, kw), (ph, pw), (dh, dw) = owner.kernel, owner.padding, owner.dilation
+        self.pads = (pw, dw * (kw - 1) - pw, ph, dh * (kh - 1) - ph)
+        self.pool = owner.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.pad(x, self.pads, mode="circular"))
+
+
+_LEAVES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d, _CircularPool)
+
+
 class _Tracer(fx.Tracer):
-    """torch.nn modules and BlurPool2d stay leaves, so the whitelist sees layers, not their internals."""
+    """torch.nn modules and the blur modules stay leaves, so the whitelist sees layers, not their internals."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BlurPool2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
+    """An ``nn.Conv2d`` with ``m``'s geometry that shares its weight and bias (the conv half of a conv+blur module)."""
+    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                     dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+                     device="meta")
+    conv.weight = m.weight
+    conv.bias = m.bias
+    conv.train(m.training)
+    return conv
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+def _split_blur_modules(gm: fx.GraphModule) -> None:
+    """Replace each call of a conv/pool + blur module by a call of its stride-1 part and a call of its blur.
+
+    ``ConvThenBlur2d`` -> conv (stride 1), blur; ``BlurThenConv2d`` -> blur, conv; a circular ``PoolBlur2d`` ->
+    circular pad + stride-1 pool, blur. The parts run exactly the ops the module's forward runs, in the same order;
+    the new submodules live on ``gm`` only (the model is not touched) and share the model's parameters. Modules
+    with forward hooks, and non-circular ``PoolBlur2d``, stay whole (the analysis then refuses them).
+    """
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        m = modules[str(node.target)]
+        if not isinstance(m, (PoolBlur2d, ConvThenBlur2d, BlurThenConv2d)) or _has_hooks(m):
+            continue
+        if isinstance(m, PoolBlur2d):
+            if not m.circular:
+                continue
+            dense: nn.Module = _CircularPool(m)
+        else:
+            dense = _plain_conv(m)
+        name = f"_polyphase_dense_{count}"
+        while name in modules:
+            count += 1
+            name = f"_polyphase_dense_{count}"
+        count += 1
+        gm.add_submodule(name, dense)
+        modules[name] = dense
+        blur_name = f"{node.target}.blur"
+        with gm.graph.inserting_before(node):
+            if isinstance(m, BlurThenConv2d):
+                first = gm.graph.call_module(blur_name, node.args, dict(node.kwargs))
+                last = gm.graph.call_module(name, (first,))
+            else:
+                first = gm.graph.call_module(name, node.args, dict(node.kwargs))
+                last = gm.graph.call_module(blur_name, (first,))
+        node.replace_all_uses_with(last)
+        gm.graph.erase_node(node)
+    if count:
+        gm.graph.lint()
+        gm.recompile()
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -155,10 +238,27 @@ class _Analyser:
             if any(_pair(m.padding)) or (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != (1, 1)):
                 raise self.fail(node, "a padded or dilated pool is not circular")
             return self.downsample(node, _pair(m.stride if m.stride is not None else m.kernel_size))
-        if isinstance(m, BlurPool2d):
+        if isinstance(m, BlurPool2d) and type(m) is BlurPool2d:
+            # blur_pool2d: a depthwise conv on the padded input at stride s; with circular padding (any filter size,
+            # even ones padding (k-1)//2 before and k//2 after) it is a circular conv of stride s, exact on H % s == 0
             if m.pad_mode != "circular" and tuple(m.kernel.shape[-2:]) != (1, 1):
-                raise self.fail(node, f"BlurPool2d pads by {m.pad_mode}, not circularly")
+                raise self.fail(node, f"BlurPool2d pads by {m.pad_mode}, not circularly (patch with pad='circular')")
             return self.downsample(node, _pair(m.stride))
+        if isinstance(m, _CircularPool):
+            pool = m.pool
+            if type(pool) not in (nn.MaxPool2d, nn.AvgPool2d) or _pair(pool.stride) != (1, 1) or any(_pair(pool.padding)) \
+                    or pool.ceil_mode or getattr(pool, "return_indices", False):
+                raise self.fail(node, "the dense pool of a PoolBlur2d is not a plain stride-1 pool")
+            return self.downsample(node, (1, 1))  # circular padding + stride-1 pool: circularly equivariant
+        if isinstance(m, APSDown2d):
+            raise self.fail(node, "APSDown2d (adaptive polyphase sampling) picks its phase from the data, so its "
+                                  "output cannot be decomposed into fixed phases")
+        if isinstance(m, PoolBlur2d):
+            why = "has forward hooks" if _has_hooks(m) else \
+                "pools without wrapping around the border (patch with pad='circular' or circular_conv=True)"
+            raise self.fail(node, f"PoolBlur2d {why}")
+        if isinstance(m, (ConvThenBlur2d, BlurThenConv2d)):
+            raise self.fail(node, f"{type(m).__name__} has forward hooks")
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             if _pair(m.output_size if m.output_size is not None else 1) != (1, 1):
                 raise self.fail(node, "an adaptive pool to more than 1x1 is not shift-invariant")
@@ -344,6 +444,7 @@ def build_polyphase(model: nn.Module, sample: torch.Tensor, dh: np.ndarray, dw: 
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: not applicable
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PolyphaseUnsupported(f"torch.fx cannot trace the model ({first})") from None
+    _split_blur_modules(gm)
     try:
         with torch.inference_mode():
             ShapeProp(gm).propagate(sample)
