@@ -201,7 +201,9 @@ def test_metrics_end_to_end_in_each_mode(shift_mode, kwargs, margin):
     back = AuditResult.from_json(json.loads(text))
     assert back.settings["shift_mode"] == shift_mode
     title = describe_run(back)
-    assert f"shift mode {shift_mode}" in title and "padding" in title
+    noun, padding = {"circular": ("circular shifts", "wrap-around"), "crop": ("crop shifts", "new content enters"),
+                     "subpixel": ("sub-pixel shifts", "Fourier")}[shift_mode]
+    assert noun in title and padding in title  # every report names its shift mode and its padding
     audit_table(back, title=title)  # renders with fractional radii too
     assert set(back.adversarial_curve) == set(adv["radius"])
 
@@ -267,7 +269,8 @@ def test_cli_eval_crop_mode_and_compare_refuses_mixed_modes(tmp_path):
     crop_json, circ_json = tmp_path / "crop.json", tmp_path / "circ.json"
     res = runner.invoke(app, common + ["--shift-mode", "crop", "--json", str(crop_json)])
     assert res.exit_code == 0, res.output
-    assert "shift mode crop" in " ".join(res.output.split())  # the table title (wrapped by rich)
+    title = " ".join(res.output.split())  # the table title (wrapped by rich)
+    assert "crop shifts" in title and "new content enters at the border" in title
     rep = json.loads(crop_json.read_text())
     assert rep["settings"]["shift_mode"] == "crop" and rep["settings"]["shifts"]["count"] == 81
     assert rep["data"]["image_size"] == [16, 16] and rep["data"]["preprocessing"]["size"] == [24, 24]

@@ -76,6 +76,7 @@ def demo_command(
     dataset = demo_dataset(images, loaded.preprocessing)
     result = audit(loaded, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
     result.model["description"] = "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
+    result.model["source"] = "built-in demo.safetensors"
     code = report_result(result, json_out=json_out, out=out, quiet=quiet, dataset=dataset)
     if not quiet:
         console.print()

@@ -101,7 +101,8 @@ def describe_run(result: AuditResult) -> str:
         shifts = f"all {s.get('count')} {noun}"
     elif s.get("max_shift") is not None:
         shifts += f" within +/-{s['max_shift']} px" + (f", step {s['step']:g}" if s.get("step", 1) != 1 else "")
-    shifts += f", shift mode {shift_mode} (padding: {s.get('padding') or PADDING.get(shift_mode, '?')})"  # no [..]: rich markup
+    padding = "wrap-around" if shift_mode == "circular" else (s.get("padding") or PADDING.get(shift_mode, "?"))
+    shifts += f" ({padding})"  # the noun names the shift mode; no [..]: rich markup
     mode = result.settings.get("mode", "")
     dev = result.environment.get("device_name") or result.environment.get("device", "")
     name = f"{model} ({src})" if src else str(model)
@@ -225,7 +226,7 @@ def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Befor
     A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`).
     """
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric")
+    t.add_column("Metric", no_wrap=True)
     for name, _ in results:
         t.add_column(name, justify="right")
     others = list(range(1, len(results)))
