@@ -138,14 +138,15 @@ def compare_command(
     Exit codes: 0 compared, 2 a file is not a shiftaudit report, is newer than this version, or ran on other data.
     """
     from ..atomicio import ensure_writable_dir, write_json_atomic
-    from ..report.terminal import comparison_table
+    from ..report.terminal import comparison_table, describe_shifts
 
     if len(files) < 2:
         raise UsageError("compare needs at least two reports, e.g. shiftaudit compare baseline.json patched.json.")
     labels = run_names(files, names)
     runs = [(label, load_report(path)) for label, path in zip(labels, files)]
     notes = check_same_data(runs)
-    console.print(comparison_table(runs, title=f"Comparison on {runs[0][1].data.get('description', 'the same data')}"))
+    first = runs[0][1]
+    console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}"))
     for note in notes:
         console.print(f"note: {note}", style="dim", soft_wrap=True)
     if json_out is not None:

@@ -102,9 +102,9 @@ def demo_command(
         aa_result = audit(trained, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
         columns.append((f"Trained with blur ({aa_filter})", aa_result))
     if len(columns) > 1:
-        from ..report.terminal import comparison_table
+        from ..report.terminal import comparison_table, describe_shifts
 
-        console.print(comparison_table(columns))
+        console.print(comparison_table(columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}"))
         console.print()
     if not quiet:
         console.print("Next: `shiftaudit demo --compare-antialiased` compares a model trained with anti-aliasing "

@@ -28,6 +28,7 @@ from .common import (
     RawOpt,
     ResizeOpt,
     SeedOpt,
+    ShiftModeOpt,
     ShiftStepOpt,
     SizeOpt,
     StdOpt,
@@ -101,6 +102,7 @@ def patch_command(
     max_shift: MaxShiftOpt = None,
     shift_step: ShiftStepOpt = None,
     mode: ModeOpt = "auto",
+    shift_mode: ShiftModeOpt = "circular",
     pairs: PairsOpt = 5,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -114,7 +116,7 @@ def patch_command(
     from ..errors import UsageError
     from ..inspection import inspect_model
     from ..patching import PatchConfig, compare_latency, patch_model, recalibrate_batchnorm
-    from ..report.terminal import comparison_table, inspection_table
+    from ..report.terminal import comparison_table, describe_shifts, inspection_table
     from .eval_cmd import load_dataset_from_cli, run_eval
     from .progress import RichProgress
 
@@ -157,7 +159,8 @@ def patch_command(
     dataset = None
     if data is not None:
         dataset = load_dataset_from_cli(loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std,
-                                        data_kind=data_kind, class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw)
+                                        data_kind=data_kind, class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
+                                        shift_mode=shift_mode if evaluate else "circular", max_shift=max_shift)
     dev = resolve_device(device)
     report: dict[str, Any] = {"schema": "shiftaudit/patch-report", "schema_version": 1, "model": str(model), **result.to_json()}
     if recalibrate:
@@ -180,13 +183,14 @@ def patch_command(
     if evaluate:
         import dataclasses
 
-        kwargs = dict(thresholds=[], max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs, seed=seed,
+        kwargs = dict(thresholds=[], max_shift=max_shift, shift_step=shift_step, mode=mode, shift_mode=shift_mode, pairs=pairs, seed=seed,
                       device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet)
         before = run_eval(loaded, dataset, **kwargs)
         after = run_eval(dataclasses.replace(loaded, model=result.model, patch_spec=result.spec), dataset, **kwargs)
         shape = (1, prep.channels, *prep.size)
         lat_before, lat_after = compare_latency([loaded.model, result.model], shape, device=dev)
-        console.print(comparison_table([("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)]))
+        title = f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
+        console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)]))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
         report["before"] = before.to_json()
         report["after"] = after.to_json()

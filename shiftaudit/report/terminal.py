@@ -89,10 +89,8 @@ PADDING = {"circular": "circular (wrap-around)", "crop": "none: crops of a large
            "subpixel": "periodic (Fourier phase shift)"}  # for reports written before shift modes
 
 
-def describe_run(result: AuditResult) -> str:
-    model = result.model.get("arch") or result.model.get("description") or "model"
-    src = result.model.get("source")
-    data = result.data.get("description", "")
+def describe_shifts(result: AuditResult) -> str:
+    """The shift set in words, naming the shift mode and what fills the border (e.g. "all 1024 circular shifts (wrap-around)")."""
     s = result.settings.get("shifts", {})
     shift_mode = s.get("mode") or result.settings.get("shift_mode") or "circular"
     noun = {"crop": "crop shifts", "subpixel": "sub-pixel shifts"}.get(shift_mode, "circular shifts")
@@ -102,11 +100,17 @@ def describe_run(result: AuditResult) -> str:
     elif s.get("max_shift") is not None:
         shifts += f" within +/-{s['max_shift']} px" + (f", step {s['step']:g}" if s.get("step", 1) != 1 else "")
     padding = "wrap-around" if shift_mode == "circular" else (s.get("padding") or PADDING.get(shift_mode, "?"))
-    shifts += f" ({padding})"  # the noun names the shift mode; no [..]: rich markup
+    return f"{shifts} ({padding})"  # no [..]: rich markup
+
+
+def describe_run(result: AuditResult) -> str:
+    model = result.model.get("arch") or result.model.get("description") or "model"
+    src = result.model.get("source")
+    data = result.data.get("description", "")
     mode = result.settings.get("mode", "")
     dev = result.environment.get("device_name") or result.environment.get("device", "")
     name = f"{model} ({src})" if src else str(model)
-    return f"{name} on {data}; {shifts}, {mode}; {dev}"
+    return f"{name} on {data}; {describe_shifts(result)}, {mode}; {dev}"
 
 
 @dataclass
