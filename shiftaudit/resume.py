@@ -49,7 +49,7 @@ class ResumeState:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.interval = float(interval)
-        self.done_ids = np.zeros(0, dtype=np.int64)
+        self._done: list[np.ndarray] = []  # ids per batch, joined when read (no quadratic regrowth)
         self.counters: dict[str, int] = {"images_done": 0, "nonfinite_images": 0, "rows": 0}
         self._last_save = time.monotonic()
         self.resumed = False
@@ -77,10 +77,16 @@ class ResumeState:
         for m in metric_list:
             prefix = f"{m.name}/"
             m.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-        self.done_ids = arrays.get("__done__", np.zeros(0, dtype=np.int64)).astype(np.int64)
+        self._done = [arrays.get("__done__", np.zeros(0, dtype=np.int64)).astype(np.int64)]
         self.counters.update({k: int(v) for k, v in meta.get("counters", {}).items()})
         self.resumed = True
         return True
+
+    @property
+    def done_ids(self) -> np.ndarray:
+        if len(self._done) != 1:
+            self._done = [np.concatenate(self._done) if self._done else np.zeros(0, dtype=np.int64)]
+        return self._done[0]
 
     def remaining(self, n: int) -> np.ndarray:
         """Dataset positions still to audit, in order."""
@@ -90,7 +96,7 @@ class ResumeState:
 
     def record(self, ids: np.ndarray, metric_list: list[Metric], *, images_done: int, nonfinite_images: int,
                rows: int, force: bool = False) -> None:
-        self.done_ids = np.concatenate([self.done_ids, ids.astype(np.int64)])
+        self._done.append(ids.astype(np.int64))
         self.counters = {"images_done": images_done, "nonfinite_images": nonfinite_images, "rows": rows}
         if force or time.monotonic() - self._last_save >= self.interval:
             self.save(metric_list)

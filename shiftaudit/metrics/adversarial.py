@@ -39,8 +39,8 @@ class AdversarialCurve(PerImageMetric):
         self.shift_radius = shift_set.radius
         self.radii = shift_set.radii
         self.fractional = shift_set.radius.dtype.kind == "f"
-        if self.fractional:
-            self.values = np.zeros(0, dtype=np.float64)
+        # exact integer radii (float64 cannot hold NEVER exactly); sub-pixel radii as floats (inf: never)
+        self.value_dtype = np.float64 if self.fractional else np.int64
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.labels is not None
@@ -52,18 +52,6 @@ class AdversarialCurve(PerImageMetric):
     def first_failure(self) -> np.ndarray:
         dt = np.float64 if self.fractional else np.int64
         return self.sorted_values()[1].astype(dt) if self.values.size else np.zeros(0, dt)
-
-    def sorted_values(self) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(self.ids, kind="stable")
-        return self.ids[order], self.values[order]
-
-    def _append(self, ids: np.ndarray, values: np.ndarray) -> None:
-        # Keep radii as exact integers (float64 cannot hold NEVER exactly); sub-pixel radii as floats (inf: never).
-        self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
-        if self.fractional:
-            self.values = np.concatenate([self.values.astype(np.float64), values.astype(np.float64)])
-            return
-        self.values = np.concatenate([self.values.astype(np.int64), values.astype(np.int64)])
 
     def compute(self) -> dict[str, Any]:
         first = self.first_failure()

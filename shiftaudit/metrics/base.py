@@ -78,19 +78,48 @@ class Metric(ABC):
 
 
 class PerImageMetric(Metric):
-    """Keeps one value per image, keyed by image id, so merged and resumed runs sort back into dataset order."""
+    """Keeps one value per image, keyed by image id, so merged and resumed runs sort back into dataset order.
+
+    Batches are kept as chunks and joined once when read: an all-shift run updates with one image at a time, and
+    growing one array per update would copy the whole history every batch (quadratic in the number of images).
+    """
+
+    value_dtype: Any = np.float64  # AdversarialCurve keeps exact integer radii
 
     def __init__(self) -> None:
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.values = np.zeros(0, dtype=np.float64)
+        self._ids: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._joined("_ids", np.int64)
+
+    @ids.setter
+    def ids(self, value: np.ndarray) -> None:
+        self._ids = [np.asarray(value, dtype=np.int64)]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._joined("_values", self.value_dtype)
+
+    @values.setter
+    def values(self, value: np.ndarray) -> None:
+        self._values = [np.asarray(value, dtype=self.value_dtype)]
+
+    def _joined(self, attr: str, dtype: Any) -> np.ndarray:
+        chunks = getattr(self, attr)
+        if len(chunks) != 1:
+            chunks[:] = [np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype=dtype)]
+        return chunks[0]
 
     def _append(self, ids: np.ndarray, values: np.ndarray) -> None:
-        self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
-        self.values = np.concatenate([self.values, values.astype(np.float64)])
+        self._ids.append(ids.astype(np.int64))
+        self._values.append(values.astype(self.value_dtype))
 
     def sorted_values(self) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(self.ids, kind="stable")
-        return self.ids[order], self.values[order]
+        ids, values = self.ids, self.values
+        order = np.argsort(ids, kind="stable")
+        return ids[order], values[order]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"ids": self.ids, "values": self.values}
