@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def setup(device: torch.device) -> DistContext | None:
         try:
             torch_dist.init_process_group(backend=backend)
         except (RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UsageError(f"Cannot join the torchrun process group: {first}.") from None
     return DistContext(torch_dist.get_rank(), torch_dist.get_world_size(), device)
 

@@ -42,3 +42,11 @@ class OutputError(ShiftAuditError):
 
 class ModelError(ShiftAuditError):
     """The model misbehaves on valid input (wrong output shape, fails to run)."""
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for one-sentence errors (``default``: the exception's type name)."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, first_line
 from .observers import Observer
 
 
@@ -71,7 +71,7 @@ class BatchedForward:
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a compile failure must not cost the user the audit
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             self.notes.append(f"torch.compile failed ({first[:120]}); ran the model eagerly")
             self.model, self.eager = self.eager, None
             return self.model(x)
@@ -121,7 +121,7 @@ class BatchedForward:
                     except (ModelError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
                         raise
                     except Exception as exc:  # the user's model failed (a TypeError is its fault too, not ours)
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        first = first_line(exc)
                         raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {first}") from None
                 logits = as_logits(out, (stop - start) * fan_out).float()
                 for o in observers:
@@ -139,7 +139,7 @@ class BatchedForward:
             except (ModelError, KeyboardInterrupt):
                 raise
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise ModelError(
                     f"The model failed on a batch of shape {tuple(x.shape) if 'x' in locals() else '?'}: {first}"
                 ) from None

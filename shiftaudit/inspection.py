@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, first_line
+from .sizes import pair
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -61,13 +62,8 @@ class Inspection:
         }
 
 
-def _pair(v: Any) -> tuple[int, int] | None:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(x) for x in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+def _opt_pair(v: Any) -> tuple[int, int] | None:
+    return None if v is None else pair(v)
 
 
 def _kind(module: nn.Module) -> str:
@@ -135,7 +131,7 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
         with torch.no_grad():
             out = model(torch.zeros(1, c, h, w, device=dev, dtype=dtype))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"The model failed on a {c}x{h}x{w} input: {first}") from None
     finally:
         for hd in hooks:
@@ -159,7 +155,7 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
             role = "global" if i > last_spatial else "squeeze"
         elif ins == (h, w):
             role = "stem"
-        elif kind == "conv" and _pair(getattr(module, "kernel_size", None)) == (1, 1):
+        elif kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1):
             role = "shortcut"
         else:
             role = "main"
@@ -168,8 +164,8 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
                 name=name,
                 kind="global-pool" if is_global else kind,
                 module=type(module).__name__,
-                kernel=_pair(getattr(module, "kernel_size", None)),
-                stride=_pair(getattr(module, "stride", None)),
+                kernel=_opt_pair(getattr(module, "kernel_size", None)),
+                stride=_opt_pair(getattr(module, "stride", None)),
                 in_size=ins,
                 out_size=outs,
                 channels=ch,

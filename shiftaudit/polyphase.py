@@ -33,8 +33,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .blurpool import BlurPool2d
+from .errors import first_line
 from .patching.aps import APSDown2d
 from .patching.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+from .sizes import pair
 
 Signature = tuple[tuple[Any, ...], ...]  # per downsampling ("s", sh, sw); a final ("q", hf, wf) residual stack
 
@@ -153,10 +155,6 @@ def _split_blur_modules(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _shape(node: Any) -> tuple[int, ...] | None:
     meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -233,20 +231,20 @@ class _Analyser:
             pads = m.padding if isinstance(m.padding, tuple) else (1, 1)
             if any(pads) and m.padding_mode != "circular":
                 raise self.fail(node, f"pads with {m.padding_mode}, not circularly")
-            return self.downsample(node, _pair(m.stride))
+            return self.downsample(node, pair(m.stride))
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and type(m) in (nn.MaxPool2d, nn.AvgPool2d):
-            if any(_pair(m.padding)) or (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != (1, 1)):
+            if any(pair(m.padding)) or (isinstance(m, nn.MaxPool2d) and pair(m.dilation) != (1, 1)):
                 raise self.fail(node, "a padded or dilated pool is not circular")
-            return self.downsample(node, _pair(m.stride if m.stride is not None else m.kernel_size))
+            return self.downsample(node, pair(m.stride if m.stride is not None else m.kernel_size))
         if isinstance(m, BlurPool2d) and type(m) is BlurPool2d:
             # blur_pool2d: a depthwise conv on the padded input at stride s; with circular padding (any filter size,
             # even ones padding (k-1)//2 before and k//2 after) it is a circular conv of stride s, exact on H % s == 0
             if m.pad_mode != "circular" and tuple(m.kernel.shape[-2:]) != (1, 1):
                 raise self.fail(node, f"BlurPool2d pads by {m.pad_mode}, not circularly (patch with pad='circular')")
-            return self.downsample(node, _pair(m.stride))
+            return self.downsample(node, pair(m.stride))
         if isinstance(m, _CircularPool):
             pool = m.pool
-            if type(pool) not in (nn.MaxPool2d, nn.AvgPool2d) or _pair(pool.stride) != (1, 1) or any(_pair(pool.padding)) \
+            if type(pool) not in (nn.MaxPool2d, nn.AvgPool2d) or pair(pool.stride) != (1, 1) or any(pair(pool.padding)) \
                     or pool.ceil_mode or getattr(pool, "return_indices", False):
                 raise self.fail(node, "the dense pool of a PoolBlur2d is not a plain stride-1 pool")
             return self.downsample(node, (1, 1))  # circular padding + stride-1 pool: circularly equivariant
@@ -260,7 +258,7 @@ class _Analyser:
         if isinstance(m, (ConvThenBlur2d, BlurThenConv2d)):
             raise self.fail(node, f"{type(m).__name__} has forward hooks")
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            if _pair(m.output_size if m.output_size is not None else 1) != (1, 1):
+            if pair(m.output_size if m.output_size is not None else 1) != (1, 1):
                 raise self.fail(node, "an adaptive pool to more than 1x1 is not shift-invariant")
             return _State("vec", ins[0].sig) if ins else _State("const", ())
         if isinstance(m, nn.Flatten):
@@ -302,7 +300,7 @@ class _Analyser:
             return self.flatten(node)
         if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-            if size is None or _pair(size) != (1, 1):
+            if size is None or pair(size) != (1, 1):
                 raise self.fail(node, "an adaptive pool to more than 1x1 is not shift-invariant")
             return self.global_pool(node)
         if t is torch.mean or t is torch.amax:
@@ -442,7 +440,7 @@ def build_polyphase(model: nn.Module, sample: torch.Tensor, dh: np.ndarray, dw: 
         graph = tracer.trace(model)
         gm = fx.GraphModule(tracer.root, graph)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: not applicable
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise PolyphaseUnsupported(f"torch.fx cannot trace the model ({first})") from None
     _split_blur_modules(gm)
     try:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import OutputError, ShiftAuditError, UsageError
+from ..errors import OutputError, ShiftAuditError, UsageError, first_line
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -47,7 +47,7 @@ def handle_errors(fn: F) -> F:
             if resource is not None:
                 say_error(resource)
                 raise typer.Exit(2) from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, "")
             say_error(f"internal error ({type(exc).__name__}: {first}); rerun with SHIFTAUDIT_DEBUG=1 for the traceback and report it.")
             raise typer.Exit(3) from None
 

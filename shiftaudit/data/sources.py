@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, first_line
 from ..presets import Preprocessing
 from .cifar import find_batches_dir, load_cifar10_test
 from .dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
@@ -418,7 +418,7 @@ def _read_tensor_file(path: Path) -> tuple[Any, Any, Any]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "it holds Python objects"
+        first = first_line(exc, "it holds Python objects")
         raise DataError(
             f"{path} holds more than tensors and was not unpickled ({first}); save a dict of tensors instead."
         ) from None

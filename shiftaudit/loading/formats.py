@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
@@ -27,9 +27,7 @@ EXTRA_FILE = "shiftaudit.json"  # metadata inside TorchScript archives we write
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
-    return line[:200].rstrip(".")
+    return first_line(exc).strip()[:200].rstrip(".")
 
 
 def check_file(path: str | os.PathLike[str]) -> Path:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..atomicio import atomic_path
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..presets import Preprocessing
 from .formats import EXTRA_FILE
 from .metadata import encode_metadata
@@ -112,7 +112,7 @@ def _to_torchscript(model: nn.Module, preprocessing: Preprocessing | dict[str, A
                 with torch.no_grad():
                     return torch.jit.trace(model, example, check_trace=False)
             except Exception as exc:
-                line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                line = first_line(exc)
                 raise UsageError(f"Cannot export the model to TorchScript (scripting and tracing failed: {line[:200]}).") from None
     finally:
         model.train(was_training)

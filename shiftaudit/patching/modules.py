@@ -9,13 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blurpool import BlurPool2d
-
-
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(x) for x in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+from ..sizes import pair
 
 
 def pool_output_size(n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
@@ -38,10 +32,10 @@ class PoolBlur2d(nn.Module):
 
     def __init__(self, pool: nn.Module, blur: BlurPool2d, circular: bool = False) -> None:
         super().__init__()
-        self.kernel = _pair(pool.kernel_size)
-        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
-        self.padding = _pair(pool.padding)
-        self.dilation = _pair(getattr(pool, "dilation", 1))
+        self.kernel = pair(pool.kernel_size)
+        self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = pair(pool.padding)
+        self.dilation = pair(getattr(pool, "dilation", 1))
         self.ceil_mode = bool(pool.ceil_mode)
         self.circular = bool(circular)
         pool.stride = (1, 1) if isinstance(pool.stride, tuple) else 1

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..blurpool import BlurPool2d
-from ..errors import UsageError
+from ..errors import UsageError, first_line
+from ..sizes import pair
 from .aps import APSDown2d
 from .config import SPEC_VERSION, PatchConfig
 from .modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
@@ -108,13 +109,6 @@ class PatchResult:
 
 
 # -- finding the strided layers -------------------------------------------------------------------------------------
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(x) for x in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
-
-
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -148,10 +142,10 @@ def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | N
             continue
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             kind = "maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool"
-            stride = _pair(m.stride if m.stride is not None else m.kernel_size)
+            stride = pair(m.stride if m.stride is not None else m.kernel_size)
         elif isinstance(m, nn.Conv2d):
-            stride = _pair(m.stride)
-            kind = "shortcut" if _pair(m.kernel_size) == (1, 1) else ("stem" if name == first_conv else "conv")
+            stride = pair(m.stride)
+            kind = "shortcut" if pair(m.kernel_size) == (1, 1) else ("stem" if name == first_conv else "conv")
         else:
             continue
         if max(stride) <= 1:
@@ -171,7 +165,7 @@ def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | N
             step.patched, step.reason = False, "pools disabled"
         elif kind in ("conv", "stem") and not cfg.convs:
             step.patched, step.reason = False, "convs disabled"
-        elif kind in ("conv", "stem") and isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and _pair(m.padding) == (0, 0) and max(stride) >= 4:
+        elif kind in ("conv", "stem") and isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and pair(m.padding) == (0, 0) and max(stride) >= 4:
             step.patched, step.reason = False, "patchify conv (kernel = stride)"
         steps.append(step)
     return steps
@@ -195,7 +189,7 @@ def _trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
         graph = _Tracer().trace(model)
         gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     except Exception as exc:  # any tracing failure means: no graph, fall back to module replacement
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return None, f"the model could not be traced with torch.fx ({type(exc).__name__}: {first[:120]})"
     _restore_unused(model, gm)
     if set(gm.state_dict()) != set(model.state_dict()):
@@ -350,7 +344,7 @@ def make_convs_circular(model: nn.Module) -> int:
     """
     changed = 0
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str) and any(p > 0 for p in _pair(m.padding)):
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str) and any(p > 0 for p in pair(m.padding)):
             m.padding_mode = "circular"
             changed += 1
     return changed
