@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["COLUMNS"] = "200"  # wide rich tables, so CLI tests can read whole layer names

@@ -1,8 +1,38 @@
-"""Small models and data shared by tests (made here, never downloaded)."""
+"""Small models, data and checks shared by tests (made here, never downloaded). Tests import from here, never
+from one another."""
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
 from torch import nn
+from typer.testing import CliRunner
+
+from shiftaudit.cli import app
+from shiftaudit.result import AuditResult
+
+runner = CliRunner()
+
+
+class StopAfter(nn.Module):
+    """Wraps a model; raises KeyboardInterrupt (a Ctrl-C) on forward call number ``stop`` when armed."""
+
+    def __init__(self, model: nn.Module, stop: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.stop = stop
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.stop is not None and self.calls == self.stop:
+            raise KeyboardInterrupt
+        return self.model(x)
 
 
 def tiny_cnn(num_classes: int = 5, padding_mode: str = "zeros", pool: bool = True, spatial_head: bool = False,
@@ -21,3 +51,208 @@ def tiny_cnn(num_classes: int = 5, padding_mode: str = "zeros", pool: bool = Tru
     else:
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, num_classes)]
     return nn.Sequential(*layers)
+
+
+MODELS_SOURCE = '''
+"""Models written by the test: ordinary ones, and ones that misbehave on purpose."""
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class NanOnBright(Tiny):
+    """NaN logits for bright images (mean of the normalised input above 0), whatever the shift."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        bright = x.float().mean(dim=(1, 2, 3)) > 0
+        return torch.where(bright[:, None], torch.full_like(out, float("nan")), out)
+
+
+class InfEverywhere(Tiny):
+    def forward(self, x):
+        return super().forward(x) + float("inf")
+
+
+class FeatureMap(Tiny):
+    """Forgets its head: returns a (N, C, H, W) feature map instead of (N, classes)."""
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class InterruptOnSecondCall(Tiny):
+    """Ctrl-C while the second batch runs."""
+
+    def __init__(self, num_classes=3):
+        super().__init__(num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return super().forward(x)
+
+
+class OomAboveEight(Tiny):
+    """Behaves like a GPU that only fits 8 inputs: larger batches raise CUDA's out-of-memory error."""
+
+    def forward(self, x):
+        if x.shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().forward(x)
+
+
+class NeedsMask(Tiny):
+    """A model whose forward wants more than an image batch (a Python error, not a torch RuntimeError)."""
+
+    def forward(self, x, mask):
+        return super().forward(x * mask)
+
+
+def tiny(num_classes=3):
+    return Tiny(num_classes)
+
+
+def nan_on_bright(num_classes=3):
+    return NanOnBright(num_classes)
+
+
+def inf_everywhere(num_classes=3):
+    return InfEverywhere(num_classes)
+
+
+def feature_map(num_classes=3):
+    return FeatureMap(num_classes)
+
+
+def interrupt_on_second_call(num_classes=3):
+    return InterruptOnSecondCall(num_classes)
+
+
+def oom_above_eight(num_classes=3):
+    return OomAboveEight(num_classes)
+
+
+def needs_mask(num_classes=3):
+    return NeedsMask(num_classes)
+'''
+
+
+def write_models_module(folder: Path, name: str) -> Path:
+    """Write the test models as an importable module ``name`` in ``folder`` (the caller puts it on sys.path)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(MODELS_SOURCE))
+    return path
+
+
+def write_images(folder: Path, count: int, size: int = 16, mode: str = "RGB", seed: int = 0, lo: int = 0, hi: int = 255,
+                 prefix: str = "img") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    for i in range(count):
+        arr = rng.integers(lo, hi, (size, size, channels), dtype=np.uint8)
+        Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(folder / f"{prefix}_{i}.png")
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 2, size: int = 16, **kw: Any) -> Path:
+    for c in range(classes):
+        write_images(root / f"class_{c}", per_class, size=size, seed=c, **kw)
+    return root
+
+
+def cli(*args: Any):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(res: Any, *needles: str) -> str:
+    """Exit 2 and exactly one non-empty stderr line, starting 'error: ', naming every needle."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2, f"exit {res.exit_code}\nstdout: {res.stdout}\nstderr: {res.stderr}\n{res.exception!r}"
+    assert len(lines) == 1, res.stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    assert "Traceback" not in res.output and "internal error" not in line, res.output
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def nothing_written(out: Path) -> bool:
+    """Neither the output nor a temporary file next to it."""
+    return not out.exists() and not any(p.name.startswith(f".{out.name}.") for p in out.parent.glob(".*"))
+
+
+def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: str = "tiny", gate: bool = False) -> AuditResult:
+    """A plausible exhaustive, labelled report made up in the test (no model run); ``shift`` lowers every accuracy."""
+    rng = np.random.default_rng(0)
+    radii = list(range(max_shift + 1))
+    adv = [max(0.0, 0.9 - shift - 0.05 * r) for r in radii]
+    offs = list(range(-max_shift, max_shift + 1))
+    grid = [[round(0.9 - shift - 0.02 * max(abs(h), abs(w)), 4) for w in offs] for h in offs]
+    p_grid = [[float(0.5 + 0.4 * np.cos(h + 2 * w)) for w in offs] for h in offs]
+    variation = list(np.exp(rng.uniform(np.log(1e-4), np.log(0.3), n)))
+    variation[0] = 0.0
+    metrics: dict[str, Any] = {
+        "accuracy": {
+            "none": {"value": 0.9 - shift, "ci_low": 0.85 - shift, "ci_high": 0.94 - shift, "n": n},
+            "random": {"value": 0.8 - shift, "ci_low": 0.74 - shift, "ci_high": 0.85 - shift, "n": n},
+        },
+        "consistency": {
+            "sampled": {"value": 0.93, "ci_low": 0.88, "ci_high": 0.96, "n": n},
+            "exact": {"value": 0.92 + shift / 10, "ci_low": 0.87, "ci_high": 0.95, "n": n},
+        },
+        "variation": {"mean": float(np.mean(variation)), "median": float(np.median(variation)), "ci_low": 0.01, "ci_high": 0.05, "n": n},
+        "adversarial": {"radius": radii, "accuracy": adv, "ci_low": [a - 0.05 for a in adv], "ci_high": [a + 0.04 for a in adv], "n": n},
+        "accuracy_map": {
+            "dh": offs, "dw": offs, "accuracy": grid,
+            "diagonal": {"shift": offs, "accuracy": [grid[i][i] for i in range(len(offs))]},
+            "min": min(min(r) for r in grid), "max": max(max(r) for r in grid), "n": n,
+        },
+        "flip_examples": {
+            "limit": 4, "dh": offs, "dw": offs,
+            "examples": [
+                {"image_id": i, "label": i % 3, "first_failure_radius": 1, "flip_shift": [0, 1], "flip_prediction": (i + 1) % 3, "p_correct": p_grid}
+                for i in range(2)
+            ],
+        },
+    }
+    result = AuditResult(
+        metrics=metrics,
+        per_image={"image_id": list(range(n)), "variation": variation},
+        model={"arch": name, "description": f"test model {name}"},
+        data={"description": "synthetic test set", "kind": "memory", "num_images": n, "labelled": True, "image_size": [8, 8]},
+        settings={"shifts": {"mode": "circular", "kind": "window", "image_size": [8, 8], "max_shift": max_shift, "step": 1,
+                             "count": (2 * max_shift + 1) ** 2}, "mode": "exhaustive", "pairs": 5, "seed": 0, "precision": "fp32"},
+        environment={"shiftaudit": "0.1.0", "torch": "2.x", "python": "3.11", "device": "cpu"},
+        notes=["a test note"],
+    )
+    if gate:
+        from shiftaudit.gate import build_thresholds, evaluate_gate
+
+        result.gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.95, min_adv_accuracy=["2=0.5"])).to_json()
+    return result
+
+
+def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
+    """A PNG of the expected size that is not blank: varied pixels, more than a handful of colours."""
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as img:
+        if size is not None:
+            assert img.size == size
+        rgb = np.asarray(img.convert("RGB"), dtype=float)
+    assert rgb.std() > 10, f"{path.name} looks blank"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"

@@ -14,7 +14,6 @@ import json
 import os
 import struct
 import sys
-import textwrap
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,132 +25,15 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from shiftaudit.cli import app
-
-runner = CliRunner()
-
-MODELS_SOURCE = '''
-"""Models written by the test: ordinary ones, and ones that misbehave on purpose."""
-import torch
-from torch import nn
-
-
-class Tiny(nn.Module):
-    def __init__(self, num_classes=3):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.features(x).mean((2, 3)))
-
-
-class NanOnBright(Tiny):
-    """NaN logits for bright images (mean of the normalised input above 0), whatever the shift."""
-
-    def forward(self, x):
-        out = super().forward(x)
-        bright = x.float().mean(dim=(1, 2, 3)) > 0
-        return torch.where(bright[:, None], torch.full_like(out, float("nan")), out)
-
-
-class InfEverywhere(Tiny):
-    def forward(self, x):
-        return super().forward(x) + float("inf")
-
-
-class FeatureMap(Tiny):
-    """Forgets its head: returns a (N, C, H, W) feature map instead of (N, classes)."""
-
-    def forward(self, x):
-        return self.features(x)
-
-
-class InterruptOnSecondCall(Tiny):
-    """Ctrl-C while the second batch runs."""
-
-    def __init__(self, num_classes=3):
-        super().__init__(num_classes)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls == 2:
-            raise KeyboardInterrupt
-        return super().forward(x)
-
-
-class OomAboveEight(Tiny):
-    """Behaves like a GPU that only fits 8 inputs: larger batches raise CUDA's out-of-memory error."""
-
-    def forward(self, x):
-        if x.shape[0] > 8:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return super().forward(x)
-
-
-class NeedsMask(Tiny):
-    """A model whose forward wants more than an image batch (a Python error, not a torch RuntimeError)."""
-
-    def forward(self, x, mask):
-        return super().forward(x * mask)
-
-
-def tiny(num_classes=3):
-    return Tiny(num_classes)
-
-
-def nan_on_bright(num_classes=3):
-    return NanOnBright(num_classes)
-
-
-def inf_everywhere(num_classes=3):
-    return InfEverywhere(num_classes)
-
-
-def feature_map(num_classes=3):
-    return FeatureMap(num_classes)
-
-
-def interrupt_on_second_call(num_classes=3):
-    return InterruptOnSecondCall(num_classes)
-
-
-def oom_above_eight(num_classes=3):
-    return OomAboveEight(num_classes)
-
-
-def needs_mask(num_classes=3):
-    return NeedsMask(num_classes)
-'''
-
-
-def write_models_module(folder: Path, name: str) -> Path:
-    """Write the test models as an importable module ``name`` in ``folder`` (the caller puts it on sys.path)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.py"
-    path.write_text(textwrap.dedent(MODELS_SOURCE))
-    return path
-
-
-def write_images(folder: Path, count: int, size: int = 16, mode: str = "RGB", seed: int = 0, lo: int = 0, hi: int = 255,
-                 prefix: str = "img") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    for i in range(count):
-        arr = rng.integers(lo, hi, (size, size, channels), dtype=np.uint8)
-        Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(folder / f"{prefix}_{i}.png")
-
-
-def write_image_folder(root: Path, classes: int = 3, per_class: int = 2, size: int = 16, **kw: Any) -> Path:
-    for c in range(classes):
-        write_images(root / f"class_{c}", per_class, size=size, seed=c, **kw)
-    return root
-
+from tests.helpers import (
+    assert_clean_error,
+    cli,
+    nothing_written,
+    write_image_folder,
+    write_images,
+    write_models_module,
+)
 
 MODULE = "sa_badinput_models"
 TINY = f"{MODULE}:tiny"
@@ -189,10 +71,6 @@ def files(tmp_path_factory: pytest.TempPathFactory):
     sys.modules.pop(MODULE, None)
 
 
-def cli(*args: Any):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 def eval_args(files: Files, *extra: Any, model: Any = None, data: Any = None, arch: str | None = TINY) -> list[Any]:
     args: list[Any] = ["eval", model if model is not None else files.pt]
     if arch:
@@ -200,24 +78,6 @@ def eval_args(files: Files, *extra: Any, model: Any = None, data: Any = None, ar
     args += ["--data", data if data is not None else files.data, "--size", "16", "--max-shift", "2", "--device", "cpu",
              "--workers", "0", *extra]
     return args
-
-
-def assert_clean_error(res: Any, *needles: str) -> str:
-    """Exit 2 and exactly one non-empty stderr line, starting 'error: ', naming every needle."""
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2, f"exit {res.exit_code}\nstdout: {res.stdout}\nstderr: {res.stderr}\n{res.exception!r}"
-    assert len(lines) == 1, res.stderr
-    line = lines[0]
-    assert line.startswith("error: "), line
-    assert "Traceback" not in res.output and "internal error" not in line, res.output
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
-
-
-def nothing_written(out: Path) -> bool:
-    """Neither the output nor a temporary file next to it."""
-    return not out.exists() and not any(p.name.startswith(f".{out.name}.") for p in out.parent.glob(".*"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

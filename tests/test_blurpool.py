@@ -9,7 +9,13 @@ import torch.fx
 from torch import nn
 
 from benchmarks.bench_blurpool import FORMS
-from shiftaudit.blurpool import BlurPool2d, blur_pool2d, make_blur_kernel, normalize_pad_mode, pad_amounts
+from shiftaudit.blurpool import (
+    BlurPool2d,
+    blur_pool2d,
+    make_blur_kernel,
+    normalize_pad_mode,
+    pad_amounts,
+)
 from shiftaudit.errors import UsageError
 from shiftaudit.filters import filter_2d, filter_names
 

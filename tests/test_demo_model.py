@@ -11,7 +11,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from shiftaudit.models import DEMO_TEST_SEED, demo_aa_checkpoint_path, demo_checkpoint_path, demo_cnn, vgg13_cifar
+from shiftaudit.models import (
+    DEMO_TEST_SEED,
+    demo_aa_checkpoint_path,
+    demo_checkpoint_path,
+    demo_cnn,
+    vgg13_cifar,
+)
 from shiftaudit.models.demo import DEMO_TRAIN_SEED
 from shiftaudit.presets import Preprocessing
 from shiftaudit.synthetic import CLASS_NAMES, make_synthetic

@@ -8,7 +8,6 @@ import torch
 from shiftaudit.engine import audit
 from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve, ExactConsistency
 from shiftaudit.shifts import ShiftSet
-
 from tests.helpers import tiny_cnn
 
 

@@ -12,7 +12,6 @@ from torch import nn
 from shiftaudit.engine import audit
 from shiftaudit.errors import DataError, ModelError
 from shiftaudit.shifts import ShiftSet
-
 from tests.helpers import tiny_cnn
 
 

@@ -15,7 +15,7 @@ import torch
 
 from shiftaudit.atomicio import atomic_path, write_bytes_atomic, write_json_atomic
 from shiftaudit.errors import ModelError, OutputError, ShiftAuditError
-from tests.test_bad_input import cli, write_image_folder, write_models_module
+from tests.helpers import cli, write_image_folder, write_models_module
 
 MODULE = "sa_faults_models"
 

@@ -10,7 +10,13 @@ from PIL import Image
 from torch import nn
 
 from shiftaudit.engine import audit
-from shiftaudit.layers import FeatureDistance, LayerSpec, _cos_distance, _normalise, select_layers
+from shiftaudit.layers import (
+    FeatureDistance,
+    LayerSpec,
+    _cos_distance,
+    _normalise,
+    select_layers,
+)
 from shiftaudit.report.heatmaps import plot_layer_heatmaps
 from shiftaudit.shifts import ShiftSet
 

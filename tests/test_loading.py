@@ -15,7 +15,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError
-from shiftaudit.loading import LoadedModel, build_model, load_model, read_state_dict, save_model
+from shiftaudit.loading import (
+    LoadedModel,
+    build_model,
+    load_model,
+    read_state_dict,
+    save_model,
+)
 from shiftaudit.presets import PRESETS
 from tests.helpers import tiny_cnn
 

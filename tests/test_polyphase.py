@@ -14,7 +14,6 @@ from shiftaudit.engine import audit
 from shiftaudit.models import vgg13_cifar
 from shiftaudit.polyphase import PolyphaseUnsupported, build_polyphase
 from shiftaudit.shifts import ShiftSet
-
 from tests.helpers import tiny_cnn
 
 

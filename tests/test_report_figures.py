@@ -3,82 +3,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from shiftaudit.engine import audit
 from shiftaudit.metrics import FlipExamples
 from shiftaudit.report import figures
 from shiftaudit.report.outputs import write_report_dir
-from shiftaudit.result import AuditResult
 from shiftaudit.shifts import ShiftSet
-
-
-def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: str = "tiny", gate: bool = False) -> AuditResult:
-    """A plausible exhaustive, labelled report made up in the test (no model run); ``shift`` lowers every accuracy."""
-    rng = np.random.default_rng(0)
-    radii = list(range(max_shift + 1))
-    adv = [max(0.0, 0.9 - shift - 0.05 * r) for r in radii]
-    offs = list(range(-max_shift, max_shift + 1))
-    grid = [[round(0.9 - shift - 0.02 * max(abs(h), abs(w)), 4) for w in offs] for h in offs]
-    p_grid = [[float(0.5 + 0.4 * np.cos(h + 2 * w)) for w in offs] for h in offs]
-    variation = list(np.exp(rng.uniform(np.log(1e-4), np.log(0.3), n)))
-    variation[0] = 0.0
-    metrics: dict[str, Any] = {
-        "accuracy": {
-            "none": {"value": 0.9 - shift, "ci_low": 0.85 - shift, "ci_high": 0.94 - shift, "n": n},
-            "random": {"value": 0.8 - shift, "ci_low": 0.74 - shift, "ci_high": 0.85 - shift, "n": n},
-        },
-        "consistency": {
-            "sampled": {"value": 0.93, "ci_low": 0.88, "ci_high": 0.96, "n": n},
-            "exact": {"value": 0.92 + shift / 10, "ci_low": 0.87, "ci_high": 0.95, "n": n},
-        },
-        "variation": {"mean": float(np.mean(variation)), "median": float(np.median(variation)), "ci_low": 0.01, "ci_high": 0.05, "n": n},
-        "adversarial": {"radius": radii, "accuracy": adv, "ci_low": [a - 0.05 for a in adv], "ci_high": [a + 0.04 for a in adv], "n": n},
-        "accuracy_map": {
-            "dh": offs, "dw": offs, "accuracy": grid,
-            "diagonal": {"shift": offs, "accuracy": [grid[i][i] for i in range(len(offs))]},
-            "min": min(min(r) for r in grid), "max": max(max(r) for r in grid), "n": n,
-        },
-        "flip_examples": {
-            "limit": 4, "dh": offs, "dw": offs,
-            "examples": [
-                {"image_id": i, "label": i % 3, "first_failure_radius": 1, "flip_shift": [0, 1], "flip_prediction": (i + 1) % 3, "p_correct": p_grid}
-                for i in range(2)
-            ],
-        },
-    }
-    result = AuditResult(
-        metrics=metrics,
-        per_image={"image_id": list(range(n)), "variation": variation},
-        model={"arch": name, "description": f"test model {name}"},
-        data={"description": "synthetic test set", "kind": "memory", "num_images": n, "labelled": True, "image_size": [8, 8]},
-        settings={"shifts": {"mode": "circular", "kind": "window", "image_size": [8, 8], "max_shift": max_shift, "step": 1,
-                             "count": (2 * max_shift + 1) ** 2}, "mode": "exhaustive", "pairs": 5, "seed": 0, "precision": "fp32"},
-        environment={"shiftaudit": "0.1.0", "torch": "2.x", "python": "3.11", "device": "cpu"},
-        notes=["a test note"],
-    )
-    if gate:
-        from shiftaudit.gate import build_thresholds, evaluate_gate
-
-        result.gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.95, min_adv_accuracy=["2=0.5"])).to_json()
-    return result
-
-
-def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
-    """A PNG of the expected size that is not blank: varied pixels, more than a handful of colours."""
-    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as img:
-        if size is not None:
-            assert img.size == size
-        rgb = np.asarray(img.convert("RGB"), dtype=float)
-    assert rgb.std() > 10, f"{path.name} looks blank"
-    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"
+from tests.helpers import assert_real_png, synthetic_result
 
 
 def test_each_picture_has_its_size_and_content(tmp_path):

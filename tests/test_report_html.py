@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from shiftaudit.cli import app
 from shiftaudit.report.html import render_html, write_html_report
-from tests.test_report_figures import assert_real_png, synthetic_result
+from tests.helpers import assert_real_png, synthetic_result
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium); the browser check needs one")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from shiftaudit.cli import app
 from shiftaudit.gate import build_thresholds, evaluate_gate
 from shiftaudit.report.junit import SUITE_NAME, write_junit
-from tests.test_report_figures import synthetic_result
+from tests.helpers import synthetic_result
 
 runner = CliRunner()
 

@@ -7,29 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from shiftaudit.engine import audit
 from shiftaudit.errors import UsageError
 
-from .helpers import tiny_cnn
-
-
-class StopAfter(nn.Module):
-    """Wraps a model; raises KeyboardInterrupt (a Ctrl-C) on forward call number ``stop`` when armed."""
-
-    def __init__(self, model: nn.Module, stop: int | None) -> None:
-        super().__init__()
-        self.model = model
-        self.stop = stop
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.stop is not None and self.calls == self.stop:
-            raise KeyboardInterrupt
-        return self.model(x)
+from .helpers import StopAfter, tiny_cnn
 
 
 @pytest.fixture
@@ -75,7 +58,7 @@ def test_cli_resume_message_and_cleanup(setup, tmp_path, monkeypatch):
     data = tmp_path / "d.npz"
     np.savez(data, images=images.numpy(), labels=labels.numpy())
     (tmp_path / "stopmod.py").write_text(
-        "import torch\nfrom tests.helpers import tiny_cnn\nfrom tests.test_resume import StopAfter\n"
+        "import torch\nfrom tests.helpers import tiny_cnn\nfrom tests.helpers import StopAfter\n"
         "def build(num_classes=5, stop=None):\n    torch.manual_seed(0)\n"
         "    return StopAfter(tiny_cnn(num_classes, spatial_head=True, size=8), stop)\n"
     )

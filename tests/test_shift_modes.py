@@ -22,9 +22,13 @@ from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
 from shiftaudit.presets import Preprocessing
 from shiftaudit.report.terminal import audit_table, describe_run
 from shiftaudit.result import AuditResult
-from shiftaudit.shiftmodes import CropBank, FourierBank, fourier_shift, published_crop_shifts
+from shiftaudit.shiftmodes import (
+    CropBank,
+    FourierBank,
+    fourier_shift,
+    published_crop_shifts,
+)
 from shiftaudit.shifts import ShiftSet
-
 from tests.helpers import tiny_cnn
 
 runner = CliRunner()

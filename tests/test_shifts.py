@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from shiftaudit.errors import UsageError
-from shiftaudit.shifts import ShiftBank, ShiftSet, canonical_offset, cyclic_radius, default_shift_set, roll_batch
+from shiftaudit.shifts import (
+    ShiftBank,
+    ShiftSet,
+    canonical_offset,
+    cyclic_radius,
+    default_shift_set,
+    roll_batch,
+)
 
 
 def test_canonical_offset_and_radius():
