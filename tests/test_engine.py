@@ -11,6 +11,7 @@ from torch import nn
 
 from shiftaudit.engine import audit
 from shiftaudit.errors import DataError, ModelError
+from shiftaudit.passes import DrawPlan
 from shiftaudit.shifts import ShiftSet
 from tests.helpers import tiny_cnn
 
@@ -25,6 +26,13 @@ def naive_all_shifts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts:
             preds.append(p.argmax(1))
             plab.append(p.gather(1, y[:, None])[:, 0])
     return torch.stack(preds, 1).numpy(), torch.stack(plab, 1).numpy()
+
+
+def naive_top_probability(model: nn.Module, x: torch.Tensor, shifts: ShiftSet) -> np.ndarray:
+    """Top-1 softmax probability at every shift, (N, K)."""
+    with torch.no_grad():
+        return torch.stack([torch.softmax(model(torch.roll(x, (int(dh), int(dw)), (-2, -1))).double(), 1).amax(1)
+                            for dh, dw in zip(shifts.dh, shifts.dw)], 1).numpy()
 
 
 @pytest.fixture
@@ -51,8 +59,9 @@ def test_every_all_shift_metric_equals_the_naive_loop(setup):
     assert m["consistency"]["exact"]["value"] == pytest.approx(np.mean(exact), abs=1e-12)
     assert r.per_image["exact_consistency"] == pytest.approx(exact, abs=1e-12)
     # variation: std over shifts of P(correct)
-    var = plab.std(axis=1)
-    assert r.per_image["variation"] == pytest.approx(var.tolist(), rel=1e-6, abs=1e-9)
+    var = plab.std(axis=1)  # population std over the shifts (ddof 0): the spread of P(correct) over all shifts
+    assert r.per_image["variation"] == pytest.approx(var.tolist(), rel=1e-6, abs=1e-9)  # float32 probabilities
+    assert not np.allclose(var, plab.std(axis=1, ddof=1), rtol=1e-4)
     assert m["variation"]["mean"] == pytest.approx(var.mean(), rel=1e-6)
     # adversary: correct at every shift within radius r
     radius = shifts.radius
@@ -66,8 +75,19 @@ def test_every_all_shift_metric_equals_the_naive_loop(setup):
         assert amap["accuracy"][i][j] == correct[:, k].mean()
     diag = [(int(d), correct[:, k].mean()) for k, d in enumerate(shifts.dh) if shifts.dh[k] == shifts.dw[k]]
     assert sorted(diag) == list(zip(amap["diagonal"]["shift"], amap["diagonal"]["accuracy"]))
-    # random-shift accuracy and sampled consistency read the same per-image draws back from the naive table
-    assert 0.0 <= m["accuracy"]["random"]["value"] <= 1.0
+    # random-shift accuracy, sampled consistency and MAC: the per-image draws (a pure function of seed and image id)
+    # read back from the naive table
+    plan = DrawPlan(seed=0, pairs=5, num_shifts=len(shifts))
+    ids = np.arange(len(y))
+    rand, pairs = plan.random_shift(ids), plan.pair_shifts(ids)
+    assert m["accuracy"]["random"]["value"] == correct[ids, rand].mean()
+    agree = (preds[ids[:, None], pairs[..., 0]] == preds[ids[:, None], pairs[..., 1]]).mean(axis=1)
+    assert r.per_image["sampled_agreement"] == pytest.approx(agree.tolist(), abs=1e-12)
+    assert m["consistency"]["sampled"]["value"] == pytest.approx(agree.mean(), abs=1e-12)
+    ptop = naive_top_probability(model, x, shifts)
+    mac = np.abs(ptop[ids[:, None], pairs[..., 0]] - ptop[ids[:, None], pairs[..., 1]]).mean(axis=1)
+    assert m["mac"]["mean"] == pytest.approx(mac.mean(), rel=1e-6)
+    assert abs(np.abs(ptop[ids[:, None], pairs[..., 0]] - ptop[ids[:, None], pairs[..., 1]]).max(axis=1).mean() - mac.mean()) > 1e-3
 
 
 def test_adversarial_curve_starts_at_accuracy_and_never_rises(setup):

@@ -1,0 +1,81 @@
+"""Plant known bugs one at a time into a copy of the package and check that the test named for each one fails.
+
+These are the bugs that once passed a green suite (issue 12) plus one found since; each has a test named for it.
+Run with ``make planted``; exit 1 when any planted bug survives. The working tree is never modified.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Plant:
+    name: str
+    file: str
+    old: str
+    new: str
+    test: str
+
+
+PLANTS = [
+    Plant("95 % intervals with z = 1", "shiftaudit/metrics/stats.py", "Z95 = 1.959963984540054", "Z95 = 1.0",
+          "tests/test_statistics.py::test_planted_z95_wrong_constant"),
+    Plant("Wilson centre replaced by p", "shiftaudit/metrics/stats.py", "centre = (p + z * z / (2 * n)) / denom", "centre = p",
+          "tests/test_statistics.py::test_planted_wilson_centre_replaced_by_p"),
+    Plant("mean interval not divided by sqrt(n)", "shiftaudit/metrics/stats.py",
+          "half = z * float(values.std(ddof=1)) / math.sqrt(n)", "half = z * float(values.std(ddof=1))",
+          "tests/test_statistics.py::test_planted_mean_interval_not_divided_by_sqrt_n"),
+    Plant("MAC with max instead of mean", "shiftaudit/metrics/stability.py", "np.abs(a - b).mean(axis=1)", "np.abs(a - b).max(axis=1)",
+          "tests/test_statistics.py::test_planted_mac_max_instead_of_mean"),
+    Plant("gate >= turned into >", "shiftaudit/gate.py", "passed = value >= t.value", "passed = value > t.value",
+          "tests/test_rendering.py::test_planted_gate_ge_turned_into_gt"),
+    Plant("table row 'Accuracy, random shift' shows the zero-shift value", "shiftaudit/report/terminal.py",
+          'rows.append(("Accuracy, random shift", pct(acc["random"]["value"])',
+          'rows.append(("Accuracy, random shift", pct(acc["none"]["value"])',
+          "tests/test_rendering.py::test_planted_table_random_shift_row_shows_zero_shift_value"),
+    Plant("variation with ddof=1", "shiftaudit/metrics/variation.py", "p.std(axis=1)", "p.std(axis=1, ddof=1)",
+          "tests/test_engine.py::test_every_all_shift_metric_equals_the_naive_loop"),
+]
+
+
+def run_plant(plant: Plant, work: Path) -> bool:
+    """True when the planted bug makes its test fail (the bug is caught)."""
+    target = work / plant.file
+    original = target.read_text()
+    if original.count(plant.old) != 1:
+        raise SystemExit(f"cannot plant {plant.name!r}: {plant.old!r} is not in {plant.file} exactly once (update this script)")
+    target.write_text(original.replace(plant.old, plant.new))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", plant.test],
+                              cwd=work, capture_output=True, text=True)
+    finally:
+        target.write_text(original)
+    return proc.returncode == 1
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="shiftaudit-planted-") as tmp:
+        work = Path(tmp)
+        for part in ("shiftaudit", "tests", "benchmarks"):
+            shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", work)
+        survived = []
+        for plant in PLANTS:
+            caught = run_plant(plant, work)
+            print(f"{'caught  ' if caught else 'SURVIVED'} {plant.name}  ({plant.test})", flush=True)
+            if not caught:
+                survived.append(plant.name)
+    print(f"{len(PLANTS) - len(survived)} of {len(PLANTS)} planted bugs caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
