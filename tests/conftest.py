@@ -9,7 +9,8 @@ import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["COLUMNS"] = "200"  # wide rich tables, so CLI tests can read whole layer names
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make mutate` forks a test process per mutant and asks for one thread (an OpenMP pool does not survive a fork)
+torch.set_num_threads(int(os.environ.get("SHIFTAUDIT_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture

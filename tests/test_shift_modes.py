@@ -200,7 +200,10 @@ def test_metrics_end_to_end_in_each_mode(shift_mode, kwargs, margin):
         assert adv["radius"] == [0, 0.5, 1] and 0.5 in m["accuracy_map"]["dh"] and len(m["accuracy_map"]["dh"]) == 5
     else:
         assert adv["radius"] == [0, 1, 2] and m["accuracy_map"]["dh"] == [-2, -1, 0, 1, 2]
-    assert 0.0 <= m["flip_rate"]["mean"] <= 1.0 and m["flip_rate"]["pairs_per_image"] > 0
+    # 1-px neighbour pairs inside the 5x5 window (no wrap at 12 px): 2 x 5 x 4; sub-pixel offsets -1..1 step 0.5:
+    # three 1-px pairs per row and column, 2 x 5 x 3
+    assert m["flip_rate"]["pairs_per_image"] == (30 if shift_mode == "subpixel" else 40)
+    assert 0.0 <= m["flip_rate"]["mean"] <= 1.0
     text = json.dumps(res.to_json(), allow_nan=False)  # clean JSON: no NaN, no numpy types
     back = AuditResult.from_json(json.loads(text))
     assert back.settings["shift_mode"] == shift_mode

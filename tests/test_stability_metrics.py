@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from shiftaudit.metrics.stability import neighbour_pairs
+from shiftaudit.passes import DrawPlan
 from shiftaudit.shifts import ShiftSet
 
 from .helpers import tiny_cnn
@@ -33,4 +35,13 @@ def test_flip_rate_and_mac_match_a_naive_loop():
     right = (preds != torch.roll(preds, -1, 2)).float().mean(dim=(1, 2))
     naive = ((down + right) / 2).numpy()
     assert np.isclose(result.metrics["flip_rate"]["mean"], naive.mean())
-    assert 0.0 <= result.metrics["mac"]["mean"] <= 1.0
+    # MAC over the seeded random pairs of the consistency protocol (a pure function of seed and image id)
+    shifts = ShiftSet.window((8, 8), 4)
+    with torch.no_grad():
+        p_top = torch.stack([torch.softmax(model(torch.roll(images, (int(a), int(b)), (-2, -1))), 1).amax(1)
+                             for a, b in zip(shifts.dh, shifts.dw)], 1).double().numpy()
+    pairs = DrawPlan(seed=0, pairs=5, num_shifts=len(shifts)).pair_shifts(np.arange(5))
+    rows = np.arange(5)[:, None]
+    mac = np.abs(p_top[rows, pairs[..., 0]] - p_top[rows, pairs[..., 1]]).mean(axis=1)
+    assert result.metrics["mac"]["mean"] == pytest.approx(mac.mean(), rel=1e-5)
+    assert result.metrics["mac"]["n"] == 5

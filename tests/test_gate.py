@@ -1,0 +1,150 @@
+"""The gate's parsing, validation, estimator choice and the exact line each check prints.
+
+A CI log shows these lines and a JUnit page shows these names; they are compared character for character, and each
+refusal is checked for the flag it names.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from shiftaudit.errors import UsageError
+from shiftaudit.gate import (
+    Check,
+    GateReport,
+    Threshold,
+    build_thresholds,
+    evaluate_gate,
+    parse_adv_threshold,
+    validate_thresholds,
+)
+from tests.helpers import synthetic_result
+
+
+def test_flags_and_labels_name_the_option_a_user_typed():
+    assert Threshold("consistency", "min", 0.95).flag == "--min-consistency 0.95"
+    assert Threshold("accuracy", "min", 0.5).flag == "--min-accuracy 0.5"
+    assert Threshold("variation", "max", 0.025).flag == "--max-variation 0.025"
+    adv = Threshold("adversarial", "min", 0.8, 4)
+    assert adv.flag == "--min-adv-accuracy 4=0.8"
+    assert adv.label == "adversarial accuracy at r=4" and Threshold("variation", "max", 0.1).label == "variation"
+
+
+def test_check_lines_character_for_character():
+    ok = Check(Threshold("consistency", "min", 0.9), 0.91234, 0.9, 0.93, True, "exact consistency")
+    assert ok.line() == "ok   consistency 0.9123 (95% CI 0.9000-0.9300) >= 0.9 (--min-consistency 0.9)"
+    fail = Check(Threshold("consistency", "min", 0.95), 0.91234, 0.9, 0.93, False, "exact consistency")
+    assert fail.line() == "FAIL consistency 0.9123 (95% CI 0.9000-0.9300) < 0.95 (--min-consistency 0.95)"
+    vmax = Check(Threshold("variation", "max", 0.01), 0.02, None, None, False, "mean classification variation")
+    assert vmax.line() == "FAIL variation 0.0200 > 0.01 (--max-variation 0.01)"
+    vok = Check(Threshold("variation", "max", 0.05), 0.02, 0.01, None, True, "mean classification variation")
+    assert vok.line() == "ok   variation 0.0200 <= 0.05 (--max-variation 0.05)"  # a half interval is not shown
+
+
+def test_check_json_carries_everything_the_line_says():
+    check = Check(Threshold("adversarial", "min", 0.5, 2), 0.625, 0.5, 0.7, True, "max-shift adversarial accuracy at r=2")
+    assert check.to_json() == {
+        "threshold": {"metric": "adversarial", "bound": "min", "value": 0.5, "radius": 2},
+        "value": 0.625, "ci_low": 0.5, "ci_high": 0.7, "passed": True, "estimator": "max-shift adversarial accuracy at r=2",
+        "flag": "--min-adv-accuracy 2=0.5",
+        "message": "ok   adversarial accuracy at r=2 0.6250 (95% CI 0.5000-0.7000) >= 0.5 (--min-adv-accuracy 2=0.5)",
+    }
+
+
+def test_gate_report_passes_only_when_every_check_does():
+    good = Check(Threshold("accuracy", "min", 0.5), 0.6, None, None, True, "a")
+    bad = Check(Threshold("accuracy", "min", 0.7), 0.6, None, None, False, "a")
+    assert GateReport([good]).passed and GateReport([]).passed
+    report = GateReport([good, bad])
+    assert not report.passed and report.failures == [bad]
+    assert report.to_json() == {"passed": False, "checks": [good.to_json(), bad.to_json()]}
+
+
+@pytest.mark.parametrize(("text", "radius", "value"), [("4=0.8", 4, 0.8), (" 0 = 1 ", 0, 1.0), ("16=0", 16, 0.0), ("2=.5", 2, 0.5)])
+def test_adversarial_thresholds_parse(text, radius, value):
+    t = parse_adv_threshold(text)
+    assert (t.metric, t.bound, t.radius, t.value) == ("adversarial", "min", radius, value)
+
+
+@pytest.mark.parametrize("text", ["4", "=0.8", "a=0.5", "4=x", "4=0.5=1", "-1=0.5", "4=-0.5", ""])
+def test_malformed_adversarial_thresholds_are_refused(text):
+    with pytest.raises(UsageError, match="--min-adv-accuracy"):
+        parse_adv_threshold(text)
+
+
+def test_fractions_outside_0_1_are_refused_naming_the_flag():
+    for kwargs, flag in ((dict(min_consistency=1.5), "--min-consistency"), (dict(min_accuracy=-0.1), "--min-accuracy"),
+                         (dict(min_adv_accuracy=["2=1.01"]), "--min-adv-accuracy")):
+        with pytest.raises(UsageError, match=f"{flag} takes a fraction between 0 and 1"):
+            build_thresholds(**kwargs)
+    with pytest.raises(UsageError, match="--max-variation must be >= 0"):
+        build_thresholds(max_variation=-0.001)
+    assert build_thresholds() == []
+    edge = build_thresholds(min_consistency=0.0, min_accuracy=1.0)
+    assert [t.value for t in edge] == [0.0, 1.0]
+
+
+def test_validation_refuses_what_the_run_cannot_measure():
+    acc, var = Threshold("accuracy", "min", 0.5), Threshold("variation", "max", 0.1)
+    adv, cons = Threshold("adversarial", "min", 0.5, 3), Threshold("consistency", "min", 0.9)
+    validate_thresholds([acc, var, adv, cons], labelled=True, exhaustive=True, max_radius=3)
+    validate_thresholds([cons], labelled=False, exhaustive=False, max_radius=None)
+    validate_thresholds([adv], labelled=True, exhaustive=True, max_radius=None)
+    for t in (acc, var, adv):
+        with pytest.raises(UsageError, match=f"{t.flag} needs labelled data, but the data has no labels"):
+            validate_thresholds([t], labelled=False, exhaustive=True, max_radius=3)
+    for t in (var, adv):
+        with pytest.raises(UsageError, match=f"{t.flag} needs every shift evaluated"):
+            validate_thresholds([t], labelled=True, exhaustive=False, max_radius=3)
+    validate_thresholds([acc], labelled=True, exhaustive=False, max_radius=3)
+    with pytest.raises(UsageError, match="asks for radius 3 but the shift set only reaches 2; raise --max-shift"):
+        validate_thresholds([adv], labelled=True, exhaustive=True, max_radius=2)
+
+
+def test_each_threshold_reads_its_own_metric_and_estimator():
+    result = synthetic_result()
+    m = result.metrics
+    gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.5, max_variation=1.0, min_adv_accuracy=["2=0.1"]))
+    got = [(c.value, c.ci_low, c.ci_high, c.estimator) for c in gate.checks]
+    assert got == [
+        (m["consistency"]["exact"]["value"], m["consistency"]["exact"]["ci_low"], m["consistency"]["exact"]["ci_high"], "exact consistency"),
+        (m["accuracy"]["none"]["value"], m["accuracy"]["none"]["ci_low"], m["accuracy"]["none"]["ci_high"], "top-1 accuracy without shift"),
+        (m["variation"]["mean"], m["variation"]["ci_low"], m["variation"]["ci_high"], "mean classification variation"),
+        (m["adversarial"]["accuracy"][2], m["adversarial"]["ci_low"][2], m["adversarial"]["ci_high"][2],
+         "max-shift adversarial accuracy at r=2"),
+    ]
+    assert all(isinstance(c.passed, bool) for c in gate.checks)
+
+
+def test_sampled_consistency_gates_when_no_exact_value_exists():
+    result = synthetic_result()
+    del result.metrics["consistency"]["exact"]
+    (check,) = evaluate_gate(result, build_thresholds(min_consistency=0.9)).checks
+    sampled = result.metrics["consistency"]["sampled"]
+    assert (check.value, check.ci_low, check.ci_high, check.estimator) == (sampled["value"], sampled["ci_low"], sampled["ci_high"], "sampled consistency")
+    assert check.passed is (sampled["value"] >= 0.9)
+
+
+def test_thresholds_on_missing_metrics_are_refused():
+    result = synthetic_result()
+    bare = copy.deepcopy(result)
+    for key in ("accuracy", "variation", "adversarial"):
+        del bare.metrics[key]
+    for kwargs, needle in ((dict(min_accuracy=0.5), "--min-accuracy 0.5 needs labelled data, but the data has no labels"),
+                           (dict(max_variation=0.5), "--max-variation 0.5 needs labelled data and every shift evaluated"),
+                           (dict(min_adv_accuracy=["1=0.5"]), "--min-adv-accuracy 1=0.5 needs labelled data and every shift evaluated")):
+        with pytest.raises(UsageError, match=needle):
+            evaluate_gate(bare, build_thresholds(**kwargs))
+    with pytest.raises(UsageError, match=r"--min-adv-accuracy 9=0.5 asks for radius 9 but the curve only reaches 3"):
+        evaluate_gate(result, build_thresholds(min_adv_accuracy=["9=0.5"]))
+
+
+def test_failing_and_passing_checks_in_one_report():
+    result = synthetic_result()  # accuracy 0.9, exact consistency 0.92
+    gate = evaluate_gate(result, build_thresholds(min_consistency=0.95, min_accuracy=0.9))
+    assert [c.passed for c in gate.checks] == [False, True] and not gate.passed
+    assert gate.failures[0].line().startswith("FAIL consistency 0.9200")
+    assert math.isclose(gate.checks[1].value, 0.9)
