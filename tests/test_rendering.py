@@ -418,3 +418,90 @@ def test_build_thresholds_keeps_the_given_values_exactly():
     assert [(t.metric, t.bound, t.value, t.radius) for t in ts] == [
         ("consistency", "min", 0.95, None), ("accuracy", "min", 1 / 3, None), ("variation", "max", 0.0, None),
         ("adversarial", "min", 0.8, 4)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The inspection and per-layer tables, and the run description.
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_inspection_table_rows_equal_the_points():
+    import torchvision
+
+    from shiftaudit.inspection import inspect_model
+    from shiftaudit.report.terminal import inspection_table
+
+    insp = inspect_model(torchvision.models.resnet18(num_classes=10).eval(), (64, 64))
+    table = inspection_table(insp, {"Patch": {"maxpool": "MaxBlurPool"}})
+    text = render(table)
+    assert f"Downsampling points at 64x64 (total stride {insp.total_stride})" in text and insp.total_stride == 32
+    rows = table_rows(text, 8)
+    shown = [p for p in insp.points if p.role != "squeeze"]
+    assert len(rows) == len(shown)
+    for row, p in zip(rows, shown):
+        kernel = f"{p.kernel[0]}x{p.kernel[1]}" if p.kernel else "-"
+        stride = (str(p.stride[0]) if p.stride[0] == p.stride[1] else f"{p.stride[0]}x{p.stride[1]}") if p.stride else "-"
+        assert row == [p.name, p.module, kernel, stride, f"{p.in_size[0]}x{p.in_size[1]}", f"{p.out_size[0]}x{p.out_size[1]}",
+                       p.role, "MaxBlurPool" if p.name == "maxpool" else ""]
+    assert table.caption is None
+
+
+def test_inspection_table_counts_squeeze_pools_in_its_caption():
+    import torchvision
+
+    from shiftaudit.inspection import inspect_model
+    from shiftaudit.report.terminal import inspection_table
+
+    insp = inspect_model(torchvision.models.mobilenet_v3_small(num_classes=10).eval(), (64, 64))
+    squeeze = sum(p.role == "squeeze" for p in insp.points)
+    assert squeeze > 0
+    assert inspection_table(insp).caption == f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)"
+
+
+def test_layers_table_rows_equal_the_layers_json():
+    from shiftaudit.report.terminal import layers_table
+
+    layers = {"layers": [
+        {"name": "features.0", "resolution": [32, 32], "stride": 1, "equivariance": {"mean": 0.0}, "invariance": {"mean": 0.3125},
+         "reference_distance": 0.5, "exact_modulo": 1},
+        {"name": "features.3", "resolution": [16, 16], "stride": 2, "equivariance": {"mean": 0.04321}, "invariance": {"mean": 0.25},
+         "reference_distance": 0.4, "exact_modulo": 2},
+        {"name": "fc", "resolution": [1, 1], "stride": 32, "equivariance": {"mean": 0.125}, "invariance": {"mean": 0.125},
+         "reference_distance": None, "exact_modulo": None},
+    ]}
+    rows = table_rows(render(layers_table(layers)), 7)
+    assert rows == [
+        ["features.0", "32x32", "1", "0.0000", "0.000", "0.3125", "1"],
+        ["features.3", "16x16", "2", "0.0432", "0.108", "0.2500", "2"],
+        ["fc", "1x1", "32", "0.1250", "-", "0.1250", "-"],
+    ]
+
+
+def test_run_description_names_model_data_shifts_mode_and_device():
+    from shiftaudit.report.terminal import describe_run, describe_shifts
+
+    r = synthetic_result()
+    r.model["source"] = "ckpt.pt"
+    r.environment["device_name"] = "cpu (2 threads)"
+    assert describe_shifts(r) == "49 circular shifts within +/-3 px (wrap-around)"
+    assert describe_run(r) == "tiny (ckpt.pt) on synthetic test set; 49 circular shifts within +/-3 px (wrap-around), exhaustive; cpu (2 threads)"
+    r.settings["shifts"] = {"mode": "crop", "kind": "grid", "max_shift": 16, "step": 4, "count": 81}
+    assert describe_shifts(r) == "81 crop shifts within +/-16 px, step 4 (none: crops of a larger canvas, new content enters at the border)"
+    r.settings["shifts"] = {"mode": "circular", "kind": "all", "count": 1024}
+    assert describe_shifts(r) == "all 1024 circular shifts (wrap-around)"
+    r.settings["shifts"] = {"mode": "subpixel", "kind": "grid", "max_shift": 1, "step": 0.5, "count": 25, "padding": "periodic"}
+    assert describe_shifts(r) == "25 sub-pixel shifts within +/-1 px, step 0.5 (periodic)"
+
+
+def test_headline_radii_and_number_formats():
+    from shiftaudit.report.terminal import ci_text, headline_radii, pct
+
+    assert headline_radii([]) == []
+    assert headline_radii([0, 1, 2, 3]) == [1, 2, 3]
+    assert headline_radii(list(range(17))) == [1, 2, 4, 8, 16]
+    assert headline_radii([0, 4, 8, 12]) == [4, 8, 12]
+    assert headline_radii([0, 0.5, 1]) == [0.5, 1]
+    assert headline_radii([0, 0.25, 0.5, 3]) == [0.25, 3]  # only radii that were measured
+    assert pct(None) == "-" and pct(0.12345) == "12.3 %" and pct(0.12345, 2) == "12.35 %" and pct(1.0) == "100.0 %"
+    assert ci_text(None, 0.5) == "" and ci_text(0.5, None) == "" and ci_text(0.1234, 0.5678) == "[12.3, 56.8]"
+    assert ci_text(0.1234, 0.5678, 2) == "[12.34, 56.78]"

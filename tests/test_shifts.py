@@ -80,3 +80,38 @@ def test_shift_bank_gather_matches_eq4_definition():
     for h in range(4):
         for w in range(5):  # Eq. 4: Shift(X)[h, w] = X[(h - dh) % H, (w - dw) % W]
             assert out[h, w] == x[1, 0, (h - 1) % 4, (w + 2) % 5]
+
+
+def test_all_shifts_of_a_small_image_is_every_offset_once():
+    s = ShiftSet.all_shifts((4, 6))
+    assert len(s) == 24 and s.kind == "all"
+    assert sorted(zip(s.dh.tolist(), s.dw.tolist())) == [(h, w) for h in (-1, 0, 1, 2) for w in (-2, -1, 0, 1, 2, 3)]
+    assert s.describe() == "all 24 circular shifts of 4x6"
+
+
+def test_from_offsets_canonicalises_deduplicates_and_adds_the_zero_shift():
+    s = ShiftSet.from_offsets((8, 8), [(9, 0), (1, 0), (-7, 0), (0, -3), (3, 3)])
+    assert list(zip(s.dh.tolist(), s.dw.tolist())) == [(0, 0), (1, 0), (0, -3), (3, 3)]  # 9, 1, -7 are one shift
+    assert s.kind == "custom" and s.max_shift == 3 and s.radius.tolist() == [0, 1, 3, 3]
+    crop = ShiftSet.from_offsets((8, 8), [(9, 0), (1, 0)], mode="crop")
+    assert list(zip(crop.dh.tolist(), crop.dw.tolist())) == [(0, 0), (1, 0), (9, 0)] and crop.max_shift == 9
+    sub = ShiftSet.from_offsets((8, 8), [(0.5, 0), (8.5, 0)], mode="subpixel")
+    assert list(zip(sub.dh.tolist(), sub.dw.tolist())) == [(0.0, 0.0), (0.5, 0.0)] and sub.max_shift == 1
+    with pytest.raises(UsageError, match="Fractional offsets need shift mode subpixel, not circular"):
+        ShiftSet.from_offsets((8, 8), [(0.5, 0)])
+    with pytest.raises(UsageError, match="Unknown shift mode 'diagonal'"):
+        ShiftSet.from_offsets((8, 8), [(1, 0)], mode="diagonal")
+
+
+def test_describe_names_mode_window_and_step():
+    assert ShiftSet.window((32, 32), 2).describe() == "25 circular shifts in [-2, 2]^2"
+    assert ShiftSet.window((224, 224), 8, 4).describe() == "25 circular shifts in [-8, 8]^2, step 4"
+    assert ShiftSet.window((32, 32), 1, mode="crop").describe() == "9 crop shifts in [-1, 1]^2"
+    assert ShiftSet.window((32, 32), 1, 0.5, mode="subpixel").describe() == "25 sub-pixel shifts in [-1, 1]^2, step 0.5"
+
+
+@pytest.mark.parametrize(("size", "margin"), [((224, 224), 16), ((65, 10), 16), ((64, 64), 8), ((32, 32), 4), ((7, 7), 1), ((8, 16), 2)])
+def test_default_crop_margin(size, margin):
+    from shiftaudit.shifts import default_crop_margin
+
+    assert default_crop_margin(size) == margin

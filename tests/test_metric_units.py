@@ -1,0 +1,163 @@
+"""Each accumulator on hand-made batches whose answers are worked out here, without a model or the engine.
+
+Fast and exact: these are the tests mutation testing leans on (a metric's arithmetic changed by one operator fails
+one of them in milliseconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shiftaudit.metrics import (
+    AccuracyAtRandomShift,
+    AccuracyAtZeroShift,
+    AccuracyMap,
+    ExactConsistency,
+    FlipExamples,
+    SampledConsistency,
+    Variation,
+)
+from shiftaudit.metrics.adversarial import NEVER, radius_json
+from shiftaudit.metrics.base import ShiftBatch
+from shiftaudit.metrics.layout import assemble
+from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
+from shiftaudit.metrics.stats import wilson_interval
+from shiftaudit.shifts import ShiftSet
+
+SHIFTS = ShiftSet.window((8, 8), 1)  # 9 shifts, zero first, ordered by radius
+
+
+def batch(preds, labels=None, p_label=None, p_top=None, ids=None, random_slot=None, pairs=None) -> ShiftBatch:
+    preds = np.asarray(preds, dtype=np.int64)
+    b, s = preds.shape
+    return ShiftBatch(
+        image_ids=np.arange(b) if ids is None else np.asarray(ids), labels=None if labels is None else np.asarray(labels),
+        preds=preds, p_label=None if p_label is None else np.asarray(p_label, np.float32),
+        p_top=np.zeros((b, s), np.float32) if p_top is None else np.asarray(p_top, np.float32),
+        shift_index=np.tile(np.arange(s), (b, 1)), zero_slot=np.zeros(b, np.int64),
+        random_slot=np.zeros(b, np.int64) if random_slot is None else np.asarray(random_slot),
+        pair_slots=np.zeros((b, 1, 2), np.int64) if pairs is None else np.asarray(pairs), exhaustive=True, num_shifts=s,
+        num_classes=int(preds.max()) + 1,
+    )
+
+
+def test_accuracy_reads_the_zero_and_the_random_slot():
+    b = batch([[0, 1, 1], [2, 2, 0], [1, 0, 0]], labels=[0, 2, 0], random_slot=[1, 2, 2])
+    zero, rand = AccuracyAtZeroShift(), AccuracyAtRandomShift()
+    zero.update(b)
+    rand.update(b)
+    assert zero.compute() == {"value": 2 / 3, "ci_low": wilson_interval(2 / 3, 3)[0], "ci_high": wilson_interval(2 / 3, 3)[1], "n": 3}
+    assert rand.compute()["value"] == 1 / 3  # slots 1, 2, 2 -> preds 1, 0, 0 against labels 0, 2, 0
+
+
+def test_exact_consistency_is_the_sum_of_squared_shares():
+    m = ExactConsistency()
+    m.update(batch([[0, 0, 0, 1], [0, 1, 2, 3], [5, 5, 5, 5]]))
+    per_image = [0.75**2 + 0.25**2, 4 * 0.25**2, 1.0]
+    assert m.sorted_values()[1].tolist() == per_image
+    assert m.compute()["value"] == pytest.approx(np.mean(per_image), abs=1e-15)
+
+
+def test_sampled_consistency_averages_agreement_over_pairs_then_images():
+    pairs = [[[0, 1], [0, 2]], [[1, 2], [2, 2]]]
+    m = SampledConsistency()
+    m.update(batch([[0, 0, 1], [3, 4, 4]], pairs=pairs))
+    assert m.sorted_values()[1].tolist() == [0.5, 1.0]
+    assert m.compute()["value"] == 0.75
+
+
+def test_variation_is_the_population_std_of_p_correct_over_shifts():
+    p = [[0.9, 0.5, 0.1], [0.2, 0.2, 0.2]]
+    m = Variation()
+    m.update(batch([[0, 0, 0], [0, 0, 0]], labels=[0, 0], p_label=p))
+    expect = [float(np.std(np.float32([0.9, 0.5, 0.1]).astype(np.float64))), 0.0]
+    assert m.sorted_values()[1].tolist() == pytest.approx(expect, abs=1e-12)
+    out = m.compute()
+    assert out["mean"] == pytest.approx(np.mean(expect)) and out["median"] == pytest.approx(np.median(expect)) and out["n"] == 2
+
+
+def test_mac_and_flip_rate_per_image():
+    shifts = ShiftSet.window((8, 8), 1)
+    fr = FlipRate(shifts)
+    assert fr.pairs.shape == (12, 2)
+    preds = np.zeros((2, 9), np.int64)
+    preds[1, shifts.zero_index] = 1  # the zero shift differs from its 4 neighbours
+    fr.update(batch(preds))
+    assert fr.sorted_values()[1].tolist() == [0.0, 4 / 12]
+    out = fr.compute()
+    assert out["pairs_per_image"] == 12 and out["mean"] == pytest.approx(2 / 12)
+    mac = MeanAbsoluteChange()
+    mac.update(batch(np.zeros((1, 3)), p_top=[[0.5, 0.75, 1.0]], pairs=[[[0, 2], [1, 1]]]))
+    assert mac.compute()["mean"] == pytest.approx(0.25)
+
+
+def test_accuracy_map_cells_diagonal_and_extremes():
+    shifts = ShiftSet.window((8, 8), 1)
+    labels = np.array([0, 0])
+    preds = np.zeros((2, 9), np.int64)
+    k = next(i for i in range(9) if shifts.dh[i] == 1 and shifts.dw[i] == 1)
+    preds[0, k] = 3  # wrong at (1, 1) for one image of two
+    m = AccuracyMap(shifts)
+    b = batch(preds, labels=labels)
+    b.shift_index = np.tile(np.arange(9), (2, 1))
+    m.update(b)
+    out = m.compute()
+    assert out["dh"] == [-1, 0, 1] and out["dw"] == [-1, 0, 1] and out["n"] == 2
+    assert out["accuracy"][2][2] == 0.5 and sum(v for row in out["accuracy"] for v in row) == 8.5
+    assert out["diagonal"] == {"shift": [-1, 0, 1], "accuracy": [1.0, 1.0, 0.5]}
+    assert (out["min"], out["max"]) == (0.5, 1.0)
+    other = AccuracyMap(shifts)
+    other.update(b)
+    m.merge(other)
+    assert m.compute()["n"] == 4 and m.compute()["accuracy"][2][2] == 0.5
+
+
+def test_per_image_metrics_merge_and_sort_by_image_id():
+    a, b = ExactConsistency(), ExactConsistency()
+    a.update(batch([[0, 1]], ids=[7]))
+    b.update(batch([[2, 2], [0, 0]], ids=[3, 9]))
+    a.merge(b)
+    ids, values = a.sorted_values()
+    assert ids.tolist() == [3, 7, 9] and values.tolist() == [1.0, 0.5, 1.0]
+    with pytest.raises(TypeError, match="cannot merge SampledConsistency into ExactConsistency"):
+        a.merge(SampledConsistency())
+    fresh = ExactConsistency()
+    fresh.load_state_dict(a.state_dict())
+    assert fresh.sorted_values()[0].tolist() == [3, 7, 9]
+
+
+def test_radius_json_never_and_fractions():
+    assert radius_json(NEVER) is None and radius_json(np.int64(3)) == 3 and radius_json(float("inf")) is None
+    assert radius_json(2.0) == 2 and isinstance(radius_json(2.0), int) and radius_json(0.5) == 0.5
+
+
+def test_flip_examples_keep_the_earliest_failures_with_p_correct_grids():
+    shifts = ShiftSet.window((8, 8), 1)
+    n = 3
+    preds = np.zeros((n, 9), np.int64)
+    p = np.full((n, 9), 0.9, np.float32)
+    corner = next(i for i in range(9) if shifts.dh[i] == -1 and shifts.dw[i] == -1)
+    preds[0, corner], p[0, corner] = 2, 0.1  # image 0: right at zero, wrong at (-1, -1)
+    preds[2, shifts.zero_index] = 1  # image 2: wrong at zero shift: not a flip example
+    m = FlipExamples(shifts, limit=4)
+    m.update(batch(preds, labels=[0, 0, 0], p_label=p))
+    out = m.compute()
+    assert out["limit"] == 4 and [e["image_id"] for e in out["examples"]] == [0]
+    ex = out["examples"][0]
+    assert ex["first_failure_radius"] == 1 and ex["flip_shift"] == [-1, -1] and ex["flip_prediction"] == 2 and ex["label"] == 0
+    assert ex["p_correct"][0][0] == 0.1 and ex["p_correct"][1][1] == 0.9
+
+
+def test_layout_names_every_metric_and_per_image_column():
+    shifts = ShiftSet.window((8, 8), 1)
+    preds = np.zeros((2, 9), np.int64)
+    b = batch(preds, labels=[0, 1], p_label=np.full((2, 9), 0.5))
+    metrics = [AccuracyAtZeroShift(), AccuracyAtRandomShift(), SampledConsistency(), ExactConsistency(), Variation(), AccuracyMap(shifts)]
+    for m in metrics:
+        m.update(b)
+    out, per_image = assemble(metrics)
+    assert list(out) == ["accuracy", "consistency", "variation", "accuracy_map"]
+    assert list(out["accuracy"]) == ["none", "random"] and list(out["consistency"]) == ["sampled", "exact"]
+    assert per_image == {"image_id": [0, 1], "correct": [True, False], "sampled_agreement": [1.0, 1.0],
+                         "exact_consistency": [1.0, 1.0], "variation": [0.0, 0.0]}
