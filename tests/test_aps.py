@@ -38,6 +38,7 @@ def test_shortcut_follows_its_blocks_phase():
     assert isinstance(follower, APSDown2d) and follower.leader is patched.get_submodule("layer3.0.conv1_blur")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [32, 64])  # exact when the size is a multiple of the total stride (32)
 def test_aps_resnet18_with_circular_padding_is_exactly_invariant(size):
     torch.manual_seed(0)

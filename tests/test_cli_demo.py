@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from typer.testing import CliRunner
@@ -11,6 +13,7 @@ from shiftaudit.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_demo_runs_without_files_and_explains(tmp_path):
     report = tmp_path / "demo.json"
     res = runner.invoke(app, ["demo", "--images", "16", "--max-shift", "3", "--device", "cpu", "--json", str(report)])
@@ -21,6 +24,7 @@ def test_demo_runs_without_files_and_explains(tmp_path):
     assert rep["metrics"]["accuracy"]["none"]["value"] >= 0.75  # the shipped model is trained
 
 
+@pytest.mark.slow
 def test_demo_patch_compares_baseline_and_patched(tmp_path):
     res = runner.invoke(app, ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--patch", "tri3", "--quiet"])
     assert res.exit_code == 0, res.output
@@ -33,6 +37,7 @@ def test_demo_compare_antialiased_adds_the_model_trained_with_blur():
     assert "Baseline" in res.stdout and "Trained with blur (tri3)" in res.stdout and "Patched" not in res.stdout
 
 
+@pytest.mark.slow
 def test_demo_patch_and_compare_antialiased_print_three_columns():
     res = runner.invoke(app, ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--patch", "tri3",
                               "--compare-antialiased", "--quiet"])

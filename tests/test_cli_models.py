@@ -14,7 +14,7 @@ from shiftaudit.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "densenet121"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", pytest.param("densenet121", marks=pytest.mark.slow)])
 def test_inspect_with_and_without_arch(arch, tmp_path):
     ckpt = tmp_path / f"{arch}.pth"
     torch.save(torchvision.models.get_model(arch, weights=None, num_classes=7).state_dict(), ckpt)

@@ -64,6 +64,7 @@ def test_patch_saves_a_model_that_reloads_without_flags(files, tmp_path):
     assert res.exit_code == 0, res.output and "Patched" in res.stdout
 
 
+@pytest.mark.slow
 def test_patch_eval_prints_before_after_and_latency(files, tmp_path):
     _, ckpt, data = files
     report = tmp_path / "ba.json"

@@ -76,6 +76,7 @@ def test_demo_model_is_accurate_on_the_demo_test_images(demo_model: nn.Module) -
     assert acc >= 0.9
 
 
+@pytest.mark.slow
 def test_antialiased_demo_asset_loads_is_accurate_and_more_consistent() -> None:
     """The demo model trained WITH blur-before-subsampling (scripts/train_demo.py --antialias) is rebuilt from its
     patch spec, is as accurate, and is more shift-consistent than the baseline trained the same way without blur."""
@@ -123,6 +124,7 @@ def test_vgg13_cifar_shape_and_circular_padding() -> None:
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
 
 
+@pytest.mark.slow
 def test_patch_and_recalibration_raise_the_trained_demo_models_consistency():
     """Issue 4: on a small trained model, patching + BatchNorm re-estimation makes it more shift-consistent."""
     import dataclasses

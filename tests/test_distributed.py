@@ -30,6 +30,7 @@ def _eval(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_torchrun_two_processes_give_the_single_process_json(tmp_path):
     rng = np.random.default_rng(0)

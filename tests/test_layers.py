@@ -130,6 +130,7 @@ def _check_png(path, expect_min_side=200):
     assert img.std() > 10  # not blank
 
 
+@pytest.mark.slow
 def test_heatmap_png_for_a_small_vgg_at_32(tmp_path):
     torch.manual_seed(1)
     model = circular_vgg(channels=(8, 8, 8, 8, 8))
@@ -144,6 +145,7 @@ def test_heatmap_png_for_a_small_vgg_at_32(tmp_path):
     assert len(layers["dh"]) == 17
 
 
+@pytest.mark.slow
 def test_heatmap_png_for_resnet18_at_64(tmp_path):
     import torchvision
 
@@ -162,6 +164,7 @@ def test_heatmap_png_for_resnet18_at_64(tmp_path):
         assert grid[zero_i, zero_j] == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_blurpool_patched_stack_has_lower_distances_at_the_same_layers():
     """Fig. 4 (b) vs (a): with MaxBlurPool, features stay closer to equivariant after each downsampling."""
     from shiftaudit.patching import patch

@@ -19,6 +19,7 @@ def _signature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
 
 
+@pytest.mark.slow
 def test_identifies_resnet18_and_loads_without_flags(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=3).eval()
@@ -42,6 +43,7 @@ def test_identifies_mobilenet_v3_small():
     assert (result.arch, result.num_classes) == ("mobilenet_v3_small", 5)
 
 
+@pytest.mark.slow
 def test_identifies_timm_model(tmp_path):
     timm = pytest.importorskip("timm")
     model = timm.create_model("starnet_s050", pretrained=False, num_classes=6).eval()

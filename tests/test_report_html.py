@@ -62,6 +62,7 @@ def img_sources(page: str) -> list[str]:
     return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
 
 
+@pytest.mark.slow
 def test_demo_out_leaves_pictures_and_page(demo_report):
     names = {p.name for p in demo_report.iterdir()}
     assert PICTURES | {"report.json", "report.html"} <= names
@@ -70,6 +71,7 @@ def test_demo_out_leaves_pictures_and_page(demo_report):
     assert not [n for n in names if n.startswith(".")], "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_and_pictures_are_valid_pngs(demo_report):
     page = (demo_report / "report.html").read_text(encoding="utf-8")
     sources = img_sources(page)
@@ -97,6 +99,7 @@ def test_user_text_is_escaped():
 
 
 @needs_browser
+@pytest.mark.slow
 def test_every_image_loads_in_headless_chromium(demo_report, tmp_path):
     page = (demo_report / "report.html").read_text(encoding="utf-8")
     probe = tmp_path / "probe.html"
@@ -113,6 +116,7 @@ def test_every_image_loads_in_headless_chromium(demo_report, tmp_path):
 
 
 @needs_browser
+@pytest.mark.slow
 def test_screenshot_of_the_page_is_not_blank(demo_report, tmp_path):
     shot = tmp_path / "shot.png"
     res = chromium("--virtual-time-budget=5000", "--window-size=1200,2000", f"--screenshot={shot}", (demo_report / "report.html").resolve().as_uri(),
