@@ -50,3 +50,12 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     if text:
         return text.splitlines()[0]
     return type(exc).__name__ if default is None else default
+
+
+def failure_text(exc: BaseException) -> str:
+    """What an exception escaping the user's code says, in a few words; an exit (``SystemExit(0)``, whose text is
+    just ``0``) is named by its type so that the sentence says the model tried to end the run."""
+    if isinstance(exc, Exception):
+        return first_line(exc)
+    return f"it raised {(repr(exc).splitlines() or [type(exc).__name__])[0][:200]}"
+

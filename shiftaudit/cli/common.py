@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import OutputError, ShiftAuditError, UsageError, first_line
+from ..errors import OutputError, ShiftAuditError, UsageError, failure_text, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,7 +33,11 @@ def json_to_stdout(json_out: Path | None) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one sentence on stderr and an exit code: 2 for input/usage, 130 for Ctrl-C, 3 for bugs."""
+    """Turn library errors into one sentence on stderr and an exit code: 2 for input/usage, 130 for Ctrl-C, 3 for bugs.
+
+    An exit raised by code shiftaudit runs (the model's ``sys.exit(0)``, a custom BaseException) is a failure too:
+    passed through, it would end the command with its exit code and no report, which a CI gate reads as a pass.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -57,6 +61,9 @@ def handle_errors(fn: F) -> F:
             first = first_line(exc, "")
             say_error(f"internal error ({type(exc).__name__}: {first}); rerun with SHIFTAUDIT_DEBUG=1 for the traceback and report it.")
             raise typer.Exit(3) from None
+        except BaseException as exc:  # SystemExit, GeneratorExit, ... from the model's code or a library it calls
+            say_error(f"the model's code (or a library it calls) stopped the run: {failure_text(exc)}; that is a failure, not a pass.")
+            raise typer.Exit(2) from None
         finally:
             console.stderr = False  # undo json_to_stdout
 
