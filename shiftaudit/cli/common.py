@@ -13,17 +13,32 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import OutputError, ShiftAuditError, UsageError, failure_text, first_line
+from ..errors import OutputError, ShiftAuditError, UsageError, failure_text, first_line, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+class PlainConsole(Console):
+    """A console that shows every string literally: no markup or emoji codes, control characters as escapes.
+
+    Paths, folder, class and layer names reach tables, titles and messages; a ``[/]`` in a folder name must not crash
+    the printer after an hour's audit, a ``:smile:`` must stay text, and a newline or escape sequence in a file name
+    must neither split a line nor drive the terminal.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(highlight=False, markup=False, emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(one_line(text), **kwargs)
+
+
+console = PlainConsole()
+err_console = PlainConsole(stderr=True)
 
 
 def say_error(message: str) -> None:
-    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    err_console.print(Text.assemble(("error: ", "bold red"), one_line(message)), soft_wrap=True)
 
 
 def json_to_stdout(json_out: Path | None) -> None:
