@@ -7,6 +7,8 @@ Anything the user can fix (a wrong path, a corrupt file, a flag that makes no se
 
 from __future__ import annotations
 
+import re
+
 
 class ShiftAuditError(Exception):
     """A problem with the user's input or settings, said in one sentence (CLI exit code 2)."""
@@ -50,3 +52,20 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     if text:
         return text.splitlines()[0]
     return type(exc).__name__ if default is None else default
+
+
+def failure_text(exc: BaseException) -> str:
+    """What an exception escaping the user's code says, in a few words; an exit (``SystemExit(0)``, whose text is
+    just ``0``) is named by its type so that the sentence says the model tried to end the run."""
+    if isinstance(exc, Exception):
+        return first_line(exc)
+    return f"it raised {(repr(exc).splitlines() or [type(exc).__name__])[0][:200]}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\n``, ``\\x1b``): a newline in a file name must not split
+    a one-line error, an escape sequence must not drive the terminal, an undecodable byte must not crash the printer."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

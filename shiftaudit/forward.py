@@ -10,13 +10,13 @@ output; :func:`model_dtype` is the dtype the inputs are cast to.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import DataError, ModelError, first_line
+from .errors import DataError, ModelError, failure_text, first_line
 from .observers import Observer
 
 
@@ -46,6 +46,19 @@ def as_logits(output: Any, batch: int) -> torch.Tensor:
             f"The model's output has shape {tuple(logits.shape)}; expected (batch, classes) = ({batch}, C) for a classifier."
         )
     return logits
+
+
+@contextlib.contextmanager
+def model_exits_fail(what: str) -> Iterator[None]:
+    """Turn an exit raised by the user's model code (SystemExit, GeneratorExit, any BaseException but Ctrl-C) into a
+    :class:`ModelError` saying ``what`` failed: such code must never end the run silently, which a CI gate would read
+    as a pass. Ordinary exceptions pass through to the caller's own handling."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        raise ModelError(f"{what}: {failure_text(exc)}.") from None
 
 
 class BatchedForward:
@@ -120,9 +133,8 @@ class BatchedForward:
                         out = self._call(x)
                     except (ModelError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
                         raise
-                    except Exception as exc:  # the user's model failed (a TypeError is its fault too, not ours)
-                        first = first_line(exc)
-                        raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {first}") from None
+                    except BaseException as exc:  # the user's model failed: a TypeError, even a SystemExit(0), is its fault
+                        raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {failure_text(exc)}") from None
                 logits = as_logits(out, (stop - start) * fan_out).float()
                 for o in observers:
                     o.on_logits(logits)

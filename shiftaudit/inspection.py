@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, first_line
+from .forward import model_exits_fail
 from .sizes import pair
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
@@ -128,7 +129,7 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
         param = next((p for p in model.parameters()), None)
         dev = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        with torch.no_grad():
+        with torch.no_grad(), model_exits_fail(f"The model failed on a {c}x{h}x{w} input"):
             out = model(torch.zeros(1, c, h, w, device=dev, dtype=dtype))
     except RuntimeError as exc:
         first = first_line(exc)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomicio import write_bytes_atomic
+from .atomicio import check_destination, write_bytes_atomic
 from .errors import UsageError
 from .metrics.base import Metric
 
@@ -56,6 +56,7 @@ class ResumeState:
 
     def load_into(self, metric_list: list[Metric]) -> bool:
         """Restore the accumulators from the file, when it exists; returns whether anything was restored."""
+        check_destination(self.path, "--resume")  # a FIFO would block the read, a device or symlink be replaced later
         if not self.path.exists():
             return False
         try:

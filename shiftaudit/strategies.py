@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .forward import model_exits_fail
 from .metrics import AccuracyAtZeroShift, AdversarialCurve, Metric
 from .observers import Observer
 from .shifts import ShiftSet
@@ -34,7 +35,7 @@ def try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: 
     first = torch.randn((1, int(getattr(dataset, "channels", 3)), shifts.height, shifts.width), generator=gen)
     first = first.to(dev, dtype=dtype)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), model_exits_fail("The model failed while the polyphase engine was checked against it"):
             poly = build_polyphase(model, first, shifts.dh, shifts.dw).to(dev)
             err = probe(model, poly, first, shifts.dh, shifts.dw)
     except PolyphaseUnsupported as exc:

@@ -147,6 +147,56 @@ def oom_above_eight(num_classes=3):
 
 def needs_mask(num_classes=3):
     return NeedsMask(num_classes)
+
+
+class ModelBail(BaseException):
+    """A custom BaseException: not an Exception, so ``except Exception`` lets it through."""
+
+
+class ExitsInForward(Tiny):
+    """Ends the program from its forward: SystemExit(0) (the default), GeneratorExit or ModelBail."""
+
+    def __init__(self, num_classes=3, exc=SystemExit(0)):
+        super().__init__(num_classes)
+        self.exc = exc
+
+    def forward(self, x):
+        raise self.exc
+
+
+class SlowWithMarker(Tiny):
+    """0.2 s per forward pass; touches the file named by $SA_TEST_MARKER on its first one (a subprocess test then
+    knows the audit is running)."""
+
+    def forward(self, x):
+        import os
+        import time
+
+        marker = os.environ.get("SA_TEST_MARKER")
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+        time.sleep(0.2)
+        return super().forward(x)
+
+
+def exit_zero(num_classes=3):
+    return ExitsInForward(num_classes, SystemExit(0))
+
+
+def generator_exit(num_classes=3):
+    return ExitsInForward(num_classes, GeneratorExit())
+
+
+def model_bail(num_classes=3):
+    return ExitsInForward(num_classes, ModelBail("bail out"))
+
+
+def exit_on_build(num_classes=3):
+    raise SystemExit(0)
+
+
+def slow_with_marker(num_classes=3):
+    return SlowWithMarker(num_classes)
 '''
 
 

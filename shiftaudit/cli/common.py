@@ -13,20 +13,46 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import OutputError, ShiftAuditError, UsageError, first_line
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+from ..errors import OutputError, ShiftAuditError, UsageError, failure_text, first_line, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class PlainConsole(Console):
+    """A console that shows every string literally: no markup or emoji codes, control characters as escapes.
+
+    Paths, folder, class and layer names reach tables, titles and messages; a ``[/]`` in a folder name must not crash
+    the printer after an hour's audit, a ``:smile:`` must stay text, and a newline or escape sequence in a file name
+    must neither split a line nor drive the terminal.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(highlight=False, markup=False, emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(one_line(text), **kwargs)
+
+
+console = PlainConsole()
+err_console = PlainConsole(stderr=True)
+
+
 def say_error(message: str) -> None:
-    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    err_console.print(Text.assemble(("error: ", "bold red"), one_line(message)), soft_wrap=True)
+
+
+def json_to_stdout(json_out: Path | None) -> None:
+    """With ``--json -`` stdout carries the JSON alone: the tables and messages of this command go to stderr."""
+    if json_out is not None and str(json_out) == "-":
+        console.stderr = True
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one sentence on stderr and an exit code: 2 for input/usage, 130 for Ctrl-C, 3 for bugs."""
+    """Turn library errors into one sentence on stderr and an exit code: 2 for input/usage, 130 for Ctrl-C, 3 for bugs.
+
+    An exit raised by code shiftaudit runs (the model's ``sys.exit(0)``, a custom BaseException) is a failure too:
+    passed through, it would end the command with its exit code and no report, which a CI gate reads as a pass.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,6 +76,11 @@ def handle_errors(fn: F) -> F:
             first = first_line(exc, "")
             say_error(f"internal error ({type(exc).__name__}: {first}); rerun with SHIFTAUDIT_DEBUG=1 for the traceback and report it.")
             raise typer.Exit(3) from None
+        except BaseException as exc:  # SystemExit, GeneratorExit, ... from the model's code or a library it calls
+            say_error(f"the model's code (or a library it calls) stopped the run: {failure_text(exc)}; that is a failure, not a pass.")
+            raise typer.Exit(2) from None
+        finally:
+            console.stderr = False  # undo json_to_stdout
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,19 +125,30 @@ def interrupted_message(exc: BaseException) -> str:
     return f"interrupted: stopped cleanly{where}; no output file was left half-written."
 
 
-def check_output_path(path: Path | None, flag: str, *, folder: bool = False) -> None:
+def check_output_path(path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False,
+                      names: tuple[str, ...] = ()) -> None:
     """Refuse, before any work, an output location that cannot be written.
 
-    An audit must not run for an hour and then fail to save. Nothing is created: only the nearest existing folder
-    is checked, with an anonymous temporary file (so pseudo file systems such as /proc are caught too).
+    An audit must not run for an hour and then fail to save. Nothing is created: the destination must be a regular
+    file or nothing (:func:`~shiftaudit.atomicio.check_destination`: never a FIFO, device, socket or symlink), and the
+    nearest existing folder is tried with an anonymous temporary file (so pseudo file systems such as /proc are
+    caught too). ``folder``: a folder output, whose files ``names`` are checked the same way. ``stdout``: ``-``
+    means standard output.
     """
-    if path is None or str(path) == "-":
+    from ..atomicio import check_destination, node_kind
+
+    if path is None or (stdout and str(path) == "-"):
         return
     p = Path(path).expanduser()
-    if folder and p.exists() and not p.is_dir():
-        raise OutputError(f"{flag} {p} exists and is not a folder; choose another output location.")
-    if not folder and p.is_dir():
-        raise OutputError(f"{flag} {p} is a folder, expected a file path.")
+    if folder:
+        if str(p) == "-":
+            raise OutputError(f"{flag} - would create a folder named '-'; only --json takes '-' (standard output), give a folder path.")
+        if os.path.lexists(p) and not p.is_dir():  # a symlink to a folder is a folder: nothing is replaced
+            raise OutputError(f"{flag} {p} is {node_kind(p) or 'a file'}, not a folder; choose another output location.")
+        for name in names:
+            check_destination(p / name, flag)
+    else:
+        check_destination(p, flag)
     ancestor = p if folder else p.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -118,6 +160,27 @@ def check_output_path(path: Path | None, flag: str, *, folder: bool = False) -> 
     except OSError as exc:
         why = (exc.strerror or str(exc)).rstrip(".").lower()
         raise OutputError(f"{flag} {p} cannot be written ({why}); choose another output location.") from None
+
+
+def check_outputs(files: dict[str, Path | None], folders: dict[str, tuple[Path | None, tuple[str, ...]]] | None = None,
+                  stdout: tuple[str, ...] = ("--json",)) -> None:
+    """Check every output of a command before any work: each one (:func:`check_output_path`), and that no two of them
+    name the same file, where one would silently replace the other. ``folders``: flag -> (folder, its file names)."""
+    targets = []
+    for flag, path in files.items():
+        check_output_path(path, flag, stdout=flag in stdout)
+        if path is not None and str(path) != "-":
+            targets.append((flag, Path(path)))
+    for flag, (folder, names) in (folders or {}).items():
+        check_output_path(folder, flag, folder=True, names=names)
+        if folder is not None:
+            targets += [(flag, Path(folder) / name) for name in names]
+    seen: dict[str, str] = {}
+    for flag, path in targets:
+        key = os.path.join(os.path.realpath(path.expanduser().parent), path.name)
+        if key in seen and seen[key] != flag:
+            raise UsageError(f"{seen[key]} and {flag} both write {path}; give each output its own file.")
+        seen.setdefault(key, flag)
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

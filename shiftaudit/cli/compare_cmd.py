@@ -16,7 +16,7 @@ import typer
 from ..errors import UsageError
 from ..result import SCHEMA, SCHEMA_VERSION, AuditResult
 from . import app
-from .common import console, handle_errors
+from .common import check_outputs, console, handle_errors, json_to_stdout
 
 COMPARISON_SCHEMA = "shiftaudit/comparison"
 DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
@@ -24,7 +24,8 @@ DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
 FilesArg = Annotated[list[Path], typer.Argument(help="Two or more JSON reports written by `eval --json` or `demo --json` on the same data.", show_default=False)]
 NamesOpt = Annotated[str | None, typer.Option("--names", help="Comma-separated column names, one per report (default: the file names).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the combined pictures (adversarial curve, variation, accuracy over shifts).")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON ('-' for stdout).")]
+PICTURES = ("adversarial.png", "variation.png", "accuracy_map.png")
 
 
 def load_report(path: Path) -> AuditResult:
@@ -137,11 +138,13 @@ def compare_command(
 
     Exit codes: 0 compared, 2 a file is not a shiftaudit report, is newer than this version, or ran on other data.
     """
-    from ..atomicio import ensure_writable_dir, write_json_atomic
+    from ..atomicio import all_or_nothing, ensure_writable_dir, write_json_atomic
     from ..report.terminal import comparison_table, describe_shifts
 
     if len(files) < 2:
         raise UsageError("compare needs at least two reports, e.g. shiftaudit compare baseline.json patched.json.")
+    check_outputs({"--json": json_out}, {"--out": (out, PICTURES)})
+    json_to_stdout(json_out)
     labels = run_names(files, names)
     runs = [(label, load_report(path)) for label, path in zip(labels, files)]
     notes = check_same_data(runs)
@@ -149,21 +152,25 @@ def compare_command(
     console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}"))
     for note in notes:
         console.print(f"note: {note}", style="dim", soft_wrap=True)
-    if json_out is not None:
-        write_json_atomic(json_out, comparison_json(runs, files, notes))
-        console.print(f"wrote {json_out}")
-    if out is not None:
-        from ..report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
+    written: list[Path | None] = []
+    pictures: list[Path | None] = []
+    with all_or_nothing():
+        if json_out is not None:
+            write_json_atomic(json_out, comparison_json(runs, files, notes))
+            if str(json_out) != "-":
+                written.append(json_out)
+        if out is not None:
+            from ..report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
 
-        folder = ensure_writable_dir(out)
-        written = [
-            plot_adversarial_curve(runs, folder / "adversarial.png"),
-            plot_variation_distribution(runs, folder / "variation.png"),
-            plot_accuracy_map(runs, folder / "accuracy_map.png"),
-        ]
-        for path in written:
-            if path is not None:
-                console.print(f"wrote {path}")
-        if not any(written):
-            console.print("note: no run has the all-shift metrics (sampled mode or unlabelled data): no picture to draw", style="dim")
+            folder = ensure_writable_dir(out)
+            pictures = [
+                plot_adversarial_curve(runs, folder / PICTURES[0]),
+                plot_variation_distribution(runs, folder / PICTURES[1]),
+                plot_accuracy_map(runs, folder / PICTURES[2]),
+            ]
+    for path in written + pictures:
+        if path is not None:
+            console.print(f"wrote {path}")
+    if out is not None and not any(pictures):
+        console.print("note: no run has the all-shift metrics (sampled mode or unlabelled data): no picture to draw", style="dim")
     raise typer.Exit(0)

@@ -9,7 +9,7 @@ import typer
 
 from ..result import AuditResult
 from . import app
-from .common import DeviceOpt, console, handle_errors
+from .common import DeviceOpt, check_outputs, console, handle_errors, json_to_stdout
 from .eval_cmd import JsonOpt, OutOpt, QuietOpt, report_result
 
 
@@ -50,7 +50,6 @@ def explain(result: AuditResult) -> list[str]:
                 "low-pass filter."
             )
     return lines
-    return lines
 
 
 @app.command("demo")
@@ -70,26 +69,27 @@ def demo_command(
     from ..engine import audit
     from ..loading import load_model
     from ..models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
+    from ..patching import PatchConfig
+    from ..report.outputs import REPORT_FILES
     from .progress import RichProgress
 
+    # everything that can be refused is refused before the first audit, and the outputs are written once every
+    # audit is done: a run writes all its outputs or none
+    config = PatchConfig(filter=patch_filter, pad="circular") if patch_filter is not None else None
+    check_outputs({"--json": json_out}, {"--out": (out, REPORT_FILES)})
+    json_to_stdout(json_out)
     loaded = load_model(demo_checkpoint_path())
     dataset = demo_dataset(images, loaded.preprocessing)
     result = audit(loaded, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
     result.model["description"] = "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
     result.model["source"] = "built-in demo.safetensors"
-    code = report_result(result, json_out=json_out, out=out, quiet=quiet, dataset=dataset)
-    if not quiet:
-        console.print()
-        for line in explain(result):
-            console.print(line, soft_wrap=False)
-        console.print()
     columns: list[tuple[str, AuditResult]] = [("Baseline", result)]
-    if patch_filter is not None:
+    if config is not None:
         import dataclasses
 
-        from ..patching import PatchConfig, patch_model, recalibrate_batchnorm
+        from ..patching import patch_model, recalibrate_batchnorm
 
-        patched = patch_model(loaded.model, PatchConfig(filter=patch_filter, pad="circular"))
+        patched = patch_model(loaded.model, config)
         calibration = demo_dataset(512, loaded.preprocessing, seed=DEMO_TRAIN_SEED)
         recalibrate_batchnorm(patched.model, calibration, num_images=512)
         after = audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset,
@@ -101,6 +101,12 @@ def demo_command(
         aa_filter = (trained.patch_spec or {}).get("filter", "blur")
         aa_result = audit(trained, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
         columns.append((f"Trained with blur ({aa_filter})", aa_result))
+    code = report_result(result, json_out=json_out, out=out, quiet=quiet, dataset=dataset)
+    if not quiet:
+        console.print()
+        for line in explain(result):
+            console.print(line, soft_wrap=False)
+        console.print()
     if len(columns) > 1:
         from ..report.terminal import comparison_table, describe_shifts
 

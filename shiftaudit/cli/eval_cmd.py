@@ -11,7 +11,7 @@ from ..distributed import finish as finish_distributed
 from ..distributed import is_main_process
 from ..engine import audit, plan_shifts
 from ..gate import build_thresholds, evaluate_gate, validate_thresholds
-from ..report.outputs import write_report_dir
+from ..report.outputs import REPORT_FILES, write_report_dir
 from ..report.terminal import audit_table, describe_run, layers_table
 from . import app
 from .common import (
@@ -40,15 +40,17 @@ from .common import (
     StrictOpt,
     TrustPickleOpt,
     WorkersOpt,
+    check_outputs,
     console,
     err_console,
     handle_errors,
+    json_to_stdout,
     load_model_from_cli,
     resolve_cli_preprocessing,
 )
 from .progress import RichProgress
 
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the JSON report to this path.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the JSON report to this path ('-' for stdout; the table then goes to stderr).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Report folder: report.json plus pictures and HTML.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar; only the verdict and errors.")]
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Also measure per-layer shift-equivariance: auto (Fig. 4's layers), all, or comma-separated module names; writes layers.png to --out.")]
@@ -134,6 +136,27 @@ def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean
     )
 
 
+def write_outputs(result: Any, *, json_out: Path | None, out: Path | None, junit: Path | None = None,
+                  dataset: Any = None) -> list[Path]:
+    """Write every output of the run, all of them or none (a full disk at the last picture leaves no new report
+    beside old pictures); returns the files written, for the "wrote ..." lines."""
+    from ..atomicio import all_or_nothing
+
+    written: list[Path] = []
+    with all_or_nothing():
+        if json_out is not None:
+            result.save_json(json_out)
+            if str(json_out) != "-":
+                written.append(json_out)
+        if out is not None:
+            written += write_report_dir(result, out, dataset=dataset)
+        if junit is not None:
+            from ..report.junit import write_junit
+
+            written.append(write_junit(result, junit))
+    return written
+
+
 def report_result(
     result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
 ) -> int:
@@ -148,20 +171,9 @@ def report_result(
         t = result.timing
         if t:
             console.print(f"{result.data['num_images']} images in {t['seconds']:.1f} s ({t['images_per_s']:.1f} images/s, {t['forwards_per_s']:.0f} forward passes/s)", style="dim")
-    if json_out is not None:
-        result.save_json(json_out)
+    for path in write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset):
         if not quiet:
-            console.print(f"wrote {json_out}")
-    if out is not None:
-        for path in write_report_dir(result, out, dataset=dataset):
-            if not quiet:
-                console.print(f"wrote {path}")
-    if junit is not None:
-        from ..report.junit import write_junit
-
-        write_junit(result, junit)
-        if not quiet:
-            console.print(f"wrote {junit}")
+            console.print(f"wrote {path}")
     if result.gate is None:
         return 0
     checks = result.gate["checks"]
@@ -229,11 +241,8 @@ def eval_command(
         raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
     if data is None:
         raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
-    from .common import check_output_path
-
-    check_output_path(json_out, "--json")
-    check_output_path(out, "--out", folder=True)
-    check_output_path(junit, "--junit")
+    check_outputs({"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, REPORT_FILES)})
+    json_to_stdout(json_out)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     dataset = load_dataset_from_cli(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,

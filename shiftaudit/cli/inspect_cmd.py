@@ -20,6 +20,7 @@ from .common import (
     PresetOpt,
     SizeOpt,
     TrustPickleOpt,
+    check_outputs,
     console,
     handle_errors,
     load_model_from_cli,
@@ -77,6 +78,7 @@ def inspect_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the inspection as JSON to this path ('-' for stdout).")] = None,
 ) -> None:
     """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
+    check_outputs({"--json": json_out})
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     prep = resolve_cli_preprocessing(loaded, preset, size, None, None, None, None)
     insp = None

@@ -35,8 +35,10 @@ from .common import (
     StrictOpt,
     TrustPickleOpt,
     WorkersOpt,
+    check_outputs,
     console,
     handle_errors,
+    json_to_stdout,
     load_model_from_cli,
     resolve_cli_preprocessing,
 )
@@ -107,11 +109,11 @@ def patch_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     batch_size: BatchOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON ('-' for stdout).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
-    from ..atomicio import write_json_atomic
+    from ..atomicio import all_or_nothing, write_json_atomic
     from ..engine import resolve_device
     from ..errors import UsageError
     from ..inspection import inspect_model
@@ -129,10 +131,8 @@ def patch_command(
     pad = pad or ("circular" if method == "aps" else "reflect")
     config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
-    from .common import check_output_path
-
-    check_output_path(output, "--output")
-    check_output_path(json_out, "--json")
+    check_outputs({"--output": output, "--json": json_out})
+    json_to_stdout(json_out)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     if loaded.format == "torchscript":
         raise UsageError("A TorchScript archive cannot be patched: pass the weights (state dict or safetensors) with --arch.")
@@ -171,15 +171,7 @@ def patch_command(
     result.model.eval().cpu()
 
     if output is not None:
-        from ..loading import save_model
-
-        spec = result.spec
-        save_model(result.model, output, format=fmt, arch=loaded.arch, num_classes=loaded.num_classes, preprocessing=prep,
-                   class_names=loaded.class_names, patch_spec=spec, extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0)})
         report["output"] = str(output)
-        if not quiet:
-            console.print(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags")
-
     if evaluate:
         import dataclasses
 
@@ -195,7 +187,19 @@ def patch_command(
         report["before"] = before.to_json()
         report["after"] = after.to_json()
         report["latency_ms"] = {"baseline": lat_before, "patched": lat_after, "input_shape": list(shape), "device": str(dev)}
-    if json_out is not None:
-        write_json_atomic(json_out, report)
-        if not quiet:
-            console.print(f"wrote {json_out}")
+    with all_or_nothing():  # the patched model and the report are written together, after every step succeeded
+        if output is not None:
+            import torch
+
+            from ..loading import save_model
+
+            result.model.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before --eval ran it
+            save_model(result.model, output, format=fmt, arch=loaded.arch, num_classes=loaded.num_classes, preprocessing=prep,
+                       class_names=loaded.class_names, patch_spec=result.spec,
+                       extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0)})
+        if json_out is not None:
+            write_json_atomic(json_out, report)
+    if not quiet and output is not None:
+        console.print(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags")
+    if not quiet and json_out is not None and str(json_out) != "-":
+        console.print(f"wrote {json_out}")

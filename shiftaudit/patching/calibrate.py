@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..forward import model_exits_fail
+
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -43,7 +45,8 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, *, num_images: int, batch
             images = images[: num_images - seen]
             if images.shape[0] < 2 and seen > 0:
                 break  # a batch of one gives no variance; the statistics so far stand
-            model(images.to(device, dtype=dtype))
+            with model_exits_fail("The model failed while re-estimating BatchNorm statistics"):
+                model(images.to(device, dtype=dtype))
             seen += images.shape[0]
             if progress is not None:
                 progress.advance(images.shape[0])

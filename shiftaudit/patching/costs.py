@@ -9,6 +9,8 @@ import time
 import torch
 from torch import nn
 
+from ..forward import model_exits_fail
+
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
                     repeats: int = 10, warmup: int = 2) -> float:
@@ -33,7 +35,8 @@ def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...], *, de
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            model(x)
+            with model_exits_fail("The model failed while its latency was measured"):
+                model(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             if i >= warmup:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import write_text_atomic
+from ..atomicio import pending, write_text_atomic
 from ..result import AuditResult
 from .terminal import audit_rows, describe_run
 
@@ -62,7 +62,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 def _picture(item: Path | tuple[str, Path]) -> str:
     caption, path = (item if isinstance(item, tuple) else (CAPTIONS.get(Path(item).stem, Path(item).stem), item))
-    data = Path(path).read_bytes()
+    data = pending(path).read_bytes()  # the picture may still wait in its temporary file (all_or_nothing)
     size = png_size(data)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")

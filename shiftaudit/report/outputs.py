@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import ensure_writable_dir
+from ..atomicio import all_or_nothing, ensure_writable_dir
 from ..result import AuditResult
+
+# Every file write_report_dir may write: the CLI checks each of them before the audit runs.
+REPORT_FILES = ("report.json", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png", "layers.png", "report.html")
 
 
 def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[Path]:
@@ -27,15 +30,17 @@ def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[
 
 
 def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = None) -> list[Path]:
-    """Write everything a report folder holds; returns the files written (each one atomically).
+    """Write everything a report folder holds, all or nothing (one failed picture leaves no half-new folder); returns
+    the files written.
 
     ``dataset`` (optional, the audited data) lets the flip-example picture show the images themselves.
     """
     from .html import write_html_report
 
-    out = ensure_writable_dir(out_dir)
-    written = [result.save_json(out / "report.json")]
-    pictures = write_pictures(result, out, dataset)
-    written += pictures
-    written.append(write_html_report(result, out / "report.html", pictures))
+    with all_or_nothing():
+        out = ensure_writable_dir(out_dir)
+        written = [result.save_json(out / "report.json")]
+        pictures = write_pictures(result, out, dataset)
+        written += pictures
+        written.append(write_html_report(result, out / "report.html", pictures))
     return written
