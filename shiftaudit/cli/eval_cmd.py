@@ -88,7 +88,7 @@ def run_eval(
     size, margin = input_geometry(dataset, shift_mode, None, max_shift)  # crop mode: the data holds larger canvases
     shifts, exhaustive = plan_shifts(size, max_shift=margin if max_shift is None and margin else max_shift,
                                      shift_step=shift_step, mode=mode, shift_mode=shift_mode)
-    validate_thresholds(thresholds, labelled=dataset.has_labels, exhaustive=exhaustive, max_radius=int(shifts.radius.max()))
+    validate_thresholds(thresholds, labelled=dataset.has_labels, exhaustive=exhaustive, radii=shifts.radii)
     result = audit(
         loaded,
         dataset,
