@@ -94,7 +94,7 @@ def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
     return int(max(floor, min(2048, budget // max(pixels, 1))))
 
 
-def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool) -> list[Metric]:
+def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool, notes: list[str]) -> list[Metric]:
     metrics: list[Metric] = [SampledConsistency()]
     if labelled:
         metrics += [AccuracyAtZeroShift(), AccuracyAtRandomShift()]
@@ -102,7 +102,14 @@ def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool) -> l
         metrics.append(ExactConsistency())
         if labelled:
             metrics += [Variation(), AdversarialCurve(shift_set), AccuracyMap(shift_set), FlipExamples(shift_set)]
-        metrics.append(FlipRate(shift_set))
+        flip_rate = FlipRate(shift_set)
+        if flip_rate.pairs.size:
+            metrics.append(flip_rate)
+        else:  # a grid with a step has no 1-px neighbours: omit the metric rather than report an empty mean (nan)
+            notes.append(
+                f"flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one pixel "
+                f"apart (step {shift_set.step:g}); pass --shift-step 1 to measure it"
+            )
     metrics.append(MeanAbsoluteChange())
     return metrics
 
@@ -251,7 +258,7 @@ def audit(
     labelled = bool(dataset.has_labels)
     if not labelled:
         notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability)")
-    metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive)
+    metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive, notes)
     for m in metric_list:
         if m.needs_labels and not labelled:
             raise UsageError(f"Metric {m.name} needs labelled data.")

@@ -34,3 +34,22 @@ def test_flip_rate_and_mac_match_a_naive_loop():
     naive = ((down + right) / 2).numpy()
     assert np.isclose(result.metrics["flip_rate"]["mean"], naive.mean())
     assert 0.0 <= result.metrics["mac"]["mean"] <= 1.0
+
+
+def test_flip_rate_is_omitted_with_a_note_when_the_set_has_no_one_pixel_neighbours():
+    """A grid of step 2 has no two shifts 1 px apart: no flip-rate row (never 'nan %'), a note saying how to get it."""
+    from rich.console import Console
+
+    from shiftaudit.engine import audit
+    from shiftaudit.report.terminal import audit_table
+
+    torch.manual_seed(0)
+    model = tiny_cnn(size=8).eval()
+    images = torch.randn(4, 3, 8, 8)
+    result = audit(model, (images, torch.zeros(4, dtype=torch.long)), max_shift=4, shift_step=2, device="cpu")
+    assert "flip_rate" not in result.metrics
+    assert any("flip rate" in n and "--shift-step 1" in n for n in result.notes)
+    console = Console(width=100, record=True)
+    console.print(audit_table(result))
+    text = console.export_text()
+    assert "nan" not in text.lower() and "Flip rate" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,14 +12,23 @@ from ..inspection import Inspection
 from ..result import AuditResult
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def pct(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None else f"{100 * v:.{digits}f} %"
+    """A fraction as a percentage; '-' for a value that was not measured (None, or NaN from an empty mean)."""
+    return f"{100 * v:.{digits}f} %" if _finite(v) else "-"
 
 
-def ci_text(lo: float | None, hi: float | None, digits: int = 1) -> str:
-    if lo is None or hi is None:
+def num(v: float | None, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if _finite(v) else "-"
+
+
+def ci_text(lo: float | None, hi: float | None, digits: int = 1, scale: float = 100.0) -> str:
+    if not (_finite(lo) and _finite(hi)):
         return ""
-    return f"[{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"  # type: ignore[operator]
 
 
 def headline_radii(radii: list[int]) -> list[int]:
@@ -52,13 +62,13 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
         rows.append((f"Consistency (sampled, {k} pairs/image)", pct(cons["sampled"]["value"], 2), ci_text(cons["sampled"]["ci_low"], cons["sampled"]["ci_high"])))
     if "variation" in m:
         v = m["variation"]
-        rows.append(("Variation of P(correct), mean / median", f"{v['mean']:.4f} / {v['median']:.4f}", f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]"))
+        rows.append(("Variation of P(correct), mean / median", f"{num(v['mean'])} / {num(v['median'])}", ci_text(v["ci_low"], v["ci_high"], 4, 1.0)))
     if "flip_rate" in m:
         f = m["flip_rate"]
         rows.append(("Flip rate between 1-px neighbouring shifts", pct(f["mean"], 2), ci_text(f["ci_low"], f["ci_high"], 2)))
     if "mac" in m:
         mac = m["mac"]
-        rows.append(("Mean abs. change of top-1 probability", f"{mac['mean']:.4f}", f"[{mac['ci_low']:.4f}, {mac['ci_high']:.4f}]"))
+        rows.append(("Mean abs. change of top-1 probability", num(mac["mean"]), ci_text(mac["ci_low"], mac["ci_high"], 4, 1.0)))
     if "adversarial" in m:
         adv = m["adversarial"]
         for r in headline_radii(adv["radius"]):
@@ -71,7 +81,7 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
         if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map", "flip_rate", "mac"):
             continue
         if isinstance(value, dict) and "value" in value:
-            rows.append((name.replace("_", " "), f"{value['value']:.4f}", ci_text(value.get("ci_low"), value.get("ci_high"))))
+            rows.append((name.replace("_", " "), num(value["value"]), ci_text(value.get("ci_low"), value.get("ci_high"))))
     return rows
 
 
@@ -125,16 +135,14 @@ class CompareRow:
 
     def cell(self, i: int) -> str:
         v = self.values[i]
-        if v is None:
-            return "-"
-        return pct(v, 2 if "onsistency" in self.metric else 1) if self.percent else f"{v:.4f}"
+        return pct(v, 2 if "onsistency" in self.metric else 1) if self.percent else num(v)
 
     def delta(self, i: int) -> float | None:
-        """Change of run ``i`` from the first run (percentage points for percentages)."""
+        """Change of run ``i`` from the first run (percentage points for percentages); None when either is unmeasured."""
         a, b = self.values[0], self.values[i]
-        if a is None or b is None:
+        if not (_finite(a) and _finite(b)):
             return None
-        return (b - a) * (100.0 if self.percent else 1.0)
+        return (b - a) * (100.0 if self.percent else 1.0)  # type: ignore[operator]
 
     def significant(self, i: int) -> bool | None:
         """True when the 95 % intervals of run ``i`` and the first run do not overlap; None without intervals."""
