@@ -140,7 +140,7 @@ TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow load
 
 DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, or .npz/.pt tensor file.")]
 DataKindOpt = Annotated[str, typer.Option("--data-kind", help="auto, imagefolder, folder, cifar10 or tensors.")]
-ClassMapOpt = Annotated[Path | None, typer.Option("--class-map", help="JSON mapping folder names to the model's class indices.")]
+ClassMapOpt = Annotated[str | None, typer.Option("--class-map", help="Map folder names to the model's class indices: imagenet (the built-in ImageNet-1k index: WordNet-id or class-name folders) or a JSON file.")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preprocessing: imagenet (resize 256, crop 224) or cifar (32x32). Default: the checkpoint's own, else imagenet.")]
 SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Input size (square) the images are cropped to.")]
 ResizeOpt = Annotated[int | None, typer.Option("--resize", min=1, help="Resize the shorter side to this before the centre crop.")]
