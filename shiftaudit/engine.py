@@ -47,6 +47,7 @@ from .metrics import (
     Metric,
     SampledConsistency,
     Variation,
+    ZeroShiftConfidence,
 )
 from .metrics.layout import assemble
 from .observers import Observer, Progress
@@ -97,7 +98,7 @@ def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
 def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool, notes: list[str]) -> list[Metric]:
     metrics: list[Metric] = [SampledConsistency()]
     if labelled:
-        metrics += [AccuracyAtZeroShift(), AccuracyAtRandomShift()]
+        metrics += [AccuracyAtZeroShift(), AccuracyAtRandomShift(), ZeroShiftConfidence()]
     if exhaustive:
         metrics.append(ExactConsistency())
         if labelled:
@@ -112,6 +113,24 @@ def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool, note
             )
     metrics.append(MeanAbsoluteChange())
     return metrics
+
+
+LABEL_MISMATCH = "labels likely do not match the model's classes"
+MISMATCH_ACCURACY = 0.05  # "near zero": far below any real model, yet above chance for a 1000-class model
+MISMATCH_CONFIDENCE = 0.5
+
+
+def label_mismatch_note(computed: dict[str, Any], metric_list: list[Metric]) -> str | None:
+    """A warning note when accuracy is near zero while the model is confident: the labels, not the model, are wrong."""
+    acc = computed.get("accuracy", {}).get("none", {}).get("value")
+    conf = next((m.compute()["mean_top1"] for m in metric_list if isinstance(m, ZeroShiftConfidence)), None)
+    if acc is None or conf is None or not (acc <= MISMATCH_ACCURACY and conf >= MISMATCH_CONFIDENCE):
+        return None
+    return (
+        f"{LABEL_MISMATCH}: accuracy without shift is {100 * acc:.1f} % although the model's mean top-1 probability "
+        f"is {100 * conf:.0f} %; check that the folders map to the model's class indices (--class-map, e.g. "
+        "--class-map imagenet for WordNet-id folders)"
+    )
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -397,6 +416,9 @@ def audit(
         raise ModelError("The model gave NaN or infinite outputs for every image; no metric can be computed.")
 
     computed, per_image = assemble(metric_list)
+    mismatch = label_mismatch_note(computed, metric_list)
+    if mismatch:
+        notes.append(mismatch)
     for o in observer_list:
         computed[o.name] = o.compute()
     settings = {

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from ..distributed import finish as finish_distributed
 from ..distributed import is_main_process
@@ -138,13 +139,19 @@ def report_result(
     result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
 ) -> int:
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
+    from ..engine import LABEL_MISMATCH
+
     if not quiet:
         console.print(audit_table(result, title=describe_run(result)))
         if "layers" in result.metrics:
             console.print()
             console.print(layers_table(result.metrics["layers"]))
         for note in result.notes:
-            console.print(f"note: {note}", style="dim", soft_wrap=True)
+            if not note.startswith(LABEL_MISMATCH):
+                console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+    for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
+        if note.startswith(LABEL_MISMATCH):
+            err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
         t = result.timing
         if t:
             console.print(f"{result.data['num_images']} images in {t['seconds']:.1f} s ({t['images_per_s']:.1f} images/s, {t['forwards_per_s']:.0f} forward passes/s)", style="dim")
