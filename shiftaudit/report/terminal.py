@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from ..inspection import Inspection
+from ..layers import colour_scale
 from ..result import AuditResult
 
 
@@ -286,20 +288,39 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
     return t
 
 
-def layers_table(layers: dict[str, Any]) -> Table:
-    """Per layer: resolution, stride so far, mean distances (absolute and relative to the layer's reference), exact modulo."""
-    t = Table(title="Per-layer distance from shift-equivariance (cosine, averaged over shifts and images)", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("Layer", "Resolution", "Stride", "Equivariance", "/ reference", "Invariance", "Exact modulo"):
-        t.add_column(col, justify="left" if col == "Layer" else "right")
+LAYER_HEADER = ("Layer", "Resolution", "Stride", "Equivariance", "Equiv. / (ref/2)", "Invariance", "Exact modulo")
+LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", "Modulo")  # fits 80 columns
+LAYER_CAPTION = (
+    "Distances from shift-equivariance and -invariance: cosine, averaged over shifts and images. Equiv. / (ref/2): "
+    "the equivariance distance relative to half the distance between two different images, the heatmaps' colour "
+    "scale (0 = blue, exactly equivariant; 1 = red), as in the paper's Fig. 4. Exact modulo N: distance ~0 at every "
+    "shift that is a multiple of N (1 = exactly equivariant; '-' = at no modulo, e.g. zero padding)."
+)
+
+
+def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Per layer: resolution, stride so far, mean distances (absolute and on the heatmap scale), exact modulo.
+    Shared by the terminal table and the HTML report."""
+    rows = []
     for layer in layers["layers"]:
         h, w = layer["resolution"]
-        ref = layer.get("reference_distance")
+        scale = colour_scale(layer.get("reference_distance"))
         eq = layer["equivariance"]["mean"]
-        rel = f"{eq / ref:.3f}" if ref else "-"
+        rel = num(eq / scale, 3) if scale and _finite(eq) else "-"
         mod = layer.get("exact_modulo")
-        t.add_row(
-            layer["name"], f"{h}x{w}", str(layer["stride"]), f"{eq:.4f}", rel, f"{layer['invariance']['mean']:.4f}",
-            "-" if mod is None else f"{mod}",
-        )
-    t.caption = "Exact modulo N: distance ~0 at every shift that is a multiple of N (1 = exactly equivariant; '-' = at no modulo, e.g. zero padding)."
+        rows.append((str(layer["name"]), f"{h}x{w}", str(layer["stride"]), num(eq), rel, num(layer["invariance"]["mean"]),
+                     "-" if mod is None else f"{mod}"))
+    return rows
+
+
+def layers_table(layers: dict[str, Any]) -> Table:
+    t = Table(title="Per-layer distance from shift-equivariance", title_justify="left", show_edge=False, pad_edge=False)
+    for col in LAYER_SHORT:
+        if col == "Layer":
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, justify="right", no_wrap=True)
+    for row in layer_rows(layers):
+        t.add_row(*(Text(c) for c in row))
+    t.caption = LAYER_CAPTION
     return t
