@@ -53,3 +53,15 @@ def test_flip_rate_is_omitted_with_a_note_when_the_set_has_no_one_pixel_neighbou
     console.print(audit_table(result))
     text = console.export_text()
     assert "nan" not in text.lower() and "Flip rate" not in text
+
+
+def test_intervals_of_quantities_that_cannot_be_negative_stay_at_or_above_zero():
+    """Mostly-zero variation (a near-invariant model) gave '[-0.0000, ...]': the interval is clipped to [0, 1]."""
+    from shiftaudit.metrics import Variation
+    from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
+
+    values = np.array([0.0] * 9 + [1e-3])
+    for metric in (Variation(), MeanAbsoluteChange(), FlipRate(ShiftSet.window((8, 8), 1))):
+        metric.load_state_dict({"ids": np.arange(10), "values": values})
+        out = metric.compute()
+        assert out["ci_low"] == 0.0 and out["ci_high"] > out["mean"] > 0.0, type(metric).__name__
