@@ -38,7 +38,7 @@ def handle_errors(fn: F) -> F:
             say_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            err_console.print(interrupted_message(exc), soft_wrap=True)
+            err_console.print(Text(interrupted_message(exc)), soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from ..errors import UsageError
 from ..result import SCHEMA, SCHEMA_VERSION, AuditResult
@@ -148,10 +149,10 @@ def compare_command(
     first = runs[0][1]
     console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}"))
     for note in notes:
-        console.print(f"note: {note}", style="dim", soft_wrap=True)
+        console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
     if json_out is not None:
         write_json_atomic(json_out, comparison_json(runs, files, notes))
-        console.print(f"wrote {json_out}")
+        console.print(Text(f"wrote {json_out}"))
     if out is not None:
         from ..report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
 
@@ -163,7 +164,7 @@ def compare_command(
         ]
         for path in written:
             if path is not None:
-                console.print(f"wrote {path}")
+                console.print(Text(f"wrote {path}"))
         if not any(written):
             console.print("note: no run has the all-shift metrics (sampled mode or unlabelled data): no picture to draw", style="dim")
     raise typer.Exit(0)

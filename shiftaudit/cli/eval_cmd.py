@@ -13,7 +13,7 @@ from ..distributed import is_main_process
 from ..engine import audit, plan_shifts
 from ..gate import build_thresholds, evaluate_gate, validate_thresholds
 from ..report.outputs import write_report_dir
-from ..report.terminal import audit_table, describe_run, layers_table
+from ..report.terminal import audit_table, describe_run, layers_table, sig
 from . import app
 from .common import (
     ArchOpt,
@@ -154,28 +154,29 @@ def report_result(
             err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
         t = result.timing
         if t:
-            console.print(f"{result.data['num_images']} images in {t['seconds']:.1f} s ({t['images_per_s']:.1f} images/s, {t['forwards_per_s']:.0f} forward passes/s)", style="dim")
+            console.print(f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
+                          f"{sig(t['forwards_per_s'])} forward passes/s)", style="dim")
     if json_out is not None:
         result.save_json(json_out)
         if not quiet:
-            console.print(f"wrote {json_out}")
+            console.print(Text(f"wrote {json_out}"))
     if out is not None:
         for path in write_report_dir(result, out, dataset=dataset):
             if not quiet:
-                console.print(f"wrote {path}")
+                console.print(Text(f"wrote {path}"))
     if junit is not None:
         from ..report.junit import write_junit
 
         write_junit(result, junit)
         if not quiet:
-            console.print(f"wrote {junit}")
+            console.print(Text(f"wrote {junit}"))
     if result.gate is None:
         return 0
     checks = result.gate["checks"]
     failed = [c for c in checks if not c["passed"]]
     for c in checks:
         if not c["passed"] or not quiet:
-            err_console.print(c["message"], soft_wrap=True, style=None if c["passed"] else "red")
+            err_console.print(Text(c["message"], style="" if c["passed"] else "red"), soft_wrap=True)
     if failed:
         err_console.print(f"gate: FAILED ({len(failed)} of {len(checks)} checks)", soft_wrap=True, style="bold red")
         return 1
@@ -247,7 +248,7 @@ def eval_command(
         class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw, shift_mode=shift_mode, max_shift=max_shift,
     )
     if resume is not None and resume.exists() and not quiet:
-        console.print(f"resuming the audit saved in {resume}", style="dim")
+        console.print(Text(f"resuming the audit saved in {resume}", style="dim"))
     result = run_eval(
         loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
         seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers,

@@ -135,7 +135,7 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-
     except Exception:  # noqa: BLE001 - the plan alone still says what would change
         plan = plan_patch(model, insp)
     tv = conv_total_variation(model)
-    return {"Patch": {step.name: step.action for step in plan}, "Filter TV": {n: f"{v:.3f}" for n, v in tv.items()}}
+    return {"Patch": {step.name: step.action for step in plan}, "TV": {n: f"{v:.3f}" for n, v in tv.items()}}
 
 
 def _total_variation(model) -> dict[str, float]:  # type: ignore[no-untyped-def]

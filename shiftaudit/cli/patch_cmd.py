@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from .common import (
@@ -40,6 +41,7 @@ from .common import (
     load_model_from_cli,
     resolve_cli_preprocessing,
 )
+from ..report.terminal import sig
 from .eval_cmd import QuietOpt
 
 MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
@@ -54,15 +56,15 @@ def steps_table(result: Any) -> Table:
     for col in ("Layer", "Kind", "Rule", "Decision"):
         t.add_column(col)
     for s in result.steps:
-        t.add_row(s.name, s.kind, s.rule if s.patched else "-", s.action, style=None if s.patched else "dim")
+        t.add_row(*(Text(c) for c in (s.name, s.kind, s.rule if s.patched else "-", s.action)), style=None if s.patched else "dim")
     return t
 
 
 def latency_table(before_ms: float, after_ms: float, shape: tuple[int, ...], device: str) -> Table:
     t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {device} (median)", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("Baseline", "Patched", "Overhead"):
-        t.add_column(col, justify="right")
-    t.add_row(f"{before_ms:.2f} ms", f"{after_ms:.2f} ms", f"{100 * (after_ms / before_ms - 1):+.1f} %")
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_row(f"{sig(before_ms)} ms", f"{sig(after_ms)} ms", f"{100 * (after_ms / before_ms - 1):+.1f} %")
     return t
 
 
@@ -152,7 +154,7 @@ def patch_command(
     if not quiet:
         console.print(steps_table(result))
         for note in result.notes:
-            console.print(f"note: {note}", style="dim", soft_wrap=True)
+            console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
     if not result.patched:
         console.print("nothing to patch: the model has no strided layer the policy selects.", style="yellow")
 
@@ -178,7 +180,7 @@ def patch_command(
                    class_names=loaded.class_names, patch_spec=spec, extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0)})
         report["output"] = str(output)
         if not quiet:
-            console.print(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags")
+            console.print(Text(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags"))
 
     if evaluate:
         import dataclasses
@@ -198,4 +200,4 @@ def patch_command(
     if json_out is not None:
         write_json_atomic(json_out, report)
         if not quiet:
-            console.print(f"wrote {json_out}")
+            console.print(Text(f"wrote {json_out}"))

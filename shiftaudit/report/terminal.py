@@ -27,6 +27,17 @@ def num(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if _finite(v) else "-"
 
 
+def sig(v: float | None, digits: int = 3) -> str:
+    """A non-negative rate or duration to ``digits`` significant digits, never rounded to zero and never in exponent
+    form: 0.00412, 0.35, 3.14, 412, 12,345. '-' when unknown."""
+    if not _finite(v) or v < 0:  # type: ignore[operator]
+        return "-"
+    if v == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(v)))  # type: ignore[arg-type]
+    return f"{v:,.{decimals}f}"
+
+
 def ci_text(lo: float | None, hi: float | None, digits: int = 1, scale: float = 100.0) -> str:
     if not (_finite(lo) and _finite(hi)):
         return ""
@@ -88,12 +99,13 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
 
 
 def audit_table(result: AuditResult, title: str | None = None) -> Table:
-    t = Table(title=title or "Shift audit", title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric")
-    t.add_column("Value", justify="right")
-    t.add_column("95% CI", justify="right", style="dim")
+    """Metric names wrap; numbers never do (at 80 columns a wrapped "90.0 %" reads as two values)."""
+    t = Table(title=Text(title or "Shift audit"), title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("Metric", overflow="fold", min_width=16)
+    t.add_column("Value", justify="right", no_wrap=True)
+    t.add_column("95% CI", justify="right", style="dim", no_wrap=True)
     for row in audit_rows(result):
-        t.add_row(*row)
+        t.add_row(*(Text(c) for c in row))
     return t
 
 
@@ -237,55 +249,67 @@ def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
 def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after") -> Table:
     """Side-by-side rows for several results (same data), with each run's change from the first.
 
-    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`).
+    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). At 80
+    columns metric names and run names wrap; the numbers never do.
     """
-    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric", no_wrap=True)
-    for name, _ in results:
-        t.add_column(name, justify="right")
-    others = list(range(1, len(results)))
-    for i in others:
-        t.add_column("Change" if len(results) == 2 else f"\u0394 {results[i][0]}", justify="right")
     rows = compare_rows(results)
-    for row in rows:
-        t.add_row(row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others])
+    others = list(range(1, len(results)))
+    headers = [name for name, _ in results] + ["Change" if len(results) == 2 else f"\u0394 {results[i][0]}" for i in others]
+    cells = [[row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]] for row in rows]
+    t = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("Metric", overflow="fold", min_width=16)
+    fair = max(6, min(12, (80 - 16 - 3 * len(headers)) // len(headers)))  # each value column's share of 80 columns
+    for j, header in enumerate(headers, start=1):
+        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower; a long header folds
+        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest, max_width=max(widest, fair))
+    for row_cells in cells:
+        t.add_row(*(Text(c) for c in row_cells))
     if others:
-        t.caption = f"Change from {results[0][0]}; " + SIGNIFICANCE_RULE
+        t.caption = Text(f"Change from {results[0][0]}; " + SIGNIFICANCE_RULE)
     return t
 
 
 def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None) -> Table:
+    """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map). Compact, so
+    that at 80 columns names and patch actions wrap instead of a column collapsing to nothing."""
     t = Table(
         title=f"Downsampling points at {insp.input_size[0]}x{insp.input_size[1]} (total stride {insp.total_stride})",
         title_justify="left",
         show_edge=False,
         pad_edge=False,
     )
-    for col in ("Layer", "Type", "Kernel", "Stride", "In", "Out", "Role"):
-        t.add_column(col, justify="right" if col in ("Stride", "In", "Out", "Kernel") else "left", no_wrap=col != "Type")
+    t.add_column("Layer", overflow="fold", min_width=10)
+    t.add_column("Type", overflow="fold", min_width=7)
+    for col in ("k", "s", "Size"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("Role", no_wrap=True)
     extra_columns = extra_columns or {}
     for col in extra_columns:
-        t.add_column(col, no_wrap=col != "Patch")
+        if col == "Patch":
+            t.add_column(col, overflow="fold", min_width=10)
+        else:
+            t.add_column(col, no_wrap=True)
     squeeze = 0
     for p in insp.points:
         if p.role == "squeeze":
             squeeze += 1
             continue
-        k = f"{p.kernel[0]}x{p.kernel[1]}" if p.kernel else "-"
-        s = f"{p.stride[0]}" if p.stride and p.stride[0] == p.stride[1] else (f"{p.stride[0]}x{p.stride[1]}" if p.stride else "-")
-        t.add_row(
-            p.name,
-            p.module,
-            k,
-            s,
-            f"{p.in_size[0]}x{p.in_size[1]}",
-            f"{p.out_size[0]}x{p.out_size[1]}",
-            p.role,
-            *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
-        )
+        k = _side(p.kernel) if p.kernel else "-"
+        s = _side(p.stride) if p.stride else "-"
+        cells = [p.name, p.module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
+                 *[str(extra_columns[c].get(p.name, "")) for c in extra_columns]]
+        t.add_row(*(Text(c) for c in cells))
+    notes = ["k kernel, s stride, size in->out"]
     if squeeze:
-        t.caption = f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)"
+        notes.append(f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)")
+    t.caption, t.caption_justify = "; ".join(notes), "left"
     return t
+
+
+def _side(hw: Any) -> str:
+    """"224" for a square 224x224, "224x200" otherwise."""
+    h, w = hw
+    return f"{h}" if h == w else f"{h}x{w}"
 
 
 LAYER_HEADER = ("Layer", "Resolution", "Stride", "Equivariance", "Equiv. / (ref/2)", "Invariance", "Exact modulo")
@@ -323,4 +347,5 @@ def layers_table(layers: dict[str, Any]) -> Table:
     for row in layer_rows(layers):
         t.add_row(*(Text(c) for c in row))
     t.caption = LAYER_CAPTION
+    t.caption_justify = "left"
     return t
