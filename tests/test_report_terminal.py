@@ -33,7 +33,7 @@ def test_tables_fit_80_columns_with_whole_numbers_and_user_text_kept_literal():
     for value in ("90.0 %", "[85.0, 94.0]", "92.00 %"):
         assert value in text  # numbers are never wrapped across lines
     three = [("baseline-run", r), ("patched-binomial5", synthetic_result(0.1)), ("patched-tri3", synthetic_result(0.1))]
-    text = render(comparison_table(three))
+    text = render(comparison_table(three, width=80))
     assert max(len(line) for line in text.splitlines()) <= 80
     assert text.count("-10.00 pt *") >= 4 and "Metric" in text  # no column collapsed to nothing
 

@@ -110,7 +110,7 @@ def inspect_command(
     if insp is None:
         console.print("TorchScript archives are audited as black boxes: no layer-by-layer view.")
     else:
-        console.print(inspection_table(insp, _patch_column(loaded.model, insp)))
+        console.print(inspection_table(insp, _patch_column(loaded.model, insp), width=console.width))
         console.print(
             f"{len(insp.downsampling)} downsampling layers; input {insp.input_size[0]}x{insp.input_size[1]} -> "
             f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."

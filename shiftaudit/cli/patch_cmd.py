@@ -145,7 +145,7 @@ def patch_command(
     if dry_run:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
         plan = {s.name: s for s in patch_model(loaded.model, config).steps}  # a copy: shows the real placements
-        console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}))
+        console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}, width=console.width))
         n = sum(s.patched for s in plan.values())
         console.print(f"dry run: {n} of {len(plan)} strided layers would be patched; nothing was changed.")
         return
@@ -192,7 +192,7 @@ def patch_command(
         shape = (1, prep.channels, *prep.size)
         lat_before, lat_after = compare_latency([loaded.model, result.model], shape, device=dev)
         title = f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
-        console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)]))
+        console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)], width=console.width))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
         report["before"] = before.to_json()
         report["after"] = after.to_json()

@@ -246,11 +246,11 @@ def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
     return rows
 
 
-def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after") -> Table:
+def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None) -> Table:
     """Side-by-side rows for several results (same data), with each run's change from the first.
 
-    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). At 80
-    columns metric names and run names wrap; the numbers never do.
+    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). ``width``:
+    the console width to fit; metric names and run names wrap, the numbers never do.
     """
     rows = compare_rows(results)
     others = list(range(1, len(results)))
@@ -258,10 +258,11 @@ def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Befor
     cells = [[row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]] for row in rows]
     t = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("Metric", overflow="fold", min_width=16)
-    fair = max(6, min(12, (80 - 16 - 3 * len(headers)) // len(headers)))  # each value column's share of 80 columns
+    fair = (width - 16 - 3 * len(headers)) // len(headers) if width else None  # a value column's share
     for j, header in enumerate(headers, start=1):
-        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower; a long header folds
-        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest, max_width=max(widest, fair))
+        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower; a long run name folds
+        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest,
+                     max_width=max(widest, fair) if fair else None)
     for row_cells in cells:
         t.add_row(*(Text(c) for c in row_cells))
     if others:
@@ -269,26 +270,21 @@ def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Befor
     return t
 
 
-def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None) -> Table:
-    """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map). Compact, so
-    that at 80 columns names and patch actions wrap instead of a column collapsing to nothing."""
+def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None,
+                     width: int | None = None) -> Table:
+    """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map).
+
+    ``width``: the console width to fit. Short values (sizes, roles, numbers) are never wrapped; the layer name, its
+    type and the patch action wrap, the widest first, so that at 80 columns no column collapses to nothing.
+    """
     t = Table(
         title=f"Downsampling points at {insp.input_size[0]}x{insp.input_size[1]} (total stride {insp.total_stride})",
         title_justify="left",
         show_edge=False,
         pad_edge=False,
     )
-    t.add_column("Layer", overflow="fold", min_width=10)
-    t.add_column("Type", overflow="fold", min_width=7)
-    for col in ("k", "s", "Size"):
-        t.add_column(col, justify="right", no_wrap=True)
-    t.add_column("Role", no_wrap=True)
     extra_columns = extra_columns or {}
-    for col in extra_columns:
-        if col == "Patch":
-            t.add_column(col, overflow="fold", min_width=10)
-        else:
-            t.add_column(col, no_wrap=True)
+    rows = []
     squeeze = 0
     for p in insp.points:
         if p.role == "squeeze":
@@ -296,14 +292,35 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
             continue
         k = _side(p.kernel) if p.kernel else "-"
         s = _side(p.stride) if p.stride else "-"
-        cells = [p.name, p.module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
-                 *[str(extra_columns[c].get(p.name, "")) for c in extra_columns]]
-        t.add_row(*(Text(c) for c in cells))
+        rows.append([p.name, p.module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
+                     *[str(extra_columns[c].get(p.name, "")) for c in extra_columns]])
+    header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
+    widths = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(header)]
+    floors = [{"Layer": 14, "Type": 9, "Patch": 8}.get(col, w) for col, w in zip(header, widths)]
+    if width is not None:
+        widths = _fit(widths, floors, width - 3 * (len(header) - 1))
+    for col, w in zip(header, widths):
+        t.add_column(col, justify="right" if col in ("k", "s", "Size") else "left", width=w, overflow="fold")
+    for r in rows:
+        t.add_row(*(Text(c) for c in r))
     notes = ["k kernel, s stride, size in->out"]
     if squeeze:
         notes.append(f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)")
     t.caption, t.caption_justify = "; ".join(notes), "left"
     return t
+
+
+def _fit(widths: list[int], floors: list[int], budget: int) -> list[int]:
+    """Narrow the columns that may wrap, always the one furthest above its floor (the rightmost on a tie: patch
+    actions wrap at spaces, names would break mid-word), until they fit ``budget``."""
+    widths = list(widths)
+    while sum(widths) > budget:
+        room = [w - f for w, f in zip(widths, floors)]
+        j = max(reversed(range(len(widths))), key=lambda i: room[i])
+        if room[j] <= 0:
+            break  # nothing left to narrow: rich folds the rest
+        widths[j] -= 1
+    return widths
 
 
 def _side(hw: Any) -> str:
