@@ -150,3 +150,18 @@ def test_crop_and_subpixel_flip_examples_show_their_own_shift_and_never_say_circ
     canvas = _Canvases()[0][0].permute(1, 2, 0).numpy()
     plain, shifted = figures._as_shown(canvas, 1, -2, crop)
     assert np.array_equal(plain, canvas[2:10, 2:10]) and np.array_equal(shifted, canvas[1:9, 4:12])  # offset (R-dh, R-dw)
+
+
+def test_adversarial_curve_marks_only_the_evaluated_radii(tmp_path, monkeypatch):
+    """A step-4 grid has no radius 1-3: ticks at the evaluated radii, a dotted guide between them (not a solid line
+    that reads as measured values); a full window keeps the solid line."""
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(str(path), fig.axes[0]) and path)
+    grid = synthetic_result()
+    adv = grid.metrics["adversarial"]
+    adv.update(radius=[0, 4, 8], accuracy=adv["accuracy"][:3], ci_low=adv["ci_low"][:3], ci_high=adv["ci_high"][:3])
+    figures.plot_adversarial_curve(grid, tmp_path / "grid.png")
+    figures.plot_adversarial_curve(synthetic_result(), tmp_path / "window.png")
+    ax = drawn[str(tmp_path / "grid.png")]
+    assert list(ax.get_xticks()) == [0, 4, 8] and list(ax.lines[0].get_xdata()) == [0, 4, 8]
+    assert ax.lines[0].get_linestyle() == ":" and drawn[str(tmp_path / "window.png")].lines[0].get_linestyle() == "-"
