@@ -93,7 +93,7 @@ def test_default_run_reports_only_what_it_measured(case):
 
     # time and speed to three significant digits: a slow run never reads '0.0 images/s', a fast one never '0.0 s'
     speed = re.search(r"in ([\d.,]+) s \(([\d.,]+) images/s, ([\d.,]+) forward passes/s\)", res.stdout)
-    assert speed is not None, res.stdout
+    assert speed is not None and res.stdout.count("images/s") == 1, res.stdout
     for value in speed.groups():
         digits = value.replace(",", "").replace(".", "").lstrip("0")
         assert float(value.replace(",", "")) > 0 and len(digits) >= 3, speed.group(0)
@@ -154,6 +154,7 @@ def test_confident_model_at_zero_accuracy_is_flagged_as_a_label_mismatch(case, t
     assert res.exit_code == 0, res.output
     warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
     assert len(warning) == 1 and "labels likely do not match" in warning[0] and "--class-map imagenet" in warning[0]
+    assert res.stdout.count("images/s") == 1  # the timing line once, whatever the number of notes
     # P(correct) is ~0 at every shift for three images and moves for one: skewed per-image variations, whose normal
     # interval reached below zero
     rep = json.loads(out.read_text())

@@ -149,13 +149,13 @@ def report_result(
         for note in result.notes:
             if not note.startswith(LABEL_MISMATCH):
                 console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
-    for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
-        if note.startswith(LABEL_MISMATCH):
-            err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
         t = result.timing
         if t:
             console.print(f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
                           f"{sig(t['forwards_per_s'])} forward passes/s)", style="dim")
+    for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
+        if note.startswith(LABEL_MISMATCH):
+            err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
     if json_out is not None:
         result.save_json(json_out)
         if not quiet:
