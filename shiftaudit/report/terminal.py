@@ -258,11 +258,16 @@ def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Befor
     cells = [[row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]] for row in rows]
     t = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("Metric", overflow="fold", min_width=16)
-    fair = (width - 16 - 3 * len(headers)) // len(headers) if width else None  # a value column's share
+    k = len(headers)
+    names = min(36, max(len(c[0]) for c in cells)) if cells else 16
     for j, header in enumerate(headers, start=1):
-        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower; a long run name folds
-        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest,
-                     max_width=max(widest, fair) if fair else None)
+        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower
+        cap = None
+        if width:  # a run name gets its share of the width: beside whole metric names, else beside names at 16
+            share, tight = (width - names - 3 * k) // k, (width - 16 - 3 * k) // k
+            word = max(len(w) for w in header.split())  # wrap between words where that fits
+            cap = max(widest, min(len(header), max(share, min(word, 12, tight))))
+        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest, max_width=cap)
     for row_cells in cells:
         t.add_row(*(Text(c) for c in row_cells))
     if others:
