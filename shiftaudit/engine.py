@@ -47,6 +47,7 @@ from .metrics import (
     Metric,
     SampledConsistency,
     Variation,
+    ZeroShiftConfidence,
 )
 from .metrics.layout import assemble
 from .observers import Observer, Progress
@@ -94,17 +95,42 @@ def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
     return int(max(floor, min(2048, budget // max(pixels, 1))))
 
 
-def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool) -> list[Metric]:
+def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool, notes: list[str]) -> list[Metric]:
     metrics: list[Metric] = [SampledConsistency()]
     if labelled:
-        metrics += [AccuracyAtZeroShift(), AccuracyAtRandomShift()]
+        metrics += [AccuracyAtZeroShift(), AccuracyAtRandomShift(), ZeroShiftConfidence()]
     if exhaustive:
         metrics.append(ExactConsistency())
         if labelled:
             metrics += [Variation(), AdversarialCurve(shift_set), AccuracyMap(shift_set), FlipExamples(shift_set)]
-        metrics.append(FlipRate(shift_set))
+        flip_rate = FlipRate(shift_set)
+        if flip_rate.pairs.size:
+            metrics.append(flip_rate)
+        else:  # a grid with a step has no 1-px neighbours: omit the metric rather than report an empty mean (nan)
+            notes.append(
+                f"flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one pixel "
+                f"apart (step {shift_set.step:g}); pass --shift-step 1 to measure it"
+            )
     metrics.append(MeanAbsoluteChange())
     return metrics
+
+
+LABEL_MISMATCH = "labels likely do not match the model's classes"
+MISMATCH_ACCURACY = 0.05  # "near zero": far below any real model, yet above chance for a 1000-class model
+MISMATCH_CONFIDENCE = 0.5
+
+
+def label_mismatch_note(computed: dict[str, Any], metric_list: list[Metric]) -> str | None:
+    """A warning note when accuracy is near zero while the model is confident: the labels, not the model, are wrong."""
+    acc = computed.get("accuracy", {}).get("none", {}).get("value")
+    conf = next((m.compute()["mean_top1"] for m in metric_list if isinstance(m, ZeroShiftConfidence)), None)
+    if acc is None or conf is None or not (acc <= MISMATCH_ACCURACY and conf >= MISMATCH_CONFIDENCE):
+        return None
+    return (
+        f"{LABEL_MISMATCH}: accuracy without shift is {100 * acc:.1f} % although the model's mean top-1 probability "
+        f"is {100 * conf:.0f} %; check that the folders map to the model's class indices (--class-map, e.g. "
+        "--class-map imagenet for WordNet-id folders)"
+    )
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -251,7 +277,7 @@ def audit(
     labelled = bool(dataset.has_labels)
     if not labelled:
         notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability)")
-    metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive)
+    metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive, notes)
     for m in metric_list:
         if m.needs_labels and not labelled:
             raise UsageError(f"Metric {m.name} needs labelled data.")
@@ -390,6 +416,9 @@ def audit(
         raise ModelError("The model gave NaN or infinite outputs for every image; no metric can be computed.")
 
     computed, per_image = assemble(metric_list)
+    mismatch = label_mismatch_note(computed, metric_list)
+    if mismatch:
+        notes.append(mismatch)
     for o in observer_list:
         computed[o.name] = o.compute()
     settings = {

@@ -107,15 +107,32 @@ def build_thresholds(
     return out
 
 
-def validate_thresholds(thresholds: list[Threshold], *, labelled: bool, exhaustive: bool, max_radius: int | None) -> None:
-    """Refuse, before any work, a threshold the planned run cannot measure."""
+def validate_thresholds(thresholds: list[Threshold], *, labelled: bool, exhaustive: bool, radii: list[int] | list[float] | None) -> None:
+    """Refuse, before any work, a threshold the planned run cannot measure.
+
+    ``radii``: the radii of the planned adversarial curve (the distinct radii of the shift set). A gate at a radius
+    the set does not hold is refused: it would otherwise be judged on a smaller radius, i.e. on shifts never tested.
+    """
     for t in thresholds:
         if t.metric in ("accuracy", "variation", "adversarial") and not labelled:
             raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
         if t.metric in ("variation", "adversarial") and not exhaustive:
             raise UsageError(f"{t.flag} needs every shift evaluated; use --mode exhaustive or a smaller shift set.")
-        if t.metric == "adversarial" and max_radius is not None and t.radius is not None and t.radius > max_radius:
-            raise UsageError(f"{t.flag} asks for radius {t.radius} but the shift set only reaches {max_radius}; raise --max-shift.")
+        if t.metric == "adversarial" and radii and t.radius is not None and t.radius not in radii:
+            raise UsageError(unevaluated_radius_message(t, radii))
+
+
+def unevaluated_radius_message(t: Threshold, radii: list[int] | list[float]) -> str:
+    """One sentence: the radius asked for is not in the shift set, and which evaluated radii are nearest."""
+    top = max(radii)
+    if t.radius is not None and t.radius > top:
+        return f"{t.flag} asks for radius {t.radius} but the shift set only reaches {top:g}; raise --max-shift."
+    below = max((r for r in radii if r < t.radius), default=None)
+    above = min((r for r in radii if r > t.radius), default=None)
+    nearest = " or ".join(f"{r:g}" for r in (below, above) if r is not None)
+    listed = ", ".join(f"{r:g}" for r in radii)
+    return (f"{t.flag} asks for radius {t.radius}, which the shift set does not evaluate (its radii are {listed}); "
+            f"gate on the nearest evaluated radius ({nearest}) or pass --shift-step 1.")
 
 
 def evaluate_gate(result: AuditResult, thresholds: list[Threshold]) -> GateReport:
@@ -147,7 +164,7 @@ def evaluate_gate(result: AuditResult, thresholds: list[Threshold]) -> GateRepor
                 raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
             radii = adv["radius"]
             if t.radius not in radii:
-                raise UsageError(f"{t.flag} asks for radius {t.radius} but the curve only reaches {max(radii)}.")
+                raise UsageError(unevaluated_radius_message(t, radii))
             i = radii.index(t.radius)
             estimator = f"max-shift adversarial accuracy at r={t.radius}"
             value, lo, hi = adv["accuracy"][i], adv["ci_low"][i], adv["ci_high"][i]

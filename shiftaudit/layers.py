@@ -35,6 +35,15 @@ from .inspection import inspect_model, is_spatial_op
 from .shifts import ShiftBank, ShiftSet
 
 EPS = 1e-12
+SCALE_FRACTION = 0.5  # the colour scale's red: half the mean distance between two different images (Fig. 4)
+
+
+def colour_scale(reference: float | None) -> float | None:
+    """The distance drawn red in a layer's heatmap, and the unit of the table's relative column: half the layer's
+    reference distance, as in the paper's Fig. 4. None when the reference is unknown (a single image)."""
+    if reference is None or not math.isfinite(reference) or reference <= 0:
+        return None
+    return SCALE_FRACTION * reference
 
 
 @dataclass(frozen=True)

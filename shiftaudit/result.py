@@ -88,13 +88,10 @@ class AuditResult:
             return {}
         return {(int(r) if float(r).is_integer() else float(r)): float(a) for r, a in zip(adv["radius"], adv["accuracy"])}
 
-    def adversarial_accuracy(self, radius: int) -> float | None:
-        """Accuracy when the adversary may shift by up to ``radius`` px (the largest measured radius <= it)."""
-        curve = self.adversarial_curve
-        if not curve:
-            return None
-        eligible = [r for r in curve if r <= radius]
-        return curve[max(eligible)] if eligible else None
+    def adversarial_accuracy(self, radius: int | float) -> float | None:
+        """Accuracy when the adversary may shift by up to ``radius`` px; None when the run evaluated no shift of that
+        radius (a smaller radius's value would claim a test that never ran)."""
+        return self.adversarial_curve.get(radius)
 
     # -- serialisation ------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -185,13 +185,14 @@ class ShiftSet:
 
     @property
     def radii(self) -> list[int] | list[float]:
-        """The radii of the adversarial curve: 0 .. the largest radius present (integer sets); for sub-pixel sets
-        the distinct radii of the set."""
+        """The radii of the adversarial curve: the distinct radii of the set's shifts, zero included.
+
+        Only radii the set holds: on a grid of step 4 the curve has r = 0, 4, 8, ... and no r = 1; reporting r = 1
+        would repeat the zero-shift accuracy for a radius no shift tested.
+        """
         if not len(self):
             return [0]
-        if self.fractional:
-            return [offset_json(r) for r in np.unique(self.radius)]
-        return list(range(int(self.radius.max()) + 1))
+        return [offset_json(r) for r in np.unique(self.radius)]
 
     @property
     def padding(self) -> str:

@@ -306,3 +306,51 @@ def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
         rgb = np.asarray(img.convert("RGB"), dtype=float)
     assert rgb.std() > 10, f"{path.name} looks blank"
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"
+
+
+# -- a real-format ImageNet case: a torchvision model with 1000 outputs, JPEG files in WordNet-id folders -------------
+IMAGENET_FOLDERS = {"n01530575": 1, "n02123045": 1, "n02690373": 1, "n04037443": 1}  # brambling, tabby, airliner, racer
+IMAGENET_INDICES = (10, 281, 404, 751)  # their ImageNet-1k indices
+JPEG_SIZES = ((90, 60), (120, 80), (64, 100), (150, 150))  # (width, height): smaller and larger than the crop
+
+
+def write_imagenet_jpegs(root: Path, folders: dict[str, int] = IMAGENET_FOLDERS, seed: int = 0) -> Path:
+    """Real JPEG files of varied sizes and aspect ratios, named like ILSVRC2012 validation files, one folder per
+    WordNet id. Smooth random content (blobs, not pixel noise), as photos are."""
+    rng = np.random.default_rng(seed)
+    k = 0
+    for wnid, count in folders.items():
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            w, h = JPEG_SIZES[k % len(JPEG_SIZES)]
+            coarse = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+            img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+            img.save(root / wnid / f"ILSVRC2012_val_{k + 1:08d}.JPEG", quality=90)
+            k += 1
+    return root
+
+
+def save_imagenet_model(path: Path, scale: float = 4.0) -> Path:
+    """torchvision ``mobilenet_v3_small`` with 1000 outputs and fixed random weights, saved as a plain ``.pt`` state
+    dict. Its BatchNorm statistics are estimated on seeded noise (fresh ones collapse a random network's activations
+    to ~1e-10, so every output is the same), and the last layer scores only :data:`IMAGENET_INDICES`: the model is
+    confident, often right on :func:`write_imagenet_jpegs` images and changes its mind under shifts."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=1000)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # a plain average over the calibration batch
+            m.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 72, 72, generator=torch.Generator().manual_seed(0)))
+        head = model.classifier[3]
+        head.weight.zero_()
+        head.bias.fill_(-30.0)
+        keep = list(IMAGENET_INDICES)
+        head.weight[keep] = scale * torch.randn(len(keep), head.weight.shape[1], generator=torch.Generator().manual_seed(1))
+        head.bias[keep] = 0.0
+    torch.save(model.eval().state_dict(), path)
+    return path

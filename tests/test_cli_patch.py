@@ -61,7 +61,9 @@ def test_patch_saves_a_model_that_reloads_without_flags(files, tmp_path):
     torch.testing.assert_close(loaded.model(x), expected(x))
     # the patched checkpoint audits with no other flags
     res = run("inspect", out)
-    assert res.exit_code == 0, res.output and "Patched" in res.stdout
+    assert res.exit_code == 0, res.output
+    # the whole patch in words (it was raw JSON cut at 120 characters, mid-string)
+    assert "Patched" in res.stdout and "filter tri3" in res.stdout and "layer4.0.downsample.0" in res.stdout
 
 
 @pytest.mark.slow

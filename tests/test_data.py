@@ -68,6 +68,40 @@ def test_class_map_remaps_and_unknown_folder_is_an_error(tmp_path: Path) -> None
         load_data(root, preprocessing=PREP, class_map={"n01": 0})
 
 
+def test_keras_index_names_the_classes(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"n02": 1, "n01": 2})
+    ds = load_data(root, preprocessing=PREP, class_map={"3": ["n02", "goldfish"], "7": ["n01", "tench"]})
+    assert ds.classes is not None and ds.classes[7] == "tench" and ds.classes[3] == "goldfish"  # what figures show
+
+
+def test_builtin_imagenet_class_map_takes_wordnet_ids_and_names(tmp_path: Path) -> None:
+    from shiftaudit.data.imagenet import imagenet_classes
+
+    index = imagenet_classes()
+    assert len(index) == 1000 and index[0] == ("n01440764", "tench") and index[281] == ("n02123045", "tabby")
+    assert index[134][1] != index[517][1]  # the two "crane" synsets keep distinct names
+    wnids = image_folder(tmp_path / "a", {"n02123045": 1, "n01530575": 2})
+    ds = load_data(wnids, preprocessing=PREP, class_map="imagenet", num_classes=1000)
+    assert ds.labels == [10, 10, 281] and ds.classes is not None and ds.classes[281] == "tabby" and len(ds.classes) == 1000
+    names = image_folder(tmp_path / "b", {"tabby": 1, "great_white_shark": 1, "brambling": 1})
+    assert load_data(names, preprocessing=PREP, class_map="imagenet").labels == [10, 2, 281]
+    with pytest.raises(DataError, match="not in the class map: cats"):
+        load_data(image_folder(tmp_path / "c", {"cats": 1}), preprocessing=PREP, class_map="imagenet")
+
+
+def test_imagenet_folders_without_a_class_map_are_refused_for_a_1000_class_model(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "val", {"n02123045": 1, "n01530575": 1})
+    with pytest.raises(DataError, match=r"WordNet ids \(n01530575, n02123045\).*pass --class-map imagenet\.$"):
+        load_data(root, preprocessing=PREP, num_classes=1000)
+    names = image_folder(tmp_path / "names", {"tabby": 1, "goldfish": 1})
+    with pytest.raises(DataError, match="ImageNet class names"):
+        load_data(names, preprocessing=PREP, num_classes=1000)
+    assert load_data(root, preprocessing=PREP, num_classes=10).labels == [0, 1]  # not an ImageNet model: no claim
+    # folders whose sorted positions already are the ImageNet indices (the first classes) need no map
+    first = image_folder(tmp_path / "first", {"n01440764": 1, "n01443537": 1})
+    assert load_data(first, preprocessing=PREP, num_classes=1000).labels == [0, 1]
+
+
 def test_flat_folder_is_unlabelled(tmp_path: Path) -> None:
     for i in range(3):
         png(tmp_path / "imgs" / f"{i}.jpg")

@@ -213,3 +213,22 @@ def test_labels_outside_the_model_classes_are_a_clear_error(setup):
     model, x, y = setup
     with pytest.raises(DataError, match="model has 4 classes"):
         audit(model, (x, y + 10), device="cpu")
+
+
+class AlwaysClassTwo(nn.Module):
+    """Confident and constant: P(class 2) ~ 1 for every input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 4, dtype=x.dtype)
+        out[:, 2] = 20.0
+        return out + 0 * x.mean((1, 2, 3))[:, None]
+
+
+def test_confident_model_at_zero_accuracy_gets_a_label_mismatch_note_and_no_new_json_key():
+    x = torch.randn(6, 3, 4, 4)
+    wrong = audit(AlwaysClassTwo(), (x, torch.zeros(6, dtype=torch.long)), device="cpu", max_shift=1)
+    assert wrong.accuracy == 0.0
+    assert any(n.startswith("labels likely do not match the model's classes") and "100 %" in n for n in wrong.notes)
+    assert "confidence" not in wrong.to_json()["metrics"]  # read by the engine, never reported
+    right = audit(AlwaysClassTwo(), (x, torch.full((6,), 2, dtype=torch.long)), device="cpu", max_shift=1)
+    assert right.accuracy == 1.0 and not any("labels likely" in n for n in right.notes)

@@ -90,18 +90,22 @@ def test_fractions_outside_0_1_are_refused_naming_the_flag():
 def test_validation_refuses_what_the_run_cannot_measure():
     acc, var = Threshold("accuracy", "min", 0.5), Threshold("variation", "max", 0.1)
     adv, cons = Threshold("adversarial", "min", 0.5, 3), Threshold("consistency", "min", 0.9)
-    validate_thresholds([acc, var, adv, cons], labelled=True, exhaustive=True, max_radius=3)
-    validate_thresholds([cons], labelled=False, exhaustive=False, max_radius=None)
-    validate_thresholds([adv], labelled=True, exhaustive=True, max_radius=None)
+    validate_thresholds([acc, var, adv, cons], labelled=True, exhaustive=True, radii=[0, 1, 2, 3])
+    validate_thresholds([cons], labelled=False, exhaustive=False, radii=None)
+    validate_thresholds([adv], labelled=True, exhaustive=True, radii=None)
     for t in (acc, var, adv):
         with pytest.raises(UsageError, match=f"{t.flag} needs labelled data, but the data has no labels"):
-            validate_thresholds([t], labelled=False, exhaustive=True, max_radius=3)
+            validate_thresholds([t], labelled=False, exhaustive=True, radii=[0, 1, 2, 3])
     for t in (var, adv):
         with pytest.raises(UsageError, match=f"{t.flag} needs every shift evaluated"):
-            validate_thresholds([t], labelled=True, exhaustive=False, max_radius=3)
-    validate_thresholds([acc], labelled=True, exhaustive=False, max_radius=3)
+            validate_thresholds([t], labelled=True, exhaustive=False, radii=[0, 1, 2, 3])
+    validate_thresholds([acc], labelled=True, exhaustive=False, radii=[0, 1, 2, 3])
     with pytest.raises(UsageError, match="asks for radius 3 but the shift set only reaches 2; raise --max-shift"):
-        validate_thresholds([adv], labelled=True, exhaustive=True, max_radius=2)
+        validate_thresholds([adv], labelled=True, exhaustive=True, radii=[0, 1, 2])
+    # a step-4 grid evaluates radii 0, 4, 8: radius 3 was never tested, and the sentence names the nearest ones
+    with pytest.raises(UsageError, match=r"--min-adv-accuracy 3=0.5 asks for radius 3, which the shift set does not evaluate "
+                                         r"\(its radii are 0, 4, 8\); gate on the nearest evaluated radius \(0 or 4\) or pass --shift-step 1\."):
+        validate_thresholds([adv], labelled=True, exhaustive=True, radii=[0, 4, 8])
 
 
 def test_each_threshold_reads_its_own_metric_and_estimator():
@@ -138,7 +142,7 @@ def test_thresholds_on_missing_metrics_are_refused():
                            (dict(min_adv_accuracy=["1=0.5"]), "--min-adv-accuracy 1=0.5 needs labelled data and every shift evaluated")):
         with pytest.raises(UsageError, match=needle):
             evaluate_gate(bare, build_thresholds(**kwargs))
-    with pytest.raises(UsageError, match=r"--min-adv-accuracy 9=0.5 asks for radius 9 but the curve only reaches 3"):
+    with pytest.raises(UsageError, match=r"--min-adv-accuracy 9=0.5 asks for radius 9 but the shift set only reaches 3; raise --max-shift"):
         evaluate_gate(result, build_thresholds(min_adv_accuracy=["9=0.5"]))
 
 

@@ -185,3 +185,32 @@ def test_blurpool_patched_stack_has_lower_distances_at_the_same_layers():
     for name in ("11", "17", "logits"):  # after the first and second downsampling, and the output
         assert mean_eq(blur, name) < mean_eq(base, name), name
     assert mean_eq(blur, "5") == pytest.approx(0.0, abs=1e-9) and mean_eq(base, "5") == pytest.approx(0.0, abs=1e-9)
+
+
+def test_table_and_heatmap_share_one_scale_and_the_html_has_the_table(vgg_layers, tmp_path, monkeypatch):
+    """The table's relative column is the heatmap's colour value (red = 1 = half the reference, Fig. 4)."""
+    import shiftaudit.report.heatmaps as heatmaps
+    from shiftaudit.report.html import render_html
+    from shiftaudit.report.terminal import layer_rows
+    from tests.helpers import synthetic_result
+
+    drawn = {}
+
+    def keep(fig, path):  # read the colour values each panel was drawn with
+        drawn.update({ax.get_title(): np.ma.filled(ax.images[0].get_array(), np.nan) for ax in fig.axes if ax.images})
+        return path
+
+    monkeypatch.setattr(heatmaps, "save_png", keep)
+    plot_layer_heatmaps(vgg_layers, tmp_path / "layers.png")
+    rows = {row[0]: row for row in layer_rows(vgg_layers)}
+    for layer in vgg_layers["layers"]:
+        h, w = layer["resolution"]
+        panel = drawn[f"{layer['name']} [{h}]" if h == w else f"{layer['name']} [{h}x{w}]"]
+        assert float(rows[layer["name"]][4]) == pytest.approx(float(np.nanmean(panel)), abs=6e-4), layer["name"]
+        eq, ref = layer["equivariance"]["mean"], layer["reference_distance"]
+        assert float(rows[layer["name"]][4]) == pytest.approx(eq / (ref / 2), abs=6e-4)
+    result = synthetic_result()
+    result.metrics["layers"] = vgg_layers
+    page = render_html(result)
+    assert "<h2>Per-layer distances</h2>" in page and "Equiv. / (ref/2)" in page
+    assert all(f"<td>{row[0]}</td>" in page for row in layer_rows(vgg_layers))

@@ -26,8 +26,7 @@ from typer.testing import CliRunner
 from shiftaudit.cli import app
 from shiftaudit.gate import Threshold, build_thresholds, evaluate_gate
 from shiftaudit.report.html import render_html
-from shiftaudit.report.junit import build_junit
-from shiftaudit.report.terminal import audit_table, comparison_table
+from shiftaudit.report.terminal import audit_table
 from shiftaudit.result import AuditResult
 from tests.helpers import synthetic_result
 
@@ -425,6 +424,10 @@ def test_build_thresholds_keeps_the_given_values_exactly():
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _side(hw) -> str:  # noqa: ANN001
+    return f"{hw[0]}" if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
+
+
 def test_inspection_table_rows_equal_the_points():
     import torchvision
 
@@ -435,15 +438,13 @@ def test_inspection_table_rows_equal_the_points():
     table = inspection_table(insp, {"Patch": {"maxpool": "MaxBlurPool"}})
     text = render(table)
     assert f"Downsampling points at 64x64 (total stride {insp.total_stride})" in text and insp.total_stride == 32
-    rows = table_rows(text, 8)
+    rows = table_rows(text, 7)
     shown = [p for p in insp.points if p.role != "squeeze"]
-    assert len(rows) == len(shown)
+    assert len(rows) == len(shown) == 9
     for row, p in zip(rows, shown):
-        kernel = f"{p.kernel[0]}x{p.kernel[1]}" if p.kernel else "-"
-        stride = (str(p.stride[0]) if p.stride[0] == p.stride[1] else f"{p.stride[0]}x{p.stride[1]}") if p.stride else "-"
-        assert row == [p.name, p.module, kernel, stride, f"{p.in_size[0]}x{p.in_size[1]}", f"{p.out_size[0]}x{p.out_size[1]}",
-                       p.role, "MaxBlurPool" if p.name == "maxpool" else ""]
-    assert table.caption is None
+        assert row == [p.name, p.module, _side(p.kernel) if p.kernel else "-", _side(p.stride) if p.stride else "-",
+                       f"{_side(p.in_size)}->{_side(p.out_size)}", p.role, "MaxBlurPool" if p.name == "maxpool" else ""]
+    assert table.caption == "k kernel, s stride, size in->out"
 
 
 def test_inspection_table_counts_squeeze_pools_in_its_caption():
@@ -455,10 +456,12 @@ def test_inspection_table_counts_squeeze_pools_in_its_caption():
     insp = inspect_model(torchvision.models.mobilenet_v3_small(num_classes=10).eval(), (64, 64))
     squeeze = sum(p.role == "squeeze" for p in insp.points)
     assert squeeze > 0
-    assert inspection_table(insp).caption == f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)"
+    assert inspection_table(insp).caption == (f"k kernel, s stride, size in->out; + {squeeze} squeeze-excitation pools "
+                                              "inside blocks (gating, not downsampling)")
 
 
 def test_layers_table_rows_equal_the_layers_json():
+    """Equiv./(ref/2) is the equivariance distance over half the layer's reference distance (the heatmaps' scale)."""
     from shiftaudit.report.terminal import layers_table
 
     layers = {"layers": [
@@ -472,7 +475,7 @@ def test_layers_table_rows_equal_the_layers_json():
     rows = table_rows(render(layers_table(layers)), 7)
     assert rows == [
         ["features.0", "32x32", "1", "0.0000", "0.000", "0.3125", "1"],
-        ["features.3", "16x16", "2", "0.0432", "0.108", "0.2500", "2"],
+        ["features.3", "16x16", "2", "0.0432", "0.216", "0.2500", "2"],
         ["fc", "1x1", "32", "0.1250", "-", "0.1250", "-"],
     ]
 

@@ -119,3 +119,49 @@ def test_real_sampled_and_unlabelled_runs_give_a_page_without_pictures(tmp_path)
         written = write_report_dir(r, tmp_path / str(i))
         assert sorted(p.name for p in written) == ["report.html", "report.json"]
         assert "Consistency" in (tmp_path / str(i) / "report.html").read_text(encoding="utf-8")
+
+
+class _Canvases:
+    """Crop-mode data: 12x12 canvases around the 8x8 inputs (margin 2), with a labelled position gradient."""
+
+    classes = ["ant", "bee", "cat"]
+    preprocessing = None
+
+    def __getitem__(self, i: int):
+        g = torch.arange(12.0)
+        return torch.stack([g[:, None] * 12 + g[None, :]] * 3) / 143.0, i % 3
+
+
+def test_crop_and_subpixel_flip_examples_show_their_own_shift_and_never_say_circular(tmp_path):
+    from shiftaudit.report.html import render_html
+
+    for mode, word in (("crop", "crop shift"), ("subpixel", "sub-pixel shift")):
+        r = synthetic_result()
+        r.settings["shift_mode"] = r.settings["shifts"]["mode"] = mode
+        shift = [1, -2] if mode == "crop" else [0, 0.5]
+        for ex in r.metrics["flip_examples"]["examples"]:
+            ex["flip_shift"] = shift
+        pic = figures.plot_flip_examples(r, tmp_path / mode / "flips.png", dataset=_Canvases() if mode == "crop" else _Images())
+        assert pic is not None
+        page = render_html(r, [pic])
+        assert "circular" not in page.lower() and f"a small {word}" in page
+    crop = synthetic_result()
+    crop.settings["shift_mode"] = "crop"
+    canvas = _Canvases()[0][0].permute(1, 2, 0).numpy()
+    plain, shifted = figures._as_shown(canvas, 1, -2, crop)
+    assert np.array_equal(plain, canvas[2:10, 2:10]) and np.array_equal(shifted, canvas[1:9, 4:12])  # offset (R-dh, R-dw)
+
+
+def test_adversarial_curve_marks_only_the_evaluated_radii(tmp_path, monkeypatch):
+    """A step-4 grid has no radius 1-3: ticks at the evaluated radii, a dotted guide between them (not a solid line
+    that reads as measured values); a full window keeps the solid line."""
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(str(path), fig.axes[0]) and path)
+    grid = synthetic_result()
+    adv = grid.metrics["adversarial"]
+    adv.update(radius=[0, 4, 8], accuracy=adv["accuracy"][:3], ci_low=adv["ci_low"][:3], ci_high=adv["ci_high"][:3])
+    figures.plot_adversarial_curve(grid, tmp_path / "grid.png")
+    figures.plot_adversarial_curve(synthetic_result(), tmp_path / "window.png")
+    ax = drawn[str(tmp_path / "grid.png")]
+    assert list(ax.get_xticks()) == [0, 4, 8] and list(ax.lines[0].get_xdata()) == [0, 4, 8]
+    assert ax.lines[0].get_linestyle() == ":" and drawn[str(tmp_path / "window.png")].lines[0].get_linestyle() == "-"

@@ -35,6 +35,7 @@ def test_window_is_deduplicated_modulo_size_and_ordered_by_radius():
     g = ShiftSet.window((224, 224), 16, 4)
     assert len(g) == 81 and g.kind == "grid"
     assert set(np.abs(g.dh).tolist()) == {0, 4, 8, 12, 16}
+    assert g.radii == [0, 4, 8, 12, 16]  # only radii a shift of the set has: no r = 1..3 on a step-4 grid
 
 
 def test_window_larger_than_small_image_wraps_once():

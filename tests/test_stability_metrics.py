@@ -45,3 +45,34 @@ def test_flip_rate_and_mac_match_a_naive_loop():
     mac = np.abs(p_top[rows, pairs[..., 0]] - p_top[rows, pairs[..., 1]]).mean(axis=1)
     assert result.metrics["mac"]["mean"] == pytest.approx(mac.mean(), rel=1e-5)
     assert result.metrics["mac"]["n"] == 5
+
+
+def test_flip_rate_is_omitted_with_a_note_when_the_set_has_no_one_pixel_neighbours():
+    """A grid of step 2 has no two shifts 1 px apart: no flip-rate row (never 'nan %'), a note saying how to get it."""
+    from rich.console import Console
+
+    from shiftaudit.engine import audit
+    from shiftaudit.report.terminal import audit_table
+
+    torch.manual_seed(0)
+    model = tiny_cnn(size=8).eval()
+    images = torch.randn(4, 3, 8, 8)
+    result = audit(model, (images, torch.zeros(4, dtype=torch.long)), max_shift=4, shift_step=2, device="cpu")
+    assert "flip_rate" not in result.metrics
+    assert any("flip rate" in n and "--shift-step 1" in n for n in result.notes)
+    console = Console(width=100, record=True)
+    console.print(audit_table(result))
+    text = console.export_text()
+    assert "nan" not in text.lower() and "Flip rate" not in text
+
+
+def test_intervals_of_quantities_that_cannot_be_negative_stay_at_or_above_zero():
+    """Mostly-zero variation (a near-invariant model) gave '[-0.0000, ...]': the interval is clipped to [0, 1]."""
+    from shiftaudit.metrics import Variation
+    from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
+
+    values = np.array([0.0] * 9 + [1e-3])
+    for metric in (Variation(), MeanAbsoluteChange(), FlipRate(ShiftSet.window((8, 8), 1))):
+        metric.load_state_dict({"ids": np.arange(10), "values": values})
+        out = metric.compute()
+        assert out["ci_low"] == 0.0 and out["ci_high"] > out["mean"] > 0.0, type(metric).__name__

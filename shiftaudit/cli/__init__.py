@@ -19,15 +19,29 @@ app = typer.Typer(
 from . import compare_cmd, demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def package_version() -> str:
+    """The installed distribution's version (what pip installed), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shiftaudit")
+    except PackageNotFoundError:
         from .. import __version__
 
-        typer.echo(f"shiftaudit {__version__}")
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:  # an eager option's callback: runs while parsing, before Typer asks for a command
+        typer.echo(f"shiftaudit {package_version()}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+) -> None:
+    """How shift-robust is your image model, where is robustness lost, and what would anti-aliasing buy?"""
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def handle_errors(fn: F) -> F:
             say_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            err_console.print(interrupted_message(exc), soft_wrap=True)
+            err_console.print(Text(interrupted_message(exc)), soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):
@@ -203,7 +203,7 @@ TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow load
 
 DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, or .npz/.pt tensor file.")]
 DataKindOpt = Annotated[str, typer.Option("--data-kind", help="auto, imagefolder, folder, cifar10 or tensors.")]
-ClassMapOpt = Annotated[Path | None, typer.Option("--class-map", help="JSON mapping folder names to the model's class indices.")]
+ClassMapOpt = Annotated[str | None, typer.Option("--class-map", help="Map folder names to the model's class indices: imagenet (the built-in ImageNet-1k index: WordNet-id or class-name folders) or a JSON file.")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preprocessing: imagenet (resize 256, crop 224) or cifar (32x32). Default: the checkpoint's own, else imagenet.")]
 SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Input size (square) the images are cropped to.")]
 ResizeOpt = Annotated[int | None, typer.Option("--resize", min=1, help="Resize the shorter side to this before the centre crop.")]

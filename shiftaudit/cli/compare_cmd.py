@@ -149,7 +149,7 @@ def compare_command(
     runs = [(label, load_report(path)) for label, path in zip(labels, files)]
     notes = check_same_data(runs)
     first = runs[0][1]
-    console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}"))
+    console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}", width=console.width))
     for note in notes:
         console.print(f"note: {note}", style="dim", soft_wrap=True)
     written: list[Path | None] = []

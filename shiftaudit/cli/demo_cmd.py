@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -110,7 +109,7 @@ def demo_command(
     if len(columns) > 1:
         from ..report.terminal import comparison_table, describe_shifts
 
-        console.print(comparison_table(columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}"))
+        console.print(comparison_table(columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}", width=console.width))
         console.print()
     if not quiet:
         console.print("Next: `shiftaudit demo --compare-antialiased` compares a model trained with anti-aliasing "

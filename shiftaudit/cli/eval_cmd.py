@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from ..distributed import finish as finish_distributed
 from ..distributed import is_main_process
 from ..engine import audit, plan_shifts
 from ..gate import build_thresholds, evaluate_gate, validate_thresholds
 from ..report.outputs import REPORT_FILES, write_report_dir
-from ..report.terminal import audit_table, describe_run, layers_table
+from ..report.terminal import audit_table, describe_run, layers_table, sig
 from . import app
 from .common import (
     ArchOpt,
@@ -90,7 +91,7 @@ def run_eval(
     size, margin = input_geometry(dataset, shift_mode, None, max_shift)  # crop mode: the data holds larger canvases
     shifts, exhaustive = plan_shifts(size, max_shift=margin if max_shift is None and margin else max_shift,
                                      shift_step=shift_step, mode=mode, shift_mode=shift_mode)
-    validate_thresholds(thresholds, labelled=dataset.has_labels, exhaustive=exhaustive, max_radius=int(shifts.radius.max()))
+    validate_thresholds(thresholds, labelled=dataset.has_labels, exhaustive=exhaustive, radii=shifts.radii)
     result = audit(
         loaded,
         dataset,
@@ -161,16 +162,23 @@ def report_result(
     result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
 ) -> int:
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
+    from ..engine import LABEL_MISMATCH
+
     if not quiet:
         console.print(audit_table(result, title=describe_run(result)))
         if "layers" in result.metrics:
             console.print()
             console.print(layers_table(result.metrics["layers"]))
         for note in result.notes:
-            console.print(f"note: {note}", style="dim", soft_wrap=True)
+            if not note.startswith(LABEL_MISMATCH):
+                console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
         t = result.timing
         if t:
-            console.print(f"{result.data['num_images']} images in {t['seconds']:.1f} s ({t['images_per_s']:.1f} images/s, {t['forwards_per_s']:.0f} forward passes/s)", style="dim")
+            console.print(f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
+                          f"{sig(t['forwards_per_s'])} forward passes/s)", style="dim")
+    for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
+        if note.startswith(LABEL_MISMATCH):
+            err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
     for path in write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset):
         if not quiet:
             console.print(f"wrote {path}")
@@ -180,7 +188,7 @@ def report_result(
     failed = [c for c in checks if not c["passed"]]
     for c in checks:
         if not c["passed"] or not quiet:
-            err_console.print(c["message"], soft_wrap=True, style=None if c["passed"] else "red")
+            err_console.print(Text(c["message"], style="" if c["passed"] else "red"), soft_wrap=True)
     if failed:
         err_console.print(f"gate: FAILED ({len(failed)} of {len(checks)} checks)", soft_wrap=True, style="bold red")
         return 1
@@ -249,7 +257,7 @@ def eval_command(
         class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw, shift_mode=shift_mode, max_shift=max_shift,
     )
     if resume is not None and resume.exists() and not quiet:
-        console.print(f"resuming the audit saved in {resume}", style="dim")
+        console.print(Text(f"resuming the audit saved in {resume}", style="dim"))
     result = run_eval(
         loaded, dataset, thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode, pairs=pairs,
         seed=seed, device=device, precision=precision, batch_size=batch_size, workers=workers,

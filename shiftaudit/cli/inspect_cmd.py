@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..atomicio import write_json_atomic
 from ..inspection import inspect_model
@@ -32,19 +33,37 @@ def loading_table(loaded) -> Table:  # type: ignore[no-untyped-def]
     t = Table(title="Checkpoint", title_justify="left", show_header=False, show_edge=False, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("File", str(loaded.source))
-    t.add_row("Format", loaded.format)
-    t.add_row("Architecture", f"{loaded.arch or 'n/a'}" + (f"  ({loaded.arch_source})" if loaded.arch_source not in ("", "n/a") else ""))
-    t.add_row("Classes", str(loaded.num_classes) if loaded.num_classes is not None else "unknown")
-    t.add_row("Parameters", f"{loaded.parameter_count:,}")
+
+    def row(key: str, value: str) -> None:
+        t.add_row(key, Text(value))  # paths and names are the user's: never read as rich markup
+
+    row("File", str(loaded.source))
+    row("Format", loaded.format)
+    row("Architecture", f"{loaded.arch or 'n/a'}" + (f"  ({loaded.arch_source})" if loaded.arch_source not in ("", "n/a") else ""))
+    row("Classes", str(loaded.num_classes) if loaded.num_classes is not None else "unknown")
+    row("Parameters", f"{loaded.parameter_count:,}")
     if loaded.preprocessing is not None:
         p = loaded.preprocessing
-        t.add_row("Preprocessing", f"{p.name}: {p.size[0]}x{p.size[1]}" + (f", resize {p.resize}" if p.resize else ""))
+        row("Preprocessing", f"{p.name}: {p.size[0]}x{p.size[1]}" + (f", resize {p.resize}" if p.resize else ""))
     if loaded.patch_spec:
-        t.add_row("Patched", json.dumps(loaded.patch_spec)[:120])
+        row("Patched", patch_summary(loaded.patch_spec))
     for note in loaded.notes:
-        t.add_row("Note", note)
+        row("Note", note)
     return t
+
+
+def patch_summary(spec: dict) -> str:  # type: ignore[type-arg]
+    """The patch spec in words, whole (a wrapped cell, never JSON cut mid-string): `--json` has the exact spec."""
+    if not isinstance(spec, dict):
+        return json.dumps(spec)
+    parts = [str(spec.get("method", "?"))]
+    parts += [f"{key} {spec[key]}" for key in ("filter", "pad") if key in spec]
+    parts += [f"{key}={json.dumps(spec[key])}" for key in spec
+              if key not in ("version", "method", "filter", "pad", "patched", "mode") and spec[key] not in ([], None)]
+    patched = spec.get("patched")
+    if isinstance(patched, list):
+        parts.append(f"{len(patched)} layer{'s' if len(patched) != 1 else ''}: {', '.join(map(str, patched))}")
+    return "; ".join(parts)
 
 
 def inspection_report(loaded, insp) -> dict:  # type: ignore[no-untyped-def]
@@ -93,14 +112,14 @@ def inspect_command(
     if insp is None:
         console.print("TorchScript archives are audited as black boxes: no layer-by-layer view.")
     else:
-        console.print(inspection_table(insp, _patch_column(loaded.model, insp)))
+        console.print(inspection_table(insp, _patch_column(loaded.model, insp), width=console.width))
         console.print(
             f"{len(insp.downsampling)} downsampling layers; input {insp.input_size[0]}x{insp.input_size[1]} -> "
             f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."
         )
     if json_out is not None:
         write_json_atomic(json_out, report)
-        console.print(f"wrote {json_out}")
+        console.print(Text(f"wrote {json_out}"))
 
 
 def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -118,7 +137,7 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-
     except Exception:  # noqa: BLE001 - the plan alone still says what would change
         plan = plan_patch(model, insp)
     tv = conv_total_variation(model)
-    return {"Patch": {step.name: step.action for step in plan}, "Filter TV": {n: f"{v:.3f}" for n, v in tv.items()}}
+    return {"Patch": {step.name: step.action for step in plan}, "TV": {n: f"{v:.3f}" for n, v in tv.items()}}
 
 
 def _total_variation(model) -> dict[str, float]:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from .common import (
@@ -42,6 +43,7 @@ from .common import (
     load_model_from_cli,
     resolve_cli_preprocessing,
 )
+from ..report.terminal import sig
 from .eval_cmd import QuietOpt
 
 MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
@@ -56,15 +58,15 @@ def steps_table(result: Any) -> Table:
     for col in ("Layer", "Kind", "Rule", "Decision"):
         t.add_column(col)
     for s in result.steps:
-        t.add_row(s.name, s.kind, s.rule if s.patched else "-", s.action, style=None if s.patched else "dim")
+        t.add_row(*(Text(c) for c in (s.name, s.kind, s.rule if s.patched else "-", s.action)), style=None if s.patched else "dim")
     return t
 
 
 def latency_table(before_ms: float, after_ms: float, shape: tuple[int, ...], device: str) -> Table:
     t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {device} (median)", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("Baseline", "Patched", "Overhead"):
-        t.add_column(col, justify="right")
-    t.add_row(f"{before_ms:.2f} ms", f"{after_ms:.2f} ms", f"{100 * (after_ms / before_ms - 1):+.1f} %")
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_row(f"{sig(before_ms)} ms", f"{sig(after_ms)} ms", f"{100 * (after_ms / before_ms - 1):+.1f} %")
     return t
 
 
@@ -143,7 +145,7 @@ def patch_command(
     if dry_run:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
         plan = {s.name: s for s in patch_model(loaded.model, config).steps}  # a copy: shows the real placements
-        console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}))
+        console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}, width=console.width))
         n = sum(s.patched for s in plan.values())
         console.print(f"dry run: {n} of {len(plan)} strided layers would be patched; nothing was changed.")
         return
@@ -152,7 +154,7 @@ def patch_command(
     if not quiet:
         console.print(steps_table(result))
         for note in result.notes:
-            console.print(f"note: {note}", style="dim", soft_wrap=True)
+            console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
     if not result.patched:
         console.print("nothing to patch: the model has no strided layer the policy selects.", style="yellow")
 
@@ -182,7 +184,7 @@ def patch_command(
         shape = (1, prep.channels, *prep.size)
         lat_before, lat_after = compare_latency([loaded.model, result.model], shape, device=dev)
         title = f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
-        console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)]))
+        console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)], width=console.width))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
         report["before"] = before.to_json()
         report["after"] = after.to_json()

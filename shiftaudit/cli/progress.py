@@ -1,20 +1,40 @@
-"""A rich progress bar that speaks the engine's Progress protocol (start/advance/stop), with images/s."""
+"""Progress for the engine's Progress protocol (start/advance/stop): a rich live bar on a terminal, plain lines
+elsewhere.
+
+A CI log or a redirected stderr cannot redraw a bar: rich then shows nothing until the end, and a long audit looks
+hung. There a plain line is printed instead, at most every ``every_s`` seconds, or when another tenth of the images
+is done (no more often than every ``min_gap_s`` seconds: a run of a few seconds prints nothing).
+"""
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+import time
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from ..report.terminal import sig
 from .common import err_console
 
 
 class RichProgress:
-    def __init__(self, enabled: bool = True) -> None:
+    """``plain``: None picks by whether stderr is a terminal; True/False forces plain lines or the live bar."""
+
+    def __init__(self, enabled: bool = True, plain: bool | None = None, every_s: float = 10.0, min_gap_s: float = 5.0) -> None:
         self.enabled = enabled
+        self.plain = plain
+        self.every_s = every_s
+        self.min_gap_s = min_gap_s
         self._progress: Progress | None = None
         self._task = None
+        self._lines: PlainLines | None = None
 
     def start(self, total: int, description: str) -> None:
         if not self.enabled:
+            return
+        plain = (not err_console.is_terminal) if self.plain is None else self.plain
+        if plain:
+            self._lines = PlainLines(total, description, self.every_s, self.min_gap_s)
             return
         self._progress = Progress(
             TextColumn("{task.description}", style="progress.description", markup=False),  # text, never markup
@@ -31,15 +51,57 @@ class RichProgress:
         self._task = self._progress.add_task(description, total=total, rate="")
 
     def advance(self, n: int) -> None:
+        if self._lines is not None:
+            self._lines.advance(n)
+            return
         if self._progress is None or self._task is None:
             return
         self._progress.advance(self._task, n)
         task = self._progress.tasks[0]
         speed = task.speed
         if speed:
-            self._progress.update(self._task, rate=f"{speed:,.1f} img/s")
+            self._progress.update(self._task, rate=f"{sig(speed)} img/s")
 
     def stop(self) -> None:
+        if self._lines is not None:
+            self._lines.stop()
+            self._lines = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class PlainLines:
+    """One line per step of progress, e.g. ``auditing 500 images x 81 shifts: 250/500 images (50 %), 41.2 images/s,
+    6.07 s elapsed, about 6.07 s left``."""
+
+    def __init__(self, total: int, description: str, every_s: float, min_gap_s: float) -> None:
+        self.total, self.description = max(0, int(total)), description
+        self.every_s, self.min_gap_s = every_s, min_gap_s
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+        self.printed = 0
+        self.shown = 0  # images done at the last line
+
+    def advance(self, n: int) -> None:
+        before, self.done = self.done, self.done + n
+        now = time.monotonic()
+        new_tenth = self.total > 0 and (10 * self.done) // self.total > (10 * before) // self.total
+        if now - self.last >= self.every_s or (new_tenth and now - self.last >= self.min_gap_s):
+            self.emit(now)
+
+    def stop(self) -> None:
+        if self.printed and self.done != self.shown:  # a run that said how it went also says where it ended
+            self.emit(time.monotonic())
+
+    def emit(self, now: float) -> None:
+        elapsed = now - self.t0
+        rate = self.done / elapsed if elapsed > 0 else None
+        share = f" ({100 * self.done // self.total} %)" if self.total else ""
+        left = f", about {sig((self.total - self.done) / rate)} s left" if rate and self.done < self.total else ""
+        line = (f"{self.description}: {self.done}/{self.total} images{share}, {sig(rate)} images/s, "
+                f"{sig(elapsed)} s elapsed{left}")
+        err_console.print(Text(line), soft_wrap=True, highlight=False)
+        self.last = now
+        self.printed += 1
+        self.shown = self.done

@@ -24,6 +24,8 @@ from ..errors import DataError, UsageError, first_line
 from ..presets import Preprocessing
 from .cifar import find_batches_dir, load_cifar10_test
 from .dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
+from .imagenet import BUILTIN as BUILTIN_CLASS_MAP
+from .imagenet import imagenet_class_map, missing_class_map
 from .preprocess import pil_mode_for
 
 KINDS = ("imagefolder", "folder", "cifar10", "tensors")
@@ -106,9 +108,12 @@ def detect_kind(path: str | Path) -> str:
 def read_class_map(class_map: str | Path | Mapping[str, Any] | Sequence[str]) -> tuple[dict[str, int], dict[int, str]]:
     """Folder name -> class index, and index -> name, from a JSON file or object.
 
-    Accepted: ``{"n01440764": 0, ...}``; a list of names (index = position); and the Keras/ImageNet
-    ``{"0": ["n01440764", "tench"], ...}`` index file.
+    Accepted: ``"imagenet"`` (the packaged ImageNet-1k index: WordNet ids and class names); ``{"n01440764": 0, ...}``;
+    a list of names (index = position); and the Keras/ImageNet ``{"0": ["n01440764", "tench"], ...}`` index file,
+    whose second entry names the class in figures.
     """
+    if isinstance(class_map, str) and class_map == BUILTIN_CLASS_MAP:  # a file called imagenet: pass ./imagenet
+        return imagenet_class_map()
     obj: Any = class_map
     if isinstance(class_map, (str, Path)):
         p = Path(class_map)
@@ -122,11 +127,13 @@ def read_class_map(class_map: str | Path | Mapping[str, Any] | Sequence[str]) ->
         except OSError as exc:
             raise DataError(f"Cannot read class map {p}: {exc.strerror or exc}.") from None
     mapping: dict[str, int] = {}
+    display: dict[int, str] = {}
     try:
         if isinstance(obj, Mapping):
             values = list(obj.values())
             if values and all(isinstance(v, (list, tuple)) and v for v in values):  # {"0": ["wnid", "name"]}
                 mapping = {str(v[0]): int(k) for k, v in obj.items()}
+                display = {int(k): str(v[1]) for k, v in obj.items() if len(v) > 1}
             else:
                 mapping = {str(k): int(v) for k, v in obj.items()}
         elif isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
@@ -142,7 +149,7 @@ def read_class_map(class_map: str | Path | Mapping[str, Any] | Sequence[str]) ->
     names: dict[int, str] = {}
     for name, idx in mapping.items():
         names[idx] = f"{names[idx]}/{name}" if idx in names else name
-    return mapping, names
+    return mapping, {**names, **display}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,7 +243,9 @@ def load_data(
     memory a tensor/array of images, an ``(images, labels)`` pair, or a torch Dataset of ``(image, label)``.
     ``preprocessing``: resize, centre crop and normalisation for images and non-raw tensors (required for image
     files). ``raw``: tensors are already the network input: used as they are. ``class_map``: folder name -> model
-    class index for ImageFolder trees; a folder missing from the map is an error (most likely a wrong map).
+    class index for ImageFolder trees (a JSON file or object, or ``"imagenet"`` for the packaged ImageNet-1k index);
+    a folder missing from the map is an error (most likely a wrong map). ImageNet folders (WordNet ids or class
+    names) for a 1000-class model without a map are refused: their sorted positions are not the model's indices.
     ``limit``: audit a random subset of that many images, drawn with ``seed`` and kept in order. ``strict``: an
     unreadable image file raises instead of being skipped. ``num_classes``: check that labels fit the model.
     ``canvas_margin``: for crop-mode audits (``shift_mode="crop"``), preprocess every image to a canvas ``R`` px
@@ -280,6 +289,10 @@ def load_data(
         if class_map is not None:
             raise UsageError("A class map applies to ImageFolder trees, not to data in memory.")
         ds = _in_memory(source, preprocessing, raw)
+    if class_map is None and ds.kind == "imagefolder" and ds.classes:
+        problem = missing_class_map(ds.classes, num_classes)
+        if problem:
+            raise DataError(problem)
     _check_labels(ds, num_classes)
     if canvas is not None and ds.preprocessing is not None:
         ds.canvas_margin = canvas

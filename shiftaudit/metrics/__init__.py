@@ -4,7 +4,7 @@ Every metric reads the same :class:`~shiftaudit.metrics.base.ShiftBatch` (predic
 shift), so one pass over images x shifts feeds all of them.
 """
 
-from .accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift
+from .accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift, ZeroShiftConfidence
 from .accuracy_map import AccuracyMap
 from .adversarial import AdversarialCurve
 from .base import Metric, ShiftBatch
@@ -23,4 +23,5 @@ __all__ = [
     "SampledConsistency",
     "ShiftBatch",
     "Variation",
+    "ZeroShiftConfidence",
 ]

@@ -48,6 +48,7 @@ class Metric(ABC):
     name: ClassVar[str]
     needs_labels: ClassVar[bool] = True
     needs_all_shifts: ClassVar[bool] = False
+    reported: ClassVar[bool] = True  # False: used by the engine (e.g. for a warning), never written to the report
 
     @abstractmethod
     def update(self, batch: ShiftBatch) -> None: ...

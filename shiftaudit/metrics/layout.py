@@ -58,7 +58,7 @@ def assemble(metric_list: list[Metric]) -> tuple[dict[str, Any], dict[str, list[
     if "accuracy_map" in by_name:
         out["accuracy_map"] = by_name["accuracy_map"].compute()
     for m in metric_list:  # metrics added by callers go under their own name
-        if m.name not in by_name or m.name in out:
+        if m.name not in by_name or m.name in out or not m.reported:
             continue
         if m.name not in {
             "accuracy_none",

@@ -30,7 +30,7 @@ class MeanAbsoluteChange(PerImageMetric):
         self._append(batch.image_ids, np.abs(a - b).mean(axis=1))
 
     def compute(self) -> dict[str, Any]:
-        return summary(self.sorted_values()[1])
+        return summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a change of a probability
 
 
 def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
@@ -69,6 +69,6 @@ class FlipRate(PerImageMetric):
         self._append(batch.image_ids, flips.mean(axis=1))
 
     def compute(self) -> dict[str, Any]:
-        out = summary(self.sorted_values()[1])
+        out = summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a share of pairs
         out["pairs_per_image"] = int(self.pairs.shape[0])
         return out

@@ -45,9 +45,15 @@ def proportion(values: np.ndarray) -> dict[str, float | int]:
     return {"value": p, "ci_low": lo, "ci_high": hi, "n": n}
 
 
-def summary(values: np.ndarray) -> dict[str, float | int]:
-    """Mean (with its normal-approximation 95 % interval) and median of per-image values."""
+def summary(values: np.ndarray, bounds: tuple[float, float] | None = None) -> dict[str, float | int]:
+    """Mean (with its normal-approximation 95 % interval) and median of per-image values.
+
+    ``bounds``: the range the quantity cannot leave (a standard deviation of a probability, a share): the interval is
+    clipped to it, so a near-zero variation does not get a negative lower bound.
+    """
     lo, hi = mean_interval(values)
+    if bounds is not None and values.size:
+        lo, hi = min(max(lo, bounds[0]), bounds[1]), min(max(hi, bounds[0]), bounds[1])
     return {
         "mean": float(values.mean()) if values.size else float("nan"),
         "median": float(np.median(values)) if values.size else float("nan"),

@@ -20,4 +20,4 @@ class Variation(PerImageMetric):
         self._append(batch.image_ids, p.std(axis=1))
 
     def compute(self) -> dict[str, Any]:
-        return summary(self.sorted_values()[1])
+        return summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a std of a probability

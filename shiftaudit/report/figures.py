@@ -70,6 +70,7 @@ def plot_adversarial_curve(runs: Runs, path: str | Path, title: str | None = Non
     fig, axes = _figure(ADVERSARIAL_SIZE)
     ax = axes[0, 0]
     top = 0
+    evaluated: set[float] = set()
     for i, (name, res) in enumerate(runs):
         adv = res.metrics["adversarial"]
         r = np.asarray(adv["radius"], dtype=float)
@@ -77,13 +78,22 @@ def plot_adversarial_curve(runs: Runs, path: str | Path, title: str | None = Non
         lo = np.asarray([np.nan if v is None else v for v in adv["ci_low"]], dtype=float)
         hi = np.asarray([np.nan if v is None else v for v in adv["ci_high"]], dtype=float)
         colour = f"C{i % 10}"
-        ax.plot(r, 100 * acc, marker="o", markersize=3.5, color=colour, label=f"{name} (n={adv.get('n', '?')})")
+        # points only where a radius was evaluated; a grid with gaps (step 4: no r = 1..3) gets a dotted guide, not
+        # a solid line that reads as measured values in between
+        steps = np.diff(r)
+        gaps = steps.size > 0 and (steps.max() > 1 + 1e-9 or not np.allclose(steps, steps[0]))
+        ax.plot(r, 100 * acc, marker="o", markersize=4, color=colour, linestyle=":" if gaps else "-",
+                label=f"{name} (n={adv.get('n', '?')})")
         ax.fill_between(r, 100 * lo, 100 * hi, color=colour, alpha=0.15, linewidth=0)
-        top = max(top, int(r.max()) if r.size else 0)
-    ax.set_xlabel("Max adversarial shift [px]")
+        top = max(top, int(np.ceil(r.max())) if r.size else 0)
+        evaluated.update(r.tolist())
+    ax.set_xlabel("Max adversarial shift [px] (ticks: the radii evaluated)")
     ax.set_ylabel("Classification accuracy [%]")
     ax.set_xlim(-0.25, max(1, top) + 0.25)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 1 < len(evaluated) <= 20:
+        ax.set_xticks(sorted(evaluated))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title or "Accuracy under a max-shift adversary (band: 95 % CI)", fontsize=10)
@@ -230,10 +240,11 @@ def plot_flip_examples(result: AuditResult, path: str | Path, dataset: Any = Non
                 ax.set_yticks([])
             if img is not None:
                 cmap = "gray" if img.ndim == 2 else None
-                ax_img.imshow(img, cmap=cmap, interpolation="nearest")
-                ax_shift.imshow(np.roll(img, (fh, fw), axis=(0, 1)), cmap=cmap, interpolation="nearest")
+                plain, shifted = _as_shown(img, fh, fw, result)
+                ax_img.imshow(plain, cmap=cmap, interpolation="nearest")
+                ax_shift.imshow(shifted, cmap=cmap, interpolation="nearest")
             ax_img.set_title(f"image {ex['image_id']}: {label}", fontsize=8)
-            ax_shift.set_title(f"shifted ({fh:+d}, {fw:+d}): {wrong}", fontsize=8, color="C3")
+            ax_shift.set_title(f"{_shift_word(result)} ({fh:+g}, {fw:+g}): {wrong}", fontsize=8, color="C3")
         ax_heat, ax_curve = cells
         grid = _as_grid(ex["p_correct"])
         heat = ax_heat.imshow(grid, cmap="RdYlBu", vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest")
@@ -251,6 +262,34 @@ def plot_flip_examples(result: AuditResult, path: str | Path, dataset: Any = Non
         fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8, label="P(correct) in the heatmaps")
     fig.suptitle("Correctly classified images that a small shift flips (x marks the breaking shift)", fontsize=10)
     return _save(fig, path)
+
+
+def _shift_mode(result: AuditResult) -> str:
+    return str(result.settings.get("shift_mode") or result.settings.get("shifts", {}).get("mode") or "circular")
+
+
+def _shift_word(result: AuditResult) -> str:
+    return {"crop": "crop shift", "subpixel": "sub-pixel shift"}.get(_shift_mode(result), "circular shift")
+
+
+def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tuple[np.ndarray, np.ndarray]:
+    """The image the model saw at zero shift and at (dh, dw), made the way the run shifted it: a roll (circular), a
+    crop of the larger canvas (crop) or a Fourier phase shift (sub-pixel)."""
+    mode = _shift_mode(result)
+    if mode == "crop":
+        h, w = result.data.get("image_size") or img.shape[:2]
+        mh, mw = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2  # the canvas margin on each side
+        top, left = int(round(mh - dh)), int(round(mw - dw))
+        return img[mh:mh + h, mw:mw + w], img[top:top + h, left:left + w]
+    if mode == "subpixel":
+        import torch
+
+        from ..shiftmodes import fourier_shift
+
+        chw = torch.as_tensor(img if img.ndim == 3 else img[:, :, None]).permute(2, 0, 1)[None].float()
+        out = fourier_shift(chw, float(dh), float(dw))[0].permute(1, 2, 0).numpy().clip(0.0, 1.0)
+        return img, (out if img.ndim == 3 else out[:, :, 0])
+    return img, np.roll(img, (int(dh), int(dw)), axis=(0, 1))
 
 
 def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int]) -> None:

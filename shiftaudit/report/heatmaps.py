@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..layers import colour_scale
 from .plotting import new_figure, plt, save_png
 
 
@@ -31,8 +32,7 @@ def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "e
     image = None
     extent = (dw[0] - 0.5, dw[-1] + 0.5, dh[-1] + 0.5, dh[0] - 0.5)
     for ax, layer in zip(axes.flat, entries):
-        ref = layer.get("reference_distance") or 0.0
-        scale = ref / 2 if ref and math.isfinite(ref) and ref > 0 else 1.0
+        scale = colour_scale(layer.get("reference_distance")) or 1.0  # the table's unit too
         rel = _grid(layer, kind) / scale
         image = ax.imshow(rel, cmap=cmap, vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest")
         h, w = layer["resolution"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..atomicio import pending, write_text_atomic
 from ..result import AuditResult
-from .terminal import audit_rows, describe_run
+from .terminal import LAYER_CAPTION, LAYER_HEADER, audit_rows, describe_run, layer_rows
 
 CAPTIONS = {
     "adversarial": "Accuracy when an adversary may shift each image by up to r pixels (the paper's Fig. 9). An image "
@@ -24,7 +24,7 @@ CAPTIONS = {
     "of the probability of the correct class (Fig. 6). Lower is more shift-invariant.",
     "accuracy_map": "Accuracy as a function of the shift (dh, dw), zero shift at the centre, and along the diagonal "
     "(Fig. 11). A shift-invariant model is flat.",
-    "flips": "Correctly classified images that a small circular shift makes wrong, with the probability of the "
+    "flips": "Correctly classified images that a small {shift} makes wrong, with the probability of the "
     "correct class at every shift (Fig. 2).",
     "layers": "Per-layer distance from shift-equivariance over shifts (Fig. 4): blue is exactly equivariant, red is "
     "half the distance between two different images.",
@@ -60,15 +60,28 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def _picture(item: Path | tuple[str, Path]) -> str:
-    caption, path = (item if isinstance(item, tuple) else (CAPTIONS.get(Path(item).stem, Path(item).stem), item))
+SHIFT_NOUN = {"circular": "circular shift", "crop": "crop shift (new content entering at the border)",
+              "subpixel": "sub-pixel shift"}
+
+
+def caption(stem: str, shift_mode: str = "circular") -> str:
+    """The caption of picture ``stem``, naming the run's shift mode (a crop run's flips are not circular shifts)."""
+    return CAPTIONS.get(stem, stem).replace("{shift}", SHIFT_NOUN.get(shift_mode, "shift"))
+
+
+def _shift_mode(result: AuditResult) -> str:
+    return str(result.settings.get("shift_mode") or result.settings.get("shifts", {}).get("mode") or "circular")
+
+
+def _picture(item: Path | tuple[str, Path], shift_mode: str = "circular") -> str:
+    caption_text, path = (item if isinstance(item, tuple) else (caption(Path(item).stem, shift_mode), item))
     data = pending(path).read_bytes()  # the picture may still wait in its temporary file (all_or_nothing)
     size = png_size(data)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return (
         f'<figure id="fig-{esc(Path(path).stem)}"><img src="{uri}" alt="{esc(Path(path).stem)}"{dims}>'
-        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        f"<figcaption>{esc(caption_text)}</figcaption></figure>"
     )
 
 
@@ -101,7 +114,7 @@ def _shift_text(shifts: dict[str, Any]) -> str:
 
 
 def _footer_shifts(result: AuditResult) -> str:
-    mode = result.settings.get("shift_mode") or result.settings.get("shifts", {}).get("mode") or "circular"
+    mode = _shift_mode(result)
     return {"crop": "Shifts are crops of a larger canvas (the published ImageNet protocol)",
             "subpixel": "Shifts are sub-pixel Fourier phase shifts"}.get(mode, "Shifts are circular (Zhang 2019, Eq. 4)")
 
@@ -167,9 +180,13 @@ def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]]
         parts.append(gate)
     parts.append("<h2>Summary</h2>")
     parts.append(_table(audit_rows(result), ("Metric", "Value", "95% CI"), ("", "num", "ci")))
+    if "layers" in result.metrics:
+        parts.append("<h2>Per-layer distances</h2>")
+        parts.append(_table(layer_rows(result.metrics["layers"]), LAYER_HEADER, ("", "num", "num", "num", "num", "num", "num")))
+        parts.append(f'<p class="sub">{esc(LAYER_CAPTION)}</p>')
     if pictures:
         parts.append("<h2>Pictures</h2>")
-        parts.extend(_picture(p) for p in pictures)
+        parts.extend(_picture(p, _shift_mode(result)) for p in pictures)
     parts.append("<h2>Settings</h2>")
     parts.append(_table(settings_rows(result), None, ("", "mono")))
     if result.notes:

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from ..inspection import Inspection
+from ..layers import colour_scale
 from ..result import AuditResult
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def pct(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None else f"{100 * v:.{digits}f} %"
+    """A fraction as a percentage; '-' for a value that was not measured (None, or NaN from an empty mean)."""
+    return f"{100 * v:.{digits}f} %" if _finite(v) else "-"
 
 
-def ci_text(lo: float | None, hi: float | None, digits: int = 1) -> str:
-    if lo is None or hi is None:
+def num(v: float | None, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if _finite(v) else "-"
+
+
+def sig(v: float | None, digits: int = 3) -> str:
+    """A non-negative rate or duration to ``digits`` significant digits, never rounded to zero and never in exponent
+    form: 0.00412, 0.35, 3.14, 412, 12,345. '-' when unknown."""
+    if not _finite(v) or v < 0:  # type: ignore[operator]
+        return "-"
+    if v == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(v)))  # type: ignore[arg-type]
+    return f"{v:,.{decimals}f}"
+
+
+def ci_text(lo: float | None, hi: float | None, digits: int = 1, scale: float = 100.0) -> str:
+    if not (_finite(lo) and _finite(hi)):
         return ""
-    return f"[{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"  # type: ignore[operator]
 
 
 def headline_radii(radii: list[int]) -> list[int]:
@@ -52,13 +75,13 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
         rows.append((f"Consistency (sampled, {k} pairs/image)", pct(cons["sampled"]["value"], 2), ci_text(cons["sampled"]["ci_low"], cons["sampled"]["ci_high"])))
     if "variation" in m:
         v = m["variation"]
-        rows.append(("Variation of P(correct), mean / median", f"{v['mean']:.4f} / {v['median']:.4f}", f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]"))
+        rows.append(("Variation of P(correct), mean / median", f"{num(v['mean'])} / {num(v['median'])}", ci_text(v["ci_low"], v["ci_high"], 4, 1.0)))
     if "flip_rate" in m:
         f = m["flip_rate"]
         rows.append(("Flip rate between 1-px neighbouring shifts", pct(f["mean"], 2), ci_text(f["ci_low"], f["ci_high"], 2)))
     if "mac" in m:
         mac = m["mac"]
-        rows.append(("Mean abs. change of top-1 probability", f"{mac['mean']:.4f}", f"[{mac['ci_low']:.4f}, {mac['ci_high']:.4f}]"))
+        rows.append(("Mean abs. change of top-1 probability", num(mac["mean"]), ci_text(mac["ci_low"], mac["ci_high"], 4, 1.0)))
     if "adversarial" in m:
         adv = m["adversarial"]
         for r in headline_radii(adv["radius"]):
@@ -71,17 +94,18 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
         if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map", "flip_rate", "mac"):
             continue
         if isinstance(value, dict) and "value" in value:
-            rows.append((name.replace("_", " "), f"{value['value']:.4f}", ci_text(value.get("ci_low"), value.get("ci_high"))))
+            rows.append((name.replace("_", " "), num(value["value"]), ci_text(value.get("ci_low"), value.get("ci_high"))))
     return rows
 
 
 def audit_table(result: AuditResult, title: str | None = None) -> Table:
-    t = Table(title=title or "Shift audit", title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric")
-    t.add_column("Value", justify="right")
-    t.add_column("95% CI", justify="right", style="dim")
+    """Metric names wrap; numbers never do (at 80 columns a wrapped "90.0 %" reads as two values)."""
+    t = Table(title=Text(title or "Shift audit"), title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("Metric", overflow="fold", min_width=16)
+    t.add_column("Value", justify="right", no_wrap=True)
+    t.add_column("95% CI", justify="right", style="dim", no_wrap=True)
     for row in audit_rows(result):
-        t.add_row(*row)
+        t.add_row(*(Text(c) for c in row))
     return t
 
 
@@ -125,16 +149,14 @@ class CompareRow:
 
     def cell(self, i: int) -> str:
         v = self.values[i]
-        if v is None:
-            return "-"
-        return pct(v, 2 if "onsistency" in self.metric else 1) if self.percent else f"{v:.4f}"
+        return pct(v, 2 if "onsistency" in self.metric else 1) if self.percent else num(v)
 
     def delta(self, i: int) -> float | None:
-        """Change of run ``i`` from the first run (percentage points for percentages)."""
+        """Change of run ``i`` from the first run (percentage points for percentages); None when either is unmeasured."""
         a, b = self.values[0], self.values[i]
-        if a is None or b is None:
+        if not (_finite(a) and _finite(b)):
             return None
-        return (b - a) * (100.0 if self.percent else 1.0)
+        return (b - a) * (100.0 if self.percent else 1.0)  # type: ignore[operator]
 
     def significant(self, i: int) -> bool | None:
         """True when the 95 % intervals of run ``i`` and the first run do not overlap; None without intervals."""
@@ -224,74 +246,128 @@ def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
     return rows
 
 
-def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after") -> Table:
+def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None) -> Table:
     """Side-by-side rows for several results (same data), with each run's change from the first.
 
-    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`).
+    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). ``width``:
+    the console width to fit; metric names and run names wrap, the numbers never do.
     """
-    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric", no_wrap=True)
-    for name, _ in results:
-        t.add_column(name, justify="right")
-    others = list(range(1, len(results)))
-    for i in others:
-        t.add_column("Change" if len(results) == 2 else f"\u0394 {results[i][0]}", justify="right")
     rows = compare_rows(results)
-    for row in rows:
-        t.add_row(row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others])
+    others = list(range(1, len(results)))
+    headers = [name for name, _ in results] + ["Change" if len(results) == 2 else f"\u0394 {results[i][0]}" for i in others]
+    cells = [[row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]] for row in rows]
+    t = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("Metric", overflow="fold", min_width=16)
+    k = len(headers)
+    names = min(36, max(len(c[0]) for c in cells)) if cells else 16
+    for j, header in enumerate(headers, start=1):
+        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower
+        cap = None
+        if width:  # a run name gets its share of the width: beside whole metric names, else beside names at 16
+            share, tight = (width - names - 3 * k) // k, (width - 16 - 3 * k) // k
+            word = max(len(w) for w in header.split())  # wrap between words where that fits
+            cap = max(widest, min(len(header), max(share, min(word, 12, tight))))
+        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest, max_width=cap)
+    for row_cells in cells:
+        t.add_row(*(Text(c) for c in row_cells))
     if others:
-        t.caption = f"Change from {results[0][0]}; " + SIGNIFICANCE_RULE
+        t.caption = Text(f"Change from {results[0][0]}; " + SIGNIFICANCE_RULE)
     return t
 
 
-def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None) -> Table:
+def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None,
+                     width: int | None = None) -> Table:
+    """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map).
+
+    ``width``: the console width to fit. Short values (sizes, roles, numbers) are never wrapped; the layer name, its
+    type and the patch action wrap, the widest first, so that at 80 columns no column collapses to nothing.
+    """
     t = Table(
         title=f"Downsampling points at {insp.input_size[0]}x{insp.input_size[1]} (total stride {insp.total_stride})",
         title_justify="left",
         show_edge=False,
         pad_edge=False,
     )
-    for col in ("Layer", "Type", "Kernel", "Stride", "In", "Out", "Role"):
-        t.add_column(col, justify="right" if col in ("Stride", "In", "Out", "Kernel") else "left", no_wrap=col != "Type")
     extra_columns = extra_columns or {}
-    for col in extra_columns:
-        t.add_column(col, no_wrap=col != "Patch")
+    rows = []
     squeeze = 0
     for p in insp.points:
         if p.role == "squeeze":
             squeeze += 1
             continue
-        k = f"{p.kernel[0]}x{p.kernel[1]}" if p.kernel else "-"
-        s = f"{p.stride[0]}" if p.stride and p.stride[0] == p.stride[1] else (f"{p.stride[0]}x{p.stride[1]}" if p.stride else "-")
-        t.add_row(
-            p.name,
-            p.module,
-            k,
-            s,
-            f"{p.in_size[0]}x{p.in_size[1]}",
-            f"{p.out_size[0]}x{p.out_size[1]}",
-            p.role,
-            *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
-        )
+        k = _side(p.kernel) if p.kernel else "-"
+        s = _side(p.stride) if p.stride else "-"
+        rows.append([p.name, p.module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
+                     *[str(extra_columns[c].get(p.name, "")) for c in extra_columns]])
+    header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
+    widths = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(header)]
+    floors = [{"Layer": 14, "Type": 9, "Patch": 8}.get(col, w) for col, w in zip(header, widths)]
+    if width is not None:
+        widths = _fit(widths, floors, width - 3 * (len(header) - 1))
+    for col, w in zip(header, widths):
+        t.add_column(col, justify="right" if col in ("k", "s", "Size") else "left", width=w, overflow="fold")
+    for r in rows:
+        t.add_row(*(Text(c) for c in r))
+    notes = ["k kernel, s stride, size in->out"]
     if squeeze:
-        t.caption = f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)"
+        notes.append(f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)")
+    t.caption, t.caption_justify = "; ".join(notes), "left"
     return t
 
 
-def layers_table(layers: dict[str, Any]) -> Table:
-    """Per layer: resolution, stride so far, mean distances (absolute and relative to the layer's reference), exact modulo."""
-    t = Table(title="Per-layer distance from shift-equivariance (cosine, averaged over shifts and images)", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("Layer", "Resolution", "Stride", "Equivariance", "/ reference", "Invariance", "Exact modulo"):
-        t.add_column(col, justify="left" if col == "Layer" else "right")
+def _fit(widths: list[int], floors: list[int], budget: int) -> list[int]:
+    """Narrow the columns that may wrap, always the one furthest above its floor (the rightmost on a tie: patch
+    actions wrap at spaces, names would break mid-word), until they fit ``budget``."""
+    widths = list(widths)
+    while sum(widths) > budget:
+        room = [w - f for w, f in zip(widths, floors)]
+        j = max(reversed(range(len(widths))), key=lambda i: room[i])
+        if room[j] <= 0:
+            break  # nothing left to narrow: rich folds the rest
+        widths[j] -= 1
+    return widths
+
+
+def _side(hw: Any) -> str:
+    """"224" for a square 224x224, "224x200" otherwise."""
+    h, w = hw
+    return f"{h}" if h == w else f"{h}x{w}"
+
+
+LAYER_HEADER = ("Layer", "Resolution", "Stride", "Equivariance", "Equiv. / (ref/2)", "Invariance", "Exact modulo")
+LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", "Modulo")  # fits 80 columns
+LAYER_CAPTION = (
+    "Distances from shift-equivariance and -invariance: cosine, averaged over shifts and images. Equiv. / (ref/2): "
+    "the equivariance distance relative to half the distance between two different images, the heatmaps' colour "
+    "scale (0 = blue, exactly equivariant; 1 = red), as in the paper's Fig. 4. Exact modulo N: distance ~0 at every "
+    "shift that is a multiple of N (1 = exactly equivariant; '-' = at no modulo, e.g. zero padding)."
+)
+
+
+def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Per layer: resolution, stride so far, mean distances (absolute and on the heatmap scale), exact modulo.
+    Shared by the terminal table and the HTML report."""
+    rows = []
     for layer in layers["layers"]:
         h, w = layer["resolution"]
-        ref = layer.get("reference_distance")
+        scale = colour_scale(layer.get("reference_distance"))
         eq = layer["equivariance"]["mean"]
-        rel = f"{eq / ref:.3f}" if ref else "-"
+        rel = num(eq / scale, 3) if scale and _finite(eq) else "-"
         mod = layer.get("exact_modulo")
-        t.add_row(
-            layer["name"], f"{h}x{w}", str(layer["stride"]), f"{eq:.4f}", rel, f"{layer['invariance']['mean']:.4f}",
-            "-" if mod is None else f"{mod}",
-        )
-    t.caption = "Exact modulo N: distance ~0 at every shift that is a multiple of N (1 = exactly equivariant; '-' = at no modulo, e.g. zero padding)."
+        rows.append((str(layer["name"]), f"{h}x{w}", str(layer["stride"]), num(eq), rel, num(layer["invariance"]["mean"]),
+                     "-" if mod is None else f"{mod}"))
+    return rows
+
+
+def layers_table(layers: dict[str, Any]) -> Table:
+    t = Table(title="Per-layer distance from shift-equivariance", title_justify="left", show_edge=False, pad_edge=False)
+    for col in LAYER_SHORT:
+        if col == "Layer":
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, justify="right", no_wrap=True)
+    for row in layer_rows(layers):
+        t.add_row(*(Text(c) for c in row))
+    t.caption = LAYER_CAPTION
+    t.caption_justify = "left"
     return t
