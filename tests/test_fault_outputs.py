@@ -570,3 +570,28 @@ def test_markup_in_a_progress_description_is_not_parsed(monkeypatch):
     progress.advance(2)
     progress.stop()
     assert "auditing [/] [bold]x" in screen.getvalue()
+
+
+def test_an_output_never_replaces_an_input_of_the_command(setup, tmp_path, monkeypatch):
+    """`compare a.json b.json --json a.json`, `eval m.pt --json m.pt`, `patch m.pt -o m.pt`: refused before any work,
+    the input untouched (two spellings of one path are one file)."""
+    forbid_audit(monkeypatch)
+    root, ckpt, _, reports = setup
+    before = [p.read_bytes() for p in (ckpt, *reports)]
+    res = cli("compare", *reports, "--json", reports[0].parent / "." / reports[0].name)
+    assert_clean_error(res, "--json", "would replace an input")
+    res = cli(*eval_args(setup, "--json", ckpt))
+    assert_clean_error(res, "--json", "would replace an input")
+    res = cli("patch", ckpt, "--arch", f"{MODULE}:tiny", "-o", ckpt)
+    assert_clean_error(res, "would replace an input")
+    assert [p.read_bytes() for p in (ckpt, *reports)] == before
+
+
+def test_a_quoted_tilde_is_a_folder_named_tilde_like_for_any_tool(setup, tmp_path, monkeypatch):
+    """The check and the writer agree on the path: '~/r.json' (quoted, so the shell did not expand it) is written
+    under ./~, never checked in $HOME and written elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    res = cli(*eval_args(setup, "--json", "~/r.json"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "~" / "r.json").is_file() and not (tmp_path / "home").exists()

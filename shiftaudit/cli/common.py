@@ -139,7 +139,7 @@ def check_output_path(path: Path | None, flag: str, *, folder: bool = False, std
 
     if path is None or (stdout and str(path) == "-"):
         return
-    p = Path(path).expanduser()
+    p = Path(path)  # as the writers will use it: a quoted '~' is a folder named '~', as for any other tool
     if folder:
         if str(p) == "-":
             raise OutputError(f"{flag} - would create a folder named '-'; only --json takes '-' (standard output), give a folder path.")
@@ -163,9 +163,10 @@ def check_output_path(path: Path | None, flag: str, *, folder: bool = False, std
 
 
 def check_outputs(files: dict[str, Path | None], folders: dict[str, tuple[Path | None, tuple[str, ...]]] | None = None,
-                  stdout: tuple[str, ...] = ("--json",)) -> None:
-    """Check every output of a command before any work: each one (:func:`check_output_path`), and that no two of them
-    name the same file, where one would silently replace the other. ``folders``: flag -> (folder, its file names)."""
+                  stdout: tuple[str, ...] = ("--json",), inputs: list[Path | None] | None = None) -> None:
+    """Check every output of a command before any work: each one (:func:`check_output_path`), that no two of them
+    name the same file, where one would silently replace the other, and that none replaces one of the command's
+    ``inputs`` (a checkpoint or report it reads). ``folders``: flag -> (folder, its file names)."""
     targets = []
     for flag, path in files.items():
         check_output_path(path, flag, stdout=flag in stdout)
@@ -177,10 +178,18 @@ def check_outputs(files: dict[str, Path | None], folders: dict[str, tuple[Path |
             targets += [(flag, Path(folder) / name) for name in names]
     seen: dict[str, str] = {}
     for flag, path in targets:
-        key = os.path.join(os.path.realpath(path.expanduser().parent), path.name)
+        key = _file_key(path)
         if key in seen and seen[key] != flag:
             raise UsageError(f"{seen[key]} and {flag} both write {path}; give each output its own file.")
         seen.setdefault(key, flag)
+    for source in inputs or []:
+        if source is not None and _file_key(Path(source)) in seen:
+            raise UsageError(f"{seen[_file_key(Path(source))]} {source} would replace an input of this command; give the output another name.")
+
+
+def _file_key(path: Path) -> str:
+    """One name per file: the real folder plus the file name (two spellings of one path compare equal)."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

@@ -143,7 +143,7 @@ def compare_command(
 
     if len(files) < 2:
         raise UsageError("compare needs at least two reports, e.g. shiftaudit compare baseline.json patched.json.")
-    check_outputs({"--json": json_out}, {"--out": (out, PICTURES)})
+    check_outputs({"--json": json_out}, {"--out": (out, PICTURES)}, inputs=list(files))
     json_to_stdout(json_out)
     labels = run_names(files, names)
     runs = [(label, load_report(path)) for label, path in zip(labels, files)]

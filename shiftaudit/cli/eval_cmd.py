@@ -249,7 +249,7 @@ def eval_command(
         raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
     if data is None:
         raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
-    check_outputs({"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, REPORT_FILES)})
+    check_outputs({"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, REPORT_FILES)}, inputs=[model, data])
     json_to_stdout(json_out)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     dataset = load_dataset_from_cli(

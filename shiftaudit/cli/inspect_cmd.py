@@ -97,7 +97,7 @@ def inspect_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the inspection as JSON to this path ('-' for stdout).")] = None,
 ) -> None:
     """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
-    check_outputs({"--json": json_out})
+    check_outputs({"--json": json_out}, inputs=[model])
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     prep = resolve_cli_preprocessing(loaded, preset, size, None, None, None, None)
     insp = None

@@ -133,7 +133,7 @@ def patch_command(
     pad = pad or ("circular" if method == "aps" else "reflect")
     config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
-    check_outputs({"--output": output, "--json": json_out})
+    check_outputs({"--output": output, "--json": json_out}, inputs=[model])
     json_to_stdout(json_out)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     if loaded.format == "torchscript":
