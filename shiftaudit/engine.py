@@ -36,6 +36,7 @@ from torch import nn
 from . import __version__, distributed
 from .errors import DataError, ModelError, UsageError
 from .forward import BatchedForward, model_dtype
+from .limits import MAX_BATCH_BYTES, MAX_PAIRS, check_range, gib
 from .metrics.stability import FlipRate, MeanAbsoluteChange
 from .metrics import (
     AccuracyAtRandomShift,
@@ -221,6 +222,7 @@ def audit(
         raise UsageError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     if pairs < 1:
         raise UsageError(f"--pairs must be at least 1, got {pairs}.")
+    check_range(pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
     dev = resolve_device(device)
     if precision == "fp16" and dev.type == "cpu":
         raise UsageError("--precision fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
@@ -276,6 +278,7 @@ def audit(
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     device_batch = batch_size or default_device_batch(dev, size)
+    _check_batch_bytes(device_batch, int(getattr(dataset, "channels", 3)), size)
     off_dtype = torch.float64 if shifts.fractional else torch.long  # sub-pixel offsets are fractional
     dh_all = torch.as_tensor(shifts.dh, dtype=off_dtype, device=dev)
     dw_all = torch.as_tensor(shifts.dw, dtype=off_dtype, device=dev)
@@ -361,6 +364,12 @@ def audit(
             state.save(metric_list)
             exc.shiftaudit_resume = str(state.path)  # type: ignore[attr-defined]
         exc.shiftaudit_progress = (images_done, total_images)  # type: ignore[attr-defined]
+        if isinstance(exc, ModelError) and images_done == 0:  # failed at once: maybe --size is below its stride
+            from .inspection import input_too_small
+
+            small = input_too_small(model, size, int(getattr(dataset, "channels", 3)))
+            if small is not None:
+                raise small from None
         raise
     finally:
         for o in observer_list:
@@ -430,6 +439,16 @@ def audit(
             "forward_rows_full": float(images_done * slots_per_image),
         },
     )
+
+
+def _check_batch_bytes(batch: int, channels: int, size: tuple[int, int]) -> None:
+    """Refuse a --batch-size whose inputs alone would not fit any machine, before the first forward pass."""
+    need = batch * channels * size[0] * size[1] * 4.0
+    if need > MAX_BATCH_BYTES:
+        raise UsageError(
+            f"--batch-size {batch} at {channels}x{size[0]}x{size[1]} needs {gib(need)} of input per forward pass, more "
+            f"than the {gib(MAX_BATCH_BYTES)} allowed; use a smaller --batch-size."
+        )
 
 
 def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

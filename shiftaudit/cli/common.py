@@ -54,6 +54,24 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def name_the_option_first() -> None:
+    """Typer answers an out-of-range option with a usage box that starts with the usage line; put one line naming
+    the option and the problem first (``error: Invalid value for '--pairs': ...``), then Typer's box."""
+    from typer import rich_utils
+
+    box = rich_utils.rich_format_error
+    if getattr(box, "shiftaudit", False):
+        return
+
+    def show(exc: Any) -> None:
+        if type(exc).__name__ != "NoArgsIsHelpError":
+            say_error(first_line(Exception(exc.format_message()), "invalid command line").rstrip(".") + ".")
+        box(exc)
+
+    show.shiftaudit = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = show
+
+
 def _out_of_memory_message(exc: BaseException) -> str | None:
     """Running out of memory is a resource limit the user can change, not a bug: say which knob to turn."""
     if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
