@@ -132,7 +132,7 @@ def plan_shifts(
     """The shift set for ``size`` (the model input size) and whether every shift of it will be evaluated (exhaustive
     mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shiftmodes`)."""
     if mode not in ("auto", "exhaustive", "sampled"):
-        raise UsageError(f"Unknown mode {mode!r}; use auto, exhaustive or sampled.")
+        raise UsageError(f"Unknown --mode {mode!r}; use auto, exhaustive or sampled.")
     check_shift_mode(shift_mode)
     if shifts is None:
         half = max(size) // 2
@@ -219,7 +219,7 @@ def audit(
     if not isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
         raise UsageError(f"audit() needs a torch.nn.Module, got {type(model).__name__}.")
     if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+        raise UsageError(f"Unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     if pairs < 1:
         raise UsageError(f"--pairs must be at least 1, got {pairs}.")
     check_range(pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
@@ -308,8 +308,10 @@ def audit(
     pin = dev.type == "cuda"
     state = None
     if resume is not None:
-        state = resume_state(resume, model, info, dataset, shifts, exhaustive, pairs, seed, precision, metric_list,
-                             observer_list, dist)
+        numeric = {"--mode": "exhaustive" if exhaustive else "sampled", "--pairs": pairs, "--seed": seed,
+                   "--precision": precision, "--device": [dev.type, bool(use_cl)], "--batch-size": device_batch,
+                   "the engine (--no-polyphase, --compile)": [strategy, bool(compile)]}
+        state = resume_state(resume, model, info, dataset, shifts, numeric, metric_list, observer_list, dist)
     if dist is not None:
         loader = distributed.shard_loader(dataset, dist, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
         total_images = len(distributed.shard_indices(len(dataset), dist.rank, dist.world))

@@ -234,6 +234,10 @@ def eval_command(
     check_output_path(json_out, "--json")
     check_output_path(out, "--out", folder=True)
     check_output_path(junit, "--junit")
+    if resume is not None:
+        from ..resume import check_resume_path
+
+        check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     dataset = load_dataset_from_cli(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,
