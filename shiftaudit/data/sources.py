@@ -212,13 +212,14 @@ def read_class_map(
     mapping: dict[str, int] = {}
 
     def index(name: str, value: Any) -> int:
-        if isinstance(value, str) and value.isdigit() and len(value) <= 18:  # {"0": [...]} keys are index strings
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:  # {"0": [...]} keys
             value = int(value)
         if not is_int(value):
             shown = json.dumps(value)[:40] if isinstance(value, (bool, int, float, str)) or value is None else type(value).__name__
             raise DataError(f"Class map entry {name[:60]!r} is {shown}, not a whole class index; use integers like 0, 1, 2.")
         if not 0 <= value < limit:
-            raise DataError(f"Class map entry {name[:60]!r} is {value}, outside 0..{limit - 1} ({whose}).")
+            shown = str(value) if abs(value) < 10**18 else f"a {len(str(abs(value))) if abs(value) < 10**4000 else 'huge'}-digit number"
+            raise DataError(f"Class map entry {name[:60]!r} is {shown}, outside 0..{limit - 1} ({whose}).")
         return value
 
     if isinstance(obj, Mapping):
