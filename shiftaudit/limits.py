@@ -7,7 +7,6 @@ ends in one sentence instead of an out-of-memory kill, a hang or a traceback.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -19,7 +18,6 @@ MAX_SHIFTS = 1 << 20  # shifts in a set: all shifts of 1024 x 1024, offsets held
 MAX_PAIRS = 4096  # random pairs per image: sampled mode runs 2 + 2k forwards per image
 MAX_CLASSES = 1_000_000  # class indices (class maps, --num-classes): a class list is allocated up to the largest
 MAX_BATCH_BYTES = 16 << 30  # input bytes of one forward pass (--batch-size x C x H x W x 4)
-MAX_SEED = 2**63 - 1
 
 
 def max_workers() -> int:
@@ -30,12 +28,6 @@ def max_workers() -> int:
 def is_int(value: Any) -> bool:
     """A real integer: JSON ``true`` is a bool, ``0.9`` and ``1e20`` are floats; none of them is a class index."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_finite(value: float, flag: str) -> float:
-    if not math.isfinite(float(value)):
-        raise UsageError(f"{flag} must be a finite number, got {value!r}.")
-    return float(value)
 
 
 def check_range(value: int, flag: str, low: int, high: int, why: str) -> int:

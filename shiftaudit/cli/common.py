@@ -70,7 +70,7 @@ def name_the_option_first() -> None:
 
     def show(exc: Any) -> None:
         if type(exc).__name__ != "NoArgsIsHelpError":
-            say_error(first_line(Exception(exc.format_message()), "invalid command line").rstrip(".") + ".")
+            say_error((exc.format_message().strip().splitlines() or ["Invalid command line"])[0].rstrip(".") + ".")
         box(exc)
 
     show.shiftaudit = True  # type: ignore[attr-defined]

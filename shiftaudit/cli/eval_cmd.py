@@ -220,7 +220,8 @@ def eval_command(
     """Audit MODEL on --data under shifts (circular by default; --shift-mode crop or subpixel): accuracy, consistency,
     variation, adversarial curve, accuracy map.
 
-    Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage.
+    Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM); with --resume both save the progress.
     """
     from ..errors import UsageError
 
