@@ -208,6 +208,30 @@ def test_resume_refuses_other_metrics_or_device_layout_through_the_api(tmp_path)
         run(None, channels_last=True)
 
 
+def test_a_resumed_run_keeps_the_notes_of_images_read_before_the_interruption(tmp_path):
+    """The decode flags of the images done before the interruption (here: grayscale images converted to RGB) are saved
+    with the state, so the resumed report still counts them: the same JSON as an uninterrupted run."""
+    from shiftaudit.engine import audit
+    from tests.helpers import StopAfter, tiny_cnn
+
+    data = write_image_folder(tmp_path / "val", size=8)
+    write_images(data / "class_0", 2, size=8, mode="L", prefix="gray")  # sorted first: read before the interruption
+    prep = Preprocessing(size=(8, 8), mean=(0.5,) * 3, std=(0.5,) * 3)
+    torch.manual_seed(0)
+    model, state = tiny_cnn(num_classes=3, size=8).eval(), tmp_path / "run.state"
+
+    def run(stop: int | None, **kw: Any) -> dict[str, Any]:
+        return audit(StopAfter(model, stop), load_data(data, preprocessing=prep), max_shift=1, device="cpu", batch_size=9,
+                     polyphase=False, num_workers=0, **kw).to_json()
+
+    want = run(None)
+    with pytest.raises(KeyboardInterrupt):
+        run(3, resume=state)
+    got = run(None, resume=state)
+    assert "converted 2 images with another colour mode to RGB" in got["notes"], got["notes"]
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+
+
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
 def test_resume_path_that_is_a_folder_or_a_pipe_is_said_before_any_work(env, tmp_path, kind):
     target = tmp_path / "state"
