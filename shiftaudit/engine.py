@@ -36,6 +36,7 @@ from torch import nn
 from . import __version__, distributed
 from .errors import DataError, ModelError, UsageError
 from .forward import BatchedForward, model_dtype
+from .limits import MAX_BATCH_BYTES, MAX_PAIRS, check_range, gib
 from .metrics.stability import FlipRate, MeanAbsoluteChange
 from .metrics import (
     AccuracyAtRandomShift,
@@ -157,7 +158,7 @@ def plan_shifts(
     """The shift set for ``size`` (the model input size) and whether every shift of it will be evaluated (exhaustive
     mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shiftmodes`)."""
     if mode not in ("auto", "exhaustive", "sampled"):
-        raise UsageError(f"Unknown mode {mode!r}; use auto, exhaustive or sampled.")
+        raise UsageError(f"Unknown --mode {mode!r}; use auto, exhaustive or sampled.")
     check_shift_mode(shift_mode)
     if shifts is None:
         half = max(size) // 2
@@ -244,9 +245,10 @@ def audit(
     if not isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
         raise UsageError(f"audit() needs a torch.nn.Module, got {type(model).__name__}.")
     if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+        raise UsageError(f"Unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     if pairs < 1:
         raise UsageError(f"--pairs must be at least 1, got {pairs}.")
+    check_range(pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
     dev = resolve_device(device)
     if precision == "fp16" and dev.type == "cpu":
         raise UsageError("--precision fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
@@ -302,6 +304,7 @@ def audit(
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     device_batch = batch_size or default_device_batch(dev, size)
+    _check_batch_bytes(device_batch, int(getattr(dataset, "channels", 3)), size)
     off_dtype = torch.float64 if shifts.fractional else torch.long  # sub-pixel offsets are fractional
     dh_all = torch.as_tensor(shifts.dh, dtype=off_dtype, device=dev)
     dw_all = torch.as_tensor(shifts.dw, dtype=off_dtype, device=dev)
@@ -331,8 +334,10 @@ def audit(
     pin = dev.type == "cuda"
     state = None
     if resume is not None:
-        state = resume_state(resume, model, info, dataset, shifts, exhaustive, pairs, seed, precision, metric_list,
-                             observer_list, dist)
+        numeric = {"--mode": "exhaustive" if exhaustive else "sampled", "--pairs": pairs, "--seed": seed,
+                   "--precision": precision, "--device": [dev.type, bool(use_cl)], "--batch-size": device_batch,
+                   "the engine (--no-polyphase, --compile)": [strategy, bool(compile)]}
+        state = resume_state(resume, model, info, dataset, shifts, numeric, metric_list, observer_list, dist)
     if dist is not None:
         loader = distributed.shard_loader(dataset, dist, batch_size=image_batch, num_workers=num_workers, pin_memory=pin)
         total_images = len(distributed.shard_indices(len(dataset), dist.rank, dist.world))
@@ -387,6 +392,12 @@ def audit(
             state.save(metric_list)
             exc.shiftaudit_resume = str(state.path)  # type: ignore[attr-defined]
         exc.shiftaudit_progress = (images_done, total_images)  # type: ignore[attr-defined]
+        if isinstance(exc, ModelError) and images_done == 0:  # failed at once: maybe --size is below its stride
+            from .inspection import input_too_small
+
+            small = input_too_small(model, size, int(getattr(dataset, "channels", 3)))
+            if small is not None:
+                raise small from None
         raise
     finally:
         for o in observer_list:
@@ -459,6 +470,16 @@ def audit(
             "forward_rows_full": float(images_done * slots_per_image),
         },
     )
+
+
+def _check_batch_bytes(batch: int, channels: int, size: tuple[int, int]) -> None:
+    """Refuse a --batch-size whose inputs alone would not fit any machine, before the first forward pass."""
+    need = batch * channels * size[0] * size[1] * 4.0
+    if need > MAX_BATCH_BYTES:
+        raise UsageError(
+            f"--batch-size {batch} at {channels}x{size[0]}x{size[1]} needs {gib(need)} of input per forward pass, more "
+            f"than the {gib(MAX_BATCH_BYTES)} allowed; use a smaller --batch-size."
+        )
 
 
 def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

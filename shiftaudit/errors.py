@@ -46,6 +46,11 @@ class ModelError(ShiftAuditError):
     """The model misbehaves on valid input (wrong output shape, fails to run)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, schedulers and ``kill`` send), raised like Ctrl-C so an audit stops the same way:
+    whole batches only, progress saved for ``--resume``, one line, exit code 143 (128 + 15) instead of 130."""
+
+
 def first_line(exc: BaseException, default: str | None = None) -> str:
     """The first line of an exception's message, for one-sentence errors (``default``: the exception's type name)."""
     text = str(exc).strip()

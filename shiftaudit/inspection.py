@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError, first_line
+from .errors import ModelError, UsageError, first_line
 from .forward import model_exits_fail
 from .sizes import pair
 
@@ -100,6 +100,31 @@ def _first_input_channels(model: nn.Module, default: int) -> int:
     return default
 
 
+def too_small_error(model: Any, size: tuple[int, int], channels: int) -> UsageError | None:
+    """A model that fails on small ``size`` inputs but runs on larger ones was given inputs below its total stride:
+    say so with the stride, instead of the framework's error from deep inside the network (or None: not that)."""
+    h, w = int(size[0]), int(size[1])
+    if min(h, w) >= 64 or not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None
+    side = min(512, max(64, 4 * max(h, w)))
+    try:
+        stride = inspect_model(model, (side, side), channels).total_stride
+    except Exception:  # noqa: BLE001 - it fails at a larger size too: the model's problem, not the size
+        return None
+    return UsageError(f"The model cannot run on {h}x{w} inputs (its total stride is {stride}); use --size {stride} or more.")
+
+
+def input_too_small(model: Any, size: tuple[int, int], channels: int) -> UsageError | None:
+    """The too-small-input error when the model fails on one ``size`` input and runs on larger ones, else None."""
+    try:
+        inspect_model(model, size, channels)
+    except UsageError as exc:
+        return exc
+    except Exception:  # noqa: BLE001 - any other failure is the model's, reported as it was
+        return None
+    return None
+
+
 def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels: int | None = None) -> Inspection:
     """Find every downsampling point of ``model`` for inputs of ``size`` (one forward pass on a blank image)."""
     if isinstance(model, torch.jit.ScriptModule):
@@ -133,7 +158,7 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
             out = model(torch.zeros(1, c, h, w, device=dev, dtype=dtype))
     except RuntimeError as exc:
         first = first_line(exc)
-        raise ModelError(f"The model failed on a {c}x{h}x{w} input: {first}") from None
+        raise (too_small_error(model, (h, w), c) or ModelError(f"The model failed on a {c}x{h}x{w} input: {first}")) from None
     finally:
         for hd in hooks:
             hd.remove()

@@ -22,6 +22,8 @@ chooses its phase from the data and is refused.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -443,8 +445,8 @@ def build_polyphase(model: nn.Module, sample: torch.Tensor, dh: np.ndarray, dw: 
         first = first_line(exc)
         raise PolyphaseUnsupported(f"torch.fx cannot trace the model ({first})") from None
     _split_blur_modules(gm)
-    try:
-        with torch.inference_mode():
+    try:  # ShapeProp prints a traceback to stderr before raising: the failure is only "not applicable" here
+        with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(sample)
     except Exception as exc:  # noqa: BLE001
         raise PolyphaseUnsupported(f"the traced model does not run ({type(exc).__name__})") from None

@@ -6,10 +6,12 @@ preset fixes the input size H x W and with it the shift set.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import UsageError
+from .limits import MAX_SIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,8 +32,14 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if len(self.size) != 2 or min(self.size) < 1:
             raise UsageError(f"Image size must be two positive integers, got {self.size}.")
+        if max(self.size) > MAX_SIDE:  # every image is preprocessed to this size: bound what it allocates
+            raise UsageError(f"--size {max(self.size)} is more than the {MAX_SIDE} px allowed per side.")
+        if self.resize is not None and not 1 <= self.resize <= MAX_SIDE:
+            raise UsageError(f"--resize must be between 1 and {MAX_SIDE} px, got {self.resize}.")
         if len(self.mean) != len(self.std):
             raise UsageError("--mean and --std must have the same number of values.")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise UsageError("Every --mean and --std value must be a finite number (not nan or inf).")
         if any(s <= 0 for s in self.std):
             raise UsageError("Every --std value must be positive.")
 

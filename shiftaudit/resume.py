@@ -3,8 +3,10 @@
 Every metric keeps per-image values keyed by image id, or sums (see :meth:`Metric.state_dict`), and is updated
 only with whole batches. Saving those states with the ids already done, and loading them into fresh accumulators
 later, therefore gives exactly the accumulators of an uninterrupted run once the remaining images are added: the
-final JSON is the same. The state file also records a fingerprint of the run (model, data, shifts, seed,
-settings), and refuses to continue a different run.
+final JSON is the same. The state file also records a fingerprint of the run, part by part: everything that changes
+a number (model weights, the data's files, preprocessing, class map, shift set and canvas, seed, pairs, precision,
+device, batch size, engine, the package version). A continuation whose parts differ is refused with one sentence
+naming what changed, so two different audits are never mixed into one report.
 
 :func:`resume_state` builds that fingerprint for an audit and loads the saved state; :func:`subset_loader` feeds the
 engine only the images still to do.
@@ -15,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .atomicio import check_destination, write_bytes_atomic
 from .errors import UsageError
@@ -33,21 +38,127 @@ if TYPE_CHECKING:
     from .shifts import ShiftSet
 
 STATE_FORMAT = "shiftaudit/audit-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the fingerprint is stored part by part, so a refusal can name what changed
+SHORT = 120  # parts up to this long (as JSON) are stored as they are, so the refusal can show old and new
 
 
-def fingerprint(parts: dict[str, Any]) -> str:
-    """A stable digest of what must not change between the interrupted run and its continuation."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def _digest(chunks: Any) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk if isinstance(chunk, (bytes, memoryview)) else str(chunk).encode())
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _tensor_bytes(t: Any) -> memoryview:
+    """The raw bytes of a tensor (any dtype, bfloat16 included), without converting its values."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+
+
+def _weights(model: nn.Module) -> str:
+    """Every parameter and buffer: name, dtype, shape and bytes."""
+    def chunks() -> Iterator[Any]:
+        for name, t in sorted(model.state_dict().items()):
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                yield from (name, t.dtype, tuple(t.shape), _tensor_bytes(t))
+    return _digest(chunks())
+
+
+def _data_content(dataset: Any) -> str:
+    """What the images are: each file's path, size and modification time (a file added, removed or rewritten
+    changes it; reading every file would cost a pass over the data), or the bytes of a tensor stack. A torch Dataset
+    in memory is known by its type and length only."""
+    src = getattr(dataset, "source", None)
+    files = getattr(src, "files", None)
+    if files is not None:
+        def stats() -> Iterator[Any]:
+            for f in files:
+                try:
+                    st = os.stat(f)
+                    yield f"{f}|{st.st_size}|{st.st_mtime_ns}"
+                except OSError:
+                    yield f"{f}|missing"
+        return _digest(stats())
+    images = getattr(src, "images", None)
+    if isinstance(images, torch.Tensor):
+        return _digest([images.dtype, tuple(images.shape), _tensor_bytes(images)])
+    return _digest([type(getattr(src, "dataset", dataset)).__name__, len(dataset)])
+
+
+def fingerprint_parts(model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
+                      settings: dict[str, Any]) -> dict[str, str]:
+    """Everything that changes a number of the report, part by part, keyed by what the user would change.
+
+    A resumed run adds its images to the saved accumulators, so any difference here would silently mix scores of two
+    different audits and report the settings of the second. Each value is the part as JSON when short, else a digest.
+    """
+    from . import __version__
+
+    prep = getattr(dataset, "preprocessing", None)
+    prep_json = prep.to_json() if prep is not None and hasattr(prep, "to_json") else {}
+    index = np.asarray(getattr(dataset, "index", np.arange(len(dataset))), dtype=np.int64)
+    labels = getattr(dataset, "labels", None)
+    parts: dict[str, Any] = {
+        "the shiftaudit version": __version__,
+        "the model weights": _weights(model),
+        "the model (--arch, --num-classes or its patch)": {k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")},
+        "--data": [getattr(dataset, "description", ""), getattr(dataset, "kind", ""), len(dataset)],
+        "the data's files or content (added, removed or rewritten)": _data_content(dataset),
+        "the images chosen (--limit)": _digest([index.tobytes()]),
+        "the labels (--class-map)": [bool(getattr(dataset, "has_labels", False)),
+                                     _digest([np.asarray(labels, dtype=np.int64).tobytes()]) if labels is not None else None],
+        "--preset": prep_json.get("name"),  # the report names it, so a continuation must not rename it
+        "--size": prep_json.get("size"),
+        "--resize": prep_json.get("resize"),
+        "--mean": prep_json.get("mean"),
+        "--std": prep_json.get("std"),
+        "the image or crop canvas size (--shift-mode crop, --max-shift)":
+            [list(getattr(dataset, "image_size", [])), getattr(dataset, "canvas_margin", None), getattr(dataset, "channels", None)],
+        "the shift set (--max-shift, --shift-step, --shift-mode)":
+            [shifts.to_json(), _digest([np.asarray(shifts.dh).tobytes(), np.asarray(shifts.dw).tobytes()])],
+        **settings,
+    }
+    out = {}
+    for name, value in parts.items():
+        text = json.dumps(value, sort_keys=True, default=str)
+        out[name] = text if len(text) <= SHORT else _digest([text])
+    return out
+
+
+def check_resume_path(path: str | Path) -> Path:
+    """Refuse, before any work, a --resume path that is a folder or a pipe (loading it would fail or block)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--resume {p} is a folder; pass a file path for the saved progress, such as {p / 'audit-state.npz'}.")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"--resume {p} is not a regular file (a pipe or device?); pass a file path for the saved progress.")
+    return p
+
+
+def _changed(path: Path, saved: dict[str, Any], now: dict[str, str]) -> UsageError | None:
+    """One sentence naming every part that differs, with old and new values when they are short and readable."""
+    names = [k for k in now if saved.get(k) != now[k]] + [str(k)[:60] for k in saved if k not in now]
+    if not names:
+        return None
+    what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    if {"--size", "--resize", "--mean", "--std"} & set(names) and "--preset" not in names:
+        what += " (directly or through --preset)"
+    detail = ""
+    old, new = saved.get(names[0]), now.get(names[0])
+    if len(names) == 1 and all(isinstance(v, str) and len(v) <= SHORT and "sha256:" not in v and v.isprintable() for v in (old, new)):
+        detail = f" (was {old}, now {new})"
+    return UsageError(f"Cannot resume: {what} changed since the run saved in {path}{detail}; delete that file or drop "
+                      "--resume to start over.")
 
 
 class ResumeState:
     """Loads an existing state file (if any) and saves the current one, at most every ``interval`` seconds."""
 
-    def __init__(self, path: str | Path, fingerprint: str, interval: float = 20.0) -> None:
-        self.path = Path(path)
-        self.fingerprint = fingerprint
+    def __init__(self, path: str | Path, parts: dict[str, str], interval: float = 20.0, dataset: Any = None) -> None:
+        self.path = check_resume_path(path)
+        self.parts = parts
+        self.dataset = dataset  # its decode flags (converted, unreadable, NaN pixels) are saved too: the notes need them
         self.interval = float(interval)
         self._done: list[np.ndarray] = []  # ids per batch, joined when read (no quadratic regrowth)
         self.counters: dict[str, int] = {"images_done": 0, "nonfinite_images": 0, "rows": 0}
@@ -65,20 +176,18 @@ class ResumeState:
                 arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
             raise UsageError(f"--resume file {self.path} is not a shiftaudit audit state (or is damaged); delete it to start over.") from None
-        if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
+        if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION or not isinstance(meta.get("parts"), dict):
             raise UsageError(f"--resume file {self.path} is not a shiftaudit audit state of this version; delete it to start over.")
-        if meta.get("fingerprint") != self.fingerprint:
-            raise UsageError(
-                f"--resume file {self.path} belongs to a different audit (another model, data, shift set or seed); "
-                "delete it or choose another path."
-            )
-        names = [m.name for m in metric_list]
-        if meta.get("metrics") != names:
-            raise UsageError(f"--resume file {self.path} holds other metrics than this run; delete it to start over.")
+        changed = _changed(self.path, meta["parts"], self.parts)
+        if changed is not None:
+            raise changed
         for m in metric_list:
             prefix = f"{m.name}/"
             m.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
         self._done = [arrays.get("__done__", np.zeros(0, dtype=np.int64)).astype(np.int64)]
+        flags = arrays.get("__flags__")
+        if flags is not None and self.dataset is not None and len(flags) == len(self.dataset):
+            self.dataset.record(np.flatnonzero(flags), flags[flags != 0])
         self.counters.update({k: int(v) for k, v in meta.get("counters", {}).items()})
         self.resumed = True
         return True
@@ -104,11 +213,12 @@ class ResumeState:
 
     def save(self, metric_list: list[Metric]) -> None:
         arrays: dict[str, np.ndarray] = {"__done__": self.done_ids}
+        if hasattr(self.dataset, "_flags"):
+            arrays["__flags__"] = np.asarray(self.dataset._flags)
         for m in metric_list:
             for k, v in m.state_dict().items():
                 arrays[f"{m.name}/{k}"] = np.asarray(v)
-        meta = {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": self.fingerprint,
-                "metrics": [m.name for m in metric_list], "counters": self.counters}
+        meta = {"format": STATE_FORMAT, "version": STATE_VERSION, "parts": self.parts, "counters": self.counters}
         buf = io.BytesIO()
         np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
         write_bytes_atomic(self.path, buf.getvalue())
@@ -116,29 +226,17 @@ class ResumeState:
 
 
 def resume_state(path: str | Path, model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
-                 exhaustive: bool, pairs: int, seed: int, precision: str, metric_list: list[Metric],
-                 observers: list[Observer], dist: Any) -> Any:
-    """The state file of a resumable run, with what it already holds loaded into the accumulators."""
+                 settings: dict[str, Any], metric_list: list[Metric], observers: list[Observer], dist: Any) -> Any:
+    """The state file of a resumable run, with what it already holds loaded into the accumulators.
+
+    ``settings``: the run's numeric settings keyed by the flag that sets them (see :func:`fingerprint_parts`).
+    """
     if observers:
         raise UsageError("--resume cannot be combined with --layers: per-layer distances are not saved as the audit goes.")
     if dist is not None:
         raise UsageError("--resume is for single-process runs; under torchrun, rerun the whole audit.")
-    weights = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(tensor.detach().float().cpu().numpy().tobytes())
-    parts = {
-        "weights": weights.hexdigest(),
-        "model": {k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")},
-        "data": [getattr(dataset, "description", ""), len(dataset), list(getattr(dataset, "image_size", [])),
-                 bool(getattr(dataset, "has_labels", False))],
-        "shifts": shifts.to_json(),
-        "exhaustive": exhaustive,
-        "pairs": pairs,
-        "seed": seed,
-        "precision": precision,
-    }
-    state = ResumeState(path, fingerprint(parts))
+    parts = fingerprint_parts(model, info, dataset, shifts, {**settings, "the metrics asked for": [m.name for m in metric_list]})
+    state = ResumeState(path, parts, dataset=dataset if hasattr(dataset, "record") else None)
     state.load_into(metric_list)
     return state
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, UsageError
+from .limits import MAX_SIDE, gib
 from .shifts import SHIFT_MODES, ShiftBank, ShiftSet, default_crop_margin
 
 __all__ = [
@@ -70,6 +71,16 @@ class CropBank:
         oh = self.margin_h - dh.long()
         ow = self.margin_w - dw.long()
         return self._windows[image_index, :, oh, ow].contiguous()
+
+
+def check_canvas(size: tuple[int, int], margin: int, channels: int = 3) -> None:
+    """Refuse, before any image is decoded, a crop canvas too large to hold: every image is preprocessed to it."""
+    ch, cw = int(size[0]) + 2 * int(margin), int(size[1]) + 2 * int(margin)
+    if max(ch, cw) > MAX_SIDE:
+        raise UsageError(
+            f"--max-shift {margin} in crop mode needs {ch}x{cw} canvases ({gib(ch * cw * channels * 4.0)} per image as "
+            f"float32), more than the {MAX_SIDE} px allowed per side; use --max-shift {max(0, (MAX_SIDE - max(size)) // 2)} or less."
+        )
 
 
 def crop_margin(shift_mode: str, shifts: ShiftSet | None, max_shift: int | None, size: tuple[int, int]) -> int:

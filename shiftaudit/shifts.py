@@ -12,6 +12,7 @@ such that the shift lies in the window ``[-r, r]^2``. The set is ordered by grow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .limits import MAX_SHIFTS
 
 
 SHIFT_MODES = ("circular", "crop", "subpixel")
@@ -113,6 +115,8 @@ class ShiftSet:
         h, w = int(size[0]), int(size[1])
         if max_shift < 0:
             raise UsageError(f"--max-shift must be >= 0, got {max_shift}.")
+        if not math.isfinite(float(step)):
+            raise UsageError(f"--shift-step must be a finite number, got {float(step):g}.")
         if mode == "subpixel":
             step = float(step)
             if not step > 0:
@@ -127,6 +131,7 @@ class ShiftSet:
             raise UsageError(f"--shift-step {step:g} is larger than --max-shift {max_shift}: only the zero shift would remain.")
         if mode != "crop" and 2 * max_shift + 1 > 2 * max(h, w) + 1 and max_shift > max(h, w):
             raise UsageError(f"--max-shift {max_shift} exceeds the image size {h}x{w}.")
+        _check_count(h, w, max_shift, step, mode)
         if mode == "subpixel":
             k = int(np.floor(max_shift / step + 1e-9))
             offs = np.round(np.arange(-k, k + 1, dtype=np.float64) * step, DECIMALS)
@@ -221,6 +226,20 @@ class ShiftSet:
             "padding": self.padding,
         }
         return out
+
+
+def _check_count(h: int, w: int, max_shift: int, step: int | float, mode: str) -> None:
+    """Refuse, before any offset array is built, a set larger than :data:`~shiftaudit.limits.MAX_SHIFTS`."""
+    per_axis = 2 * math.floor(max_shift / step + 1e-9) + 1
+    if mode == "crop":
+        count = per_axis * per_axis
+    else:  # periodic offsets repeat modulo the size: at most size / step distinct ones per axis
+        count = min(per_axis, math.ceil(h / step)) * min(per_axis, math.ceil(w / step))
+    if count > MAX_SHIFTS:
+        raise UsageError(
+            f"--max-shift {max_shift} with --shift-step {step:g} gives about {count:,} shifts, more than the "
+            f"{MAX_SHIFTS:,} allowed; use a larger --shift-step or a smaller --max-shift."
+        )
 
 
 def default_shift_set(size: tuple[int, int], max_shift: int | None = None, step: int | float | None = None,

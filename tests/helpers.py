@@ -121,8 +121,26 @@ class NeedsMask(Tiny):
         return super().forward(x * mask)
 
 
+class Slow(Tiny):
+    """Sleeps $SA_SLOW seconds per forward pass and appends a line to $SA_MARK (a run to signal mid-audit)."""
+
+    def forward(self, x):
+        import os
+        import time
+
+        if os.environ.get("SA_MARK"):
+            with open(os.environ["SA_MARK"], "a") as f:
+                f.write("forward\\n")
+        time.sleep(float(os.environ.get("SA_SLOW", "0")))
+        return super().forward(x)
+
+
 def tiny(num_classes=3):
     return Tiny(num_classes)
+
+
+def slow(num_classes=3):
+    return Slow(num_classes)
 
 
 def nan_on_bright(num_classes=3):

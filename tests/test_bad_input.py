@@ -168,6 +168,18 @@ def _deep_class_map(tmp: Path) -> Path:
     return path
 
 
+def _class_map(tmp: Path, text: str) -> Path:
+    path = tmp / "map.json"
+    path.write_text(text)
+    return path
+
+
+def _strings_npz(tmp: Path) -> Path:
+    path = tmp / "words.npz"
+    np.savez(path, images=np.array([["a", "b"]] * 4))
+    return path
+
+
 def _file_as_parent(tmp: Path) -> Path:
     (tmp / "afile").write_text("x")
     return tmp / "afile" / "report.json"
@@ -220,7 +232,7 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
     ("min-accuracy on unlabelled data", lambda f, t: eval_args(f, "--min-accuracy", "0.5", data=_unlabelled(t)),
      ("--min-accuracy", "needs labelled data")),
     ("fp16 on the CPU", lambda f, t: eval_args(f, "--precision", "fp16"), ("fp16", "CUDA")),
-    ("unknown mode", lambda f, t: eval_args(f, "--mode", "fast"), ("Unknown mode 'fast'",)),
+    ("unknown mode", lambda f, t: eval_args(f, "--mode", "fast"), ("Unknown --mode 'fast'",)),
     ("class map on a flat folder", lambda f, t: eval_args(f, "--class-map", f.root / "map.json", data=_unlabelled(t)),
      ("class map",)),
     ("raw with image files", lambda f, t: eval_args(f, "--raw"), ("--raw",)),
@@ -230,6 +242,18 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
     ("json path in /proc", lambda f, t: eval_args(f, "--json", "/proc/shiftaudit-x.json"), ("/proc/shiftaudit-x.json",)),
     ("json path is a directory", lambda f, t: eval_args(f, "--json", t), ("is a folder",)),
     ("out folder is a file", lambda f, t: eval_args(f, "--out", _file_as_parent(t).parent), ("afile", "not a folder")),
+    ("size below the network's stride", lambda f, t: eval_args(f, "--size", "1", "--max-shift", "0"), ("cannot run on 1x1 inputs", "total stride is 2", "--size 2")),
+    ("shift step inf", lambda f, t: eval_args(f, "--shift-step", "inf"), ("--shift-step must be a finite number",)),
+    ("a million pairs", lambda f, t: eval_args(f, "--pairs", "1000000"), ("--pairs 1000000", "4,096")),
+    ("crop canvas beyond memory", lambda f, t: eval_args(f, "--shift-mode", "crop", "--max-shift", "5000"),
+     ("--max-shift 5000", "10016x10016", "GiB per image", "--max-shift 2040")),
+    ("class map index 1e20", lambda f, t: eval_args(f, "--class-map", _class_map(t, '{"class_0": 0, "class_1": 1e20, "class_2": 2}')),
+     ("1e+20, not a whole class index",)),
+    ("class map index true", lambda f, t: eval_args(f, "--class-map", _class_map(t, '{"class_0": 0, "class_1": true, "class_2": 2}')),
+     ("true, not a whole class index",)),
+    ("tensor file of strings", lambda f, t: eval_args(f, data=_strings_npz(t)), ("Images must be numbers, not strings",)),
+    ("NaN --mean", lambda f, t: eval_args(f, "--mean", "nan,0,0"), ("--mean", "finite")),
+    ("resume path is a folder", lambda f, t: eval_args(f, "--resume", t), ("is a folder; pass a file path",)),
     ("inspect a missing file", lambda f, t: ["inspect", t / "nope.pt"], ("does not exist",)),
     ("inspect a text file", lambda f, t: ["inspect", _text(t / "notes.safetensors")], ("safetensors",)),
     ("patch a TorchScript archive", lambda f, t: ["patch", f.torchscript, "-o", t / "p.safetensors"], ("TorchScript", "cannot be patched")),

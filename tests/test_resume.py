@@ -44,7 +44,7 @@ def test_state_of_another_run_is_refused(setup, tmp_path):
     state = tmp_path / "state.npz"
     with pytest.raises(KeyboardInterrupt):
         run(StopAfter(model, 3), images, labels, resume=state)
-    with pytest.raises(UsageError, match="different audit"):
+    with pytest.raises(UsageError, match=r"Cannot resume: --seed changed since the run saved in .* \(was 0, now 1\)"):
         run(StopAfter(model, None), images, labels, resume=state, seed=1)
     state.write_bytes(b"not a state")
     with pytest.raises(UsageError, match="not a shiftaudit audit state"):

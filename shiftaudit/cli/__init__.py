@@ -17,6 +17,9 @@ app = typer.Typer(
 )
 
 from . import compare_cmd, demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
+from .common import name_the_option_first  # noqa: E402
+
+name_the_option_first()
 
 
 def package_version() -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import OutputError, ShiftAuditError, UsageError, failure_text, first_line, one_line
+from ..errors import OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,7 +51,8 @@ def json_to_stdout(json_out: Path | None) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one sentence on stderr and an exit code: 2 for input/usage, 130 for Ctrl-C, 3 for bugs.
+    """Turn library errors into one sentence on stderr and an exit code: 2 for input/usage, 130 for Ctrl-C, 143 for
+    SIGTERM, 3 for bugs.
 
     An exit raised by code shiftaudit runs (the model's ``sys.exit(0)``, a custom BaseException) is a failure too:
     passed through, it would end the command with its exit code and no report, which a CI gate reads as a pass.
@@ -57,7 +61,8 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except ShiftAuditError as exc:
@@ -65,7 +70,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             err_console.print(Text(interrupted_message(exc)), soft_wrap=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):
                 raise
@@ -83,6 +88,47 @@ def handle_errors(fn: F) -> F:
             console.stderr = False  # undo json_to_stdout
 
     return wrapper  # type: ignore[return-value]
+
+
+def name_the_option_first() -> None:
+    """Typer answers an out-of-range option with a usage box that starts with the usage line; put one line naming
+    the option and the problem first (``error: Invalid value for '--pairs': ...``), then Typer's box."""
+    from typer import rich_utils
+
+    box = rich_utils.rich_format_error
+    if getattr(box, "shiftaudit", False):
+        return
+
+    def show(exc: Any) -> None:
+        if type(exc).__name__ != "NoArgsIsHelpError":
+            say_error((exc.format_message().strip().splitlines() or ["Invalid command line"])[0].rstrip(".") + ".")
+        box(exc)
+
+    show.shiftaudit = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = show
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Any:
+    """While a command runs, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread.
+
+    Python's default for SIGTERM is to die at once: an audit under ``timeout`` or a batch scheduler would lose its
+    progress and leave no message. Raised like Ctrl-C, it stops between batches and the ``--resume`` state is saved.
+    Further SIGTERMs are ignored while that happens (the save must finish); the old handler is restored after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _out_of_memory_message(exc: BaseException) -> str | None:
@@ -120,9 +166,10 @@ def interrupted_message(exc: BaseException) -> str:
     progress = audit_progress(exc)
     where = f" after {progress[0]} of {progress[1]} images" if progress else ""
     saved = getattr(exc, "shiftaudit_resume", None)
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     if saved:
-        return f"interrupted: stopped cleanly{where}; progress saved in {saved}: run the same command again to continue."
-    return f"interrupted: stopped cleanly{where}; no output file was left half-written."
+        return f"{how}: stopped cleanly{where}; progress saved in {saved}: run the same command again to continue."
+    return f"{how}: stopped cleanly{where}; no output file was left half-written."
 
 
 def check_output_path(path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False,

@@ -7,13 +7,15 @@ Runs on different data are refused: their numbers would look comparable and not 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import UsageError
+from ..jsonfile import JsonInputError, load_json, read_regular_file
+from ..limits import is_int
+from ..report.schema import report_problem
 from ..result import SCHEMA, SCHEMA_VERSION, AuditResult
 from . import app
 from .common import check_outputs, console, handle_errors, json_to_stdout
@@ -28,22 +30,36 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparis
 PICTURES = ("adversarial.png", "variation.png", "accuracy_map.png")
 
 
+MAX_REPORT_BYTES = 512 << 20  # a 1.2M-image ImageNet train-set report is ~150 MB
+
+
 def load_report(path: Path) -> AuditResult:
-    """Read one report, refusing anything that is not our schema (or is a newer version of it) in one sentence."""
+    """Read one report, refusing anything that is not our schema (or is a newer version of it) in one sentence.
+
+    The file is read without blocking (a FIFO or device is refused unread), up to a size limit, as strict JSON (no
+    NaN, Infinity or 1e400, bounded nesting), and every field compare reads is type-checked before it is used.
+    """
+    not_ours = "compare reads reports written by `shiftaudit eval --json`"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}.") from None
-    except json.JSONDecodeError:
-        raise UsageError(f"{path} is not JSON; compare reads reports written by `shiftaudit eval --json`.") from None
+        raw = load_json(read_regular_file(path, MAX_REPORT_BYTES, "Report"))
+    except JsonInputError as exc:
+        raise UsageError(f"{path} is not a shiftaudit audit report ({exc}); {not_ours}.") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not a shiftaudit audit report; compare reads reports written by `shiftaudit eval --json`.")
+        raise UsageError(f"{path} is not a shiftaudit audit report; {not_ours}.")
     version = raw.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not is_int(version) or version < 1:
+        raise UsageError(f"{path} is not a shiftaudit audit report (its schema_version is {_short(version)}); {not_ours}.")
+    if version > SCHEMA_VERSION:
         raise UsageError(f"{path} uses report schema version {version!r}, newer than this shiftaudit reads ({SCHEMA_VERSION}); upgrade shiftaudit.")
+    problem = report_problem(raw)
+    if problem:
+        raise UsageError(f"{path} is not a well-formed shiftaudit audit report ({problem}); {not_ours}.")
     return AuditResult.from_json(raw)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def run_names(paths: list[Path], names: str | None) -> list[str]:

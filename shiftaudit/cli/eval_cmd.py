@@ -240,7 +240,8 @@ def eval_command(
     """Audit MODEL on --data under shifts (circular by default; --shift-mode crop or subpixel): accuracy, consistency,
     variation, adversarial curve, accuracy map.
 
-    Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage.
+    Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM); with --resume both save the progress.
     """
     from ..errors import UsageError
 
@@ -251,6 +252,10 @@ def eval_command(
         raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
     check_outputs({"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, REPORT_FILES)}, inputs=[model, data])
     json_to_stdout(json_out)
+    if resume is not None:
+        from ..resume import check_resume_path
+
+        check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     dataset = load_dataset_from_cli(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,

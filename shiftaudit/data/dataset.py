@@ -22,8 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, ShiftAuditError
+from ..limits import check_range, max_workers
 from ..presets import Preprocessing
-from .preprocess import CONVERTED, ENLARGED, UNREADABLE, adapt_channels, decode_image, finish
+from .preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
+
+DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sources: where image i comes from, before preprocessing
@@ -49,10 +52,10 @@ class FileSource:
         x, more = finish(img, prep)
         return x, flags | more
 
-    def error(self, i: int, channels: int) -> str:
-        """Why image i cannot be read (decoded again in the main process to get the reason)."""
+    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
+        """Why image i cannot be read (decoded and prepared again in the main process to get the reason)."""
         try:
-            decode_image(self.files[i], channels)
+            self.get(i, prep, channels)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
             return _decode_reason(exc, self.files[i])
         return "it could not be decoded"
@@ -103,7 +106,7 @@ class TensorSource:
         x, more = finish(img, prep)
         return x, flags | more
 
-    def error(self, i: int, channels: int) -> str:
+    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
         return "it could not be read"
 
 
@@ -133,7 +136,7 @@ class DatasetSource:
         img, _ = self.item(i)
         return to_chw(img, prep, channels, self.raw)
 
-    def error(self, i: int, channels: int) -> str:
+    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
         return "it could not be read"
 
 
@@ -240,12 +243,14 @@ class AuditDataset(Dataset):
                 raise
             x = torch.full((self.channels, *self.image_size), float("nan"))
             flags = UNREADABLE
+        if not flags & UNREADABLE and not bool(torch.isfinite(x).all()):
+            flags |= NONFINITE  # NaN/inf pixels: said as the data's problem, never passed on to the model
         return x, self.label(i), flags
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x, y, flags = self.load(i)
         self.record(np.array([i]), np.array([flags]))
-        if flags & UNREADABLE and self.strict:
+        if flags & DROPPED and self.strict:
             raise self.unreadable_error(i)
         return x, y
 
@@ -257,14 +262,18 @@ class AuditDataset(Dataset):
 
     def unreadable_error(self, i: int) -> DataError:
         j = int(self.index[i])
+        if self._flags[i] & NONFINITE and not self._flags[i] & UNREADABLE:
+            what = f"image {self.source.name(j)}" if isinstance(self.source, FileSource) else self.source.name(j)
+            return DataError(f"{what[0].upper()}{what[1:]} has NaN or infinite pixel values (a problem in the data, "
+                             "not the model)", hint="leave out --strict to skip such images")
         return DataError(
-            f"Cannot read image {self.source.name(j)}: {self.source.error(j, self.channels)}.",
+            f"Cannot read image {self.source.name(j)}: {self.source.error(j, self.channels, self.preprocessing)}.",
             hint="leave out --strict to skip unreadable images",
         )
 
-    def unreadable(self) -> list[str]:
-        """Names of the files found unreadable so far."""
-        return [self.source.name(int(self.index[i])) for i in np.flatnonzero(self._flags & UNREADABLE)]
+    def unreadable(self, flag: int = UNREADABLE) -> list[str]:
+        """Names of the images found unreadable (or with ``flag``, e.g. NONFINITE) so far."""
+        return [self.source.name(int(self.index[i])) for i in np.flatnonzero(self._flags & flag)]
 
     @property
     def notes(self) -> list[str]:
@@ -279,8 +288,11 @@ class AuditDataset(Dataset):
             out.append(f"{n_big} image{'s' if n_big != 1 else ''} smaller than the {h}x{w} crop enlarged to cover it")
         bad = self.unreadable()
         if bad:
-            shown = ", ".join(os.path.basename(b) for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
-            out.append(f"{len(bad)} unreadable image{'s' if len(bad) != 1 else ''} skipped: {shown}")
+            out.append(f"{len(bad)} unreadable image{'s' if len(bad) != 1 else ''} skipped: {_names(bad)}")
+        nan = self.unreadable(NONFINITE)
+        if nan:
+            out.append(f"{len(nan)} image{'s' if len(nan) != 1 else ''} with NaN or infinite pixel values skipped (a "
+                       f"problem in the data, not the model): {_names(nan)}")
         return out
 
     @notes.setter
@@ -289,6 +301,10 @@ class AuditDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"AuditDataset({self.description!r})"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(os.path.basename(b) for b in names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +334,7 @@ class AuditLoader(DataLoader):
         yielded = 0
         for images, labels, ids, flags in _worker_errors_said(super().__iter__()):
             ds.record(ids.numpy(), flags.numpy())
-            bad = (flags & UNREADABLE) != 0
+            bad = (flags & DROPPED) != 0
             if bool(bad.any()):
                 if ds.strict:
                     raise ds.unreadable_error(int(ids[bad][0]))
@@ -329,8 +345,9 @@ class AuditLoader(DataLoader):
             yielded += int(ids.numel())
             yield images, labels, ids
         if yielded == 0 and len(ds) > 0:
-            first = int(np.flatnonzero(ds._flags & UNREADABLE)[0])
-            raise DataError(f"None of the {len(ds)} images could be read; the first: {ds.unreadable_error(first).message}")
+            first = int(np.flatnonzero(ds._flags & DROPPED)[0])
+            verb = "read" if ds._flags[first] & UNREADABLE else "used"
+            raise DataError(f"None of the {len(ds)} images could be {verb}; the first: {ds.unreadable_error(first).message}")
 
 
 def _worker_errors_said(batches: Iterator[Any]) -> Iterator[Any]:
@@ -382,6 +399,7 @@ def make_loader(
 
         dataset = load_data(dataset, raw=True)
     workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
+    check_range(workers, "--workers", 0, max_workers(), "each worker is a process holding a copy of the data set")
     return AuditLoader(
         _Indexed(dataset),
         batch_size=batch_size,

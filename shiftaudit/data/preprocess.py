@@ -17,11 +17,13 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from ..limits import MAX_PIXELS
 from ..presets import Preprocessing
 
 CONVERTED = 1  # colour mode or channel count changed to match the model
 UNREADABLE = 2  # the file could not be decoded
 ENLARGED = 4  # smaller than the crop: resized up to cover it
+NONFINITE = 8  # NaN or infinite pixel values: a problem in the data, not something to blame on the model
 
 _PIL_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -31,8 +33,34 @@ def pil_mode_for(channels: int) -> str | None:
     return _PIL_MODE.get(channels)
 
 
+def _gray(gray: torch.Tensor, channels: int) -> torch.Tensor:
+    return gray.expand(channels, -1, -1).clone() if channels in (3, 4) else gray
+
+
+def _deep_gray(im: Image.Image) -> torch.Tensor:
+    """A 16/32-bit integer or 32-bit float grayscale image as ``(1, H, W)``: uint8, or float32 in [0, 1].
+
+    PIL's ``convert("L")`` clips these to 0-255, which turns a float TIFF in [0, 1] black and saturates 16-bit data.
+    Integers are scaled by their range (8 or 16 bits); floats in [0, 1] are kept, floats in [0, 255] divided by 255.
+    NaN or infinite values are kept, so the dataset reports the file (:data:`NONFINITE`) instead of the model's NaNs.
+    """
+    arr = np.asarray(im, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if im.mode == "F":
+        if lo < 0 or hi > 255:
+            raise ValueError(f"float pixel values run from {lo:.3g} to {hi:.3g}, neither 0-1 nor 0-255")
+        return torch.from_numpy((arr if hi <= 1.0 else arr / 255.0).astype(np.float32))[None]
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"integer pixel values run from {lo:.0f} to {hi:.0f}, neither 8- nor 16-bit")
+    if hi <= 255 and not im.mode.startswith("I;16"):
+        return torch.from_numpy(arr.astype(np.uint8))[None]
+    return torch.from_numpy(np.round(arr / 65535.0 * 255.0).astype(np.uint8))[None]
+
+
 def decode_image(path: str | Path, channels: int) -> tuple[torch.Tensor, int]:
-    """Decode an image file to a ``(C, H, W)`` uint8 tensor in the colour mode the model needs.
+    """Decode an image file to a ``(C, H, W)`` tensor in the colour mode the model needs: uint8 (0-255), or float32
+    in [0, 1] for float images.
 
     Raises whatever PIL raises for an unreadable file; the caller decides whether that is fatal (``strict``).
     """
@@ -42,10 +70,8 @@ def decode_image(path: str | Path, channels: int) -> tuple[torch.Tensor, int]:
         im.load()
         if im.mode != target:
             flags |= CONVERTED
-        if im.mode.startswith("I;16"):  # 16-bit grayscale: PIL's convert("L") would clip, scale instead
-            arr = np.asarray(im, dtype=np.float64) / 65535.0
-            gray = torch.from_numpy(np.round(arr * 255.0).astype(np.uint8))[None]
-            return (gray.expand(channels, -1, -1).clone() if channels in (3, 4) else gray), flags
+        if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # deep grayscale: convert("L") would clip
+            return _gray(_deep_gray(im), channels), flags
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")  # avoids PIL's palette-transparency warning; alpha is dropped below
         if im.mode != target:
@@ -71,6 +97,18 @@ def adapt_channels(img: torch.Tensor, channels: int) -> tuple[torch.Tensor, int]
     raise ValueError(f"cannot turn {c}-channel images into {channels}-channel ones")
 
 
+def check_pixels(hw: tuple[int, int] | torch.Size, prep: Preprocessing) -> None:
+    """Refuse, before resizing, an image whose resize would be enormous (a 1 x 20000 strip resized to 256 px)."""
+    h, w = int(hw[0]), int(hw[1])
+    if min(h, w) < 1:
+        raise ValueError(f"the image is {h}x{w} pixels")
+    if prep.resize is None:
+        return
+    s = prep.resize / min(h, w)
+    if h * s * w * s > MAX_PIXELS:
+        raise ValueError(f"its {h}x{w} pixels would be resized to {h * s:.0f}x{w * s:.0f}, more than {MAX_PIXELS:,} pixels")
+
+
 def finish(img: torch.Tensor, prep: Preprocessing | None) -> tuple[torch.Tensor, int]:
     """Resize, centre-crop, scale to [0, 1] and normalise a ``(C, H, W)`` image (uint8 0-255 or float 0-1).
 
@@ -81,6 +119,7 @@ def finish(img: torch.Tensor, prep: Preprocessing | None) -> tuple[torch.Tensor,
     """
     flags = 0
     if prep is not None:
+        check_pixels(img.shape[-2:], prep)
         if prep.resize is not None:
             img = F.resize(img, [prep.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
         h, w = img.shape[-2:]

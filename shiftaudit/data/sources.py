@@ -8,9 +8,12 @@ pair or a torch Dataset).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import stat
+import warnings
 from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,18 +24,22 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from ..errors import DataError, UsageError, first_line
+from ..jsonfile import JsonInputError, load_json, read_regular_file
+from ..limits import MAX_CLASSES, is_int
 from ..presets import Preprocessing
+from ..shiftmodes import check_canvas
 from .cifar import find_batches_dir, load_cifar10_test
 from .dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
 from .imagenet import BUILTIN as BUILTIN_CLASS_MAP
 from .imagenet import imagenet_class_map, missing_class_map
-from .preprocess import pil_mode_for
+from .preprocess import check_pixels, pil_mode_for
 
 KINDS = ("imagefolder", "folder", "cifar10", "tensors")
 TENSOR_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
 IMAGE_KEYS = ("images", "x", "data", "inputs", "imgs")
 LABEL_KEYS = ("labels", "y", "targets", "label", "target")
 CLASS_KEYS = ("classes", "class_names", "label_names")
+MAX_CLASS_MAP_BYTES = 16 << 20  # ImageNet-21k's index file is under 1 MiB
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -44,29 +51,105 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and has_file_allowed_extension(name, IMG_EXTENSIONS)
 
 
-def _images_under(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder``, sorted; hidden files and folders (``.DS_Store``, ``._x.jpg``) are ignored."""
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
+Skipped = list[tuple[str, str]]  # (path, why) of entries that could not be read: reported, and fatal with --strict
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why an image-named entry cannot be read as an image file, or None when it is a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if isinstance(exc, FileNotFoundError):
+            return "a broken symbolic link"
+        return (exc.strerror or type(exc).__name__).lower()
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not an image file"
+    if stat.S_ISFIFO(mode):
+        return "a pipe, not an image file"  # reading it would block the decoder forever
+    return "not a regular file"
+
+
+def _images_under(folder: Path, recursive: bool = True, skipped: Skipped | None = None) -> list[Path]:
+    """Image files under ``folder``, sorted; hidden files and folders (``.DS_Store``, ``._x.jpg``) are ignored.
+
+    What cannot be read -- a sub-folder without permission, a link that loops or points at a device or pipe -- is
+    appended to ``skipped`` with the reason, so the report counts it instead of silently auditing fewer images.
+    """
+    skipped = [] if skipped is None else skipped
     out: list[Path] = []
+    if not recursive:
+        for p in _entries(folder):
+            if _is_image(p.name) and not p.is_dir():
+                why = _not_a_file(str(p))
+                (skipped.append((str(p), why)) if why else out.append(p))
+        return sorted(out)
     seen = {os.path.realpath(folder)}  # folders walked so far: a symlink loop or a second link is not followed
-    for root, dirs, files in os.walk(folder, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append((str(exc.filename), f"unreadable folder: {(exc.strerror or type(exc).__name__).lower()}"))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         here = os.path.realpath(root)
         keep = []
         for d in sorted(dirs):
-            real = os.path.realpath(os.path.join(root, d))
-            if d.startswith(".") or real in seen or here.startswith(real + os.sep):
+            path = os.path.join(root, d)
+            real = os.path.realpath(path)
+            if d.startswith("."):
                 continue
-            seen.add(real)
-            keep.append(d)
+            if here == real or here.startswith(real + os.sep):
+                skipped.append((path, "a link back to a folder above it (a loop)"))
+            elif real in seen:
+                skipped.append((path, "a second link to a folder already read"))
+            else:
+                seen.add(real)
+                keep.append(d)
         dirs[:] = keep
-        # regular files only: a FIFO named x.png would block the decoder forever
-        out.extend(Path(root) / f for f in sorted(files) if _is_image(f) and (Path(root) / f).is_file())
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            path = os.path.join(root, f)
+            why = _not_a_file(path) if _is_image(f) or os.path.islink(path) else None
+            if why:
+                skipped.append((path, why))
+            elif _is_image(f):
+                out.append(Path(path))
     return out
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"Cannot read data folder {folder}: {(exc.strerror or type(exc).__name__).lower()}.") from None
+
+
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [p for p in _entries(folder) if p.is_dir() and not p.name.startswith(".")]
+
+
+def _skipped_note(skipped: Skipped, root: Path) -> str:
+    def rel(p: str) -> str:
+        try:
+            return os.path.relpath(p, root)
+        except ValueError:
+            return p
+
+    shown = ", ".join(f"{rel(p)} ({why})" for p, why in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    return f"{len(skipped)} unreadable entr{'ies' if len(skipped) != 1 else 'y'} skipped: {shown}"
+
+
+def _check_skipped(skipped: Skipped, root: Path, strict: bool, notes: list[str]) -> None:
+    """Count what could not be read in the notes; with --strict it is an error, like an unreadable image."""
+    if not skipped:
+        return
+    if strict:
+        path, why = skipped[0]
+        raise DataError(f"Cannot read {path}: {why}.", hint="leave out --strict to skip unreadable images and folders")
+    notes.append(_skipped_note(skipped, root))
 
 
 def _no_images(folder: Path) -> DataError:
@@ -92,11 +175,13 @@ def detect_kind(path: str | Path) -> str:
         )
     if find_batches_dir(p) is not None:
         return "cifar10"
-    subs = _subfolders(p)
-    if any(_images_under(s) for s in subs):
+    skipped: Skipped = []
+    if any(_images_under(s, skipped=skipped) for s in _subfolders(p)):
         return "imagefolder"
-    if _images_under(p, recursive=False):
+    if _images_under(p, recursive=False, skipped=skipped):
         return "folder"
+    if skipped:
+        raise DataError(f"No image in {p} could be read; {_skipped_note(skipped, p)}.")
     raise _no_images(p)
 
 
@@ -105,47 +190,57 @@ def detect_kind(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_class_map(class_map: str | Path | Mapping[str, Any] | Sequence[str]) -> tuple[dict[str, int], dict[int, str]]:
+def read_class_map(
+    class_map: str | Path | Mapping[str, Any] | Sequence[str], num_classes: int | None = None
+) -> tuple[dict[str, int], dict[int, str]]:
     """Folder name -> class index, and index -> name, from a JSON file or object.
 
     Accepted: ``"imagenet"`` (the packaged ImageNet-1k index: WordNet ids and class names); ``{"n01440764": 0, ...}``;
     a list of names (index = position); and the Keras/ImageNet ``{"0": ["n01440764", "tench"], ...}`` index file,
-    whose second entry names the class in figures.
+    whose second entry names the class in figures. Every index must be a JSON integer (not ``true``, ``0.9`` or
+    ``1e20``) below ``num_classes`` (the model's; :data:`~shiftaudit.limits.MAX_CLASSES` when unknown), because a
+    list of classes is allocated up to the largest index.
     """
     if isinstance(class_map, str) and class_map == BUILTIN_CLASS_MAP:  # a file called imagenet: pass ./imagenet
         return imagenet_class_map()
     obj: Any = class_map
     if isinstance(class_map, (str, Path)):
         p = Path(class_map)
-        if not p.is_file():
-            raise DataError(f"Class map {p} does not exist.")
         try:
-            obj = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc).rstrip(".")
-            raise DataError(f"Class map {p} is not valid JSON ({why}).") from None
-        except OSError as exc:
-            raise DataError(f"Cannot read class map {p}: {exc.strerror or exc}.") from None
+            obj = load_json(read_regular_file(p, MAX_CLASS_MAP_BYTES, "Class map"))
+        except JsonInputError as exc:
+            raise DataError(f"Class map {p} cannot be used: {exc}.") from None
+        except UsageError as exc:
+            raise DataError(str(exc)) from None
+    limit = num_classes if num_classes is not None else MAX_CLASSES
+    whose = f"the model's {num_classes} classes" if num_classes is not None else f"the {MAX_CLASSES:,} allowed"
     mapping: dict[str, int] = {}
     display: dict[int, str] = {}
-    try:
-        if isinstance(obj, Mapping):
-            values = list(obj.values())
-            if values and all(isinstance(v, (list, tuple)) and v for v in values):  # {"0": ["wnid", "name"]}
-                mapping = {str(v[0]): int(k) for k, v in obj.items()}
-                display = {int(k): str(v[1]) for k, v in obj.items() if len(v) > 1}
-            else:
-                mapping = {str(k): int(v) for k, v in obj.items()}
-        elif isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-            mapping = {str(name): i for i, name in enumerate(obj)}
+
+    def index(name: str, value: Any) -> int:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:  # {"0": [...]} keys
+            value = int(value)
+        if not is_int(value):
+            shown = json.dumps(value)[:40] if isinstance(value, (bool, int, float, str)) or value is None else type(value).__name__
+            raise DataError(f"Class map entry {name[:60]!r} is {shown}, not a whole class index; use integers like 0, 1, 2.")
+        if not 0 <= value < limit:
+            shown = str(value) if abs(value) < 10**18 else f"a {len(str(abs(value))) if abs(value) < 10**4000 else 'huge'}-digit number"
+            raise DataError(f"Class map entry {name[:60]!r} is {shown}, outside 0..{limit - 1} ({whose}).")
+        return value
+
+    if isinstance(obj, Mapping):
+        values = list(obj.values())
+        if values and all(isinstance(v, (list, tuple)) and v for v in values):  # {"0": ["wnid", "name"]}
+            mapping = {str(v[0]): index(str(v[0]), k) for k, v in obj.items()}
+            display = {mapping[str(v[0])]: str(v[1]) for v in values if len(v) > 1}
         else:
-            raise TypeError(type(obj).__name__)
-    except (TypeError, ValueError) as exc:
-        raise DataError(
-            f"Class map must map folder names to class indices (or list the names in index order); got {exc}."
-        ) from None
-    if any(v < 0 for v in mapping.values()):
-        raise DataError("Class map indices must be non-negative.")
+            mapping = {str(k): index(str(k), v) for k, v in obj.items()}
+    elif isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        if len(obj) > limit:
+            raise DataError(f"The class map lists {len(obj)} names, more than {whose}.")
+        mapping = {str(name): i for i, name in enumerate(obj)}
+    else:
+        raise DataError(f"Class map must map folder names to class indices (or list the names in index order); got a {type(obj).__name__}.")
     names: dict[int, str] = {}
     for name, idx in mapping.items():
         names[idx] = f"{names[idx]}/{name}" if idx in names else name
@@ -183,6 +278,8 @@ def _labels_array(labels: Any, n: int, notes: list[str]) -> np.ndarray | None:
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DataError("Labels must be whole class indices; found fractional or non-finite values.")
+        if n and np.abs(arr).max() > MAX_CLASSES:
+            raise DataError(f"Labels must be class indices; found {np.abs(arr).max():.3g}, more than the {MAX_CLASSES:,} classes allowed.")
     elif arr.dtype.kind not in "iub":
         raise DataError(f"Labels must be integer class indices, not {arr.dtype}.")
     arr = arr.astype(np.int64)
@@ -210,13 +307,41 @@ def _layout(shape: tuple[int, ...], channels: int | None) -> tuple[bool, int]:
     )
 
 
+_IMAGE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
+                 torch.float32, torch.float64, torch.bool)
+_KIND_WORDS = {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans", "V": "records", "O": "Python objects"}
+
+
 def _image_stack(images: Any) -> torch.Tensor:
-    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(_as_numpy(images, "images")))
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8) * 255
+    """The images as a dense CPU tensor of real numbers, or one sentence saying what they are instead.
+
+    A file may hold anything a tensor can be: strings, sparse or meta tensors (no pixel values at all), float8 or
+    quantized values most operators do not support. Each is refused here rather than failing deep in preprocessing.
+    """
+    if isinstance(images, torch.Tensor):
+        t = images
+        if t.is_nested or t.layout != torch.strided:
+            kind = "nested" if t.is_nested else str(t.layout).replace("torch.", "").replace("_", " ")
+            raise DataError(f"Images must be a dense tensor, not a {kind} one; save images.to_dense() instead.")
+        if t.is_meta:
+            raise DataError("The images are a meta tensor: it has a shape but no pixel values; save the real tensor.")
+        t = t.detach().cpu()
+    else:
+        arr = _as_numpy(images, "images")
+        if arr.dtype.kind not in "biufc":
+            raise DataError(f"Images must be numbers, not {_KIND_WORDS.get(arr.dtype.kind, str(arr.dtype))} ({arr.dtype}).")
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:  # long double: torch has no such dtype
+            arr = arr.astype(np.float64)
+        t = torch.from_numpy(np.ascontiguousarray(arr.astype(np.int64) if arr.dtype.kind == "u" and arr.itemsize > 1 else arr))
     if t.is_complex():
         raise DataError("Images must be real-valued, not complex.")
-    return t.detach().cpu()
+    if t.dtype in (torch.uint16, torch.uint32, torch.uint64):  # few torch ops take them; 0-65535 is checked later
+        t = t.to(torch.int64)
+    if t.dtype not in _IMAGE_DTYPES:
+        raise DataError(f"Images of dtype {str(t.dtype).replace('torch.', '')} cannot be audited; save them as uint8 (0-255) or float32 (0-1).")
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8) * 255
+    return t
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,6 +390,7 @@ def load_data(
             raise UsageError(f"The crop canvas margin must be >= 0, got {canvas_margin}.")
         canvas = int(canvas_margin)
         size = preprocessing.size
+        check_canvas(size, canvas, preprocessing.channels)
         preprocessing = replace(preprocessing, size=(size[0] + 2 * canvas, size[1] + 2 * canvas))
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
         path = Path(os.fsdecode(source))
@@ -278,7 +404,7 @@ def load_data(
         if found in ("imagefolder", "folder") and preprocessing is None:
             raise UsageError("Image files need a preprocessing (crop size, mean, std), e.g. presets.get_preset('imagenet').")
         if found == "imagefolder":
-            ds = _image_folder(path, preprocessing, class_map, strict)  # type: ignore[arg-type]
+            ds = _image_folder(path, preprocessing, class_map, strict, num_classes)  # type: ignore[arg-type]
         elif found == "folder":
             ds = _flat_folder(path, preprocessing, strict)  # type: ignore[arg-type]
         elif found == "cifar10":
@@ -293,6 +419,7 @@ def load_data(
         problem = missing_class_map(ds.classes, num_classes)
         if problem:
             raise DataError(problem)
+    ds.strict = strict  # tensor data too: an image with NaN pixels stops a --strict run
     _check_labels(ds, num_classes)
     if canvas is not None and ds.preprocessing is not None:
         ds.canvas_margin = canvas
@@ -330,13 +457,16 @@ def _subset(ds: AuditDataset, limit: int, seed: int) -> AuditDataset:
     return ds
 
 
-def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool) -> AuditDataset:
+def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool, num_classes: int | None = None) -> AuditDataset:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; an ImageFolder tree is a folder with one sub-folder per class.")
     notes: list[str] = []
+    skipped: Skipped = []
     subs = _subfolders(path)
-    per_class = {s.name: _images_under(s) for s in subs}
+    per_class = {s.name: _images_under(s, skipped=skipped) for s in subs}
     if not any(per_class.values()):
+        if skipped:
+            raise DataError(f"No image in {path} could be read; {_skipped_note(skipped, path)}.")
         if _images_under(path, recursive=False):
             raise DataError(
                 f"{path} has no sub-folders with images; an ImageFolder tree needs one sub-folder per class "
@@ -346,9 +476,10 @@ def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool)
     loose = _images_under(path, recursive=False)
     if loose:
         notes.append(f"{len(loose)} loose image{'s' if len(loose) != 1 else ''} at the top of {path} ignored (labels come from sub-folders)")
+    _check_skipped(skipped, path, strict, notes)
     empty = [name for name, files in per_class.items() if not files]
     if class_map is not None:
-        mapping, names = read_class_map(class_map)
+        mapping, names = read_class_map(class_map, num_classes)
         unknown = [name for name in per_class if name not in mapping and per_class[name]]
         if unknown:
             shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -384,12 +515,20 @@ def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool)
 
 
 def _flat_folder(path: Path, prep: Preprocessing, strict: bool) -> AuditDataset:
+    notes: list[str] = []
+    skipped: Skipped = []
     if path.is_file():
         files = [path]
     else:
-        files = _images_under(path, recursive=False) or _images_under(path)
+        files = _images_under(path, recursive=False, skipped=skipped)
+        if not files:  # no loose images: the images of the whole tree, unlabelled
+            skipped.clear()
+            files = _images_under(path, skipped=skipped)
         if not files:
+            if skipped:
+                raise DataError(f"No image in {path} could be read; {_skipped_note(skipped, path)}.")
             raise _no_images(path)
+        _check_skipped(skipped, path, strict, notes)
     return AuditDataset(
         FileSource(files),
         labels=None,
@@ -398,6 +537,7 @@ def _flat_folder(path: Path, prep: Preprocessing, strict: bool) -> AuditDataset:
         image_size=prep.size,
         channels=prep.channels,
         preprocessing=prep,
+        notes=notes,
         strict=strict,
     )
 
@@ -429,7 +569,9 @@ def _read_tensor_file(path: Path) -> tuple[Any, Any, Any]:
             loaded = np.load(path, allow_pickle=False)
             obj: Any = loaded if suffix == ".npy" else {k: loaded[k] for k in loaded.files}
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about sparse tensors on stderr; they are refused below
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = first_line(exc, "it holds Python objects")
         raise DataError(
@@ -484,11 +626,18 @@ def _from_arrays(images: Any, labels: Any, prep: Preprocessing | None, raw: bool
         )
     if t.shape[0] == 0:
         raise DataError(f"The {what} holds no images.")
+    if 0 in t.shape[1:]:
+        raise DataError(f"The images of the {what} hold no pixels (shape {tuple(t.shape)}).")
     want = prep.channels if prep is not None else None
     channels_last, c = _layout(tuple(t.shape), want)
     if channels_last:
         notes.append("images are channels-last (N,H,W,C): permuted to N,C,H,W")
     h, w = (t.shape[1], t.shape[2]) if channels_last else (t.shape[2], t.shape[3])
+    if prep is not None and not raw:
+        try:
+            check_pixels((h, w), prep)
+        except ValueError as exc:
+            raise DataError(f"The images of the {what} cannot be resized: {exc}.") from None
     lab = _labels_array(labels, int(t.shape[0]), notes) if labels is not None else None
     scale: float | None = None
     if raw:

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, UsageError
+from ..limits import MAX_CLASSES, check_range
 from .architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
 from .formats import SAFETENSORS, TORCHSCRIPT, check_file, read_safetensors, read_torch, read_torchscript, sniff_format
 from .identify import identify_architecture
@@ -50,6 +51,8 @@ def load_model(
     """
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise UsageError(f"--num-classes must be a positive integer, got {num_classes!r}.")
+    if num_classes is not None:
+        check_range(num_classes, "--num-classes", 1, MAX_CLASSES, "the classifier is allocated before the weights are read")
     if isinstance(path, nn.Module):
         n, _ = infer_num_classes(path.state_dict())
         return LoadedModel(model=path.eval(), format="module", source=type(path).__name__,
