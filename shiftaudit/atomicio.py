@@ -59,7 +59,7 @@ def check_destination(path: str | os.PathLike[str], label: str = "Output path") 
         raise OutputError(f"{label} - would create a file named '-'; only --json takes '-' (standard output), give a file path.")
     kind = node_kind(path)
     if kind == "a folder":
-        raise OutputError(f"{label} {path} is a folder, expected a file path.")
+        raise OutputError(f"{label} {path} is a folder; pass a file path, not a folder.")
     if kind is not None:
         raise OutputError(f"{label} {path} is {kind}, not a regular file; shiftaudit only replaces regular files, so choose another output path.")
 
