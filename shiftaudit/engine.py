@@ -293,7 +293,7 @@ def audit(
         )
     labelled = bool(dataset.has_labels)
     if not labelled:
-        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability)")
+        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability, and flip examples against the zero-shift prediction in exhaustive runs)")
     metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive, notes)
     for m in metric_list:
         if m.needs_labels and not labelled:

@@ -255,7 +255,7 @@ def plot_flip_examples(result: AuditResult, path: str | Path, dataset: Any = Non
         who = "" if with_images else f"{_image_name(ex)} ({label} -> {wrong}): "
         ax_heat.set_title(f"{who}{quantity}, flips at r={ex['first_failure_radius']}", fontsize=8)
         ax_heat.tick_params(labelsize=7)
-        _flip_curves(ax_curve, grid, dh, dw)
+        _flip_curves(ax_curve, grid, dh, dw, "same prediction" if unlabelled else "P(correct)")
         if row == 0:
             ax_curve.legend(fontsize=7, loc="lower left")
         if row == len(examples) - 1:
@@ -337,7 +337,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
     return img, np.roll(img, (int(dh), int(dw)), axis=(0, 1))
 
 
-def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int]) -> None:
+def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int], ylabel: str = "P(correct)") -> None:
     if 0 in dh:
         ax.plot(dw, grid[dh.index(0)], color="black", linewidth=1.3, label="horizontal (dh=0)")
     common = [s for s in dw if s in dh]
@@ -345,7 +345,7 @@ def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int]) -> Non
         ax.plot(common, [grid[dh.index(s), dw.index(s)] for s in common], color="C0", linewidth=1.3, label="diagonal (dh=dw)")
     ax.axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("P(correct)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, alpha=0.3)
 
