@@ -129,6 +129,7 @@ def signature_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
 
 
+@pytest.mark.slow  # a cold search of every torchvision (and timm) signature; the threshold itself has a fast unit test
 def test_identification_without_a_useful_candidate_lists_none(tmp_path, signature_cache):
     ckpt = tmp_path / "mine.pt"
     torch.save(net_state(4), ckpt)  # four keys that no known architecture shares
@@ -136,6 +137,7 @@ def test_identification_without_a_useful_candidate_lists_none(tmp_path, signatur
     assert "closest" not in line and "alexnet" not in line and "vgg" not in line
 
 
+@pytest.mark.slow
 def test_identification_names_a_close_candidate(tmp_path, signature_cache):
     sd = torchvision.models.resnet18(num_classes=3).state_dict()
     sd["head.weight"], sd["head.bias"] = sd.pop("fc.weight"), sd.pop("fc.bias")  # a renamed head: still resnet18
@@ -264,7 +266,7 @@ def test_inspect_lists_antialiased_cnns_style_blurpools(tmp_path, monkeypatch):
 from tests.helpers import assert_real_png, tiny_cnn, write_image_folder, write_images  # noqa: E402
 
 POSITIONAL = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"spatial_head": true, "size": 16}',
-              "--preset", "cifar", "--size", "16", "--max-shift", "3", "--device", "cpu", "--quiet"]
+              "--preset", "cifar", "--size", "16", "--max-shift", "2", "--device", "cpu", "--quiet"]
 
 
 def positional_model(path, num_classes=3):
@@ -277,9 +279,9 @@ def positional_model(path, num_classes=3):
 def test_json_and_flip_examples_carry_image_paths(tmp_path):
     data = write_image_folder(tmp_path / "photos", classes=3, per_class=4, size=16)
     model = positional_model(tmp_path / "m.pt")
-    res = runner.invoke(app, ["eval", str(model), "--data", str(data), *POSITIONAL, "--out", str(tmp_path / "rep")])
+    res = runner.invoke(app, ["eval", str(model), "--data", str(data), *POSITIONAL, "--json", str(tmp_path / "rep.json")])
     assert res.exit_code == 0, res.output
-    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rep = json.loads((tmp_path / "rep.json").read_text())
     paths = rep["per_image"]["path"]
     assert len(paths) == len(rep["per_image"]["image_id"]) == 12
     assert sorted(paths) == sorted(f"class_{c}/img_{i}.png" for c in range(3) for i in range(4))
