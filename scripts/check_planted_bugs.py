@@ -43,6 +43,16 @@ PLANTS = [
           "tests/test_rendering.py::test_planted_table_random_shift_row_shows_zero_shift_value"),
     Plant("variation with ddof=1", "shiftaudit/metrics/variation.py", "p.std(axis=1)", "p.std(axis=1, ddof=1)",
           "tests/test_engine.py::test_every_all_shift_metric_equals_the_naive_loop"),
+    # issue 14 part 3: friction a practitioner hits
+    Plant("far identification candidates suggested", "shiftaudit/loading/identify.py", "USEFUL_OVERLAP = 0.5", "USEFUL_OVERLAP = 0.0",
+          "tests/test_loading_identify.py::test_only_close_candidates_are_suggested"),
+    Plant("per-image paths dropped", "shiftaudit/engine.py", "    _add_image_paths(dataset, computed, per_image)\n", "",
+          "tests/test_cli_friction.py::test_json_and_flip_examples_carry_image_paths"),
+    Plant("latency noise never flagged", "shiftaudit/patching/costs.py",
+          "return overlap or max(a.iqr, b.iqr) >= abs(a.median - b.median)", "return False",
+          "tests/test_cli_friction.py::test_latency_warns_when_noise_exceeds_the_difference"),
+    Plant("--arch-kwargs not stored by patch -o", "shiftaudit/cli/patch_cmd.py", "arch_kwargs=loaded.arch_kwargs, ", "",
+          "tests/test_cli_friction.py::test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched"),
 ]
 
 

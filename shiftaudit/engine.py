@@ -104,6 +104,8 @@ def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool, note
         metrics.append(ExactConsistency())
         if labelled:
             metrics += [Variation(), AdversarialCurve(shift_set), AccuracyMap(shift_set), FlipExamples(shift_set)]
+        else:  # no labels: the prediction at zero shift is the reference an image flips away from
+            metrics.append(FlipExamples(shift_set, reference="prediction"))
         flip_rate = FlipRate(shift_set)
         if flip_rate.pairs.size:
             metrics.append(flip_rate)
@@ -114,6 +116,21 @@ def _default_metrics(shift_set: ShiftSet, labelled: bool, exhaustive: bool, note
             )
     metrics.append(MeanAbsoluteChange())
     return metrics
+
+
+def _add_image_paths(dataset: Any, computed: dict[str, Any], per_image: dict[str, list[Any]]) -> None:
+    """For file data: each image's path relative to the data folder, per image and on each flip example, so users
+    can find the photos that flip."""
+    image_path = getattr(dataset, "image_path", None)
+    if not callable(image_path):
+        return
+    ids = per_image.get("image_id")
+    if ids and image_path(int(ids[0])) is not None:
+        per_image["path"] = [image_path(int(i)) for i in ids]
+    for ex in (computed.get("flip_examples") or {}).get("examples", []):
+        path = image_path(int(ex["image_id"]))
+        if path is not None:
+            ex["path"] = path
 
 
 LABEL_MISMATCH = "labels likely do not match the model's classes"
@@ -278,7 +295,7 @@ def audit(
         )
     labelled = bool(dataset.has_labels)
     if not labelled:
-        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability)")
+        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability, and flip examples against the zero-shift prediction in exhaustive runs)")
     metric_list = metrics if metrics is not None else _default_metrics(shifts, labelled, exhaustive, notes)
     for m in metric_list:
         if m.needs_labels and not labelled:
@@ -427,6 +444,7 @@ def audit(
         raise ModelError("The model gave NaN or infinite outputs for every image; no metric can be computed.")
 
     computed, per_image = assemble(metric_list)
+    _add_image_paths(dataset, computed, per_image)
     mismatch = label_mismatch_note(computed, metric_list)
     if mismatch:
         notes.append(mismatch)

@@ -25,7 +25,7 @@ GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 @dataclass
 class DownsamplingPoint:
     name: str
-    kind: str  # "conv", "maxpool", "avgpool", "pool", "global-pool", "other"
+    kind: str  # "conv", "maxpool", "avgpool", "pool", "blurpool", "global-pool", "other"
     module: str  # class name
     kernel: tuple[int, int] | None
     stride: tuple[int, int] | None
@@ -52,10 +52,21 @@ class Inspection:
     def downsampling(self) -> list[DownsamplingPoint]:
         return [p for p in self.points if p.role not in ("global", "squeeze")]
 
+    @property
+    def main_path_stride(self) -> int:
+        """Product of the strides of the listed points on the main path (shortcuts run in parallel to it): equals
+        :attr:`total_stride` when every downsampling point of the network is listed."""
+        total = 1
+        for p in self.downsampling:
+            if p.role != "shortcut":
+                total *= p.stride[0] if p.stride else max(1, round(p.in_size[0] / max(p.out_size[0], 1)))
+        return total
+
     def to_json(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),
             "total_stride": self.total_stride,
+            "main_path_stride": self.main_path_stride,
             "final_size": list(self.final_size),
             "parameter_count": self.parameter_count,
             "output_shape": list(self.output_shape),
@@ -67,7 +78,33 @@ def _opt_pair(v: Any) -> tuple[int, int] | None:
     return None if v is None else pair(v)
 
 
+def blur_filter(module: nn.Module) -> torch.Tensor | None:
+    """The fixed depthwise filter of a BlurPool-style downsampler, or None.
+
+    BlurPool-style: a strided (stride >= 2) depthwise convolution whose filter is not learnt: a buffer of shape
+    (C, 1, k, k) or (1, 1, k, k) (shiftaudit's ``BlurPool2d.kernel``, antialiased-cnns' ``BlurPool.filt``), or a depthwise
+    ``Conv2d`` whose weight is frozen. Whatever the class is called, it is a downsampling point.
+    """
+    stride = getattr(module, "stride", None)
+    try:
+        s = pair(stride) if stride is not None else None
+    except Exception:
+        s = None
+    if s is None or max(s) < 2:
+        return None
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and module.groups == module.in_channels and not module.weight.requires_grad:
+            return module.weight
+        return None
+    for buf in module.buffers(recurse=False):
+        if buf.ndim == 4 and buf.shape[1] == 1 and buf.shape[-1] > 1 and buf.is_floating_point():
+            return buf
+    return None
+
+
 def _kind(module: nn.Module) -> str:
+    if blur_filter(module) is not None:
+        return "blurpool"
     if isinstance(module, nn.Conv2d):
         return "conv"
     if isinstance(module, nn.MaxPool2d):
@@ -91,6 +128,27 @@ def is_spatial_op(module: nn.Module) -> bool:
         return True
     name = type(module).__name__
     return ("Pool" in name or "Conv" in name) and "1d" not in name and "3d" not in name
+
+
+def _filter_size(module: nn.Module) -> tuple[int, int] | None:
+    filt = blur_filter(module)
+    return None if filt is None else (int(filt.shape[-2]), int(filt.shape[-1]))
+
+
+def _is_1x1_conv(module: nn.Module | None) -> bool:
+    return isinstance(module, nn.Conv2d) and _opt_pair(module.kernel_size) == (1, 1)
+
+
+def _on_shortcut(name: str, modules: dict[str, nn.Module]) -> bool:
+    """A blur feeding a 1x1 conv: inside it (shiftaudit's BlurThenConv2d) or just before it in a Sequential
+    (antialiased-cnns' ``downsample = Sequential(BlurPool, conv1x1, BN)``)."""
+    parent, _, last = name.rpartition(".")
+    if parent and _is_1x1_conv(modules.get(parent)):
+        return True
+    if last.isdigit():
+        sibling = f"{parent}.{int(last) + 1}" if parent else str(int(last) + 1)
+        return _is_1x1_conv(modules.get(sibling))
+    return False
 
 
 def _first_input_channels(model: nn.Module, default: int) -> int:
@@ -145,8 +203,10 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
 
         return fn
 
-    for name, module in model.named_modules():
-        if name and is_spatial_op(module) and (not list(module.children()) or isinstance(module, nn.Conv2d)):
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        blur = blur_filter(module) is not None
+        if name and (blur or (is_spatial_op(module) and (not list(module.children()) or isinstance(module, nn.Conv2d)))):
             hooks.append(module.register_forward_hook(hook(name)))
     was_training = model.training
     model.eval()
@@ -164,6 +224,9 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
             hd.remove()
         model.train(was_training)
 
+    # A patched conv (a conv owning its blur) downsamples through that blur: list the blur, the point where it happens.
+    blur_names = [r[0] for r in records if _kind(r[1]) == "blurpool"]
+    records = [r for r in records if not any(b.startswith(r[0] + ".") for b in blur_names)]
     points: list[DownsamplingPoint] = []
     smallest = (h, w)
     last_spatial = max((i for i, r in enumerate(records) if r[2] != (1, 1) and _kind(r[1]) != "global-pool"), default=-1)
@@ -176,12 +239,17 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
             smallest = outs
         if not is_global and (outs[0] >= ins[0] and outs[1] >= ins[1]):
             continue
+        stride = _opt_pair(getattr(module, "stride", None)) if not is_global else None
+        if stride == (1, 1) and kind != "blurpool" and outs[0] > ins[0] // 2 and outs[1] > ins[1] // 2:
+            continue  # a stride-1 layer without padding trims a border (a dense pool before a blur): no subsampling
         if is_global:
             # A global pool followed by more spatial layers gates channels (squeeze-excitation), it does not end the net.
             role = "global" if i > last_spatial else "squeeze"
         elif ins == (h, w):
             role = "stem"
         elif kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1):
+            role = "shortcut"
+        elif kind == "blurpool" and _on_shortcut(name, modules):
             role = "shortcut"
         else:
             role = "main"
@@ -190,7 +258,7 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
                 name=name,
                 kind="global-pool" if is_global else kind,
                 module=type(module).__name__,
-                kernel=_opt_pair(getattr(module, "kernel_size", None)),
+                kernel=_opt_pair(getattr(module, "kernel_size", None)) if kind != "blurpool" else _filter_size(module),
                 stride=_opt_pair(getattr(module, "stride", None)),
                 in_size=ins,
                 out_size=outs,

@@ -179,7 +179,9 @@ def test_sampled_mode_gives_the_same_random_metrics_as_exhaustive(setup):
 def test_unlabelled_data_reports_consistency_only(setup):
     model, x, _ = setup
     r = audit(model, x, device="cpu")
-    assert set(r.metrics) == {"consistency", "flip_rate", "mac"}  # the label-free metrics only
+    # the label-free metrics only; flip examples take the zero-shift prediction as the reference (issue 14)
+    assert set(r.metrics) == {"consistency", "flip_rate", "mac", "flip_examples"}
+    assert r.metrics["flip_examples"]["reference"] == "zero-shift prediction"
     assert any("unlabelled" in n for n in r.notes)
 
 

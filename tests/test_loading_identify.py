@@ -57,12 +57,22 @@ def test_identifies_timm_model(tmp_path):
         assert torch.equal(loaded.model(x), model(x))
 
 
-def test_unidentifiable_weights_name_closest_candidates(tmp_path):
+def test_unidentifiable_weights_name_no_far_candidates(tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(tiny_cnn(4).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"Could not identify the architecture .* closest candidates: .*; pass --arch") as exc:
+    with pytest.raises(CheckpointError, match=r"Could not identify the architecture .*: unknown architecture, .*; pass --arch") as exc:
         load_model(path)
-    assert "\n" not in str(exc.value)
+    assert "\n" not in str(exc.value) and "closest" not in str(exc.value)
+
+
+def test_only_close_candidates_are_suggested():
+    from shiftaudit.loading.identify import IdentifyResult
+
+    far = Candidate("alexnet", 263, None, "s", matched=0, union=263)
+    near = Candidate("resnet18", 4, 3, "t", matched=100, union=104)
+    assert "unknown architecture" in IdentifyResult(None, None, [far]).explain("f.pt")
+    text = IdentifyResult(None, None, [near, far]).explain("f.pt")
+    assert "closest candidates: resnet18 (4 keys differ)" in text and "alexnet" not in text
 
 
 def test_ambiguous_matches_are_refused_unless_identical():

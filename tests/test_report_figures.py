@@ -109,7 +109,7 @@ def test_report_dir_writes_every_picture_and_the_page(tmp_path):
     assert written == {"report.json", "report.html", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png"}
 
 
-def test_real_sampled_and_unlabelled_runs_give_a_page_without_pictures(tmp_path):
+def test_real_sampled_runs_give_a_page_without_pictures_and_unlabelled_runs_the_label_free_ones(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()
     images = torch.randn(6, 3, 8, 8)
@@ -117,7 +117,9 @@ def test_real_sampled_and_unlabelled_runs_give_a_page_without_pictures(tmp_path)
     unlabelled = audit(model, images, max_shift=2, device="cpu")
     for i, r in enumerate((sampled, unlabelled)):
         written = write_report_dir(r, tmp_path / str(i))
-        assert sorted(p.name for p in written) == ["report.html", "report.json"]
+        # issue 14: without labels, the pictures that need none (flip examples against the zero-shift prediction)
+        pictures = ["consistency.png", "flips.png"] if r is unlabelled else []
+        assert sorted(p.name for p in written) == [*pictures, "report.html", "report.json"]
         assert "Consistency" in (tmp_path / str(i) / "report.html").read_text(encoding="utf-8")
 
 

@@ -254,6 +254,7 @@ def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 # -- shared options -------------------------------------------------------------------------------------------------
 ModelArg = Annotated[Path, typer.Argument(help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, TorchScript archive, or (with --trust-pickle) a pickled model.", show_default=False)]
 ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture: a torchvision name (resnet18), timm:NAME, or package.module:factory. Identified from the weights when omitted.")]
+ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help='Keyword arguments for the architecture builder, as a JSON object: \'{"model_name": "efficientnet-lite0"}\'. Stored in a patched model\'s metadata.')]
 NumClassesOpt = Annotated[int | None, typer.Option("--num-classes", min=1, help="Number of classes of the classifier (inferred from the weights when omitted).")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled model. Pickles run code: only for files you trust.")]
 
@@ -281,10 +282,13 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images x shifts per forward pass (default depends on device and image size).")]
 
 
-def load_model_from_cli(model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool) -> Any:
+def load_model_from_cli(model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool,
+                        arch_kwargs: str | None = None) -> Any:
     from ..loading import load_model
+    from ..loading.architectures import parse_arch_kwargs
 
-    return load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
+    kwargs = parse_arch_kwargs(arch_kwargs)
+    return load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, arch_kwargs=kwargs)
 
 
 def resolve_cli_preprocessing(

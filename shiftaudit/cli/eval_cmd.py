@@ -16,6 +16,7 @@ from ..report.outputs import REPORT_FILES, write_report_dir
 from ..report.terminal import audit_table, describe_run, layers_table, sig
 from . import app
 from .common import (
+    ArchKwargsOpt,
     ArchOpt,
     BatchOpt,
     ClassMapOpt,
@@ -202,6 +203,7 @@ def eval_command(
     model: ModelArg,
     data: DataOpt = None,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
     data_kind: DataKindOpt = "auto",
@@ -256,7 +258,7 @@ def eval_command(
         from ..resume import check_resume_path
 
         check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
-    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
+    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     dataset = load_dataset_from_cli(
         loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind=data_kind,
         class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw, shift_mode=shift_mode, max_shift=max_shift,

@@ -15,6 +15,7 @@ from ..inspection import inspect_model
 from ..report.terminal import inspection_table
 from . import app
 from .common import (
+    ArchKwargsOpt,
     ArchOpt,
     ModelArg,
     NumClassesOpt,
@@ -90,6 +91,7 @@ def inspection_report(loaded, insp) -> dict:  # type: ignore[no-untyped-def]
 def inspect_command(
     model: ModelArg,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
     size: SizeOpt = None,
@@ -98,7 +100,7 @@ def inspect_command(
 ) -> None:
     """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
     check_outputs({"--json": json_out}, inputs=[model])
-    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
+    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     prep = resolve_cli_preprocessing(loaded, preset, size, None, None, None, None)
     insp = None
     if loaded.format != "torchscript":
@@ -117,6 +119,11 @@ def inspect_command(
             f"{len(insp.downsampling)} downsampling layers; input {insp.input_size[0]}x{insp.input_size[1]} -> "
             f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."
         )
+        if insp.main_path_stride != insp.total_stride:
+            console.print(Text(
+                f"note: the listed strides multiply to {insp.main_path_stride}, not the total stride {insp.total_stride}: "
+                "some downsampling happens where no layer shows it (a functional call inside a forward method).", style="yellow"),
+                soft_wrap=True)
     if json_out is not None:
         write_json_atomic(json_out, report)
         console.print(Text(f"wrote {json_out}"))

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from . import app
 from .common import (
+    ArchKwargsOpt,
     ArchOpt,
     BatchOpt,
     ClassMapOpt,
@@ -38,6 +39,7 @@ from .common import (
     WorkersOpt,
     check_outputs,
     console,
+    err_console,
     handle_errors,
     json_to_stdout,
     load_model_from_cli,
@@ -62,12 +64,48 @@ def steps_table(result: Any) -> Table:
     return t
 
 
-def latency_table(before_ms: float, after_ms: float, shape: tuple[int, ...], device: str) -> Table:
-    t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {device} (median)", title_justify="left", show_edge=False, pad_edge=False)
+def latency_table(before: Any, after: Any, shape: tuple[int, ...], device: str) -> Table:
+    """Median and IQR (:class:`~shiftaudit.patching.LatencyStats`) of baseline and patched; plain floats are medians."""
+    repeats = getattr(before, "repeats", None)
+    over = f"median and IQR over {repeats} runs" if repeats else "median"
+    t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {device} ({over})", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("Baseline", "Patched", "Overhead"):
         t.add_column(col, justify="right", no_wrap=True)
-    t.add_row(f"{sig(before_ms)} ms", f"{sig(after_ms)} ms", f"{100 * (after_ms / before_ms - 1):+.1f} %")
+
+    def cell(v: Any) -> str:
+        if hasattr(v, "median"):
+            return f"{sig(v.median)} ms (IQR {sig(v.iqr)})"
+        return f"{sig(v)} ms"
+
+    b, a = getattr(before, "median", before), getattr(after, "median", after)
+    t.add_row(cell(before), cell(after), f"{100 * (a / b - 1):+.1f} %")
     return t
+
+
+def latency_warning(before: Any, after: Any) -> str | None:
+    from ..patching import latency_too_noisy
+
+    if not latency_too_noisy(before, after):
+        return None
+    return (f"warning: latency noise exceeds the difference (IQR {sig(before.iqr)} and {sig(after.iqr)} ms, medians "
+            f"{sig(before.median)} and {sig(after.median)} ms): the overhead is not measurable on this machine now; rerun on a quiet machine.")
+
+
+def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
+    """What it takes to load the saved model again: true for every kind of architecture."""
+    from ..loading.architectures import kind_of
+
+    if fmt == "torchscript":
+        return f"wrote {output} (torchscript); `shiftaudit eval {output} --data ...` runs it with no other flags (a black box: no inspection)"
+    if arch and kind_of(arch) == "factory":
+        module = arch.partition(":")[0]
+        if module != "shiftaudit" and not module.startswith("shiftaudit."):
+            return (f"wrote {output} (safetensors); rebuild it with `shiftaudit eval {output} --arch {arch} --data ...` "
+                    f"(the module {module} must be importable: run from its folder or set PYTHONPATH; its arguments, the patch "
+                    f"and the preprocessing are stored in the file)")
+    if arch and kind_of(arch) == "timm":
+        return f"wrote {output} (safetensors); `shiftaudit eval {output} --data ...` rebuilds it with no other flags (timm must be installed)"
+    return f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags"
 
 
 @app.command("patch")
@@ -75,6 +113,7 @@ def latency_table(before_ms: float, after_ms: float, shape: tuple[int, ...], dev
 def patch_command(
     model: ModelArg,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
     method: MethodOpt = "blurpool",
@@ -119,7 +158,7 @@ def patch_command(
     from ..engine import resolve_device
     from ..errors import UsageError
     from ..inspection import inspect_model
-    from ..patching import PatchConfig, compare_latency, patch_model, recalibrate_batchnorm
+    from ..patching import PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm
     from ..report.terminal import comparison_table, describe_shifts, inspection_table
     from .eval_cmd import load_dataset_from_cli, run_eval
     from .progress import RichProgress
@@ -135,7 +174,7 @@ def patch_command(
                          only=tuple(only or ()), skip=tuple(skip or ()))
     check_outputs({"--output": output, "--json": json_out}, inputs=[model])
     json_to_stdout(json_out)
-    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
+    loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     if loaded.format == "torchscript":
         raise UsageError("A TorchScript archive cannot be patched: pass the weights (state dict or safetensors) with --arch.")
     prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
@@ -182,13 +221,18 @@ def patch_command(
         before = run_eval(loaded, dataset, **kwargs)
         after = run_eval(dataclasses.replace(loaded, model=result.model, patch_spec=result.spec), dataset, **kwargs)
         shape = (1, prep.channels, *prep.size)
-        lat_before, lat_after = compare_latency([loaded.model, result.model], shape, device=dev)
+        lat_before, lat_after = compare_latency_stats([loaded.model, result.model], shape, device=dev)
         title = f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
         console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)], width=console.width))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
+        noisy = latency_warning(lat_before, lat_after)
+        if noisy:
+            err_console.print(Text(noisy, style="yellow"), soft_wrap=True)
         report["before"] = before.to_json()
         report["after"] = after.to_json()
-        report["latency_ms"] = {"baseline": lat_before, "patched": lat_after, "input_shape": list(shape), "device": str(dev)}
+        report["latency_ms"] = {"baseline": lat_before.median, "patched": lat_after.median, "input_shape": list(shape), "device": str(dev),
+                                "repeats": lat_before.repeats, "spread": {"baseline": lat_before.to_json(), "patched": lat_after.to_json()},
+                                "noise_exceeds_difference": noisy is not None}
     with all_or_nothing():  # the patched model and the report are written together, after every step succeeded
         if output is not None:
             import torch
@@ -196,12 +240,12 @@ def patch_command(
             from ..loading import save_model
 
             result.model.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before --eval ran it
-            save_model(result.model, output, format=fmt, arch=loaded.arch, num_classes=loaded.num_classes, preprocessing=prep,
+            save_model(result.model, output, format=fmt, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, num_classes=loaded.num_classes, preprocessing=prep,
                        class_names=loaded.class_names, patch_spec=result.spec,
                        extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0)})
         if json_out is not None:
             write_json_atomic(json_out, report)
     if not quiet and output is not None:
-        console.print(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags")
+        console.print(rebuild_message(output, fmt, loaded.arch), soft_wrap=True)
     if not quiet and json_out is not None and str(json_out) != "-":
         console.print(f"wrote {json_out}")

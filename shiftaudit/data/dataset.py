@@ -38,8 +38,19 @@ class FileSource:
 
     in_memory = False
 
-    def __init__(self, files: Sequence[Path]) -> None:
+    def __init__(self, files: Sequence[Path], root: Path | str | None = None) -> None:
         self.files = [str(f) for f in files]
+        self.root = None if root is None else str(root)
+
+    def relative(self, i: int) -> str:
+        """File i's path relative to the data folder (as the user gave it), with ``/`` separators."""
+        path = self.files[i]
+        if self.root is not None:
+            try:
+                path = os.path.relpath(path, self.root)
+            except ValueError:  # another drive on Windows
+                pass
+        return path.replace(os.sep, "/")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -253,6 +264,12 @@ class AuditDataset(Dataset):
         if flags & DROPPED and self.strict:
             raise self.unreadable_error(i)
         return x, y
+
+    def image_path(self, i: int) -> str | None:
+        """Item i's file path relative to the data folder, or None for data that is not files (tensors, CIFAR)."""
+        if isinstance(self.source, FileSource):
+            return self.source.relative(int(self.index[i]))
+        return None
 
     # -- what decoding found ---------------------------------------------------------------------------------
 

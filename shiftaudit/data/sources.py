@@ -501,7 +501,7 @@ def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool,
         labels.extend([to_idx[name]] * len(imgs))
     n_classes = sum(1 for v in per_class.values() if v)
     return AuditDataset(
-        FileSource(files),
+        FileSource(files, root=path),
         labels=labels,
         classes=classes,
         kind="imagefolder",
@@ -530,7 +530,7 @@ def _flat_folder(path: Path, prep: Preprocessing, strict: bool) -> AuditDataset:
             raise _no_images(path)
         _check_skipped(skipped, path, strict, notes)
     return AuditDataset(
-        FileSource(files),
+        FileSource(files, root=path if path.is_dir() else path.parent),
         labels=None,
         kind="folder",
         description=f"image folder {path}: {len(files)} unlabelled images" if path.is_dir() else f"image {path}",

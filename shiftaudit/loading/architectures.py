@@ -9,8 +9,11 @@ import difflib
 import functools
 import importlib
 import inspect
+import json
 import math
+import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,12 +103,56 @@ def canonical_arch(arch: str) -> str:
     raise UsageError(f"Unknown architecture {arch!r}; use a torchvision name (resnet18), timm:NAME or package.module:factory.")
 
 
-def resolve_factory(arch: str) -> Callable[..., Any]:
-    module_name, _, attr = arch.partition(":")
+def _import_factory_module(module_name: str, arch: str) -> Any:
+    """Import ``module_name`` with the current folder importable too (``python -m`` would allow it; a console script
+    does not put the working directory on ``sys.path``)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
-        obj: Any = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if missing == module_name or module_name.startswith(missing + "."):
+            raise UsageError(
+                f"Cannot import module {module_name!r} for architecture {arch!r}: it is not in the current folder "
+                f"({cwd}) nor on the Python path; run from the folder that holds it or set PYTHONPATH to that folder."
+            ) from None
+        raise UsageError(f"Cannot import module {module_name!r} for architecture {arch!r}: it needs {missing!r}, which is not installed.") from None
     except ImportError as exc:
         raise UsageError(f"Cannot import module {module_name!r} for architecture {arch!r} ({exc}).") from None
+    except Exception as exc:
+        raise UsageError(f"Importing module {module_name!r} for architecture {arch!r} failed: {type(exc).__name__}: {str(exc).strip()[:200]}.") from None
+    finally:
+        if added:
+            try:
+                sys.path.remove(cwd)
+            except ValueError:
+                pass
+
+
+def parse_arch_kwargs(text: str | None, flag: str = "--arch-kwargs") -> dict[str, Any] | None:
+    """``--arch-kwargs '{"model_name": "efficientnet-lite0"}'``: a JSON object of keyword arguments for the builder."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise UsageError(f"{flag} must be a JSON object such as '{{\"model_name\": \"efficientnet-lite0\"}}', and {text[:80]!r} is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object of keyword arguments (in braces), not a {type(value).__name__}.")
+    bad = [k for k in value if not (k.isidentifier() and not k.startswith("_"))]
+    if bad:
+        raise UsageError(f"{flag} keys must be argument names, and {bad[0]!r} is not.")
+    if "num_classes" in value:
+        raise UsageError(f"{flag} cannot set num_classes; pass --num-classes instead.")
+    return value
+
+
+def resolve_factory(arch: str) -> Callable[..., Any]:
+    module_name, _, attr = arch.partition(":")
+    obj: Any = _import_factory_module(module_name, arch)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UsageError(f"Module {module_name!r} has no attribute {attr!r} (architecture {arch!r}).")

@@ -25,6 +25,11 @@ from ..errors import ShiftAuditError
 from .architectures import TIMM_PREFIX, build_skeleton, timm_available, timm_names, torchvision_names
 from .state_dict import NBT, strip_prefixes
 
+# A candidate is worth naming only when at least this fraction of the keys of checkpoint and candidate together
+# (their union) match by name and shape. A checkpoint of a neighbouring depth (resnet34 weights against resnet18:
+# 0.56) or with a changed head or block (resnet18 with an extra layer: above 0.9) clears it; unrelated families
+# (an EfficientNet against alexnet or vgg: 0 of 263 keys) are far below, and listing them only misleads.
+USEFUL_OVERLAP = 0.5
 SENTINEL_CLASSES = 1371  # a class count no real layer has, so its dimensions mark the classifier
 CACHE_VERSION = 1
 
@@ -151,6 +156,13 @@ class Candidate:
     differences: int  # keys present on one side only, plus shape mismatches
     num_classes: int | None = None
     struct: str = ""
+    matched: int = 0  # keys on both sides with the same shape
+    union: int = 0  # keys on either side
+
+    @property
+    def overlap(self) -> float:
+        """Fraction of all keys (checkpoint's and candidate's) that match by name and shape."""
+        return self.matched / self.union if self.union else 0.0
 
 
 def compare(sig: Signature, ck: Mapping[str, list[int]]) -> Candidate:
@@ -158,24 +170,27 @@ def compare(sig: Signature, ck: Mapping[str, list[int]]) -> Candidate:
     want = sig.significant()
     diff = len(want.keys() ^ ck.keys())
     n: int | None = None
+    mismatched = 0
+    both = 0
     for key, shape in want.items():
         got = ck.get(key)
         if got is None:
             continue
+        both += 1
         if len(got) != len(shape):
-            diff += 1
+            mismatched += 1
             continue
         for a, b in zip(shape, got):
             if a == SENTINEL_CLASSES:
                 if n is None:
                     n = b
                 elif n != b:
-                    diff += 1
+                    mismatched += 1
                     break
             elif a != b:
-                diff += 1
+                mismatched += 1
                 break
-    return Candidate("", diff, n, sig.struct)
+    return Candidate("", diff + mismatched, n, sig.struct, matched=both - mismatched, union=len(want.keys() | ck.keys()))
 
 
 @dataclass
@@ -188,16 +203,24 @@ class IdentifyResult:
     matches: list[str] = field(default_factory=list)
     seconds: float = 0.0
     searched: int = 0
+    family: str | None = None  # a checkpoint family recognised by its own marks (antialiased-cnns), not by a search
+    family_message: str = ""
 
     def explain(self, source: str) -> str:
         """One sentence for the user when identification failed."""
+        if self.family:
+            return f"{source} {self.family_message}"
         if len(self.matches) > 1:
             return (f"Cannot tell the architecture of {source} from its weights: it fits {', '.join(self.matches[:5])} "
                     f"equally well; pass --arch.")
-        close = ", ".join(f"{c.arch} ({c.differences} key{'s' if c.differences != 1 else ''} differ)" for c in self.candidates[:3])
+        useful = [c for c in self.candidates if c.overlap >= USEFUL_OVERLAP]
         tip = "" if timm_available() else " (timm is not installed, so only torchvision architectures were tried)"
+        if not useful:
+            return (f"Could not identify the architecture of {source} from its weights{tip}: unknown architecture, no "
+                    f"known one shares even half of its keys; pass --arch (a torchvision name, timm:NAME or package.module:factory).")
+        close = ", ".join(f"{c.arch} ({c.differences} key{'s' if c.differences != 1 else ''} differ)" for c in useful[:3])
         return (f"Could not identify the architecture of {source} from its weights{tip}; "
-                f"closest candidates: {close or 'none'}; pass --arch.")
+                f"closest candidates: {close}; pass --arch.")
 
 
 def _timm_prefilter(names: Iterable[str], ck_keys: set[str]) -> list[str]:
@@ -254,6 +277,9 @@ def identify_architecture(state_dict: Mapping[str, torch.Tensor], *, include_tim
     start = time.perf_counter()
     tensors = strip_prefixes({k: t for k, t in state_dict.items() if isinstance(t, torch.Tensor)}, [])
     ck = {k: list(t.shape) for k, t in tensors.items() if not k.endswith(NBT)}
+    family = recognise_antialiased_cnns(ck)
+    if family is not None:
+        return IdentifyResult(None, None, family="antialiased-cnns", family_message=family, seconds=time.perf_counter() - start)
     results: list[Candidate] = []
     searched = 0
 
@@ -276,6 +302,21 @@ def identify_architecture(state_dict: Mapping[str, torch.Tensor], *, include_tim
     result.seconds = time.perf_counter() - start
     result.searched = searched
     return result
+
+
+def recognise_antialiased_cnns(ck: Mapping[str, list[int]]) -> str | None:
+    """antialiased-cnns (Zhang's reference code) keeps each BlurPool's filter as a persistent ``filt`` buffer of shape
+    (C, 1, k, k), in Sequentials that shift the torchvision names (``maxpool.1.filt``, ``layer2.0.conv2.1.weight``).
+    Such a checkpoint is not a torchvision model with extra keys: say what it is and how to load it."""
+    filts = [k for k, shape in ck.items() if (k == "filt" or k.endswith(".filt")) and len(shape) == 4 and shape[1] == 1]
+    if not filts:
+        return None
+    sizes = sorted({ck[k][-1] for k in filts})
+    size = str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
+    kw = f" --arch-kwargs '{{\"filter_size\": {sizes[0]}}}'" if len(sizes) == 1 else ""
+    return (f"is an antialiased-cnns checkpoint ({len(filts)} BlurPool filter buffers of size {size}, such as {filts[0]}), "
+            f"not a torchvision model: load it with the antialiased-cnns definition, e.g. `pip install antialiased-cnns` and "
+            f"--arch antialiased_cnns:<model>{kw}, or your own copy of the code via --arch package.module:factory.")
 
 
 def _decide(found: list[Candidate]) -> IdentifyResult | None:

@@ -167,7 +167,7 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
     if preprocessing is None and kind_of(arch) == "timm":
         preprocessing = timm_preprocessing(model, arch)
     return LoadedModel(
-        model=model, format=fmt, source=source, arch=arch, num_classes=n, preprocessing=preprocessing,
+        model=model, format=fmt, source=source, arch=arch, arch_kwargs=kwargs or None, num_classes=n, preprocessing=preprocessing,
         patch_spec=patch_spec, class_names=meta.class_names, arch_source=arch_source, notes=notes,
     )
 
@@ -180,6 +180,8 @@ def _wrong_arch_hint(sd: StateDict, arch: str) -> Any:
             result = identify_architecture(sd, include_timm=False)
         except Exception:
             return None
+        if result.family:
+            return f"the file {result.family_message.rstrip('.')}"
         if result.arch and result.arch != arch:
             return f"the weights look like {result.arch} (leave --arch out to use it)"
         return None

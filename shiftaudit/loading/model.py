@@ -22,6 +22,7 @@ class LoadedModel:
     format: str
     source: str
     arch: str | None = None
+    arch_kwargs: dict[str, Any] | None = None
     num_classes: int | None = None
     preprocessing: Preprocessing | None = None
     patch_spec: dict[str, Any] | None = None

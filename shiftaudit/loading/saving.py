@@ -67,6 +67,7 @@ def save_model(
         preprocessing = preprocessing if preprocessing is not None else lm.preprocessing
         class_names = class_names if class_names is not None else lm.class_names
         patch_spec = patch_spec if patch_spec is not None else lm.patch_spec
+        arch_kwargs = arch_kwargs if arch_kwargs is not None else lm.arch_kwargs
     elif isinstance(loaded_or_module, nn.Module):
         model = loaded_or_module
     else:

@@ -18,12 +18,21 @@ MAX_STORED_SHIFTS = 1089  # at most a 33 x 33 window of P(correct) values per ex
 
 
 class FlipExamples(Metric):
-    """Keeps, for up to ``limit`` images correct at zero shift and wrong at some shift, P(correct) over the shifts."""
+    """Keeps, for up to ``limit`` images correct at zero shift and wrong at some shift, P(correct) over the shifts.
+
+    Without labels (``reference="prediction"``) the reference is the prediction at zero shift: an image flips when a
+    shift changes its prediction, and the stored grid is 1 where the shifted prediction agrees with the unshifted
+    one, 0 where it changed (the probability of the unshifted class is not computed for unlabelled data).
+    """
 
     name = "flip_examples"
     needs_all_shifts = True
 
-    def __init__(self, shift_set: ShiftSet, limit: int = 4) -> None:
+    def __init__(self, shift_set: ShiftSet, limit: int = 4, reference: str = "label") -> None:
+        if reference not in ("label", "prediction"):
+            raise ValueError(f"reference must be 'label' or 'prediction', not {reference!r}")
+        self.needs_labels = reference == "label"  # type: ignore[misc]
+        self.reference = reference
         self.shift_set = shift_set
         self.limit = int(limit)
         radius = shift_set.radius
@@ -42,15 +51,20 @@ class FlipExamples(Metric):
         self.p_correct = np.zeros((0, s), dtype=np.float32)
 
     def update(self, batch: ShiftBatch) -> None:
-        assert batch.labels is not None and batch.p_label is not None
         n = len(batch)
         p_all = np.full((n, len(self.shift_set)), np.nan, dtype=np.float32)
         pred_all = np.full((n, len(self.shift_set)), -1, dtype=np.int64)
         rows = np.arange(n)[:, None]
-        p_all[rows, batch.shift_index] = batch.p_label
         pred_all[rows, batch.shift_index] = batch.preds
         zero = self.shift_set.zero_index
-        wrong = (pred_all != batch.labels[:, None]) & (pred_all >= 0)
+        if self.reference == "label":
+            assert batch.labels is not None and batch.p_label is not None
+            labels = batch.labels
+            p_all[rows, batch.shift_index] = batch.p_label
+        else:
+            labels = pred_all[:, zero]
+            p_all[rows, batch.shift_index] = (batch.preds == labels[:, None]).astype(np.float32)
+        wrong = (pred_all != labels[:, None]) & (pred_all >= 0)
         keep = (~wrong[:, zero]) & wrong.any(axis=1)
         if not keep.any():
             return
@@ -62,7 +76,7 @@ class FlipExamples(Metric):
         flip = np.where(at_first, p_all[idx], np.inf).argmin(axis=1)
         self._add(
             batch.image_ids[idx],
-            batch.labels[idx],
+            labels[idx],
             first,
             flip,
             pred_all[idx, flip],
@@ -120,4 +134,8 @@ class FlipExamples(Metric):
                     "p_correct": grid,
                 }
             )
-        return {"limit": self.limit, "dh": [offset_json(v) for v in hs], "dw": [offset_json(v) for v in ws], "examples": examples}
+        out: dict[str, Any] = {"limit": self.limit, "dh": [offset_json(v) for v in hs], "dw": [offset_json(v) for v in ws], "examples": examples}
+        if self.reference == "prediction":
+            # unlabelled: "label" is the class predicted at zero shift, "p_correct" 1 where a shift keeps it, 0 where not
+            out["reference"] = "zero-shift prediction"
+        return out

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from .calibrate import batchnorm_layers, recalibrate_batchnorm
 from .config import SPEC_VERSION, PatchConfig
-from .costs import compare_latency, conv_total_variation, filter_total_variation, measure_latency
+from .costs import LatencyStats, compare_latency, compare_latency_stats, latency_too_noisy, conv_total_variation, filter_total_variation, measure_latency
 from .modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d, pool_output_size
 from .rewrite import PatchResult, PatchStep, apply_patch_spec, make_convs_circular, patch, patch_model, plan_patch
 
 __all__ = [
-    "SPEC_VERSION", "PatchConfig", "compare_latency", "PatchResult", "PatchStep", "apply_patch_spec", "batchnorm_layers",
+    "SPEC_VERSION", "LatencyStats", "PatchConfig", "compare_latency", "compare_latency_stats", "latency_too_noisy", "PatchResult", "PatchStep", "apply_patch_spec", "batchnorm_layers",
     "conv_total_variation", "filter_total_variation", "make_convs_circular", "measure_latency", "patch",
     "patch_model", "plan_patch", "recalibrate_batchnorm", "BlurThenConv2d", "ConvThenBlur2d", "PoolBlur2d",
     "pool_output_size",

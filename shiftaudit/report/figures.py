@@ -24,6 +24,7 @@ DPI = 100
 ADVERSARIAL_SIZE = (7.0, 4.2)
 VARIATION_SIZE = (7.0, 4.2)
 ACCURACY_MAP_SIZE = (10.0, 4.2)
+CONSISTENCY_SIZE = (7.0, 4.2)
 FLIP_ROW_HEIGHT = 2.3
 VARIATION_FLOOR = 1e-6  # zero variation (identical P(correct) at every shift) is drawn in the lowest bin
 
@@ -220,6 +221,8 @@ def plot_flip_examples(result: AuditResult, path: str | Path, dataset: Any = Non
     examples = list(flips.get("examples", []))[:limit]
     if not examples:
         return None
+    unlabelled = flips.get("reference") == "zero-shift prediction"
+    quantity = "same prediction as unshifted" if unlabelled else "P(correct)"
     images = [_display_image(dataset, ex["image_id"]) for ex in examples] if dataset is not None else [None] * len(examples)
     with_images = any(img is not None for img in images)
     ncols = 4 if with_images else 2
@@ -243,24 +246,66 @@ def plot_flip_examples(result: AuditResult, path: str | Path, dataset: Any = Non
                 plain, shifted = _as_shown(img, fh, fw, result)
                 ax_img.imshow(plain, cmap=cmap, interpolation="nearest")
                 ax_shift.imshow(shifted, cmap=cmap, interpolation="nearest")
-            ax_img.set_title(f"image {ex['image_id']}: {label}", fontsize=8)
+            ax_img.set_title(f"{_image_name(ex)}: {label}", fontsize=8)
             ax_shift.set_title(f"{_shift_word(result)} ({fh:+g}, {fw:+g}): {wrong}", fontsize=8, color="C3")
         ax_heat, ax_curve = cells
         grid = _as_grid(ex["p_correct"])
         heat = ax_heat.imshow(grid, cmap="RdYlBu", vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest")
         ax_heat.plot([fw], [fh], marker="x", color="black", markersize=7, mew=2)
-        who = "" if with_images else f"image {ex['image_id']} ({label} -> {wrong}): "
-        ax_heat.set_title(f"{who}P(correct), flips at r={ex['first_failure_radius']}", fontsize=8)
+        who = "" if with_images else f"{_image_name(ex)} ({label} -> {wrong}): "
+        ax_heat.set_title(f"{who}{quantity}, flips at r={ex['first_failure_radius']}", fontsize=8)
         ax_heat.tick_params(labelsize=7)
-        _flip_curves(ax_curve, grid, dh, dw)
+        _flip_curves(ax_curve, grid, dh, dw, "same prediction" if unlabelled else "P(correct)")
         if row == 0:
             ax_curve.legend(fontsize=7, loc="lower left")
         if row == len(examples) - 1:
             ax_heat.set_xlabel("dw [px]", fontsize=8)
             ax_curve.set_xlabel("shift [px]", fontsize=8)
     if heat is not None:
-        fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8, label="P(correct) in the heatmaps")
-    fig.suptitle("Correctly classified images that a small shift flips (x marks the breaking shift)", fontsize=10)
+        fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8, label=f"{quantity} in the heatmaps")
+    if unlabelled:
+        fig.suptitle("Images whose prediction a small shift changes (no labels; x marks the first changing shift)", fontsize=10)
+    else:
+        fig.suptitle("Correctly classified images that a small shift flips (x marks the breaking shift)", fontsize=10)
+    return _save(fig, path)
+
+
+def _image_name(ex: dict[str, Any]) -> str:
+    """The example's file name when the data are files (so the photo can be found), else its index."""
+    path = ex.get("path")
+    if path:
+        name = str(path).rsplit("/", 1)[-1]
+        return name if len(name) <= 40 else name[:18] + "..." + name[-19:]
+    return f"image {ex['image_id']}"
+
+
+# -- per-image consistency: how often the prediction survives a shift, image by image ------------------------------
+def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None = None) -> Path | None:
+    """Histogram over images of per-image consistency (exact: share of shift pairs with the same prediction; else the
+    sampled agreement); needs no labels."""
+    series = []
+    for name, res in _runs(runs):
+        key = "exact_consistency" if res.per_image.get("exact_consistency") else "sampled_agreement"
+        values = [v for v in res.per_image.get(key, []) if v is not None]
+        if values:
+            series.append((name, np.asarray(values, dtype=float), key))
+    if not series:
+        return None
+    fig, axes = _figure(CONSISTENCY_SIZE)
+    ax = axes[0, 0]
+    bins = np.linspace(0.0, 1.0, 21)
+    for i, (name, values, _) in enumerate(series):
+        counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=bins)
+        share = 100 * counts / max(1, values.size)
+        ax.stairs(share, bins, color=f"C{i % 10}", linewidth=1.6, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0,
+                  label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)")
+    exact = series[0][2] == "exact_consistency"
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("Per-image consistency (" + ("share of shift pairs with the same prediction" if exact else "share of sampled pairs that agree") + ")")
+    ax.set_ylabel("Share of images [%]")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or "Distribution of per-image consistency (1 = the prediction never changes)", fontsize=10)
     return _save(fig, path)
 
 
@@ -292,7 +337,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
     return img, np.roll(img, (int(dh), int(dw)), axis=(0, 1))
 
 
-def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int]) -> None:
+def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int], ylabel: str = "P(correct)") -> None:
     if 0 in dh:
         ax.plot(dw, grid[dh.index(0)], color="black", linewidth=1.3, label="horizontal (dh=0)")
     common = [s for s in dw if s in dh]
@@ -300,7 +345,7 @@ def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int]) -> Non
         ax.plot(common, [grid[dh.index(s), dw.index(s)] for s in common], color="C0", linewidth=1.3, label="diagonal (dh=dw)")
     ax.axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("P(correct)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, alpha=0.3)
 

@@ -26,6 +26,10 @@ CAPTIONS = {
     "(Fig. 11). A shift-invariant model is flat.",
     "flips": "Correctly classified images that a small {shift} makes wrong, with the probability of the "
     "correct class at every shift (Fig. 2).",
+    "flips_unlabelled": "Images whose prediction a small {shift} changes (no labels: the reference is the prediction "
+    "without shift), with 1 where the shifted prediction agrees with it and 0 where it changed.",
+    "consistency": "Distribution over images of per-image consistency: the share of shift pairs (or sampled pairs) "
+    "that get the same prediction. 1 means the prediction never changes; needs no labels.",
     "layers": "Per-layer distance from shift-equivariance over shifts (Fig. 4): blue is exactly equivariant, red is "
     "half the distance between two different images.",
 }
@@ -186,7 +190,9 @@ def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]]
         parts.append(f'<p class="sub">{esc(LAYER_CAPTION)}</p>')
     if pictures:
         parts.append("<h2>Pictures</h2>")
-        parts.extend(_picture(p, _shift_mode(result)) for p in pictures)
+        unlabelled = not result.data.get("labelled", True)
+        parts.extend(_picture((caption("flips_unlabelled", _shift_mode(result)), p) if unlabelled and not isinstance(p, tuple)
+                              and Path(p).stem == "flips" else p, _shift_mode(result)) for p in pictures)
     parts.append("<h2>Settings</h2>")
     parts.append(_table(settings_rows(result), None, ("", "mono")))
     if result.notes:

@@ -9,12 +9,18 @@ from ..atomicio import all_or_nothing, ensure_writable_dir
 from ..result import AuditResult
 
 # Every file write_report_dir may write: the CLI checks each of them before the audit runs.
-REPORT_FILES = ("report.json", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png", "layers.png", "report.html")
+REPORT_FILES = ("report.json", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png", "layers.png", "consistency.png", "report.html")
 
 
 def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[Path]:
     """Every picture the result can give (a missing metric means a missing picture, not an error)."""
-    from .figures import plot_accuracy_map, plot_adversarial_curve, plot_flip_examples, plot_variation_distribution
+    from .figures import (
+        plot_accuracy_map,
+        plot_adversarial_curve,
+        plot_consistency_histogram,
+        plot_flip_examples,
+        plot_variation_distribution,
+    )
 
     pictures = [
         plot_adversarial_curve(result, out / "adversarial.png"),
@@ -22,6 +28,8 @@ def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[
         plot_accuracy_map(result, out / "accuracy_map.png"),
         plot_flip_examples(result, out / "flips.png", dataset=dataset),
     ]
+    if not result.data.get("labelled", True):  # without labels: the pictures that need none
+        pictures.append(plot_consistency_histogram(result, out / "consistency.png"))
     if "layers" in result.metrics:
         from .heatmaps import plot_layer_heatmaps
 

@@ -297,7 +297,8 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
             continue
         k = _side(p.kernel) if p.kernel else "-"
         s = _side(p.stride) if p.stride else "-"
-        rows.append([p.name, p.module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
+        module = p.module if p.kind != "blurpool" or "blur" in p.module.lower() else f"{p.module} (blurpool)"
+        rows.append([p.name, module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
                      *[str(extra_columns[c].get(p.name, "")) for c in extra_columns]])
     header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
     widths = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(header)]
