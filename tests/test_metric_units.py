@@ -161,3 +161,17 @@ def test_layout_names_every_metric_and_per_image_column():
     assert list(out["accuracy"]) == ["none", "random"] and list(out["consistency"]) == ["sampled", "exact"]
     assert per_image == {"image_id": [0, 1], "correct": [True, False], "sampled_agreement": [1.0, 1.0],
                          "exact_consistency": [1.0, 1.0], "variation": [0.0, 0.0]}
+
+
+def test_zero_shift_confidence_merges_and_round_trips_its_state():
+    from shiftaudit.metrics.accuracy import ZeroShiftConfidence
+
+    a, b = ZeroShiftConfidence(), ZeroShiftConfidence()
+    a.update(batch([[0, 0]], p_top=[[0.5, 0.1]]))
+    b.update(batch([[0, 0], [1, 1]], p_top=[[0.75, 0.2], [1.0, 0.3]]))
+    a.merge(b)
+    assert a.compute() == {"mean_top1": 0.75, "n": 3}
+    fresh = ZeroShiftConfidence()
+    fresh.load_state_dict(a.state_dict())
+    assert fresh.compute() == {"mean_top1": 0.75, "n": 3}
+    assert ZeroShiftConfidence().compute()["n"] == 0
