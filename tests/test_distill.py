@@ -59,7 +59,7 @@ def write_demo_npz(path, n: int, seed: int) -> None:
 @pytest.fixture(scope="module")
 def demo():
     base = demo_model()
-    unlabelled = demo_images(160, 1, base.preprocessing)
+    unlabelled = demo_images(96, 1, base.preprocessing)
     return base, unlabelled
 
 
@@ -73,12 +73,12 @@ def patched_demo(base, filt="binomial5"):
 def test_distillation_recovers_agreement_with_the_original(demo):
     base, unlabelled = demo
     student = patched_demo(base, "binomial7")
-    d = distill(base.model, student, unlabelled, steps=40, seed=0, lr=1e-3)
-    assert d.steps == 40 and d.stopped_by == "steps"
-    assert d.train_images + d.heldout_images == 160 and d.heldout_images == 32
-    # measured with seed 0: 0.781 -> 0.969 as given
-    assert d.agreement_after >= d.agreement_before + 0.1
-    assert d.shifted_agreement_after >= d.shifted_agreement_before + 0.1
+    d = distill(base.model, student, unlabelled, steps=20, seed=0, batch_size=16)
+    assert d.steps == 20 and d.stopped_by == "steps"
+    assert d.train_images + d.heldout_images == 96 and d.heldout_images == 19
+    # measured with seed 0: 15.8 % -> 73.7 % of the held-out images agree, as given and shifted
+    assert d.agreement_after >= d.agreement_before + 0.3
+    assert d.shifted_agreement_after >= d.shifted_agreement_before + 0.3
     assert d.loss_last < d.loss_first
     assert not student.training
 
@@ -108,7 +108,7 @@ def test_distillation_is_deterministic_with_the_seed(demo):
     runs = []
     for seed in (3, 3, 4):
         student = patched_demo(base)
-        distill(base.model, student, unlabelled, steps=5, seed=seed, batch_size=16)
+        distill(base.model, student, unlabelled, steps=3, seed=seed, batch_size=8)
         runs.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
@@ -182,7 +182,7 @@ def test_calibration_order_is_shuffled_with_the_seed():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    write_demo_pngs(root / "unlabelled", 160, seed=1)
+    write_demo_pngs(root / "unlabelled", 96, seed=1)
     write_demo_pngs(root / "few", 24, seed=2)
     write_demo_npz(root / "test.npz", 64, seed=90210)
     return root
@@ -190,14 +190,14 @@ def files(tmp_path_factory):
 
 def test_patch_distill_from_an_unlabelled_folder(files, tmp_path):
     out, rep = tmp_path / "aa.safetensors", tmp_path / "patch.json"
-    res = cli("patch", DEMO, "--filter", "binomial7", "--pad", "circular", "--distill", files / "unlabelled", "--distill-steps", "30",
+    res = cli("patch", DEMO, "--filter", "binomial7", "--pad", "circular", "--distill", files / "unlabelled", "--distill-steps", "12",
               "--data", files / "test.npz", "-o", out, "--json", rep)
     assert res.exit_code == 0, res.output
     report = json.loads(rep.read_text())
     d = report["distill"]
-    assert d["steps"] == 30 and d["heldout_images"] == 32 and d["agreement_after"] > d["agreement_before"]
-    assert "distilled 30 steps" in res.stdout
-    assert report["agreement"]["zero_shift_top1"] >= 0.9
+    assert d["steps"] == 12 and d["heldout_images"] == 19 and d["agreement_after"] >= d["agreement_before"] + 0.2
+    assert "distilled 12 steps" in res.stdout
+    assert report["agreement"]["zero_shift_top1"] > d["agreement_before"]
     from shiftaudit.loading import load_model
 
     reloaded = load_model(out)
