@@ -225,3 +225,34 @@ def test_recalibration_needs_separate_data_and_warns_on_few_images(files, tmp_pa
     assert report["recalibration"]["images"] == 24 and report["recalibration"]["layers"]
     assert "1" not in report["recalibration"]["layers"] and "4" not in report["recalibration"]["layers"]  # before any blur
     assert "baseline_recalibrated" in report and "Baseline recalibrated" in res.stdout
+
+
+# -- patch --eval --out, compare of patch reports ------------------------------------------------------------------
+
+
+def test_patch_eval_out_writes_before_and_after_side_by_side_and_compare_reads_the_report(files, tmp_path):
+    from tests.helpers import assert_real_png
+
+    out, rep = tmp_path / "report", tmp_path / "patch.json"
+    res = cli("patch", DEMO, "--filter", "tri3", "--pad", "circular", "--data", files / "test.npz", "--eval", "--max-shift", "2",
+              "--out", out, "--json", rep, "--quiet")
+    assert res.exit_code == 0, res.output
+    for sub in ("before", "after"):
+        assert (out / sub / "report.html").is_file() and json.loads((out / sub / "report.json").read_text())["schema"] == "shiftaudit/audit-report"
+        assert_real_png(out / sub / "accuracy_map.png")
+    page = (out / "report.html").read_text()
+    assert "Baseline" in page and "Patched (tri3)" in page and page.count("data:image/png;base64,") >= 4
+    assert not (out / "baseline_recalibrated").exists()
+
+    pics = tmp_path / "cmp"
+    cmp = cli("compare", rep, "--out", pics, "--json", tmp_path / "cmp.json")
+    assert cmp.exit_code == 0, cmp.output
+    assert "patch (baseline)" in cmp.stdout and "patch (patched)" in cmp.stdout
+    assert_real_png(pics / "accuracy_map.png")
+    runs = json.loads((tmp_path / "cmp.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == ["patch (baseline)", "patch (patched)"]
+
+
+def test_patch_out_needs_eval(files, tmp_path):
+    res = cli("patch", DEMO, "--out", tmp_path / "r")
+    assert_clean_error(res, "--eval")

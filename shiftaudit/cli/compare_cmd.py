@@ -21,15 +21,29 @@ from .common import check_outputs, console, handle_errors, json_to_stdout
 COMPARISON_SCHEMA = "shiftaudit/comparison"
 DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
 
-FilesArg = Annotated[list[Path], typer.Argument(help="Two or more JSON reports written by `eval --json` or `demo --json` on the same data.", show_default=False)]
+FilesArg = Annotated[list[Path], typer.Argument(help="JSON reports written by `eval --json` or `demo --json` on the same data, or `patch --eval --json` reports (each gives its baseline and patched runs); two runs at least.", show_default=False)]
 NamesOpt = Annotated[str | None, typer.Option("--names", help="Comma-separated column names, one per report (default: the file names).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the combined pictures (adversarial curve, variation, accuracy over shifts).")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON ('-' for stdout).")]
 PICTURES = ("adversarial.png", "variation.png", "accuracy_map.png")
 
 
+PATCH_SCHEMA = "shiftaudit/patch-report"
+PATCH_RUNS = (("before", "baseline"), ("baseline_recalibrated", "baseline recalibrated"), ("after", "patched"))
+
+
 def load_report(path: Path) -> AuditResult:
-    """Read one report, refusing anything that is not our schema (or is a newer version of it) in one sentence."""
+    """Read one audit report (see :func:`load_runs`)."""
+    runs = load_runs(path)
+    if len(runs) != 1:
+        raise UsageError(f"{path} is a patch report with several runs; read it with load_runs.")
+    return runs[0][1]
+
+
+def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
+    """The runs of one file: an audit report gives one (suffix None); a ``patch --eval --json`` report gives its
+    baseline, the baseline recalibrated (when there is one) and the patched model, each with its suffix. Anything else
+    (or a newer version of a schema) is refused in one sentence."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -38,8 +52,20 @@ def load_report(path: Path) -> AuditResult:
         raise UsageError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}.") from None
     except json.JSONDecodeError:
         raise UsageError(f"{path} is not JSON; compare reads reports written by `shiftaudit eval --json`.") from None
+    if isinstance(raw, dict) and raw.get("schema") == PATCH_SCHEMA:
+        version = raw.get("schema_version")
+        if not isinstance(version, int) or version > 1:
+            raise UsageError(f"{path} uses patch report schema version {version!r}, newer than this shiftaudit reads (1); upgrade shiftaudit.")
+        runs = [(suffix, _audit(raw[key], path)) for key, suffix in PATCH_RUNS if isinstance(raw.get(key), dict)]
+        if not runs:
+            raise UsageError(f"{path} is a patch report without audits; write one with `shiftaudit patch ... --eval --json FILE`.")
+        return runs  # type: ignore[return-value]
+    return [(None, _audit(raw, path))]
+
+
+def _audit(raw: Any, path: Path) -> AuditResult:
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not a shiftaudit audit report; compare reads reports written by `shiftaudit eval --json`.")
+        raise UsageError(f"{path} is not a shiftaudit audit report; compare reads reports written by `shiftaudit eval --json` or `shiftaudit patch --eval --json`.")
     version = raw.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise UsageError(f"{path} uses report schema version {version!r}, newer than this shiftaudit reads ({SCHEMA_VERSION}); upgrade shiftaudit.")
@@ -141,12 +167,16 @@ def compare_command(
     from ..atomicio import all_or_nothing, ensure_writable_dir, write_json_atomic
     from ..report.terminal import comparison_table, describe_shifts
 
-    if len(files) < 2:
-        raise UsageError("compare needs at least two reports, e.g. shiftaudit compare baseline.json patched.json.")
     check_outputs({"--json": json_out}, {"--out": (out, PICTURES)})
     json_to_stdout(json_out)
     labels = run_names(files, names)
-    runs = [(label, load_report(path)) for label, path in zip(labels, files)]
+    runs, paths = [], []
+    for label, path in zip(labels, files):
+        for suffix, res in load_runs(path):
+            runs.append((label if suffix is None else f"{label} ({suffix})", res))
+            paths.append(path)
+    if len(runs) < 2:
+        raise UsageError("compare needs at least two runs, e.g. shiftaudit compare baseline.json patched.json, or one `patch --eval --json` report.")
     notes = check_same_data(runs)
     first = runs[0][1]
     console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}", width=console.width))
@@ -156,7 +186,7 @@ def compare_command(
     pictures: list[Path | None] = []
     with all_or_nothing():
         if json_out is not None:
-            write_json_atomic(json_out, comparison_json(runs, files, notes))
+            write_json_atomic(json_out, comparison_json(runs, paths, notes))
             if str(json_out) != "-":
                 written.append(json_out)
         if out is not None:

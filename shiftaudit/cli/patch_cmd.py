@@ -97,6 +97,7 @@ def patch_command(
     distill_lr: Annotated[float, typer.Option("--distill-lr", min=1e-9, help="Distillation learning rate (Adam, every parameter).")] = 1e-3,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Warn when the patched model's top-1 agrees with the original's on fewer of the --data images (at zero shift) than this share.")] = 0.9,
     evaluate: Annotated[bool, typer.Option("--eval", help="Audit the original and the patched model on --data and compare them side by side.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="With --eval: write the report folder `eval --out` writes for each model (sub-folders before/, after/, and baseline_recalibrated/ with --recalibrate) and report.html with them side by side.")] = None,
     data: DataOpt = None,
     data_kind: DataKindOpt = "auto",
     class_map: ClassMapOpt = None,
@@ -139,12 +140,16 @@ def patch_command(
         raise UsageError("--recalibrate needs --calibration-data (unlabelled images to estimate statistics on, apart from the --data you evaluate on).")
     if calibration_data is not None and not recalibrate:
         raise UsageError("--calibration-data is used by --recalibrate N: add --recalibrate, or drop --calibration-data.")
+    if out is not None and not evaluate:
+        raise UsageError("--out writes the before/after report of --eval: add --eval (and --data), or drop --out.")
     if dry_run and (output is not None or evaluate or recalibrate or distill_data is not None):
         raise UsageError("--dry-run only shows the plan: drop --output, --eval, --recalibrate and --distill, or drop --dry-run.")
     pad = pad or ("circular" if method == "aps" else "reflect")
     config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
-    check_outputs({"--output": output, "--json": json_out})
+    from ..report.outputs import side_by_side_files
+
+    check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(("before", "after", "baseline_recalibrated")))})
     json_to_stdout(json_out)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle)
     if loaded.format == "torchscript":
@@ -234,6 +239,8 @@ def patch_command(
         lat_before, lat_after = compare_latency([loaded.model, result.model], shape, device=dev)
         title = f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
         patched_name = f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})"
+        if distill_set is not None:
+            patched_name = patched_name[:-1] + ", distilled)"
         columns = [("Baseline", before)] + ([("Baseline recalibrated", control)] if control is not None else []) + [(patched_name, after)]
         console.print(comparison_table(title=title, results=columns, width=console.width))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
@@ -242,7 +249,15 @@ def patch_command(
         if control is not None:
             report["baseline_recalibrated"] = control.to_json()
         report["latency_ms"] = {"baseline": lat_before, "patched": lat_after, "input_shape": list(shape), "device": str(dev)}
+    written: list[Path] = []
     with all_or_nothing():  # the patched model and the report are written together, after every step succeeded
+        if out is not None:
+            from ..report.outputs import write_side_by_side_dir
+
+            runs = [("Baseline", "before", before)] + ([("Baseline recalibrated", "baseline_recalibrated", control)] if control is not None else [])
+            runs.append((patched_name, "after", after))
+            written = write_side_by_side_dir(runs, out, title=f"shiftaudit patch: {Path(str(model)).name}, before / after",
+                                             intro=title, dataset=dataset)
         if output is not None:
             import torch
 
@@ -259,3 +274,5 @@ def patch_command(
         console.print(f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags")
     if not quiet and json_out is not None and str(json_out) != "-":
         console.print(f"wrote {json_out}")
+    if not quiet and out is not None:
+        console.print(Text(f"wrote {len(written)} files to {out}: open {Path(out) / 'report.html'}"), soft_wrap=True)
