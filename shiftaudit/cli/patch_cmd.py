@@ -48,7 +48,7 @@ from ..report.terminal import sig
 from .eval_cmd import QuietOpt
 
 MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
-FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: binomial5 for blurpool, none (delta) for aps.")]
+FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: tri3 for blurpool (post hoc it keeps more accuracy than binomial5; see docs/patching.md), none (delta) for aps.")]
 PadOpt = Annotated[str | None, typer.Option("--pad", help="Blur padding: reflect, zero, circular or replicate. Default: reflect for blurpool, circular for aps.")]
 
 
