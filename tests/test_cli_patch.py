@@ -71,11 +71,11 @@ def test_patch_eval_prints_before_after_and_latency(files, tmp_path):
     _, ckpt, data = files
     report = tmp_path / "ba.json"
     res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "2",
-              "--recalibrate", "8", "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
+              "--recalibrate", "8", "--calibration-data", data, "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
     assert res.exit_code == 0, res.output
-    assert "Baseline" in res.stdout and "Patched (binomial5)" in res.stdout and "Overhead" in res.stdout
+    assert "Baseline" in res.stdout and "Patched (tri3)" in res.stdout and "Overhead" in res.stdout
     rep = json.loads(report.read_text())
-    assert rep["recalibrated_images"] == 8
+    assert rep["recalibrated_images"] == 8 and "Baseline recalibrated" in res.stdout and "baseline_recalibrated" in rep
     assert rep["before"]["settings"]["shifts"] == rep["after"]["settings"]["shifts"]
     assert rep["latency_ms"]["patched"] > 0
 

@@ -198,8 +198,8 @@ def test_recalibration_re_estimates_batchnorm_statistics():
         model[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
     images = torch.randn(64, 3, 8, 8) * 2 + torch.tensor([1.0, -2.0, 3.0]).view(1, 3, 1, 1)
     data = load_data((images, torch.zeros(64, dtype=torch.long)), raw=True)
-    used = recalibrate_batchnorm(model, data, num_images=64, batch_size=16)
-    assert used == 64 and not model.training
+    rec = recalibrate_batchnorm(model, data, num_images=64, batch_size=16, layers="all")
+    assert rec.images == 64 and rec.layers == ["1"] and not model.training
     torch.testing.assert_close(model[1].running_mean, images.mean(dim=(0, 2, 3)), rtol=0, atol=1e-4)
     assert model[1].momentum == 0.1
 

@@ -23,7 +23,7 @@ from .common import check_outputs, console, handle_errors, json_to_stdout
 COMPARISON_SCHEMA = "shiftaudit/comparison"
 DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
 
-FilesArg = Annotated[list[Path], typer.Argument(help="Two or more JSON reports written by `eval --json` or `demo --json` on the same data.", show_default=False)]
+FilesArg = Annotated[list[Path], typer.Argument(help="JSON reports written by `eval --json` or `demo --json` on the same data, or `patch --eval --json` reports (each gives its baseline and patched runs); two runs at least.", show_default=False)]
 NamesOpt = Annotated[str | None, typer.Option("--names", help="Comma-separated column names, one per report (default: the file names).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the combined pictures (adversarial curve, variation, accuracy over shifts).")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON ('-' for stdout).")]
@@ -31,19 +31,44 @@ PICTURES = ("adversarial.png", "variation.png", "accuracy_map.png")
 
 
 MAX_REPORT_BYTES = 512 << 20  # a 1.2M-image ImageNet train-set report is ~150 MB
+NOT_OURS = "compare reads reports written by `shiftaudit eval --json` or `shiftaudit patch --eval --json`"
+PATCH_SCHEMA = "shiftaudit/patch-report"
+PATCH_RUNS = (("before", "baseline"), ("baseline_recalibrated", "baseline recalibrated"), ("after", "patched"))
 
 
 def load_report(path: Path) -> AuditResult:
-    """Read one report, refusing anything that is not our schema (or is a newer version of it) in one sentence.
+    """Read one audit report (see :func:`load_runs`)."""
+    runs = load_runs(path)
+    if len(runs) != 1:
+        raise UsageError(f"{path} is a patch report with several runs; read it with load_runs.")
+    return runs[0][1]
+
+
+def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
+    """The runs of one file: an audit report gives one (suffix None); a ``patch --eval --json`` report gives its
+    baseline, the baseline recalibrated (when there is one) and the patched model, each with its suffix.
 
     The file is read without blocking (a FIFO or device is refused unread), up to a size limit, as strict JSON (no
     NaN, Infinity or 1e400, bounded nesting), and every field compare reads is type-checked before it is used.
+    Anything else (or a newer version of a schema) is refused in one sentence.
     """
-    not_ours = "compare reads reports written by `shiftaudit eval --json`"
     try:
         raw = load_json(read_regular_file(path, MAX_REPORT_BYTES, "Report"))
     except JsonInputError as exc:
-        raise UsageError(f"{path} is not a shiftaudit audit report ({exc}); {not_ours}.") from None
+        raise UsageError(f"{path} is not a shiftaudit audit report ({exc}); {NOT_OURS}.") from None
+    if isinstance(raw, dict) and raw.get("schema") == PATCH_SCHEMA:
+        version = raw.get("schema_version")
+        if not is_int(version) or version > 1:
+            raise UsageError(f"{path} uses patch report schema version {_short(version)}, newer than this shiftaudit reads (1); upgrade shiftaudit.")
+        runs = [(suffix, _audit(raw[key], path)) for key, suffix in PATCH_RUNS if isinstance(raw.get(key), dict)]
+        if not runs:
+            raise UsageError(f"{path} is a patch report without audits; write one with `shiftaudit patch ... --eval --json FILE`.")
+        return list(runs)
+    return [(None, _audit(raw, path))]
+
+
+def _audit(raw: Any, path: Path) -> AuditResult:
+    not_ours = NOT_OURS
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not a shiftaudit audit report; {not_ours}.")
     version = raw.get("schema_version")
@@ -157,12 +182,16 @@ def compare_command(
     from ..atomicio import all_or_nothing, ensure_writable_dir, write_json_atomic
     from ..report.terminal import comparison_table, describe_shifts
 
-    if len(files) < 2:
-        raise UsageError("compare needs at least two reports, e.g. shiftaudit compare baseline.json patched.json.")
     check_outputs({"--json": json_out}, {"--out": (out, PICTURES)}, inputs=list(files))
     json_to_stdout(json_out)
     labels = run_names(files, names)
-    runs = [(label, load_report(path)) for label, path in zip(labels, files)]
+    runs, paths = [], []
+    for label, path in zip(labels, files):
+        for suffix, res in load_runs(path):
+            runs.append((label if suffix is None else f"{label} ({suffix})", res))
+            paths.append(path)
+    if len(runs) < 2:
+        raise UsageError("compare needs at least two runs, e.g. shiftaudit compare baseline.json patched.json, or one `patch --eval --json` report.")
     notes = check_same_data(runs)
     first = runs[0][1]
     console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}", width=console.width))
@@ -172,7 +201,7 @@ def compare_command(
     pictures: list[Path | None] = []
     with all_or_nothing():
         if json_out is not None:
-            write_json_atomic(json_out, comparison_json(runs, files, notes))
+            write_json_atomic(json_out, comparison_json(runs, paths, notes))
             if str(json_out) != "-":
                 written.append(json_out)
         if out is not None:

@@ -49,7 +49,7 @@ from ..report.terminal import sig
 from .eval_cmd import QuietOpt
 
 MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
-FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: binomial5 for blurpool, none (delta) for aps.")]
+FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: tri3 for blurpool (post hoc it keeps more accuracy than binomial5; see docs/patching.md), none (delta) for aps.")]
 PadOpt = Annotated[str | None, typer.Option("--pad", help="Blur padding: reflect, zero, circular or replicate. Default: reflect for blurpool, circular for aps.")]
 
 
@@ -127,8 +127,15 @@ def patch_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and stop.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the patched model here (.safetensors with metadata, or a TorchScript archive with --format torchscript).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="safetensors or torchscript.")] = "safetensors",
-    recalibrate: Annotated[int, typer.Option("--recalibrate", min=0, help="Re-estimate BatchNorm statistics on this many --data images after patching (labels unused).")] = 0,
+    recalibrate: Annotated[int, typer.Option("--recalibrate", min=0, help="Re-estimate the statistics of the BatchNorm layers after the first blur on this many --calibration-data images, drawn in a random order seeded by --seed (labels unused).")] = 0,
+    calibration_data: Annotated[Path | None, typer.Option("--calibration-data", help="Images for --recalibrate (any data --data reads; labels ignored). Keep them apart from the --data you evaluate on.")] = None,
+    distill_data: Annotated[Path | None, typer.Option("--distill", help="Fine-tune the patched model to agree with the original (label-free distillation, random circular shifts) on the images here (any data --data reads; labels ignored).")] = None,
+    distill_steps: Annotated[int, typer.Option("--distill-steps", min=1, help="Distillation budget: optimiser steps (batches of 32).")] = 300,
+    distill_seconds: Annotated[float, typer.Option("--distill-seconds", min=0.001, help="Distillation budget: seconds of training; it stops at whichever budget comes first.")] = 120.0,
+    distill_lr: Annotated[float, typer.Option("--distill-lr", min=1e-9, help="Distillation learning rate (Adam, every parameter).")] = 1e-3,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Warn when the patched model's top-1 agrees with the original's on fewer of the --data images (at zero shift) than this share.")] = 0.9,
     evaluate: Annotated[bool, typer.Option("--eval", help="Audit the original and the patched model on --data and compare them side by side.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="With --eval: write the report folder `eval --out` writes for each model (sub-folders before/, after/, and baseline_recalibrated/ with --recalibrate) and report.html with them side by side.")] = None,
     data: DataOpt = None,
     data_kind: DataKindOpt = "auto",
     class_map: ClassMapOpt = None,
@@ -158,21 +165,30 @@ def patch_command(
     from ..engine import resolve_device
     from ..errors import UsageError
     from ..inspection import inspect_model
-    from ..patching import PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm
+    from ..patching import SMALL_CALIBRATION, PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm, top1_agreement
     from ..report.terminal import comparison_table, describe_shifts, inspection_table
     from .eval_cmd import load_dataset_from_cli, run_eval
     from .progress import RichProgress
 
     if fmt not in ("safetensors", "torchscript"):
         raise UsageError(f"--format must be safetensors or torchscript, got {fmt!r}.")
-    if (evaluate or recalibrate) and data is None:
-        raise UsageError(f"{'--eval' if evaluate else '--recalibrate'} needs --data (the images to {'audit' if evaluate else 'estimate statistics on'}).")
-    if dry_run and (output is not None or evaluate or recalibrate):
-        raise UsageError("--dry-run only shows the plan: drop --output, --eval and --recalibrate, or drop --dry-run.")
+    if evaluate and data is None:
+        raise UsageError("--eval needs --data (the images to audit).")
+    if recalibrate and calibration_data is None:
+        raise UsageError("--recalibrate needs --calibration-data (unlabelled images to estimate statistics on, apart from the --data you evaluate on).")
+    if calibration_data is not None and not recalibrate:
+        raise UsageError("--calibration-data is used by --recalibrate N: add --recalibrate, or drop --calibration-data.")
+    if out is not None and not evaluate:
+        raise UsageError("--out writes the before/after report of --eval: add --eval (and --data), or drop --out.")
+    if dry_run and (output is not None or evaluate or recalibrate or distill_data is not None):
+        raise UsageError("--dry-run only shows the plan: drop --output, --eval, --recalibrate and --distill, or drop --dry-run.")
     pad = pad or ("circular" if method == "aps" else "reflect")
     config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
-    check_outputs({"--output": output, "--json": json_out}, inputs=[model])
+    from ..report.outputs import side_by_side_files
+
+    check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(("before", "after", "baseline_recalibrated")))},
+                  inputs=[model])
     json_to_stdout(json_out)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     if loaded.format == "torchscript":
@@ -202,14 +218,51 @@ def patch_command(
         dataset = load_dataset_from_cli(loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std,
                                         data_kind=data_kind, class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
                                         shift_mode=shift_mode if evaluate else "circular", max_shift=max_shift)
+    def unlabelled(path: Path) -> Any:
+        return load_dataset_from_cli(loaded, path, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind="auto",
+                                     class_map=None, limit=None, seed=seed, strict=strict, raw=raw)
+
+    calibration = unlabelled(calibration_data) if calibration_data is not None else None
+    distill_set = unlabelled(distill_data) if distill_data is not None else None
     dev = resolve_device(device)
     report: dict[str, Any] = {"schema": "shiftaudit/patch-report", "schema_version": 1, "model": str(model), **result.to_json()}
+    baseline_recal = None
     if recalibrate:
-        used = recalibrate_batchnorm(result.model, dataset, num_images=recalibrate, device=dev, progress=RichProgress(enabled=not quiet))
-        report["recalibrated_images"] = used
+        import copy
+
+        rec = recalibrate_batchnorm(result.model, calibration, num_images=recalibrate, seed=seed, device=dev, progress=RichProgress(enabled=not quiet))
+        report["recalibrated_images"] = rec.images
+        report["recalibration"] = {**rec.to_json(), "data": str(calibration_data), "seed": seed}
         if not quiet:
-            console.print(f"re-estimated BatchNorm statistics on {used} images")
+            console.print(Text(f"re-estimated {len(rec.layers)} BatchNorm layers (those after the first blur) on {rec.images} images"), soft_wrap=True)
+        if 0 < rec.images < SMALL_CALIBRATION:
+            err_console.print(Text(f"warning: BatchNorm statistics re-estimated on only {rec.images} images (fewer than {SMALL_CALIBRATION}) are noisy; "
+                                   "give more --calibration-data, or use --distill DIR instead."), soft_wrap=True)
+        if evaluate and rec.layers:  # the control: the same layers re-estimated on the unpatched model
+            baseline_recal = copy.deepcopy(loaded.model)
+            recalibrate_batchnorm(baseline_recal, calibration, num_images=recalibrate, seed=seed, layers=rec.layers, device=dev)
+            baseline_recal.eval().cpu()
+    if distill_set is not None:
+        from ..patching import distill
+
+        d = distill(loaded.model, result.model, distill_set, steps=distill_steps, seconds=distill_seconds, seed=seed, lr=distill_lr,
+                    max_shift=max_shift, device=dev, progress=RichProgress(enabled=not quiet))
+        report["distill"] = {**d.to_json(), "data": str(distill_data)}
+        if not quiet:
+            console.print(Text(f"distilled {d.steps} steps ({d.stopped_by} budget) in {sig(d.seconds)} s on {d.train_images} images; "
+                               f"top-1 agreement with the original on {d.heldout_images} held-out images: "
+                               f"{100 * d.agreement_before:.1f} % -> {100 * d.agreement_after:.1f} % as given, "
+                               f"{100 * d.shifted_agreement_before:.1f} % -> {100 * d.shifted_agreement_after:.1f} % shifted"), soft_wrap=True)
     result.model.eval().cpu()
+    loaded.model.eval().cpu()
+    if dataset is not None and result.patched:
+        agree = top1_agreement(loaded.model, result.model, dataset, device=dev)
+        result.model.eval().cpu()
+        loaded.model.eval().cpu()
+        report["agreement"] = {"zero_shift_top1": agree, "threshold": min_agreement}
+        if agree < min_agreement:
+            err_console.print(Text(f"warning: the patched model agrees with the original on only {100 * agree:.1f} % of the --data images at zero shift "
+                                   f"(below --min-agreement {100 * min_agreement:g} %); --distill DIR fine-tunes it to agree, on unlabelled images."), soft_wrap=True)
 
     if output is not None:
         report["output"] = str(output)
@@ -220,20 +273,35 @@ def patch_command(
                       device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet)
         before = run_eval(loaded, dataset, **kwargs)
         after = run_eval(dataclasses.replace(loaded, model=result.model, patch_spec=result.spec), dataset, **kwargs)
+        control = run_eval(dataclasses.replace(loaded, model=baseline_recal), dataset, **kwargs) if baseline_recal is not None else None
         shape = (1, prep.channels, *prep.size)
         lat_before, lat_after = compare_latency_stats([loaded.model, result.model], shape, device=dev)
         title = f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
-        console.print(comparison_table(title=title, results=[("Baseline", before), (f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})", after)], width=console.width))
+        patched_name = f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})"
+        if distill_set is not None:
+            patched_name = patched_name[:-1] + ", distilled)"
+        columns = [("Baseline", before)] + ([("Baseline recalibrated", control)] if control is not None else []) + [(patched_name, after)]
+        console.print(comparison_table(title=title, results=columns, width=console.width))
         console.print(latency_table(lat_before, lat_after, shape, str(dev)))
         noisy = latency_warning(lat_before, lat_after)
         if noisy:
             err_console.print(Text(noisy, style="yellow"), soft_wrap=True)
         report["before"] = before.to_json()
         report["after"] = after.to_json()
+        if control is not None:
+            report["baseline_recalibrated"] = control.to_json()
         report["latency_ms"] = {"baseline": lat_before.median, "patched": lat_after.median, "input_shape": list(shape), "device": str(dev),
                                 "repeats": lat_before.repeats, "spread": {"baseline": lat_before.to_json(), "patched": lat_after.to_json()},
                                 "noise_exceeds_difference": noisy is not None}
+    written: list[Path] = []
     with all_or_nothing():  # the patched model and the report are written together, after every step succeeded
+        if out is not None:
+            from ..report.outputs import write_side_by_side_dir
+
+            runs = [("Baseline", "before", before)] + ([("Baseline recalibrated", "baseline_recalibrated", control)] if control is not None else [])
+            runs.append((patched_name, "after", after))
+            written = write_side_by_side_dir(runs, out, title=f"shiftaudit patch: {Path(str(model)).name}, before / after",
+                                             intro=title, dataset=dataset)
         if output is not None:
             import torch
 
@@ -242,10 +310,13 @@ def patch_command(
             result.model.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before --eval ran it
             save_model(result.model, output, format=fmt, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, num_classes=loaded.num_classes, preprocessing=prep,
                        class_names=loaded.class_names, patch_spec=result.spec,
-                       extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0)})
+                       extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0),
+                                       "distill_steps": report.get("distill", {}).get("steps", 0)})
         if json_out is not None:
             write_json_atomic(json_out, report)
     if not quiet and output is not None:
         console.print(rebuild_message(output, fmt, loaded.arch), soft_wrap=True)
     if not quiet and json_out is not None and str(json_out) != "-":
         console.print(f"wrote {json_out}")
+    if not quiet and out is not None:
+        console.print(Text(f"wrote {len(written)} files to {out}: open {Path(out) / 'report.html'}"), soft_wrap=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from .calibrate import batchnorm_layers, recalibrate_batchnorm
+from .calibrate import SMALL_CALIBRATION, Recalibration, batchnorm_layers, downstream_batchnorms, recalibrate_batchnorm, top1_agreement
+from .distill import DistillResult, distill
 from .config import SPEC_VERSION, PatchConfig
 from .costs import LatencyStats, compare_latency, compare_latency_stats, latency_too_noisy, conv_total_variation, filter_total_variation, measure_latency
 from .modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d, pool_output_size
 from .rewrite import PatchResult, PatchStep, apply_patch_spec, make_convs_circular, patch, patch_model, plan_patch
 
 __all__ = [
-    "SPEC_VERSION", "LatencyStats", "PatchConfig", "compare_latency", "compare_latency_stats", "latency_too_noisy", "PatchResult", "PatchStep", "apply_patch_spec", "batchnorm_layers",
+    "SMALL_CALIBRATION", "SPEC_VERSION", "DistillResult", "LatencyStats", "PatchConfig", "Recalibration", "distill", "downstream_batchnorms",
+    "compare_latency", "compare_latency_stats", "latency_too_noisy", "PatchResult", "PatchStep", "apply_patch_spec", "batchnorm_layers",
     "conv_total_variation", "filter_total_variation", "make_convs_circular", "measure_latency", "patch",
-    "patch_model", "plan_patch", "recalibrate_batchnorm", "BlurThenConv2d", "ConvThenBlur2d", "PoolBlur2d",
+    "patch_model", "plan_patch", "recalibrate_batchnorm", "top1_agreement", "BlurThenConv2d", "ConvThenBlur2d", "PoolBlur2d",
     "pool_output_size",
 ]

@@ -19,7 +19,7 @@ class PatchConfig:
     (the paper's clean testbed); ``only``/``skip``: module names or globs (a name also matches everything under it)."""
 
     method: str = "blurpool"
-    filter: str | None = None  # default: binomial5 for blurpool, delta (no blur) for aps
+    filter: str | None = None  # default: tri3 for blurpool, delta (no blur) for aps
     pad: str = "reflect"
     stem: bool = False
     shortcuts: bool = True
@@ -35,7 +35,7 @@ class PatchConfig:
         from ..blurpool import normalize_pad_mode
         from ..filters import canonical_filter_name
 
-        default = "binomial5" if self.method == "blurpool" else "delta"
+        default = "tri3" if self.method == "blurpool" else "delta"  # tri3: chosen by the post-hoc trade-off in docs/patching.md
         object.__setattr__(self, "filter", canonical_filter_name(self.filter or default))
         object.__setattr__(self, "pad", normalize_pad_mode(self.pad))
         object.__setattr__(self, "only", tuple(self.only))

@@ -206,3 +206,43 @@ def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]]
 def write_html_report(result: AuditResult, path: str | Path, pictures: Sequence[Path | tuple[str, Path]] = ()) -> Path:
     """Write the self-contained page atomically; ``pictures`` are PNG paths (captioned by their stem) or (caption, path)."""
     return write_text_atomic(path, render_html(result, pictures))
+
+
+def render_side_by_side_html(runs: Sequence[tuple[str, AuditResult]], pictures: Sequence[Sequence[Path]], title: str,
+                             intro: str = "") -> str:
+    """One page with several runs of the same data side by side (``patch --eval --out``): the comparison table, then
+    each kind of picture in one row, one column per run. ``pictures[i]`` are run i's PNGs (matched by file name)."""
+    from .. import __version__
+    from .terminal import compare_rows
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}.row{{display:flex;gap:12px}}.row>div{{flex:1;min-width:0}}"
+        f".row h3{{font-size:14px;margin:8px 0 0}}main{{max-width:1600px}}</style></head><body><main>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="sub">{esc(intro or describe_run(runs[0][1]))}</p>',
+        "<h2>Summary</h2>",
+    ]
+    rows = compare_rows(list(runs))
+    parts.append(_table([[r.metric, *(r.cell(i) for i in range(len(runs)))] for r in rows], ("Metric", *(n for n, _ in runs)),
+                        ("", *("num" for _ in runs))))
+    stems: list[str] = []
+    for pics in pictures:
+        for p in pics:
+            if Path(p).stem not in stems:
+                stems.append(Path(p).stem)
+    if stems:
+        parts.append("<h2>Pictures</h2>")
+    for stem in stems:
+        cells = []
+        for (name, res), pics in zip(runs, pictures):
+            match = [p for p in pics if Path(p).stem == stem]
+            body = _picture((name, match[0]), _shift_mode(res)) if match else '<p class="sub">not available</p>'
+            cells.append(f"<div><h3>{esc(name)}</h3>{body}</div>")
+        parts.append(f'<p class="sub">{esc(caption(stem, _shift_mode(runs[0][1])))}</p><div class="row">{"".join(cells)}</div>')
+    parts.append(f"<footer>Written by shiftaudit {esc(__version__)}. Each run's own report (report.json, report.html "
+                 "and its pictures) is in the sub-folder of its name.</footer>")
+    parts.append("</main></body></html>\n")
+    return "\n".join(parts)

@@ -52,3 +52,29 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
         written += pictures
         written.append(write_html_report(result, out / "report.html", pictures))
     return written
+
+
+def side_by_side_files(folders: tuple[str, ...]) -> tuple[str, ...]:
+    """Every file :func:`write_side_by_side_dir` may write for these sub-folders (for the CLI's up-front check)."""
+    return ("report.html", *(f"{f}/{name}" for f in folders for name in REPORT_FILES))
+
+
+def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: str | Path, *, title: str, intro: str = "",
+                           dataset: Any = None) -> list[Path]:
+    """Several runs on the same data (``patch --eval --out``): each run's full report folder (what ``eval --out``
+    writes) in a sub-folder, and ``report.html`` with the runs side by side. ``runs``: (name, sub-folder, result).
+    All or nothing; returns the files written."""
+    from ..atomicio import write_text_atomic
+    from .html import render_side_by_side_html
+
+    with all_or_nothing():
+        out = ensure_writable_dir(out_dir)
+        written: list[Path] = []
+        pictures: list[list[Path]] = []
+        for _name, folder, result in runs:
+            files = write_report_dir(result, out / folder, dataset=dataset)
+            written += files
+            pictures.append([p for p in files if Path(p).suffix == ".png"])
+        page = render_side_by_side_html([(n, r) for n, _f, r in runs], pictures, title=title, intro=intro)
+        written.append(write_text_atomic(out / "report.html", page))
+    return written
