@@ -199,4 +199,4 @@ def test_patch_eval_has_no_nan_change_and_inspect_shows_the_whole_patch(case, tm
             break
         cell.append(line)
     row = " ".join(part.split("\u2502", 1)[-1].strip() for part in cell)  # the wrapped cell, joined
-    assert "filter binomial5" in row and f"{len(spec['patched'])} layers: " + ", ".join(spec["patched"]) in row
+    assert f"filter {spec['filter']}" in row and f"{len(spec['patched'])} layers: " + ", ".join(spec["patched"]) in row
