@@ -3,11 +3,15 @@ from one another."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -372,3 +376,20 @@ def save_imagenet_model(path: Path, scale: float = 4.0) -> Path:
         head.bias[keep] = 0.0
     torch.save(model.eval().state_dict(), path)
     return path
+
+
+@contextlib.contextmanager
+def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tuple[Any, Path, Path]]:
+    """The test models as importable ``module`` (on sys.path while inside), a tiny 3-class state dict saved as
+    ``root/tiny.pt`` and an ImageFolder ``root/val`` (``folder``: write_image_folder's options): (module, ckpt, data)."""
+    write_models_module(root / "pkgs", module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root / "pkgs"))
+        mod = __import__(module)
+        torch.manual_seed(0)
+        ckpt = root / "tiny.pt"
+        torch.save(mod.tiny(3).state_dict(), ckpt)
+        try:
+            yield mod, ckpt, write_image_folder(root / "val", **folder)
+        finally:
+            sys.modules.pop(module, None)

@@ -23,13 +23,23 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shiftaudit.atomicio import all_or_nothing, atomic_path, write_bytes_atomic, write_json_atomic
+from shiftaudit.atomicio import (
+    all_or_nothing,
+    atomic_path,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from shiftaudit.errors import OutputError
-from tests.helpers import assert_clean_error, cli, synthetic_result, write_image_folder, write_models_module
+from tests.helpers import (
+    assert_clean_error,
+    cli,
+    synthetic_result,
+    tiny_models_on_path,
+    write_image_folder,
+)
 
 MODULE = "sa_fault_outputs_models"
 REPO = Path(__file__).resolve().parents[1]
@@ -40,17 +50,9 @@ pytestmark = pytest.mark.timeout(60)  # a FIFO opened by mistake blocks forever:
 def setup(tmp_path_factory: pytest.TempPathFactory):
     """The test models on sys.path, a tiny 3-class state dict, a 16x16 ImageFolder of 3 images, two reports."""
     root = tmp_path_factory.mktemp("outputs")
-    write_models_module(root / "pkgs", MODULE)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(root / "pkgs"))
-        mod = __import__(MODULE)
-        torch.manual_seed(0)
-        ckpt = root / "tiny.pt"
-        torch.save(mod.tiny(3).state_dict(), ckpt)
-        data = write_image_folder(root / "val", classes=3, per_class=1)
+    with tiny_models_on_path(root, MODULE, classes=3, per_class=1) as (_, ckpt, data):
         reports = [synthetic_result(name="a").save_json(root / "a.json"), synthetic_result(0.1, name="b").save_json(root / "b.json")]
         yield root, ckpt, data, reports
-    sys.modules.pop(MODULE, None)
 
 
 def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:

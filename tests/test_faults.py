@@ -7,7 +7,6 @@ leave a half-written one, and each must end with one line saying what happened.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,10 @@ import torch
 
 from shiftaudit.atomicio import atomic_path, write_bytes_atomic, write_json_atomic
 from shiftaudit.errors import ModelError, OutputError, ShiftAuditError
-from tests.helpers import cli, write_image_folder, write_models_module
+from tests.helpers import (
+    cli,
+    tiny_models_on_path,
+)
 
 MODULE = "sa_faults_models"
 
@@ -23,17 +25,8 @@ MODULE = "sa_faults_models"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     """The test models on sys.path, a tiny 3-class state dict and a 16x16 ImageFolder of 6 images."""
-    root = tmp_path_factory.mktemp("faults")
-    write_models_module(root / "pkgs", MODULE)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(root / "pkgs"))
-        mod = __import__(MODULE)
-        torch.manual_seed(0)
-        ckpt = root / "tiny.pt"
-        torch.save(mod.tiny(3).state_dict(), ckpt)
-        data = write_image_folder(root / "val")
-        yield mod, ckpt, data
-    sys.modules.pop(MODULE, None)
+    with tiny_models_on_path(tmp_path_factory.mktemp("faults"), MODULE) as setup:
+        yield setup
 
 
 def _eval(ckpt: Path, data: Path, factory: str, *extra: object):
