@@ -2,7 +2,7 @@
 
 Forms compared on the same inputs, in the same run (so the ratios are meaningful on a busy machine):
 
-- ``strided``: pad once, one depthwise 2-D conv at stride s (``shiftaudit.blurpool.blur_pool2d``, the library's form);
+- ``strided``: pad once, one depthwise 2-D conv at stride s (``shiftaudit.antialias.blurpool.blur_pool2d``, the library's form);
 - ``separable``: pad once, a vertical k x 1 conv at stride (s, 1), then a horizontal 1 x k conv at stride (1, s);
 - ``naive``: blur densely at stride 1, then slice ``[..., ::s, ::s]`` (Eq. 3 read literally);
 - ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (never a dependency).
@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from shiftaudit.blurpool import blur_pool2d, pad_for_blur
-from shiftaudit.filters import get_filter, get_filter_info
+from shiftaudit.antialias.blurpool import blur_pool2d, pad_for_blur
+from shiftaudit.antialias.filters import get_filter, get_filter_info
 
 Form = Callable[[torch.Tensor, str, int, str], torch.Tensor]
 

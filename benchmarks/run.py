@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from shiftaudit.atomicio import write_json_atomic
-from shiftaudit.engine import audit
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.engine.runner import audit
+from shiftaudit.shifts.sets import ShiftSet
 
 SCHEMA = "shiftaudit/bench"
 NAIVE_METRICS = ("consistency_exact", "variation", "adversarial", "accuracy_map", "flip_rate")

@@ -36,7 +36,7 @@ def make_inputs(work: Path) -> dict[str, Path]:
     """A zero-padded resnet18 (4 classes, seeded) as a state dict, and labelled and unlabelled 40x40 image files."""
     import torchvision
 
-    from shiftaudit.synthetic import make_synthetic
+    from shiftaudit.data.synthetic import make_synthetic
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=4).eval()
@@ -95,7 +95,7 @@ def early_exit(f: dict[str, Path], path: Path) -> None:
     """Adversary early exit is API-only: an adversarial-curve audit through :func:`shiftaudit.audit`."""
     import shiftaudit
     from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
-    from shiftaudit.shifts import ShiftSet
+    from shiftaudit.shifts.sets import ShiftSet
 
     torch.set_num_threads(1)
     loaded = shiftaudit.load_model(f["ckpt"], arch="resnet18", num_classes=4)

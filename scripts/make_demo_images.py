@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from shiftaudit.models.demo import DEMO_TEST_SEED, DEMO_TRAIN_SEED
-from shiftaudit.synthetic import make_synthetic
+from shiftaudit.data.synthetic import make_synthetic
 
 
 def main() -> None:

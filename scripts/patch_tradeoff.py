@@ -16,10 +16,10 @@ import dataclasses
 import torch
 
 from shiftaudit.cli.demo_cmd import demo_dataset
-from shiftaudit.engine import audit
+from shiftaudit.engine.runner import audit
 from shiftaudit.loading import load_model
 from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_checkpoint_path
-from shiftaudit.patching import PatchConfig, distill, patch_model, recalibrate_batchnorm, top1_agreement
+from shiftaudit.antialias import PatchConfig, distill, patch_model, recalibrate_batchnorm, top1_agreement
 
 
 def main() -> None:

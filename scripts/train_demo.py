@@ -9,7 +9,7 @@ the baseline's data, seed and schedule, so that ``shiftaudit demo --compare-anti
 That checkpoint is written with :func:`shiftaudit.loading.save_model` and carries the patch spec, so
 ``load_model`` rebuilds the blurred architecture before loading the weights.
 
-The model is trained WITHOUT shift augmentation on synthetic shapes (``shiftaudit.synthetic``), so that
+The model is trained WITHOUT shift augmentation on synthetic shapes (``shiftaudit.data.synthetic``), so that
 ``shiftaudit demo`` has an accurate model that is measurably not shift-invariant. The run is deterministic given
 ``--seed`` (and the thread count, fixed to 2). It reports test accuracy on the demo test images (seed
 ``DEMO_TEST_SEED``) and a quick sampled classification consistency (argmax agreement at two random circular shifts).
@@ -39,9 +39,9 @@ from shiftaudit.models.demo import (  # noqa: E402
     demo_checkpoint_path,
     demo_cnn,
 )
-from shiftaudit.patching import PatchConfig, patch_model  # noqa: E402
-from shiftaudit.presets import Preprocessing  # noqa: E402
-from shiftaudit.synthetic import make_synthetic  # noqa: E402
+from shiftaudit.antialias import PatchConfig, patch_model  # noqa: E402
+from shiftaudit.data.presets import Preprocessing  # noqa: E402
+from shiftaudit.data.synthetic import make_synthetic  # noqa: E402
 
 PREP = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), name="demo")
 

@@ -13,20 +13,20 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ShiftAuditError": "shiftaudit.errors",
-    "Preprocessing": "shiftaudit.presets",
+    "Preprocessing": "shiftaudit.data.presets",
     "load_model": "shiftaudit.loading",
     "build_model": "shiftaudit.loading",
     "save_model": "shiftaudit.loading",
     "LoadedModel": "shiftaudit.loading",
     "load_data": "shiftaudit.data",
-    "ShiftSet": "shiftaudit.shifts",
-    "audit": "shiftaudit.engine",
+    "ShiftSet": "shiftaudit.shifts.sets",
+    "audit": "shiftaudit.engine.runner",
     "AuditResult": "shiftaudit.result",
-    "inspect_model": "shiftaudit.inspection",
-    "get_filter": "shiftaudit.filters",
-    "BlurPool2d": "shiftaudit.blurpool",
-    "blur_pool2d": "shiftaudit.blurpool",
-    "patch": "shiftaudit.patching",
+    "inspect_model": "shiftaudit.antialias.inspection",
+    "get_filter": "shiftaudit.antialias.filters",
+    "BlurPool2d": "shiftaudit.antialias.blurpool",
+    "blur_pool2d": "shiftaudit.antialias.blurpool",
+    "patch": "shiftaudit.antialias",
 }
 
 __all__ = ["__version__", *_EXPORTS]

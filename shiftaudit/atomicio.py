@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from shiftaudit.errors import OutputError
 
 _KINDS = (
     (stat.S_ISLNK, "a symbolic link"),

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from shiftaudit.errors import UsageError
 
 MAX_DEPTH = 64  # a report nests about 6 levels deep; a class map 2
 

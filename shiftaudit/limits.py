@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import UsageError
+from shiftaudit.errors import UsageError
 
 MAX_SIDE = 4096  # px: preprocessed image or crop canvas side (3 x 4096^2 float32 = 192 MiB per image)
 MAX_PIXELS = 64 * 1024 * 1024  # pixels of one image after a resize (an aspect-ratio bomb: 1 x 20000 -> 256 x 5.1M)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomicio import write_json_atomic
+from shiftaudit.atomicio import write_json_atomic
 
 SCHEMA = "shiftaudit/audit-report"
 SCHEMA_VERSION = 1
@@ -115,7 +115,7 @@ class AuditResult:
 
     @classmethod
     def from_json(cls, report: dict[str, Any]) -> AuditResult:
-        from .errors import UsageError
+        from shiftaudit.errors import UsageError
 
         if report.get("schema") != SCHEMA:
             raise UsageError("This JSON file is not a shiftaudit audit report.")

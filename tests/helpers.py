@@ -313,7 +313,7 @@ def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: 
         notes=["a test note"],
     )
     if gate:
-        from shiftaudit.gate import build_thresholds, evaluate_gate
+        from shiftaudit.gating import build_thresholds, evaluate_gate
 
         result.gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.95, min_adv_accuracy=["2=0.5"])).to_json()
     return result

@@ -7,8 +7,8 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from shiftaudit.patching import PatchConfig, apply_patch_spec, patch, patch_model
-from shiftaudit.patching.aps import APSDown2d
+from shiftaudit.antialias import PatchConfig, apply_patch_spec, patch, patch_model
+from shiftaudit.antialias.aps import APSDown2d
 
 from .helpers import tiny_cnn
 
@@ -54,7 +54,7 @@ def test_aps_resnet18_with_circular_padding_is_exactly_invariant(size):
 
 
 def test_aps_resnet18_audits_to_exact_consistency_one():
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
 
     torch.manual_seed(0)
     model = patch(torchvision.models.resnet18(num_classes=10), method="aps", stem=True, circular_conv=True).eval()

@@ -9,7 +9,7 @@ import torch.fx
 from torch import nn
 
 from benchmarks.bench_blurpool import FORMS
-from shiftaudit.blurpool import (
+from shiftaudit.antialias.blurpool import (
     BlurPool2d,
     blur_pool2d,
     make_blur_kernel,
@@ -17,7 +17,7 @@ from shiftaudit.blurpool import (
     pad_amounts,
 )
 from shiftaudit.errors import UsageError
-from shiftaudit.filters import filter_2d, filter_names
+from shiftaudit.antialias.filters import filter_2d, filter_names
 
 MODES = ["reflect", "zero", "circular", "replicate"]
 NP_MODE = {"reflect": "reflect", "zero": "constant", "circular": "wrap", "replicate": "edge"}

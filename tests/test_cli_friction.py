@@ -331,7 +331,7 @@ def fake_clock(durations):
 
 
 def patch_eval(tmp_path, monkeypatch, durations):
-    from shiftaudit.patching import costs
+    from shiftaudit.antialias import costs
 
     monkeypatch.setattr(costs, "clock", fake_clock(durations))
     data = write_image_folder(tmp_path / "photos", classes=3, per_class=1, size=16)

@@ -52,7 +52,7 @@ def test_patch_saves_a_model_that_reloads_without_flags(files, tmp_path):
     assert rep["spec"]["filter"] == "tri3" and "layer3.0.conv1" in rep["spec"]["patched"]
 
     from shiftaudit.loading import load_model
-    from shiftaudit.patching import patch
+    from shiftaudit.antialias import patch
 
     loaded = load_model(out)
     assert loaded.arch == "resnet18" and loaded.patch_spec["filter"] == "tri3"

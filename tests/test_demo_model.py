@@ -19,8 +19,8 @@ from shiftaudit.models import (
     vgg13_cifar,
 )
 from shiftaudit.models.demo import DEMO_TRAIN_SEED
-from shiftaudit.presets import Preprocessing
-from shiftaudit.synthetic import CLASS_NAMES, make_synthetic
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.data.synthetic import CLASS_NAMES, make_synthetic
 
 
 def test_make_synthetic_is_deterministic_shaped_and_balanced() -> None:
@@ -81,9 +81,9 @@ def test_antialiased_demo_asset_loads_is_accurate_and_more_consistent() -> None:
     """The demo model trained WITH blur-before-subsampling (scripts/train_demo.py --antialias) is rebuilt from its
     patch spec, is as accurate, and is more shift-consistent than the baseline trained the same way without blur."""
     from shiftaudit.cli.demo_cmd import demo_dataset
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
     from shiftaudit.loading import load_model
-    from shiftaudit.patching import PoolBlur2d, apply_patch_spec
+    from shiftaudit.antialias import PoolBlur2d, apply_patch_spec
 
     path = demo_aa_checkpoint_path()
     assert path.is_file() and path.stat().st_size < 1_000_000, f"missing {path}: run scripts/train_demo.py --antialias tri3"
@@ -130,10 +130,10 @@ def test_patch_and_recalibration_raise_the_trained_demo_models_consistency():
     import dataclasses
 
     from shiftaudit.cli.demo_cmd import demo_dataset
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
     from shiftaudit.loading import load_model
     from shiftaudit.models.demo import DEMO_TRAIN_SEED
-    from shiftaudit.patching import PatchConfig, patch_model, recalibrate_batchnorm
+    from shiftaudit.antialias import PatchConfig, patch_model, recalibrate_batchnorm
 
     base = load_model(demo_checkpoint_path())
     data = demo_dataset(256, base.preprocessing)

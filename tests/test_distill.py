@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from shiftaudit.data import load_data
-from shiftaudit.patching import (
+from shiftaudit.antialias import (
     PatchConfig,
     distill,
     downstream_batchnorms,
@@ -41,7 +41,7 @@ def demo_images(n: int, seed: int, preprocessing):
 
 def write_demo_pngs(folder, n: int, seed: int) -> None:
     """A flat folder of unlabelled PNGs: the demo's synthetic images."""
-    from shiftaudit.synthetic import make_synthetic
+    from shiftaudit.data.synthetic import make_synthetic
 
     folder.mkdir(parents=True, exist_ok=True)
     images, _labels, _names = make_synthetic(n, seed=seed)
@@ -50,7 +50,7 @@ def write_demo_pngs(folder, n: int, seed: int) -> None:
 
 
 def write_demo_npz(path, n: int, seed: int) -> None:
-    from shiftaudit.synthetic import make_synthetic
+    from shiftaudit.data.synthetic import make_synthetic
 
     images, labels, _names = make_synthetic(n, seed=seed)
     np.savez(path, images=images, labels=labels)
@@ -265,7 +265,7 @@ def test_distilled_demo_keeps_accuracy_and_gains_consistency():
     original and keeps the consistency above it (docs/patching.md: 96.9 -> 45.3 -> 95.7 %, 98.52 -> 100 %)."""
     import dataclasses
 
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
 
     base = demo_model()
     test = demo_images(128, 90210, base.preprocessing)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shiftaudit.distributed import shard_indices
+from shiftaudit.engine.distributed import shard_indices
 from shiftaudit.models import demo_checkpoint_path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shiftaudit.engine import audit
+from shiftaudit.engine.runner import audit
 from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve, ExactConsistency
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from shiftaudit.engine import audit
+from shiftaudit.engine.runner import audit
 from shiftaudit.errors import DataError, ModelError
-from shiftaudit.passes import DrawPlan
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.engine.passes import DrawPlan
+from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from shiftaudit.data import load_data, read_class_map
 from shiftaudit.errors import DataError, UsageError
-from shiftaudit.presets import Preprocessing
+from shiftaudit.data.presets import Preprocessing
 from tests.helpers import assert_clean_error, cli, nothing_written, write_image_folder, write_images, write_models_module
 
 MODULE = "sa_faultinput_models"
@@ -188,7 +188,7 @@ def test_resume_refuses_another_package_version(env, tmp_path, monkeypatch):
 
 def test_resume_refuses_other_metrics_or_device_layout_through_the_api(tmp_path):
     """Parts the CLI cannot change on a CPU-only machine: the metrics asked for and the device's memory layout."""
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
     from shiftaudit.metrics import AccuracyAtZeroShift, SampledConsistency
     from tests.helpers import StopAfter, tiny_cnn
 
@@ -211,7 +211,7 @@ def test_resume_refuses_other_metrics_or_device_layout_through_the_api(tmp_path)
 def test_a_resumed_run_keeps_the_notes_of_images_read_before_the_interruption(tmp_path):
     """The decode flags of the images done before the interruption (here: grayscale images converted to RGB) are saved
     with the state, so the resumed report still counts them: the same JSON as an uninterrupted run."""
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
     from tests.helpers import StopAfter, tiny_cnn
 
     data = write_image_folder(tmp_path / "val", size=8)

@@ -61,7 +61,7 @@ def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
     def audit(*args: object, **kwargs: object) -> None:
         raise AssertionError("the audit started although an output was unusable")
 
-    monkeypatch.setattr("shiftaudit.engine.audit", audit)
+    monkeypatch.setattr("shiftaudit.engine.runner.audit", audit)
     monkeypatch.setattr("shiftaudit.cli.eval_cmd.audit", audit)
 
 

@@ -137,7 +137,7 @@ def test_unwritable_destinations_are_output_errors(tmp_path, where):
 # -- CUDA out of memory -------------------------------------------------------------------------------------------
 def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setup):
     """``_Forward`` catches torch.cuda.OutOfMemoryError on any device, so a model raising it tests the halving on CPU."""
-    from shiftaudit.engine import _Forward
+    from shiftaudit.engine.runner import _Forward
 
     mod, _, _ = setup
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setu
 
 
 def test_forward_out_of_memory_at_batch_one_is_a_clean_error():
-    from shiftaudit.engine import _Forward
+    from shiftaudit.engine.runner import _Forward
 
     class AlwaysOom(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from shiftaudit.errors import UsageError
-from shiftaudit.filters import (
+from shiftaudit.antialias.filters import (
     FilterInfo,
     canonical_filter_name,
     filter_2d,

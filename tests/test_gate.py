@@ -12,7 +12,7 @@ import math
 import pytest
 
 from shiftaudit.errors import UsageError
-from shiftaudit.gate import (
+from shiftaudit.gating import (
     Check,
     GateReport,
     Threshold,

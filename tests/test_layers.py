@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from shiftaudit.engine import audit
-from shiftaudit.layers import (
+from shiftaudit.engine.runner import audit
+from shiftaudit.metrics.layers import (
     FeatureDistance,
     LayerSpec,
     _cos_distance,
@@ -18,7 +18,7 @@ from shiftaudit.layers import (
     select_layers,
 )
 from shiftaudit.report.heatmaps import plot_layer_heatmaps
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.shifts.sets import ShiftSet
 
 
 def circular_vgg(channels=(8, 12, 16), classes: int = 5, pool: type = nn.MaxPool2d) -> nn.Sequential:
@@ -167,7 +167,7 @@ def test_heatmap_png_for_resnet18_at_64(tmp_path):
 @pytest.mark.slow
 def test_blurpool_patched_stack_has_lower_distances_at_the_same_layers():
     """Fig. 4 (b) vs (a): with MaxBlurPool, features stay closer to equivariant after each downsampling."""
-    from shiftaudit.patching import patch
+    from shiftaudit.antialias import patch
 
     torch.manual_seed(0)
     model = circular_vgg().double()

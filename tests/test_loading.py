@@ -22,7 +22,7 @@ from shiftaudit.loading import (
     read_state_dict,
     save_model,
 )
-from shiftaudit.presets import PRESETS
+from shiftaudit.data.presets import PRESETS
 from tests.helpers import tiny_cnn
 
 
@@ -174,7 +174,7 @@ def test_patched_checkpoint_applies_spec_before_weights(tmp_path, resnet, monkey
     patched.maxpool = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(2))
     save_model(patched, path, arch="resnet18", patch_spec={"filter": "rect2"})
 
-    monkeypatch.setitem(sys.modules, "shiftaudit.patching", None)
+    monkeypatch.setitem(sys.modules, "shiftaudit.antialias", None)
     with pytest.raises(CheckpointError, match="patch") as exc:
         load_model(path)
     assert_one_line(exc)
@@ -186,9 +186,9 @@ def test_patched_checkpoint_applies_spec_before_weights(tmp_path, resnet, monkey
         model.maxpool = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(2))
         return model
 
-    fake = types.ModuleType("shiftaudit.patching")
+    fake = types.ModuleType("shiftaudit.antialias")
     fake.apply_patch_spec = apply_patch_spec  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "shiftaudit.patching", fake)
+    monkeypatch.setitem(sys.modules, "shiftaudit.antialias", fake)
     loaded = load_model(path)
     assert calls == [{"filter": "rect2"}] and loaded.patch_spec == {"filter": "rect2"}
     assert same_outputs(loaded.model, patched)

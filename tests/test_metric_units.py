@@ -23,7 +23,7 @@ from shiftaudit.metrics.base import ShiftBatch
 from shiftaudit.metrics.layout import assemble
 from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
 from shiftaudit.metrics.stats import wilson_interval
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.shifts.sets import ShiftSet
 
 SHIFTS = ShiftSet.window((8, 8), 1)  # 9 shifts, zero first, ordered by radius
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from shiftaudit.blurpool import BlurPool2d
+from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.errors import UsageError
-from shiftaudit.patching import (
+from shiftaudit.antialias import (
     PatchConfig,
     apply_patch_spec,
     conv_total_variation,
@@ -22,7 +22,7 @@ from shiftaudit.patching import (
     plan_patch,
     recalibrate_batchnorm,
 )
-from shiftaudit.patching.modules import PoolBlur2d
+from shiftaudit.antialias.modules import PoolBlur2d
 
 from .helpers import tiny_cnn
 

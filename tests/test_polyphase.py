@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from shiftaudit.blurpool import BlurPool2d
-from shiftaudit.engine import audit
+from shiftaudit.antialias.blurpool import BlurPool2d
+from shiftaudit.engine.runner import audit
 from shiftaudit.models import vgg13_cifar
-from shiftaudit.polyphase import PolyphaseUnsupported, build_polyphase
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase
+from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 
 
@@ -159,7 +159,7 @@ def test_layers_fall_back_to_the_dense_engine():
     assert r.settings["engine"] == "dense" and "layers" in r.metrics
 
 
-# -- models patched by shiftaudit.patching with circular blur padding ------------------------------------------------
+# -- models patched by shiftaudit.antialias with circular blur padding ------------------------------------------------
 def _vgg_stack(spatial_head: bool = False, size: tuple[int, int] = (16, 16)) -> nn.Module:
     """conv-BN-ReLU, MaxPool(2), a strided conv straight into a conv (so the patch wraps it as ConvThenBlur2d),
     ReLU, MaxPool(2), then a global-pool or flatten head."""
@@ -196,7 +196,7 @@ class ResBlockNet(nn.Module):
 
 
 def _patched(name: str) -> tuple[nn.Module, tuple[int, int]]:
-    from shiftaudit.patching import patch
+    from shiftaudit.antialias import patch
 
     if name == "vgg-tri3":
         return patch(randomise(_vgg_stack()), filter="tri3", pad="circular"), (16, 16)
@@ -213,7 +213,7 @@ def _patched(name: str) -> tuple[nn.Module, tuple[int, int]]:
 def test_circularly_blurred_models_equal_the_naive_roll_loop(name):
     from torch import fx
 
-    from shiftaudit.patching import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+    from shiftaudit.antialias import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 
     torch.manual_seed(0)
     model, size = _patched(name)
@@ -254,7 +254,7 @@ def test_polyphase_leaves_the_patched_model_alone():
     ],
 )
 def test_patched_models_it_cannot_handle_are_refused(kwargs, why):
-    from shiftaudit.patching import patch
+    from shiftaudit.antialias import patch
 
     model = patch(randomise(_vgg_stack()), **kwargs).eval()
     shifts = ShiftSet.all_shifts((16, 16))

@@ -124,7 +124,7 @@ def test_imagenet_class_map_gives_imagenet_indices_and_class_names(case):
     from dataclasses import replace
 
     from shiftaudit.data import load_data
-    from shiftaudit.presets import get_preset
+    from shiftaudit.data.presets import get_preset
     from shiftaudit.report.figures import _class_name
 
     _, val = case

@@ -24,7 +24,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
-from shiftaudit.gate import Threshold, build_thresholds, evaluate_gate
+from shiftaudit.gating import Threshold, build_thresholds, evaluate_gate
 from shiftaudit.report.html import render_html
 from shiftaudit.report.terminal import audit_table
 from shiftaudit.result import AuditResult
@@ -431,7 +431,7 @@ def _side(hw) -> str:  # noqa: ANN001
 def test_inspection_table_rows_equal_the_points():
     import torchvision
 
-    from shiftaudit.inspection import inspect_model
+    from shiftaudit.antialias.inspection import inspect_model
     from shiftaudit.report.terminal import inspection_table
 
     insp = inspect_model(torchvision.models.resnet18(num_classes=10).eval(), (64, 64))
@@ -450,7 +450,7 @@ def test_inspection_table_rows_equal_the_points():
 def test_inspection_table_counts_squeeze_pools_in_its_caption():
     import torchvision
 
-    from shiftaudit.inspection import inspect_model
+    from shiftaudit.antialias.inspection import inspect_model
     from shiftaudit.report.terminal import inspection_table
 
     insp = inspect_model(torchvision.models.mobilenet_v3_small(num_classes=10).eval(), (64, 64))

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftaudit.engine import audit
+from shiftaudit.engine.runner import audit
 from shiftaudit.metrics import FlipExamples
 from shiftaudit.report import figures
 from shiftaudit.report.outputs import write_report_dir
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import assert_real_png, synthetic_result
 
 

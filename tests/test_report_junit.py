@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
-from shiftaudit.gate import build_thresholds, evaluate_gate
+from shiftaudit.gating import build_thresholds, evaluate_gate
 from shiftaudit.report.junit import SUITE_NAME, write_junit
 from tests.helpers import synthetic_result
 
@@ -83,7 +83,7 @@ def test_gate_report_and_no_gate(tmp_path):
 
 def test_eval_junit_end_to_end(tmp_path):
     from shiftaudit.models.demo import DEMO_TEST_SEED, demo_checkpoint_path
-    from shiftaudit.synthetic import make_synthetic
+    from shiftaudit.data.synthetic import make_synthetic
 
     images, labels, _ = make_synthetic(12, seed=DEMO_TEST_SEED)
     data = tmp_path / "demo.npz"

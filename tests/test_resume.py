@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from shiftaudit.engine import audit
+from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
 
 from .helpers import StopAfter, tiny_cnn

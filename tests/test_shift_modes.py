@@ -16,19 +16,19 @@ from typer.testing import CliRunner
 
 from shiftaudit.cli import app
 from shiftaudit.data import load_data
-from shiftaudit.engine import audit
+from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
 from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
-from shiftaudit.presets import Preprocessing
+from shiftaudit.data.presets import Preprocessing
 from shiftaudit.report.terminal import audit_table, describe_run
 from shiftaudit.result import AuditResult
-from shiftaudit.shiftmodes import (
+from shiftaudit.shifts.modes import (
     CropBank,
     FourierBank,
     fourier_shift,
     published_crop_shifts,
 )
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 
 runner = CliRunner()

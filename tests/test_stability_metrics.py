@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from shiftaudit.metrics.stability import neighbour_pairs
-from shiftaudit.passes import DrawPlan
-from shiftaudit.shifts import ShiftSet
+from shiftaudit.engine.passes import DrawPlan
+from shiftaudit.shifts.sets import ShiftSet
 
 from .helpers import tiny_cnn
 
@@ -21,7 +21,7 @@ def test_neighbour_pairs_of_a_window_and_of_all_shifts():
 
 
 def test_flip_rate_and_mac_match_a_naive_loop():
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
 
     torch.manual_seed(0)
     model = tiny_cnn(spatial_head=True, size=8).eval()
@@ -51,7 +51,7 @@ def test_flip_rate_is_omitted_with_a_note_when_the_set_has_no_one_pixel_neighbou
     """A grid of step 2 has no two shifts 1 px apart: no flip-rate row (never 'nan %'), a note saying how to get it."""
     from rich.console import Console
 
-    from shiftaudit.engine import audit
+    from shiftaudit.engine.runner import audit
     from shiftaudit.report.terminal import audit_table
 
     torch.manual_seed(0)

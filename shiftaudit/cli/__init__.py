@@ -16,8 +16,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import compare_cmd, demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
-from .common import name_the_option_first  # noqa: E402
+from shiftaudit.cli import compare_cmd, demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
+from shiftaudit.cli.common import name_the_option_first  # noqa: E402
 
 name_the_option_first()
 
@@ -29,7 +29,7 @@ def package_version() -> str:
     try:
         return version("shiftaudit")
     except PackageNotFoundError:
-        from .. import __version__
+        from shiftaudit import __version__
 
         return __version__
 

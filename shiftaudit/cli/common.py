@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
+from shiftaudit.errors import OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +144,7 @@ def audit_progress(exc: BaseException) -> tuple[int, int] | None:
     """``(images done, images in total)`` of the audit an exception stopped, or None when no audit was running.
 
     The engine may attach ``shiftaudit_progress = (done, total)`` to the exception; otherwise the counters are read
-    from the innermost ``shiftaudit.engine.audit`` frame of the traceback (a read of two local variables, so the
+    from the innermost ``shiftaudit.engine.runner.audit`` frame of the traceback (a read of two local variables, so the
     CLI can say how far a Ctrl-C got without the engine having to know about the CLI).
     """
     info = getattr(exc, "shiftaudit_progress", None)
@@ -154,7 +154,7 @@ def audit_progress(exc: BaseException) -> tuple[int, int] | None:
     tb = exc.__traceback__
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_code.co_name == "audit" and frame.f_globals.get("__name__") == "shiftaudit.engine":
+        if frame.f_code.co_name == "audit" and frame.f_globals.get("__name__") == "shiftaudit.engine.runner":
             done, total = frame.f_locals.get("images_done"), frame.f_locals.get("total_images")
             if isinstance(done, int) and isinstance(total, int):
                 found = (done, total)
@@ -182,7 +182,7 @@ def check_output_path(path: Path | None, flag: str, *, folder: bool = False, std
     caught too). ``folder``: a folder output, whose files ``names`` are checked the same way. ``stdout``: ``-``
     means standard output.
     """
-    from ..atomicio import check_destination, node_kind
+    from shiftaudit.atomicio import check_destination, node_kind
 
     if path is None or (stdout and str(path) == "-"):
         return
@@ -284,8 +284,8 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Image
 
 def load_model_from_cli(model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool,
                         arch_kwargs: str | None = None) -> Any:
-    from ..loading import load_model
-    from ..loading.architectures import parse_arch_kwargs
+    from shiftaudit.loading import load_model
+    from shiftaudit.loading.architectures import parse_arch_kwargs
 
     kwargs = parse_arch_kwargs(arch_kwargs)
     return load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, arch_kwargs=kwargs)
@@ -294,7 +294,7 @@ def load_model_from_cli(model: Path, arch: str | None, num_classes: int | None, 
 def resolve_cli_preprocessing(
     loaded: Any, preset: str | None, size: int | None, resize: int | None, mean: str | None, std: str | None, data: Path | None
 ) -> Any:
-    from ..presets import resolve_preprocessing
+    from shiftaudit.data.presets import resolve_preprocessing
 
     default = getattr(loaded, "preprocessing", None)
     if preset is None and default is None and data is not None and _looks_like_cifar(data):

@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
-from ..jsonfile import JsonInputError, load_json, read_regular_file
-from ..limits import is_int
-from ..report.schema import report_problem
-from ..result import SCHEMA, SCHEMA_VERSION, AuditResult
-from . import app
-from .common import check_outputs, console, handle_errors, json_to_stdout
+from shiftaudit.errors import UsageError
+from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.limits import is_int
+from shiftaudit.report.schema import report_problem
+from shiftaudit.result import SCHEMA, SCHEMA_VERSION, AuditResult
+from shiftaudit.cli import app
+from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
 
 COMPARISON_SCHEMA = "shiftaudit/comparison"
 DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
@@ -137,7 +137,7 @@ def _shifts(result: AuditResult) -> str:
 
 
 def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], notes: list[str]) -> dict[str, Any]:
-    from ..report.terminal import SIGNIFICANCE_RULE, compare_rows
+    from shiftaudit.report.terminal import SIGNIFICANCE_RULE, compare_rows
 
     rows = []
     for row in compare_rows(runs):
@@ -179,8 +179,8 @@ def compare_command(
 
     Exit codes: 0 compared, 2 a file is not a shiftaudit report, is newer than this version, or ran on other data.
     """
-    from ..atomicio import all_or_nothing, ensure_writable_dir, write_json_atomic
-    from ..report.terminal import comparison_table, describe_shifts
+    from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir, write_json_atomic
+    from shiftaudit.report.terminal import comparison_table, describe_shifts
 
     check_outputs({"--json": json_out}, {"--out": (out, PICTURES)}, inputs=list(files))
     json_to_stdout(json_out)
@@ -205,7 +205,7 @@ def compare_command(
             if str(json_out) != "-":
                 written.append(json_out)
         if out is not None:
-            from ..report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
+            from shiftaudit.report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
 
             folder = ensure_writable_dir(out)
             pictures = [

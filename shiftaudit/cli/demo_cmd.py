@@ -6,18 +6,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ..result import AuditResult
-from . import app
-from .common import DeviceOpt, check_outputs, console, handle_errors, json_to_stdout
-from .eval_cmd import JsonOpt, OutOpt, QuietOpt, report_result
+from shiftaudit.result import AuditResult
+from shiftaudit.cli import app
+from shiftaudit.cli.common import DeviceOpt, check_outputs, console, handle_errors, json_to_stdout
+from shiftaudit.cli.eval_cmd import JsonOpt, OutOpt, QuietOpt, report_result
 
 
 def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:
     import torch
 
-    from ..data import load_data
-    from ..models.demo import DEMO_TEST_SEED
-    from ..synthetic import make_synthetic
+    from shiftaudit.data import load_data
+    from shiftaudit.models.demo import DEMO_TEST_SEED
+    from shiftaudit.data.synthetic import make_synthetic
 
     seed = DEMO_TEST_SEED if seed is None else seed
     images, labels, names = make_synthetic(n, seed=seed)
@@ -65,12 +65,12 @@ def demo_command(
 ) -> None:
     """Audit the built-in demo model (a small circularly padded CNN trained without shift augmentation) on built-in
     synthetic images, at every circular shift."""
-    from ..engine import audit
-    from ..loading import load_model
-    from ..models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
-    from ..patching import PatchConfig
-    from ..report.outputs import REPORT_FILES
-    from .progress import RichProgress
+    from shiftaudit.engine.runner import audit
+    from shiftaudit.loading import load_model
+    from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
+    from shiftaudit.antialias import PatchConfig
+    from shiftaudit.report.outputs import REPORT_FILES
+    from shiftaudit.cli.progress import RichProgress
 
     # everything that can be refused is refused before the first audit, and the outputs are written once every
     # audit is done: a run writes all its outputs or none
@@ -86,7 +86,7 @@ def demo_command(
     if config is not None:
         import dataclasses
 
-        from ..patching import patch_model, recalibrate_batchnorm
+        from shiftaudit.antialias import patch_model, recalibrate_batchnorm
 
         patched = patch_model(loaded.model, config)
         calibration = demo_dataset(512, loaded.preprocessing, seed=DEMO_TRAIN_SEED)
@@ -107,7 +107,7 @@ def demo_command(
             console.print(line, soft_wrap=False)
         console.print()
     if len(columns) > 1:
-        from ..report.terminal import comparison_table, describe_shifts
+        from shiftaudit.report.terminal import comparison_table, describe_shifts
 
         console.print(comparison_table(columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}", width=console.width))
         console.print()

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from ..distributed import finish as finish_distributed
-from ..distributed import is_main_process
-from ..engine import audit, plan_shifts
-from ..gate import build_thresholds, evaluate_gate, validate_thresholds
-from ..report.outputs import REPORT_FILES, write_report_dir
-from ..report.terminal import audit_table, describe_run, layers_table, sig
-from . import app
-from .common import (
+from shiftaudit.engine.distributed import finish as finish_distributed
+from shiftaudit.engine.distributed import is_main_process
+from shiftaudit.engine.runner import audit, plan_shifts
+from shiftaudit.gating import build_thresholds, evaluate_gate, validate_thresholds
+from shiftaudit.report.outputs import REPORT_FILES, write_report_dir
+from shiftaudit.report.terminal import audit_table, describe_run, layers_table, sig
+from shiftaudit.cli import app
+from shiftaudit.cli.common import (
     ArchKwargsOpt,
     ArchOpt,
     BatchOpt,
@@ -50,7 +50,7 @@ from .common import (
     load_model_from_cli,
     resolve_cli_preprocessing,
 )
-from .progress import RichProgress
+from shiftaudit.cli.progress import RichProgress
 
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the JSON report to this path ('-' for stdout; the table then goes to stderr).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Report folder: report.json plus pictures and HTML.")]
@@ -87,7 +87,7 @@ def run_eval(
     shift_mode: str = "circular",
 ) -> Any:
     """Plan, validate the gate against the plan, run the audit and attach the gate verdict."""
-    from ..shiftmodes import input_geometry
+    from shiftaudit.shifts.modes import input_geometry
 
     size, margin = input_geometry(dataset, shift_mode, None, max_shift)  # crop mode: the data holds larger canvases
     shifts, exhaustive = plan_shifts(size, max_shift=margin if max_shift is None and margin else max_shift,
@@ -118,8 +118,8 @@ def run_eval(
 
 def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean, std, data_kind, class_map, limit, seed, strict, raw,  # type: ignore[no-untyped-def]
                           shift_mode: str = "circular", max_shift: int | None = None):
-    from ..data import load_data
-    from ..shiftmodes import check_shift_mode, crop_margin
+    from shiftaudit.data import load_data
+    from shiftaudit.shifts.modes import check_shift_mode, crop_margin
 
     prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
     check_shift_mode(shift_mode)
@@ -142,7 +142,7 @@ def write_outputs(result: Any, *, json_out: Path | None, out: Path | None, junit
                   dataset: Any = None) -> list[Path]:
     """Write every output of the run, all of them or none (a full disk at the last picture leaves no new report
     beside old pictures); returns the files written, for the "wrote ..." lines."""
-    from ..atomicio import all_or_nothing
+    from shiftaudit.atomicio import all_or_nothing
 
     written: list[Path] = []
     with all_or_nothing():
@@ -153,7 +153,7 @@ def write_outputs(result: Any, *, json_out: Path | None, out: Path | None, junit
         if out is not None:
             written += write_report_dir(result, out, dataset=dataset)
         if junit is not None:
-            from ..report.junit import write_junit
+            from shiftaudit.report.junit import write_junit
 
             written.append(write_junit(result, junit))
     return written
@@ -163,7 +163,7 @@ def report_result(
     result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
 ) -> int:
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
-    from ..engine import LABEL_MISMATCH
+    from shiftaudit.engine.runner import LABEL_MISMATCH
 
     if not quiet:
         console.print(audit_table(result, title=describe_run(result)))
@@ -245,7 +245,7 @@ def eval_command(
     Exit codes: 0 all gate thresholds hold, 1 a threshold failed, 2 bad input or usage, 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM); with --resume both save the progress.
     """
-    from ..errors import UsageError
+    from shiftaudit.errors import UsageError
 
     thresholds = build_thresholds(min_consistency, min_accuracy, max_variation, min_adv_accuracy)
     if junit is not None and not thresholds:
@@ -255,7 +255,7 @@ def eval_command(
     check_outputs({"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, REPORT_FILES)}, inputs=[model, data])
     json_to_stdout(json_out)
     if resume is not None:
-        from ..resume import check_resume_path
+        from shiftaudit.engine.resume import check_resume_path
 
         check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)

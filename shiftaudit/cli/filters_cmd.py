@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from . import app
-from .common import console, handle_errors
+from shiftaudit.cli import app
+from shiftaudit.cli.common import console, handle_errors
 
 
 @app.command("filters")
 @handle_errors
 def filters_command() -> None:
     """List every blur filter by name, with its Table 1 weights and the normalised ones actually used."""
-    from ..filters import list_filters
+    from shiftaudit.antialias.filters import list_filters
 
     t = Table(title="Blur filters (Zhang, Table 1); 2-D filter = outer product", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("Name", "Family", "Taps", "Weights", "Normalised", "Nyquist gain"):

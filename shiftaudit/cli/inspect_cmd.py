@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..atomicio import write_json_atomic
-from ..inspection import inspect_model
-from ..report.terminal import inspection_table
-from . import app
-from .common import (
+from shiftaudit.atomicio import write_json_atomic
+from shiftaudit.antialias.inspection import inspect_model
+from shiftaudit.report.terminal import inspection_table
+from shiftaudit.cli import app
+from shiftaudit.cli.common import (
     ArchKwargsOpt,
     ArchOpt,
     ModelArg,
@@ -132,13 +132,13 @@ def inspect_command(
 def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
     """What ``shiftaudit patch`` would do at each point, when the patching module is available."""
     try:
-        from ..patching import plan_patch
+        from shiftaudit.antialias import plan_patch
     except ImportError:
         return {}
-    from ..patching import conv_total_variation
+    from shiftaudit.antialias import conv_total_variation
 
     try:  # patch a copy to show where each blur would really go (after the conv's norm/activation)
-        from ..patching import patch_model
+        from shiftaudit.antialias import patch_model
 
         plan = patch_model(model).steps
     except Exception:  # noqa: BLE001 - the plan alone still says what would change
@@ -149,6 +149,6 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-
 
 def _total_variation(model) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Normalised TV of every spatial conv's filters (Fig. 7: lower is smoother)."""
-    from ..patching import conv_total_variation
+    from shiftaudit.antialias import conv_total_variation
 
     return conv_total_variation(model)

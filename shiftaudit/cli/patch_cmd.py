@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import app
-from .common import (
+from shiftaudit.cli import app
+from shiftaudit.cli.common import (
     ArchKwargsOpt,
     ArchOpt,
     BatchOpt,
@@ -45,8 +45,8 @@ from .common import (
     load_model_from_cli,
     resolve_cli_preprocessing,
 )
-from ..report.terminal import sig
-from .eval_cmd import QuietOpt
+from shiftaudit.report.terminal import sig
+from shiftaudit.cli.eval_cmd import QuietOpt
 
 MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
 FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: tri3 for blurpool (post hoc it keeps more accuracy than binomial5; see docs/patching.md), none (delta) for aps.")]
@@ -65,7 +65,7 @@ def steps_table(result: Any) -> Table:
 
 
 def latency_table(before: Any, after: Any, shape: tuple[int, ...], device: str) -> Table:
-    """Median and IQR (:class:`~shiftaudit.patching.LatencyStats`) of baseline and patched; plain floats are medians."""
+    """Median and IQR (:class:`~shiftaudit.antialias.LatencyStats`) of baseline and patched; plain floats are medians."""
     repeats = getattr(before, "repeats", None)
     over = f"median and IQR over {repeats} runs" if repeats else "median"
     t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {device} ({over})", title_justify="left", show_edge=False, pad_edge=False)
@@ -83,7 +83,7 @@ def latency_table(before: Any, after: Any, shape: tuple[int, ...], device: str) 
 
 
 def latency_warning(before: Any, after: Any) -> str | None:
-    from ..patching import latency_too_noisy
+    from shiftaudit.antialias import latency_too_noisy
 
     if not latency_too_noisy(before, after):
         return None
@@ -93,7 +93,7 @@ def latency_warning(before: Any, after: Any) -> str | None:
 
 def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
     """What it takes to load the saved model again: true for every kind of architecture."""
-    from ..loading.architectures import kind_of
+    from shiftaudit.loading.architectures import kind_of
 
     if fmt == "torchscript":
         return f"wrote {output} (torchscript); `shiftaudit eval {output} --data ...` runs it with no other flags (a black box: no inspection)"
@@ -161,14 +161,14 @@ def patch_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
-    from ..atomicio import all_or_nothing, write_json_atomic
-    from ..engine import resolve_device
-    from ..errors import UsageError
-    from ..inspection import inspect_model
-    from ..patching import SMALL_CALIBRATION, PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm, top1_agreement
-    from ..report.terminal import comparison_table, describe_shifts, inspection_table
-    from .eval_cmd import load_dataset_from_cli, run_eval
-    from .progress import RichProgress
+    from shiftaudit.atomicio import all_or_nothing, write_json_atomic
+    from shiftaudit.engine.runner import resolve_device
+    from shiftaudit.errors import UsageError
+    from shiftaudit.antialias.inspection import inspect_model
+    from shiftaudit.antialias import SMALL_CALIBRATION, PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm, top1_agreement
+    from shiftaudit.report.terminal import comparison_table, describe_shifts, inspection_table
+    from shiftaudit.cli.eval_cmd import load_dataset_from_cli, run_eval
+    from shiftaudit.cli.progress import RichProgress
 
     if fmt not in ("safetensors", "torchscript"):
         raise UsageError(f"--format must be safetensors or torchscript, got {fmt!r}.")
@@ -185,7 +185,7 @@ def patch_command(
     pad = pad or ("circular" if method == "aps" else "reflect")
     config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
-    from ..report.outputs import side_by_side_files
+    from shiftaudit.report.outputs import side_by_side_files
 
     check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(("before", "after", "baseline_recalibrated")))},
                   inputs=[model])
@@ -243,7 +243,7 @@ def patch_command(
             recalibrate_batchnorm(baseline_recal, calibration, num_images=recalibrate, seed=seed, layers=rec.layers, device=dev)
             baseline_recal.eval().cpu()
     if distill_set is not None:
-        from ..patching import distill
+        from shiftaudit.antialias import distill
 
         d = distill(loaded.model, result.model, distill_set, steps=distill_steps, seconds=distill_seconds, seed=seed, lr=distill_lr,
                     max_shift=max_shift, device=dev, progress=RichProgress(enabled=not quiet))
@@ -296,7 +296,7 @@ def patch_command(
     written: list[Path] = []
     with all_or_nothing():  # the patched model and the report are written together, after every step succeeded
         if out is not None:
-            from ..report.outputs import write_side_by_side_dir
+            from shiftaudit.report.outputs import write_side_by_side_dir
 
             runs = [("Baseline", "before", before)] + ([("Baseline recalibrated", "baseline_recalibrated", control)] if control is not None else [])
             runs.append((patched_name, "after", after))
@@ -305,7 +305,7 @@ def patch_command(
         if output is not None:
             import torch
 
-            from ..loading import save_model
+            from shiftaudit.loading import save_model
 
             result.model.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before --eval ran it
             save_model(result.model, output, format=fmt, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, num_classes=loaded.num_classes, preprocessing=prep,

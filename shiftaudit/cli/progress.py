@@ -13,8 +13,8 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from ..report.terminal import sig
-from .common import err_console
+from shiftaudit.report.terminal import sig
+from shiftaudit.cli.common import err_console
 
 
 class RichProgress:

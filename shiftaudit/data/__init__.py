@@ -7,7 +7,7 @@ exact preprocessing.
 
 from __future__ import annotations
 
-from .dataset import AuditDataset, AuditLoader, make_loader
-from .sources import KINDS, detect_kind, load_data, read_class_map
+from shiftaudit.data.dataset import AuditDataset, AuditLoader, make_loader
+from shiftaudit.data.sources import KINDS, detect_kind, load_data, read_class_map
 
 __all__ = ["KINDS", "AuditDataset", "AuditLoader", "detect_kind", "load_data", "make_loader", "read_class_map"]

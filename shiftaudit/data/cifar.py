@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from shiftaudit.errors import DataError
 
 BATCHES_DIR = "cifar-10-batches-py"
 TEST_BATCH = "test_batch"

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError, ShiftAuditError
-from ..limits import check_range, max_workers
-from ..presets import Preprocessing
-from .preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
+from shiftaudit.errors import DataError, ShiftAuditError
+from shiftaudit.limits import check_range, max_workers
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
 
 DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 
@@ -155,7 +155,7 @@ def to_chw(img: Any, prep: Preprocessing | None, channels: int, raw: bool) -> tu
     """One in-memory image (PIL, ndarray or tensor; CHW, HWC or HW) to the preprocessed network input."""
     from PIL import Image
 
-    from .preprocess import pil_mode_for
+    from shiftaudit.data.preprocess import pil_mode_for
 
     flags = 0
     if isinstance(img, Image.Image):
@@ -412,7 +412,7 @@ def make_loader(
     needs); the ids yielded stay dataset positions either way.
     """
     if not isinstance(dataset, AuditDataset):
-        from .sources import load_data
+        from shiftaudit.data.sources import load_data
 
         dataset = load_data(dataset, raw=True)
     workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)

@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from ..errors import DataError, UsageError, first_line
-from ..jsonfile import JsonInputError, load_json, read_regular_file
-from ..limits import MAX_CLASSES, is_int
-from ..presets import Preprocessing
-from ..shiftmodes import check_canvas
-from .cifar import find_batches_dir, load_cifar10_test
-from .dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
-from .imagenet import BUILTIN as BUILTIN_CLASS_MAP
-from .imagenet import imagenet_class_map, missing_class_map
-from .preprocess import check_pixels, pil_mode_for
+from shiftaudit.errors import DataError, UsageError, first_line
+from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.limits import MAX_CLASSES, is_int
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.shifts.modes import check_canvas
+from shiftaudit.data.cifar import find_batches_dir, load_cifar10_test
+from shiftaudit.data.dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
+from shiftaudit.data.imagenet import BUILTIN as BUILTIN_CLASS_MAP
+from shiftaudit.data.imagenet import imagenet_class_map, missing_class_map
+from shiftaudit.data.preprocess import check_pixels, pil_mode_for
 
 KINDS = ("imagefolder", "folder", "cifar10", "tensors")
 TENSOR_SUFFIXES = (".npz", ".npy", ".pt", ".pth")

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-from .architectures import build_model, canonical_arch, torchvision_names
-from .identify import Candidate, IdentifyResult, identify_architecture
-from .load import load_model, read_state_dict
-from .metadata import CheckpointMetadata, parse_metadata
-from .model import LoadedModel
-from .saving import save_model
-from .state_dict import classifier_key, infer_num_classes
+from shiftaudit.loading.architectures import build_model, canonical_arch, torchvision_names
+from shiftaudit.loading.identify import Candidate, IdentifyResult, identify_architecture
+from shiftaudit.loading.load import load_model, read_state_dict
+from shiftaudit.loading.metadata import CheckpointMetadata, parse_metadata
+from shiftaudit.loading.model import LoadedModel
+from shiftaudit.loading.saving import save_model
+from shiftaudit.loading.state_dict import classifier_key, infer_num_classes
 
 __all__ = [
     "Candidate",

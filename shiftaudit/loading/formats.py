@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, first_line
+from shiftaudit.errors import CheckpointError, first_line
 
 TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
@@ -197,7 +197,7 @@ def read_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
     if isinstance(blob, bytes):
         blob = blob.decode("utf-8", "replace")
     if blob:
-        from .metadata import bounded_json
+        from shiftaudit.loading.metadata import bounded_json
 
         parsed = bounded_json(blob, f"The shiftaudit metadata in TorchScript archive {path}")
         if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from ..atomicio import atomic_path
-from ..errors import ShiftAuditError
-from .architectures import TIMM_PREFIX, build_skeleton, timm_available, timm_names, torchvision_names
-from .state_dict import NBT, strip_prefixes
+from shiftaudit.atomicio import atomic_path
+from shiftaudit.errors import ShiftAuditError
+from shiftaudit.loading.architectures import TIMM_PREFIX, build_skeleton, timm_available, timm_names, torchvision_names
+from shiftaudit.loading.state_dict import NBT, strip_prefixes
 
 # A candidate is worth naming only when at least this fraction of the keys of checkpoint and candidate together
 # (their union) match by name and shape. A checkpoint of a neighbouring depth (resnet34 weights against resnet18:

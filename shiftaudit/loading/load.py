@@ -7,14 +7,14 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError, UsageError
-from ..limits import MAX_CLASSES, check_range
-from .architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
-from .formats import SAFETENSORS, TORCHSCRIPT, check_file, read_safetensors, read_torch, read_torchscript, sniff_format
-from .identify import identify_architecture
-from .metadata import CheckpointMetadata, parse_metadata
-from .model import LoadedModel
-from .state_dict import StateDict, extract_state_dict, infer_num_classes, load_weights, strip_prefixes
+from shiftaudit.errors import CheckpointError, UsageError
+from shiftaudit.limits import MAX_CLASSES, check_range
+from shiftaudit.loading.architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
+from shiftaudit.loading.formats import SAFETENSORS, TORCHSCRIPT, check_file, read_safetensors, read_torch, read_torchscript, sniff_format
+from shiftaudit.loading.identify import identify_architecture
+from shiftaudit.loading.metadata import CheckpointMetadata, parse_metadata
+from shiftaudit.loading.model import LoadedModel
+from shiftaudit.loading.state_dict import StateDict, extract_state_dict, infer_num_classes, load_weights, strip_prefixes
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, str]]:
@@ -153,9 +153,9 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
     patch_spec = meta.patch_spec
     if patch_spec:
         try:
-            from ..patching import apply_patch_spec
+            from shiftaudit.antialias import apply_patch_spec
         except ImportError:
-            raise CheckpointError(f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.patching, which is not available.") from None
+            raise CheckpointError(f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.antialias, which is not available.") from None
         model = apply_patch_spec(model, patch_spec) or model
 
     hint = _wrong_arch_hint(sd, arch) if arch_source == "--arch" else None

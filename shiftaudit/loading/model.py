@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..presets import Preprocessing
+from shiftaudit.data.presets import Preprocessing
 
 
 @dataclass

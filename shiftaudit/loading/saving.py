@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomicio import atomic_path
-from ..errors import UsageError, first_line
-from ..presets import Preprocessing
-from .formats import EXTRA_FILE
-from .metadata import encode_metadata
-from .model import LoadedModel
-from .state_dict import infer_num_classes
+from shiftaudit.atomicio import atomic_path
+from shiftaudit.errors import UsageError, first_line
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.loading.formats import EXTRA_FILE
+from shiftaudit.loading.metadata import encode_metadata
+from shiftaudit.loading.model import LoadedModel
+from shiftaudit.loading.state_dict import infer_num_classes
 
 FORMATS = ("safetensors", "torchscript")
 

@@ -4,13 +4,13 @@ Every metric reads the same :class:`~shiftaudit.metrics.base.ShiftBatch` (predic
 shift), so one pass over images x shifts feeds all of them.
 """
 
-from .accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift, ZeroShiftConfidence
-from .accuracy_map import AccuracyMap
-from .adversarial import AdversarialCurve
-from .base import Metric, ShiftBatch
-from .consistency import ExactConsistency, SampledConsistency
-from .flips import FlipExamples
-from .variation import Variation
+from shiftaudit.metrics.accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift, ZeroShiftConfidence
+from shiftaudit.metrics.accuracy_map import AccuracyMap
+from shiftaudit.metrics.adversarial import AdversarialCurve
+from shiftaudit.metrics.base import Metric, ShiftBatch
+from shiftaudit.metrics.consistency import ExactConsistency, SampledConsistency
+from shiftaudit.metrics.flips import FlipExamples
+from shiftaudit.metrics.variation import Variation
 
 __all__ = [
     "AccuracyAtRandomShift",

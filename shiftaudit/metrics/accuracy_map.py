@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..shifts import ShiftSet, offset_json
-from .base import Metric, ShiftBatch
+from shiftaudit.shifts.sets import ShiftSet, offset_json
+from shiftaudit.metrics.base import Metric, ShiftBatch
 
 
 class AccuracyMap(Metric):

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..shifts import ShiftSet
-from .base import PerImageMetric, ShiftBatch
-from .stats import wilson_interval
+from shiftaudit.shifts.sets import ShiftSet
+from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.stats import wilson_interval
 
 NEVER = np.iinfo(np.int64).max
 

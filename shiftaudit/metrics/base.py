@@ -13,7 +13,7 @@ import numpy as np
 class ShiftBatch:
     """Model outputs for a batch of B images, each at S evaluated shift *slots*.
 
-    ``shift_index[b, s]`` is the index in the :class:`~shiftaudit.shifts.ShiftSet` of the shift held in slot ``s``.
+    ``shift_index[b, s]`` is the index in the :class:`~shiftaudit.shifts.sets.ShiftSet` of the shift held in slot ``s``.
     In an exhaustive run slot ``s`` is shift ``s`` for every image; in a sampled run the slots are
     ``[zero, random, pair_1a, pair_1b, ..., pair_ka, pair_kb]``. ``random_slot`` and ``pair_slots`` say where the
     per-image random draws live, so the random-shift metrics are computed the same way in both modes.

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import PerImageMetric, ShiftBatch
-from .stats import proportion
+from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.stats import proportion
 
 
 class SampledConsistency(PerImageMetric):

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..shifts import ShiftSet, offset_json
-from .base import Metric, ShiftBatch
+from shiftaudit.shifts.sets import ShiftSet, offset_json
+from shiftaudit.metrics.base import Metric, ShiftBatch
 
 MAX_STORED_SHIFTS = 1089  # at most a 33 x 33 window of P(correct) values per example
 

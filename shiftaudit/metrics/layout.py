@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .adversarial import radius_json
-from .base import Metric
+from shiftaudit.metrics.adversarial import radius_json
+from shiftaudit.metrics.base import Metric
 
 
 def assemble(metric_list: list[Metric]) -> tuple[dict[str, Any], dict[str, list[Any]]]:

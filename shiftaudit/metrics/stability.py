@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..shifts import ShiftSet
-from .base import PerImageMetric, ShiftBatch
-from .stats import summary
+from shiftaudit.shifts.sets import ShiftSet
+from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.stats import summary
 
 
 class MeanAbsoluteChange(PerImageMetric):

@@ -2,7 +2,7 @@
 
 It is deliberately ordinary -- the kind of network the paper shows loses shift invariance through strided
 pooling -- and small enough (~70k parameters) to audit on a CPU in seconds. ``scripts/train_demo.py`` trains it on
-:func:`shiftaudit.synthetic.make_synthetic` images and writes ``shiftaudit/assets/demo.safetensors``.
+:func:`shiftaudit.data.synthetic.make_synthetic` images and writes ``shiftaudit/assets/demo.safetensors``.
 """
 
 from __future__ import annotations

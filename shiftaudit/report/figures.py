@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from ..atomicio import atomic_path
-from ..result import AuditResult
-from .plotting import plt
+from shiftaudit.atomicio import atomic_path
+from shiftaudit.result import AuditResult
+from shiftaudit.report.plotting import plt
 
 DPI = 100
 ADVERSARIAL_SIZE = (7.0, 4.2)
@@ -329,7 +329,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
     if mode == "subpixel":
         import torch
 
-        from ..shiftmodes import fourier_shift
+        from shiftaudit.shifts.modes import fourier_shift
 
         chw = torch.as_tensor(img if img.ndim == 3 else img[:, :, None]).permute(2, 0, 1)[None].float()
         out = fourier_shift(chw, float(dh), float(dw))[0].permute(1, 2, 0).numpy().clip(0.0, 1.0)

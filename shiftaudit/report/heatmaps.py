@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..layers import colour_scale
-from .plotting import new_figure, plt, save_png
+from shiftaudit.metrics.layers import colour_scale
+from shiftaudit.report.plotting import new_figure, plt, save_png
 
 
 def _grid(layer: dict[str, Any], kind: str) -> np.ndarray:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import pending, write_text_atomic
-from ..result import AuditResult
-from .terminal import LAYER_CAPTION, LAYER_HEADER, audit_rows, describe_run, layer_rows
+from shiftaudit.atomicio import pending, write_text_atomic
+from shiftaudit.result import AuditResult
+from shiftaudit.report.terminal import LAYER_CAPTION, LAYER_HEADER, audit_rows, describe_run, layer_rows
 
 CAPTIONS = {
     "adversarial": "Accuracy when an adversary may shift each image by up to r pixels (the paper's Fig. 9). An image "
@@ -168,7 +168,7 @@ def _gate_html(gate: dict[str, Any] | None) -> str:
 
 def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]] = ()) -> str:
     """The page as a string (see :func:`write_html_report`)."""
-    from .. import __version__
+    from shiftaudit import __version__
 
     title = f"shiftaudit report: {result.model.get('arch') or result.model.get('description') or 'model'}"
     parts = [
@@ -212,8 +212,8 @@ def render_side_by_side_html(runs: Sequence[tuple[str, AuditResult]], pictures: 
                              intro: str = "") -> str:
     """One page with several runs of the same data side by side (``patch --eval --out``): the comparison table, then
     each kind of picture in one row, one column per run. ``pictures[i]`` are run i's PNGs (matched by file name)."""
-    from .. import __version__
-    from .terminal import compare_rows
+    from shiftaudit import __version__
+    from shiftaudit.report.terminal import compare_rows
 
     parts = [
         "<!DOCTYPE html>",

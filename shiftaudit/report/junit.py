@@ -13,12 +13,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import write_bytes_atomic
-from ..gate import GateReport
-from ..result import AuditResult
+from shiftaudit.atomicio import write_bytes_atomic
+from shiftaudit.gating import GateReport
+from shiftaudit.result import AuditResult
 
 SUITE_NAME = "shiftaudit gate"
-CLASSNAME = "shiftaudit.gate"
+CLASSNAME = "shiftaudit.gating"
 
 
 def _checks(source: AuditResult | GateReport | dict[str, Any] | None) -> tuple[list[dict[str, Any]], AuditResult | None]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import all_or_nothing, ensure_writable_dir
-from ..result import AuditResult
+from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir
+from shiftaudit.result import AuditResult
 
 # Every file write_report_dir may write: the CLI checks each of them before the audit runs.
 REPORT_FILES = ("report.json", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png", "layers.png", "consistency.png", "report.html")
@@ -14,7 +14,7 @@ REPORT_FILES = ("report.json", "adversarial.png", "variation.png", "accuracy_map
 
 def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[Path]:
     """Every picture the result can give (a missing metric means a missing picture, not an error)."""
-    from .figures import (
+    from shiftaudit.report.figures import (
         plot_accuracy_map,
         plot_adversarial_curve,
         plot_consistency_histogram,
@@ -31,7 +31,7 @@ def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[
     if not result.data.get("labelled", True):  # without labels: the pictures that need none
         pictures.append(plot_consistency_histogram(result, out / "consistency.png"))
     if "layers" in result.metrics:
-        from .heatmaps import plot_layer_heatmaps
+        from shiftaudit.report.heatmaps import plot_layer_heatmaps
 
         pictures.append(plot_layer_heatmaps(result.metrics["layers"], out / "layers.png"))
     return [p for p in pictures if p is not None]
@@ -43,7 +43,7 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
 
     ``dataset`` (optional, the audited data) lets the flip-example picture show the images themselves.
     """
-    from .html import write_html_report
+    from shiftaudit.report.html import write_html_report
 
     with all_or_nothing():
         out = ensure_writable_dir(out_dir)
@@ -64,8 +64,8 @@ def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: st
     """Several runs on the same data (``patch --eval --out``): each run's full report folder (what ``eval --out``
     writes) in a sub-folder, and ``report.html`` with the runs side by side. ``runs``: (name, sub-folder, result).
     All or nothing; returns the files written."""
-    from ..atomicio import write_text_atomic
-    from .html import render_side_by_side_html
+    from shiftaudit.atomicio import write_text_atomic
+    from shiftaudit.report.html import render_side_by_side_html
 
     with all_or_nothing():
         out = ensure_writable_dir(out_dir)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomicio import atomic_path  # noqa: E402
+from shiftaudit.atomicio import atomic_path  # noqa: E402
 
 
 def new_figure(width: float, height: float) -> tuple[Any, Any]:

@@ -9,9 +9,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from ..inspection import Inspection
-from ..layers import colour_scale
-from ..result import AuditResult
+from shiftaudit.antialias.inspection import Inspection
+from shiftaudit.metrics.layers import colour_scale
+from shiftaudit.result import AuditResult
 
 
 def _finite(v: Any) -> bool:

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import UsageError
-from .limits import MAX_SIDE
+from shiftaudit.errors import UsageError
+from shiftaudit.limits import MAX_SIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, ModelError, failure_text, first_line
-from .observers import Observer
+from shiftaudit.errors import DataError, ModelError, failure_text, first_line
+from shiftaudit.engine.observers import Observer
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

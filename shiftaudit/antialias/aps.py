@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blurpool import BlurPool2d
+from shiftaudit.antialias.blurpool import BlurPool2d
 
 
 class APSDown2d(nn.Module):

@@ -1,7 +1,7 @@
 """The engine's two plug-in protocols: what watches the forward passes, and what hears how far the audit got.
 
-They sit apart from the engine so that their implementations (per-layer distances in :mod:`shiftaudit.layers`, the
-CLI's progress bar) can name them without importing the engine; :mod:`shiftaudit.engine` re-exports both.
+They sit apart from the engine so that their implementations (per-layer distances in :mod:`shiftaudit.metrics.layers`, the
+CLI's progress bar) can name them without importing the engine; :mod:`shiftaudit.engine.runner` re-exports both.
 """
 
 from __future__ import annotations

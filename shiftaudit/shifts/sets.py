@@ -1,6 +1,6 @@
 """Shift sets and batched circular shifts (the paper's Eq. 4).
 
-A shift set also names its *shift mode* (see :mod:`shiftaudit.shiftmodes`): ``circular`` (Eq. 4, integer offsets
+A shift set also names its *shift mode* (see :mod:`shiftaudit.shifts.modes`): ``circular`` (Eq. 4, integer offsets
 modulo the size), ``crop`` (windows of a larger canvas: integer offsets, nothing wraps, the radius is the plain
 Chebyshev norm) or ``subpixel`` (Fourier phase shifts: float offsets, periodic like circular shifts).
 
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .limits import MAX_SHIFTS
+from shiftaudit.errors import UsageError
+from shiftaudit.limits import MAX_SHIFTS
 
 
 SHIFT_MODES = ("circular", "crop", "subpixel")

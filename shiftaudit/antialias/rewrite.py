@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..blurpool import BlurPool2d
-from ..errors import UsageError, first_line
-from ..sizes import pair
-from .aps import APSDown2d
-from .config import SPEC_VERSION, PatchConfig
-from .modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+from shiftaudit.antialias.blurpool import BlurPool2d
+from shiftaudit.errors import UsageError, first_line
+from shiftaudit.sizes import pair
+from shiftaudit.antialias.aps import APSDown2d
+from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
+from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 
 _OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish,
@@ -116,7 +116,7 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | None = None) -> list[PatchStep]:
     """Every strided conv/pool of ``model`` and the policy's decision for it (nothing is changed).
 
-    ``inspection`` (from :func:`shiftaudit.inspection.inspect_model`) is accepted for symmetry with ``inspect``
+    ``inspection`` (from :func:`shiftaudit.antialias.inspection.inspect_model`) is accepted for symmetry with ``inspect``
     but not needed: the decisions depend on the modules only, so a saved patch spec rebuilds the same model.
     """
     del inspection

@@ -14,7 +14,7 @@ it rolled by q + 1. The equivariance distance is therefore an exact weighted mix
 comparisons. For 1 x 1 layers (pooled features, logits, softmax) every roll is the identity and the two distances
 coincide, as the paper notes. Non-integer strides fall back to explicit nearest upsampling.
 
-Features come from forward hooks during the engine's own batched pass (an :class:`~shiftaudit.observers.Observer`):
+Features come from forward hooks during the engine's own batched pass (an :class:`~shiftaudit.engine.observers.Observer`):
 per device chunk, each hooked layer is reduced at once to one distance per (image, shift), so at no time are all
 layers of all shifts held in memory. Only the zero-shift features of the images in the current batch are kept.
 """
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UsageError
-from .inspection import inspect_model, is_spatial_op
-from .shifts import ShiftBank, ShiftSet
+from shiftaudit.errors import UsageError
+from shiftaudit.antialias.inspection import inspect_model, is_spatial_op
+from shiftaudit.shifts.sets import ShiftBank, ShiftSet
 
 EPS = 1e-12
 SCALE_FRACTION = 0.5  # the colour scale's red: half the mean distance between two different images (Fig. 4)

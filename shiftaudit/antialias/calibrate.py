@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..forward import model_exits_fail
+from shiftaudit.engine.forward import model_exits_fail
 
 SMALL_CALIBRATION = 256
 """Fewer calibration images than this draw a warning: batch statistics on a few images are noisy."""
@@ -43,8 +43,8 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def _is_change(m: nn.Module) -> bool:
-    from ..blurpool import BlurPool2d
-    from .aps import APSDown2d
+    from shiftaudit.antialias.blurpool import BlurPool2d
+    from shiftaudit.antialias.aps import APSDown2d
 
     return isinstance(m, (BlurPool2d, APSDown2d))
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..forward import model_exits_fail
+from shiftaudit.engine.forward import model_exits_fail
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from shiftaudit.errors import UsageError
 
 SPEC_VERSION = 1
 METHODS = ("blurpool", "aps")
@@ -32,8 +32,8 @@ class PatchConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"Unknown patch method {self.method!r}; choose one of: {', '.join(METHODS)}.")
-        from ..blurpool import normalize_pad_mode
-        from ..filters import canonical_filter_name
+        from shiftaudit.antialias.blurpool import normalize_pad_mode
+        from shiftaudit.antialias.filters import canonical_filter_name
 
         default = "tri3" if self.method == "blurpool" else "delta"  # tri3: chosen by the post-hoc trade-off in docs/patching.md
         object.__setattr__(self, "filter", canonical_filter_name(self.filter or default))

@@ -13,7 +13,7 @@ dense evaluation per layer (the total spatial extent never shrinks), e.g. ~24x f
 VGG-13 at 32x32. Exactness rests on a whitelist checked on a ``torch.fx`` graph plus a numeric probe in the engine;
 anything else falls back to the normal engine. See docs/performance.md for the bookkeeping.
 
-Models patched by :mod:`shiftaudit.patching` with circular blur padding are accepted too: a circular ``BlurPool2d``
+Models patched by :mod:`shiftaudit.antialias` with circular blur padding are accepted too: a circular ``BlurPool2d``
 of stride s is a circularly padded depthwise conv of stride s (a subsampling like any strided conv), and the blur
 modules that wrap a dense op (``PoolBlur2d``, ``ConvThenBlur2d``, ``BlurThenConv2d``) are split in the traced graph
 into their stride-1 part and their blur, so the phases are stacked right before the subsampling. ``APSDown2d``
@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .blurpool import BlurPool2d
-from .errors import first_line
-from .patching.aps import APSDown2d
-from .patching.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
-from .sizes import pair
+from shiftaudit.antialias.blurpool import BlurPool2d
+from shiftaudit.errors import first_line
+from shiftaudit.antialias.aps import APSDown2d
+from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+from shiftaudit.sizes import pair
 
 Signature = tuple[tuple[Any, ...], ...]  # per downsampling ("s", sh, sw); a final ("q", hf, wf) residual stack
 

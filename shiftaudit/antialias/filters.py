@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
+from shiftaudit.errors import UsageError
 
 TABLE1 = "Table 1"
 

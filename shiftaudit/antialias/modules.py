@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blurpool import BlurPool2d
-from ..sizes import pair
+from shiftaudit.antialias.blurpool import BlurPool2d
+from shiftaudit.sizes import pair
 
 
 def pool_output_size(n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:

@@ -1,7 +1,7 @@
 """The audit engine: one pass over images x shifts feeds every metric.
 
 For each batch of images the engine lays out the (image, shift) pairs it needs, builds the shifted copies on the
-device with a single gather (:class:`~shiftaudit.shifts.ShiftBank`), runs the model on large flattened batches,
+device with a single gather (:class:`~shiftaudit.shifts.sets.ShiftBank`), runs the model on large flattened batches,
 reduces each output to (prediction, P(label), top-1 probability) on the device, and hands one
 :class:`~shiftaudit.metrics.ShiftBatch` to every accumulator. Nothing is ever computed twice and no metric needs a
 pass of its own.
@@ -13,10 +13,10 @@ Two modes:
   protocol): accuracy, random-shift accuracy and sampled consistency, at 2 + 2k forwards per image.
 
 Where the parts live: this module checks the arguments and runs the loop (:func:`audit`, :func:`plan_shifts`, the
-default metrics, the device); :mod:`shiftaudit.strategies` picks dense, polyphase or early exit;
-:mod:`shiftaudit.passes` lays out and evaluates each batch's (image, shift) pairs; :mod:`shiftaudit.forward` runs the
-model on them; :mod:`shiftaudit.metrics.layout` arranges the results in the report schema; :mod:`shiftaudit.resume`
-saves and restores a resumable run. :class:`Observer` and :class:`Progress` (:mod:`shiftaudit.observers`) are
+default metrics, the device); :mod:`shiftaudit.engine.strategies` picks dense, polyphase or early exit;
+:mod:`shiftaudit.engine.passes` lays out and evaluates each batch's (image, shift) pairs; :mod:`shiftaudit.engine.forward` runs the
+model on them; :mod:`shiftaudit.metrics.layout` arranges the results in the report schema; :mod:`shiftaudit.engine.resume`
+saves and restores a resumable run. :class:`Observer` and :class:`Progress` (:mod:`shiftaudit.engine.observers`) are
 re-exported here.
 """
 
@@ -33,12 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, distributed
-from .errors import DataError, ModelError, UsageError
-from .forward import BatchedForward, model_dtype
-from .limits import MAX_BATCH_BYTES, MAX_PAIRS, check_range, gib
-from .metrics.stability import FlipRate, MeanAbsoluteChange
-from .metrics import (
+from shiftaudit import __version__
+from shiftaudit.engine import distributed
+from shiftaudit.errors import DataError, ModelError, UsageError
+from shiftaudit.engine.forward import BatchedForward, model_dtype
+from shiftaudit.limits import MAX_BATCH_BYTES, MAX_PAIRS, check_range, gib
+from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
+from shiftaudit.metrics import (
     AccuracyAtRandomShift,
     AccuracyAtZeroShift,
     AccuracyMap,
@@ -50,16 +51,16 @@ from .metrics import (
     Variation,
     ZeroShiftConfidence,
 )
-from .metrics.layout import assemble
-from .observers import Observer, Progress
-from .passes import DrawPlan, early_exit_batch, full_batch
-from .result import AuditResult
-from .resume import resume_state, subset_loader
-from .shiftmodes import check_shift_mode, crop_margin, input_geometry
-from .shifts import ShiftSet, default_shift_set
-from .strategies import compile_model, early_exit_strategy, try_polyphase
+from shiftaudit.metrics.layout import assemble
+from shiftaudit.engine.observers import Observer, Progress
+from shiftaudit.engine.passes import DrawPlan, early_exit_batch, full_batch
+from shiftaudit.result import AuditResult
+from shiftaudit.engine.resume import resume_state, subset_loader
+from shiftaudit.shifts.modes import check_shift_mode, crop_margin, input_geometry
+from shiftaudit.shifts.sets import ShiftSet, default_shift_set
+from shiftaudit.engine.strategies import compile_model, early_exit_strategy, try_polyphase
 
-_Forward = BatchedForward  # the runner's name before it moved to shiftaudit.forward (tests import it from here)
+_Forward = BatchedForward  # the runner's name before it moved to shiftaudit.engine.forward (tests import it from here)
 
 EXHAUSTIVE_LIMIT = 2048  # auto mode evaluates every shift when the set is at most this large
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -173,7 +174,7 @@ def plan_shifts(
     shift_mode: str = "circular",
 ) -> tuple[ShiftSet, bool]:
     """The shift set for ``size`` (the model input size) and whether every shift of it will be evaluated (exhaustive
-    mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shiftmodes`)."""
+    mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shifts.modes`)."""
     if mode not in ("auto", "exhaustive", "sampled"):
         raise UsageError(f"Unknown --mode {mode!r}; use auto, exhaustive or sampled.")
     check_shift_mode(shift_mode)
@@ -229,29 +230,29 @@ def audit(
     ``model``: an ``nn.Module`` (or a :class:`~shiftaudit.loading.LoadedModel`, or a checkpoint path).
     ``data``: a :class:`~shiftaudit.data.AuditDataset`, a dataset of ``(image, label)``, an ``(images, labels)``
     pair of tensors, or a path understood by :func:`shiftaudit.data.load_data`.
-    ``shifts``: the shift set; by default :func:`~shiftaudit.shifts.default_shift_set` of the image size with
+    ``shifts``: the shift set; by default :func:`~shiftaudit.shifts.sets.default_shift_set` of the image size with
     ``max_shift``/``shift_step`` overrides. ``mode``: ``auto`` (exhaustive when the set has at most
     2048 shifts), ``exhaustive`` or ``sampled``. ``pairs``: random pairs per image for sampled consistency.
     ``shift_mode``: ``circular`` (Eq. 4), ``crop`` (crops of a larger canvas: a path is loaded with a canvas margin
     of the max shift; data in memory is taken as the canvas, the input being the canvas minus twice the margin) or
-    ``subpixel`` (Fourier phase shifts, e.g. ``shift_step=0.5``); see :mod:`shiftaudit.shiftmodes`.
+    ``subpixel`` (Fourier phase shifts, e.g. ``shift_step=0.5``); see :mod:`shiftaudit.shifts.modes`.
     ``layers``: ``"auto"``, ``"all"`` or module names: also measure per-layer equivariance/invariance distances
     over the shift set (needs exhaustive mode), reported under ``metrics["layers"]``.
     ``resume``: a state file saved as the audit goes; when it exists the audit continues from it, and the result
     equals an uninterrupted run's. The file is left in place (the CLI deletes it once the report is written).
-    ``polyphase``: evaluate every circular shift at once in shift-and-stitch form (:mod:`shiftaudit.polyphase`);
+    ``polyphase``: evaluate every circular shift at once in shift-and-stitch form (:mod:`shiftaudit.engine.polyphase`);
     ``None`` uses it for all-shift runs whenever the model allows it, ``False`` never. ``early_exit``: stop each
     image at its first misclassified shift; ``None`` does so when every metric asked for allows it (the adversarial
     curve and zero-shift accuracy). ``compile``: run the model through ``torch.compile`` (eager if that fails).
     Under ``torchrun`` the images are sharded over the processes and every process returns the merged result.
     """
-    from .data import AuditDataset, load_data, make_loader
+    from shiftaudit.data import AuditDataset, load_data, make_loader
 
     notes: list[str] = []
     info: dict[str, Any] = dict(model_info or {})
     preprocessing = None
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from .loading import load_model
+        from shiftaudit.loading import load_model
 
         model = load_model(model)
     if hasattr(model, "model") and hasattr(model, "format") and not isinstance(model, nn.Module):
@@ -305,7 +306,7 @@ def audit(
 
     observer_list: list[Observer] = list(observers or [])
     if layers:
-        from .layers import FeatureDistance, select_layers
+        from shiftaudit.metrics.layers import FeatureDistance, select_layers
 
         if not exhaustive:
             raise UsageError("Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set.")
@@ -410,7 +411,7 @@ def audit(
             exc.shiftaudit_resume = str(state.path)  # type: ignore[attr-defined]
         exc.shiftaudit_progress = (images_done, total_images)  # type: ignore[attr-defined]
         if isinstance(exc, ModelError) and images_done == 0:  # failed at once: maybe --size is below its stride
-            from .inspection import input_too_small
+            from shiftaudit.antialias.inspection import input_too_small
 
             small = input_too_small(model, size, int(getattr(dataset, "channels", 3)))
             if small is not None:

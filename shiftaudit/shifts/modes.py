@@ -1,7 +1,7 @@
 """Shift modes: how a shifted copy of an image is made.
 
 * ``circular`` (default, the paper's Eq. 4): ``torch.roll`` of the preprocessed input; what leaves one side enters the
-  other. Built by :class:`~shiftaudit.shifts.ShiftBank`.
+  other. Built by :class:`~shiftaudit.shifts.sets.ShiftBank`.
 * ``crop``: the published ImageNet protocol. Each image is preprocessed to a *canvas* larger than the model input by a
   margin ``R`` on every side (resize the shorter side, centre-crop ``size + 2R``), and the model sees ``size`` crops of
   it: shift ``(dh, dw)`` is the crop at offset ``(R - dh, R - dw)`` of the canvas, so a positive ``dh`` moves the
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError, UsageError
-from .limits import MAX_SIDE, gib
-from .shifts import SHIFT_MODES, ShiftBank, ShiftSet, default_crop_margin
+from shiftaudit.errors import DataError, UsageError
+from shiftaudit.limits import MAX_SIDE, gib
+from shiftaudit.shifts.sets import SHIFT_MODES, ShiftBank, ShiftSet, default_crop_margin
 
 __all__ = [
     "SHIFT_MODES",

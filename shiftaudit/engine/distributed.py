@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from .errors import UsageError, first_line
+from shiftaudit.errors import UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
 
 def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool) -> Any:
     """The engine's usual loader, reading only this process's shard; image ids stay dataset positions."""
-    from .data import make_loader
+    from shiftaudit.data import make_loader
 
     indices = shard_indices(len(dataset), ctx.rank, ctx.world).tolist()
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, indices=indices)

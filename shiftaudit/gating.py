@@ -11,8 +11,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import UsageError
-from .result import AuditResult
+from shiftaudit.errors import UsageError
+from shiftaudit.result import AuditResult
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError, UsageError, first_line
-from .forward import model_exits_fail
-from .sizes import pair
+from shiftaudit.errors import ModelError, UsageError, first_line
+from shiftaudit.engine.forward import model_exits_fail
+from shiftaudit.sizes import pair
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .atomicio import check_destination, write_bytes_atomic
-from .errors import UsageError
-from .metrics.base import Metric
+from shiftaudit.atomicio import check_destination, write_bytes_atomic
+from shiftaudit.errors import UsageError
+from shiftaudit.metrics.base import Metric
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .observers import Observer
-    from .shifts import ShiftSet
+    from shiftaudit.engine.observers import Observer
+    from shiftaudit.shifts.sets import ShiftSet
 
 STATE_FORMAT = "shiftaudit/audit-state"
 STATE_VERSION = 2  # 2: the fingerprint is stored part by part, so a refusal can name what changed
@@ -93,7 +93,7 @@ def fingerprint_parts(model: nn.Module, info: dict[str, Any], dataset: Any, shif
     A resumed run adds its images to the saved accumulators, so any difference here would silently mix scores of two
     different audits and report the settings of the second. Each value is the part as JSON when short, else a digest.
     """
-    from . import __version__
+    from shiftaudit import __version__
 
     prep = getattr(dataset, "preprocessing", None)
     prep_json = prep.to_json() if prep is not None and hasattr(prep, "to_json") else {}
@@ -243,6 +243,6 @@ def resume_state(path: str | Path, model: nn.Module, info: dict[str, Any], datas
 
 def subset_loader(dataset: Any, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> Any:
     """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
-    from .data import make_loader
+    from shiftaudit.data import make_loader
 
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin, indices=indices.tolist())

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .forward import model_exits_fail
-from .metrics import AccuracyAtZeroShift, AdversarialCurve, Metric
-from .observers import Observer
-from .shifts import ShiftSet
+from shiftaudit.engine.forward import model_exits_fail
+from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve, Metric
+from shiftaudit.engine.observers import Observer
+from shiftaudit.shifts.sets import ShiftSet
 
 POLYPHASE_TOLERANCE = 1e-3  # largest logit difference (relative to 1 + max |logit|) the probe accepts
 
@@ -29,7 +29,7 @@ def try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: 
             why = "per-layer distances watch each shifted input" if observers else "it needs exhaustive mode"
             notes.append(f"polyphase engine not used: {why}")
         return "dense", model
-    from .polyphase import PolyphaseUnsupported, build_polyphase, probe
+    from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase, probe
 
     gen = torch.Generator().manual_seed(0)  # a probe input: the check is about the model, not the data
     first = torch.randn((1, int(getattr(dataset, "channels", 3)), shifts.height, shifts.width), generator=gen)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .forward import BatchedForward
-from .metrics import ShiftBatch
-from .observers import Observer
-from .rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
-from .shiftmodes import make_bank
-from .shifts import ShiftBank, ShiftSet
+from shiftaudit.engine.forward import BatchedForward
+from shiftaudit.metrics import ShiftBatch
+from shiftaudit.engine.observers import Observer
+from shiftaudit.rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
+from shiftaudit.shifts.modes import make_bank
+from shiftaudit.shifts.sets import ShiftBank, ShiftSet
 
 
 @dataclass(frozen=True)

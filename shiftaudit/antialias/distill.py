@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from shiftaudit.errors import UsageError
 
 
 @dataclass(frozen=True)
