@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VOLATILE = {"timing", "environment", "latency", "seconds", "images_per_s", "forwards_per_s"}
+VOLATILE = {"timing", "environment", "latency", "latency_ms", "seconds", "images_per_s", "forwards_per_s"}
 
 
 def scrub(obj: object) -> object:

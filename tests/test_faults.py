@@ -62,12 +62,15 @@ def test_ctrl_c_outside_an_audit_still_exits_130(setup, tmp_path, monkeypatch):
     assert res.stderr.strip() == "interrupted: stopped cleanly; no output file was left half-written."
 
 
-def test_progress_attached_by_the_engine_is_preferred():
+def test_interrupted_audit_says_how_far_it_got_and_where_it_saved():
     from shiftaudit.cli.common import interrupted_message
+    from shiftaudit.errors import AuditInterrupted
 
-    exc = KeyboardInterrupt()
-    exc.shiftaudit_progress = (40, 1000)  # type: ignore[attr-defined]
-    assert "after 40 of 1000 images" in interrupted_message(exc)
+    assert interrupted_message(AuditInterrupted(40, 1000)) == (
+        "interrupted: stopped cleanly after 40 of 1000 images; no output file was left half-written.")
+    assert interrupted_message(AuditInterrupted(40, 1000, "run.state", terminated=True)) == (
+        "terminated (SIGTERM): stopped cleanly after 40 of 1000 images; progress saved in run.state: run the same "
+        "command again to continue.")
 
 
 # -- atomic writes ----------------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def test_unwritable_destinations_are_output_errors(tmp_path, where):
 # -- CUDA out of memory -------------------------------------------------------------------------------------------
 def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setup):
     """``_Forward`` catches torch.cuda.OutOfMemoryError on any device, so a model raising it tests the halving on CPU."""
-    from shiftaudit.engine.runner import _Forward
+    from shiftaudit.engine.forward import BatchedForward as _Forward
 
     mod, _, _ = setup
     torch.manual_seed(0)
@@ -161,7 +164,7 @@ def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setu
 
 
 def test_forward_out_of_memory_at_batch_one_is_a_clean_error():
-    from shiftaudit.engine.runner import _Forward
+    from shiftaudit.engine.forward import BatchedForward as _Forward
 
     class AlwaysOom(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

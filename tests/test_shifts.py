@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from shiftaudit.errors import UsageError
-from shiftaudit.shifts.sets import (
-    ShiftBank,
-    ShiftSet,
-    canonical_offset,
-    cyclic_radius,
-    default_shift_set,
-    roll_batch,
-)
+from shiftaudit.shifts.modes.circular import ShiftBank, roll_batch
+from shiftaudit.shifts.sets import ShiftSet, canonical_offset, cyclic_radius, default_shift_set
 
 
 def test_canonical_offset_and_radius():
@@ -113,6 +107,6 @@ def test_describe_names_mode_window_and_step():
 
 @pytest.mark.parametrize(("size", "margin"), [((224, 224), 16), ((65, 10), 16), ((64, 64), 8), ((32, 32), 4), ((7, 7), 1), ((8, 16), 2)])
 def test_default_crop_margin(size, margin):
-    from shiftaudit.shifts.sets import default_crop_margin
+    from shiftaudit.shifts.modes.crop import default_crop_margin
 
     assert default_crop_margin(size) == margin

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from shiftaudit.errors import OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
+from shiftaudit.errors import AuditInterrupted, OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,7 +70,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             err_console.print(Text(interrupted_message(exc)), soft_wrap=True)
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            raise typer.Exit(143 if _terminated(exc) else 130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):
                 raise
@@ -140,36 +140,19 @@ def _out_of_memory_message(exc: BaseException) -> str | None:
     return None
 
 
-def audit_progress(exc: BaseException) -> tuple[int, int] | None:
-    """``(images done, images in total)`` of the audit an exception stopped, or None when no audit was running.
-
-    The engine may attach ``shiftaudit_progress = (done, total)`` to the exception; otherwise the counters are read
-    from the innermost ``shiftaudit.engine.runner.audit`` frame of the traceback (a read of two local variables, so the
-    CLI can say how far a Ctrl-C got without the engine having to know about the CLI).
-    """
-    info = getattr(exc, "shiftaudit_progress", None)
-    if isinstance(info, tuple) and len(info) == 2 and all(isinstance(v, int) for v in info):
-        return info
-    found: tuple[int, int] | None = None
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == "audit" and frame.f_globals.get("__name__") == "shiftaudit.engine.runner":
-            done, total = frame.f_locals.get("images_done"), frame.f_locals.get("total_images")
-            if isinstance(done, int) and isinstance(total, int):
-                found = (done, total)
-        tb = tb.tb_next
-    return found
-
-
 def interrupted_message(exc: BaseException) -> str:
-    progress = audit_progress(exc)
-    where = f" after {progress[0]} of {progress[1]} images" if progress else ""
-    saved = getattr(exc, "shiftaudit_resume", None)
-    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    """One line for Ctrl-C or SIGTERM: how far the audit got (:class:`~shiftaudit.errors.AuditInterrupted`) and
+    whether its progress was saved."""
+    where = f" after {exc.done} of {exc.total} images" if isinstance(exc, AuditInterrupted) else ""
+    saved = exc.resume_path if isinstance(exc, AuditInterrupted) else None
+    how = "terminated (SIGTERM)" if _terminated(exc) else "interrupted"
     if saved:
         return f"{how}: stopped cleanly{where}; progress saved in {saved}: run the same command again to continue."
     return f"{how}: stopped cleanly{where}; no output file was left half-written."
+
+
+def _terminated(exc: BaseException) -> bool:
+    return isinstance(exc, Terminated) or bool(getattr(exc, "terminated", False))
 
 
 def check_output_path(path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False,

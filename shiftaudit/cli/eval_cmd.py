@@ -10,7 +10,8 @@ from rich.text import Text
 
 from shiftaudit.engine.distributed import finish as finish_distributed
 from shiftaudit.engine.distributed import is_main_process
-from shiftaudit.engine.runner import audit, plan_shifts
+from shiftaudit.engine.plan import plan_shifts
+from shiftaudit.engine.runner import audit
 from shiftaudit.gating import build_thresholds, evaluate_gate, validate_thresholds
 from shiftaudit.report.outputs import REPORT_FILES, write_report_dir
 from shiftaudit.report.terminal import audit_table, describe_run, layers_table, sig
@@ -119,11 +120,10 @@ def run_eval(
 def load_dataset_from_cli(loaded: Any, data: Path, *, preset, size, resize, mean, std, data_kind, class_map, limit, seed, strict, raw,  # type: ignore[no-untyped-def]
                           shift_mode: str = "circular", max_shift: int | None = None):
     from shiftaudit.data import load_data
-    from shiftaudit.shifts.modes import check_shift_mode, crop_margin
+    from shiftaudit.shifts.modes import get_shift_mode
 
     prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
-    check_shift_mode(shift_mode)
-    margin = crop_margin(shift_mode, None, max_shift, prep.size) if shift_mode == "crop" else None
+    margin = get_shift_mode(shift_mode, "--shift-mode").canvas_margin(None, max_shift, prep.size)
     return load_data(
         data,
         preprocessing=prep,

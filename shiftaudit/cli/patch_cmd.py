@@ -162,7 +162,7 @@ def patch_command(
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
     from shiftaudit.atomicio import all_or_nothing, write_json_atomic
-    from shiftaudit.engine.runner import resolve_device
+    from shiftaudit.engine.config import resolve_device
     from shiftaudit.errors import UsageError
     from shiftaudit.antialias.inspection import inspect_model
     from shiftaudit.antialias import SMALL_CALIBRATION, PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm, top1_agreement
