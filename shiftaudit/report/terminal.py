@@ -352,9 +352,10 @@ def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def layers_table(layers: dict[str, Any]) -> Table:
     t = Table(title="Per-layer distance from shift-equivariance", title_justify="left", show_edge=False, pad_edge=False)
+    names = [str(layer["name"]) for layer in layers["layers"]]
     for col in LAYER_SHORT:
-        if col == "Layer":
-            t.add_column(col, overflow="fold")
+        if col == "Layer":  # names fold, but never to nothing: the numbers are unreadable without them
+            t.add_column(col, overflow="fold", min_width=min(16, max(map(len, names), default=5)))
         else:
             t.add_column(col, justify="right", no_wrap=True)
     for row in layer_rows(layers):
