@@ -62,7 +62,7 @@ def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the audit started although an output was unusable")
 
     monkeypatch.setattr("shiftaudit.engine.runner.audit", audit)
-    monkeypatch.setattr("shiftaudit.cli.eval_cmd.audit", audit)
+    monkeypatch.setattr("shiftaudit.cli.running.audit", audit)
 
 
 def disk_full(path: object, *args: object, **kwargs: object) -> None:

@@ -8,8 +8,9 @@ import typer
 
 from shiftaudit.result import AuditResult
 from shiftaudit.cli import app
-from shiftaudit.cli.common import DeviceOpt, check_outputs, console, handle_errors, json_to_stdout
-from shiftaudit.cli.eval_cmd import JsonOpt, OutOpt, QuietOpt, report_result
+from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
+from shiftaudit.cli.options import DeviceOpt, JsonOpt, OutOpt, QuietOpt
+from shiftaudit.cli.running import report_result
 
 
 def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:

@@ -10,7 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from shiftaudit.cli import app
-from shiftaudit.cli.common import (
+from shiftaudit.cli.choices import DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
+from shiftaudit.cli.common import check_outputs, console, err_console, handle_errors, json_to_stdout
+from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
+from shiftaudit.cli.options import (
     ArchKwargsOpt,
     ArchOpt,
     BatchOpt,
@@ -21,12 +24,13 @@ from shiftaudit.cli.common import (
     LimitOpt,
     MaxShiftOpt,
     MeanOpt,
-    ModeOpt,
     ModelArg,
+    ModeOpt,
     NumClassesOpt,
     PairsOpt,
     PrecisionOpt,
     PresetOpt,
+    QuietOpt,
     RawOpt,
     ResizeOpt,
     SeedOpt,
@@ -37,20 +41,13 @@ from shiftaudit.cli.common import (
     StrictOpt,
     TrustPickleOpt,
     WorkersOpt,
-    check_outputs,
-    console,
-    err_console,
-    handle_errors,
-    json_to_stdout,
-    load_model_from_cli,
-    resolve_cli_preprocessing,
 )
+from shiftaudit.cli.running import run_eval
 from shiftaudit.report.terminal import sig
-from shiftaudit.cli.eval_cmd import QuietOpt
 
-MethodOpt = Annotated[str, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
+MethodOpt = Annotated[PatchMethod, typer.Option("--method", help="blurpool (blur, then subsample) or aps (adaptive polyphase sampling: keep the phase of largest norm; exactly invariant with --circular-conv --stem).")]
 FilterOpt = Annotated[str | None, typer.Option("--filter", "-f", help="Blur filter from the paper's Table 1 (`shiftaudit filters` lists them). Default: tri3 for blurpool (post hoc it keeps more accuracy than binomial5; see docs/patching.md), none (delta) for aps.")]
-PadOpt = Annotated[str | None, typer.Option("--pad", help="Blur padding: reflect, zero, circular or replicate. Default: reflect for blurpool, circular for aps.")]
+PadOpt = Annotated[Pad | None, typer.Option("--pad", case_sensitive=False, help="Blur padding. Default: reflect for blurpool, circular for aps.")]
 
 
 def steps_table(result: Any) -> Table:
@@ -116,7 +113,7 @@ def patch_command(
     arch_kwargs: ArchKwargsOpt = None,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    method: MethodOpt = "blurpool",
+    method: MethodOpt = PatchMethod.blurpool,
     filter_name: FilterOpt = None,
     pad: PadOpt = None,
     stem: Annotated[bool, typer.Option("--stem/--no-stem", help="Also blur the strided conv that reads the pixels (costs the most).")] = False,
@@ -126,7 +123,7 @@ def patch_command(
     circular_conv: Annotated[bool, typer.Option("--circular-conv", help="Make every conv's zero padding circular (the paper's clean testbed).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and stop.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the patched model here (.safetensors with metadata, or a TorchScript archive with --format torchscript).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="safetensors or torchscript.")] = "safetensors",
+    fmt: Annotated[ModelFormat, typer.Option("--format", help="How -o saves the patched model.")] = ModelFormat.safetensors,
     recalibrate: Annotated[int, typer.Option("--recalibrate", min=0, help="Re-estimate the statistics of the BatchNorm layers after the first blur on this many --calibration-data images, drawn in a random order seeded by --seed (labels unused).")] = 0,
     calibration_data: Annotated[Path | None, typer.Option("--calibration-data", help="Images for --recalibrate (any data --data reads; labels ignored). Keep them apart from the --data you evaluate on.")] = None,
     distill_data: Annotated[Path | None, typer.Option("--distill", help="Fine-tune the patched model to agree with the original (label-free distillation, random circular shifts) on the images here (any data --data reads; labels ignored).")] = None,
@@ -137,7 +134,7 @@ def patch_command(
     evaluate: Annotated[bool, typer.Option("--eval", help="Audit the original and the patched model on --data and compare them side by side.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="With --eval: write the report folder `eval --out` writes for each model (sub-folders before/, after/, and baseline_recalibrated/ with --recalibrate) and report.html with them side by side.")] = None,
     data: DataOpt = None,
-    data_kind: DataKindOpt = "auto",
+    data_kind: DataKindOpt = DataKind.auto,
     class_map: ClassMapOpt = None,
     preset: PresetOpt = None,
     size: SizeOpt = None,
@@ -151,11 +148,11 @@ def patch_command(
     workers: WorkersOpt = None,
     max_shift: MaxShiftOpt = None,
     shift_step: ShiftStepOpt = None,
-    mode: ModeOpt = "auto",
-    shift_mode: ShiftModeOpt = "circular",
+    mode: ModeOpt = Mode.auto,
+    shift_mode: ShiftModeOpt = ShiftMode.circular,
     pairs: PairsOpt = 5,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON ('-' for stdout).")] = None,
     quiet: QuietOpt = False,
@@ -167,11 +164,8 @@ def patch_command(
     from shiftaudit.antialias.inspection import inspect_model
     from shiftaudit.antialias import SMALL_CALIBRATION, PatchConfig, compare_latency_stats, patch_model, recalibrate_batchnorm, top1_agreement
     from shiftaudit.report.terminal import comparison_table, describe_shifts, inspection_table
-    from shiftaudit.cli.eval_cmd import load_dataset_from_cli, run_eval
     from shiftaudit.cli.progress import RichProgress
 
-    if fmt not in ("safetensors", "torchscript"):
-        raise UsageError(f"--format must be safetensors or torchscript, got {fmt!r}.")
     if evaluate and data is None:
         raise UsageError("--eval needs --data (the images to audit).")
     if recalibrate and calibration_data is None:
@@ -182,8 +176,7 @@ def patch_command(
         raise UsageError("--out writes the before/after report of --eval: add --eval (and --data), or drop --out.")
     if dry_run and (output is not None or evaluate or recalibrate or distill_data is not None):
         raise UsageError("--dry-run only shows the plan: drop --output, --eval, --recalibrate and --distill, or drop --dry-run.")
-    pad = pad or ("circular" if method == "aps" else "reflect")
-    config = PatchConfig(method=method, filter=filter_name, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
+    config = PatchConfig(method=method.value, filter=filter_name, pad=value(pad) or ("circular" if method == PatchMethod.aps else "reflect"), stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                          only=tuple(only or ()), skip=tuple(skip or ()))
     from shiftaudit.report.outputs import side_by_side_files
 
@@ -193,8 +186,8 @@ def patch_command(
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     if loaded.format == "torchscript":
         raise UsageError("A TorchScript archive cannot be patched: pass the weights (state dict or safetensors) with --arch.")
-    prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
-    if output is not None and fmt == "safetensors" and not loaded.arch:
+    prep = resolve_cli_preprocessing(loaded, value(preset), size, resize, mean, std, data)
+    if output is not None and fmt == ModelFormat.safetensors and not loaded.arch:
         raise UsageError("Saving a patched model as safetensors needs its architecture: pass --arch, or use --format torchscript.")
 
     if dry_run:
@@ -215,11 +208,11 @@ def patch_command(
 
     dataset = None
     if data is not None:
-        dataset = load_dataset_from_cli(loaded, data, preset=preset, size=size, resize=resize, mean=mean, std=std,
-                                        data_kind=data_kind, class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
-                                        shift_mode=shift_mode if evaluate else "circular", max_shift=max_shift)
+        dataset = load_dataset_from_cli(loaded, data, preset=value(preset), size=size, resize=resize, mean=mean, std=std,
+                                        data_kind=data_kind.value, class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw,
+                                        shift_mode=shift_mode.value if evaluate else "circular", max_shift=max_shift)
     def unlabelled(path: Path) -> Any:
-        return load_dataset_from_cli(loaded, path, preset=preset, size=size, resize=resize, mean=mean, std=std, data_kind="auto",
+        return load_dataset_from_cli(loaded, path, preset=value(preset), size=size, resize=resize, mean=mean, std=std, data_kind="auto",
                                      class_map=None, limit=None, seed=seed, strict=strict, raw=raw)
 
     calibration = unlabelled(calibration_data) if calibration_data is not None else None
@@ -269,8 +262,8 @@ def patch_command(
     if evaluate:
         import dataclasses
 
-        kwargs = dict(thresholds=[], max_shift=max_shift, shift_step=shift_step, mode=mode, shift_mode=shift_mode, pairs=pairs, seed=seed,
-                      device=device, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet)
+        kwargs = dict(thresholds=[], max_shift=max_shift, shift_step=shift_step, mode=mode.value, shift_mode=shift_mode.value, pairs=pairs, seed=seed,
+                      device=device, precision=precision.value, batch_size=batch_size, workers=workers, quiet=quiet)
         before = run_eval(loaded, dataset, **kwargs)
         after = run_eval(dataclasses.replace(loaded, model=result.model, patch_spec=result.spec), dataset, **kwargs)
         control = run_eval(dataclasses.replace(loaded, model=baseline_recal), dataset, **kwargs) if baseline_recal is not None else None
@@ -308,14 +301,14 @@ def patch_command(
             from shiftaudit.loading import save_model
 
             result.model.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before --eval ran it
-            save_model(result.model, output, format=fmt, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, num_classes=loaded.num_classes, preprocessing=prep,
+            save_model(result.model, output, format=fmt.value, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, num_classes=loaded.num_classes, preprocessing=prep,
                        class_names=loaded.class_names, patch_spec=result.spec,
                        extra_metadata={"recalibrated_images": report.get("recalibrated_images", 0),
                                        "distill_steps": report.get("distill", {}).get("steps", 0)})
         if json_out is not None:
             write_json_atomic(json_out, report)
     if not quiet and output is not None:
-        console.print(rebuild_message(output, fmt, loaded.arch), soft_wrap=True)
+        console.print(rebuild_message(output, fmt.value, loaded.arch), soft_wrap=True)
     if not quiet and json_out is not None and str(json_out) != "-":
         console.print(f"wrote {json_out}")
     if not quiet and out is not None:
