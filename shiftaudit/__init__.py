@@ -36,6 +36,7 @@ _EXPORTS = {
     "BlurPool2d": "shiftaudit.antialias.blurpool",
     "blur_pool2d": "shiftaudit.antialias.blurpool",
     "patch": "shiftaudit.antialias",
+    "PatchReport": "shiftaudit.antialias.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

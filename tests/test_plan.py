@@ -90,3 +90,21 @@ def test_thresholds_given_to_audit_are_judged_on_its_result():
                               thresholds=build_thresholds(min_consistency=0.0, min_adv_accuracy=["2=1.0"]))
     checks = result.gate["checks"]
     assert [c["passed"] for c in checks] == [True, result.metrics["adversarial"]["accuracy"][-1] >= 1.0]
+
+
+def test_eval_dry_run_shows_the_plan_runs_nothing_and_refuses_what_the_run_would(tmp_path):
+    from tests.helpers import cli
+
+    torch.manual_seed(0)
+    ckpt, data = tmp_path / "m.pt", tmp_path / "d.pt"
+    torch.save(tiny_cnn(size=8).state_dict(), ckpt)
+    torch.save({"images": torch.rand(3, 3, 8, 8), "labels": torch.tensor([0, 1, 2])}, data)
+    arch = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"size": 8}', "--raw", "--device", "cpu"]
+    res = cli("eval", str(ckpt), *arch, "--data", str(data), "--max-shift", "2", "--dry-run",
+              "--json", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["schema"] == "shiftaudit/audit-plan" and plan["plan"]["forward_rows"] == 3 * 25
+    assert "Audit plan (dry run: nothing was run)" in res.stdout and not (tmp_path / "out").exists()
+    res = cli("eval", str(ckpt), *arch, "--data", str(data), "--max-shift", "2", "--dry-run", "--min-adv-accuracy", "3=0.5")
+    assert res.exit_code == 2 and "asks for radius 3 but the shift set only reaches 2" in res.stderr
