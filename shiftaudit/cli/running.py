@@ -125,7 +125,7 @@ def show_plan(plan: Any, json_out: Path | None) -> None:
     t.add_column("", style="bold")
     t.add_column("", overflow="fold")
     rows = [
-        ("shifts", plan.shifts.describe() + f" ({plan.shifts.padding})"),
+        ("shifts", f"{plan.shifts.describe()}; border: {plan.shifts.padding}"),
         ("mode", f"{plan.mode}, {plan.pairs} random pairs per image, seed {plan.seed}"),
         ("images", f"{plan.num_images} at {plan.input_size[0]}x{plan.input_size[1]}"
                    + (f" (canvas margin {plan.canvas_margin} px)" if plan.canvas_margin else "")),
