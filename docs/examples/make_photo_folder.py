@@ -34,7 +34,7 @@ LABELLED = [
 ]
 
 # Bundled images with no ImageNet-1k class (a person, a dahlia, a motorbike, textures, scans, drawings): the
-# unlabelled pool for distillation. Together with the labelled photos this is every image bundled in the two wheels
+# unlabelled pool for distillation. Together with the labelled photos this is every PNG/JPEG bundled in the two wheels
 # except skimage's near-duplicate motorcycle_right, the 102-px microaneurysms crop and the grayscale chessboard.
 UNLABELLED = [
     "astronaut.png", "motorcycle_left.png", "flower.jpg", "horse.png", "coins.png", "brick.png", "grass.png",
