@@ -71,13 +71,23 @@ def test_patch_eval_prints_before_after_and_latency(files, tmp_path):
     _, ckpt, data = files
     report = tmp_path / "ba.json"
     res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "2",
-              "--recalibrate", "8", "--calibration-data", data, "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
+              "--recalibrate", "8", "--calibration-data", data, "--device", "cpu", "--workers", "0", "--json", report)
     assert res.exit_code == 0, res.output
     assert "Baseline" in res.stdout and "Patched (tri3)" in res.stdout and "Overhead" in res.stdout
     rep = json.loads(report.read_text())
     assert rep["recalibrated_images"] == 8 and "Baseline recalibrated" in res.stdout and "baseline_recalibrated" in rep
     assert rep["before"]["settings"]["shifts"] == rep["after"]["settings"]["shifts"]
     assert rep["latency_ms"]["patched"] > 0
+
+
+def test_patch_eval_quiet_prints_no_table_and_still_writes_the_report(files, tmp_path):
+    _, ckpt, data = files
+    report = tmp_path / "ba.json"
+    res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "1",
+              "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == "" and "Baseline" not in res.stderr and "Overhead" not in res.stderr
+    assert json.loads(report.read_text())["after"]["settings"]["shifts"]["max_shift"] == 1
 
 
 def test_bad_patch_options_are_one_sentence(files):

@@ -255,8 +255,9 @@ def _compare(report: PatchReport, loaded: Any, dataset: Any, control_model: Any,
     control = None if control_model is None else run_eval(dataclasses.replace(loaded, model=control_model), dataset, **audit_options)
     comparison = compare_patch(loaded.model, result, before, after, input_shape=shape, device=device, baseline_recalibrated=control)
     report = dataclasses.replace(report, comparison=comparison)
-    console.print(comparison_table(title=_comparison_title(comparison), results=[(n, r) for n, _, r in _runs(report, comparison)], width=console.width))
-    console.print(latency_table(comparison.latency))
+    if not audit_options.get("quiet"):  # --quiet: only the verdict and errors (the JSON and --out hold the tables)
+        console.print(comparison_table(title=_comparison_title(comparison), results=[(n, r) for n, _, r in _runs(report, comparison)], width=console.width))
+        console.print(latency_table(comparison.latency))
     noisy = latency_warning(comparison.latency)
     if noisy:
         err_console.print(Text(noisy, style="yellow"), soft_wrap=True)
