@@ -98,3 +98,13 @@ def test_bad_patch_options_are_one_sentence(files):
     assert res.exit_code == 2 and "--data" in res.stderr
     res = run("patch", ckpt, "--arch", "resnet18", "--only", "layr3")
     assert res.exit_code == 2 and "layer3" in res.stderr
+
+
+def test_rebuild_message_is_true_for_installed_and_local_factories(tmp_path):
+    from shiftaudit.cli.patch_views import rebuild_message
+
+    installed = rebuild_message(tmp_path / "m.safetensors", "safetensors", "torchvision.models:resnet18")
+    assert "the package torchvision is installed here: install it wherever you evaluate the file" in installed
+    assert "PYTHONPATH" not in installed
+    local = rebuild_message(tmp_path / "m.safetensors", "safetensors", "tests.helpers:tiny_cnn")
+    assert "the module tests.helpers must be importable: run from its folder or set PYTHONPATH" in local

@@ -51,9 +51,27 @@ def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
     if arch and kind_of(arch) == "factory":
         module = arch.partition(":")[0]
         if module != "shiftaudit" and not module.startswith("shiftaudit."):
+            top = module.split(".")[0]
+            where = (f"the package {top} is installed here: install it wherever you evaluate the file" if _installed(top)
+                     else f"the module {module} must be importable: run from its folder or set PYTHONPATH")
             return (f"wrote {output} (safetensors); rebuild it with `shiftaudit eval {output} --arch {arch} --data ...` "
-                    f"(the module {module} must be importable: run from its folder or set PYTHONPATH; its arguments, the patch "
-                    f"and the preprocessing are stored in the file)")
+                    f"({where}; its arguments, the patch and the preprocessing are stored in the file)")
     if arch and kind_of(arch) == "timm":
         return f"wrote {output} (safetensors); `shiftaudit eval {output} --data ...` rebuilds it with no other flags (timm must be installed)"
     return f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags"
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` is imported from an installed location (site-packages), not the current folder or PYTHONPATH."""
+    import importlib.util
+    import sysconfig
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    origin = spec and (spec.origin or next(iter(spec.submodule_search_locations or []), None))
+    if not origin:
+        return False
+    roots = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    return any(Path(origin).resolve().is_relative_to(root) for root in roots)
