@@ -2,12 +2,16 @@
 
     python scripts/distill_bn_choice.py FILTER {frozen,train} LR STEPS
 """
-import sys, time, dataclasses, torch
+import sys
+import time
+
+import torch
+
+from shiftaudit.antialias import PatchConfig, distill, patch_model, top1_agreement
 from shiftaudit.cli.demo_cmd import demo_dataset
 from shiftaudit.loading import load_model
 from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_checkpoint_path
-from shiftaudit.antialias import PatchConfig, patch_model, distill, top1_agreement
-from shiftaudit.engine.runner import audit
+
 torch.set_num_threads(1)
 base = load_model(demo_checkpoint_path())
 test = demo_dataset(256, base.preprocessing)

@@ -15,11 +15,11 @@ import dataclasses
 
 import torch
 
+from shiftaudit.antialias import PatchConfig, distill, patch_model, recalibrate_batchnorm, top1_agreement
 from shiftaudit.cli.demo_cmd import demo_dataset
 from shiftaudit.engine.runner import audit
 from shiftaudit.loading import load_model
 from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_checkpoint_path
-from shiftaudit.antialias import PatchConfig, distill, patch_model, recalibrate_batchnorm, top1_agreement
 
 
 def main() -> None:

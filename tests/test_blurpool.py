@@ -16,8 +16,8 @@ from shiftaudit.antialias.blurpool import (
     normalize_pad_mode,
     pad_amounts,
 )
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias.filters import filter_2d, filter_names
+from shiftaudit.errors import UsageError
 
 MODES = ["reflect", "zero", "circular", "replicate"]
 NP_MODE = {"reflect": "reflect", "zero": "constant", "circular": "wrap", "replicate": "edge"}

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shiftaudit.data import load_data
 from shiftaudit.antialias import (
     PatchConfig,
     distill,
@@ -21,6 +20,7 @@ from shiftaudit.antialias import (
     patch_model,
     recalibrate_batchnorm,
 )
+from shiftaudit.data import load_data
 from tests.helpers import assert_clean_error, cli
 
 DEMO = "shiftaudit/assets/demo.safetensors"

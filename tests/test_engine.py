@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from shiftaudit.engine.passes import DrawPlan
 from shiftaudit.engine.runner import audit
 from shiftaudit.errors import DataError, ModelError
-from shiftaudit.engine.passes import DrawPlan
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 

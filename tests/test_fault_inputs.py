@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from shiftaudit.data import load_data, read_class_map
-from shiftaudit.errors import DataError, UsageError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import DataError, UsageError
 from tests.helpers import assert_clean_error, cli, nothing_written, write_image_folder, write_images, write_models_module
 
 MODULE = "sa_faultinput_models"

@@ -208,10 +208,9 @@ def test_a_fifo_is_refused_in_a_real_process_within_seconds(setup, tmp_path):
 def test_the_writer_itself_never_replaces_a_node_that_appeared_during_the_run(tmp_path):
     """The check just before the rename: a FIFO made while the file was being written is not replaced."""
     dest = tmp_path / "r.json"
-    with pytest.raises(OutputError, match="FIFO"):
-        with atomic_path(dest) as tmp:
-            tmp.write_text("{}")
-            os.mkfifo(dest)
+    with pytest.raises(OutputError, match="FIFO"), atomic_path(dest) as tmp:
+        tmp.write_text("{}")
+        os.mkfifo(dest)
     assert stat.S_ISFIFO(os.lstat(dest).st_mode) and not leftovers(tmp_path)
 
 
@@ -346,21 +345,19 @@ def test_a_failed_rename_puts_back_what_the_run_had_already_replaced(tmp_path, m
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OutputError, match="no output of this run was written"):
-        with all_or_nothing():
-            write_json_atomic(first, {"new": 1})
-            write_json_atomic(second, {"new": 2})
+    with pytest.raises(OutputError, match="no output of this run was written"), all_or_nothing():
+        write_json_atomic(first, {"new": 1})
+        write_json_atomic(second, {"new": 2})
     assert first.read_text() == "old a" and not second.exists()
     assert not leftovers(tmp_path)
 
 
 def test_ctrl_c_inside_a_staged_run_writes_nothing(tmp_path):
     (tmp_path / "a.json").write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with all_or_nothing():
-            write_json_atomic(tmp_path / "a.json", {"new": 1})
-            write_json_atomic(tmp_path / "sub" / "b.json", {"new": 2})
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), all_or_nothing():
+        write_json_atomic(tmp_path / "a.json", {"new": 1})
+        write_json_atomic(tmp_path / "sub" / "b.json", {"new": 2})
+        raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
 
 

@@ -10,8 +10,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias import (
     PatchConfig,
     apply_patch_spec,
@@ -22,7 +20,9 @@ from shiftaudit.antialias import (
     plan_patch,
     recalibrate_batchnorm,
 )
+from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.antialias.modules import PoolBlur2d
+from shiftaudit.errors import UsageError
 
 from .helpers import tiny_cnn
 

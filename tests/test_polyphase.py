@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from shiftaudit.antialias.blurpool import BlurPool2d
+from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase
 from shiftaudit.engine.runner import audit
 from shiftaudit.models import vgg13_cifar
-from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from shiftaudit.cli import app
 from shiftaudit.data import load_data
+from shiftaudit.data.presets import Preprocessing
 from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
 from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
-from shiftaudit.data.presets import Preprocessing
 from shiftaudit.report.terminal import audit_table, describe_run
 from shiftaudit.result import AuditResult
 from shiftaudit.shifts.modes import (

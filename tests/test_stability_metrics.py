@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from shiftaudit.metrics.stability import neighbour_pairs
 from shiftaudit.engine.passes import DrawPlan
+from shiftaudit.metrics.stability import neighbour_pairs
 from shiftaudit.shifts.sets import ShiftSet
 
 from .helpers import tiny_cnn

@@ -26,8 +26,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias.filters import canonical_filter_name, filter_2d, get_filter_info
+from shiftaudit.errors import UsageError
 
 PAD_MODES = ("reflect", "zero", "circular", "replicate")
 _PAD_ALIASES = {"reflect": "reflect", "reflection": "reflect", "zero": "zero", "zeros": "zero", "constant": "zero",

@@ -43,8 +43,8 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def _is_change(m: nn.Module) -> bool:
-    from shiftaudit.antialias.blurpool import BlurPool2d
     from shiftaudit.antialias.aps import APSDown2d
+    from shiftaudit.antialias.blurpool import BlurPool2d
 
     return isinstance(m, (BlurPool2d, APSDown2d))
 

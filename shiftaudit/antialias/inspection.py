@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftaudit.errors import ModelError, UsageError, first_line
 from shiftaudit.engine.forward import model_exits_fail
+from shiftaudit.errors import ModelError, UsageError, first_line
 from shiftaudit.sizes import pair
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
@@ -247,9 +247,9 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
             role = "global" if i > last_spatial else "squeeze"
         elif ins == (h, w):
             role = "stem"
-        elif kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1):
-            role = "shortcut"
-        elif kind == "blurpool" and _on_shortcut(name, modules):
+        elif (kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1)) or (
+            kind == "blurpool" and _on_shortcut(name, modules)
+        ):
             role = "shortcut"
         else:
             role = "main"

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.errors import UsageError, first_line
-from shiftaudit.sizes import pair
 from shiftaudit.antialias.aps import APSDown2d
+from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+from shiftaudit.errors import UsageError, first_line
+from shiftaudit.sizes import pair
 
 _OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish,

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
+from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, ShiftAuditError
 from shiftaudit.limits import check_range, max_workers
-from shiftaudit.data.presets import Preprocessing
-from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
 
 DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 

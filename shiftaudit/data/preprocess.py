@@ -17,8 +17,8 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from shiftaudit.limits import MAX_PIXELS
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.limits import MAX_PIXELS
 
 CONVERTED = 1  # colour mode or channel count changed to match the model
 UNREADABLE = 2  # the file could not be decoded

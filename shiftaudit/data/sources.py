@@ -14,8 +14,8 @@ import os
 import pickle
 import stat
 import warnings
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from shiftaudit.errors import DataError, UsageError, first_line
-from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
-from shiftaudit.limits import MAX_CLASSES, is_int
-from shiftaudit.data.presets import Preprocessing
-from shiftaudit.shifts.modes import check_canvas
 from shiftaudit.data.cifar import find_batches_dir, load_cifar10_test
 from shiftaudit.data.dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
 from shiftaudit.data.imagenet import BUILTIN as BUILTIN_CLASS_MAP
 from shiftaudit.data.imagenet import imagenet_class_map, missing_class_map
 from shiftaudit.data.preprocess import check_pixels, pil_mode_for
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import DataError, UsageError, first_line
+from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.limits import MAX_CLASSES, is_int
+from shiftaudit.shifts.modes import check_canvas
 
 KINDS = ("imagefolder", "folder", "cifar10", "tensors")
 TENSOR_SUFFIXES = (".npz", ".npy", ".pt", ".pth")

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from shiftaudit.errors import UsageError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import UsageError
 
 TIMM_PREFIX = "timm:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

@@ -10,7 +10,15 @@ from torch import nn
 from shiftaudit.errors import CheckpointError, UsageError
 from shiftaudit.limits import MAX_CLASSES, check_range
 from shiftaudit.loading.architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
-from shiftaudit.loading.formats import SAFETENSORS, TORCHSCRIPT, check_file, read_safetensors, read_torch, read_torchscript, sniff_format
+from shiftaudit.loading.formats import (
+    SAFETENSORS,
+    TORCHSCRIPT,
+    check_file,
+    read_safetensors,
+    read_torch,
+    read_torchscript,
+    sniff_format,
+)
 from shiftaudit.loading.identify import identify_architecture
 from shiftaudit.loading.metadata import CheckpointMetadata, parse_metadata
 from shiftaudit.loading.model import LoadedModel

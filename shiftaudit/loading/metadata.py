@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shiftaudit.errors import CheckpointError, ShiftAuditError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import CheckpointError, ShiftAuditError
 
 FORMAT_VERSION = "1"
 PREFIX = "shiftaudit."

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from shiftaudit.atomicio import atomic_path
-from shiftaudit.errors import UsageError, first_line
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import UsageError, first_line
 from shiftaudit.loading.formats import EXTRA_FILE
 from shiftaudit.loading.metadata import encode_metadata
 from shiftaudit.loading.model import LoadedModel

@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from shiftaudit.atomicio import atomic_path
-from shiftaudit.result import AuditResult
 from shiftaudit.report.plotting import plt
+from shiftaudit.result import AuditResult
 
 DPI = 100
 ADVERSARIAL_SIZE = (7.0, 4.2)
