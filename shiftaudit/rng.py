@@ -17,8 +17,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # Stream identifiers keep independent kinds of draws uncorrelated.
 STREAM_RANDOM_SHIFT = 1
 STREAM_PAIRS = 2
-STREAM_SUBSET = 3
-STREAM_REFERENCE_PAIRS = 4
+# 3 and 4 were reserved for subset and reference-pair draws that never came; a new stream takes 5 or more, so a
+# number once used is never reused for a different kind of draw.
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

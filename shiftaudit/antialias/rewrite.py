@@ -367,7 +367,6 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
         notes.append(f"{n} convolutions now pad circularly (--circular-conv)")
         if cfg.pad != "circular":
             notes.append("the blur pads by reflection: use --pad circular as well for exact modulo-shift equivariance")
-    modules = dict(model.named_modules())
     todo = [s for s in steps if s.patched]
     convs = [s for s in todo if s.kind in ("conv", "stem")]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.layers import colour_scale
-from shiftaudit.report.plotting import new_figure, plt, save_png
+from shiftaudit.report.plotting import plt, save_png
 
 
 def _grid(layer: dict[str, Any], kind: str) -> np.ndarray:
@@ -49,4 +49,4 @@ def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "e
     return save_png(fig, path)
 
 
-__all__ = ["plot_layer_heatmaps", "new_figure"]
+__all__ = ["plot_layer_heatmaps"]
