@@ -105,7 +105,7 @@ def test_even_filters_do_not_add_a_row():
         assert patched(x).shape == (1, 3)
         # 224 -> 112 at the stem, as before
         feats = {}
-        patched.get_submodule("maxpool").register_forward_hook(lambda m, i, o: feats.update(pool=o.shape))
+        patched.get_submodule("maxpool").register_forward_hook(lambda m, i, o, feats=feats: feats.update(pool=o.shape))
         patched(x)
         assert feats["pool"][-2:] == (56, 56)
 

@@ -94,19 +94,20 @@ def _index_pad(x: torch.Tensor, dim: int, before: int, after: int, mode: str) ->
 def pad_for_blur(x: torch.Tensor, kh: int, kw: int, pad_mode: str = "reflect") -> torch.Tensor:
     """Pad the last two axes for a ``kh x kw`` filter with the module's before/after convention."""
     mode = normalize_pad_mode(pad_mode)
-    (t, b), (l, r) = pad_amounts(kh), pad_amounts(kw)
-    if t == b == l == r == 0:
+    (top, bottom), (left, right) = pad_amounts(kh), pad_amounts(kw)
+    if top == bottom == left == right == 0:
         return x
     if mode == "zero":
-        return F.pad(x, (l, r, t, b), mode="constant", value=0.0)
+        return F.pad(x, (left, right, top, bottom), mode="constant", value=0.0)
     if mode == "replicate":
-        return F.pad(x, (l, r, t, b), mode="replicate")
+        return F.pad(x, (left, right, top, bottom), mode="replicate")
     h, w = x.shape[-2], x.shape[-1]
     # torch's reflect needs pad < size, circular pad <= size; outside that, gather (rare: tiny maps only).
-    fits = (max(t, b) < h and max(l, r) < w) if mode == "reflect" else (max(t, b) <= h and max(l, r) <= w)
+    longest_h, longest_w = max(top, bottom), max(left, right)
+    fits = (longest_h < h and longest_w < w) if mode == "reflect" else (longest_h <= h and longest_w <= w)
     if fits:
-        return F.pad(x, (l, r, t, b), mode=mode)
-    return _index_pad(_index_pad(x, -2, t, b, mode), -1, l, r, mode)
+        return F.pad(x, (left, right, top, bottom), mode=mode)
+    return _index_pad(_index_pad(x, -2, top, bottom, mode), -1, left, right, mode)
 
 
 @torch.fx.wrap

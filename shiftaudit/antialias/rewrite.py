@@ -307,7 +307,7 @@ def _link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
     for short in (s for s in steps if s.patched and s.kind == "shortcut"):
         parent = short.name.split(".")[:-1]
 
-        def shared(step: PatchStep) -> int:
+        def shared(step: PatchStep, parent: list[str] = parent) -> int:
             n = 0
             for a, b in zip(step.name.split("."), parent):
                 if a != b:

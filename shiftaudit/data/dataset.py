@@ -12,6 +12,7 @@ which the engine leaves out as non-finite); with ``strict=True`` it raises :clas
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,10 +47,8 @@ class FileSource:
         """File i's path relative to the data folder (as the user gave it), with ``/`` separators."""
         path = self.files[i]
         if self.root is not None:
-            try:
+            with contextlib.suppress(ValueError):  # another drive on Windows
                 path = os.path.relpath(path, self.root)
-            except ValueError:  # another drive on Windows
-                pass
         return path.replace(os.sep, "/")
 
     def __len__(self) -> int:

@@ -5,6 +5,7 @@ Weights are never downloaded: torchvision builders get ``weights=None`` and timm
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -126,10 +127,8 @@ def _import_factory_module(module_name: str, arch: str) -> Any:
         raise UsageError(f"Importing module {module_name!r} for architecture {arch!r} failed: {type(exc).__name__}: {str(exc).strip()[:200]}.") from None
     finally:
         if added:
-            try:
+            with contextlib.suppress(ValueError):
                 sys.path.remove(cwd)
-            except ValueError:
-                pass
 
 
 def parse_arch_kwargs(text: str | None, flag: str = "--arch-kwargs") -> dict[str, Any] | None:
