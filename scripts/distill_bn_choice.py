@@ -20,5 +20,17 @@ filt, bn, lr, steps = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv
 p = patch_model(base.model, PatchConfig(filter=filt, pad="circular"))
 t=time.time()
 d = distill(base.model, p.model, unl, steps=steps, seconds=300, seed=0, lr=lr, bn=bn)
-print(filt, bn, lr, d.steps, round(d.seconds,1), round(d.agreement_before,3), round(d.agreement_after,3), round(d.shifted_agreement_before,3), round(d.shifted_agreement_after,3), round(d.loss_first,3), round(d.loss_last,3))
+print(
+    filt,
+    bn,
+    lr,
+    d.steps,
+    round(d.seconds, 1),
+    round(d.agreement_before, 3),
+    round(d.agreement_after, 3),
+    round(d.shifted_agreement_before, 3),
+    round(d.shifted_agreement_after, 3),
+    round(d.loss_first, 3),
+    round(d.loss_last, 3),
+)
 print("test agreement", top1_agreement(base.model, p.model, test))

@@ -51,7 +51,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     """The test models on sys.path, a tiny 3-class state dict, a 16x16 ImageFolder of 3 images, two reports."""
     root = tmp_path_factory.mktemp("outputs")
     with tiny_models_on_path(root, MODULE, classes=3, per_class=1) as (_, ckpt, data):
-        reports = [synthetic_result(name="a").save_json(root / "a.json"), synthetic_result(0.1, name="b").save_json(root / "b.json")]
+        reports = [
+            synthetic_result(name="a").save_json(root / "a.json"),
+            synthetic_result(0.1, name="b").save_json(root / "b.json"),
+        ]
         yield root, ckpt, data, reports
 
 
@@ -201,7 +204,9 @@ def test_a_fifo_is_refused_in_a_real_process_within_seconds(setup, tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "shiftaudit", *args], capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().startswith("error: --json") and "FIFO" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("error: --json") and "FIFO" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and time.monotonic() - t0 < 30
 
 

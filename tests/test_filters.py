@@ -121,7 +121,9 @@ def test_aliases(alias, canonical):
     assert get_filter_info(alias).name == canonical
 
 
-@pytest.mark.parametrize("bad, suggestion", [("bnomial5", "binomial5"), ("rect8", "rect"), ("triangel3", "tri3"), ("lsq5", "lsq")])
+@pytest.mark.parametrize(
+    "bad, suggestion", [("bnomial5", "binomial5"), ("rect8", "rect"), ("triangel3", "tri3"), ("lsq5", "lsq")]
+)
 def test_unknown_name_suggests_close_ones(bad, suggestion):
     with pytest.raises(UsageError) as e:
         get_filter(bad)

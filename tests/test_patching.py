@@ -232,7 +232,9 @@ def test_every_torchvision_classifier_patches_with_same_shape_and_weights():
             want = model(x).shape
             result = patch_model(model, PatchConfig(stem=True))
             got = result.model(x).shape
-        same_keys = {k: tuple(v.shape) for k, v in result.model.state_dict().items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        same_keys = {k: tuple(v.shape) for k, v in result.model.state_dict().items()} == {
+            k: tuple(v.shape) for k, v in model.state_dict().items()
+        }
         if got != want or not same_keys:
             failures.append(name)
     assert not failures

@@ -132,7 +132,9 @@ def test_subpixel_integer_shift_is_the_circular_roll(h, w):
         got = fourier_shift(x, float(dh), float(dw))
         assert torch.allclose(got, torch.roll(x, (dh, dw), (-2, -1)), atol=1e-5)
     bank = FourierBank(x)
-    got = bank.gather(torch.tensor([1, 0]), torch.tensor([2.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64))
+    got = bank.gather(
+        torch.tensor([1, 0]), torch.tensor([2.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64)
+    )
     assert torch.allclose(got[0], torch.roll(x[1], (2, 1), (-2, -1)), atol=1e-5)
     assert torch.allclose(got[1], torch.roll(x[0], (-1, 4), (-2, -1)), atol=1e-5)
 

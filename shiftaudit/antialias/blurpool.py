@@ -72,7 +72,9 @@ def _as_kernel(kernel: torch.Tensor | str | Sequence[float], ref: torch.Tensor) 
     if k.dim() == 2:
         k = k[None, None]
     if k.dim() != 4 or k.shape[1] != 1:
-        raise UsageError(f"Blur kernel must be a name, a 1-D or 2-D filter, or a (C, 1, k, k) weight; got shape {tuple(k.shape)}.")
+        raise UsageError(
+            f"Blur kernel must be a name, a 1-D or 2-D filter, or a (C, 1, k, k) weight; got shape {tuple(k.shape)}."
+        )
     return k.to(dtype=ref.dtype, device=ref.device)
 
 

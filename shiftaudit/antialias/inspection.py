@@ -186,7 +186,9 @@ def input_too_small(model: Any, size: tuple[int, int], channels: int) -> UsageEr
 def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels: int | None = None) -> Inspection:
     """Find every downsampling point of ``model`` for inputs of ``size`` (one forward pass on a blank image)."""
     if isinstance(model, torch.jit.ScriptModule):
-        raise ModelError("Layer-by-layer inspection needs a Python nn.Module; a TorchScript archive can be audited but not inspected.")
+        raise ModelError(
+            "Layer-by-layer inspection needs a Python nn.Module; a TorchScript archive can be audited but not inspected."
+        )
     h, w = size
     c = channels or _first_input_channels(model, 3)
     records: list[tuple[str, nn.Module, tuple[int, int], tuple[int, int], int | None]] = []

@@ -26,8 +26,8 @@ class PoolBlur2d(nn.Module):
 
     ``MaxPool(k, s)`` becomes ``MaxPool(k, 1)`` + ``BlurPool(s)`` (MaxBlurPool); ``AvgPool(k, s)`` becomes
     ``AvgPool(k, 1)`` + ``BlurPool(s)``. The output has the original pool's size, ``ceil_mode`` included. With
-    ``circular`` (set by ``--circular-conv`` or ``--pad circular``) the dense pool wraps around the border as circular convs do, so the
-    whole layer is exactly equivariant to shifts by multiples of its stride; its output is then ceil(H / s) long.
+    ``circular`` (set by ``--circular-conv`` or ``--pad circular``) the dense pool wraps around the border as circular
+    convs do, so the whole layer is exactly equivariant to shifts by multiples of its stride; its output is then ceil(H / s) long.
     """
 
     def __init__(self, pool: nn.Module, blur: BlurPool2d, circular: bool = False) -> None:

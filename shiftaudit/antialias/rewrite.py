@@ -165,7 +165,13 @@ def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | N
             step.patched, step.reason = False, "pools disabled"
         elif kind in ("conv", "stem") and not cfg.convs:
             step.patched, step.reason = False, "convs disabled"
-        elif kind in ("conv", "stem") and isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and pair(m.padding) == (0, 0) and max(stride) >= 4:
+        elif (
+            kind in ("conv", "stem")
+            and isinstance(m, nn.Conv2d)
+            and m.kernel_size == m.stride
+            and pair(m.padding) == (0, 0)
+            and max(stride) >= 4
+        ):
             step.patched, step.reason = False, "patchify conv (kernel = stride)"
         steps.append(step)
     return steps
@@ -344,7 +350,12 @@ def make_convs_circular(model: nn.Module) -> int:
     """
     changed = 0
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str) and any(p > 0 for p in pair(m.padding)):
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str)
+            and any(p > 0 for p in pair(m.padding))
+        ):
             m.padding_mode = "circular"
             changed += 1
     return changed
@@ -463,5 +474,8 @@ def apply_patch_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     got = [s.name for s in result.patched]
     if isinstance(want, list) and sorted(map(str, want)) != sorted(got):
         missing = sorted(set(map(str, want)) - set(got)) or sorted(set(got) - set(map(str, want)))
-        raise UsageError(f"The checkpoint's patch spec does not fit this architecture (layer {missing[0]!r} differs); was it saved with another version of the model code?")
+        raise UsageError(
+            f"The checkpoint's patch spec does not fit this architecture (layer {missing[0]!r} differs); "
+            "was it saved with another version of the model code?"
+        )
     return result.model

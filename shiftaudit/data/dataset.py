@@ -163,7 +163,9 @@ def to_chw(img: Any, prep: Preprocessing | None, channels: int, raw: bool) -> tu
             raise DataError(f"PIL images cannot give the {channels} channels the model expects.")
         if img.mode != mode:
             img, flags = img.convert(mode), CONVERTED
-        x, more = finish(torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(img.height, img.width, -1).permute(2, 0, 1), prep)
+        x, more = finish(
+            torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(img.height, img.width, -1).permute(2, 0, 1), prep
+        )
         return x, flags | more
     t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
     if t.ndim == 2:

@@ -58,7 +58,9 @@ def _require_timm(arch: str) -> Any:
     try:
         import timm
     except ImportError:
-        raise UsageError(f"Architecture {arch!r} needs timm, which is not installed; run `pip install shiftaudit[timm]`.") from None
+        raise UsageError(
+            f"Architecture {arch!r} needs timm, which is not installed; run `pip install shiftaudit[timm]`."
+        ) from None
     return timm
 
 
@@ -120,11 +122,15 @@ def _import_factory_module(module_name: str, arch: str) -> Any:
                 f"Cannot import module {module_name!r} for architecture {arch!r}: it is not in the current folder "
                 f"({cwd}) nor on the Python path; run from the folder that holds it or set PYTHONPATH to that folder."
             ) from None
-        raise UsageError(f"Cannot import module {module_name!r} for architecture {arch!r}: it needs {missing!r}, which is not installed.") from None
+        raise UsageError(
+            f"Cannot import module {module_name!r} for architecture {arch!r}: it needs {missing!r}, which is not installed."
+        ) from None
     except ImportError as exc:
         raise UsageError(f"Cannot import module {module_name!r} for architecture {arch!r} ({exc}).") from None
     except Exception as exc:
-        raise UsageError(f"Importing module {module_name!r} for architecture {arch!r} failed: {type(exc).__name__}: {str(exc).strip()[:200]}.") from None
+        raise UsageError(
+            f"Importing module {module_name!r} for architecture {arch!r} failed: {type(exc).__name__}: {str(exc).strip()[:200]}."
+        ) from None
     finally:
         if added:
             with contextlib.suppress(ValueError):
@@ -138,7 +144,10 @@ def parse_arch_kwargs(text: str | None, flag: str = "--arch-kwargs") -> dict[str
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
-        raise UsageError(f"{flag} must be a JSON object such as '{{\"model_name\": \"efficientnet-lite0\"}}', and {text[:80]!r} is not valid JSON.") from None
+        raise UsageError(
+            f"{flag} must be a JSON object such as '{{\"model_name\": \"efficientnet-lite0\"}}', "
+            f"and {text[:80]!r} is not valid JSON."
+        ) from None
     if not isinstance(value, dict):
         raise UsageError(f"{flag} must be a JSON object of keyword arguments (in braces), not a {type(value).__name__}.")
     bad = [k for k in value if not (k.isidentifier() and not k.startswith("_"))]

@@ -163,7 +163,10 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
         try:
             from shiftaudit.antialias import apply_patch_spec
         except ImportError:
-            raise CheckpointError(f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.antialias, which is not available.") from None
+            raise CheckpointError(
+                f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.antialias, "
+                "which is not available."
+            ) from None
         model = apply_patch_spec(model, patch_spec) or model
 
     hint = _wrong_arch_hint(sd, arch) if arch_source == "--arch" else None

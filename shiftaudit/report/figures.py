@@ -121,7 +121,9 @@ def plot_variation_distribution(runs: Runs, path: str | Path, title: str | None 
         counts, _ = np.histogram(clipped, bins=bins)
         share = 100 * counts / max(1, values.size)
         label = f"{name} (mean {mean:.4f})" if mean is not None else name
-        ax.stairs(share, bins, color=colour, linewidth=1.6, label=label, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0)
+        ax.stairs(
+            share, bins, color=colour, linewidth=1.6, label=label, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0
+        )
         if mean is not None and mean > 0:
             ax.axvline(mean, color=colour, linestyle="--", linewidth=1)
         n_zero = int((values < VARIATION_FLOOR).sum())
@@ -301,7 +303,11 @@ def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None =
                   label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)")
     exact = series[0][2] == "exact_consistency"
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("Per-image consistency (" + ("share of shift pairs with the same prediction" if exact else "share of sampled pairs that agree") + ")")
+    ax.set_xlabel(
+        "Per-image consistency ("
+        + ("share of shift pairs with the same prediction" if exact else "share of sampled pairs that agree")
+        + ")"
+    )
     ax.set_ylabel("Share of images [%]")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

@@ -27,7 +27,9 @@ def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "e
     n = len(entries)
     cols = min(6, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 2.1 * rows + 0.5), dpi=100, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.0 * cols + 0.8, 2.1 * rows + 0.5), dpi=100, squeeze=False, layout="constrained"
+    )
     cmap = plt.get_cmap("turbo")
     image = None
     extent = (dw[0] - 0.5, dw[-1] + 0.5, dh[-1] + 0.5, dh[0] - 0.5)

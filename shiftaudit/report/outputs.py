@@ -9,7 +9,16 @@ from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir
 from shiftaudit.result import AuditResult
 
 # Every file write_report_dir may write: the CLI checks each of them before the audit runs.
-REPORT_FILES = ("report.json", "adversarial.png", "variation.png", "accuracy_map.png", "flips.png", "layers.png", "consistency.png", "report.html")
+REPORT_FILES = (
+    "report.json",
+    "adversarial.png",
+    "variation.png",
+    "accuracy_map.png",
+    "flips.png",
+    "layers.png",
+    "consistency.png",
+    "report.html",
+)
 
 
 def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[Path]:
