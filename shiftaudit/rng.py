@@ -9,6 +9,7 @@ draw number): a SplitMix64 hash, vectorised in numpy. Same seed and data -> same
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -21,7 +22,7 @@ STREAM_PAIRS = 2
 # number once used is never reused for a different kind of draw.
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: npt.ArrayLike) -> np.ndarray:
     """The SplitMix64 finaliser (Steele et al. 2014): a bijective, well-mixed 64-bit hash."""
     with np.errstate(over="ignore"):
         z = np.asarray(x, dtype=np.uint64) + _GOLDEN

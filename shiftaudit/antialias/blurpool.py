@@ -51,7 +51,7 @@ def _pair(stride: int | Sequence[int]) -> tuple[int, int]:
     s = (int(stride), int(stride)) if isinstance(stride, int) else tuple(int(v) for v in stride)
     if len(s) != 2 or min(s) < 1:
         raise UsageError(f"Blur stride must be a positive integer or a pair of them, got {stride!r}.")
-    return s  # type: ignore[return-value]
+    return s
 
 
 def make_blur_kernel(name: str, channels: int = 1, dtype: torch.dtype = torch.float32,
@@ -141,6 +141,8 @@ class BlurPool2d(nn.Module):
     kernel and expands it to the input's channel count on each call; a given ``channels`` stores the full
     depthwise weight (a different channel count at run time still works).
     """
+
+    kernel: torch.Tensor  # a buffer
 
     def __init__(self, channels: int | None = None, filt: str = "binomial5", stride: int = 2,
                  pad_mode: str = "reflect") -> None:

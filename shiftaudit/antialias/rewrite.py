@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -290,6 +292,7 @@ def _free_name(root: nn.Module, base: str) -> str:
 
 def _make_blur(cfg: PatchConfig, channels: int | None, stride: int, like: nn.Module | None = None) -> nn.Module:
     """The subsampling layer the method asks for: BlurPool (blur + phase 0) or APS (blur + best phase)."""
+    assert cfg.filter is not None  # PatchConfig fills in the method's default
     if cfg.method == "aps":
         blur: nn.Module = APSDown2d(stride=stride, filt=cfg.filter, pad_mode=cfg.pad, channels=channels)
     else:
@@ -336,11 +339,11 @@ def _link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
 
 
 def _blur_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    return module.blur(output)
+    return cast(nn.Module, module.blur)(output)
 
 
 def _blur_input(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (module.blur(inputs[0]), *inputs[1:])
+    return (cast(nn.Module, module.blur)(inputs[0]), *inputs[1:])
 
 
 def make_convs_circular(model: nn.Module) -> int:
@@ -400,6 +403,7 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     for s in todo:
         m = root.get_submodule(s.name)
         if s.kind in ("maxpool", "avgpool"):
+            assert isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))  # what inspection calls a maxpool or avgpool
             blur = _make_blur(cfg, None, s.stride)
             _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv or cfg.pad == "circular"))
             s.blur = f"{s.name}.blur"
@@ -437,7 +441,8 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
             gm.add_submodule(blur_name, _make_blur(cfg, m.out_channels, s.stride, m))
             with gm.graph.inserting_after(place):
                 blur_node = gm.graph.call_module(blur_name, (place,))
-            place.replace_all_uses_with(blur_node, delete_user_cb=lambda user, b=blur_node: user is not b)
+            # every use of ``place`` now reads the blur, except the blur itself
+            place.replace_all_uses_with(blur_node, delete_user_cb=functools.partial(operator.is_not, blur_node))
             blur_names.append(blur_name)
             s.placed_after = _node_label(place)
         _set_stride_one(m)

@@ -272,15 +272,14 @@ def build_skeleton(arch: str, num_classes: int | None = None, **kwargs: Any) -> 
 
 def timm_preprocessing(model: nn.Module, arch: str) -> Preprocessing | None:
     """The input size/normalisation timm recorded for this architecture (its ``pretrained_cfg``)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    try:
-        size = cfg.get("input_size")
-        _, h, w = (int(v) for v in size)
+    cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    try:  # a missing or malformed entry: None, like no pretrained_cfg at all
+        _, h, w = (int(v) for v in cfg["input_size"])
         crop = float(cfg.get("crop_pct") or 0.875)
         return Preprocessing(
             size=(h, w),
-            mean=tuple(float(v) for v in cfg.get("mean")),
-            std=tuple(float(v) for v in cfg.get("std")),
+            mean=tuple(float(v) for v in cfg["mean"]),
+            std=tuple(float(v) for v in cfg["std"]),
             resize=int(math.floor(min(h, w) / crop)) if crop < 1 else None,
             name=arch,
         )

@@ -106,9 +106,9 @@ def plot_variation_distribution(runs: Runs, path: str | Path, title: str | None 
     """Histogram over images of the std of P(correct class) across shifts, on log-spaced bins; one line per run."""
     series = []
     for name, res in _runs(runs):
-        values = [v for v in res.per_image.get("variation", []) if v is not None]
-        if values:
-            series.append((name, np.asarray(values, dtype=float), res.variation))
+        kept = [v for v in res.per_image.get("variation", []) if v is not None]
+        if kept:
+            series.append((name, np.asarray(kept, dtype=float), res.variation))
     if not series:
         return None
     fig, axes = _figure(VARIATION_SIZE)
@@ -288,9 +288,9 @@ def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None =
     series = []
     for name, res in _runs(runs):
         key = "exact_consistency" if res.per_image.get("exact_consistency") else "sampled_agreement"
-        values = [v for v in res.per_image.get(key, []) if v is not None]
-        if values:
-            series.append((name, np.asarray(values, dtype=float), key))
+        kept = [v for v in res.per_image.get(key, []) if v is not None]
+        if kept:
+            series.append((name, np.asarray(kept, dtype=float), key))
     if not series:
         return None
     fig, axes = _figure(CONSISTENCY_SIZE)
