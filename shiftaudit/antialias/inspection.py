@@ -158,7 +158,7 @@ def _first_input_channels(model: nn.Module, default: int) -> int:
     return default
 
 
-def too_small_error(model: Any, size: tuple[int, int], channels: int) -> UsageError | None:
+def too_small_error(model: object, size: tuple[int, int], channels: int) -> UsageError | None:
     """A model that fails on small ``size`` inputs but runs on larger ones was given inputs below its total stride:
     say so with the stride, instead of the framework's error from deep inside the network (or None: not that)."""
     h, w = int(size[0]), int(size[1])

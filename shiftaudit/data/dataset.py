@@ -347,8 +347,10 @@ class _Indexed(Dataset):
 class AuditLoader(DataLoader):
     """A DataLoader yielding ``(images, labels, indices)``; it records decode flags and drops unreadable images."""
 
+    dataset: _Indexed  # what make_loader gives it
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        ds: AuditDataset = self.dataset.ds  # type: ignore[attr-defined]
+        ds = self.dataset.ds
         yielded = 0
         for images, labels, ids, flags in _worker_errors_said(super().__iter__()):
             ds.record(ids.numpy(), flags.numpy())

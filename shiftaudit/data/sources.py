@@ -419,9 +419,11 @@ def load_data(
         if found in ("imagefolder", "folder") and preprocessing is None:
             raise UsageError("Image files need a preprocessing (crop size, mean, std), e.g. presets.get_preset('imagenet').")
         if found == "imagefolder":
-            ds = _image_folder(path, preprocessing, class_map, strict, num_classes)  # type: ignore[arg-type]
+            assert preprocessing is not None  # refused above
+            ds = _image_folder(path, preprocessing, class_map, strict, num_classes)
         elif found == "folder":
-            ds = _flat_folder(path, preprocessing, strict)  # type: ignore[arg-type]
+            assert preprocessing is not None
+            ds = _flat_folder(path, preprocessing, strict)
         elif found == "cifar10":
             ds = _cifar10(path, preprocessing)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -183,7 +184,7 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
     )
 
 
-def _wrong_arch_hint(sd: StateDict, arch: str) -> Any:
+def _wrong_arch_hint(sd: StateDict, arch: str) -> Callable[[], str | None]:
     """A function naming the architecture the weights really fit (torchvision only, so it stays quick)."""
 
     def hint() -> str | None:

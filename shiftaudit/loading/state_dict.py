@@ -180,8 +180,7 @@ def load_weights(model: nn.Module, sd: StateDict, *, label: str, source: str,
     if mismatched:
         _, head = infer_num_classes(sd)
         keys = {k for k, _, _ in mismatched}
-        cls_prefix = head.rsplit(".", 1)[0] + "." if head else None
-        if head and head in keys and all(k.startswith(cls_prefix) for k in keys):  # type: ignore[arg-type]
+        if head and head in keys and all(k.startswith(head.rsplit(".", 1)[0] + ".") for k in keys):
             ck_n = sd[head].shape[0]
             model_n = model_sd[head].shape[0]
             raise CheckpointError(

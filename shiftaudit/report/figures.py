@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from shiftaudit.atomicio import atomic_path
@@ -43,11 +45,11 @@ def _short_name(result: AuditResult) -> str:
     return str(name).rsplit(":", 1)[-1]
 
 
-def _figure(size: tuple[float, float], ncols: int = 1, nrows: int = 1, **kw: Any) -> tuple[Any, Any]:
+def _figure(size: tuple[float, float], ncols: int = 1, nrows: int = 1, **kw: Any) -> tuple[Figure, np.ndarray]:
     return plt.subplots(nrows, ncols, figsize=size, dpi=DPI, layout="constrained", squeeze=False, **kw)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     """PNG at exactly figsize * DPI pixels, written atomically."""
     try:
         with atomic_path(path, suffix=".png") as tmp:
@@ -343,7 +345,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
     return img, np.roll(img, (int(dh), int(dw)), axis=(0, 1))
 
 
-def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int], ylabel: str = "P(correct)") -> None:
+def _flip_curves(ax: Axes, grid: np.ndarray, dh: list[int], dw: list[int], ylabel: str = "P(correct)") -> None:
     if 0 in dh:
         ax.plot(dw, grid[dh.index(0)], color="black", linewidth=1.3, label="horizontal (dh=0)")
     common = [s for s in dw if s in dh]
