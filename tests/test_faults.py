@@ -133,8 +133,8 @@ def test_unwritable_destinations_are_output_errors(tmp_path, where):
 
 # -- CUDA out of memory -------------------------------------------------------------------------------------------
 def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setup):
-    """``_Forward`` catches torch.cuda.OutOfMemoryError on any device, so a model raising it tests the halving on CPU."""
-    from shiftaudit.engine.runner import _Forward
+    """``BatchedForward`` catches torch.cuda.OutOfMemoryError on any device, so a model raising it tests the halving on CPU."""
+    from shiftaudit.engine.forward import BatchedForward
 
     mod, _, _ = setup
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setu
     plain.load_state_dict(oom.state_dict())
     x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
-    fwd = _Forward(oom, torch.device("cpu"), "fp32", batch=64, channels_last=False)
+    fwd = BatchedForward(oom, torch.device("cpu"), "fp32", batch=64, channels_last=False)
     with torch.inference_mode():
         pred, p_label, p_top, finite = fwd.run(lambda sl: x[sl], 40, labels)
         logits = plain(x)
@@ -158,13 +158,13 @@ def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setu
 
 
 def test_forward_out_of_memory_at_batch_one_is_a_clean_error():
-    from shiftaudit.engine.runner import _Forward
+    from shiftaudit.engine.forward import BatchedForward
 
     class AlwaysOom(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    fwd = _Forward(AlwaysOom(), torch.device("cpu"), "fp32", batch=4, channels_last=False)
+    fwd = BatchedForward(AlwaysOom(), torch.device("cpu"), "fp32", batch=4, channels_last=False)
     with pytest.raises(ModelError, match="out of memory even with a batch of one"):
         fwd.run(lambda sl: torch.zeros(sl.stop - sl.start, 3, 8, 8), 4, None)
 

@@ -153,12 +153,12 @@ def test_spec_for_another_architecture_is_refused():
 
 def test_policy_options():
     model = torchvision.models.resnet18(num_classes=4)
-    names = lambda cfg: {s.name for s in plan_patch(model, None, cfg) if s.patched}  # noqa: E731
+    names = lambda cfg: {s.name for s in plan_patch(model, config=cfg) if s.patched}  # noqa: E731
     assert "conv1" in names(PatchConfig(stem=True))
     assert not any("downsample" in n for n in names(PatchConfig(shortcuts=False)))
     assert names(PatchConfig(only=("layer3",))) == {"layer3.0.conv1", "layer3.0.downsample.0"}
     with pytest.raises(UsageError, match="layer3"):
-        plan_patch(model, None, PatchConfig(only=("layr3",)))
+        plan_patch(model, config=PatchConfig(only=("layr3",)))
     with pytest.raises(UsageError, match="binomial5"):
         PatchConfig(filter="binomal5")
 

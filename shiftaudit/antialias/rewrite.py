@@ -369,7 +369,7 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     cfg = config or PatchConfig()
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise UsageError("Only a Python nn.Module can be patched (a TorchScript archive cannot).")
-    steps = plan_patch(model, None, cfg)
+    steps = plan_patch(model, config=cfg)
     for step in steps:
         step.method = cfg.method
     if not inplace:
