@@ -2,11 +2,12 @@
 
 Every engine path and command that writes a report runs once on small files made here (no download): the demo
 (polyphase), dense circular, sampled, crop, sub-pixel, per-layer distances, unlabelled data, a gate, adversary early
-exit, ``patch --eval`` and ``compare``. The measured seconds (``timing``, ``latency``/``latency_ms``) and the versions
+exit, ``patch --eval`` and ``compare``. The measured seconds (``timing``, latency) and the versions
 (``environment``) are the only parts of a report that change from run to run; they are dropped, the temporary folder's
-path is written ``<work>``, and every report is rewritten with sorted keys.
+name is replaced by ``WORK``, and the key order is kept.
 
-Usage: ``python scripts/golden_reports.py OUT_DIR`` before and after a change, then ``diff -r BEFORE AFTER``.
+Usage: ``PYTHONPATH=. python scripts/golden_reports.py OUT_DIR`` from the checkout to test, before and after a change,
+then ``diff -r BEFORE AFTER``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ import torch
 VOLATILE = {"timing", "environment", "latency", "latency_ms", "seconds", "images_per_s", "forwards_per_s"}
 
 
-def scrub(obj: object, work: str) -> object:
+def scrub(obj: object) -> object:
     if isinstance(obj, dict):
-        return {k: scrub(v, work) for k, v in obj.items() if k not in VOLATILE}
+        return {k: scrub(v) for k, v in obj.items() if k not in VOLATILE}
     if isinstance(obj, list):
-        return [scrub(v, work) for v in obj]
-    if isinstance(obj, str):
-        return obj.replace(work, "<work>")  # the temporary folder's name differs on every run
+        return [scrub(v) for v in obj]
     return obj
 
 
@@ -87,9 +86,9 @@ def main(out: Path) -> None:
                    "--max-shift", "2", "--device", "cpu", "--json", work / "patch.json")
         shiftaudit("compare", work / "dense.json", work / "grid.json", "--json", work / "compare.json")
         early_exit(f, work / "early_exit.json")
-        for path in sorted(work.glob("*.json")):
-            report = scrub(json.loads(path.read_text()), str(work))
-            (out / path.name).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        for path in sorted(work.glob("*.json")):  # the temporary folder's name differs from run to run
+            report = scrub(json.loads(path.read_text().replace(str(work), "WORK")))
+            (out / path.name).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {len(list(out.glob('*.json')))} reports to {out}")
 
 

@@ -21,12 +21,22 @@ _EXPORTS = {
     "load_data": "shiftaudit.data",
     "ShiftSet": "shiftaudit.shifts.sets",
     "audit": "shiftaudit.engine.runner",
+    "run_plan": "shiftaudit.engine.runner",
+    "plan_audit": "shiftaudit.engine.plan",
+    "AuditPlan": "shiftaudit.engine.plan",
+    "AuditConfig": "shiftaudit.engine.config",
+    "AuditInterrupted": "shiftaudit.errors",
+    "gate": "shiftaudit.gating",
+    "Threshold": "shiftaudit.gating",
+    "GateReport": "shiftaudit.gating",
+    "register_metric": "shiftaudit.metrics",
     "AuditResult": "shiftaudit.result",
     "inspect_model": "shiftaudit.antialias.inspection",
     "get_filter": "shiftaudit.antialias.filters",
     "BlurPool2d": "shiftaudit.antialias.blurpool",
     "blur_pool2d": "shiftaudit.antialias.blurpool",
     "patch": "shiftaudit.antialias",
+    "PatchReport": "shiftaudit.antialias.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -51,6 +51,22 @@ class Terminated(KeyboardInterrupt):
     whole batches only, progress saved for ``--resume``, one line, exit code 143 (128 + 15) instead of 130."""
 
 
+class AuditInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped an audit between two batches: how far it got, and where its progress was saved.
+
+    A KeyboardInterrupt still (code that stops on Ctrl-C keeps working); ``terminated`` says it was SIGTERM.
+    ``resume_path``: the state file an audit with the same settings continues from, or None without ``resume``.
+    """
+
+    def __init__(self, done: int, total: int, resume_path: str | None = None, terminated: bool = False) -> None:
+        super().__init__(f"audit interrupted after {done} of {total} images")
+        self.done, self.total, self.resume_path, self.terminated = done, total, resume_path, terminated
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return self.done, self.total
+
+
 def first_line(exc: BaseException, default: str | None = None) -> str:
     """The first line of an exception's message, for one-sentence errors (``default``: the exception's type name)."""
     text = str(exc).strip()

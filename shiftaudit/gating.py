@@ -8,6 +8,7 @@ failure line says everything needed to judge it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -114,11 +115,12 @@ def validate_thresholds(thresholds: list[Threshold], *, labelled: bool, exhausti
     the set does not hold is refused: it would otherwise be judged on a smaller radius, i.e. on shifts never tested.
     """
     for t in thresholds:
-        if t.metric in ("accuracy", "variation", "adversarial") and not labelled:
+        g = _gate_metric(t)
+        if g.needs_labels and not labelled:
             raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
-        if t.metric in ("variation", "adversarial") and not exhaustive:
+        if g.needs_all_shifts and not exhaustive:
             raise UsageError(f"{t.flag} needs every shift evaluated; use --mode exhaustive or a smaller shift set.")
-        if t.metric == "adversarial" and radii and t.radius is not None and t.radius not in radii:
+        if t.radius is not None and radii and t.radius not in radii:
             raise UsageError(unevaluated_radius_message(t, radii))
 
 
@@ -135,39 +137,95 @@ def unevaluated_radius_message(t: Threshold, radii: list[int] | list[float]) -> 
             f"gate on the nearest evaluated radius ({nearest}) or pass --shift-step 1.")
 
 
+@dataclass(frozen=True)
+class GateMetric:
+    """A headline number a threshold can bound: what it needs, and how to read it (value, 95 % interval, estimator)
+    from a report's ``metrics``. Registered by name (:func:`register_gate`), so the gate names no metric itself."""
+
+    name: str
+    needs_labels: bool
+    needs_all_shifts: bool
+    read: Callable[[dict[str, Any], Threshold], tuple[float, float | None, float | None, str]]
+
+
+_GATES: dict[str, GateMetric] = {}
+
+
+def register_gate(metric: GateMetric) -> GateMetric:
+    _GATES[metric.name] = metric
+    return metric
+
+
+def _read_consistency(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
+    cons = m.get("consistency", {})
+    key = "exact" if "exact" in cons else "sampled"
+    entry = cons.get(key)
+    return entry["value"], entry["ci_low"], entry["ci_high"], f"{key} consistency"
+
+
+def _read_accuracy(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
+    entry = m.get("accuracy", {}).get("none")
+    if entry is None:
+        raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
+    return entry["value"], entry["ci_low"], entry["ci_high"], "top-1 accuracy without shift"
+
+
+def _read_variation(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
+    entry = m.get("variation")
+    if entry is None:
+        raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
+    return entry["mean"], entry["ci_low"], entry["ci_high"], "mean classification variation"
+
+
+def _read_adversarial(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
+    adv = m.get("adversarial")
+    if adv is None:
+        raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
+    radii = adv["radius"]
+    if t.radius not in radii:
+        raise UsageError(unevaluated_radius_message(t, radii))
+    i = radii.index(t.radius)
+    return adv["accuracy"][i], adv["ci_low"][i], adv["ci_high"][i], f"max-shift adversarial accuracy at r={t.radius}"
+
+
+register_gate(GateMetric("consistency", needs_labels=False, needs_all_shifts=False, read=_read_consistency))
+register_gate(GateMetric("accuracy", needs_labels=True, needs_all_shifts=False, read=_read_accuracy))
+register_gate(GateMetric("variation", needs_labels=True, needs_all_shifts=True, read=_read_variation))
+register_gate(GateMetric("adversarial", needs_labels=True, needs_all_shifts=True, read=_read_adversarial))
+
+
+def _gate_metric(t: Threshold) -> GateMetric:
+    try:
+        return _GATES[t.metric]
+    except KeyError:
+        raise UsageError(f"No gate on {t.metric!r}; thresholds exist for {', '.join(_GATES)}.") from None
+
+
 def evaluate_gate(result: AuditResult, thresholds: list[Threshold]) -> GateReport:
+    """One check per threshold, judged on the result's numbers: a ``min`` holds at value >= threshold, a ``max`` at
+    value <= threshold (exactly at the threshold passes)."""
     checks: list[Check] = []
-    m = result.metrics
     for t in thresholds:
-        lo = hi = None
-        if t.metric == "consistency":
-            cons = m.get("consistency", {})
-            key = "exact" if "exact" in cons else "sampled"
-            entry = cons.get(key)
-            estimator = f"{key} consistency"
-            value, lo, hi = entry["value"], entry["ci_low"], entry["ci_high"]
-        elif t.metric == "accuracy":
-            entry = m.get("accuracy", {}).get("none")
-            if entry is None:
-                raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
-            estimator = "top-1 accuracy without shift"
-            value, lo, hi = entry["value"], entry["ci_low"], entry["ci_high"]
-        elif t.metric == "variation":
-            entry = m.get("variation")
-            if entry is None:
-                raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
-            estimator = "mean classification variation"
-            value, lo, hi = entry["mean"], entry["ci_low"], entry["ci_high"]
-        else:
-            adv = m.get("adversarial")
-            if adv is None:
-                raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
-            radii = adv["radius"]
-            if t.radius not in radii:
-                raise UsageError(unevaluated_radius_message(t, radii))
-            i = radii.index(t.radius)
-            estimator = f"max-shift adversarial accuracy at r={t.radius}"
-            value, lo, hi = adv["accuracy"][i], adv["ci_low"][i], adv["ci_high"][i]
+        value, lo, hi, estimator = _gate_metric(t).read(result.metrics, t)
         passed = value >= t.value if t.bound == "min" else value <= t.value
         checks.append(Check(t, float(value), lo, hi, bool(passed), estimator))
     return GateReport(checks)
+
+
+def gate(result: AuditResult, thresholds: Mapping[str, Any] | Iterable[Threshold]) -> GateReport:
+    """The CI gate from Python: judge ``result`` against ``thresholds``, a list of :class:`Threshold` or a mapping
+    like ``{"min_consistency": 0.95, "min_accuracy": 0.9, "max_variation": 0.05, "min_adv_accuracy": {1: 0.9}}``.
+
+    ``report.passed`` is the verdict, ``report.failures`` the failed checks, each with its one-line message.
+    """
+    if isinstance(thresholds, Mapping):
+        unknown = set(thresholds) - {"min_consistency", "min_accuracy", "max_variation", "min_adv_accuracy"}
+        if unknown:
+            raise UsageError(f"Unknown thresholds {', '.join(sorted(unknown))}; use min_consistency, min_accuracy, "
+                             "max_variation or min_adv_accuracy.")
+        adv = thresholds.get("min_adv_accuracy")
+        if isinstance(adv, Mapping):
+            adv = [f"{r}={v}" for r, v in adv.items()]
+        thresholds = build_thresholds(thresholds.get("min_consistency"), thresholds.get("min_accuracy"),
+                                      thresholds.get("max_variation"), adv)
+    return evaluate_gate(result, list(thresholds))

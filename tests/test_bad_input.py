@@ -297,7 +297,6 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
         ("--min-accuracy", "needs labelled data"),
     ),
     ("fp16 on the CPU", lambda f, t: eval_args(f, "--precision", "fp16"), ("fp16", "CUDA")),
-    ("unknown mode", lambda f, t: eval_args(f, "--mode", "fast"), ("Unknown --mode 'fast'",)),
     (
         "class map on a flat folder",
         lambda f, t: eval_args(f, "--class-map", f.root / "map.json", data=_unlabelled(t)),
@@ -377,6 +376,36 @@ def test_bad_input_is_one_sentence_exit_2_and_no_output(files, tmp_path, build, 
     assert not (tmp_path / "outdir").exists() or not any((tmp_path / "outdir").iterdir())
     for target in fresh:
         assert not target.exists() and (not target.parent.is_dir() or nothing_written(target)), f"{target} left behind"
+
+
+BAD_CHOICES = [
+    ("eval", "--mode", "fast", "'auto', 'exhaustive', 'sampled'"),
+    ("eval", "--shift-mode", "sideways", "'circular', 'crop', 'subpixel'"),
+    ("eval", "--precision", "fp8", "'fp32', 'bf16', 'fp16'"),
+    ("eval", "--data-kind", "video", "'auto', 'imagefolder', 'folder', 'cifar10', 'tensors'"),
+    ("eval", "--preset", "mnist", "'imagenet', 'cifar'"),
+    ("patch", "--method", "antialias", "'blurpool', 'aps'"),
+    ("patch", "--pad", "mirror", "'reflect', 'zero', 'circular', 'replicate'"),
+    ("patch", "--format", "onnx", "'safetensors', 'torchscript'"),
+]
+
+
+@pytest.mark.parametrize("command, flag, bad, choices", BAD_CHOICES, ids=[r[1] for r in BAD_CHOICES])
+def test_a_value_outside_an_options_choices_is_exit_2_naming_the_option_and_its_choices(
+    files, tmp_path, command, flag, bad, choices
+):
+    """Typer refuses it before any work: the first stderr line names the option, the value and every choice; the
+    choices are also listed in --help."""
+    report = tmp_path / "r.json"
+    args = eval_args(files, flag, bad) if command == "eval" else ["patch", files.pt, "--arch", TINY, flag, bad]
+    res = cli(*args, "--json", report)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[0] == f"error: Invalid value for '{flag}': '{bad}' is not one of {choices}.", lines[0]
+    assert "Traceback" not in res.output
+    assert nothing_written(report)
+    help_text = " ".join(cli(command, "--help").stdout.split())
+    assert all(choice.strip("'") in help_text for choice in choices.split(", "))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -71,13 +71,23 @@ def test_patch_eval_prints_before_after_and_latency(files, tmp_path):
     _, ckpt, data = files
     report = tmp_path / "ba.json"
     res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "2",
-              "--recalibrate", "8", "--calibration-data", data, "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
+              "--recalibrate", "8", "--calibration-data", data, "--device", "cpu", "--workers", "0", "--json", report)
     assert res.exit_code == 0, res.output
     assert "Baseline" in res.stdout and "Patched (tri3)" in res.stdout and "Overhead" in res.stdout
     rep = json.loads(report.read_text())
     assert rep["recalibrated_images"] == 8 and "Baseline recalibrated" in res.stdout and "baseline_recalibrated" in rep
     assert rep["before"]["settings"]["shifts"] == rep["after"]["settings"]["shifts"]
     assert rep["latency_ms"]["patched"] > 0
+
+
+def test_patch_eval_quiet_prints_no_table_and_still_writes_the_report(files, tmp_path):
+    _, ckpt, data = files
+    report = tmp_path / "ba.json"
+    res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "1",
+              "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == "" and "Baseline" not in res.stderr and "Overhead" not in res.stderr
+    assert json.loads(report.read_text())["after"]["settings"]["shifts"]["max_shift"] == 1
 
 
 def test_bad_patch_options_are_one_sentence(files):
@@ -88,3 +98,13 @@ def test_bad_patch_options_are_one_sentence(files):
     assert res.exit_code == 2 and "--data" in res.stderr
     res = run("patch", ckpt, "--arch", "resnet18", "--only", "layr3")
     assert res.exit_code == 2 and "layer3" in res.stderr
+
+
+def test_rebuild_message_is_true_for_installed_and_local_factories(tmp_path):
+    from shiftaudit.cli.patch_views import rebuild_message
+
+    installed = rebuild_message(tmp_path / "m.safetensors", "safetensors", "torchvision.models:resnet18")
+    assert "the package torchvision is installed here: install it wherever you evaluate the file" in installed
+    assert "PYTHONPATH" not in installed
+    local = rebuild_message(tmp_path / "m.safetensors", "safetensors", "tests.helpers:tiny_cnn")
+    assert "the module tests.helpers must be importable: run from its folder or set PYTHONPATH" in local

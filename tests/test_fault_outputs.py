@@ -64,8 +64,8 @@ def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
     def audit(*args: object, **kwargs: object) -> None:
         raise AssertionError("the audit started although an output was unusable")
 
-    monkeypatch.setattr("shiftaudit.engine.runner.audit", audit)
-    monkeypatch.setattr("shiftaudit.cli.eval_cmd.audit", audit)
+    monkeypatch.setattr("shiftaudit.engine.runner.run_plan", audit)  # what audit() and the demo run
+    monkeypatch.setattr("shiftaudit.cli.running.run_plan", audit)  # what eval and patch --eval run
 
 
 def disk_full(path: object, *args: object, **kwargs: object) -> None:

@@ -62,12 +62,15 @@ def test_ctrl_c_outside_an_audit_still_exits_130(setup, tmp_path, monkeypatch):
     assert res.stderr.strip() == "interrupted: stopped cleanly; no output file was left half-written."
 
 
-def test_progress_attached_by_the_engine_is_preferred():
+def test_interrupted_audit_says_how_far_it_got_and_where_it_saved():
     from shiftaudit.cli.common import interrupted_message
+    from shiftaudit.errors import AuditInterrupted
 
-    exc = KeyboardInterrupt()
-    exc.shiftaudit_progress = (40, 1000)  # type: ignore[attr-defined]
-    assert "after 40 of 1000 images" in interrupted_message(exc)
+    assert interrupted_message(AuditInterrupted(40, 1000)) == (
+        "interrupted: stopped cleanly after 40 of 1000 images; no output file was left half-written.")
+    assert interrupted_message(AuditInterrupted(40, 1000, "run.state", terminated=True)) == (
+        "terminated (SIGTERM): stopped cleanly after 40 of 1000 images; progress saved in run.state: run the same "
+        "command again to continue.")
 
 
 # -- atomic writes ----------------------------------------------------------------------------------------------------
@@ -133,8 +136,8 @@ def test_unwritable_destinations_are_output_errors(tmp_path, where):
 
 # -- CUDA out of memory -------------------------------------------------------------------------------------------
 def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setup):
-    """``BatchedForward`` catches torch.cuda.OutOfMemoryError on any device, so a model raising it tests the halving on CPU."""
-    from shiftaudit.engine.forward import BatchedForward
+    """``_Forward`` catches torch.cuda.OutOfMemoryError on any device, so a model raising it tests the halving on CPU."""
+    from shiftaudit.engine.forward import BatchedForward as _Forward
 
     mod, _, _ = setup
     torch.manual_seed(0)
@@ -143,7 +146,7 @@ def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setu
     plain.load_state_dict(oom.state_dict())
     x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
-    fwd = BatchedForward(oom, torch.device("cpu"), "fp32", batch=64, channels_last=False)
+    fwd = _Forward(oom, torch.device("cpu"), "fp32", batch=64, channels_last=False)
     with torch.inference_mode():
         pred, p_label, p_top, finite = fwd.run(lambda sl: x[sl], 40, labels)
         logits = plain(x)
@@ -158,13 +161,13 @@ def test_forward_halves_the_batch_on_out_of_memory_and_gets_the_same_answer(setu
 
 
 def test_forward_out_of_memory_at_batch_one_is_a_clean_error():
-    from shiftaudit.engine.forward import BatchedForward
+    from shiftaudit.engine.forward import BatchedForward as _Forward
 
     class AlwaysOom(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    fwd = BatchedForward(AlwaysOom(), torch.device("cpu"), "fp32", batch=4, channels_last=False)
+    fwd = _Forward(AlwaysOom(), torch.device("cpu"), "fp32", batch=4, channels_last=False)
     with pytest.raises(ModelError, match="out of memory even with a batch of one"):
         fwd.run(lambda sl: torch.zeros(sl.stop - sl.start, 3, 8, 8), 4, None)
 
@@ -185,7 +188,7 @@ def test_out_of_memory_outside_the_forward_is_exit_2_not_a_bug(setup, monkeypatc
     def oom(*args: object, **kwargs: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr("shiftaudit.cli.eval_cmd.audit", oom)
+    monkeypatch.setattr("shiftaudit.cli.running.run_plan", oom)
     res = _eval(ckpt, data, "tiny")
     assert res.exit_code == 2 and "internal error" not in res.stderr
     assert res.stderr.startswith("error: ") and "--batch-size" in res.stderr

@@ -541,3 +541,47 @@ def test_headline_radii_and_number_formats():
     assert pct(None) == "-" and pct(0.12345) == "12.3 %" and pct(0.12345, 2) == "12.35 %" and pct(1.0) == "100.0 %"
     assert ci_text(None, 0.5) == "" and ci_text(0.5, None) == "" and ci_text(0.1234, 0.5678) == "[12.3, 56.8]"
     assert ci_text(0.1234, 0.5678, 2) == "[12.34, 56.78]"
+
+
+def _render_at(renderable: Any, width: int) -> list[str]:
+    console = Console(width=width, record=True, force_terminal=False, color_system=None)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def test_layers_table_at_80_columns_exactly():
+    """Title, header, right-aligned numbers and no outer edge, as printed (the styling mutants of docs/testing.md)."""
+    from shiftaudit.report.terminal import layers_table
+
+    layers = {"layers": [
+        {"name": "features.0", "resolution": [32, 32], "stride": 1, "equivariance": {"mean": 0.0},
+         "invariance": {"mean": 0.3125}, "reference_distance": 0.5, "exact_modulo": 1},
+        {"name": "a.rather.long.module.name.inside.layer4", "resolution": [16, 16], "stride": 2,
+         "equivariance": {"mean": 0.04321}, "invariance": {"mean": 0.25}, "reference_distance": 0.4, "exact_modulo": 2},
+    ]}
+    lines = [line.rstrip() for line in _render_at(layers_table(layers), 80)]
+    assert lines[:7] == [
+        "Per-layer distance from shift-equivariance",
+        "Layer               ┃  Size ┃ Stride ┃ Equiv. ┃ Equiv./(ref/2) ┃ Invar. ┃ Modulo",
+        "━━━━━━━━━━━━━━━━━━━━╇━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━━━━━━━━╇━━━━━━━━╇━━━━━━━",
+        "features.0          │ 32x32 │      1 │ 0.0000 │          0.000 │ 0.3125 │      1",
+        "a.rather.long.modul │ 16x16 │      2 │ 0.0432 │          0.216 │ 0.2500 │      2",
+        "e.name.inside.layer │       │        │        │                │        │",
+        "4                   │       │        │        │                │        │",
+    ]
+    assert lines[7].startswith("Distances from shift-equivariance and -invariance: cosine")
+
+
+def test_inspection_table_narrows_the_wrapping_columns_to_fit_80():
+    """Long patch actions: the name, type and action columns give way (widest first), short values never wrap."""
+    import torchvision
+
+    from shiftaudit.antialias.inspection import inspect_model
+    from shiftaudit.report.terminal import inspection_table
+
+    insp = inspect_model(torchvision.models.resnet18(num_classes=10).eval(), (64, 64))
+    actions = {p.name: f"Conv(s2) -> Conv(s1) + BlurPool(s2) placed after {p.name}.bn" for p in insp.points}
+    lines = _render_at(inspection_table(insp, {"Patch": actions}, width=80), 80)
+    assert max(map(len, lines)) <= 80
+    assert lines[1].rstrip() == "Layer               ┃ Type           ┃ k ┃ s ┃   Size ┃ Role     ┃ Patch"
+    assert lines[3].rstrip() == "conv1               │ Conv2d         │ 7 │ 2 │ 64->32 │ stem     │ Conv(s2) ->"

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from shiftaudit.engine.runner import audit
-from shiftaudit.errors import UsageError
+from shiftaudit.errors import AuditInterrupted, UsageError
 
 from .helpers import StopAfter, tiny_cnn
 
@@ -32,9 +32,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup, tmp_path):
     model, images, labels = setup
     want = run(StopAfter(model, None), images, labels).to_json()
     state = tmp_path / "state.npz"
-    with pytest.raises(KeyboardInterrupt) as info:
+    with pytest.raises(AuditInterrupted) as info:
         run(StopAfter(model, 4), images, labels, resume=state)  # 25 rows a call = one image: stops at image 4
-    assert state.exists() and info.value.shiftaudit_progress[0] == 3
+    assert state.exists() and info.value.progress == (3, 10) and info.value.resume_path == str(state)
+    assert isinstance(info.value, KeyboardInterrupt) and not info.value.terminated
     got = run(StopAfter(model, None), images, labels, resume=state).to_json()
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
 

@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from shiftaudit.errors import UsageError
-from shiftaudit.shifts.sets import (
-    ShiftBank,
-    ShiftSet,
-    canonical_offset,
-    cyclic_radius,
-    default_shift_set,
-    roll_batch,
-)
+from shiftaudit.shifts.modes.circular import ShiftBank, roll_batch
+from shiftaudit.shifts.sets import ShiftSet, canonical_offset, cyclic_radius, default_shift_set
 
 
 def test_canonical_offset_and_radius():
@@ -115,6 +109,35 @@ def test_describe_names_mode_window_and_step():
     ("size", "margin"), [((224, 224), 16), ((65, 10), 16), ((64, 64), 8), ((32, 32), 4), ((7, 7), 1), ((8, 16), 2)]
 )
 def test_default_crop_margin(size, margin):
-    from shiftaudit.shifts.sets import default_crop_margin
+    from shiftaudit.shifts.modes.crop import default_crop_margin
 
     assert default_crop_margin(size) == margin
+
+
+# -- mutation-testing survivors (docs/testing.md): exact expectations for from_offsets, all_shifts, crop margins ---------
+def test_from_offsets_on_a_non_square_input_wraps_each_axis_by_its_own_size():
+    s = ShiftSet.from_offsets((8, 12), [(5, 7), (-3, -5)])  # 5 = -3 mod 8 and 7 = -5 mod 12: one shift
+    assert (s.dh.tolist(), s.dw.tolist()) == ([0, -3], [0, -5]) and s.radius.tolist() == [0, 5]
+
+
+def test_from_offsets_adds_the_zero_shift_once_and_keeps_integer_offsets():
+    with_zero = ShiftSet.from_offsets((8, 8), [(0, 0), (2, 3)])
+    assert len(with_zero) == 2 and with_zero.zero_index == 0
+    without = ShiftSet.from_offsets((8, 8), [(1, 2)])
+    assert (without.dh.tolist(), without.dw.tolist()) == ([0, 1], [0, 2])
+    assert without.dh.dtype == np.int64 and without.radius.dtype == np.int64 and not without.fractional
+    assert without.step == 1 and without.max_shift == 2
+    assert without.to_json() == {"mode": "circular", "kind": "custom", "image_size": [8, 8], "max_shift": 2, "step": 1,
+                                 "count": 2, "padding": "circular (wrap-around)"}
+
+
+def test_all_shifts_of_an_odd_size():
+    s = ShiftSet.all_shifts((7, 7))
+    assert len(s) == 49 and s.max_shift == 3 and s.step == 1 and s.kind == "all"
+
+
+def test_default_crop_margin_is_a_whole_number_of_pixels():
+    from shiftaudit.shifts.modes.crop import default_crop_margin
+
+    margins = [default_crop_margin((n, n)) for n in (16, 40, 64, 65, 224)]
+    assert margins == [2, 5, 8, 16, 16] and all(type(m) is int for m in margins)

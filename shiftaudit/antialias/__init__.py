@@ -22,6 +22,7 @@ from shiftaudit.antialias.costs import (
 )
 from shiftaudit.antialias.distill import DistillResult, distill
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d, pool_output_size
+from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchReport, compare_patch
 from shiftaudit.antialias.rewrite import (
     PatchResult,
     PatchStep,
@@ -61,4 +62,8 @@ __all__ = [
     "ConvThenBlur2d",
     "PoolBlur2d",
     "pool_output_size",
+    "PatchComparison",
+    "PatchLatency",
+    "PatchReport",
+    "compare_patch",
 ]

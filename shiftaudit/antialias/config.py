@@ -8,7 +8,6 @@ from typing import Any
 from shiftaudit.errors import UsageError
 
 SPEC_VERSION = 1
-METHODS = ("blurpool", "aps")
 
 
 @dataclass(frozen=True)
@@ -30,12 +29,11 @@ class PatchConfig:
     skip: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"Unknown patch method {self.method!r}; choose one of: {', '.join(METHODS)}.")
         from shiftaudit.antialias.blurpool import normalize_pad_mode
         from shiftaudit.antialias.filters import canonical_filter_name
+        from shiftaudit.antialias.methods import get_patch_method
 
-        default = "tri3" if self.method == "blurpool" else "delta"  # tri3: chosen by the post-hoc trade-off in docs/patching.md
+        default = get_patch_method(self.method).default_filter
         object.__setattr__(self, "filter", canonical_filter_name(self.filter or default))
         object.__setattr__(self, "pad", normalize_pad_mode(self.pad))
         object.__setattr__(self, "only", tuple(self.only))

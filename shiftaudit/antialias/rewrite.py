@@ -31,6 +31,7 @@ from torch import fx, nn
 from shiftaudit.antialias.aps import APSDown2d
 from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
+from shiftaudit.antialias.methods import get_patch_method
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 from shiftaudit.errors import UsageError, first_line
 from shiftaudit.sizes import pair
@@ -59,7 +60,7 @@ class PatchStep:
     @property
     def rule(self) -> str:
         s = self.stride
-        down = f"BlurPool(s{s})" if self.method == "blurpool" else f"APS(s{s})"
+        down = f"{get_patch_method(self.method).label}(s{s})"
         return {
             "maxpool": f"MaxPool(s{s}) -> MaxPool(s1) + {down}",
             "avgpool": f"AvgPool(s{s}) -> AvgPool(s1) + {down}",
@@ -70,7 +71,7 @@ class PatchStep:
     def action(self) -> str:
         if not self.patched:
             return f"skip: {self.reason}"
-        down = "blur" if self.method == "blurpool" else "APS"
+        down = get_patch_method(self.method).short
         if self.kind == "shortcut":
             return f"{down} before conv"
         if self.kind in ("maxpool", "avgpool"):
@@ -291,12 +292,8 @@ def _free_name(root: nn.Module, base: str) -> str:
 
 
 def _make_blur(cfg: PatchConfig, channels: int | None, stride: int, like: nn.Module | None = None) -> nn.Module:
-    """The subsampling layer the method asks for: BlurPool (blur + phase 0) or APS (blur + best phase)."""
-    assert cfg.filter is not None  # PatchConfig fills in the method's default
-    if cfg.method == "aps":
-        blur: nn.Module = APSDown2d(stride=stride, filt=cfg.filter, pad_mode=cfg.pad, channels=channels)
-    else:
-        blur = BlurPool2d(channels=channels, filt=cfg.filter, stride=stride, pad_mode=cfg.pad)
+    """The subsampling layer the method asks for (e.g. BlurPool: blur + phase 0; APS: blur + best phase)."""
+    blur = get_patch_method(cfg.method).make(cfg, channels, stride)
     if like is None:
         return blur
     ref = next(iter(like.parameters()), None)
@@ -309,7 +306,7 @@ def _set_stride_one(conv: nn.Conv2d) -> None:
     conv.stride = (1, 1)
 
 
-def _link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
+def link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
     """Each APS shortcut follows the main-path APS layer of its own block (the longest common name prefix)."""
     notes = []
     mains = [s for s in steps if s.patched and s.kind != "shortcut"]
@@ -403,8 +400,8 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     for s in todo:
         m = root.get_submodule(s.name)
         if s.kind in ("maxpool", "avgpool"):
-            assert isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))  # what inspection calls a maxpool or avgpool
             blur = _make_blur(cfg, None, s.stride)
+            assert isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))  # what inspection calls a maxpool or avgpool
             _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv or cfg.pad == "circular"))
             s.blur = f"{s.name}.blur"
             continue
@@ -451,8 +448,9 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
         gm.graph.lint()
         gm.recompile()
         model = gm
-    if cfg.method == "aps":
-        notes.extend(_link_aps_shortcuts(model, steps))
+    finish = get_patch_method(cfg.method).finish
+    if finish is not None:
+        notes.extend(finish(model, steps))
     model.train(was_training)
     return PatchResult(model=model, steps=steps, config=cfg, mode="graph" if gm is not None else "modules", notes=notes)
 
@@ -461,7 +459,7 @@ def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = No
           shortcuts: bool = True, circular_conv: bool = False, only: tuple[str, ...] | list[str] = (),
           skip: tuple[str, ...] | list[str] = (), inplace: bool = False) -> nn.Module:
     """Return ``model`` with blur-before-subsampling at every strided layer (see :func:`patch_model` for the report)."""
-    pad = pad or ("circular" if method == "aps" else "reflect")
+    pad = pad or get_patch_method(method).default_pad
     cfg = PatchConfig(method=method, filter=filter, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
                       only=tuple(only), skip=tuple(skip))
     return patch_model(model, cfg, inplace=inplace).model

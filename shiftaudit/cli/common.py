@@ -1,4 +1,4 @@
-"""What every command shares: consoles, error handling, the model/data/shift options and their resolution."""
+"""What every command shares: consoles, error handling, output checks, and loading the model and preprocessing."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from shiftaudit.errors import OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
+from shiftaudit.errors import AuditInterrupted, OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,7 +70,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             err_console.print(Text(interrupted_message(exc)), soft_wrap=True)
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            raise typer.Exit(143 if _terminated(exc) else 130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):
                 raise
@@ -101,7 +101,8 @@ def name_the_option_first() -> None:
 
     def show(exc: Any) -> None:
         if type(exc).__name__ != "NoArgsIsHelpError":
-            say_error((exc.format_message().strip().splitlines() or ["Invalid command line"])[0].rstrip(".") + ".")
+            first = (exc.format_message().strip().splitlines() or ["Invalid command line"])[0]
+            say_error(first.replace(": Value error, ", ": ").rstrip(".") + ".")  # Typer's wording for a bad choice
         box(exc)
 
     show.shiftaudit = True  # type: ignore[attr-defined]
@@ -140,36 +141,19 @@ def _out_of_memory_message(exc: BaseException) -> str | None:
     return None
 
 
-def audit_progress(exc: BaseException) -> tuple[int, int] | None:
-    """``(images done, images in total)`` of the audit an exception stopped, or None when no audit was running.
-
-    The engine may attach ``shiftaudit_progress = (done, total)`` to the exception; otherwise the counters are read
-    from the innermost ``shiftaudit.engine.runner.audit`` frame of the traceback (a read of two local variables, so the
-    CLI can say how far a Ctrl-C got without the engine having to know about the CLI).
-    """
-    info = getattr(exc, "shiftaudit_progress", None)
-    if isinstance(info, tuple) and len(info) == 2 and all(isinstance(v, int) for v in info):
-        return info
-    found: tuple[int, int] | None = None
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == "audit" and frame.f_globals.get("__name__") == "shiftaudit.engine.runner":
-            done, total = frame.f_locals.get("images_done"), frame.f_locals.get("total_images")
-            if isinstance(done, int) and isinstance(total, int):
-                found = (done, total)
-        tb = tb.tb_next
-    return found
-
-
 def interrupted_message(exc: BaseException) -> str:
-    progress = audit_progress(exc)
-    where = f" after {progress[0]} of {progress[1]} images" if progress else ""
-    saved = getattr(exc, "shiftaudit_resume", None)
-    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    """One line for Ctrl-C or SIGTERM: how far the audit got (:class:`~shiftaudit.errors.AuditInterrupted`) and
+    whether its progress was saved."""
+    where = f" after {exc.done} of {exc.total} images" if isinstance(exc, AuditInterrupted) else ""
+    saved = exc.resume_path if isinstance(exc, AuditInterrupted) else None
+    how = "terminated (SIGTERM)" if _terminated(exc) else "interrupted"
     if saved:
         return f"{how}: stopped cleanly{where}; progress saved in {saved}: run the same command again to continue."
     return f"{how}: stopped cleanly{where}; no output file was left half-written."
+
+
+def _terminated(exc: BaseException) -> bool:
+    return isinstance(exc, Terminated) or bool(getattr(exc, "terminated", False))
 
 
 def check_output_path(path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False,
@@ -237,72 +221,3 @@ def check_outputs(files: dict[str, Path | None], folders: dict[str, tuple[Path |
 def _file_key(path: Path) -> str:
     """One name per file: the real folder plus the file name (two spellings of one path compare equal)."""
     return os.path.join(os.path.realpath(path.parent), path.name)
-
-
-def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise UsageError(f"{flag} takes comma-separated numbers like 0.485,0.456,0.406, got {text!r}.") from None
-    if not values:
-        raise UsageError(f"{flag} needs at least one number.")
-    return values
-
-
-# -- shared options -------------------------------------------------------------------------------------------------
-ModelArg = Annotated[Path, typer.Argument(help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, TorchScript archive, or (with --trust-pickle) a pickled model.", show_default=False)]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture: a torchvision name (resnet18), timm:NAME, or package.module:factory. Identified from the weights when omitted.")]
-ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help='Keyword arguments for the architecture builder, as a JSON object: \'{"model_name": "efficientnet-lite0"}\'. Stored in a patched model\'s metadata.')]
-NumClassesOpt = Annotated[int | None, typer.Option("--num-classes", min=1, help="Number of classes of the classifier (inferred from the weights when omitted).")]
-TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled model. Pickles run code: only for files you trust.")]
-
-DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, or .npz/.pt tensor file.")]
-DataKindOpt = Annotated[str, typer.Option("--data-kind", help="auto, imagefolder, folder, cifar10 or tensors.")]
-ClassMapOpt = Annotated[str | None, typer.Option("--class-map", help="Map folder names to the model's class indices: imagenet (the built-in ImageNet-1k index: WordNet-id or class-name folders) or a JSON file.")]
-PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preprocessing: imagenet (resize 256, crop 224) or cifar (32x32). Default: the checkpoint's own, else imagenet.")]
-SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Input size (square) the images are cropped to.")]
-ResizeOpt = Annotated[int | None, typer.Option("--resize", min=1, help="Resize the shorter side to this before the centre crop.")]
-MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean, comma-separated.")]
-StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std, comma-separated.")]
-RawOpt = Annotated[bool, typer.Option("--raw", help="Tensor data is already preprocessed: no resize, no normalisation.")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Audit a seeded random subset of N images.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the subset and the per-image random shifts.")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help="Image-decoding worker processes.")]
-
-MaxShiftOpt = Annotated[int | None, typer.Option("--max-shift", min=0, help="Largest shift in px (default: half the image size up to 64 px images, else 16).")]
-ShiftStepOpt = Annotated[float | None, typer.Option("--shift-step", min=0.0, help="Evaluate shifts on a grid with this step (default 1 for small images, 4 for large); fractional (0.5, 0.25) with --shift-mode subpixel (default 0.5).")]
-ShiftModeOpt = Annotated[str, typer.Option("--shift-mode", help="circular (roll, Eq. 4), crop (crops of a canvas resized and centre-cropped --max-shift px larger per side: the published ImageNet protocol; nothing wraps) or subpixel (Fourier phase shifts, fractional --shift-step).")]
-ModeOpt = Annotated[str, typer.Option("--mode", help="auto, exhaustive (every shift of the set) or sampled (zero, one random shift and --pairs pairs per image).")]
-PairsOpt = Annotated[int, typer.Option("--pairs", min=1, help="Random shift pairs per image for sampled consistency.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; fp16 needs CUDA).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images x shifts per forward pass (default depends on device and image size).")]
-
-
-def load_model_from_cli(model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool,
-                        arch_kwargs: str | None = None) -> Any:
-    from shiftaudit.loading import load_model
-    from shiftaudit.loading.architectures import parse_arch_kwargs
-
-    kwargs = parse_arch_kwargs(arch_kwargs)
-    return load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, arch_kwargs=kwargs)
-
-
-def resolve_cli_preprocessing(
-    loaded: Any, preset: str | None, size: int | None, resize: int | None, mean: str | None, std: str | None, data: Path | None
-) -> Any:
-    from shiftaudit.data.presets import resolve_preprocessing
-
-    default = getattr(loaded, "preprocessing", None)
-    if preset is None and default is None and data is not None and _looks_like_cifar(data):
-        preset = "cifar"
-    return resolve_preprocessing(
-        preset, size=size, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize, default=default
-    )
-
-
-def _looks_like_cifar(path: Path) -> bool:
-    return (path / "cifar-10-batches-py").is_dir() or path.name == "cifar-10-batches-py"

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from shiftaudit.antialias.report import SCHEMA as PATCH_SCHEMA
 from shiftaudit.errors import UsageError
 from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
 from shiftaudit.limits import is_int
@@ -32,7 +33,6 @@ PICTURES = ("adversarial.png", "variation.png", "accuracy_map.png")
 
 MAX_REPORT_BYTES = 512 << 20  # a 1.2M-image ImageNet train-set report is ~150 MB
 NOT_OURS = "compare reads reports written by `shiftaudit eval --json` or `shiftaudit patch --eval --json`"
-PATCH_SCHEMA = "shiftaudit/patch-report"
 PATCH_RUNS = (("before", "baseline"), ("baseline_recalibrated", "baseline recalibrated"), ("after", "patched"))
 
 

@@ -8,8 +8,9 @@ import typer
 
 from shiftaudit.result import AuditResult
 from shiftaudit.cli import app
-from shiftaudit.cli.common import DeviceOpt, check_outputs, console, handle_errors, json_to_stdout
-from shiftaudit.cli.eval_cmd import JsonOpt, OutOpt, QuietOpt, report_result
+from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
+from shiftaudit.cli.options import DeviceOpt, JsonOpt, OutOpt, QuietOpt
+from shiftaudit.cli.running import report_result
 
 
 def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:
@@ -69,13 +70,13 @@ def demo_command(
     from shiftaudit.loading import load_model
     from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
     from shiftaudit.antialias import PatchConfig
-    from shiftaudit.report.outputs import REPORT_FILES
+    from shiftaudit.report.outputs import report_files
     from shiftaudit.cli.progress import RichProgress
 
     # everything that can be refused is refused before the first audit, and the outputs are written once every
     # audit is done: a run writes all its outputs or none
     config = PatchConfig(filter=patch_filter, pad="circular") if patch_filter is not None else None
-    check_outputs({"--json": json_out}, {"--out": (out, REPORT_FILES)})
+    check_outputs({"--json": json_out}, {"--out": (out, report_files())})
     json_to_stdout(json_out)
     loaded = load_model(demo_checkpoint_path())
     dataset = demo_dataset(images, loaded.preprocessing)

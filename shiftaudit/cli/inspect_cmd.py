@@ -14,20 +14,10 @@ from shiftaudit.atomicio import write_json_atomic
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.report.terminal import inspection_table
 from shiftaudit.cli import app
-from shiftaudit.cli.common import (
-    ArchKwargsOpt,
-    ArchOpt,
-    ModelArg,
-    NumClassesOpt,
-    PresetOpt,
-    SizeOpt,
-    TrustPickleOpt,
-    check_outputs,
-    console,
-    handle_errors,
-    load_model_from_cli,
-    resolve_cli_preprocessing,
-)
+from shiftaudit.cli.choices import value
+from shiftaudit.cli.common import check_outputs, console, handle_errors
+from shiftaudit.cli.loading import load_model_from_cli, resolve_cli_preprocessing
+from shiftaudit.cli.options import ArchKwargsOpt, ArchOpt, ModelArg, NumClassesOpt, PresetOpt, SizeOpt, TrustPickleOpt
 
 
 def loading_table(loaded) -> Table:  # type: ignore[no-untyped-def]
@@ -101,7 +91,7 @@ def inspect_command(
     """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
     check_outputs({"--json": json_out}, inputs=[model])
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
-    prep = resolve_cli_preprocessing(loaded, preset, size, None, None, None, None)
+    prep = resolve_cli_preprocessing(loaded, value(preset), size, None, None, None, None)
     insp = None
     if loaded.format != "torchscript":
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from shiftaudit.metrics.base import Metric, reduce_states
 from shiftaudit.errors import UsageError, first_line
 
 
@@ -78,7 +79,7 @@ def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, indices=indices)
 
 
-def merge(ctx: DistContext, metrics: list[Any], dataset: Any, images: int, nonfinite: int, rows: int) -> tuple[int, int, int]:
+def merge(ctx: DistContext, metrics: list[Metric], dataset: Any, images: int, nonfinite: int, rows: int) -> tuple[int, int, int]:
     """Gather every process's accumulator states and counts; every process ends with the merged state."""
     mine = {
         "states": [m.state_dict() for m in metrics],
@@ -88,15 +89,8 @@ def merge(ctx: DistContext, metrics: list[Any], dataset: Any, images: int, nonfi
     }
     gathered: list[Any] = [None] * ctx.world
     torch_dist.all_gather_object(gathered, mine)
-    for i, m in enumerate(metrics):
-        states = [g["states"][i] for g in gathered]
-        merged = {}
-        for key in states[0]:
-            if key.startswith("sum_"):
-                merged[key] = sum(np.asarray(s[key]) for s in states)
-            else:
-                merged[key] = np.concatenate([np.asarray(s[key]) for s in states])
-        m.load_state_dict(merged)
+    for i, m in enumerate(metrics):  # each state by its declared reduction, in rank order
+        m.load_state_dict(reduce_states(m.reductions(), [g["states"][i] for g in gathered]))
     if mine["flags"] is not None:  # decode flags (unreadable, converted ...) feed the data notes
         dataset._flags = np.bitwise_or.reduce([np.asarray(g["flags"]) for g in gathered])
         dataset._seen = np.logical_or.reduce([np.asarray(g["seen"]) for g in gathered])

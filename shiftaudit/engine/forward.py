@@ -118,27 +118,8 @@ class BatchedForward:
         start = 0
         while start < total:
             stop = min(total, start + max(1, self.batch // cost))
-            sl = slice(start, stop)
-            out_sl = slice(start * fan_out, stop * fan_out)
             try:
-                for o in observers:
-                    o.begin_chunk(sl)
-                x = make_inputs(sl)
-                for o in observers:
-                    o.on_inputs(x)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    try:
-                        out = self._call(x)
-                    except (ModelError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
-                        raise
-                    except BaseException as exc:  # the user's model failed: a TypeError, even a SystemExit(0), is its fault
-                        raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {failure_text(exc)}") from None
-                logits = as_logits(out, (stop - start) * fan_out).float()
-                for o in observers:
-                    o.on_logits(logits)
-                    o.end_chunk()
+                logits = self._logits(make_inputs, slice(start, stop), (stop - start) * fan_out, observers)
             except torch.cuda.OutOfMemoryError:
                 for o in observers:
                     o.abort_chunk()
@@ -148,29 +129,57 @@ class BatchedForward:
                 self.notes.append(f"CUDA out of memory: device batch halved to {self.batch}")
                 torch.cuda.empty_cache()
                 continue
-            except (ModelError, KeyboardInterrupt):
-                raise
-            except RuntimeError as exc:
-                first = first_line(exc)
-                raise ModelError(
-                    f"The model failed on a batch of shape {tuple(x.shape) if 'x' in locals() else '?'}: {first}"
-                ) from None
             self.num_classes = int(logits.shape[1])
             self.rows += (stop - start) * fan_out
+            out_sl = slice(start * fan_out, stop * fan_out)
             ok = torch.isfinite(logits).all(dim=1)
             probs = torch.softmax(logits, dim=1)
             top, pred = probs.max(dim=1)
-            sl = out_sl
-            preds[sl] = pred
-            p_top[sl] = top
-            finite[sl] = ok
+            preds[out_sl] = pred
+            p_top[out_sl] = top
+            finite[out_sl] = ok
             if labels is not None:
-                lab = labels[sl]
-                if int(lab.max()) >= logits.shape[1]:
-                    raise DataError(
-                        f"Labels go up to {int(lab.max())} but the model has {logits.shape[1]} classes; "
-                        "pass --class-map to map folder names to the model's class indices."
-                    )
-                p_label[sl] = probs.gather(1, lab.clamp(min=0).unsqueeze(1)).squeeze(1)
+                p_label[out_sl] = _label_probability(probs, labels[out_sl])
             start = stop
         return preds, p_label, p_top, finite
+
+    def _logits(self, make_inputs: Callable[[slice], torch.Tensor], sl: slice, n_rows: int,
+                observers: tuple[Observer, ...]) -> torch.Tensor:
+        """One chunk of inputs through the model, observers watching; a failing model is a ModelError (CUDA out of
+        memory passes through, for the caller to halve the batch)."""
+        x = None
+        try:
+            for o in observers:
+                o.begin_chunk(sl)
+            x = make_inputs(sl)
+            for o in observers:
+                o.on_inputs(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                try:
+                    out = self._call(x)
+                except (ModelError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
+                    raise
+                except BaseException as exc:  # the user's model failed: a TypeError, even a SystemExit(0), is its fault
+                    raise ModelError(f"The model failed on a batch of shape {tuple(x.shape)}: {failure_text(exc)}") from None
+            logits = as_logits(out, n_rows).float()
+            for o in observers:
+                o.on_logits(logits)
+                o.end_chunk()
+            return logits
+        except (torch.cuda.OutOfMemoryError, ModelError, KeyboardInterrupt):
+            raise
+        except RuntimeError as exc:
+            shape = tuple(x.shape) if x is not None else "?"
+            raise ModelError(f"The model failed on a batch of shape {shape}: {first_line(exc)}") from None
+
+
+def _label_probability(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """P(label) per row; a label beyond the model's classes is the data's fault, said in one sentence."""
+    if int(labels.max()) >= probs.shape[1]:
+        raise DataError(
+            f"Labels go up to {int(labels.max())} but the model has {probs.shape[1]} classes; "
+            "pass --class-map to map folder names to the model's class indices."
+        )
+    return probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)

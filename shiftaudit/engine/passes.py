@@ -18,7 +18,8 @@ from shiftaudit.metrics import ShiftBatch
 from shiftaudit.engine.observers import Observer
 from shiftaudit.rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
 from shiftaudit.shifts.modes import make_bank
-from shiftaudit.shifts.sets import ShiftBank, ShiftSet
+from shiftaudit.shifts.modes.circular import ShiftBank
+from shiftaudit.shifts.sets import ShiftSet
 
 
 @dataclass(frozen=True)

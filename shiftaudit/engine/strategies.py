@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from shiftaudit.engine.forward import model_exits_fail
-from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve, Metric
+from shiftaudit.metrics import AdversarialCurve, Metric
 from shiftaudit.engine.observers import Observer
 from shiftaudit.shifts.sets import ShiftSet
 
@@ -51,7 +51,7 @@ def try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: 
 
 def early_exit_ok(metric: Metric) -> bool:
     """Metrics that only need the zero shift and each image's smallest misclassified shift."""
-    return isinstance(metric, (AdversarialCurve, AccuracyAtZeroShift)) or bool(getattr(metric, "early_exit_safe", False))
+    return bool(metric.early_exit_safe)
 
 
 def early_exit_strategy(metric_list: list[Metric], exhaustive: bool, labelled: bool, observers: list[Observer],

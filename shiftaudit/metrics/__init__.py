@@ -1,16 +1,26 @@
 """Streaming metric accumulators: ``update`` per batch, ``merge`` across processes, ``compute`` at the end.
 
 Every metric reads the same :class:`~shiftaudit.metrics.base.ShiftBatch` (predictions of each image at each evaluated
-shift), so one pass over images x shifts feeds all of them.
+shift), so one pass over images x shifts feeds all of them. Each module registers its metrics
+(:mod:`shiftaudit.metrics.registry`); the imports below are in report order, which registration keeps.
 """
 
+from shiftaudit.metrics.base import Metric, MetricContext, Reading, ShiftBatch
 from shiftaudit.metrics.accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift, ZeroShiftConfidence
-from shiftaudit.metrics.accuracy_map import AccuracyMap
-from shiftaudit.metrics.adversarial import AdversarialCurve
-from shiftaudit.metrics.base import Metric, ShiftBatch
 from shiftaudit.metrics.consistency import ExactConsistency, SampledConsistency
-from shiftaudit.metrics.flips import FlipExamples
 from shiftaudit.metrics.variation import Variation
+from shiftaudit.metrics.adversarial import AdversarialCurve
+from shiftaudit.metrics.accuracy_map import AccuracyMap
+from shiftaudit.metrics.flips import FlipExamples
+from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
+from shiftaudit.metrics.registry import (
+    create_metric,
+    default_metrics,
+    get_metric,
+    metric_classes,
+    register_metric,
+    unregister_metric,
+)
 
 __all__ = [
     "AccuracyAtRandomShift",
@@ -19,9 +29,19 @@ __all__ = [
     "AdversarialCurve",
     "ExactConsistency",
     "FlipExamples",
+    "FlipRate",
+    "MeanAbsoluteChange",
     "Metric",
+    "MetricContext",
+    "Reading",
     "SampledConsistency",
     "ShiftBatch",
     "Variation",
     "ZeroShiftConfidence",
+    "create_metric",
+    "default_metrics",
+    "get_metric",
+    "metric_classes",
+    "register_metric",
+    "unregister_metric",
 ]

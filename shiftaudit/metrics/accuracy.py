@@ -6,12 +6,34 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.metrics.base import Metric, PerImageMetric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import proportion
 
 
+def proportion_reading(label: str, entry: dict[str, Any], digits: int = 1) -> Reading:
+    return Reading(label, entry["value"], entry["ci_low"], entry["ci_high"], digits=digits)
+
+
+@register_metric
 class AccuracyAtZeroShift(PerImageMetric):
     name = "accuracy_none"
+    report_key = ("accuracy", "none")
+    per_image_column = "correct"
+    early_exit_safe = True  # reads the zero shift only
+    display_order = 10
+
+    @staticmethod
+    def per_image_json(value: Any) -> Any:
+        return bool(value)
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls() if ctx.labelled else None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        return [proportion_reading("Accuracy, no shift", entry)]
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.labels is not None
@@ -22,10 +44,21 @@ class AccuracyAtZeroShift(PerImageMetric):
         return proportion(self.sorted_values()[1])
 
 
+@register_metric
 class AccuracyAtRandomShift(PerImageMetric):
     """One uniformly drawn shift of the set per image, seeded per image (never one shift for a whole batch)."""
 
     name = "accuracy_random"
+    report_key = ("accuracy", "random")
+    display_order = 20
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls() if ctx.labelled else None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        return [proportion_reading("Accuracy, random shift", entry)]
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.labels is not None
@@ -36,6 +69,7 @@ class AccuracyAtRandomShift(PerImageMetric):
         return proportion(self.sorted_values()[1])
 
 
+@register_metric
 class ZeroShiftConfidence(Metric):
     """Mean top-1 probability at zero shift; not reported, only read to flag a likely label mismatch.
 
@@ -49,8 +83,12 @@ class ZeroShiftConfidence(Metric):
     early_exit_safe = True  # reads the zero shift only
 
     def __init__(self) -> None:
-        self.sum_p = np.zeros(1, dtype=np.float64)
-        self.sum_n = np.zeros(1, dtype=np.int64)
+        self.add_state("sum_p", np.zeros(1, dtype=np.float64), "sum")
+        self.add_state("sum_n", np.zeros(1, dtype=np.int64), "sum")
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls() if ctx.labelled else None
 
     def update(self, batch: ShiftBatch) -> None:
         p = batch.at(batch.p_top, batch.zero_slot).astype(np.float64)
@@ -60,6 +98,3 @@ class ZeroShiftConfidence(Metric):
     def compute(self) -> dict[str, Any]:
         n = int(self.sum_n[0])
         return {"mean_top1": float(self.sum_p[0]) / n if n else float("nan"), "n": n}
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {"sum_p": self.sum_p, "sum_n": self.sum_n}

@@ -7,26 +7,35 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.shifts.sets import ShiftSet, offset_json
-from shiftaudit.metrics.base import Metric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, Reading, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 
 
+@register_metric
 class AccuracyMap(Metric):
     name = "accuracy_map"
     needs_all_shifts = True
+    display_order = 90
 
     def __init__(self, shift_set: ShiftSet) -> None:
         self.shift_set = shift_set
-        self.sum_correct = np.zeros(len(shift_set), dtype=np.int64)
-        self.sum_images = np.zeros(1, dtype=np.int64)
+        self.add_state("sum_correct", np.zeros(len(shift_set), dtype=np.int64), "sum")
+        self.add_state("sum_images", np.zeros(1, dtype=np.int64), "sum")
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls(ctx.shift_set) if ctx.exhaustive and ctx.labelled else None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        label = "Accuracy over shifts"
+        return [Reading(label, entry["min"], part="worst"), Reading(label, entry["max"], part="best")]
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.labels is not None
         correct = batch.preds == batch.labels[:, None]
         np.add.at(self.sum_correct, batch.shift_index.reshape(-1), correct.reshape(-1).astype(np.int64))
         self.sum_images += len(batch)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {"sum_correct": self.sum_correct, "sum_images": self.sum_images}
 
     def per_shift(self) -> np.ndarray:
         n = int(self.sum_images[0])

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.shifts.sets import ShiftSet
-from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import wilson_interval
 
 NEVER = np.iinfo(np.int64).max
@@ -30,9 +31,26 @@ def radius_json(v: float | int) -> int | float | None:
     return int(round(f)) if abs(f - round(f)) < 1e-9 else round(f, 6)
 
 
+@register_metric
 class AdversarialCurve(PerImageMetric):
     name = "adversarial"
+    per_image_column = "first_failure_radius"
     needs_all_shifts = True
+    early_exit_safe = True  # an image's first misclassified shift is all it needs
+    display_order = 80
+
+    @staticmethod
+    def per_image_json(v: float | int) -> int | float | None:
+        return radius_json(v)
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls(ctx.shift_set) if ctx.exhaustive and ctx.labelled else None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        return [Reading(f"Adversarial accuracy, max shift {r} px", a, lo, hi, radius=r)
+                for r, a, lo, hi in zip(entry["radius"], entry["accuracy"], entry["ci_low"], entry["ci_high"])]
 
     def __init__(self, shift_set: ShiftSet) -> None:
         super().__init__()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -42,13 +42,68 @@ class ShiftBatch:
         return array[rows, slots]
 
 
+Reduce = Literal["sum", "cat"]
+
+
+@dataclass(frozen=True)
+class MetricContext:
+    """What an audit plan knows when it picks its metrics: the shift set, labels, and whether every shift is evaluated.
+
+    ``notes`` collects the report notes of metrics left out (e.g. no flip rate on a grid without 1-px neighbours).
+    """
+
+    shift_set: Any  # a ShiftSet (not imported: the shift sets import the metrics' helpers)
+    labelled: bool
+    exhaustive: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One number a person reads off a metric's report entry: a table row, an HTML row, a compare row.
+
+    ``percent``: a fraction shown as a percentage with ``digits`` decimals (changes in percentage points); otherwise a
+    plain number. Readings of one metric with the same ``label`` and a ``part`` ("mean", "median") share one table
+    row ("label, mean / median") and are separate compare rows ("label, mean"). ``radius``: a point of a curve; the
+    table shows the headline radii only.
+    """
+
+    label: str
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    percent: bool = True
+    digits: int = 1
+    ci_digits: int = 1
+    part: str | None = None
+    radius: int | float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label if self.part is None else f"{self.label}, {self.part}"
+
+
 class Metric(ABC):
-    """An accumulator: ``update`` with batches, ``merge`` another accumulator of the same kind, ``compute`` a dict."""
+    """An accumulator: ``update`` with batches, ``merge`` another accumulator of the same kind, ``compute`` a dict.
+
+    What the rest of the package needs to know of a metric is declared here, so the engine, the report layout, the
+    tables and the strategies iterate the registry (:mod:`shiftaudit.metrics.registry`) instead of naming metrics:
+    ``report_key`` (where :meth:`compute` goes under the report's ``metrics``), ``per_image_column`` (the value kept
+    per image, in ``per_image``), ``needs_labels``/``needs_all_shifts``, ``early_exit_safe`` (needs only the zero shift
+    and each image's first misclassified shift), ``reported`` (False: read by the engine, never written),
+    ``display_order`` (position in the tables), :meth:`readings` (the numbers people read) and :meth:`default_for`
+    (whether a default audit includes it). State is declared with :meth:`add_state` and a reduction, torchmetrics
+    style, so merging (processes, resumed runs) and :meth:`reset` need no code of the metric's own.
+    """
 
     name: ClassVar[str]
+    report_key: ClassVar[tuple[str, ...] | None] = None  # None: (name,)
+    per_image_column: ClassVar[str | None] = None
     needs_labels: ClassVar[bool] = True
     needs_all_shifts: ClassVar[bool] = False
-    reported: ClassVar[bool] = True  # False: used by the engine (e.g. for a warning), never written to the report
+    early_exit_safe: ClassVar[bool] = False
+    reported: ClassVar[bool] = True
+    display_order: ClassVar[int] = 1000
 
     @abstractmethod
     def update(self, batch: ShiftBatch) -> None: ...
@@ -56,26 +111,71 @@ class Metric(ABC):
     @abstractmethod
     def compute(self) -> dict[str, Any]: ...
 
-    def merge(self, other: Metric) -> None:
-        """Fold ``other``'s state into this one (same class): per-image arrays concatenate, sums add."""
-        if type(other) is not type(self):
-            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
-        mine, theirs = self.state_dict(), other.state_dict()
-        merged = {}
-        for key, value in mine.items():
-            if key.startswith("sum_"):
-                merged[key] = value + theirs[key]
-            else:
-                merged[key] = np.concatenate([value, theirs[key]])
-        self.load_state_dict(merged)
+    @classmethod
+    def key(cls) -> tuple[str, ...]:
+        return cls.report_key or (cls.name,)
 
-    @abstractmethod
+    @staticmethod
+    def per_image_json(value: Any) -> Any:
+        """One image's ``per_image_column`` value as JSON."""
+        return float(value)
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        """The instance a default audit in ``ctx`` runs, or None (the default: only when asked for)."""
+        return None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        """The numbers of this metric's report entry that tables show; by default its ``value`` with its interval."""
+        return value_readings(cls.name, entry)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def add_state(self, name: str, default: np.ndarray, reduce: Reduce) -> None:
+        """Declare an array of state: ``sum`` states add when merged, ``cat`` states concatenate."""
+        specs = self.__dict__.setdefault("_state_specs", {})
+        specs[name] = (np.array(default, copy=True), reduce)
+        setattr(self, name, np.array(default, copy=True))
+
+    def reductions(self) -> dict[str, Reduce]:
+        return {name: reduce for name, (_, reduce) in self.__dict__.get("_state_specs", {}).items()}
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Plain arrays: per-image arrays (concatenated when merged) and ``sum_*`` arrays (added when merged)."""
+        """Plain arrays, one per declared state."""
+        return {name: getattr(self, name) for name in self.reductions()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         for k, v in state.items():
             setattr(self, k, np.asarray(v))
+
+    def reset(self) -> None:
+        """Back to the state before any update."""
+        for name, (default, _) in self.__dict__.get("_state_specs", {}).items():
+            setattr(self, name, np.array(default, copy=True))
+
+    def merge(self, other: Metric) -> None:
+        """Fold ``other``'s state into this one (same class), by each state's declared reduction."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        self.load_state_dict(reduce_states(self.reductions(), [self.state_dict(), other.state_dict()]))
+
+
+def value_readings(name: str, entry: dict[str, Any]) -> list[Reading]:
+    """A report entry's ``value`` (with its interval, if any) as a plain number labelled by the metric's name."""
+    if "value" not in entry:
+        return []
+    return [Reading(name.replace("_", " "), entry["value"], entry.get("ci_low"), entry.get("ci_high"),
+                    percent=False, digits=4, ci_digits=4)]
+
+
+def reduce_states(reductions: dict[str, Reduce], states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several accumulators' states as one: sums add, per-image arrays concatenate (in the order given)."""
+    out = {}
+    for key, how in reductions.items():
+        arrays = [np.asarray(s[key]) for s in states]
+        out[key] = sum(arrays[1:], arrays[0]) if how == "sum" else np.concatenate(arrays)
+    return out
 
 
 class PerImageMetric(Metric):
@@ -122,5 +222,11 @@ class PerImageMetric(Metric):
         order = np.argsort(ids, kind="stable")
         return ids[order], values[order]
 
+    def reductions(self) -> dict[str, Reduce]:
+        return {"ids": "cat", "values": "cat"}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"ids": self.ids, "values": self.values}
+
+    def reset(self) -> None:
+        self._ids, self._values = [], []

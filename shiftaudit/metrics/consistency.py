@@ -6,15 +6,29 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import proportion
 
 
+@register_metric
 class SampledConsistency(PerImageMetric):
     """The paper's protocol: k random pairs (a, b) per image, drawn independently (a = b allowed), seeded per image."""
 
     name = "consistency_sampled"
+    report_key = ("consistency", "sampled")
+    per_image_column = "sampled_agreement"
     needs_labels = False
+    display_order = 40
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls()
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        k = settings.get("pairs", "?")
+        return [Reading(f"Consistency (sampled, {k} pairs/image)", entry["value"], entry["ci_low"], entry["ci_high"], digits=2)]
 
     def update(self, batch: ShiftBatch) -> None:
         a = batch.at(batch.preds, batch.pair_slots[:, :, 0])
@@ -26,6 +40,7 @@ class SampledConsistency(PerImageMetric):
         return out
 
 
+@register_metric
 class ExactConsistency(PerImageMetric):
     """The expectation itself, when every shift of the set was evaluated.
 
@@ -34,8 +49,19 @@ class ExactConsistency(PerImageMetric):
     """
 
     name = "consistency_exact"
+    report_key = ("consistency", "exact")
+    per_image_column = "exact_consistency"
     needs_labels = False
     needs_all_shifts = True
+    display_order = 30
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls() if ctx.exhaustive else None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        return [Reading("Consistency (exact, all shifts)", entry["value"], entry["ci_low"], entry["ci_high"], digits=2)]
 
     def update(self, batch: ShiftBatch) -> None:
         preds = batch.preds

@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.shifts.sets import ShiftSet, offset_json
-from shiftaudit.metrics.base import Metric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 
 MAX_STORED_SHIFTS = 1089  # at most a 33 x 33 window of P(correct) values per example
 
 
+@register_metric
 class FlipExamples(Metric):
     """Keeps, for up to ``limit`` images correct at zero shift and wrong at some shift, P(correct) over the shifts.
 
@@ -27,6 +29,13 @@ class FlipExamples(Metric):
 
     name = "flip_examples"
     needs_all_shifts = True
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        if not ctx.exhaustive:
+            return None
+        # no labels: the prediction at zero shift is the reference an image flips away from
+        return cls(ctx.shift_set) if ctx.labelled else cls(ctx.shift_set, reference="prediction")
 
     def __init__(self, shift_set: ShiftSet, limit: int = 4, reference: str = "label") -> None:
         if reference not in ("label", "prediction"):
@@ -43,12 +52,12 @@ class FlipExamples(Metric):
         self.stored = np.flatnonzero(radius <= levels[k_keep])  # shift indices whose P(correct) is stored
         s = len(self.stored)
         self._never = np.inf if radius.dtype.kind == "f" else np.iinfo(np.int64).max
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.label = np.zeros(0, dtype=np.int64)
-        self.radius = np.zeros(0, dtype=radius.dtype)  # float for sub-pixel sets
-        self.flip_shift = np.zeros(0, dtype=np.int64)  # index in the shift set of the shift that breaks it
-        self.flip_pred = np.zeros(0, dtype=np.int64)
-        self.p_correct = np.zeros((0, s), dtype=np.float32)
+        self.add_state("ids", np.zeros(0, dtype=np.int64), "cat")
+        self.add_state("label", np.zeros(0, dtype=np.int64), "cat")
+        self.add_state("radius", np.zeros(0, dtype=radius.dtype), "cat")  # float for sub-pixel sets
+        self.add_state("flip_shift", np.zeros(0, dtype=np.int64), "cat")  # index in the shift set of the breaking shift
+        self.add_state("flip_pred", np.zeros(0, dtype=np.int64), "cat")
+        self.add_state("p_correct", np.zeros((0, s), dtype=np.float32), "cat")
 
     def update(self, batch: ShiftBatch) -> None:
         n = len(batch)
@@ -96,16 +105,6 @@ class FlipExamples(Metric):
         order = np.lexsort((self.ids, self.radius))[: self.limit]
         for key in ("ids", "label", "radius", "flip_shift", "flip_pred", "p_correct"):
             setattr(self, key, getattr(self, key)[order])
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {
-            "ids": self.ids,
-            "label": self.label,
-            "radius": self.radius,
-            "flip_shift": self.flip_shift,
-            "flip_pred": self.flip_pred,
-            "p_correct": self.p_correct,
-        }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         super().load_state_dict(state)

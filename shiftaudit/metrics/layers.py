@@ -32,7 +32,8 @@ from torch import nn
 
 from shiftaudit.errors import UsageError
 from shiftaudit.antialias.inspection import inspect_model, is_spatial_op
-from shiftaudit.shifts.sets import ShiftBank, ShiftSet
+from shiftaudit.shifts.modes.circular import ShiftBank
+from shiftaudit.shifts.sets import ShiftSet
 
 EPS = 1e-12
 SCALE_FRACTION = 0.5  # the colour scale's red: half the mean distance between two different images (Fig. 4)

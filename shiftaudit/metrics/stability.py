@@ -16,21 +16,9 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.shifts.sets import ShiftSet
-from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import summary
-
-
-class MeanAbsoluteChange(PerImageMetric):
-    name = "mac"
-    needs_labels = False
-
-    def update(self, batch: ShiftBatch) -> None:
-        a = batch.at(batch.p_top, batch.pair_slots[:, :, 0]).astype(np.float64)
-        b = batch.at(batch.p_top, batch.pair_slots[:, :, 1]).astype(np.float64)
-        self._append(batch.image_ids, np.abs(a - b).mean(axis=1))
-
-    def compute(self) -> dict[str, Any]:
-        return summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a change of a probability
 
 
 def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
@@ -52,10 +40,31 @@ def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
     return np.asarray(sorted(set(pairs)), dtype=np.int64).reshape(-1, 2)
 
 
+@register_metric
 class FlipRate(PerImageMetric):
     name = "flip_rate"
     needs_labels = False
     needs_all_shifts = True
+    display_order = 60
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        if not ctx.exhaustive:
+            return None
+        metric = cls(ctx.shift_set)
+        if metric.pairs.size:
+            return metric
+        # a grid with a step has no 1-px neighbours: omit the metric rather than report an empty mean (nan)
+        ctx.notes.append(
+            f"flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one pixel "
+            f"apart (step {ctx.shift_set.step:g}); pass --shift-step 1 to measure it"
+        )
+        return None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        return [Reading("Flip rate between 1-px neighbouring shifts", entry["mean"], entry["ci_low"], entry["ci_high"],
+                        digits=2, ci_digits=2)]
 
     def __init__(self, shifts: ShiftSet) -> None:
         super().__init__()
@@ -72,3 +81,27 @@ class FlipRate(PerImageMetric):
         out = summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a share of pairs
         out["pairs_per_image"] = int(self.pairs.shape[0])
         return out
+
+
+@register_metric
+class MeanAbsoluteChange(PerImageMetric):
+    name = "mac"
+    needs_labels = False
+    display_order = 70
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls()
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        return [Reading("Mean abs. change of top-1 probability", entry["mean"], entry["ci_low"], entry["ci_high"],
+                        percent=False, digits=4, ci_digits=4)]
+
+    def update(self, batch: ShiftBatch) -> None:
+        a = batch.at(batch.p_top, batch.pair_slots[:, :, 0]).astype(np.float64)
+        b = batch.at(batch.p_top, batch.pair_slots[:, :, 1]).astype(np.float64)
+        self._append(batch.image_ids, np.abs(a - b).mean(axis=1))
+
+    def compute(self) -> dict[str, Any]:
+        return summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a change of a probability

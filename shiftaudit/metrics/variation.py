@@ -6,13 +6,27 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.metrics.base import PerImageMetric, ShiftBatch
+from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import summary
 
 
+@register_metric
 class Variation(PerImageMetric):
     name = "variation"
+    per_image_column = "variation"
     needs_all_shifts = True
+    display_order = 50
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls() if ctx.exhaustive and ctx.labelled else None
+
+    @classmethod
+    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+        label = "Variation of P(correct)"
+        return [Reading(label, entry["mean"], entry["ci_low"], entry["ci_high"], percent=False, digits=4, ci_digits=4, part="mean"),
+                Reading(label, entry["median"], percent=False, digits=4, part="median")]
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.p_label is not None

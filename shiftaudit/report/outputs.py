@@ -2,48 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir
 from shiftaudit.result import AuditResult
 
-# Every file write_report_dir may write: the CLI checks each of them before the audit runs.
-REPORT_FILES = (
-    "report.json",
-    "adversarial.png",
-    "variation.png",
-    "accuracy_map.png",
-    "flips.png",
-    "layers.png",
-    "consistency.png",
-    "report.html",
-)
+PictureDraw = Callable[[AuditResult, Path, Any], "Path | None"]
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture of a report folder: its file name, and what draws it (None when the result has nothing to show:
+    a missing metric means a missing picture, not an error)."""
+
+    file: str
+    draw: PictureDraw
+
+
+_PICTURES: dict[str, Picture] = {}
+
+
+def register_picture(file: str, draw: PictureDraw) -> Picture:
+    """Add a picture to every report folder (``eval --out``, ``patch --eval --out``, ``demo --out``), in the order
+    registered; the CLI checks its file before the audit runs like every other output."""
+    _PICTURES[file] = picture = Picture(file, draw)
+    return picture
+
+
+def report_files() -> tuple[str, ...]:
+    """Every file write_report_dir may write: the CLI checks each of them before the audit runs."""
+    return ("report.json", *_PICTURES, "report.html")
 
 
 def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[Path]:
-    """Every picture the result can give (a missing metric means a missing picture, not an error)."""
-    from shiftaudit.report.figures import (
-        plot_accuracy_map,
-        plot_adversarial_curve,
-        plot_consistency_histogram,
-        plot_flip_examples,
-        plot_variation_distribution,
-    )
+    """Every registered picture the result can give."""
+    drawn = [picture.draw(result, out / picture.file, dataset) for picture in _PICTURES.values()]
+    return [p for p in drawn if p is not None]
 
-    pictures = [
-        plot_adversarial_curve(result, out / "adversarial.png"),
-        plot_variation_distribution(result, out / "variation.png"),
-        plot_accuracy_map(result, out / "accuracy_map.png"),
-        plot_flip_examples(result, out / "flips.png", dataset=dataset),
-    ]
-    if not result.data.get("labelled", True):  # without labels: the pictures that need none
-        pictures.append(plot_consistency_histogram(result, out / "consistency.png"))
-    if "layers" in result.metrics:
-        from shiftaudit.report.heatmaps import plot_layer_heatmaps
 
-        pictures.append(plot_layer_heatmaps(result.metrics["layers"], out / "layers.png"))
-    return [p for p in pictures if p is not None]
+def _figures() -> Any:
+    from shiftaudit.report import figures
+
+    return figures
+
+
+def _layers(result: AuditResult, path: Path, dataset: Any) -> Path | None:
+    if "layers" not in result.metrics:
+        return None
+    from shiftaudit.report.heatmaps import plot_layer_heatmaps
+
+    return plot_layer_heatmaps(result.metrics["layers"], path)
+
+
+register_picture("adversarial.png", lambda r, p, d: _figures().plot_adversarial_curve(r, p))
+register_picture("variation.png", lambda r, p, d: _figures().plot_variation_distribution(r, p))
+register_picture("accuracy_map.png", lambda r, p, d: _figures().plot_accuracy_map(r, p))
+register_picture("flips.png", lambda r, p, d: _figures().plot_flip_examples(r, p, dataset=d))
+register_picture("consistency.png",  # without labels: the picture that needs none
+                 lambda r, p, d: None if r.data.get("labelled", True) else _figures().plot_consistency_histogram(r, p))
+register_picture("layers.png", _layers)
+REPORT_FILES = report_files()  # the built-in set, for callers that check outputs before any plug-in registers
 
 
 def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = None) -> list[Path]:
@@ -65,7 +86,7 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
 
 def side_by_side_files(folders: tuple[str, ...]) -> tuple[str, ...]:
     """Every file :func:`write_side_by_side_dir` may write for these sub-folders (for the CLI's up-front check)."""
-    return ("report.html", *(f"{f}/{name}" for f in folders for name in REPORT_FILES))
+    return ("report.html", *(f"{f}/{name}" for f in folders for name in report_files()))
 
 
 def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: str | Path, *, title: str, intro: str = "",

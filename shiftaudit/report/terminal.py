@@ -10,6 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from shiftaudit.antialias.inspection import Inspection
+from shiftaudit.metrics import Reading, metric_classes
+from shiftaudit.metrics.base import value_readings
 from shiftaudit.metrics.layers import colour_scale
 from shiftaudit.result import AuditResult
 
@@ -58,43 +60,59 @@ def headline_radii(radii: list[int]) -> list[int]:
     return picks
 
 
-def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
-    """(metric, value, 95% CI) rows shared by the table and the HTML report."""
+def result_readings(result: AuditResult, curves: str = "headline") -> list[Reading]:
+    """Every number of the result a person reads, in table order: each registered metric's readings (by its
+    ``display_order``), then any other metric entry that has a ``value`` (a caller's own metric, unregistered).
+
+    ``curves``: ``headline`` keeps a few radii of a curve (1, 2, 4, ...: :func:`headline_radii`), ``all`` every one.
+    """
     m = result.metrics
-    rows: list[tuple[str, str, str]] = []
-    acc = m.get("accuracy", {})
-    if "none" in acc:
-        rows.append(("Accuracy, no shift", pct(acc["none"]["value"]), ci_text(acc["none"]["ci_low"], acc["none"]["ci_high"])))
-    if "random" in acc:
-        rows.append(("Accuracy, random shift", pct(acc["random"]["value"]), ci_text(acc["random"]["ci_low"], acc["random"]["ci_high"])))
-    cons = m.get("consistency", {})
-    if "exact" in cons:
-        rows.append(("Consistency (exact, all shifts)", pct(cons["exact"]["value"], 2), ci_text(cons["exact"]["ci_low"], cons["exact"]["ci_high"])))
-    if "sampled" in cons:
-        k = result.settings.get("pairs", "?")
-        rows.append((f"Consistency (sampled, {k} pairs/image)", pct(cons["sampled"]["value"], 2), ci_text(cons["sampled"]["ci_low"], cons["sampled"]["ci_high"])))
-    if "variation" in m:
-        v = m["variation"]
-        rows.append(("Variation of P(correct), mean / median", f"{num(v['mean'])} / {num(v['median'])}", ci_text(v["ci_low"], v["ci_high"], 4, 1.0)))
-    if "flip_rate" in m:
-        f = m["flip_rate"]
-        rows.append(("Flip rate between 1-px neighbouring shifts", pct(f["mean"], 2), ci_text(f["ci_low"], f["ci_high"], 2)))
-    if "mac" in m:
-        mac = m["mac"]
-        rows.append(("Mean abs. change of top-1 probability", num(mac["mean"]), ci_text(mac["ci_low"], mac["ci_high"], 4, 1.0)))
-    if "adversarial" in m:
-        adv = m["adversarial"]
-        for r in headline_radii(adv["radius"]):
-            i = adv["radius"].index(r)
-            rows.append((f"Adversarial accuracy, max shift {r} px", pct(adv["accuracy"][i]), ci_text(adv["ci_low"][i], adv["ci_high"][i])))
-    if "accuracy_map" in m:
-        amap = m["accuracy_map"]
-        rows.append(("Accuracy over shifts, worst / best", f"{pct(amap['min'])} / {pct(amap['max'])}", ""))
-    for name, value in m.items():
-        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map", "flip_rate", "mac"):
+    out: list[Reading] = []
+    claimed = set()
+    for cls in sorted(metric_classes(), key=lambda c: c.display_order):
+        claimed.add(cls.key()[0])
+        entry: Any = m
+        for part in cls.key():
+            entry = entry.get(part) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
             continue
-        if isinstance(value, dict) and "value" in value:
-            rows.append((name.replace("_", " "), num(value["value"]), ci_text(value.get("ci_low"), value.get("ci_high"))))
+        found = cls.readings(entry, result.settings)
+        if curves == "headline":
+            keep = set(headline_radii([r.radius for r in found if r.radius is not None]))
+            found = [r for r in found if r.radius is None or r.radius in keep]
+        out += found
+    for name, value in m.items():
+        if name not in claimed and isinstance(value, dict) and "value" in value:
+            out += value_readings(name, value)
+    return out
+
+
+def value_text(r: Reading) -> str:
+    return pct(r.value, r.digits) if r.percent else num(r.value, r.digits)
+
+
+def reading_ci_text(r: Reading) -> str:
+    return ci_text(r.ci_low, r.ci_high, r.ci_digits, 100.0 if r.percent else 1.0)
+
+
+def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
+    """(metric, value, 95% CI) rows shared by the table and the HTML report. Readings with parts of one label share a
+    row: "Variation of P(correct), mean / median" shows both values and the first one's interval."""
+    rows: list[tuple[str, str, str]] = []
+    readings = result_readings(result)
+    i = 0
+    while i < len(readings):
+        r = readings[i]
+        group = [r]
+        while r.part is not None and i + len(group) < len(readings) and readings[i + len(group)].label == r.label \
+                and readings[i + len(group)].part is not None:
+            group.append(readings[i + len(group)])
+        if r.part is None:
+            rows.append((r.label, value_text(r), reading_ci_text(r)))
+        else:
+            rows.append((f"{r.label}, {' / '.join(str(g.part) for g in group)}", " / ".join(value_text(g) for g in group),
+                         reading_ci_text(r)))
+        i += len(group)
     return rows
 
 
@@ -117,7 +135,7 @@ def describe_shifts(result: AuditResult) -> str:
     """The shift set in words, naming the shift mode and what fills the border (e.g. "all 1024 circular shifts (wrap-around)")."""
     s = result.settings.get("shifts", {})
     shift_mode = s.get("mode") or result.settings.get("shift_mode") or "circular"
-    noun = {"crop": "crop shifts", "subpixel": "sub-pixel shifts"}.get(shift_mode, "circular shifts")
+    noun = _mode_noun(shift_mode)
     shifts = f"{s.get('count', '?')} {noun}"
     if s.get("kind") == "all":
         shifts = f"all {s.get('count')} {noun}"
@@ -125,6 +143,17 @@ def describe_shifts(result: AuditResult) -> str:
         shifts += f" within +/-{s['max_shift']} px" + (f", step {s['step']:g}" if s.get("step", 1) != 1 else "")
     padding = "wrap-around" if shift_mode == "circular" else (s.get("padding") or PADDING.get(shift_mode, "?"))
     return f"{shifts} ({padding})"  # no [..]: rich markup
+
+
+def _mode_noun(shift_mode: str) -> str:
+    """"circular shifts", "crop shifts", ...: the registered mode's noun (a report may come from a plug-in mode)."""
+    from shiftaudit.errors import UsageError
+    from shiftaudit.shifts.sets import shift_mode as registered
+
+    try:
+        return registered(shift_mode).noun
+    except UsageError:
+        return f"{shift_mode} shifts"
 
 
 def describe_run(result: AuditResult) -> str:
@@ -146,10 +175,11 @@ class CompareRow:
     values: list[float | None]
     ci_low: list[float | None]
     ci_high: list[float | None]
+    digits: int = 1  # decimals of a cell (of the percentage, for a percent row)
 
     def cell(self, i: int) -> str:
         v = self.values[i]
-        return pct(v, 2 if "onsistency" in self.metric else 1) if self.percent else num(v)
+        return pct(v, self.digits) if self.percent else num(v, self.digits)
 
     def delta(self, i: int) -> float | None:
         """Change of run ``i`` from the first run (percentage points for percentages); None when either is unmeasured."""
@@ -180,70 +210,30 @@ SIGNIFICANCE_RULE = (
 )
 
 
+def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
+    """Rows for every metric any run has, in table order; a curve's radii limited to the headline ones of all runs."""
+    per_run = [{r.name: r for r in result_readings(res, curves="all")} for _, res in results]
+    radii = {r.radius for run in per_run for r in run.values() if r.radius is not None}
+    keep = set(headline_radii(sorted(radii)))  # type: ignore[type-var]
+    rows = []
+    for name in dict.fromkeys(k for run in per_run for k in run):
+        entries = [run.get(name) for run in per_run]
+        first = next(e for e in entries if e is not None)
+        if first.radius is not None and first.radius not in keep:
+            continue
+        rows.append(CompareRow(
+            name,
+            first.percent,
+            [_num(e.value) if e else None for e in entries],
+            [_num(e.ci_low) if e else None for e in entries],
+            [_num(e.ci_high) if e else None for e in entries],
+            first.digits,
+        ))
+    return rows
+
+
 def _num(v: Any) -> float | None:
     return None if v is None else float(v)
-
-
-def metric_values(result: AuditResult) -> dict[str, tuple[bool, float | None, float | None, float | None]]:
-    """The comparable numbers of a result: label -> (is a percentage, value, ci_low, ci_high). Labels match audit_rows."""
-    m = result.metrics
-    out: dict[str, tuple[bool, float | None, float | None, float | None]] = {}
-
-    def put(label: str, entry: dict[str, Any] | None, percent: bool = True, key: str = "value") -> None:
-        if entry:
-            out[label] = (percent, _num(entry.get(key)), _num(entry.get("ci_low")), _num(entry.get("ci_high")))
-
-    acc = m.get("accuracy", {})
-    put("Accuracy, no shift", acc.get("none"))
-    put("Accuracy, random shift", acc.get("random"))
-    cons = m.get("consistency", {})
-    put("Consistency (exact, all shifts)", cons.get("exact"))
-    put(f"Consistency (sampled, {result.settings.get('pairs', '?')} pairs/image)", cons.get("sampled"))
-    if "variation" in m:
-        put("Variation of P(correct), mean", m["variation"], percent=False, key="mean")
-        out["Variation of P(correct), median"] = (False, _num(m["variation"].get("median")), None, None)
-    if "flip_rate" in m:
-        put("Flip rate between 1-px neighbouring shifts", m["flip_rate"], key="mean")
-    if "mac" in m:
-        put("Mean abs. change of top-1 probability", m["mac"], percent=False, key="mean")
-    adv = m.get("adversarial")
-    if adv:
-        for i, r in enumerate(adv["radius"]):
-            out[f"Adversarial accuracy, max shift {r} px"] = (True, _num(adv["accuracy"][i]), _num(adv["ci_low"][i]), _num(adv["ci_high"][i]))
-    amap = m.get("accuracy_map")
-    if amap:
-        out["Accuracy over shifts, worst"] = (True, _num(amap.get("min")), None, None)
-        out["Accuracy over shifts, best"] = (True, _num(amap.get("max")), None, None)
-    for name, value in m.items():
-        if name in ("accuracy", "consistency", "variation", "adversarial", "accuracy_map", "flip_rate", "mac"):
-            continue
-        if isinstance(value, dict) and "value" in value:
-            put(name.replace("_", " "), value, percent=False)
-    return out
-
-
-def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
-    """Rows for every metric any run has, in a stable order; adversarial radii limited to the headline ones."""
-    per_run = [metric_values(res) for _, res in results]
-    radii: set[int] = set()
-    for _, res in results:
-        radii.update(res.adversarial_curve)
-    keep_adv = {f"Adversarial accuracy, max shift {r} px" for r in headline_radii(sorted(radii))}
-    labels = [k for k in dict.fromkeys(k for run in per_run for k in run) if not k.startswith("Adversarial") or k in keep_adv]
-    rows = []
-    for label in labels:
-        entries = [run.get(label) for run in per_run]
-        percent = next(e[0] for e in entries if e is not None)
-        rows.append(
-            CompareRow(
-                label,
-                percent,
-                [e[1] if e else None for e in entries],
-                [e[2] if e else None for e in entries],
-                [e[3] if e else None for e in entries],
-            )
-        )
-    return rows
 
 
 def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None) -> Table:
@@ -362,9 +352,10 @@ def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def layers_table(layers: dict[str, Any]) -> Table:
     t = Table(title="Per-layer distance from shift-equivariance", title_justify="left", show_edge=False, pad_edge=False)
+    names = [str(layer["name"]) for layer in layers["layers"]]
     for col in LAYER_SHORT:
-        if col == "Layer":
-            t.add_column(col, overflow="fold")
+        if col == "Layer":  # names fold, but never to nothing: the numbers are unreadable without them
+            t.add_column(col, overflow="fold", min_width=min(16, max(map(len, names), default=5)))
         else:
             t.add_column(col, justify="right", no_wrap=True)
     for row in layer_rows(layers):

@@ -1,18 +1,11 @@
-"""Shift modes: how a shifted copy of an image is made.
+"""Crop shifts, the published ImageNet protocol: windows of a canvas larger than the model input; nothing wraps.
 
-* ``circular`` (default, the paper's Eq. 4): ``torch.roll`` of the preprocessed input; what leaves one side enters the
-  other. Built by :class:`~shiftaudit.shifts.sets.ShiftBank`.
-* ``crop``: the published ImageNet protocol. Each image is preprocessed to a *canvas* larger than the model input by a
-  margin ``R`` on every side (resize the shorter side, centre-crop ``size + 2R``), and the model sees ``size`` crops of
-  it: shift ``(dh, dw)`` is the crop at offset ``(R - dh, R - dw)`` of the canvas, so a positive ``dh`` moves the
-  content down as ``torch.roll`` does, the zero shift is the centre crop, and new image content enters at the border
-  (nothing wraps). With the ImageNet preset and ``R = 16`` the canvas is Resize(256) + CenterCrop(256) and the offsets
-  run over 0..32 (see :func:`published_crop_shifts` for the 0..31 draw of the published consistency code).
-* ``subpixel``: fractional shifts by a Fourier-domain phase shift (periodic, like circular shifts): multiply the 2-D
-  DFT by ``exp(-2 pi i (k dh / H + l dw / W))`` and take the real part of the inverse. On even sizes the Nyquist bin
-  gets the real factor ``cos(pi d)``, which keeps the output real and makes an integer shift exactly ``torch.roll``.
-
-Every bank has ``gather(image_index, dh, dw)`` -> ``(n, C, H, W)`` shifted copies, like ``ShiftBank``.
+Each image is preprocessed to a *canvas* larger than the model input by a margin ``R`` on every side (resize the
+shorter side, centre-crop ``size + 2R``), and the model sees ``size`` crops of it: shift ``(dh, dw)`` is the crop at
+offset ``(R - dh, R - dw)`` of the canvas, so a positive ``dh`` moves the content down as ``torch.roll`` does, the zero
+shift is the centre crop, and new image content enters at the border. With the ImageNet preset and ``R = 16`` the
+canvas is Resize(256) + CenterCrop(256) and the offsets run over 0..32 (see :func:`published_crop_shifts` for the
+0..31 draw of the published consistency code).
 """
 
 from __future__ import annotations
@@ -24,30 +17,34 @@ import torch
 
 from shiftaudit.errors import DataError, UsageError
 from shiftaudit.limits import MAX_SIDE, gib
-from shiftaudit.shifts.sets import SHIFT_MODES, ShiftBank, ShiftSet, default_crop_margin
-
-__all__ = [
-    "SHIFT_MODES",
-    "CropBank",
-    "FourierBank",
-    "check_shift_mode",
-    "crop_margin",
-    "fourier_shift",
-    "input_geometry",
-    "make_bank",
-    "published_crop_shifts",
-]
+from shiftaudit.shifts.base import ShiftMode, register_shift_mode
+from shiftaudit.shifts.sets import ShiftSet
 
 
-def check_shift_mode(mode: str) -> str:
-    if mode not in SHIFT_MODES:
-        raise UsageError(f"Unknown --shift-mode {mode!r}; use {', '.join(SHIFT_MODES)}.")
-    return mode
+class CropShifts(ShiftMode):
+    name = "crop"
+    noun = "crop shifts"
+    padding = "none: crops of a larger canvas, new content enters at the border"
+    wraps = False
+
+    def default_max_shift(self, size: tuple[int, int]) -> int:
+        return default_crop_margin(size)
+
+    def canvas_margin(self, shifts: ShiftSet | None, max_shift: int | None, size: tuple[int, int]) -> int | None:
+        return crop_margin("crop", shifts, max_shift, size)
+
+    def geometry(self, dataset: Any, shifts: ShiftSet | None, max_shift: int | None,
+                 notes: list[str] | None) -> tuple[tuple[int, int], int]:
+        return crop_geometry(dataset, shifts, max_shift, notes)
+
+    def bank(self, images: torch.Tensor, shifts: ShiftSet) -> CropBank:
+        return CropBank(images, (shifts.height, shifts.width))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Crop mode
-# ---------------------------------------------------------------------------------------------------------------
+def default_crop_margin(size: tuple[int, int]) -> int:
+    """The canvas margin R of crop mode when no --max-shift is given: 16 px above 64 px (ImageNet: 224 + 2*16 =
+    256, the published protocol), else an eighth of the size (32 px: 4, like CIFAR's pad-4 crops)."""
+    return 16 if max(size) > 64 else max(1, max(size) // 8)
 
 
 class CropBank:
@@ -92,8 +89,8 @@ def crop_margin(shift_mode: str, shifts: ShiftSet | None, max_shift: int | None,
     return default_crop_margin(size)
 
 
-def input_geometry(dataset: Any, shift_mode: str, shifts: ShiftSet | None = None,
-                   max_shift: int | None = None, notes: list[str] | None = None) -> tuple[tuple[int, int], int]:
+def crop_geometry(dataset: Any, shifts: ShiftSet | None = None, max_shift: int | None = None,
+                  notes: list[str] | None = None) -> tuple[tuple[int, int], int]:
     """``(model input size, canvas margin)`` of a dataset audited in ``shift_mode``. In crop mode the default
     --max-shift is the canvas margin.
 
@@ -103,10 +100,6 @@ def input_geometry(dataset: Any, shift_mode: str, shifts: ShiftSet | None = None
     default margin of the canvas size).
     """
     size = (int(dataset.image_size[0]), int(dataset.image_size[1]))
-    if shift_mode != "crop":
-        if getattr(dataset, "canvas_margin", None):
-            raise UsageError(f"The data was loaded as crop-mode canvases; audit it with shift_mode='crop', not {shift_mode!r}.")
-        return size, 0
     margin = getattr(dataset, "canvas_margin", None)
     if margin is None:
         if shifts is not None:  # the set says the input size: the rest of the canvas is margin
@@ -115,7 +108,7 @@ def input_geometry(dataset: Any, shift_mode: str, shifts: ShiftSet | None = None
                 raise UsageError(f"A crop shift set for {shifts.height}x{shifts.width} inputs does not fit centred in {size[0]}x{size[1]} canvases.")
             margin = dh // 2
         else:
-            margin = crop_margin(shift_mode, None, max_shift, size)
+            margin = crop_margin("crop", None, max_shift, size)
         if notes is not None:
             notes.append(
                 f"crop mode: the {size[0]}x{size[1]} images are taken as canvases, the model sees "
@@ -147,57 +140,4 @@ def published_crop_shifts(size: tuple[int, int] = (224, 224), canvas: tuple[int,
     return ShiftSet.from_offsets(size, pairs, kind="published", mode="crop")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Sub-pixel mode
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _phase(n: int, d: torch.Tensor) -> torch.Tensor:
-    """(len(d), n) complex factors ``exp(-2 pi i k d / n)`` over the DFT frequencies k; the Nyquist bin of an even n
-    gets ``cos(pi d)`` so the shifted signal stays real (and equals the roll for integer d)."""
-    k = torch.fft.fftfreq(n, d=1.0, dtype=torch.float64, device=d.device) * n  # integer frequencies, Nyquist -n/2
-    ang = -2.0 * torch.pi * d.to(torch.float64)[:, None] * k[None, :] / n
-    ph = torch.polar(torch.ones_like(ang), ang)
-    if n % 2 == 0:
-        ph[:, n // 2] = torch.cos(torch.pi * d.to(torch.float64)).to(ph.dtype)
-    return ph
-
-
-def fourier_shift(x: torch.Tensor, dh: torch.Tensor | float, dw: torch.Tensor | float) -> torch.Tensor:
-    """Shift ``(n, C, H, W)`` images by per-image fractional ``(dh, dw)`` (or one shared pair) in the Fourier domain."""
-    n = x.shape[0]
-    dh = torch.as_tensor(dh, dtype=torch.float64, device=x.device).reshape(-1).expand(n)
-    dw = torch.as_tensor(dw, dtype=torch.float64, device=x.device).reshape(-1).expand(n)
-    spec = torch.fft.fft2(x.to(torch.float32))
-    return _apply_phase(spec, dh, dw).to(x.dtype)
-
-
-def _apply_phase(spec: torch.Tensor, dh: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
-    h, w = spec.shape[-2:]
-    ph = _phase(h, dh).to(torch.complex64)[:, None, :, None] * _phase(w, dw).to(torch.complex64)[:, None, None, :]
-    return torch.fft.ifft2(spec * ph).real
-
-
-class FourierBank:
-    """Sub-pixel shifts of a batch of images: the spectra are computed once, each gathered copy costs one
-    multiply and one inverse FFT."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        if images.ndim != 4:
-            raise ValueError(f"expected (B, C, H, W) images, got shape {tuple(images.shape)}")
-        self.dtype = images.dtype
-        self.height, self.width = images.shape[-2:]
-        self._spec = torch.fft.fft2(images.to(torch.float32))
-
-    def gather(self, image_index: torch.Tensor, dh: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
-        out = _apply_phase(self._spec[image_index], dh, dw)
-        return out.to(self.dtype).contiguous()
-
-
-def make_bank(x: torch.Tensor, shifts: ShiftSet) -> ShiftBank | CropBank | FourierBank:
-    """The bank that builds ``shifts.mode`` shifted copies of the batch ``x`` (canvases in crop mode)."""
-    if shifts.mode == "crop":
-        return CropBank(x, (shifts.height, shifts.width))
-    if shifts.mode == "subpixel":
-        return FourierBank(x)
-    return ShiftBank(x)
+CROP = register_shift_mode(CropShifts())

@@ -1,0 +1,62 @@
+"""The fixed choices of the command line, as enums: Typer lists them in ``--help`` and refuses any other value
+(exit 2, naming the option) before a command starts. Commands pass ``.value`` on: the library keeps taking strings."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from shiftaudit.antialias.methods import patch_method_names
+from shiftaudit.shifts.modes import shift_mode_names
+
+
+def _registered(name: str, names: tuple[str, ...]) -> type[Enum]:
+    """An enum of what a registry holds when the CLI starts (built-in and plug-in shift modes, patch methods)."""
+    return Enum(name, {n: n for n in names}, type=str)  # type: ignore[return-value]
+
+
+ShiftMode = _registered("ShiftMode", shift_mode_names())
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    exhaustive = "exhaustive"
+    sampled = "sampled"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class DataKind(str, Enum):
+    auto = "auto"
+    imagefolder = "imagefolder"
+    folder = "folder"
+    cifar10 = "cifar10"
+    tensors = "tensors"
+
+
+class Preset(str, Enum):
+    imagenet = "imagenet"
+    cifar = "cifar"
+
+
+PatchMethod = _registered("PatchMethod", patch_method_names())
+
+
+class Pad(str, Enum):
+    reflect = "reflect"
+    zero = "zero"
+    circular = "circular"
+    replicate = "replicate"
+
+
+class ModelFormat(str, Enum):
+    safetensors = "safetensors"
+    torchscript = "torchscript"
+
+
+def value(choice: Enum | None) -> str | None:
+    """The plain string the library takes (None stays None)."""
+    return None if choice is None else str(choice.value)

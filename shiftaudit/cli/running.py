@@ -1,0 +1,142 @@
+"""Running an audit and reporting it, as ``eval``, ``patch --eval`` and ``demo`` all do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+
+from shiftaudit.cli.common import console, err_console
+from shiftaudit.cli.progress import RichProgress
+from shiftaudit.engine.config import AuditConfig
+from shiftaudit.engine.plan import PreparedAudit, plan_audit
+from shiftaudit.engine.runner import run_plan
+from shiftaudit.report.outputs import write_report_dir
+from shiftaudit.report.terminal import audit_table, describe_run, layers_table, sig
+
+
+def plan_eval(
+    loaded: Any,
+    dataset: Any,
+    *,
+    thresholds: list[Any],
+    max_shift: int | None,
+    shift_step: int | float | None,
+    mode: str,
+    pairs: int,
+    seed: int,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    workers: int | None,
+    layers: str | None = None,
+    polyphase: bool | None = None,
+    compile_model: bool = False,
+    resume: Path | None = None,
+    shift_mode: str = "circular",
+) -> PreparedAudit:
+    """The flags as an AuditConfig, planned: every check (the gate's thresholds against the shift set included) is
+    done before any image goes through the model."""
+    config = AuditConfig(max_shift=max_shift, shift_step=shift_step, mode=mode, shift_mode=shift_mode, pairs=pairs,
+                         seed=seed, device=device, precision=precision, batch_size=batch_size, num_workers=workers,
+                         layers=layers, polyphase=polyphase, compile=compile_model, resume=resume,
+                         thresholds=tuple(thresholds))
+    return plan_audit(config, loaded, dataset)
+
+
+def run_eval(loaded: Any, dataset: Any, *, quiet: bool, **settings: Any) -> Any:
+    """Plan and run the audit with a progress bar; the gate verdict, if thresholds were given, is in ``result.gate``."""
+    return run_plan(plan_eval(loaded, dataset, **settings), RichProgress(enabled=not quiet))
+
+
+def write_outputs(result: Any, *, json_out: Path | None, out: Path | None, junit: Path | None = None,
+                  dataset: Any = None) -> list[Path]:
+    """Write every output of the run, all of them or none (a full disk at the last picture leaves no new report
+    beside old pictures); returns the files written, for the "wrote ..." lines."""
+    from shiftaudit.atomicio import all_or_nothing
+
+    written: list[Path] = []
+    with all_or_nothing():
+        if json_out is not None:
+            result.save_json(json_out)
+            if str(json_out) != "-":
+                written.append(json_out)
+        if out is not None:
+            written += write_report_dir(result, out, dataset=dataset)
+        if junit is not None:
+            from shiftaudit.report.junit import write_junit
+
+            written.append(write_junit(result, junit))
+    return written
+
+
+def report_result(
+    result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
+) -> int:
+    """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
+    from shiftaudit.engine.runner import LABEL_MISMATCH
+
+    if not quiet:
+        console.print(audit_table(result, title=describe_run(result)))
+        if "layers" in result.metrics:
+            console.print()
+            console.print(layers_table(result.metrics["layers"]))
+        for note in result.notes:
+            if not note.startswith(LABEL_MISMATCH):
+                console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+        t = result.timing
+        if t:
+            console.print(f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
+                          f"{sig(t['forwards_per_s'])} forward passes/s)", style="dim")
+    for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
+        if note.startswith(LABEL_MISMATCH):
+            err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
+    for path in write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset):
+        if not quiet:
+            console.print(f"wrote {path}")
+    if result.gate is None:
+        return 0
+    checks = result.gate["checks"]
+    failed = [c for c in checks if not c["passed"]]
+    for c in checks:
+        if not c["passed"] or not quiet:
+            err_console.print(Text(c["message"], style="" if c["passed"] else "red"), soft_wrap=True)
+    if failed:
+        err_console.print(f"gate: FAILED ({len(failed)} of {len(checks)} checks)", soft_wrap=True, style="bold red")
+        return 1
+    err_console.print(f"gate: passed ({len(checks)} checks)", soft_wrap=True, style="green")
+    return 0
+
+
+PLAN_SCHEMA = "shiftaudit/audit-plan"
+
+
+def show_plan(plan: Any, json_out: Path | None) -> None:
+    """``eval --dry-run``: the plan as a table (and as JSON with ``--json``), nothing run."""
+    from rich.table import Table
+
+    from shiftaudit.atomicio import write_json_atomic
+
+    if json_out is not None:
+        write_json_atomic(json_out, {"schema": PLAN_SCHEMA, "schema_version": 1, "plan": plan.to_json()})
+    t = Table(title="Audit plan (dry run: nothing was run)", title_justify="left", show_edge=False, pad_edge=False,
+              show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("", overflow="fold")
+    rows = [
+        ("shifts", f"{plan.shifts.describe()}; border: {plan.shifts.padding}"),
+        ("mode", f"{plan.mode}, {plan.pairs} random pairs per image, seed {plan.seed}"),
+        ("images", f"{plan.num_images} at {plan.input_size[0]}x{plan.input_size[1]}"
+                   + (f" (canvas margin {plan.canvas_margin} px)" if plan.canvas_margin else "")),
+        ("metrics", ", ".join(plan.metrics)),
+        ("engine", plan.strategy + (" (torch.compile)" if plan.compiled else "")),
+        ("device", f"{plan.device}, {plan.precision}" + (", channels_last" if plan.channels_last else "")),
+        ("batches", f"{plan.device_batch} rows per forward pass, {plan.image_batch} image{'' if plan.image_batch == 1 else 's'} per batch"),
+        ("forward rows", f"{plan.forward_rows:,} ({plan.slots_per_image} per image)"),
+    ]
+    for key, text in rows:
+        t.add_row(key, Text(text))
+    console.print(t)
+    for note in plan.notes:
+        console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)

@@ -1,0 +1,73 @@
+"""What the user asked of an audit, as one frozen value: the first of config -> plan -> run.
+
+:class:`AuditConfig` holds the choices only (no model, no data); :func:`shiftaudit.engine.plan.plan_audit` turns it,
+a model and data into an :class:`~shiftaudit.engine.plan.AuditPlan`, and :func:`shiftaudit.engine.runner.run_plan`
+executes that. Every field has the CLI's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shiftaudit.errors import UsageError
+from shiftaudit.limits import MAX_PAIRS, check_range
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODES = ("auto", "exhaustive", "sampled")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """An audit's settings (see :func:`shiftaudit.audit` for each one's meaning).
+
+    ``metrics``: accumulators to run instead of the default ones; ``observers``: extra watchers of the forward
+    passes (e.g. per-layer distances); ``thresholds``: gate thresholds (:mod:`shiftaudit.gating`), checked against the
+    plan before any work and judged on the result.
+    """
+
+    shifts: Any = None  # a ShiftSet, or None for the default set of the image size
+    max_shift: int | None = None
+    shift_step: int | float | None = None
+    mode: str = "auto"
+    shift_mode: str = "circular"
+    pairs: int = 5
+    seed: int = 0
+    device: str | torch.device | None = "auto"
+    precision: str = "fp32"
+    batch_size: int | None = None
+    channels_last: bool | None = None
+    num_workers: int | None = None
+    metrics: tuple[Any, ...] | None = None
+    observers: tuple[Any, ...] = ()
+    layers: str | tuple[str, ...] | None = None
+    polyphase: bool | None = None
+    early_exit: bool | None = None
+    compile: bool = False
+    resume: str | Path | None = None
+    thresholds: tuple[Any, ...] = ()
+
+    def check(self) -> None:
+        """Refuse settings that are wrong whatever the model and data."""
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"Unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}.")
+        if self.pairs < 1:
+            raise UsageError(f"--pairs must be at least 1, got {self.pairs}.")
+        check_range(self.pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"Unknown device {device!r}; use auto, cpu or cuda[:N].") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"Device {device!r} is not supported; use auto, cpu or cuda[:N].")
+    return dev

@@ -1,0 +1,322 @@
+"""An audit plan: every decision of an audit, made once before the first forward pass.
+
+:func:`plan_audit` takes an :class:`~shiftaudit.engine.config.AuditConfig`, a model and data, checks everything that
+can be checked before any work (settings, device, shift set, metrics against labels and mode, gate thresholds, batch
+memory) and decides: the shift set and mode, exhaustive or sampled, the metrics, the strategy (dense, polyphase or
+early exit) and the batch geometry. The decisions are an :class:`AuditPlan` (frozen, JSON-serialisable: what
+``--dry-run`` shows); the live objects they apply to (the model on its device, the data, the accumulators) travel
+beside it in a :class:`PreparedAudit`, which :func:`shiftaudit.engine.runner.run_plan` executes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from shiftaudit.engine import distributed
+from shiftaudit.engine.config import MODES, AuditConfig, resolve_device
+from shiftaudit.engine.forward import BatchedForward, model_dtype
+from shiftaudit.engine.observers import Observer
+from shiftaudit.engine.strategies import compile_model, early_exit_strategy, try_polyphase
+from shiftaudit.errors import DataError, UsageError
+from shiftaudit.limits import MAX_BATCH_BYTES, gib
+from shiftaudit.metrics import Metric, MetricContext, default_metrics
+from shiftaudit.shifts.modes import check_shift_mode, get_shift_mode, input_geometry
+from shiftaudit.shifts.sets import ShiftSet, default_shift_set
+
+EXHAUSTIVE_LIMIT = 2048  # auto mode evaluates every shift when the set is at most this large
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """The decisions of an audit: what will run, on what, in which batches. Serialisable with :meth:`to_json`."""
+
+    shifts: ShiftSet
+    exhaustive: bool
+    input_size: tuple[int, int]
+    canvas_margin: int
+    num_images: int
+    labelled: bool
+    metrics: tuple[str, ...]
+    strategy: str
+    compiled: bool
+    device: str
+    channels_last: bool
+    precision: str
+    device_batch: int
+    image_batch: int
+    slots_per_image: int
+    pairs: int
+    seed: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        return "exhaustive" if self.exhaustive else "sampled"
+
+    @property
+    def forward_rows(self) -> int:
+        """Images x shifts the plan evaluates at most (early exit stops sooner)."""
+        return self.num_images * self.slots_per_image
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shifts": self.shifts.to_json(),
+            "shift_mode": self.shifts.mode,
+            "mode": self.mode,
+            "input_size": list(self.input_size),
+            "canvas_margin": self.canvas_margin,
+            "num_images": self.num_images,
+            "labelled": self.labelled,
+            "metrics": list(self.metrics),
+            "engine": self.strategy,
+            "compile": self.compiled,
+            "device": self.device,
+            "channels_last": self.channels_last,
+            "precision": self.precision,
+            "device_batch": self.device_batch,
+            "image_batch": self.image_batch,
+            "slots_per_image": self.slots_per_image,
+            "forward_rows": self.forward_rows,
+            "pairs": self.pairs,
+            "seed": self.seed,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class PreparedAudit:
+    """A plan with the live objects it applies to: the model on its device and the forward runner built for the
+    chosen strategy, the data, the accumulators and observers, the process group under torchrun."""
+
+    plan: AuditPlan
+    config: AuditConfig
+    model: nn.Module
+    forward: BatchedForward
+    dataset: Any
+    metrics: list[Metric]
+    observers: list[Observer]
+    info: dict[str, Any]
+    device: torch.device
+    dist: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_shifts(
+    size: tuple[int, int],
+    *,
+    shifts: ShiftSet | None = None,
+    max_shift: int | None = None,
+    shift_step: int | float | None = None,
+    mode: str = "auto",
+    shift_mode: str = "circular",
+) -> tuple[ShiftSet, bool]:
+    """The shift set for ``size`` (the model input size) and whether every shift of it will be evaluated (exhaustive
+    mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shifts.modes`)."""
+    if mode not in MODES:
+        raise UsageError(f"Unknown --mode {mode!r}; use auto, exhaustive or sampled.")
+    kind = get_shift_mode(shift_mode, "--shift-mode")
+    if shifts is None:
+        if max_shift is not None:
+            kind.check_max_shift(max_shift, size)
+        shifts = default_shift_set(size, max_shift, shift_step, shift_mode)
+    elif (shifts.height, shifts.width) != tuple(size):
+        raise UsageError(f"The shift set is for {shifts.height}x{shifts.width} inputs but the data is {size[0]}x{size[1]}.")
+    elif shifts.mode != shift_mode:
+        raise UsageError(f"The shift set is a {shifts.mode} set but the audit asks for shift mode {shift_mode}.")
+    exhaustive = mode == "exhaustive" or (mode == "auto" and len(shifts) <= EXHAUSTIVE_LIMIT)
+    return shifts, exhaustive
+
+
+def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
+    """Images x shifts per forward pass: big enough to keep the device busy, bounded by activation memory.
+
+    On the CPU moderate batches win: 32-64 rows at 32x32 ran ~1.2-2x faster than 256 (cache-resident activations;
+    benchmarks/RESULTS.md), so the CPU budget is 64 rows of 32x32.
+    """
+    pixels = size[0] * size[1]
+    budget = (1024 if device.type == "cuda" else 64) * 32 * 32
+    floor = 64 if device.type == "cuda" else 16
+    return int(max(floor, min(2048, budget // max(pixels, 1))))
+
+
+def check_batch_bytes(batch: int, channels: int, size: tuple[int, int]) -> None:
+    """Refuse a --batch-size whose inputs alone would not fit any machine, before the first forward pass."""
+    need = batch * channels * size[0] * size[1] * 4.0
+    if need > MAX_BATCH_BYTES:
+        raise UsageError(
+            f"--batch-size {batch} at {channels}x{size[0]}x{size[1]} needs {gib(need)} of input per forward pass, more "
+            f"than the {gib(MAX_BATCH_BYTES)} allowed; use a smaller --batch-size."
+        )
+
+
+def resolve_model(model: Any, info: dict[str, Any]) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """``(module, its preprocessing or None, model info)`` from a module, a LoadedModel or a checkpoint path."""
+    preprocessing = None
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from shiftaudit.loading import load_model
+
+        model = load_model(model)
+    if hasattr(model, "model") and hasattr(model, "format") and not isinstance(model, nn.Module):
+        loaded = model
+        model, preprocessing = loaded.model, loaded.preprocessing
+        info = {**loaded_info(loaded), **info}
+    if not isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        raise UsageError(f"audit() needs a torch.nn.Module, got {type(model).__name__}.")
+    return model, preprocessing, info
+
+
+def loaded_info(loaded: Any) -> dict[str, Any]:
+    return {
+        "source": str(loaded.source),
+        "format": loaded.format,
+        "arch": loaded.arch,
+        "num_classes": loaded.num_classes,
+        "parameters": loaded.parameter_count,
+        "patch": loaded.patch_spec,
+    }
+
+
+def resolve_data(data: Any, preprocessing: Any, config: AuditConfig) -> Any:
+    """An AuditDataset from a dataset, tensors in memory or a path (loaded with a crop canvas in crop mode)."""
+    from shiftaudit.data import AuditDataset, load_data
+
+    if not isinstance(data, AuditDataset):
+        is_path = isinstance(data, str) or hasattr(data, "__fspath__")
+        if is_path and preprocessing is None:
+            raise UsageError("Pass the data through shiftaudit.load_data(path, preprocessing=...) to say how to preprocess it.")
+        if is_path:
+            mode = get_shift_mode(config.shift_mode, "--shift-mode")
+            margin = mode.canvas_margin(config.shifts, config.max_shift, preprocessing.size)
+            data = load_data(data, preprocessing=preprocessing, canvas_margin=margin)
+        else:  # tensors or a dataset in memory: taken as already preprocessed
+            data = load_data(data, preprocessing=preprocessing, raw=True)
+    if len(data) == 0:
+        raise DataError("The data holds no images.")
+    return data
+
+
+def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str, Any] | None = None) -> PreparedAudit:
+    """Check everything and make every decision of the audit; no image passes through the model yet."""
+    model, preprocessing, info = resolve_model(model, dict(model_info or {}))
+    config.check()
+    dev = resolve_device(config.device)
+    if config.precision == "fp16" and dev.type == "cpu":
+        raise UsageError("--precision fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
+    dataset = resolve_data(data, preprocessing, config)
+    notes: list[str] = []
+    shifts, exhaustive, size, margin = _plan_geometry(config, dataset, notes)
+    labelled = bool(dataset.has_labels)
+    metrics = _plan_metrics(config, shifts, labelled, exhaustive, notes)
+    _check_thresholds(config, labelled, exhaustive, shifts)
+    observers = _plan_observers(config, model, dataset, shifts, size, exhaustive)
+    dist = distributed.setup(dev)
+    if dist is not None:
+        dev = dist.device
+        if observers:
+            raise UsageError("Per-layer distances are not supported under torchrun yet; run --layers in one process.")
+    use_cl = config.channels_last if config.channels_last is not None else dev.type == "cuda"
+    model = model.eval().to(dev)
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    device_batch = config.batch_size or default_device_batch(dev, size)
+    check_batch_bytes(device_batch, int(getattr(dataset, "channels", 3)), size)
+    strategy, forward = _plan_strategy(config, model, dataset, shifts, exhaustive, labelled, metrics, observers,
+                                       dev, device_batch, use_cl, notes)
+    slots = len(shifts) if exhaustive else 2 + 2 * config.pairs
+    plan = AuditPlan(
+        shifts=shifts, exhaustive=exhaustive, input_size=size, canvas_margin=margin, num_images=len(dataset),
+        labelled=labelled, metrics=tuple(m.name for m in metrics), strategy=strategy, compiled=bool(config.compile),
+        device=dev.type, channels_last=bool(use_cl), precision=config.precision, device_batch=device_batch,
+        image_batch=_image_batch(strategy, device_batch, forward, slots), slots_per_image=slots, pairs=config.pairs,
+        seed=config.seed, notes=tuple(notes),
+    )
+    return PreparedAudit(plan, config, model, forward, dataset, metrics, observers, info, dev, dist, notes)
+
+
+def _plan_geometry(config: AuditConfig, dataset: Any, notes: list[str]) -> tuple[ShiftSet, bool, tuple[int, int], int]:
+    """The shift set, exhaustive or not, the model input size and the crop canvas margin."""
+    size, margin = input_geometry(dataset, check_shift_mode(config.shift_mode), config.shifts, config.max_shift, notes)
+    max_shift = margin if config.max_shift is None and margin else config.max_shift
+    shifts, exhaustive = plan_shifts(size, shifts=config.shifts, max_shift=max_shift, shift_step=config.shift_step,
+                                     mode=config.mode, shift_mode=config.shift_mode)
+    if not get_shift_mode(config.shift_mode).rolls and (config.layers or config.observers):
+        raise UsageError(f"Per-layer distances compare circularly shifted feature maps; --layers needs --shift-mode circular, not {config.shift_mode}.")
+    if config.mode == "auto" and not exhaustive:
+        notes.append(
+            f"{len(shifts)} shifts is too many to evaluate exhaustively: sampled mode (zero, one random shift and "
+            f"{config.pairs} random pairs per image); variation, exact consistency, the adversarial curve and the accuracy "
+            "map need --mode exhaustive or a smaller shift set"
+        )
+    return shifts, exhaustive, size, margin
+
+
+def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaustive: bool, notes: list[str]) -> list[Metric]:
+    if not labelled:
+        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability, and flip examples against the zero-shift prediction in exhaustive runs)")
+    if config.metrics is not None:
+        metrics = list(config.metrics)
+    else:
+        metrics = default_metrics(MetricContext(shifts, labelled, exhaustive, notes))
+    for m in metrics:
+        if m.needs_labels and not labelled:
+            raise UsageError(f"Metric {m.name} needs labelled data.")
+        if m.needs_all_shifts and not exhaustive:
+            raise UsageError(f"Metric {m.name} needs every shift evaluated (--mode exhaustive).")
+    return metrics
+
+
+def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shifts: ShiftSet) -> None:
+    if config.thresholds:
+        from shiftaudit.gating import validate_thresholds
+
+        validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
+
+
+def _plan_observers(config: AuditConfig, model: nn.Module, dataset: Any, shifts: ShiftSet, size: tuple[int, int],
+                    exhaustive: bool) -> list[Observer]:
+    observers: list[Observer] = list(config.observers)
+    if config.layers:
+        from shiftaudit.metrics.layers import FeatureDistance, select_layers
+
+        if not exhaustive:
+            raise UsageError("Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set.")
+        layers = config.layers if isinstance(config.layers, str) else list(config.layers)
+        observers.append(FeatureDistance(select_layers(model, layers, size, getattr(dataset, "channels", 3)), shifts))
+    return observers
+
+
+def _plan_strategy(config: AuditConfig, model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: bool,
+                   labelled: bool, metrics: list[Metric], observers: list[Observer], dev: torch.device,
+                   device_batch: int, use_cl: bool, notes: list[str]) -> tuple[str, BatchedForward]:
+    """Dense, polyphase or early exit (each falls back to dense with a note), optionally compiled; and the forward
+    runner for it."""
+    strategy, runner = "dense", model
+    circular = get_shift_mode(shifts.mode).rolls  # polyphase and early exit are built on torch.roll shifts only
+    if not circular and (config.polyphase or config.early_exit):
+        notes.append(f"polyphase engine and adversary early exit work on circular shifts only: not used in {shifts.mode} mode")
+    if config.polyphase is not False and circular:
+        strategy, runner = try_polyphase(model, dataset, shifts, exhaustive, observers, config.polyphase, dev,
+                                         model_dtype(model), notes)
+    if strategy == "dense" and config.early_exit is not False and circular:
+        strategy = early_exit_strategy(metrics, exhaustive, labelled, observers, config.early_exit, notes)
+    eager = None
+    if config.compile:
+        eager, runner = runner, compile_model(runner, notes)
+        if runner is eager:
+            eager = None
+    return strategy, BatchedForward(runner, dev, config.precision, device_batch, use_cl, eager=eager)
+
+
+def _image_batch(strategy: str, device_batch: int, forward: BatchedForward, slots: int) -> int:
+    """Images per loader batch: early exit takes many (each chunk holds few shifts: failures stop early); polyphase
+    as many as one forward's cost allows; dense enough images for one device batch of (image, shift) rows."""
+    if strategy == "early-exit":
+        return int(min(512, max(1, device_batch)))
+    if strategy == "polyphase":
+        return int(min(512, max(1, device_batch // int(getattr(forward.eager or forward.model, "cost", 1)))))
+    return int(min(512, max(1, math.ceil(device_batch / slots))))

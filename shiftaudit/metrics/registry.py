@@ -1,0 +1,65 @@
+"""Metrics by name, in the style of torchvision's ``register_model``: one registration per metric class.
+
+Registration order is the order of the report's ``metrics`` and ``per_image`` sections; ``display_order`` orders the
+tables. A metric written outside the package registers itself the same way and then appears in default audits
+(when its :meth:`~shiftaudit.metrics.base.Metric.default_for` says so), the JSON report, the tables, ``compare``
+and the HTML report, with no other change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from shiftaudit.metrics.base import Metric, MetricContext
+
+M = TypeVar("M", bound=type[Metric])
+
+_METRICS: dict[str, type[Metric]] = {}
+
+
+def register_metric(cls: M) -> M:
+    """Class decorator: make ``cls`` known by its ``name``. Registering a second class under a taken name is refused
+    (unregister the first one)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
+    if name in _METRICS and _METRICS[name] is not cls:
+        raise ValueError(f"a metric named {name!r} is already registered ({_METRICS[name].__name__})")
+    _METRICS[name] = cls
+    return cls
+
+
+def unregister_metric(name: str) -> None:
+    _METRICS.pop(name, None)
+
+
+def metric_classes() -> list[type[Metric]]:
+    """Every registered metric class, in report order."""
+    return list(_METRICS.values())
+
+
+def get_metric(name: str) -> type[Metric]:
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise KeyError(f"no metric named {name!r}; registered: {', '.join(_METRICS)}") from None
+
+
+def create_metric(name: str, *args: Any, **kwargs: Any) -> Metric:
+    return get_metric(name)(*args, **kwargs)
+
+
+def default_metrics(ctx: MetricContext) -> list[Metric]:
+    """The metrics a default audit in ``ctx`` runs, in report order (each class decides; see ``default_for``)."""
+    out = []
+    for cls in metric_classes():
+        metric = cls.default_for(ctx)
+        if metric is not None:
+            out.append(metric)
+    return out
+
+
+def report_order(metrics: list[Metric]) -> list[Metric]:
+    """``metrics`` in registration order; metrics of unregistered classes after them, in the order given."""
+    rank = {cls: i for i, cls in enumerate(_METRICS.values())}
+    return sorted(metrics, key=lambda m: rank.get(type(m), len(rank)))

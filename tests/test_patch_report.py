@@ -1,0 +1,103 @@
+"""The before/after comparison of a patch is library work: a :class:`shiftaudit.PatchReport` built in Python is the
+document ``shiftaudit patch --eval --json`` writes for the same run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import shiftaudit
+from shiftaudit.antialias import PatchConfig, compare_patch, costs, patch_model, top1_agreement
+from shiftaudit.antialias.costs import LatencyStats
+from shiftaudit.antialias.report import PatchComparison, PatchLatency
+from shiftaudit.data.presets import resolve_preprocessing
+from tests.helpers import cli, synthetic_result, tiny_cnn
+
+ARCH = "tests.helpers:tiny_cnn"
+VOLATILE = {"timing", "environment"}
+
+
+def steady_clock() -> Any:
+    """Every timed forward pass takes 1 ms: the latencies of two runs are equal."""
+    calls = iter(range(10**6))
+    return lambda: next(calls) * 0.001
+
+
+def scrub(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(tiny_cnn().state_dict(), ckpt)
+    data = tmp_path / "images.pt"
+    torch.save({"images": torch.rand(6, 3, 16, 16), "labels": torch.arange(6) % 5}, data)
+    return ckpt, data
+
+
+def test_a_patch_report_built_in_python_is_what_patch_eval_writes(inputs, tmp_path, monkeypatch):
+    ckpt, data = inputs
+    written = tmp_path / "patch.json"
+    monkeypatch.setattr(costs, "clock", steady_clock())
+    res = cli("patch", ckpt, "--arch", ARCH, "--raw", "--size", "16", "--eval", "--data", data, "--max-shift", "1",
+              "--device", "cpu", "--workers", "0", "--quiet", "--json", written)
+    assert res.exit_code == 0, res.output
+
+    loaded = shiftaudit.load_model(ckpt, arch=ARCH)
+    dataset = shiftaudit.load_data(
+        data, preprocessing=resolve_preprocessing(None, size=16), raw=True, num_classes=loaded.num_classes
+    )
+    patched = patch_model(loaded.model, PatchConfig())
+    before = shiftaudit.audit(loaded, dataset, max_shift=1, device="cpu", num_workers=0)
+    after = shiftaudit.audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset, max_shift=1,
+                             device="cpu", num_workers=0)
+    monkeypatch.setattr(costs, "clock", steady_clock())
+    report = shiftaudit.PatchReport(
+        model=str(ckpt), patch=patched, agreement=top1_agreement(loaded.model, patched.model, dataset),
+        comparison=compare_patch(loaded.model, patched, before, after, input_shape=(1, 3, 16, 16), device=torch.device("cpu")),
+    )
+
+    expected = scrub(json.loads(written.read_text()))
+    assert list(report.to_json()) == list(expected)  # the same keys, in the same order
+    assert {"agreement", "before", "after", "latency_ms"} <= set(expected)
+    assert scrub(json.loads(json.dumps(report.to_json()))) == expected
+
+
+def stats(median: float, iqr: float) -> LatencyStats:
+    return LatencyStats(median=median, q1=median - iqr / 2, q3=median + iqr / 2, iqr=iqr, repeats=15)
+
+
+def test_latency_overhead_and_noise_come_from_the_report():
+    clear = PatchLatency(stats(10.0, 0.5), stats(12.0, 0.5), (1, 3, 32, 32), "cpu")
+    assert clear.overhead == pytest.approx(0.2) and not clear.too_noisy
+    noisy = PatchLatency(stats(10.0, 4.0), stats(10.5, 4.0), (1, 3, 32, 32), "cpu")
+    assert noisy.too_noisy and noisy.to_json()["noise_exceeds_difference"] is True
+    assert noisy.to_json()["spread"]["patched"]["median"] == 10.5 and noisy.to_json()["input_shape"] == [1, 3, 32, 32]
+
+
+def test_a_report_without_comparison_holds_only_the_patch(inputs):
+    ckpt, _ = inputs
+    patched = patch_model(tiny_cnn(), PatchConfig(filter="binomial5"))
+    doc = shiftaudit.PatchReport(model=str(ckpt), patch=patched).to_json()
+    assert list(doc) == ["schema", "schema_version", "model", "spec", "steps", "notes"]
+    assert doc["schema"] == "shiftaudit/patch-report" and doc["spec"]["filter"] == "binomial5"
+    result = synthetic_result()
+    compared = shiftaudit.PatchReport(
+        model="m.pt",
+        patch=patched,
+        agreement=0.5,
+        min_agreement=0.9,
+        comparison=PatchComparison(result, result, PatchLatency(stats(1.0, 0.1), stats(2.0, 0.1), (1, 3, 8, 8), "cpu")),
+    )
+    assert compared.agreement_too_low and list(compared.to_json())[-4:] == ["agreement", "before", "after", "latency_ms"]

@@ -1,0 +1,179 @@
+"""Adding a metric is one class and one registration, from outside the package: it then runs in default audits and
+shows in the JSON report, the terminal table, the HTML rows and compare, with no other change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import shiftaudit
+from shiftaudit.metrics import Metric, MetricContext, Reading, ShiftBatch, metric_classes, register_metric, unregister_metric
+from shiftaudit.report.terminal import audit_rows, compare_rows
+from shiftaudit.shifts.base import ShiftMode, register_shift_mode, unregister_shift_mode
+from tests.helpers import tiny_cnn
+
+
+class WorstConfidenceDrop(Metric):
+    """Toy metric: per image, the largest fall of the top-1 probability from the zero shift over all shifts."""
+
+    name = "worst_confidence_drop"
+    needs_labels = False
+    needs_all_shifts = True
+    display_order = 75
+
+    def __init__(self) -> None:
+        self.add_state("sum_drop", np.zeros(1, dtype=np.float64), "sum")
+        self.add_state("sum_n", np.zeros(1, dtype=np.int64), "sum")
+
+    @classmethod
+    def default_for(cls, ctx: MetricContext) -> Metric | None:
+        return cls() if ctx.exhaustive else None
+
+    @classmethod
+    def readings(cls, entry: dict, settings: dict) -> list[Reading]:
+        return [Reading("Worst drop of top-1 probability", entry["value"], percent=False, digits=4)]
+
+    def update(self, batch: ShiftBatch) -> None:
+        zero = batch.at(batch.p_top, batch.zero_slot).astype(np.float64)
+        self.sum_drop = self.sum_drop + (zero[:, None] - batch.p_top.astype(np.float64)).max(axis=1).sum()
+        self.sum_n = self.sum_n + len(batch)
+
+    def compute(self) -> dict:
+        return {"value": float(self.sum_drop[0] / self.sum_n[0]), "n": int(self.sum_n[0])}
+
+
+@pytest.fixture
+def toy_metric():
+    register_metric(WorstConfidenceDrop)
+    yield WorstConfidenceDrop
+    unregister_metric(WorstConfidenceDrop.name)
+    assert WorstConfidenceDrop not in metric_classes()
+
+
+def _audit(**kw):
+    torch.manual_seed(0)
+    model = tiny_cnn(size=8).eval()
+    images = torch.randn(6, 3, 8, 8)
+    labels = torch.randint(0, 5, (6,))
+    return model, images, shiftaudit.audit(model, (images, labels), max_shift=2, device="cpu", polyphase=False, **kw)
+
+
+def test_a_metric_registered_from_outside_runs_by_default_and_reaches_every_report(toy_metric):
+    model, images, result = _audit()
+    entry = result.metrics["worst_confidence_drop"]
+    with torch.no_grad():  # naive: every shift of the set, one torch.roll at a time
+        shifts = shiftaudit.ShiftSet.window((8, 8), 2)
+        p = torch.stack([model(torch.roll(images, (int(a), int(b)), (-2, -1))).softmax(1).max(1).values
+                         for a, b in zip(shifts.dh, shifts.dw)], 1).double()
+    want = (p[:, 0:1] - p).max(1).values.mean().item()
+    assert entry == {"value": pytest.approx(want, abs=1e-6), "n": 6}
+    assert list(result.metrics)[-1] == "worst_confidence_drop"  # registered last: reported last
+    rows = {label: (value, ci) for label, value, ci in audit_rows(result)}
+    assert rows["Worst drop of top-1 probability"] == (f"{entry['value']:.4f}", "")
+    labels = [r[0] for r in audit_rows(result)]  # display_order 75: after the mean abs. change (70), before curves (80)
+    assert labels.index("Mean abs. change of top-1 probability") < labels.index("Worst drop of top-1 probability")
+    assert labels.index("Worst drop of top-1 probability") < labels.index("Adversarial accuracy, max shift 1 px")
+    row = next(r for r in compare_rows([("a", result), ("b", result)]) if r.metric == "Worst drop of top-1 probability")
+    assert row.values == [entry["value"], entry["value"]] and row.delta(1) == 0.0
+
+
+def test_without_the_registration_the_report_is_unchanged(toy_metric):
+    unregister_metric(WorstConfidenceDrop.name)
+    _, _, result = _audit()
+    assert "worst_confidence_drop" not in result.metrics
+    register_metric(WorstConfidenceDrop)
+
+
+def test_declared_states_merge_by_their_reduction_and_reset():
+    a, b = WorstConfidenceDrop(), WorstConfidenceDrop()
+    a.sum_drop, a.sum_n = np.array([0.5]), np.array([2])
+    b.sum_drop, b.sum_n = np.array([0.25]), np.array([3])
+    a.merge(b)
+    assert a.state_dict() == {"sum_drop": pytest.approx(np.array([0.75])), "sum_n": np.array([5])}
+    a.reset()
+    assert float(a.sum_drop[0]) == 0.0 and int(a.sum_n[0]) == 0
+
+
+def test_a_taken_name_is_refused():
+    class Impostor(WorstConfidenceDrop):
+        name = "variation"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric(Impostor)
+
+
+def test_per_image_metrics_merge_by_concatenation_and_reset():
+    from shiftaudit.metrics import Variation
+
+    a, b = Variation(), Variation()
+    a._append(np.array([2]), np.array([0.1]))
+    b._append(np.array([0, 1]), np.array([0.3, 0.2]))
+    a.merge(b)
+    ids, values = a.sorted_values()
+    assert ids.tolist() == [0, 1, 2] and values.tolist() == [0.3, 0.2, 0.1]
+    a.reset()
+    assert a.ids.size == 0 and a.values.size == 0
+
+
+# -- shift modes ------------------------------------------------------------------------------------------------------
+class ReflectShifts(ShiftMode):
+    """Toy mode: the image moves by (dh, dw) and the border it uncovers is filled by reflection (nothing wraps)."""
+
+    name = "reflect"
+    noun = "reflect-padded shifts"
+    padding = "reflection of the image at its border"
+    wraps = False
+
+    def bank(self, images: torch.Tensor, shifts) -> ReflectBank:
+        return ReflectBank(images, int(shifts.radius.max()))
+
+
+class ReflectBank:
+    def __init__(self, images: torch.Tensor, reach: int) -> None:
+        self.reach, self.size = reach, images.shape[-2:]
+        padded = torch.nn.functional.pad(images, (reach,) * 4, mode="reflect")
+        self.windows = padded.unfold(2, self.size[0], 1).unfold(3, self.size[1], 1)
+
+    def gather(self, image_index, dh, dw):
+        return self.windows[image_index, :, self.reach - dh.long(), self.reach - dw.long()].contiguous()
+
+
+@pytest.fixture
+def toy_mode():
+    register_shift_mode(ReflectShifts())
+    yield
+    unregister_shift_mode("reflect")
+
+
+def test_a_shift_mode_registered_from_outside_audits_like_a_builtin(toy_mode):
+    torch.manual_seed(0)
+    model = tiny_cnn(size=8).eval()
+    images, labels = torch.randn(5, 3, 8, 8), torch.randint(0, 5, (5,))
+    result = shiftaudit.audit(model, (images, labels), shift_mode="reflect", max_shift=2, device="cpu")
+    shifts = shiftaudit.ShiftSet.window((8, 8), 2, mode="reflect")
+    assert len(shifts) == 25 and shifts.radius.max() == 2 and not shifts.wraps
+    preds = []
+    with torch.no_grad():  # naive: pad by reflection, crop the shifted window, one shift at a time
+        padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+        for a, b in zip(shifts.dh, shifts.dw):
+            preds.append(model(padded[:, :, 2 - a:10 - a, 2 - b:10 - b]).argmax(1))
+    preds = torch.stack(preds, 1)
+    share = torch.stack([(preds == c).double().mean(1) for c in range(5)], 1)
+    assert result.metrics["consistency"]["exact"]["value"] == pytest.approx((share ** 2).sum(1).mean().item(), abs=1e-12)
+    adv1 = (preds[:, shifts.radius <= 1] == labels[:, None]).all(1).double().mean().item()
+    curve = result.metrics["adversarial"]
+    assert curve["accuracy"][curve["radius"].index(1)] == pytest.approx(adv1)
+    assert result.settings["shifts"]["mode"] == "reflect"
+    assert result.settings["shifts"]["padding"] == "reflection of the image at its border"
+    assert result.settings["engine"] == "dense"  # polyphase and early exit need torch.roll shifts
+    from shiftaudit.report.terminal import describe_shifts
+
+    assert describe_shifts(result).startswith("25 reflect-padded shifts within +/-2 px")
+
+
+def test_an_unknown_shift_mode_names_the_registered_ones():
+    from shiftaudit.errors import UsageError
+
+    with pytest.raises(UsageError, match="Unknown --shift-mode 'mirror'; use circular, crop, subpixel"):
+        shiftaudit.audit(tiny_cnn(size=8), (torch.randn(2, 3, 8, 8), torch.tensor([0, 1])), shift_mode="mirror")
