@@ -40,5 +40,10 @@ mutate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# ruff over the whole repository, mypy over the package; both configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/mypy shiftaudit
+
 clean:
 	rm -rf $(VENV) demo-report bench-results .pytest_cache mutants

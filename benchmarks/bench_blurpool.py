@@ -99,8 +99,10 @@ def run(quick: bool = False) -> dict:
         for shape in shapes:
             x = torch.randn(shape)
             for name in filters:
-                fns: dict[str, Callable[[], torch.Tensor]] = {k: (lambda f=f: f(x, name, 2, "reflect")) for k, f in FORMS.items()}
-                fns.update({k: (lambda m=m: m(x)) for k, m in _third_party(shape[1], name, 2).items()})
+                fns: dict[str, Callable[[], torch.Tensor]] = {
+                    k: (lambda f=f, x=x, name=name: f(x, name, 2, "reflect")) for k, f in FORMS.items()
+                }
+                fns.update({k: (lambda m=m, x=x: m(x)) for k, m in _third_party(shape[1], name, 2).items()})
                 times = _time_all(fns, repeats, min_time)
                 base = times["strided"]
                 for form, t in times.items():

@@ -5,9 +5,9 @@
 - the engine's all-shift audit (images x shifts per second, every metric from one batched pass);
 - the naive reference: one shift per forward (``torch.roll`` of the whole image batch), in two flavours:
   ``naive_shared`` runs one pass and computes each metric from the stored predictions; ``naive_per_metric`` runs one
-  pass per all-shift metric (exact consistency, variation, adversarial curve, accuracy map, 1-px flip rate), as separate evaluation
-  scripts do. The naive loops are timed on a prefix of the shift set (their cost per shift is constant) and leave
-  out the few single-shift passes of the random-draw metrics, which only flatters them;
+  pass per all-shift metric (exact consistency, variation, adversarial curve, accuracy map, 1-px flip rate), as
+  separate evaluation scripts do. The naive loops are timed on a prefix of the shift set (their cost per shift is
+  constant) and leave out the few single-shift passes of the random-draw metrics, which only flatters them;
 - the polyphase engine against the same loops on the circular VGG-13;
 - adversary early exit against the full adversarial run (forwards saved, same curve) on the trained demo model;
 - BlurPool2d forms (``benchmarks.bench_blurpool``).
@@ -112,7 +112,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def naive_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def naive_pass(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, ks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One forward per shift of the whole image batch, rolled by torch.roll: (N, K) predictions and P(label)."""
     preds, plab = [], []
     with torch.inference_mode():

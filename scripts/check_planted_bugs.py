@@ -26,33 +26,84 @@ class Plant:
 
 
 PLANTS = [
-    Plant("95 % intervals with z = 1", "shiftaudit/metrics/stats.py", "Z95 = 1.959963984540054", "Z95 = 1.0",
-          "tests/test_statistics.py::test_planted_z95_wrong_constant"),
-    Plant("Wilson centre replaced by p", "shiftaudit/metrics/stats.py", "centre = (p + z * z / (2 * n)) / denom", "centre = p",
-          "tests/test_statistics.py::test_planted_wilson_centre_replaced_by_p"),
-    Plant("mean interval not divided by sqrt(n)", "shiftaudit/metrics/stats.py",
-          "half = z * float(values.std(ddof=1)) / math.sqrt(n)", "half = z * float(values.std(ddof=1))",
-          "tests/test_statistics.py::test_planted_mean_interval_not_divided_by_sqrt_n"),
-    Plant("MAC with max instead of mean", "shiftaudit/metrics/stability.py", "np.abs(a - b).mean(axis=1)", "np.abs(a - b).max(axis=1)",
-          "tests/test_statistics.py::test_planted_mac_max_instead_of_mean"),
-    Plant("gate >= turned into >", "shiftaudit/gating.py", "passed = value >= t.value", "passed = value > t.value",
-          "tests/test_rendering.py::test_planted_gate_ge_turned_into_gt"),
-    Plant("table row 'Accuracy, random shift' shows the zero-shift value", "shiftaudit/report/terminal.py",
-          "        found = cls.readings(entry, result.settings)",
-          '        found = cls.readings(m["accuracy"]["none"] if cls.key() == ("accuracy", "random") else entry, result.settings)',
-          "tests/test_rendering.py::test_planted_table_random_shift_row_shows_zero_shift_value"),
-    Plant("variation with ddof=1", "shiftaudit/metrics/variation.py", "p.std(axis=1)", "p.std(axis=1, ddof=1)",
-          "tests/test_engine.py::test_every_all_shift_metric_equals_the_naive_loop"),
+    Plant(
+        "95 % intervals with z = 1",
+        "shiftaudit/metrics/stats.py",
+        "Z95 = 1.959963984540054",
+        "Z95 = 1.0",
+        "tests/test_statistics.py::test_planted_z95_wrong_constant",
+    ),
+    Plant(
+        "Wilson centre replaced by p",
+        "shiftaudit/metrics/stats.py",
+        "centre = (p + z * z / (2 * n)) / denom",
+        "centre = p",
+        "tests/test_statistics.py::test_planted_wilson_centre_replaced_by_p",
+    ),
+    Plant(
+        "mean interval not divided by sqrt(n)",
+        "shiftaudit/metrics/stats.py",
+        "half = z * float(values.std(ddof=1)) / math.sqrt(n)",
+        "half = z * float(values.std(ddof=1))",
+        "tests/test_statistics.py::test_planted_mean_interval_not_divided_by_sqrt_n",
+    ),
+    Plant(
+        "MAC with max instead of mean",
+        "shiftaudit/metrics/stability.py",
+        "np.abs(a - b).mean(axis=1)",
+        "np.abs(a - b).max(axis=1)",
+        "tests/test_statistics.py::test_planted_mac_max_instead_of_mean",
+    ),
+    Plant(
+        "gate >= turned into >",
+        "shiftaudit/gating.py",
+        "passed = value >= t.value",
+        "passed = value > t.value",
+        "tests/test_rendering.py::test_planted_gate_ge_turned_into_gt",
+    ),
+    Plant(
+        "table row 'Accuracy, random shift' shows the zero-shift value",
+        "shiftaudit/report/terminal.py",
+        "        found = cls.readings(entry, result.settings)",
+        '        found = cls.readings(m["accuracy"]["none"] if cls.key() == ("accuracy", "random") else entry, result.settings)',
+        "tests/test_rendering.py::test_planted_table_random_shift_row_shows_zero_shift_value",
+    ),
+    Plant(
+        "variation with ddof=1",
+        "shiftaudit/metrics/variation.py",
+        "p.std(axis=1)",
+        "p.std(axis=1, ddof=1)",
+        "tests/test_engine.py::test_every_all_shift_metric_equals_the_naive_loop",
+    ),
     # issue 14 part 3: friction a practitioner hits
-    Plant("far identification candidates suggested", "shiftaudit/loading/identify.py", "USEFUL_OVERLAP = 0.5", "USEFUL_OVERLAP = 0.0",
-          "tests/test_loading_identify.py::test_only_close_candidates_are_suggested"),
-    Plant("per-image paths dropped", "shiftaudit/engine/runner.py", "    _add_image_paths(dataset, computed, per_image)\n", "",
-          "tests/test_cli_friction.py::test_json_and_flip_examples_carry_image_paths"),
-    Plant("latency noise never flagged", "shiftaudit/antialias/costs.py",
-          "return overlap or max(a.iqr, b.iqr) >= abs(a.median - b.median)", "return False",
-          "tests/test_cli_friction.py::test_latency_warns_when_noise_exceeds_the_difference"),
-    Plant("--arch-kwargs not stored by patch -o", "shiftaudit/cli/patch_cmd.py", "arch_kwargs=loaded.arch_kwargs, ", "",
-          "tests/test_cli_friction.py::test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched"),
+    Plant(
+        "far identification candidates suggested",
+        "shiftaudit/loading/identify.py",
+        "USEFUL_OVERLAP = 0.5",
+        "USEFUL_OVERLAP = 0.0",
+        "tests/test_loading_identify.py::test_only_close_candidates_are_suggested",
+    ),
+    Plant(
+        "per-image paths dropped",
+        "shiftaudit/engine/runner.py",
+        "    _add_image_paths(dataset, computed, per_image)\n",
+        "",
+        "tests/test_cli_friction.py::test_json_and_flip_examples_carry_image_paths",
+    ),
+    Plant(
+        "latency noise never flagged",
+        "shiftaudit/antialias/costs.py",
+        "return overlap or max(a.iqr, b.iqr) >= abs(a.median - b.median)",
+        "return False",
+        "tests/test_cli_friction.py::test_latency_warns_when_noise_exceeds_the_difference",
+    ),
+    Plant(
+        "--arch-kwargs not stored by patch -o",
+        "shiftaudit/cli/patch_cmd.py",
+        "arch_kwargs=loaded.arch_kwargs, ",
+        "",
+        "tests/test_cli_friction.py::test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched",
+    ),
 ]
 
 
@@ -64,8 +115,12 @@ def run_plant(plant: Plant, work: Path) -> bool:
         raise SystemExit(f"cannot plant {plant.name!r}: {plant.old!r} is not in {plant.file} exactly once (update this script)")
     target.write_text(original.replace(plant.old, plant.new))
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", plant.test],
-                              cwd=work, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", plant.test],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
     finally:
         target.write_text(original)
     return proc.returncode == 1

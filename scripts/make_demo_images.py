@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shiftaudit.models.demo import DEMO_TEST_SEED, DEMO_TRAIN_SEED
 from shiftaudit.data.synthetic import make_synthetic
+from shiftaudit.models.demo import DEMO_TEST_SEED, DEMO_TRAIN_SEED
 
 
 def main() -> None:

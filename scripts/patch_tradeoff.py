@@ -15,11 +15,11 @@ import dataclasses
 
 import torch
 
+from shiftaudit.antialias import PatchConfig, distill, patch_model, recalibrate_batchnorm, top1_agreement
 from shiftaudit.cli.demo_cmd import demo_dataset
 from shiftaudit.engine.runner import audit
 from shiftaudit.loading import load_model
 from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_checkpoint_path
-from shiftaudit.antialias import PatchConfig, distill, patch_model, recalibrate_batchnorm, top1_agreement
 
 
 def main() -> None:
@@ -37,7 +37,11 @@ def main() -> None:
     def row(name: str, model: torch.nn.Module, extra: str = "") -> None:
         r = audit(dataclasses.replace(base, model=model), test, device="cpu")
         agree = top1_agreement(base.model, model, test)
-        print(f"| {name} | {100 * r.accuracy:.1f} | {100 * r.consistency_exact:.2f} | {r.variation:.4f} | {100 * agree:.1f} | {extra} |", flush=True)
+        print(
+            f"| {name} | {100 * r.accuracy:.1f} | {100 * r.consistency_exact:.2f} | {r.variation:.4f} "
+            f"| {100 * agree:.1f} | {extra} |",
+            flush=True,
+        )
 
     print("| Model | Top-1 % | Consistency % (exact) | Variation | Agreement with original % | Repair |")
     print("|---|---:|---:|---:|---:|---|")
@@ -51,7 +55,12 @@ def main() -> None:
         rec = recalibrate_batchnorm(recal, unlabelled, num_images=512, seed=0)
         row(f"{filt}, BN after blur re-estimated", recal, f"{len(rec.layers)} BN layers, {rec.images} images")
         d = distill(base.model, plain, unlabelled, steps=args.steps, seconds=args.seconds, seed=0)
-        row(f"{filt}, distilled", plain, f"{d.steps} steps, {d.seconds:.0f} s, held-out agreement {100 * d.agreement_before:.1f} -> {100 * d.agreement_after:.1f} %")
+        row(
+            f"{filt}, distilled",
+            plain,
+            f"{d.steps} steps, {d.seconds:.0f} s, "
+            f"held-out agreement {100 * d.agreement_before:.1f} -> {100 * d.agreement_after:.1f} %",
+        )
     rec = recalibrate_batchnorm(control, unlabelled, num_images=512, seed=0, layers="all")
     row("original, every BN re-estimated (control)", control, f"{len(rec.layers)} BN layers, {rec.images} images")
 

@@ -30,6 +30,9 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from shiftaudit.antialias import PatchConfig, patch_model  # noqa: E402
+from shiftaudit.data.presets import Preprocessing  # noqa: E402
+from shiftaudit.data.synthetic import make_synthetic  # noqa: E402
 from shiftaudit.loading import save_model  # noqa: E402
 from shiftaudit.models.demo import (  # noqa: E402
     DEMO_ARCH,
@@ -39,9 +42,6 @@ from shiftaudit.models.demo import (  # noqa: E402
     demo_checkpoint_path,
     demo_cnn,
 )
-from shiftaudit.antialias import PatchConfig, patch_model  # noqa: E402
-from shiftaudit.data.presets import Preprocessing  # noqa: E402
-from shiftaudit.data.synthetic import make_synthetic  # noqa: E402
 
 PREP = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), name="demo")
 

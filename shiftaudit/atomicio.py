@@ -61,7 +61,10 @@ def check_destination(path: str | os.PathLike[str], label: str = "Output path") 
     if kind == "a folder":
         raise OutputError(f"{label} {path} is a folder; pass a file path, not a folder.")
     if kind is not None:
-        raise OutputError(f"{label} {path} is {kind}, not a regular file; shiftaudit only replaces regular files, so choose another output path.")
+        raise OutputError(
+            f"{label} {path} is {kind}, not a regular file; "
+            "shiftaudit only replaces regular files, so choose another output path."
+        )
 
 
 def ensure_writable_dir(directory: str | os.PathLike[str]) -> Path:
@@ -92,11 +95,10 @@ def _reason(exc: OSError) -> str:
 
 def umask() -> int:
     """The process umask, read without changing it where /proc allows (``os.umask`` can only read it by setting it)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -213,7 +215,9 @@ class _Stage:
                     elif not existed:
                         renamed.unlink()
             self.discard()
-            raise OutputError(f"Cannot write {failed} ({_reason(exc)}); no output of this run was written, previous files are unchanged.") from None
+            raise OutputError(
+                f"Cannot write {failed} ({_reason(exc)}); no output of this run was written, previous files are unchanged."
+            ) from None
         for _, _, backup in done:
             if backup is not None:
                 backup.unlink(missing_ok=True)

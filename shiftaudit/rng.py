@@ -9,6 +9,7 @@ draw number): a SplitMix64 hash, vectorised in numpy. Same seed and data -> same
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -17,11 +18,11 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # Stream identifiers keep independent kinds of draws uncorrelated.
 STREAM_RANDOM_SHIFT = 1
 STREAM_PAIRS = 2
-STREAM_SUBSET = 3
-STREAM_REFERENCE_PAIRS = 4
+# 3 and 4 were reserved for subset and reference-pair draws that never came; a new stream takes 5 or more, so a
+# number once used is never reused for a different kind of draw.
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: npt.ArrayLike) -> np.ndarray:
     """The SplitMix64 finaliser (Steele et al. 2014): a bijective, well-mixed 64-bit hash."""
     with np.errstate(over="ignore"):
         z = np.asarray(x, dtype=np.uint64) + _GOLDEN

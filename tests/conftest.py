@@ -1,10 +1,10 @@
-"""Shared fixtures: tiny models and data made in the test, never downloaded."""
+"""Settings for every test process: headless matplotlib, wide tables, one torch thread (fixtures live in tests/helpers.py and
+the test files)."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -14,8 +14,3 @@ os.environ["COLUMNS"] = "200"  # wide rich tables, so CLI tests can read whole l
 # 2-core machine spin instead of computing (measured: 10 s of CPU for an audit that takes 0.5 s with one thread).
 torch.set_num_threads(int(os.environ.get("SHIFTAUDIT_TEST_THREADS", 1)))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the same for the CLI runs tests start as subprocesses
-
-
-@pytest.fixture
-def seeded() -> None:
-    torch.manual_seed(0)

@@ -287,17 +287,42 @@ def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: 
             "sampled": {"value": 0.93, "ci_low": 0.88, "ci_high": 0.96, "n": n},
             "exact": {"value": 0.92 + shift / 10, "ci_low": 0.87, "ci_high": 0.95, "n": n},
         },
-        "variation": {"mean": float(np.mean(variation)), "median": float(np.median(variation)), "ci_low": 0.01, "ci_high": 0.05, "n": n},
-        "adversarial": {"radius": radii, "accuracy": adv, "ci_low": [a - 0.05 for a in adv], "ci_high": [a + 0.04 for a in adv], "n": n},
+        "variation": {
+            "mean": float(np.mean(variation)),
+            "median": float(np.median(variation)),
+            "ci_low": 0.01,
+            "ci_high": 0.05,
+            "n": n,
+        },
+        "adversarial": {
+            "radius": radii,
+            "accuracy": adv,
+            "ci_low": [a - 0.05 for a in adv],
+            "ci_high": [a + 0.04 for a in adv],
+            "n": n,
+        },
         "accuracy_map": {
-            "dh": offs, "dw": offs, "accuracy": grid,
+            "dh": offs,
+            "dw": offs,
+            "accuracy": grid,
             "diagonal": {"shift": offs, "accuracy": [grid[i][i] for i in range(len(offs))]},
-            "min": min(min(r) for r in grid), "max": max(max(r) for r in grid), "n": n,
+            "min": min(min(r) for r in grid),
+            "max": max(max(r) for r in grid),
+            "n": n,
         },
         "flip_examples": {
-            "limit": 4, "dh": offs, "dw": offs,
+            "limit": 4,
+            "dh": offs,
+            "dw": offs,
             "examples": [
-                {"image_id": i, "label": i % 3, "first_failure_radius": 1, "flip_shift": [0, 1], "flip_prediction": (i + 1) % 3, "p_correct": p_grid}
+                {
+                    "image_id": i,
+                    "label": i % 3,
+                    "first_failure_radius": 1,
+                    "flip_shift": [0, 1],
+                    "flip_prediction": (i + 1) % 3,
+                    "p_correct": p_grid,
+                }
                 for i in range(2)
             ],
         },
@@ -307,15 +332,29 @@ def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: 
         per_image={"image_id": list(range(n)), "variation": variation},
         model={"arch": name, "description": f"test model {name}"},
         data={"description": "synthetic test set", "kind": "memory", "num_images": n, "labelled": True, "image_size": [8, 8]},
-        settings={"shifts": {"mode": "circular", "kind": "window", "image_size": [8, 8], "max_shift": max_shift, "step": 1,
-                             "count": (2 * max_shift + 1) ** 2}, "mode": "exhaustive", "pairs": 5, "seed": 0, "precision": "fp32"},
+        settings={
+            "shifts": {
+                "mode": "circular",
+                "kind": "window",
+                "image_size": [8, 8],
+                "max_shift": max_shift,
+                "step": 1,
+                "count": (2 * max_shift + 1) ** 2,
+            },
+            "mode": "exhaustive",
+            "pairs": 5,
+            "seed": 0,
+            "precision": "fp32",
+        },
         environment={"shiftaudit": "0.1.0", "torch": "2.x", "python": "3.11", "device": "cpu"},
         notes=["a test note"],
     )
     if gate:
         from shiftaudit.gating import build_thresholds, evaluate_gate
 
-        result.gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.95, min_adv_accuracy=["2=0.5"])).to_json()
+        result.gate = evaluate_gate(
+            result, build_thresholds(min_consistency=0.5, min_accuracy=0.95, min_adv_accuracy=["2=0.5"])
+        ).to_json()
     return result
 
 

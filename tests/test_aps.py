@@ -82,7 +82,9 @@ def test_cli_patch_method_aps(tmp_path):
     ckpt = tmp_path / "r.pt"
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), ckpt)
     out = tmp_path / "aps.safetensors"
-    res = CliRunner().invoke(app, ["patch", str(ckpt), "--arch", "resnet18", "--method", "aps", "--stem", "--circular-conv", "-o", str(out)])
+    res = CliRunner().invoke(
+        app, ["patch", str(ckpt), "--arch", "resnet18", "--method", "aps", "--stem", "--circular-conv", "-o", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "APS" in res.stdout
     from shiftaudit.loading import load_model

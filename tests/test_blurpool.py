@@ -16,8 +16,8 @@ from shiftaudit.antialias.blurpool import (
     normalize_pad_mode,
     pad_amounts,
 )
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias.filters import filter_2d, filter_names
+from shiftaudit.errors import UsageError
 
 MODES = ["reflect", "zero", "circular", "replicate"]
 NP_MODE = {"reflect": "reflect", "zero": "constant", "circular": "wrap", "replicate": "edge"}
@@ -27,8 +27,8 @@ def _reference(x: np.ndarray, name: str, stride: int, mode: str) -> np.ndarray:
     """Independent numpy BlurPool: numpy.pad with the documented before/after split, then explicit sums."""
     k2 = filter_2d(name, dtype=torch.float64).numpy()
     k = k2.shape[0]
-    (t, b), (l, r) = pad_amounts(k), pad_amounts(k)
-    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), mode=NP_MODE[mode])
+    before, after = pad_amounts(k)  # the same on both axes
+    xp = np.pad(x, ((0, 0), (0, 0), (before, after), (before, after)), mode=NP_MODE[mode])
     h, w = x.shape[-2:]
     out = np.zeros(x.shape[:2] + (math.ceil(h / stride), math.ceil(w / stride)))
     for i in range(out.shape[-2]):

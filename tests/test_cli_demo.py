@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app

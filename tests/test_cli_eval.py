@@ -84,7 +84,10 @@ def test_eval_same_seed_same_json(resnet_files, tmp_path):
     [
         (["--min-consistency", "1.5"], "between 0 and 1"),
         (["--min-adv-accuracy", "9=0.5"], "only reaches 2"),
-        (["--shift-step", "2", "--min-adv-accuracy", "1=0.5"], "radius 1, which the shift set does not evaluate (its radii are 0, 2)"),
+        (
+            ["--shift-step", "2", "--min-adv-accuracy", "1=0.5"],
+            "radius 1, which the shift set does not evaluate (its radii are 0, 2)",
+        ),
         (["--mode", "sampled", "--max-variation", "0.1"], "every shift evaluated"),
         (["--precision", "fp16"], "needs a CUDA device"),
         (["--max-shift", "40"], "more than half"),

@@ -74,7 +74,9 @@ def test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched(
     assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", f"{mod}:make"]), "model_name")
 
     out = tmp_path / "patched.safetensors"
-    res = runner.invoke(app, ["patch", str(ckpt), "--arch", f"{mod}:make", "--arch-kwargs", '{"model_name": "lite1"}', "-o", str(out)])
+    res = runner.invoke(
+        app, ["patch", str(ckpt), "--arch", f"{mod}:make", "--arch-kwargs", '{"model_name": "lite1"}', "-o", str(out)]
+    )
     assert res.exit_code == 0, res.output
     msg = " ".join(res.stdout.split())
     assert f"--arch {mod}:make" in msg and "importable" in msg and "no other flags" not in msg

@@ -51,8 +51,8 @@ def test_patch_saves_a_model_that_reloads_without_flags(files, tmp_path):
     rep = json.loads(report.read_text())
     assert rep["spec"]["filter"] == "tri3" and "layer3.0.conv1" in rep["spec"]["patched"]
 
-    from shiftaudit.loading import load_model
     from shiftaudit.antialias import patch
+    from shiftaudit.loading import load_model
 
     loaded = load_model(out)
     assert loaded.arch == "resnet18" and loaded.patch_spec["filter"] == "tri3"

@@ -14,8 +14,8 @@ from PIL import Image
 
 from shiftaudit.data import AuditDataset, detect_kind, load_data, make_loader
 from shiftaudit.data.cifar import RestrictedUnpickler, restricted_load
-from shiftaudit.errors import DataError, UsageError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import DataError, UsageError
 
 PREP = Preprocessing(size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), name="test")
 

@@ -11,6 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.data.synthetic import CLASS_NAMES, make_synthetic
 from shiftaudit.models import (
     DEMO_TEST_SEED,
     demo_aa_checkpoint_path,
@@ -19,8 +21,6 @@ from shiftaudit.models import (
     vgg13_cifar,
 )
 from shiftaudit.models.demo import DEMO_TRAIN_SEED
-from shiftaudit.data.presets import Preprocessing
-from shiftaudit.data.synthetic import CLASS_NAMES, make_synthetic
 
 
 def test_make_synthetic_is_deterministic_shaped_and_balanced() -> None:
@@ -80,10 +80,10 @@ def test_demo_model_is_accurate_on_the_demo_test_images(demo_model: nn.Module) -
 def test_antialiased_demo_asset_loads_is_accurate_and_more_consistent() -> None:
     """The demo model trained WITH blur-before-subsampling (scripts/train_demo.py --antialias) is rebuilt from its
     patch spec, is as accurate, and is more shift-consistent than the baseline trained the same way without blur."""
+    from shiftaudit.antialias import PoolBlur2d, apply_patch_spec
     from shiftaudit.cli.demo_cmd import demo_dataset
     from shiftaudit.engine.runner import audit
     from shiftaudit.loading import load_model
-    from shiftaudit.antialias import PoolBlur2d, apply_patch_spec
 
     path = demo_aa_checkpoint_path()
     assert path.is_file() and path.stat().st_size < 1_000_000, f"missing {path}: run scripts/train_demo.py --antialias tri3"
@@ -129,11 +129,11 @@ def test_patch_and_recalibration_raise_the_trained_demo_models_consistency():
     """Issue 4: on a small trained model, patching + BatchNorm re-estimation makes it more shift-consistent."""
     import dataclasses
 
+    from shiftaudit.antialias import PatchConfig, patch_model, recalibrate_batchnorm
     from shiftaudit.cli.demo_cmd import demo_dataset
     from shiftaudit.engine.runner import audit
     from shiftaudit.loading import load_model
     from shiftaudit.models.demo import DEMO_TRAIN_SEED
-    from shiftaudit.antialias import PatchConfig, patch_model, recalibrate_batchnorm
 
     base = load_model(demo_checkpoint_path())
     data = demo_dataset(256, base.preprocessing)

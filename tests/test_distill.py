@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shiftaudit.data import load_data
 from shiftaudit.antialias import (
     PatchConfig,
     distill,
@@ -21,6 +20,7 @@ from shiftaudit.antialias import (
     patch_model,
     recalibrate_batchnorm,
 )
+from shiftaudit.data import load_data
 from tests.helpers import assert_clean_error, cli
 
 DEMO = "shiftaudit/assets/demo.safetensors"
@@ -190,8 +190,26 @@ def files(tmp_path_factory):
 
 def test_patch_distill_from_an_unlabelled_folder(files, tmp_path):
     out, rep = tmp_path / "aa.safetensors", tmp_path / "patch.json"
-    res = cli("patch", DEMO, "--filter", "binomial7", "--pad", "circular", "--distill", files / "unlabelled", "--distill-steps", "12", "--distill-seconds", "3600",
-              "--data", files / "test.npz", "-o", out, "--json", rep)
+    res = cli(
+        "patch",
+        DEMO,
+        "--filter",
+        "binomial7",
+        "--pad",
+        "circular",
+        "--distill",
+        files / "unlabelled",
+        "--distill-steps",
+        "12",
+        "--distill-seconds",
+        "3600",
+        "--data",
+        files / "test.npz",
+        "-o",
+        out,
+        "--json",
+        rep,
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(rep.read_text())
     d = report["distill"]
@@ -205,7 +223,9 @@ def test_patch_distill_from_an_unlabelled_folder(files, tmp_path):
 
 
 def test_low_agreement_warns_and_suggests_distill(files):
-    res = cli("patch", DEMO, "--filter", "binomial7", "--pad", "circular", "--data", files / "test.npz", "--min-agreement", "0.99")
+    res = cli(
+        "patch", DEMO, "--filter", "binomial7", "--pad", "circular", "--data", files / "test.npz", "--min-agreement", "0.99"
+    )
     assert res.exit_code == 0, res.output
     warn = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1 and "agrees with the original" in warn[0] and "--distill" in warn[0]
@@ -238,7 +258,9 @@ def test_patch_eval_out_writes_before_and_after_side_by_side_and_compare_reads_t
               "--out", out, "--json", rep, "--quiet")
     assert res.exit_code == 0, res.output
     for sub in ("before", "after"):
-        assert (out / sub / "report.html").is_file() and json.loads((out / sub / "report.json").read_text())["schema"] == "shiftaudit/audit-report"
+        assert (out / sub / "report.html").is_file() and json.loads((out / sub / "report.json").read_text())[
+            "schema"
+        ] == "shiftaudit/audit-report"
         assert_real_png(out / sub / "accuracy_map.png")
     page = (out / "report.html").read_text()
     assert "Baseline" in page and "Patched (tri3)" in page and page.count("data:image/png;base64,") >= 4

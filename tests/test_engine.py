@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from shiftaudit.engine.passes import DrawPlan
 from shiftaudit.engine.runner import audit
 from shiftaudit.errors import DataError, ModelError
-from shiftaudit.engine.passes import DrawPlan
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 
@@ -87,7 +87,9 @@ def test_every_all_shift_metric_equals_the_naive_loop(setup):
     ptop = naive_top_probability(model, x, shifts)
     mac = np.abs(ptop[ids[:, None], pairs[..., 0]] - ptop[ids[:, None], pairs[..., 1]]).mean(axis=1)
     assert m["mac"]["mean"] == pytest.approx(mac.mean(), rel=1e-6)
-    assert abs(np.abs(ptop[ids[:, None], pairs[..., 0]] - ptop[ids[:, None], pairs[..., 1]]).max(axis=1).mean() - mac.mean()) > 1e-3
+    assert (
+        abs(np.abs(ptop[ids[:, None], pairs[..., 0]] - ptop[ids[:, None], pairs[..., 1]]).max(axis=1).mean() - mac.mean()) > 1e-3
+    )
 
 
 def test_adversarial_curve_starts_at_accuracy_and_never_rises(setup):

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from shiftaudit.data import load_data, read_class_map
-from shiftaudit.errors import DataError, UsageError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import DataError, UsageError
 from tests.helpers import assert_clean_error, cli, nothing_written, write_image_folder, write_images, write_models_module
 
 MODULE = "sa_faultinput_models"
@@ -116,7 +116,11 @@ def _other_weights(env: dict[str, Any], tmp: Path) -> list[Any]:
 
 # (base, changed options, needles of the refusal). Every one of these changes a number of the report.
 CHANGES = [
-    ("circular", ["--mean", "0.5,0.5,0.5"], ["--mean (directly or through --preset) changed", "(was [0.485, 0.456, 0.406], now [0.5, 0.5, 0.5])"]),
+    (
+        "circular",
+        ["--mean", "0.5,0.5,0.5"],
+        ["--mean (directly or through --preset) changed", "(was [0.485, 0.456, 0.406], now [0.5, 0.5, 0.5])"],
+    ),
     ("circular", ["--std", "0.5,0.5,0.5"], ["--std (directly or through --preset) changed"]),
     ("circular", ["--resize", "20"], ["--resize (directly or through --preset) changed", "(was null, now 20)"]),
     ("circular", ["--size", "12", "--max-shift", "2"], ["--size"]),
@@ -134,7 +138,7 @@ CHANGES = [
     ("circular", ["--data-kind", "folder"], ["--data"]),
     ("circular", ["--compile"], ["the engine (--no-polyphase, --compile) changed"]),
     ("crop", ["--max-shift", "1"], ["the image or crop canvas size", "the shift set"]),
-    ("imagenet", ["--size", "224", "--resize", "256"], ['--preset changed', '(was "imagenet", now "custom")']),  # same numbers
+    ("imagenet", ["--size", "224", "--resize", "256"], ["--preset changed", '(was "imagenet", now "custom")']),  # same numbers
 ]
 
 
@@ -246,7 +250,12 @@ def test_resume_path_that_is_a_folder_or_a_pipe_is_said_before_any_work(env, tmp
 def test_sigterm_saves_progress_and_the_resumed_run_equals_an_uninterrupted_one(env, tmp_path):
     """SIGTERM (timeout, schedulers) to a real process mid-audit: exit 143, progress saved; resuming gives the same
     bytes as a run that was never interrupted."""
-    state, mark, resumed, reference = tmp_path / "run.state", tmp_path / "forwards", tmp_path / "resumed.json", tmp_path / "ref.json"
+    state, mark, resumed, reference = (
+        tmp_path / "run.state",
+        tmp_path / "forwards",
+        tmp_path / "resumed.json",
+        tmp_path / "ref.json",
+    )
     args = [str(a) for a in eval_args(env, "--batch-size", "25", "--no-polyphase", "--quiet", arch="slow")]
     child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(env["pkgs"]), os.getcwd()]), "SA_SLOW": "0.4",
                  "SA_MARK": str(mark), "OMP_NUM_THREADS": str(torch.get_num_threads()), "COLUMNS": "200"}
@@ -363,7 +372,8 @@ BAD_OPTIONS = {
 @given(picked=st.lists(st.sampled_from(sorted(BAD_OPTIONS)), min_size=1, max_size=3, unique=True), data=st.data())
 def test_bad_option_combinations_are_exit_2_and_name_an_option(env, tmp_path, picked, data):
     """Out-of-range, non-finite and nonsense values, alone or together: exit 2, the first line names one of the
-    options given (or --size/--max-shift, which they contradict), nothing written, well within 30 s (a --max-shift 5000 crop canvas or a million pairs would not be)."""
+    options given (or --size/--max-shift, which they contradict), nothing written, well within 30 s (a --max-shift 5000
+    crop canvas or a million pairs would not be)."""
     args: list[Any] = []
     for flag in picked:
         args += [flag, data.draw(st.sampled_from(BAD_OPTIONS[flag]), label=flag)]
@@ -448,13 +458,22 @@ def test_damaged_reports_are_compared_or_refused_in_one_sentence(report, tmp_pat
     assert token is None or res.exit_code == 2
 
 
-@pytest.mark.parametrize("damage, needle", [
-    (lambda d: {**d, "metrics": []}, "metrics is a list, not an object"),
-    (lambda d: {**d, "data": "x"}, "data is a string, not an object"),
-    (lambda d: {**d, "schema_version": True}, "schema_version is True"),
-    (lambda d: {**d, "metrics": {**d["metrics"], "accuracy": {"none": {"value": "high"}}}}, "metrics.accuracy.none.value is a string"),
-    (lambda d: {**d, "metrics": {**d["metrics"], "accuracy_map": {**d["metrics"]["accuracy_map"], "accuracy": [[0.5]]}}}, "not a dh x dw grid"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda d: {**d, "metrics": []}, "metrics is a list, not an object"),
+        (lambda d: {**d, "data": "x"}, "data is a string, not an object"),
+        (lambda d: {**d, "schema_version": True}, "schema_version is True"),
+        (
+            lambda d: {**d, "metrics": {**d["metrics"], "accuracy": {"none": {"value": "high"}}}},
+            "metrics.accuracy.none.value is a string",
+        ),
+        (
+            lambda d: {**d, "metrics": {**d["metrics"], "accuracy_map": {**d["metrics"]["accuracy_map"], "accuracy": [[0.5]]}}},
+            "not a dh x dw grid",
+        ),
+    ],
+)
 def test_reports_of_the_wrong_shape_name_the_field(report, tmp_path, damage, needle):
     damaged = tmp_path / "damaged.json"
     damaged.write_text(json.dumps(damage(json.loads(report.read_text()))))
@@ -554,7 +573,9 @@ def test_unreadable_subfolder_is_counted_and_fatal_with_strict(env, tmp_path, mo
     monkeypatch.setattr(os, "scandir", scandir)
     rep = _run_report(eval_args(env, data=data), tmp_path / "r.json")
     assert rep["data"]["num_images"] == 6
-    assert any("1 unreadable entry skipped: class_1/locked (unreadable folder: permission denied)" in n for n in rep["notes"]), rep["notes"]
+    assert any("1 unreadable entry skipped: class_1/locked (unreadable folder: permission denied)" in n for n in rep["notes"]), (
+        rep["notes"]
+    )
     assert_clean_error(cli(*eval_args(env, "--strict", data=data)), "Cannot read", "locked", "permission denied", "--strict")
 
 
@@ -568,8 +589,13 @@ def test_links_to_devices_loops_and_nowhere_are_counted_and_fatal_with_strict(en
     rep = _run_report(eval_args(env, data=data), tmp_path / "r.json")
     assert rep["data"]["num_images"] == 6
     note = next(n for n in rep["notes"] if "unreadable entries skipped" in n)
-    for needle in ("5 unreadable entries", "dev.png (a device", "a.png (a symbolic link loop)", "gone.png (a broken symbolic link)",
-                   "up (a link back to a folder above it"):
+    for needle in (
+        "5 unreadable entries",
+        "dev.png (a device",
+        "a.png (a symbolic link loop)",
+        "gone.png (a broken symbolic link)",
+        "up (a link back to a folder above it",
+    ):
         assert needle in note, note
     assert_clean_error(cli(*eval_args(env, "--strict", data=data)), "Cannot read", "--strict")
 
@@ -624,6 +650,9 @@ def test_nan_pixels_in_every_tensor_image_is_a_data_error_not_a_model_error(env,
     images[:, 0, 0, 0] = np.inf
     path = tmp_path / "inf.npz"
     np.savez(path, images=images, labels=np.arange(4) % 3)
-    line = assert_clean_error(cli(*eval_args(env, "--json", tmp_path / "r.json", data=path)), "None of the 4 images could be used",
-                              "mage 0 has NaN or infinite pixel values")
+    line = assert_clean_error(
+        cli(*eval_args(env, "--json", tmp_path / "r.json", data=path)),
+        "None of the 4 images could be used",
+        "mage 0 has NaN or infinite pixel values",
+    )
     assert "model gave" not in line

@@ -51,7 +51,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     """The test models on sys.path, a tiny 3-class state dict, a 16x16 ImageFolder of 3 images, two reports."""
     root = tmp_path_factory.mktemp("outputs")
     with tiny_models_on_path(root, MODULE, classes=3, per_class=1) as (_, ckpt, data):
-        reports = [synthetic_result(name="a").save_json(root / "a.json"), synthetic_result(0.1, name="b").save_json(root / "b.json")]
+        reports = [
+            synthetic_result(name="a").save_json(root / "a.json"),
+            synthetic_result(0.1, name="b").save_json(root / "b.json"),
+        ]
         yield root, ckpt, data, reports
 
 
@@ -201,17 +204,18 @@ def test_a_fifo_is_refused_in_a_real_process_within_seconds(setup, tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "shiftaudit", *args], capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().startswith("error: --json") and "FIFO" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("error: --json") and "FIFO" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and time.monotonic() - t0 < 30
 
 
 def test_the_writer_itself_never_replaces_a_node_that_appeared_during_the_run(tmp_path):
     """The check just before the rename: a FIFO made while the file was being written is not replaced."""
     dest = tmp_path / "r.json"
-    with pytest.raises(OutputError, match="FIFO"):
-        with atomic_path(dest) as tmp:
-            tmp.write_text("{}")
-            os.mkfifo(dest)
+    with pytest.raises(OutputError, match="FIFO"), atomic_path(dest) as tmp:
+        tmp.write_text("{}")
+        os.mkfifo(dest)
     assert stat.S_ISFIFO(os.lstat(dest).st_mode) and not leftovers(tmp_path)
 
 
@@ -346,21 +350,19 @@ def test_a_failed_rename_puts_back_what_the_run_had_already_replaced(tmp_path, m
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OutputError, match="no output of this run was written"):
-        with all_or_nothing():
-            write_json_atomic(first, {"new": 1})
-            write_json_atomic(second, {"new": 2})
+    with pytest.raises(OutputError, match="no output of this run was written"), all_or_nothing():
+        write_json_atomic(first, {"new": 1})
+        write_json_atomic(second, {"new": 2})
     assert first.read_text() == "old a" and not second.exists()
     assert not leftovers(tmp_path)
 
 
 def test_ctrl_c_inside_a_staged_run_writes_nothing(tmp_path):
     (tmp_path / "a.json").write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with all_or_nothing():
-            write_json_atomic(tmp_path / "a.json", {"new": 1})
-            write_json_atomic(tmp_path / "sub" / "b.json", {"new": 2})
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), all_or_nothing():
+        write_json_atomic(tmp_path / "a.json", {"new": 1})
+        write_json_atomic(tmp_path / "sub" / "b.json", {"new": 2})
+        raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
 
 

@@ -95,12 +95,10 @@ def test_failure_half_way_through_a_write_keeps_the_old_file(tmp_path, error):
     dest = tmp_path / "model.safetensors"
     write_bytes_atomic(dest, b"old and complete")
     raised: type[BaseException] = OutputError if error is OSError else error
-    with pytest.raises(raised):
-        with atomic_path(dest) as tmp:
-            with tmp.open("wb") as f:
-                f.write(b"new but only ha")
-                f.flush()
-                raise error(28, "No space left on device") if error is OSError else error("stop")
+    with pytest.raises(raised), atomic_path(dest) as tmp, tmp.open("wb") as f:
+        f.write(b"new but only ha")
+        f.flush()
+        raise error(28, "No space left on device") if error is OSError else error("stop")
     assert dest.read_bytes() == b"old and complete"
     assert not _leftovers(tmp_path, dest.name)
 
@@ -121,10 +119,9 @@ def test_disk_full_is_one_sentence_naming_the_file(tmp_path, monkeypatch):
 
 def test_first_write_that_fails_leaves_no_file_at_all(tmp_path):
     dest = tmp_path / "new.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(dest) as tmp:
-            tmp.write_text("{")
-            raise RuntimeError("serialiser crashed")
+    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
+        tmp.write_text("{")
+        raise RuntimeError("serialiser crashed")
     assert not dest.exists() and not _leftovers(tmp_path, dest.name)
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias.filters import (
     FilterInfo,
     canonical_filter_name,
@@ -17,6 +16,7 @@ from shiftaudit.antialias.filters import (
     get_filter_info,
     list_filters,
 )
+from shiftaudit.errors import UsageError
 
 TABLE1_ORDER = [
     "delta", "rect2", "rect3", "rect4", "rect5", "rect6", "rect7", "tri3", "tri5", "tri7",
@@ -121,7 +121,9 @@ def test_aliases(alias, canonical):
     assert get_filter_info(alias).name == canonical
 
 
-@pytest.mark.parametrize("bad, suggestion", [("bnomial5", "binomial5"), ("rect8", "rect"), ("triangel3", "tri3"), ("lsq5", "lsq")])
+@pytest.mark.parametrize(
+    "bad, suggestion", [("bnomial5", "binomial5"), ("rect8", "rect"), ("triangel3", "tri3"), ("lsq5", "lsq")]
+)
 def test_unknown_name_suggests_close_ones(bad, suggestion):
     with pytest.raises(UsageError) as e:
         get_filter(bad)

@@ -63,7 +63,9 @@ def test_gate_report_passes_only_when_every_check_does():
     assert report.to_json() == {"passed": False, "checks": [good.to_json(), bad.to_json()]}
 
 
-@pytest.mark.parametrize(("text", "radius", "value"), [("4=0.8", 4, 0.8), (" 0 = 1 ", 0, 1.0), ("16=0", 16, 0.0), ("2=.5", 2, 0.5)])
+@pytest.mark.parametrize(
+    ("text", "radius", "value"), [("4=0.8", 4, 0.8), (" 0 = 1 ", 0, 1.0), ("16=0", 16, 0.0), ("2=.5", 2, 0.5)]
+)
 def test_adversarial_thresholds_parse(text, radius, value):
     t = parse_adv_threshold(text)
     assert (t.metric, t.bound, t.radius, t.value) == ("adversarial", "min", radius, value)
@@ -103,22 +105,41 @@ def test_validation_refuses_what_the_run_cannot_measure():
     with pytest.raises(UsageError, match="asks for radius 3 but the shift set only reaches 2; raise --max-shift"):
         validate_thresholds([adv], labelled=True, exhaustive=True, radii=[0, 1, 2])
     # a step-4 grid evaluates radii 0, 4, 8: radius 3 was never tested, and the sentence names the nearest ones
-    with pytest.raises(UsageError, match=r"--min-adv-accuracy 3=0.5 asks for radius 3, which the shift set does not evaluate "
-                                         r"\(its radii are 0, 4, 8\); gate on the nearest evaluated radius \(0 or 4\) or pass --shift-step 1\."):
+    with pytest.raises(
+        UsageError,
+        match=r"--min-adv-accuracy 3=0.5 asks for radius 3, which the shift set does not evaluate "
+        r"\(its radii are 0, 4, 8\); gate on the nearest evaluated radius \(0 or 4\) or pass --shift-step 1\.",
+    ):
         validate_thresholds([adv], labelled=True, exhaustive=True, radii=[0, 4, 8])
 
 
 def test_each_threshold_reads_its_own_metric_and_estimator():
     result = synthetic_result()
     m = result.metrics
-    gate = evaluate_gate(result, build_thresholds(min_consistency=0.5, min_accuracy=0.5, max_variation=1.0, min_adv_accuracy=["2=0.1"]))
+    gate = evaluate_gate(
+        result, build_thresholds(min_consistency=0.5, min_accuracy=0.5, max_variation=1.0, min_adv_accuracy=["2=0.1"])
+    )
     got = [(c.value, c.ci_low, c.ci_high, c.estimator) for c in gate.checks]
     assert got == [
-        (m["consistency"]["exact"]["value"], m["consistency"]["exact"]["ci_low"], m["consistency"]["exact"]["ci_high"], "exact consistency"),
-        (m["accuracy"]["none"]["value"], m["accuracy"]["none"]["ci_low"], m["accuracy"]["none"]["ci_high"], "top-1 accuracy without shift"),
+        (
+            m["consistency"]["exact"]["value"],
+            m["consistency"]["exact"]["ci_low"],
+            m["consistency"]["exact"]["ci_high"],
+            "exact consistency",
+        ),
+        (
+            m["accuracy"]["none"]["value"],
+            m["accuracy"]["none"]["ci_low"],
+            m["accuracy"]["none"]["ci_high"],
+            "top-1 accuracy without shift",
+        ),
         (m["variation"]["mean"], m["variation"]["ci_low"], m["variation"]["ci_high"], "mean classification variation"),
-        (m["adversarial"]["accuracy"][2], m["adversarial"]["ci_low"][2], m["adversarial"]["ci_high"][2],
-         "max-shift adversarial accuracy at r=2"),
+        (
+            m["adversarial"]["accuracy"][2],
+            m["adversarial"]["ci_low"][2],
+            m["adversarial"]["ci_high"][2],
+            "max-shift adversarial accuracy at r=2",
+        ),
     ]
     assert all(isinstance(c.passed, bool) for c in gate.checks)
 
@@ -128,7 +149,12 @@ def test_sampled_consistency_gates_when_no_exact_value_exists():
     del result.metrics["consistency"]["exact"]
     (check,) = evaluate_gate(result, build_thresholds(min_consistency=0.9)).checks
     sampled = result.metrics["consistency"]["sampled"]
-    assert (check.value, check.ci_low, check.ci_high, check.estimator) == (sampled["value"], sampled["ci_low"], sampled["ci_high"], "sampled consistency")
+    assert (check.value, check.ci_low, check.ci_high, check.estimator) == (
+        sampled["value"],
+        sampled["ci_low"],
+        sampled["ci_high"],
+        "sampled consistency",
+    )
     assert check.passed is (sampled["value"] >= 0.9)
 
 
@@ -137,12 +163,16 @@ def test_thresholds_on_missing_metrics_are_refused():
     bare = copy.deepcopy(result)
     for key in ("accuracy", "variation", "adversarial"):
         del bare.metrics[key]
-    for kwargs, needle in ((dict(min_accuracy=0.5), "--min-accuracy 0.5 needs labelled data, but the data has no labels"),
-                           (dict(max_variation=0.5), "--max-variation 0.5 needs labelled data and every shift evaluated"),
-                           (dict(min_adv_accuracy=["1=0.5"]), "--min-adv-accuracy 1=0.5 needs labelled data and every shift evaluated")):
+    for kwargs, needle in (
+        (dict(min_accuracy=0.5), "--min-accuracy 0.5 needs labelled data, but the data has no labels"),
+        (dict(max_variation=0.5), "--max-variation 0.5 needs labelled data and every shift evaluated"),
+        (dict(min_adv_accuracy=["1=0.5"]), "--min-adv-accuracy 1=0.5 needs labelled data and every shift evaluated"),
+    ):
         with pytest.raises(UsageError, match=needle):
             evaluate_gate(bare, build_thresholds(**kwargs))
-    with pytest.raises(UsageError, match=r"--min-adv-accuracy 9=0.5 asks for radius 9 but the shift set only reaches 3; raise --max-shift"):
+    with pytest.raises(
+        UsageError, match=r"--min-adv-accuracy 9=0.5 asks for radius 9 but the shift set only reaches 3; raise --max-shift"
+    ):
         evaluate_gate(result, build_thresholds(min_adv_accuracy=["9=0.5"]))
 
 

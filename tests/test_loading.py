@@ -14,6 +14,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from shiftaudit.data.presets import PRESETS
 from shiftaudit.errors import CheckpointError, UsageError
 from shiftaudit.loading import (
     LoadedModel,
@@ -22,7 +23,6 @@ from shiftaudit.loading import (
     read_state_dict,
     save_model,
 )
-from shiftaudit.data.presets import PRESETS
 from tests.helpers import tiny_cnn
 
 

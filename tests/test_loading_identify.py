@@ -60,7 +60,9 @@ def test_identifies_timm_model(tmp_path):
 def test_unidentifiable_weights_name_no_far_candidates(tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(tiny_cnn(4).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"Could not identify the architecture .*: unknown architecture, .*; pass --arch") as exc:
+    with pytest.raises(
+        CheckpointError, match=r"Could not identify the architecture .*: unknown architecture, .*; pass --arch"
+    ) as exc:
         load_model(path)
     assert "\n" not in str(exc.value) and "closest" not in str(exc.value)
 

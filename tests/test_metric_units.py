@@ -47,7 +47,12 @@ def test_accuracy_reads_the_zero_and_the_random_slot():
     zero, rand = AccuracyAtZeroShift(), AccuracyAtRandomShift()
     zero.update(b)
     rand.update(b)
-    assert zero.compute() == {"value": 2 / 3, "ci_low": wilson_interval(2 / 3, 3)[0], "ci_high": wilson_interval(2 / 3, 3)[1], "n": 3}
+    assert zero.compute() == {
+        "value": 2 / 3,
+        "ci_low": wilson_interval(2 / 3, 3)[0],
+        "ci_high": wilson_interval(2 / 3, 3)[1],
+        "n": 3,
+    }
     assert rand.compute()["value"] == 1 / 3  # slots 1, 2, 2 -> preds 1, 0, 0 against labels 0, 2, 0
 
 
@@ -153,7 +158,14 @@ def test_layout_names_every_metric_and_per_image_column():
     shifts = ShiftSet.window((8, 8), 1)
     preds = np.zeros((2, 9), np.int64)
     b = batch(preds, labels=[0, 1], p_label=np.full((2, 9), 0.5))
-    metrics = [AccuracyAtZeroShift(), AccuracyAtRandomShift(), SampledConsistency(), ExactConsistency(), Variation(), AccuracyMap(shifts)]
+    metrics = [
+        AccuracyAtZeroShift(),
+        AccuracyAtRandomShift(),
+        SampledConsistency(),
+        ExactConsistency(),
+        Variation(),
+        AccuracyMap(shifts),
+    ]
     for m in metrics:
         m.update(b)
     out, per_image = assemble(metrics)

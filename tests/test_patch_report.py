@@ -55,7 +55,9 @@ def test_a_patch_report_built_in_python_is_what_patch_eval_writes(inputs, tmp_pa
     assert res.exit_code == 0, res.output
 
     loaded = shiftaudit.load_model(ckpt, arch=ARCH)
-    dataset = shiftaudit.load_data(data, preprocessing=resolve_preprocessing(None, size=16), raw=True, num_classes=loaded.num_classes)
+    dataset = shiftaudit.load_data(
+        data, preprocessing=resolve_preprocessing(None, size=16), raw=True, num_classes=loaded.num_classes
+    )
     patched = patch_model(loaded.model, PatchConfig())
     before = shiftaudit.audit(loaded, dataset, max_shift=1, device="cpu", num_workers=0)
     after = shiftaudit.audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset, max_shift=1,
@@ -91,6 +93,11 @@ def test_a_report_without_comparison_holds_only_the_patch(inputs):
     assert list(doc) == ["schema", "schema_version", "model", "spec", "steps", "notes"]
     assert doc["schema"] == "shiftaudit/patch-report" and doc["spec"]["filter"] == "binomial5"
     result = synthetic_result()
-    compared = shiftaudit.PatchReport(model="m.pt", patch=patched, agreement=0.5, min_agreement=0.9,
-                                      comparison=PatchComparison(result, result, PatchLatency(stats(1.0, 0.1), stats(2.0, 0.1), (1, 3, 8, 8), "cpu")))
+    compared = shiftaudit.PatchReport(
+        model="m.pt",
+        patch=patched,
+        agreement=0.5,
+        min_agreement=0.9,
+        comparison=PatchComparison(result, result, PatchLatency(stats(1.0, 0.1), stats(2.0, 0.1), (1, 3, 8, 8), "cpu")),
+    )
     assert compared.agreement_too_low and list(compared.to_json())[-4:] == ["agreement", "before", "after", "latency_ms"]

@@ -10,8 +10,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias import (
     PatchConfig,
     apply_patch_spec,
@@ -22,7 +20,9 @@ from shiftaudit.antialias import (
     plan_patch,
     recalibrate_batchnorm,
 )
+from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.antialias.modules import PoolBlur2d
+from shiftaudit.errors import UsageError
 
 from .helpers import tiny_cnn
 
@@ -105,7 +105,7 @@ def test_even_filters_do_not_add_a_row():
         assert patched(x).shape == (1, 3)
         # 224 -> 112 at the stem, as before
         feats = {}
-        patched.get_submodule("maxpool").register_forward_hook(lambda m, i, o: feats.update(pool=o.shape))
+        patched.get_submodule("maxpool").register_forward_hook(lambda m, i, o, feats=feats: feats.update(pool=o.shape))
         patched(x)
         assert feats["pool"][-2:] == (56, 56)
 
@@ -153,12 +153,12 @@ def test_spec_for_another_architecture_is_refused():
 
 def test_policy_options():
     model = torchvision.models.resnet18(num_classes=4)
-    names = lambda cfg: {s.name for s in plan_patch(model, None, cfg) if s.patched}  # noqa: E731
+    names = lambda cfg: {s.name for s in plan_patch(model, config=cfg) if s.patched}  # noqa: E731
     assert "conv1" in names(PatchConfig(stem=True))
     assert not any("downsample" in n for n in names(PatchConfig(shortcuts=False)))
     assert names(PatchConfig(only=("layer3",))) == {"layer3.0.conv1", "layer3.0.downsample.0"}
     with pytest.raises(UsageError, match="layer3"):
-        plan_patch(model, None, PatchConfig(only=("layr3",)))
+        plan_patch(model, config=PatchConfig(only=("layr3",)))
     with pytest.raises(UsageError, match="binomial5"):
         PatchConfig(filter="binomal5")
 
@@ -232,7 +232,9 @@ def test_every_torchvision_classifier_patches_with_same_shape_and_weights():
             want = model(x).shape
             result = patch_model(model, PatchConfig(stem=True))
             got = result.model(x).shape
-        same_keys = {k: tuple(v.shape) for k, v in result.model.state_dict().items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        same_keys = {k: tuple(v.shape) for k, v in result.model.state_dict().items()} == {
+            k: tuple(v.shape) for k, v in model.state_dict().items()
+        }
         if got != want or not same_keys:
             failures.append(name)
     assert not failures

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from shiftaudit.antialias.blurpool import BlurPool2d
+from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase
 from shiftaudit.engine.runner import audit
 from shiftaudit.models import vgg13_cifar
-from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import tiny_cnn
 
@@ -209,7 +209,9 @@ def _patched(name: str) -> tuple[nn.Module, tuple[int, int]]:
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("name", ["vgg-tri3", pytest.param("vgg-binomial4-flatten", marks=pytest.mark.slow), "vgg-rect2", "resnet-block"])
+@pytest.mark.parametrize(
+    "name", ["vgg-tri3", pytest.param("vgg-binomial4-flatten", marks=pytest.mark.slow), "vgg-rect2", "resnet-block"]
+)
 def test_circularly_blurred_models_equal_the_naive_roll_loop(name):
     from torch import fx
 

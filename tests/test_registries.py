@@ -125,7 +125,7 @@ class ReflectShifts(ShiftMode):
     padding = "reflection of the image at its border"
     wraps = False
 
-    def bank(self, images: torch.Tensor, shifts) -> "ReflectBank":
+    def bank(self, images: torch.Tensor, shifts) -> ReflectBank:
         return ReflectBank(images, int(shifts.radius.max()))
 
 

@@ -78,8 +78,12 @@ def expected_labels(report: dict[str, Any]) -> set[str]:
         labels.add("Consistency (exact, all shifts)")
     if "sampled" in m.get("consistency", {}):
         labels.add(f"Consistency (sampled, {report['settings']['pairs']} pairs/image)")
-    for key, label in (("variation", "Variation of P(correct), mean / median"), ("flip_rate", "Flip rate between 1-px neighbouring shifts"),
-                       ("mac", "Mean abs. change of top-1 probability"), ("accuracy_map", "Accuracy over shifts, worst / best")):
+    for key, label in (
+        ("variation", "Variation of P(correct), mean / median"),
+        ("flip_rate", "Flip rate between 1-px neighbouring shifts"),
+        ("mac", "Mean abs. change of top-1 probability"),
+        ("accuracy_map", "Accuracy over shifts, worst / best"),
+    ):
         if key in m:
             labels.add(label)
     if "adversarial" in m:
@@ -464,14 +468,37 @@ def test_layers_table_rows_equal_the_layers_json():
     """Equiv./(ref/2) is the equivariance distance over half the layer's reference distance (the heatmaps' scale)."""
     from shiftaudit.report.terminal import layers_table
 
-    layers = {"layers": [
-        {"name": "features.0", "resolution": [32, 32], "stride": 1, "equivariance": {"mean": 0.0}, "invariance": {"mean": 0.3125},
-         "reference_distance": 0.5, "exact_modulo": 1},
-        {"name": "features.3", "resolution": [16, 16], "stride": 2, "equivariance": {"mean": 0.04321}, "invariance": {"mean": 0.25},
-         "reference_distance": 0.4, "exact_modulo": 2},
-        {"name": "fc", "resolution": [1, 1], "stride": 32, "equivariance": {"mean": 0.125}, "invariance": {"mean": 0.125},
-         "reference_distance": None, "exact_modulo": None},
-    ]}
+    layers = {
+        "layers": [
+            {
+                "name": "features.0",
+                "resolution": [32, 32],
+                "stride": 1,
+                "equivariance": {"mean": 0.0},
+                "invariance": {"mean": 0.3125},
+                "reference_distance": 0.5,
+                "exact_modulo": 1,
+            },
+            {
+                "name": "features.3",
+                "resolution": [16, 16],
+                "stride": 2,
+                "equivariance": {"mean": 0.04321},
+                "invariance": {"mean": 0.25},
+                "reference_distance": 0.4,
+                "exact_modulo": 2,
+            },
+            {
+                "name": "fc",
+                "resolution": [1, 1],
+                "stride": 32,
+                "equivariance": {"mean": 0.125},
+                "invariance": {"mean": 0.125},
+                "reference_distance": None,
+                "exact_modulo": None,
+            },
+        ]
+    }
     rows = table_rows(render(layers_table(layers)), 7)
     assert rows == [
         ["features.0", "32x32", "1", "0.0000", "0.000", "0.3125", "1"],
@@ -487,9 +514,15 @@ def test_run_description_names_model_data_shifts_mode_and_device():
     r.model["source"] = "ckpt.pt"
     r.environment["device_name"] = "cpu (2 threads)"
     assert describe_shifts(r) == "49 circular shifts within +/-3 px (wrap-around)"
-    assert describe_run(r) == "tiny (ckpt.pt) on synthetic test set; 49 circular shifts within +/-3 px (wrap-around), exhaustive; cpu (2 threads)"
+    assert (
+        describe_run(r)
+        == "tiny (ckpt.pt) on synthetic test set; 49 circular shifts within +/-3 px (wrap-around), exhaustive; cpu (2 threads)"
+    )
     r.settings["shifts"] = {"mode": "crop", "kind": "grid", "max_shift": 16, "step": 4, "count": 81}
-    assert describe_shifts(r) == "81 crop shifts within +/-16 px, step 4 (none: crops of a larger canvas, new content enters at the border)"
+    assert (
+        describe_shifts(r)
+        == "81 crop shifts within +/-16 px, step 4 (none: crops of a larger canvas, new content enters at the border)"
+    )
     r.settings["shifts"] = {"mode": "circular", "kind": "all", "count": 1024}
     assert describe_shifts(r) == "all 1024 circular shifts (wrap-around)"
     r.settings["shifts"] = {"mode": "subpixel", "kind": "grid", "max_shift": 1, "step": 0.5, "count": 25, "padding": "periodic"}

@@ -96,8 +96,16 @@ def test_flip_metric_merges_and_bounds_state():
     ss = ShiftSet.window((40, 40), 20)  # 1600 shifts: more than the stored window
     a, b = FlipExamples(ss, limit=2), FlipExamples(ss, limit=2)
     assert len(a.stored) <= 1089
-    a.load_state_dict({"ids": np.array([5, 1]), "label": np.array([0, 0]), "radius": np.array([2, 3]), "flip_shift": np.array([1, 2]),
-                       "flip_pred": np.array([1, 1]), "p_correct": np.zeros((2, len(a.stored)), np.float32)})
+    a.load_state_dict(
+        {
+            "ids": np.array([5, 1]),
+            "label": np.array([0, 0]),
+            "radius": np.array([2, 3]),
+            "flip_shift": np.array([1, 2]),
+            "flip_pred": np.array([1, 1]),
+            "p_correct": np.zeros((2, len(a.stored)), np.float32),
+        }
+    )
     b.load_state_dict({"ids": np.array([9]), "label": np.array([0]), "radius": np.array([1]), "flip_shift": np.array([3]),
                        "flip_pred": np.array([1]), "p_correct": np.zeros((1, len(b.stored)), np.float32)})
     a.merge(copy.deepcopy(b))

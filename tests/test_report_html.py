@@ -25,8 +25,12 @@ from shiftaudit.cli import app
 from shiftaudit.report.html import render_html, write_html_report
 from tests.helpers import assert_real_png, synthetic_result
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
-needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium); the browser check needs one")
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None
+)
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium installed (apt-get install chromium); the browser check needs one"
+)
 PICTURES = {"adversarial.png", "variation.png", "accuracy_map.png", "flips.png"}
 
 PROBE = """<script>
@@ -82,7 +86,16 @@ def test_page_is_self_contained_and_pictures_are_valid_pngs(demo_report):
             img.verify()
     assert not re.search(r"\b(src|href)\s*=\s*\"(https?:)?//", page), "the page must not fetch anything"
     assert "<script" not in page and "<link" not in page
-    for section in ("Summary", "Pictures", "Settings", "Consistency (exact, all shifts)", "Shift set", "Seed", "Versions", "torch"):
+    for section in (
+        "Summary",
+        "Pictures",
+        "Settings",
+        "Consistency (exact, all shifts)",
+        "Shift set",
+        "Seed",
+        "Versions",
+        "torch",
+    ):
         assert section in page
 
 
@@ -119,8 +132,13 @@ def test_every_image_loads_in_headless_chromium(demo_report, tmp_path):
 @pytest.mark.slow
 def test_screenshot_of_the_page_is_not_blank(demo_report, tmp_path):
     shot = tmp_path / "shot.png"
-    res = chromium("--virtual-time-budget=5000", "--window-size=1200,2000", f"--screenshot={shot}", (demo_report / "report.html").resolve().as_uri(),
-                   user_dir=tmp_path / "profile")
+    res = chromium(
+        "--virtual-time-budget=5000",
+        "--window-size=1200,2000",
+        f"--screenshot={shot}",
+        (demo_report / "report.html").resolve().as_uri(),
+        user_dir=tmp_path / "profile",
+    )
     assert shot.is_file(), f"no screenshot (exit {res.returncode}): {res.stderr[-2000:]}"
     with Image.open(shot) as img:
         assert img.size == (1200, 2000)

@@ -82,8 +82,8 @@ def test_gate_report_and_no_gate(tmp_path):
 
 
 def test_eval_junit_end_to_end(tmp_path):
-    from shiftaudit.models.demo import DEMO_TEST_SEED, demo_checkpoint_path
     from shiftaudit.data.synthetic import make_synthetic
+    from shiftaudit.models.demo import DEMO_TEST_SEED, demo_checkpoint_path
 
     images, labels, _ = make_synthetic(12, seed=DEMO_TEST_SEED)
     data = tmp_path / "demo.npz"

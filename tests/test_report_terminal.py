@@ -48,7 +48,10 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch):
     bar.stop()
     lines = console.export_text().splitlines()
     assert len(lines) == 10  # one per tenth of the images
-    assert re.fullmatch(r"auditing 20 images x 81 shifts: 2/20 images \(10 %\), [\d.,]+ images/s, [\d.,]+ s elapsed, about [\d.,]+ s left", lines[0])
+    assert re.fullmatch(
+        r"auditing 20 images x 81 shifts: 2/20 images \(10 %\), [\d.,]+ images/s, [\d.,]+ s elapsed, about [\d.,]+ s left",
+        lines[0],
+    )
     assert lines[-1].startswith("auditing 20 images x 81 shifts: 20/20 images (100 %)")
 
 

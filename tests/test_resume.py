@@ -10,8 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from shiftaudit.engine.runner import audit
-from shiftaudit.errors import AuditInterrupted
-from shiftaudit.errors import UsageError
+from shiftaudit.errors import AuditInterrupted, UsageError
 
 from .helpers import StopAfter, tiny_cnn
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from shiftaudit.cli import app
 from shiftaudit.data import load_data
+from shiftaudit.data.presets import Preprocessing
 from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
 from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
-from shiftaudit.data.presets import Preprocessing
 from shiftaudit.report.terminal import audit_table, describe_run
 from shiftaudit.result import AuditResult
 from shiftaudit.shifts.modes import (
@@ -132,7 +132,9 @@ def test_subpixel_integer_shift_is_the_circular_roll(h, w):
         got = fourier_shift(x, float(dh), float(dw))
         assert torch.allclose(got, torch.roll(x, (dh, dw), (-2, -1)), atol=1e-5)
     bank = FourierBank(x)
-    got = bank.gather(torch.tensor([1, 0]), torch.tensor([2.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64))
+    got = bank.gather(
+        torch.tensor([1, 0]), torch.tensor([2.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64)
+    )
     assert torch.allclose(got[0], torch.roll(x[1], (2, 1), (-2, -1)), atol=1e-5)
     assert torch.allclose(got[1], torch.roll(x[0], (-1, 4), (-2, -1)), atol=1e-5)
 

@@ -105,7 +105,9 @@ def test_describe_names_mode_window_and_step():
     assert ShiftSet.window((32, 32), 1, 0.5, mode="subpixel").describe() == "25 sub-pixel shifts in [-1, 1]^2, step 0.5"
 
 
-@pytest.mark.parametrize(("size", "margin"), [((224, 224), 16), ((65, 10), 16), ((64, 64), 8), ((32, 32), 4), ((7, 7), 1), ((8, 16), 2)])
+@pytest.mark.parametrize(
+    ("size", "margin"), [((224, 224), 16), ((65, 10), 16), ((64, 64), 8), ((32, 32), 4), ((7, 7), 1), ((8, 16), 2)]
+)
 def test_default_crop_margin(size, margin):
     from shiftaudit.shifts.modes.crop import default_crop_margin
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from shiftaudit.metrics.stability import neighbour_pairs
 from shiftaudit.engine.passes import DrawPlan
+from shiftaudit.metrics.stability import neighbour_pairs
 from shiftaudit.shifts.sets import ShiftSet
 
 from .helpers import tiny_cnn
@@ -30,7 +30,9 @@ def test_flip_rate_and_mac_match_a_naive_loop():
     assert "flip_rate" in result.metrics and "mac" in result.metrics
     # naive: every shift of the 8x8 torus, then count prediction changes between 1-px neighbours
     with torch.no_grad():
-        preds = torch.stack([model(torch.roll(images, (a, b), (-2, -1))).argmax(1) for a in range(8) for b in range(8)], 1).view(5, 8, 8)
+        preds = torch.stack([model(torch.roll(images, (a, b), (-2, -1))).argmax(1) for a in range(8) for b in range(8)], 1).view(
+            5, 8, 8
+        )
     down = (preds != torch.roll(preds, -1, 1)).float().mean(dim=(1, 2))
     right = (preds != torch.roll(preds, -1, 2)).float().mean(dim=(1, 2))
     naive = ((down + right) / 2).numpy()

@@ -126,13 +126,19 @@ def test_mean_interval_covers_the_true_mean_95_percent_of_the_time():
 def test_planted_z95_wrong_constant():
     """Z95 = 1.0 gives 68 % intervals: scipy's 95 % Wilson interval differs."""
     assert wilson_interval(0.8, 50) == pytest.approx(scipy_wilson(40, 50), abs=1e-12)
-    assert mean_interval(np.array([0.1, 0.4, 0.2, 0.9])) == pytest.approx(scipy_mean_ci(np.array([0.1, 0.4, 0.2, 0.9])), rel=1e-12)
+    assert mean_interval(np.array([0.1, 0.4, 0.2, 0.9])) == pytest.approx(
+        scipy_mean_ci(np.array([0.1, 0.4, 0.2, 0.9])), rel=1e-12
+    )
 
 
 def test_planted_wilson_centre_replaced_by_p():
     """The Wilson centre is (p + z^2/2n) / (1 + z^2/n), not p: at p = 0 the interval is [0, 0.2775...] for n = 10."""
     lo, hi = wilson_interval(0.0, 10)
-    assert lo == 0.0 and hi == pytest.approx(scipy_wilson(0, 10)[1], abs=1e-12) and hi == pytest.approx(0.27753279986288707, abs=1e-12)
+    assert (
+        lo == 0.0
+        and hi == pytest.approx(scipy_wilson(0, 10)[1], abs=1e-12)
+        and hi == pytest.approx(0.27753279986288707, abs=1e-12)
+    )
     assert (lo + hi) / 2 != 0.0
 
 

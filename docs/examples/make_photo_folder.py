@@ -15,7 +15,6 @@ the wheel's own files, never the ones that fetch from the network.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path

@@ -2,18 +2,68 @@
 
 from __future__ import annotations
 
-from shiftaudit.antialias.calibrate import SMALL_CALIBRATION, Recalibration, batchnorm_layers, downstream_batchnorms, recalibrate_batchnorm, top1_agreement
-from shiftaudit.antialias.distill import DistillResult, distill
+from shiftaudit.antialias.calibrate import (
+    SMALL_CALIBRATION,
+    Recalibration,
+    batchnorm_layers,
+    downstream_batchnorms,
+    recalibrate_batchnorm,
+    top1_agreement,
+)
 from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
-from shiftaudit.antialias.costs import LatencyStats, compare_latency, compare_latency_stats, latency_too_noisy, conv_total_variation, filter_total_variation, measure_latency
-from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchReport, compare_patch
+from shiftaudit.antialias.costs import (
+    LatencyStats,
+    compare_latency,
+    compare_latency_stats,
+    conv_total_variation,
+    filter_total_variation,
+    latency_too_noisy,
+    measure_latency,
+)
+from shiftaudit.antialias.distill import DistillResult, distill
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d, pool_output_size
-from shiftaudit.antialias.rewrite import PatchResult, PatchStep, apply_patch_spec, make_convs_circular, patch, patch_model, plan_patch
+from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchReport, compare_patch
+from shiftaudit.antialias.rewrite import (
+    PatchResult,
+    PatchStep,
+    apply_patch_spec,
+    make_convs_circular,
+    patch,
+    patch_model,
+    plan_patch,
+)
 
 __all__ = [
-    "SMALL_CALIBRATION", "SPEC_VERSION", "DistillResult", "LatencyStats", "PatchConfig", "Recalibration", "distill", "downstream_batchnorms",
-    "compare_latency", "compare_latency_stats", "latency_too_noisy", "PatchResult", "PatchStep", "apply_patch_spec", "batchnorm_layers",
-    "conv_total_variation", "filter_total_variation", "make_convs_circular", "measure_latency", "patch",
-    "patch_model", "plan_patch", "recalibrate_batchnorm", "top1_agreement", "BlurThenConv2d", "ConvThenBlur2d", "PoolBlur2d",
-    "pool_output_size", "PatchComparison", "PatchLatency", "PatchReport", "compare_patch",
+    "SMALL_CALIBRATION",
+    "SPEC_VERSION",
+    "DistillResult",
+    "LatencyStats",
+    "PatchConfig",
+    "Recalibration",
+    "distill",
+    "downstream_batchnorms",
+    "compare_latency",
+    "compare_latency_stats",
+    "latency_too_noisy",
+    "PatchResult",
+    "PatchStep",
+    "apply_patch_spec",
+    "batchnorm_layers",
+    "conv_total_variation",
+    "filter_total_variation",
+    "make_convs_circular",
+    "measure_latency",
+    "patch",
+    "patch_model",
+    "plan_patch",
+    "recalibrate_batchnorm",
+    "top1_agreement",
+    "BlurThenConv2d",
+    "ConvThenBlur2d",
+    "PoolBlur2d",
+    "pool_output_size",
+    "PatchComparison",
+    "PatchLatency",
+    "PatchReport",
+    "compare_patch",
 ]

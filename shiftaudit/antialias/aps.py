@@ -58,7 +58,8 @@ class APSDown2d(nn.Module):
             phase = norms.argmax(dim=1)
             self.last_phase = phase
         else:
-            phase = leader.last_phase
-            if phase is None or phase.shape[0] != n:
+            last = leader.last_phase
+            if last is None or last.shape[0] != n:
                 raise RuntimeError("An APS shortcut ran before the main path that chooses its phase.")
+            phase = last
         return comps[torch.arange(n, device=x.device), phase]

@@ -26,8 +26,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias.filters import canonical_filter_name, filter_2d, get_filter_info
+from shiftaudit.errors import UsageError
 
 PAD_MODES = ("reflect", "zero", "circular", "replicate")
 _PAD_ALIASES = {"reflect": "reflect", "reflection": "reflect", "zero": "zero", "zeros": "zero", "constant": "zero",
@@ -51,7 +51,7 @@ def _pair(stride: int | Sequence[int]) -> tuple[int, int]:
     s = (int(stride), int(stride)) if isinstance(stride, int) else tuple(int(v) for v in stride)
     if len(s) != 2 or min(s) < 1:
         raise UsageError(f"Blur stride must be a positive integer or a pair of them, got {stride!r}.")
-    return s  # type: ignore[return-value]
+    return s
 
 
 def make_blur_kernel(name: str, channels: int = 1, dtype: torch.dtype = torch.float32,
@@ -72,7 +72,9 @@ def _as_kernel(kernel: torch.Tensor | str | Sequence[float], ref: torch.Tensor) 
     if k.dim() == 2:
         k = k[None, None]
     if k.dim() != 4 or k.shape[1] != 1:
-        raise UsageError(f"Blur kernel must be a name, a 1-D or 2-D filter, or a (C, 1, k, k) weight; got shape {tuple(k.shape)}.")
+        raise UsageError(
+            f"Blur kernel must be a name, a 1-D or 2-D filter, or a (C, 1, k, k) weight; got shape {tuple(k.shape)}."
+        )
     return k.to(dtype=ref.dtype, device=ref.device)
 
 
@@ -94,19 +96,20 @@ def _index_pad(x: torch.Tensor, dim: int, before: int, after: int, mode: str) ->
 def pad_for_blur(x: torch.Tensor, kh: int, kw: int, pad_mode: str = "reflect") -> torch.Tensor:
     """Pad the last two axes for a ``kh x kw`` filter with the module's before/after convention."""
     mode = normalize_pad_mode(pad_mode)
-    (t, b), (l, r) = pad_amounts(kh), pad_amounts(kw)
-    if t == b == l == r == 0:
+    (top, bottom), (left, right) = pad_amounts(kh), pad_amounts(kw)
+    if top == bottom == left == right == 0:
         return x
     if mode == "zero":
-        return F.pad(x, (l, r, t, b), mode="constant", value=0.0)
+        return F.pad(x, (left, right, top, bottom), mode="constant", value=0.0)
     if mode == "replicate":
-        return F.pad(x, (l, r, t, b), mode="replicate")
+        return F.pad(x, (left, right, top, bottom), mode="replicate")
     h, w = x.shape[-2], x.shape[-1]
     # torch's reflect needs pad < size, circular pad <= size; outside that, gather (rare: tiny maps only).
-    fits = (max(t, b) < h and max(l, r) < w) if mode == "reflect" else (max(t, b) <= h and max(l, r) <= w)
+    longest_h, longest_w = max(top, bottom), max(left, right)
+    fits = (longest_h < h and longest_w < w) if mode == "reflect" else (longest_h <= h and longest_w <= w)
     if fits:
-        return F.pad(x, (l, r, t, b), mode=mode)
-    return _index_pad(_index_pad(x, -2, t, b, mode), -1, l, r, mode)
+        return F.pad(x, (left, right, top, bottom), mode=mode)
+    return _index_pad(_index_pad(x, -2, top, bottom, mode), -1, left, right, mode)
 
 
 @torch.fx.wrap
@@ -138,6 +141,8 @@ class BlurPool2d(nn.Module):
     kernel and expands it to the input's channel count on each call; a given ``channels`` stores the full
     depthwise weight (a different channel count at run time still works).
     """
+
+    kernel: torch.Tensor  # a buffer
 
     def __init__(self, channels: int | None = None, filt: str = "binomial5", stride: int = 2,
                  pad_mode: str = "reflect") -> None:

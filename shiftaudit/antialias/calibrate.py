@@ -43,8 +43,8 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def _is_change(m: nn.Module) -> bool:
-    from shiftaudit.antialias.blurpool import BlurPool2d
     from shiftaudit.antialias.aps import APSDown2d
+    from shiftaudit.antialias.blurpool import BlurPool2d
 
     return isinstance(m, (BlurPool2d, APSDown2d))
 
@@ -80,8 +80,17 @@ def downstream_batchnorms(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: Any, *, num_images: int, batch_size: int = 32, seed: int = 0,
-                          layers: str | list[str] = "downstream", device: str | torch.device = "cpu", progress: Any = None) -> Recalibration:
+def recalibrate_batchnorm(
+    model: nn.Module,
+    data: Any,
+    *,
+    num_images: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    layers: str | list[str] = "downstream",
+    device: str | torch.device = "cpu",
+    progress: Any = None,
+) -> Recalibration:
     """Reset and re-estimate (cumulative average) the running statistics of the BatchNorm layers downstream of the
     patch (``layers="downstream"``, see the module notes), of every BatchNorm (``layers="all"``) or of the named
     ones (a list: the "baseline recalibrated" control re-estimates, on the unpatched model, the layers the patched
@@ -100,7 +109,9 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, *, num_images: int, batch
     if not isinstance(layers, str):
         chosen = [n_ for n_ in layers if isinstance(named.get(n_), nn.modules.batchnorm._BatchNorm)]
     elif layers == "all":
-        chosen = [n_ for n_, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        chosen = [
+            n_ for n_, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
     else:
         chosen = downstream_batchnorms(model, data[order[0]][0][None].to(device, dtype=dtype))
     bns = [named[c] for c in chosen]

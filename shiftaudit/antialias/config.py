@@ -13,8 +13,8 @@ SPEC_VERSION = 1
 @dataclass(frozen=True)
 class PatchConfig:
     """Options of ``shiftaudit patch``. ``method``: ``blurpool`` (blur, then subsample at phase 0) or ``aps``
-    (adaptive polyphase sampling, optionally after a blur); ``stem``: also blur the strided conv that reads the pixels (the costliest);
-    ``shortcuts``: blur before strided 1x1 shortcut convs; ``circular_conv``: make every conv's padding circular
+    (adaptive polyphase sampling, optionally after a blur); ``stem``: also blur the strided conv that reads the pixels
+    (the costliest); ``shortcuts``: blur before strided 1x1 shortcut convs; ``circular_conv``: make every conv's padding circular
     (the paper's clean testbed); ``only``/``skip``: module names or globs (a name also matches everything under it)."""
 
     method: str = "blurpool"

@@ -78,7 +78,7 @@ def random_shifts(images: torch.Tensor, max_shift: int | None, gen: torch.Genera
 
 
 @torch.no_grad()
-def _agreement(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, batch_size: int, device: Any,
+def _agreement(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, batch_size: int, device: str | torch.device,
                dtype: torch.dtype, max_shift: int | None, gen: torch.Generator) -> tuple[float, float]:
     same = same_shifted = 0
     for s in range(0, images.shape[0], batch_size):

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftaudit.errors import ModelError, UsageError, first_line
 from shiftaudit.engine.forward import model_exits_fail
+from shiftaudit.errors import ModelError, UsageError, first_line
 from shiftaudit.sizes import pair
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
@@ -158,7 +158,7 @@ def _first_input_channels(model: nn.Module, default: int) -> int:
     return default
 
 
-def too_small_error(model: Any, size: tuple[int, int], channels: int) -> UsageError | None:
+def too_small_error(model: object, size: tuple[int, int], channels: int) -> UsageError | None:
     """A model that fails on small ``size`` inputs but runs on larger ones was given inputs below its total stride:
     say so with the stride, instead of the framework's error from deep inside the network (or None: not that)."""
     h, w = int(size[0]), int(size[1])
@@ -186,7 +186,9 @@ def input_too_small(model: Any, size: tuple[int, int], channels: int) -> UsageEr
 def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels: int | None = None) -> Inspection:
     """Find every downsampling point of ``model`` for inputs of ``size`` (one forward pass on a blank image)."""
     if isinstance(model, torch.jit.ScriptModule):
-        raise ModelError("Layer-by-layer inspection needs a Python nn.Module; a TorchScript archive can be audited but not inspected.")
+        raise ModelError(
+            "Layer-by-layer inspection needs a Python nn.Module; a TorchScript archive can be audited but not inspected."
+        )
     h, w = size
     c = channels or _first_input_channels(model, 3)
     records: list[tuple[str, nn.Module, tuple[int, int], tuple[int, int], int | None]] = []
@@ -247,9 +249,9 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
             role = "global" if i > last_spatial else "squeeze"
         elif ins == (h, w):
             role = "stem"
-        elif kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1):
-            role = "shortcut"
-        elif kind == "blurpool" and _on_shortcut(name, modules):
+        elif (kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1)) or (
+            kind == "blurpool" and _on_shortcut(name, modules)
+        ):
             role = "shortcut"
         else:
             role = "main"

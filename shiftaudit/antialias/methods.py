@@ -55,6 +55,7 @@ def get_patch_method(name: str) -> PatchMethod:
 def _blurpool(cfg: PatchConfig, channels: int | None, stride: int) -> nn.Module:
     from shiftaudit.antialias.blurpool import BlurPool2d
 
+    assert cfg.filter is not None  # PatchConfig fills in the method's default
     return BlurPool2d(channels=channels, filt=cfg.filter, stride=stride, pad_mode=cfg.pad)
 
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.sizes import pair
 
 
@@ -26,11 +25,11 @@ class PoolBlur2d(nn.Module):
 
     ``MaxPool(k, s)`` becomes ``MaxPool(k, 1)`` + ``BlurPool(s)`` (MaxBlurPool); ``AvgPool(k, s)`` becomes
     ``AvgPool(k, 1)`` + ``BlurPool(s)``. The output has the original pool's size, ``ceil_mode`` included. With
-    ``circular`` (set by ``--circular-conv`` or ``--pad circular``) the dense pool wraps around the border as circular convs do, so the
-    whole layer is exactly equivariant to shifts by multiples of its stride; its output is then ceil(H / s) long.
+    ``circular`` (set by ``--circular-conv`` or ``--pad circular``) the dense pool wraps around the border as circular
+    convs do, so the whole layer is exactly equivariant to shifts by multiples of its stride; its output is then ceil(H / s) long.
     """
 
-    def __init__(self, pool: nn.Module, blur: BlurPool2d, circular: bool = False) -> None:
+    def __init__(self, pool: nn.MaxPool2d | nn.AvgPool2d, blur: nn.Module, circular: bool = False) -> None:
         super().__init__()
         self.kernel = pair(pool.kernel_size)
         self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
@@ -80,8 +79,9 @@ class _ConvWithBlur(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, blur: nn.Module) -> _ConvWithBlur:
         new = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            conv.in_channels, conv.out_channels, pair(conv.kernel_size), stride=1,
+            padding=conv.padding if isinstance(conv.padding, str) else pair(conv.padding),
+            dilation=pair(conv.dilation), groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
             device="meta",
         )
         new.weight = conv.weight

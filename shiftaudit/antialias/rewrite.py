@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +30,11 @@ from torch import fx, nn
 
 from shiftaudit.antialias.aps import APSDown2d
 from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.errors import UsageError, first_line
-from shiftaudit.sizes import pair
 from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
 from shiftaudit.antialias.methods import get_patch_method
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+from shiftaudit.errors import UsageError, first_line
+from shiftaudit.sizes import pair
 
 _OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish,
@@ -166,7 +168,13 @@ def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | N
             step.patched, step.reason = False, "pools disabled"
         elif kind in ("conv", "stem") and not cfg.convs:
             step.patched, step.reason = False, "convs disabled"
-        elif kind in ("conv", "stem") and isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and pair(m.padding) == (0, 0) and max(stride) >= 4:
+        elif (
+            kind in ("conv", "stem")
+            and isinstance(m, nn.Conv2d)
+            and m.kernel_size == m.stride
+            and pair(m.padding) == (0, 0)
+            and max(stride) >= 4
+        ):
             step.patched, step.reason = False, "patchify conv (kernel = stride)"
         steps.append(step)
     return steps
@@ -305,7 +313,7 @@ def link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
     for short in (s for s in steps if s.patched and s.kind == "shortcut"):
         parent = short.name.split(".")[:-1]
 
-        def shared(step: PatchStep) -> int:
+        def shared(step: PatchStep, parent: list[str] = parent) -> int:
             n = 0
             for a, b in zip(step.name.split("."), parent):
                 if a != b:
@@ -328,11 +336,11 @@ def link_aps_shortcuts(model: nn.Module, steps: list[PatchStep]) -> list[str]:
 
 
 def _blur_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    return module.blur(output)
+    return cast(nn.Module, module.blur)(output)
 
 
 def _blur_input(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (module.blur(inputs[0]), *inputs[1:])
+    return (cast(nn.Module, module.blur)(inputs[0]), *inputs[1:])
 
 
 def make_convs_circular(model: nn.Module) -> int:
@@ -342,7 +350,12 @@ def make_convs_circular(model: nn.Module) -> int:
     """
     changed = 0
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str) and any(p > 0 for p in pair(m.padding)):
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str)
+            and any(p > 0 for p in pair(m.padding))
+        ):
             m.padding_mode = "circular"
             changed += 1
     return changed
@@ -353,7 +366,7 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     cfg = config or PatchConfig()
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise UsageError("Only a Python nn.Module can be patched (a TorchScript archive cannot).")
-    steps = plan_patch(model, None, cfg)
+    steps = plan_patch(model, config=cfg)
     for step in steps:
         step.method = cfg.method
     if not inplace:
@@ -365,7 +378,6 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
         notes.append(f"{n} convolutions now pad circularly (--circular-conv)")
         if cfg.pad != "circular":
             notes.append("the blur pads by reflection: use --pad circular as well for exact modulo-shift equivariance")
-    modules = dict(model.named_modules())
     todo = [s for s in steps if s.patched]
     convs = [s for s in todo if s.kind in ("conv", "stem")]
 
@@ -389,6 +401,7 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
         m = root.get_submodule(s.name)
         if s.kind in ("maxpool", "avgpool"):
             blur = _make_blur(cfg, None, s.stride)
+            assert isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))  # what inspection calls a maxpool or avgpool
             _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv or cfg.pad == "circular"))
             s.blur = f"{s.name}.blur"
             continue
@@ -425,7 +438,8 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
             gm.add_submodule(blur_name, _make_blur(cfg, m.out_channels, s.stride, m))
             with gm.graph.inserting_after(place):
                 blur_node = gm.graph.call_module(blur_name, (place,))
-            place.replace_all_uses_with(blur_node, delete_user_cb=lambda user, b=blur_node: user is not b)
+            # every use of ``place`` now reads the blur, except the blur itself
+            place.replace_all_uses_with(blur_node, delete_user_cb=functools.partial(operator.is_not, blur_node))
             blur_names.append(blur_name)
             s.placed_after = _node_label(place)
         _set_stride_one(m)
@@ -463,5 +477,8 @@ def apply_patch_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     got = [s.name for s in result.patched]
     if isinstance(want, list) and sorted(map(str, want)) != sorted(got):
         missing = sorted(set(map(str, want)) - set(got)) or sorted(set(got) - set(map(str, want)))
-        raise UsageError(f"The checkpoint's patch spec does not fit this architecture (layer {missing[0]!r} differs); was it saved with another version of the model code?")
+        raise UsageError(
+            f"The checkpoint's patch spec does not fit this architecture (layer {missing[0]!r} differs); "
+            "was it saved with another version of the model code?"
+        )
     return result.model

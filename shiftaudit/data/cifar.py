@@ -42,7 +42,8 @@ def _allowed() -> dict[tuple[str, str], Any]:
     }
     for mod in ("numpy.core", "numpy._core"):
         out[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        out[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer  # how protocol 5 pickles an array
+        # how protocol 5 pickles an array; private, so not in numpy's type stubs
+        out[(f"{mod}.numeric", "_frombuffer")] = vars(numeric)["_frombuffer"]
     return out
 
 

@@ -12,6 +12,7 @@ which the engine leaves out as non-finite); with ``strict=True`` it raises :clas
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
+from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, ShiftAuditError
 from shiftaudit.limits import check_range, max_workers
-from shiftaudit.data.presets import Preprocessing
-from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
 
 DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 
@@ -46,10 +47,8 @@ class FileSource:
         """File i's path relative to the data folder (as the user gave it), with ``/`` separators."""
         path = self.files[i]
         if self.root is not None:
-            try:
+            with contextlib.suppress(ValueError):  # another drive on Windows
                 path = os.path.relpath(path, self.root)
-            except ValueError:  # another drive on Windows
-                pass
         return path.replace(os.sep, "/")
 
     def __len__(self) -> int:
@@ -164,7 +163,9 @@ def to_chw(img: Any, prep: Preprocessing | None, channels: int, raw: bool) -> tu
             raise DataError(f"PIL images cannot give the {channels} channels the model expects.")
         if img.mode != mode:
             img, flags = img.convert(mode), CONVERTED
-        x, more = finish(torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(img.height, img.width, -1).permute(2, 0, 1), prep)
+        x, more = finish(
+            torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(img.height, img.width, -1).permute(2, 0, 1), prep
+        )
         return x, flags | more
     t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
     if t.ndim == 2:
@@ -346,8 +347,10 @@ class _Indexed(Dataset):
 class AuditLoader(DataLoader):
     """A DataLoader yielding ``(images, labels, indices)``; it records decode flags and drops unreadable images."""
 
+    dataset: _Indexed  # what make_loader gives it
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        ds: AuditDataset = self.dataset.ds  # type: ignore[attr-defined]
+        ds = self.dataset.ds
         yielded = 0
         for images, labels, ids, flags in _worker_errors_said(super().__iter__()):
             ds.record(ids.numpy(), flags.numpy())

@@ -17,8 +17,8 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from shiftaudit.limits import MAX_PIXELS
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.limits import MAX_PIXELS
 
 CONVERTED = 1  # colour mode or channel count changed to match the model
 UNREADABLE = 2  # the file could not be decoded
@@ -72,11 +72,12 @@ def decode_image(path: str | Path, channels: int) -> tuple[torch.Tensor, int]:
             flags |= CONVERTED
         if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # deep grayscale: convert("L") would clip
             return _gray(_deep_gray(im), channels), flags
-        if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")  # avoids PIL's palette-transparency warning; alpha is dropped below
-        if im.mode != target:
-            im = im.convert(target)
-        return F.pil_to_tensor(im), flags
+        img: Image.Image = im
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")  # avoids PIL's palette-transparency warning; alpha is dropped below
+        if img.mode != target:
+            img = img.convert(target)
+        return F.pil_to_tensor(img), flags
 
 
 def adapt_channels(img: torch.Tensor, channels: int) -> tuple[torch.Tensor, int]:

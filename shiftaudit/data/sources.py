@@ -14,8 +14,8 @@ import os
 import pickle
 import stat
 import warnings
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from shiftaudit.errors import DataError, UsageError, first_line
-from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
-from shiftaudit.limits import MAX_CLASSES, is_int
-from shiftaudit.data.presets import Preprocessing
-from shiftaudit.shifts.modes import check_canvas
 from shiftaudit.data.cifar import find_batches_dir, load_cifar10_test
 from shiftaudit.data.dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
 from shiftaudit.data.imagenet import BUILTIN as BUILTIN_CLASS_MAP
 from shiftaudit.data.imagenet import imagenet_class_map, missing_class_map
 from shiftaudit.data.preprocess import check_pixels, pil_mode_for
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import DataError, UsageError, first_line
+from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.limits import MAX_CLASSES, is_int
+from shiftaudit.shifts.modes import check_canvas
 
 KINDS = ("imagefolder", "folder", "cifar10", "tensors")
 TENSOR_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
@@ -221,10 +221,16 @@ def read_class_map(
         if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:  # {"0": [...]} keys
             value = int(value)
         if not is_int(value):
-            shown = json.dumps(value)[:40] if isinstance(value, (bool, int, float, str)) or value is None else type(value).__name__
+            shown = (
+                json.dumps(value)[:40] if isinstance(value, (bool, int, float, str)) or value is None else type(value).__name__
+            )
             raise DataError(f"Class map entry {name[:60]!r} is {shown}, not a whole class index; use integers like 0, 1, 2.")
         if not 0 <= value < limit:
-            shown = str(value) if abs(value) < 10**18 else f"a {len(str(abs(value))) if abs(value) < 10**4000 else 'huge'}-digit number"
+            shown = (
+                str(value)
+                if abs(value) < 10**18
+                else f"a {len(str(abs(value))) if abs(value) < 10**4000 else 'huge'}-digit number"
+            )
             raise DataError(f"Class map entry {name[:60]!r} is {shown}, outside 0..{limit - 1} ({whose}).")
         return value
 
@@ -240,7 +246,9 @@ def read_class_map(
             raise DataError(f"The class map lists {len(obj)} names, more than {whose}.")
         mapping = {str(name): i for i, name in enumerate(obj)}
     else:
-        raise DataError(f"Class map must map folder names to class indices (or list the names in index order); got a {type(obj).__name__}.")
+        raise DataError(
+            f"Class map must map folder names to class indices (or list the names in index order); got a {type(obj).__name__}."
+        )
     names: dict[int, str] = {}
     for name, idx in mapping.items():
         names[idx] = f"{names[idx]}/{name}" if idx in names else name
@@ -279,7 +287,9 @@ def _labels_array(labels: Any, n: int, notes: list[str]) -> np.ndarray | None:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DataError("Labels must be whole class indices; found fractional or non-finite values.")
         if n and np.abs(arr).max() > MAX_CLASSES:
-            raise DataError(f"Labels must be class indices; found {np.abs(arr).max():.3g}, more than the {MAX_CLASSES:,} classes allowed.")
+            raise DataError(
+                f"Labels must be class indices; found {np.abs(arr).max():.3g}, more than the {MAX_CLASSES:,} classes allowed."
+            )
     elif arr.dtype.kind not in "iub":
         raise DataError(f"Labels must be integer class indices, not {arr.dtype}.")
     arr = arr.astype(np.int64)
@@ -338,7 +348,10 @@ def _image_stack(images: Any) -> torch.Tensor:
     if t.dtype in (torch.uint16, torch.uint32, torch.uint64):  # few torch ops take them; 0-65535 is checked later
         t = t.to(torch.int64)
     if t.dtype not in _IMAGE_DTYPES:
-        raise DataError(f"Images of dtype {str(t.dtype).replace('torch.', '')} cannot be audited; save them as uint8 (0-255) or float32 (0-1).")
+        raise DataError(
+            f"Images of dtype {str(t.dtype).replace('torch.', '')} cannot be audited; "
+            "save them as uint8 (0-255) or float32 (0-1)."
+        )
     if t.dtype == torch.bool:
         t = t.to(torch.uint8) * 255
     return t
@@ -383,7 +396,9 @@ def load_data(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}.")
     if preprocessing is not None and pil_mode_for(preprocessing.channels) is None and not raw:
-        raise DataError(f"Images cannot be prepared for a model with {preprocessing.channels} input channels; pass tensors with raw=True.")
+        raise DataError(
+            f"Images cannot be prepared for a model with {preprocessing.channels} input channels; pass tensors with raw=True."
+        )
     canvas = None
     if canvas_margin and preprocessing is not None and not raw:
         if canvas_margin < 0:
@@ -404,9 +419,11 @@ def load_data(
         if found in ("imagefolder", "folder") and preprocessing is None:
             raise UsageError("Image files need a preprocessing (crop size, mean, std), e.g. presets.get_preset('imagenet').")
         if found == "imagefolder":
-            ds = _image_folder(path, preprocessing, class_map, strict, num_classes)  # type: ignore[arg-type]
+            assert preprocessing is not None  # refused above
+            ds = _image_folder(path, preprocessing, class_map, strict, num_classes)
         elif found == "folder":
-            ds = _flat_folder(path, preprocessing, strict)  # type: ignore[arg-type]
+            assert preprocessing is not None
+            ds = _flat_folder(path, preprocessing, strict)
         elif found == "cifar10":
             ds = _cifar10(path, preprocessing)
         else:
@@ -475,7 +492,10 @@ def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool,
         raise _no_images(path)
     loose = _images_under(path, recursive=False)
     if loose:
-        notes.append(f"{len(loose)} loose image{'s' if len(loose) != 1 else ''} at the top of {path} ignored (labels come from sub-folders)")
+        notes.append(
+            f"{len(loose)} loose image{'s' if len(loose) != 1 else ''} at the top of {path} ignored "
+            "(labels come from sub-folders)"
+        )
     _check_skipped(skipped, path, strict, notes)
     empty = [name for name, files in per_class.items() if not files]
     if class_map is not None:
@@ -493,7 +513,10 @@ def _image_folder(path: Path, prep: Preprocessing, class_map: Any, strict: bool,
         to_idx = {name: i for i, name in enumerate(per_class)}  # sorted, like torchvision's ImageFolder
         classes = list(per_class)
         if empty:
-            notes.append(f"sub-folder{'s' if len(empty) != 1 else ''} with no images (kept as classes so labels stay in order): {', '.join(empty[:5])}")
+            notes.append(
+                f"sub-folder{'s' if len(empty) != 1 else ''} with no images (kept as classes so labels stay in order): "
+                f"{', '.join(empty[:5])}"
+            )
     files: list[Path] = []
     labels: list[int] = []
     for name, imgs in per_class.items():
@@ -645,7 +668,9 @@ def _from_arrays(images: Any, labels: Any, prep: Preprocessing | None, raw: bool
         if t.dtype == torch.uint8:
             notes.append("raw uint8 images used as they are (values 0-255, not scaled)")
         if prep is not None and (prep.size != (h, w) or prep.channels != c):
-            notes.append(f"raw images are {c}x{h}x{w}, the preprocessing says {prep.channels}x{prep.size[0]}x{prep.size[1]}: used as given")
+            notes.append(
+                f"raw images are {c}x{h}x{w}, the preprocessing says {prep.channels}x{prep.size[0]}x{prep.size[1]}: used as given"
+            )
     else:
         out_size = prep.size if prep is not None else (h, w)
         out_c = want if want is not None else c

@@ -5,6 +5,7 @@ Weights are never downloaded: torchvision builders get ``weights=None`` and timm
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from shiftaudit.errors import UsageError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import UsageError
 
 TIMM_PREFIX = "timm:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -57,7 +58,9 @@ def _require_timm(arch: str) -> Any:
     try:
         import timm
     except ImportError:
-        raise UsageError(f"Architecture {arch!r} needs timm, which is not installed; run `pip install shiftaudit[timm]`.") from None
+        raise UsageError(
+            f"Architecture {arch!r} needs timm, which is not installed; run `pip install shiftaudit[timm]`."
+        ) from None
     return timm
 
 
@@ -119,17 +122,19 @@ def _import_factory_module(module_name: str, arch: str) -> Any:
                 f"Cannot import module {module_name!r} for architecture {arch!r}: it is not in the current folder "
                 f"({cwd}) nor on the Python path; run from the folder that holds it or set PYTHONPATH to that folder."
             ) from None
-        raise UsageError(f"Cannot import module {module_name!r} for architecture {arch!r}: it needs {missing!r}, which is not installed.") from None
+        raise UsageError(
+            f"Cannot import module {module_name!r} for architecture {arch!r}: it needs {missing!r}, which is not installed."
+        ) from None
     except ImportError as exc:
         raise UsageError(f"Cannot import module {module_name!r} for architecture {arch!r} ({exc}).") from None
     except Exception as exc:
-        raise UsageError(f"Importing module {module_name!r} for architecture {arch!r} failed: {type(exc).__name__}: {str(exc).strip()[:200]}.") from None
+        raise UsageError(
+            f"Importing module {module_name!r} for architecture {arch!r} failed: {type(exc).__name__}: {str(exc).strip()[:200]}."
+        ) from None
     finally:
         if added:
-            try:
+            with contextlib.suppress(ValueError):
                 sys.path.remove(cwd)
-            except ValueError:
-                pass
 
 
 def parse_arch_kwargs(text: str | None, flag: str = "--arch-kwargs") -> dict[str, Any] | None:
@@ -139,7 +144,10 @@ def parse_arch_kwargs(text: str | None, flag: str = "--arch-kwargs") -> dict[str
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
-        raise UsageError(f"{flag} must be a JSON object such as '{{\"model_name\": \"efficientnet-lite0\"}}', and {text[:80]!r} is not valid JSON.") from None
+        raise UsageError(
+            f"{flag} must be a JSON object such as '{{\"model_name\": \"efficientnet-lite0\"}}', "
+            f"and {text[:80]!r} is not valid JSON."
+        ) from None
     if not isinstance(value, dict):
         raise UsageError(f"{flag} must be a JSON object of keyword arguments (in braces), not a {type(value).__name__}.")
     bad = [k for k in value if not (k.isidentifier() and not k.startswith("_"))]
@@ -264,15 +272,14 @@ def build_skeleton(arch: str, num_classes: int | None = None, **kwargs: Any) -> 
 
 def timm_preprocessing(model: nn.Module, arch: str) -> Preprocessing | None:
     """The input size/normalisation timm recorded for this architecture (its ``pretrained_cfg``)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    try:
-        size = cfg.get("input_size")
-        _, h, w = (int(v) for v in size)
+    cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    try:  # a missing or malformed entry: None, like no pretrained_cfg at all
+        _, h, w = (int(v) for v in cfg["input_size"])
         crop = float(cfg.get("crop_pct") or 0.875)
         return Preprocessing(
             size=(h, w),
-            mean=tuple(float(v) for v in cfg.get("mean")),
-            std=tuple(float(v) for v in cfg.get("std")),
+            mean=tuple(float(v) for v in cfg["mean"]),
+            std=tuple(float(v) for v in cfg["std"]),
             resize=int(math.floor(min(h, w) / crop)) if crop < 1 else None,
             name=arch,
         )

@@ -38,7 +38,9 @@ def check_file(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         raise CheckpointError(f"Checkpoint path {p} is a directory, expected a checkpoint file.")
     if not p.is_file():  # a FIFO or device would block or never end when read
-        raise CheckpointError(f"Checkpoint path {p} is not a regular file (a pipe or device?); save the checkpoint to a file first.")
+        raise CheckpointError(
+            f"Checkpoint path {p} is not a regular file (a pipe or device?); save the checkpoint to a file first."
+        )
     try:
         size = p.stat().st_size
         with p.open("rb"):
@@ -83,7 +85,9 @@ def sniff_format(path: Path) -> str:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            raise CheckpointError(f"Checkpoint {path} is a truncated or corrupt zip archive; re-download or re-save it.") from None
+            raise CheckpointError(
+                f"Checkpoint {path} is a truncated or corrupt zip archive; re-download or re-save it."
+            ) from None
         if any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n for n in names):
             return TORCHSCRIPT
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):

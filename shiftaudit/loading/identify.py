@@ -216,8 +216,10 @@ class IdentifyResult:
         useful = [c for c in self.candidates if c.overlap >= USEFUL_OVERLAP]
         tip = "" if timm_available() else " (timm is not installed, so only torchvision architectures were tried)"
         if not useful:
-            return (f"Could not identify the architecture of {source} from its weights{tip}: unknown architecture, no "
-                    f"known one shares even half of its keys; pass --arch (a torchvision name, timm:NAME or package.module:factory).")
+            return (
+                f"Could not identify the architecture of {source} from its weights{tip}: unknown architecture, no "
+                f"known one shares even half of its keys; pass --arch (a torchvision name, timm:NAME or package.module:factory)."
+            )
         close = ", ".join(f"{c.arch} ({c.differences} key{'s' if c.differences != 1 else ''} differ)" for c in useful[:3])
         return (f"Could not identify the architecture of {source} from its weights{tip}; "
                 f"closest candidates: {close}; pass --arch.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -10,7 +11,15 @@ from torch import nn
 from shiftaudit.errors import CheckpointError, UsageError
 from shiftaudit.limits import MAX_CLASSES, check_range
 from shiftaudit.loading.architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
-from shiftaudit.loading.formats import SAFETENSORS, TORCHSCRIPT, check_file, read_safetensors, read_torch, read_torchscript, sniff_format
+from shiftaudit.loading.formats import (
+    SAFETENSORS,
+    TORCHSCRIPT,
+    check_file,
+    read_safetensors,
+    read_torch,
+    read_torchscript,
+    sniff_format,
+)
 from shiftaudit.loading.identify import identify_architecture
 from shiftaudit.loading.metadata import CheckpointMetadata, parse_metadata
 from shiftaudit.loading.model import LoadedModel
@@ -155,7 +164,10 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
         try:
             from shiftaudit.antialias import apply_patch_spec
         except ImportError:
-            raise CheckpointError(f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.antialias, which is not available.") from None
+            raise CheckpointError(
+                f"Checkpoint {source} holds a patched model, and loading patched checkpoints needs shiftaudit.antialias, "
+                "which is not available."
+            ) from None
         model = apply_patch_spec(model, patch_spec) or model
 
     hint = _wrong_arch_hint(sd, arch) if arch_source == "--arch" else None
@@ -172,7 +184,7 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
     )
 
 
-def _wrong_arch_hint(sd: StateDict, arch: str) -> Any:
+def _wrong_arch_hint(sd: StateDict, arch: str) -> Callable[[], str | None]:
     """A function naming the architecture the weights really fit (torchvision only, so it stays quick)."""
 
     def hint() -> str | None:

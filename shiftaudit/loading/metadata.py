@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shiftaudit.errors import CheckpointError, ShiftAuditError
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import CheckpointError, ShiftAuditError
 
 FORMAT_VERSION = "1"
 PREFIX = "shiftaudit."
@@ -94,7 +94,9 @@ def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadat
     if not str(version).isdigit():
         raise bad("format", f"is {version!r}, not a version number")
     if int(version) > int(FORMAT_VERSION):
-        raise CheckpointError(f"Checkpoint {source} was written by a newer shiftaudit (metadata format {version}); upgrade shiftaudit to read it.")
+        raise CheckpointError(
+            f"Checkpoint {source} was written by a newer shiftaudit (metadata format {version}); upgrade shiftaudit to read it."
+        )
 
     arch = raw.get(PREFIX + "arch")
     if arch is not None:
@@ -113,7 +115,9 @@ def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadat
 
     kwargs = _json(raw, "arch_kwargs", source)
     if kwargs is not None:
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() and not k.startswith("_") for k in kwargs):
+        if not isinstance(kwargs, dict) or not all(
+            isinstance(k, str) and k.isidentifier() and not k.startswith("_") for k in kwargs
+        ):
             raise bad("arch_kwargs", "is not an object of keyword arguments")
         if "num_classes" in kwargs:
             raise bad("arch_kwargs", "sets num_classes, which belongs in shiftaudit.num_classes")

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from shiftaudit.atomicio import atomic_path
-from shiftaudit.errors import UsageError, first_line
 from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import UsageError, first_line
 from shiftaudit.loading.formats import EXTRA_FILE
 from shiftaudit.loading.metadata import encode_metadata
 from shiftaudit.loading.model import LoadedModel
@@ -114,6 +114,8 @@ def _to_torchscript(model: nn.Module, preprocessing: Preprocessing | dict[str, A
                     return torch.jit.trace(model, example, check_trace=False)
             except Exception as exc:
                 line = first_line(exc)
-                raise UsageError(f"Cannot export the model to TorchScript (scripting and tracing failed: {line[:200]}).") from None
+                raise UsageError(
+                    f"Cannot export the model to TorchScript (scripting and tracing failed: {line[:200]})."
+                ) from None
     finally:
         model.train(was_training)

@@ -59,7 +59,9 @@ def extract_state_dict(obj: Any, source: str, notes: list[str], _depth: int = 0)
         raise CheckpointError(f"Checkpoint {source} contains no tensors (top-level keys: {keys or 'none'}).")
     dropped = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if dropped:
-        notes.append(f"ignored {len(dropped)} non-tensor entr{'y' if len(dropped) == 1 else 'ies'} ({', '.join(dropped[:3])}{', …' if len(dropped) > 3 else ''})")
+        more = ", …" if len(dropped) > 3 else ""
+        entries = "entry" if len(dropped) == 1 else "entries"
+        notes.append(f"ignored {len(dropped)} non-tensor {entries} ({', '.join(dropped[:3])}{more})")
     return sd
 
 
@@ -164,16 +166,21 @@ def load_weights(model: nn.Module, sd: StateDict, *, label: str, source: str,
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} model key{'s' if len(missing) != 1 else ''} missing from the checkpoint ({_names(missing)})")
+            parts.append(
+                f"{len(missing)} model key{'s' if len(missing) != 1 else ''} missing from the checkpoint ({_names(missing)})"
+            )
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected checkpoint key{'s' if len(unexpected) != 1 else ''} ({_names(unexpected)})")
+            parts.append(
+                f"{len(unexpected)} unexpected checkpoint key{'s' if len(unexpected) != 1 else ''} ({_names(unexpected)})"
+            )
         raise CheckpointError(f"Checkpoint {source} does not fit {label}: {' and '.join(parts)}{tail()}")
-    mismatched = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in model_sd.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    mismatched = [
+        (k, tuple(sd[k].shape), tuple(v.shape)) for k, v in model_sd.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
     if mismatched:
         _, head = infer_num_classes(sd)
         keys = {k for k, _, _ in mismatched}
-        cls_prefix = head.rsplit(".", 1)[0] + "." if head else None
-        if head and head in keys and all(k.startswith(cls_prefix) for k in keys):  # type: ignore[arg-type]
+        if head and head in keys and all(k.startswith(head.rsplit(".", 1)[0] + ".") for k in keys):
             ck_n = sd[head].shape[0]
             model_n = model_sd[head].shape[0]
             raise CheckpointError(

@@ -8,6 +8,7 @@ pooling -- and small enough (~70k parameters) to audit on a CPU in seconds. ``sc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
@@ -19,9 +20,10 @@ DEMO_TEST_SEED = 90210
 
 DEMO_ARCH = "shiftaudit.models.demo:demo_cnn"
 WIDTHS = (16, 32, 64)
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]  # nn.Conv2d's padding_mode
 
 
-def _stage(c_in: int, c_out: int, padding_mode: str) -> list[nn.Module]:
+def _stage(c_in: int, c_out: int, padding_mode: PaddingMode) -> list[nn.Module]:
     return [
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False, padding_mode=padding_mode),
         nn.BatchNorm2d(c_out),
@@ -33,7 +35,7 @@ def _stage(c_in: int, c_out: int, padding_mode: str) -> list[nn.Module]:
     ]
 
 
-def demo_cnn(num_classes: int = 10, padding_mode: str = "circular") -> nn.Module:
+def demo_cnn(num_classes: int = 10, padding_mode: PaddingMode = "circular") -> nn.Module:
     """Three stages of (conv-BN-ReLU) x 2 + MaxPool2d(2), then global average pooling and a linear classifier.
 
     Convs pad circularly, as in the paper's experiments ("we use circular shifting and convolution"): under circular

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from shiftaudit.atomicio import atomic_path
-from shiftaudit.result import AuditResult
 from shiftaudit.report.plotting import plt
+from shiftaudit.result import AuditResult
 
 DPI = 100
 ADVERSARIAL_SIZE = (7.0, 4.2)
@@ -43,11 +45,11 @@ def _short_name(result: AuditResult) -> str:
     return str(name).rsplit(":", 1)[-1]
 
 
-def _figure(size: tuple[float, float], ncols: int = 1, nrows: int = 1, **kw: Any) -> tuple[Any, Any]:
+def _figure(size: tuple[float, float], ncols: int = 1, nrows: int = 1, **kw: Any) -> tuple[Figure, np.ndarray]:
     return plt.subplots(nrows, ncols, figsize=size, dpi=DPI, layout="constrained", squeeze=False, **kw)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     """PNG at exactly figsize * DPI pixels, written atomically."""
     try:
         with atomic_path(path, suffix=".png") as tmp:
@@ -106,9 +108,9 @@ def plot_variation_distribution(runs: Runs, path: str | Path, title: str | None 
     """Histogram over images of the std of P(correct class) across shifts, on log-spaced bins; one line per run."""
     series = []
     for name, res in _runs(runs):
-        values = [v for v in res.per_image.get("variation", []) if v is not None]
-        if values:
-            series.append((name, np.asarray(values, dtype=float), res.variation))
+        kept = [v for v in res.per_image.get("variation", []) if v is not None]
+        if kept:
+            series.append((name, np.asarray(kept, dtype=float), res.variation))
     if not series:
         return None
     fig, axes = _figure(VARIATION_SIZE)
@@ -121,7 +123,9 @@ def plot_variation_distribution(runs: Runs, path: str | Path, title: str | None 
         counts, _ = np.histogram(clipped, bins=bins)
         share = 100 * counts / max(1, values.size)
         label = f"{name} (mean {mean:.4f})" if mean is not None else name
-        ax.stairs(share, bins, color=colour, linewidth=1.6, label=label, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0)
+        ax.stairs(
+            share, bins, color=colour, linewidth=1.6, label=label, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0
+        )
         if mean is not None and mean > 0:
             ax.axvline(mean, color=colour, linestyle="--", linewidth=1)
         n_zero = int((values < VARIATION_FLOOR).sum())
@@ -286,9 +290,9 @@ def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None =
     series = []
     for name, res in _runs(runs):
         key = "exact_consistency" if res.per_image.get("exact_consistency") else "sampled_agreement"
-        values = [v for v in res.per_image.get(key, []) if v is not None]
-        if values:
-            series.append((name, np.asarray(values, dtype=float), key))
+        kept = [v for v in res.per_image.get(key, []) if v is not None]
+        if kept:
+            series.append((name, np.asarray(kept, dtype=float), key))
     if not series:
         return None
     fig, axes = _figure(CONSISTENCY_SIZE)
@@ -301,7 +305,11 @@ def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None =
                   label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)")
     exact = series[0][2] == "exact_consistency"
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("Per-image consistency (" + ("share of shift pairs with the same prediction" if exact else "share of sampled pairs that agree") + ")")
+    ax.set_xlabel(
+        "Per-image consistency ("
+        + ("share of shift pairs with the same prediction" if exact else "share of sampled pairs that agree")
+        + ")"
+    )
     ax.set_ylabel("Share of images [%]")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
@@ -337,7 +345,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
     return img, np.roll(img, (int(dh), int(dw)), axis=(0, 1))
 
 
-def _flip_curves(ax: Any, grid: np.ndarray, dh: list[int], dw: list[int], ylabel: str = "P(correct)") -> None:
+def _flip_curves(ax: Axes, grid: np.ndarray, dh: list[int], dw: list[int], ylabel: str = "P(correct)") -> None:
     if 0 in dh:
         ax.plot(dw, grid[dh.index(0)], color="black", linewidth=1.3, label="horizontal (dh=0)")
     common = [s for s in dw if s in dh]

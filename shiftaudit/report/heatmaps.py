@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.layers import colour_scale
-from shiftaudit.report.plotting import new_figure, plt, save_png
+from shiftaudit.report.plotting import plt, save_png
 
 
 def _grid(layer: dict[str, Any], kind: str) -> np.ndarray:
@@ -27,7 +27,9 @@ def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "e
     n = len(entries)
     cols = min(6, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 2.1 * rows + 0.5), dpi=100, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.0 * cols + 0.8, 2.1 * rows + 0.5), dpi=100, squeeze=False, layout="constrained"
+    )
     cmap = plt.get_cmap("turbo")
     image = None
     extent = (dw[0] - 0.5, dw[-1] + 0.5, dh[-1] + 0.5, dh[0] - 0.5)
@@ -49,4 +51,4 @@ def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "e
     return save_png(fig, path)
 
 
-__all__ = ["plot_layer_heatmaps", "new_figure"]
+__all__ = ["plot_layer_heatmaps"]

@@ -10,10 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-NUMBER, NUMBER_OR_NULL, INTEGER, STRING, BOOLEAN, OBJECT, NULL = "number", "number or null", "integer", "string", "true/false", "object", "null"
+NUMBER, NUMBER_OR_NULL, INTEGER, STRING, BOOLEAN, OBJECT, NULL = (
+    "number",
+    "number or null",
+    "integer",
+    "string",
+    "true/false",
+    "object",
+    "null",
+)
 
 _STAT = {"value": NUMBER_OR_NULL, "ci_low": NUMBER_OR_NULL, "ci_high": NUMBER_OR_NULL, "n": NUMBER_OR_NULL}
-_SUMMARY = {"mean": NUMBER_OR_NULL, "median": NUMBER_OR_NULL, "ci_low": NUMBER_OR_NULL, "ci_high": NUMBER_OR_NULL, "n": NUMBER_OR_NULL}
+_SUMMARY = {
+    "mean": NUMBER_OR_NULL,
+    "median": NUMBER_OR_NULL,
+    "ci_low": NUMBER_OR_NULL,
+    "ci_high": NUMBER_OR_NULL,
+    "n": NUMBER_OR_NULL,
+}
 
 REPORT: dict[str, Any] = {
     "schema": STRING,
@@ -63,7 +77,9 @@ def _words(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true/false"
-    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _check(value: Any, spec: Any, where: str) -> str | None:
@@ -87,7 +103,8 @@ def _check(value: Any, spec: Any, where: str) -> str | None:
         return None
     kinds = spec if isinstance(spec, tuple) else (spec,)
     if not any(_is(value, k) for k in kinds):
-        return f"{where} is {_words(value)}, not {' or '.join(('an ' if k == OBJECT else 'a ' if k != NULL else '') + k for k in kinds)}"
+        wanted = " or ".join(("an " if k == OBJECT else "a " if k != NULL else "") + k for k in kinds)
+        return f"{where} is {_words(value)}, not {wanted}"
     return None
 
 
@@ -102,7 +119,9 @@ def _lengths(m: dict[str, Any]) -> str | None:
             return "metrics.adversarial has columns of different lengths"
     amap = m.get("accuracy_map")
     if amap:
-        if any(k not in amap for k in ("dh", "dw", "accuracy", "diagonal")) or any(k not in amap["diagonal"] for k in ("shift", "accuracy")):
+        if any(k not in amap for k in ("dh", "dw", "accuracy", "diagonal")) or any(
+            k not in amap["diagonal"] for k in ("shift", "accuracy")
+        ):
             return "metrics.accuracy_map lacks one of dh, dw, accuracy, diagonal.shift, diagonal.accuracy"
         dh, dw, grid = amap["dh"], amap["dw"], amap["accuracy"]
         if not dh or not dw or len(grid) != len(dh) or any(len(row) != len(dw) for row in grid):
