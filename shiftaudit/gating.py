@@ -108,7 +108,9 @@ def build_thresholds(
     return out
 
 
-def validate_thresholds(thresholds: list[Threshold], *, labelled: bool, exhaustive: bool, radii: list[int] | list[float] | None) -> None:
+def validate_thresholds(
+    thresholds: list[Threshold], *, labelled: bool, exhaustive: bool, radii: list[int] | list[float] | None
+) -> None:
     """Refuse, before any work, a threshold the planned run cannot measure.
 
     ``radii``: the radii of the planned adversarial curve (the distinct radii of the shift set). A gate at a radius
@@ -127,14 +129,17 @@ def validate_thresholds(thresholds: list[Threshold], *, labelled: bool, exhausti
 def unevaluated_radius_message(t: Threshold, radii: list[int] | list[float]) -> str:
     """One sentence: the radius asked for is not in the shift set, and which evaluated radii are nearest."""
     top = max(radii)
-    if t.radius is not None and t.radius > top:
+    assert t.radius is not None  # only radius thresholds have a radius to miss
+    if t.radius > top:
         return f"{t.flag} asks for radius {t.radius} but the shift set only reaches {top:g}; raise --max-shift."
     below = max((r for r in radii if r < t.radius), default=None)
     above = min((r for r in radii if r > t.radius), default=None)
     nearest = " or ".join(f"{r:g}" for r in (below, above) if r is not None)
     listed = ", ".join(f"{r:g}" for r in radii)
-    return (f"{t.flag} asks for radius {t.radius}, which the shift set does not evaluate (its radii are {listed}); "
-            f"gate on the nearest evaluated radius ({nearest}) or pass --shift-step 1.")
+    return (
+        f"{t.flag} asks for radius {t.radius}, which the shift set does not evaluate (its radii are {listed}); "
+        f"gate on the nearest evaluated radius ({nearest}) or pass --shift-step 1."
+    )
 
 
 @dataclass(frozen=True)
@@ -221,11 +226,14 @@ def gate(result: AuditResult, thresholds: Mapping[str, Any] | Iterable[Threshold
     if isinstance(thresholds, Mapping):
         unknown = set(thresholds) - {"min_consistency", "min_accuracy", "max_variation", "min_adv_accuracy"}
         if unknown:
-            raise UsageError(f"Unknown thresholds {', '.join(sorted(unknown))}; use min_consistency, min_accuracy, "
-                             "max_variation or min_adv_accuracy.")
+            raise UsageError(
+                f"Unknown thresholds {', '.join(sorted(unknown))}; use min_consistency, min_accuracy, "
+                "max_variation or min_adv_accuracy."
+            )
         adv = thresholds.get("min_adv_accuracy")
         if isinstance(adv, Mapping):
             adv = [f"{r}={v}" for r, v in adv.items()]
-        thresholds = build_thresholds(thresholds.get("min_consistency"), thresholds.get("min_accuracy"),
-                                      thresholds.get("max_variation"), adv)
+        thresholds = build_thresholds(
+            thresholds.get("min_consistency"), thresholds.get("min_accuracy"), thresholds.get("max_variation"), adv
+        )
     return evaluate_gate(result, list(thresholds))

@@ -38,10 +38,15 @@ class PatchLatency:
         return latency_too_noisy(self.baseline, self.patched)
 
     def to_json(self) -> dict[str, Any]:
-        return {"baseline": self.baseline.median, "patched": self.patched.median, "input_shape": list(self.input_shape),
-                "device": self.device, "repeats": self.baseline.repeats,
-                "spread": {"baseline": self.baseline.to_json(), "patched": self.patched.to_json()},
-                "noise_exceeds_difference": self.too_noisy}
+        return {
+            "baseline": self.baseline.median,
+            "patched": self.patched.median,
+            "input_shape": list(self.input_shape),
+            "device": self.device,
+            "repeats": self.baseline.repeats,
+            "spread": {"baseline": self.baseline.to_json(), "patched": self.patched.to_json()},
+            "noise_exceeds_difference": self.too_noisy,
+        }
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,11 @@ class PatchReport:
         report: dict[str, Any] = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": self.model, **self.patch.to_json()}
         if self.recalibration is not None:
             report["recalibrated_images"] = self.recalibration.images
-            report["recalibration"] = {**self.recalibration.to_json(), "data": self.calibration_data, "seed": self.calibration_seed}
+            report["recalibration"] = {
+                **self.recalibration.to_json(),
+                "data": self.calibration_data,
+                "seed": self.calibration_seed,
+            }
         if self.distillation is not None:
             report["distill"] = {**self.distillation.to_json(), "data": self.distill_data}
         if self.agreement is not None:
@@ -103,8 +112,16 @@ class PatchReport:
         return report
 
 
-def compare_patch(original: nn.Module, patch: PatchResult, before: AuditResult, after: AuditResult, *,
-                  input_shape: tuple[int, ...], device: Any = "cpu", baseline_recalibrated: AuditResult | None = None) -> PatchComparison:
+def compare_patch(
+    original: nn.Module,
+    patch: PatchResult,
+    before: AuditResult,
+    after: AuditResult,
+    *,
+    input_shape: tuple[int, ...],
+    device: Any = "cpu",
+    baseline_recalibrated: AuditResult | None = None,
+) -> PatchComparison:
     """Put the two audits side by side and time both models on ``input_shape``: the before/after comparison."""
     baseline, patched = compare_latency_stats([original, patch.model], input_shape, device=device)
     latency = PatchLatency(baseline, patched, tuple(input_shape), str(device))

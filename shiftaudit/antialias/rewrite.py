@@ -116,13 +116,11 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def plan_patch(model: nn.Module, inspection: Any = None, config: PatchConfig | None = None) -> list[PatchStep]:
+def plan_patch(model: nn.Module, config: PatchConfig | None = None) -> list[PatchStep]:
     """Every strided conv/pool of ``model`` and the policy's decision for it (nothing is changed).
 
-    ``inspection`` (from :func:`shiftaudit.antialias.inspection.inspect_model`) is accepted for symmetry with ``inspect``
-    but not needed: the decisions depend on the modules only, so a saved patch spec rebuilds the same model.
+    The decisions depend on the modules only (no forward pass), so a saved patch spec rebuilds the same model.
     """
-    del inspection
     cfg = config or PatchConfig()
     if isinstance(model, torch.jit.ScriptModule):
         raise UsageError("A TorchScript archive cannot be patched: load the weights as a state dict or safetensors with --arch.")

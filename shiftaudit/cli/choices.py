@@ -4,17 +4,29 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-from shiftaudit.antialias.methods import patch_method_names
 from shiftaudit.shifts.modes import shift_mode_names
 
 
-def _registered(name: str, names: tuple[str, ...]) -> type[Enum]:
+def _registered(name: str, names: tuple[str, ...]) -> Any:
     """An enum of what a registry holds when the CLI starts (built-in and plug-in shift modes, patch methods)."""
-    return Enum(name, {n: n for n in names}, type=str)  # type: ignore[return-value]
+    return Enum(name, {n: n for n in names}, type=str)
 
 
-ShiftMode = _registered("ShiftMode", shift_mode_names())
+if TYPE_CHECKING:  # the built-in members, for type checkers; at run time the registry's (plug-ins included)
+
+    class ShiftMode(str, Enum):
+        circular = "circular"
+        crop = "crop"
+        subpixel = "subpixel"
+
+    class PatchMethod(str, Enum):
+        blurpool = "blurpool"
+        aps = "aps"
+
+else:
+    ShiftMode = _registered("ShiftMode", shift_mode_names())
 
 
 class Mode(str, Enum):
@@ -40,9 +52,6 @@ class DataKind(str, Enum):
 class Preset(str, Enum):
     imagenet = "imagenet"
     cifar = "cifar"
-
-
-PatchMethod = _registered("PatchMethod", patch_method_names())
 
 
 class Pad(str, Enum):

@@ -16,7 +16,16 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from shiftaudit.errors import AuditInterrupted, OutputError, ShiftAuditError, Terminated, UsageError, failure_text, first_line, one_line
+from shiftaudit.errors import (
+    AuditInterrupted,
+    OutputError,
+    ShiftAuditError,
+    Terminated,
+    UsageError,
+    failure_text,
+    first_line,
+    one_line,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,10 +88,14 @@ def handle_errors(fn: F) -> F:
                 say_error(resource)
                 raise typer.Exit(2) from None
             first = first_line(exc, "")
-            say_error(f"internal error ({type(exc).__name__}: {first}); rerun with SHIFTAUDIT_DEBUG=1 for the traceback and report it.")
+            say_error(
+                f"internal error ({type(exc).__name__}: {first}); rerun with SHIFTAUDIT_DEBUG=1 for the traceback and report it."
+            )
             raise typer.Exit(3) from None
         except BaseException as exc:  # SystemExit, GeneratorExit, ... from the model's code or a library it calls
-            say_error(f"the model's code (or a library it calls) stopped the run: {failure_text(exc)}; that is a failure, not a pass.")
+            say_error(
+                f"the model's code (or a library it calls) stopped the run: {failure_text(exc)}; that is a failure, not a pass."
+            )
             raise typer.Exit(2) from None
         finally:
             console.stderr = False  # undo json_to_stdout
@@ -135,7 +148,8 @@ def sigterm_as_interrupt() -> Any:
 def _out_of_memory_message(exc: BaseException) -> str | None:
     """Running out of memory is a resource limit the user can change, not a bug: say which knob to turn."""
     if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
-        return "The GPU ran out of memory outside the batched forward passes; free the GPU, pass a smaller --batch-size, or use --device cpu."
+        return ("The GPU ran out of memory outside the batched forward passes; free the GPU, pass a smaller --batch-size, or "
+                "use --device cpu.")
     if isinstance(exc, MemoryError):
         return "The machine ran out of memory; pass a smaller --batch-size or --limit, or close other programs."
     return None
@@ -156,8 +170,9 @@ def _terminated(exc: BaseException) -> bool:
     return isinstance(exc, Terminated) or bool(getattr(exc, "terminated", False))
 
 
-def check_output_path(path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False,
-                      names: tuple[str, ...] = ()) -> None:
+def check_output_path(
+    path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False, names: tuple[str, ...] = ()
+) -> None:
     """Refuse, before any work, an output location that cannot be written.
 
     An audit must not run for an hour and then fail to save. Nothing is created: the destination must be a regular
@@ -173,7 +188,9 @@ def check_output_path(path: Path | None, flag: str, *, folder: bool = False, std
     p = Path(path)  # as the writers will use it: a quoted '~' is a folder named '~', as for any other tool
     if folder:
         if str(p) == "-":
-            raise OutputError(f"{flag} - would create a folder named '-'; only --json takes '-' (standard output), give a folder path.")
+            raise OutputError(
+                f"{flag} - would create a folder named '-'; only --json takes '-' (standard output), give a folder path."
+            )
         if os.path.lexists(p) and not p.is_dir():  # a symlink to a folder is a folder: nothing is replaced
             raise OutputError(f"{flag} {p} is {node_kind(p) or 'a file'}, not a folder; choose another output location.")
         for name in names:
@@ -193,8 +210,12 @@ def check_output_path(path: Path | None, flag: str, *, folder: bool = False, std
         raise OutputError(f"{flag} {p} cannot be written ({why}); choose another output location.") from None
 
 
-def check_outputs(files: dict[str, Path | None], folders: dict[str, tuple[Path | None, tuple[str, ...]]] | None = None,
-                  stdout: tuple[str, ...] = ("--json",), inputs: list[Path | None] | None = None) -> None:
+def check_outputs(
+    files: dict[str, Path | None],
+    folders: dict[str, tuple[Path | None, tuple[str, ...]]] | None = None,
+    stdout: tuple[str, ...] = ("--json",),
+    inputs: list[Path | None] | None = None,
+) -> None:
     """Check every output of a command before any work: each one (:func:`check_output_path`), that no two of them
     name the same file, where one would silently replace the other, and that none replaces one of the command's
     ``inputs`` (a checkpoint or report it reads). ``folders``: flag -> (folder, its file names)."""
@@ -215,7 +236,9 @@ def check_outputs(files: dict[str, Path | None], folders: dict[str, tuple[Path |
         seen.setdefault(key, flag)
     for source in inputs or []:
         if source is not None and _file_key(Path(source)) in seen:
-            raise UsageError(f"{seen[_file_key(Path(source))]} {source} would replace an input of this command; give the output another name.")
+            raise UsageError(
+                f"{seen[_file_key(Path(source))]} {source} would replace an input of this command; give the output another name."
+            )
 
 
 def _file_key(path: Path) -> str:

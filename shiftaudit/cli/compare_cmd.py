@@ -13,21 +13,36 @@ from typing import Annotated, Any
 import typer
 
 from shiftaudit.antialias.report import SCHEMA as PATCH_SCHEMA
+from shiftaudit.cli import app
+from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
 from shiftaudit.errors import UsageError
 from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
 from shiftaudit.limits import is_int
 from shiftaudit.report.schema import report_problem
 from shiftaudit.result import SCHEMA, SCHEMA_VERSION, AuditResult
-from shiftaudit.cli import app
-from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
 
 COMPARISON_SCHEMA = "shiftaudit/comparison"
 DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
 
-FilesArg = Annotated[list[Path], typer.Argument(help="JSON reports written by `eval --json` or `demo --json` on the same data, or `patch --eval --json` reports (each gives its baseline and patched runs); two runs at least.", show_default=False)]
-NamesOpt = Annotated[str | None, typer.Option("--names", help="Comma-separated column names, one per report (default: the file names).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the combined pictures (adversarial curve, variation, accuracy over shifts).")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON ('-' for stdout).")]
+FilesArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="JSON reports written by `eval --json` or `demo --json` on the same data, or `patch --eval --json` reports (each "
+             "gives its baseline and patched runs); two runs at least.",
+        show_default=False,
+    ),
+]
+NamesOpt = Annotated[
+    str | None, typer.Option("--names", help="Comma-separated column names, one per report (default: the file names).")
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Folder for the combined pictures (adversarial curve, variation, accuracy over shifts)."),
+]
+JsonOpt = Annotated[
+    Path | None,
+    typer.Option("--json", help="Write the comparison (values, intervals, changes, significance) as JSON ('-' for stdout)."),
+]
 PICTURES = ("adversarial.png", "variation.png", "accuracy_map.png")
 
 
@@ -59,10 +74,15 @@ def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
     if isinstance(raw, dict) and raw.get("schema") == PATCH_SCHEMA:
         version = raw.get("schema_version")
         if not is_int(version) or version > 1:
-            raise UsageError(f"{path} uses patch report schema version {_short(version)}, newer than this shiftaudit reads (1); upgrade shiftaudit.")
+            raise UsageError(
+                f"{path} uses patch report schema version {_short(version)}, newer than this shiftaudit reads (1); upgrade "
+                "shiftaudit."
+            )
         runs = [(suffix, _audit(raw[key], path)) for key, suffix in PATCH_RUNS if isinstance(raw.get(key), dict)]
         if not runs:
-            raise UsageError(f"{path} is a patch report without audits; write one with `shiftaudit patch ... --eval --json FILE`.")
+            raise UsageError(
+                f"{path} is a patch report without audits; write one with `shiftaudit patch ... --eval --json FILE`."
+            )
         return list(runs)
     return [(None, _audit(raw, path))]
 
@@ -75,7 +95,10 @@ def _audit(raw: Any, path: Path) -> AuditResult:
     if not is_int(version) or version < 1:
         raise UsageError(f"{path} is not a shiftaudit audit report (its schema_version is {_short(version)}); {not_ours}.")
     if version > SCHEMA_VERSION:
-        raise UsageError(f"{path} uses report schema version {version!r}, newer than this shiftaudit reads ({SCHEMA_VERSION}); upgrade shiftaudit.")
+        raise UsageError(
+            f"{path} uses report schema version {version!r}, newer than this shiftaudit reads ({SCHEMA_VERSION}); upgrade "
+            "shiftaudit."
+        )
     problem = report_problem(raw)
     if problem:
         raise UsageError(f"{path} is not a well-formed shiftaudit audit report ({problem}); {not_ours}.")
@@ -104,10 +127,14 @@ def check_same_data(runs: list[tuple[str, AuditResult]]) -> list[str]:
         for key in DATA_FIELDS:
             a, b = first.data.get(key), res.data.get(key)
             if a != b:
-                raise UsageError(f"{name} ran on different data than {name0} ({key}: {b!r} vs {a!r}); compare only runs on the same images.")
+                raise UsageError(
+                    f"{name} ran on different data than {name0} ({key}: {b!r} vs {a!r}); compare only runs on the same images."
+                )
         ids_a, ids_b = first.per_image.get("image_id"), res.per_image.get("image_id")
         if ids_a is not None and ids_b is not None and ids_a != ids_b:
-            raise UsageError(f"{name} evaluated other images than {name0} (per-image ids differ); compare only runs on the same images.")
+            raise UsageError(
+                f"{name} evaluated other images than {name0} (per-image ids differ); compare only runs on the same images."
+            )
         mode_a, mode_b = _shift_mode(first), _shift_mode(res)
         if mode_a != mode_b:
             raise UsageError(
@@ -120,7 +147,10 @@ def check_same_data(runs: list[tuple[str, AuditResult]]) -> list[str]:
                 "variation and accuracy over shifts depend on the set, so compare them with care"
             )
         if res.settings.get("mode") != first.settings.get("mode"):
-            notes.append(f"{name} ran in {res.settings.get('mode')} mode, {name0} in {first.settings.get('mode')} mode: some rows exist for one run only")
+            notes.append(
+                f"{name} ran in {res.settings.get('mode')} mode, {name0} in {first.settings.get('mode')} mode: some rows "
+                "exist for one run only"
+            )
         if res.data.get("preprocessing") != first.data.get("preprocessing"):
             notes.append(f"{name} preprocessed the images differently from {name0}")
     return notes
@@ -148,7 +178,8 @@ def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], note
                 "values": row.values,
                 "ci_low": row.ci_low,
                 "ci_high": row.ci_high,
-                "change": [None] + [None if row.delta(i) is None else row.delta(i) / (100.0 if row.percent else 1.0) for i in range(1, len(runs))],
+                "change": [None]
+                + [None if row.delta(i) is None else row.delta(i) / (100.0 if row.percent else 1.0) for i in range(1, len(runs))],
                 "significant": [None] + [row.significant(i) for i in range(1, len(runs))],
             }
         )
@@ -191,10 +222,19 @@ def compare_command(
             runs.append((label if suffix is None else f"{label} ({suffix})", res))
             paths.append(path)
     if len(runs) < 2:
-        raise UsageError("compare needs at least two runs, e.g. shiftaudit compare baseline.json patched.json, or one `patch --eval --json` report.")
+        raise UsageError(
+            "compare needs at least two runs, e.g. shiftaudit compare baseline.json patched.json, or one `patch --eval "
+            "--json` report."
+        )
     notes = check_same_data(runs)
     first = runs[0][1]
-    console.print(comparison_table(runs, title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}", width=console.width))
+    console.print(
+        comparison_table(
+            runs,
+            title=f"Comparison on {first.data.get('description', 'the same data')}; {describe_shifts(first)}",
+            width=console.width,
+        )
+    )
     for note in notes:
         console.print(f"note: {note}", style="dim", soft_wrap=True)
     written: list[Path | None] = []

@@ -6,19 +6,19 @@ from typing import Annotated, Any
 
 import typer
 
-from shiftaudit.result import AuditResult
 from shiftaudit.cli import app
 from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
 from shiftaudit.cli.options import DeviceOpt, JsonOpt, OutOpt, QuietOpt
 from shiftaudit.cli.running import report_result
+from shiftaudit.result import AuditResult
 
 
 def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:
     import torch
 
     from shiftaudit.data import load_data
-    from shiftaudit.models.demo import DEMO_TEST_SEED
     from shiftaudit.data.synthetic import make_synthetic
+    from shiftaudit.models.demo import DEMO_TEST_SEED
 
     seed = DEMO_TEST_SEED if seed is None else seed
     images, labels, names = make_synthetic(n, seed=seed)
@@ -56,9 +56,25 @@ def explain(result: AuditResult) -> list[str]:
 @handle_errors
 def demo_command(
     images: Annotated[int, typer.Option("--images", "-n", min=1, help="How many synthetic test images to audit.")] = 256,
-    max_shift: Annotated[int, typer.Option("--max-shift", min=0, max=16, help="Largest shift in px (16 = all 32x32 shifts, the paper's protocol).")] = 16,
-    patch_filter: Annotated[str | None, typer.Option("--patch", help="Also anti-alias the demo model with this filter (e.g. tri3), re-estimate its BatchNorm statistics on other synthetic images, and compare.")] = None,
-    compare_antialiased: Annotated[bool, typer.Option("--compare-antialiased", help="Also audit the shipped demo model trained WITH blur-before-subsampling (same data, seed and schedule) and compare it with the baseline (and with --patch, if given).")] = False,
+    max_shift: Annotated[
+        int, typer.Option("--max-shift", min=0, max=16, help="Largest shift in px (16 = all 32x32 shifts, the paper's protocol).")
+    ] = 16,
+    patch_filter: Annotated[
+        str | None,
+        typer.Option(
+            "--patch",
+            help="Also anti-alias the demo model with this filter (e.g. tri3), re-estimate its BatchNorm statistics on other "
+                 "synthetic images, and compare.",
+        ),
+    ] = None,
+    compare_antialiased: Annotated[
+        bool,
+        typer.Option(
+            "--compare-antialiased",
+            help="Also audit the shipped demo model trained WITH blur-before-subsampling (same data, seed and schedule) and "
+                 "compare it with the baseline (and with --patch, if given).",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = None,
     out: OutOpt = None,
@@ -66,12 +82,12 @@ def demo_command(
 ) -> None:
     """Audit the built-in demo model (a small circularly padded CNN trained without shift augmentation) on built-in
     synthetic images, at every circular shift."""
+    from shiftaudit.antialias import PatchConfig
+    from shiftaudit.cli.progress import RichProgress
     from shiftaudit.engine.runner import audit
     from shiftaudit.loading import load_model
     from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
-    from shiftaudit.antialias import PatchConfig
     from shiftaudit.report.outputs import report_files
-    from shiftaudit.cli.progress import RichProgress
 
     # everything that can be refused is refused before the first audit, and the outputs are written once every
     # audit is done: a run writes all its outputs or none
@@ -81,7 +97,9 @@ def demo_command(
     loaded = load_model(demo_checkpoint_path())
     dataset = demo_dataset(images, loaded.preprocessing)
     result = audit(loaded, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
-    result.model["description"] = "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
+    result.model["description"] = (
+        "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
+    )
     result.model["source"] = "built-in demo.safetensors"
     columns: list[tuple[str, AuditResult]] = [("Baseline", result)]
     if config is not None:
@@ -92,10 +110,17 @@ def demo_command(
         patched = patch_model(loaded.model, config)
         calibration = demo_dataset(512, loaded.preprocessing, seed=DEMO_TRAIN_SEED)
         recalibrate_batchnorm(patched.model, calibration, num_images=512)
-        after = audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset,
-                      max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
+        after = audit(
+            dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec),
+            dataset,
+            max_shift=max_shift,
+            device=device,
+            progress=RichProgress(enabled=not quiet),
+        )
         f = patched.config.filter
-        columns.append((f"Patched post hoc ({f}, new BN stats)" if compare_antialiased else f"Patched ({f}, BN re-estimated)", after))
+        columns.append(
+            (f"Patched post hoc ({f}, new BN stats)" if compare_antialiased else f"Patched ({f}, BN re-estimated)", after)
+        )
     if compare_antialiased:
         trained = load_model(demo_aa_checkpoint_path())
         aa_filter = (trained.patch_spec or {}).get("filter", "blur")
@@ -110,11 +135,17 @@ def demo_command(
     if len(columns) > 1:
         from shiftaudit.report.terminal import comparison_table, describe_shifts
 
-        console.print(comparison_table(columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}", width=console.width))
+        console.print(
+            comparison_table(
+                columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}", width=console.width
+            )
+        )
         console.print()
     if not quiet:
-        console.print("Next: `shiftaudit demo --compare-antialiased` compares a model trained with anti-aliasing "
-                      "(blur before subsampling); `shiftaudit demo --patch tri3` patches this one after training; "
-                      "`shiftaudit inspect MODEL` shows where a network downsamples; `shiftaudit eval MODEL --data DIR` "
-                      "audits your own model.")
+        console.print(
+            "Next: `shiftaudit demo --compare-antialiased` compares a model trained with anti-aliasing "
+            "(blur before subsampling); `shiftaudit demo --patch tri3` patches this one after training; "
+            "`shiftaudit inspect MODEL` shows where a network downsamples; `shiftaudit eval MODEL --data DIR` "
+            "audits your own model."
+        )
     raise typer.Exit(code)

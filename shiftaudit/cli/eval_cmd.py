@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -43,21 +43,55 @@ from shiftaudit.cli.options import (
     TrustPickleOpt,
     WorkersOpt,
 )
-from shiftaudit.cli.running import plan_eval, show_plan, report_result, run_eval
+from shiftaudit.cli.running import plan_eval, report_result, run_eval, show_plan
 from shiftaudit.engine.distributed import finish as finish_distributed
 from shiftaudit.engine.distributed import is_main_process
 from shiftaudit.errors import UsageError
 from shiftaudit.gating import build_thresholds
 from shiftaudit.report.outputs import report_files
 
-LayersOpt = Annotated[str | None, typer.Option("--layers", help="Also measure per-layer shift-equivariance: auto (Fig. 4's layers), all, or comma-separated module names; writes layers.png to --out.")]
-MinConsOpt = Annotated[float | None, typer.Option("--min-consistency", help="Gate: fail (exit 1) when consistency is below this fraction.")]
-MinAccOpt = Annotated[float | None, typer.Option("--min-accuracy", help="Gate: fail when accuracy without shift is below this fraction.")]
-MaxVarOpt = Annotated[float | None, typer.Option("--max-variation", help="Gate: fail when mean classification variation is above this.")]
-JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write the gate as JUnit XML (one testcase per threshold) for CI test reports; needs at least one threshold.")]
-NoPolyphaseOpt = Annotated[bool, typer.Option("--no-polyphase", help="Never use the polyphase (shift-and-stitch) engine, which evaluates every circular shift at once for circular-padded nets.")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="Run the model through torch.compile (falls back to eager if compiling fails).")]
-MinAdvOpt = Annotated[list[str] | None, typer.Option("--min-adv-accuracy", help="Gate: RADIUS=FRACTION, fail when adversarial accuracy at that max shift is below it (repeatable).")]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layers",
+        help="Also measure per-layer shift-equivariance: auto (Fig. 4's layers), all, or comma-separated module names; writes "
+             "layers.png to --out.",
+    ),
+]
+MinConsOpt = Annotated[
+    float | None, typer.Option("--min-consistency", help="Gate: fail (exit 1) when consistency is below this fraction.")
+]
+MinAccOpt = Annotated[
+    float | None, typer.Option("--min-accuracy", help="Gate: fail when accuracy without shift is below this fraction.")
+]
+MaxVarOpt = Annotated[
+    float | None, typer.Option("--max-variation", help="Gate: fail when mean classification variation is above this.")
+]
+JunitOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--junit",
+        help="Write the gate as JUnit XML (one testcase per threshold) for CI test reports; needs at least one threshold.",
+    ),
+]
+NoPolyphaseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-polyphase",
+        help="Never use the polyphase (shift-and-stitch) engine, which evaluates every circular shift at once for "
+             "circular-padded nets.",
+    ),
+]
+CompileOpt = Annotated[
+    bool, typer.Option("--compile", help="Run the model through torch.compile (falls back to eager if compiling fails).")
+]
+MinAdvOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--min-adv-accuracy",
+        help="Gate: RADIUS=FRACTION, fail when adversarial accuracy at that max shift is below it (repeatable).",
+    ),
+]
 
 
 @app.command("eval")
@@ -100,8 +134,22 @@ def eval_command(
     junit: JunitOpt = None,
     no_polyphase: NoPolyphaseOpt = False,
     compile_model: CompileOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and show the audit plan (shift set, mode, metrics, engine, batch geometry, forward passes) without running it; --json writes the plan.")] = False,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Save the audit's progress to this file as it goes; if it exists, continue from it (same final JSON as an uninterrupted run). Deleted once the report is written.")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check everything and show the audit plan (shift set, mode, metrics, engine, batch geometry, forward passes) "
+                 "without running it; --json writes the plan.",
+        ),
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Save the audit's progress to this file as it goes; if it exists, continue from it (same final JSON as an "
+                 "uninterrupted run). Deleted once the report is written.",
+        ),
+    ] = None,
 ) -> None:
     """Audit MODEL on --data under shifts (circular by default; --shift-mode crop or subpixel): accuracy, consistency,
     variation, adversarial curve, accuracy map.
@@ -113,8 +161,13 @@ def eval_command(
     if junit is not None and not thresholds:
         raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
     if data is None:
-        raise UsageError("eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no files.")
-    check_outputs({"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, report_files())}, inputs=[model, data])
+        raise UsageError(
+            "eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no "
+            "files."
+        )
+    check_outputs(
+        {"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, report_files())}, inputs=[model, data]
+    )
     json_to_stdout(json_out)
     if resume is not None:
         from shiftaudit.engine.resume import check_resume_path
@@ -122,15 +175,41 @@ def eval_command(
         check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     dataset = load_dataset_from_cli(
-        loaded, data, preset=value(preset), size=size, resize=resize, mean=mean, std=std, data_kind=data_kind.value,
-        class_map=class_map, limit=limit, seed=seed, strict=strict, raw=raw, shift_mode=shift_mode.value, max_shift=max_shift,
+        loaded,
+        data,
+        preset=value(preset),
+        size=size,
+        resize=resize,
+        mean=mean,
+        std=std,
+        data_kind=data_kind.value,
+        class_map=class_map,
+        limit=limit,
+        seed=seed,
+        strict=strict,
+        raw=raw,
+        shift_mode=shift_mode.value,
+        max_shift=max_shift,
     )
     if resume is not None and resume.exists() and not quiet:
         console.print(Text(f"resuming the audit saved in {resume}", style="dim"))
-    settings = dict(thresholds=thresholds, max_shift=max_shift, shift_step=shift_step, mode=mode.value, pairs=pairs,
-                    seed=seed, device=device, precision=precision.value, batch_size=batch_size, workers=workers,
-                    layers=layers, polyphase=False if no_polyphase else None, compile_model=compile_model,
-                    resume=resume, shift_mode=shift_mode.value)
+    settings: dict[str, Any] = dict(
+        thresholds=thresholds,
+        max_shift=max_shift,
+        shift_step=shift_step,
+        mode=mode.value,
+        pairs=pairs,
+        seed=seed,
+        device=device,
+        precision=precision.value,
+        batch_size=batch_size,
+        workers=workers,
+        layers=layers,
+        polyphase=False if no_polyphase else None,
+        compile_model=compile_model,
+        resume=resume,
+        shift_mode=shift_mode.value,
+    )
     if dry_run:
         show_plan(plan_eval(loaded, dataset, **settings).plan, json_out)
         raise typer.Exit(0)

@@ -14,7 +14,9 @@ def filters_command() -> None:
     """List every blur filter by name, with its Table 1 weights and the normalised ones actually used."""
     from shiftaudit.antialias.filters import list_filters
 
-    t = Table(title="Blur filters (Zhang, Table 1); 2-D filter = outer product", title_justify="left", show_edge=False, pad_edge=False)
+    t = Table(
+        title="Blur filters (Zhang, Table 1); 2-D filter = outer product", title_justify="left", show_edge=False, pad_edge=False
+    )
     for col in ("Name", "Family", "Taps", "Weights", "Normalised", "Nyquist gain"):
         t.add_column(col)
     for f in list_filters():

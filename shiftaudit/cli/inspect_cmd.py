@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from shiftaudit.atomicio import write_json_atomic
 from shiftaudit.antialias.inspection import inspect_model
-from shiftaudit.report.terminal import inspection_table
+from shiftaudit.atomicio import write_json_atomic
 from shiftaudit.cli import app
 from shiftaudit.cli.choices import value
 from shiftaudit.cli.common import check_outputs, console, handle_errors
 from shiftaudit.cli.loading import load_model_from_cli, resolve_cli_preprocessing
 from shiftaudit.cli.options import ArchKwargsOpt, ArchOpt, ModelArg, NumClassesOpt, PresetOpt, SizeOpt, TrustPickleOpt
+from shiftaudit.report.terminal import inspection_table
 
 
-def loading_table(loaded) -> Table:  # type: ignore[no-untyped-def]
+def loading_table(loaded) -> Table:
     t = Table(title="Checkpoint", title_justify="left", show_header=False, show_edge=False, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -30,7 +30,9 @@ def loading_table(loaded) -> Table:  # type: ignore[no-untyped-def]
 
     row("File", str(loaded.source))
     row("Format", loaded.format)
-    row("Architecture", f"{loaded.arch or 'n/a'}" + (f"  ({loaded.arch_source})" if loaded.arch_source not in ("", "n/a") else ""))
+    row(
+        "Architecture", f"{loaded.arch or 'n/a'}" + (f"  ({loaded.arch_source})" if loaded.arch_source not in ("", "n/a") else "")
+    )
     row("Classes", str(loaded.num_classes) if loaded.num_classes is not None else "unknown")
     row("Parameters", f"{loaded.parameter_count:,}")
     if loaded.preprocessing is not None:
@@ -43,21 +45,22 @@ def loading_table(loaded) -> Table:  # type: ignore[no-untyped-def]
     return t
 
 
-def patch_summary(spec: dict) -> str:  # type: ignore[type-arg]
+def patch_summary(spec: dict[str, Any]) -> str:
     """The patch spec in words, whole (a wrapped cell, never JSON cut mid-string): `--json` has the exact spec."""
-    if not isinstance(spec, dict):
-        return json.dumps(spec)
     parts = [str(spec.get("method", "?"))]
     parts += [f"{key} {spec[key]}" for key in ("filter", "pad") if key in spec]
-    parts += [f"{key}={json.dumps(spec[key])}" for key in spec
-              if key not in ("version", "method", "filter", "pad", "patched", "mode") and spec[key] not in ([], None)]
+    parts += [
+        f"{key}={json.dumps(spec[key])}"
+        for key in spec
+        if key not in ("version", "method", "filter", "pad", "patched", "mode") and spec[key] not in ([], None)
+    ]
     patched = spec.get("patched")
     if isinstance(patched, list):
         parts.append(f"{len(patched)} layer{'s' if len(patched) != 1 else ''}: {', '.join(map(str, patched))}")
     return "; ".join(parts)
 
 
-def inspection_report(loaded, insp) -> dict:  # type: ignore[no-untyped-def]
+def inspection_report(loaded, insp) -> dict:
     return {
         "schema": "shiftaudit/inspect-report",
         "schema_version": 1,
@@ -86,7 +89,9 @@ def inspect_command(
     trust_pickle: TrustPickleOpt = False,
     size: SizeOpt = None,
     preset: PresetOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the inspection as JSON to this path ('-' for stdout).")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the inspection as JSON to this path ('-' for stdout).")
+    ] = None,
 ) -> None:
     """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
     check_outputs({"--json": json_out}, inputs=[model])
@@ -110,16 +115,20 @@ def inspect_command(
             f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."
         )
         if insp.main_path_stride != insp.total_stride:
-            console.print(Text(
-                f"note: the listed strides multiply to {insp.main_path_stride}, not the total stride {insp.total_stride}: "
-                "some downsampling happens where no layer shows it (a functional call inside a forward method).", style="yellow"),
-                soft_wrap=True)
+            console.print(
+                Text(
+                    f"note: the listed strides multiply to {insp.main_path_stride}, not the total stride {insp.total_stride}: "
+                    "some downsampling happens where no layer shows it (a functional call inside a forward method).",
+                    style="yellow",
+                ),
+                soft_wrap=True,
+            )
     if json_out is not None:
         write_json_atomic(json_out, report)
         console.print(Text(f"wrote {json_out}"))
 
 
-def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+def _patch_column(model, insp) -> dict[str, dict[str, str]]:
     """What ``shiftaudit patch`` would do at each point, when the patching module is available."""
     try:
         from shiftaudit.antialias import plan_patch
@@ -132,12 +141,12 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:  # type: ignore[no-
 
         plan = patch_model(model).steps
     except Exception:  # noqa: BLE001 - the plan alone still says what would change
-        plan = plan_patch(model, insp)
+        plan = plan_patch(model)
     tv = conv_total_variation(model)
     return {"Patch": {step.name: step.action for step in plan}, "TV": {n: f"{v:.3f}" for n, v in tv.items()}}
 
 
-def _total_variation(model) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _total_variation(model) -> dict[str, float]:
     """Normalised TV of every spatial conv's filters (Fig. 7: lower is smoother)."""
     from shiftaudit.antialias import conv_total_variation
 

@@ -20,8 +20,9 @@ def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     return values
 
 
-def load_model_from_cli(model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool,
-                        arch_kwargs: str | None = None) -> Any:
+def load_model_from_cli(
+    model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool, arch_kwargs: str | None = None
+) -> Any:
     from shiftaudit.loading import load_model
     from shiftaudit.loading.architectures import parse_arch_kwargs
 
@@ -46,9 +47,24 @@ def _looks_like_cifar(path: Path) -> bool:
     return (path / "cifar-10-batches-py").is_dir() or path.name == "cifar-10-batches-py"
 
 
-def load_dataset_from_cli(loaded: Any, data: Path, *, preset: str | None, size: int | None, resize: int | None,
-                          mean: str | None, std: str | None, data_kind: str, class_map: str | None, limit: int | None,
-                          seed: int, strict: bool, raw: bool, shift_mode: str = "circular", max_shift: int | None = None) -> Any:
+def load_dataset_from_cli(
+    loaded: Any,
+    data: Path,
+    *,
+    preset: str | None,
+    size: int | None,
+    resize: int | None,
+    mean: str | None,
+    std: str | None,
+    data_kind: str,
+    class_map: str | None,
+    limit: int | None,
+    seed: int,
+    strict: bool,
+    raw: bool,
+    shift_mode: str = "circular",
+    max_shift: int | None = None,
+) -> Any:
     """The audit data as the flags describe it; in crop mode each image is a canvas --max-shift px larger per side."""
     from shiftaudit.data import load_data
     from shiftaudit.shifts.modes import get_shift_mode

@@ -9,16 +9,59 @@ import typer
 
 from shiftaudit.cli.choices import DataKind, Mode, Precision, Preset, ShiftMode
 
-ModelArg = Annotated[Path, typer.Argument(help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, TorchScript archive, or (with --trust-pickle) a pickled model.", show_default=False)]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture: a torchvision name (resnet18), timm:NAME, or package.module:factory. Identified from the weights when omitted.")]
-ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help='Keyword arguments for the architecture builder, as a JSON object: \'{"model_name": "efficientnet-lite0"}\'. Stored in a patched model\'s metadata.')]
-NumClassesOpt = Annotated[int | None, typer.Option("--num-classes", min=1, help="Number of classes of the classifier (inferred from the weights when omitted).")]
-TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled model. Pickles run code: only for files you trust.")]
+ModelArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, TorchScript archive, or (with --trust-pickle) a pickled model.",
+        show_default=False,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture: a torchvision name (resnet18), timm:NAME, or package.module:factory. Identified from the weights "
+             "when omitted.",
+    ),
+]
+ArchKwargsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch-kwargs",
+        help='Keyword arguments for the architecture builder, as a JSON object: \'{"model_name": "efficientnet-lite0"}\'. '
+             'Stored in a patched model\'s metadata.',
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option("--num-classes", min=1, help="Number of classes of the classifier (inferred from the weights when omitted)."),
+]
+TrustPickleOpt = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled model. Pickles run code: only for files you trust.")
+]
 
-DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, or .npz/.pt tensor file.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", "-d", help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, or .npz/.pt tensor file."
+    ),
+]
 DataKindOpt = Annotated[DataKind, typer.Option("--data-kind", help="What --data holds; auto tells it from the files.")]
-ClassMapOpt = Annotated[str | None, typer.Option("--class-map", help="Map folder names to the model's class indices: imagenet (the built-in ImageNet-1k index: WordNet-id or class-name folders) or a JSON file.")]
-PresetOpt = Annotated[Preset | None, typer.Option("--preset", help="Preprocessing: imagenet (resize 256, crop 224) or cifar (32x32). Default: the checkpoint's own, else imagenet.")]
+ClassMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--class-map",
+        help="Map folder names to the model's class indices: imagenet (the built-in ImageNet-1k index: WordNet-id or "
+             "class-name folders) or a JSON file.",
+    ),
+]
+PresetOpt = Annotated[
+    Preset | None,
+    typer.Option(
+        "--preset",
+        help="Preprocessing: imagenet (resize 256, crop 224) or cifar (32x32). Default: the checkpoint's own, else imagenet.",
+    ),
+]
 SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Input size (square) the images are cropped to.")]
 ResizeOpt = Annotated[int | None, typer.Option("--resize", min=1, help="Resize the shorter side to this before the centre crop.")]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean, comma-separated.")]
@@ -29,15 +72,45 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the subset and th
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help="Image-decoding worker processes.")]
 
-MaxShiftOpt = Annotated[int | None, typer.Option("--max-shift", min=0, help="Largest shift in px (default: half the image size up to 64 px images, else 16).")]
-ShiftStepOpt = Annotated[float | None, typer.Option("--shift-step", min=0.0, help="Evaluate shifts on a grid with this step (default 1 for small images, 4 for large); fractional (0.5, 0.25) with --shift-mode subpixel (default 0.5).")]
-ShiftModeOpt = Annotated[ShiftMode, typer.Option("--shift-mode", help="circular (roll, Eq. 4), crop (crops of a canvas resized and centre-cropped --max-shift px larger per side: the published ImageNet protocol; nothing wraps) or subpixel (Fourier phase shifts, fractional --shift-step).")]
-ModeOpt = Annotated[Mode, typer.Option("--mode", help="auto, exhaustive (every shift of the set) or sampled (zero, one random shift and --pairs pairs per image).")]
+MaxShiftOpt = Annotated[
+    int | None,
+    typer.Option("--max-shift", min=0, help="Largest shift in px (default: half the image size up to 64 px images, else 16)."),
+]
+ShiftStepOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--shift-step",
+        min=0.0,
+        help="Evaluate shifts on a grid with this step (default 1 for small images, 4 for large); fractional (0.5, 0.25) with "
+             "--shift-mode subpixel (default 0.5).",
+    ),
+]
+ShiftModeOpt = Annotated[
+    ShiftMode,
+    typer.Option(
+        "--shift-mode",
+        help="circular (roll, Eq. 4), crop (crops of a canvas resized and centre-cropped --max-shift px larger per side: the "
+             "published ImageNet protocol; nothing wraps) or subpixel (Fourier phase shifts, fractional --shift-step).",
+    ),
+]
+ModeOpt = Annotated[
+    Mode,
+    typer.Option(
+        "--mode",
+        help="auto, exhaustive (every shift of the set) or sampled (zero, one random shift and --pairs pairs per image).",
+    ),
+]
 PairsOpt = Annotated[int, typer.Option("--pairs", min=1, help="Random shift pairs per image for sampled consistency.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Autocast precision; fp16 needs CUDA.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images x shifts per forward pass (default depends on device and image size).")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Images x shifts per forward pass (default depends on device and image size)."),
+]
 
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the JSON report to this path ('-' for stdout; the table then goes to stderr).")]
+JsonOpt = Annotated[
+    Path | None,
+    typer.Option("--json", help="Write the JSON report to this path ('-' for stdout; the table then goes to stderr)."),
+]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Report folder: report.json plus pictures and HTML.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar; only the verdict and errors.")]

@@ -19,18 +19,27 @@ def steps_table(result: PatchResult) -> Table:
     for col in ("Layer", "Kind", "Rule", "Decision"):
         t.add_column(col)
     for s in result.steps:
-        t.add_row(*(Text(c) for c in (s.name, s.kind, s.rule if s.patched else "-", s.action)), style=None if s.patched else "dim")
+        t.add_row(
+            *(Text(c) for c in (s.name, s.kind, s.rule if s.patched else "-", s.action)), style=None if s.patched else "dim"
+        )
     return t
 
 
 def latency_table(latency: PatchLatency) -> Table:
     """Median and IQR (:class:`~shiftaudit.antialias.LatencyStats`) of baseline and patched, and the overhead."""
     shape, b, a = latency.input_shape, latency.baseline, latency.patched
-    t = Table(title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {latency.device} (median and IQR over {b.repeats} runs)",
-              title_justify="left", show_edge=False, pad_edge=False)
+    t = Table(
+        title=f"Forward latency, batch {shape[0]} of {shape[2]}x{shape[3]} on {latency.device} (median and IQR over "
+              f"{b.repeats} runs)",
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
     for col in ("Baseline", "Patched", "Overhead"):
         t.add_column(col, justify="right", no_wrap=True)
-    t.add_row(f"{sig(b.median)} ms (IQR {sig(b.iqr)})", f"{sig(a.median)} ms (IQR {sig(a.iqr)})", f"{100 * latency.overhead:+.1f} %")
+    t.add_row(
+        f"{sig(b.median)} ms (IQR {sig(b.iqr)})", f"{sig(a.median)} ms (IQR {sig(a.iqr)})", f"{100 * latency.overhead:+.1f} %"
+    )
     return t
 
 
@@ -38,8 +47,10 @@ def latency_warning(latency: PatchLatency) -> str | None:
     if not latency.too_noisy:
         return None
     b, a = latency.baseline, latency.patched
-    return (f"warning: latency noise exceeds the difference (IQR {sig(b.iqr)} and {sig(a.iqr)} ms, medians "
-            f"{sig(b.median)} and {sig(a.median)} ms): the overhead is not measurable on this machine now; rerun on a quiet machine.")
+    return (
+        f"warning: latency noise exceeds the difference (IQR {sig(b.iqr)} and {sig(a.iqr)} ms, medians "
+        f"{sig(b.median)} and {sig(a.median)} ms): the overhead is not measurable on this machine now; rerun on a quiet machine."
+    )
 
 
 def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
@@ -47,17 +58,24 @@ def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
     from shiftaudit.loading.architectures import kind_of
 
     if fmt == "torchscript":
-        return f"wrote {output} (torchscript); `shiftaudit eval {output} --data ...` runs it with no other flags (a black box: no inspection)"
+        return (f"wrote {output} (torchscript); `shiftaudit eval {output} --data ...` runs it with no other flags (a black "
+                "box: no inspection)")
     if arch and kind_of(arch) == "factory":
         module = arch.partition(":")[0]
         if module != "shiftaudit" and not module.startswith("shiftaudit."):
             top = module.split(".")[0]
-            where = (f"the package {top} is installed here: install it wherever you evaluate the file" if _installed(top)
-                     else f"the module {module} must be importable: run from its folder or set PYTHONPATH")
-            return (f"wrote {output} (safetensors); rebuild it with `shiftaudit eval {output} --arch {arch} --data ...` "
-                    f"({where}; its arguments, the patch and the preprocessing are stored in the file)")
+            where = (
+                f"the package {top} is installed here: install it wherever you evaluate the file"
+                if _installed(top)
+                else f"the module {module} must be importable: run from its folder or set PYTHONPATH"
+            )
+            return (
+                f"wrote {output} (safetensors); rebuild it with `shiftaudit eval {output} --arch {arch} --data ...` "
+                f"({where}; its arguments, the patch and the preprocessing are stored in the file)"
+            )
     if arch and kind_of(arch) == "timm":
-        return f"wrote {output} (safetensors); `shiftaudit eval {output} --data ...` rebuilds it with no other flags (timm must be installed)"
+        return (f"wrote {output} (safetensors); `shiftaudit eval {output} --data ...` rebuilds it with no other flags (timm "
+                "must be installed)")
     return f"wrote {output} ({fmt}); `shiftaudit eval {output} --data ...` rebuilds it with no other flags"
 
 

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
-from shiftaudit.report.terminal import sig
 from shiftaudit.cli.common import err_console
+from shiftaudit.report.terminal import sig
 
 
 class RichProgress:
@@ -99,8 +107,7 @@ class PlainLines:
         rate = self.done / elapsed if elapsed > 0 else None
         share = f" ({100 * self.done // self.total} %)" if self.total else ""
         left = f", about {sig((self.total - self.done) / rate)} s left" if rate and self.done < self.total else ""
-        line = (f"{self.description}: {self.done}/{self.total} images{share}, {sig(rate)} images/s, "
-                f"{sig(elapsed)} s elapsed{left}")
+        line = f"{self.description}: {self.done}/{self.total} images{share}, {sig(rate)} images/s, {sig(elapsed)} s elapsed{left}"
         err_console.print(Text(line), soft_wrap=True, highlight=False)
         self.last = now
         self.printed += 1

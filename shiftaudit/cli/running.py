@@ -38,10 +38,23 @@ def plan_eval(
 ) -> PreparedAudit:
     """The flags as an AuditConfig, planned: every check (the gate's thresholds against the shift set included) is
     done before any image goes through the model."""
-    config = AuditConfig(max_shift=max_shift, shift_step=shift_step, mode=mode, shift_mode=shift_mode, pairs=pairs,
-                         seed=seed, device=device, precision=precision, batch_size=batch_size, num_workers=workers,
-                         layers=layers, polyphase=polyphase, compile=compile_model, resume=resume,
-                         thresholds=tuple(thresholds))
+    config = AuditConfig(
+        max_shift=max_shift,
+        shift_step=shift_step,
+        mode=mode,
+        shift_mode=shift_mode,
+        pairs=pairs,
+        seed=seed,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        num_workers=workers,
+        layers=layers,
+        polyphase=polyphase,
+        compile=compile_model,
+        resume=resume,
+        thresholds=tuple(thresholds),
+    )
     return plan_audit(config, loaded, dataset)
 
 
@@ -50,8 +63,9 @@ def run_eval(loaded: Any, dataset: Any, *, quiet: bool, **settings: Any) -> Any:
     return run_plan(plan_eval(loaded, dataset, **settings), RichProgress(enabled=not quiet))
 
 
-def write_outputs(result: Any, *, json_out: Path | None, out: Path | None, junit: Path | None = None,
-                  dataset: Any = None) -> list[Path]:
+def write_outputs(
+    result: Any, *, json_out: Path | None, out: Path | None, junit: Path | None = None, dataset: Any = None
+) -> list[Path]:
     """Write every output of the run, all of them or none (a full disk at the last picture leaves no new report
     beside old pictures); returns the files written, for the "wrote ..." lines."""
     from shiftaudit.atomicio import all_or_nothing
@@ -87,8 +101,11 @@ def report_result(
                 console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
         t = result.timing
         if t:
-            console.print(f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
-                          f"{sig(t['forwards_per_s'])} forward passes/s)", style="dim")
+            console.print(
+                f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
+                f"{sig(t['forwards_per_s'])} forward passes/s)",
+                style="dim",
+            )
     for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
         if note.startswith(LABEL_MISMATCH):
             err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
@@ -120,19 +137,27 @@ def show_plan(plan: Any, json_out: Path | None) -> None:
 
     if json_out is not None:
         write_json_atomic(json_out, {"schema": PLAN_SCHEMA, "schema_version": 1, "plan": plan.to_json()})
-    t = Table(title="Audit plan (dry run: nothing was run)", title_justify="left", show_edge=False, pad_edge=False,
-              show_header=False)
+    t = Table(
+        title="Audit plan (dry run: nothing was run)", title_justify="left", show_edge=False, pad_edge=False, show_header=False
+    )
     t.add_column("", style="bold")
     t.add_column("", overflow="fold")
     rows = [
         ("shifts", f"{plan.shifts.describe()}; border: {plan.shifts.padding}"),
         ("mode", f"{plan.mode}, {plan.pairs} random pairs per image, seed {plan.seed}"),
-        ("images", f"{plan.num_images} at {plan.input_size[0]}x{plan.input_size[1]}"
-                   + (f" (canvas margin {plan.canvas_margin} px)" if plan.canvas_margin else "")),
+        (
+            "images",
+            f"{plan.num_images} at {plan.input_size[0]}x{plan.input_size[1]}"
+            + (f" (canvas margin {plan.canvas_margin} px)" if plan.canvas_margin else ""),
+        ),
         ("metrics", ", ".join(plan.metrics)),
         ("engine", plan.strategy + (" (torch.compile)" if plan.compiled else "")),
         ("device", f"{plan.device}, {plan.precision}" + (", channels_last" if plan.channels_last else "")),
-        ("batches", f"{plan.device_batch} rows per forward pass, {plan.image_batch} image{'' if plan.image_batch == 1 else 's'} per batch"),
+        (
+            "batches",
+            f"{plan.device_batch} rows per forward pass, {plan.image_batch} image{'' if plan.image_batch == 1 else 's'} per "
+            "batch",
+        ),
         ("forward rows", f"{plan.forward_rows:,} ({plan.slots_per_image} per image)"),
     ]
     for key, text in rows:

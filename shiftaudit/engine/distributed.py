@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from shiftaudit.metrics.base import Metric, reduce_states
 from shiftaudit.errors import UsageError, first_line
+from shiftaudit.metrics.base import Metric, reduce_states
 
 
 @dataclass(frozen=True)

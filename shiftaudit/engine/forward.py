@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftaudit.errors import DataError, ModelError, failure_text, first_line
 from shiftaudit.engine.observers import Observer
+from shiftaudit.errors import DataError, ModelError, failure_text, first_line
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -64,8 +64,15 @@ def model_exits_fail(what: str) -> Iterator[None]:
 class BatchedForward:
     """Runs the model on flattened (image, shift) batches with AMP, channels_last and CUDA out-of-memory back-off."""
 
-    def __init__(self, model: nn.Module, device: torch.device, precision: str, batch: int, channels_last: bool,
-                 eager: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precision: str,
+        batch: int,
+        channels_last: bool,
+        eager: nn.Module | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.batch = batch
@@ -143,8 +150,9 @@ class BatchedForward:
             start = stop
         return preds, p_label, p_top, finite
 
-    def _logits(self, make_inputs: Callable[[slice], torch.Tensor], sl: slice, n_rows: int,
-                observers: tuple[Observer, ...]) -> torch.Tensor:
+    def _logits(
+        self, make_inputs: Callable[[slice], torch.Tensor], sl: slice, n_rows: int, observers: tuple[Observer, ...]
+    ) -> torch.Tensor:
         """One chunk of inputs through the model, observers watching; a failing model is a ModelError (CUDA out of
         memory passes through, for the caller to halve the batch)."""
         x = None

@@ -18,8 +18,10 @@ class Observer(Protocol):
 
     The engine calls ``attach`` once, ``begin_batch`` with the flattened (image slot, shift index) layout of each
     image batch, then per device chunk ``begin_chunk``/``on_inputs``/``on_logits``/``end_chunk`` (or ``abort_chunk``
-    when the chunk is retried after running out of memory), and ``detach`` at the end.
+    when the chunk is retried after running out of memory), and ``detach`` at the end. ``name``: its report key.
     """
+
+    name: str
 
     def attach(self, model: nn.Module) -> None: ...
 

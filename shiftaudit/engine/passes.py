@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from shiftaudit.engine.forward import BatchedForward
-from shiftaudit.metrics import ShiftBatch
 from shiftaudit.engine.observers import Observer
+from shiftaudit.metrics import ShiftBatch
 from shiftaudit.rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
 from shiftaudit.shifts.modes import make_bank
 from shiftaudit.shifts.modes.circular import ShiftBank
@@ -38,10 +38,21 @@ class DrawPlan:
         return flat.reshape(len(image_ids), self.pairs, 2)
 
 
-def full_batch(forward: BatchedForward, x: torch.Tensor, lab_dev: torch.Tensor | None, labels: torch.Tensor,
-               ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int,
-               dh_all: torch.Tensor, dw_all: torch.Tensor, observers: list[Observer],
-               polyphase: bool) -> tuple[ShiftBatch | None, int]:
+def full_batch(
+    forward: BatchedForward,
+    x: torch.Tensor,
+    lab_dev: torch.Tensor | None,
+    labels: torch.Tensor,
+    ids_np: np.ndarray,
+    shifts: ShiftSet,
+    exhaustive: bool,
+    plan: DrawPlan,
+    pairs: int,
+    dh_all: torch.Tensor,
+    dw_all: torch.Tensor,
+    observers: list[Observer],
+    polyphase: bool,
+) -> tuple[ShiftBatch | None, int]:
     """Every planned (image, shift) pair of a batch through the model: the batch for the metrics, nonfinite count."""
     dev = x.device
     b = x.shape[0]
@@ -99,9 +110,17 @@ def full_batch(forward: BatchedForward, x: torch.Tensor, lab_dev: torch.Tensor |
     ), bad
 
 
-def early_exit_batch(forward: BatchedForward, x: torch.Tensor, lab_dev: torch.Tensor, labels: np.ndarray,
-                     ids_np: np.ndarray, shifts: ShiftSet, dh_all: torch.Tensor, dw_all: torch.Tensor,
-                     pairs: int) -> tuple[ShiftBatch | None, int]:
+def early_exit_batch(
+    forward: BatchedForward,
+    x: torch.Tensor,
+    lab_dev: torch.Tensor,
+    labels: np.ndarray,
+    ids_np: np.ndarray,
+    shifts: ShiftSet,
+    dh_all: torch.Tensor,
+    dw_all: torch.Tensor,
+    pairs: int,
+) -> tuple[ShiftBatch | None, int]:
     """Shifts in order of growing radius; an image leaves the batch at its first misclassified shift.
 
     The set is ordered by radius, so the first wrong column of a chunk is a smallest-radius failure and earlier

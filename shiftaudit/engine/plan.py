@@ -225,15 +225,29 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         model = model.to(memory_format=torch.channels_last)
     device_batch = config.batch_size or default_device_batch(dev, size)
     check_batch_bytes(device_batch, int(getattr(dataset, "channels", 3)), size)
-    strategy, forward = _plan_strategy(config, model, dataset, shifts, exhaustive, labelled, metrics, observers,
-                                       dev, device_batch, use_cl, notes)
+    strategy, forward = _plan_strategy(
+        config, model, dataset, shifts, exhaustive, labelled, metrics, observers, dev, device_batch, use_cl, notes
+    )
     slots = len(shifts) if exhaustive else 2 + 2 * config.pairs
     plan = AuditPlan(
-        shifts=shifts, exhaustive=exhaustive, input_size=size, canvas_margin=margin, num_images=len(dataset),
-        labelled=labelled, metrics=tuple(m.name for m in metrics), strategy=strategy, compiled=bool(config.compile),
-        device=dev.type, channels_last=bool(use_cl), precision=config.precision, device_batch=device_batch,
-        image_batch=_image_batch(strategy, device_batch, forward, slots), slots_per_image=slots, pairs=config.pairs,
-        seed=config.seed, notes=tuple(notes),
+        shifts=shifts,
+        exhaustive=exhaustive,
+        input_size=size,
+        canvas_margin=margin,
+        num_images=len(dataset),
+        labelled=labelled,
+        metrics=tuple(m.name for m in metrics),
+        strategy=strategy,
+        compiled=bool(config.compile),
+        device=dev.type,
+        channels_last=bool(use_cl),
+        precision=config.precision,
+        device_batch=device_batch,
+        image_batch=_image_batch(strategy, device_batch, forward, slots),
+        slots_per_image=slots,
+        pairs=config.pairs,
+        seed=config.seed,
+        notes=tuple(notes),
     )
     return PreparedAudit(plan, config, model, forward, dataset, metrics, observers, info, dev, dist, notes)
 
@@ -242,10 +256,19 @@ def _plan_geometry(config: AuditConfig, dataset: Any, notes: list[str]) -> tuple
     """The shift set, exhaustive or not, the model input size and the crop canvas margin."""
     size, margin = input_geometry(dataset, check_shift_mode(config.shift_mode), config.shifts, config.max_shift, notes)
     max_shift = margin if config.max_shift is None and margin else config.max_shift
-    shifts, exhaustive = plan_shifts(size, shifts=config.shifts, max_shift=max_shift, shift_step=config.shift_step,
-                                     mode=config.mode, shift_mode=config.shift_mode)
+    shifts, exhaustive = plan_shifts(
+        size,
+        shifts=config.shifts,
+        max_shift=max_shift,
+        shift_step=config.shift_step,
+        mode=config.mode,
+        shift_mode=config.shift_mode,
+    )
     if not get_shift_mode(config.shift_mode).rolls and (config.layers or config.observers):
-        raise UsageError(f"Per-layer distances compare circularly shifted feature maps; --layers needs --shift-mode circular, not {config.shift_mode}.")
+        raise UsageError(
+            "Per-layer distances compare circularly shifted feature maps; --layers needs --shift-mode circular, not "
+            f"{config.shift_mode}."
+        )
     if config.mode == "auto" and not exhaustive:
         notes.append(
             f"{len(shifts)} shifts is too many to evaluate exhaustively: sampled mode (zero, one random shift and "
@@ -257,7 +280,10 @@ def _plan_geometry(config: AuditConfig, dataset: Any, notes: list[str]) -> tuple
 
 def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaustive: bool, notes: list[str]) -> list[Metric]:
     if not labelled:
-        notes.append("unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 probability, and flip examples against the zero-shift prediction in exhaustive runs)")
+        notes.append(
+            "unlabelled data: only the label-free metrics are reported (consistency, flip rate, change of the top-1 "
+            "probability, and flip examples against the zero-shift prediction in exhaustive runs)"
+        )
     if config.metrics is not None:
         metrics = list(config.metrics)
     else:
@@ -277,22 +303,36 @@ def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shi
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
 
 
-def _plan_observers(config: AuditConfig, model: nn.Module, dataset: Any, shifts: ShiftSet, size: tuple[int, int],
-                    exhaustive: bool) -> list[Observer]:
+def _plan_observers(
+    config: AuditConfig, model: nn.Module, dataset: Any, shifts: ShiftSet, size: tuple[int, int], exhaustive: bool
+) -> list[Observer]:
     observers: list[Observer] = list(config.observers)
     if config.layers:
         from shiftaudit.metrics.layers import FeatureDistance, select_layers
 
         if not exhaustive:
-            raise UsageError("Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set.")
+            raise UsageError(
+                "Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set."
+            )
         layers = config.layers if isinstance(config.layers, str) else list(config.layers)
         observers.append(FeatureDistance(select_layers(model, layers, size, getattr(dataset, "channels", 3)), shifts))
     return observers
 
 
-def _plan_strategy(config: AuditConfig, model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: bool,
-                   labelled: bool, metrics: list[Metric], observers: list[Observer], dev: torch.device,
-                   device_batch: int, use_cl: bool, notes: list[str]) -> tuple[str, BatchedForward]:
+def _plan_strategy(
+    config: AuditConfig,
+    model: nn.Module,
+    dataset: Any,
+    shifts: ShiftSet,
+    exhaustive: bool,
+    labelled: bool,
+    metrics: list[Metric],
+    observers: list[Observer],
+    dev: torch.device,
+    device_batch: int,
+    use_cl: bool,
+    notes: list[str],
+) -> tuple[str, BatchedForward]:
     """Dense, polyphase or early exit (each falls back to dense with a note), optionally compiled; and the forward
     runner for it."""
     strategy, runner = "dense", model
@@ -300,8 +340,9 @@ def _plan_strategy(config: AuditConfig, model: nn.Module, dataset: Any, shifts: 
     if not circular and (config.polyphase or config.early_exit):
         notes.append(f"polyphase engine and adversary early exit work on circular shifts only: not used in {shifts.mode} mode")
     if config.polyphase is not False and circular:
-        strategy, runner = try_polyphase(model, dataset, shifts, exhaustive, observers, config.polyphase, dev,
-                                         model_dtype(model), notes)
+        strategy, runner = try_polyphase(
+            model, dataset, shifts, exhaustive, observers, config.polyphase, dev, model_dtype(model), notes
+        )
     if strategy == "dense" and config.early_exit is not False and circular:
         strategy = early_exit_strategy(metrics, exhaustive, labelled, observers, config.early_exit, notes)
     eager = None

@@ -34,30 +34,101 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.errors import first_line
 from shiftaudit.antialias.aps import APSDown2d
+from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
+from shiftaudit.errors import first_line
 from shiftaudit.sizes import pair
 
 Signature = tuple[tuple[Any, ...], ...]  # per downsampling ("s", sh, sw); a final ("q", hf, wf) residual stack
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d,
-    nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
 )
 _VECTOR_MODULES: tuple[type[nn.Module], ...] = _POINTWISE_MODULES + (
-    nn.Linear, nn.BatchNorm1d, nn.LayerNorm, nn.Flatten, nn.Softmax, nn.LogSoftmax, nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.LayerNorm,
+    nn.Flatten,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.Conv2d,
 )
 _POINTWISE_FUNCS = {
-    F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.mish, F.elu, F.leaky_relu, F.hardswish, F.hardsigmoid, F.hardtanh,
-    F.dropout, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, torch.clamp, torch.neg, operator.neg,
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.elu,
+    F.leaky_relu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.dropout,
+    torch.sigmoid,
+    torch.tanh,
+    F.sigmoid,
+    F.tanh,
+    torch.clamp,
+    torch.neg,
+    operator.neg,
 }
-_BINARY_FUNCS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.truediv,
-                 torch.add, torch.mul, torch.sub, torch.div}
-_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "contiguous", "clone",
-                      "float", "double", "half", "bfloat16", "add", "add_", "mul", "mul_", "sub", "div"}
+_BINARY_FUNCS = {
+    operator.add,
+    operator.iadd,
+    operator.mul,
+    operator.imul,
+    operator.sub,
+    operator.truediv,
+    torch.add,
+    torch.mul,
+    torch.sub,
+    torch.div,
+}
+_POINTWISE_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "add",
+    "add_",
+    "mul",
+    "mul_",
+    "sub",
+    "div",
+}
 
 
 class PolyphaseUnsupported(Exception):
@@ -100,9 +171,18 @@ class _Tracer(fx.Tracer):
 
 def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
     """An ``nn.Conv2d`` with ``m``'s geometry that shares its weight and bias (the conv half of a conv+blur module)."""
-    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                     dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
-                     device="meta")
+    conv = nn.Conv2d(
+        m.in_channels,
+        m.out_channels,
+        m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=m.groups,
+        bias=m.bias is not None,
+        padding_mode=m.padding_mode,
+        device="meta",
+    )
     conv.weight = m.weight
     conv.bias = m.bias
     conv.train(m.training)
@@ -246,16 +326,27 @@ class _Analyser:
             return self.downsample(node, pair(m.stride))
         if isinstance(m, _CircularPool):
             pool = m.pool
-            if type(pool) not in (nn.MaxPool2d, nn.AvgPool2d) or pair(pool.stride) != (1, 1) or any(pair(pool.padding)) \
-                    or pool.ceil_mode or getattr(pool, "return_indices", False):
+            if (
+                type(pool) not in (nn.MaxPool2d, nn.AvgPool2d)
+                or pair(pool.stride) != (1, 1)
+                or any(pair(pool.padding))
+                or pool.ceil_mode
+                or getattr(pool, "return_indices", False)
+            ):
                 raise self.fail(node, "the dense pool of a PoolBlur2d is not a plain stride-1 pool")
             return self.downsample(node, (1, 1))  # circular padding + stride-1 pool: circularly equivariant
         if isinstance(m, APSDown2d):
-            raise self.fail(node, "APSDown2d (adaptive polyphase sampling) picks its phase from the data, so its "
-                                  "output cannot be decomposed into fixed phases")
+            raise self.fail(
+                node,
+                "APSDown2d (adaptive polyphase sampling) picks its phase from the data, so its "
+                "output cannot be decomposed into fixed phases",
+            )
         if isinstance(m, PoolBlur2d):
-            why = "has forward hooks" if _has_hooks(m) else \
-                "pools without wrapping around the border (patch with pad='circular' or circular_conv=True)"
+            why = (
+                "has forward hooks"
+                if _has_hooks(m)
+                else "pools without wrapping around the border (patch with pad='circular' or circular_conv=True)"
+            )
             raise self.fail(node, f"PoolBlur2d {why}")
         if isinstance(m, (ConvThenBlur2d, BlurThenConv2d)):
             raise self.fail(node, f"{type(m).__name__} has forward hooks")
@@ -414,8 +505,9 @@ def phase_count(sig: Signature) -> int:
 class PolyphaseModel(nn.Module):
     """``forward(x)`` of ``b`` images gives ``(b * len(shifts), classes)`` logits: image-major, in shift-set order."""
 
-    def __init__(self, graph_module: fx.GraphModule, sig: Signature, size: tuple[int, int], dh: np.ndarray,
-                 dw: np.ndarray) -> None:
+    def __init__(
+        self, graph_module: fx.GraphModule, sig: Signature, size: tuple[int, int], dh: np.ndarray, dw: np.ndarray
+    ) -> None:
         super().__init__()
         self.inner = graph_module
         self.signature = sig
@@ -471,8 +563,7 @@ def _memory_factor(analyser: _Analyser) -> int:
     return max(1, -(-poly // dense))
 
 
-def probe(model: nn.Module, poly: PolyphaseModel, image: torch.Tensor, dh: np.ndarray, dw: np.ndarray,
-          count: int = 4) -> float:
+def probe(model: nn.Module, poly: PolyphaseModel, image: torch.Tensor, dh: np.ndarray, dw: np.ndarray, count: int = 4) -> float:
     """Largest relative logit difference between the polyphase rows and direct forwards of a few rolled copies."""
     k = len(dh)
     picks = sorted({0, k - 1, k // 2, max(0, k // 3)} | set(range(min(k, count))))

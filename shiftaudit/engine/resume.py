@@ -58,10 +58,12 @@ def _tensor_bytes(t: Any) -> memoryview:
 
 def _weights(model: nn.Module) -> str:
     """Every parameter and buffer: name, dtype, shape and bytes."""
+
     def chunks() -> Iterator[Any]:
         for name, t in sorted(model.state_dict().items()):
             if isinstance(t, torch.Tensor) and not t.is_meta:
                 yield from (name, t.dtype, tuple(t.shape), _tensor_bytes(t))
+
     return _digest(chunks())
 
 
@@ -72,6 +74,7 @@ def _data_content(dataset: Any) -> str:
     src = getattr(dataset, "source", None)
     files = getattr(src, "files", None)
     if files is not None:
+
         def stats() -> Iterator[Any]:
             for f in files:
                 try:
@@ -79,6 +82,7 @@ def _data_content(dataset: Any) -> str:
                     yield f"{f}|{st.st_size}|{st.st_mtime_ns}"
                 except OSError:
                     yield f"{f}|missing"
+
         return _digest(stats())
     images = getattr(src, "images", None)
     if isinstance(images, torch.Tensor):
@@ -86,8 +90,9 @@ def _data_content(dataset: Any) -> str:
     return _digest([type(getattr(src, "dataset", dataset)).__name__, len(dataset)])
 
 
-def fingerprint_parts(model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
-                      settings: dict[str, Any]) -> dict[str, str]:
+def fingerprint_parts(
+    model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet, settings: dict[str, Any]
+) -> dict[str, str]:
     """Everything that changes a number of the report, part by part, keyed by what the user would change.
 
     A resumed run adds its images to the saved accumulators, so any difference here would silently mix scores of two
@@ -102,21 +107,30 @@ def fingerprint_parts(model: nn.Module, info: dict[str, Any], dataset: Any, shif
     parts: dict[str, Any] = {
         "the shiftaudit version": __version__,
         "the model weights": _weights(model),
-        "the model (--arch, --num-classes or its patch)": {k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")},
+        "the model (--arch, --num-classes or its patch)": {
+            k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")
+        },
         "--data": [getattr(dataset, "description", ""), getattr(dataset, "kind", ""), len(dataset)],
         "the data's files or content (added, removed or rewritten)": _data_content(dataset),
         "the images chosen (--limit)": _digest([index.tobytes()]),
-        "the labels (--class-map)": [bool(getattr(dataset, "has_labels", False)),
-                                     _digest([np.asarray(labels, dtype=np.int64).tobytes()]) if labels is not None else None],
+        "the labels (--class-map)": [
+            bool(getattr(dataset, "has_labels", False)),
+            _digest([np.asarray(labels, dtype=np.int64).tobytes()]) if labels is not None else None,
+        ],
         "--preset": prep_json.get("name"),  # the report names it, so a continuation must not rename it
         "--size": prep_json.get("size"),
         "--resize": prep_json.get("resize"),
         "--mean": prep_json.get("mean"),
         "--std": prep_json.get("std"),
-        "the image or crop canvas size (--shift-mode crop, --max-shift)":
-            [list(getattr(dataset, "image_size", [])), getattr(dataset, "canvas_margin", None), getattr(dataset, "channels", None)],
-        "the shift set (--max-shift, --shift-step, --shift-mode)":
-            [shifts.to_json(), _digest([np.asarray(shifts.dh).tobytes(), np.asarray(shifts.dw).tobytes()])],
+        "the image or crop canvas size (--shift-mode crop, --max-shift)": [
+            list(getattr(dataset, "image_size", [])),
+            getattr(dataset, "canvas_margin", None),
+            getattr(dataset, "channels", None),
+        ],
+        "the shift set (--max-shift, --shift-step, --shift-mode)": [
+            shifts.to_json(),
+            _digest([np.asarray(shifts.dh).tobytes(), np.asarray(shifts.dw).tobytes()]),
+        ],
         **settings,
     }
     out = {}
@@ -146,10 +160,13 @@ def _changed(path: Path, saved: dict[str, Any], now: dict[str, str]) -> UsageErr
         what += " (directly or through --preset)"
     detail = ""
     old, new = saved.get(names[0]), now.get(names[0])
-    if len(names) == 1 and all(isinstance(v, str) and len(v) <= SHORT and "sha256:" not in v and v.isprintable() for v in (old, new)):
+    if len(names) == 1 and all(
+        isinstance(v, str) and len(v) <= SHORT and "sha256:" not in v and v.isprintable() for v in (old, new)
+    ):
         detail = f" (was {old}, now {new})"
-    return UsageError(f"Cannot resume: {what} changed since the run saved in {path}{detail}; delete that file or drop "
-                      "--resume to start over.")
+    return UsageError(
+        f"Cannot resume: {what} changed since the run saved in {path}{detail}; delete that file or drop --resume to start over."
+    )
 
 
 class ResumeState:
@@ -175,15 +192,19 @@ class ResumeState:
                 meta = json.loads(str(npz["__meta__"]))
                 arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-            raise UsageError(f"--resume file {self.path} is not a shiftaudit audit state (or is damaged); delete it to start over.") from None
+            raise UsageError(
+                f"--resume file {self.path} is not a shiftaudit audit state (or is damaged); delete it to start over."
+            ) from None
         if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION or not isinstance(meta.get("parts"), dict):
-            raise UsageError(f"--resume file {self.path} is not a shiftaudit audit state of this version; delete it to start over.")
+            raise UsageError(
+                f"--resume file {self.path} is not a shiftaudit audit state of this version; delete it to start over."
+            )
         changed = _changed(self.path, meta["parts"], self.parts)
         if changed is not None:
             raise changed
         for m in metric_list:
             prefix = f"{m.name}/"
-            m.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            m.load_state_dict({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
         self._done = [arrays.get("__done__", np.zeros(0, dtype=np.int64)).astype(np.int64)]
         flags = arrays.get("__flags__")
         if flags is not None and self.dataset is not None and len(flags) == len(self.dataset):
@@ -204,8 +225,16 @@ class ResumeState:
         todo[self.done_ids[self.done_ids < n]] = False
         return np.flatnonzero(todo).astype(np.int64)
 
-    def record(self, ids: np.ndarray, metric_list: list[Metric], *, images_done: int, nonfinite_images: int,
-               rows: int, force: bool = False) -> None:
+    def record(
+        self,
+        ids: np.ndarray,
+        metric_list: list[Metric],
+        *,
+        images_done: int,
+        nonfinite_images: int,
+        rows: int,
+        force: bool = False,
+    ) -> None:
         self._done.append(ids.astype(np.int64))
         self.counters = {"images_done": images_done, "nonfinite_images": nonfinite_images, "rows": rows}
         if force or time.monotonic() - self._last_save >= self.interval:
@@ -225,8 +254,17 @@ class ResumeState:
         self._last_save = time.monotonic()
 
 
-def resume_state(path: str | Path, model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet,
-                 settings: dict[str, Any], metric_list: list[Metric], observers: list[Observer], dist: Any) -> Any:
+def resume_state(
+    path: str | Path,
+    model: nn.Module,
+    info: dict[str, Any],
+    dataset: Any,
+    shifts: ShiftSet,
+    settings: dict[str, Any],
+    metric_list: list[Metric],
+    observers: list[Observer],
+    dist: Any,
+) -> Any:
     """The state file of a resumable run, with what it already holds loaded into the accumulators.
 
     ``settings``: the run's numeric settings keyed by the flag that sets them (see :func:`fingerprint_parts`).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,12 +122,27 @@ def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> Audit
 
 def _resume(prepared: PreparedAudit) -> ResumeState:
     plan, config = prepared.plan, prepared.config
-    numeric = {"--mode": plan.mode, "--pairs": config.pairs, "--seed": config.seed, "--precision": config.precision,
-               "--device": [plan.device, plan.channels_last], "--batch-size": plan.device_batch,
-               "the engine (--no-polyphase, --compile)": [plan.strategy, plan.compiled]}
+    numeric = {
+        "--mode": plan.mode,
+        "--pairs": config.pairs,
+        "--seed": config.seed,
+        "--precision": config.precision,
+        "--device": [plan.device, plan.channels_last],
+        "--batch-size": plan.device_batch,
+        "the engine (--no-polyphase, --compile)": [plan.strategy, plan.compiled],
+    }
     assert config.resume is not None
-    return resume_state(config.resume, prepared.model, prepared.info, prepared.dataset, plan.shifts, numeric,
-                        prepared.metrics, prepared.observers, prepared.dist)
+    return resume_state(
+        config.resume,
+        prepared.model,
+        prepared.info,
+        prepared.dataset,
+        plan.shifts,
+        numeric,
+        prepared.metrics,
+        prepared.observers,
+        prepared.dist,
+    )
 
 
 def _loader(prepared: PreparedAudit, state: ResumeState | None) -> tuple[Any, int]:
@@ -146,8 +160,9 @@ def _loader(prepared: PreparedAudit, state: ResumeState | None) -> tuple[Any, in
     return make_loader(dataset, batch_size=image_batch, num_workers=workers, pin_memory=pin), len(dataset)
 
 
-def _run_batches(prepared: PreparedAudit, loader: Any, state: ResumeState | None, counters: _Counters,
-                 progress: Progress | None) -> None:
+def _run_batches(
+    prepared: PreparedAudit, loader: Any, state: ResumeState | None, counters: _Counters, progress: Progress | None
+) -> None:
     plan, forward, dev = prepared.plan, prepared.forward, prepared.device
     shifts = plan.shifts
     off_dtype = torch.float64 if shifts.fractional else torch.long  # sub-pixel offsets are fractional
@@ -162,19 +177,38 @@ def _run_batches(prepared: PreparedAudit, loader: Any, state: ResumeState | None
             lab_dev = labels.to(dev, non_blocking=True) if plan.labelled else None
             if plan.strategy == "early-exit":
                 assert lab_dev is not None
-                batch, bad = early_exit_batch(forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np,
-                                              shifts, dh_all, dw_all, plan.pairs)
+                batch, bad = early_exit_batch(
+                    forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np, shifts, dh_all, dw_all, plan.pairs
+                )
             else:
-                batch, bad = full_batch(forward, x, lab_dev, labels, ids_np, shifts, plan.exhaustive, draws, plan.pairs,
-                                        dh_all, dw_all, prepared.observers, polyphase=plan.strategy == "polyphase")
+                batch, bad = full_batch(
+                    forward,
+                    x,
+                    lab_dev,
+                    labels,
+                    ids_np,
+                    shifts,
+                    plan.exhaustive,
+                    draws,
+                    plan.pairs,
+                    dh_all,
+                    dw_all,
+                    prepared.observers,
+                    polyphase=plan.strategy == "polyphase",
+                )
             counters.nonfinite_images += bad
             if batch is not None:
                 for m in prepared.metrics:
                     m.update(batch)
             counters.images_done += images.shape[0]
             if state is not None:
-                state.record(ids_np, prepared.metrics, images_done=counters.images_done,
-                             nonfinite_images=counters.nonfinite_images, rows=counters.rows_before + forward.rows)
+                state.record(
+                    ids_np,
+                    prepared.metrics,
+                    images_done=counters.images_done,
+                    nonfinite_images=counters.nonfinite_images,
+                    rows=counters.rows_before + forward.rows,
+                )
             if progress is not None:
                 progress.advance(images.shape[0])
 
@@ -185,14 +219,14 @@ def _input_dtype(prepared: PreparedAudit) -> torch.dtype:
     return model_dtype(prepared.model)
 
 
-def _stopped(prepared: PreparedAudit, state: ResumeState | None, counters: _Counters, total: int,
-             exc: BaseException) -> None:
+def _stopped(prepared: PreparedAudit, state: ResumeState | None, counters: _Counters, total: int, exc: BaseException) -> None:
     """An audit stopped by an exception: save whole batches for --resume; Ctrl-C/SIGTERM become AuditInterrupted."""
     if state is not None:  # whole batches only: the saved state is consistent, the run can continue from it
         state.save(prepared.metrics)
     if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, AuditInterrupted):
-        raise AuditInterrupted(counters.images_done, total, str(state.path) if state is not None else None,
-                               terminated=isinstance(exc, Terminated)) from exc
+        raise AuditInterrupted(
+            counters.images_done, total, str(state.path) if state is not None else None, terminated=isinstance(exc, Terminated)
+        ) from exc
     if isinstance(exc, ModelError) and counters.images_done == 0:  # failed at once: maybe --size is below its stride
         from shiftaudit.antialias.inspection import input_too_small
 
@@ -208,8 +242,9 @@ def _result(prepared: PreparedAudit, counters: _Counters, elapsed: float) -> Aud
     images_done, nonfinite_images = counters.images_done, counters.nonfinite_images
     rows = counters.rows_before + prepared.forward.rows
     if prepared.dist is not None:
-        images_done, nonfinite_images, rows = distributed.merge(prepared.dist, metrics, dataset, images_done,
-                                                                nonfinite_images, rows)
+        images_done, nonfinite_images, rows = distributed.merge(
+            prepared.dist, metrics, dataset, images_done, nonfinite_images, rows
+        )
     notes.extend(dict.fromkeys(prepared.forward.notes))
     if plan.strategy == "early-exit":
         full = images_done * len(plan.shifts)

@@ -13,15 +13,24 @@ import torch
 from torch import nn
 
 from shiftaudit.engine.forward import model_exits_fail
-from shiftaudit.metrics import AdversarialCurve, Metric
 from shiftaudit.engine.observers import Observer
+from shiftaudit.metrics import AdversarialCurve, Metric
 from shiftaudit.shifts.sets import ShiftSet
 
 POLYPHASE_TOLERANCE = 1e-3  # largest logit difference (relative to 1 + max |logit|) the probe accepts
 
 
-def try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: bool, observers: list[Observer],
-                  wanted: bool | None, dev: torch.device, dtype: torch.dtype, notes: list[str]) -> tuple[str, nn.Module]:
+def try_polyphase(
+    model: nn.Module,
+    dataset: Any,
+    shifts: ShiftSet,
+    exhaustive: bool,
+    observers: list[Observer],
+    wanted: bool | None,
+    dev: torch.device,
+    dtype: torch.dtype,
+    notes: list[str],
+) -> tuple[str, nn.Module]:
     """The polyphase model when it applies and pays (auto: every H*W shift asked for); otherwise ("dense", model)."""
     auto = wanted is None
     if not exhaustive or observers or (auto and len(shifts) < shifts.height * shifts.width):
@@ -43,7 +52,9 @@ def try_polyphase(model: nn.Module, dataset: Any, shifts: ShiftSet, exhaustive: 
             notes.append(f"polyphase engine not applicable ({exc}); evaluated every shift separately")
         return "dense", model
     if not err <= POLYPHASE_TOLERANCE:
-        notes.append(f"polyphase engine failed its check against direct forwards (error {err:.2g}); evaluated every shift separately")
+        notes.append(
+            f"polyphase engine failed its check against direct forwards (error {err:.2g}); evaluated every shift separately"
+        )
         return "dense", model
     notes.append("polyphase engine: every circular shift of an image from one shift-and-stitch evaluation")
     return "polyphase", poly
@@ -54,16 +65,23 @@ def early_exit_ok(metric: Metric) -> bool:
     return bool(metric.early_exit_safe)
 
 
-def early_exit_strategy(metric_list: list[Metric], exhaustive: bool, labelled: bool, observers: list[Observer],
-                        wanted: bool | None, notes: list[str]) -> str:
+def early_exit_strategy(
+    metric_list: list[Metric], exhaustive: bool, labelled: bool, observers: list[Observer], wanted: bool | None, notes: list[str]
+) -> str:
     blockers = [m.name for m in metric_list if not early_exit_ok(m)]
     ok = exhaustive and labelled and not observers and not blockers and any(isinstance(m, AdversarialCurve) for m in metric_list)
     if ok:
         return "early-exit"
     if wanted:
-        why = ("it needs labelled data and exhaustive mode" if not (exhaustive and labelled) else
-               "per-layer distances need every shift" if observers else
-               f"{', '.join(blockers)} need every shift" if blockers else "no adversarial curve was asked for")
+        why = (
+            "it needs labelled data and exhaustive mode"
+            if not (exhaustive and labelled)
+            else "per-layer distances need every shift"
+            if observers
+            else f"{', '.join(blockers)} need every shift"
+            if blockers
+            else "no adversarial curve was asked for"
+        )
         notes.append(f"adversary early exit not used: {why}")
     return "dense"
 

@@ -5,14 +5,12 @@ shift), so one pass over images x shifts feeds all of them. Each module register
 (:mod:`shiftaudit.metrics.registry`); the imports below are in report order, which registration keeps.
 """
 
-from shiftaudit.metrics.base import Metric, MetricContext, Reading, ShiftBatch
 from shiftaudit.metrics.accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift, ZeroShiftConfidence
-from shiftaudit.metrics.consistency import ExactConsistency, SampledConsistency
-from shiftaudit.metrics.variation import Variation
-from shiftaudit.metrics.adversarial import AdversarialCurve
 from shiftaudit.metrics.accuracy_map import AccuracyMap
+from shiftaudit.metrics.adversarial import AdversarialCurve
+from shiftaudit.metrics.base import Metric, MetricContext, Reading, ShiftBatch
+from shiftaudit.metrics.consistency import ExactConsistency, SampledConsistency
 from shiftaudit.metrics.flips import FlipExamples
-from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
 from shiftaudit.metrics.registry import (
     create_metric,
     default_metrics,
@@ -21,6 +19,8 @@ from shiftaudit.metrics.registry import (
     register_metric,
     unregister_metric,
 )
+from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
+from shiftaudit.metrics.variation import Variation
 
 __all__ = [
     "AccuracyAtRandomShift",

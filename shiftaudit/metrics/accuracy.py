@@ -81,6 +81,8 @@ class ZeroShiftConfidence(Metric):
     needs_labels = False
     reported = False
     early_exit_safe = True  # reads the zero shift only
+    sum_p: np.ndarray
+    sum_n: np.ndarray
 
     def __init__(self) -> None:
         self.add_state("sum_p", np.zeros(1, dtype=np.float64), "sum")

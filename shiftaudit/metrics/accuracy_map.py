@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.shifts.sets import ShiftSet, offset_json
 from shiftaudit.metrics.base import Metric, MetricContext, Reading, ShiftBatch
 from shiftaudit.metrics.registry import register_metric
+from shiftaudit.shifts.sets import ShiftSet, offset_json
 
 
 @register_metric
@@ -16,6 +16,8 @@ class AccuracyMap(Metric):
     name = "accuracy_map"
     needs_all_shifts = True
     display_order = 90
+    sum_correct: np.ndarray
+    sum_images: np.ndarray
 
     def __init__(self, shift_set: ShiftSet) -> None:
         self.shift_set = shift_set

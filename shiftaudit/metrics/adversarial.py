@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.shifts.sets import ShiftSet
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import wilson_interval
+from shiftaudit.shifts.sets import ShiftSet
 
 NEVER = np.iinfo(np.int64).max
 
@@ -49,8 +49,10 @@ class AdversarialCurve(PerImageMetric):
 
     @classmethod
     def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
-        return [Reading(f"Adversarial accuracy, max shift {r} px", a, lo, hi, radius=r)
-                for r, a, lo, hi in zip(entry["radius"], entry["accuracy"], entry["ci_low"], entry["ci_high"])]
+        return [
+            Reading(f"Adversarial accuracy, max shift {r} px", a, lo, hi, radius=r)
+            for r, a, lo, hi in zip(entry["radius"], entry["accuracy"], entry["ci_low"], entry["ci_high"])
+        ]
 
     def __init__(self, shift_set: ShiftSet) -> None:
         super().__init__()

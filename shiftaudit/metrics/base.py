@@ -165,8 +165,17 @@ def value_readings(name: str, entry: dict[str, Any]) -> list[Reading]:
     """A report entry's ``value`` (with its interval, if any) as a plain number labelled by the metric's name."""
     if "value" not in entry:
         return []
-    return [Reading(name.replace("_", " "), entry["value"], entry.get("ci_low"), entry.get("ci_high"),
-                    percent=False, digits=4, ci_digits=4)]
+    return [
+        Reading(
+            name.replace("_", " "),
+            entry["value"],
+            entry.get("ci_low"),
+            entry.get("ci_high"),
+            percent=False,
+            digits=4,
+            ci_digits=4,
+        )
+    ]
 
 
 def reduce_states(reductions: dict[str, Reduce], states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

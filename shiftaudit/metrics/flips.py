@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.shifts.sets import ShiftSet, offset_json
 from shiftaudit.metrics.base import Metric, MetricContext, ShiftBatch
 from shiftaudit.metrics.registry import register_metric
+from shiftaudit.shifts.sets import ShiftSet, offset_json
 
 MAX_STORED_SHIFTS = 1089  # at most a 33 x 33 window of P(correct) values per example
 
@@ -29,6 +29,12 @@ class FlipExamples(Metric):
 
     name = "flip_examples"
     needs_all_shifts = True
+    ids: np.ndarray
+    label: np.ndarray
+    radius: np.ndarray
+    flip_shift: np.ndarray
+    flip_pred: np.ndarray
+    p_correct: np.ndarray
 
     @classmethod
     def default_for(cls, ctx: MetricContext) -> Metric | None:
@@ -92,7 +98,9 @@ class FlipExamples(Metric):
             p_all[idx][:, self.stored],
         )
 
-    def _add(self, ids: np.ndarray, label: np.ndarray, radius: np.ndarray, flip: np.ndarray, pred: np.ndarray, p: np.ndarray) -> None:
+    def _add(
+        self, ids: np.ndarray, label: np.ndarray, radius: np.ndarray, flip: np.ndarray, pred: np.ndarray, p: np.ndarray
+    ) -> None:
         self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
         self.label = np.concatenate([self.label, label.astype(np.int64)])
         self.radius = np.concatenate([self.radius, radius.astype(self.radius.dtype)])
@@ -133,7 +141,12 @@ class FlipExamples(Metric):
                     "p_correct": grid,
                 }
             )
-        out: dict[str, Any] = {"limit": self.limit, "dh": [offset_json(v) for v in hs], "dw": [offset_json(v) for v in ws], "examples": examples}
+        out: dict[str, Any] = {
+            "limit": self.limit,
+            "dh": [offset_json(v) for v in hs],
+            "dw": [offset_json(v) for v in ws],
+            "examples": examples,
+        }
         if self.reference == "prediction":
             # unlabelled: "label" is the class predicted at zero shift, "p_correct" 1 where a shift keeps it, 0 where not
             out["reference"] = "zero-shift prediction"

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftaudit.errors import UsageError
 from shiftaudit.antialias.inspection import inspect_model, is_spatial_op
+from shiftaudit.errors import UsageError
 from shiftaudit.shifts.modes.circular import ShiftBank
 from shiftaudit.shifts.sets import ShiftSet
 
@@ -78,6 +78,7 @@ def select_layers(model: nn.Module, spec: str | list[str], size: tuple[int, int]
     modules = dict(model.named_modules())
     if isinstance(spec, str) and spec not in ("auto", "all"):
         spec = [s.strip() for s in spec.split(",") if s.strip()]
+
     def label(name: str) -> str:
         """Sequential children are named by number: add the layer type so the name says something."""
         last = name.rsplit(".", 1)[-1]
@@ -243,7 +244,9 @@ class FeatureDistance:
                 elif spec.where == "dense" and isinstance(x_in, torch.Tensor):
                     self._measure(spec, _dense_max_pool(mod, x_in))
                 elif spec.where == "output":
-                    out = output if isinstance(output, torch.Tensor) else (output[0] if isinstance(output, (tuple, list)) else None)
+                    out = (
+                        output if isinstance(output, torch.Tensor) else (output[0] if isinstance(output, (tuple, list)) else None)
+                    )
                     if isinstance(out, torch.Tensor):
                         self._measure(spec, out)
 
@@ -284,7 +287,9 @@ class FeatureDistance:
         eq = self._equivariance(zero, fn, shift, st.size)
         st.pending.append((shift.cpu().numpy(), eq.cpu().double().numpy(), inv.cpu().double().numpy()))
 
-    def _equivariance(self, zero: torch.Tensor, shifted: torch.Tensor, shift: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _equivariance(
+        self, zero: torch.Tensor, shifted: torch.Tensor, shift: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
         h, w = size
         dh, dw = self._dh[shift], self._dw[shift]
         if self.H % h == 0 and self.W % w == 0:

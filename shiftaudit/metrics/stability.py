@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from shiftaudit.shifts.sets import ShiftSet
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import summary
+from shiftaudit.shifts.sets import ShiftSet
 
 
 def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
@@ -63,8 +63,16 @@ class FlipRate(PerImageMetric):
 
     @classmethod
     def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
-        return [Reading("Flip rate between 1-px neighbouring shifts", entry["mean"], entry["ci_low"], entry["ci_high"],
-                        digits=2, ci_digits=2)]
+        return [
+            Reading(
+                "Flip rate between 1-px neighbouring shifts",
+                entry["mean"],
+                entry["ci_low"],
+                entry["ci_high"],
+                digits=2,
+                ci_digits=2,
+            )
+        ]
 
     def __init__(self, shifts: ShiftSet) -> None:
         super().__init__()
@@ -95,8 +103,17 @@ class MeanAbsoluteChange(PerImageMetric):
 
     @classmethod
     def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
-        return [Reading("Mean abs. change of top-1 probability", entry["mean"], entry["ci_low"], entry["ci_high"],
-                        percent=False, digits=4, ci_digits=4)]
+        return [
+            Reading(
+                "Mean abs. change of top-1 probability",
+                entry["mean"],
+                entry["ci_low"],
+                entry["ci_high"],
+                percent=False,
+                digits=4,
+                ci_digits=4,
+            )
+        ]
 
     def update(self, batch: ShiftBatch) -> None:
         a = batch.at(batch.p_top, batch.pair_slots[:, :, 0]).astype(np.float64)

@@ -25,8 +25,10 @@ class Variation(PerImageMetric):
     @classmethod
     def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
         label = "Variation of P(correct)"
-        return [Reading(label, entry["mean"], entry["ci_low"], entry["ci_high"], percent=False, digits=4, ci_digits=4, part="mean"),
-                Reading(label, entry["median"], percent=False, digits=4, part="median")]
+        return [
+            Reading(label, entry["mean"], entry["ci_low"], entry["ci_high"], percent=False, digits=4, ci_digits=4, part="mean"),
+            Reading(label, entry["median"], percent=False, digits=4, part="median"),
+        ]
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.p_label is not None

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from shiftaudit.atomicio import pending, write_text_atomic
-from shiftaudit.result import AuditResult
 from shiftaudit.report.terminal import LAYER_CAPTION, LAYER_HEADER, audit_rows, describe_run, layer_rows
+from shiftaudit.result import AuditResult
 
 CAPTIONS = {
     "adversarial": "Accuracy when an adversary may shift each image by up to r pixels (the paper's Fig. 9). An image "
@@ -64,8 +64,11 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-SHIFT_NOUN = {"circular": "circular shift", "crop": "crop shift (new content entering at the border)",
-              "subpixel": "sub-pixel shift"}
+SHIFT_NOUN = {
+    "circular": "circular shift",
+    "crop": "crop shift (new content entering at the border)",
+    "subpixel": "sub-pixel shift",
+}
 
 
 def caption(stem: str, shift_mode: str = "circular") -> str:
@@ -78,7 +81,7 @@ def _shift_mode(result: AuditResult) -> str:
 
 
 def _picture(item: Path | tuple[str, Path], shift_mode: str = "circular") -> str:
-    caption_text, path = (item if isinstance(item, tuple) else (caption(Path(item).stem, shift_mode), item))
+    caption_text, path = item if isinstance(item, tuple) else (caption(Path(item).stem, shift_mode), item)
     data = pending(path).read_bytes()  # the picture may still wait in its temporary file (all_or_nothing)
     size = png_size(data)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
@@ -111,7 +114,8 @@ def _shift_text(shifts: dict[str, Any]) -> str:
         text = f"all {shifts.get('count')} shifts of {size[0]}x{size[1]}"
     else:
         step = f", step {shifts['step']:g}" if shifts.get("step", 1) != 1 else ""
-        text = f"{shifts.get('count')} shifts in [-{shifts.get('max_shift')}, {shifts.get('max_shift')}]²{step} of {size[0]}x{size[1]}"
+        text = (f"{shifts.get('count')} shifts in [-{shifts.get('max_shift')}, {shifts.get('max_shift')}]²{step} of "
+                f"{size[0]}x{size[1]}")
     mode = shifts.get("mode", "circular")
     padding = shifts.get("padding") or ("circular (wrap-around)" if mode == "circular" else "-")
     return f"{text}; shift mode {mode}; padding {padding}"
@@ -119,27 +123,47 @@ def _shift_text(shifts: dict[str, Any]) -> str:
 
 def _footer_shifts(result: AuditResult) -> str:
     mode = _shift_mode(result)
-    return {"crop": "Shifts are crops of a larger canvas (the published ImageNet protocol)",
-            "subpixel": "Shifts are sub-pixel Fourier phase shifts"}.get(mode, "Shifts are circular (Zhang 2019, Eq. 4)")
+    return {
+        "crop": "Shifts are crops of a larger canvas (the published ImageNet protocol)",
+        "subpixel": "Shifts are sub-pixel Fourier phase shifts",
+    }.get(mode, "Shifts are circular (Zhang 2019, Eq. 4)")
 
 
 def settings_rows(result: AuditResult) -> list[tuple[str, str]]:
     """What was run, on what, how and with which versions: enough to reproduce the numbers."""
     m, d, s, env = result.model, result.data, result.settings, result.environment
     rows: list[tuple[str, str]] = []
-    for key, label in (("description", "Model"), ("arch", "Architecture"), ("source", "Checkpoint"), ("format", "Format"),
-                       ("num_classes", "Classes"), ("parameters", "Parameters")):
+    for key, label in (
+        ("description", "Model"),
+        ("arch", "Architecture"),
+        ("source", "Checkpoint"),
+        ("format", "Format"),
+        ("num_classes", "Classes"),
+        ("parameters", "Parameters"),
+    ):
         if m.get(key) is not None:
             rows.append((label, f"{m[key]:,}" if key == "parameters" and isinstance(m[key], int) else str(m[key])))
     if m.get("patch"):
         rows.append(("Anti-aliasing patch", str(m["patch"])))
     rows.append(("Data", str(d.get("description", "-"))))
     size = d.get("image_size")
-    rows.append(("Images", f"{d.get('num_images', '?')}" + (f" at {size[0]}x{size[1]}" if size else "") + ("" if d.get("labelled") else ", unlabelled")))
+    rows.append(
+        (
+            "Images",
+            f"{d.get('num_images', '?')}"
+            + (f" at {size[0]}x{size[1]}" if size else "")
+            + ("" if d.get("labelled") else ", unlabelled"),
+        )
+    )
     prep = d.get("preprocessing")
     if prep:
         resize = f"resize {prep['resize']}, " if prep.get("resize") else ""
-        rows.append(("Preprocessing", f"{prep.get('name', 'custom')}: {resize}crop {prep.get('size')}, mean {prep.get('mean')}, std {prep.get('std')}"))
+        rows.append(
+            (
+                "Preprocessing",
+                f"{prep.get('name', 'custom')}: {resize}crop {prep.get('size')}, mean {prep.get('mean')}, std {prep.get('std')}",
+            )
+        )
     rows.append(("Shift set", _shift_text(s.get("shifts", {}))))
     mode = s.get("mode", "-")
     if mode == "sampled":
@@ -191,14 +215,23 @@ def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]]
     if pictures:
         parts.append("<h2>Pictures</h2>")
         unlabelled = not result.data.get("labelled", True)
-        parts.extend(_picture((caption("flips_unlabelled", _shift_mode(result)), p) if unlabelled and not isinstance(p, tuple)
-                              and Path(p).stem == "flips" else p, _shift_mode(result)) for p in pictures)
+        parts.extend(
+            _picture(
+                (caption("flips_unlabelled", _shift_mode(result)), p)
+                if unlabelled and not isinstance(p, tuple) and Path(p).stem == "flips"
+                else p,
+                _shift_mode(result),
+            )
+            for p in pictures
+        )
     parts.append("<h2>Settings</h2>")
     parts.append(_table(settings_rows(result), None, ("", "mono")))
     if result.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in result.notes) + "</ul>")
-    parts.append(f"<footer>Written by shiftaudit {esc(__version__)}; schema shiftaudit/audit-report v1. "
-                 f"{esc(_footer_shifts(result))}; intervals are 95 % over images.</footer>")
+    parts.append(
+        f"<footer>Written by shiftaudit {esc(__version__)}; schema shiftaudit/audit-report v1. "
+        f"{esc(_footer_shifts(result))}; intervals are 95 % over images.</footer>"
+    )
     parts.append("</main></body></html>\n")
     return "\n".join(parts)
 
@@ -208,8 +241,9 @@ def write_html_report(result: AuditResult, path: str | Path, pictures: Sequence[
     return write_text_atomic(path, render_html(result, pictures))
 
 
-def render_side_by_side_html(runs: Sequence[tuple[str, AuditResult]], pictures: Sequence[Sequence[Path]], title: str,
-                             intro: str = "") -> str:
+def render_side_by_side_html(
+    runs: Sequence[tuple[str, AuditResult]], pictures: Sequence[Sequence[Path]], title: str, intro: str = ""
+) -> str:
     """One page with several runs of the same data side by side (``patch --eval --out``): the comparison table, then
     each kind of picture in one row, one column per run. ``pictures[i]`` are run i's PNGs (matched by file name)."""
     from shiftaudit import __version__
@@ -226,8 +260,13 @@ def render_side_by_side_html(runs: Sequence[tuple[str, AuditResult]], pictures: 
         "<h2>Summary</h2>",
     ]
     rows = compare_rows(list(runs))
-    parts.append(_table([[r.metric, *(r.cell(i) for i in range(len(runs)))] for r in rows], ("Metric", *(n for n, _ in runs)),
-                        ("", *("num" for _ in runs))))
+    parts.append(
+        _table(
+            [[r.metric, *(r.cell(i) for i in range(len(runs)))] for r in rows],
+            ("Metric", *(n for n, _ in runs)),
+            ("", *("num" for _ in runs)),
+        )
+    )
     stems: list[str] = []
     for pics in pictures:
         for p in pics:
@@ -242,7 +281,9 @@ def render_side_by_side_html(runs: Sequence[tuple[str, AuditResult]], pictures: 
             body = _picture((name, match[0]), _shift_mode(res)) if match else '<p class="sub">not available</p>'
             cells.append(f"<div><h3>{esc(name)}</h3>{body}</div>")
         parts.append(f'<p class="sub">{esc(caption(stem, _shift_mode(runs[0][1])))}</p><div class="row">{"".join(cells)}</div>')
-    parts.append(f"<footer>Written by shiftaudit {esc(__version__)}. Each run's own report (report.json, report.html "
-                 "and its pictures) is in the sub-folder of its name.</footer>")
+    parts.append(
+        f"<footer>Written by shiftaudit {esc(__version__)}. Each run's own report (report.json, report.html "
+        "and its pictures) is in the sub-folder of its name.</footer>"
+    )
     parts.append("</main></body></html>\n")
     return "\n".join(parts)

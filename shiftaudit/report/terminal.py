@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from rich.table import Table
 from rich.text import Text
@@ -16,7 +17,7 @@ from shiftaudit.metrics.layers import colour_scale
 from shiftaudit.result import AuditResult
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -32,26 +33,26 @@ def num(v: float | None, digits: int = 4) -> str:
 def sig(v: float | None, digits: int = 3) -> str:
     """A non-negative rate or duration to ``digits`` significant digits, never rounded to zero and never in exponent
     form: 0.00412, 0.35, 3.14, 412, 12,345. '-' when unknown."""
-    if not _finite(v) or v < 0:  # type: ignore[operator]
+    if not _finite(v) or v < 0:
         return "-"
     if v == 0:
         return "0"
-    decimals = max(0, digits - 1 - math.floor(math.log10(v)))  # type: ignore[arg-type]
+    decimals = max(0, digits - 1 - math.floor(math.log10(v)))
     return f"{v:,.{decimals}f}"
 
 
 def ci_text(lo: float | None, hi: float | None, digits: int = 1, scale: float = 100.0) -> str:
     if not (_finite(lo) and _finite(hi)):
         return ""
-    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"  # type: ignore[operator]
+    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
-def headline_radii(radii: list[int]) -> list[int]:
+def headline_radii(radii: Sequence[float]) -> list[float]:
     """A few radii worth a column: 1, 2, 4, 8, 16... up to the largest measured."""
     if not radii:
         return []
     top = max(radii)
-    picks = [r for r in (1, 2, 4, 8, 16, 32, 64) if r <= top and r in radii]
+    picks: list[float] = [r for r in (1, 2, 4, 8, 16, 32, 64) if r <= top and r in radii]
     fine = [r for r in radii if 0 < r < 1]  # sub-pixel sets: the smallest fractional radius too
     if fine:
         picks.insert(0, min(fine))
@@ -104,14 +105,23 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
     while i < len(readings):
         r = readings[i]
         group = [r]
-        while r.part is not None and i + len(group) < len(readings) and readings[i + len(group)].label == r.label \
-                and readings[i + len(group)].part is not None:
+        while (
+            r.part is not None
+            and i + len(group) < len(readings)
+            and readings[i + len(group)].label == r.label
+            and readings[i + len(group)].part is not None
+        ):
             group.append(readings[i + len(group)])
         if r.part is None:
             rows.append((r.label, value_text(r), reading_ci_text(r)))
         else:
-            rows.append((f"{r.label}, {' / '.join(str(g.part) for g in group)}", " / ".join(value_text(g) for g in group),
-                         reading_ci_text(r)))
+            rows.append(
+                (
+                    f"{r.label}, {' / '.join(str(g.part) for g in group)}",
+                    " / ".join(value_text(g) for g in group),
+                    reading_ci_text(r),
+                )
+            )
         i += len(group)
     return rows
 
@@ -127,8 +137,11 @@ def audit_table(result: AuditResult, title: str | None = None) -> Table:
     return t
 
 
-PADDING = {"circular": "circular (wrap-around)", "crop": "none: crops of a larger canvas, new content enters at the border",
-           "subpixel": "periodic (Fourier phase shift)"}  # for reports written before shift modes
+PADDING = {
+    "circular": "circular (wrap-around)",
+    "crop": "none: crops of a larger canvas, new content enters at the border",
+    "subpixel": "periodic (Fourier phase shift)",
+}  # for reports written before shift modes
 
 
 def describe_shifts(result: AuditResult) -> str:
@@ -146,7 +159,7 @@ def describe_shifts(result: AuditResult) -> str:
 
 
 def _mode_noun(shift_mode: str) -> str:
-    """"circular shifts", "crop shifts", ...: the registered mode's noun (a report may come from a plug-in mode)."""
+    """ "circular shifts", "crop shifts", ...: the registered mode's noun (a report may come from a plug-in mode)."""
     from shiftaudit.errors import UsageError
     from shiftaudit.shifts.sets import shift_mode as registered
 
@@ -186,7 +199,7 @@ class CompareRow:
         a, b = self.values[0], self.values[i]
         if not (_finite(a) and _finite(b)):
             return None
-        return (b - a) * (100.0 if self.percent else 1.0)  # type: ignore[operator]
+        return (b - a) * (100.0 if self.percent else 1.0)
 
     def significant(self, i: int) -> bool | None:
         """True when the 95 % intervals of run ``i`` and the first run do not overlap; None without intervals."""
@@ -214,21 +227,23 @@ def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
     """Rows for every metric any run has, in table order; a curve's radii limited to the headline ones of all runs."""
     per_run = [{r.name: r for r in result_readings(res, curves="all")} for _, res in results]
     radii = {r.radius for run in per_run for r in run.values() if r.radius is not None}
-    keep = set(headline_radii(sorted(radii)))  # type: ignore[type-var]
+    keep = set(headline_radii(sorted(radii)))
     rows = []
     for name in dict.fromkeys(k for run in per_run for k in run):
         entries = [run.get(name) for run in per_run]
         first = next(e for e in entries if e is not None)
         if first.radius is not None and first.radius not in keep:
             continue
-        rows.append(CompareRow(
-            name,
-            first.percent,
-            [_num(e.value) if e else None for e in entries],
-            [_num(e.ci_low) if e else None for e in entries],
-            [_num(e.ci_high) if e else None for e in entries],
-            first.digits,
-        ))
+        rows.append(
+            CompareRow(
+                name,
+                first.percent,
+                [_num(e.value) if e else None for e in entries],
+                [_num(e.ci_low) if e else None for e in entries],
+                [_num(e.ci_high) if e else None for e in entries],
+                first.digits,
+            )
+        )
     return rows
 
 
@@ -265,8 +280,7 @@ def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Befor
     return t
 
 
-def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None,
-                     width: int | None = None) -> Table:
+def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None, width: int | None = None) -> Table:
     """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map).
 
     ``width``: the console width to fit. Short values (sizes, roles, numbers) are never wrapped; the layer name, its
@@ -288,8 +302,17 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
         k = _side(p.kernel) if p.kernel else "-"
         s = _side(p.stride) if p.stride else "-"
         module = p.module if p.kind != "blurpool" or "blur" in p.module.lower() else f"{p.module} (blurpool)"
-        rows.append([p.name, module, k, s, f"{_side(p.in_size)}->{_side(p.out_size)}", p.role,
-                     *[str(extra_columns[c].get(p.name, "")) for c in extra_columns]])
+        rows.append(
+            [
+                p.name,
+                module,
+                k,
+                s,
+                f"{_side(p.in_size)}->{_side(p.out_size)}",
+                p.role,
+                *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
+            ]
+        )
     header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
     widths = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(header)]
     floors = [{"Layer": 14, "Type": 9, "Patch": 8}.get(col, w) for col, w in zip(header, widths)]
@@ -320,7 +343,7 @@ def _fit(widths: list[int], floors: list[int], budget: int) -> list[int]:
 
 
 def _side(hw: Any) -> str:
-    """"224" for a square 224x224, "224x200" otherwise."""
+    """ "224" for a square 224x224, "224x200" otherwise."""
     h, w = hw
     return f"{h}" if h == w else f"{h}x{w}"
 
@@ -338,15 +361,24 @@ LAYER_CAPTION = (
 def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
     """Per layer: resolution, stride so far, mean distances (absolute and on the heatmap scale), exact modulo.
     Shared by the terminal table and the HTML report."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for layer in layers["layers"]:
         h, w = layer["resolution"]
         scale = colour_scale(layer.get("reference_distance"))
         eq = layer["equivariance"]["mean"]
         rel = num(eq / scale, 3) if scale and _finite(eq) else "-"
         mod = layer.get("exact_modulo")
-        rows.append((str(layer["name"]), f"{h}x{w}", str(layer["stride"]), num(eq), rel, num(layer["invariance"]["mean"]),
-                     "-" if mod is None else f"{mod}"))
+        rows.append(
+            (
+                str(layer["name"]),
+                f"{h}x{w}",
+                str(layer["stride"]),
+                num(eq),
+                rel,
+                num(layer["invariance"]["mean"]),
+                "-" if mod is None else f"{mod}",
+            )
+        )
     return rows
 
 

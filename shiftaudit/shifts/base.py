@@ -125,8 +125,9 @@ class ShiftMode:
         """The margin each image is preprocessed with beyond the model input (None: the image is the input)."""
         return None
 
-    def geometry(self, dataset: Any, shifts: ShiftSet | None, max_shift: int | None,
-                 notes: list[str] | None) -> tuple[tuple[int, int], int]:
+    def geometry(
+        self, dataset: Any, shifts: ShiftSet | None, max_shift: int | None, notes: list[str] | None
+    ) -> tuple[tuple[int, int], int]:
         """``(model input size, canvas margin)`` of a dataset audited in this mode: the images are the inputs."""
         size = (int(dataset.image_size[0]), int(dataset.image_size[1]))
         if getattr(dataset, "canvas_margin", None):

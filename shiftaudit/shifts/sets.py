@@ -106,8 +106,13 @@ class ShiftSet:
         return cls.window((h, w), max(h, w) // 2, 1)
 
     @classmethod
-    def from_offsets(cls, size: tuple[int, int], offsets: list[tuple[int, int]] | list[tuple[float, float]],
-                     kind: str = "custom", mode: str = "circular") -> ShiftSet:
+    def from_offsets(
+        cls,
+        size: tuple[int, int],
+        offsets: list[tuple[int, int]] | list[tuple[float, float]],
+        kind: str = "custom",
+        mode: str = "circular",
+    ) -> ShiftSet:
         m = shift_mode(mode)
         h, w = int(size[0]), int(size[1])
         arr = np.asarray(offsets, dtype=np.float64 if m.fractional else np.int64).reshape(-1, 2)
@@ -122,8 +127,9 @@ class ShiftSet:
         return cls._ordered(h, w, pairs[:, 0], pairs[:, 1], kind, max_shift, 1, mode)
 
     @classmethod
-    def _ordered(cls, h: int, w: int, dh: np.ndarray, dw: np.ndarray, kind: str, max_shift: int, step: int | float,
-                 mode: str = "circular") -> ShiftSet:
+    def _ordered(
+        cls, h: int, w: int, dh: np.ndarray, dw: np.ndarray, kind: str, max_shift: int, step: int | float, mode: str = "circular"
+    ) -> ShiftSet:
         radius = cls(h, w, dh, dw, kind, int(max_shift), step, mode).radius
         order = np.lexsort((dw, dh, radius))
         return cls(h, w, dh[order].copy(), dw[order].copy(), kind, int(max_shift), step, mode)
@@ -181,8 +187,9 @@ def _check_count(count: int, max_shift: int, step: int | float) -> None:
         )
 
 
-def default_shift_set(size: tuple[int, int], max_shift: int | None = None, step: int | float | None = None,
-                      mode: str = "circular") -> ShiftSet:
+def default_shift_set(
+    size: tuple[int, int], max_shift: int | None = None, step: int | float | None = None, mode: str = "circular"
+) -> ShiftSet:
     """The default keeps every audit affordable (each mode's ``default_set``).
 
     Small images (<= 64 px): every shift in the window of half the image size, i.e. all H x W shifts, the paper's

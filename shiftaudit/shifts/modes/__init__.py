@@ -53,8 +53,9 @@ def check_shift_mode(mode: str) -> str:
     return get_shift_mode(mode, "--shift-mode").name
 
 
-def input_geometry(dataset: Any, shift_mode: str, shifts: ShiftSet | None = None,
-                   max_shift: int | None = None, notes: list[str] | None = None) -> tuple[tuple[int, int], int]:
+def input_geometry(
+    dataset: Any, shift_mode: str, shifts: ShiftSet | None = None, max_shift: int | None = None, notes: list[str] | None = None
+) -> tuple[tuple[int, int], int]:
     """``(model input size, canvas margin)`` of a dataset audited in ``shift_mode`` (see each mode's ``geometry``)."""
     return get_shift_mode(shift_mode, "--shift-mode").geometry(dataset, shifts, max_shift, notes)
 

@@ -33,8 +33,9 @@ class CropShifts(ShiftMode):
     def canvas_margin(self, shifts: ShiftSet | None, max_shift: int | None, size: tuple[int, int]) -> int | None:
         return crop_margin("crop", shifts, max_shift, size)
 
-    def geometry(self, dataset: Any, shifts: ShiftSet | None, max_shift: int | None,
-                 notes: list[str] | None) -> tuple[tuple[int, int], int]:
+    def geometry(
+        self, dataset: Any, shifts: ShiftSet | None, max_shift: int | None, notes: list[str] | None
+    ) -> tuple[tuple[int, int], int]:
         return crop_geometry(dataset, shifts, max_shift, notes)
 
     def bank(self, images: torch.Tensor, shifts: ShiftSet) -> CropBank:
@@ -76,7 +77,8 @@ def check_canvas(size: tuple[int, int], margin: int, channels: int = 3) -> None:
     if max(ch, cw) > MAX_SIDE:
         raise UsageError(
             f"--max-shift {margin} in crop mode needs {ch}x{cw} canvases ({gib(ch * cw * channels * 4.0)} per image as "
-            f"float32), more than the {MAX_SIDE} px allowed per side; use --max-shift {max(0, (MAX_SIDE - max(size)) // 2)} or less."
+            f"float32), more than the {MAX_SIDE} px allowed per side; use --max-shift {max(0, (MAX_SIDE - max(size)) // 2)} "
+            "or less."
         )
 
 
@@ -89,8 +91,9 @@ def crop_margin(shift_mode: str, shifts: ShiftSet | None, max_shift: int | None,
     return default_crop_margin(size)
 
 
-def crop_geometry(dataset: Any, shifts: ShiftSet | None = None, max_shift: int | None = None,
-                  notes: list[str] | None = None) -> tuple[tuple[int, int], int]:
+def crop_geometry(
+    dataset: Any, shifts: ShiftSet | None = None, max_shift: int | None = None, notes: list[str] | None = None
+) -> tuple[tuple[int, int], int]:
     """``(model input size, canvas margin)`` of a dataset audited in ``shift_mode``. In crop mode the default
     --max-shift is the canvas margin.
 
@@ -105,7 +108,10 @@ def crop_geometry(dataset: Any, shifts: ShiftSet | None = None, max_shift: int |
         if shifts is not None:  # the set says the input size: the rest of the canvas is margin
             dh, dw = size[0] - shifts.height, size[1] - shifts.width
             if dh < 0 or dh % 2 or dh != dw:
-                raise UsageError(f"A crop shift set for {shifts.height}x{shifts.width} inputs does not fit centred in {size[0]}x{size[1]} canvases.")
+                raise UsageError(
+                    f"A crop shift set for {shifts.height}x{shifts.width} inputs does not fit centred in {size[0]}x{size[1]} "
+                    "canvases."
+                )
             margin = dh // 2
         else:
             margin = crop_margin("crop", None, max_shift, size)
@@ -116,26 +122,39 @@ def crop_geometry(dataset: Any, shifts: ShiftSet | None = None, max_shift: int |
             )
     inner = (size[0] - 2 * margin, size[1] - 2 * margin)
     if min(inner) < 1:
-        raise DataError(f"A crop margin of {margin} px leaves nothing of the {size[0]}x{size[1]} canvas; use a smaller --max-shift.")
+        raise DataError(
+            f"A crop margin of {margin} px leaves nothing of the {size[0]}x{size[1]} canvas; use a smaller --max-shift."
+        )
     if shifts is not None:
         reach = crop_margin("crop", shifts, None, inner)
         if reach > margin:
-            raise UsageError(f"The crop shift set reaches {reach} px but the canvas margin is {margin} px; load the data with canvas_margin={reach}.")
+            raise UsageError(
+                f"The crop shift set reaches {reach} px but the canvas margin is {margin} px; load the data with "
+                f"canvas_margin={reach}."
+            )
     elif max_shift is not None and max_shift > margin:
         raise UsageError(f"--max-shift {max_shift} is larger than the {margin} px margin of the crop canvas.")
     return inner, int(margin)
 
 
-def published_crop_shifts(size: tuple[int, int] = (224, 224), canvas: tuple[int, int] = (256, 256),
-                          offsets: int = 32) -> ShiftSet:
+def published_crop_shifts(
+    size: tuple[int, int] = (224, 224), canvas: tuple[int, int] = (256, 256), offsets: int = 32
+) -> ShiftSet:
     """The crop offsets of the published ImageNet consistency code: ``offsets`` x ``offsets`` crop positions
     0..offsets-1 per axis of the canvas (Zhang's ``validate_shift``: Resize(256), CenterCrop(256), two crops at
     ``np.random.randint(32, size=2)``), as a crop-mode shift set: offset ``o`` is the shift ``margin - o``, so
     224 in 256 gives dh, dw in -15..16. (Our symmetric ``--max-shift 16`` window covers offsets 0..32, the 33
     positions of the published diagonal evaluation.)"""
     mh, mw = (canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2
-    if canvas[0] - size[0] < offsets - 1 or canvas[1] - size[1] < offsets - 1 or (canvas[0] - size[0]) % 2 or (canvas[1] - size[1]) % 2:
-        raise UsageError(f"{offsets} crop offsets of {size[0]}x{size[1]} do not fit a {canvas[0]}x{canvas[1]} canvas symmetrically.")
+    if (
+        canvas[0] - size[0] < offsets - 1
+        or canvas[1] - size[1] < offsets - 1
+        or (canvas[0] - size[0]) % 2
+        or (canvas[1] - size[1]) % 2
+    ):
+        raise UsageError(
+            f"{offsets} crop offsets of {size[0]}x{size[1]} do not fit a {canvas[0]}x{canvas[1]} canvas symmetrically."
+        )
     pairs = [(mh - a, mw - b) for a in range(offsets) for b in range(offsets)]
     return ShiftSet.from_offsets(size, pairs, kind="published", mode="crop")
 
