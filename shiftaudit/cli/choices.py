@@ -6,6 +6,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from shiftaudit.antialias.methods import patch_method_names
 from shiftaudit.shifts.modes import shift_mode_names
 
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # the built-in members, for type checkers; at run time the re
 
 else:
     ShiftMode = _registered("ShiftMode", shift_mode_names())
+    PatchMethod = _registered("PatchMethod", patch_method_names())
 
 
 class Mode(str, Enum):

@@ -2,7 +2,7 @@
 
 Every metric reads the same :class:`~shiftaudit.metrics.base.ShiftBatch` (predictions of each image at each evaluated
 shift), so one pass over images x shifts feeds all of them. Each module registers its metrics
-(:mod:`shiftaudit.metrics.registry`); the imports below are in report order, which registration keeps.
+(:mod:`shiftaudit.metrics.registry`) when imported here; ``report_rank`` fixes the report order, not the imports.
 """
 
 from shiftaudit.metrics.accuracy import AccuracyAtRandomShift, AccuracyAtZeroShift, ZeroShiftConfidence

@@ -18,6 +18,7 @@ def proportion_reading(label: str, entry: dict[str, Any], digits: int = 1) -> Re
 @register_metric
 class AccuracyAtZeroShift(PerImageMetric):
     name = "accuracy_none"
+    report_rank = 10
     report_key = ("accuracy", "none")
     per_image_column = "correct"
     early_exit_safe = True  # reads the zero shift only
@@ -49,6 +50,7 @@ class AccuracyAtRandomShift(PerImageMetric):
     """One uniformly drawn shift of the set per image, seeded per image (never one shift for a whole batch)."""
 
     name = "accuracy_random"
+    report_rank = 20
     report_key = ("accuracy", "random")
     display_order = 20
 
@@ -78,6 +80,7 @@ class ZeroShiftConfidence(Metric):
     """
 
     name = "confidence"
+    report_rank = 25
     needs_labels = False
     reported = False
     early_exit_safe = True  # reads the zero shift only

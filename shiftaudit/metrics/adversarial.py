@@ -34,6 +34,7 @@ def radius_json(v: float | int) -> int | float | None:
 @register_metric
 class AdversarialCurve(PerImageMetric):
     name = "adversarial"
+    report_rank = 60
     per_image_column = "first_failure_radius"
     needs_all_shifts = True
     early_exit_safe = True  # an image's first misclassified shift is all it needs

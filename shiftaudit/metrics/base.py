@@ -91,13 +91,15 @@ class Metric(ABC):
     ``report_key`` (where :meth:`compute` goes under the report's ``metrics``), ``per_image_column`` (the value kept
     per image, in ``per_image``), ``needs_labels``/``needs_all_shifts``, ``early_exit_safe`` (needs only the zero shift
     and each image's first misclassified shift), ``reported`` (False: read by the engine, never written),
-    ``display_order`` (position in the tables), :meth:`readings` (the numbers people read) and :meth:`default_for`
-    (whether a default audit includes it). State is declared with :meth:`add_state` and a reduction, torchmetrics
-    style, so merging (processes, resumed runs) and :meth:`reset` need no code of the metric's own.
+    ``report_rank`` and ``display_order`` (position in the report and in the tables), :meth:`readings` (the numbers
+    people read) and :meth:`default_for` (whether a default audit includes it). State is declared with
+    :meth:`add_state` and a reduction, torchmetrics style, so merging (processes, resumed runs) and :meth:`reset` need
+    no code of the metric's own.
     """
 
     name: ClassVar[str]
     report_key: ClassVar[tuple[str, ...] | None] = None  # None: (name,)
+    report_rank: ClassVar[int] = 1000  # position in the report's metrics/per_image (ties: registration order)
     per_image_column: ClassVar[str | None] = None
     needs_labels: ClassVar[bool] = True
     needs_all_shifts: ClassVar[bool] = False

@@ -16,6 +16,7 @@ class SampledConsistency(PerImageMetric):
     """The paper's protocol: k random pairs (a, b) per image, drawn independently (a = b allowed), seeded per image."""
 
     name = "consistency_sampled"
+    report_rank = 30
     report_key = ("consistency", "sampled")
     per_image_column = "sampled_agreement"
     needs_labels = False
@@ -49,6 +50,7 @@ class ExactConsistency(PerImageMetric):
     """
 
     name = "consistency_exact"
+    report_rank = 40
     report_key = ("consistency", "exact")
     per_image_column = "exact_consistency"
     needs_labels = False

@@ -1,9 +1,10 @@
 """Metrics by name, in the style of torchvision's ``register_model``: one registration per metric class.
 
-Registration order is the order of the report's ``metrics`` and ``per_image`` sections; ``display_order`` orders the
-tables. A metric written outside the package registers itself the same way and then appears in default audits
-(when its :meth:`~shiftaudit.metrics.base.Metric.default_for` says so), the JSON report, the tables, ``compare``
-and the HTML report, with no other change.
+``report_rank`` orders the report's ``metrics`` and ``per_image`` sections (ties: registration order), and
+``display_order`` the tables; neither depends on the order modules are imported in. A metric written outside the
+package registers itself the same way and then appears in default audits (when its
+:meth:`~shiftaudit.metrics.base.Metric.default_for` says so), the JSON report, the tables, ``compare`` and the HTML
+report, with no other change.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def unregister_metric(name: str) -> None:
 
 
 def metric_classes() -> list[type[Metric]]:
-    """Every registered metric class, in report order."""
-    return list(_METRICS.values())
+    """Every registered metric class, in report order (``report_rank``, then registration order)."""
+    return sorted(_METRICS.values(), key=lambda cls: cls.report_rank)
 
 
 def get_metric(name: str) -> type[Metric]:
@@ -61,5 +62,5 @@ def default_metrics(ctx: MetricContext) -> list[Metric]:
 
 def report_order(metrics: list[Metric]) -> list[Metric]:
     """``metrics`` in registration order; metrics of unregistered classes after them, in the order given."""
-    rank = {cls: i for i, cls in enumerate(_METRICS.values())}
+    rank = {cls: i for i, cls in enumerate(metric_classes())}
     return sorted(metrics, key=lambda m: rank.get(type(m), len(rank)))

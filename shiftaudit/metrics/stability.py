@@ -43,6 +43,7 @@ def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
 @register_metric
 class FlipRate(PerImageMetric):
     name = "flip_rate"
+    report_rank = 90
     needs_labels = False
     needs_all_shifts = True
     display_order = 60
@@ -94,6 +95,7 @@ class FlipRate(PerImageMetric):
 @register_metric
 class MeanAbsoluteChange(PerImageMetric):
     name = "mac"
+    report_rank = 100
     needs_labels = False
     display_order = 70
 
