@@ -182,3 +182,17 @@ def test_failing_and_passing_checks_in_one_report():
     assert [c.passed for c in gate.checks] == [False, True] and not gate.passed
     assert gate.failures[0].line().startswith("FAIL consistency 0.9200")
     assert math.isclose(gate.checks[1].value, 0.9)
+
+
+def test_a_registered_gate_metric_is_judged_like_the_built_in_ones():
+    from shiftaudit.gating import _GATES, GateMetric, Threshold, gate, register_gate
+
+    register_gate(GateMetric("toy", needs_labels=False, needs_all_shifts=False,
+                             read=lambda m, t: (m["accuracy"]["none"]["value"], None, None, "toy estimator")))
+    try:
+        result = synthetic_result()
+        value = result.metrics["accuracy"]["none"]["value"]
+        report = gate(result, [Threshold("toy", "min", value), Threshold("toy", "max", value / 2)])
+        assert [c.passed for c in report.checks] == [True, False] and report.checks[0].estimator == "toy estimator"
+    finally:
+        _GATES.pop("toy")

@@ -141,3 +141,53 @@ def test_default_crop_margin_is_a_whole_number_of_pixels():
 
     margins = [default_crop_margin((n, n)) for n in (16, 40, 64, 65, 224)]
     assert margins == [2, 5, 8, 16, 16] and all(type(m) is int for m in margins)
+
+
+def test_fractional_canonical_offsets_wrap_into_the_half_open_range():
+    got = canonical_offset(np.array([3.5, 4.0, 4.5, 8.0, -0.5, -1e-12, 11.75]), 8)
+    assert got.tolist() == [3.5, 4.0, -3.5, 0.0, -0.5, 0.0, 3.75]  # (-4, 4]; a hair below 0 rounds to 0, not 8
+
+
+@pytest.mark.parametrize("size, max_shift, step, count", [
+    ((64, 64), 32, 1, 4096), ((65, 65), 16, 4, 81), ((33, 33), 16, 1, 1089),
+])
+def test_default_shift_set_switches_to_the_grid_above_64_px(size, max_shift, step, count):
+    s = default_shift_set(size)
+    assert (s.max_shift, s.step, len(s)) == (max_shift, step, count) and type(s.step) is int
+
+
+@pytest.mark.parametrize("max_shift, step", [(4, 1), (6, 1), (8, 2), (20, 4), (40, 4)])
+def test_default_step_for_a_given_max_shift_on_large_images(max_shift, step):
+    s = default_shift_set((224, 224), max_shift)
+    assert s.step == step and type(s.step) is int
+
+
+def test_base_geometry_keeps_both_sides_and_refuses_crop_canvases():
+    from types import SimpleNamespace
+
+    from shiftaudit.errors import UsageError
+    from shiftaudit.shifts.modes import get_shift_mode
+
+    circular = get_shift_mode("circular")
+    assert circular.geometry(SimpleNamespace(image_size=(8, 12)), None, None, None) == ((8, 12), 0)
+    with pytest.raises(UsageError) as err:
+        circular.geometry(SimpleNamespace(image_size=(40, 40), canvas_margin=4), None, None, None)
+    assert str(err.value) == "The data was loaded as crop-mode canvases; audit it with shift_mode='crop', not 'circular'."
+
+
+def test_shift_mode_registry_refuses_a_second_mode_under_a_taken_name_and_forgets_unregistered_ones():
+    from shiftaudit.shifts.base import ShiftMode, register_shift_mode, shift_mode_names, unregister_shift_mode
+
+    class Impostor(ShiftMode):
+        name = "crop"
+
+    class Extra(ShiftMode):
+        name = "extra"
+
+    with pytest.raises(ValueError, match="a shift mode named 'crop' is already registered"):
+        register_shift_mode(Impostor())
+    assert shift_mode_names() == ("circular", "crop", "subpixel")
+    register_shift_mode(Extra())
+    assert shift_mode_names() == ("circular", "crop", "subpixel", "extra")
+    unregister_shift_mode("extra")
+    assert shift_mode_names() == ("circular", "crop", "subpixel")

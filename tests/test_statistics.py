@@ -156,3 +156,23 @@ def test_planted_mac_max_instead_of_mean():
     m = MeanAbsoluteChange()
     m.update(_pair_batch(np.zeros((1, 4), np.int64), pairs, p_top))
     assert m.compute()["mean"] == pytest.approx((abs(0.9 - 0.8) + abs(0.9 - 0.4)) / 2, abs=1e-7)
+
+
+# -- mutation-testing survivors (docs/testing.md) ---------------------------------------------------------------------
+def test_summary_clips_to_bounds_only_where_the_interval_leaves_them():
+    from shiftaudit.metrics.stats import mean_interval, summary
+
+    values = np.array([0.1, 0.2, 0.3, 0.25])
+    lo, hi = mean_interval(values)
+    assert 0 < lo < hi < 1
+    assert summary(values, bounds=(0.0, 1.0)) == {"mean": pytest.approx(0.2125), "median": pytest.approx(0.225),
+                                                  "ci_low": lo, "ci_high": hi, "n": 4}
+    tight = summary(values, bounds=(0.15, 0.22))
+    assert (tight["ci_low"], tight["ci_high"]) == (max(lo, 0.15), min(hi, 0.22))
+
+
+def test_summary_of_no_values_is_nan_not_an_error():
+    from shiftaudit.metrics.stats import summary
+
+    out = summary(np.zeros(0), bounds=(0.0, 1.0))
+    assert math.isnan(out["mean"]) and math.isnan(out["median"]) and out["n"] == 0
