@@ -176,3 +176,17 @@ def test_summary_of_no_values_is_nan_not_an_error():
 
     out = summary(np.zeros(0), bounds=(0.0, 1.0))
     assert math.isnan(out["mean"]) and math.isnan(out["median"]) and out["n"] == 0
+
+
+def test_wilson_bounds_never_leave_0_1_even_where_rounding_would():
+    from shiftaudit.metrics.stats import wilson_interval
+
+    assert wilson_interval(1.0, 16)[1] == 1.0  # centre + half is 1.0000000000000002 here before the clamp
+    assert all(0.0 <= wilson_interval(p, n)[0] <= wilson_interval(p, n)[1] <= 1.0 for n in range(1, 300) for p in (0.0, 1.0))
+
+
+def test_proportion_of_no_values_is_nan_with_nan_bounds():
+    from shiftaudit.metrics.stats import proportion
+
+    out = proportion(np.zeros(0, dtype=bool))
+    assert math.isnan(out["value"]) and math.isnan(out["ci_low"]) and math.isnan(out["ci_high"]) and out["n"] == 0
