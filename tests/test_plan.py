@@ -108,3 +108,17 @@ def test_eval_dry_run_shows_the_plan_runs_nothing_and_refuses_what_the_run_would
     assert "Audit plan (dry run: nothing was run)" in res.stdout and not (tmp_path / "out").exists()
     res = cli("eval", str(ckpt), *arch, "--data", str(data), "--max-shift", "2", "--dry-run", "--min-adv-accuracy", "3=0.5")
     assert res.exit_code == 2 and "asks for radius 3 but the shift set only reaches 2" in res.stderr
+
+
+def test_gate_mapping_builds_each_threshold_as_the_cli_flags_do():
+    from shiftaudit.gating import Threshold
+
+    result = shiftaudit.audit(tiny_cnn(size=8, spatial_head=True), _data(8), max_shift=2, device="cpu")
+    report = shiftaudit.gate(result, {"min_consistency": 0.5, "min_accuracy": 0.25, "max_variation": 0.125,
+                                      "min_adv_accuracy": {1: 0.75, 2: 0.0}})
+    assert [c.threshold for c in report.checks] == [
+        Threshold("consistency", "min", 0.5), Threshold("accuracy", "min", 0.25), Threshold("variation", "max", 0.125),
+        Threshold("adversarial", "min", 0.75, 1), Threshold("adversarial", "min", 0.0, 2)]
+    same = shiftaudit.gate(result, {"min_adv_accuracy": ["1=0.75"]})
+    assert [c.threshold for c in same.checks] == [Threshold("adversarial", "min", 0.75, 1)]
+    assert shiftaudit.gate(result, {}).checks == [] and shiftaudit.gate(result, {}).passed
