@@ -81,8 +81,10 @@ def test_gate_from_python_passes_at_the_threshold_and_fails_just_above():
     report = shiftaudit.gate(result, {"min_consistency": float(torch.nextafter(torch.tensor(value, dtype=torch.float64),
                                                                                 torch.tensor(2.0, dtype=torch.float64)))})
     assert not report.passed and report.failures[0].line().startswith("FAIL consistency ")
-    with pytest.raises(UsageError, match="Unknown thresholds min_flip"):
-        shiftaudit.gate(result, {"min_flip": 0.5})
+    with pytest.raises(UsageError) as err:
+        shiftaudit.gate(result, {"min_flip": 0.5, "max_flip": 0.1})
+    assert str(err.value) == ("Unknown thresholds max_flip, min_flip; use min_consistency, min_accuracy, max_variation or "
+                              "min_adv_accuracy.")
 
 
 def test_thresholds_given_to_audit_are_judged_on_its_result():

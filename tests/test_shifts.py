@@ -189,5 +189,8 @@ def test_shift_mode_registry_refuses_a_second_mode_under_a_taken_name_and_forget
     assert shift_mode_names() == ("circular", "crop", "subpixel")
     register_shift_mode(Extra())
     assert shift_mode_names() == ("circular", "crop", "subpixel", "extra")
+    register_shift_mode(Extra())  # the same class again (a reloaded plug-in): accepted, still once
+    assert shift_mode_names() == ("circular", "crop", "subpixel", "extra")
     unregister_shift_mode("extra")
+    unregister_shift_mode("never-registered")  # nothing to forget: no error
     assert shift_mode_names() == ("circular", "crop", "subpixel")
