@@ -656,3 +656,10 @@ def test_nan_pixels_in_every_tensor_image_is_a_data_error_not_a_model_error(env,
         "mage 0 has NaN or infinite pixel values",
     )
     assert "model gave" not in line
+
+
+def test_a_digit_string_is_an_index_only_as_a_key_of_the_imagenet_style_map():
+    """Found by the property test above: {"folder": "0"} was taken as index 0; only {"0": ["wnid", "name"]} keys are."""
+    assert read_class_map({"0": ["n01440764", "tench"]}, None)[0] == {"n01440764": 0}
+    with pytest.raises(DataError, match=r"Class map entry 'cat' is \"0\", not a whole class index"):
+        read_class_map({"cat": "0"}, None)

@@ -217,8 +217,8 @@ def read_class_map(
     mapping: dict[str, int] = {}
     display: dict[int, str] = {}
 
-    def index(name: str, value: Any) -> int:
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:  # {"0": [...]} keys
+    def index(name: str, value: Any, from_key: bool = False) -> int:
+        if from_key and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:  # {"0": [...]}
             value = int(value)
         if not is_int(value):
             shown = (
@@ -237,7 +237,7 @@ def read_class_map(
     if isinstance(obj, Mapping):
         values = list(obj.values())
         if values and all(isinstance(v, (list, tuple)) and v for v in values):  # {"0": ["wnid", "name"]}
-            mapping = {str(v[0]): index(str(v[0]), k) for k, v in obj.items()}
+            mapping = {str(v[0]): index(str(v[0]), k, from_key=True) for k, v in obj.items()}  # JSON keys are strings
             display = {mapping[str(v[0])]: str(v[1]) for v in values if len(v) > 1}
         else:
             mapping = {str(k): index(str(k), v) for k, v in obj.items()}
