@@ -177,3 +177,19 @@ def test_an_unknown_shift_mode_names_the_registered_ones():
 
     with pytest.raises(UsageError, match="Unknown --shift-mode 'mirror'; use circular, crop, subpixel"):
         shiftaudit.audit(tiny_cnn(size=8), (torch.randn(2, 3, 8, 8), torch.tensor([0, 1])), shift_mode="mirror")
+
+
+def test_metrics_are_found_and_built_by_name():
+    from shiftaudit.metrics import AdversarialCurve, create_metric, get_metric
+
+    assert get_metric("adversarial") is AdversarialCurve
+    from shiftaudit.shifts.sets import ShiftSet
+
+    shifts = ShiftSet.window((8, 8), 2)
+    built = create_metric("adversarial", shifts)
+    assert type(built) is AdversarialCurve and list(built.radii) == list(shifts.radii)
+    with pytest.raises(KeyError) as err:
+        get_metric("no-such-metric")
+    message = err.value.args[0]
+    assert message.startswith("no metric named 'no-such-metric'; registered: ")
+    assert message.split(": ", 1)[1].split(", ") == [cls.name for cls in shiftaudit.metrics.registry._METRICS.values()]
