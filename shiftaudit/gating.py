@@ -60,6 +60,45 @@ class Check:
 
 
 @dataclass
+class SequentialCheck(Check):
+    """A check decided by the sequential gate: its interval is an anytime-valid confidence sequence at
+    ``confidence`` (not a 95 % interval), and ``draws`` images were drawn."""
+
+    confidence: float = 0.99
+    draws: int = 0
+
+    def line(self) -> str:
+        verdict = "ok  " if self.passed else "FAIL"
+        rel = {("min", True): ">=", ("min", False): "<", ("max", True): "<=", ("max", False): ">"}[
+            (self.threshold.bound, self.passed)
+        ]
+        return (
+            f"{verdict} {self.threshold.label} {self.value:.4f} ({_percent(self.confidence)} confidence sequence "
+            f"{self.ci_low:.4f}-{self.ci_high:.4f}, {self.draws} draws) {rel} {self.threshold.value:g} ({self.threshold.flag})"
+        )
+
+
+def _percent(p: float) -> str:
+    """99 %, 99.5 %, 99.75 %: as many digits as the level has (Bonferroni splits give odd levels)."""
+    return f"{100 * p:.6g} %"
+
+
+def sequential_gate(stats: Iterable[Any]) -> GateReport:
+    """The gate report of a decided sequential run: one :class:`SequentialCheck` per threshold statistic
+    (:class:`~shiftaudit.engine.sequential.GateStatistic`)."""
+    checks: list[Check] = []
+    for s in stats:
+        entry = s.to_json()
+        checks.append(
+            SequentialCheck(
+                s.threshold, entry["estimate"], entry["ci_low"], entry["ci_high"], entry["decision"] == "pass",
+                f"sequential estimate of {s.threshold.label}", entry["confidence"], entry["draws"],
+            )
+        )
+    return GateReport(checks)
+
+
+@dataclass
 class GateReport:
     checks: list[Check]
 

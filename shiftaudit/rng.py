@@ -20,6 +20,8 @@ STREAM_RANDOM_SHIFT = 1
 STREAM_PAIRS = 2
 # 3 and 4 were reserved for subset and reference-pair draws that never came; a new stream takes 5 or more, so a
 # number once used is never reused for a different kind of draw.
+STREAM_SEQUENTIAL_IMAGE = 5  # the sequential gate: which image draw t looks at
+STREAM_SEQUENTIAL_SHIFTS = 6  # ... and its two independent shifts
 
 
 def splitmix64(x: npt.ArrayLike) -> np.ndarray:

@@ -102,6 +102,11 @@ def _audit(raw: Any, path: Path) -> AuditResult:
     problem = report_problem(raw)
     if problem:
         raise UsageError(f"{path} is not a well-formed shiftaudit audit report ({problem}); {not_ours}.")
+    if isinstance(raw.get("metrics"), dict) and "sequential" in raw["metrics"]:
+        raise UsageError(
+            f"{path} is a sequential gate report: it holds only the gated estimates; rerun that eval with --exact to "
+            "compare it."
+        )
     return AuditResult.from_json(raw)
 
 

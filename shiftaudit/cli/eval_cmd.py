@@ -85,6 +85,21 @@ NoPolyphaseOpt = Annotated[
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="Run the model through torch.compile (falls back to eager if compiling fails).")
 ]
+ExactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact",
+        help="Gate on the full audit. Without it, a gate-only run (thresholds, no --out or --layers) draws shifts at "
+             "random and stops as soon as every threshold is clearly met or missed.",
+    ),
+]
+DecisionErrorOpt = Annotated[
+    float,
+    typer.Option(
+        "--decision-error",
+        help="Sequential gate: the largest chance that its verdict differs from the full audit's.",
+    ),
+]
 MinAdvOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -132,6 +147,8 @@ def eval_command(
     max_variation: MaxVarOpt = None,
     min_adv_accuracy: MinAdvOpt = None,
     junit: JunitOpt = None,
+    exact: ExactOpt = False,
+    decision_error: DecisionErrorOpt = 0.01,
     no_polyphase: NoPolyphaseOpt = False,
     compile_model: CompileOpt = False,
     dry_run: Annotated[
@@ -209,6 +226,8 @@ def eval_command(
         compile_model=compile_model,
         resume=resume,
         shift_mode=shift_mode.value,
+        sequential=bool(thresholds) and not exact and out is None and layers is None and resume is None,
+        decision_error=decision_error,
     )
     if dry_run:
         show_plan(plan_eval(loaded, dataset, **settings).plan, json_out)

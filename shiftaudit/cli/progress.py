@@ -36,13 +36,14 @@ class RichProgress:
         self._progress: Progress | None = None
         self._task = None
         self._lines: PlainLines | None = None
+        self.unit = "images"  # what is counted; the sequential gate counts forward passes
 
     def start(self, total: int, description: str) -> None:
         if not self.enabled:
             return
         plain = (not err_console.is_terminal) if self.plain is None else self.plain
         if plain:
-            self._lines = PlainLines(total, description, self.every_s, self.min_gap_s)
+            self._lines = PlainLines(total, description, self.every_s, self.min_gap_s, self.unit)
             return
         self._progress = Progress(
             TextColumn("{task.description}", style="progress.description", markup=False),  # text, never markup
@@ -68,7 +69,7 @@ class RichProgress:
         task = self._progress.tasks[0]
         speed = task.speed
         if speed:
-            self._progress.update(self._task, rate=f"{sig(speed)} img/s")
+            self._progress.update(self._task, rate=f"{sig(speed)} {'img' if self.unit == 'images' else self.unit}/s")
 
     def stop(self) -> None:
         if self._lines is not None:
@@ -83,8 +84,8 @@ class PlainLines:
     """One line per step of progress, e.g. ``auditing 500 images x 81 shifts: 250/500 images (50 %), 41.2 images/s,
     6.07 s elapsed, about 6.07 s left``."""
 
-    def __init__(self, total: int, description: str, every_s: float, min_gap_s: float) -> None:
-        self.total, self.description = max(0, int(total)), description
+    def __init__(self, total: int, description: str, every_s: float, min_gap_s: float, unit: str = "images") -> None:
+        self.total, self.description, self.unit = max(0, int(total)), description, unit
         self.every_s, self.min_gap_s = every_s, min_gap_s
         self.done = 0
         self.t0 = self.last = time.monotonic()
@@ -107,7 +108,10 @@ class PlainLines:
         rate = self.done / elapsed if elapsed > 0 else None
         share = f" ({100 * self.done // self.total} %)" if self.total else ""
         left = f", about {sig((self.total - self.done) / rate)} s left" if rate and self.done < self.total else ""
-        line = f"{self.description}: {self.done}/{self.total} images{share}, {sig(rate)} images/s, {sig(elapsed)} s elapsed{left}"
+        line = (
+            f"{self.description}: {self.done}/{self.total} {self.unit}{share}, {sig(rate)} {self.unit}/s, {sig(elapsed)} s "
+            f"elapsed{left}"
+        )
         err_console.print(Text(line), soft_wrap=True, highlight=False)
         self.last = now
         self.printed += 1

@@ -35,6 +35,8 @@ def plan_eval(
     compile_model: bool = False,
     resume: Path | None = None,
     shift_mode: str = "circular",
+    sequential: bool = False,
+    decision_error: float = 0.01,
 ) -> PreparedAudit:
     """The flags as an AuditConfig, planned: every check (the gate's thresholds against the shift set included) is
     done before any image goes through the model."""
@@ -54,6 +56,8 @@ def plan_eval(
         compile=compile_model,
         resume=resume,
         thresholds=tuple(thresholds),
+        sequential=sequential,
+        decision_error=decision_error,
     )
     return plan_audit(config, loaded, dataset)
 
@@ -90,9 +94,11 @@ def report_result(
 ) -> int:
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
     from shiftaudit.engine.runner import LABEL_MISMATCH
+    from shiftaudit.report.sequential import is_sequential, sequential_summary, sequential_table
 
+    sequential = is_sequential(result)
     if not quiet:
-        console.print(audit_table(result, title=describe_run(result)))
+        console.print(sequential_table(result) if sequential else audit_table(result, title=describe_run(result)))
         if "layers" in result.metrics:
             console.print()
             console.print(layers_table(result.metrics["layers"]))
@@ -100,7 +106,9 @@ def report_result(
             if not note.startswith(LABEL_MISMATCH):
                 console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
         t = result.timing
-        if t:
+        if sequential:
+            console.print(sequential_summary(result), style="dim")
+        elif t:
             console.print(
                 f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
                 f"{sig(t['forwards_per_s'])} forward passes/s)",
@@ -160,6 +168,8 @@ def show_plan(plan: Any, json_out: Path | None) -> None:
         ),
         ("forward rows", f"{plan.forward_rows:,} ({plan.slots_per_image} per image)"),
     ]
+    if plan.sequential:
+        rows.append(("gate", "sequential: random draws until every threshold is decided (the rows above if undecided)"))
     for key, text in rows:
         t.add_row(key, Text(text))
     console.print(t)

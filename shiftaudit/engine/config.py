@@ -26,7 +26,10 @@ class AuditConfig:
 
     ``metrics``: accumulators to run instead of the default ones; ``observers``: extra watchers of the forward
     passes (e.g. per-layer distances); ``thresholds``: gate thresholds (:mod:`shiftaudit.gating`), checked against the
-    plan before any work and judged on the result.
+    plan before any work and judged on the result. ``sequential``: decide the thresholds from random draws, stopping
+    as soon as each is clearly met or missed (:mod:`shiftaudit.engine.sequential`); ``decision_error`` bounds the chance
+    that the verdict differs from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's
+    forward passes spent before the exhaustive audit decides instead.
     """
 
     shifts: Any = None  # a ShiftSet, or None for the default set of the image size
@@ -49,6 +52,9 @@ class AuditConfig:
     compile: bool = False
     resume: str | Path | None = None
     thresholds: tuple[Any, ...] = ()
+    sequential: bool = False
+    decision_error: float = 0.01
+    sequential_budget: float = 0.5
 
     def check(self) -> None:
         """Refuse settings that are wrong whatever the model and data."""
@@ -57,6 +63,14 @@ class AuditConfig:
         if self.pairs < 1:
             raise UsageError(f"--pairs must be at least 1, got {self.pairs}.")
         check_range(self.pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
+        if not 0.0 < self.decision_error <= 0.5:
+            raise UsageError(f"--decision-error takes a probability in (0, 0.5], e.g. 0.01; got {self.decision_error:g}.")
+        if not 0.0 < self.sequential_budget <= 1.0:
+            raise UsageError(
+                f"The sequential budget is a fraction of the exhaustive audit in (0, 1]; got {self.sequential_budget:g}."
+            )
+        if self.sequential and not self.thresholds:
+            raise UsageError("The sequential gate decides gate thresholds; give at least one (e.g. min_consistency).")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

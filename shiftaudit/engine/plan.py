@@ -53,6 +53,7 @@ class AuditPlan:
     pairs: int
     seed: int
     notes: tuple[str, ...] = ()
+    sequential: bool = False  # the gate decides from random draws first; the planned audit runs only if it must
 
     @property
     def mode(self) -> str:
@@ -84,6 +85,7 @@ class AuditPlan:
             "forward_rows": self.forward_rows,
             "pairs": self.pairs,
             "seed": self.seed,
+            "sequential": self.sequential,
             "notes": list(self.notes),
         }
 
@@ -229,6 +231,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         config, model, dataset, shifts, exhaustive, labelled, metrics, observers, dev, device_batch, use_cl, notes
     )
     slots = len(shifts) if exhaustive else 2 + 2 * config.pairs
+    sequential = _plan_sequential(config, strategy, observers, dist is not None, len(dataset) * len(shifts), notes)
     plan = AuditPlan(
         shifts=shifts,
         exhaustive=exhaustive,
@@ -248,6 +251,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         pairs=config.pairs,
         seed=config.seed,
         notes=tuple(notes),
+        sequential=sequential,
     )
     return PreparedAudit(plan, config, model, forward, dataset, metrics, observers, info, dev, dist, notes)
 
@@ -301,6 +305,28 @@ def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shi
         from shiftaudit.gating import validate_thresholds
 
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
+
+
+SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audit is as quick as any sampling
+
+
+def _plan_sequential(
+    config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, exhaustive_rows: int, notes: list[str]
+) -> bool:
+    """Whether the sequential gate runs first; when it was asked for and cannot, a note says why."""
+    if not config.sequential:
+        return False
+    from shiftaudit.engine.sequential import sequential_blocker
+
+    why = sequential_blocker(list(config.thresholds), strategy, observers, distributed)
+    if why is None and config.resume is not None:
+        why = "--resume saves the progress of the full audit"
+    if why is None and exhaustive_rows <= SEQUENTIAL_MIN_ROWS:
+        why = f"the full audit needs only {exhaustive_rows} forward passes"
+    if why is not None:
+        notes.append(f"sequential gate not used ({why}); the full audit decides")
+        return False
+    return True
 
 
 def _plan_observers(

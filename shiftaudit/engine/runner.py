@@ -89,6 +89,10 @@ class _Counters:
 def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> AuditResult:
     """Execute a prepared plan: every image through the model at its planned shifts, then the report."""
     plan = prepared.plan
+    if plan.sequential:
+        decided = _run_sequential(prepared, progress)
+        if decided is not None:
+            return decided
     state = None
     if prepared.config.resume is not None:
         state = _resume(prepared)
@@ -118,6 +122,49 @@ def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> Audit
     if state is not None:
         state.save(prepared.metrics)
     return _result(prepared, counters, elapsed)
+
+
+def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> AuditResult | None:
+    """The sequential gate's result, or None (with a note saying why) when the full audit must decide."""
+    from shiftaudit.engine.sequential import Undecided, run_sequential
+
+    config = prepared.config
+    try:
+        outcome = run_sequential(prepared, progress, config.decision_error, config.sequential_budget)
+    except Undecided as exc:
+        prepared.notes.append(f"sequential gate {exc}; the full audit decided")
+        prepared.forward.rows = 0  # the full audit's timing counts its own forward passes
+        return None
+    plan = prepared.plan
+    settings = {**_settings(plan), "mode": "sequential", "engine": "sequential"}
+    settings["sequential"] = {"decision_error": config.decision_error, "budget": config.sequential_budget}
+    data = _data_info(prepared.dataset, plan, plan.num_images, 0)
+    data["images_drawn"] = outcome.images_seen
+    notes = list(prepared.notes) + list(dict.fromkeys(prepared.forward.notes))
+    notes.append(
+        f"sequential gate: decided after {outcome.rows:,} of the full audit's {outcome.exhaustive_rows:,} forward passes "
+        f"({100 * outcome.rows / outcome.exhaustive_rows:.1f} %); the chance that a verdict differs from the full "
+        f"audit's is at most {config.decision_error:g}"
+    )
+    result = AuditResult(
+        metrics={"sequential": outcome.to_json()},
+        per_image={},
+        model=prepared.info or {"description": type(prepared.model).__name__},
+        data=data,
+        settings=settings,
+        environment=_environment(prepared.device),
+        notes=list(getattr(prepared.dataset, "notes", []) or []) + notes,
+        timing={
+            "seconds": outcome.seconds,
+            "forwards_per_s": outcome.rows / outcome.seconds if outcome.seconds > 0 else float("nan"),
+            "forward_rows": float(outcome.rows),
+            "forward_rows_full": float(outcome.exhaustive_rows),
+        },
+    )
+    from shiftaudit.gating import sequential_gate
+
+    result.gate = sequential_gate(outcome.stats).to_json()
+    return result
 
 
 def _resume(prepared: PreparedAudit) -> ResumeState:

@@ -75,6 +75,10 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
     """
     from shiftaudit.report.html import write_html_report
 
+    if "sequential" in result.metrics:
+        from shiftaudit.errors import UsageError
+
+        raise UsageError("A sequential gate result holds only the gated estimates, nothing to draw; audit with exact=True.")
     with all_or_nothing():
         out = ensure_writable_dir(out_dir)
         written = [result.save_json(out / "report.json")]
