@@ -5,7 +5,8 @@ Forms compared on the same inputs, in the same run (so the ratios are meaningful
 - ``strided``: pad once, one depthwise 2-D conv at stride s (``shiftaudit.antialias.blurpool.blur_pool2d``, the library's form);
 - ``separable``: pad once, a vertical k x 1 conv at stride (s, 1), then a horizontal 1 x k conv at stride (1, s);
 - ``naive``: blur densely at stride 1, then slice ``[..., ::s, ::s]`` (Eq. 3 read literally);
-- ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (never a dependency).
+- ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (the optional ``bench`` extra,
+  never a dependency of the package).
 
 The first three give identical results up to float rounding (``tests/test_blurpool.py`` checks it to 1e-6).
 """
