@@ -252,7 +252,7 @@ def run_blurpool(quick: bool) -> dict[str, Any]:
     worst = 0.0  # how much slower the library's form is than the best alternative, over every row (< 1 is faster)
     by_key: dict[tuple[Any, ...], dict[str, float]] = {}
     for r in res["rows"]:
-        by_key.setdefault((tuple(r["shape"]), r["filter"]), {})[r["form"]] = r["ms"]
+        by_key.setdefault((tuple(r["shape"]), r["filter"], r["pad"]), {})[r["form"]] = r["ms"]
     for forms in by_key.values():
         others = [v for k, v in forms.items() if k != "strided"]
         if others:
