@@ -17,11 +17,12 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import time
+import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils import benchmark
 
 from shiftaudit.antialias.blurpool import blur_pool2d, pad_for_blur
 from shiftaudit.antialias.filters import get_filter, get_filter_info
@@ -66,29 +67,20 @@ def _third_party(channels: int, name: str, stride: int, pad: str) -> dict[str, C
     return out
 
 
-def _loop(fn: Callable[[], torch.Tensor], min_time: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= min_time:
-            return dt / n
-
-
 def _time_all(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, min_time: float) -> dict[str, float]:
-    """Best-of-``repeats`` seconds per call for each form, forms interleaved round-robin.
+    """Median over ``repeats`` rounds of each form's ``blocked_autorange`` median, forms interleaved round-robin.
 
-    Interleaving matters on a shared VM: a burst of steal time or first-touch page faults then hits every form
-    alike instead of whichever happened to run first. The first round is a warm-up (oneDNN setup, allocator).
+    Interleaving matters on a shared VM: a burst of steal time then hits every form alike instead of whichever
+    happened to run first; the median over rounds ignores a round that a burst spoiled (a best-of-rounds minimum
+    favours whichever form got lucky once). The first round is a warm-up (oneDNN setup, allocator).
     """
-    best = {k: float("inf") for k in fns}
+    seen: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
-            t = _loop(fn, min_time)
+            t = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median
             if r:
-                best[k] = min(best[k], t)
-    return best
+                seen[k].append(t)
+    return {k: statistics.median(v) for k, v in seen.items()}
 
 
 def run(quick: bool = False) -> dict:
