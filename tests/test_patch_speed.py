@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import warnings
 
 import pytest
 import torch
@@ -158,3 +159,15 @@ def test_patched_resnet18_output_is_unchanged(pad, channels_last, monkeypatch):
         monkeypatch.setattr(BlurPool2d, "forward", old_blur_forward)
         slow = model(x)
     assert torch.equal(fast, slow)
+
+
+
+def test_traced_patched_model_follows_the_input_size():
+    """TorchScript export traces the fast path; its slices must follow the input's size, not the example's."""
+    model = patch(torchvision.models.resnet18(weights=None, num_classes=3), pad="zero").eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notices
+        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64), check_trace=False)
+        for size in [(64, 64), (67, 80)]:
+            x = torch.randn(1, 3, *size)
+            assert torch.equal(traced(x), model(x))
