@@ -85,7 +85,7 @@ class PoolBlur2d(nn.Module):
         return (pw, dw * (kw - 1) - pw, ph, dh * (kh - 1) - ph)
 
     def _fast_max(self, x: torch.Tensor) -> bool:
-        """Whether :func:`dense_max_pool2d` may stand in for ``self.pool``, giving the same output bit for bit.
+        """Whether :func:`dense_max_pool2d` may stand in for ``self.pool`` (same values, ``torch.equal``).
 
         Not while gradients are recorded (``torch.maximum`` splits a tie's gradient where max_pool2d routes it to
         one input), nor for pool subclasses, indices or hooks on the pool (they expect it to run), nor integers.
