@@ -20,7 +20,7 @@ from torch import nn
 from shiftaudit.antialias import patch
 from shiftaudit.antialias.blurpool import BlurPool2d, blur_pool2d, pad_for_blur
 from shiftaudit.antialias.filters import filter_2d
-from shiftaudit.antialias.modules import PoolBlur2d, dense_max_pool2d
+from shiftaudit.antialias.modules import PoolBlur2d, dense_avg_pool2d, dense_max_pool2d
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -81,6 +81,16 @@ def test_dense_max_matches_stride_one_max_pool2d(kernel, dilation, padding, dtyp
         assert_same_values(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (3, 2), (1, 3), (5, 5), (7, 7)])
+def test_dense_avg_matches_stride_one_avg_pool2d(kernel, dtype):
+    for shape, cl in [((2, 3, 9, 11), False), ((4, 64, 28, 28), False), ((1, 16, 57, 56), True), ((1, 2, 7, 8), False)]:
+        g = torch.Generator().manual_seed(shape[-1])
+        x = (3 * torch.randn(shape, generator=g)).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last) if cl else x
+        assert torch.equal(dense_avg_pool2d(x, kernel), F.avg_pool2d(x, kernel, 1))
+
+
 def _pool_configs() -> list[tuple]:
     """Kernel, stride, padding, dilation, ceil_mode, circular: the grid, less combinations torch refuses."""
     grid = itertools.product([2, 3, (3, 2)], [2, 3, (2, 1)], [0, 1], [1, 2], [False, True], [False, True])
@@ -93,7 +103,10 @@ def test_pool_blur_fast_path_matches_the_old_formulation(kernel, stride, padding
     for size in [(7, 9), (8, 8), (13, 6)]:
         dtype = rng.choice(DTYPES)
         pad_mode = "circular" if circular else rng.choice(["reflect", "zero", "replicate"])
-        pool = nn.MaxPool2d(kernel, stride, padding, dilation=dilation, ceil_mode=ceil_mode)
+        if dilation == 1 and rng.random() < 0.5:  # average pools have no dilation
+            pool: nn.Module = nn.AvgPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
+        else:
+            pool = nn.MaxPool2d(kernel, stride, padding, dilation=dilation, ceil_mode=ceil_mode)
         blur_stride = stride if isinstance(stride, int) else stride[0]
         m = PoolBlur2d(pool, BlurPool2d(None, rng.choice(["tri3", "binomial5", "rect2"]), blur_stride, pad_mode),
                        circular=circular).to(dtype)
@@ -106,6 +119,30 @@ def test_pool_blur_fast_path_matches_the_old_formulation(kernel, stride, padding
                     m(x)
                 continue
             assert_same_values(m(x), want)  # infinities in the input make NaNs in the blur
+
+
+def test_patched_average_pools_match_the_old_formulation(monkeypatch):
+    """Average pools (DenseNet transitions, ceil_mode stems) in a patched model, NCHW and channels_last."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.AvgPool2d(3, 2, ceil_mode=True), nn.AvgPool2d(2, 2, padding=1), nn.Flatten())
+    model = patch(model).eval()
+    assert sum(isinstance(m, PoolBlur2d) for m in model.modules()) == 3
+    calls = []
+    with monkeypatch.context() as mp, torch.inference_mode():
+        mp.setattr("shiftaudit.antialias.modules.dense_avg_pool2d", lambda x, k: calls.append(k) or dense_avg_pool2d(x, k))
+        model(torch.randn(1, 3, 37, 30))
+    assert calls == [(2, 2), (3, 3)]  # the padded pool keeps nn.AvgPool2d
+    for dtype, cl in [(torch.float32, False), (torch.float64, False), (torch.float32, True)]:
+        m = model.to(dtype)
+        x = torch.randn(2, 3, 37, 30, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last) if cl else x
+        with torch.inference_mode():
+            fast = m(x)
+            with monkeypatch.context() as mp:
+                mp.setattr(PoolBlur2d, "forward", old_pool_blur)
+                slow = m(x)
+        assert torch.equal(fast, slow)
 
 
 def test_pool_blur_records_gradients_through_max_pool2d():
