@@ -1,8 +1,8 @@
-"""The fast paths of patched models give exactly the bits of the formulations they replace.
+"""The fast paths of patched models give the values of the formulations they replace.
 
 ``PoolBlur2d`` computes its dense (stride-1) max pool as shifted maxima and plain average pools as shifted sums, and
-``blur_pool2d`` lets the conv do symmetric zero padding. Both are compared here against the previous code, written out below, with ``torch.equal`` (and NaN
-positions where the dense max alone is checked).
+``blur_pool2d`` lets the conv do symmetric zero padding. Each is compared here against the previous code, written
+out below, with ``torch.equal`` (and NaN positions where the dense max alone is checked).
 """
 
 from __future__ import annotations
