@@ -2,10 +2,12 @@
 
 Forms compared on the same inputs, in the same run (so the ratios are meaningful on a busy machine):
 
-- ``strided``: pad once, one depthwise 2-D conv at stride s (``shiftaudit.antialias.blurpool.blur_pool2d``, the library's form);
+- ``strided``: pad once, one depthwise 2-D conv at stride s (``shiftaudit.antialias.blurpool.blur_pool2d``, the library's form;
+  with zero padding and an odd filter the conv pads itself);
 - ``separable``: pad once, a vertical k x 1 conv at stride (s, 1), then a horizontal 1 x k conv at stride (1, s);
 - ``naive``: blur densely at stride 1, then slice ``[..., ::s, ::s]`` (Eq. 3 read literally);
-- ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (never a dependency).
+- ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (the optional ``bench`` extra,
+  never a dependency of the package).
 
 The first three give identical results up to float rounding (``tests/test_blurpool.py`` checks it to 1e-6).
 """
@@ -13,12 +15,14 @@ The first three give identical results up to float rounding (``tests/test_blurpo
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
-import time
+import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils import benchmark
 
 from shiftaudit.antialias.blurpool import blur_pool2d, pad_for_blur
 from shiftaudit.antialias.filters import get_filter, get_filter_info
@@ -45,68 +49,65 @@ def blur_naive(x: torch.Tensor, name: str, stride: int = 2, pad_mode: str = "ref
 FORMS: dict[str, Form] = {"strided": blur_strided, "separable": blur_separable, "naive": blur_naive}
 
 
-def _third_party(channels: int, name: str, stride: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Reference implementations, only if already installed; their padding conventions may differ from ours."""
+def _third_party(channels: int, name: str, stride: int, pad: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Reference implementations, only if already installed, each in the group of its own padding.
+
+    antialiased_cnns pads by reflection as our default does; kornia's BlurPool2D zero-pads inside the conv.
+    """
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     taps = get_filter_info(name).taps
-    if importlib.util.find_spec("antialiased_cnns") is not None and name.startswith("binomial"):
+    if pad == "reflect" and importlib.util.find_spec("antialiased_cnns") is not None and name.startswith("binomial"):
         import antialiased_cnns  # type: ignore[import-not-found]
 
         out["antialiased_cnns"] = antialiased_cnns.BlurPool(channels, filt_size=taps, stride=stride).eval()
-    if importlib.util.find_spec("kornia") is not None and name.startswith("binomial") and taps % 2 == 1:
+    if pad == "zero" and importlib.util.find_spec("kornia") is not None and name.startswith("binomial") and taps % 2:
         import kornia  # type: ignore[import-not-found]
 
         out["kornia"] = kornia.filters.BlurPool2D(kernel_size=taps, stride=stride).eval()
     return out
 
 
-def _loop(fn: Callable[[], torch.Tensor], min_time: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= min_time:
-            return dt / n
-
-
 def _time_all(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, min_time: float) -> dict[str, float]:
-    """Best-of-``repeats`` seconds per call for each form, forms interleaved round-robin.
+    """Median over ``repeats`` rounds of each form's ``blocked_autorange`` median, forms interleaved round-robin.
 
-    Interleaving matters on a shared VM: a burst of steal time or first-touch page faults then hits every form
-    alike instead of whichever happened to run first. The first round is a warm-up (oneDNN setup, allocator).
+    Interleaving matters on a shared VM: a burst of steal time then hits every form alike instead of whichever
+    happened to run first; the median over rounds ignores a round that a burst spoiled (a best-of-rounds minimum
+    favours whichever form got lucky once). The first round is a warm-up (oneDNN setup, allocator).
     """
-    best = {k: float("inf") for k in fns}
+    seen: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
-            t = _loop(fn, min_time)
+            t = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median
             if r:
-                best[k] = min(best[k], t)
-    return best
+                seen[k].append(t)
+    return {k: statistics.median(v) for k, v in seen.items()}
 
 
 def run(quick: bool = False) -> dict:
-    """Time every form at a few shapes and filters; ratios are relative to the library's ``strided`` form."""
+    """Time every form at a few shapes, filters and paddings; ratios are relative to the library's ``strided`` form.
+
+    Zero padding is its own group: there the library lets the conv pad (odd filters), as kornia does.
+    """
     if quick:
         shapes = [(4, 16, 28, 28), (2, 64, 14, 14)]
-        filters, repeats, min_time = ["tri3", "binomial5"], 2, 0.02
+        filters, pads, repeats, min_time = ["tri3", "binomial5"], ["reflect", "zero"], 2, 0.02
     else:
         shapes = [(32, 64, 56, 56), (8, 256, 28, 28), (8, 512, 14, 14)]
-        filters, repeats, min_time = ["tri3", "binomial5", "binomial7"], 5, 0.2
+        filters, pads, repeats, min_time = ["tri3", "binomial5", "binomial7"], ["reflect", "zero"], 5, 0.2
     rows = []
     torch.manual_seed(0)
     with torch.inference_mode():
-        for shape in shapes:
+        for shape, name, pad in itertools.product(shapes, filters, pads):
             x = torch.randn(shape)
-            for name in filters:
-                fns: dict[str, Callable[[], torch.Tensor]] = {
-                    k: (lambda f=f, x=x, name=name: f(x, name, 2, "reflect")) for k, f in FORMS.items()
-                }
-                fns.update({k: (lambda m=m, x=x: m(x)) for k, m in _third_party(shape[1], name, 2).items()})
-                times = _time_all(fns, repeats, min_time)
-                base = times["strided"]
-                for form, t in times.items():
-                    rows.append({"shape": list(shape), "filter": name, "form": form, "ms": t * 1e3, "ratio": t / base})
+            fns: dict[str, Callable[[], torch.Tensor]] = {
+                k: (lambda f=f, x=x, name=name, pad=pad: f(x, name, 2, pad)) for k, f in FORMS.items()
+            }
+            fns.update({k: (lambda m=m, x=x: m(x)) for k, m in _third_party(shape[1], name, 2, pad).items()})
+            times = _time_all(fns, repeats, min_time)
+            base = times["strided"]
+            for form, t in times.items():
+                rows.append({"shape": list(shape), "filter": name, "pad": pad, "form": form, "ms": t * 1e3,
+                             "ratio": t / base})
     return {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
 
 
@@ -116,10 +117,11 @@ def _print(result: dict) -> None:
 
     t = Table(title=f"BlurPool forms, CPU, {result['threads']} threads, torch {result['torch']} (ratio = time / strided)",
               title_justify="left")
-    for col in ("Shape", "Filter", "Form", "ms", "Ratio"):
+    for col in ("Shape", "Filter", "Pad", "Form", "ms", "Ratio"):
         t.add_column(col, justify="right" if col in ("ms", "Ratio") else "left")
     for r in result["rows"]:
-        t.add_row("x".join(map(str, r["shape"])), r["filter"], r["form"], f"{r['ms']:.2f}", f"{r['ratio']:.2f}")
+        t.add_row("x".join(map(str, r["shape"])), r["filter"], r.get("pad", "reflect"), r["form"], f"{r['ms']:.2f}",
+                  f"{r['ratio']:.2f}")
     Console().print(t)
 
 

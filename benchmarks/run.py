@@ -10,7 +10,8 @@
   constant) and leave out the few single-shift passes of the random-draw metrics, which only flatters them;
 - the polyphase engine against the same loops on the circular VGG-13;
 - adversary early exit against the full adversarial run (forwards saved, same curve) on the trained demo model;
-- BlurPool2d forms (``benchmarks.bench_blurpool``).
+- BlurPool2d forms (``benchmarks.bench_blurpool``);
+- a patched resnet18 against the original, 224 px, batch 1 and 8 (``benchmarks.bench_patched``).
 
 Results go to ``OUT/bench.json`` (written atomically) and a table. One intra-op thread by default: on a shared
 machine spinning OpenMP threads make small-batch timings erratic (the naive loop would look far worse than it is).
@@ -251,12 +252,21 @@ def run_blurpool(quick: bool) -> dict[str, Any]:
     worst = 0.0  # how much slower the library's form is than the best alternative, over every row (< 1 is faster)
     by_key: dict[tuple[Any, ...], dict[str, float]] = {}
     for r in res["rows"]:
-        by_key.setdefault((tuple(r["shape"]), r["filter"]), {})[r["form"]] = r["ms"]
+        by_key.setdefault((tuple(r["shape"]), r["filter"], r["pad"]), {})[r["form"]] = r["ms"]
     for forms in by_key.values():
         others = [v for k, v in forms.items() if k != "strided"]
         if others:
             worst = max(worst, forms["strided"] / min(others))
     res["strided_vs_best_alternative"] = worst
+    return res
+
+
+def run_patched(quick: bool) -> dict[str, Any]:
+    """Patched vs original resnet18 latency; ``patched_vs_original`` maps each batch size to the median ratio."""
+    from benchmarks import bench_patched
+
+    res = bench_patched.run(quick=quick)
+    res["patched_vs_original"] = {str(r["batch"]): r["ratio"] for r in res["rows"] if r["model"] == "patched"}
     return res
 
 
@@ -287,6 +297,8 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
     early = run_early_exit(cfg.early_exit_images, cfg.early_exit_shift, dev)
     say("BlurPool2d forms")
     blur = run_blurpool(cfg.blur_quick)
+    say("patched resnet18 latency")
+    patched = run_patched(cfg.blur_quick)
     main = next(c for c in cases if c["name"] == "vgg13_cifar")
     circ = next(c for c in cases if c["name"] == "vgg13_cifar_circular")
     return {
@@ -297,6 +309,7 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
         "cases": cases,
         "early_exit": early,
         "blurpool": blur,
+        "patched": patched,
         "summary": {
             "engine_vs_naive_per_metric": main["speedup_vs_naive_per_metric"],
             "engine_vs_naive_shared": main["speedup_vs_naive_shared"],
@@ -305,6 +318,7 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
             "polyphase_vs_engine_dense": circ.get("speedup_vs_engine_dense"),
             "early_exit_forwards_saved": early["forwards_saved"],
             "blurpool_strided_vs_best_alternative": blur["strided_vs_best_alternative"],
+            "patched_vs_original": patched["patched_vs_original"],
             "seconds": time.perf_counter() - t0,
         },
     }
@@ -334,11 +348,15 @@ def print_tables(result: dict[str, Any]) -> None:
     from benchmarks.bench_blurpool import _print
 
     _print(result["blurpool"])
+    from benchmarks.bench_patched import print_table
+
+    print_table(result["patched"])
     s = result["summary"]
     con.print(f"engine vs naive: {s['engine_vs_naive_per_metric']:.1f}x (per-metric passes), "
               f"{s['engine_vs_naive_shared']:.1f}x (one shared pass); polyphase vs naive: "
               f"{s['polyphase_vs_naive_per_metric']:.1f}x / {s['polyphase_vs_naive_shared']:.1f}x; "
               f"BlurPool2d strided / best alternative: {s['blurpool_strided_vs_best_alternative']:.2f}; "
+              f"patched / original resnet18 (batch: ratio): {s['patched_vs_original']}; "
               f"{s['seconds']:.0f} s in all")
 
 

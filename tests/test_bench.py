@@ -33,5 +33,9 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     assert early["early_exit"]["forwards"] <= early["full"]["forwards"]
     assert {r["form"] for r in result["blurpool"]["rows"]} >= {"strided", "separable", "naive"}
     assert set(result["summary"]) >= {"engine_vs_naive_per_metric", "polyphase_vs_naive_per_metric",
-                                      "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative"}
+                                      "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative",
+                                      "patched_vs_original"}
+    models = {r["model"] for r in result["patched"]["rows"]}
+    assert models >= {"original", "patched", "patched_maxpool"}
+    assert result["summary"]["patched_vs_original"]["1"] > 0
     assert "wrote" in capsys.readouterr().out
