@@ -121,8 +121,10 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, b
 def run_case(case: SeqCase) -> dict[str, Any]:
     model, x, y = case.build()
     shifts = case.shifts((x.shape[-2], x.shape[-1]))
+    full, full_s = _run(model, x, y, shifts, case.batch, mode="exhaustive")  # timed with the real model
     replay = Replay(model)
-    full, full_s = _run(replay, x, y, shifts, case.batch, mode="exhaustive")
+    recorded, _ = _run(replay, x, y, shifts, case.batch, mode="exhaustive")
+    assert recorded.metrics == full.metrics
     replay.recording = False
     exact = full.metrics["consistency"]["exact"]["value"]
     full_rows = int(full.timing["forward_rows"])

@@ -11,7 +11,8 @@
 - the polyphase engine against the same loops on the circular VGG-13;
 - adversary early exit against the full adversarial run (forwards saved, same curve) on the trained demo model;
 - BlurPool2d forms (``benchmarks.bench_blurpool``);
-- a patched resnet18 against the original, 224 px, batch 1 and 8 (``benchmarks.bench_patched``).
+- a patched resnet18 against the original, 224 px, batch 1 and 8 (``benchmarks.bench_patched``);
+- time to a gate verdict: the sequential gate against the full audit (``benchmarks.bench_sequential``).
 
 Results go to ``OUT/bench.json`` (written atomically) and a table. One intra-op thread by default: on a shared
 machine spinning OpenMP threads make small-batch timings erratic (the naive loop would look far worse than it is).
@@ -299,6 +300,10 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
     blur = run_blurpool(cfg.blur_quick)
     say("patched resnet18 latency")
     patched = run_patched(cfg.blur_quick)
+    say("sequential gate: time to a verdict")
+    from benchmarks import bench_sequential
+
+    sequential = bench_sequential.run(mode)
     main = next(c for c in cases if c["name"] == "vgg13_cifar")
     circ = next(c for c in cases if c["name"] == "vgg13_cifar_circular")
     return {
@@ -310,6 +315,7 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
         "early_exit": early,
         "blurpool": blur,
         "patched": patched,
+        "sequential": sequential,
         "summary": {
             "engine_vs_naive_per_metric": main["speedup_vs_naive_per_metric"],
             "engine_vs_naive_shared": main["speedup_vs_naive_shared"],
@@ -319,6 +325,12 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
             "early_exit_forwards_saved": early["forwards_saved"],
             "blurpool_strided_vs_best_alternative": blur["strided_vs_best_alternative"],
             "patched_vs_original": patched["patched_vs_original"],
+            "sequential_forwards_ratio": {
+                f"{c['name']} d={r['margin']:g} {r['full_verdict']}": r["forwards_ratio"]
+                for c in sequential["cases"]
+                for r in c["rows"]
+            },
+            "sequential_agreement": min((r["agreement"] for c in sequential["cases"] for r in c["rows"]), default=None),
             "seconds": time.perf_counter() - t0,
         },
     }
@@ -351,6 +363,9 @@ def print_tables(result: dict[str, Any]) -> None:
     from benchmarks.bench_patched import print_table
 
     print_table(result["patched"])
+    from benchmarks.bench_sequential import print_table as print_sequential
+
+    print_sequential(result["sequential"])
     s = result["summary"]
     con.print(f"engine vs naive: {s['engine_vs_naive_per_metric']:.1f}x (per-metric passes), "
               f"{s['engine_vs_naive_shared']:.1f}x (one shared pass); polyphase vs naive: "

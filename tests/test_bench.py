@@ -38,4 +38,9 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     models = {r["model"] for r in result["patched"]["rows"]}
     assert models >= {"original", "patched", "patched_maxpool"}
     assert result["summary"]["patched_vs_original"]["1"] > 0
+    seq = result["sequential"]["cases"][0]
+    assert seq["name"] == "demo_zero_pad" and seq["rows"]
+    for row in seq["rows"]:
+        assert row["agreement"] == 1.0 and row["full_forwards"] == seq["images"] * seq["shifts"]
+        assert row["forwards_ratio"] == row["full_forwards"] / row["median_forwards"]
     assert "wrote" in capsys.readouterr().out
