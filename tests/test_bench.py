@@ -25,6 +25,9 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
             assert case[key]["pairs_per_s"] > 0
         assert case["naive_per_metric"]["passes"] == len(bench.NAIVE_METRICS) == 5 and case["naive_shared"]["passes"] == 1
         assert case["speedup_vs_naive_per_metric"] > 0
+        eq = case["equal_batch"]
+        assert eq["naive"]["batch"] == eq["engine"]["device_batch"] and eq["engine"]["strategy"] == "dense"
+        assert eq["speedup"] > 0 and eq["engine_packed"]["forward_rows"] == eq["engine"]["forward_rows"]
     circular = result["cases"][1]
     assert circular["engine"]["strategy"] == "polyphase" and circular["shifts"] == 1024
     assert circular["engine_dense"]["strategy"] == "dense"
@@ -33,5 +36,6 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     assert early["early_exit"]["forwards"] <= early["full"]["forwards"]
     assert {r["form"] for r in result["blurpool"]["rows"]} >= {"strided", "separable", "naive"}
     assert set(result["summary"]) >= {"engine_vs_naive_per_metric", "polyphase_vs_naive_per_metric",
-                                      "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative"}
+                                      "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative",
+                                      "engine_vs_naive_equal_batch"}
     assert "wrote" in capsys.readouterr().out
