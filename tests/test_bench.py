@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import run as bench
@@ -39,3 +40,20 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
                                       "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative",
                                       "engine_vs_naive_equal_batch"}
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu.py's code path at toy sizes on the CPU (what benchmarks/gpu.sh runs on a GPU)."""
+    from benchmarks import gpu
+
+    threads = torch.get_num_threads()
+    try:
+        assert gpu.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["dry_run"] is True and result["demo_polyphase"]["engine"] == "polyphase"
+    assert [c["model"].split()[0] for c in result["resnets"]] == ["resnet18", "resnet50"]
+    assert all(c["achieved_tflops"] > 0 and c["pairs_per_s"] > 0 for c in result["resnets"])
+    assert gpu.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.0 and gpu.datasheet_peak("cpu") is None
