@@ -67,6 +67,8 @@ def audit(
     ``None`` uses it for all-shift runs whenever the model allows it, ``False`` never. ``early_exit``: stop each
     image at its first misclassified shift; ``None`` does so when every metric asked for allows it (the adversarial
     curve and zero-shift accuracy). ``compile``: run the model through ``torch.compile`` (eager if that fails).
+    ``pack_rows``: dense rows fill every device batch across image batches (:mod:`shiftaudit.engine.packing`);
+    ``None`` packs on CUDA only, since it moves float metrics by rounding against the unpacked layout.
     ``thresholds``: gate thresholds, checked against the plan before any work; the verdict is in ``result.gate``.
     Under ``torchrun`` the images are sharded over the processes and every process returns the merged result.
     Ctrl-C or SIGTERM raises :class:`~shiftaudit.errors.AuditInterrupted` (how far it got, where it was saved).
