@@ -24,7 +24,7 @@ result can alias a later batch's inputs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +63,10 @@ class RowPacker:
 
     @property
     def rows_ahead(self) -> int:
-        """Rows already forwarded for jobs that have not finished (counted by ``forward.rows`` already)."""
+        """Rows already forwarded for jobs whose results were not taken yet (counted by ``forward.rows`` already)."""
         return sum(j.sent for j in self.jobs)
 
-    def add(self, job: PackJob) -> list[Any]:
+    def add(self, job: PackJob) -> Iterator[Any]:
         """Queue a job and run every full device batch now possible; the results of the jobs that completed."""
         dev = self.forward.device
         job.outputs = (
@@ -80,18 +80,17 @@ class RowPacker:
         self._run(unsent - unsent % max(1, self.forward.batch) if self.carry else unsent)
         return self._finished()
 
-    def flush(self) -> list[Any]:
+    def flush(self) -> Iterator[Any]:
         """Run whatever is left (the run's one short device batch) and return the remaining results."""
         self._run(self._unsent())
         return self._finished()
 
-    def _finished(self) -> list[Any]:
-        """Results of the leading jobs whose every row is back, oldest first (a later job never overtakes)."""
-        done = []
+    def _finished(self) -> Iterator[Any]:
+        """Results of the leading jobs whose every row is back, oldest first (a later job never overtakes). Lazy: a
+        finished job leaves the queue only when its result is taken, so :attr:`rows_ahead` stays exact meanwhile."""
         while self.jobs and self.jobs[0].sent == self.jobs[0].rows:
             job = self.jobs.popleft()
-            done.append(job.finish(job.outputs))
-        return done
+            yield job.finish(job.outputs)
 
     def _unsent(self) -> int:
         return sum(j.rows - j.sent for j in self.jobs)

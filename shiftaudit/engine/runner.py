@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +175,7 @@ def _run_batches(
     draws = DrawPlan(seed=plan.seed, pairs=plan.pairs, num_shifts=len(shifts))
     dtype = _input_dtype(prepared)
     packer = RowPacker(forward, _carry_rows(prepared)) if plan.strategy == "dense" and not prepared.observers else None
+    done: Iterable[tuple[ShiftBatch | None, int, np.ndarray]]
     with torch.inference_mode():
         for images, labels, ids in loader:
             ids_np = ids.numpy().astype(np.int64)
@@ -188,7 +190,7 @@ def _run_batches(
             elif packer is not None:  # rows may share device batches with the next image batch; results come in order
                 job = dense_job(forward, x, lab_dev, labels, ids_np, shifts, plan.exhaustive, draws, plan.pairs, dh_all, dw_all)
                 job.finish = _with_ids(job.finish, ids_np)
-                done = packer.add(job)
+                done = packer.add(job)  # lazy: each result leaves the packer as it is delivered
             else:
                 batch, bad = full_batch(
                     forward,
