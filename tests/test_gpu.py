@@ -150,8 +150,9 @@ def test_compile_on_cuda_matches_eager():
     assert abs(compiled.metrics["consistency"]["exact"]["value"] - eager.metrics["consistency"]["exact"]["value"]) <= 1e-3
 
 
-def _assert_close(a: object, b: object, rel: float = 1e-9) -> None:
-    """Equal structure and equal values; floats to ``rel`` (CUDA and CPU kernels round differently)."""
+def _assert_close(a: object, b: object, rel: float = 1e-6) -> None:
+    """Equal structure and equal values; floats to ``rel``: double logits on CUDA and CPU can differ in their last bits,
+    which can move the float32 probabilities the metrics read by one unit in the last place."""
     if isinstance(a, dict) and isinstance(b, dict):
         assert a.keys() == b.keys()
         for k in a:
