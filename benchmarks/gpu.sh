@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU path, proven on a GPU, in one short run (< 8 min on one card): the GPU tests (pytest -m gpu), then the GPU
-# benchmark (benchmarks/gpu.py) into bench-results/gpu.json. Installs nothing but the project itself (make install)
+# The GPU path, proven on a GPU, in one short run (< 8 min on one card, each step under its own timeout): the GPU
+# tests (pytest -m gpu), the GPU benchmark (benchmarks/gpu.py) into bench-results/gpu.json, and the opt-in options'
+# speed and drift on CUDA (benchmarks/options.py) into bench-results/options.json. Installs nothing but the project itself (make install)
 # when .venv is absent. Usage: benchmarks/gpu.sh [extra arguments for benchmarks/gpu.py, e.g. --quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +20,11 @@ mkdir -p bench-results
 
 # Tests first, with their own output kept: a failure still lets the benchmark run, and the script exits non-zero.
 tests_rc=0
-timeout 300 "$PY" -m pytest -p no:xdist -p no:cacheprovider -m gpu -q -rs tests/test_gpu.py \
+timeout 200 "$PY" -m pytest -p no:xdist -p no:cacheprovider -m gpu -q -rs tests/test_gpu.py \
     --junitxml bench-results/gpu-tests.xml || tests_rc=$?
 
-timeout 300 "$PY" -m benchmarks.gpu --device cuda --out bench-results "$@"
+timeout 150 "$PY" -m benchmarks.gpu --device cuda --out bench-results "$@"
+timeout 120 "$PY" -m benchmarks.options --device cuda --reps 3 --out bench-results
 
 echo "gpu tests exit status: $tests_rc (0 = all passed); results in bench-results/gpu.json"
 exit "$tests_rc"
