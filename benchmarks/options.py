@@ -67,10 +67,16 @@ def measure(name: str, model: nn.Module, rows: torch.Tensor, batch: int, reps: i
         if opt == "channels_last":
             m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         callers[opt] = _runner(m, opt)[1]
+    failed: dict[str, str] = {}
+    with torch.inference_mode():
+        for opt in options:  # warm-up (and compile) outside the timed rounds; a failing compile is recorded, not fatal
+            try:
+                callers[opt](rows[:batch])
+            except Exception as exc:  # noqa: BLE001
+                failed[opt] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    options = tuple(o for o in options if o not in failed)
     times: dict[str, list[float]] = {opt: [] for opt in options}
     with torch.inference_mode():
-        for opt in options:  # warm-up (and compile) outside the timed rounds
-            callers[opt](rows[:batch])
         for _ in range(reps):
             for opt in options:
                 t0 = clock()
@@ -78,7 +84,8 @@ def measure(name: str, model: nn.Module, rows: torch.Tensor, batch: int, reps: i
                 times[opt].append(clock() - t0)
                 outputs[opt] = out
     ref = outputs["fp32"]
-    result: dict[str, Any] = {"model": name, "rows": int(rows.shape[0]), "batch": batch, "input": list(rows.shape[1:])}
+    result: dict[str, Any] = {"model": name, "rows": int(rows.shape[0]), "batch": batch, "input": list(rows.shape[1:]),
+                              "failed": failed}
     base = statistics.median(times["fp32"])
     for opt in options:
         med = statistics.median(times[opt])
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     reps = 1 if args.quick else args.reps
     results = [measure(n, m, r, b, reps, device, options) for n, m, r, b in cases(args.quick)]
     for r in results:
-        print(r["model"], {o: {k: round(v, 6) for k, v in r[o].items() if k != "seconds"} for o in options})
+        shown = [o for o in options if o in r]
+        print(r["model"], {o: {k: round(v, 6) for k, v in r[o].items() if k != "seconds"} for o in shown}, r["failed"])
     path = write_json_atomic(args.out / "options.json", {"device": device.type, "threads": args.threads,
                                                          "torch": torch.__version__, "results": results})
     print(f"wrote {path}")

@@ -57,3 +57,19 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     assert [c["model"].split()[0] for c in result["resnets"]] == ["resnet18", "resnet50"]
     assert all(c["achieved_tflops"] > 0 and c["pairs_per_s"] > 0 for c in result["resnets"])
     assert gpu.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.0 and gpu.datasheet_peak("cpu") is None
+
+
+@pytest.mark.slow
+def test_options_benchmark_reports_speed_and_drift(tmp_path):
+    from benchmarks import options
+
+    threads = torch.get_num_threads()
+    try:
+        assert options.main(["--quick", "--options", "bf16,channels_last", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "options.json").read_text())
+    for r in result["results"]:
+        assert r["fp32"]["max_abs_logit_diff"] == 0.0 and r["fp32"]["speedup_vs_fp32"] == 1.0
+        assert 0.0 <= r["bf16"]["predictions_changed"] <= 1.0 and r["bf16"]["max_abs_logit_diff"] > 0
+        assert r["channels_last"]["max_abs_logit_diff"] < 1e-3
