@@ -4,8 +4,9 @@
 shift and the random pairs of a :class:`DrawPlan` in sampled mode) and runs it through the dense or the polyphase
 model; :func:`dense_job` lays out the same dense rows as a job for the
 :class:`~shiftaudit.engine.packing.RowPacker` (one reused input buffer, optionally rows shared across image batches),
-which the runner uses for every dense run without per-layer observers. :func:`early_exit_batch` walks the shifts in order of growing radius and drops each image at its first
-misclassified shift. Both leave out images whose outputs are not finite and return how many there were.
+which the runner uses for every dense run without per-layer observers. :func:`early_exit_batch` walks the shifts in
+order of growing radius and drops each image at its first misclassified shift. All leave out images whose outputs
+are not finite and return how many there were.
 """
 
 from __future__ import annotations
