@@ -8,6 +8,9 @@
   pass per all-shift metric (exact consistency, variation, adversarial curve, accuracy map, 1-px flip rate), as
   separate evaluation scripts do. The naive loops are timed on a prefix of the shift set (their cost per shift is
   constant) and leave out the few single-shift passes of the random-draw metrics, which only flatters them;
+- the dense engine against the naive loop at the *same* device batch (the same (image, shift) rows, each made by
+  ``torch.roll`` and stacked per forward), with and without ``pack_rows``, on the shift prefix: the engine's own
+  contribution, without the batch-size effect;
 - the polyphase engine against the same loops on the circular VGG-13;
 - adversary early exit against the full adversarial run (forwards saved, same curve) on the trained demo model;
 - BlurPool2d forms (``benchmarks.bench_blurpool``);
@@ -167,6 +170,26 @@ def time_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: Shift
     return {"shifts_timed": int(len(ks)), "passes": passes, "seconds": dt, "pairs_per_s": pairs / dt}
 
 
+def naive_batched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, ks: np.ndarray,
+                  batch: int) -> dict[str, Any]:
+    """The naive loop at the engine's batch size: the same (image, shift) rows, image-major, each made by torch.roll
+    and stacked ``batch`` rows per forward; the engine's equal-batch reference."""
+    rows = [(i, int(shifts.dh[k]), int(shifts.dw[k])) for i in range(x.shape[0]) for k in ks]
+    _sync(x.device)
+    t0 = time.perf_counter()
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            inputs = torch.stack([torch.roll(x[i], (dh, dw), (-2, -1)) for i, dh, dw in chunk])
+            p = torch.softmax(model(inputs).float(), 1)
+            labels = y[torch.as_tensor([i for i, _, _ in chunk], device=x.device)]
+            preds.append((p.argmax(1).cpu(), p.gather(1, labels[:, None])[:, 0].cpu()))
+    _sync(x.device)
+    dt = time.perf_counter() - t0
+    return {"shifts_timed": int(len(ks)), "batch": batch, "seconds": dt, "pairs_per_s": len(rows) / dt}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,7 +204,7 @@ def time_engine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: Shif
     dt = time.perf_counter() - t0
     pairs = x.shape[0] * len(shifts)
     return {"strategy": r.settings["engine"], "seconds": dt, "pairs_per_s": pairs / dt,
-            "forward_rows": int(r.timing["forward_rows"])}
+            "forward_rows": int(r.timing["forward_rows"]), "device_batch": int(r.settings["device_batch"])}
 
 
 def run_case(case: Case, device: torch.device, seed: int = 0) -> dict[str, Any]:
@@ -202,9 +225,16 @@ def run_case(case: Case, device: torch.device, seed: int = 0) -> dict[str, Any]:
         model(x)
         model(x[:1])
     out["engine"] = time_engine(model, x, y, shifts, device, polyphase=case.polyphase)
-    if case.polyphase:  # the dense engine on the same circular model, timed on the naive loops' shift prefix
-        sub = ShiftSet.from_offsets(size, list(zip(shifts.dh[: case.naive_shifts], shifts.dw[: case.naive_shifts])))
-        out["engine_dense"] = time_engine(model, x, y, sub, device, polyphase=False)
+    # the dense engine on the naive loops' shift prefix, against the naive loop at the same device batch
+    sub = ShiftSet.from_offsets(size, list(zip(shifts.dh[: case.naive_shifts], shifts.dw[: case.naive_shifts])))
+    dense = time_engine(model, x, y, sub, device, polyphase=False, pack_rows=False)
+    packed = time_engine(model, x, y, sub, device, polyphase=False, pack_rows=True)
+    naive_eq = naive_batched(model, x, y, sub, np.arange(len(sub)), dense["device_batch"])
+    out["equal_batch"] = {"engine": dense, "engine_packed": packed, "naive": naive_eq,
+                          "speedup": dense["pairs_per_s"] / naive_eq["pairs_per_s"],
+                          "speedup_packed": packed["pairs_per_s"] / naive_eq["pairs_per_s"]}
+    if case.polyphase:
+        out["engine_dense"] = dense
     out["naive_shared"] = time_naive(model, x, y, shifts, case.naive_shifts, per_metric=False)
     out["naive_per_metric"] = time_naive(model, x, y, shifts, case.naive_shifts, per_metric=True)
     rate = out["engine"]["pairs_per_s"]
@@ -216,7 +246,8 @@ def run_case(case: Case, device: torch.device, seed: int = 0) -> dict[str, Any]:
 
 
 def run_early_exit(images: int, max_shift: int | None, device: torch.device) -> dict[str, Any]:
-    """The trained demo model on its synthetic test images: adversarial curve with and without early exit."""
+    """The trained demo model on its synthetic test images: adversarial curve with and without early exit (both
+    dense: the demo model is circular, so an all-shift run would otherwise go polyphase and exit nothing early)."""
     from shiftaudit.cli.demo_cmd import demo_dataset
     from shiftaudit.loading import load_model
     from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
@@ -229,7 +260,7 @@ def run_early_exit(images: int, max_shift: int | None, device: torch.device) -> 
     runs = {}
     for key, flag in (("full", False), ("early_exit", True)):
         t0 = time.perf_counter()
-        r = audit(loaded, data, shifts=shifts, device=device, early_exit=flag,
+        r = audit(loaded, data, shifts=shifts, device=device, early_exit=flag, polyphase=False,
                   metrics=[AdversarialCurve(shifts), AccuracyAtZeroShift()])
         runs[key] = (time.perf_counter() - t0, r)
     (tf, full), (te, fast) = runs["full"], runs["early_exit"]
@@ -319,6 +350,8 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
         "summary": {
             "engine_vs_naive_per_metric": main["speedup_vs_naive_per_metric"],
             "engine_vs_naive_shared": main["speedup_vs_naive_shared"],
+            "engine_vs_naive_equal_batch": {c["name"] + f"_{c['image_size'][0]}": c["equal_batch"]["speedup"]
+                                            for c in cases},
             "polyphase_vs_naive_per_metric": circ["speedup_vs_naive_per_metric"],
             "polyphase_vs_naive_shared": circ["speedup_vs_naive_shared"],
             "polyphase_vs_engine_dense": circ.get("speedup_vs_engine_dense"),
@@ -353,6 +386,16 @@ def print_tables(result: dict[str, Any]) -> None:
                   f"{c['naive_per_metric']['pairs_per_s']:.0f}", f"{c['speedup_vs_naive_shared']:.1f}",
                   f"{c['speedup_vs_naive_per_metric']:.1f}")
     con.print(t)
+    q = Table(title="Dense engine vs the naive roll loop at the same device batch (same rows, shift prefix)",
+              title_justify="left")
+    for col in ("Model", "Size", "Shifts", "Batch", "engine pairs/s", "packed pairs/s", "naive pairs/s", "x", "x packed"):
+        q.add_column(col, justify="left" if col == "Model" else "right")
+    for c in result["cases"]:
+        eq = c["equal_batch"]
+        q.add_row(c["name"], f"{c['image_size'][0]}", str(eq["naive"]["shifts_timed"]), str(eq["naive"]["batch"]),
+                  f"{eq['engine']['pairs_per_s']:.0f}", f"{eq['engine_packed']['pairs_per_s']:.0f}",
+                  f"{eq['naive']['pairs_per_s']:.0f}", f"{eq['speedup']:.2f}", f"{eq['speedup_packed']:.2f}")
+    con.print(q)
     e = result["early_exit"]
     con.print(f"adversary early exit ({e['model']}, {e['images']} images x {e['shifts']} shifts): "
               f"{e['early_exit']['forwards']} of {e['full']['forwards']} forwards "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import run as bench
@@ -25,6 +26,9 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
             assert case[key]["pairs_per_s"] > 0
         assert case["naive_per_metric"]["passes"] == len(bench.NAIVE_METRICS) == 5 and case["naive_shared"]["passes"] == 1
         assert case["speedup_vs_naive_per_metric"] > 0
+        eq = case["equal_batch"]
+        assert eq["naive"]["batch"] == eq["engine"]["device_batch"] and eq["engine"]["strategy"] == "dense"
+        assert eq["speedup"] > 0 and eq["engine_packed"]["forward_rows"] == eq["engine"]["forward_rows"]
     circular = result["cases"][1]
     assert circular["engine"]["strategy"] == "polyphase" and circular["shifts"] == 1024
     assert circular["engine_dense"]["strategy"] == "dense"
@@ -34,7 +38,7 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     assert {r["form"] for r in result["blurpool"]["rows"]} >= {"strided", "separable", "naive"}
     assert set(result["summary"]) >= {"engine_vs_naive_per_metric", "polyphase_vs_naive_per_metric",
                                       "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative",
-                                      "patched_vs_original"}
+                                      "patched_vs_original", "engine_vs_naive_equal_batch"}
     models = {r["model"] for r in result["patched"]["rows"]}
     assert models >= {"original", "patched", "patched_maxpool"}
     assert result["summary"]["patched_vs_original"]["1"] > 0
@@ -44,3 +48,36 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
         assert row["agreement"] == 1.0 and row["full_forwards"] == seq["images"] * seq["shifts"]
         assert row["forwards_ratio"] == row["full_forwards"] / row["median_forwards"]
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu.py's code path at toy sizes on the CPU (what benchmarks/gpu.sh runs on a GPU)."""
+    from benchmarks import gpu
+
+    threads = torch.get_num_threads()
+    try:
+        assert gpu.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["dry_run"] is True and result["demo_polyphase"]["engine"] == "polyphase"
+    assert [c["model"].split()[0] for c in result["resnets"]] == ["resnet18", "resnet50"]
+    assert all(c["achieved_tflops"] > 0 and c["pairs_per_s"] > 0 for c in result["resnets"])
+    assert gpu.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.0 and gpu.datasheet_peak("cpu") is None
+
+
+@pytest.mark.slow
+def test_options_benchmark_reports_speed_and_drift(tmp_path):
+    from benchmarks import options
+
+    threads = torch.get_num_threads()
+    try:
+        assert options.main(["--quick", "--options", "bf16,channels_last", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "options.json").read_text())
+    for r in result["results"]:
+        assert r["fp32"]["max_abs_logit_diff"] == 0.0 and r["fp32"]["speedup_vs_fp32"] == 1.0
+        assert 0.0 <= r["bf16"]["predictions_changed"] <= 1.0 and r["bf16"]["max_abs_logit_diff"] > 0
+        assert r["channels_last"]["max_abs_logit_diff"] < 1e-3

@@ -50,6 +50,7 @@ class AuditConfig:
     polyphase: bool | None = None
     early_exit: bool | None = None
     compile: bool = False
+    pack_rows: bool | None = None  # dense rows share device batches across image batches; None: on CUDA only
     resume: str | Path | None = None
     thresholds: tuple[Any, ...] = ()
     sequential: bool = False

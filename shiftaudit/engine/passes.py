@@ -2,8 +2,11 @@
 
 :func:`full_batch` lays out every planned pair (every shift of the set in exhaustive mode; the zero shift, one random
 shift and the random pairs of a :class:`DrawPlan` in sampled mode) and runs it through the dense or the polyphase
-model. :func:`early_exit_batch` walks the shifts in order of growing radius and drops each image at its first
-misclassified shift. Both leave out images whose outputs are not finite and return how many there were.
+model; :func:`dense_job` lays out the same dense rows as a job for the
+:class:`~shiftaudit.engine.packing.RowPacker` (one reused input buffer, optionally rows shared across image batches),
+which the runner uses for every dense run without per-layer observers. :func:`early_exit_batch` walks the shifts in
+order of growing radius and drops each image at its first misclassified shift. All leave out images whose outputs
+are not finite and return how many there were.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import torch
 
 from shiftaudit.engine.forward import BatchedForward
 from shiftaudit.engine.observers import Observer
+from shiftaudit.engine.packing import PackJob
 from shiftaudit.metrics import ShiftBatch
 from shiftaudit.rng import STREAM_PAIRS, STREAM_RANDOM_SHIFT, uniform_integers
-from shiftaudit.shifts.modes import make_bank
+from shiftaudit.shifts.modes import gather_into, make_bank
 from shiftaudit.shifts.modes.circular import ShiftBank
 from shiftaudit.shifts.sets import ShiftSet
 
@@ -38,24 +42,25 @@ class DrawPlan:
         return flat.reshape(len(image_ids), self.pairs, 2)
 
 
-def full_batch(
-    forward: BatchedForward,
-    x: torch.Tensor,
-    lab_dev: torch.Tensor | None,
-    labels: torch.Tensor,
-    ids_np: np.ndarray,
-    shifts: ShiftSet,
-    exhaustive: bool,
-    plan: DrawPlan,
-    pairs: int,
-    dh_all: torch.Tensor,
-    dw_all: torch.Tensor,
-    observers: list[Observer],
-    polyphase: bool,
-) -> tuple[ShiftBatch | None, int]:
-    """Every planned (image, shift) pair of a batch through the model: the batch for the metrics, nonfinite count."""
-    dev = x.device
-    b = x.shape[0]
+@dataclass(frozen=True)
+class Layout:
+    """Where each (image, shift) pair of a batch sits: per-image slots (numpy) and the flat forward rows (device)."""
+
+    slot_shift: np.ndarray  # (B, S) shift-set index held in each slot
+    zero_slot: np.ndarray
+    random_slot: np.ndarray
+    pair_slots: np.ndarray
+    flat_image: torch.Tensor  # (B*S,) image of each forward row, image-major
+    flat_shift: torch.Tensor  # (B*S,) shift-set index of each forward row
+
+    @property
+    def slots(self) -> int:
+        return int(self.slot_shift.shape[1])
+
+
+def layout_pairs(b: int, ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int,
+                 dev: torch.device) -> Layout:
+    """Every planned pair of ``b`` images: every shift (exhaustive), or zero, random and the random pairs (sampled)."""
     rand = plan.random_shift(ids_np)
     pair = plan.pair_shifts(ids_np)
     if exhaustive:
@@ -71,24 +76,24 @@ def full_batch(
     s = slot_shift.shape[1]
     flat_shift = torch.as_tensor(slot_shift.reshape(-1), device=dev)
     flat_image = torch.arange(b, device=dev).repeat_interleave(s)
-    flat_labels = lab_dev[flat_image] if lab_dev is not None else None
-    if polyphase:  # one input per image; the polyphase model returns its rows in shift-set order
-        cost = int(getattr(forward.model, "cost", s))
-        pred, p_lab, p_top, finite = forward.run(lambda sl: x[sl], b, flat_labels, (), fan_out=s, cost=cost)
-    else:
-        bank = make_bank(x, shifts)  # circular roll, crop window of the canvas, or Fourier sub-pixel shift
+    return Layout(slot_shift, zero_slot, random_slot, pair_slots, flat_image, flat_shift)
 
-        def make_inputs(sl: slice) -> torch.Tensor:
-            k = flat_shift[sl]
-            return bank.gather(flat_image[sl], dh_all[k], dw_all[k])
 
-        for o in observers:
-            o.begin_batch(flat_image, flat_shift, ids_np)
-        pred, p_lab, p_top, finite = forward.run(make_inputs, b * s, flat_labels, tuple(observers))
-    labelled = lab_dev is not None
+def read_back(
+    outputs: tuple[torch.Tensor, ...],
+    lay: Layout,
+    labels: torch.Tensor | None,
+    ids_np: np.ndarray,
+    shifts: ShiftSet,
+    exhaustive: bool,
+    num_classes: int,
+) -> tuple[ShiftBatch | None, int]:
+    """Per-row (pred, P(label), top-1, finite) as one ShiftBatch; images with a non-finite output are left out."""
+    pred, p_lab, p_top, finite = outputs
+    b, s = lay.slot_shift.shape
     pred_np = pred.view(b, s).cpu().numpy()
     p_top_np = p_top.view(b, s).cpu().numpy()
-    p_lab_np = p_lab.view(b, s).cpu().numpy() if labelled else None
+    p_lab_np = p_lab.view(b, s).cpu().numpy() if labels is not None else None
     ok_img = finite.view(b, s).all(dim=1).cpu().numpy()
     keep = np.flatnonzero(ok_img)
     bad = int(b - keep.size)
@@ -96,18 +101,89 @@ def full_batch(
         return None, bad
     return ShiftBatch(
         image_ids=ids_np[keep],
-        labels=labels.numpy().astype(np.int64)[keep] if labelled else None,
+        labels=labels.numpy().astype(np.int64)[keep] if labels is not None else None,
         preds=pred_np[keep],
         p_label=p_lab_np[keep] if p_lab_np is not None else None,
         p_top=p_top_np[keep],
-        shift_index=slot_shift[keep],
-        zero_slot=zero_slot[keep],
-        random_slot=random_slot[keep],
-        pair_slots=pair_slots[keep],
+        shift_index=lay.slot_shift[keep],
+        zero_slot=lay.zero_slot[keep],
+        random_slot=lay.random_slot[keep],
+        pair_slots=lay.pair_slots[keep],
         exhaustive=exhaustive,
         num_shifts=len(shifts),
-        num_classes=forward.num_classes,
+        num_classes=num_classes,
     ), bad
+
+
+def full_batch(
+    forward: BatchedForward,
+    x: torch.Tensor,
+    lab_dev: torch.Tensor | None,
+    labels: torch.Tensor,
+    ids_np: np.ndarray,
+    shifts: ShiftSet,
+    exhaustive: bool,
+    plan: DrawPlan,
+    pairs: int,
+    dh_all: torch.Tensor,
+    dw_all: torch.Tensor,
+    observers: list[Observer],
+    polyphase: bool,
+) -> tuple[ShiftBatch | None, int]:
+    """Every planned (image, shift) pair of a batch through the model: the batch for the metrics, nonfinite count.
+
+    The rows of this one batch only (the polyphase model and per-layer observers need that); the plain dense path
+    goes through :func:`dense_job` and a :class:`~shiftaudit.engine.packing.RowPacker` instead."""
+    b = x.shape[0]
+    lay = layout_pairs(b, ids_np, shifts, exhaustive, plan, pairs, x.device)
+    s = lay.slots
+    flat_labels = lab_dev[lay.flat_image] if lab_dev is not None else None
+    if polyphase:  # one input per image; the polyphase model returns its rows in shift-set order
+        cost = int(getattr(forward.model, "cost", s))
+        outputs = forward.run(lambda sl: x[sl], b, flat_labels, (), fan_out=s, cost=cost)
+    else:
+        bank = make_bank(x, shifts)  # circular roll, crop window of the canvas, or Fourier sub-pixel shift
+
+        def make_inputs(sl: slice) -> torch.Tensor:
+            k = lay.flat_shift[sl]
+            return bank.gather(lay.flat_image[sl], dh_all[k], dw_all[k])
+
+        for o in observers:
+            o.begin_batch(lay.flat_image, lay.flat_shift, ids_np)
+        outputs = forward.run(make_inputs, b * s, flat_labels, tuple(observers))
+    lab = labels if lab_dev is not None else None
+    return read_back(outputs, lay, lab, ids_np, shifts, exhaustive, forward.num_classes)
+
+
+def dense_job(
+    forward: BatchedForward,
+    x: torch.Tensor,
+    lab_dev: torch.Tensor | None,
+    labels: torch.Tensor,
+    ids_np: np.ndarray,
+    shifts: ShiftSet,
+    exhaustive: bool,
+    plan: DrawPlan,
+    pairs: int,
+    dh_all: torch.Tensor,
+    dw_all: torch.Tensor,
+) -> PackJob:
+    """The same rows as :func:`full_batch`'s dense path, as a job whose rows may share device batches with the
+    previous and next image batches; the job's result is the same ``(ShiftBatch | None, nonfinite count)``."""
+    lay = layout_pairs(x.shape[0], ids_np, shifts, exhaustive, plan, pairs, x.device)
+    bank = make_bank(x, shifts)
+    lab = labels if lab_dev is not None else None
+
+    def fill(out: torch.Tensor, start: int, stop: int) -> None:
+        k = lay.flat_shift[start:stop]
+        gather_into(bank, out, lay.flat_image[start:stop], dh_all[k], dw_all[k])
+
+    def finish(outputs: tuple[torch.Tensor, ...]) -> tuple[ShiftBatch | None, int]:
+        return read_back(outputs, lay, lab, ids_np, shifts, exhaustive, forward.num_classes)
+
+    flat_labels = lab_dev[lay.flat_image] if lab_dev is not None else None
+    row_shape = (int(x.shape[1]), shifts.height, shifts.width)  # crop mode: x holds the larger canvases
+    return PackJob(int(lay.flat_image.numel()), row_shape, x.dtype, fill, flat_labels, finish)
 
 
 def early_exit_batch(

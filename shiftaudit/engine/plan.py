@@ -137,8 +137,10 @@ def plan_shifts(
 def default_device_batch(device: torch.device, size: tuple[int, int]) -> int:
     """Images x shifts per forward pass: big enough to keep the device busy, bounded by activation memory.
 
-    On the CPU moderate batches win: 32-64 rows at 32x32 ran ~1.2-2x faster than 256 (cache-resident activations;
-    benchmarks/RESULTS.md), so the CPU budget is 64 rows of 32x32.
+    On the CPU moderate batches win: 32-64 rows at 32x32 ran faster than 256, and still do with the reused input
+    buffer (VGG-13, 1 thread, CPU-time medians: 193 / 190 / 159 pairs/s at 32 / 64 / 256). The cause is glibc
+    returning the activations' memory to the OS after each forward: with MALLOC_MMAP_THRESHOLD_/TRIM_THRESHOLD_/
+    TOP_PAD_ raised, 64 and 256 both ran at ~228 (benchmarks/RESULTS.md). So the CPU budget stays 64 rows of 32x32.
     """
     pixels = size[0] * size[1]
     budget = (1024 if device.type == "cuda" else 64) * 32 * 32

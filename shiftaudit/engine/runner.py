@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,12 @@ from shiftaudit import __version__
 from shiftaudit.engine import distributed
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.observers import Observer, Progress
-from shiftaudit.engine.passes import DrawPlan, early_exit_batch, full_batch
+from shiftaudit.engine.packing import RowPacker
+from shiftaudit.engine.passes import DrawPlan, dense_job, early_exit_batch, full_batch
 from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.resume import ResumeState, resume_state, subset_loader
 from shiftaudit.errors import AuditInterrupted, ModelError, Terminated
-from shiftaudit.metrics import Metric, ZeroShiftConfidence
+from shiftaudit.metrics import Metric, ShiftBatch, ZeroShiftConfidence
 from shiftaudit.metrics.layout import assemble
 from shiftaudit.result import AuditResult
 
@@ -66,6 +68,8 @@ def audit(
     ``None`` uses it for all-shift runs whenever the model allows it, ``False`` never. ``early_exit``: stop each
     image at its first misclassified shift; ``None`` does so when every metric asked for allows it (the adversarial
     curve and zero-shift accuracy). ``compile``: run the model through ``torch.compile`` (eager if that fails).
+    ``pack_rows``: dense rows fill every device batch across image batches (:mod:`shiftaudit.engine.packing`);
+    ``None`` packs on CUDA only, since it moves float metrics by rounding against the unpacked layout.
     ``thresholds``: gate thresholds, checked against the plan before any work; the verdict is in ``result.gate``.
     Under ``torchrun`` the images are sharded over the processes and every process returns the merged result.
     Ctrl-C or SIGTERM raises :class:`~shiftaudit.errors.AuditInterrupted` (how far it got, where it was saved).
@@ -217,6 +221,8 @@ def _run_batches(
     dw_all = torch.as_tensor(shifts.dw, dtype=off_dtype, device=dev)
     draws = DrawPlan(seed=plan.seed, pairs=plan.pairs, num_shifts=len(shifts))
     dtype = _input_dtype(prepared)
+    packer = RowPacker(forward, _carry_rows(prepared)) if plan.strategy == "dense" and not prepared.observers else None
+    done: Iterable[tuple[ShiftBatch | None, int, np.ndarray]]
     with torch.inference_mode():
         for images, labels, ids in loader:
             ids_np = ids.numpy().astype(np.int64)
@@ -227,6 +233,11 @@ def _run_batches(
                 batch, bad = early_exit_batch(
                     forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np, shifts, dh_all, dw_all, plan.pairs
                 )
+                done = [(batch, bad, ids_np)]
+            elif packer is not None:  # rows may share device batches with the next image batch; results come in order
+                job = dense_job(forward, x, lab_dev, labels, ids_np, shifts, plan.exhaustive, draws, plan.pairs, dh_all, dw_all)
+                job.finish = _with_ids(job.finish, ids_np)
+                done = packer.add(job)  # lazy: each result leaves the packer as it is delivered
             else:
                 batch, bad = full_batch(
                     forward,
@@ -243,21 +254,50 @@ def _run_batches(
                     prepared.observers,
                     polyphase=plan.strategy == "polyphase",
                 )
-            counters.nonfinite_images += bad
-            if batch is not None:
-                for m in prepared.metrics:
-                    m.update(batch)
-            counters.images_done += images.shape[0]
-            if state is not None:
-                state.record(
-                    ids_np,
-                    prepared.metrics,
-                    images_done=counters.images_done,
-                    nonfinite_images=counters.nonfinite_images,
-                    rows=counters.rows_before + forward.rows,
-                )
-            if progress is not None:
-                progress.advance(images.shape[0])
+                done = [(batch, bad, ids_np)]
+            for item in done:
+                _deliver(prepared, item, state, counters, progress, packer)
+        for item in packer.flush() if packer is not None else ():
+            _deliver(prepared, item, state, counters, progress, packer)
+
+
+def _carry_rows(prepared: PreparedAudit) -> bool:
+    """Whether dense rows may share device batches across image batches (see :mod:`shiftaudit.engine.packing`)."""
+    wanted = prepared.config.pack_rows
+    return prepared.device.type == "cuda" if wanted is None else bool(wanted)
+
+
+def _with_ids(finish: Any, ids_np: np.ndarray) -> Any:
+    """A job's result with the ids of its images, which the progress and the resume state need."""
+    return lambda outputs: (*finish(outputs), ids_np)
+
+
+def _deliver(
+    prepared: PreparedAudit,
+    item: tuple[ShiftBatch | None, int, np.ndarray],
+    state: ResumeState | None,
+    counters: _Counters,
+    progress: Progress | None,
+    packer: RowPacker | None,
+) -> None:
+    """One finished image batch into every metric, the resume state and the progress bar."""
+    batch, bad, ids_np = item
+    counters.nonfinite_images += bad
+    if batch is not None:
+        for m in prepared.metrics:
+            m.update(batch)
+    counters.images_done += len(ids_np)
+    if state is not None:  # rows forwarded ahead for the next image batch are counted when it finishes
+        ahead = packer.rows_ahead if packer is not None else 0
+        state.record(
+            ids_np,
+            prepared.metrics,
+            images_done=counters.images_done,
+            nonfinite_images=counters.nonfinite_images,
+            rows=counters.rows_before + prepared.forward.rows - ahead,
+        )
+    if progress is not None:
+        progress.advance(len(ids_np))
 
 
 def _input_dtype(prepared: PreparedAudit) -> torch.dtype:

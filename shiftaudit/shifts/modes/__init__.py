@@ -38,6 +38,7 @@ __all__ = [
     "crop_margin",
     "default_crop_margin",
     "fourier_shift",
+    "gather_into",
     "get_shift_mode",
     "input_geometry",
     "make_bank",
@@ -63,3 +64,12 @@ def input_geometry(
 def make_bank(x: torch.Tensor, shifts: ShiftSet) -> Bank:
     """The bank that builds ``shifts.mode`` shifted copies of the batch ``x`` (canvases in crop mode)."""
     return get_shift_mode(shifts.mode).bank(x, shifts)
+
+
+def gather_into(bank: Any, out: torch.Tensor, image_index: torch.Tensor, dh: torch.Tensor, dw: torch.Tensor) -> None:
+    """``out[:] = bank.gather(...)``, written in place when the bank can (circular), copied otherwise."""
+    direct = getattr(bank, "gather_into", None)
+    if direct is not None:
+        direct(out, image_index, dh, dw)
+    else:
+        out.copy_(bank.gather(image_index, dh, dw))

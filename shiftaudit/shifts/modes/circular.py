@@ -52,6 +52,13 @@ class ShiftBank:
         out = self._windows[image_index, :, oh, ow]
         return out.contiguous()
 
+    def gather_into(self, out: torch.Tensor, image_index: torch.Tensor, dh: torch.Tensor, dw: torch.Tensor) -> None:
+        """:meth:`gather` written into ``out`` (contiguous ``(n, C, H, W)``), so a reused buffer takes the copies
+        and no batch-sized tensor is allocated per forward."""
+        oh = torch.remainder(-dh, self.height)
+        ow = torch.remainder(-dw, self.width)
+        torch.ops.aten.index.Tensor_out(self._windows, [image_index, None, oh, ow], out=out)
+
 
 def roll_batch(images: torch.Tensor, dh: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
     """Every image at every shift: ``(B, C, H, W)`` and shared ``(K,)`` offsets, or per-image ``(B, K)`` offsets,
