@@ -190,6 +190,14 @@ def test_a_threshold_at_the_exact_value_falls_back_to_the_full_audit(zero_padded
     assert r.timing["forward_rows"] == full.timing["forward_rows"]  # the full audit's own count
 
 
+def test_an_accuracy_threshold_at_its_exact_value_stops_drawing_and_the_full_audit_decides(zero_padded):
+    """Only the zero shift is drawn for accuracy, so the forward budget is never reached: the draw cap ends it."""
+    model, x, y, shifts, full = zero_padded
+    r = _gate(model, x, y, shifts, build_thresholds(None, full.metrics["accuracy"]["none"]["value"]))
+    assert r.settings["engine"] != "sequential" and r.gate["passed"]
+    assert any(n.startswith("sequential gate undecided after 200 forward passes (1 %") for n in r.notes)
+
+
 def test_the_gate_reads_the_cached_predictions_like_the_full_audit(zero_padded):
     """Each adversarial and variation observation equals the per-image value of the full audit."""
     from shiftaudit.engine.config import AuditConfig
@@ -273,14 +281,14 @@ def model_and_data(tmp_path_factory, zero_padded):
     return root, full
 
 
-def _eval(root, *args):
+def _eval(root, *args, data=("--data", "data.pt", "--raw")):
     import os
 
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        return cli("eval", "model.pt", "--arch", "seqnet:build", "--data", "data.pt", "--raw", "--max-shift", "4",
-                   "--shift-step", "1", "--device", "cpu", *args)
+        return cli("eval", "model.pt", "--arch", "seqnet:build", *data, "--max-shift", "4", "--shift-step", "1",
+                   "--device", "cpu", *args)
     finally:
         os.chdir(cwd)
 
@@ -334,3 +342,13 @@ def test_cli_refuses_a_bad_decision_error_and_shows_the_sequential_plan(model_an
     assert res.exit_code == 2 and "--decision-error" in res.stderr
     res = _eval(root, "--min-consistency", "0.5", "--dry-run")
     assert res.exit_code == 0 and "sequential: random draws" in res.stdout
+
+
+def test_cli_all_unreadable_images_end_in_one_sentence_not_a_loop(model_and_data, tmp_path):
+    root, _ = model_and_data
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(40):
+        (bad / f"img{i:02d}.png").write_bytes(b"not a png at all")
+    res = _eval(root, "--min-consistency", "0.5", data=("--data", str(bad), "--size", "16", "--resize", "16"))
+    assert res.exit_code == 2 and "None of the 40 images could be read" in res.stderr, res.output

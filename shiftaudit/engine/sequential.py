@@ -38,6 +38,7 @@ from shiftaudit.shifts.modes import make_bank
 SEQUENTIAL_METRICS = ("consistency", "accuracy", "adversarial", "variation")
 FIRST_ROUND = 32  # images drawn in the first round; later rounds grow by half, so the looks are geometric
 MAX_ROUND = 4096
+DRAWS_PER_IMAGE = 64  # past this many draws per image every observation repeats cached ones: the full audit decides
 
 
 class Undecided(Exception):
@@ -141,7 +142,7 @@ class SequentialGate:
         """Rounds until every threshold is decided; raises :class:`Undecided` past the budget."""
         size = FIRST_ROUND
         while not self.decided:
-            if self.rows >= self.budget_rows:
+            if self.rows >= self.budget_rows or self.draws >= DRAWS_PER_IMAGE * self.num_images:
                 raise Undecided(
                     f"undecided after {self.rows:,} forward passes ({100 * self.rows / self.exhaustive_rows:.0f} % of "
                     "the exhaustive audit's): a value within noise of its threshold"
@@ -162,6 +163,8 @@ class SequentialGate:
         # the choice cannot lean on this round's outcomes)
         self.complete = {i for i in np.unique(images).tolist() if i in self.cache.pred and bool((self.cache.pred[i] >= 0).all())}
         x, position, readable = self._load(np.unique(images))
+        if readable.size == 0:
+            raise Undecided("drew no readable image in a round")
         keep = np.isin(images, readable)  # an unreadable image is not part of the audited data: its draw is void
         images, pairs = images[keep], pairs[keep]
         wanted = self._planned_shifts(images, pairs)
