@@ -193,3 +193,37 @@ def test_metrics_are_found_and_built_by_name():
     message = err.value.args[0]
     assert message.startswith("no metric named 'no-such-metric'; registered: ")
     assert message.split(": ", 1)[1].split(", ") == [cls.name for cls in shiftaudit.metrics.registry._METRICS.values()]
+
+
+def test_reset_states_never_share_memory_with_their_defaults():
+    """An in-place update (np.add.at, +=) after reset must not write into the declared default: a second reset would
+    start from the first run's counts."""
+    from shiftaudit.metrics import AccuracyMap, ShiftBatch
+    from shiftaudit.shifts.sets import ShiftSet
+
+    shifts = ShiftSet.window((8, 8), 1)
+    m = AccuracyMap(shifts)
+    s = len(shifts)
+    batch = ShiftBatch(
+        image_ids=np.arange(2), labels=np.zeros(2, dtype=np.int64), preds=np.zeros((2, s), dtype=np.int64),
+        p_label=None, p_top=np.ones((2, s), dtype=np.float32), shift_index=np.tile(np.arange(s), (2, 1)),
+        zero_slot=np.zeros(2, dtype=np.int64), random_slot=np.zeros(2, dtype=np.int64),
+        pair_slots=np.zeros((2, 1, 2), dtype=np.int64), exhaustive=True, num_shifts=s, num_classes=2,
+    )
+    for _ in range(2):
+        m.reset()
+        m.update(batch)
+        assert m.sum_correct.tolist() == [2] * s and m.sum_images.tolist() == [2]
+    m.reset()
+    assert m.sum_correct.tolist() == [0] * s and m.sum_images.tolist() == [0]
+
+
+def test_create_metric_passes_keyword_arguments_and_unregistering_an_unknown_name_is_a_no_op():
+    from shiftaudit.metrics import create_metric, metric_classes
+    from shiftaudit.shifts.sets import ShiftSet
+
+    shifts = ShiftSet.window((8, 8), 1)
+    assert create_metric("adversarial", shift_set=shifts).radii == shifts.radii
+    before = metric_classes()
+    unregister_metric("no-such-metric")
+    assert metric_classes() == before

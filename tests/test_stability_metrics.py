@@ -78,3 +78,30 @@ def test_intervals_of_quantities_that_cannot_be_negative_stay_at_or_above_zero()
         metric.load_state_dict({"ids": np.arange(10), "values": values})
         out = metric.compute()
         assert out["ci_low"] == 0.0 and out["ci_high"] > out["mean"] > 0.0, type(metric).__name__
+
+
+def test_adversarial_interval_bounds_are_the_wilson_bounds_of_each_radius():
+    from scipy import stats as sps
+
+    from shiftaudit.metrics import AdversarialCurve, ShiftBatch
+    from shiftaudit.shifts.sets import ShiftSet
+
+    shifts = ShiftSet.window((8, 8), 2)
+    s, n = len(shifts), 10
+    preds = np.zeros((n, s), dtype=np.int64)
+    for i in range(n):  # image i first fails at radius i % 4; images 3 and 7 never fail
+        if i % 4 < 3:
+            preds[i, shifts.radius == i % 4] = 1
+    curve = AdversarialCurve(shifts)
+    curve.update(ShiftBatch(
+        image_ids=np.arange(n), labels=np.zeros(n, dtype=np.int64), preds=preds, p_label=None,
+        p_top=np.ones((n, s), dtype=np.float32), shift_index=np.tile(np.arange(s), (n, 1)),
+        zero_slot=np.zeros(n, dtype=np.int64), random_slot=np.zeros(n, dtype=np.int64),
+        pair_slots=np.zeros((n, 1, 2), dtype=np.int64), exhaustive=True, num_shifts=s, num_classes=2,
+    ))
+    out = curve.compute()
+    correct = [sum(1 for i in range(n) if not (i % 4 < 3 and i % 4 <= r)) for r in out["radius"]]
+    assert out["accuracy"] == [k / n for k in correct] == [0.7, 0.4, 0.2]
+    for k, lo, hi in zip(correct, out["ci_low"], out["ci_high"]):
+        ci = sps.binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert (lo, hi) == pytest.approx((ci.low, ci.high), rel=1e-12, abs=1e-15)
