@@ -2,8 +2,8 @@
 
 The row tests in test_rendering.py parse numbers back; these pin the rest of what is read: titles, column headers,
 captions, and where names wrap at 80 and 120 columns (the layout arithmetic, which the mutation run showed no
-other test reads). Below about 70 columns these tables still lose columns (a known problem, not pinned here). A snapshot that changes on purpose is rewritten with ``SHIFTAUDIT_UPDATE_SNAPSHOTS=1`` and
-reviewed in the diff.
+other test reads). Below about 70 columns these tables still lose columns (a known problem, not pinned here).
+A snapshot that changes on purpose is rewritten with ``SHIFTAUDIT_UPDATE_SNAPSHOTS=1`` and reviewed in the diff.
 """
 
 from __future__ import annotations
