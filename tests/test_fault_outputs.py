@@ -421,8 +421,10 @@ def test_ctrl_c_sent_to_a_real_process_mid_audit_leaves_no_output(setup, tmp_pat
                                       tmp_path / "j.xml", "--min-consistency", "0", "--batch-size", "1",
                                       factory="slow_with_marker")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "pkgs"), str(REPO)]), "SA_TEST_MARKER": str(marker)}
+    # a shell's background job (CI started with `&`, nohup) ignores SIGINT, and Python keeps an ignored SIGINT
+    # ignored: give the CLI the default disposition a terminal's Ctrl-C meets
     proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 40
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
