@@ -65,8 +65,9 @@ def test_no_observation_gives_the_whole_unit_interval_and_bad_input_is_refused()
     s.extend(np.zeros(0))
     assert (s.low, s.high, s.count) == (0.0, 1.0, 0)
     assert math.isnan(s.mean)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError) as err:
         s.extend(np.array([0.5, 1.5]))
+    assert str(err.value) == "betting observations must lie in [0, 1]"
     for alpha in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="alpha"):
             BettingSequence(alpha)
