@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from shiftaudit.engine.betting import BettingSequence
+from shiftaudit.engine.forward import model_dtype
 from shiftaudit.engine.plan import PreparedAudit
 from shiftaudit.rng import STREAM_SEQUENTIAL_IMAGE, STREAM_SEQUENTIAL_SHIFTS, uniform_integers
 from shiftaudit.shifts.modes import make_bank
@@ -181,7 +182,7 @@ class SequentialGate:
         prepared = self.prepared
         loader = make_loader(prepared.dataset, batch_size=len(images), num_workers=0, indices=images.tolist())
         chunks, ids = [], []
-        dtype = _input_dtype(prepared)
+        dtype = model_dtype(prepared.model)
         for batch, labels, batch_ids in loader:
             chunks.append(batch.to(prepared.device, dtype=dtype))
             ids.append(batch_ids.numpy().astype(np.int64))
@@ -296,12 +297,6 @@ _OBSERVE: dict[str, Callable[[SequentialGate, Any, int, int, int], float]] = {
     "adversarial": _adversarial,
     "variation": _variation,
 }
-
-
-def _input_dtype(prepared: PreparedAudit) -> torch.dtype:
-    from shiftaudit.engine.forward import model_dtype
-
-    return model_dtype(prepared.model)
 
 
 @dataclass
