@@ -15,6 +15,7 @@ from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
 from shiftaudit.gating import build_thresholds
 from shiftaudit.report.sequential import sequential_rows
+from shiftaudit.rng import STREAM_SEQUENTIAL_IMAGE, uniform_integers
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import cli, tiny_cnn
 
@@ -221,6 +222,11 @@ def test_the_gate_reads_the_cached_predictions_like_the_full_audit(zero_padded):
         assert gate._observe(adv.threshold, np.array([img]), np.zeros((1, 2), dtype=np.int64))[0] == float(not fails)
         got = gate._observe(var.threshold, np.array([img]), np.zeros((1, 2), dtype=np.int64))[0]
         assert got == pytest.approx(variation[img], abs=1e-12)
+    # variation (a std of a probability, at most 1/2) enters its sequence doubled, to use the whole of [0, 1]
+    drawn = uniform_integers(0, STREAM_SEQUENTIAL_IMAGE, np.arange(16), 1, x.shape[0])[:, 0]
+    fed = np.concatenate(var.sequence.observations)
+    assert fed == pytest.approx([2 * variation[int(i)] for i in drawn], abs=1e-12)
+    assert var.to_json()["estimate"] == pytest.approx(np.mean([variation[int(i)] for i in drawn]), abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -353,3 +359,14 @@ def test_cli_all_unreadable_images_end_in_one_sentence_not_a_loop(model_and_data
         (bad / f"img{i:02d}.png").write_bytes(b"not a png at all")
     res = _eval(root, "--min-consistency", "0.5", data=("--data", str(bad), "--size", "16", "--resize", "16"))
     assert res.exit_code == 2 and "None of the 40 images could be read" in res.stderr, res.output
+
+
+def test_a_sequential_result_has_no_report_folder(zero_padded, tmp_path):
+    from shiftaudit.report.outputs import write_report_dir
+
+    model, x, y, shifts, full = zero_padded
+    r = _gate(model, x, y, shifts, build_thresholds(0.5))
+    assert r.settings["engine"] == "sequential"
+    with pytest.raises(UsageError, match="nothing to draw; audit with exact=True"):
+        write_report_dir(r, tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()
