@@ -7,7 +7,7 @@ Forms compared on the same inputs, in the same run (so the ratios are meaningful
 - ``separable``: pad once, a vertical k x 1 conv at stride (s, 1), then a horizontal 1 x k conv at stride (1, s);
 - ``naive``: blur densely at stride 1, then slice ``[..., ::s, ::s]`` (Eq. 3 read literally);
 - ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (the optional ``bench`` extra,
-  never a dependency of the package).
+  never a dependency of the package), and ``timm.layers.BlurPool2d`` when timm is installed (the ``timm`` extra).
 
 The first three give identical results up to float rounding (``tests/test_blurpool.py`` checks it to 1e-6).
 """
@@ -52,7 +52,8 @@ FORMS: dict[str, Form] = {"strided": blur_strided, "separable": blur_separable, 
 def _third_party(channels: int, name: str, stride: int, pad: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Reference implementations, only if already installed, each in the group of its own padding.
 
-    antialiased_cnns pads by reflection as our default does; kornia's BlurPool2D zero-pads inside the conv.
+    antialiased_cnns and timm pad by reflection as our default does; kornia's BlurPool2D zero-pads inside the conv.
+    All three build binomial filters only.
     """
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     taps = get_filter_info(name).taps
@@ -60,6 +61,10 @@ def _third_party(channels: int, name: str, stride: int, pad: str) -> dict[str, C
         import antialiased_cnns  # type: ignore[import-not-found]
 
         out["antialiased_cnns"] = antialiased_cnns.BlurPool(channels, filt_size=taps, stride=stride).eval()
+    if pad == "reflect" and importlib.util.find_spec("timm") is not None and name.startswith("binomial"):
+        from timm.layers import BlurPool2d as TimmBlurPool2d
+
+        out["timm"] = TimmBlurPool2d(channels, filt_size=taps, stride=stride).eval()
     if pad == "zero" and importlib.util.find_spec("kornia") is not None and name.startswith("binomial") and taps % 2:
         import kornia  # type: ignore[import-not-found]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,12 @@ def test_options_benchmark_reports_speed_and_drift(tmp_path):
         assert r["fp32"]["max_abs_logit_diff"] == 0.0 and r["fp32"]["speedup_vs_fp32"] == 1.0
         assert 0.0 <= r["bf16"]["predictions_changed"] <= 1.0 and r["bf16"]["max_abs_logit_diff"] > 0
         assert r["channels_last"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_between_image_share_is_the_variance_stratification_can_remove():
+    from benchmarks.stratification import between_image_share
+
+    # per-image consistencies 1 and 0.5: mean 0.75, Var_i 0.0625, one indicator's variance 0.1875
+    assert between_image_share(np.array([1.0, 0.5])) == pytest.approx(1 / 3, abs=1e-15)
+    assert between_image_share(np.array([0.8, 0.8, 0.8])) == 0.0  # all images alike: nothing between them
+    assert between_image_share(np.array([1.0, 1.0])) == 0.0  # no variance at all

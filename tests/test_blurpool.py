@@ -209,3 +209,30 @@ def test_benchmark_quick_run_reports_ratios():
     assert {"strided", "separable", "naive"} <= forms
     assert all(r["ms"] > 0 for r in res["rows"])
     assert all(r["ratio"] == 1.0 for r in res["rows"] if r["form"] == "strided")
+
+
+@pytest.mark.parametrize("taps", [3, 5, 7])
+@pytest.mark.parametrize("size", [(13, 16), (28, 28)])
+def test_matches_timm_blurpool_for_odd_binomial_filters(taps, size):
+    """timm's BlurPool2d (binomial, reflect, symmetric padding) is an independent implementation of the same layer.
+
+    Even filters are left out: timm pads them symmetrically, the paper's layer (and ours) one pixel more after.
+    The benchmark's third-party rows compare against it, so it must be the same computation.
+    """
+    timm_layers = pytest.importorskip("timm.layers")
+    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    ref = timm_layers.BlurPool2d(5, filt_size=taps, stride=2).to(torch.float64).eval()(x)
+    ours = blur_pool2d(x, f"binomial{taps}", 2, "reflect")
+    assert ours.shape == ref.shape
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_benchmark_compares_against_timm_when_installed():
+    pytest.importorskip("timm")
+    from benchmarks import bench_blurpool
+
+    refs = bench_blurpool._third_party(8, "binomial5", 2, "reflect")
+    assert "timm" in refs
+    x = torch.randn(1, 8, 12, 12)
+    assert torch.allclose(refs["timm"](x), blur_pool2d(x, "binomial5", 2, "reflect"), atol=1e-6)
+    assert "timm" not in bench_blurpool._third_party(8, "tri3", 2, "reflect")  # timm builds binomial filters only
