@@ -89,5 +89,5 @@ def test_between_image_share_is_the_variance_stratification_can_remove():
 
     # per-image consistencies 1 and 0.5: mean 0.75, Var_i 0.0625, one indicator's variance 0.1875
     assert between_image_share(np.array([1.0, 0.5])) == pytest.approx(1 / 3, abs=1e-15)
-    assert between_image_share(np.array([0.8, 0.8, 0.8])) == 0.0  # all images alike: nothing between them
+    assert between_image_share(np.array([0.75, 0.75, 0.75])) == 0.0  # all images alike: nothing between them
     assert between_image_share(np.array([1.0, 1.0])) == 0.0  # no variance at all
