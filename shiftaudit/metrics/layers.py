@@ -64,8 +64,8 @@ def _dense_pool_input(module: nn.Module) -> bool:
     """A strided max-pool: its dense (stride-1) version is worth showing separately, as in Fig. 4."""
     if not isinstance(module, nn.MaxPool2d):
         return False
-    s = module.stride if isinstance(module.stride, int) else module.stride[0]
-    return s > 1
+    strides = (module.stride,) if isinstance(module.stride, int) else tuple(module.stride)
+    return max(strides) > 1  # a (1, 2) stride subsamples too
 
 
 def select_layers(model: nn.Module, spec: str | list[str], size: tuple[int, int], channels: int = 3) -> list[LayerSpec]:
