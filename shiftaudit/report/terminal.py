@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -251,25 +252,48 @@ def _num(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def comparison_table(results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None) -> Table:
+METRIC_MIN_WIDTH = 16  # the metric names wrap to this, never narrower
+
+
+def comparison_table(
+    results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None
+) -> Table | Group:
     """Side-by-side rows for several results (same data), with each run's change from the first.
 
     A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). ``width``:
-    the console width to fit; metric names and run names wrap, the numbers never do.
+    the console width to fit; metric names and run names wrap, the numbers never do. When the numbers of three or
+    more runs cannot fit side by side, each later run gets its own table beside the first run, so that no column
+    and no part of the caption is cut off.
     """
     rows = compare_rows(results)
+    if width and len(results) > 2 and _compare_min_width(rows, len(results)) > width:
+        return Group(
+            *(comparison_table([results[0], results[i]], f"{title} ({i} of {len(results) - 1})", width)
+              for i in range(1, len(results)))
+        )
+    return _comparison(rows, results, title, width)
+
+
+def _compare_min_width(rows: list[CompareRow], runs: int) -> int:
+    """The narrowest the side-by-side table can be: metric names at their floor, every number whole."""
+    numbers = [[row.cell(i) for i in range(runs)] + [row.delta_text(i) for i in range(1, runs)] for row in rows]
+    widest = [max([len(r[j]) for r in numbers] + [6]) for j in range(2 * runs - 1)]
+    return METRIC_MIN_WIDTH + sum(widest) + 3 * len(widest)
+
+
+def _comparison(rows: list[CompareRow], results: list[tuple[str, AuditResult]], title: str, width: int | None) -> Table:
     others = list(range(1, len(results)))
     headers = [name for name, _ in results] + ["Change" if len(results) == 2 else f"\u0394 {results[i][0]}" for i in others]
     cells = [[row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]] for row in rows]
     t = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric", overflow="fold", min_width=16)
+    t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
     k = len(headers)
     names = min(36, max(len(c[0]) for c in cells)) if cells else 16
     for j, header in enumerate(headers, start=1):
         widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower
         cap = None
         if width:  # a run name gets its share of the width: beside whole metric names, else beside names at 16
-            share, tight = (width - names - 3 * k) // k, (width - 16 - 3 * k) // k
+            share, tight = (width - names - 3 * k) // k, (width - METRIC_MIN_WIDTH - 3 * k) // k
             word = max(len(w) for w in header.split())  # wrap between words where that fits
             cap = max(widest, min(len(header), max(share, min(word, 12, tight))))
         t.add_column(Text(header), justify="right", overflow="fold", min_width=widest, max_width=cap)
@@ -315,9 +339,10 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
         )
     header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
     widths = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(header)]
-    floors = [{"Layer": 14, "Type": 9, "Patch": 8}.get(col, w) for col, w in zip(header, widths)]
-    if width is not None:
-        widths = _fit(widths, floors, width - 3 * (len(header) - 1))
+    if width is not None:  # wrap names at comfortable floors first, then, on a narrow console, at hard ones
+        for floor in ({"Layer": 14, "Type": 9, "Patch": 8}, {"Layer": 8, "Type": 6, "Patch": 6}):
+            floors = [floor.get(col, w) for col, w in zip(header, widths)]
+            widths = _fit(widths, floors, width - 3 * (len(header) - 1))
     for col, w in zip(header, widths):
         t.add_column(col, justify="right" if col in ("k", "s", "Size") else "left", width=w, overflow="fold")
     for r in rows:
