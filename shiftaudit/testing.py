@@ -66,6 +66,7 @@ def assert_shift_robust(
     audit so that the page exists, ``html=False`` writes the JSON only. Other ``settings`` go to
     :func:`shiftaudit.audit` (``max_shift``, ``shift_step``, ``shifts``, ``decision_error``, ...).
     """
+    __tracebackhide__ = True  # pytest shows the test's line and this message, not the library's frames
     gate_thresholds = thresholds_from(thresholds)
     _check_settings(settings)
     if html and report is None:
@@ -86,21 +87,25 @@ def assert_shift_robust(
 
 def assert_shift_consistency(model: Any, data: Any, min: float = 0.95, **kwargs: Any) -> AuditResult:
     """Classification consistency (exact when every shift is evaluated, else sampled) at least ``min``."""
+    __tracebackhide__ = True
     return assert_shift_robust(model, data, {"min_consistency": min}, **kwargs)
 
 
 def assert_accuracy(model: Any, data: Any, min: float, **kwargs: Any) -> AuditResult:
     """Top-1 accuracy without shift at least ``min`` (labelled data)."""
+    __tracebackhide__ = True
     return assert_shift_robust(model, data, {"min_accuracy": min}, **kwargs)
 
 
 def assert_adversarial_accuracy(model: Any, data: Any, radius: int, min: float, **kwargs: Any) -> AuditResult:
     """Max-shift adversarial accuracy at ``radius`` (right at every shift of at most ``radius`` px) at least ``min``."""
+    __tracebackhide__ = True
     return assert_shift_robust(model, data, {"min_adv_accuracy": {radius: min}}, **kwargs)
 
 
 def assert_variation(model: Any, data: Any, max: float, **kwargs: Any) -> AuditResult:
     """Mean classification variation (std of P(label) over every shift) at most ``max`` (labelled data)."""
+    __tracebackhide__ = True
     return assert_shift_robust(model, data, {"max_variation": max}, **kwargs)
 
 
@@ -243,6 +248,7 @@ class ReportingAsserts:
         self, model: Any, data: Any, thresholds: Mapping[str, Any] | Iterable[Any], **kwargs: Any
     ) -> AuditResult:
         """:func:`assert_shift_robust`, writing the report under ``root``."""
+        __tracebackhide__ = True
         if "report" in kwargs:
             raise UsageError("The shiftaudit_report fixture chooses the report folder itself; leave out report=.")
         folder = self.next_folder()
@@ -252,13 +258,17 @@ class ReportingAsserts:
             self.written += sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
 
     def assert_shift_consistency(self, model: Any, data: Any, min: float = 0.95, **kwargs: Any) -> AuditResult:
+        __tracebackhide__ = True
         return self.assert_shift_robust(model, data, {"min_consistency": min}, **kwargs)
 
     def assert_accuracy(self, model: Any, data: Any, min: float, **kwargs: Any) -> AuditResult:
+        __tracebackhide__ = True
         return self.assert_shift_robust(model, data, {"min_accuracy": min}, **kwargs)
 
     def assert_adversarial_accuracy(self, model: Any, data: Any, radius: int, min: float, **kwargs: Any) -> AuditResult:
+        __tracebackhide__ = True
         return self.assert_shift_robust(model, data, {"min_adv_accuracy": {radius: min}}, **kwargs)
 
     def assert_variation(self, model: Any, data: Any, max: float, **kwargs: Any) -> AuditResult:
+        __tracebackhide__ = True
         return self.assert_shift_robust(model, data, {"max_variation": max}, **kwargs)
