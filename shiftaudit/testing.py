@@ -38,7 +38,7 @@ __all__ = [
 THRESHOLD_KEYS = ("min_consistency", "min_accuracy", "max_variation", "min_adv_accuracy")
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
-_OWN_SETTINGS = {"thresholds": "the thresholds argument", "sequential": "exact=True (the full audit) or the default"}
+_OWN_SETTINGS = {"sequential": "exact=True (the full audit) or the default"}
 _AUDIT_ARGUMENTS = {"progress", "model_info", "observers", "metrics"}  # audit()'s own keywords beside AuditConfig's
 
 
