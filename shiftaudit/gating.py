@@ -7,9 +7,11 @@ failure line says everything needed to judge it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from numbers import Real
 from typing import Any
 
 from shiftaudit.errors import UsageError
@@ -256,23 +258,65 @@ def evaluate_gate(result: AuditResult, thresholds: list[Threshold]) -> GateRepor
     return GateReport(checks)
 
 
+THRESHOLD_KEYS = ("min_consistency", "min_accuracy", "max_variation", "min_adv_accuracy")
+
+
+def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Threshold]:
+    """The :class:`Threshold` list from a mapping (or a list of them), each value checked: a number (not a bool, not
+    NaN), a fraction for the ``min_*`` keys, whole radii for adversarial accuracy (``{radius: fraction}`` or the
+    CLI's ``["RADIUS=FRACTION", ...]``). Messages name the Python keys, not the CLI flags."""
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, (Mapping, Iterable)):
+        raise UsageError(
+            "thresholds takes a mapping such as {'min_consistency': 0.95} or a list of Threshold, "
+            f"got {type(thresholds).__name__}."
+        )
+    if not isinstance(thresholds, Mapping):
+        out = list(thresholds)
+        bad = next((t for t in out if not isinstance(t, Threshold)), None)
+        if bad is not None:
+            raise UsageError(f"thresholds lists shiftaudit.Threshold values, got a {type(bad).__name__}.")
+        return out
+    unknown = sorted(str(k) for k in set(thresholds) - set(THRESHOLD_KEYS))
+    if unknown:
+        raise UsageError(f"Unknown thresholds {', '.join(unknown)}; use {', '.join(THRESHOLD_KEYS)}.")
+    out = []
+    if thresholds.get("min_consistency") is not None:
+        out.append(Threshold("consistency", "min", _checked_fraction(thresholds["min_consistency"], "min_consistency")))
+    if thresholds.get("min_accuracy") is not None:
+        out.append(Threshold("accuracy", "min", _checked_fraction(thresholds["min_accuracy"], "min_accuracy")))
+    if thresholds.get("max_variation") is not None:
+        value = _checked_number(thresholds["max_variation"], "max_variation")
+        if value < 0:
+            raise UsageError(f"max_variation must be >= 0, got {value:g}.")
+        out.append(Threshold("variation", "max", value))
+    adversarial = thresholds.get("min_adv_accuracy")
+    if isinstance(adversarial, (list, tuple)) and all(isinstance(a, str) for a in adversarial):
+        out += [parse_adv_threshold(a) for a in adversarial]
+    elif adversarial is not None:
+        if not isinstance(adversarial, Mapping):
+            raise UsageError(f"min_adv_accuracy takes a mapping radius -> fraction such as {{2: 0.8}}, got {adversarial!r}.")
+        for radius, value in adversarial.items():
+            if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+                raise UsageError(f"min_adv_accuracy takes whole radii >= 0 in px as keys, got {radius!r}.")
+            out.append(Threshold("adversarial", "min", _checked_fraction(value, f"min_adv_accuracy[{radius}]"), radius))
+    return out
+
+
+def _checked_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
+        raise UsageError(f"{name} takes a number, got {value!r}.")
+    return float(value)
+
+
+def _checked_fraction(value: Any, name: str) -> float:
+    return _fraction(_checked_number(value, name), name)
+
+
 def gate(result: AuditResult, thresholds: Mapping[str, Any] | Iterable[Threshold]) -> GateReport:
     """The CI gate from Python: judge ``result`` against ``thresholds``, a list of :class:`Threshold` or a mapping
-    like ``{"min_consistency": 0.95, "min_accuracy": 0.9, "max_variation": 0.05, "min_adv_accuracy": {1: 0.9}}``.
+    like ``{"min_consistency": 0.95, "min_accuracy": 0.9, "max_variation": 0.05, "min_adv_accuracy": {1: 0.9}}``
+    (read by :func:`thresholds_from`).
 
     ``report.passed`` is the verdict, ``report.failures`` the failed checks, each with its one-line message.
     """
-    if isinstance(thresholds, Mapping):
-        unknown = set(thresholds) - {"min_consistency", "min_accuracy", "max_variation", "min_adv_accuracy"}
-        if unknown:
-            raise UsageError(
-                f"Unknown thresholds {', '.join(sorted(unknown))}; use min_consistency, min_accuracy, "
-                "max_variation or min_adv_accuracy."
-            )
-        adv = thresholds.get("min_adv_accuracy")
-        if isinstance(adv, Mapping):
-            adv = [f"{r}={v}" for r, v in adv.items()]
-        thresholds = build_thresholds(
-            thresholds.get("min_consistency"), thresholds.get("min_accuracy"), thresholds.get("max_variation"), adv
-        )
-    return evaluate_gate(result, list(thresholds))
+    return evaluate_gate(result, thresholds_from(thresholds))

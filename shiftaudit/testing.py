@@ -15,9 +15,7 @@ test: the same assertions, each writing its report into a folder of its own.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
-from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,7 +33,6 @@ __all__ = [
     "ReportingAsserts",
 ]
 
-THRESHOLD_KEYS = ("min_consistency", "min_accuracy", "max_variation", "min_adv_accuracy")
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 _OWN_SETTINGS = {"sequential": "exact=True (the full audit) or the default"}
@@ -110,65 +107,14 @@ def assert_variation(model: Any, data: Any, max: float, **kwargs: Any) -> AuditR
 
 
 def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Any]:
-    """The gate's :class:`~shiftaudit.gating.Threshold` list from a mapping (or a list of them), each value checked:
-    a number (not a bool, not NaN), a fraction for the ``min_*`` keys, and a whole radius for adversarial accuracy."""
-    from shiftaudit.gating import Threshold
+    """The gate's thresholds (:func:`shiftaudit.gating.thresholds_from`); an assertion needs at least one."""
+    from shiftaudit.gating import THRESHOLD_KEYS
+    from shiftaudit.gating import thresholds_from as parse
 
-    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, (Mapping, Iterable)):
-        raise UsageError(
-            "thresholds takes a mapping such as {'min_consistency': 0.95} or a list of Threshold, "
-            f"got {type(thresholds).__name__}."
-        )
-    if isinstance(thresholds, Mapping):
-        out = _from_mapping(thresholds)
-    else:
-        out = list(thresholds)
-        bad = next((t for t in out if not isinstance(t, Threshold)), None)
-        if bad is not None:
-            raise UsageError(f"thresholds lists shiftaudit.Threshold values, got a {type(bad).__name__}.")
+    out = parse(thresholds)
     if not out:
         raise UsageError(f"Give at least one threshold ({', '.join(THRESHOLD_KEYS)}).")
     return out
-
-
-def _from_mapping(thresholds: Mapping[str, Any]) -> list[Any]:
-    from shiftaudit.gating import Threshold
-
-    unknown = sorted(str(k) for k in set(thresholds) - set(THRESHOLD_KEYS))
-    if unknown:
-        raise UsageError(f"Unknown thresholds {', '.join(unknown)}; use {', '.join(THRESHOLD_KEYS)}.")
-    out = []
-    if thresholds.get("min_consistency") is not None:
-        out.append(Threshold("consistency", "min", _fraction(thresholds["min_consistency"], "min_consistency")))
-    if thresholds.get("min_accuracy") is not None:
-        out.append(Threshold("accuracy", "min", _fraction(thresholds["min_accuracy"], "min_accuracy")))
-    if thresholds.get("max_variation") is not None:
-        value = _number(thresholds["max_variation"], "max_variation")
-        if value < 0:
-            raise UsageError(f"max_variation must be >= 0, got {value:g}.")
-        out.append(Threshold("variation", "max", value))
-    adversarial = thresholds.get("min_adv_accuracy")
-    if adversarial is not None:
-        if not isinstance(adversarial, Mapping):
-            raise UsageError(f"min_adv_accuracy takes a mapping radius -> fraction such as {{2: 0.8}}, got {adversarial!r}.")
-        for radius, value in adversarial.items():
-            if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-                raise UsageError(f"min_adv_accuracy takes whole radii >= 0 in px as keys, got {radius!r}.")
-            out.append(Threshold("adversarial", "min", _fraction(value, f"min_adv_accuracy[{radius}]"), radius))
-    return out
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
-        raise UsageError(f"{name} takes a number, got {value!r}.")
-    return float(value)
-
-
-def _fraction(value: Any, name: str) -> float:
-    number = _number(value, name)
-    if not 0.0 <= number <= 1.0:
-        raise UsageError(f"{name} takes a fraction between 0 and 1 (e.g. 0.95), got {number:g}.")
-    return number
 
 
 def _check_settings(settings: dict[str, Any]) -> None:

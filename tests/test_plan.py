@@ -83,7 +83,7 @@ def test_gate_from_python_passes_at_the_threshold_and_fails_just_above():
     assert not report.passed and report.failures[0].line().startswith("FAIL consistency ")
     with pytest.raises(UsageError) as err:
         shiftaudit.gate(result, {"min_flip": 0.5, "max_flip": 0.1})
-    assert str(err.value) == ("Unknown thresholds max_flip, min_flip; use min_consistency, min_accuracy, max_variation or "
+    assert str(err.value) == ("Unknown thresholds max_flip, min_flip; use min_consistency, min_accuracy, max_variation, "
                               "min_adv_accuracy.")
 
 
