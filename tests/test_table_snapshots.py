@@ -77,5 +77,11 @@ def test_layers_table():
              "invariance": {"mean": 0.125}, "reference_distance": None, "exact_modulo": None},
         ]
     }
-    for width in (80, 120):
-        _check(f"layers_{width}", _render(layers_table(layers), width))
+    for width in (50, 80, 120):  # below 73 columns here each layer becomes a block of label-value lines
+        _check(f"layers_{width}", _render(layers_table(layers, width), width))
+
+
+def test_layers_table_with_short_names_on_a_narrow_console():
+    layers = {"layers": [{"name": "fc", "resolution": [1, 1], "stride": 32, "equivariance": {"mean": 0.125},
+                          "invariance": {"mean": 0.125}, "reference_distance": 0.25, "exact_modulo": None}]}
+    _check("layers_short_40", _render(layers_table(layers, 40), 40))

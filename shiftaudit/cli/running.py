@@ -101,7 +101,7 @@ def report_result(
         console.print(sequential_table(result) if sequential else audit_table(result, title=describe_run(result)))
         if "layers" in result.metrics:
             console.print()
-            console.print(layers_table(result.metrics["layers"]))
+            console.print(layers_table(result.metrics["layers"], width=console.width))
         for note in result.notes:
             if not note.startswith(LABEL_MISMATCH):
                 console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)

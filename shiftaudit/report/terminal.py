@@ -374,6 +374,7 @@ def _side(hw: Any) -> str:
 
 
 LAYER_HEADER = ("Layer", "Resolution", "Stride", "Equivariance", "Equiv. / (ref/2)", "Invariance", "Exact modulo")
+LAYER_NAME_MIN_WIDTH = 12  # a layer name folds to this width, never narrower
 LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", "Modulo")  # fits 80 columns
 LAYER_CAPTION = (
     "Distances from shift-equivariance and -invariance: cosine, averaged over shifts and images. Equiv. / (ref/2): "
@@ -407,15 +408,31 @@ def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def layers_table(layers: dict[str, Any]) -> Table:
+def layers_table(layers: dict[str, Any], width: int | None = None) -> Table | Group:
+    """One row per measured layer; layer names fold, the numbers never do.
+
+    ``width``: the console width. Where the columns cannot fit it with every number whole, each layer becomes one
+    block of ``label value`` lines instead, so that no number is cut.
+    """
+    rows = layer_rows(layers)
+    widest = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(LAYER_SHORT)]
+    name_width = min(LAYER_NAME_MIN_WIDTH, widest[0])
+    if width is not None and name_width + sum(widest[1:]) + 3 * (len(widest) - 1) > width:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(overflow="fold")
+        grid.add_column(justify="right", no_wrap=True)
+        for r in rows:
+            grid.add_row(Text(r[0]), "")
+            for col, value in zip(LAYER_SHORT[1:], r[1:]):
+                grid.add_row(Text(f"  {col}"), Text(value))
+        return Group(Text("Per-layer distance from shift-equivariance"), grid, Text(LAYER_CAPTION))
     t = Table(title="Per-layer distance from shift-equivariance", title_justify="left", show_edge=False, pad_edge=False)
-    names = [str(layer["name"]) for layer in layers["layers"]]
     for col in LAYER_SHORT:
         if col == "Layer":  # names fold, but never to nothing: the numbers are unreadable without them
-            t.add_column(col, overflow="fold", min_width=min(16, max(map(len, names), default=5)))
+            t.add_column(col, overflow="fold", min_width=name_width)
         else:
             t.add_column(col, justify="right", no_wrap=True)
-    for row in layer_rows(layers):
+    for row in rows:
         t.add_row(*(Text(c) for c in row))
     t.caption = LAYER_CAPTION
     t.caption_justify = "left"
