@@ -34,7 +34,10 @@ def stores(tmp_path_factory):
     folder = write_image_folder(root / "folder", classes=3, per_class=3, size=20)
     (folder / "class_1" / "img_9.png").write_bytes(b"not a png at all")  # sorts last in class_1
     files = sorted(folder.glob("*/*.png"))
-    rows = {"img": [{"bytes": f.read_bytes(), "path": None} for f in files], "label": [CLASSES.index(f.parent.name) for f in files]}
+    rows = {
+        "img": [{"bytes": f.read_bytes(), "path": None} for f in files],
+        "label": [CLASSES.index(f.parent.name) for f in files],
+    }
     ds = datasets.Dataset.from_dict(rows, features=_features())
     datasets.disable_progress_bars()
     ds.save_to_disk(str(root / "saved"))
