@@ -107,6 +107,13 @@ class RowSource:
     def __len__(self) -> int:
         return len(self.groups) if self.groups is not None else len(self._table())
 
+    @property
+    def files(self) -> list[str]:
+        """The files holding the rows: what a resumed audit checks for change (size and modification time)."""
+        if self.saved:
+            return sorted(str(p) for p in Path(self.paths[0]).iterdir() if p.is_file())
+        return self.paths
+
     def relative(self, i: int) -> str:
         return f"row {i}"
 

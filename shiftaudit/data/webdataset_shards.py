@@ -259,6 +259,11 @@ class ShardSource:
         self.keys = list(index.key)
         self.root = str(root)
 
+    @property
+    def files(self) -> list[str]:
+        """The shard files: what a resumed audit checks for change (size and modification time)."""
+        return self.shards
+
     def __len__(self) -> int:
         return len(self.keys)
 
