@@ -5,11 +5,13 @@ predictions, the seeded --limit pick, the skipped-image count)."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from shiftaudit.data import load_data
 from shiftaudit.data.presets import get_preset
@@ -85,6 +87,16 @@ def test_hf_dataset_audits_exactly_like_the_same_images_in_a_folder(stores, fold
     assert report["data"]["num_images"] == folder_report["data"]["num_images"] == 6  # 7 drawn, 1 unreadable
     assert _skipped(folder_report) == 1  # the corrupt image is in the pick ...
     assert _skipped(report) == 1  # ... and counted the same way
+
+
+@pytest.mark.parametrize("store", ["saved", "parquet"])
+def test_rows_read_the_same_in_a_decoding_worker(stores, store):
+    """Workers get the dataset pickled: only paths travel, and each opens the files itself."""
+    ds = load_data(stores[store], preprocessing=get_preset("cifar"))
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.source._open is None
+    for i in (0, 9):
+        assert torch.equal(copy[i][0], ds[i][0]) and copy[i][1] == ds[i][1]
 
 
 def test_strict_names_the_undecodable_row(stores):
