@@ -7,7 +7,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -171,3 +174,24 @@ def test_bad_shards_are_one_sentence(tmp_path, make, needles):
     make(tmp_path / "s-001.tar")
     res = cli("eval", DEMO, "--data", str(tmp_path / "s-{001..001}.tar"), *AUDIT)
     assert_clean_error(res, *needles)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_torchrun_by_shard_gives_the_single_process_json(stores, tmp_path):
+    """Two gloo processes, each reading only its own shards (0 and 2, or 1), merge into the one-process report,
+    skipped samples and the unreadable image included."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env.pop("WORLD_SIZE", None), env.pop("RANK", None)
+    args = ["-m", "shiftaudit", "eval", str(Path(DEMO).resolve()), "--data", str(stores["shards"]), "--max-shift", "1",
+            "--device", "cpu", "--workers", "0"]
+    one = subprocess.run([sys.executable, *args, "--json", "one.json"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=200)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
+                          "--json", "two.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert a == b
+    assert a["data"]["num_images"] == 9 and _count(a, r"(\d+) unreadable images? skipped") == 1
