@@ -17,6 +17,9 @@ MAX_PIXELS = 64 * 1024 * 1024  # pixels of one image after a resize (an aspect-r
 MAX_SHIFTS = 1 << 20  # shifts in a set: all shifts of 1024 x 1024, offsets held in a few arrays of this length
 MAX_PAIRS = 4096  # random pairs per image: sampled mode runs 2 + 2k forwards per image
 MAX_CLASSES = 1_000_000  # class indices (class maps, --num-classes): a class list is allocated up to the largest
+MAX_IMAGE_BYTES = 256 << 20  # encoded bytes of one image inside a tar shard or a dataset row (a 16k x 16k PNG fits)
+MAX_SHARDS = 100_000  # tar shards named by one --data (a brace pattern like {000000..999999} is refused up front)
+MAX_SHARD_SAMPLES = 10_000_000  # samples in one shard: their offsets are held in memory
 MAX_BATCH_BYTES = 16 << 30  # input bytes of one forward pass (--batch-size x C x H x W x 4)
 
 

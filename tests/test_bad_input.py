@@ -382,7 +382,7 @@ BAD_CHOICES = [
     ("eval", "--mode", "fast", "'auto', 'exhaustive', 'sampled'"),
     ("eval", "--shift-mode", "sideways", "'circular', 'crop', 'subpixel'"),
     ("eval", "--precision", "fp8", "'fp32', 'bf16', 'fp16'"),
-    ("eval", "--data-kind", "video", "'auto', 'imagefolder', 'folder', 'cifar10', 'tensors'"),
+    ("eval", "--data-kind", "video", "'auto', 'imagefolder', 'folder', 'cifar10', 'tensors', 'hf', 'webdataset'"),
     ("eval", "--preset", "mnist", "'imagenet', 'cifar'"),
     ("patch", "--method", "antialias", "'blurpool', 'aps'"),
     ("patch", "--pad", "mirror", "'reflect', 'zero', 'circular', 'replicate'"),

@@ -49,6 +49,8 @@ class DataKind(str, Enum):
     folder = "folder"
     cifar10 = "cifar10"
     tensors = "tensors"
+    hf = "hf"
+    webdataset = "webdataset"
 
 
 class Preset(str, Enum):

@@ -20,7 +20,9 @@ from shiftaudit.cli.options import (
     DataKindOpt,
     DataOpt,
     DeviceOpt,
+    ImageColumnOpt,
     JsonOpt,
+    LabelColumnOpt,
     LimitOpt,
     MaxShiftOpt,
     MeanOpt,
@@ -120,6 +122,8 @@ def eval_command(
     trust_pickle: TrustPickleOpt = False,
     data_kind: DataKindOpt = DataKind.auto,
     class_map: ClassMapOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     preset: PresetOpt = None,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
@@ -207,6 +211,8 @@ def eval_command(
         raw=raw,
         shift_mode=shift_mode.value,
         max_shift=max_shift,
+        image_column=image_column,
+        label_column=label_column,
     )
     if resume is not None and resume.exists() and not quiet:
         console.print(Text(f"resuming the audit saved in {resume}", style="dim"))

@@ -64,6 +64,8 @@ def load_dataset_from_cli(
     raw: bool,
     shift_mode: str = "circular",
     max_shift: int | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> Any:
     """The audit data as the flags describe it; in crop mode each image is a canvas --max-shift px larger per side."""
     from shiftaudit.data import load_data
@@ -82,4 +84,6 @@ def load_dataset_from_cli(
         raw=raw,
         num_classes=loaded.num_classes,
         canvas_margin=margin,
+        image_column=image_column,
+        label_column=label_column,
     )

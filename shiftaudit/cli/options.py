@@ -43,7 +43,10 @@ TrustPickleOpt = Annotated[
 DataOpt = Annotated[
     Path | None,
     typer.Option(
-        "--data", "-d", help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, or .npz/.pt tensor file."
+        "--data",
+        "-d",
+        help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, .npz/.pt tensor file, Hugging Face "
+             "dataset (save_to_disk folder or parquet), or WebDataset .tar shards ('train-{000..099}.tar', quoted).",
     ),
 ]
 DataKindOpt = Annotated[DataKind, typer.Option("--data-kind", help="What --data holds; auto tells it from the files.")]
@@ -51,8 +54,18 @@ ClassMapOpt = Annotated[
     str | None,
     typer.Option(
         "--class-map",
-        help="Map folder names to the model's class indices: imagenet (the built-in ImageNet-1k index: WordNet-id or "
-             "class-name folders) or a JSON file.",
+        help="Map folder (or dataset class) names to the model's class indices: imagenet (the built-in ImageNet-1k "
+             "index: WordNet-id or class-name folders) or a JSON file.",
+    ),
+]
+ImageColumnOpt = Annotated[
+    str | None,
+    typer.Option("--image-column", help="Hugging Face dataset: the column of images (default: the Image feature)."),
+]
+LabelColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-column", help="Hugging Face dataset: the column of labels (default: the ClassLabel feature)."
     ),
 ]
 PresetOpt = Annotated[

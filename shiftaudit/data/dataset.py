@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABL
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, ShiftAuditError
 from shiftaudit.limits import check_range, max_workers
+
+if TYPE_CHECKING:
+    from shiftaudit.data.hf_datasets import RowSource
+    from shiftaudit.data.webdataset_shards import ShardSource
 
 DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 
@@ -67,11 +71,11 @@ class FileSource:
         try:
             self.get(i, prep, channels)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
-            return _decode_reason(exc, self.files[i])
+            return decode_reason(exc, self.files[i])
         return "it could not be decoded"
 
 
-def _decode_reason(exc: BaseException, path: str) -> str:
+def decode_reason(exc: BaseException, path: str) -> str:
     """Why PIL could not decode ``path``, in words (PIL's own messages repeat the path and name no fix)."""
     from PIL import UnidentifiedImageError
 
@@ -190,7 +194,7 @@ class AuditDataset(Dataset):
     """Preprocessed images with optional labels, plus what the report needs to describe them.
 
     Attributes: ``has_labels``, ``labels`` (list of ints aligned with the items, or None), ``classes`` (class names
-    by label index, or None), ``description``, ``kind`` (imagefolder, folder, cifar10, tensors, memory),
+    by label index, or None), ``description``, ``kind`` (imagefolder, folder, cifar10, tensors, hf, webdataset, memory),
     ``image_size`` (H, W of every item), ``channels``, ``preprocessing`` and ``notes`` (what was converted, skipped
     or guessed; notes from decoding appear after the images have been read). ``canvas_margin``: set for crop-mode
     data (``load_data(..., canvas_margin=R)``): the items are canvases R px larger than the model input on every side.
@@ -200,7 +204,7 @@ class AuditDataset(Dataset):
 
     def __init__(
         self,
-        source: FileSource | TensorSource | DatasetSource,
+        source: FileSource | TensorSource | DatasetSource | ShardSource | RowSource,
         *,
         index: np.ndarray | None = None,
         labels: Sequence[int] | None,
@@ -251,7 +255,7 @@ class AuditDataset(Dataset):
         except DataError:
             raise
         except Exception:  # noqa: BLE001 - a corrupt file may raise anything from inside the decoder
-            if not isinstance(self.source, FileSource):
+            if self.source.in_memory:  # encoded images (files, shard members, dataset rows) may be corrupt; arrays not
                 raise
             x = torch.full((self.channels, *self.image_size), float("nan"))
             flags = UNREADABLE
@@ -267,10 +271,15 @@ class AuditDataset(Dataset):
         return x, y
 
     def image_path(self, i: int) -> str | None:
-        """Item i's file path relative to the data folder, or None for data that is not files (tensors, CIFAR)."""
-        if isinstance(self.source, FileSource):
-            return self.source.relative(int(self.index[i]))
-        return None
+        """Item i's file path relative to the data folder (``shard.tar:key`` in shards, ``row N`` in a Hugging Face
+        dataset), or None for data that is not files (tensors, CIFAR)."""
+        relative = getattr(self.source, "relative", None)
+        return None if relative is None else str(relative(int(self.index[i])))
+
+    def shard_ids(self) -> np.ndarray | None:
+        """The shard each item comes from (tar shards), so that torchrun can give each process whole shards; else None."""
+        shard = getattr(self.source, "shard", None)
+        return None if shard is None else np.asarray(shard)[self.index]
 
     # -- what decoding found ---------------------------------------------------------------------------------
 
@@ -281,7 +290,7 @@ class AuditDataset(Dataset):
     def unreadable_error(self, i: int) -> DataError:
         j = int(self.index[i])
         if self._flags[i] & NONFINITE and not self._flags[i] & UNREADABLE:
-            what = f"image {self.source.name(j)}" if isinstance(self.source, FileSource) else self.source.name(j)
+            what = f"image {self.source.name(j)}" if not self.source.in_memory else self.source.name(j)
             return DataError(f"{what[0].upper()}{what[1:]} has NaN or infinite pixel values (a problem in the data, "
                              "not the model)", hint="leave out --strict to skip such images")
         return DataError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -58,9 +59,9 @@ def _deep_gray(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.round(arr / 65535.0 * 255.0).astype(np.uint8))[None]
 
 
-def decode_image(path: str | Path, channels: int) -> tuple[torch.Tensor, int]:
-    """Decode an image file to a ``(C, H, W)`` tensor in the colour mode the model needs: uint8 (0-255), or float32
-    in [0, 1] for float images.
+def decode_image(path: str | Path | BinaryIO, channels: int) -> tuple[torch.Tensor, int]:
+    """Decode an image file (or its bytes, from a shard or a dataset row) to a ``(C, H, W)`` tensor in the colour
+    mode the model needs: uint8 (0-255), or float32 in [0, 1] for float images.
 
     Raises whatever PIL raises for an unreadable file; the caller decides whether that is fatal (``strict``).
     """

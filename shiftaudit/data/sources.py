@@ -2,8 +2,9 @@
 
 Kinds: ``imagefolder`` (one sub-folder per class, labels from the sorted folder names as in torchvision's
 ImageFolder, or from a class map), ``folder`` (loose images, unlabelled), ``cifar10`` (the python batches folder),
-``tensors`` (``.npz``/``.npy``/``.pt``/``.pth``) and, for objects, ``memory`` (a tensor, an ``(images, labels)``
-pair or a torch Dataset).
+``tensors`` (``.npz``/``.npy``/``.pt``/``.pth``), ``hf`` (a Hugging Face dataset saved to disk, or parquet files:
+:mod:`.hf_datasets`), ``webdataset`` (tar shards: :mod:`.webdataset_shards`) and, for objects, ``memory`` (a tensor,
+an ``(images, labels)`` pair or a torch Dataset).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from shiftaudit.data import hf_datasets, webdataset_shards
 from shiftaudit.data.cifar import find_batches_dir, load_cifar10_test
 from shiftaudit.data.dataset import AuditDataset, DatasetSource, FileSource, TensorSource, to_chw
 from shiftaudit.data.imagenet import BUILTIN as BUILTIN_CLASS_MAP
@@ -34,7 +36,8 @@ from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
 from shiftaudit.limits import MAX_CLASSES, is_int
 from shiftaudit.shifts.modes import check_canvas
 
-KINDS = ("imagefolder", "folder", "cifar10", "tensors")
+KINDS = ("imagefolder", "folder", "cifar10", "tensors", "hf", "webdataset")
+NAMED_CLASSES = ("imagefolder", "hf", "webdataset")  # kinds whose class names a class map can map
 TENSOR_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
 IMAGE_KEYS = ("images", "x", "data", "inputs", "imgs")
 LABEL_KEYS = ("labels", "y", "targets", "label", "target")
@@ -158,8 +161,10 @@ def _no_images(folder: Path) -> DataError:
 
 
 def detect_kind(path: str | Path) -> str:
-    """What kind of data source ``path`` is: imagefolder, folder, cifar10 or tensors."""
+    """What kind of data source ``path`` is: imagefolder, folder, cifar10, tensors, hf or webdataset."""
     p = Path(path)
+    if not p.exists() and webdataset_shards.is_shard_pattern(os.fspath(p)):
+        return "webdataset"  # a brace pattern names files; which of them exist is checked when they are read
     if not p.exists():
         raise DataError(f"Data path {p} does not exist.")
     if not p.is_file() and not p.is_dir():
@@ -169,17 +174,25 @@ def detect_kind(path: str | Path) -> str:
             return "tensors"
         if _is_image(p.name):
             return "folder"
+        if webdataset_shards.is_shard_pattern(p.name):
+            return "webdataset"
+        if hf_datasets.parquet_files(p):
+            return "hf"
         raise DataError(
-            f"Cannot tell what kind of data {p} is; use a folder of images, a CIFAR-10 folder or a "
-            f"{'/'.join(TENSOR_SUFFIXES)} tensor file."
+            f"Cannot tell what kind of data {p} is; use a folder of images, a CIFAR-10 folder, a "
+            f"{'/'.join(TENSOR_SUFFIXES)} tensor file, a Hugging Face dataset folder or .tar shards."
         )
     if find_batches_dir(p) is not None:
         return "cifar10"
+    if hf_datasets.is_saved_dataset(p) or hf_datasets.parquet_files(p):
+        return "hf"
     skipped: Skipped = []
     if any(_images_under(s, skipped=skipped) for s in _subfolders(p)):
         return "imagefolder"
     if _images_under(p, recursive=False, skipped=skipped):
         return "folder"
+    if webdataset_shards.has_shards(p):
+        return "webdataset"
     if skipped:
         raise DataError(f"No image in {p} could be read; {_skipped_note(skipped, p)}.")
     raise _no_images(p)
@@ -374,11 +387,15 @@ def load_data(
     raw: bool = False,
     num_classes: int | None = None,
     canvas_margin: int | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> AuditDataset:
     """Load images (and labels when the source has them) for an audit.
 
-    ``source``: a path (ImageFolder tree, folder of images, CIFAR-10 python folder, .npz/.npy/.pt/.pth file), or in
-    memory a tensor/array of images, an ``(images, labels)`` pair, or a torch Dataset of ``(image, label)``.
+    ``source``: a path (ImageFolder tree, folder of images, CIFAR-10 python folder, .npz/.npy/.pt/.pth file, a
+    Hugging Face dataset saved to disk or parquet files, WebDataset ``.tar`` shards or a brace pattern naming them,
+    ``train-{000..099}.tar``), or in memory a tensor/array of images, an ``(images, labels)`` pair, or a torch
+    Dataset of ``(image, label)``.
     ``preprocessing``: resize, centre crop and normalisation for images and non-raw tensors (required for image
     files). ``raw``: tensors are already the network input: used as they are. ``class_map``: folder name -> model
     class index for ImageFolder trees (a JSON file or object, or ``"imagenet"`` for the packaged ImageNet-1k index);
@@ -389,7 +406,9 @@ def load_data(
     ``canvas_margin``: for crop-mode audits (``shift_mode="crop"``), preprocess every image to a canvas ``R`` px
     larger than the crop size on every side (resize the shorter side, centre-crop ``size + 2R``); the model then
     sees ``size`` crops of it. Ignored for raw tensors and data without preprocessing, which crop mode takes as
-    canvases as they are.
+    canvases as they are. ``image_column``/``label_column``: the columns of a Hugging Face dataset (default: its
+    ``Image`` and ``ClassLabel`` features); ``ClassLabel`` names, and ``.cls`` label names in shards, are class names
+    as sub-folder names are, and ``class_map`` maps them the same way.
     """
     if kind not in ("auto", *KINDS, "memory"):
         raise DataError(f"Unknown data kind {kind!r}; use auto, {', '.join(KINDS)}.")
@@ -409,14 +428,20 @@ def load_data(
         preprocessing = replace(preprocessing, size=(size[0] + 2 * canvas, size[1] + 2 * canvas))
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
         path = Path(os.fsdecode(source))
-        if not path.exists():
+        if not path.exists() and not webdataset_shards.is_shard_pattern(os.fspath(path)):
             raise DataError(f"Data path {path} does not exist.")
         found = detect_kind(path) if kind in ("auto", "memory") else kind
-        if class_map is not None and found != "imagefolder":
-            raise UsageError(f"A class map applies to ImageFolder trees (one sub-folder per class), not to {found} data.")
-        if found in ("imagefolder", "folder", "cifar10") and raw:
+        if class_map is not None and found not in NAMED_CLASSES:
+            raise UsageError(
+                f"A class map applies to ImageFolder trees (one sub-folder per class), Hugging Face datasets and shards, "
+                f"not to {found} data."
+            )
+        if (image_column is not None or label_column is not None) and found != "hf":
+            flag = "--image-column" if image_column is not None else "--label-column"
+            raise UsageError(f"{flag} names a column of a Hugging Face dataset, not of {found} data.")
+        if found in ("imagefolder", "folder", "cifar10", "hf", "webdataset") and raw:
             raise UsageError("--raw applies to tensor files (.npz/.pt); image files are always decoded and preprocessed.")
-        if found in ("imagefolder", "folder") and preprocessing is None:
+        if found in ("imagefolder", "folder", "hf", "webdataset") and preprocessing is None:
             raise UsageError("Image files need a preprocessing (crop size, mean, std), e.g. presets.get_preset('imagenet').")
         if found == "imagefolder":
             assert preprocessing is not None  # refused above
@@ -424,6 +449,12 @@ def load_data(
         elif found == "folder":
             assert preprocessing is not None
             ds = _flat_folder(path, preprocessing, strict)
+        elif found == "hf":
+            assert preprocessing is not None
+            ds = hf_datasets.load_hf(path, preprocessing, class_map, strict, num_classes, image_column, label_column)
+        elif found == "webdataset":
+            assert preprocessing is not None
+            ds = webdataset_shards.load_shards(path, preprocessing, class_map, strict, num_classes)
         elif found == "cifar10":
             ds = _cifar10(path, preprocessing)
         else:
@@ -432,7 +463,7 @@ def load_data(
         if class_map is not None:
             raise UsageError("A class map applies to ImageFolder trees, not to data in memory.")
         ds = _in_memory(source, preprocessing, raw)
-    if class_map is None and ds.kind == "imagefolder" and ds.classes:
+    if class_map is None and ds.kind in NAMED_CLASSES and ds.classes:
         problem = missing_class_map(ds.classes, num_classes)
         if problem:
             raise DataError(problem)
@@ -456,6 +487,8 @@ def _check_labels(ds: AuditDataset, num_classes: int | None) -> None:
         fix = (
             "pass --class-map to map folder names to the model's class indices"
             if ds.kind == "imagefolder"
+            else "pass --class-map to map the class names to the model's class indices"
+            if ds.kind in NAMED_CLASSES and ds.classes
             else "the labels must be the model's class indices"
         )
         raise DataError(f"Labels go up to {top} but the model has {num_classes} classes; {fix}.")

@@ -2,7 +2,8 @@
 
 Every accumulator keeps per-image values keyed by image id (concatenated on merge, then sorted by id) or integer
 sums (added), so merging the shards of any split gives exactly the single-process state. Images are dealt out by
-index (image i to rank i mod world), which needs no communication and balances the shards.
+index (image i to rank i mod world), which needs no communication and balances the shards. Tar-shard data goes by
+shard instead (shard s to rank s mod world), so that each process opens only its own shard files.
 """
 
 from __future__ import annotations
@@ -66,16 +67,27 @@ def setup(device: torch.device) -> DistContext | None:
     return DistContext(torch_dist.get_rank(), torch_dist.get_world_size(), device)
 
 
-def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
-    """The dataset positions one process audits: rank, rank + world, ... (deterministic, no communication)."""
-    return np.arange(rank, n, world, dtype=np.int64)
+def shard_indices(n: int, rank: int, world: int, shards: np.ndarray | None = None) -> np.ndarray:
+    """The dataset positions one process audits: rank, rank + world, ... (deterministic, no communication).
+
+    ``shards``: the tar shard of each position; then whole shards are dealt out, shard s to rank s mod world.
+    """
+    if shards is None:
+        return np.arange(rank, n, world, dtype=np.int64)
+    return np.flatnonzero(np.asarray(shards, dtype=np.int64) % world == rank).astype(np.int64)
+
+
+def rank_indices(dataset: Any, rank: int, world: int) -> np.ndarray:
+    """This process's positions of ``dataset``: by shard where the data is tar shards, else by index."""
+    shard_ids = getattr(dataset, "shard_ids", None)
+    return shard_indices(len(dataset), rank, world, shard_ids() if callable(shard_ids) else None)
 
 
 def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool) -> Any:
     """The engine's usual loader, reading only this process's shard; image ids stay dataset positions."""
     from shiftaudit.data import make_loader
 
-    indices = shard_indices(len(dataset), ctx.rank, ctx.world).tolist()
+    indices = rank_indices(dataset, ctx.rank, ctx.world).tolist()
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, indices=indices)
 
 

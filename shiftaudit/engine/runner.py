@@ -205,7 +205,7 @@ def _loader(prepared: PreparedAudit, state: ResumeState | None) -> tuple[Any, in
     workers, pin = prepared.config.num_workers, prepared.device.type == "cuda"
     if dist is not None:
         loader = distributed.shard_loader(dataset, dist, batch_size=image_batch, num_workers=workers, pin_memory=pin)
-        return loader, len(distributed.shard_indices(len(dataset), dist.rank, dist.world))
+        return loader, len(distributed.rank_indices(dataset, dist.rank, dist.world))
     if state is not None:
         return subset_loader(dataset, state.remaining(len(dataset)), image_batch, workers, pin), len(dataset)
     return make_loader(dataset, batch_size=image_batch, num_workers=workers, pin_memory=pin), len(dataset)
