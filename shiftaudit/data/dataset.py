@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -38,10 +38,37 @@ DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict r
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class FileSource:
-    """Image files, decoded on demand."""
+class EncodedImageSource:
+    """A source of encoded images (files, dataset rows, tar members): decoded on demand, failures explained by name.
+
+    A subclass says where image i's bytes are (:meth:`encoded`: a path or a binary stream) and how the report
+    names it (:meth:`name`).
+    """
 
     in_memory = False
+
+    def encoded(self, i: int) -> str | BinaryIO:
+        raise NotImplementedError
+
+    def name(self, i: int) -> str:
+        raise NotImplementedError
+
+    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
+        img, flags = decode_image(self.encoded(i), channels)
+        x, more = finish(img, prep)
+        return x, flags | more
+
+    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
+        """Why image i cannot be read (decoded and prepared again in the main process to get the reason)."""
+        try:
+            self.get(i, prep, channels)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
+            return decode_reason(exc, self.name(i))
+        return "it could not be decoded"
+
+
+class FileSource(EncodedImageSource):
+    """Image files, decoded on demand."""
 
     def __init__(self, files: Sequence[Path], root: Path | str | None = None) -> None:
         self.files = [str(f) for f in files]
@@ -61,18 +88,8 @@ class FileSource:
     def name(self, i: int) -> str:
         return self.files[i]
 
-    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
-        img, flags = decode_image(self.files[i], channels)
-        x, more = finish(img, prep)
-        return x, flags | more
-
-    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
-        """Why image i cannot be read (decoded and prepared again in the main process to get the reason)."""
-        try:
-            self.get(i, prep, channels)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
-            return decode_reason(exc, self.files[i])
-        return "it could not be decoded"
+    def encoded(self, i: int) -> str:
+        return self.files[i]
 
 
 def decode_reason(exc: BaseException, path: str) -> str:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from shiftaudit.data.preprocess import decode_image, finish
+from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, UsageError
 from shiftaudit.limits import MAX_IMAGE_BYTES
@@ -84,14 +83,12 @@ def _quiet(datasets: Any) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class RowSource:
+class RowSource(EncodedImageSource):
     """The images of one column of a saved dataset or of parquet files, read one row at a time.
 
     Only paths travel to decoding workers (``__getstate__``); each process opens the files itself: a saved dataset
     memory-mapped by ``load_from_disk``, parquet one row group at a time (the last one kept, as rows come in order).
     """
-
-    in_memory = False
 
     def __init__(self, paths: list[Path], column: str, *, saved: bool, groups: np.ndarray | None = None) -> None:
         self.paths = [str(p) for p in paths]
@@ -138,7 +135,7 @@ class RowSource:
             self._cached = ((f, g), pq.ParquetFile(self.paths[f]).read_row_group(g, columns=[self.column]).column(0))
         return self._cached[1][r].as_py()
 
-    def encoded(self, i: int) -> bytes:
+    def encoded(self, i: int) -> io.BytesIO:
         value = self.cell(i)
         if isinstance(value, dict):
             data, path = value.get("bytes"), value.get("path")
@@ -149,21 +146,7 @@ class RowSource:
             raise ValueError("the row holds no image bytes")
         if len(value) > MAX_IMAGE_BYTES:
             raise ValueError(f"the image is {len(value):,} bytes, more than the {MAX_IMAGE_BYTES:,} allowed")
-        return bytes(value)
-
-    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
-        img, flags = decode_image(io.BytesIO(self.encoded(i)), channels)
-        x, more = finish(img, prep)
-        return x, flags | more
-
-    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
-        from shiftaudit.data.dataset import decode_reason
-
-        try:
-            self.get(i, prep, channels)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
-            return decode_reason(exc, self.name(i))
-        return "it could not be decoded"
+        return io.BytesIO(bytes(value))
 
 
 # ---------------------------------------------------------------------------------------------------------------

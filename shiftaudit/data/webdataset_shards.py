@@ -21,9 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from shiftaudit.data.preprocess import decode_image, finish
+from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError
 from shiftaudit.limits import MAX_IMAGE_BYTES, MAX_SHARD_SAMPLES, MAX_SHARDS
@@ -246,10 +245,8 @@ def index_shards(shards: list[Path]) -> ShardIndex:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class ShardSource:
+class ShardSource(EncodedImageSource):
     """Images inside tar shards, each read from its offset and decoded with PIL on demand (in the loader's workers)."""
-
-    in_memory = False
 
     def __init__(self, index: ShardIndex, root: Path) -> None:
         self.shards = [str(p) for p in index.shards]
@@ -282,19 +279,8 @@ class ShardSource:
             raise OSError(0, "the shard is shorter than its tar header says (truncated)")
         return data
 
-    def get(self, i: int, prep: Preprocessing | None, channels: int) -> tuple[torch.Tensor, int]:
-        img, flags = decode_image(io.BytesIO(self.read(i)), channels)
-        x, more = finish(img, prep)
-        return x, flags | more
-
-    def error(self, i: int, channels: int, prep: Preprocessing | None = None) -> str:
-        from shiftaudit.data.dataset import decode_reason
-
-        try:
-            self.get(i, prep, channels)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
-            return decode_reason(exc, self.name(i))
-        return "it could not be decoded"
+    def encoded(self, i: int) -> io.BytesIO:
+        return io.BytesIO(self.read(i))
 
 
 # ---------------------------------------------------------------------------------------------------------------
