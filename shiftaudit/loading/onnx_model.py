@@ -208,6 +208,7 @@ def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     ort = _onnxruntime(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime's warnings are not the user's concern; errors still raise
+    options.intra_op_num_threads = max(1, torch.get_num_threads())  # as many threads as torch would use, not every core
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
