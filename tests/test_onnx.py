@@ -270,3 +270,18 @@ def test_dynamo_export_with_external_weights_audits_the_same(files, tmp_path):
     data = root / "data.npz"
     torch_report = audit_json(tmp_path, "pt", root / "r18.pt", "--arch", "resnet18", "--data", data, "--size", SIZE)
     assert_same_audit(torch_report, audit_json(tmp_path, "dynamo", path, "--data", data))
+
+
+def test_shiftaudit_metadata_in_the_graph_is_read_like_a_checkpoints(files, tmp_path):
+    import onnx
+
+    root, _ = files
+    graph = onnx.load(str(root / "r18.onnx"))
+    prep = {"size": [SIZE, SIZE], "mean": [0.5] * 3, "std": [0.25] * 3, "name": "custom"}
+    for key, value in {"shiftaudit.preprocessing": json.dumps(prep), "shiftaudit.class_names": '["a", "b", "c"]'}.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(tmp_path / "meta.onnx"))
+    loaded = load_model(tmp_path / "meta.onnx")
+    assert loaded.class_names == ["a", "b", "c"] and loaded.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert loaded.notes == []  # no size assumed: the metadata said it

@@ -170,7 +170,7 @@ class OnnxClassifier(nn.Module):
         if config.layers or config.observers:
             raise UsageError(
                 f"Per-layer feature distances hook PyTorch modules, and {self.source} is an ONNX graph; run --layers on "
-                "the PyTorch model (state dict, safetensors or .pt2)."
+                "the PyTorch model (state dict or safetensors)."
             )
         if config.precision != "fp32":
             raise UsageError(
