@@ -285,3 +285,19 @@ def test_shiftaudit_metadata_in_the_graph_is_read_like_a_checkpoints(files, tmp_
     loaded = load_model(tmp_path / "meta.onnx")
     assert loaded.class_names == ["a", "b", "c"] and loaded.preprocessing.mean == (0.5, 0.5, 0.5)
     assert loaded.notes == []  # no size assumed: the metadata said it
+
+
+def test_on_a_cuda_machine_auto_runs_the_graph_on_the_cpu_and_cuda_is_refused(files):
+    """No GPU is needed: the plan asks the model which device it runs on, given the device the audit resolved."""
+    from shiftaudit.engine.config import AuditConfig
+    from shiftaudit.errors import UsageError
+
+    root, _ = files
+    model = load_model(root / "r18.onnx").model
+    notes: list[str] = []
+    cuda = torch.device("cuda")
+    assert model.plan_settings(AuditConfig(device="auto"), cuda, 3, (SIZE, SIZE), notes) == torch.device("cpu")
+    with pytest.raises(UsageError, match="ONNX models run on the CPU through onnxruntime; use --device cpu, not cuda"):
+        model.plan_settings(AuditConfig(device="cuda"), cuda, 3, (SIZE, SIZE), notes)
+    with pytest.raises(UsageError, match="takes 3-channel images but the data has 1 channels"):
+        model.plan_settings(AuditConfig(device="cpu"), torch.device("cpu"), 1, (SIZE, SIZE), notes)
