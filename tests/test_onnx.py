@@ -103,6 +103,7 @@ def test_onnx_audit_equals_the_pytorch_audit_of_the_same_weights(files, tmp_path
     onnx_report = audit_json(tmp_path, "onnx", root / "r18.onnx", "--data", data)
     assert_same_audit(torch_report, onnx_report)
     assert onnx_report["model"]["format"] == "onnx" and onnx_report["model"]["num_classes"] == 3
+    assert onnx_report["model"]["parameters"] > 11_000_000  # the graph's weights (exact count: the inspect test)
     assert onnx_report["settings"]["precision"] == "fp32" and onnx_report["notes"] == torch_report["notes"]
 
 

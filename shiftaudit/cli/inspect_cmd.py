@@ -104,7 +104,6 @@ def inspect_command(
         from shiftaudit.loading.onnx_inspect import inspect_onnx
 
         insp = inspect_onnx(Path(loaded.source), loaded.model.input, prep.size, prep.channels)
-        loaded.parameter_count = insp.parameter_count  # onnxruntime does not say; the graph's initializers do
     elif loaded.format not in BLACK_BOXES:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
     report = inspection_report(loaded, insp)

@@ -138,7 +138,12 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
         meta.num_classes = classes
     if kind == ONNX and meta.preprocessing is None:
         meta.preprocessing = default_preprocessing(onnx_module.input, notes)
-    return _whole_model(module, fmt, source, meta, arch, num_classes, notes)
+    loaded = _whole_model(module, fmt, source, meta, arch, num_classes, notes)
+    if kind == ONNX:  # onnxruntime does not say; the graph's initializers do
+        from shiftaudit.loading.onnx_inspect import parameter_count
+
+        loaded.parameter_count = parameter_count(p)
+    return loaded
 
 
 def _trusted_metadata_arch(arch: str, source: str) -> str:

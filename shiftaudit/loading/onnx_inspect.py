@@ -31,6 +31,28 @@ def _ints(node: Any, name: str) -> list[int] | None:
     return None
 
 
+def _count(shapes: Any) -> int:
+    total = 0
+    for dims in shapes:
+        n = 1
+        for d in dims:
+            n *= int(d)
+        total += n
+    return total
+
+
+def parameter_count(path: Path) -> int:
+    """Elements in the graph's initializers (its weights, as exported: BatchNorm often folded into the convs), read
+    from the graph alone (external weight files are not opened); 0 without the onnx package."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a count for the report, never a reason to fail
+        return 0
+    return _count(list(t.dims) for t in graph.initializer)
+
+
 def inspect_onnx(path: Path, graph_input: GraphInput, size: tuple[int, int], channels: int) -> Inspection:
     """Every downsampling node of the graph at ``size`` (H, W) inputs, in graph order."""
     try:
@@ -93,17 +115,11 @@ def inspect_onnx(path: Path, graph_input: GraphInput, size: tuple[int, int], cha
             )
         )
     output = shapes.get(graph.output[0].name, []) if graph.output else []
-    params = 0
-    for dims in weights.values():
-        n = 1
-        for d in dims:
-            n *= int(d)
-        params += n
     return Inspection(
         input_size=(h, w),
         points=points,
         total_stride=max(1, round(h / max(smallest[0], 1))),
         final_size=smallest,
-        parameter_count=params,
+        parameter_count=_count(weights.values()),
         output_shape=tuple(d if d is not None else -1 for d in output),
     )

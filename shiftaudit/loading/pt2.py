@@ -158,7 +158,7 @@ def read_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[ExportedModel, 
     """The archive's module on the CPU, its shiftaudit metadata, and the class count its output shape fixes."""
     try:
         why = untrusted_content(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, AttributeError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"torch.export archive {path} is damaged ({first_line(exc)[:200].rstrip('.')}).") from None
     if why is not None and not trust_pickle:
         raise CheckpointError(
