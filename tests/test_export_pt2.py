@@ -162,6 +162,10 @@ TAMPERED = {
     ),
     "shape expression": (_edit_json("models/model.json", _set_expr), None, "a shape expression that is not plain arithmetic"),
     "compiled code": (lambda n, d: d, {"data/aotinductor/model/model.so": b"\x7fELF"}, "compiled code or external weights"),
+    "sample inputs": (
+        lambda n, d: pickle.dumps(_Touch(Path("never"))) if n.endswith("data/sample_inputs/model.pt") else d, None,
+        "sample inputs that need full unpickling",
+    ),
 }
 
 
