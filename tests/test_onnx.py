@@ -245,6 +245,12 @@ def test_a_damaged_onnx_file_is_one_sentence(files, tmp_path):
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(data[: len(data) // 2])
     assert_clean_error(cli("eval", cut, "--data", root / "data.npz", *SHIFT), f"ONNX model {cut} cannot be loaded by onnxruntime")
+    at = data.index(b"\x05group") + 1  # a Conv attribute's name: a string, which must be UTF-8
+    flipped = tmp_path / "flipped.onnx"
+    flipped.write_bytes(data[:at] + b"\xc1" + data[at + 1:])
+    res = cli("inspect", flipped)
+    assert_clean_error(res, f"ONNX model {flipped} cannot be loaded by onnxruntime", "invalid start byte")
+    assert "EP Error" not in res.output  # onnxruntime's banner before its retry stays hidden
     text = tmp_path / "notes.onnx"
     text.write_text("not a graph\n")
     assert_clean_error(cli("inspect", text), f"{text} is not a valid ONNX model")

@@ -10,6 +10,8 @@ any batch; fixed N: chunks of N, the last one padded; fixed 1: one row at a time
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,8 +211,9 @@ def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime's warnings are not the user's concern; errors still raise
     options.intra_op_num_threads = max(1, torch.get_num_threads())  # as many threads as torch would use, not every core
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:  # onnxruntime prints a banner before it retries a failed load: the one-sentence error below says it all
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise CheckpointError(
             f"ONNX model {path} cannot be loaded by onnxruntime ({first_line(exc)[:200].rstrip('.')}); it is damaged "
