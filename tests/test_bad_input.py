@@ -386,7 +386,7 @@ BAD_CHOICES = [
     ("eval", "--preset", "mnist", "'imagenet', 'cifar'"),
     ("patch", "--method", "antialias", "'blurpool', 'aps'"),
     ("patch", "--pad", "mirror", "'reflect', 'zero', 'circular', 'replicate'"),
-    ("patch", "--format", "onnx", "'safetensors', 'torchscript'"),
+    ("patch", "--format", "onnx", "'safetensors', 'pt2', 'torchscript'"),
 ]
 
 

@@ -67,6 +67,7 @@ class Pad(str, Enum):
 
 class ModelFormat(str, Enum):
     safetensors = "safetensors"
+    pt2 = "pt2"
     torchscript = "torchscript"
 
 

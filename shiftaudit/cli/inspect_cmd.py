@@ -19,6 +19,8 @@ from shiftaudit.cli.loading import load_model_from_cli, resolve_cli_preprocessin
 from shiftaudit.cli.options import ArchKwargsOpt, ArchOpt, ModelArg, NumClassesOpt, PresetOpt, SizeOpt, TrustPickleOpt
 from shiftaudit.report.terminal import inspection_table
 
+BLACK_BOXES = {"torchscript": "TorchScript archives", "pt2": "torch.export archives (.pt2)"}  # no modules to hook
+
 
 def loading_table(loaded) -> Table:
     t = Table(title="Checkpoint", title_justify="left", show_header=False, show_edge=False, pad_edge=False)
@@ -75,7 +77,7 @@ def inspection_report(loaded, insp) -> dict:
             "patch": loaded.patch_spec,
         },
         "inspection": insp.to_json() if insp is not None else None,
-        "filter_total_variation": _total_variation(loaded.model) if insp is not None else None,
+        "filter_total_variation": _total_variation(loaded.model) if insp is not None and loaded.format != "onnx" else None,
     }
 
 
@@ -98,7 +100,11 @@ def inspect_command(
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     prep = resolve_cli_preprocessing(loaded, value(preset), size, None, None, None, None)
     insp = None
-    if loaded.format != "torchscript":
+    if loaded.format == "onnx":
+        from shiftaudit.loading.onnx_inspect import inspect_onnx
+
+        insp = inspect_onnx(Path(loaded.source), loaded.model.input, prep.size, prep.channels)
+    elif loaded.format not in BLACK_BOXES:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
     report = inspection_report(loaded, insp)
     if json_out is not None and str(json_out) == "-":
@@ -107,9 +113,10 @@ def inspect_command(
     console.print(loading_table(loaded))
     console.print()
     if insp is None:
-        console.print("TorchScript archives are audited as black boxes: no layer-by-layer view.")
+        console.print(f"{BLACK_BOXES[loaded.format]} are audited as black boxes: no layer-by-layer view.")
     else:
-        console.print(inspection_table(insp, _patch_column(loaded.model, insp), width=console.width))
+        onnx = loaded.format == "onnx"
+        console.print(inspection_table(insp, {} if onnx else _patch_column(loaded.model, insp), width=console.width))
         console.print(
             f"{len(insp.downsampling)} downsampling layers; input {insp.input_size[0]}x{insp.input_size[1]} -> "
             f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."
@@ -123,6 +130,8 @@ def inspect_command(
                 ),
                 soft_wrap=True,
             )
+        if onnx:
+            console.print("Read from the ONNX graph (Conv, MaxPool and AveragePool strides); `patch` needs the PyTorch model.")
     if json_out is not None:
         write_json_atomic(json_out, report)
         console.print(Text(f"wrote {json_out}"))

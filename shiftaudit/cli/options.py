@@ -12,7 +12,8 @@ from shiftaudit.cli.choices import DataKind, Mode, Precision, Preset, ShiftMode
 ModelArg = Annotated[
     Path,
     typer.Argument(
-        help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, TorchScript archive, or (with --trust-pickle) a pickled model.",
+        help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, .pt2 (torch.export), .onnx (the onnx extra), TorchScript "
+             "archive, or (with --trust-pickle) a pickled model.",
         show_default=False,
     ),
 ]
@@ -37,7 +38,11 @@ NumClassesOpt = Annotated[
     typer.Option("--num-classes", min=1, help="Number of classes of the classifier (inferred from the weights when omitted)."),
 ]
 TrustPickleOpt = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled model. Pickles run code: only for files you trust.")
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow loading a whole pickled model, or a .pt2 archive that could run code. Only for files you trust.",
+    ),
 ]
 
 DataOpt = Annotated[

@@ -52,6 +52,11 @@ from shiftaudit.errors import UsageError
 from shiftaudit.report.terminal import sig
 
 RUN_FOLDERS = ("before", "after", "baseline_recalibrated")  # patch --eval --out: one report folder per model
+UNPATCHABLE = {  # whole-model formats whose layers are a fixed graph, not modules to rewrite
+    "torchscript": "A TorchScript archive",
+    "pt2": "A torch.export archive (.pt2)",
+    "onnx": "An ONNX model",
+}
 
 MethodOpt = Annotated[
     PatchMethod,
@@ -103,10 +108,18 @@ def patch_command(
         typer.Option(
             "--output",
             "-o",
-            help="Save the patched model here (.safetensors with metadata, or a TorchScript archive with --format torchscript).",
+            help="Save the patched model here: .safetensors (weights and metadata; needs shiftaudit to rebuild), or .pt2 "
+                 "(a torch.export archive: graph, weights and metadata; runs wherever torch runs).",
         ),
     ] = None,
-    fmt: Annotated[ModelFormat, typer.Option("--format", help="How -o saves the patched model.")] = ModelFormat.safetensors,
+    fmt: Annotated[
+        ModelFormat | None,
+        typer.Option(
+            "--format",
+            help="How -o saves the patched model. Default: pt2 for an -o ending in .pt2, else safetensors. torchscript is "
+                 "deprecated by torch (still written and read, no longer recommended): use pt2.",
+        ),
+    ] = None,
     recalibrate: Annotated[
         int,
         typer.Option(
@@ -220,14 +233,16 @@ def patch_command(
     )
     check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(RUN_FOLDERS))}, inputs=[model])
     json_to_stdout(json_out)
+    fmt = fmt or (ModelFormat.pt2 if output is not None and output.suffix.lower() == ".pt2" else ModelFormat.safetensors)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
-    if loaded.format == "torchscript":
-        raise UsageError("A TorchScript archive cannot be patched: pass the weights (state dict or safetensors) with --arch.")
+    if loaded.format in UNPATCHABLE:
+        raise UsageError(
+            f"{UNPATCHABLE[loaded.format]} cannot be patched: patching rewrites the PyTorch modules, so it needs the PyTorch "
+            "model; pass its weights (state dict or safetensors) with --arch."
+        )
     prep = resolve_cli_preprocessing(loaded, value(preset), size, resize, mean, std, data)
     if output is not None and fmt == ModelFormat.safetensors and not loaded.arch:
-        raise UsageError(
-            "Saving a patched model as safetensors needs its architecture: pass --arch, or use --format torchscript."
-        )
+        raise UsageError("Saving a patched model as safetensors needs its architecture: pass --arch, or save it as .pt2.")
     if dry_run:
         _show_dry_run(loaded.model, config, prep)
         return

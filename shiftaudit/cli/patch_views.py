@@ -58,8 +58,11 @@ def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
     from shiftaudit.loading.architectures import kind_of
 
     if fmt == "torchscript":
-        return (f"wrote {output} (torchscript); `shiftaudit eval {output} --data ...` runs it with no other flags (a black "
-                "box: no inspection)")
+        return (f"wrote {output} (torchscript, deprecated by torch: prefer .pt2); `shiftaudit eval {output} --data ...` runs "
+                "it with no other flags (a black box: no inspection)")
+    if fmt == "pt2":
+        return (f"wrote {output} (pt2); `shiftaudit eval {output} --data ...` runs it with no other flags, and "
+                f"`torch.export.load('{output}').module()` anywhere torch runs")
     if arch and kind_of(arch) == "factory":
         module = arch.partition(":")[0]
         if module != "shiftaudit" and not module.startswith("shiftaudit."):

@@ -174,6 +174,12 @@ def resolve_model(model: Any, info: dict[str, Any]) -> tuple[nn.Module, Any, dic
     return model, preprocessing, info
 
 
+def _runs_outside_torch(model: Any) -> bool:
+    """A model whose forward leaves torch (an ONNX graph run by onnxruntime): it has ``black_box`` and
+    ``plan_settings``, and nothing that hooks, compiles or autocasts PyTorch modules applies to it."""
+    return bool(getattr(model, "black_box", None)) and callable(getattr(model, "plan_settings", None))
+
+
 def loaded_info(loaded: Any) -> dict[str, Any]:
     return {
         "source": str(loaded.source),
@@ -214,6 +220,9 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
     dataset = resolve_data(data, preprocessing, config)
     notes: list[str] = []
     shifts, exhaustive, size, margin = _plan_geometry(config, dataset, notes)
+    outside = _runs_outside_torch(model)
+    if outside:  # an ONNX graph: it says which settings it takes, and runs on its own device
+        dev = model.plan_settings(config, dev, int(getattr(dataset, "channels", 3)), size, notes)
     labelled = bool(dataset.has_labels)
     metrics = _plan_metrics(config, shifts, labelled, exhaustive, notes)
     _check_thresholds(config, labelled, exhaustive, shifts)
@@ -243,7 +252,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         labelled=labelled,
         metrics=tuple(m.name for m in metrics),
         strategy=strategy,
-        compiled=bool(config.compile),
+        compiled=bool(config.compile) and not outside,
         device=dev.type,
         channels_last=bool(use_cl),
         precision=config.precision,
@@ -335,6 +344,12 @@ def _plan_observers(
     config: AuditConfig, model: nn.Module, dataset: Any, shifts: ShiftSet, size: tuple[int, int], exhaustive: bool
 ) -> list[Observer]:
     observers: list[Observer] = list(config.observers)
+    flat = getattr(model, "flat_graph", None)
+    if config.layers and flat:
+        raise UsageError(
+            f"Per-layer feature distances hook PyTorch modules, and the model is {flat}; run --layers on its weights "
+            "(state dict or safetensors)."
+        )
     if config.layers:
         from shiftaudit.metrics.layers import FeatureDistance, select_layers
 
@@ -374,7 +389,7 @@ def _plan_strategy(
     if strategy == "dense" and config.early_exit is not False and circular:
         strategy = early_exit_strategy(metrics, exhaustive, labelled, observers, config.early_exit, notes)
     eager = None
-    if config.compile:
+    if config.compile and not _runs_outside_torch(model):
         eager, runner = runner, compile_model(runner, notes)
         if runner is eager:
             eager = None

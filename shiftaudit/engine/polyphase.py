@@ -527,6 +527,8 @@ def build_polyphase(model: nn.Module, sample: torch.Tensor, dh: np.ndarray, dw: 
     """The polyphase form of ``model`` for inputs shaped like ``sample`` (1, C, H, W); raises PolyphaseUnsupported."""
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise PolyphaseUnsupported("only a traceable nn.Module can be evaluated in polyphase form")
+    if getattr(model, "black_box", None):  # an ONNX graph: its forward leaves torch
+        raise PolyphaseUnsupported(f"the model is {model.black_box}")
     if model.training:
         raise PolyphaseUnsupported("the model is in training mode")
     try:

@@ -22,6 +22,8 @@ TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
 TORCHSCRIPT = "torchscript"
 SAFETENSORS = "safetensors"
+PT2 = "pt2"  # a torch.export archive (torch.export.save)
+ONNX = "onnx"
 
 EXTRA_FILE = "shiftaudit.json"  # metadata inside TorchScript archives we write
 
@@ -88,6 +90,8 @@ def sniff_format(path: Path) -> str:
             raise CheckpointError(
                 f"Checkpoint {path} is a truncated or corrupt zip archive; re-download or re-save it."
             ) from None
+        if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+            return PT2
         if any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n for n in names):
             return TORCHSCRIPT
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
@@ -97,6 +101,10 @@ def sniff_format(path: Path) -> str:
         header_len = int.from_bytes(head[:8], "little")
         if 2 <= header_len <= size - 8 and head[8:9] == b"{":
             return SAFETENSORS
+    if _looks_like_onnx(head):
+        return ONNX
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is not a valid ONNX model (it does not start like an ONNX protobuf); re-export it.")
     if path.suffix.lower() == ".safetensors":
         if len(head) >= 9 and head[8:9] == b"{":
             raise CheckpointError(f"Checkpoint {path} is a truncated safetensors file (its header is longer than the file).")
@@ -105,8 +113,19 @@ def sniff_format(path: Path) -> str:
         return TORCH_LEGACY
     raise CheckpointError(
         f"{path} is not a model checkpoint: it looks like {_describe(head)}, expected a .pt/.pth/.bin state dict, "
-        f".safetensors or TorchScript file."
+        f".safetensors, .pt2, .onnx or TorchScript file."
     )
+
+
+# Fields an ONNX ModelProto may start with after ir_version (field 1, varint): producer_name (2), producer_version (3),
+# domain (4), model_version (5), doc_string (6), graph (7), opset_import (8), metadata_props (14), training_info (20),
+# functions (25), configuration (26): each as its protobuf tag byte (field << 3 | wire type).
+_ONNX_SECOND_TAGS = (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA, 0xD2)
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto as every exporter writes it: ir_version first (a small varint), then another model field."""
+    return len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 30 and head[2] in _ONNX_SECOND_TAGS
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")

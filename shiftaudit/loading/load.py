@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,6 +13,8 @@ from shiftaudit.errors import CheckpointError, UsageError
 from shiftaudit.limits import MAX_CLASSES, check_range
 from shiftaudit.loading.architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
 from shiftaudit.loading.formats import (
+    ONNX,
+    PT2,
     SAFETENSORS,
     TORCHSCRIPT,
     check_file,
@@ -36,8 +39,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, 
     if kind == SAFETENSORS:
         tensors, raw = read_safetensors(p)
         return strip_prefixes(tensors, []), raw
-    if kind == TORCHSCRIPT:
-        raise CheckpointError(f"{p} is a TorchScript archive, not a state dict; load it with load_model().")
+    if kind in (TORCHSCRIPT, PT2, ONNX):
+        what = {TORCHSCRIPT: "a TorchScript archive", PT2: "a torch.export archive", ONNX: "an ONNX model"}[kind]
+        raise CheckpointError(f"{p} is {what}, not a state dict; load it with load_model().")
     obj, _ = read_torch(p, trust_pickle=False)
     sd = extract_state_dict(obj, str(p), [])
     if isinstance(sd, nn.Module):
@@ -74,6 +78,8 @@ def load_model(
     if kind == TORCHSCRIPT:
         module, raw = read_torchscript(p)
         return _whole_model(module, "torchscript", source, parse_metadata(raw, source), arch, num_classes, notes)
+    if kind in (PT2, ONNX):
+        return _graph_model(p, kind, arch, num_classes, trust_pickle, notes)
 
     if kind == SAFETENSORS:
         tensors, raw = read_safetensors(p)
@@ -109,6 +115,35 @@ def _whole_model(module: nn.Module, fmt: str, source: str, meta: CheckpointMetad
         preprocessing=meta.preprocessing, patch_spec=meta.patch_spec, class_names=meta.class_names,
         arch_source="metadata" if meta.arch else "n/a", notes=notes,
     )
+
+
+def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, trust_pickle: bool,
+                 notes: list[str]) -> LoadedModel:
+    """A ``.pt2`` archive or an ONNX model: a whole model whose graph fixes its class count (and, for ONNX, often
+    its input size, which becomes the default preprocessing)."""
+    source = str(p)
+    module: nn.Module
+    if kind == PT2:
+        from shiftaudit.loading.pt2 import read_pt2
+
+        module, raw, classes = read_pt2(p, trust_pickle=trust_pickle)
+        fmt = "pt2"
+    else:
+        from shiftaudit.loading.onnx_model import default_preprocessing, read_onnx
+
+        onnx_module, raw, classes = read_onnx(p)
+        module, fmt = onnx_module, "onnx"
+    meta = parse_metadata(raw, source)
+    if meta.num_classes is None:
+        meta.num_classes = classes
+    if kind == ONNX and meta.preprocessing is None:
+        meta.preprocessing = default_preprocessing(onnx_module.input, notes)
+    loaded = _whole_model(module, fmt, source, meta, arch, num_classes, notes)
+    if kind == ONNX:  # onnxruntime does not say; the graph's initializers do
+        from shiftaudit.loading.onnx_inspect import parameter_count
+
+        loaded.parameter_count = parameter_count(p)
+    return loaded
 
 
 def _trusted_metadata_arch(arch: str, source: str) -> str:

@@ -1,4 +1,6 @@
-"""Write a model so that ``load_model(path)`` rebuilds it with no flags: safetensors + metadata, or TorchScript."""
+"""Write a model so that ``load_model(path)`` rebuilds it with no flags: safetensors + metadata, a torch.export
+archive (``.pt2``, the graph and weights together: runs wherever torch runs) or TorchScript (deprecated by torch,
+kept for readers that need it)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from shiftaudit.loading.metadata import encode_metadata
 from shiftaudit.loading.model import LoadedModel
 from shiftaudit.loading.state_dict import infer_num_classes
 
-FORMATS = ("safetensors", "torchscript")
+FORMATS = ("safetensors", "pt2", "torchscript")
 
 
 def _plain_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,6 +87,13 @@ def save_model(
         tensors = _plain_tensors(model)
         with atomic_path(dest, suffix=".safetensors") as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
+    elif format == "pt2":
+        from shiftaudit.loading.pt2 import save_pt2
+
+        prep = Preprocessing.from_json(preprocessing) if isinstance(preprocessing, dict) else preprocessing
+        size, channels = (prep.size, prep.channels) if prep is not None else ((224, 224), 3)
+        with atomic_path(dest, suffix=".pt2") as tmp:
+            save_pt2(model, tmp, channels=channels, size=size, metadata=metadata)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit deprecation notices
