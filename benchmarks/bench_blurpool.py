@@ -6,6 +6,8 @@ Forms compared on the same inputs, in the same run (so the ratios are meaningful
   with zero padding and an odd filter the conv pads itself);
 - ``separable``: pad once, a vertical k x 1 conv at stride (s, 1), then a horizontal 1 x k conv at stride (1, s);
 - ``naive``: blur densely at stride 1, then slice ``[..., ::s, ::s]`` (Eq. 3 read literally);
+- ``module``: the library's ``BlurPool2d`` layer (kernel built once, as in a patched model): the row to compare
+  with the third-party layers, which also build their kernels once;
 - ``antialiased_cnns.BlurPool`` and ``kornia.filters.BlurPool2D`` when installed (the optional ``bench`` extra,
   never a dependency of the package), and ``timm.layers.BlurPool2d`` when timm is installed (the ``timm`` extra).
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
 
-from shiftaudit.antialias.blurpool import blur_pool2d, pad_for_blur
+from shiftaudit.antialias.blurpool import BlurPool2d, blur_pool2d, pad_for_blur
 from shiftaudit.antialias.filters import get_filter, get_filter_info
 
 Form = Callable[[torch.Tensor, str, int, str], torch.Tensor]
@@ -107,7 +109,8 @@ def run(quick: bool = False) -> dict:
             fns: dict[str, Callable[[], torch.Tensor]] = {
                 k: (lambda f=f, x=x, name=name, pad=pad: f(x, name, 2, pad)) for k, f in FORMS.items()
             }
-            fns.update({k: (lambda m=m, x=x: m(x)) for k, m in _third_party(shape[1], name, 2, pad).items()})
+            layers = {"module": BlurPool2d(shape[1], name, 2, pad).eval(), **_third_party(shape[1], name, 2, pad)}
+            fns.update({k: (lambda m=m, x=x: m(x)) for k, m in layers.items()})
             times = _time_all(fns, repeats, min_time)
             base = times["strided"]
             for form, t in times.items():
