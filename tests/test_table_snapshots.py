@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
+from rich.console import Console, Group
+from rich.table import Table
 
 from shiftaudit.report.terminal import comparison_table, inspection_table, layers_table
 from tests.helpers import synthetic_result
@@ -65,8 +66,7 @@ def test_inspection_of_resnet18(width):
     _check(f"inspect_resnet18_{width}", _render(table, width))
 
 
-def test_layers_table():
-    layers = {
+LAYERS = {
         "layers": [
             {"name": "features.0", "resolution": [32, 32], "stride": 1, "equivariance": {"mean": 0.0},
              "invariance": {"mean": 0.3125}, "reference_distance": 0.5, "exact_modulo": 1},
@@ -77,8 +77,18 @@ def test_layers_table():
              "invariance": {"mean": 0.125}, "reference_distance": None, "exact_modulo": None},
         ]
     }
-    for width in (50, 80, 120):  # below 73 columns here each layer becomes a block of label-value lines
-        _check(f"layers_{width}", _render(layers_table(layers, width), width))
+
+
+def test_layers_table():
+    for width in (24, 50, 72, 73, 80, 120):  # below 73 columns here each layer becomes a block of label-value lines
+        _check(f"layers_{width}", _render(layers_table(LAYERS, width), width))
+
+
+def test_layers_table_switches_to_blocks_exactly_where_the_columns_stop_fitting():
+    # Layer folds to 12; Size 5, Stride 6, Equiv. 6, Equiv./(ref/2) 14, Invar. 6, Modulo 6; 6 separators of 3
+    assert 12 + 5 + 6 + 6 + 14 + 6 + 6 + 3 * 6 == 73
+    assert isinstance(layers_table(LAYERS, 73), Table) and isinstance(layers_table(LAYERS), Table)
+    assert isinstance(layers_table(LAYERS, 72), Group)
 
 
 def test_layers_table_with_short_names_on_a_narrow_console():
