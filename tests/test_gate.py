@@ -196,3 +196,45 @@ def test_a_registered_gate_metric_is_judged_like_the_built_in_ones():
         assert [c.passed for c in report.checks] == [True, False] and report.checks[0].estimator == "toy estimator"
     finally:
         _GATES.pop("toy")
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("min_consistency", "thresholds takes a mapping such as {'min_consistency': 0.95} or a list of Threshold, got str."),
+        (0.95, "thresholds takes a mapping such as {'min_consistency': 0.95} or a list of Threshold, got float."),
+        ([0.95], "thresholds lists shiftaudit.Threshold values, got a float."),
+        ({"min_consistency": "0.9"}, "min_consistency takes a number, got '0.9'."),
+        ({"min_consistency": True}, "min_consistency takes a number, got True."),
+        ({"min_accuracy": float("nan")}, "min_accuracy takes a number, got nan."),
+        ({"min_accuracy": 1.5}, "min_accuracy takes a fraction between 0 and 1 (e.g. 0.95), got 1.5."),
+        ({"max_variation": None, "min_consistency": -0.1},
+         "min_consistency takes a fraction between 0 and 1 (e.g. 0.95), got -0.1."),
+        ({"max_variation": "x"}, "max_variation takes a number, got 'x'."),
+        ({"max_variation": -0.5}, "max_variation must be >= 0, got -0.5."),
+        ({"min_adv_accuracy": 0.9}, "min_adv_accuracy takes a mapping radius -> fraction such as {2: 0.8}, got 0.9."),
+        ({"min_adv_accuracy": {-1: 0.9}}, "min_adv_accuracy takes whole radii >= 0 in px as keys, got -1."),
+        ({"min_adv_accuracy": {True: 0.9}}, "min_adv_accuracy takes whole radii >= 0 in px as keys, got True."),
+        ({"min_adv_accuracy": {1.0: 0.9}}, "min_adv_accuracy takes whole radii >= 0 in px as keys, got 1.0."),
+        ({"min_adv_accuracy": {2: 2.0}}, "min_adv_accuracy[2] takes a fraction between 0 and 1 (e.g. 0.95), got 2."),
+        ({"min_adv_accuracy": {2: None}}, "min_adv_accuracy[2] takes a number, got None."),
+    ],
+)
+def test_python_thresholds_are_refused_in_one_sentence_naming_the_key(given, message):
+    from shiftaudit.gating import thresholds_from
+
+    with pytest.raises(UsageError) as err:
+        thresholds_from(given)
+    assert str(err.value) == message
+
+
+def test_python_thresholds_accept_the_edges_and_both_adversarial_forms():
+    from shiftaudit.gating import Threshold, thresholds_from
+
+    assert thresholds_from({"max_variation": 0, "min_adv_accuracy": {0: 0.0, 3: 1}}) == [
+        Threshold("variation", "max", 0.0), Threshold("adversarial", "min", 0.0, 0), Threshold("adversarial", "min", 1.0, 3)]
+    # the CLI's RADIUS=FRACTION strings add to the other thresholds, they do not replace them
+    assert thresholds_from({"min_consistency": 1, "min_adv_accuracy": ["2=0.5"]}) == [
+        Threshold("consistency", "min", 1.0), Threshold("adversarial", "min", 0.5, 2)]
+    given = [Threshold("accuracy", "min", 0.5)]
+    assert thresholds_from(given) == given and thresholds_from({}) == [] and thresholds_from([]) == []
