@@ -24,7 +24,7 @@ from rich.table import Table
 from torch import nn
 
 from shiftaudit.antialias.inspection import inspect_model
-from shiftaudit.report.terminal import CompareRow, compare_rows, comparison_table, inspection_table, layers_table
+from shiftaudit.report.terminal import CompareRow, audit_table, compare_rows, comparison_table, inspection_table, layers_table
 from tests.helpers import synthetic_result
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -44,6 +44,13 @@ def _check(name: str, text: str) -> None:
         SNAPSHOTS.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
     assert path.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("width", [44, 52, 53, 80])
+def test_audit_table(width):
+    # the default title, the three headers, numbers right-aligned and whole; names fold to 16 columns, and below
+    # 16 + 15 ("84.0 % / 90.0 %") + 16 ("[0.0100, 0.0500]") + 6 = 53 columns each name goes above its numbers
+    _check(f"audit_{width}", _render(audit_table(synthetic_result(), width=width), width))
 
 
 @pytest.mark.parametrize("width", [60, 80, 120])

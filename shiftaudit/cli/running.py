@@ -98,10 +98,11 @@ def report_result(
 
     sequential = is_sequential(result)
     if not quiet:
-        console.print(sequential_table(result) if sequential else audit_table(result, title=describe_run(result)))
+        width = console.width
+        console.print(sequential_table(result) if sequential else audit_table(result, title=describe_run(result), width=width))
         if "layers" in result.metrics:
             console.print()
-            console.print(layers_table(result.metrics["layers"], width=console.width))
+            console.print(layers_table(result.metrics["layers"], width=width))
         for note in result.notes:
             if not note.startswith(LABEL_MISMATCH):
                 console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)

@@ -127,13 +127,29 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
     return rows
 
 
-def audit_table(result: AuditResult, title: str | None = None) -> Table:
-    """Metric names wrap; numbers never do (at 80 columns a wrapped "90.0 %" reads as two values)."""
-    t = Table(title=Text(title or "Shift audit"), title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric", overflow="fold", min_width=16)
+METRIC_MIN_WIDTH = 16  # the metric names wrap to this, never narrower
+
+
+def audit_table(result: AuditResult, title: str | None = None, width: int | None = None) -> Table | Group:
+    """Metric names wrap; numbers never do (at 80 columns a wrapped "90.0 %" reads as two values).
+
+    ``width``: the console width. Where the value and interval columns cannot fit beside names folded to 16 columns,
+    each metric's name goes on its own line with its value and interval below it, so that no number is cut.
+    """
+    rows = audit_rows(result)
+    heading = Text(title or "Shift audit")
+    values = max([len(r[1]) for r in rows] + [len("Value")])
+    cis = max([len(r[2]) for r in rows] + [len("95% CI")])
+    if width is not None and METRIC_MIN_WIDTH + values + cis + 6 > width:
+        lines = [heading]
+        for metric, value, ci in rows:
+            lines += [Text(metric, overflow="fold"), Text(f"  {value:>{values}}  {ci:>{cis}}".rstrip())]
+        return Group(*lines)
+    t = Table(title=heading, title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
     t.add_column("Value", justify="right", no_wrap=True)
     t.add_column("95% CI", justify="right", style="dim", no_wrap=True)
-    for row in audit_rows(result):
+    for row in rows:
         t.add_row(*(Text(c) for c in row))
     return t
 
@@ -250,9 +266,6 @@ def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
 
 def _num(v: Any) -> float | None:
     return None if v is None else float(v)
-
-
-METRIC_MIN_WIDTH = 16  # the metric names wrap to this, never narrower
 
 
 def comparison_table(
