@@ -24,7 +24,18 @@ from rich.table import Table
 from torch import nn
 
 from shiftaudit.antialias.inspection import inspect_model
-from shiftaudit.report.terminal import CompareRow, audit_table, compare_rows, comparison_table, inspection_table, layers_table
+from shiftaudit.report.terminal import (
+    CompareRow,
+    audit_rows,
+    audit_table,
+    compare_rows,
+    comparison_table,
+    describe_run,
+    describe_shifts,
+    inspection_table,
+    layers_table,
+    sig,
+)
 from tests.helpers import synthetic_result
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -185,3 +196,52 @@ def test_inspection_names_a_blur_layer_and_a_non_square_input():
     assert table.title == "Downsampling points at 32x24 (total stride 2)"
     types = list(table.columns[1].cells)
     assert str(types[0]) == "Downsample (blurpool)"  # the kind is said when the name does not say it
+
+
+def test_flip_rate_and_mean_abs_change_rows_read_as_the_json_says():
+    result = synthetic_result()
+    result.metrics["flip_rate"] = {"mean": 0.015678, "ci_low": 0.00612, "ci_high": 0.025512, "n": 40}
+    result.metrics["mac"] = {"mean": 0.0334449, "ci_low": 0.02921, "ci_high": 0.03755, "n": 40}
+    rows = {metric: (value, ci) for metric, value, ci in audit_rows(result)}
+    assert rows["Flip rate between 1-px neighbouring shifts"] == ("1.57 %", "[0.61, 2.55]")  # a share: % to 2 decimals
+    assert rows["Mean abs. change of top-1 probability"] == ("0.0334", "[0.0292, 0.0376]")  # a probability: 4 decimals
+
+
+def test_significant_digits():
+    assert [sig(v) for v in (0.00412345, 0.35, 3.14159, 412.3, 12345.6)] == ["0.00412", "0.350", "3.14", "412", "12,346"]
+    assert sig(0.00412345, 2) == "0.0041" and sig(1.0) == "1.00" and sig(9.996) == "10.0" and sig(0.09996) == "0.100"
+    assert [sig(v) for v in (0.0, None, -1.0, float("nan"), float("inf"))] == ["0", "-", "-", "-", "-"]
+
+
+def test_descriptions_of_reports_that_lack_fields():
+    # a report written by an older version or by hand: every missing part has a fixed stand-in
+    result = synthetic_result()
+    result.model, result.data, result.environment = {}, {}, {}
+    result.settings = {"shifts": {"mode": "crop", "max_shift": 4}}
+    assert describe_shifts(result) == (
+        "? crop shifts within +/-4 px (none: crops of a larger canvas, new content enters at the border)")
+    assert describe_run(result) == f"model on ; {describe_shifts(result)}, ; "
+    result.model = {"description": "a net", "source": "w.pt"}
+    result.environment = {"device": "cpu"}
+    result.settings = {"shift_mode": "plugin", "mode": "sampled", "shifts": {"count": 9, "max_shift": 1, "step": 2}}
+    assert describe_shifts(result) == "9 plugin shifts within +/-1 px, step 2 (?)"
+    assert describe_run(result) == "a net (w.pt) on ; 9 plugin shifts within +/-1 px, step 2 (?), sampled; cpu"
+    result.settings = {}
+    assert describe_shifts(result) == "? circular shifts (wrap-around)"
+
+
+def test_sequential_gate_lines_for_both_bounds():
+    from shiftaudit.gating import SequentialCheck, Threshold
+
+    def line(bound: str, metric: str, value: float, passed: bool) -> str:
+        t = Threshold(metric, bound, 0.05 if bound == "max" else 0.95)
+        return SequentialCheck(t, value, value - 0.01, value + 0.01, passed, "sequential", confidence=0.99, draws=640).line()
+
+    assert line("min", "consistency", 0.97, True) == (
+        "ok   consistency 0.9700 (99 % confidence sequence 0.9600-0.9800, 640 draws) >= 0.95 (--min-consistency 0.95)")
+    assert line("min", "consistency", 0.90, False) == (
+        "FAIL consistency 0.9000 (99 % confidence sequence 0.8900-0.9100, 640 draws) < 0.95 (--min-consistency 0.95)")
+    assert line("max", "variation", 0.03, True) == (
+        "ok   variation 0.0300 (99 % confidence sequence 0.0200-0.0400, 640 draws) <= 0.05 (--max-variation 0.05)")
+    assert line("max", "variation", 0.08, False) == (
+        "FAIL variation 0.0800 (99 % confidence sequence 0.0700-0.0900, 640 draws) > 0.05 (--max-variation 0.05)")

@@ -38,7 +38,8 @@ def sig(v: float | None, digits: int = 3) -> str:
         return "-"
     if v == 0:
         return "0"
-    decimals = max(0, digits - 1 - math.floor(math.log10(v)))
+    rounded = float(f"{v:.{digits - 1}e}")  # the magnitude after rounding: 9.996 reads 10.0 (three digits), not 10.00
+    decimals = max(0, digits - 1 - math.floor(math.log10(rounded)))
     return f"{v:,.{decimals}f}"
 
 
