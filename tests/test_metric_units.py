@@ -187,3 +187,12 @@ def test_zero_shift_confidence_merges_and_round_trips_its_state():
     fresh.load_state_dict(a.state_dict())
     assert fresh.compute() == {"mean_top1": 0.75, "n": 3}
     assert ZeroShiftConfidence().compute()["n"] == 0
+
+
+def test_a_plug_in_metric_without_readings_is_read_as_a_plain_number_named_after_it():
+    from shiftaudit.metrics.base import Reading, value_readings
+
+    assert value_readings("edge_flip_share", {"value": 0.125, "ci_low": 0.0625, "ci_high": 0.25}) == [
+        Reading("edge flip share", 0.125, 0.0625, 0.25, percent=False, digits=4, ci_digits=4)]
+    assert value_readings("x", {"value": 0.5}) == [Reading("x", 0.5, None, None, percent=False, digits=4, ci_digits=4)]
+    assert value_readings("x", {"mean": 0.5}) == []  # no "value": nothing to read
