@@ -215,15 +215,19 @@ def read_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
             f"TorchScript archive {path} cannot be loaded ({_first_line(exc)}); it is damaged or from an incompatible "
             f"torch, so re-export it, or pass its weights with --arch."
         ) from None
-    raw: dict[str, str] = {}
+    return module, archive_metadata(extra, f"TorchScript archive {path}")
+
+
+def archive_metadata(extra: dict[str, Any], what: str) -> dict[str, str]:
+    """Our metadata as read from an archive's extra file (TorchScript, torch.export): a JSON object of strings, or {}."""
     blob = extra.get(EXTRA_FILE) or ""
     if isinstance(blob, bytes):
         blob = blob.decode("utf-8", "replace")
-    if blob:
-        from shiftaudit.loading.metadata import bounded_json
+    if not blob:
+        return {}
+    from shiftaudit.loading.metadata import bounded_json
 
-        parsed = bounded_json(blob, f"The shiftaudit metadata in TorchScript archive {path}")
-        if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
-            raise CheckpointError(f"TorchScript archive {path} has malformed shiftaudit metadata (expected string values).")
-        raw = parsed
-    return module, raw
+    parsed = bounded_json(blob, f"The shiftaudit metadata in {what}")
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        raise CheckpointError(f"{what} has malformed shiftaudit metadata (expected string values).")
+    return parsed

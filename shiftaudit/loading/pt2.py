@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError, first_line
+from shiftaudit.loading.formats import EXTRA_FILE, archive_metadata  # our metadata: torch.export.save(extra_files=...)
 
-EXTRA_FILE = "shiftaudit.json"  # our metadata, stored with torch.export.save(extra_files=...) under extra/
 MAX_JSON_BYTES = 256 * 2**20  # the graph of a large model is tens of MiB of JSON
 MAX_BATCH = 4096  # the exported batch axis runs from 1 to this
 
@@ -178,17 +178,7 @@ def read_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[ExportedModel, 
             f"torch.export archive {path} cannot be loaded ({first_line(exc)[:200].rstrip('.')}); it is damaged or from an "
             "incompatible torch, so re-export it."
         ) from None
-    raw: dict[str, str] = {}
-    blob = extra.get(EXTRA_FILE) or ""
-    if isinstance(blob, bytes):
-        blob = blob.decode("utf-8", "replace")
-    if blob:
-        from shiftaudit.loading.metadata import bounded_json
-
-        parsed = bounded_json(blob, f"The shiftaudit metadata in torch.export archive {path}")
-        if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
-            raise CheckpointError(f"torch.export archive {path} has malformed shiftaudit metadata (expected string values).")
-        raw = parsed
+    raw = archive_metadata(extra, f"torch.export archive {path}")
     return ExportedModel(module).to("cpu"), raw, _output_classes(program)
 
 
