@@ -54,6 +54,7 @@ def test_significance_rule_is_non_overlapping_intervals():
     assert rows["Accuracy over shifts, worst"].significant(1) is None  # no interval, no claim
 
 
+@pytest.mark.slow
 def test_three_runs_json_and_combined_curve(pair, tmp_path):
     third = write(tmp_path / "third.json", synthetic_result(shift=0.3, name="third"))
     out_dir, js = tmp_path / "cmp", tmp_path / "cmp.json"

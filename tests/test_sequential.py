@@ -86,6 +86,7 @@ def test_the_running_interval_only_narrows_and_holds_the_mean_of_a_constant_stre
     assert s.mean == pytest.approx(0.7) and s.count == 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", [0.5, 0.95])
 def test_anytime_coverage_by_simulation(p):
     """Looked at after every 50 observations up to 500, the interval misses the true mean at some look in at most
@@ -135,6 +136,7 @@ def _gate(model, x, y, shifts, thresholds, **kw):
     return audit(model, (x, y), shifts=shifts, device="cpu", thresholds=thresholds, sequential=True, **kw)
 
 
+@pytest.mark.slow
 def test_verdicts_agree_with_the_full_audit_from_fewer_forward_passes(zero_padded):
     model, x, y, shifts, full = zero_padded
     exact = {
@@ -229,6 +231,7 @@ def test_the_gate_reads_the_cached_predictions_like_the_full_audit(zero_padded):
     assert var.to_json()["estimate"] == pytest.approx(np.mean([variation[int(i)] for i in drawn]), abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
@@ -333,6 +336,7 @@ def test_cli_gate_only_run_is_sequential_and_prints_what_its_json_says(model_and
     assert res.exit_code == 2 and "sequential gate report" in res.stderr and "--exact" in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_exact_and_out_run_the_full_audit(model_and_data, tmp_path):
     root, full = model_and_data
     for extra in (["--exact"], ["--out", str(tmp_path / "rep")]):

@@ -265,6 +265,7 @@ def _image_folder(root: Path, side: int = 30) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_cli_eval_crop_mode_and_compare_refuses_mixed_modes(tmp_path):
     from torchvision.models import resnet18
 
