@@ -103,6 +103,30 @@ def test_a_taken_name_is_refused():
         register_metric(Impostor)
 
 
+@pytest.mark.parametrize("attrs", [{}, {"name": ""}, {"name": 5}], ids=["no name", "empty", "not a string"])
+def test_a_metric_without_a_usable_name_is_refused(attrs):
+    nameless = type("Nameless", (Metric,), {"update": lambda self, batch: None, "compute": lambda self: {}, **attrs})
+    with pytest.raises(TypeError, match=r"^Nameless needs a class attribute `name` to be registered$"):
+        register_metric(nameless)
+    assert nameless not in metric_classes()
+
+
+def test_a_metric_that_declares_no_state_has_nothing_to_reduce_save_or_reset():
+    class Constant(Metric):
+        name = "constant"
+
+        def update(self, batch: ShiftBatch) -> None: ...
+
+        def compute(self) -> dict:
+            return {"value": 1.0}
+
+    m = Constant()
+    assert m.reductions() == {} and m.state_dict() == {}
+    m.reset()
+    m.merge(Constant())
+    assert m.compute() == {"value": 1.0}
+
+
 def test_per_image_metrics_merge_by_concatenation_and_reset():
     from shiftaudit.metrics import Variation
 
