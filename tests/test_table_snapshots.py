@@ -13,6 +13,7 @@ A snapshot that changes on purpose is rewritten with ``SHIFTAUDIT_UPDATE_SNAPSHO
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,33 @@ def test_layers_table_with_short_names_on_a_narrow_console():
     layers = {"layers": [{"name": "fc", "resolution": [1, 1], "stride": 32, "equivariance": {"mean": 0.125},
                           "invariance": {"mean": 0.125}, "reference_distance": 0.25, "exact_modulo": None}]}
     _check("layers_short_40", _render(layers_table(layers, 40), 40))
+
+
+def _first_column(text: str) -> str:
+    """The text of the first column, its folded pieces joined (a table row's cells are separated by "│")."""
+    return "".join(line.split("│")[0].strip() for line in text.splitlines())
+
+
+def test_a_metric_name_longer_than_its_column_folds_whole_at_every_width():
+    # a caller's own metric, named by one 36-letter word: wider than the 16-column names and than a 30-column console
+    result = synthetic_result()
+    result.metrics["shiftrobustnessofthetop1probability"] = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 40}
+    for width in (30, 53, 80):  # 30: each name above its numbers; 53 and 80: the table
+        text = _render(audit_table(result, width=width), width)
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "shiftrobustnessofthetop1probability" in _first_column(text), width
+        for _, value, ci in audit_rows(result):  # and no number is cut, however narrow
+            assert value in text and ci in text, (width, value, ci)
+
+
+def test_intervals_are_dim_and_values_are_not_in_a_colour_terminal():
+    console = Console(width=80, record=True, force_terminal=True, color_system="standard")
+    rows = audit_rows(synthetic_result())
+    console.print(audit_table(synthetic_result(), width=80))
+    ansi = console.export_text(styles=True)
+    for _, value, ci in rows:
+        assert re.search(r"\x1b\[2m *" + re.escape(ci), ansi), ci
+        assert not re.search(r"\x1b\[2m *" + re.escape(value), ansi), value
 
 
 # Units of the compare rows and the layout decisions

@@ -135,7 +135,8 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
     """Metric names wrap; numbers never do (at 80 columns a wrapped "90.0 %" reads as two values).
 
     ``width``: the console width. Where the value and interval columns cannot fit beside names folded to 16 columns,
-    each metric's name goes on its own line with its value and interval below it, so that no number is cut.
+    each metric's name goes on its own line with its value and interval below it (below about 35 columns, on a line
+    each), so that no number is cut.
     """
     rows = audit_rows(result)
     heading = Text(title or "Shift audit")
@@ -144,7 +145,12 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
     if width is not None and METRIC_MIN_WIDTH + values + cis + 6 > width:
         lines = [heading]
         for metric, value, ci in rows:
-            lines += [Text(metric, overflow="fold"), Text(f"  {value:>{values}}  {ci:>{cis}}".rstrip())]
+            lines.append(Text(metric, overflow="fold"))
+            numbers = f"  {value:>{values}}  {ci:>{cis}}".rstrip()
+            if len(numbers) <= width:
+                lines.append(Text(numbers))
+            else:  # narrower still: the value, then its interval, each whole on its own line
+                lines += [Text(f"  {part}") for part in (value, ci) if part]
         return Group(*lines)
     t = Table(title=heading, title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
