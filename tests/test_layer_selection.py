@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
 from torch import nn
 
@@ -131,6 +132,62 @@ def test_all_on_a_patched_net_takes_the_leaves_not_their_wrappers():
         ("4.pool", "4.pool", "output"),
         ("4.blur", "4.blur", "output"),
         ("5 AdaptiveAvgPool2d", "5", "output"),
+        ("logits", "<logits>", "output"),
+        ("softmax", "<softmax>", "output"),
+    ]
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(self.pool(x)))
+
+
+class _ConcatPool(nn.Module):
+    """fastai's head: average and max pooling side by side, two global pools in a row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.avg, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x):
+        return torch.cat([self.avg(x), self.max(x)], 1)
+
+
+def test_auto_skips_squeeze_excitation_pools_and_keeps_every_global_pool():
+    # the SE block's pool is no spatial downsampling (the net goes on at 8x8 after it), but what follows it is measured
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), _SqueezeExcite(4), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                          _ConcatPool(), nn.Flatten(), nn.Linear(8, 3))
+    assert _triples(model, "auto", 16) == [
+        ("pixels", "", "input"),
+        ("0 Conv2d (ds)", "0", "output"),
+        ("2 Conv2d (in)", "2", "input"),
+        ("2 Conv2d (ds)", "2", "output"),
+        ("3.avg (pooled)", "3.avg", "output"),
+        ("3.max (pooled)", "3.max", "output"),
+        ("logits", "<logits>", "output"),
+        ("softmax", "<softmax>", "output"),
+    ]
+
+
+def test_auto_on_a_grayscale_net_and_on_a_net_without_convolutions():
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    assert [(s.name, s.where) for s in select_layers(gray, "auto", (16, 16), channels=1)] == [
+        ("pixels", "input"), ("0 Conv2d (ds)", "output"), ("1 AdaptiveAvgPool2d (pooled)", "output"),
+        ("logits", "output"), ("softmax", "output"),
+    ]
+    # no conv, so no stem whose input would be the pixels: the first pool's input is measured; and nothing to read
+    # the number of channels from, so it is the one given (a 3-channel probe would not fit the 1-feature head)
+    pools = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    assert [(s.name, s.module, s.where) for s in select_layers(pools, "auto", (16, 16), channels=1)] == [
+        ("pixels", "", "input"),
+        ("0 MaxPool2d (in)", "0", "input"),
+        ("0 MaxPool2d (dense)", "0", "dense"),
+        ("0 MaxPool2d (ds)", "0", "output"),
+        ("1 AdaptiveAvgPool2d (pooled)", "1", "output"),
         ("logits", "<logits>", "output"),
         ("softmax", "<softmax>", "output"),
     ]

@@ -20,6 +20,7 @@ from shiftaudit.metrics import (
 )
 from shiftaudit.metrics.adversarial import NEVER, radius_json
 from shiftaudit.metrics.base import ShiftBatch
+from shiftaudit.metrics.layers import colour_scale
 from shiftaudit.metrics.layout import assemble
 from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
 from shiftaudit.metrics.stats import wilson_interval
@@ -196,3 +197,9 @@ def test_a_plug_in_metric_without_readings_is_read_as_a_plain_number_named_after
         Reading("edge flip share", 0.125, 0.0625, 0.25, percent=False, digits=4, ci_digits=4)]
     assert value_readings("x", {"value": 0.5}) == [Reading("x", 0.5, None, None, percent=False, digits=4, ci_digits=4)]
     assert value_readings("x", {"mean": 0.5}) == []  # no "value": nothing to read
+
+
+def test_colour_scale_is_half_the_reference_and_none_without_a_usable_reference():
+    assert colour_scale(0.4) == 0.2 and colour_scale(1e-9) == 0.5e-9
+    for unusable in (None, 0.0, -0.25, float("inf"), float("nan")):  # a single image, identical images, bad input
+        assert colour_scale(unusable) is None, unusable
