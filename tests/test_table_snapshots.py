@@ -27,6 +27,7 @@ from torch import nn
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.report.terminal import (
     CompareRow,
+    _comparison,
     audit_rows,
     audit_table,
     compare_rows,
@@ -273,3 +274,23 @@ def test_sequential_gate_lines_for_both_bounds():
         "ok   variation 0.0300 (99 % confidence sequence 0.0200-0.0400, 640 draws) <= 0.05 (--max-variation 0.05)")
     assert line("max", "variation", 0.08, False) == (
         "FAIL variation 0.0800 (99 % confidence sequence 0.0700-0.0900, 640 draws) > 0.05 (--max-variation 0.05)")
+
+
+def _run_columns(rows: list[CompareRow], names: list[str], width: int | None) -> list[tuple[int | None, int | None]]:
+    table = _comparison(rows, [(n, None) for n in names], "t", width)  # only the names of the results are read
+    return [(c.min_width, c.max_width) for c in table.columns[1:]]
+
+
+def test_compare_run_columns_get_the_widths_worked_out_by_hand():
+    """k = 3 columns after the names (two runs and Change); numbers are never narrower than 6 (nor than their
+    widest cell: "-0.2500" is 7); a run name's column is capped at its share of the width beside names of at most 36,
+    but not below its longest word up to 12, or up to what is left beside names folded to 16 ("tight")."""
+    long_name = [_row("m" * 40, False, [0.5, 0.25], [None, None], [None, None])]  # names count as 36
+    # 120 columns: share (120 - 36 - 9) // 3 = 25 caps the 30-letter name
+    assert _run_columns(long_name, ["a_run_name_that_is_thirty_char", "b"], 120) == [(6, 25), (6, 6), (7, 7)]
+    # 81 columns: share (81 - 36 - 9) // 3 = 12; a 24-letter word gets min(24, 12, tight 18) = 12
+    assert _run_columns(long_name, ["baseline-model-long-name", "b"], 81) == [(6, 12), (6, 6), (7, 7)]
+    # no rows: names count as 16, share (82 - 16 - 9) // 3 = 19; empty columns still 6 wide
+    assert _run_columns([], ["a_run_name_of_twenty", "b"], 82) == [(6, 19), (6, 6), (6, 6)]
+    # no console width: no cap
+    assert _run_columns(long_name, ["a", "b"], None) == [(6, None), (6, None), (7, None)]
