@@ -19,6 +19,7 @@ from shiftaudit.gating import (
     build_thresholds,
     evaluate_gate,
     parse_adv_threshold,
+    sequential_gate,
     validate_thresholds,
 )
 from tests.helpers import synthetic_result
@@ -238,3 +239,22 @@ def test_python_thresholds_accept_the_edges_and_both_adversarial_forms():
         Threshold("consistency", "min", 1.0), Threshold("adversarial", "min", 0.5, 2)]
     given = [Threshold("accuracy", "min", 0.5)]
     assert thresholds_from(given) == given and thresholds_from({}) == [] and thresholds_from([]) == []
+
+
+def test_sequential_checks_carry_each_statistic_and_name_their_estimator():
+    class Statistic:  # what the sequential engine hands over: a threshold and its decided confidence sequence
+        def __init__(self, threshold: Threshold, decision: str) -> None:
+            self.threshold, self.decision = threshold, decision
+
+        def to_json(self) -> dict:
+            return {"estimate": 0.95, "ci_low": 0.93, "ci_high": 0.97, "decision": self.decision, "confidence": 0.995,
+                    "draws": 120}
+
+    consistency, accuracy = build_thresholds(0.9, 0.99)
+    report = sequential_gate([Statistic(consistency, "pass"), Statistic(accuracy, "fail")])
+    got = [(c.value, c.ci_low, c.ci_high, c.passed, c.estimator, c.confidence, c.draws) for c in report.checks]
+    assert got == [
+        (0.95, 0.93, 0.97, True, "sequential estimate of consistency", 0.995, 120),
+        (0.95, 0.93, 0.97, False, "sequential estimate of accuracy", 0.995, 120),
+    ]
+    assert not report.passed and report.checks[0].to_json()["estimator"] == "sequential estimate of consistency"

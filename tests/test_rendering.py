@@ -530,17 +530,20 @@ def test_run_description_names_model_data_shifts_mode_and_device():
 
 
 def test_headline_radii_and_number_formats():
-    from shiftaudit.report.terminal import ci_text, headline_radii, pct
+    from shiftaudit.report.terminal import ci_text, headline_radii, num, pct
 
     assert headline_radii([]) == []
     assert headline_radii([0, 1, 2, 3]) == [1, 2, 3]
     assert headline_radii(list(range(17))) == [1, 2, 4, 8, 16]
+    assert headline_radii(list(range(65))) == [1, 2, 4, 8, 16, 32, 64] and headline_radii(list(range(34))) == [1, 2, 4, 8, 16, 32, 33]
+    assert headline_radii(list(range(100))) == [1, 2, 4, 8, 16, 32, 64, 99]
     assert headline_radii([0, 4, 8, 12]) == [4, 8, 12]
     assert headline_radii([0, 0.5, 1]) == [0.5, 1]
     assert headline_radii([0, 0.25, 0.5, 3]) == [0.25, 3]  # only radii that were measured
     assert pct(None) == "-" and pct(0.12345) == "12.3 %" and pct(0.12345, 2) == "12.35 %" and pct(1.0) == "100.0 %"
     assert ci_text(None, 0.5) == "" and ci_text(0.5, None) == "" and ci_text(0.1234, 0.5678) == "[12.3, 56.8]"
     assert ci_text(0.1234, 0.5678, 2) == "[12.34, 56.78]"
+    assert [num(v) for v in (None, float("nan"), float("inf"), 0.123456)] == ["-", "-", "-", "0.1235"] and num(0.5, 2) == "0.50"
 
 
 def _render_at(renderable: Any, width: int) -> list[str]:

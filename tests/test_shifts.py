@@ -194,3 +194,11 @@ def test_shift_mode_registry_refuses_a_second_mode_under_a_taken_name_and_forget
     unregister_shift_mode("extra")
     unregister_shift_mode("never-registered")  # nothing to forget: no error
     assert shift_mode_names() == ("circular", "crop", "subpixel")
+
+
+def test_the_default_max_shift_is_half_the_image_up_to_64_pixels_then_16():
+    from shiftaudit.shifts.base import get_shift_mode
+
+    circular = get_shift_mode("circular")
+    got = [circular.default_max_shift(size) for size in ((7, 5), (32, 32), (64, 10), (65, 65), (224, 224))]
+    assert got == [3, 16, 32, 16, 16] and all(type(g) is int for g in got)

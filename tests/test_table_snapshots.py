@@ -25,6 +25,7 @@ from rich.table import Table
 from torch import nn
 
 from shiftaudit.antialias.inspection import inspect_model
+from shiftaudit.metrics.base import Reading
 from shiftaudit.report.terminal import (
     CompareRow,
     _comparison,
@@ -37,6 +38,7 @@ from shiftaudit.report.terminal import (
     inspection_table,
     layers_table,
     sig,
+    value_text,
 )
 from tests.helpers import synthetic_result
 
@@ -239,6 +241,7 @@ def test_flip_rate_and_mean_abs_change_rows_read_as_the_json_says():
 def test_significant_digits():
     assert [sig(v) for v in (0.00412345, 0.35, 3.14159, 412.3, 12345.6)] == ["0.00412", "0.350", "3.14", "412", "12,346"]
     assert sig(0.00412345, 2) == "0.0041" and sig(1.0) == "1.00" and sig(9.996) == "10.0" and sig(0.09996) == "0.100"
+    assert sig(9.96) == "9.96" and sig(0.0996) == "0.0996"  # rounding to 3 digits does not reach the next power of 10
     assert [sig(v) for v in (0.0, None, -1.0, float("nan"), float("inf"))] == ["0", "-", "-", "-", "-"]
 
 
@@ -294,3 +297,24 @@ def test_compare_run_columns_get_the_widths_worked_out_by_hand():
     assert _run_columns([], ["a_run_name_of_twenty", "b"], 82) == [(6, 19), (6, 6), (6, 6)]
     # no console width: no cap
     assert _run_columns(long_name, ["a", "b"], None) == [(6, None), (6, None), (7, None)]
+
+
+def test_plain_numbers_keep_their_own_digits_in_the_table_and_in_compare():
+    assert value_text(Reading("x", 0.123456, percent=False, digits=2)) == "0.12"
+    assert value_text(Reading("x", 0.123456, percent=False, digits=6)) == "0.123456"
+    row = CompareRow("x", False, [0.123456, 0.5], [None, None], [None, None], 2)
+    assert (row.cell(0), row.cell(1)) == ("0.12", "0.50")
+
+
+def test_a_change_below_half_a_picometre_reads_zero_and_from_there_on_as_a_number():
+    # numerical noise between two runs of the same model is not a change; 5e-13 exactly is the first one shown
+    assert _row("x", False, [0.0, 4.9e-13], [None] * 2, [None] * 2).delta_text(1).startswith("0")
+    assert _row("x", False, [0.0, 5e-13], [None] * 2, [None] * 2).delta_text(1).startswith("+0.0000")
+
+
+def test_sampled_consistency_names_its_pairs_and_a_question_mark_when_the_report_lacks_them():
+    from shiftaudit.metrics.consistency import SampledConsistency
+
+    entry = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
+    assert SampledConsistency.readings(entry, {"pairs": 5})[0].label == "Consistency (sampled, 5 pairs/image)"
+    assert SampledConsistency.readings(entry, {})[0].label == "Consistency (sampled, ? pairs/image)"
