@@ -11,7 +11,7 @@ import shiftaudit
 from shiftaudit.metrics import Metric, MetricContext, Reading, ShiftBatch, metric_classes, register_metric, unregister_metric
 from shiftaudit.report.terminal import audit_rows, compare_rows
 from shiftaudit.shifts.base import ShiftMode, register_shift_mode, unregister_shift_mode
-from tests.helpers import tiny_cnn
+from tests.helpers import synthetic_result, tiny_cnn
 
 
 class WorstConfidenceDrop(Metric):
@@ -251,3 +251,23 @@ def test_create_metric_passes_keyword_arguments_and_unregistering_an_unknown_nam
     before = metric_classes()
     unregister_metric("no-such-metric")
     assert metric_classes() == before
+
+
+def test_each_reading_comes_once_registered_or_not_and_absent_metrics_are_skipped(toy_metric):
+    result = synthetic_result()
+    del result.metrics["consistency"]  # a registered metric with a two-part key, absent from this report
+    result.metrics["worst_confidence_drop"] = {"value": 0.25, "n": 40}  # registered: read by its own readings only
+    result.metrics["my_score"] = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}  # a caller's own: read by its name
+    result.metrics["summary_only"] = {"mean": 1.0}  # no value: nothing to read
+    result.metrics["a_list"] = [1, 2]
+    assert audit_rows(result) == [
+        ("Accuracy, no shift", "90.0 %", "[85.0, 94.0]"),
+        ("Accuracy, random shift", "80.0 %", "[74.0, 85.0]"),
+        ("Variation of P(correct), mean / median", "0.0447 / 0.0103", "[0.0100, 0.0500]"),
+        ("Worst drop of top-1 probability", "0.2500", ""),
+        ("Adversarial accuracy, max shift 1 px", "85.0 %", "[80.0, 89.0]"),
+        ("Adversarial accuracy, max shift 2 px", "80.0 %", "[75.0, 84.0]"),
+        ("Adversarial accuracy, max shift 3 px", "75.0 %", "[70.0, 79.0]"),
+        ("Accuracy over shifts, worst / best", "84.0 % / 90.0 %", ""),
+        ("my score", "0.5000", "[0.4000, 0.6000]"),
+    ]

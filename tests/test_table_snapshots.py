@@ -227,6 +227,12 @@ def test_inspection_names_a_blur_layer_and_a_non_square_input():
     assert table.title == "Downsampling points at 32x24 (total stride 2)"
     types = list(table.columns[1].cells)
     assert str(types[0]) == "Downsample (blurpool)"  # the kind is said when the name does not say it
+    from shiftaudit.antialias.blurpool import BlurPool2d
+
+    named = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), BlurPool2d(4, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2)).eval()
+    types = [str(c) for c in inspection_table(inspect_model(named, (32, 32)), width=100).columns[1].cells]
+    assert types[0] == "BlurPool2d"  # and not said twice when it does
 
 
 def test_flip_rate_and_mean_abs_change_rows_read_as_the_json_says():
