@@ -28,7 +28,9 @@ from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.metrics.base import Reading
 from shiftaudit.report.terminal import (
     CompareRow,
+    _compare_min_width,
     _comparison,
+    _fit,
     audit_rows,
     audit_table,
     compare_rows,
@@ -324,3 +326,16 @@ def test_sampled_consistency_names_its_pairs_and_a_question_mark_when_the_report
     entry = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
     assert SampledConsistency.readings(entry, {"pairs": 5})[0].label == "Consistency (sampled, 5 pairs/image)"
     assert SampledConsistency.readings(entry, {})[0].label == "Consistency (sampled, ? pairs/image)"
+
+
+def test_fitting_narrows_the_column_furthest_above_its_floor_the_rightmost_on_a_tie_and_never_below_a_floor():
+    assert _fit([10, 10], [5, 5], 19) == [10, 9]  # a tie: the rightmost gives way
+    assert _fit([10, 5], [8, 5], 12) == [8, 5]  # down to the floor, one column at a time, then rich folds the rest
+    assert _fit([10, 5], [8, 5], 20) == [10, 5]  # fits already
+
+
+def test_the_narrowest_side_by_side_compare_table():
+    # names at 16; per number column its widest cell but at least 6; 3 columns of separators each
+    assert _compare_min_width([], 2) == 16 + 3 * 6 + 3 * 3
+    row = _row("x", False, [0.5, 0.25], [None, None], [None, None])  # "0.5000", "0.2500", "-0.2500"
+    assert _compare_min_width([row], 2) == 16 + 6 + 6 + 7 + 3 * 3
