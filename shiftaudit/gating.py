@@ -203,9 +203,11 @@ def register_gate(metric: GateMetric) -> GateMetric:
 
 
 def _read_consistency(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
-    cons = m.get("consistency", {})
+    cons = m.get("consistency") or {}
     key = "exact" if "exact" in cons else "sampled"
     entry = cons.get(key)
+    if entry is None:  # a report whose audit left consistency out (or written by hand)
+        raise UsageError(f"{t.flag} needs classification consistency, which the report does not have.")
     return entry["value"], entry["ci_low"], entry["ci_high"], f"{key} consistency"
 
 

@@ -162,9 +162,10 @@ def test_sampled_consistency_gates_when_no_exact_value_exists():
 def test_thresholds_on_missing_metrics_are_refused():
     result = synthetic_result()
     bare = copy.deepcopy(result)
-    for key in ("accuracy", "variation", "adversarial"):
+    for key in ("accuracy", "variation", "adversarial", "consistency"):
         del bare.metrics[key]
     for kwargs, needle in (
+        (dict(min_consistency=0.5), "--min-consistency 0.5 needs classification consistency, which the report does not have"),
         (dict(min_accuracy=0.5), "--min-accuracy 0.5 needs labelled data, but the data has no labels"),
         (dict(max_variation=0.5), "--max-variation 0.5 needs labelled data and every shift evaluated"),
         (dict(min_adv_accuracy=["1=0.5"]), "--min-adv-accuracy 1=0.5 needs labelled data and every shift evaluated"),

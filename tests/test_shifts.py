@@ -202,3 +202,14 @@ def test_the_default_max_shift_is_half_the_image_up_to_64_pixels_then_16():
     circular = get_shift_mode("circular")
     got = [circular.default_max_shift(size) for size in ((7, 5), (32, 32), (64, 10), (65, 65), (224, 224))]
     assert got == [3, 16, 32, 16, 16] and all(type(g) is int for g in got)
+
+
+def test_a_max_shift_beyond_half_the_input_is_refused_with_the_input_size():
+    from shiftaudit.shifts.base import get_shift_mode
+
+    circular = get_shift_mode("circular")
+    circular.check_max_shift(4, (8, 6))  # half of the longer side: allowed
+    with pytest.raises(UsageError, match=r"^--max-shift 5 is more than half the 8x6 input: every circular shift is "
+                       r"already within 4 px; use --max-shift 4 or less\.$"):
+        circular.check_max_shift(5, (8, 6))
+    get_shift_mode("crop").check_max_shift(50, (8, 6))  # a crop never wraps: no such limit

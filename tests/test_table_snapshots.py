@@ -229,6 +229,7 @@ def test_inspection_names_a_blur_layer_and_a_non_square_input():
     assert table.title == "Downsampling points at 32x24 (total stride 2)"
     types = list(table.columns[1].cells)
     assert str(types[0]) == "Downsample (blurpool)"  # the kind is said when the name does not say it
+    assert str(list(table.columns[4].cells)[0]) == "32x24->16x12"  # a non-square map says both sides
     from shiftaudit.antialias.blurpool import BlurPool2d
 
     named = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), BlurPool2d(4, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -185,7 +185,7 @@ class FeatureDistance:
                 by_module.setdefault(spec.module, []).append(spec)
         for mod_name, specs in by_module.items():
             module = modules[mod_name]
-            self._hooks.append(module.register_forward_hook(self._make_hook(module, specs)))
+            self._hooks.append(module.register_forward_hook(self._make_hook(specs)))
 
     def detach(self) -> None:
         for h in self._hooks:
@@ -235,7 +235,7 @@ class FeatureDistance:
             st.pending_ref.clear()
 
     # -- measurement ----------------------------------------------------------------------------------------------
-    def _make_hook(self, module: nn.Module, specs: list[LayerSpec]):  # type: ignore[no-untyped-def]
+    def _make_hook(self, specs: list[LayerSpec]):  # type: ignore[no-untyped-def]
         def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             x_in = inputs[0] if inputs else None
             for spec in specs:
