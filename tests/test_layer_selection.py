@@ -191,3 +191,31 @@ def test_auto_on_a_grayscale_net_and_on_a_net_without_convolutions():
         ("logits", "<logits>", "output"),
         ("softmax", "<softmax>", "output"),
     ]
+
+
+class _KeywordCalls(nn.Module):
+    """Calls its pool by keyword (``self.pool(input=x)``): a forward hook then gets no positional argument."""
+
+    def __init__(self, by_keyword: bool) -> None:
+        super().__init__()
+        self.by_keyword = by_keyword
+        self.conv, self.pool = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.MaxPool2d(2)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.head(self.pool(input=x) if self.by_keyword else self.pool(x))
+
+
+def test_a_layer_called_by_keyword_is_inspected_and_measured_like_one_called_by_position():
+    import shiftaudit
+
+    torch.manual_seed(0)
+    positional = _KeywordCalls(False).eval()
+    keyword = _KeywordCalls(True).eval()
+    keyword.load_state_dict(positional.state_dict())
+    assert _triples(keyword, "auto", 8) == _triples(positional, "auto", 8)
+    assert ("pool (dense)", "pool", "dense") in _triples(keyword, "auto", 8)  # it was missed: no hook input
+    x = torch.randn(4, 3, 8, 8)
+    a, b = (shiftaudit.audit(m, x, max_shift=1, device="cpu", layers="auto").to_json()["metrics"]["layers"] for m in (positional, keyword))
+    assert a == b and [layer["name"] for layer in b["layers"]][:4] == ["pixels", "pool (in)", "pool (dense)", "pool (ds)"]

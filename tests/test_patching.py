@@ -248,3 +248,18 @@ def test_timm_models_patch_when_installed():
         x = torch.randn(1, 3, 64, 64)
         torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=1e-5)
         result.model.load_state_dict(copy.deepcopy(model.state_dict()), strict=True)
+
+
+def test_a_blur_before_a_conv_called_by_keyword_blurs_its_input():
+    """A conv subclass with its own forward keeps its class and gets a pre-hook blur; the hook must see the input
+    whether it comes by position or by keyword."""
+    from shiftaudit.antialias.rewrite import _blur_input
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 1)
+    conv.blur = BlurPool2d(2, stride=2)
+    conv.register_forward_pre_hook(_blur_input, with_kwargs=True)
+    x = torch.randn(1, 2, 8, 8)
+    expected = F.conv2d(conv.blur(x), conv.weight, conv.bias)
+    assert torch.equal(conv(x), expected) and torch.equal(conv(input=x), expected)
+    assert _blur_input(conv, (), {"flag": True}) == ((), {"flag": True})  # no tensor: left alone

@@ -16,6 +16,7 @@ from torch import nn
 
 from shiftaudit.engine.forward import model_exits_fail
 from shiftaudit.errors import ModelError, UsageError, first_line
+from shiftaudit.module_inputs import input_tensor
 from shiftaudit.sizes import pair
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
@@ -195,8 +196,8 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
     hooks = []
 
     def hook(name: str):
-        def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            x = inputs[0] if inputs else None
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            x = input_tensor(args, kwargs)
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 return
             if x.ndim != 4 or output.ndim != 4:
@@ -209,7 +210,7 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
     for name, module in modules.items():
         blur = blur_filter(module) is not None
         if name and (blur or (is_spatial_op(module) and (not list(module.children()) or isinstance(module, nn.Conv2d)))):
-            hooks.append(module.register_forward_hook(hook(name)))
+            hooks.append(module.register_forward_hook(hook(name), with_kwargs=True))
     was_training = model.training
     model.eval()
     try:

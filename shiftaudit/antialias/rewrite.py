@@ -34,6 +34,7 @@ from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
 from shiftaudit.antialias.methods import get_patch_method
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 from shiftaudit.errors import UsageError, first_line
+from shiftaudit.module_inputs import tensor_argument
 from shiftaudit.sizes import pair
 
 _OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d)
@@ -337,8 +338,16 @@ def _blur_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.
     return cast(nn.Module, module.blur)(output)
 
 
-def _blur_input(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (cast(nn.Module, module.blur)(inputs[0]), *inputs[1:])
+def _blur_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Blur the conv's input, whether it came by position or by keyword (``conv(input=x)``)."""
+    found = tensor_argument(args, kwargs)
+    if found is None:
+        return args, kwargs
+    where, x = found
+    blurred = cast(nn.Module, module.blur)(x)
+    if isinstance(where, int):
+        return (blurred, *args[1:]), kwargs
+    return args, {**kwargs, where: blurred}
 
 
 def make_convs_circular(model: nn.Module) -> int:
@@ -411,7 +420,7 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
             else:
                 m.blur = blur
                 _set_stride_one(m)
-                m.register_forward_pre_hook(_blur_input)
+                m.register_forward_pre_hook(_blur_input, with_kwargs=True)
             s.blur = f"{s.name}.blur"
             continue
         if gm is None:

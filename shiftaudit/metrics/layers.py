@@ -32,6 +32,7 @@ from torch import nn
 
 from shiftaudit.antialias.inspection import inspect_model, is_spatial_op
 from shiftaudit.errors import UsageError
+from shiftaudit.module_inputs import input_tensor
 from shiftaudit.shifts.modes.circular import ShiftBank
 from shiftaudit.shifts.sets import ShiftSet
 
@@ -185,7 +186,7 @@ class FeatureDistance:
                 by_module.setdefault(spec.module, []).append(spec)
         for mod_name, specs in by_module.items():
             module = modules[mod_name]
-            self._hooks.append(module.register_forward_hook(self._make_hook(specs)))
+            self._hooks.append(module.register_forward_hook(self._make_hook(specs), with_kwargs=True))
 
     def detach(self) -> None:
         for h in self._hooks:
@@ -236,8 +237,8 @@ class FeatureDistance:
 
     # -- measurement ----------------------------------------------------------------------------------------------
     def _make_hook(self, specs: list[LayerSpec]):  # type: ignore[no-untyped-def]
-        def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            x_in = inputs[0] if inputs else None
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            x_in = input_tensor(args, kwargs)
             for spec in specs:
                 if spec.where == "input" and isinstance(x_in, torch.Tensor):
                     self._measure(spec, x_in)
