@@ -217,5 +217,6 @@ def test_a_layer_called_by_keyword_is_inspected_and_measured_like_one_called_by_
     assert _triples(keyword, "auto", 8) == _triples(positional, "auto", 8)
     assert ("pool (dense)", "pool", "dense") in _triples(keyword, "auto", 8)  # it was missed: no hook input
     x = torch.randn(4, 3, 8, 8)
-    a, b = (shiftaudit.audit(m, x, max_shift=1, device="cpu", layers="auto").to_json()["metrics"]["layers"] for m in (positional, keyword))
+    a, b = (shiftaudit.audit(m, x, max_shift=1, device="cpu", layers="auto").to_json()["metrics"]["layers"]
+            for m in (positional, keyword))
     assert a == b and [layer["name"] for layer in b["layers"]][:4] == ["pixels", "pool (in)", "pool (dense)", "pool (ds)"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from shiftaudit.errors import UsageError
 from shiftaudit.metrics import (
     AccuracyAtRandomShift,
     AccuracyAtZeroShift,
@@ -20,7 +22,7 @@ from shiftaudit.metrics import (
 )
 from shiftaudit.metrics.adversarial import NEVER, radius_json
 from shiftaudit.metrics.base import ShiftBatch
-from shiftaudit.metrics.layers import colour_scale
+from shiftaudit.metrics.layers import _dense_max_pool, _normalise, colour_scale, exact_modulo
 from shiftaudit.metrics.layout import assemble
 from shiftaudit.metrics.stability import FlipRate, MeanAbsoluteChange
 from shiftaudit.metrics.stats import wilson_interval
@@ -203,3 +205,60 @@ def test_colour_scale_is_half_the_reference_and_none_without_a_usable_reference(
     assert colour_scale(0.4) == 0.2 and colour_scale(1e-9) == 0.5e-9
     for unusable in (None, 0.0, -0.25, float("inf"), float("nan")):  # a single image, identical images, bad input
         assert colour_scale(unusable) is None, unusable
+
+
+def _distances(shifts: ShiftSet, zero_where) -> np.ndarray:
+    return np.array([0.0 if zero_where(int(h), int(w)) else 0.3 for h, w in zip(shifts.dh, shifts.dw)])
+
+
+def test_exact_modulo_worked_examples():
+    full = ShiftSet.all_shifts((8, 8))
+    assert exact_modulo(np.zeros(len(full)), full, 0.5) == 1
+    assert exact_modulo(_distances(full, lambda h, w: h % 2 == 0 and w % 2 == 0), full, 0.5) == 2
+    assert exact_modulo(_distances(full, lambda h, w: h % 4 == 0 and w % 4 == 0), full, 0.5) == 4
+    # zero only at the zero shift: no N > 1 has two shifts to compare, so none (not "modulo 8")
+    assert exact_modulo(_distances(full, lambda h, w: h == 0 and w == 0), full, 0.5) is None
+    # two shifts are enough
+    pair = ShiftSet.from_offsets((8, 8), [(0, 0), (0, 2)])
+    assert exact_modulo(np.zeros(2), pair, 0.5) == 1
+
+
+def test_exact_modulo_tolerance_is_relative_to_a_usable_reference_and_inclusive():
+    full = ShiftSet.all_shifts((8, 8))
+    flat = np.full(len(full), 7e-5)
+    flat[full.zero_index] = 0.0
+    assert exact_modulo(flat, full, 0.5) is None  # 7e-5 > 1e-4 x 0.5
+    assert exact_modulo(flat, full, 1.0) == 1  # 7e-5 <= 1e-4 x 1
+    assert exact_modulo(flat * 1e3, full, 1e3) == 1  # 0.07 <= 1e-4 x 1000: the tolerance scales with the layer
+    edge = flat / 7e-5 * 1e-4  # exactly at the limit: within
+    assert exact_modulo(edge, full, 1.0) == 1
+    # without a usable reference the tolerance is absolute, 1e-4
+    for unusable in (0.0, -1.0, float("inf"), float("nan")):
+        assert exact_modulo(flat, full, unusable) == 1, unusable
+        assert exact_modulo(flat * 2, full, unusable) is None, unusable  # 1.4e-4 > 1e-4
+
+
+def test_normalised_features_are_float32_whatever_the_layer_gives_and_only_maps_are_compared():
+    for dtype in (torch.bfloat16, torch.float16, torch.int64):
+        f = torch.ones(2, 3, 4, 4, dtype=dtype)
+        out = _normalise(f)
+        assert out.dtype == torch.float32 and out.shape == (2, 4, 4, 4), dtype
+        assert torch.allclose(out[:, :3], torch.full((2, 3, 4, 4), 3 ** -0.5)) and not out[:, 3].any()
+    assert _normalise(torch.zeros(2, 3))[:, 3].all()  # pooled (N, C): one location, a zero vector flagged
+    message = r"^A measured layer produced a 3-D tensor; only \(N, C, H, W\) feature maps can be compared\.$"
+    with pytest.raises(UsageError, match=message):
+        _normalise(torch.ones(2, 3, 4))
+
+
+def test_the_dense_part_of_a_non_square_max_pool_equals_a_naive_loop():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 6, 5)
+    got = _dense_max_pool(torch.nn.MaxPool2d((3, 2), stride=2), x)
+    want = torch.empty_like(x)
+    for i in range(6):
+        for j in range(5):
+            window = [x[..., (i + a) % 6, (j + b) % 5] for a in range(3) for b in range(2)]
+            want[..., i, j] = torch.stack(window).amax(0)
+    assert torch.equal(got, want)
+    square = _dense_max_pool(torch.nn.MaxPool2d(2, stride=2), x)
+    assert square.shape == x.shape
