@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import tomllib  # Python 3.11+, as the dev environment's mutmut runs
 from mutmut.stats import status_by_exit_code
 
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -43,7 +43,8 @@ def changed_lines(name: str) -> tuple[str, str]:
 def equivalence_reason(name: str, old: str, new: str, rules: list[dict[str, str]]) -> str | None:
     """The reason of the first rule whose ``function`` and ``mutated`` patterns match, or None."""
     for rule in rules:
-        if re.search(rule.get("function", ""), name) and re.search(rule["mutated"], new) and re.search(rule.get("original", ""), old):
+        patterns = ((rule.get("function", ""), name), (rule.get("mutated", ""), new), (rule.get("original", ""), old))
+        if all(re.search(pattern, text) for pattern, text in patterns):
             return rule["reason"]
     return None
 
@@ -56,7 +57,8 @@ def main(argv: list[str]) -> int:
     rules = tomllib.loads(EQUIVALENTS.read_text())["equivalent"]
     total: Counter[str] = Counter()
     by_reason: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    print(f"{'module':45} {'mutants':>8} {'detected':>8} {'survived':>9} {'no tests':>9} {'equiv.':>7} {'score':>7} {'w/o equiv.':>10}")
+    print(f"{'module':45} {'mutants':>8} {'detected':>8} {'survived':>9} {'no tests':>9} {'equiv.':>7} {'score':>7}", end="")
+    print(f" {'w/o equiv.':>10}")
     for meta in metas:
         codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
         if not codes:
@@ -90,7 +92,8 @@ def _row(module: str, mutants: int, counts: Counter[str], equivalent: int) -> st
     judged = detected + sum(counts[s] for s in MISSED)
     score = f"{100 * detected / judged:.1f} %" if judged else "-"
     strict = f"{100 * detected / (judged - equivalent):.1f} %" if judged > equivalent else "-"
-    return f"{module:45} {mutants:8} {detected:8} {counts['survived']:9} {counts['no tests']:9} {equivalent:7} {score:>7} {strict:>10}"
+    cells = f"{mutants:8} {detected:8} {counts['survived']:9} {counts['no tests']:9} {equivalent:7} {score:>7} {strict:>10}"
+    return f"{module:45} {cells}"
 
 
 if __name__ == "__main__":
