@@ -8,6 +8,8 @@ output, dense pool, logits, softmax), the reference distance and the chunking ac
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -71,12 +73,13 @@ def _up(f: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(f, size=size, mode="nearest")
 
 
-@pytest.mark.parametrize("batch", [7, 1000])
-def test_every_layer_every_shift_equals_the_naive_loop(batch):
+@pytest.mark.parametrize(("images", "batch"), [(5, 7), (5, 1000), (1, 7)])
+def test_every_layer_every_shift_equals_the_naive_loop(images, batch):
     torch.manual_seed(0)
     model = tiny_cnn(num_classes=3, padding_mode="circular", size=16).eval()
     x = torch.randn(5, 3, 16, 16)
     x[2, :, :4] = 0.0  # zero channel vectors in the input: the indicator case
+    x = x[:images]  # one image: each shift's distance is that image's, and there is no second image to refer to
     shifts = ShiftSet.window((16, 16), 3)
     specs = [
         LayerSpec("pixels", "", "input"),
@@ -105,12 +108,15 @@ def test_every_layer_every_shift_equals_the_naive_loop(batch):
                 eq[k] += _cos_distance(torch.roll(_up(f0, (16, 16)), (dh, dw), (-2, -1))[0], _up(f1, (16, 16))[0])
                 inv[k] += _cos_distance(f0[0], f1[0])
         eq, inv = eq / x.shape[0], inv / x.shape[0]
-        ref = np.mean([_cos_distance(zero[spec.name][i - 1], zero[spec.name][i]) for i in range(1, x.shape[0])])
         got = layers[spec.name]
         assert got["module"] == spec.module and got["where"] == spec.where
         assert got["resolution"] == list(zero[spec.name].shape[-2:])
         assert got["channels"] == zero[spec.name].shape[1]
-        assert got["reference_distance"] == pytest.approx(ref, abs=2e-6)
+        if images > 1:
+            ref = np.mean([_cos_distance(zero[spec.name][i - 1], zero[spec.name][i]) for i in range(1, images)])
+            assert got["reference_distance"] == pytest.approx(ref, abs=2e-6)
+        else:
+            assert math.isnan(got["reference_distance"])
         assert got["equivariance"]["mean"] == pytest.approx(eq.mean(), abs=2e-6)
         assert got["equivariance"]["max"] == pytest.approx(eq.max(), abs=2e-6)
         assert got["invariance"]["mean"] == pytest.approx(inv.mean(), abs=2e-6)
@@ -124,3 +130,30 @@ def test_every_layer_every_shift_equals_the_naive_loop(batch):
     # only modulo the total stride
     assert layers["relu1"]["exact_modulo"] == 1 and layers["pixels"]["exact_modulo"] == 1
     assert layers["pool1"]["exact_modulo"] == 2
+
+
+def test_an_anisotropic_pool_a_layer_never_called_and_no_layers_at_all():
+    from torch import nn
+
+    from shiftaudit.errors import UsageError
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.MaxPool2d((2, 1)),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+            self.unused = nn.Conv2d(4, 4, 1)  # never called by forward: nothing to measure, and the rest stays
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    shifts = ShiftSet.window((16, 16), 1)
+    specs = [LayerSpec("unused", "unused", "output"), LayerSpec("pool", "body.1", "output"),
+             LayerSpec("logits", "<logits>", "output")]
+    result = audit(model, torch.randn(3, 3, 16, 16), shifts=shifts, device="cpu", observers=[FeatureDistance(specs, shifts)])
+    layers = result.metrics["layers"]["layers"]
+    assert [(e["name"], e["resolution"], e["stride"]) for e in layers] == [("pool", [8, 16], 2), ("logits", [1, 1], 16)]
+    with pytest.raises(UsageError, match=r"^No layers to measure\.$"):
+        FeatureDistance([], shifts)

@@ -143,8 +143,7 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _LayerState:
-    def __init__(self, spec: LayerSpec, num_shifts: int) -> None:
-        self.spec = spec
+    def __init__(self, num_shifts: int) -> None:
         self.sum_eq = np.zeros(num_shifts, dtype=np.float64)
         self.sum_inv = np.zeros(num_shifts, dtype=np.float64)
         self.count = np.zeros(num_shifts, dtype=np.int64)
@@ -167,7 +166,7 @@ class FeatureDistance:
         self.layers = layers
         self.shift_set = shift_set
         self.H, self.W = shift_set.height, shift_set.width
-        self.states = {spec.name: _LayerState(spec, len(shift_set)) for spec in layers}
+        self.states = {spec.name: _LayerState(len(shift_set)) for spec in layers}
         self._hooks: list[Any] = []
         self._zero: dict[str, torch.Tensor] = {}  # layer -> (B, C, h, w) normalised zero-shift features of this batch
         self._prev_zero: dict[str, torch.Tensor] = {}  # last image's zero-shift features: the reference pair
