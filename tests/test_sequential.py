@@ -86,6 +86,18 @@ def test_the_running_interval_only_narrows_and_holds_the_mean_of_a_constant_stre
     assert s.mean == pytest.approx(0.7) and s.count == 1000
 
 
+def test_one_observation_at_a_time_counts_and_an_empty_batch_changes_nothing():
+    one_by_one, at_once = BettingSequence(0.05), BettingSequence(0.05)
+    stream = [1.0, 0.0, 1.0, 1.0, 0.5]
+    for x in stream:
+        one_by_one.extend(np.array([x]))
+    at_once.extend(np.array(stream))
+    assert (one_by_one.count, one_by_one.total) == (at_once.count, at_once.total) == (5, 3.5)
+    before = (one_by_one.count, one_by_one.low, one_by_one.high)
+    one_by_one.extend(np.array([]))
+    assert (one_by_one.count, one_by_one.low, one_by_one.high) == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("p", [0.5, 0.95])
 def test_anytime_coverage_by_simulation(p):
