@@ -259,3 +259,9 @@ def test_sequential_checks_carry_each_statistic_and_name_their_estimator():
         (0.95, 0.93, 0.97, False, "sequential estimate of accuracy", 0.995, 120),
     ]
     assert not report.passed and report.checks[0].to_json()["estimator"] == "sequential estimate of consistency"
+
+
+def test_a_threshold_on_a_metric_without_a_gate_names_the_gated_ones():
+    message = r"^No gate on 'flip_rate'; thresholds exist for consistency, accuracy, variation, adversarial\.$"
+    with pytest.raises(UsageError, match=message):
+        evaluate_gate(synthetic_result(), [Threshold("flip_rate", "min", 0.5)])

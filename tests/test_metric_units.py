@@ -20,7 +20,7 @@ from shiftaudit.metrics import (
     SampledConsistency,
     Variation,
 )
-from shiftaudit.metrics.adversarial import NEVER, radius_json
+from shiftaudit.metrics.adversarial import NEVER, AdversarialCurve, radius_json
 from shiftaudit.metrics.base import ShiftBatch
 from shiftaudit.metrics.layers import _dense_max_pool, _normalise, colour_scale, exact_modulo
 from shiftaudit.metrics.layout import assemble
@@ -138,6 +138,8 @@ def test_per_image_metrics_merge_and_sort_by_image_id():
 def test_radius_json_never_and_fractions():
     assert radius_json(NEVER) is None and radius_json(np.int64(3)) == 3 and radius_json(float("inf")) is None
     assert radius_json(2.0) == 2 and isinstance(radius_json(2.0), int) and radius_json(0.5) == 0.5
+    assert radius_json(float(NEVER)) is None  # the integer sentinel read back as a float is still "never"
+    assert radius_json(0.1234567) == 0.123457  # six decimals
 
 
 def test_flip_examples_keep_the_earliest_failures_with_p_correct_grids():
@@ -262,3 +264,18 @@ def test_the_dense_part_of_a_non_square_max_pool_equals_a_naive_loop():
     assert torch.equal(got, want)
     square = _dense_max_pool(torch.nn.MaxPool2d(2, stride=2), x)
     assert square.shape == x.shape
+
+
+def test_a_map_and_a_curve_of_no_images_are_unmeasured_not_an_error():
+    """A resumed or distributed rank can end with no images: every cell is nan (shown as "-") and the count 0."""
+    import warnings
+
+    shifts = ShiftSet.window((8, 8), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's all-nan min/max
+        acc_map = AccuracyMap(shifts).compute()
+        curve = AdversarialCurve(shifts).compute()
+    assert acc_map["n"] == 0 and np.isnan(acc_map["accuracy"]).all() and np.isnan([acc_map["min"], acc_map["max"]]).all()
+    assert np.isnan(AccuracyMap(shifts).per_shift()).all() and AccuracyMap(shifts).per_shift().shape == (len(shifts),)
+    assert curve["radius"] == [0, 1] and curve["n"] == 0 and np.isnan(curve["accuracy"]).all()
+    assert set(curve) == {"radius", "accuracy", "ci_low", "ci_high", "n"}
