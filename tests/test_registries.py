@@ -271,3 +271,9 @@ def test_each_reading_comes_once_registered_or_not_and_absent_metrics_are_skippe
         ("Accuracy over shifts, worst / best", "84.0 % / 90.0 %", ""),
         ("my score", "0.5000", "[0.4000, 0.6000]"),
     ]
+
+
+def test_a_metric_without_its_own_readings_is_read_by_its_name():
+    plain = type("Plain", (Metric,), {"name": "my_score", "update": lambda self, batch: None, "compute": lambda self: {}})
+    (reading,) = plain.readings({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}, {})
+    assert (reading.label, reading.value, reading.ci_low, reading.ci_high) == ("my score", 0.5, 0.25, 0.75)

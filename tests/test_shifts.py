@@ -213,3 +213,12 @@ def test_a_max_shift_beyond_half_the_input_is_refused_with_the_input_size():
                        r"already within 4 px; use --max-shift 4 or less\.$"):
         circular.check_max_shift(5, (8, 6))
     get_shift_mode("crop").check_max_shift(50, (8, 6))  # a crop never wraps: no such limit
+
+
+def test_fractional_offsets_take_the_float_path_and_stay_exact():
+    # in (-n/2, n/2] for an odd size: 3.25 stays, 3.75 wraps (an integer rule, m > n // 2, would wrap both)
+    assert canonical_offset(np.array([3.25, 3.75, -1e-12]), 7).tolist() == [3.25, -3.25, 0.0]
+    assert canonical_offset(np.array([-1e-12]), 8).tolist() == [0.0]  # rounds up to the size itself: that is 0
+    # the radius is rounded back to the offset grid: 1 - 0.9 is not 0.09999999999999998
+    assert cyclic_radius(np.array([-0.1, 0.9, 2.5]), 1).tolist() == [0.1, 0.1, 0.5]
+    assert canonical_offset(np.array([5, -5, 3]), 8).dtype == np.int64
