@@ -222,3 +222,25 @@ def test_fractional_offsets_take_the_float_path_and_stay_exact():
     # the radius is rounded back to the offset grid: 1 - 0.9 is not 0.09999999999999998
     assert cyclic_radius(np.array([-0.1, 0.9, 2.5]), 1).tolist() == [0.1, 0.1, 0.5]
     assert canonical_offset(np.array([5, -5, 3]), 8).dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "max_shift", "step"),
+    [("circular", (8, 8), 3, 1), ("circular", (8, 6), 4, 1), ("circular", (32, 32), 16, 4), ("circular", (7, 5), 2, 2),
+     ("crop", (8, 8), 3, 1), ("crop", (32, 32), 16, 4), ("subpixel", (8, 8), 1, 0.5), ("subpixel", (6, 4), 2, 0.25)],
+)
+def test_the_count_checked_before_building_a_set_is_the_size_of_the_set(mode, size, max_shift, step):
+    from shiftaudit.shifts.base import get_shift_mode
+
+    assert get_shift_mode(mode).count(size[0], size[1], max_shift, step) == len(ShiftSet.window(size, max_shift, step, mode))
+
+
+def test_window_edges_and_messages():
+    assert len(ShiftSet.window((8, 8), 0)) == 1 and len(ShiftSet.window((8, 8), 0, 2)) == 1  # no shift: any step
+    with pytest.raises(UsageError, match=r"^--max-shift must be >= 0, got -1\.$"):
+        ShiftSet.window((8, 8), -1)
+    with pytest.raises(UsageError, match=r"^--shift-step must be a finite number, got nan\.$"):
+        ShiftSet.window((8, 8), 2, float("nan"))
+    assert len(ShiftSet.window((8, 8), 2, 2)) == 9  # a step equal to the max shift: -2, 0, 2
+    with pytest.raises(UsageError, match=r"^--shift-step 2 is larger than --max-shift 1: only the zero shift would remain\.$"):
+        ShiftSet.window((8, 8), 1, 2)
