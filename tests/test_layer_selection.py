@@ -19,8 +19,8 @@ def _seq() -> nn.Sequential:
     )
 
 
-def _triples(model: nn.Module, spec: str, size: int) -> list[tuple[str, str, str]]:
-    return [(s.name, s.module, s.where) for s in select_layers(model, spec, (size, size))]
+def _triples(model: nn.Module, spec: str, size: int, channels: int = 3) -> list[tuple[str, str, str]]:
+    return [(s.name, s.module, s.where) for s in select_layers(model, spec, (size, size), channels)]
 
 
 def test_auto_on_a_sequential_net():
@@ -182,7 +182,7 @@ def test_auto_on_a_grayscale_net_and_on_a_net_without_convolutions():
     # no conv, so no stem whose input would be the pixels: the first pool's input is measured; and nothing to read
     # the number of channels from, so it is the one given (a 3-channel probe would not fit the 1-feature head)
     pools = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
-    assert [(s.name, s.module, s.where) for s in select_layers(pools, "auto", (16, 16), channels=1)] == [
+    assert _triples(pools, "auto", 16, channels=1) == [
         ("pixels", "", "input"),
         ("0 MaxPool2d (in)", "0", "input"),
         ("0 MaxPool2d (dense)", "0", "dense"),
