@@ -6,17 +6,18 @@ unpickling is only opened when the user says they trust it. Every failure is one
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shiftaudit.errors import CheckpointError, first_line
+from shiftaudit.loading.ziparchive import ZipArchive, ZipStructureError, mapped, snapshot
 
 TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
@@ -54,6 +55,21 @@ def check_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def _zip_names(path: Path) -> list[str]:
+    """The member names of a zip checkpoint as torch's reader sees them; an archive that zip readers could read
+    differently (or a damaged one) is refused here, before any loader opens it."""
+    try:
+        with mapped(path) as buf, ZipArchive(buf) as archive:
+            return archive.names
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {exc.strerror or exc}.") from None
+    except ZipStructureError as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} is a truncated or corrupt zip archive, or one that zip readers could read differently "
+            f"({exc}); re-download or re-save it."
+        ) from None
+
+
 def _describe(head: bytes) -> str:
     """A guess at what a non-checkpoint file is, for the error message."""
     if head.startswith(b"\x89PNG"):
@@ -83,13 +99,7 @@ def sniff_format(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(64)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            raise CheckpointError(
-                f"Checkpoint {path} is a truncated or corrupt zip archive; re-download or re-save it."
-            ) from None
+        names = _zip_names(path)
         if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
             return PT2
         if any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n for n in names):
@@ -203,13 +213,26 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, raw
 
 
+MAX_TORCHSCRIPT_BYTES = 8 * 2**30  # read whole into memory: what was checked is what torch reads
+
+
 def read_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
-    """A TorchScript archive on the CPU, plus our metadata when it was written by :func:`save_model`."""
+    """A TorchScript archive on the CPU, plus our metadata when it was written by :func:`save_model`. The file is read
+    once and its structure checked (:mod:`shiftaudit.loading.ziparchive`); torch reads those same bytes."""
+    try:
+        data = snapshot(path, MAX_TORCHSCRIPT_BYTES)
+        ZipArchive(data)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read TorchScript archive {path}: {exc.strerror or exc}.") from None
+    except ZipStructureError as exc:
+        raise CheckpointError(
+            f"TorchScript archive {path} is damaged or ambiguous as a zip archive ({exc}); re-export it."
+        ) from None
     extra: dict[str, Any] = {EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices are not the user's concern
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise CheckpointError(
             f"TorchScript archive {path} cannot be loaded ({_first_line(exc)}); it is damaged or from an incompatible "

@@ -126,8 +126,9 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
     if kind == PT2:
         from shiftaudit.loading.pt2 import read_pt2
 
-        module, raw, classes = read_pt2(p, trust_pickle=trust_pickle)
-        fmt = "pt2"
+        exported, raw, classes = read_pt2(p, trust_pickle=trust_pickle)
+        module, fmt = exported, "pt2"
+        notes.extend(exported.notes)
     else:
         from shiftaudit.loading.onnx_model import default_preprocessing, read_onnx
 

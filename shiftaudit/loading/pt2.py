@@ -2,20 +2,26 @@
 
 ``torch.export.load`` is not a plain data reader: an archive may hold pickled weights or constants (read with full
 unpickling), AOTInductor shared libraries, guard code compiled into Python, sympy expressions (parsed with ``eval``)
-and call targets looked up by name under ``torch``. :func:`untrusted_content` reads the archive's JSON first and
-names the first of these it finds; only an archive with none of them (every weight raw bytes, every call an ATen
-operator, every shape expression plain arithmetic on size symbols) loads without ``--trust-pickle``. Archives that
-:func:`save_pt2` writes are of that kind, so ``shiftaudit eval patched.pt2`` needs no flag.
+and call targets looked up by name under ``torch``. So the file is read into memory once, its zip structure is
+checked the way torch's own reader will read it (:mod:`shiftaudit.loading.ziparchive`: an archive two zip readers
+could read differently is refused), :func:`untrusted_content` reads the archive's JSON from those bytes and names
+the first thing that could run code, and only then are the same bytes handed to ``torch.export.load``. An archive
+with none of them (every member one torch writes for a plain program, every weight raw bytes that hold the tensor
+it declares, every call an ATen operator, every shape expression bounded arithmetic on size symbols) loads without
+``--trust-pickle``; archives that :func:`save_pt2` writes are of that kind.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import math
 import re
 import warnings
-import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +29,13 @@ import torch
 from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError, first_line
+from shiftaudit.loading.fixed_batch import run_in_batches
 from shiftaudit.loading.formats import EXTRA_FILE, archive_metadata  # our metadata: torch.export.save(extra_files=...)
+from shiftaudit.loading.shape_expr import ExpressionBudget
+from shiftaudit.loading.ziparchive import ZipArchive, ZipStructureError, snapshot
 
-MAX_JSON_BYTES = 256 * 2**20  # the graph of a large model is tens of MiB of JSON
+MAX_ARCHIVE_BYTES = 8 * 2**30  # read whole into memory, so that the check and torch read the same bytes
+MAX_JSON_BYTES = 64 * 2**20  # the graph of a resnet50 with dynamic sizes is under 1 MiB of JSON
 MAX_BATCH = 4096  # the exported batch axis runs from 1 to this
 
 # Call targets a graph may name: ATen and prims operators, and arithmetic or indexing from Python's operator module.
@@ -34,29 +44,24 @@ _SAFE_TARGETS = re.compile(
     r"|ge|and_|or_|not_)"
 )
 _UNSAFE_OPS = {"from_file"}  # aten operators that touch the file system
-# Shape expressions are parsed by sympy (eval): only size symbols, numbers, arithmetic and sympy's integer helpers.
-_EXPR_TOKEN = re.compile(r"\s*(?:'[su]\d+'|[A-Za-z]\w*|\d+(?:\.\d+)?|\*\*|//|[-+*/%(),=<>!])")
-_EXPR_NAMES = {
-    "Symbol", "Integer", "Rational", "positive", "integer", "real", "True", "False", "Max", "Min", "Mod", "FloorDiv",
-    "CeilDiv", "CleanDiv", "ModularIndexing", "PythonMod", "FloorToInt", "CeilToInt", "Eq", "Ne", "Ge", "Gt", "Le", "Lt",
+# Members of a plain program as torch.export.save writes them (the payload files are the ones the configs name).
+_PLAIN_MEMBERS = {
+    "archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id", "models/model.json",
+    "data/weights/model_weights_config.json", "data/constants/model_constants_config.json",
+    "data/sample_inputs/model.pt",
 }
+_PAYLOADS = {"data/weights/": re.compile(r"weight_\d+"), "data/constants/": re.compile(r"tensor_\d+")}
 
 
-def _is_expr_name(name: str) -> bool:
-    return name in _EXPR_NAMES or re.fullmatch(r"[su]\d+", name) is not None
+class _DuplicateKey(ValueError):
+    pass
 
 
-def _safe_expr(text: str) -> bool:
-    pos = 0
-    while pos < len(text):
-        m = _EXPR_TOKEN.match(text, pos)
-        if m is None:
-            return False
-        token = m.group().strip()
-        if token[:1].isalpha() and not _is_expr_name(token):
-            return False
-        pos = m.end()
-    return True
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey("a JSON object with a repeated key")
+    return obj
 
 
 def _walk(node: Any) -> Iterator[tuple[str, Any]]:
@@ -72,114 +77,244 @@ def _walk(node: Any) -> Iterator[tuple[str, Any]]:
             stack.extend(item)
 
 
-def _read_json(zf: zipfile.ZipFile, name: str) -> Any:
-    info = zf.getinfo(name)
-    if info.file_size > MAX_JSON_BYTES:
-        raise ValueError(f"{name} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-    return json.loads(zf.read(name))
+def _read_json(archive: ZipArchive, name: str) -> Any:
+    """A member parsed as torch parses it (strict UTF-8, then ``json.loads``), with repeated keys refused."""
+    return json.loads(archive.read(name, MAX_JSON_BYTES).decode("utf-8"), object_pairs_hook=_strict_object)
 
 
-def untrusted_content(path: Path) -> str | None:
-    """What in the archive could run code when torch loads it (a few words), or None when it is plain data."""
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        roots = {n.split("/", 1)[0] for n in names}
-        if len(roots) != 1 or any("/" not in n for n in names):
-            return "files outside one archive folder (the old torch.export layout, read with full unpickling)"
-        root = roots.pop() + "/"
-        inner = {n[len(root):] for n in names}
-        if _read_text(zf, root + "archive_format") != "pt2":
-            return "an archive format other than pt2"
-        models = sorted(n for n in inner if n.startswith("models/"))
-        if models != ["models/model.json"]:
-            return f"{len(models)} programs where one (models/model.json) is expected"
-        for name in sorted(inner):
-            if name.startswith(("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")):
-                return f"compiled code or external weights ({name})"
-            if name in ("data/weights/model.pt", "data/constants/model.pt"):
-                return f"pickled tensors ({name})"
-        for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
-            if config not in inner:
-                return f"no {config}"
-            entries = _read_json(zf, root + config).get("config", {})
-            for fqn, meta in entries.items():
-                if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-                    return f"a pickled payload ({fqn})"
-                if config.startswith("data/constants/") and not str(meta.get("path_name", "")).startswith("tensor_"):
-                    return f"a pickled Python object ({fqn})"
-        program = _read_json(zf, root + "models/model.json")
-        if program.get("guards_code"):
-            return "guard code that torch compiles and runs"
-        for key, value in _walk(program):
-            if key == "target" and isinstance(value, str):
-                m = _SAFE_TARGETS.fullmatch(value)
-                if m is None or value.split(".")[-2] in _UNSAFE_OPS:
-                    return f"a call to {value[:80]}, which is not an ATen operator"
-            elif key == "custom_obj_values" and value:
-                return "custom Python objects"
-            elif key == "expr_str" and isinstance(value, str) and not _safe_expr(value):
-                return f"a shape expression that is not plain arithmetic ({value[:60]})"
-        sample = root + "data/sample_inputs/model.pt"
-        if sample in names:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.load(io.BytesIO(zf.read(sample)), weights_only=True)
-            except Exception:  # noqa: BLE001 - torch would retry with full unpickling
-                return "sample inputs that need full unpickling"
+def _dtype_sizes() -> dict[int, int]:
+    from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
+
+    return {int(code): dtype.itemsize for code, dtype in _SERIALIZE_TO_TORCH_DTYPE.items() if isinstance(dtype, torch.dtype)}
+
+
+def _ints(values: Any) -> list[int] | None:
+    """The plain integers of a serialised size or stride list, or None when any is symbolic or malformed."""
+    if not isinstance(values, list):
+        return None
+    out = [v.get("as_int") if isinstance(v, dict) and len(v) == 1 else None for v in values]
+    return [v for v in out if type(v) is int and v >= 0] if all(type(v) is int and v >= 0 for v in out) else None
+
+
+def _payload_problem(meta: dict[str, Any], nbytes: int, sizes: dict[int, int]) -> str | None:
+    """Why a raw payload cannot hold the tensor its metadata declares (torch would allocate what it declares)."""
+    tensor = meta.get("tensor_meta")
+    if not isinstance(tensor, dict):
+        return "no tensor description"
+    shape, strides, offset = _ints(tensor.get("sizes")), _ints(tensor.get("strides")), _ints([tensor.get("storage_offset")])
+    element = sizes.get(tensor.get("dtype")) if type(tensor.get("dtype")) is int else None
+    if shape is None or strides is None or offset is None or element is None or len(shape) != len(strides):
+        return "a tensor description that is not plain sizes, strides and a dtype"
+    numel = math.prod(shape)
+    extent = 0 if numel == 0 else offset[0] + 1 + sum((n - 1) * st for n, st in zip(shape, strides))
+    if extent * element > nbytes or nbytes % element:
+        return f"a tensor of {numel:,} elements declared over {nbytes:,} bytes"
     return None
 
 
-def _read_text(zf: zipfile.ZipFile, name: str) -> str | None:
+def untrusted_content(archive: ZipArchive) -> str | None:
+    """What in the archive could run code (or make torch allocate what the file does not hold) when torch loads it,
+    in a few words, or None when it is plain data."""
+    names = archive.names
+    root = names[0].split("/", 1)[0] + "/"  # torch takes the first member's folder as the archive's
+    if any(not n.startswith(root) for n in names):
+        return "files outside one archive folder (the old torch.export layout, read with full unpickling)"
+    inner = {n[len(root):] for n in names}
+    if "archive_format" not in inner or archive.read(root + "archive_format", 64) != b"pt2":
+        return "an archive format other than pt2"
+    referenced: set[str] = set()
+    dtype_sizes = _dtype_sizes()
+    for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+        if config not in inner:
+            return f"no {config}"
+        folder = config.rsplit("/", 1)[0] + "/"
+        entries = _read_json(archive, root + config)
+        entries = entries.get("config") if isinstance(entries, dict) else None
+        if not isinstance(entries, dict):
+            return f"a malformed {config}"
+        for fqn, meta in entries.items():
+            if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
+                return f"a pickled payload ({fqn[:80]})"
+            path = meta.get("path_name")
+            if not isinstance(path, str) or not _PAYLOADS[folder].fullmatch(path):
+                return f"a pickled Python object or an unexpected payload ({fqn[:80]})"
+            member = root + folder + path
+            if member not in archive.members:
+                return f"a payload named in {config} but missing ({path})"
+            problem = _payload_problem(meta, archive.members[member].size, dtype_sizes)
+            if problem is not None:
+                return f"{problem} ({fqn[:80]})"
+            referenced.add(folder + path)
+    for name in sorted(inner - referenced):
+        if name not in _PLAIN_MEMBERS and not name.startswith("extra/"):
+            if name.startswith(("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")):
+                return f"compiled code or external weights ({name[:80]})"
+            return f"a member torch.export does not write for a plain program ({name[:80]})"
+    if "models/model.json" not in inner:
+        return "no program (models/model.json)"
+    program = _read_json(archive, root + "models/model.json")
+    if not isinstance(program, dict):
+        return "a program that is not a JSON object"
+    if program.get("guards_code"):
+        return "guard code that torch compiles and runs"
+    budget = ExpressionBudget()
+    for key, value in _walk(program):
+        if key == "target" and isinstance(value, str):
+            m = _SAFE_TARGETS.fullmatch(value)
+            if m is None or value.split(".")[-2] in _UNSAFE_OPS:
+                return f"a call to {value[:80]}, which is not an ATen operator"
+        elif key == "custom_obj_values" and value:
+            return "custom Python objects"
+        elif key == "expr_str":
+            why = budget.unsafe_reason(value) if isinstance(value, str) else "not text"
+            if why is not None:
+                return f"a shape expression that is not plain arithmetic ({why}: {str(value)[:60]})"
+    sample = root + "data/sample_inputs/model.pt"
+    if sample in archive.members:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.load(io.BytesIO(archive.read(sample, MAX_JSON_BYTES)), weights_only=True)
+        except Exception:  # noqa: BLE001 - torch would retry with full unpickling
+            return "sample inputs that need full unpickling"
+    return None
+
+
+@contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    """torch.export logs a traceback (as a warning) for an archive it cannot read before raising; the user gets our
+    one sentence instead."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.export.pt2_archive")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
     try:
-        return zf.read(name).decode("utf-8", "replace").strip()
-    except KeyError:
-        return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class ExportedModel(nn.Module):
     """The module of a loaded ``.pt2`` archive. ``torch.export`` fixes the graph in the mode it was exported in and
     refuses ``train()``/``eval()`` on it, which every caller of a model makes: here they only set the flag. Its
-    layers are one flat graph of operators, with no modules to hook for per-layer distances."""
+    layers are one flat graph of operators, with no modules to hook for per-layer distances.
+
+    A graph exported for a batch range (what ``torch.export.export(model, (x,))`` gives without ``dynamic_shapes``
+    is the range [N, N]) is fed through :func:`~shiftaudit.loading.fixed_batch.run_in_batches`: chunks no larger
+    than its largest batch, the last one padded up to its smallest, so any engine batch runs."""
 
     flat_graph = "a torch.export archive (one flat graph of operators)"
 
-    def __init__(self, graph: nn.Module) -> None:
+    def __init__(self, graph: nn.Module, spec: InputSpec | None = None, source: str = "") -> None:
         super().__init__()
         self.graph = graph
+        self.spec = spec or InputSpec()
+        self.source = source
+
+    @property
+    def notes(self) -> list[str]:
+        """What the report should say about how the graph was run."""
+        low, high = self.spec.batch
+        if low == high:
+            return [f"the torch.export archive takes a fixed batch of {low}: rows went through it in chunks of {low}"
+                    + (", the last one padded" if low > 1 else "")]
+        return []
 
     def forward(self, x: torch.Tensor) -> Any:
-        return self.graph(x)
+        low, high = self.spec.batch
+        if low <= x.shape[0] <= (high or x.shape[0]):
+            return self.graph(x)
+        return run_in_batches(self.graph, x, low, high)
+
+    def check_input(self, channels: int, size: tuple[int, int]) -> None:
+        """Refuse, before any work, images of a channel count or size the graph was exported without."""
+        want = self.spec.image
+        have = (channels, *size)
+        if any(w is not None and w != h for w, h in zip(want, have)):
+            shown = "x".join("?" if w is None else str(w) for w in want)
+            hint = f"--size {want[1]}" if want[1] is not None and want[1] == want[2] else "--size and --mean/--std to match"
+            raise UsageError(
+                f"torch.export archive {self.source} was exported for {shown} (channels x height x width) images, but "
+                f"the data is {channels}x{size[0]}x{size[1]}; pass {hint}."
+            )
 
     def train(self, mode: bool = True) -> ExportedModel:
         self.training = mode
         return self
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What the archive's one image input takes: a batch range (low, high or None for no limit), and each of
+    channels, height and width when the export fixed it."""
+
+    batch: tuple[int, int | None] = (1, None)
+    image: tuple[int | None, int | None, int | None] = (None, None, None)
+
+
+def _input_spec(program: Any) -> InputSpec:
+    """The batch range and fixed image dimensions of the program's one user input (the defaults when unclear)."""
+    try:
+        names = list(program.graph_signature.user_inputs)
+        node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0])
+        shape = tuple(node.meta["val"].shape)
+    except Exception:  # noqa: BLE001 - then every batch is tried as it comes
+        return InputSpec()
+    if len(names) != 1 or len(shape) != 4:
+        return InputSpec()
+    dims = [d if isinstance(d, int) else None for d in shape]
+    batch: tuple[int, int | None] = (1, None)
+    if dims[0] is not None:
+        batch = (dims[0], dims[0])
+    else:
+        try:
+            bounds = program.range_constraints[shape[0].node.expr]
+            low = max(1, int(bounds.lower))
+            high = int(bounds.upper) if bounds.upper.is_finite else None
+            batch = (low, high if high is None or high >= low else low)
+        except Exception:  # noqa: BLE001
+            pass
+    return InputSpec(batch, (dims[1], dims[2], dims[3]))
+
+
 def read_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[ExportedModel, dict[str, str], int | None]:
     """The archive's module on the CPU, its shiftaudit metadata, and the class count its output shape fixes."""
+    what = f"torch.export archive {path}"
     try:
-        why = untrusted_content(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
-        raise CheckpointError(f"torch.export archive {path} is damaged ({first_line(exc)[:200].rstrip('.')}).") from None
+        data = snapshot(path, MAX_ARCHIVE_BYTES)
+    except (OSError, ZipStructureError) as exc:
+        raise CheckpointError(f"Cannot read {what} ({getattr(exc, 'strerror', None) or exc}).") from None
+    try:
+        archive = ZipArchive(data)
+    except ZipStructureError as exc:
+        raise CheckpointError(
+            f"{what} is damaged or ambiguous as a zip archive ({exc}), so torch could read other "
+            "bytes than the check; re-export it."
+        ) from None
+    try:
+        why = untrusted_content(archive)
+    except (ZipStructureError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"{what} is damaged ({first_line(exc)[:200].rstrip('.')}).") from None
     if why is not None and not trust_pickle:
         raise CheckpointError(
-            f"torch.export archive {path} holds {why}; loading it can run code from the file. Pass --trust-pickle if you "
+            f"{what} holds {why}; loading it can run code from the file. Pass --trust-pickle if you "
             "trust it."
         )
     extra: dict[str, Any] = {EXTRA_FILE: ""}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.load(str(path), extra_files=extra)
+        with _quiet_torch_export():
+            program = torch.export.load(io.BytesIO(data), extra_files=extra)
             module = program.module()
     except Exception as exc:
         raise CheckpointError(
-            f"torch.export archive {path} cannot be loaded ({first_line(exc)[:200].rstrip('.')}); it is damaged or from an "
+            f"{what} cannot be loaded ({first_line(exc)[:200].rstrip('.')}); it is damaged or from an "
             "incompatible torch, so re-export it."
         ) from None
-    raw = archive_metadata(extra, f"torch.export archive {path}")
-    return ExportedModel(module).to("cpu"), raw, _output_classes(program)
+    raw = archive_metadata(extra, what)
+    return ExportedModel(module, _input_spec(program), str(path)).to("cpu"), raw, _output_classes(program)
 
 
 def _output_classes(program: Any) -> int | None:
@@ -195,7 +330,16 @@ def _output_classes(program: Any) -> int | None:
 
 def save_pt2(model: nn.Module, dest: Path, *, channels: int, size: tuple[int, int], metadata: dict[str, str]) -> None:
     """Export ``model`` (eval mode, CPU) for (N, channels, H, W) inputs with any batch N up to :data:`MAX_BATCH` and
-    write it to ``dest`` with our metadata inside; buffers (the blur filters) travel with the graph."""
+    write it to ``dest`` with our metadata inside; buffers (the blur filters) travel with the graph.
+
+    The archive is built in memory, so its folder is torch's neutral ``archive`` rather than the name of the
+    temporary file it is written to, and the graph's stack traces (absolute paths of this machine's source files)
+    are left out."""
+    dest.write_bytes(pt2_bytes(model, channels=channels, size=size, metadata=metadata))
+
+
+def pt2_bytes(model: nn.Module, *, channels: int, size: tuple[int, int], metadata: dict[str, str]) -> bytes:
+    """The ``.pt2`` archive :func:`save_pt2` writes, as bytes."""
     was_training = model.training
     model = model.eval()
     param = next(model.parameters(), None)
@@ -211,6 +355,10 @@ def save_pt2(model: nn.Module, dest: Path, *, channels: int, size: tuple[int, in
         ) from None
     finally:
         model.train(was_training)
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.export.save(program, str(dest), extra_files={EXTRA_FILE: json.dumps(metadata)})
+        torch.export.save(program, buffer, extra_files={EXTRA_FILE: json.dumps(metadata)})
+    return buffer.getvalue()
