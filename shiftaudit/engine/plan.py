@@ -223,8 +223,9 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
     outside = _runs_outside_torch(model)
     if outside:  # an ONNX graph: it says which settings it takes, and runs on its own device
         dev = model.plan_settings(config, dev, int(getattr(dataset, "channels", 3)), size, notes)
-    elif callable(getattr(model, "check_input", None)):  # a torch.export graph exported for one image size
+    elif callable(getattr(model, "check_input", None)):  # a torch.export graph: exported for some sizes only
         model.check_input(int(getattr(dataset, "channels", 3)), size)
+        notes.extend(model.notes)
     labelled = bool(dataset.has_labels)
     metrics = _plan_metrics(config, shifts, labelled, exhaustive, notes)
     _check_thresholds(config, labelled, exhaustive, shifts)

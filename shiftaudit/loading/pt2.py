@@ -31,7 +31,7 @@ from torch import nn
 from shiftaudit.errors import CheckpointError, UsageError, first_line
 from shiftaudit.loading.fixed_batch import run_in_batches
 from shiftaudit.loading.formats import EXTRA_FILE, archive_metadata  # our metadata: torch.export.save(extra_files=...)
-from shiftaudit.loading.shape_expr import ExpressionBudget
+from shiftaudit.loading.shape_expr import ExpressionBudget, TooCostly
 from shiftaudit.loading.ziparchive import ZipArchive, ZipStructureError, snapshot
 
 MAX_ARCHIVE_BYTES = 8 * 2**30  # read whole into memory, so that the check and torch read the same bytes
@@ -51,6 +51,11 @@ _PLAIN_MEMBERS = {
     "data/sample_inputs/model.pt",
 }
 _PAYLOADS = {"data/weights/": re.compile(r"weight_\d+"), "data/constants/": re.compile(r"tensor_\d+")}
+
+
+class ArchiveDamaged(ValueError):
+    """Refused whatever the user trusts: the archive declares what its data does not hold, or asks sympy for
+    unbounded work. The message says what, in a few words."""
 
 
 class _DuplicateKey(ValueError):
@@ -113,8 +118,12 @@ def _payload_problem(meta: dict[str, Any], nbytes: int, sizes: dict[int, int]) -
 
 
 def untrusted_content(archive: ZipArchive) -> str | None:
-    """What in the archive could run code (or make torch allocate what the file does not hold) when torch loads it,
-    in a few words, or None when it is plain data."""
+    """What in the archive could run code when torch loads it, in a few words, or None when it is plain data.
+
+    Raises :class:`ArchiveDamaged` for what no trust makes safe (a payload smaller than the tensor it declares, a
+    shape expression beyond the grammar's bounds); the whole archive is checked for those even after a reason to
+    need ``--trust-pickle`` was found."""
+    reasons: list[str] = []
     names = archive.names
     root = names[0].split("/", 1)[0] + "/"  # torch takes the first member's folder as the archive's
     if any(not n.startswith(root) for n in names):
@@ -131,53 +140,57 @@ def untrusted_content(archive: ZipArchive) -> str | None:
         entries = _read_json(archive, root + config)
         entries = entries.get("config") if isinstance(entries, dict) else None
         if not isinstance(entries, dict):
-            return f"a malformed {config}"
+            raise ArchiveDamaged(f"a malformed {config}")
         for fqn, meta in entries.items():
+            path = meta.get("path_name") if isinstance(meta, dict) else None
             if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-                return f"a pickled payload ({fqn[:80]})"
-            path = meta.get("path_name")
-            if not isinstance(path, str) or not _PAYLOADS[folder].fullmatch(path):
-                return f"a pickled Python object or an unexpected payload ({fqn[:80]})"
-            member = root + folder + path
-            if member not in archive.members:
-                return f"a payload named in {config} but missing ({path})"
-            problem = _payload_problem(meta, archive.members[member].size, dtype_sizes)
-            if problem is not None:
-                return f"{problem} ({fqn[:80]})"
-            referenced.add(folder + path)
+                reasons.append(f"a pickled payload ({fqn[:80]})")
+            elif not isinstance(path, str) or not _PAYLOADS[folder].fullmatch(path):
+                reasons.append(f"a pickled Python object or an unexpected payload ({fqn[:80]})")
+            elif root + folder + path not in archive.members:
+                raise ArchiveDamaged(f"a payload named in {config} but missing ({path})")
+            else:
+                problem = _payload_problem(meta, archive.members[root + folder + path].size, dtype_sizes)
+                if problem is not None:
+                    raise ArchiveDamaged(f"{problem} ({fqn[:80]})")
+                referenced.add(folder + path)
     for name in sorted(inner - referenced):
-        if name not in _PLAIN_MEMBERS and not name.startswith("extra/"):
-            if name.startswith(("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")):
-                return f"compiled code or external weights ({name[:80]})"
-            return f"a member torch.export does not write for a plain program ({name[:80]})"
+        if name in _PLAIN_MEMBERS or name.startswith("extra/"):
+            continue
+        if name.startswith(("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")):
+            reasons.append(f"compiled code or external weights ({name[:80]})")
+        elif not name.startswith(tuple(_PAYLOADS)):
+            reasons.append(f"a member torch.export does not write for a plain program ({name[:80]})")
     if "models/model.json" not in inner:
         return "no program (models/model.json)"
     program = _read_json(archive, root + "models/model.json")
     if not isinstance(program, dict):
-        return "a program that is not a JSON object"
+        raise ArchiveDamaged("a program that is not a JSON object")
     if program.get("guards_code"):
-        return "guard code that torch compiles and runs"
+        reasons.append("guard code that torch compiles and runs")
     budget = ExpressionBudget()
     for key, value in _walk(program):
         if key == "target" and isinstance(value, str):
-            m = _SAFE_TARGETS.fullmatch(value)
-            if m is None or value.split(".")[-2] in _UNSAFE_OPS:
-                return f"a call to {value[:80]}, which is not an ATen operator"
+            if _SAFE_TARGETS.fullmatch(value) is None or value.split(".")[-2] in _UNSAFE_OPS:
+                reasons.append(f"a call to {value[:80]}, which is not an ATen operator")
         elif key == "custom_obj_values" and value:
-            return "custom Python objects"
+            reasons.append("custom Python objects")
         elif key == "expr_str":
-            why = budget.unsafe_reason(value) if isinstance(value, str) else "not text"
+            try:
+                why = budget.unsafe_reason(value) if isinstance(value, str) else "not text"
+            except TooCostly as exc:
+                raise ArchiveDamaged(f"a shape expression too costly to evaluate ({exc}: {str(value)[:60]})") from None
             if why is not None:
-                return f"a shape expression that is not plain arithmetic ({why}: {str(value)[:60]})"
+                reasons.append(f"a shape expression that is not plain arithmetic ({why}: {value[:60]})")
     sample = root + "data/sample_inputs/model.pt"
-    if sample in archive.members:
+    if not reasons and sample in archive.members:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.load(io.BytesIO(archive.read(sample, MAX_JSON_BYTES)), weights_only=True)
         except Exception:  # noqa: BLE001 - torch would retry with full unpickling
-            return "sample inputs that need full unpickling"
-    return None
+            reasons.append("sample inputs that need full unpickling")
+    return reasons[0] if reasons else None
 
 
 @contextmanager
@@ -296,6 +309,8 @@ def read_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[ExportedModel, 
         ) from None
     try:
         why = untrusted_content(archive)
+    except ArchiveDamaged as exc:
+        raise CheckpointError(f"{what} holds {exc}; it is damaged or hostile, so re-export it.") from None
     except (ZipStructureError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{what} is damaged ({first_line(exc)[:200].rstrip('.')}).") from None
     if why is not None and not trust_pickle:

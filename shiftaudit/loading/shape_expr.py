@@ -43,7 +43,11 @@ _POWERS = {"Pow", "PowByNatural"}
 
 
 class _Reject(Exception):
-    pass
+    """Not what torch writes: a name or construct sympy's ``eval`` could run as code."""
+
+
+class TooCostly(_Reject):
+    """Within the grammar's names but beyond its bounds: sympy would compute for too long or build too much."""
 
 
 class _Parser:
@@ -59,7 +63,7 @@ class _Parser:
             kind = m.lastgroup or ""
             self.tokens.append((kind, m.group(kind)))
             if len(self.tokens) > MAX_TOKENS:
-                raise _Reject(f"more than {MAX_TOKENS} tokens")
+                raise TooCostly(f"more than {MAX_TOKENS} tokens")
             pos = m.end()
         self.pos = 0
         self.depth = 0
@@ -79,7 +83,7 @@ class _Parser:
     def enter(self) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise _Reject(f"nesting deeper than {MAX_DEPTH}")
+            raise TooCostly(f"nesting deeper than {MAX_DEPTH}")
 
     # expr := arith (comparison arith)?
     def expr(self) -> None:
@@ -118,7 +122,7 @@ class _Parser:
         """A power's exponent: a small integer literal, nothing that could itself be large."""
         self.powers += 1
         if self.powers > MAX_POWERS:
-            raise _Reject(f"more than {MAX_POWERS} powers")
+            raise TooCostly(f"more than {MAX_POWERS} powers")
         negative = self.peek()[1] == "-"
         if negative:
             self.take()
@@ -130,13 +134,13 @@ class _Parser:
             kind, value = self.take()
             self.take(")")
         if kind != "num" or int(value) > MAX_EXPONENT:
-            raise _Reject(f"a power whose exponent is not an integer of at most {MAX_EXPONENT}")
+            raise TooCostly(f"a power whose exponent is not an integer of at most {MAX_EXPONENT}")
 
     def atom(self) -> None:
         kind, value = self.take()
         if kind == "num":
             if len(value) > MAX_DIGITS:
-                raise _Reject(f"a number of more than {MAX_DIGITS} digits")
+                raise TooCostly(f"a number of more than {MAX_DIGITS} digits")
         elif kind == "name":
             if self.peek()[1] == "(":
                 self.call(value)
@@ -162,12 +166,12 @@ class _Parser:
                 self.take()
             kind, value = self.take()
             if kind != "num" or len(value) > MAX_DIGITS:
-                raise _Reject(f"an Integer that is not a literal of at most {MAX_DIGITS} digits")
+                raise TooCostly(f"an Integer that is not a literal of at most {MAX_DIGITS} digits")
         elif name in _CALLS:
             if name in ("Max", "Min"):
                 self.choices += 1
                 if self.choices > MAX_CHOICES:
-                    raise _Reject(f"more than {MAX_CHOICES} Max/Min")
+                    raise TooCostly(f"more than {MAX_CHOICES} Max/Min")
             fewest, most = _CALLS[name]
             count = 0
             while True:
@@ -176,7 +180,9 @@ class _Parser:
                 if self.peek()[1] != ",":
                     break
                 self.take(",")
-            if not fewest <= count <= most:
+            if count > most:
+                raise TooCostly(f"{name} with {count} arguments")
+            if count < fewest:
                 raise _Reject(f"{name} with {count} arguments")
         else:
             raise _Reject(f"a call to {name[:40]!r}")
@@ -207,25 +213,31 @@ class ExpressionBudget:
         self.choices = 0
 
     def unsafe_reason(self, text: str) -> str | None:
-        """Why sympy must not see ``text`` (a few words), or None when it is plain, bounded shape arithmetic."""
+        """Why sympy must not see ``text`` as code (a name or construct outside the grammar), in a few words, or None.
+        Raises :class:`TooCostly` for an expression of the grammar beyond its bounds: no trust makes that one safe."""
         if len(text) > MAX_CHARS:
-            return f"longer than {MAX_CHARS:,} characters"
+            raise TooCostly(f"longer than {MAX_CHARS:,} characters")
         self.chars += len(text)
         if self.chars > self.max_total_chars:
-            return f"shape expressions longer than {self.max_total_chars:,} characters in all"
+            raise TooCostly(f"shape expressions longer than {self.max_total_chars:,} characters in all")
         try:
             parser = _Parser(text)
             parser.expr()
             if parser.peek()[0] != "end":
                 raise _Reject(f"{parser.peek()[1]!r} after the expression")
+        except TooCostly:
+            raise
         except _Reject as exc:
             return str(exc)
         self.choices += parser.choices
         if self.choices > self.max_total_choices:
-            return f"more than {self.max_total_choices} Max/Min in all"
+            raise TooCostly(f"more than {self.max_total_choices} Max/Min in all")
         return None
 
 
 def unsafe_reason(text: str) -> str | None:
-    """Why sympy must not see this one expression, or None."""
-    return ExpressionBudget().unsafe_reason(text)
+    """Why sympy must not see this one expression, or None (bounds beyond the grammar's give a reason too)."""
+    try:
+        return ExpressionBudget().unsafe_reason(text)
+    except TooCostly as exc:
+        return str(exc)

@@ -283,16 +283,18 @@ class ZipArchive:
                 self._inflate(member, keep=False)
 
     def _descriptor(self, at: int, entry: Member, limit: int, where: str) -> int:
-        """The length of the data descriptor after a member's data; its values must be the central directory's."""
+        """The length of the data descriptor after a member's data; its values must be the central directory's, and
+        its length (32- or 64-bit sizes) unambiguous."""
         view = self._view
         if bytes(view[at:at + 4]) != DESCRIPTOR:
             raise ZipStructureError(f"a data descriptor without its signature ({where})")
-        for length, fmt in ((16, "<III"), (24, "<IQQ")):
-            if at + length <= limit and struct.unpack_from(fmt, view, at + 4) == (entry.crc, entry.compressed_size, entry.size):
-                follows = bytes(view[at + length:at + length + 4])
-                if at + length == limit or follows == LOCAL:
-                    return length
-        raise ZipStructureError(f"a data descriptor that differs from the central directory ({where})")
+        fits = [length for length, fmt in ((16, "<III"), (24, "<IQQ"))
+                if at + length <= limit and struct.unpack_from(fmt, view, at + 4) == (entry.crc, entry.compressed_size, entry.size)]
+        if len(fits) == 2:  # both read alike (empty sizes): the one the next header follows
+            fits = [n for n in fits if at + n == limit or bytes(view[at + n:at + n + 4]) == LOCAL]
+        if len(fits) != 1:
+            raise ZipStructureError(f"a data descriptor that differs from the central directory ({where})")
+        return fits[0]
 
     # -- reading ---------------------------------------------------------------------------------------------------
     @property
