@@ -34,7 +34,9 @@ from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, UsageError, first_line
 from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
 from shiftaudit.limits import MAX_CLASSES, is_int
+from shiftaudit.npyfiles import load_numpy
 from shiftaudit.shifts.modes import check_canvas
+from shiftaudit.ziparchive import check_zip_file
 
 KINDS = ("imagefolder", "folder", "cifar10", "tensors", "hf", "webdataset")
 NAMED_CLASSES = ("imagefolder", "hf", "webdataset")  # kinds whose class names a class map can map
@@ -622,9 +624,9 @@ def _read_tensor_file(path: Path) -> tuple[Any, Any, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".npz", ".npy"):
-            loaded = np.load(path, allow_pickle=False)
-            obj: Any = loaded if suffix == ".npy" else {k: loaded[k] for k in loaded.files}
+            obj: Any = load_numpy(path)
         else:
+            check_zip_file(path)  # torch reads a zip with its own reader: refuse one readers could read differently
             with warnings.catch_warnings():  # torch warns about sparse tensors on stderr; they are refused below
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -30,6 +30,7 @@ import torch
 from shiftaudit.atomicio import check_destination, write_bytes_atomic
 from shiftaudit.errors import UsageError
 from shiftaudit.metrics.base import Metric
+from shiftaudit.npyfiles import load_numpy
 
 if TYPE_CHECKING:
     from torch import nn
@@ -188,9 +189,10 @@ class ResumeState:
         if not self.path.exists():
             return False
         try:
-            with np.load(self.path, allow_pickle=False) as npz:
-                meta = json.loads(str(npz["__meta__"]))
-                arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+            arrays = load_numpy(self.path)
+            if not isinstance(arrays, dict):
+                raise ValueError("not an archive")
+            meta = json.loads(str(arrays.pop("__meta__")))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
             raise UsageError(
                 f"--resume file {self.path} is not a shiftaudit audit state (or is damaged); delete it to start over."

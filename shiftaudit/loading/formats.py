@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from shiftaudit.errors import CheckpointError, first_line
-from shiftaudit.loading.ziparchive import ZipArchive, ZipStructureError, mapped, snapshot
+from shiftaudit.ziparchive import ZipArchive, ZipStructureError, mapped, snapshot
 
 TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
@@ -218,7 +218,7 @@ MAX_TORCHSCRIPT_BYTES = 8 * 2**30  # read whole into memory: what was checked is
 
 def read_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
     """A TorchScript archive on the CPU, plus our metadata when it was written by :func:`save_model`. The file is read
-    once and its structure checked (:mod:`shiftaudit.loading.ziparchive`); torch reads those same bytes."""
+    once and its structure checked (:mod:`shiftaudit.ziparchive`); torch reads those same bytes."""
     try:
         data = snapshot(path, MAX_TORCHSCRIPT_BYTES)
         ZipArchive(data)

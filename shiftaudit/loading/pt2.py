@@ -3,7 +3,7 @@
 ``torch.export.load`` is not a plain data reader: an archive may hold pickled weights or constants (read with full
 unpickling), AOTInductor shared libraries, guard code compiled into Python, sympy expressions (parsed with ``eval``)
 and call targets looked up by name under ``torch``. So the file is read into memory once, its zip structure is
-checked the way torch's own reader will read it (:mod:`shiftaudit.loading.ziparchive`: an archive two zip readers
+checked the way torch's own reader will read it (:mod:`shiftaudit.ziparchive`: an archive two zip readers
 could read differently is refused), :func:`untrusted_content` reads the archive's JSON from those bytes and names
 the first thing that could run code, and only then are the same bytes handed to ``torch.export.load``. An archive
 with none of them (every member one torch writes for a plain program, every weight raw bytes that hold the tensor
@@ -32,7 +32,7 @@ from shiftaudit.errors import CheckpointError, UsageError, first_line
 from shiftaudit.loading.fixed_batch import run_in_batches
 from shiftaudit.loading.formats import EXTRA_FILE, archive_metadata  # our metadata: torch.export.save(extra_files=...)
 from shiftaudit.loading.shape_expr import ExpressionBudget, TooCostly
-from shiftaudit.loading.ziparchive import ZipArchive, ZipStructureError, snapshot
+from shiftaudit.ziparchive import ZipArchive, ZipStructureError, snapshot
 
 MAX_ARCHIVE_BYTES = 8 * 2**30  # read whole into memory, so that the check and torch read the same bytes
 MAX_JSON_BYTES = 64 * 2**20  # the graph of a resnet50 with dynamic sizes is under 1 MiB of JSON
@@ -107,7 +107,8 @@ def _payload_problem(meta: dict[str, Any], nbytes: int, sizes: dict[int, int]) -
     if not isinstance(tensor, dict):
         return "no tensor description"
     shape, strides, offset = _ints(tensor.get("sizes")), _ints(tensor.get("strides")), _ints([tensor.get("storage_offset")])
-    element = sizes.get(tensor.get("dtype")) if type(tensor.get("dtype")) is int else None
+    code = tensor.get("dtype")
+    element = sizes.get(code) if isinstance(code, int) else None
     if shape is None or strides is None or offset is None or element is None or len(shape) != len(strides):
         return "a tensor description that is not plain sizes, strides and a dtype"
     numel = math.prod(shape)

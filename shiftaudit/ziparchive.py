@@ -288,8 +288,8 @@ class ZipArchive:
         view = self._view
         if bytes(view[at:at + 4]) != DESCRIPTOR:
             raise ZipStructureError(f"a data descriptor without its signature ({where})")
-        fits = [length for length, fmt in ((16, "<III"), (24, "<IQQ"))
-                if at + length <= limit and struct.unpack_from(fmt, view, at + 4) == (entry.crc, entry.compressed_size, entry.size)]
+        want = (entry.crc, entry.compressed_size, entry.size)
+        fits = [n for n, fmt in ((16, "<III"), (24, "<IQQ")) if at + n <= limit and struct.unpack_from(fmt, view, at + 4) == want]
         if len(fits) == 2:  # both read alike (empty sizes): the one the next header follows
             fits = [n for n in fits if at + n == limit or bytes(view[at + n:at + n + 4]) == LOCAL]
         if len(fits) != 1:
@@ -312,6 +312,14 @@ class ZipArchive:
         if zlib.crc32(data) != member.crc:
             raise ZipStructureError(f"a CRC mismatch in {name}")
         return data
+
+    def head(self, name: str, n: int) -> bytes:
+        """The first ``n`` bytes of a member (inflating no more than that), unchecked: for reading a header."""
+        member = self.members[name]
+        source = self._view[member.data_offset:member.data_offset + member.compressed_size]
+        if member.method == 0:
+            return bytes(source[:n])
+        return zlib.decompressobj(-15).decompress(bytes(source), n)
 
     def _inflate(self, member: Member, *, keep: bool) -> bytes:
         """Inflate in bounded steps: the output may never exceed the declared size, and must reach it exactly."""
@@ -375,3 +383,14 @@ def snapshot(path: Path, max_bytes: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def check_zip_file(path: Path) -> None:
+    """Raise ValueError (a few words) when the file starts like a zip archive that readers could read differently."""
+    with mapped(path) as buf:
+        if bytes(buf[:4]) != LOCAL:
+            return
+        try:
+            ZipArchive(buf).close()
+        except ZipStructureError as exc:
+            raise ValueError(f"it is a damaged or ambiguous zip archive ({exc})") from None
