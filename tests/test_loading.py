@@ -368,3 +368,32 @@ def test_metadata_factory_inside_shiftaudit_is_trusted(tmp_path, monkeypatch):
     assert any("float16" in n for n in loaded.notes)
     with pytest.raises(UsageError, match="does not accept"):
         load_model(path, num_classes=3)
+
+
+@pytest.mark.parametrize("kind", ["state dict", "torchscript"])
+@pytest.mark.parametrize("twin", ["same name", "other case"])
+def test_a_zip_checkpoint_torch_could_read_differently_is_refused_before_torch_opens_it(tmp_path, kind, twin):
+    """torch's zip reader looks names up case-insensitively and picks any of two equal names: such a checkpoint is
+    refused in one sentence, whatever its kind, before any loader reads it."""
+    import io
+
+    from shiftaudit.ziparchive import ZipArchive
+    from tests import zipcraft
+
+    buf = io.BytesIO()
+    if kind == "state dict":
+        torch.save(tiny_cnn().state_dict(), buf)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.script(tiny_cnn()), buf)
+    archive = ZipArchive(buf.getvalue())
+    members = [zipcraft.member(n, archive.read(n, 1 << 24)) for n in archive.names]
+    first = archive.names[0]
+    other = first if twin == "same name" else first.upper()
+    path = tmp_path / "m.pt"
+    path.write_bytes(zipcraft.build([*members, zipcraft.member(other, b"other")]))
+    with pytest.raises(CheckpointError, match="zip readers could read differently") as exc:
+        load_model(path, arch="resnet18")
+    assert "two members named" in str(exc.value)
+    assert_one_line(exc)
