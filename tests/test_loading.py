@@ -214,6 +214,8 @@ def test_save_torchscript_keeps_metadata(tmp_path):
     assert loaded.format == "torchscript"
     assert loaded.preprocessing == PRESETS["cifar"] and loaded.class_names == list("abcd")
     assert same_outputs(loaded.model, model, 12)
+    names = zipfile.ZipFile(path).namelist()  # no temporary file name as the archive's folder
+    assert {n.split("/", 1)[0] for n in names} == {"archive"}, names
 
 
 def test_pickled_model_needs_trust(tmp_path):

@@ -4,6 +4,7 @@ kept for readers that need it)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -98,9 +99,12 @@ def save_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit deprecation notices
             scripted = _to_torchscript(model, preprocessing)
-        with atomic_path(dest, suffix=".pt") as tmp, warnings.catch_warnings():
+        buffer = io.BytesIO()  # in memory: the archive's folder is torch's "archive", not the temporary file's name
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.jit.save(scripted, str(tmp), _extra_files={EXTRA_FILE: json.dumps(metadata)})
+            torch.jit.save(scripted, buffer, _extra_files={EXTRA_FILE: json.dumps(metadata)})
+        with atomic_path(dest, suffix=".pt") as tmp:
+            tmp.write_bytes(buffer.getvalue())
     return dest
 
 
