@@ -2,35 +2,30 @@
 
 The JSON holds only what the run determines (no timestamps, no durations), so the same seed, data and device give
 byte-identical reports: reports can be diffed, cached and compared across runs and processes.
+
+Each metric entry is its metric's ``entry_type`` (:mod:`shiftaudit.metrics.entries`); the JSON is written from them.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shiftaudit.atomicio import write_json_atomic
+from shiftaudit.metrics.entries import Curve, Entry, Proportion, Summary, to_json
+from shiftaudit.metrics.layout import read_metrics
 
 SCHEMA = "shiftaudit/audit-report"
 SCHEMA_VERSION = 1
 
-
-def _clean(obj: Any) -> Any:
-    """JSON has no NaN/inf: store them as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
+E = TypeVar("E", bound=Entry)
 
 
 @dataclass
 class AuditResult:
-    """Everything an audit measured. ``metrics`` follows the JSON schema; helpers below give the headline numbers."""
+    """Everything an audit measured. ``metrics`` holds each metric's typed entry under its report key (groups such as
+    ``accuracy`` are dicts of entries); helpers below give the headline numbers."""
 
     metrics: dict[str, Any]
     per_image: dict[str, list[Any]]
@@ -42,14 +37,26 @@ class AuditResult:
     gate: dict[str, Any] | None = None
     timing: dict[str, float] = field(default_factory=dict)  # wall time, images/s: shown, never written to JSON
 
+    def __post_init__(self) -> None:
+        self.metrics = read_metrics(self.metrics)  # entries given as dicts become their metric's type
+
     # -- headline numbers ---------------------------------------------------------------------------------------
-    def _get(self, *path: str) -> Any:
+    def entry(self, *key: str) -> Any:
+        """The metric entry at a report key (``result.entry("accuracy", "none")``), or None where there is none."""
         node: Any = self.metrics
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
+        for part in key:
+            if not isinstance(node, dict) or part not in node:
                 return None
-            node = node[key]
+            node = node[part]
         return node
+
+    def _typed(self, kind: type[E], *key: str) -> E | None:
+        found = self.entry(*key)
+        return found if isinstance(found, kind) else None
+
+    def _value(self, *key: str) -> float | None:
+        found = self._typed(Proportion, *key)
+        return None if found is None else found.value
 
     @property
     def labelled(self) -> bool:
@@ -57,36 +64,37 @@ class AuditResult:
 
     @property
     def accuracy(self) -> float | None:
-        return self._get("accuracy", "none", "value")
+        return self._value("accuracy", "none")
 
     @property
     def accuracy_random(self) -> float | None:
-        return self._get("accuracy", "random", "value")
+        return self._value("accuracy", "random")
 
     @property
     def consistency(self) -> float | None:
         """Exact consistency when every shift was evaluated, else the sampled estimate."""
-        exact = self._get("consistency", "exact", "value")
-        return exact if exact is not None else self._get("consistency", "sampled", "value")
+        exact = self.consistency_exact
+        return exact if exact is not None else self.consistency_sampled
 
     @property
     def consistency_sampled(self) -> float | None:
-        return self._get("consistency", "sampled", "value")
+        return self._value("consistency", "sampled")
 
     @property
     def consistency_exact(self) -> float | None:
-        return self._get("consistency", "exact", "value")
+        return self._value("consistency", "exact")
 
     @property
     def variation(self) -> float | None:
-        return self._get("variation", "mean")
+        found = self._typed(Summary, "variation")
+        return None if found is None else found.mean
 
     @property
-    def adversarial_curve(self) -> dict[int, float]:
-        adv = self._get("adversarial")
-        if not adv:
+    def adversarial_curve(self) -> dict[int | float, float]:
+        curve = self._typed(Curve, "adversarial")
+        if curve is None:
             return {}
-        return {(int(r) if float(r).is_integer() else float(r)): float(a) for r, a in zip(adv["radius"], adv["accuracy"])}
+        return {(int(r) if float(r).is_integer() else float(r)): float(a) for r, a in zip(curve.radius, curve.accuracy)}
 
     def adversarial_accuracy(self, radius: int | float) -> float | None:
         """Accuracy when the adversary may shift by up to ``radius`` px; None when the run evaluated no shift of that
@@ -108,7 +116,7 @@ class AuditResult:
         }
         if self.gate is not None:
             report["gate"] = self.gate
-        return _clean(report)
+        return to_json(report)
 
     def save_json(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_json())
