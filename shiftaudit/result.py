@@ -1,9 +1,13 @@
-"""The outcome of an audit: metrics, per-image values and the run's settings, with a versioned JSON form.
+"""The outcome of an audit, and the versioned JSON report it is written as and read back from.
 
 The JSON holds only what the run determines (no timestamps, no durations), so the same seed, data and device give
 byte-identical reports: reports can be diffed, cached and compared across runs and processes.
 
-Each metric entry is its metric's ``entry_type`` (:mod:`shiftaudit.metrics.entries`); the JSON is written from them.
+Typed values travel and the JSON is their serialisation: each metric entry is its metric's ``entry_type``
+(:mod:`shiftaudit.metrics.entries`), written by ``to_json`` and read back by :meth:`AuditResult.from_json` through the
+metric registry (:func:`~shiftaudit.metrics.layout.read_metrics`). ``data`` and ``settings`` stay JSON objects (shift
+modes and the engine add keys to them); the fields readers use are declared below and read by the same types. A report
+that is not ours, newer, or has a missing, empty, unknown or mistyped field is refused in one sentence naming the path.
 """
 
 from __future__ import annotations
@@ -13,13 +17,77 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shiftaudit.atomicio import write_json_atomic
-from shiftaudit.metrics.entries import Curve, Entry, Proportion, Summary, to_json
-from shiftaudit.metrics.layout import read_metrics
+from shiftaudit.metrics.entries import Curve, Entry, Proportion, ReportError, Summary, join, omitted, reader, to_json
+from shiftaudit.metrics.layout import read_metrics, read_per_image
 
 SCHEMA = "shiftaudit/audit-report"
 SCHEMA_VERSION = 1
 
 E = TypeVar("E", bound=Entry)
+
+
+def _pair(entry: Entry, path: str) -> str | None:
+    return None if len(entry["image_size"]) == 2 else f"{join(path, 'image_size')} is not a (height, width) pair"
+
+
+@dataclass(frozen=True, eq=False)
+class DataInfo(Entry):
+    """The fields of ``data`` that readers use (the sequential gate adds ``images_drawn``)."""
+
+    open = True
+    description: str
+    kind: str
+    num_images: int
+    labelled: bool
+    image_size: list[int]
+    nonfinite_images: int
+    preprocessing: dict[str, Any] | None = omitted()
+    problem = _pair
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftsInfo(Entry):
+    """``settings.shifts``: the shift set (:meth:`~shiftaudit.shifts.sets.ShiftSet.to_json`)."""
+
+    open = True
+    mode: str
+    kind: str
+    image_size: list[int]
+    max_shift: int
+    step: float
+    count: int
+    padding: str
+    problem = _pair
+
+
+@dataclass(frozen=True, eq=False)
+class Settings(Entry):
+    """The fields of ``settings`` that readers use (the sequential gate adds ``sequential``)."""
+
+    open = True
+    shifts: ShiftsInfo
+    shift_mode: str
+    mode: str
+    pairs: int
+    seed: int
+    precision: str
+    device_batch: int
+    engine: str
+
+
+# The report's top level: each key with its type, in the order written; "gate" only when thresholds were given.
+TOP_LEVEL: dict[str, Any] = {
+    "schema": str,
+    "schema_version": int,
+    "model": dict[str, Any],
+    "data": DataInfo,
+    "settings": Settings,
+    "environment": dict[str, Any],
+    "metrics": Any,  # read_metrics
+    "per_image": Any,  # read_per_image
+    "notes": list[str],
+    "gate": dict[str, Any],
+}
 
 
 @dataclass
@@ -122,23 +190,49 @@ class AuditResult:
         return write_json_atomic(path, self.to_json())
 
     @classmethod
-    def from_json(cls, report: dict[str, Any]) -> AuditResult:
-        from shiftaudit.errors import UsageError
-
-        if report.get("schema") != SCHEMA:
-            raise UsageError("This JSON file is not a shiftaudit audit report.")
-        if int(report.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise UsageError(
-                f"This report uses schema version {report.get('schema_version')}, newer than this shiftaudit "
-                f"understands ({SCHEMA_VERSION}); upgrade shiftaudit."
+    def from_json(cls, report: Any, name: str = "The report", hint: str | None = None) -> AuditResult:
+        """Read an audit report's JSON strictly; a :class:`~shiftaudit.metrics.entries.ReportError` (exit 2) names
+        ``name`` and, for a report that is not one, ends with ``hint`` (what the reader reads instead)."""
+        end = f"; {hint}." if hint else "."
+        if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+            raise ReportError(f"{name} is not a shiftaudit audit report{end}")
+        version = report.get("schema_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ReportError(f"{name} is not a shiftaudit audit report (its schema_version is {short(version)}){end}")
+        if version > SCHEMA_VERSION:
+            raise ReportError(
+                f"{name} uses report schema version {version}, newer than this shiftaudit reads ({SCHEMA_VERSION}); "
+                "upgrade shiftaudit."
             )
+        try:
+            return cls._read(report)
+        except ReportError as exc:
+            raise ReportError(f"{name} is not a well-formed shiftaudit audit report ({exc}){end}") from None
+
+    @classmethod
+    def _read(cls, report: dict[str, Any]) -> AuditResult:
+        unknown = next((k for k in report if k not in TOP_LEVEL), None)
+        if unknown is not None:
+            raise ReportError(f"{join('', unknown)} is not a field shiftaudit writes")
+        missing = next((k for k in TOP_LEVEL if k not in report and k != "gate"), None)
+        if missing is not None:
+            raise ReportError(f"{missing} is missing")
+        for key, kind in TOP_LEVEL.items():
+            if key in report:
+                reader(kind)(report[key], key)
         return cls(
-            metrics=report.get("metrics", {}),
-            per_image=report.get("per_image", {}),
-            model=report.get("model", {}),
-            data=report.get("data", {}),
-            settings=report.get("settings", {}),
-            environment=report.get("environment", {}),
-            notes=list(report.get("notes", [])),
+            metrics=read_metrics(report["metrics"]),
+            per_image=read_per_image(report["per_image"]),
+            model=report["model"],
+            data=report["data"],
+            settings=report["settings"],
+            environment=report["environment"],
+            notes=report["notes"],
             gate=report.get("gate"),
         )
+
+
+def short(value: object) -> str:
+    """A value from a file, for a message: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
