@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -263,3 +264,29 @@ def test_headline_numbers_read_the_typed_entries(reports):
     assert SequentialGate.from_json(reports["sequential"]["metrics"]["sequential"], "s").statistics[0].estimate == 0.97
     assert math.isnan(AuditResult(**{**vars(back), "metrics": {"accuracy": {"none": Proportion(float("nan"), None, None, 0)}}})
                       .accuracy)
+
+
+def test_a_plug_in_entry_is_typed_while_its_metric_is_registered_and_json_otherwise(reports):
+    from shiftaudit.metrics import Metric, register_metric, unregister_metric
+
+    @dataclass(frozen=True, eq=False)
+    class Score(Entry):
+        value: float
+        n: int
+
+    class Typed(Metric):
+        name, entry_type = "plugin_score", Score
+        update = compute = None  # type: ignore[assignment]
+
+    report = copy.deepcopy(reports["sampled"])
+    report["metrics"]["plugin_score"] = {"value": 0.5, "n": 6}
+    assert AuditResult.from_json(report).metrics["plugin_score"] == {"value": 0.5, "n": 6}  # unregistered: JSON
+    register_metric(Typed)
+    try:
+        assert type(AuditResult.from_json(report).metrics["plugin_score"]) is Score
+        report["metrics"]["plugin_score"]["n"] = 6.0
+        assert "(metrics.plugin_score.n is a number, not an integer)" in _refusal(report)
+        Typed.entry_type = None  # registered, declaring no type: its JSON is kept as it is
+        assert AuditResult.from_json(report).metrics["plugin_score"] == {"value": 0.5, "n": 6.0}
+    finally:
+        unregister_metric("plugin_score")
