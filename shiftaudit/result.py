@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shiftaudit.atomicio import write_json_atomic
-from shiftaudit.metrics.entries import Curve, Entry, Proportion, ReportError, Summary, join, omitted, reader, to_json
+from shiftaudit.metrics.entries import Curve, Entry, Proportion, ReportError, Summary, join, omitted, to_json
 from shiftaudit.metrics.layout import read_metrics, read_per_image
 
 SCHEMA = "shiftaudit/audit-report"
@@ -75,19 +75,20 @@ class Settings(Entry):
     engine: str
 
 
-# The report's top level: each key with its type, in the order written; "gate" only when thresholds were given.
-TOP_LEVEL: dict[str, Any] = {
-    "schema": str,
-    "schema_version": int,
-    "model": dict[str, Any],
-    "data": DataInfo,
-    "settings": Settings,
-    "environment": dict[str, Any],
-    "metrics": Any,  # read_metrics
-    "per_image": Any,  # read_per_image
-    "notes": list[str],
-    "gate": dict[str, Any],
-}
+@dataclass(frozen=True, eq=False)
+class TopLevel(Entry):
+    """The report's top level, in the order written (``gate`` only when thresholds were given)."""
+
+    schema: str
+    schema_version: int
+    model: dict[str, Any]
+    data: DataInfo
+    settings: Settings
+    environment: dict[str, Any]
+    metrics: Any  # read_metrics
+    per_image: Any  # read_per_image
+    notes: list[str]
+    gate: dict[str, Any] | None = omitted()
 
 
 @dataclass
@@ -211,15 +212,7 @@ class AuditResult:
 
     @classmethod
     def _read(cls, report: dict[str, Any]) -> AuditResult:
-        unknown = next((k for k in report if k not in TOP_LEVEL), None)
-        if unknown is not None:
-            raise ReportError(f"{join('', unknown)} is not a field shiftaudit writes")
-        missing = next((k for k in TOP_LEVEL if k not in report and k != "gate"), None)
-        if missing is not None:
-            raise ReportError(f"{missing} is missing")
-        for key, kind in TOP_LEVEL.items():
-            if key in report:
-                reader(kind)(report[key], key)
+        TopLevel.from_json(report, "")
         return cls(
             metrics=read_metrics(report["metrics"]),
             per_image=read_per_image(report["per_image"]),
