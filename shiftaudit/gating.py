@@ -217,7 +217,7 @@ def _entry(m: dict[str, Any], kind: type[E], *key: str) -> E | None:
 
 
 def _read_consistency(m: dict[str, Any], t: Threshold) -> Read:
-    key = "exact" if _entry(m, Proportion, "consistency", "exact") else "sampled"
+    key = "exact" if _entry(m, Proportion, "consistency", "exact") is not None else "sampled"
     entry = _entry(m, Proportion, "consistency", key)
     if entry is None:  # a report whose audit left consistency out (or written by hand)
         raise UsageError(f"{t.flag} needs classification consistency, which the report does not have.")

@@ -41,10 +41,13 @@ def read_metrics(obj: Any, path: str = "metrics") -> dict[str, Any]:
     not empty, and any other entry kept as its JSON value (:func:`~shiftaudit.metrics.entries.read_raw`)."""
     tree: dict[str, Any] = {}
     for key, kind in entry_types().items():
-        node = tree
+        node: Any = tree
         for part in key[:-1]:
             node = node.setdefault(part, {})
-        node.setdefault(key[-1], kind)
+            if not isinstance(node, dict):  # a key taken by a metric of its own (assemble leaves the second one out)
+                break
+        else:
+            node.setdefault(key[-1], kind)
     return _read_group(obj, tree, path)
 
 
