@@ -12,9 +12,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, TypeVar
 
 from shiftaudit.errors import UsageError
+from shiftaudit.metrics.entries import Curve, Entry, Proportion, Summary
 from shiftaudit.result import AuditResult
 
 
@@ -186,12 +187,13 @@ def unevaluated_radius_message(t: Threshold, radii: list[int] | list[float]) -> 
 @dataclass(frozen=True)
 class GateMetric:
     """A headline number a threshold can bound: what it needs, and how to read it (value, 95 % interval, estimator)
-    from a report's ``metrics``. Registered by name (:func:`register_gate`), so the gate names no metric itself."""
+    from a report's ``metrics`` (typed entries, :mod:`shiftaudit.metrics.entries`). Registered by name
+    (:func:`register_gate`), so the gate names no metric itself."""
 
     name: str
     needs_labels: bool
     needs_all_shifts: bool
-    read: Callable[[dict[str, Any], Threshold], tuple[float, float | None, float | None, str]]
+    read: Callable[[dict[str, Any], Threshold], tuple[float | None, float | None, float | None, str]]
 
 
 _GATES: dict[str, GateMetric] = {}
@@ -202,38 +204,48 @@ def register_gate(metric: GateMetric) -> GateMetric:
     return metric
 
 
-def _read_consistency(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
-    cons = m.get("consistency") or {}
-    key = "exact" if "exact" in cons else "sampled"
-    entry = cons.get(key)
+Read = tuple[float | None, float | None, float | None, str]
+E = TypeVar("E", bound=Entry)
+
+
+def _entry(m: dict[str, Any], kind: type[E], *key: str) -> E | None:
+    """The typed entry at a report key, or None where the report has none."""
+    node: Any = m
+    for part in key:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, kind) else None
+
+
+def _read_consistency(m: dict[str, Any], t: Threshold) -> Read:
+    key = "exact" if _entry(m, Proportion, "consistency", "exact") is not None else "sampled"
+    entry = _entry(m, Proportion, "consistency", key)
     if entry is None:  # a report whose audit left consistency out (or written by hand)
         raise UsageError(f"{t.flag} needs classification consistency, which the report does not have.")
-    return entry["value"], entry["ci_low"], entry["ci_high"], f"{key} consistency"
+    return entry.value, entry.ci_low, entry.ci_high, f"{key} consistency"
 
 
-def _read_accuracy(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
-    entry = m.get("accuracy", {}).get("none")
+def _read_accuracy(m: dict[str, Any], t: Threshold) -> Read:
+    entry = _entry(m, Proportion, "accuracy", "none")
     if entry is None:
         raise UsageError(f"{t.flag} needs labelled data, but the data has no labels.")
-    return entry["value"], entry["ci_low"], entry["ci_high"], "top-1 accuracy without shift"
+    return entry.value, entry.ci_low, entry.ci_high, "top-1 accuracy without shift"
 
 
-def _read_variation(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
-    entry = m.get("variation")
+def _read_variation(m: dict[str, Any], t: Threshold) -> Read:
+    entry = _entry(m, Summary, "variation")
     if entry is None:
         raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
-    return entry["mean"], entry["ci_low"], entry["ci_high"], "mean classification variation"
+    return entry.mean, entry.ci_low, entry.ci_high, "mean classification variation"
 
 
-def _read_adversarial(m: dict[str, Any], t: Threshold) -> tuple[float, float | None, float | None, str]:
-    adv = m.get("adversarial")
+def _read_adversarial(m: dict[str, Any], t: Threshold) -> Read:
+    adv = _entry(m, Curve, "adversarial")
     if adv is None:
         raise UsageError(f"{t.flag} needs labelled data and every shift evaluated.")
-    radii = adv["radius"]
-    if t.radius not in radii:
-        raise UsageError(unevaluated_radius_message(t, radii))
-    i = radii.index(t.radius)
-    return adv["accuracy"][i], adv["ci_low"][i], adv["ci_high"][i], f"max-shift adversarial accuracy at r={t.radius}"
+    if t.radius not in adv.radius:
+        raise UsageError(unevaluated_radius_message(t, adv.radius))
+    i = adv.radius.index(t.radius)
+    return adv.accuracy[i], adv.ci_low[i], adv.ci_high[i], f"max-shift adversarial accuracy at r={t.radius}"
 
 
 register_gate(GateMetric("consistency", needs_labels=False, needs_all_shifts=False, read=_read_consistency))
@@ -255,6 +267,8 @@ def evaluate_gate(result: AuditResult, thresholds: list[Threshold]) -> GateRepor
     checks: list[Check] = []
     for t in thresholds:
         value, lo, hi, estimator = _gate_metric(t).read(result.metrics, t)
+        if value is None:  # a report read back with null where the number was
+            raise UsageError(f"{t.flag} needs the {estimator}, which the report has no value for.")
         passed = value >= t.value if t.bound == "min" else value <= t.value
         checks.append(Check(t, float(value), lo, hi, bool(passed), estimator))
     return GateReport(checks)

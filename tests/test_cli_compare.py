@@ -118,3 +118,35 @@ def test_different_shift_sets_are_compared_with_a_note(pair, tmp_path):
 def test_usage_errors(pair):
     _one_line_refusal(run(pair[0]), "at least two")
     _one_line_refusal(run(*pair, "--names", "only-one"), "--names")
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda m: m.update(adversarial={}), "metrics.adversarial is empty"),  # was exit 3: the table read a curve it lacked
+        (lambda m: m.update(variation={}), "metrics.variation is empty"),
+        (lambda m: m["accuracy"].update(none={}), "metrics.accuracy.none is empty"),
+        (lambda m: m.update(accuracy={}), "metrics.accuracy is empty"),
+        (lambda m: m["accuracy"]["none"].pop("ci_high"), "metrics.accuracy.none.ci_high is missing"),
+        (lambda m: m["accuracy_map"].pop("diagonal"), "metrics.accuracy_map.diagonal is missing"),
+        (lambda m: m["consistency"]["exact"].update(value="0.9"), "metrics.consistency.exact.value is a string, not a number"),
+        (lambda m: m["adversarial"].update(n=None), "metrics.adversarial.n is null, not an integer"),
+        (lambda m: m["flip_examples"]["examples"][1].update(label=[]), "metrics.flip_examples.examples[1].label is a list"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_missing_empty_or_mistyped_entry_is_exit_2_naming_its_path(pair, tmp_path, damage, needle):
+    doc = json.loads(pair[1].read_text())
+    damage(doc["metrics"])
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(doc))
+    _one_line_refusal(run(pair[0], damaged), str(damaged), "is not a well-formed shiftaudit audit report", f"({needle}")
+
+
+def test_a_report_compares_the_same_after_a_round_trip_through_its_types(pair, tmp_path):
+    from shiftaudit.result import AuditResult
+
+    again = tmp_path / "again.json"
+    AuditResult.from_json(json.loads(pair[1].read_text())).save_json(again)
+    assert again.read_bytes() == pair[1].read_bytes()
+    assert run(pair[0], again, "--names", "a,b").stdout == run(*pair, "--names", "a,b").stdout

@@ -416,29 +416,28 @@ JSON_VALUES = st.recursive(
 )
 
 
-def _paths(node: Any, here: tuple = (), spec: Any = None) -> list[tuple]:
-    """Every path into ``node`` (lists: their first 3 items); with ``spec``, only paths the report schema names."""
+def _paths(node: Any, here: tuple = ()) -> list[tuple]:
+    """Every path into ``node`` (lists: their first 3 items)."""
     out = [here]
     if isinstance(node, dict):
         for k, v in node.items():
-            if spec is None or (isinstance(spec, dict) and k in spec):
-                out += _paths(v, (*here, k), None if spec is None else spec[k])
+            out += _paths(v, (*here, k))
     elif isinstance(node, list):
         for i, v in enumerate(node[:3]):
-            out += _paths(v, (*here, i), None if spec is None else (spec[0] if isinstance(spec, list) else spec))
+            out += _paths(v, (*here, i))
     return out
 
 
-@MANY
+@settings(MANY, derandomize=True)
 @given(data=st.data())
 def test_damaged_reports_are_compared_or_refused_in_one_sentence(report, tmp_path, data):
     """Any field of a real report replaced by any JSON value: compare either works (exit 0) or refuses in one
-    sentence with exit 2; never an internal error. Raw NaN/Infinity/1e400 tokens and deep nesting are refused."""
-    from shiftaudit.report.schema import REPORT
-
+    sentence with exit 2; never an internal error (exit 3). Raw NaN/Infinity/1e400 tokens and deep nesting are refused.
+    Every field is read into its type (``AuditResult.from_json``), so every path is fair game; the metric entries,
+    where a wrong type would bite the tables, are drawn twice as often."""
     doc = json.loads(report.read_text())
-    read = _paths(doc, spec=REPORT)[1:]  # mostly the fields compare reads, where a wrong type would bite
-    path = data.draw(st.one_of(st.sampled_from(read), st.sampled_from(read), st.sampled_from(_paths(doc)[1:])), label="field")
+    entries = _paths(doc["metrics"], ("metrics",))[1:]
+    path = data.draw(st.one_of(st.sampled_from(entries), st.sampled_from(_paths(doc)[1:])), label="field")
     value = data.draw(JSON_VALUES, label="value")
     node = doc
     for key in path[:-1]:

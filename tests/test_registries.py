@@ -3,21 +3,32 @@ shows in the JSON report, the terminal table, the HTML rows and compare, with no
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
 
 import shiftaudit
 from shiftaudit.metrics import Metric, MetricContext, Reading, ShiftBatch, metric_classes, register_metric, unregister_metric
+from shiftaudit.metrics.entries import Entry
 from shiftaudit.report.terminal import audit_rows, compare_rows
 from shiftaudit.shifts.base import ShiftMode, register_shift_mode, unregister_shift_mode
 from tests.helpers import synthetic_result, tiny_cnn
+
+
+@dataclass(frozen=True, eq=False)
+class Drop(Entry):
+    value: float | None
+    n: int
 
 
 class WorstConfidenceDrop(Metric):
     """Toy metric: per image, the largest fall of the top-1 probability from the zero shift over all shifts."""
 
     name = "worst_confidence_drop"
+    entry_type = Drop
     needs_labels = False
     needs_all_shifts = True
     display_order = 75
@@ -31,16 +42,16 @@ class WorstConfidenceDrop(Metric):
         return cls() if ctx.exhaustive else None
 
     @classmethod
-    def readings(cls, entry: dict, settings: dict) -> list[Reading]:
-        return [Reading("Worst drop of top-1 probability", entry["value"], percent=False, digits=4)]
+    def readings(cls, entry: Drop, settings: dict) -> list[Reading]:
+        return [Reading("Worst drop of top-1 probability", entry.value, percent=False, digits=4)]
 
     def update(self, batch: ShiftBatch) -> None:
         zero = batch.at(batch.p_top, batch.zero_slot).astype(np.float64)
         self.sum_drop = self.sum_drop + (zero[:, None] - batch.p_top.astype(np.float64)).max(axis=1).sum()
         self.sum_n = self.sum_n + len(batch)
 
-    def compute(self) -> dict:
-        return {"value": float(self.sum_drop[0] / self.sum_n[0]), "n": int(self.sum_n[0])}
+    def compute(self) -> Drop:
+        return Drop(float(self.sum_drop[0] / self.sum_n[0]), int(self.sum_n[0]))
 
 
 @pytest.fixture
@@ -76,6 +87,8 @@ def test_a_metric_registered_from_outside_runs_by_default_and_reaches_every_repo
     assert labels.index("Worst drop of top-1 probability") < labels.index("Adversarial accuracy, max shift 1 px")
     row = next(r for r in compare_rows([("a", result), ("b", result)]) if r.metric == "Worst drop of top-1 probability")
     assert row.values == [entry["value"], entry["value"]] and row.delta(1) == 0.0
+    back = shiftaudit.AuditResult.from_json(json.loads(json.dumps(result.to_json())))  # what compare reads
+    assert type(back.metrics["worst_confidence_drop"]) is Drop and back.metrics["worst_confidence_drop"] == entry
 
 
 def test_without_the_registration_the_report_is_unchanged(toy_metric):
@@ -256,7 +269,7 @@ def test_create_metric_passes_keyword_arguments_and_unregistering_an_unknown_nam
 def test_each_reading_comes_once_registered_or_not_and_absent_metrics_are_skipped(toy_metric):
     result = synthetic_result()
     del result.metrics["consistency"]  # a registered metric with a two-part key, absent from this report
-    result.metrics["worst_confidence_drop"] = {"value": 0.25, "n": 40}  # registered: read by its own readings only
+    result.metrics["worst_confidence_drop"] = Drop(0.25, 40)  # registered: read by its own readings only
     result.metrics["my_score"] = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}  # a caller's own: read by its name
     result.metrics["summary_only"] = {"mean": 1.0}  # no value: nothing to read
     result.metrics["a_list"] = [1, 2]

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -375,10 +376,10 @@ def test_compare_table_cells_changes_and_marks_equal_the_jsons(tmp_path):
 def _gate_on(value: float, metric: str, bound: str, threshold: float) -> bool:
     result = synthetic_result()
     m = result.metrics
-    m["consistency"]["exact"]["value"] = value
-    m["accuracy"]["none"]["value"] = value
-    m["variation"]["mean"] = value
-    m["adversarial"]["accuracy"][2] = value
+    m["consistency"]["exact"] = replace(m["consistency"]["exact"], value=value)
+    m["accuracy"]["none"] = replace(m["accuracy"]["none"], value=value)
+    m["variation"] = replace(m["variation"], mean=value)
+    m["adversarial"] = replace(m["adversarial"], accuracy=[*m["adversarial"].accuracy[:2], value, *m["adversarial"].accuracy[3:]])
     t = Threshold(metric, bound, threshold, 2 if metric == "adversarial" else None)
     return evaluate_gate(result, [t]).passed
 

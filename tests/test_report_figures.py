@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from shiftaudit.engine.runner import audit
 from shiftaudit.metrics import FlipExamples
 from shiftaudit.report import figures
 from shiftaudit.report.outputs import write_report_dir
+from shiftaudit.report.terminal import PADDING
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import assert_real_png, synthetic_result
 
@@ -148,9 +150,10 @@ def test_crop_and_subpixel_flip_examples_show_their_own_shift_and_never_say_circ
     for mode, word in (("crop", "crop shift"), ("subpixel", "sub-pixel shift")):
         r = synthetic_result()
         r.settings["shift_mode"] = r.settings["shifts"]["mode"] = mode
+        r.settings["shifts"]["padding"] = PADDING[mode]
         shift = [1, -2] if mode == "crop" else [0, 0.5]
-        for ex in r.metrics["flip_examples"]["examples"]:
-            ex["flip_shift"] = shift
+        flips = r.metrics["flip_examples"]
+        r.metrics["flip_examples"] = replace(flips, examples=[replace(ex, flip_shift=shift) for ex in flips.examples])
         pic = figures.plot_flip_examples(r, tmp_path / mode / "flips.png", dataset=_Canvases() if mode == "crop" else _Images())
         assert pic is not None
         page = render_html(r, [pic])
@@ -169,7 +172,8 @@ def test_adversarial_curve_marks_only_the_evaluated_radii(tmp_path, monkeypatch)
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(str(path), fig.axes[0]) and path)
     grid = synthetic_result()
     adv = grid.metrics["adversarial"]
-    adv.update(radius=[0, 4, 8], accuracy=adv["accuracy"][:3], ci_low=adv["ci_low"][:3], ci_high=adv["ci_high"][:3])
+    grid.metrics["adversarial"] = replace(adv, radius=[0, 4, 8], accuracy=adv.accuracy[:3], ci_low=adv.ci_low[:3],
+                                          ci_high=adv.ci_high[:3])
     figures.plot_adversarial_curve(grid, tmp_path / "grid.png")
     figures.plot_adversarial_curve(synthetic_result(), tmp_path / "window.png")
     ax = drawn[str(tmp_path / "grid.png")]

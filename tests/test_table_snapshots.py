@@ -26,6 +26,7 @@ from torch import nn
 
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.metrics.base import Reading
+from shiftaudit.metrics.entries import PairSummary, Proportion, Summary
 from shiftaudit.report.terminal import (
     CompareRow,
     _compare_min_width,
@@ -240,8 +241,8 @@ def test_inspection_names_a_blur_layer_and_a_non_square_input():
 
 def test_flip_rate_and_mean_abs_change_rows_read_as_the_json_says():
     result = synthetic_result()
-    result.metrics["flip_rate"] = {"mean": 0.015678, "ci_low": 0.00612, "ci_high": 0.025512, "n": 40}
-    result.metrics["mac"] = {"mean": 0.0334449, "ci_low": 0.02921, "ci_high": 0.03755, "n": 40}
+    result.metrics["flip_rate"] = PairSummary(0.015678, None, 0.00612, 0.025512, 40, pairs_per_image=24)
+    result.metrics["mac"] = Summary(0.0334449, None, 0.02921, 0.03755, 40)
     rows = {metric: (value, ci) for metric, value, ci in audit_rows(result)}
     assert rows["Flip rate between 1-px neighbouring shifts"] == ("1.57 %", "[0.61, 2.55]")  # a share: % to 2 decimals
     assert rows["Mean abs. change of top-1 probability"] == ("0.0334", "[0.0292, 0.0376]")  # a probability: 4 decimals
@@ -324,7 +325,7 @@ def test_a_change_below_half_a_picometre_reads_zero_and_from_there_on_as_a_numbe
 def test_sampled_consistency_names_its_pairs_and_a_question_mark_when_the_report_lacks_them():
     from shiftaudit.metrics.consistency import SampledConsistency
 
-    entry = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
+    entry = Proportion(0.9, 0.8, 0.95, 40)
     assert SampledConsistency.readings(entry, {"pairs": 5})[0].label == "Consistency (sampled, 5 pairs/image)"
     assert SampledConsistency.readings(entry, {})[0].label == "Consistency (sampled, ? pairs/image)"
 

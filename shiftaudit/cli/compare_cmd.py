@@ -18,8 +18,7 @@ from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to
 from shiftaudit.errors import UsageError
 from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
 from shiftaudit.limits import is_int
-from shiftaudit.report.schema import report_problem
-from shiftaudit.result import SCHEMA, SCHEMA_VERSION, AuditResult
+from shiftaudit.result import AuditResult, short
 
 COMPARISON_SCHEMA = "shiftaudit/comparison"
 DATA_FIELDS = ("description", "num_images", "image_size", "labelled")
@@ -64,8 +63,8 @@ def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
     baseline, the baseline recalibrated (when there is one) and the patched model, each with its suffix.
 
     The file is read without blocking (a FIFO or device is refused unread), up to a size limit, as strict JSON (no
-    NaN, Infinity or 1e400, bounded nesting), and every field compare reads is type-checked before it is used.
-    Anything else (or a newer version of a schema) is refused in one sentence.
+    NaN, Infinity or 1e400, bounded nesting), and each audit is read into its types (:meth:`AuditResult.from_json`).
+    Anything else (or a newer version of a schema) is refused in one sentence naming the field.
     """
     try:
         raw = load_json(read_regular_file(path, MAX_REPORT_BYTES, "Report"))
@@ -75,7 +74,7 @@ def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
         version = raw.get("schema_version")
         if not is_int(version) or version > 1:
             raise UsageError(
-                f"{path} uses patch report schema version {_short(version)}, newer than this shiftaudit reads (1); upgrade "
+                f"{path} uses patch report schema version {short(version)}, newer than this shiftaudit reads (1); upgrade "
                 "shiftaudit."
             )
         runs = [(suffix, _audit(raw[key], path)) for key, suffix in PATCH_RUNS if isinstance(raw.get(key), dict)]
@@ -88,31 +87,13 @@ def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
 
 
 def _audit(raw: Any, path: Path) -> AuditResult:
-    not_ours = NOT_OURS
-    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not a shiftaudit audit report; {not_ours}.")
-    version = raw.get("schema_version")
-    if not is_int(version) or version < 1:
-        raise UsageError(f"{path} is not a shiftaudit audit report (its schema_version is {_short(version)}); {not_ours}.")
-    if version > SCHEMA_VERSION:
-        raise UsageError(
-            f"{path} uses report schema version {version!r}, newer than this shiftaudit reads ({SCHEMA_VERSION}); upgrade "
-            "shiftaudit."
-        )
-    problem = report_problem(raw)
-    if problem:
-        raise UsageError(f"{path} is not a well-formed shiftaudit audit report ({problem}); {not_ours}.")
-    if isinstance(raw.get("metrics"), dict) and "sequential" in raw["metrics"]:
+    result = AuditResult.from_json(raw, str(path), NOT_OURS)
+    if "sequential" in result.metrics:
         raise UsageError(
             f"{path} is a sequential gate report: it holds only the gated estimates; rerun that eval with --exact to "
             "compare it."
         )
-    return AuditResult.from_json(raw)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return result
 
 
 def run_names(paths: list[Path], names: str | None) -> list[str]:

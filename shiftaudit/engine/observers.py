@@ -18,7 +18,9 @@ class Observer(Protocol):
 
     The engine calls ``attach`` once, ``begin_batch`` with the flattened (image slot, shift index) layout of each
     image batch, then per device chunk ``begin_chunk``/``on_inputs``/``on_logits``/``end_chunk`` (or ``abort_chunk``
-    when the chunk is retried after running out of memory), and ``detach`` at the end. ``name``: its report key.
+    when the chunk is retried after running out of memory), and ``detach`` at the end. ``name``: its report key;
+    ``compute``: its report entry (an :class:`~shiftaudit.metrics.entries.Entry` whose type is listed in
+    :data:`~shiftaudit.metrics.entries.SECTIONS` to be read back typed, or a JSON value).
     """
 
     name: str
@@ -39,7 +41,7 @@ class Observer(Protocol):
 
     def abort_chunk(self) -> None: ...
 
-    def compute(self) -> dict[str, Any]: ...
+    def compute(self) -> Any: ...
 
 
 class Progress(Protocol):

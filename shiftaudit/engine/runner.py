@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.resume import ResumeState, resume_state, subset_loader
 from shiftaudit.errors import AuditInterrupted, ModelError, Terminated
 from shiftaudit.metrics import Metric, ShiftBatch, ZeroShiftConfidence
+from shiftaudit.metrics.entries import Flips, Proportion
 from shiftaudit.metrics.layout import assemble
 from shiftaudit.result import AuditResult
 
@@ -417,10 +418,10 @@ def _add_image_paths(dataset: Any, computed: dict[str, Any], per_image: dict[str
     ids = per_image.get("image_id")
     if ids and image_path(int(ids[0])) is not None:
         per_image["path"] = [image_path(int(i)) for i in ids]
-    for ex in (computed.get("flip_examples") or {}).get("examples", []):
-        path = image_path(int(ex["image_id"]))
-        if path is not None:
-            ex["path"] = path
+    flips = computed.get("flip_examples")
+    if isinstance(flips, Flips):
+        examples = [replace(ex, path=image_path(ex.image_id)) for ex in flips.examples]
+        computed["flip_examples"] = replace(flips, examples=examples)
 
 
 LABEL_MISMATCH = "labels likely do not match the model's classes"
@@ -430,7 +431,8 @@ MISMATCH_CONFIDENCE = 0.5
 
 def label_mismatch_note(computed: dict[str, Any], metric_list: list[Metric]) -> str | None:
     """A warning note when accuracy is near zero while the model is confident: the labels, not the model, are wrong."""
-    acc = computed.get("accuracy", {}).get("none", {}).get("value")
+    entry = computed.get("accuracy", {}).get("none")
+    acc = entry.value if isinstance(entry, Proportion) else None
     conf = next((m.compute()["mean_top1"] for m in metric_list if isinstance(m, ZeroShiftConfidence)), None)
     if acc is None or conf is None or not (acc <= MISMATCH_ACCURACY and conf >= MISMATCH_CONFIDENCE):
         return None

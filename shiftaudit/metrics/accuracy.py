@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.entries import Proportion
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import proportion
 
 
-def proportion_reading(label: str, entry: dict[str, Any], digits: int = 1) -> Reading:
-    return Reading(label, entry["value"], entry["ci_low"], entry["ci_high"], digits=digits)
+def proportion_reading(label: str, entry: Proportion, digits: int = 1) -> Reading:
+    return Reading(label, entry.value, entry.ci_low, entry.ci_high, digits=digits)
 
 
 @register_metric
@@ -20,7 +21,9 @@ class AccuracyAtZeroShift(PerImageMetric):
     name = "accuracy_none"
     report_rank = 10
     report_key = ("accuracy", "none")
+    entry_type = Proportion
     per_image_column = "correct"
+    per_image_type = bool
     early_exit_safe = True  # reads the zero shift only
     display_order = 10
 
@@ -33,7 +36,7 @@ class AccuracyAtZeroShift(PerImageMetric):
         return cls() if ctx.labelled else None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Proportion, settings: dict[str, Any]) -> list[Reading]:
         return [proportion_reading("Accuracy, no shift", entry)]
 
     def update(self, batch: ShiftBatch) -> None:
@@ -41,7 +44,7 @@ class AccuracyAtZeroShift(PerImageMetric):
         pred = batch.at(batch.preds, batch.zero_slot)
         self._append(batch.image_ids, pred == batch.labels)
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Proportion:
         return proportion(self.sorted_values()[1])
 
 
@@ -52,6 +55,7 @@ class AccuracyAtRandomShift(PerImageMetric):
     name = "accuracy_random"
     report_rank = 20
     report_key = ("accuracy", "random")
+    entry_type = Proportion
     display_order = 20
 
     @classmethod
@@ -59,7 +63,7 @@ class AccuracyAtRandomShift(PerImageMetric):
         return cls() if ctx.labelled else None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Proportion, settings: dict[str, Any]) -> list[Reading]:
         return [proportion_reading("Accuracy, random shift", entry)]
 
     def update(self, batch: ShiftBatch) -> None:
@@ -67,7 +71,7 @@ class AccuracyAtRandomShift(PerImageMetric):
         pred = batch.at(batch.preds, batch.random_slot)
         self._append(batch.image_ids, pred == batch.labels)
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Proportion:
         return proportion(self.sorted_values()[1])
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, Reading, ShiftBatch
+from shiftaudit.metrics.entries import Diagonal, Grid
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.shifts.sets import ShiftSet, offset_json
 
@@ -15,6 +16,7 @@ from shiftaudit.shifts.sets import ShiftSet, offset_json
 class AccuracyMap(Metric):
     name = "accuracy_map"
     report_rank = 70
+    entry_type = Grid
     needs_all_shifts = True
     display_order = 90
     sum_correct: np.ndarray
@@ -30,9 +32,9 @@ class AccuracyMap(Metric):
         return cls(ctx.shift_set) if ctx.exhaustive and ctx.labelled else None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Grid, settings: dict[str, Any]) -> list[Reading]:
         label = "Accuracy over shifts"
-        return [Reading(label, entry["min"], part="worst"), Reading(label, entry["max"], part="best")]
+        return [Reading(label, entry.min, part="worst"), Reading(label, entry.max, part="best")]
 
     def update(self, batch: ShiftBatch) -> None:
         assert batch.labels is not None
@@ -44,7 +46,7 @@ class AccuracyMap(Metric):
         n = int(self.sum_images[0])
         return self.sum_correct / n if n else np.full(len(self.shift_set), np.nan)
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Grid:
         ss = self.shift_set
         acc = self.per_shift()
         hs = np.unique(ss.dh)
@@ -56,12 +58,12 @@ class AccuracyMap(Metric):
             grid[hpos[ss.dh[k].item()]][wpos[ss.dw[k].item()]] = float(acc[k])
         diag = np.flatnonzero(ss.dh == ss.dw)
         diag = diag[np.argsort(ss.dh[diag])]
-        return {
-            "dh": [offset_json(v) for v in hs],
-            "dw": [offset_json(v) for v in ws],
-            "accuracy": grid,
-            "diagonal": {"shift": [offset_json(ss.dh[k]) for k in diag], "accuracy": [float(acc[k]) for k in diag]},
-            "min": float(np.nanmin(acc)) if acc.size else float("nan"),
-            "max": float(np.nanmax(acc)) if acc.size else float("nan"),
-            "n": int(self.sum_images[0]),
-        }
+        return Grid(
+            dh=[offset_json(v) for v in hs],
+            dw=[offset_json(v) for v in ws],
+            accuracy=grid,
+            diagonal=Diagonal(shift=[offset_json(ss.dh[k]) for k in diag], accuracy=[float(acc[k]) for k in diag]),
+            min=float(np.nanmin(acc)) if acc.size else float("nan"),
+            max=float(np.nanmax(acc)) if acc.size else float("nan"),
+            n=int(self.sum_images[0]),
+        )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.entries import Curve
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import wilson_interval
 from shiftaudit.shifts.sets import ShiftSet
@@ -35,6 +36,7 @@ def radius_json(v: float | int) -> int | float | None:
 class AdversarialCurve(PerImageMetric):
     name = "adversarial"
     report_rank = 60
+    entry_type = Curve
     per_image_column = "first_failure_radius"
     needs_all_shifts = True
     early_exit_safe = True  # an image's first misclassified shift is all it needs
@@ -49,10 +51,10 @@ class AdversarialCurve(PerImageMetric):
         return cls(ctx.shift_set) if ctx.exhaustive and ctx.labelled else None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Curve, settings: dict[str, Any]) -> list[Reading]:
         return [
             Reading(f"Adversarial accuracy, max shift {r} px", a, lo, hi, radius=r)
-            for r, a, lo, hi in zip(entry["radius"], entry["accuracy"], entry["ci_low"], entry["ci_high"])
+            for r, a, lo, hi in zip(entry.radius, entry.accuracy, entry.ci_low, entry.ci_high)
         ]
 
     def __init__(self, shift_set: ShiftSet) -> None:
@@ -74,15 +76,9 @@ class AdversarialCurve(PerImageMetric):
         dt = np.float64 if self.fractional else np.int64
         return self.sorted_values()[1].astype(dt) if self.values.size else np.zeros(0, dt)
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Curve:
         first = self.first_failure()
         n = int(first.size)
         acc = [float((first > r).mean()) if n else float("nan") for r in self.radii]
         ci = [wilson_interval(a, n) for a in acc]
-        return {
-            "radius": list(self.radii),
-            "accuracy": acc,
-            "ci_low": [c[0] for c in ci],
-            "ci_high": [c[1] for c in ci],
-            "n": n,
-        }
+        return Curve(radius=list(self.radii), accuracy=acc, ci_low=[c[0] for c in ci], ci_high=[c[1] for c in ci], n=n)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from shiftaudit.metrics.entries import Entry
 
 
 @dataclass
@@ -88,8 +91,10 @@ class Metric(ABC):
 
     What the rest of the package needs to know of a metric is declared here, so the engine, the report layout, the
     tables and the strategies iterate the registry (:mod:`shiftaudit.metrics.registry`) instead of naming metrics:
-    ``report_key`` (where :meth:`compute` goes under the report's ``metrics``), ``per_image_column`` (the value kept
-    per image, in ``per_image``), ``needs_labels``/``needs_all_shifts``, ``early_exit_safe`` (needs only the zero shift
+    ``report_key`` (where :meth:`compute` goes under the report's ``metrics``), ``entry_type`` (the type
+    :meth:`compute` returns, an :class:`~shiftaudit.metrics.entries.Entry`: the report is written from it and read back
+    into it; None: a JSON value kept as it is), ``per_image_column`` (the value kept per image, in ``per_image``) and
+    ``per_image_type`` (its JSON type), ``needs_labels``/``needs_all_shifts``, ``early_exit_safe`` (needs only the zero shift
     and each image's first misclassified shift), ``reported`` (False: read by the engine, never written),
     ``report_rank`` and ``display_order`` (position in the report and in the tables), :meth:`readings` (the numbers
     people read) and :meth:`default_for` (whether a default audit includes it). State is declared with
@@ -100,7 +105,9 @@ class Metric(ABC):
     name: ClassVar[str]
     report_key: ClassVar[tuple[str, ...] | None] = None  # None: (name,)
     report_rank: ClassVar[int] = 1000  # position in the report's metrics/per_image (ties: registration order)
+    entry_type: ClassVar[type[Entry] | None] = None
     per_image_column: ClassVar[str | None] = None
+    per_image_type: ClassVar[Any] = float | None
     needs_labels: ClassVar[bool] = True
     needs_all_shifts: ClassVar[bool] = False
     early_exit_safe: ClassVar[bool] = False
@@ -111,7 +118,8 @@ class Metric(ABC):
     def update(self, batch: ShiftBatch) -> None: ...
 
     @abstractmethod
-    def compute(self) -> dict[str, Any]: ...
+    def compute(self) -> Any:
+        """The report entry: an instance of ``entry_type`` (or, without one, a JSON value)."""
 
     @classmethod
     def key(cls) -> tuple[str, ...]:
@@ -128,7 +136,7 @@ class Metric(ABC):
         return None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Any, settings: dict[str, Any]) -> list[Reading]:
         """The numbers of this metric's report entry that tables show; by default its ``value`` with its interval."""
         return value_readings(cls.name, entry)
 
@@ -163,7 +171,7 @@ class Metric(ABC):
         self.load_state_dict(reduce_states(self.reductions(), [self.state_dict(), other.state_dict()]))
 
 
-def value_readings(name: str, entry: dict[str, Any]) -> list[Reading]:
+def value_readings(name: str, entry: Mapping[str, Any]) -> list[Reading]:
     """A report entry's ``value`` (with its interval, if any) as a plain number labelled by the metric's name."""
     if "value" not in entry:
         return []

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.entries import Proportion
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import proportion
 
@@ -18,6 +19,7 @@ class SampledConsistency(PerImageMetric):
     name = "consistency_sampled"
     report_rank = 30
     report_key = ("consistency", "sampled")
+    entry_type = Proportion
     per_image_column = "sampled_agreement"
     needs_labels = False
     display_order = 40
@@ -27,18 +29,17 @@ class SampledConsistency(PerImageMetric):
         return cls()
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Proportion, settings: dict[str, Any]) -> list[Reading]:
         k = settings.get("pairs", "?")
-        return [Reading(f"Consistency (sampled, {k} pairs/image)", entry["value"], entry["ci_low"], entry["ci_high"], digits=2)]
+        return [Reading(f"Consistency (sampled, {k} pairs/image)", entry.value, entry.ci_low, entry.ci_high, digits=2)]
 
     def update(self, batch: ShiftBatch) -> None:
         a = batch.at(batch.preds, batch.pair_slots[:, :, 0])
         b = batch.at(batch.preds, batch.pair_slots[:, :, 1])
         self._append(batch.image_ids, (a == b).mean(axis=1))
 
-    def compute(self) -> dict[str, Any]:
-        out = proportion(self.sorted_values()[1])
-        return out
+    def compute(self) -> Proportion:
+        return proportion(self.sorted_values()[1])
 
 
 @register_metric
@@ -52,6 +53,7 @@ class ExactConsistency(PerImageMetric):
     name = "consistency_exact"
     report_rank = 40
     report_key = ("consistency", "exact")
+    entry_type = Proportion
     per_image_column = "exact_consistency"
     needs_labels = False
     needs_all_shifts = True
@@ -62,8 +64,8 @@ class ExactConsistency(PerImageMetric):
         return cls() if ctx.exhaustive else None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
-        return [Reading("Consistency (exact, all shifts)", entry["value"], entry["ci_low"], entry["ci_high"], digits=2)]
+    def readings(cls, entry: Proportion, settings: dict[str, Any]) -> list[Reading]:
+        return [Reading("Consistency (exact, all shifts)", entry.value, entry.ci_low, entry.ci_high, digits=2)]
 
     def update(self, batch: ShiftBatch) -> None:
         preds = batch.preds
@@ -73,5 +75,5 @@ class ExactConsistency(PerImageMetric):
         share = counts / float(s)
         self._append(batch.image_ids, (share * share).sum(axis=1))
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Proportion:
         return proportion(self.sorted_values()[1])

@@ -7,11 +7,10 @@ image id), so the state and the JSON stay small however large the data set is.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, ShiftBatch
+from shiftaudit.metrics.entries import FlipExample, Flips
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.shifts.sets import ShiftSet, offset_json
 
@@ -29,6 +28,7 @@ class FlipExamples(Metric):
 
     name = "flip_examples"
     report_rank = 80
+    entry_type = Flips
     needs_all_shifts = True
     ids: np.ndarray
     label: np.ndarray
@@ -119,7 +119,7 @@ class FlipExamples(Metric):
         super().load_state_dict(state)
         self._truncate()
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Flips:
         ss = self.shift_set
         dh, dw = ss.dh[self.stored], ss.dw[self.stored]
         hs, ws = np.unique(dh), np.unique(dw)
@@ -133,22 +133,15 @@ class FlipExamples(Metric):
                 grid[hpos[h.item()]][wpos[w.item()]] = round(v, 4) if np.isfinite(v) else None
             f = int(self.flip_shift[k])
             examples.append(
-                {
-                    "image_id": int(self.ids[k]),
-                    "label": int(self.label[k]),
-                    "first_failure_radius": offset_json(self.radius[k]),
-                    "flip_shift": [offset_json(ss.dh[f]), offset_json(ss.dw[f])],
-                    "flip_prediction": int(self.flip_pred[k]),
-                    "p_correct": grid,
-                }
+                FlipExample(
+                    image_id=int(self.ids[k]),
+                    label=int(self.label[k]),
+                    first_failure_radius=offset_json(self.radius[k]),
+                    flip_shift=[offset_json(ss.dh[f]), offset_json(ss.dw[f])],
+                    flip_prediction=int(self.flip_pred[k]),
+                    p_correct=grid,
+                )
             )
-        out: dict[str, Any] = {
-            "limit": self.limit,
-            "dh": [offset_json(v) for v in hs],
-            "dw": [offset_json(v) for v in ws],
-            "examples": examples,
-        }
-        if self.reference == "prediction":
-            # unlabelled: "label" is the class predicted at zero shift, "p_correct" 1 where a shift keeps it, 0 where not
-            out["reference"] = "zero-shift prediction"
-        return out
+        # unlabelled: "label" is the class predicted at zero shift, "p_correct" 1 where a shift keeps it, 0 where not
+        reference = "zero-shift prediction" if self.reference == "prediction" else None
+        return Flips(self.limit, [offset_json(v) for v in hs], [offset_json(v) for v in ws], examples, reference)

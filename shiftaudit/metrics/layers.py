@@ -32,6 +32,7 @@ from torch import nn
 
 from shiftaudit.antialias.inspection import inspect_model, is_spatial_op
 from shiftaudit.errors import UsageError
+from shiftaudit.metrics.entries import Distances, Layer, LayerDistances
 from shiftaudit.module_inputs import input_tensor
 from shiftaudit.shifts.modes.circular import ShiftBank
 from shiftaudit.shifts.sets import ShiftSet
@@ -159,6 +160,7 @@ class FeatureDistance:
     """Engine observer measuring equivariance/invariance distances of chosen layers over the whole shift set."""
 
     name = "layers"
+    entry_type = LayerDistances
 
     def __init__(self, layers: list[LayerSpec], shift_set: ShiftSet) -> None:
         if not layers:
@@ -314,7 +316,7 @@ class FeatureDistance:
         return _cos_distance(rolled, up_shifted)
 
     # -- results --------------------------------------------------------------------------------------------------
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> LayerDistances:
         ss = self.shift_set
         hs, ws = np.unique(ss.dh), np.unique(ss.dw)
         hpos = {int(v): i for i, v in enumerate(hs)}
@@ -337,20 +339,20 @@ class FeatureDistance:
 
             stride = max(1, round(self.H / st.size[0]))
             out_layers.append(
-                {
-                    "name": spec.name,
-                    "module": spec.module,
-                    "where": spec.where,
-                    "resolution": list(st.size),
-                    "channels": st.channels,
-                    "stride": stride,
-                    "reference_distance": ref,
-                    "equivariance": {"mean": float(eq.mean()), "max": float(eq.max()), "map": grid(eq)},
-                    "invariance": {"mean": float(inv.mean()), "max": float(inv.max()), "map": grid(inv)},
-                    "exact_modulo": exact_modulo(eq, ss, ref),
-                }
+                Layer(
+                    name=spec.name,
+                    module=spec.module,
+                    where=spec.where,
+                    resolution=list(st.size),
+                    channels=st.channels,
+                    stride=stride,
+                    reference_distance=ref,
+                    equivariance=Distances(float(eq.mean()), float(eq.max()), grid(eq)),
+                    invariance=Distances(float(inv.mean()), float(inv.max()), grid(inv)),
+                    exact_modulo=exact_modulo(eq, ss, ref),
+                )
             )
-        return {"dh": [int(v) for v in hs], "dw": [int(v) for v in ws], "layers": out_layers}
+        return LayerDistances(dh=[int(v) for v in hs], dw=[int(v) for v in ws], layers=out_layers)
 
 
 def exact_modulo(distance: np.ndarray, shift_set: ShiftSet, reference: float, tol: float = 1e-4) -> int | None:

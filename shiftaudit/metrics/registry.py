@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from shiftaudit.metrics.base import Metric, MetricContext
+from shiftaudit.metrics.entries import SECTIONS, Entry
 
 M = TypeVar("M", bound=type[Metric])
 
@@ -58,6 +59,12 @@ def default_metrics(ctx: MetricContext) -> list[Metric]:
         if metric is not None:
             out.append(metric)
     return out
+
+
+def entry_types() -> dict[tuple[str, ...], type[Entry] | None]:
+    """The report key of every reported metric with the type of its entry (None: a JSON value kept as it is), and
+    of the sections the engine writes beside them (:data:`~shiftaudit.metrics.entries.SECTIONS`)."""
+    return {**{cls.key(): cls.entry_type for cls in metric_classes() if cls.reported}, **SECTIONS}
 
 
 def report_order(metrics: list[Metric]) -> list[Metric]:

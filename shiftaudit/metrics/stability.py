@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.entries import PairSummary, Summary
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import summary
 from shiftaudit.shifts.sets import ShiftSet
@@ -44,6 +45,7 @@ def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
 class FlipRate(PerImageMetric):
     name = "flip_rate"
     report_rank = 90
+    entry_type = PairSummary
     needs_labels = False
     needs_all_shifts = True
     display_order = 60
@@ -63,13 +65,13 @@ class FlipRate(PerImageMetric):
         return None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: PairSummary, settings: dict[str, Any]) -> list[Reading]:
         return [
             Reading(
                 "Flip rate between 1-px neighbouring shifts",
-                entry["mean"],
-                entry["ci_low"],
-                entry["ci_high"],
+                entry.mean,
+                entry.ci_low,
+                entry.ci_high,
                 digits=2,
                 ci_digits=2,
             )
@@ -86,16 +88,16 @@ class FlipRate(PerImageMetric):
         flips = preds[:, self.pairs[:, 0]] != preds[:, self.pairs[:, 1]]
         self._append(batch.image_ids, flips.mean(axis=1))
 
-    def compute(self) -> dict[str, Any]:
-        out = summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a share of pairs
-        out["pairs_per_image"] = int(self.pairs.shape[0])
-        return out
+    def compute(self) -> PairSummary:
+        share = summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a share of pairs
+        return PairSummary(**share, pairs_per_image=int(self.pairs.shape[0]))
 
 
 @register_metric
 class MeanAbsoluteChange(PerImageMetric):
     name = "mac"
     report_rank = 100
+    entry_type = Summary
     needs_labels = False
     display_order = 70
 
@@ -104,13 +106,13 @@ class MeanAbsoluteChange(PerImageMetric):
         return cls()
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Summary, settings: dict[str, Any]) -> list[Reading]:
         return [
             Reading(
                 "Mean abs. change of top-1 probability",
-                entry["mean"],
-                entry["ci_low"],
-                entry["ci_high"],
+                entry.mean,
+                entry.ci_low,
+                entry.ci_high,
                 percent=False,
                 digits=4,
                 ci_digits=4,
@@ -122,5 +124,5 @@ class MeanAbsoluteChange(PerImageMetric):
         b = batch.at(batch.p_top, batch.pair_slots[:, :, 1]).astype(np.float64)
         self._append(batch.image_ids, np.abs(a - b).mean(axis=1))
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Summary:
         return summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a change of a probability

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from shiftaudit.metrics.entries import Proportion, Summary
+
 Z95 = 1.959963984540054
 
 
@@ -37,15 +39,15 @@ def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float]:
     return (m - half, m + half)
 
 
-def proportion(values: np.ndarray) -> dict[str, float | int]:
+def proportion(values: np.ndarray) -> Proportion:
     """Mean of per-image values in [0, 1] with its Wilson interval over images."""
     n = int(values.size)
     p = float(values.mean()) if n else float("nan")
     lo, hi = wilson_interval(p, n)
-    return {"value": p, "ci_low": lo, "ci_high": hi, "n": n}
+    return Proportion(p, lo, hi, n)
 
 
-def summary(values: np.ndarray, bounds: tuple[float, float] | None = None) -> dict[str, float | int]:
+def summary(values: np.ndarray, bounds: tuple[float, float] | None = None) -> Summary:
     """Mean (with its normal-approximation 95 % interval) and median of per-image values.
 
     ``bounds``: the range the quantity cannot leave (a standard deviation of a probability, a share): the interval is
@@ -54,10 +56,10 @@ def summary(values: np.ndarray, bounds: tuple[float, float] | None = None) -> di
     lo, hi = mean_interval(values)
     if bounds is not None and values.size:
         lo, hi = min(max(lo, bounds[0]), bounds[1]), min(max(hi, bounds[0]), bounds[1])
-    return {
-        "mean": float(values.mean()) if values.size else float("nan"),
-        "median": float(np.median(values)) if values.size else float("nan"),
-        "ci_low": lo,
-        "ci_high": hi,
-        "n": int(values.size),
-    }
+    return Summary(
+        mean=float(values.mean()) if values.size else float("nan"),
+        median=float(np.median(values)) if values.size else float("nan"),
+        ci_low=lo,
+        ci_high=hi,
+        n=int(values.size),
+    )

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from shiftaudit.metrics.base import Metric, MetricContext, PerImageMetric, Reading, ShiftBatch
+from shiftaudit.metrics.entries import Summary
 from shiftaudit.metrics.registry import register_metric
 from shiftaudit.metrics.stats import summary
 
@@ -15,6 +16,7 @@ from shiftaudit.metrics.stats import summary
 class Variation(PerImageMetric):
     name = "variation"
     report_rank = 50
+    entry_type = Summary
     per_image_column = "variation"
     needs_all_shifts = True
     display_order = 50
@@ -24,11 +26,11 @@ class Variation(PerImageMetric):
         return cls() if ctx.exhaustive and ctx.labelled else None
 
     @classmethod
-    def readings(cls, entry: dict[str, Any], settings: dict[str, Any]) -> list[Reading]:
+    def readings(cls, entry: Summary, settings: dict[str, Any]) -> list[Reading]:
         label = "Variation of P(correct)"
         return [
-            Reading(label, entry["mean"], entry["ci_low"], entry["ci_high"], percent=False, digits=4, ci_digits=4, part="mean"),
-            Reading(label, entry["median"], percent=False, digits=4, part="median"),
+            Reading(label, entry.mean, entry.ci_low, entry.ci_high, percent=False, digits=4, ci_digits=4, part="mean"),
+            Reading(label, entry.median, percent=False, digits=4, part="median"),
         ]
 
     def update(self, batch: ShiftBatch) -> None:
@@ -36,5 +38,5 @@ class Variation(PerImageMetric):
         p = batch.p_label.astype(np.float64)
         self._append(batch.image_ids, p.std(axis=1))
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> Summary:
         return summary(self.sorted_values()[1], bounds=(0.0, 1.0))  # a std of a probability

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -74,10 +74,8 @@ def result_readings(result: AuditResult, curves: str = "headline") -> list[Readi
     claimed = set()
     for cls in sorted(metric_classes(), key=lambda c: c.display_order):
         claimed.add(cls.key()[0])
-        entry: Any = m
-        for part in cls.key():
-            entry = entry.get(part) if isinstance(entry, dict) else None
-        if not isinstance(entry, dict):
+        entry = result.entry(*cls.key())
+        if not isinstance(entry, Mapping):  # an entry, or a plug-in metric's JSON object
             continue
         found = cls.readings(entry, result.settings)
         if curves == "headline":
