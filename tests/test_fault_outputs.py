@@ -6,6 +6,9 @@
 - A model whose forward raises SystemExit(0) or another BaseException fails the run (exit 2): a CI gate never
   passes without a report.
 - Rich markup, newlines and escape sequences in user strings are printed literally, on one line.
+- (issue 24) A reader that leaves (``| head -1``) or a closed stdout costs no file and is never blamed on the model;
+  names at the file system's length limit are written, longer ones refused before any work; a reused --out folder
+  keeps no picture of an earlier run; control characters are escaped in every printed line.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -536,8 +540,8 @@ def test_markup_in_folder_and_file_names_is_printed_literally(setup, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(report.read_text())["model"]["source"].endswith("ck[/]pt[red].pt")
     assert f"wrote {report}" in res.stdout.splitlines()
-    title = "".join(line.rstrip() for line in res.stdout.splitlines())  # the title wraps at the table's width
-    assert "[bold]data[/]: 3 images" in title and "(" + str(model) + ")" in title
+    title = "".join(res.stdout.split())  # the title wraps at the table's width, at a space or inside a word
+    assert "[bold]data[/]:3images" in title and "(" + str(model) + ")" in title
 
 
 def test_markup_and_emoji_codes_in_an_error_are_literal(tmp_path):
@@ -601,3 +605,217 @@ def test_a_quoted_tilde_is_a_folder_named_tilde_like_for_any_tool(setup, tmp_pat
     res = cli(*eval_args(setup, "--json", "~/r.json"))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "~" / "r.json").is_file() and not (tmp_path / "home").exists()
+
+
+# -- issue 24: a closed stdout never costs a file --------------------------------------------------------------------
+def shiftaudit_process(setup, args: list[object], *, stdout: object = subprocess.PIPE, stderr: object = subprocess.PIPE,
+                       close_stdout: bool = False, shell_tail: str = "") -> subprocess.CompletedProcess[str]:
+    """The real CLI in its own process, with the test models importable. ``close_stdout``: started with descriptor 1
+    closed (``>&-``); ``shell_tail``: run by bash with this after the command (``| head -1``), the exit status being
+    the CLI's own."""
+    root = setup[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "pkgs"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shiftaudit", *map(str, args)]
+    if shell_tail:
+        cmd = ["bash", "-c", f'"$@" {shell_tail}; exit "${{PIPESTATUS[0]}}"', "bash", *cmd]
+    return subprocess.run(cmd, stdout=stdout, stderr=stderr, text=True, env=env, timeout=60,
+                          preexec_fn=(lambda: os.close(1)) if close_stdout else None)
+
+
+@contextlib.contextmanager
+def reader_gone() -> object:
+    """The write end of a pipe whose reader has already left: every write to it fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        yield write
+    finally:
+        os.close(write)
+
+
+def assert_all_outputs_whole(tmp_path: Path) -> None:
+    assert json.loads((tmp_path / "r.json").read_text())["schema"].startswith("shiftaudit/")
+    ET.parse(tmp_path / "j.xml")
+    folder = tmp_path / "report"
+    assert {"report.json", "report.html", "adversarial.png"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "report.json").read_text()) == json.loads((tmp_path / "r.json").read_text())
+    assert (folder / "report.html").read_text().rstrip().endswith("</html>")
+    assert not leftovers(tmp_path)
+
+
+def assert_no_blame(stderr: str | None) -> None:
+    if stderr is None:
+        return
+    for said in ("Traceback", "the model", "The model", "internal error", "BrokenPipe", "Exception ignored"):
+        assert said not in stderr, stderr
+
+
+GATE_PASSES, GATE_FAILS = ("--min-consistency", "0"), ("--min-accuracy", "1")  # the tiny model gets 1 of 3 right
+
+
+@pytest.mark.parametrize("how, gate, code", [
+    pytest.param("reader gone", GATE_PASSES, 0, id="reader gone-gate passes"),
+    pytest.param("reader gone", GATE_FAILS, 1, id="reader gone-gate fails", marks=pytest.mark.slow),
+    pytest.param("| head -1", GATE_PASSES, 0, id="head -1", marks=pytest.mark.slow),
+    pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed", marks=pytest.mark.slow),
+    pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails", marks=pytest.mark.slow),
+])
+def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(setup, tmp_path, how, gate, code):
+    """`shiftaudit eval ... | head -1`: rich used to raise SystemExit(1) on the broken pipe, which the run took for
+    the model's exit (exit 2, "the model's code stopped the run") and the report files, written after the table, were
+    lost. Now the table is cut, the files are written whole and the exit code is the run's own (the gate's verdict)."""
+    args = eval_args(setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml",
+                     *gate)
+    if how == "reader gone":
+        with reader_gone() as pipe:
+            proc = shiftaudit_process(setup, args, stdout=pipe)
+    elif how == "| head -1":
+        proc = shiftaudit_process(setup, args, shell_tail="| head -1")
+    elif how == "stdout closed":
+        proc = shiftaudit_process(setup, args, close_stdout=True)
+    else:
+        with reader_gone() as pipe:
+            proc = shiftaudit_process(setup, args, stderr=pipe)
+    assert proc.returncode == code, proc.stderr
+    assert_no_blame(proc.stderr)
+    assert_all_outputs_whole(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["reader gone", pytest.param("stdout closed", marks=pytest.mark.slow)])
+def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(setup, tmp_path, how):
+    """`--json -` with its reader gone, or stdout closed: the files were written first (stdout comes last in a run),
+    and the run ends like a writer killed by SIGPIPE, 141, with no traceback (it was exit 3, "internal error")."""
+    args = eval_args(setup, "--json", "-", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml",
+                     "--min-consistency", "0")
+    if how == "reader gone":
+        with reader_gone() as pipe:
+            proc = shiftaudit_process(setup, args, stdout=pipe)
+    else:
+        proc = shiftaudit_process(setup, args, close_stdout=True)
+    assert proc.returncode == 141, proc.stderr
+    assert_no_blame(proc.stderr)
+    ET.parse(tmp_path / "j.xml")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["schema"].startswith("shiftaudit/")
+    assert not leftovers(tmp_path)
+
+
+def test_a_closed_stdout_is_held_by_dev_null_so_no_file_takes_its_number(setup):
+    """Started with descriptor 1 closed (`>&-`), the next file opened would be number 1, and anything a library writes
+    to "stdout" would land in it (a report being written, say). The CLI holds /dev/null there first."""
+    code = ("import os, sys\nfrom shiftaudit.cli import main\nsys.argv = ['shiftaudit', '--version']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nos.write(2, str(os.open(os.devnull, os.O_RDONLY)).encode())")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and proc.stderr == "3", proc.stderr
+
+
+def test_version_to_a_reader_that_left_is_141_and_silent(setup):
+    with reader_gone() as pipe:
+        proc = shiftaudit_process(setup, ["--version"], stdout=pipe)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+# -- issue 24: names at the file system's length limit ----------------------------------------------------------------
+def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
+    """``folder`` / a name of exactly ``size`` bytes ending in ``ext``."""
+    return folder / (fill * (size - len(ext)) + ext)
+
+
+NAME_MAX = 255  # ext4, tmpfs, xfs, btrfs: what the temporary folders of a test run are on
+
+
+def test_outputs_named_at_the_file_systems_limit_are_written(setup, tmp_path):
+    """Every output of every command with a name of exactly NAME_MAX bytes: the temporary file beside it (and the
+    backup of the file it replaces) used to be `.NAME.xxxxxxxx.ext`, too long, so a whole audit ran and then could not
+    save ("file name too long")."""
+    assert os.pathconf(tmp_path, "PC_NAME_MAX") == NAME_MAX
+    root, ckpt, data, reports = setup
+    report, junit, state = named(tmp_path, NAME_MAX), named(tmp_path, NAME_MAX, ".xml"), named(tmp_path, NAME_MAX, ".npz")
+    folder = named(tmp_path, NAME_MAX, "", fill="o")
+    report.write_text("an earlier report, replaced")
+    res = cli(*eval_args(setup, "--json", report, "--junit", junit, "--out", folder, "--resume", state,
+                         "--min-consistency", "0", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(report.read_text()) == json.loads((folder / "report.json").read_text())
+    ET.parse(junit)
+    assert not state.exists()  # deleted once the report is written, as always
+    model, patch_json = named(tmp_path, NAME_MAX, ".safetensors", fill="m"), named(tmp_path, NAME_MAX, fill="p")
+    res = cli("patch", ckpt, "--arch", f"{MODULE}:tiny", "--size", "16", "-o", model, "--json", patch_json)
+    assert res.exit_code == 0, res.output
+    assert model.stat().st_size > 0 and json.loads(patch_json.read_text())
+    for args in (["compare", *reports, "--json"], ["inspect", ckpt, "--arch", f"{MODULE}:tiny", "--size", "16", "--json"]):
+        out = named(tmp_path, NAME_MAX, fill=args[0][0])
+        res = cli(*args, out)
+        assert res.exit_code == 0, res.output
+        assert json.loads(out.read_text())["schema"].startswith("shiftaudit/")
+    assert not leftovers(tmp_path)
+
+
+def test_a_failed_rename_puts_back_a_file_named_at_the_limit(tmp_path, monkeypatch):
+    """The hard-link backup beside a replaced file has a name that fits too: without it the file cannot be put back."""
+    first, second = named(tmp_path, NAME_MAX, fill="a"), tmp_path / "b.json"
+    first.write_text("old a")
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(dst) == second:
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError, match="no output of this run was written"), all_or_nothing():
+        write_json_atomic(first, {"new": 1})
+        write_json_atomic(second, {"new": 2})
+    assert first.read_text() == "old a" and not second.exists()
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("flag", FILE_FLAGS + FOLDER_FLAGS)
+def test_an_output_name_over_the_limit_is_one_sentence_before_any_work(setup, tmp_path, monkeypatch, flag):
+    forbid_audit(monkeypatch)
+    if flag == "eval --out/report.json":  # a folder whose name is over the limit, holding report.json
+        target = named(tmp_path, NAME_MAX + 1, "", fill="o") / "report.json"
+    else:
+        target = named(tmp_path, NAME_MAX + 1)
+    res = cli(*command(setup, flag, target))
+    said = {"-o": "--output", "--out/report.json": "--out"}.get(flag.split()[1], flag.split()[1])
+    assert_clean_error(res, said, f"{NAME_MAX + 1} bytes", f"more than the {NAME_MAX}", "shorter name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_path_at_the_path_limit_is_written_and_a_longer_one_refused_before_any_work(setup, tmp_path, monkeypatch):
+    """PATH_MAX (4096 bytes with the NUL): a relative path of 4095 bytes is written, although the temporary file
+    beside it has a longer name than the report (it is cut to fit); 4096 bytes is refused before the model loads."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path(*["d" * 250] * 16)  # 4,015 bytes, folders made one level at a time
+    folder.mkdir(parents=True)
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    report = named(folder, limit - len(str(folder)) - 1)
+    assert len(str(report)) == limit
+    res = cli(*eval_args(setup, "--json", report, "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(Path(report).read_text())["schema"].startswith("shiftaudit/")
+    forbid_audit(monkeypatch)
+    res = cli(*eval_args(setup, "--json", named(folder, limit - len(str(folder)))))
+    assert_clean_error(res, "--json", f"{limit + 1:,} bytes long, more than the {limit}")
+    assert [p.name for p in folder.iterdir()] == [report.name]
+
+
+@pytest.mark.parametrize("what", ["eval model", "--data", "--class-map", "compare report", "inspect model", "patch model"])
+def test_an_over_long_input_name_is_one_sentence_exit_2(setup, tmp_path, what):
+    """A model, data or class-map name over NAME_MAX: one sentence and exit 2 (the model and --data were exit 3,
+    "internal error (OSError: [Errno 36] File name too long ...)")."""
+    _, ckpt, data, reports = setup
+    long = named(tmp_path, NAME_MAX + 45, ".pt")
+    arch = ["--arch", f"{MODULE}:tiny", "--size", "16"]
+    args = {
+        "eval model": ["eval", long, *arch, "--data", data],
+        "--data": ["eval", ckpt, *arch, "--data", long],
+        "--class-map": ["eval", ckpt, *arch, "--data", data, "--class-map", long],
+        "compare report": ["compare", reports[0], long],
+        "inspect model": ["inspect", long, *arch],
+        "patch model": ["patch", long, *arch],
+    }[what]
+    assert_clean_error(cli(*args), str(long)[:60])
+    assert not list(tmp_path.iterdir())
