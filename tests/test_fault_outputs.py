@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -36,13 +38,14 @@ from shiftaudit.atomicio import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from shiftaudit.errors import OutputError
+from shiftaudit.errors import OutputError, one_line
 from tests.helpers import (
     assert_clean_error,
     cli,
     synthetic_result,
     tiny_models_on_path,
     write_image_folder,
+    write_images,
 )
 
 MODULE = "sa_fault_outputs_models"
@@ -819,3 +822,87 @@ def test_an_over_long_input_name_is_one_sentence_exit_2(setup, tmp_path, what):
     }[what]
     assert_clean_error(cli(*args), str(long)[:60])
     assert not list(tmp_path.iterdir())
+
+
+# -- issue 24: control characters in every printed line --------------------------------------------------------------
+# ESC sequences, carriage return, newline, bell, C1 NEL and CSI, a bidi override, rich markup
+NASTY = "\x1b[31m\r\n\x07\x85\x9b\u202e[bold]"
+RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")  # all but "\n"
+
+
+def assert_no_raw_control(text: str) -> None:
+    found = RAW_CONTROL.search(text)
+    assert found is None, f"raw {found.group()!r} at {found.start()}: {text[max(0, found.start() - 80):found.end() + 40]!r}"
+
+
+def test_control_characters_in_every_user_string_are_escaped_in_every_printed_line(setup, tmp_path):
+    """Folder, class and file names, notes, table titles, "wrote" lines and gate lines: rich strips some controls
+    (BEL, CR) and passes the rest (ESC, CSI, a bidi override) straight to the terminal; the HTML page and the JUnit
+    file held them raw (the JUnit file did not parse)."""
+    data = tmp_path / f"data{NASTY}"
+    for i, name in enumerate(["c\x1b[32mat", "do\rg\n", f"b\x9bird{NASTY}"]):
+        write_images(data / name, 1, seed=i)
+    (data / "c\x1b[32mat" / "bro\x1bken\u202e.png").write_bytes(b"not an image")  # skipped, named in a note
+    out, report, junit = tmp_path / f"out{NASTY}", tmp_path / f"r{NASTY}.json", tmp_path / f"j{NASTY}.xml"
+    _, ckpt, _, _ = setup
+    res = cli("eval", ckpt, "--arch", f"{MODULE}:tiny", "--data", data, "--size", "16", "--max-shift", "1", "--device",
+              "cpu", "--workers", "0", "--json", report, "--out", out, "--junit", junit, "--min-consistency", "0")
+    assert res.exit_code == 0, res.output
+    assert_no_raw_control(res.stdout + res.stderr)
+    flat = "".join(res.stdout.split())
+    shown = "".join(one_line(NASTY).split())
+    assert f"data{shown}:4images" in flat, flat  # the table's title (the broken file counts until it is read)
+    assert "skipped:bro\\x1bken\\u202e.png" in flat  # the note
+    assert f"wrote{report.parent}/r{shown}.json" in flat and f"wrote{out}/report.html".replace(NASTY, shown) in flat
+    ET.parse(junit)
+    page = (out / "report.html").read_text()
+    assert_no_raw_control(page)
+    assert html.escape(f"data{one_line(NASTY)}") in page
+    assert f"data{NASTY}: 4 images" in json.loads(report.read_text())["data"]["description"]  # the JSON keeps it exact
+
+
+def test_control_characters_in_compared_report_names_are_escaped(setup, tmp_path):
+    """Run names come from the report files' names: table headers, caption and notes show them escaped."""
+    _, _, _, reports = setup
+    first, second = tmp_path / f"base{NASTY}.json", tmp_path / "pat\x1bched\u202e.json"
+    first.write_bytes(reports[0].read_bytes())
+    second.write_bytes(reports[1].read_bytes())
+    res = cli("compare", first, second)
+    assert res.exit_code == 0, res.output
+    assert_no_raw_control(res.stdout + res.stderr)
+    assert "Change from base\\x1b[31m" in "".join(res.stdout.splitlines())
+
+
+def test_the_console_escapes_whatever_reaches_it_raw():
+    """The last step before the terminal: a renderable built without the escaping helper still cannot send an escape
+    sequence or a bidi override (rich's own styles still work)."""
+    import io
+
+    from rich.text import Text
+
+    from shiftaudit.cli.common import PlainConsole
+
+    screen = io.StringIO()
+    PlainConsole(file=screen, force_terminal=True, width=80).print(Text("a\x1b[2Jb\u202ec\x9bd", style="bold"))
+    shown = screen.getvalue()
+    assert "a\\x1b[2Jb\\u202ec\\x9bd" in shown and "\x1b[2J" not in shown and "\u202e" not in shown
+    assert "\x1b[1m" in shown  # bold, from rich
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["live bar", "plain lines"])
+def test_control_characters_in_a_progress_description_are_escaped(monkeypatch, plain):
+    import io
+
+    from shiftaudit.cli.common import PlainConsole
+    from shiftaudit.cli.progress import RichProgress
+
+    screen = io.StringIO()
+    monkeypatch.setattr("shiftaudit.cli.progress.err_console", PlainConsole(file=screen, force_terminal=True, width=200))
+    progress = RichProgress(plain=plain, every_s=0.0, min_gap_s=0.0)
+    progress.start(2, f"auditing {NASTY}")
+    progress.advance(2)
+    progress.stop()
+    shown = screen.getvalue()
+    assert f"auditing {one_line(NASTY)}" in shown
+    # ESC and CR: also rich's own styles and cursor moves; the name's own sequence must not be there
+    assert not any(c in shown for c in "\x07\x85\x9b\u202e") and "\x1b[31m\r" not in shown
