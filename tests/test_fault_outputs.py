@@ -824,6 +824,77 @@ def test_an_over_long_input_name_is_one_sentence_exit_2(setup, tmp_path, what):
     assert not list(tmp_path.iterdir())
 
 
+# -- issue 24: a reused --out folder ----------------------------------------------------------------------------------
+def test_a_reused_report_folder_keeps_no_picture_of_an_earlier_run(setup, tmp_path):
+    """`eval --layers --out R`, then `eval --out R`: layers.png of the first run used to stay beside the new report,
+    a heatmap of another audit. Pictures shiftaudit drew and this run does not are removed (and said); files it did
+    not draw are left, and a file at one of the report's picture names that it did not draw is named."""
+    from PIL import Image
+
+    out = tmp_path / "report"
+    res = cli(*eval_args(setup, "--out", out, "--layers", "auto", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert "layers.png" in {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("the user's own notes\n")
+    Image.new("RGB", (4, 4)).save(out / "consistency.png")  # a report picture name (unlabelled runs), not drawn here
+    res = cli(*eval_args(setup, "--out", out))
+    assert res.exit_code == 0, res.output
+    wrote = {Path(line.removeprefix("wrote ")).name for line in res.stdout.splitlines() if line.startswith("wrote ")}
+    assert {p.name for p in out.iterdir()} == wrote | {"notes.txt", "consistency.png"}
+    assert f"removed {out / 'layers.png'}: an earlier run's picture" in res.stdout
+    assert f"note: left {out / 'consistency.png'} as it is" in res.stdout
+    assert (out / "notes.txt").read_text() == "the user's own notes\n"
+    assert not leftovers(tmp_path)
+
+
+def test_a_failed_run_removes_no_stale_picture(setup, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    res = cli(*eval_args(setup, "--out", out, "--layers", "auto", "--quiet"))
+    assert res.exit_code == 0, res.output
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr("shiftaudit.report.junit.write_bytes_atomic", disk_full)  # the JUnit file is written last
+    res = cli(*eval_args(setup, "--out", out, "--junit", tmp_path / "j.xml", "--min-consistency", "0"))
+    assert_clean_error(res, "j.xml", "no space left on device")
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+    assert not leftovers(tmp_path)
+
+
+def test_a_stale_file_that_cannot_be_removed_undoes_the_run(tmp_path, monkeypatch):
+    """Removal is one of the run's renames: if it fails, the files already replaced are put back."""
+    from shiftaudit.atomicio import remove_stale
+
+    stale, report = tmp_path / "layers.png", tmp_path / "report.json"
+    stale.write_bytes(b"an earlier picture")
+    report.write_text("the earlier report")
+    real_unlink = os.unlink
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if Path(path) == stale:  # type: ignore[arg-type]
+            raise OSError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(OutputError, match="no output of this run was written"), all_or_nothing():
+        write_json_atomic(report, {"new": 1})
+        remove_stale(stale)
+    assert report.read_text() == "the earlier report" and stale.read_bytes() == b"an earlier picture"
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink-to-file", "folder"])
+def test_a_stale_name_that_is_not_a_regular_file_is_never_removed(tmp_path, kind):
+    from shiftaudit.atomicio import remove_stale
+
+    target = tmp_path / "layers.png"
+    with contextlib.ExitStack() as stack:
+        make_node(target, kind, stack)
+        before = snapshot(target)
+        with all_or_nothing() as outputs:
+            write_json_atomic(tmp_path / "report.json", {"new": 1})
+            remove_stale(target)
+        assert snapshot(target) == before and outputs.removed == []
+
+
 # -- issue 24: control characters in every printed line --------------------------------------------------------------
 # ESC sequences, carriage return, newline, bell, C1 NEL and CSI, a bidi override, rich markup
 NASTY = "\x1b[31m\r\n\x07\x85\x9b\u202e[bold]"
