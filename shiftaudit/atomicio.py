@@ -3,7 +3,8 @@
 Every report, picture, checkpoint and state file goes through :func:`atomic_path`: the caller writes a temporary
 file in the destination folder; it gets the mode the umask asks for, is flushed to disk and only then renamed over
 the destination. An interrupted run (Ctrl-C, crash, full disk) leaves either the old file or none, never a truncated
-one. :func:`check_destination` is the one place that decides whether a path may be replaced. Inside
+one. :func:`check_destination` is the one place that decides whether a path may be replaced, and
+:func:`check_name_length` whether its name (and the temporary names beside it) fit the file system. Inside
 :func:`all_or_nothing` the renames wait until every output of the run is complete, so a run writes all or none.
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import os
 import secrets
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,81 @@ def check_destination(path: str | os.PathLike[str], label: str = "Output path") 
             f"{label} {path} is {kind}, not a regular file; "
             "shiftaudit only replaces regular files, so choose another output path."
         )
+
+
+NAME_MAX = 255  # when the file system cannot say (os.pathconf): Linux, macOS and Windows file systems
+PATH_MAX = 4096  # bytes, with the terminating NUL
+_RANDOM = 8  # random characters in a temporary (or backup) name
+_TAIL = 32  # the longest suffix a temporary name keeps (a longer one becomes .tmp)
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) in bytes of the file system ``path`` is (or would be) on: its nearest existing folder's."""
+    folder = path
+    while True:
+        try:
+            if os.path.isdir(folder):
+                break
+        except (OSError, ValueError):
+            pass
+        if folder == folder.parent:
+            break
+        folder = folder.parent
+    limits = []
+    for name, default in (("PC_NAME_MAX", NAME_MAX), ("PC_PATH_MAX", PATH_MAX)):
+        try:
+            value = os.pathconf(folder, name)
+        except (OSError, ValueError, AttributeError):
+            value = -1
+        limits.append(value if value > 0 else default)
+    return limits[0], limits[1]
+
+
+def _size(text: str | os.PathLike[str]) -> int:
+    return len(os.fsencode(text))
+
+
+def name_length_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is too long for its file system, in a few words ("its name is 300 bytes, more than the 255 a file
+    name may have"), or None when every part of it fits. The one place that knows the limits."""
+    p = Path(path)
+    name_max, path_max = _limits(p)
+    for part in p.parts:
+        if part != p.anchor and _size(part) > name_max:
+            what = "its name" if part == p.name else "the name of a folder in it"
+            return f"{what} is {_size(part):,} bytes, more than the {name_max} a file name may have"
+    if _size(p) >= path_max:
+        return f"it is {_size(p):,} bytes long, more than the {path_max - 1} a path may have"
+    return None
+
+
+def _hidden_name(dest: Path, tail: str) -> str:
+    """The head of a hidden name beside ``dest`` (``.NAME.``) that, followed by ``_RANDOM`` characters and ``tail``,
+    fits the file system: NAME is cut (in bytes) where the whole would be too long, so that every name that fits has
+    temporary and backup names that fit too. Raises :class:`OutputError` when even a cut name cannot fit."""
+    name_max, path_max = _limits(dest)
+    fixed = 2 + _RANDOM + _size(tail)
+    room = name_max - fixed
+    if dest.parent != Path("."):  # the path given to the kernel: the folder as given, a slash, the name
+        room = min(room, path_max - 1 - _size(dest.parent) - 1 - fixed)
+    raw = os.fsencode(dest.name)
+    if room < min(len(raw), 1):
+        raise OutputError(f"Cannot write {dest}: the path is too long for a temporary file beside it; choose a shorter path.")
+    return "." + os.fsdecode(raw[:room]) + "."
+
+
+def _temp_tail(dest: Path, suffix: str | None) -> str:
+    tail = suffix or dest.suffix or ".tmp"
+    return tail if _size(tail) <= _TAIL else ".tmp"
+
+
+def check_name_length(path: str | os.PathLike[str], label: str = "Output path") -> None:
+    """Refuse, in one sentence, an output whose name, path or temporary names beside it do not fit the file system
+    (``ENAMETOOLONG``), so that an audit never runs and then cannot save."""
+    problem = name_length_problem(path)
+    if problem is not None:
+        raise OutputError(f"{label} {path} cannot be written: {problem}; choose a shorter name.")
+    _hidden_name(Path(path), "." + "x" * (_TAIL - 1))  # the longest tail a temporary name can have
 
 
 def ensure_writable_dir(directory: str | os.PathLike[str]) -> Path:
@@ -139,15 +215,14 @@ def atomic_path(destination: str | os.PathLike[str], suffix: str | None = None) 
     :func:`all_or_nothing` the finished file waits for the end of the block instead of being renamed now.
     """
     dest = Path(destination)
+    check_name_length(dest)
     check_destination(dest)
     parent = dest.parent
     ensure_writable_dir(parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=parent)
+        tmp = _create_temp(dest, _temp_tail(dest, suffix))
     except OSError as exc:
         raise OutputError(f"Cannot write {dest} ({_reason(exc)}); choose another output location.") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         _seal(tmp)
@@ -167,6 +242,20 @@ def atomic_path(destination: str | os.PathLike[str], suffix: str | None = None) 
         raise
 
 
+def _create_temp(dest: Path, tail: str) -> Path:
+    """A new empty file ``.NAME.XXXXXXXX<tail>`` beside ``dest`` (mode 0600, as mkstemp makes it), whose name fits the
+    file system whenever ``dest``'s does (:func:`_hidden_name`)."""
+    head = _hidden_name(dest, tail)
+    for _ in range(100):
+        tmp = dest.with_name(head + secrets.token_hex(_RANDOM // 2) + tail)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        except FileExistsError:
+            continue
+        return tmp
+    raise OSError(errno.EEXIST, "no free temporary name")
+
+
 class _Stage:
     """The outputs of one run, each complete in its temporary file, waiting to be renamed together."""
 
@@ -174,6 +263,13 @@ class _Stage:
         self.files: dict[Path, Path] = {}  # destination -> finished temporary file
         self.folders: list[Path] = []  # folders this run created, outermost first
         self.stdout: list[str] = []
+        self.stale: list[Path] = []  # files of an earlier run to remove with this run's renames
+        self.kept: list[Path] = []  # files at names of this run's kind that it did not write and cannot tell it made
+
+    @property
+    def removed(self) -> list[Path]:
+        """The stale files removed (after the commit) or to be removed (before it)."""
+        return list(self.stale)
 
     def add(self, dest: Path, tmp: Path) -> None:
         old = self.files.pop(dest, None)
@@ -186,6 +282,8 @@ class _Stage:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         self.files.clear()
+        self.stale.clear()
+        self.kept.clear()
         for folder in reversed(self.folders):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if still empty: never a folder something else wrote into
@@ -194,6 +292,8 @@ class _Stage:
         """Rename every file into place, or, if one rename fails, put back what the others replaced."""
         for dest in self.files:
             check_destination(dest)
+        self.stale = [p for p in self.stale if p not in self.files and _is_regular(p)]  # never anything but a file
+        self.kept = [p for p in self.kept if p not in self.files]
         done: list[tuple[Path, bool, Path | None]] = []  # (destination, existed before, hard-link backup of it)
         try:
             for dest, tmp in self.files.items():
@@ -206,6 +306,15 @@ class _Stage:
                         backup.unlink(missing_ok=True)
                     raise
                 done.append((dest, existed, backup))
+            for dest in self.stale:  # last: a failed rename above has removed nothing
+                backup = _hard_link_backup(dest)
+                try:
+                    os.unlink(dest)
+                except OSError:
+                    if backup is not None:
+                        backup.unlink(missing_ok=True)
+                    raise
+                done.append((dest, True, backup))
         except OSError as exc:
             failed = dest
             for renamed, existed, backup in reversed(done):
@@ -221,20 +330,20 @@ class _Stage:
         for _, _, backup in done:
             if backup is not None:
                 backup.unlink(missing_ok=True)
-        for folder in {dest.parent for dest in self.files}:
+        for folder in {dest.parent for dest in [*self.files, *self.stale]}:
             _fsync_dir(folder)
-        for text in self.stdout:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        texts, self.stdout = self.stdout, []
+        for text in texts:  # last, after every file is in place
+            write_stdout(text)
 
 
 def _hard_link_backup(dest: Path) -> Path | None:
     """A second name for the file about to be replaced, to restore it if a later rename of the run fails (None where
     the file system has no hard links: that file then cannot be put back)."""
-    backup = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.bak")
     try:
+        backup = dest.with_name(f"{_hidden_name(dest, '.bak')}{secrets.token_hex(_RANDOM // 2)}.bak")
         os.link(dest, backup, follow_symlinks=False)
-    except OSError:
+    except (OSError, OutputError):
         return None
     return backup
 
@@ -242,20 +351,50 @@ def _hard_link_backup(dest: Path) -> Path | None:
 _STAGE: contextvars.ContextVar[_Stage | None] = contextvars.ContextVar("shiftaudit_output_stage", default=None)
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def remove_stale(path: str | os.PathLike[str]) -> None:
+    """Remove ``path``, a file an earlier run left that this run replaces by nothing, together with this run's
+    renames inside :func:`all_or_nothing` (a failed run removes nothing; a failed rename puts it back); at once
+    outside one. Anything but a regular file is left alone."""
+    p = Path(path)
+    stage = _STAGE.get()
+    if stage is not None:
+        if p not in stage.stale:
+            stage.stale.append(p)
+    elif _is_regular(p):
+        p.unlink()
+
+
+def keep_stale(path: str | os.PathLike[str]) -> None:
+    """Note ``path``, a file at one of this run's names that it did not write and will not remove (nothing says
+    shiftaudit made it): the caller names it after the run (``kept``)."""
+    stage = _STAGE.get()
+    if stage is not None and Path(path) not in stage.kept:
+        stage.kept.append(Path(path))
+
+
 @contextlib.contextmanager
-def all_or_nothing() -> Iterator[None]:
+def all_or_nothing() -> Iterator[_Stage]:
     """Write every output of the block, or none: files are renamed into place at its end, after all were written.
 
     On any failure (a full disk, a picture that cannot be drawn, Ctrl-C) the temporary files and the folders the
-    block created are removed and previous files stay as they were. Nested blocks join the outer one.
+    block created are removed and previous files stay as they were. Nested blocks join the outer one. Yields the
+    run's outputs: after the block, ``removed`` lists the stale files of an earlier run it removed (:func:`remove_stale`).
     """
-    if _STAGE.get() is not None:
-        yield
+    outer = _STAGE.get()
+    if outer is not None:
+        yield outer
         return
     stage = _Stage()
     token = _STAGE.set(stage)
     try:
-        yield
+        yield stage
     except BaseException:
         _STAGE.reset(token)
         stage.discard()
@@ -276,11 +415,14 @@ def pending(path: str | os.PathLike[str]) -> Path:
 
 
 def write_stdout(text: str) -> None:
-    """Standard output as an output (``--json -``): inside :func:`all_or_nothing` it is written after the files."""
+    """Standard output as an output (``--json -``): inside :func:`all_or_nothing` it is written after the files, so
+    a reader that went away (``BrokenPipeError``) or a closed stdout can cost that text, never a file."""
     stage = _STAGE.get()
     if stage is not None:
         stage.stdout.append(text)
         return
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nobody reads it, like a reader that left
+        raise BrokenPipeError(errno.EPIPE, "standard output is closed")
     sys.stdout.write(text)
     sys.stdout.flush()
 

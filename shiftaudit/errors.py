@@ -83,10 +83,15 @@ def failure_text(exc: BaseException) -> str:
     return f"it raised {(repr(exc).splitlines() or [type(exc).__name__])[0][:200]}"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# C0 and C1 controls (ESC, CSI U+009B, NEL U+0085, ...), line and paragraph separators, the bidirectional overrides,
+# embeddings and isolates (U+202E shows a name backwards), lone surrogates (undecodable bytes of a file name) and the
+# two non-characters that XML 1.0 forbids.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff]")
 
 
 def one_line(text: str) -> str:
-    """``text`` with control characters shown as escapes (``\\n``, ``\\x1b``): a newline in a file name must not split
-    a one-line error, an escape sequence must not drive the terminal, an undecodable byte must not crash the printer."""
+    """``text`` with control characters shown as escapes (``\\n``, ``\\x1b``, ``\\u202e``): a newline in a file name
+    must not split a one-line error, an escape sequence must not drive the terminal, a bidi override must not reverse
+    what follows, an undecodable byte must not crash the printer. The one escaping rule for every user string shiftaudit
+    shows: terminal lines, HTML pages and JUnit XML (the result is always valid XML 1.0 character data)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

@@ -6,13 +6,18 @@
 - A model whose forward raises SystemExit(0) or another BaseException fails the run (exit 2): a CI gate never
   passes without a report.
 - Rich markup, newlines and escape sequences in user strings are printed literally, on one line.
+- (issue 24) A reader that leaves (``| head -1``) or a closed stdout costs no file and is never blamed on the model;
+  names at the file system's length limit are written, longer ones refused before any work; a reused --out folder
+  keeps no picture of an earlier run; control characters are escaped in every printed line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -32,13 +38,14 @@ from shiftaudit.atomicio import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from shiftaudit.errors import OutputError
+from shiftaudit.errors import OutputError, one_line
 from tests.helpers import (
     assert_clean_error,
     cli,
     synthetic_result,
     tiny_models_on_path,
     write_image_folder,
+    write_images,
 )
 
 MODULE = "sa_fault_outputs_models"
@@ -536,8 +543,8 @@ def test_markup_in_folder_and_file_names_is_printed_literally(setup, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(report.read_text())["model"]["source"].endswith("ck[/]pt[red].pt")
     assert f"wrote {report}" in res.stdout.splitlines()
-    title = "".join(line.rstrip() for line in res.stdout.splitlines())  # the title wraps at the table's width
-    assert "[bold]data[/]: 3 images" in title and "(" + str(model) + ")" in title
+    title = "".join(res.stdout.split())  # the title wraps at the table's width, at a space or inside a word
+    assert "[bold]data[/]:3images" in title and "(" + str(model) + ")" in title
 
 
 def test_markup_and_emoji_codes_in_an_error_are_literal(tmp_path):
@@ -601,3 +608,372 @@ def test_a_quoted_tilde_is_a_folder_named_tilde_like_for_any_tool(setup, tmp_pat
     res = cli(*eval_args(setup, "--json", "~/r.json"))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "~" / "r.json").is_file() and not (tmp_path / "home").exists()
+
+
+# -- issue 24: a closed stdout never costs a file --------------------------------------------------------------------
+def shiftaudit_process(setup, args: list[object], *, stdout: object = subprocess.PIPE, stderr: object = subprocess.PIPE,
+                       close_stdout: bool = False, shell_tail: str = "") -> subprocess.CompletedProcess[str]:
+    """The real CLI in its own process, with the test models importable. ``close_stdout``: started with descriptor 1
+    closed (``>&-``); ``shell_tail``: run by bash with this after the command (``| head -1``), the exit status being
+    the CLI's own."""
+    root = setup[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "pkgs"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shiftaudit", *map(str, args)]
+    if shell_tail:
+        cmd = ["bash", "-c", f'"$@" {shell_tail}; exit "${{PIPESTATUS[0]}}"', "bash", *cmd]
+    return subprocess.run(cmd, stdout=stdout, stderr=stderr, text=True, env=env, timeout=60,
+                          preexec_fn=(lambda: os.close(1)) if close_stdout else None)
+
+
+@contextlib.contextmanager
+def reader_gone() -> object:
+    """The write end of a pipe whose reader has already left: every write to it fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        yield write
+    finally:
+        os.close(write)
+
+
+def assert_all_outputs_whole(tmp_path: Path) -> None:
+    assert json.loads((tmp_path / "r.json").read_text())["schema"].startswith("shiftaudit/")
+    ET.parse(tmp_path / "j.xml")
+    folder = tmp_path / "report"
+    assert {"report.json", "report.html", "adversarial.png"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "report.json").read_text()) == json.loads((tmp_path / "r.json").read_text())
+    assert (folder / "report.html").read_text().rstrip().endswith("</html>")
+    assert not leftovers(tmp_path)
+
+
+def assert_no_blame(stderr: str | None) -> None:
+    if stderr is None:
+        return
+    for said in ("Traceback", "the model", "The model", "internal error", "BrokenPipe", "Exception ignored"):
+        assert said not in stderr, stderr
+
+
+GATE_PASSES, GATE_FAILS = ("--min-consistency", "0"), ("--min-accuracy", "1")  # the tiny model gets 1 of 3 right
+
+
+@pytest.mark.parametrize("how, gate, code", [
+    pytest.param("reader gone", GATE_PASSES, 0, id="reader gone-gate passes"),
+    pytest.param("reader gone", GATE_FAILS, 1, id="reader gone-gate fails", marks=pytest.mark.slow),
+    pytest.param("| head -1", GATE_PASSES, 0, id="head -1", marks=pytest.mark.slow),
+    pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed", marks=pytest.mark.slow),
+    pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails", marks=pytest.mark.slow),
+])
+def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(setup, tmp_path, how, gate, code):
+    """`shiftaudit eval ... | head -1`: rich used to raise SystemExit(1) on the broken pipe, which the run took for
+    the model's exit (exit 2, "the model's code stopped the run") and the report files, written after the table, were
+    lost. Now the table is cut, the files are written whole and the exit code is the run's own (the gate's verdict)."""
+    args = eval_args(setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml",
+                     *gate)
+    if how == "reader gone":
+        with reader_gone() as pipe:
+            proc = shiftaudit_process(setup, args, stdout=pipe)
+    elif how == "| head -1":
+        proc = shiftaudit_process(setup, args, shell_tail="| head -1")
+    elif how == "stdout closed":
+        proc = shiftaudit_process(setup, args, close_stdout=True)
+    else:
+        with reader_gone() as pipe:
+            proc = shiftaudit_process(setup, args, stderr=pipe)
+    assert proc.returncode == code, proc.stderr
+    assert_no_blame(proc.stderr)
+    assert_all_outputs_whole(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["reader gone", pytest.param("stdout closed", marks=pytest.mark.slow)])
+def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(setup, tmp_path, how):
+    """`--json -` with its reader gone, or stdout closed: the files were written first (stdout comes last in a run),
+    and the run ends like a writer killed by SIGPIPE, 141, with no traceback (it was exit 3, "internal error")."""
+    args = eval_args(setup, "--json", "-", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml",
+                     "--min-consistency", "0")
+    if how == "reader gone":
+        with reader_gone() as pipe:
+            proc = shiftaudit_process(setup, args, stdout=pipe)
+    else:
+        proc = shiftaudit_process(setup, args, close_stdout=True)
+    assert proc.returncode == 141, proc.stderr
+    assert_no_blame(proc.stderr)
+    ET.parse(tmp_path / "j.xml")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["schema"].startswith("shiftaudit/")
+    assert not leftovers(tmp_path)
+
+
+def test_a_closed_stdout_is_held_by_dev_null_so_no_file_takes_its_number(setup):
+    """Started with descriptor 1 closed (`>&-`), the next file opened would be number 1, and anything a library writes
+    to "stdout" would land in it (a report being written, say). The CLI holds /dev/null there first."""
+    code = ("import os, sys\nfrom shiftaudit.cli import main\nsys.argv = ['shiftaudit', '--version']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nos.write(2, str(os.open(os.devnull, os.O_RDONLY)).encode())")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and proc.stderr == "3", proc.stderr
+
+
+def test_version_to_a_reader_that_left_is_141_and_silent(setup):
+    with reader_gone() as pipe:
+        proc = shiftaudit_process(setup, ["--version"], stdout=pipe)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+# -- issue 24: names at the file system's length limit ----------------------------------------------------------------
+def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
+    """``folder`` / a name of exactly ``size`` bytes ending in ``ext``."""
+    return folder / (fill * (size - len(ext)) + ext)
+
+
+NAME_MAX = 255  # ext4, tmpfs, xfs, btrfs: what the temporary folders of a test run are on
+
+
+def test_outputs_named_at_the_file_systems_limit_are_written(setup, tmp_path):
+    """Every output of every command with a name of exactly NAME_MAX bytes: the temporary file beside it (and the
+    backup of the file it replaces) used to be `.NAME.xxxxxxxx.ext`, too long, so a whole audit ran and then could not
+    save ("file name too long")."""
+    assert os.pathconf(tmp_path, "PC_NAME_MAX") == NAME_MAX
+    root, ckpt, data, reports = setup
+    report, junit, state = named(tmp_path, NAME_MAX), named(tmp_path, NAME_MAX, ".xml"), named(tmp_path, NAME_MAX, ".npz")
+    folder = named(tmp_path, NAME_MAX, "", fill="o")
+    report.write_text("an earlier report, replaced")
+    res = cli(*eval_args(setup, "--json", report, "--junit", junit, "--out", folder, "--resume", state,
+                         "--min-consistency", "0", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(report.read_text()) == json.loads((folder / "report.json").read_text())
+    ET.parse(junit)
+    assert not state.exists()  # deleted once the report is written, as always
+    model, patch_json = named(tmp_path, NAME_MAX, ".safetensors", fill="m"), named(tmp_path, NAME_MAX, fill="p")
+    res = cli("patch", ckpt, "--arch", f"{MODULE}:tiny", "--size", "16", "-o", model, "--json", patch_json)
+    assert res.exit_code == 0, res.output
+    assert model.stat().st_size > 0 and json.loads(patch_json.read_text())
+    for args in (["compare", *reports, "--json"], ["inspect", ckpt, "--arch", f"{MODULE}:tiny", "--size", "16", "--json"]):
+        out = named(tmp_path, NAME_MAX, fill=args[0][0])
+        res = cli(*args, out)
+        assert res.exit_code == 0, res.output
+        assert json.loads(out.read_text())["schema"].startswith("shiftaudit/")
+    assert not leftovers(tmp_path)
+
+
+def test_a_failed_rename_puts_back_a_file_named_at_the_limit(tmp_path, monkeypatch):
+    """The hard-link backup beside a replaced file has a name that fits too: without it the file cannot be put back."""
+    first, second = named(tmp_path, NAME_MAX, fill="a"), tmp_path / "b.json"
+    first.write_text("old a")
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(dst) == second:
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError, match="no output of this run was written"), all_or_nothing():
+        write_json_atomic(first, {"new": 1})
+        write_json_atomic(second, {"new": 2})
+    assert first.read_text() == "old a" and not second.exists()
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("flag", FILE_FLAGS + FOLDER_FLAGS)
+def test_an_output_name_over_the_limit_is_one_sentence_before_any_work(setup, tmp_path, monkeypatch, flag):
+    forbid_audit(monkeypatch)
+    if flag == "eval --out/report.json":  # a folder whose name is over the limit, holding report.json
+        target = named(tmp_path, NAME_MAX + 1, "", fill="o") / "report.json"
+    else:
+        target = named(tmp_path, NAME_MAX + 1)
+    res = cli(*command(setup, flag, target))
+    said = {"-o": "--output", "--out/report.json": "--out"}.get(flag.split()[1], flag.split()[1])
+    assert_clean_error(res, said, f"{NAME_MAX + 1} bytes", f"more than the {NAME_MAX}", "shorter name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_path_at_the_path_limit_is_written_and_a_longer_one_refused_before_any_work(setup, tmp_path, monkeypatch):
+    """PATH_MAX (4096 bytes with the NUL): a relative path of 4095 bytes is written, although the temporary file
+    beside it has a longer name than the report (it is cut to fit); 4096 bytes is refused before the model loads."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path(*["d" * 250] * 16)  # 4,015 bytes, folders made one level at a time
+    folder.mkdir(parents=True)
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    report = named(folder, limit - len(str(folder)) - 1)
+    assert len(str(report)) == limit
+    res = cli(*eval_args(setup, "--json", report, "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(Path(report).read_text())["schema"].startswith("shiftaudit/")
+    forbid_audit(monkeypatch)
+    res = cli(*eval_args(setup, "--json", named(folder, limit - len(str(folder)))))
+    assert_clean_error(res, "--json", f"{limit + 1:,} bytes long, more than the {limit}")
+    assert [p.name for p in folder.iterdir()] == [report.name]
+
+
+@pytest.mark.parametrize("what", ["eval model", "--data", "--class-map", "compare report", "inspect model", "patch model"])
+def test_an_over_long_input_name_is_one_sentence_exit_2(setup, tmp_path, what):
+    """A model, data or class-map name over NAME_MAX: one sentence and exit 2 (the model and --data were exit 3,
+    "internal error (OSError: [Errno 36] File name too long ...)")."""
+    _, ckpt, data, reports = setup
+    long = named(tmp_path, NAME_MAX + 45, ".pt")
+    arch = ["--arch", f"{MODULE}:tiny", "--size", "16"]
+    args = {
+        "eval model": ["eval", long, *arch, "--data", data],
+        "--data": ["eval", ckpt, *arch, "--data", long],
+        "--class-map": ["eval", ckpt, *arch, "--data", data, "--class-map", long],
+        "compare report": ["compare", reports[0], long],
+        "inspect model": ["inspect", long, *arch],
+        "patch model": ["patch", long, *arch],
+    }[what]
+    assert_clean_error(cli(*args), str(long)[:60])
+    assert not list(tmp_path.iterdir())
+
+
+# -- issue 24: a reused --out folder ----------------------------------------------------------------------------------
+def test_a_reused_report_folder_keeps_no_picture_of_an_earlier_run(setup, tmp_path):
+    """`eval --layers --out R`, then `eval --out R`: layers.png of the first run used to stay beside the new report,
+    a heatmap of another audit. Pictures shiftaudit drew and this run does not are removed (and said); files it did
+    not draw are left, and a file at one of the report's picture names that it did not draw is named."""
+    from PIL import Image
+
+    out = tmp_path / "report"
+    res = cli(*eval_args(setup, "--out", out, "--layers", "auto", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert "layers.png" in {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("the user's own notes\n")
+    Image.new("RGB", (4, 4)).save(out / "consistency.png")  # a report picture name (unlabelled runs), not drawn here
+    res = cli(*eval_args(setup, "--out", out))
+    assert res.exit_code == 0, res.output
+    wrote = {Path(line.removeprefix("wrote ")).name for line in res.stdout.splitlines() if line.startswith("wrote ")}
+    assert {p.name for p in out.iterdir()} == wrote | {"notes.txt", "consistency.png"}
+    assert f"removed {out / 'layers.png'}: an earlier run's picture" in res.stdout
+    assert f"note: left {out / 'consistency.png'} as it is" in res.stdout
+    assert (out / "notes.txt").read_text() == "the user's own notes\n"
+    assert not leftovers(tmp_path)
+
+
+def test_a_failed_run_removes_no_stale_picture(setup, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    res = cli(*eval_args(setup, "--out", out, "--layers", "auto", "--quiet"))
+    assert res.exit_code == 0, res.output
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr("shiftaudit.report.junit.write_bytes_atomic", disk_full)  # the JUnit file is written last
+    res = cli(*eval_args(setup, "--out", out, "--junit", tmp_path / "j.xml", "--min-consistency", "0"))
+    assert_clean_error(res, "j.xml", "no space left on device")
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+    assert not leftovers(tmp_path)
+
+
+def test_a_stale_file_that_cannot_be_removed_undoes_the_run(tmp_path, monkeypatch):
+    """Removal is one of the run's renames: if it fails, the files already replaced are put back."""
+    from shiftaudit.atomicio import remove_stale
+
+    stale, report = tmp_path / "layers.png", tmp_path / "report.json"
+    stale.write_bytes(b"an earlier picture")
+    report.write_text("the earlier report")
+    real_unlink = os.unlink
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if Path(path) == stale:  # type: ignore[arg-type]
+            raise OSError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(OutputError, match="no output of this run was written"), all_or_nothing():
+        write_json_atomic(report, {"new": 1})
+        remove_stale(stale)
+    assert report.read_text() == "the earlier report" and stale.read_bytes() == b"an earlier picture"
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink-to-file", "folder"])
+def test_a_stale_name_that_is_not_a_regular_file_is_never_removed(tmp_path, kind):
+    from shiftaudit.atomicio import remove_stale
+
+    target = tmp_path / "layers.png"
+    with contextlib.ExitStack() as stack:
+        make_node(target, kind, stack)
+        before = snapshot(target)
+        with all_or_nothing() as outputs:
+            write_json_atomic(tmp_path / "report.json", {"new": 1})
+            remove_stale(target)
+        assert snapshot(target) == before and outputs.removed == []
+
+
+# -- issue 24: control characters in every printed line --------------------------------------------------------------
+# ESC sequences, carriage return, newline, bell, C1 NEL and CSI, a bidi override, rich markup
+NASTY = "\x1b[31m\r\n\x07\x85\x9b\u202e[bold]"
+RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")  # all but "\n"
+
+
+def assert_no_raw_control(text: str) -> None:
+    found = RAW_CONTROL.search(text)
+    assert found is None, f"raw {found.group()!r} at {found.start()}: {text[max(0, found.start() - 80):found.end() + 40]!r}"
+
+
+def test_control_characters_in_every_user_string_are_escaped_in_every_printed_line(setup, tmp_path):
+    """Folder, class and file names, notes, table titles, "wrote" lines and gate lines: rich strips some controls
+    (BEL, CR) and passes the rest (ESC, CSI, a bidi override) straight to the terminal; the HTML page and the JUnit
+    file held them raw (the JUnit file did not parse)."""
+    data = tmp_path / f"data{NASTY}"
+    for i, name in enumerate(["c\x1b[32mat", "do\rg\n", f"b\x9bird{NASTY}"]):
+        write_images(data / name, 1, seed=i)
+    (data / "c\x1b[32mat" / "bro\x1bken\u202e.png").write_bytes(b"not an image")  # skipped, named in a note
+    out, report, junit = tmp_path / f"out{NASTY}", tmp_path / f"r{NASTY}.json", tmp_path / f"j{NASTY}.xml"
+    _, ckpt, _, _ = setup
+    res = cli("eval", ckpt, "--arch", f"{MODULE}:tiny", "--data", data, "--size", "16", "--max-shift", "1", "--device",
+              "cpu", "--workers", "0", "--json", report, "--out", out, "--junit", junit, "--min-consistency", "0")
+    assert res.exit_code == 0, res.output
+    assert_no_raw_control(res.stdout + res.stderr)
+    flat = "".join(res.stdout.split())
+    shown = "".join(one_line(NASTY).split())
+    assert f"data{shown}:4images" in flat, flat  # the table's title (the broken file counts until it is read)
+    assert "skipped:bro\\x1bken\\u202e.png" in flat  # the note
+    assert f"wrote{report.parent}/r{shown}.json" in flat and f"wrote{out}/report.html".replace(NASTY, shown) in flat
+    ET.parse(junit)
+    page = (out / "report.html").read_text()
+    assert_no_raw_control(page)
+    assert html.escape(f"data{one_line(NASTY)}") in page
+    assert f"data{NASTY}: 4 images" in json.loads(report.read_text())["data"]["description"]  # the JSON keeps it exact
+
+
+def test_control_characters_in_compared_report_names_are_escaped(setup, tmp_path):
+    """Run names come from the report files' names: table headers, caption and notes show them escaped."""
+    _, _, _, reports = setup
+    first, second = tmp_path / f"base{NASTY}.json", tmp_path / "pat\x1bched\u202e.json"
+    first.write_bytes(reports[0].read_bytes())
+    second.write_bytes(reports[1].read_bytes())
+    res = cli("compare", first, second)
+    assert res.exit_code == 0, res.output
+    assert_no_raw_control(res.stdout + res.stderr)
+    assert "Change from base\\x1b[31m" in "".join(res.stdout.splitlines())
+
+
+def test_the_console_escapes_whatever_reaches_it_raw():
+    """The last step before the terminal: a renderable built without the escaping helper still cannot send an escape
+    sequence or a bidi override (rich's own styles still work)."""
+    import io
+
+    from rich.text import Text
+
+    from shiftaudit.cli.common import PlainConsole
+
+    screen = io.StringIO()
+    PlainConsole(file=screen, force_terminal=True, width=80).print(Text("a\x1b[2Jb\u202ec\x9bd", style="bold"))
+    shown = screen.getvalue()
+    assert "a\\x1b[2Jb\\u202ec\\x9bd" in shown and "\x1b[2J" not in shown and "\u202e" not in shown
+    assert "\x1b[1m" in shown  # bold, from rich
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["live bar", "plain lines"])
+def test_control_characters_in_a_progress_description_are_escaped(monkeypatch, plain):
+    import io
+
+    from shiftaudit.cli.common import PlainConsole
+    from shiftaudit.cli.progress import RichProgress
+
+    screen = io.StringIO()
+    monkeypatch.setattr("shiftaudit.cli.progress.err_console", PlainConsole(file=screen, force_terminal=True, width=200))
+    progress = RichProgress(plain=plain, every_s=0.0, min_gap_s=0.0)
+    progress.start(2, f"auditing {NASTY}")
+    progress.advance(2)
+    progress.stop()
+    shown = screen.getvalue()
+    assert f"auditing {one_line(NASTY)}" in shown
+    # ESC and CR: also rich's own styles and cursor moves; the name's own sequence must not be there
+    assert not any(c in shown for c in "\x07\x85\x9b\u202e") and "\x1b[31m\r" not in shown

@@ -179,3 +179,28 @@ def test_adversarial_curve_marks_only_the_evaluated_radii(tmp_path, monkeypatch)
     ax = drawn[str(tmp_path / "grid.png")]
     assert list(ax.get_xticks()) == [0, 4, 8] and list(ax.lines[0].get_xdata()) == [0, 4, 8]
     assert ax.lines[0].get_linestyle() == ":" and drawn[str(tmp_path / "window.png")].lines[0].get_linestyle() == "-"
+
+
+def test_every_picture_says_shiftaudit_drew_it_and_nothing_else_passes_for_one(tmp_path):
+    """What a reused report folder may remove (issue 24): only a PNG whose Software text is shiftaudit's."""
+    import os
+
+    from PIL import Image, PngImagePlugin
+
+    from shiftaudit.report.heatmaps import plot_layer_heatmaps
+    from shiftaudit.report.outputs import drawn_by_shiftaudit
+
+    pictures = [p for p in write_report_dir(synthetic_result(), tmp_path / "r") if p.suffix == ".png"]
+    layer = {"name": "conv", "resolution": [4, 4], "equivariance": {"map": [[0.1] * 3] * 3}, "reference_distance": 0.5}
+    pictures.append(plot_layer_heatmaps({"dh": [-1, 0, 1], "dw": [-1, 0, 1], "layers": [layer]}, tmp_path / "layers.png"))
+    assert len(pictures) == 5 and all(drawn_by_shiftaudit(p) for p in pictures)
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "shiftaudit 0.9 (not quite)")
+    Image.new("RGB", (4, 4)).save(tmp_path / "other.png", pnginfo=info)
+    (tmp_path / "cut.png").write_bytes(pictures[0].read_bytes()[:40])
+    (tmp_path / "text.png").write_text("Software\0shiftaudit")
+    os.symlink(pictures[0], tmp_path / "link.png")
+    os.mkfifo(tmp_path / "fifo.png")  # read without blocking, or the test would hang
+    for name in ("plain.png", "other.png", "cut.png", "text.png", "link.png", "fifo.png", "missing.png"):
+        assert not drawn_by_shiftaudit(tmp_path / name), name

@@ -156,3 +156,26 @@ def test_write_html_report_is_atomic_and_takes_captions(tmp_path):
     page = path.read_text(encoding="utf-8")
     assert "My &lt;caption&gt;" in page and len(img_sources(page)) == 1
     assert not list(tmp_path.glob(".*"))
+
+
+# -- issue 24: control characters are shown, escaped, never written raw -------------------------------------------
+NASTY = "\x1b[31m\r\n\x07\x85\x9b\u202e[bold]<script>"
+RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")  # all but "\n"
+
+
+def test_control_characters_in_user_strings_are_shown_escaped_in_the_page():
+    """A folder, file or class name with an escape sequence, a newline or a bidi override: the page holds it escaped
+    (``\\x1b``, ``\\u202e``, as on the terminal) and HTML-escaped, never raw (a raw U+202E reverses the rest of its line)."""
+    from html.parser import HTMLParser
+
+    r = synthetic_result()
+    r.model["source"] = f"/models/{NASTY}.pt"
+    r.data["description"] = f"ImageFolder d{NASTY}: 40 images"
+    r.notes.append(f"1 unreadable image skipped: bro{NASTY}ken.png")
+    page = render_html(r)
+    found = RAW_CONTROL.search(page)
+    assert found is None, page[max(0, found.start() - 60):found.end() + 20]
+    shown = "\\x1b[31m\\r\\n\\x07\\x85\\x9b\\u202e[bold]&lt;script&gt;"
+    assert f"/models/{shown}.pt" in page and f"ImageFolder d{shown}" in page and f"bro{shown}ken.png" in page
+    assert "<script>" not in page
+    HTMLParser().feed(page)

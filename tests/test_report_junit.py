@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
+from xml.parsers import expat
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
+from shiftaudit.errors import one_line
 from shiftaudit.gating import build_thresholds, evaluate_gate
-from shiftaudit.report.junit import SUITE_NAME, write_junit
+from shiftaudit.report.junit import SUITE_NAME, build_junit, write_junit
 from tests.helpers import synthetic_result
 
 runner = CliRunner()
@@ -105,3 +111,54 @@ def test_junit_without_thresholds_is_refused_before_any_work(tmp_path):
     assert res.exit_code == 2
     assert "--junit" in res.output and "threshold" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "j.xml").exists()
+
+
+# -- issue 24: any user string gives valid XML 1.0 ------------------------------------------------------------------
+NASTY = "\x1b[31m\r\n\x07\x00\x85\x9b\u202e\ud800\ufffe[bold]<&>"
+# XML 1.0's Char production; a character reference must name one too (&#x1b; is not well-formed either)
+NOT_XML_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def assert_strict_xml_1_0(data: bytes) -> ET.Element:
+    text = data.decode("utf-8")  # strict: a lone surrogate cannot even be encoded
+    assert NOT_XML_CHAR.search(text) is None
+    for ref in re.findall(r"&#(x[0-9a-fA-F]+|[0-9]+);", text):
+        code = int(ref[1:], 16) if ref.startswith("x") else int(ref)
+        assert NOT_XML_CHAR.search(chr(code)) is None, f"&#{ref}; names a character XML 1.0 forbids"
+    parser = expat.ParserCreate()
+    parser.Parse(data, True)  # expat, without ElementTree's help
+    return ET.fromstring(data)
+
+
+def _with_names(name: str) -> Any:
+    result = synthetic_result(gate=True)
+    result.model["arch"] = f"arch{name}"
+    result.model["source"] = f"/models/{name}.pt"
+    result.data["description"] = f"ImageFolder {name}: 40 images"
+    for check in result.gate["checks"]:
+        check["message"] += f" on {name}"
+        check["passed"] = False
+    return result
+
+
+def test_control_characters_in_user_strings_give_well_formed_xml_1_0(tmp_path):
+    """ElementTree writes a control character raw (`\\x1b`) or as a reference, and XML 1.0 forbids both: the file did
+    not parse, and a CI step reading it failed or showed nothing. Every string is written escaped (``\\x1b``)."""
+    root = assert_strict_xml_1_0(write_junit(_with_names(NASTY), tmp_path / "j.xml").read_bytes())
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["data"] == one_line(f"ImageFolder {NASTY}: 40 images")
+    assert "\\x1b[31m\\r\\n\\x07\\x00" in props["checkpoint"]
+    failure = root.find(".//failure")
+    assert failure is not None and one_line(NASTY) in failure.get("message") and one_line(NASTY) in failure.text
+    assert not list(tmp_path.glob(".*"))
+
+
+NAME_CHARS = st.one_of(st.characters(), st.sampled_from(list(NASTY) + ["\udcff", "\uffff", "\u2066", "\u0085", "\x7f"]))
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(name=st.text(NAME_CHARS, max_size=12))
+def test_any_name_gives_well_formed_xml_1_0_that_reads_back_escaped(name):
+    root = assert_strict_xml_1_0(ET.tostring(build_junit(_with_names(name)), encoding="utf-8", xml_declaration=True))
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["model"] == one_line(f"arch{name}") and props["checkpoint"] == one_line(f"/models/{name}.pt")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pytest
 from rich.console import Console
 
 from shiftaudit.cli import progress as progress_mod
@@ -70,3 +72,45 @@ def test_version_flag_prints_the_installed_version():
 
     res = cli("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"shiftaudit {version('shiftaudit')}"
+
+
+# -- issue 24: user strings in every table are escaped, and measured as shown ----------------------------------------
+NASTY = "\x1b[31m\r\n\x07\x85\x9b\u202e[bold]"
+RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")  # all but "\n"
+
+
+def _nasty_tables() -> list[Any]:
+    from torch import nn
+
+    from shiftaudit.antialias.inspection import inspect_model
+    from shiftaudit.report.terminal import inspection_table, layers_table
+
+    r = synthetic_result()
+    r.model["source"] = f"/models/{NASTY}.pt"
+    r.data["description"] = f"ImageFolder d{NASTY}"
+    r.metrics[f"own{NASTY}"] = {"value": 0.5}  # a metric no registry knows: its name is the row's label
+    layer = {"resolution": [8, 8], "stride": 2, "equivariance": {"mean": 0.1}, "invariance": {"mean": 0.2},
+             "reference_distance": 0.5, "exact_modulo": 2}
+    net = nn.Sequential()
+    net.add_module(f"c{NASTY}", nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    return [
+        audit_table(r, title=describe_run(r), width=120),
+        comparison_table([(f"base{NASTY}", r), ("pat\x1bched\u202e", synthetic_result(0.1))], width=120),
+        layers_table({"layers": [{"name": f"conv{NASTY}", **layer}, {"name": "fc", **layer}]}, width=120),
+        inspection_table(inspect_model(net.eval(), (16, 16)), width=120),
+    ]
+
+
+@pytest.mark.parametrize("which", ["audit", "comparison", "layers", "inspection"])
+def test_user_strings_in_every_table_are_escaped_and_columns_stay_aligned(which):
+    """Titles, row labels, run names (compare's headers), layer names: rich strips BEL and CR from a string but writes
+    ESC, CSI and a bidi override as they are. Escaped before the columns are measured, so the columns stay aligned
+    even on a plain rich console (a library user's)."""
+    table = _nasty_tables()[["audit", "comparison", "layers", "inspection"].index(which)]
+    shown = render(table, width=120)
+    found = RAW_CONTROL.search(shown)
+    assert found is None, shown
+    assert "\\x1b[31m" in shown and "\\u202e[bold]" in "".join(shown.split())
+    bars = {tuple(i for i, c in enumerate(line) if c in "│┃") for line in shown.splitlines() if "│" in line or "┃" in line}
+    assert len(bars) == 1, shown

@@ -5,6 +5,8 @@ Each command lives in its own module and only parses, calls the library and rend
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -36,7 +38,13 @@ def package_version() -> str:
 
 def _print_version(value: bool) -> None:
     if value:  # an eager option's callback: runs while parsing, before Typer asks for a command
-        typer.echo(f"shiftaudit {package_version()}")
+        try:
+            typer.echo(f"shiftaudit {package_version()}")
+        except BrokenPipeError:  # `shiftaudit --version | true`: the reader left before the line was written
+            from shiftaudit.cli.common import quiet_stream
+
+            quiet_stream(sys.stdout)
+            raise typer.Exit(141) from None
         raise typer.Exit(0)
 
 
@@ -48,4 +56,16 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The command line; a closed stdout or stderr (``>&-``) gets /dev/null first, and a reader that left does not turn
+    the flush at exit into a traceback or a changed exit code."""
+    from shiftaudit.cli.common import hold_standard_streams, quiet_stream
+
+    hold_standard_streams()
+    try:
+        app()
+    finally:
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError:  # BrokenPipeError, or EBADF: nothing left to tell that reader
+            quiet_stream(sys.stdout)

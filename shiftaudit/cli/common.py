@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
+import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 
 from shiftaudit.errors import (
@@ -35,22 +38,90 @@ class PlainConsole(Console):
 
     Paths, folder, class and layer names reach tables, titles and messages; a ``[/]`` in a folder name must not crash
     the printer after an hour's audit, a ``:smile:`` must stay text, and a newline or escape sequence in a file name
-    must neither split a line nor drive the terminal.
+    must neither split a line nor drive the terminal. Renderers escape user strings where they build their text
+    (:func:`~shiftaudit.report.terminal.text`, so that columns are measured as shown); whatever still holds a control
+    character when it is written is escaped here, the last step before the terminal.
+
+    A reader that goes away (``shiftaudit eval ... | head -1``) ends what this console shows, never the run: rich's
+    default raises ``SystemExit(1)``, which lost the report files and was taken for the model's own exit.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(highlight=False, markup=False, emoji=False, **kwargs)
+        self.reader_gone = False
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(one_line(text), **kwargs)
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            segment if segment.control else Segment(_escape_lines(segment.text), segment.style)
+            for segment in buffer
+        )
+
+    def on_broken_pipe(self) -> None:
+        self.reader_gone = True
+        if not quiet_stream(self.file):
+            self.quiet = True
+
+
+def _escape_lines(text: str) -> str:
+    """``one_line`` for each line of rendered output: the newlines between lines are the console's own."""
+    return text if text.isprintable() else "\n".join(one_line(line) for line in text.split("\n"))
+
+
+def quiet_stream(stream: IO[str] | None) -> bool:
+    """Point the file descriptor of a stream whose reader went away at /dev/null (Python's recipe for SIGPIPE), so that
+    later writes and the flush at exit are silent instead of raising ``BrokenPipeError``. False for a stream without
+    a descriptor (a test's capture)."""
+    try:
+        fd = stream.fileno()  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return False
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+    return True
 
 
 console = PlainConsole()
 err_console = PlainConsole(stderr=True)
 
 
+def hold_standard_streams() -> None:
+    """Put /dev/null on a standard descriptor (0, 1, 2) that was closed (``shiftaudit eval ... >&-``). Left free, the
+    next file opened would take its number, and whatever a library then writes to "stdout" would land in that file.
+    Python has already set ``sys.stdout`` to None for it: what would be printed there is dropped."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def say_error(message: str) -> None:
     err_console.print(Text.assemble(("error: ", "bold red"), one_line(message)), soft_wrap=True)
+
+
+def say_stale(outputs: Any, quiet: bool = False) -> None:
+    """After a run's outputs are in place (``outputs``: what :func:`~shiftaudit.atomicio.all_or_nothing` yielded): the
+    pictures of an earlier run it removed from a reused report folder, and the files at its names that it left because
+    nothing in them says shiftaudit drew them."""
+    if quiet:
+        return
+    for path in outputs.removed:
+        console.print(f"removed {path}: an earlier run's picture, which this run does not draw", soft_wrap=True)
+    for path in outputs.kept:
+        console.print(
+            f"note: left {path} as it is: this run does not draw it, and nothing in it says shiftaudit did",
+            style="dim",
+            soft_wrap=True,
+        )
 
 
 def json_to_stdout(json_out: Path | None) -> None:
@@ -77,13 +148,16 @@ def handle_errors(fn: F) -> F:
         except ShiftAuditError as exc:
             say_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # standard output's reader went away while it carried this command's output (--json -)
+            quiet_stream(sys.stdout)  # every file output was already written: stdout comes last
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
         except KeyboardInterrupt as exc:
             err_console.print(Text(interrupted_message(exc)), soft_wrap=True)
             raise typer.Exit(143 if _terminated(exc) else 130) from None
         except Exception as exc:  # a bug, not the user's fault: still no traceback unless asked
             if os.environ.get("SHIFTAUDIT_DEBUG"):
                 raise
-            resource = _out_of_memory_message(exc)
+            resource = _out_of_memory_message(exc) or _name_too_long_message(exc)
             if resource is not None:
                 say_error(resource)
                 raise typer.Exit(2) from None
@@ -155,6 +229,19 @@ def _out_of_memory_message(exc: BaseException) -> str | None:
     return None
 
 
+def _name_too_long_message(exc: BaseException) -> str | None:
+    """A path the file system cannot take (``ENAMETOOLONG``: a model, --data or class map name over the limit) is the
+    user's to shorten, not a bug. Outputs are checked before any work (:func:`check_output_path`); inputs end here."""
+    if not (isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG):
+        return None
+    from shiftaudit.atomicio import name_length_problem
+
+    if exc.filename is None:
+        return "A file name is too long for the file system; use a shorter name."
+    name = os.fsdecode(exc.filename)
+    return f"Cannot use {name}: {name_length_problem(name) or 'its name is too long for the file system'}; use a shorter name."
+
+
 def interrupted_message(exc: BaseException) -> str:
     """One line for Ctrl-C or SIGTERM: how far the audit got (:class:`~shiftaudit.errors.AuditInterrupted`) and
     whether its progress was saved."""
@@ -181,7 +268,7 @@ def check_output_path(
     caught too). ``folder``: a folder output, whose files ``names`` are checked the same way. ``stdout``: ``-``
     means standard output.
     """
-    from shiftaudit.atomicio import check_destination, node_kind
+    from shiftaudit.atomicio import check_destination, check_name_length, node_kind
 
     if path is None or (stdout and str(path) == "-"):
         return
@@ -191,11 +278,14 @@ def check_output_path(
             raise OutputError(
                 f"{flag} - would create a folder named '-'; only --json takes '-' (standard output), give a folder path."
             )
+        for name in names:  # every name and the temporary names beside it fit the file system
+            check_name_length(p / name, flag)
         if os.path.lexists(p) and not p.is_dir():  # a symlink to a folder is a folder: nothing is replaced
             raise OutputError(f"{flag} {p} is {node_kind(p) or 'a file'}, not a folder; choose another output location.")
         for name in names:
             check_destination(p / name, flag)
     else:
+        check_name_length(p, flag)
         check_destination(p, flag)
     ancestor = p if folder else p.parent
     while not ancestor.exists() and ancestor != ancestor.parent:

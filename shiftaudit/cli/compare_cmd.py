@@ -14,7 +14,7 @@ import typer
 
 from shiftaudit.antialias.report import SCHEMA as PATCH_SCHEMA
 from shiftaudit.cli import app
-from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
+from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout, say_stale
 from shiftaudit.errors import UsageError
 from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
 from shiftaudit.limits import is_int
@@ -225,7 +225,7 @@ def compare_command(
         console.print(f"note: {note}", style="dim", soft_wrap=True)
     written: list[Path | None] = []
     pictures: list[Path | None] = []
-    with all_or_nothing():
+    with all_or_nothing() as outputs:
         if json_out is not None:
             write_json_atomic(json_out, comparison_json(runs, paths, notes))
             if str(json_out) != "-":
@@ -239,9 +239,13 @@ def compare_command(
                 plot_variation_distribution(runs, folder / PICTURES[1]),
                 plot_accuracy_map(runs, folder / PICTURES[2]),
             ]
+            from shiftaudit.report.outputs import remove_stale_pictures
+
+            remove_stale_pictures(folder, PICTURES, [p for p in pictures if p is not None])
     for path in written + pictures:
         if path is not None:
             console.print(f"wrote {path}")
+    say_stale(outputs)
     if out is not None and not any(pictures):
         console.print("note: no run has the all-shift metrics (sampled mode or unlabelled data): no picture to draw", style="dim")
     raise typer.Exit(0)

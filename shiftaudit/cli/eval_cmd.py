@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from shiftaudit.cli import app
 from shiftaudit.cli.choices import DataKind, Mode, Precision, ShiftMode, value
@@ -51,6 +50,7 @@ from shiftaudit.engine.distributed import is_main_process
 from shiftaudit.errors import UsageError
 from shiftaudit.gating import build_thresholds
 from shiftaudit.report.outputs import report_files
+from shiftaudit.report.terminal import text
 
 LayersOpt = Annotated[
     str | None,
@@ -215,7 +215,7 @@ def eval_command(
         label_column=label_column,
     )
     if resume is not None and resume.exists() and not quiet:
-        console.print(Text(f"resuming the audit saved in {resume}", style="dim"))
+        console.print(text(f"resuming the audit saved in {resume}", style="dim"))
     settings: dict[str, Any] = dict(
         thresholds=thresholds,
         max_shift=max_shift,

@@ -17,7 +17,7 @@ from shiftaudit.cli.choices import value
 from shiftaudit.cli.common import check_outputs, console, handle_errors
 from shiftaudit.cli.loading import load_model_from_cli, resolve_cli_preprocessing
 from shiftaudit.cli.options import ArchKwargsOpt, ArchOpt, ModelArg, NumClassesOpt, PresetOpt, SizeOpt, TrustPickleOpt
-from shiftaudit.report.terminal import inspection_table
+from shiftaudit.report.terminal import inspection_table, text
 
 BLACK_BOXES = {"torchscript": "TorchScript archives", "pt2": "torch.export archives (.pt2)"}  # no modules to hook
 
@@ -28,7 +28,7 @@ def loading_table(loaded) -> Table:
     t.add_column()
 
     def row(key: str, value: str) -> None:
-        t.add_row(key, Text(value))  # paths and names are the user's: never read as rich markup
+        t.add_row(key, text(value))  # paths and names are the user's: never markup, control characters escaped
 
     row("File", str(loaded.source))
     row("Format", loaded.format)
@@ -134,7 +134,7 @@ def inspect_command(
             console.print("Read from the ONNX graph (Conv, MaxPool and AveragePool strides); `patch` needs the PyTorch model.")
     if json_out is not None:
         write_json_atomic(json_out, report)
-        console.print(Text(f"wrote {json_out}"))
+        console.print(text(f"wrote {json_out}"))
 
 
 def _patch_column(model, insp) -> dict[str, dict[str, str]]:

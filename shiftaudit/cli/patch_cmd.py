@@ -14,7 +14,7 @@ from shiftaudit.antialias.methods import get_patch_method
 from shiftaudit.antialias.report import PatchComparison, PatchReport, compare_patch
 from shiftaudit.cli import app
 from shiftaudit.cli.choices import DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
-from shiftaudit.cli.common import check_outputs, console, err_console, handle_errors, json_to_stdout
+from shiftaudit.cli.common import check_outputs, console, err_console, handle_errors, json_to_stdout, say_stale
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
 from shiftaudit.cli.options import (
     ArchKwargsOpt,
@@ -49,7 +49,7 @@ from shiftaudit.cli.patch_views import latency_table, latency_warning, rebuild_m
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.cli.running import run_eval
 from shiftaudit.errors import UsageError
-from shiftaudit.report.terminal import sig
+from shiftaudit.report.terminal import sig, text
 
 RUN_FOLDERS = ("before", "after", "baseline_recalibrated")  # patch --eval --out: one report folder per model
 UNPATCHABLE = {  # whole-model formats whose layers are a fixed graph, not modules to rewrite
@@ -331,8 +331,13 @@ def patch_command(
             quiet=quiet,
         )
         report = _compare(report, loaded, dataset, control_model, (1, prep.channels, *prep.size), dev, audit_options)
-    written = _write(report, loaded, prep, model=model, output=output, fmt=fmt.value, json_out=json_out, out=out, dataset=dataset)
+    from shiftaudit.atomicio import all_or_nothing
+
+    with all_or_nothing() as outputs:
+        written = _write(report, loaded, prep, model=model, output=output, fmt=fmt.value, json_out=json_out, out=out,
+                         dataset=dataset)
     _say_written(report, loaded.arch, output=output, fmt=fmt.value, json_out=json_out, out=out, written=written, quiet=quiet)
+    say_stale(outputs, quiet)
 
 
 def _refuse_flag_mixes(
@@ -377,7 +382,7 @@ def _show_patch(result: PatchResult, quiet: bool) -> None:
     if not quiet:
         console.print(steps_table(result))
         for note in result.notes:
-            console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+            console.print(text(f"note: {note}", style="dim"), soft_wrap=True)
     if not result.patched:
         console.print("nothing to patch: the model has no strided layer the policy selects.", style="yellow")
 
@@ -608,4 +613,4 @@ def _say_written(
     if json_out is not None and str(json_out) != "-":
         console.print(f"wrote {json_out}")
     if out is not None:
-        console.print(Text(f"wrote {len(written)} files to {out}: open {Path(out) / 'report.html'}"), soft_wrap=True)
+        console.print(text(f"wrote {len(written)} files to {out}: open {Path(out) / 'report.html'}"), soft_wrap=True)

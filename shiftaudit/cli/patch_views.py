@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
-from rich.text import Text
 
 from shiftaudit.antialias import PatchResult
 from shiftaudit.antialias.report import PatchLatency
-from shiftaudit.report.terminal import sig
+from shiftaudit.report.terminal import sig, text
 
 
 def steps_table(result: PatchResult) -> Table:
@@ -20,7 +19,7 @@ def steps_table(result: PatchResult) -> Table:
         t.add_column(col)
     for s in result.steps:
         t.add_row(
-            *(Text(c) for c in (s.name, s.kind, s.rule if s.patched else "-", s.action)), style=None if s.patched else "dim"
+            *(text(c) for c in (s.name, s.kind, s.rule if s.patched else "-", s.action)), style=None if s.patched else "dim"
         )
     return t
 

@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.text import Text
 
 from shiftaudit.cli.common import err_console
+from shiftaudit.errors import one_line
 from shiftaudit.report.terminal import sig
 
 
@@ -41,6 +42,7 @@ class RichProgress:
     def start(self, total: int, description: str) -> None:
         if not self.enabled:
             return
+        description = one_line(description)  # it may name the user's data: shown escaped, on the bar and in plain lines
         plain = (not err_console.is_terminal) if self.plain is None else self.plain
         if plain:
             self._lines = PlainLines(total, description, self.every_s, self.min_gap_s, self.unit)

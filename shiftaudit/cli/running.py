@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.text import Text
-
-from shiftaudit.cli.common import console, err_console
+from shiftaudit.cli.common import console, err_console, say_stale
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.runner import run_plan
 from shiftaudit.report.outputs import write_report_dir
-from shiftaudit.report.terminal import audit_table, describe_run, layers_table, sig
+from shiftaudit.report.terminal import audit_table, describe_run, layers_table, sig, text
 
 
 def plan_eval(
@@ -105,7 +103,7 @@ def report_result(
             console.print(layers_table(result.metrics["layers"], width=width))
         for note in result.notes:
             if not note.startswith(LABEL_MISMATCH):
-                console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+                console.print(text(f"note: {note}", style="dim"), soft_wrap=True)
         t = result.timing
         if sequential:
             console.print(sequential_summary(result), style="dim")
@@ -117,17 +115,22 @@ def report_result(
             )
     for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
         if note.startswith(LABEL_MISMATCH):
-            err_console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
-    for path in write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset):
+            err_console.print(text(f"warning: {note}", style="yellow"), soft_wrap=True)
+    from shiftaudit.atomicio import all_or_nothing
+
+    with all_or_nothing() as outputs:
+        written = write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset)
+    for path in written:
         if not quiet:
             console.print(f"wrote {path}")
+    say_stale(outputs, quiet)
     if result.gate is None:
         return 0
     checks = result.gate["checks"]
     failed = [c for c in checks if not c["passed"]]
     for c in checks:
         if not c["passed"] or not quiet:
-            err_console.print(Text(c["message"], style="" if c["passed"] else "red"), soft_wrap=True)
+            err_console.print(text(c["message"], style="" if c["passed"] else "red"), soft_wrap=True)
     if failed:
         err_console.print(f"gate: FAILED ({len(failed)} of {len(checks)} checks)", soft_wrap=True, style="bold red")
         return 1
@@ -171,8 +174,8 @@ def show_plan(plan: Any, json_out: Path | None) -> None:
     ]
     if plan.sequential:
         rows.append(("gate", "sequential: random draws until every threshold is decided (the rows above if undecided)"))
-    for key, text in rows:
-        t.add_row(key, Text(text))
+    for key, value in rows:
+        t.add_row(key, text(value))
     console.print(t)
     for note in plan.notes:
-        console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+        console.print(text(f"note: {note}", style="dim"), soft_wrap=True)

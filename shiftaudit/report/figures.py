@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from shiftaudit.atomicio import atomic_path
-from shiftaudit.report.plotting import plt
+from shiftaudit.report.plotting import PNG_METADATA, plt
 from shiftaudit.result import AuditResult
 
 DPI = 100
@@ -53,7 +53,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """PNG at exactly figsize * DPI pixels, written atomically."""
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
+            fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
     finally:
         plt.close(fig)
     return Path(path)

@@ -1,7 +1,8 @@
 """One self-contained ``report.html``: pictures embedded as data URIs, inline CSS, no script, nothing fetched.
 
 A single file survives being attached to a CI run, mailed or opened offline years later. Everything that comes from
-the user (model names, paths, notes, class names) is HTML-escaped: a report must never run what a file name says.
+the user (model names, paths, notes, class names) is HTML-escaped: a report must never run what a file name says;
+control characters in it are shown as escapes (``\x1b``, as on the terminal), never written raw into the page.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shiftaudit.atomicio import pending, write_text_atomic
+from shiftaudit.errors import one_line
 from shiftaudit.report.terminal import LAYER_CAPTION, LAYER_HEADER, audit_rows, describe_run, layer_rows
 from shiftaudit.result import AuditResult
 
@@ -53,7 +55,7 @@ footer{color:#888;margin-top:32px;font-size:12px}
 
 
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape(one_line("" if value is None else str(value)), quote=True)
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:

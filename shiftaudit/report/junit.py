@@ -4,7 +4,9 @@ One ``<testsuite name="shiftaudit gate">`` (inside a ``<testsuites>`` root, whic
 ``<testcase>`` per threshold; a failed threshold carries a ``<failure>`` whose message is the gate's check line, so
 the CI page shows value, threshold and confidence interval without opening the logs. A result without a gate gives a
 well-formed suite with zero test cases (the CLI refuses ``--junit`` without a threshold, so that never hides a
-misconfigured pipeline).
+misconfigured pipeline). Every string from the run (paths, names, messages) is written through
+:func:`~shiftaudit.errors.one_line`: XML 1.0 forbids most control characters even as references (``&#x1b;``), and a
+file that does not parse would fail the CI step or vanish from its page.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shiftaudit.atomicio import write_bytes_atomic
+from shiftaudit.errors import one_line
 from shiftaudit.gating import GateReport
 from shiftaudit.result import AuditResult
 
@@ -37,7 +40,7 @@ def _case_name(check: dict[str, Any]) -> str:
     t = check.get("threshold", {})
     label = f"adversarial accuracy at r={t.get('radius')}" if t.get("metric") == "adversarial" else str(t.get("metric", "check"))
     rel = ">=" if t.get("bound") == "min" else "<="
-    return f"{label} {rel} {t.get('value', 0):g}"
+    return one_line(f"{label} {rel} {t.get('value', 0):g}")
 
 
 def build_junit(source: AuditResult | GateReport | dict[str, Any] | None) -> ET.Element:
@@ -62,13 +65,13 @@ def build_junit(source: AuditResult | GateReport | dict[str, Any] | None) -> ET.
             ("shiftaudit", result.environment.get("shiftaudit")),
         ):
             if value is not None:
-                ET.SubElement(props, "property", {"name": name, "value": str(value)})
+                ET.SubElement(props, "property", {"name": name, "value": one_line(str(value))})
     for check in checks:
         case = ET.SubElement(suite, "testcase", {"name": _case_name(check), "classname": CLASSNAME, "time": "0"})
-        message = str(check.get("message", ""))
+        message = one_line(str(check.get("message", "")))
         if not check.get("passed"):
             failure = ET.SubElement(case, "failure", {"message": message, "type": "ThresholdNotMet"})
-            failure.text = f"{message}\nestimator: {check.get('estimator', '')}"
+            failure.text = f"{message}\nestimator: {one_line(str(check.get('estimator', '')))}"
         else:
             ET.SubElement(case, "system-out").text = message
     return root

@@ -1,13 +1,24 @@
-"""The report folder (``--out DIR``): the JSON report, and the pictures and HTML page when they are available."""
+"""The report folder (``--out DIR``): the JSON report, and the pictures and HTML page when they are available.
+
+A folder used again holds only the new run's report: a picture of an earlier run that this run does not draw (the
+per-layer heatmaps of a run with ``--layers``, before one without) is removed together with the new files' renames,
+all or nothing. Only a regular file at one of the report's picture names that shiftaudit drew (its PNG Software text
+says so) is removed; anything else is left, and named (:attr:`~shiftaudit.atomicio._Stage.kept`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import stat
+import struct
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir
+from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir, remove_stale
 from shiftaudit.result import AuditResult
 
 PictureDraw = Callable[[AuditResult, Path, Any], "Path | None"]
@@ -67,9 +78,70 @@ register_picture("layers.png", _layers)
 REPORT_FILES = report_files()  # the built-in set, for callers that check outputs before any plug-in registers
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_HEAD_BYTES = 1 << 20  # text chunks come before the pixels; a picture's first MiB holds them
+
+
+def drawn_by_shiftaudit(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file, a PNG whose Software text (before its pixels) is shiftaudit's. Read without
+    following a link or blocking on a FIFO, at most :data:`PNG_HEAD_BYTES`; anything unreadable is not ours."""
+    from shiftaudit.report.plotting import PNG_METADATA
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, PNG_HEAD_BYTES)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if not head.startswith(PNG_SIGNATURE):
+        return False
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[at : at + 8])
+        body = head[at + 8 : at + 8 + length]
+        if kind == b"IDAT" or len(body) < length:
+            return False
+        text = None
+        if kind == b"tEXt":
+            text = body
+        elif kind == b"zTXt" and b"\0" in body:
+            key, _, packed = body.partition(b"\0")
+            with contextlib.suppress(zlib.error):
+                text = key + b"\0" + zlib.decompress(packed[1:], bufsize=1024)[:1024]
+        if text is not None:
+            key, _, value = text.partition(b"\0")
+            if key == b"Software":
+                return value.decode("latin-1") == PNG_METADATA["Software"]
+        at += 12 + length
+    return False
+
+
+def remove_stale_pictures(folder: str | Path, names: Iterable[str], written: Iterable[str | Path]) -> None:
+    """Remove, with this run's outputs, the pictures among ``names`` in ``folder`` that an earlier run drew and this
+    run did not (``written``); a file at such a name that shiftaudit did not draw is kept and named."""
+    from shiftaudit.atomicio import keep_stale
+
+    done = {Path(p) for p in written}
+    for name in names:
+        path = Path(folder) / name
+        if path in done or not os.path.lexists(path):
+            continue
+        if drawn_by_shiftaudit(path):
+            remove_stale(path)
+        else:
+            keep_stale(path)
+
+
 def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = None) -> list[Path]:
     """Write everything a report folder holds, all or nothing (one failed picture leaves no half-new folder); returns
-    the files written.
+    the files written. Pictures an earlier run left there that this run does not draw are removed with them
+    (:func:`remove_stale_pictures`).
 
     ``dataset`` (optional, the audited data) lets the flip-example picture show the images themselves.
     """
@@ -85,6 +157,7 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
         pictures = write_pictures(result, out, dataset)
         written += pictures
         written.append(write_html_report(result, out / "report.html", pictures))
+        remove_stale_pictures(out, _PICTURES, written)
     return written
 
 

@@ -12,10 +12,18 @@ from rich.table import Table
 from rich.text import Text
 
 from shiftaudit.antialias.inspection import Inspection
+from shiftaudit.errors import one_line
 from shiftaudit.metrics import Reading, metric_classes
 from shiftaudit.metrics.base import value_readings
 from shiftaudit.metrics.layers import colour_scale
 from shiftaudit.result import AuditResult
+
+
+def text(value: object, style: str = "", **kwargs: Any) -> Text:
+    """A string for the terminal as rich Text: literal (never markup), control characters shown as escapes
+    (:func:`~shiftaudit.errors.one_line`). Every user string a table or message shows (paths, folder, class and layer
+    names, notes, run names) goes through here or ``one_line``, before any column is measured."""
+    return Text(one_line(str(value)), style=style, **kwargs)
 
 
 def _finite(v: Any) -> TypeGuard[float]:
@@ -136,14 +144,14 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
     each metric's name goes on its own line with its value and interval below it (below about 35 columns, on a line
     each), so that no number is cut.
     """
-    rows = audit_rows(result)
-    heading = Text(title or "Shift audit")
+    rows = [(one_line(metric), value, ci) for metric, value, ci in audit_rows(result)]
+    heading = text(title or "Shift audit")
     values = max([len(r[1]) for r in rows] + [len("Value")])
     cis = max([len(r[2]) for r in rows] + [len("95% CI")])
     if width is not None and METRIC_MIN_WIDTH + values + cis + 6 > width:
         lines = [heading]
         for metric, value, ci in rows:
-            lines.append(Text(metric, overflow="fold"))
+            lines.append(text(metric, overflow="fold"))
             numbers = f"  {value:>{values}}  {ci:>{cis}}".rstrip()
             if len(numbers) <= width:
                 lines.append(Text(numbers))
@@ -155,7 +163,7 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
     t.add_column("Value", justify="right", no_wrap=True)
     t.add_column("95% CI", justify="right", style="dim", no_wrap=True)
     for row in rows:
-        t.add_row(*(Text(c) for c in row))
+        t.add_row(*(text(c) for c in row))
     return t
 
 
@@ -301,9 +309,11 @@ def _compare_min_width(rows: list[CompareRow], runs: int) -> int:
 
 def _comparison(rows: list[CompareRow], results: list[tuple[str, AuditResult]], title: str, width: int | None) -> Table:
     others = list(range(1, len(results)))
-    headers = [name for name, _ in results] + ["Change" if len(results) == 2 else f"\u0394 {results[i][0]}" for i in others]
-    cells = [[row.metric, *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]] for row in rows]
-    t = Table(title=Text(title), title_justify="left", show_edge=False, pad_edge=False)
+    shown = [one_line(name) for name, _ in results]  # run names come from report paths: shown escaped, measured so
+    headers = shown + ["Change" if len(results) == 2 else f"\u0394 {shown[i]}" for i in others]
+    cells = [[one_line(row.metric), *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]]
+             for row in rows]
+    t = Table(title=text(title), title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
     k = len(headers)
     names = min(36, max(len(c[0]) for c in cells)) if cells else 16
@@ -318,7 +328,7 @@ def _comparison(rows: list[CompareRow], results: list[tuple[str, AuditResult]], 
     for row_cells in cells:
         t.add_row(*(Text(c) for c in row_cells))
     if others:
-        t.caption = Text(f"Change from {results[0][0]}; " + SIGNIFICANCE_RULE)
+        t.caption = Text(f"Change from {shown[0]}; " + SIGNIFICANCE_RULE)
     return t
 
 
@@ -346,13 +356,16 @@ def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] 
         module = p.module if p.kind != "blurpool" or "blur" in p.module.lower() else f"{p.module} (blurpool)"
         rows.append(
             [
-                p.name,
-                module,
-                k,
-                s,
-                f"{_side(p.in_size)}->{_side(p.out_size)}",
-                p.role,
-                *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
+                one_line(c)  # layer and module names are the model's: escaped before the columns are measured
+                for c in (
+                    p.name,
+                    module,
+                    k,
+                    s,
+                    f"{_side(p.in_size)}->{_side(p.out_size)}",
+                    p.role,
+                    *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
+                )
             ]
         )
     header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
@@ -432,7 +445,7 @@ def layers_table(layers: dict[str, Any], width: int | None = None) -> Table | Gr
     ``width``: the console width. Where the columns cannot fit it with every number whole, each layer becomes one
     block of ``label value`` lines instead, so that no number is cut.
     """
-    rows = layer_rows(layers)
+    rows = [(one_line(r[0]), *r[1:]) for r in layer_rows(layers)]
     widest = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(LAYER_SHORT)]
     name_width = min(LAYER_NAME_MIN_WIDTH, widest[0])
     if width is not None and name_width + sum(widest[1:]) + 3 * (len(widest) - 1) > width:
