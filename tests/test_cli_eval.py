@@ -127,3 +127,68 @@ def test_inspect_resnet18_lists_every_downsampling_point(resnet_files, tmp_path)
     assert rep["model"]["num_classes"] == 3
     table = run("inspect", ckpt)
     assert table.exit_code == 0 and "total stride 32" in table.stdout and "layer4.0.downsample.0" in table.stdout
+
+
+MARKED = "sa_cli_eval_models"
+
+
+@pytest.fixture(scope="module")
+def marked_files(tmp_path_factory):
+    """The test models on sys.path (their Slow model appends a line to $SA_MARK at every forward pass), a tiny
+    checkpoint and a 16 px ImageFolder."""
+    from tests.helpers import write_image_folder as write_small_folder
+    from tests.helpers import write_models_module
+
+    root = tmp_path_factory.mktemp("marked")
+    write_models_module(root / "pkgs", MARKED)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root / "pkgs"))
+        mod = __import__(MARKED)
+        torch.manual_seed(0)
+        torch.save(mod.slow(3).state_dict(), root / "tiny.pt")
+        yield root / "tiny.pt", write_small_folder(root / "val", size=16), root
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--max-shift", "0", "--min-consistency", "0.9"], "--min-consistency 0.9 would pass on nothing"),
+        (["--max-shift", "0", "--max-variation", "0.05"], "--max-variation 0.05 would pass on nothing"),
+        (["--max-variation", "inf"], "--max-variation takes a finite number"),
+        (["--max-variation", "nan"], "--max-variation takes a finite number"),
+        (["--min-consistency", "nan"], "--min-consistency takes a fraction"),
+        (["--min-accuracy", "inf"], "--min-accuracy takes a fraction"),
+        (["--min-adv-accuracy", "1=."], "--min-adv-accuracy takes RADIUS=FRACTION"),
+    ],
+)
+def test_gates_that_pass_on_nothing_or_on_no_number_are_refused_before_any_forward_pass(marked_files, monkeypatch,
+                                                                                       extra, flag):
+    ckpt, data, root = marked_files
+    mark = root / f"forward-{abs(hash(tuple(extra)))}.txt"
+    monkeypatch.setenv("SA_MARK", str(mark))
+    res = run("eval", ckpt, "--arch", f"{MARKED}:slow", "--data", data, "--size", "16", "--device", "cpu", "--workers",
+              "0", "--max-shift", "1", "--exact", *extra)
+    from tests.helpers import assert_clean_error
+
+    assert_clean_error(res, flag)
+    assert not mark.exists(), "the model ran before the refusal"
+
+
+def test_max_shift_zero_reports_accuracy_and_says_why_nothing_else(marked_files, tmp_path, monkeypatch):
+    """--max-shift 0 used to print a consistency of 100 % with an interval, and then advise --shift-step 1 although
+    the step was 1. Now: accuracy and the r = 0 adversarial accuracy (gateable), one note, the numbers equal the JSON."""
+    ckpt, data, root = marked_files
+    monkeypatch.delenv("SA_MARK", raising=False)
+    report = tmp_path / "r.json"
+    res = run("eval", ckpt, "--arch", f"{MARKED}:slow", "--data", data, "--size", "16", "--device", "cpu", "--workers",
+              "0", "--max-shift", "0", "--json", report, "--min-accuracy", "0", "--min-adv-accuracy", "0=0")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(report.read_text())
+    assert sorted(rep["metrics"]) == ["accuracy", "adversarial"]
+    shown = {line.split("│")[0].strip(): line.split("│")[1].strip() for line in res.stdout.splitlines() if "│" in line}
+    assert list(shown) == ["Accuracy, no shift", "Adversarial accuracy, max shift 0 px"]
+    assert shown["Accuracy, no shift"] == f"{100 * rep['metrics']['accuracy']['none']['value']:.1f} %"
+    assert shown["Adversarial accuracy, max shift 0 px"] == f"{100 * rep['metrics']['adversarial']['accuracy'][0]:.1f} %"
+    assert "Consistency" not in res.stdout and "--shift-step 1" not in res.output
+    assert "note: only the zero shift was evaluated (max shift 0)" in res.stdout
+    assert rep["gate"]["passed"] is True

@@ -313,8 +313,9 @@ def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaust
 
 def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shifts: ShiftSet) -> None:
     if config.thresholds:
-        from shiftaudit.gating import validate_thresholds
+        from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
 
+        refuse_trivial_thresholds(list(config.thresholds), len(shifts))
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
 
 

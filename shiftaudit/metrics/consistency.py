@@ -16,6 +16,7 @@ class SampledConsistency(PerImageMetric):
     """The paper's protocol: k random pairs (a, b) per image, drawn independently (a = b allowed), seeded per image."""
 
     name = "consistency_sampled"
+    compares_shifts = True
     report_rank = 30
     report_key = ("consistency", "sampled")
     per_image_column = "sampled_agreement"
@@ -50,6 +51,7 @@ class ExactConsistency(PerImageMetric):
     """
 
     name = "consistency_exact"
+    compares_shifts = True
     report_rank = 40
     report_key = ("consistency", "exact")
     per_image_column = "exact_consistency"

@@ -28,6 +28,7 @@ class FlipExamples(Metric):
     """
 
     name = "flip_examples"
+    compares_shifts = True
     report_rank = 80
     needs_all_shifts = True
     ids: np.ndarray

@@ -14,6 +14,7 @@ from shiftaudit.metrics.stats import summary
 @register_metric
 class Variation(PerImageMetric):
     name = "variation"
+    compares_shifts = True
     report_rank = 50
     per_image_column = "variation"
     needs_all_shifts = True
