@@ -368,3 +368,15 @@ def test_metadata_factory_inside_shiftaudit_is_trusted(tmp_path, monkeypatch):
     assert any("float16" in n for n in loaded.notes)
     with pytest.raises(UsageError, match="does not accept"):
         load_model(path, num_classes=3)
+
+
+def test_save_model_refuses_a_suffix_naming_another_format(tmp_path):
+    """The library refuses what `patch -o` refuses, naming its own parameters."""
+    model = tiny_cnn(4).eval()
+    for name, fmt, needle in (("m.onnx", "safetensors", "not ONNX"), ("m.pt", "safetensors", "format=torchscript"),
+                              ("m.pt2", "torchscript", "format=pt2"), ("m.safetensors", "pt2", "format=safetensors")):
+        with pytest.raises(UsageError, match=f"^path {tmp_path / name} ends in .*{needle}"):
+            save_model(model, tmp_path / name, format=fmt)
+        assert not (tmp_path / name).exists()
+    save_model(model, tmp_path / "m.bin", arch="tests.helpers:tiny_cnn")  # a suffix naming no format: as asked
+    assert load_model(tmp_path / "m.bin", arch="tests.helpers:tiny_cnn").format == "safetensors"
