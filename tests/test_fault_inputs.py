@@ -130,7 +130,7 @@ CHANGES = [
         ["--mean (directly or through --preset) changed", "(was [0.485, 0.456, 0.406], now [0.5, 0.5, 0.5])"],
     ),
     ("circular", ["--std", "0.5,0.5,0.5"], ["--std (directly or through --preset) changed"]),
-    ("circular", ["--resize", "20"], ["--resize (directly or through --preset) changed", "(was null, now 20)"]),
+    ("circular", ["--resize", "20"], ["--resize (directly or through --preset) changed", "(was 18, now 20)"]),  # 16 / 0.875
     ("circular", ["--size", "12", "--max-shift", "2"], ["--size"]),
     ("circular", ["--preset", "cifar"], ["--mean and --std (directly or through --preset) changed"]),
     ("circular", _permuted_map, ["the labels (--class-map) changed"]),
