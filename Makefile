@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.shiftaudit-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all planted mutate bench lint clean
+.PHONY: install demo test test-slow test-all fuzz planted mutate bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# The property tests (hypothesis) with fresh randomness and ten times the examples: profile "fuzz" of
+# tests/conftest.py. `make test` runs them derandomised (profile "ci"), so CI never depends on luck (docs/testing.md).
+fuzz: $(STAMP)
+	SHIFTAUDIT_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -n 2 -m hypothesis --timeout 3600 $(PYTEST_ARGS)
 
 # Known bugs planted one at a time: each must fail the test named for it.
 planted: $(STAMP)

@@ -123,11 +123,23 @@ def _fraction(value: float, flag: str) -> float:
     return value
 
 
+def _variation_bound(value: float, flag: str) -> float:
+    if not math.isfinite(value):  # inf would pass every model, nan none
+        raise UsageError(f"{flag} takes a finite number >= 0 (e.g. 0.05), got {value:g}.")
+    if value < 0:
+        raise UsageError(f"{flag} must be >= 0, got {value:g}.")
+    return value
+
+
 def parse_adv_threshold(text: str) -> Threshold:
     m = re.fullmatch(r"\s*(\d+)\s*=\s*([0-9.]+)\s*", text)
-    if not m:
+    try:
+        value = float(m.group(2)) if m else None
+    except ValueError:  # "4=." or "4=1.2.3": digits and dots that are no number
+        value = None
+    if m is None or value is None:
         raise UsageError(f"--min-adv-accuracy takes RADIUS=FRACTION (e.g. 4=0.8), got {text!r}.")
-    return Threshold("adversarial", "min", _fraction(float(m.group(2)), "--min-adv-accuracy"), int(m.group(1)))
+    return Threshold("adversarial", "min", _fraction(value, "--min-adv-accuracy"), int(m.group(1)))
 
 
 def build_thresholds(
@@ -142,9 +154,7 @@ def build_thresholds(
     if min_accuracy is not None:
         out.append(Threshold("accuracy", "min", _fraction(min_accuracy, "--min-accuracy")))
     if max_variation is not None:
-        if max_variation < 0:
-            raise UsageError(f"--max-variation must be >= 0, got {max_variation:g}.")
-        out.append(Threshold("variation", "max", max_variation))
+        out.append(Threshold("variation", "max", _variation_bound(max_variation, "--max-variation")))
     for text in min_adv_accuracy or []:
         out.append(parse_adv_threshold(text))
     return out
@@ -166,6 +176,25 @@ def validate_thresholds(
             raise UsageError(f"{t.flag} needs every shift evaluated; use --mode exhaustive or a smaller shift set.")
         if t.radius is not None and radii and t.radius not in radii:
             raise UsageError(unevaluated_radius_message(t, radii))
+
+
+# Gate metrics that compare an image's shifted copies, and their value when the shift set holds only the zero shift:
+# one copy per image, which always agrees with itself. A gate on them would pass on nothing.
+ZERO_SHIFT_VALUES = {"consistency": "1", "variation": "0"}
+
+
+def refuse_trivial_thresholds(thresholds: list[Threshold], shift_count: int) -> None:
+    """Refuse, before any work, a threshold that the shift set makes true whatever the model: consistency or
+    variation over the zero shift alone (``max_shift=0``). Accuracy, and adversarial accuracy at radius 0 (which is
+    accuracy), measure the model at that shift and stay allowed."""
+    if shift_count > 1:
+        return
+    for t in thresholds:
+        if t.metric in ZERO_SHIFT_VALUES:
+            raise UsageError(
+                f"{t.flag} would pass on nothing: the shift set holds only the zero shift (max shift 0), where "
+                f"{t.label} is {ZERO_SHIFT_VALUES[t.metric]} for every model; raise --max-shift."
+            )
 
 
 def unevaluated_radius_message(t: Threshold, radii: list[int] | list[float]) -> str:
@@ -291,7 +320,7 @@ def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Thres
         bad = next((t for t in out if not isinstance(t, Threshold)), None)
         if bad is not None:
             raise UsageError(f"thresholds lists shiftaudit.Threshold values, got a {type(bad).__name__}.")
-        return out
+        return [check_threshold(t) for t in out]
     unknown = sorted(str(k) for k in set(thresholds) - set(THRESHOLD_KEYS))
     if unknown:
         raise UsageError(f"Unknown thresholds {', '.join(unknown)}; use {', '.join(THRESHOLD_KEYS)}.")
@@ -301,9 +330,7 @@ def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Thres
     if thresholds.get("min_accuracy") is not None:
         out.append(Threshold("accuracy", "min", _checked_fraction(thresholds["min_accuracy"], "min_accuracy")))
     if thresholds.get("max_variation") is not None:
-        value = _checked_number(thresholds["max_variation"], "max_variation")
-        if value < 0:
-            raise UsageError(f"max_variation must be >= 0, got {value:g}.")
+        value = _variation_bound(_checked_number(thresholds["max_variation"], "max_variation"), "max_variation")
         out.append(Threshold("variation", "max", value))
     adversarial = thresholds.get("min_adv_accuracy")
     if isinstance(adversarial, (list, tuple)) and all(isinstance(a, str) for a in adversarial):
@@ -321,7 +348,29 @@ def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Thres
 def _checked_number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
         raise UsageError(f"{name} takes a number, got {value!r}.")
+    if math.isinf(float(value)):
+        raise UsageError(f"{name} takes a finite number, got {float(value):g}.")
     return float(value)
+
+
+FRACTION_GATES = ("consistency", "accuracy", "adversarial")  # shares: a bound outside [0, 1] is a typo
+
+
+def check_threshold(t: Threshold) -> Threshold:
+    """A :class:`Threshold` made by hand, checked like the flags and the mapping: a known metric and bound, a finite
+    number (a fraction for the share metrics, >= 0 for variation), a whole radius >= 0 for adversarial accuracy."""
+    _gate_metric(t)
+    if t.bound not in ("min", "max"):
+        raise UsageError(f"A Threshold's bound is 'min' or 'max', got {t.bound!r}.")
+    name = f"Threshold({t.metric!r}, {t.bound!r})"
+    value = _checked_number(t.value, name)
+    if t.metric in FRACTION_GATES:
+        _fraction(value, name)
+    elif t.metric == "variation":
+        _variation_bound(value, name)
+    if t.metric == "adversarial" and (isinstance(t.radius, bool) or not isinstance(t.radius, int) or t.radius < 0):
+        raise UsageError(f"{name} takes a whole radius >= 0 in px, got {t.radius!r}.")
+    return t
 
 
 def _checked_fraction(value: Any, name: str) -> float:

@@ -23,6 +23,15 @@ from shiftaudit.result import AuditResult
 runner = CliRunner()
 
 
+def examples(n: int) -> int:
+    """A property test's example count, scaled by the hypothesis profile (tests/conftest.py): ``n`` under "ci"
+    (max_examples 100, the default), ten times ``n`` under "fuzz" (max_examples 1000). Read when the test module is
+    imported, after the profile is loaded."""
+    from hypothesis import settings
+
+    return max(1, round(n * settings.default.max_examples / 100))
+
+
 class StopAfter(nn.Module):
     """Wraps a model; raises KeyboardInterrupt (a Ctrl-C) on forward call number ``stop`` when armed."""
 

@@ -448,7 +448,8 @@ def test_grayscale_and_rgba_images_are_converted_and_said(files, tmp_path):
 
 
 def test_images_smaller_than_the_crop_are_enlarged_and_said(files, tmp_path):
-    out = _run_ok(eval_args(files, data=_small_images(tmp_path)), tmp_path / "r.json")
+    # --preset cifar: a crop without a resize (a --size alone resizes to 16 / 0.875 = 18 px first, enlarging them)
+    out = _run_ok(eval_args(files, "--preset", "cifar", data=_small_images(tmp_path)), tmp_path / "r.json")
     assert any("6 images smaller than the 16x16 crop enlarged" in n for n in out["report"]["notes"])
 
 

@@ -127,3 +127,156 @@ def test_inspect_resnet18_lists_every_downsampling_point(resnet_files, tmp_path)
     assert rep["model"]["num_classes"] == 3
     table = run("inspect", ckpt)
     assert table.exit_code == 0 and "total stride 32" in table.stdout and "layer4.0.downsample.0" in table.stdout
+
+
+MARKED = "sa_cli_eval_models"
+
+
+@pytest.fixture(scope="module")
+def marked_files(tmp_path_factory):
+    """The test models on sys.path (their Slow model appends a line to $SA_MARK at every forward pass), a tiny
+    checkpoint and a 16 px ImageFolder."""
+    from tests.helpers import write_image_folder as write_small_folder
+    from tests.helpers import write_models_module
+
+    root = tmp_path_factory.mktemp("marked")
+    write_models_module(root / "pkgs", MARKED)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root / "pkgs"))
+        mod = __import__(MARKED)
+        torch.manual_seed(0)
+        torch.save(mod.slow(3).state_dict(), root / "tiny.pt")
+        yield root / "tiny.pt", write_small_folder(root / "val", size=16), root
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--max-shift", "0", "--min-consistency", "0.9"], "--min-consistency 0.9 would pass on nothing"),
+        (["--max-shift", "0", "--max-variation", "0.05"], "--max-variation 0.05 would pass on nothing"),
+        (["--max-variation", "inf"], "--max-variation takes a finite number"),
+        (["--max-variation", "nan"], "--max-variation takes a finite number"),
+        (["--min-consistency", "nan"], "--min-consistency takes a fraction"),
+        (["--min-accuracy", "inf"], "--min-accuracy takes a fraction"),
+        (["--min-adv-accuracy", "1=."], "--min-adv-accuracy takes RADIUS=FRACTION"),
+    ],
+)
+def test_gates_that_pass_on_nothing_or_on_no_number_are_refused_before_any_forward_pass(marked_files, monkeypatch,
+                                                                                       extra, flag):
+    ckpt, data, root = marked_files
+    mark = root / f"forward-{abs(hash(tuple(extra)))}.txt"
+    monkeypatch.setenv("SA_MARK", str(mark))
+    res = run("eval", ckpt, "--arch", f"{MARKED}:slow", "--data", data, "--size", "16", "--device", "cpu", "--workers",
+              "0", "--max-shift", "1", "--exact", *extra)
+    from tests.helpers import assert_clean_error
+
+    assert_clean_error(res, flag)
+    assert not mark.exists(), "the model ran before the refusal"
+
+
+def test_max_shift_zero_reports_accuracy_and_says_why_nothing_else(marked_files, tmp_path, monkeypatch):
+    """--max-shift 0 used to print a consistency of 100 % with an interval, and then advise --shift-step 1 although
+    the step was 1. Now: accuracy and the r = 0 adversarial accuracy (gateable), one note, the numbers equal the JSON."""
+    ckpt, data, root = marked_files
+    monkeypatch.delenv("SA_MARK", raising=False)
+    report = tmp_path / "r.json"
+    res = run("eval", ckpt, "--arch", f"{MARKED}:slow", "--data", data, "--size", "16", "--device", "cpu", "--workers",
+              "0", "--max-shift", "0", "--json", report, "--min-accuracy", "0", "--min-adv-accuracy", "0=0")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(report.read_text())
+    assert sorted(rep["metrics"]) == ["accuracy", "adversarial"]
+    shown = {line.split("│")[0].strip(): line.split("│")[1].strip() for line in res.stdout.splitlines() if "│" in line}
+    assert list(shown) == ["Accuracy, no shift", "Adversarial accuracy, max shift 0 px"]
+    assert shown["Accuracy, no shift"] == f"{100 * rep['metrics']['accuracy']['none']['value']:.1f} %"
+    assert shown["Adversarial accuracy, max shift 0 px"] == f"{100 * rep['metrics']['adversarial']['accuracy'][0]:.1f} %"
+    assert "Consistency" not in res.stdout and "--shift-step 1" not in res.output
+    assert "note: only the zero shift was evaluated (max shift 0)" in res.stdout
+    assert rep["gate"]["passed"] is True
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """3 classes of 64x48 images (larger than the 24 px input) and a tiny checkpoint."""
+    from tests.helpers import tiny_cnn
+
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    for c in range(3):
+        (root / "val" / f"class_{c}").mkdir(parents=True)
+        for i in range(2):
+            coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+            Image.fromarray(coarse).resize((64, 48), Image.BICUBIC).save(root / "val" / f"class_{c}" / f"p{i}.png")
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(3).state_dict(), root / "tiny.pt")
+    return root / "tiny.pt", root / "val"
+
+
+def _tiny_eval(photos, *extra):
+    ckpt, data = photos
+    return run("eval", ckpt, "--arch", "tests.helpers:tiny_cnn", "--data", data, "--max-shift", "1", "--device", "cpu",
+               "--workers", "0", *extra)
+
+
+def test_size_alone_resizes_by_the_crop_fraction_and_the_header_plan_and_json_say_so(photos, tmp_path):
+    """--size 24 on 64x48 photos: resized to floor(24 / 0.875) = 27, centre crop 24 (not the raw central 24 px); the
+    table header and the --dry-run plan show the preprocessing, each number equal to the JSON's."""
+    res = _tiny_eval(photos, "--size", "24", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    prep = rep["data"]["preprocessing"]
+    assert prep == {"size": [24, 24], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": 27,
+                    "name": "custom"}
+    words = f"resize {prep['resize']}, centre crop {prep['size'][0]}x{prep['size'][1]}, ImageNet mean/std"
+    header = " ".join(res.stdout.split("Metric")[0].split())
+    assert f"on {rep['data']['description']} ({words});" in header
+    same = _tiny_eval(photos, "--size", "24", "--resize", "27", "--json", tmp_path / "same.json")
+    assert same.exit_code == 0, same.output
+    assert json.loads((tmp_path / "same.json").read_text())["metrics"] == rep["metrics"]  # the resize is what ran
+    plan = _tiny_eval(photos, "--size", "24", "--dry-run", "--json", tmp_path / "plan.json")
+    assert plan.exit_code == 0, plan.output
+    assert json.loads((tmp_path / "plan.json").read_text())["plan"]["preprocessing"] == prep
+    row = next(line for line in plan.stdout.splitlines() if line.startswith("preprocessing"))
+    assert row.split("│")[1].strip() == words
+
+
+def test_mean_and_std_nobody_gave_are_said_to_be_assumed(photos, tmp_path):
+    note = ("ImageNet mean/std assumed: the checkpoint records no normalisation and neither --preset nor --mean/--std "
+            "was given; pass the model's own (docs/loading.md, finding a model's preprocessing)")
+    res = _tiny_eval(photos, "--size", "24", "--json", tmp_path / "a.json")
+    assert res.exit_code == 0 and note in json.loads((tmp_path / "a.json").read_text())["notes"]
+    assert f"note: {note}" in " ".join(res.stdout.split())
+    plan = _tiny_eval(photos, "--size", "24", "--dry-run")
+    assert f"note: {note}" in " ".join(plan.stdout.split())
+    for given in (["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"], ["--preset", "imagenet"]):
+        res = _tiny_eval(photos, "--size", "24", *given, "--json", tmp_path / "b.json")
+        assert res.exit_code == 0, res.output
+        assert not [n for n in json.loads((tmp_path / "b.json").read_text())["notes"] if "assumed" in n]
+
+
+def test_a_radius_the_table_leaves_out_is_named_under_it(photos, tmp_path):
+    """A step-4 grid to 16 px measures r = 4, 8, 12, 16; the table shows 4, 8 and 16 and says 12 is in the JSON."""
+    res = _tiny_eval(photos, "--size", "40", "--max-shift", "16", "--shift-step", "4", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    adv = json.loads((tmp_path / "r.json").read_text())["metrics"]["adversarial"]
+    assert adv["radius"] == [0, 4, 8, 12, 16]
+    out = " ".join(res.stdout.split())
+    assert "max shift 12 px" not in out and "max shift 16 px" in out
+    assert "Adversarial accuracy at 12 px: in the JSON report (metrics.adversarial), not shown." in out
+
+
+def test_inspect_at_an_odd_size_says_the_sizes_round_and_takes_resize(resnet_files):
+    """At 260 px resnet18 goes 260 -> 130 -> 65 -> 33 -> 17 -> 9: the stride is 32 (not 260 / 9 = 29), every layer
+    is listed, and the sizes round. --resize is taken as by eval and patch, and shown with the audit input."""
+    ckpt, _ = resnet_files
+    rep = json.loads(run("inspect", ckpt, "--size", "260", "--json", "-").stdout)
+    assert rep["inspection"]["total_stride"] == 32 and rep["inspection"]["final_size"] == [9, 9]
+    res = run("inspect", ckpt, "--size", "260", "--resize", "300")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "where no layer shows it" not in out and "(total stride 32)" in out
+    assert ("note: 260x260 is not a multiple of the total stride, so the downsampling layers round their output sizes "
+            "(260 / 32 = 8.125 -> 9)") in out
+    assert "Audit input │ resize 300, centre crop 260x260, ImageNet mean/std" in out
+    even = " ".join(run("inspect", ckpt, "--size", "256").stdout.split())
+    assert "(total stride 32)" in even and "round their output sizes" not in even
+    assert "Audit input │ resize 292, centre crop 256x256" in even  # --size alone: 256 / 0.875

@@ -70,8 +70,10 @@ def test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched(
     torch.save(net_state(6), ckpt)
     rep = inspect_json(ckpt, "--arch", f"{mod}:make", "--arch-kwargs", '{"model_name": "lite1"}')
     assert rep["model"]["arch"] == f"{mod}:make" and rep["inspection"]["points"][0]["name"] == "conv"
-    # without the argument the factory cannot be called: said in one sentence
-    assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", f"{mod}:make"]), "model_name")
+    # without the argument the factory cannot be called: said in one sentence that names the flag giving it
+    line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", f"{mod}:make"]), "model_name")
+    assert line == (f"error: Factory {mod}:make needs the argument model_name, which neither the checkpoint nor "
+                    """--arch-kwargs gives; pass --arch-kwargs '{"model_name": "..."}' (arch_kwargs= in Python).""")
 
     out = tmp_path / "patched.safetensors"
     res = runner.invoke(

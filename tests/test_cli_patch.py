@@ -108,3 +108,42 @@ def test_rebuild_message_is_true_for_installed_and_local_factories(tmp_path):
     assert "PYTHONPATH" not in installed
     local = rebuild_message(tmp_path / "m.safetensors", "safetensors", "tests.helpers:tiny_cnn")
     assert "the module tests.helpers must be importable: run from its folder or set PYTHONPATH" in local
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "message"),
+    [
+        ("aa.onnx", None, "--output {out} ends in .onnx, but shiftaudit writes safetensors, torch.export (.pt2) or "
+                          "TorchScript, not ONNX; name it aa.pt2 (torch.onnx.export turns that model into ONNX)."),
+        ("aa.pt", None, "--output {out} ends in .pt, which names a torch.load file, but it would be written as "
+                        "safetensors; name it aa.safetensors, or pass --format torchscript."),
+        ("aa.pth", "pt2", "--output {out} ends in .pth, which names a torch.load file, but it would be written as pt2; "
+                          "name it aa.pt2, or pass --format torchscript."),
+        ("aa.pt2", "safetensors", "--output {out} ends in .pt2, which names a torch.export archive, but it would be "
+                                  "written as safetensors; name it aa.safetensors, or pass --format pt2."),
+        ("aa.safetensors", "torchscript", "--output {out} ends in .safetensors, which names a safetensors file, but it "
+                                          "would be written as torchscript; name it aa.pt, or pass --format safetensors."),
+    ],
+)
+def test_an_output_suffix_naming_another_format_is_refused_before_loading(tmp_path, name, fmt, message):
+    """`patch -o aa.onnx` wrote safetensors bytes under an ONNX name (and `-o aa.pt` a file torch.load cannot read).
+    Refused before the model is even read: the checkpoint here is not a model at all."""
+    from tests.helpers import assert_clean_error
+
+    bogus = tmp_path / "not-a-model.pt"
+    bogus.write_bytes(b"nothing here")
+    out = tmp_path / name
+    res = run("patch", bogus, "--arch", "resnet18", "-o", out, *(["--format", fmt] if fmt else []))
+    line = assert_clean_error(res)
+    assert line == "error: " + message.format(out=out)
+    assert not out.exists()
+
+
+def test_a_torch_suffix_with_format_torchscript_writes_torchscript(files, tmp_path):
+    _, ckpt, _ = files
+    out = tmp_path / "aa.pth"
+    res = run("patch", ckpt, "--arch", "resnet18", "-o", out, "--format", "torchscript", "--size", "32", "--quiet")
+    assert res.exit_code == 0, res.output
+    from shiftaudit.loading import load_model
+
+    assert load_model(out).format == "torchscript"

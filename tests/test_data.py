@@ -199,6 +199,55 @@ def test_resize_then_centre_crop(tmp_path: Path) -> None:
     assert torch.allclose(y, torch.full_like(y, 77 / 255), atol=1 / 255 + 1e-6)
 
 
+@pytest.mark.parametrize("size", [32, 224, 240, 260, 300, 380])
+def test_a_size_alone_resizes_by_the_crop_fraction_as_timm_does(size: int) -> None:
+    """--size without --resize used to centre-crop the raw image (a 480 px photo became a small central patch). Now
+    the shorter side is resized to floor(size / 0.875) first: the same Resize and CenterCrop timm builds."""
+    from shiftaudit.data.presets import resolve_preprocessing
+
+    timm_data = pytest.importorskip("timm.data")
+    resize, crop = timm_data.create_transform(input_size=(3, size, size), crop_pct=0.875, interpolation="bilinear").transforms[:2]
+    prep = resolve_preprocessing(size=size)
+    assert (prep.resize, prep.size) == (resize.size, tuple(crop.size))
+
+
+def test_a_size_alone_sees_the_whole_photo_like_the_model_zoo_transform(tmp_path: Path) -> None:
+    """On a 480x360 photo, --size 260 gives what timm's eval transform gives (to a grey level, PIL's resize against
+    torchvision's), not the central 260 px of the raw photo."""
+    from shiftaudit.data.presets import resolve_preprocessing
+
+    timm_data = pytest.importorskip("timm.data")
+    yy, xx = np.mgrid[0:360, 0:480]
+    arr = np.stack([xx * 255 // 479, yy * 255 // 359, (xx + yy) * 255 // 838], -1).astype(np.uint8)
+    arr[80:280, 140:340] = 255  # a white 200 px square in the middle: 200 px of the crop, or 168 px of it resized
+    Image.fromarray(arr).save(tmp_path / "photo.png")
+    prep = resolve_preprocessing(size=260)
+    ours = load_data(tmp_path / "photo.png", preprocessing=prep)[0][0]
+    zoo = timm_data.create_transform(input_size=(3, 260, 260), crop_pct=0.875, interpolation="bilinear")
+    with Image.open(tmp_path / "photo.png") as im:
+        theirs = zoo(im.convert("RGB"))
+    scale = torch.tensor(prep.std).view(3, 1, 1)  # compare in pixel units
+    assert ((ours - theirs) * scale).abs().max() < 2.5 / 255
+    old_default = Preprocessing(size=(260, 260), mean=prep.mean, std=prep.std, resize=None)  # the raw centre crop
+    raw_crop = load_data(tmp_path / "photo.png", preprocessing=old_default)[0][0]
+    assert ((raw_crop - theirs) * scale).abs().max() > 0.5  # visibly another image: the square's edges moved
+
+
+def test_a_base_without_a_resize_keeps_none_and_an_explicit_resize_wins() -> None:
+    from shiftaudit.data.presets import PRESETS, resolve_preprocessing
+
+    assert resolve_preprocessing("cifar", size=40).resize is None  # CIFAR images are the input size already
+    assert resolve_preprocessing(size=16, default=PRESETS["cifar"]).resize is None
+    assert resolve_preprocessing(size=260, resize=260).resize == 260
+    recorded = Preprocessing(size=(300, 300), mean=(0.5,) * 3, std=(0.5,) * 3, resize=320)
+    assert resolve_preprocessing(size=240, default=recorded).resize == 256  # the checkpoint's own fraction, 300/320
+    assert resolve_preprocessing().resize == 256 and resolve_preprocessing(size=224).resize == 256
+    with pytest.raises(UsageError) as err:
+        resolve_preprocessing(size=4000)
+    assert str(err.value) == ("--size 4000 is cropped from images resized to 4571 px (crop fraction 224/256), more than "
+                              "the 4096 px allowed; pass --resize 4000 to crop without the margin.")
+
+
 def test_small_images_are_enlarged_to_the_crop_with_a_note(tmp_path: Path) -> None:
     png(tmp_path / "f" / "small.png", (9, 9, 9), size=(6, 4))
     ds = load_data(tmp_path / "f", preprocessing=PREP)

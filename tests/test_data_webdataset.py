@@ -176,6 +176,24 @@ def test_bad_shards_are_one_sentence(tmp_path, make, needles):
     assert_clean_error(res, *needles)
 
 
+def test_a_shard_named_twice_is_refused_before_any_image_is_read(stores, tmp_path):
+    """'{000,000}' and a folder holding a shard and a link to it would audit each image twice: the doubled count
+    narrows every interval as if the copies were new images. Refused in one sentence naming --data and the shard."""
+    shard = stores["shards"] / "val-000.tar"
+    res = cli("eval", DEMO, "--data", str(stores["shards"] / "val-{000,001,000}.tar"), *AUDIT)
+    assert_clean_error(res, "--data", "val-000.tar twice", "name each shard once")
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    (folder / "a.tar").symlink_to(shard)
+    (folder / "b.tar").symlink_to(shard)
+    res = cli("eval", DEMO, "--data", str(folder), *AUDIT)
+    assert_clean_error(res, "--data", "a.tar and", "b.tar, which are one file")
+    with pytest.raises(DataError, match="twice"):  # the library refuses it the same way
+        load_data(str(stores["shards"] / "val-{001,001}.tar"), preprocessing=get_preset("cifar"))
+    once = load_data(str(stores["shards"] / "val-{000,001}.tar"), preprocessing=get_preset("cifar"))
+    assert len(once) == 8  # two different shards of 4 samples each (one of them skipped, one extra): as before
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_torchrun_by_shard_gives_the_single_process_json(stores, tmp_path):

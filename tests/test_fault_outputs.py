@@ -42,6 +42,7 @@ from shiftaudit.errors import OutputError, one_line
 from tests.helpers import (
     assert_clean_error,
     cli,
+    examples,
     synthetic_result,
     tiny_models_on_path,
     write_image_folder,
@@ -50,7 +51,8 @@ from tests.helpers import (
 
 MODULE = "sa_fault_outputs_models"
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(60)  # a FIFO opened by mistake blocks forever: fail, never hang
+# a FIFO opened by mistake blocks forever: fail, never hang (ten times longer under `make fuzz`, with ten times the examples)
+pytestmark = pytest.mark.timeout(60 * examples(1))
 
 
 @pytest.fixture(scope="module")
@@ -451,7 +453,7 @@ def test_ctrl_c_sent_to_a_real_process_mid_audit_leaves_no_output(setup, tmp_pat
 DESTINATION_KINDS = ["nothing", "regular", "fifo", "socket", "symlink-to-file", "symlink-to-devnull", "folder"]
 
 
-@settings(max_examples=25, deadline=None, database=None, derandomize=True,
+@settings(max_examples=examples(25), deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(json_kind=st.sampled_from(DESTINATION_KINDS), junit_kind=st.sampled_from(DESTINATION_KINDS),
        inner_kind=st.sampled_from(DESTINATION_KINDS), html_kind=st.sampled_from(["nothing", "regular", "fifo"]))

@@ -265,3 +265,66 @@ def test_a_threshold_on_a_metric_without_a_gate_names_the_gated_ones():
     message = r"^No gate on 'flip_rate'; thresholds exist for consistency, accuracy, variation, adversarial\.$"
     with pytest.raises(UsageError, match=message):
         evaluate_gate(synthetic_result(), [Threshold("flip_rate", "min", 0.5)])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: build_thresholds(max_variation=math.inf), "--max-variation takes a finite number >= 0 (e.g. 0.05), got inf."),
+        (lambda: build_thresholds(max_variation=math.nan), "--max-variation takes a finite number >= 0 (e.g. 0.05), got nan."),
+        (lambda: build_thresholds(min_consistency=math.nan), "--min-consistency takes a fraction between 0 and 1"),
+        (lambda: build_thresholds(min_accuracy=math.inf), "--min-accuracy takes a fraction between 0 and 1"),
+        (lambda: build_thresholds(min_adv_accuracy=["2=."]), "--min-adv-accuracy takes RADIUS=FRACTION (e.g. 4=0.8), got '2=.'."),
+        (lambda: build_thresholds(min_adv_accuracy=["2=1.2.3"]), "--min-adv-accuracy takes RADIUS=FRACTION"),
+        (lambda: build_thresholds(min_adv_accuracy=["2=nan"]), "--min-adv-accuracy takes RADIUS=FRACTION"),
+    ],
+    ids=["variation-inf", "variation-nan", "consistency-nan", "accuracy-inf", "adv-dot", "adv-dots", "adv-nan"],
+)
+def test_every_threshold_flag_refuses_nan_and_inf(make, message):
+    """inf as a maximum passes every model, nan as either bound none: both are refused with the flag's name (a bare
+    '2=.' was a ValueError, i.e. an internal error)."""
+    with pytest.raises(UsageError) as err:
+        make()
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"max_variation": math.inf}, "max_variation takes a finite number, got inf."),
+        ({"min_consistency": -math.inf}, "min_consistency takes a finite number, got -inf."),
+        ({"min_adv_accuracy": {1: math.inf}}, "min_adv_accuracy[1] takes a finite number, got inf."),
+        ([Threshold("variation", "max", math.inf)], "Threshold('variation', 'max') takes a finite number, got inf."),
+        ([Threshold("consistency", "min", math.nan)], "Threshold('consistency', 'min') takes a number, got nan."),
+        ([Threshold("accuracy", "min", 1.5)],
+         "Threshold('accuracy', 'min') takes a fraction between 0 and 1 (e.g. 0.95), got 1.5."),
+        ([Threshold("variation", "max", -0.1)], "Threshold('variation', 'max') must be >= 0, got -0.1."),
+        ([Threshold("adversarial", "min", 0.5, -1)], "Threshold('adversarial', 'min') takes a whole radius >= 0 in px, got -1."),
+        ([Threshold("consistency", "at least", 0.5)], "A Threshold's bound is 'min' or 'max', got 'at least'."),
+    ],
+)
+def test_python_thresholds_refuse_non_finite_values_and_bad_threshold_objects(given, message):
+    """The mapping and a list of Threshold objects are checked like the flags: shiftaudit.gate, shiftaudit.audit and
+    shiftaudit.testing all read them through thresholds_from."""
+    from shiftaudit.gating import thresholds_from
+
+    with pytest.raises(UsageError) as err:
+        thresholds_from(given)
+    assert str(err.value) == message
+
+
+def test_a_gate_the_zero_shift_alone_makes_true_is_refused():
+    """With the zero shift alone every image agrees with itself: consistency is 1 and variation 0 for any model, so
+    a gate on them would pass on nothing. Accuracy and adversarial accuracy at radius 0 (= accuracy) still measure."""
+    from shiftaudit.gating import refuse_trivial_thresholds
+
+    cons, var = build_thresholds(min_consistency=0.9, max_variation=0.05)
+    for t, value in ((cons, "consistency is 1"), (var, "variation is 0")):
+        with pytest.raises(UsageError) as err:
+            refuse_trivial_thresholds([t], 1)
+        assert str(err.value) == (
+            f"{t.flag} would pass on nothing: the shift set holds only the zero shift (max shift 0), where {value} for "
+            "every model; raise --max-shift."
+        )
+        refuse_trivial_thresholds([t], 2)  # two shifts: measured
+    refuse_trivial_thresholds(build_thresholds(min_accuracy=0.5, min_adv_accuracy=["0=0.5"]), 1)

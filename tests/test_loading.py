@@ -399,3 +399,15 @@ def test_a_zip_checkpoint_torch_could_read_differently_is_refused_before_torch_o
         load_model(path, arch="resnet18")
     assert "two members named" in str(exc.value)
     assert_one_line(exc)
+
+
+def test_save_model_refuses_a_suffix_naming_another_format(tmp_path):
+    """The library refuses what `patch -o` refuses, naming its own parameters."""
+    model = tiny_cnn(4).eval()
+    for name, fmt, needle in (("m.onnx", "safetensors", "not ONNX"), ("m.pt", "safetensors", "format=torchscript"),
+                              ("m.pt2", "torchscript", "format=pt2"), ("m.safetensors", "pt2", "format=safetensors")):
+        with pytest.raises(UsageError, match=f"^path {tmp_path / name} ends in .*{needle}"):
+            save_model(model, tmp_path / name, format=fmt)
+        assert not (tmp_path / name).exists()
+    save_model(model, tmp_path / "m.bin", arch="tests.helpers:tiny_cnn")  # a suffix naming no format: as asked
+    assert load_model(tmp_path / "m.bin", arch="tests.helpers:tiny_cnn").format == "safetensors"

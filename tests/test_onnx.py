@@ -107,6 +107,26 @@ def test_onnx_audit_equals_the_pytorch_audit_of_the_same_weights(files, tmp_path
     assert onnx_report["settings"]["precision"] == "fp32" and onnx_report["notes"] == torch_report["notes"]
 
 
+def test_an_onnx_eval_says_what_inspect_says_was_assumed(files, tmp_path):
+    """The graph fixes 32x32 and records no mean or std: inspect notes the guess, and so does eval (it used to stay
+    silent), until --mean/--std say it. The size gets ImageNet's crop fraction, as --size alone does: resize 36."""
+    root, _ = files
+    data = root / "data.npz"
+    loaded = load_model(root / "r18.onnx")
+    assert loaded.preprocessing_assumed and loaded.preprocessing.resize == 36
+    assert loaded.notes == ["input size 32x32 read from the graph; resize 36 (ImageNet's crop fraction), mean and std "
+                            "are assumed (pass --preset, --resize or --mean/--std)"]
+    inspected = cli("inspect", root / "r18.onnx")
+    assert loaded.notes[0] in " ".join(inspected.stdout.split())
+    report = audit_json(tmp_path, "guessed", root / "r18.onnx", "--data", data)
+    assert report["data"]["preprocessing"]["resize"] == 36
+    assumed = [n for n in report["notes"] if "assumed" in n]
+    assert assumed == ["ImageNet mean/std assumed: the checkpoint records no normalisation and neither --preset nor "
+                       "--mean/--std was given; pass the model's own (docs/loading.md, finding a model's preprocessing)"]
+    given = audit_json(tmp_path, "given", root / "r18.onnx", "--data", data, "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
+    assert not [n for n in given["notes"] if "assumed" in n]
+
+
 def test_onnx_model_predicts_what_pytorch_predicts_at_every_shift(files):
     root, resnet = files
     loaded = load_model(root / "r18.onnx")

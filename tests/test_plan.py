@@ -124,3 +124,63 @@ def test_gate_mapping_builds_each_threshold_as_the_cli_flags_do():
     same = shiftaudit.gate(result, {"min_adv_accuracy": ["1=0.75"]})
     assert [c.threshold for c in same.checks] == [Threshold("adversarial", "min", 0.75, 1)]
     assert shiftaudit.gate(result, {}).checks == [] and shiftaudit.gate(result, {}).passed
+
+
+def test_audit_takes_the_threshold_mapping_that_gate_takes():
+    """shiftaudit.audit(thresholds=...) reads the mapping shiftaudit.gate and shiftaudit.testing take, and judges it
+    exactly as gate() judges the same mapping on the same result."""
+    mapping = {"min_consistency": 0.5, "min_accuracy": 0.25, "max_variation": 0.125, "min_adv_accuracy": {1: 0.75, 2: 0.0}}
+    model, data = tiny_cnn(size=8, spatial_head=True), _data(8)
+    result = shiftaudit.audit(model, data, max_shift=2, device="cpu", thresholds=mapping)
+    assert result.gate == shiftaudit.gate(result, mapping).to_json()
+    assert [c["flag"] for c in result.gate["checks"]] == [
+        "--min-consistency 0.5", "--min-accuracy 0.25", "--max-variation 0.125", "--min-adv-accuracy 1=0.75",
+        "--min-adv-accuracy 2=0"]
+    assert AuditConfig(thresholds=mapping).thresholds == tuple(build_thresholds(0.5, 0.25, 0.125, ["1=0.75", "2=0"]))
+
+
+@pytest.mark.parametrize("thresholds, message", [
+    ({"max_variation": float("inf")}, "max_variation takes a finite number, got inf."),
+    ({"min_consistency": float("nan")}, "min_consistency takes a number, got nan."),
+    ({"min_flips": 0.5}, "Unknown thresholds min_flips"),
+])
+def test_audit_refuses_bad_threshold_mappings_before_any_forward_pass(thresholds, message):
+    model = Untouchable()
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        shiftaudit.audit(model, _data(), max_shift=2, device="cpu", thresholds=thresholds)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("thresholds, flag", [
+    ({"min_consistency": 0.9}, "--min-consistency 0.9"),
+    ({"max_variation": 0.05}, "--max-variation 0.05"),
+])
+@pytest.mark.parametrize("mode", ["auto", "sampled"])
+def test_a_gate_on_the_zero_shift_alone_is_refused_before_any_forward_pass(thresholds, flag, mode):
+    model = Untouchable()
+    with pytest.raises(UsageError, match=f"^{flag} would pass on nothing: the shift set holds only the zero shift"):
+        shiftaudit.plan_audit(AuditConfig(max_shift=0, mode=mode, device="cpu", thresholds=thresholds), model, _data())
+    assert model.calls == 0
+    with pytest.raises(UsageError, match="would pass on nothing"):  # a set of one given as offsets: the same
+        shiftaudit.audit(model, _data(), shifts=shiftaudit.ShiftSet.from_offsets((8, 8), [(0, 0), (8, -8)]),
+                         device="cpu", thresholds=thresholds)
+    assert model.calls == 0
+
+
+def test_one_shift_audits_accuracy_and_leaves_out_what_compares_shifts():
+    """Max shift 0: accuracy and the adversarial curve at r = 0 (= accuracy) are measured, and may be
+    gated; consistency, variation, flip rate, MAC, random-shift accuracy, the accuracy map and flip examples would read
+    perfect for any model: left out, with one note that says why."""
+    result = shiftaudit.audit(tiny_cnn(size=8, spatial_head=True), _data(8), max_shift=0, device="cpu",
+                              thresholds={"min_accuracy": 0.0, "min_adv_accuracy": {0: 0.0}})
+    assert sorted(result.metrics) == ["accuracy", "adversarial"]
+    assert list(result.metrics["accuracy"]) == ["none"] and result.metrics["adversarial"]["radius"] == [0]
+    assert result.metrics["adversarial"]["accuracy"] == [result.metrics["accuracy"]["none"]["value"]]
+    assert result.gate["passed"] is True
+    assert [n for n in result.notes if "only the zero shift" in n] == [
+        "only the zero shift was evaluated (max shift 0): consistency, variation, flip rate and the other metrics that "
+        "compare an image's shifted copies are not reported, since each would read perfect for any model; raise "
+        "--max-shift to measure them"]
+    two = shiftaudit.audit(tiny_cnn(size=8, spatial_head=True), _data(8), max_shift=1, device="cpu")
+    assert {"consistency", "variation", "flip_rate", "mac", "accuracy_map"} <= set(two.metrics)
+    assert not [n for n in two.notes if "only the zero shift" in n]

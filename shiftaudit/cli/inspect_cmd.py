@@ -16,13 +16,22 @@ from shiftaudit.cli import app
 from shiftaudit.cli.choices import value
 from shiftaudit.cli.common import check_outputs, console, handle_errors
 from shiftaudit.cli.loading import load_model_from_cli, resolve_cli_preprocessing
-from shiftaudit.cli.options import ArchKwargsOpt, ArchOpt, ModelArg, NumClassesOpt, PresetOpt, SizeOpt, TrustPickleOpt
+from shiftaudit.cli.options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    ModelArg,
+    NumClassesOpt,
+    PresetOpt,
+    ResizeOpt,
+    SizeOpt,
+    TrustPickleOpt,
+)
 from shiftaudit.report.terminal import inspection_table, text
 
 BLACK_BOXES = {"torchscript": "TorchScript archives", "pt2": "torch.export archives (.pt2)"}  # no modules to hook
 
 
-def loading_table(loaded) -> Table:
+def loading_table(loaded, prep=None) -> Table:
     t = Table(title="Checkpoint", title_justify="left", show_header=False, show_edge=False, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -40,6 +49,8 @@ def loading_table(loaded) -> Table:
     if loaded.preprocessing is not None:
         p = loaded.preprocessing
         row("Preprocessing", f"{p.name}: {p.size[0]}x{p.size[1]}" + (f", resize {p.resize}" if p.resize else ""))
+    if prep is not None:  # what eval and patch would feed the model with the same flags
+        row("Audit input", prep.describe())
     if loaded.patch_spec:
         row("Patched", patch_summary(loaded.patch_spec))
     for note in loaded.notes:
@@ -90,6 +101,7 @@ def inspect_command(
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
     size: SizeOpt = None,
+    resize: ResizeOpt = None,
     preset: PresetOpt = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the inspection as JSON to this path ('-' for stdout).")
@@ -98,7 +110,7 @@ def inspect_command(
     """Show how the checkpoint loads and every downsampling point of the network (stride, resolutions, role)."""
     check_outputs({"--json": json_out}, inputs=[model])
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
-    prep = resolve_cli_preprocessing(loaded, value(preset), size, None, None, None, None)
+    prep = resolve_cli_preprocessing(loaded, value(preset), size, resize, None, None, None)
     insp = None
     if loaded.format == "onnx":
         from shiftaudit.loading.onnx_inspect import inspect_onnx
@@ -110,7 +122,7 @@ def inspect_command(
     if json_out is not None and str(json_out) == "-":
         typer.echo(json.dumps(report, indent=2))
         return
-    console.print(loading_table(loaded))
+    console.print(loading_table(loaded, prep))
     console.print()
     if insp is None:
         console.print(f"{BLACK_BOXES[loaded.format]} are audited as black boxes: no layer-by-layer view.")
@@ -121,6 +133,17 @@ def inspect_command(
             f"{len(insp.downsampling)} downsampling layers; input {insp.input_size[0]}x{insp.input_size[1]} -> "
             f"{insp.final_size[0]}x{insp.final_size[1]} (total stride {insp.total_stride})."
         )
+        if insp.rounded and insp.main_path_stride == insp.total_stride:
+            h, s = insp.input_size[0], insp.total_stride
+            console.print(
+                Text(
+                    f"note: {insp.input_size[0]}x{insp.input_size[1]} is not a multiple of the total stride, so the "
+                    f"downsampling layers round their output sizes ({h} / {s} = {h / s:.4g} -> {insp.final_size[0]}): "
+                    "shifts by multiples of the stride no longer map exactly onto the final grid.",
+                    style="dim",
+                ),
+                soft_wrap=True,
+            )
         if insp.main_path_stride != insp.total_stride:
             console.print(
                 Text(

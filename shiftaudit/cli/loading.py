@@ -73,7 +73,7 @@ def load_dataset_from_cli(
 
     prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
     margin = get_shift_mode(shift_mode, "--shift-mode").canvas_margin(None, max_shift, prep.size)
-    return load_data(
+    dataset = load_data(
         data,
         preprocessing=prep,
         kind=data_kind,
@@ -87,3 +87,9 @@ def load_dataset_from_cli(
         image_column=image_column,
         label_column=label_column,
     )
+    recorded = loaded.preprocessing is not None and not getattr(loaded, "preprocessing_assumed", False)
+    if dataset.preprocessing is not None and not (recorded or preset or mean or std):
+        from shiftaudit.data.presets import assumed_statistics_note
+
+        dataset.add_note(assumed_statistics_note(dataset.preprocessing))
+    return dataset

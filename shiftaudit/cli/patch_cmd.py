@@ -234,6 +234,10 @@ def patch_command(
     check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(RUN_FOLDERS))}, inputs=[model])
     json_to_stdout(json_out)
     fmt = fmt or (ModelFormat.pt2 if output is not None and output.suffix.lower() == ".pt2" else ModelFormat.safetensors)
+    if output is not None:
+        from shiftaudit.loading.saving import check_save_path
+
+        check_save_path(output, fmt.value, flag="--output", format_flag="--format ")
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     if loaded.format in UNPATCHABLE:
         raise UsageError(

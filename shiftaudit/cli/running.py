@@ -11,7 +11,7 @@ from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.runner import run_plan
 from shiftaudit.report.outputs import write_report_dir
-from shiftaudit.report.terminal import audit_table, describe_run, layers_table, sig, text
+from shiftaudit.report.terminal import audit_table, describe_preprocessing, describe_run, layers_table, sig, text
 
 
 def plan_eval(
@@ -141,8 +141,9 @@ def report_result(
 PLAN_SCHEMA = "shiftaudit/audit-plan"
 
 
-def show_plan(plan: Any, json_out: Path | None) -> None:
-    """``eval --dry-run``: the plan as a table (and as JSON with ``--json``), nothing run."""
+def show_plan(plan: Any, json_out: Path | None, data_notes: list[str] | None = None) -> None:
+    """``eval --dry-run``: the plan as a table (and as JSON with ``--json``), nothing run; ``data_notes``: what loading
+    the data noted so far (an assumed mean and std), said after the plan's own notes."""
     from rich.table import Table
 
     from shiftaudit.atomicio import write_json_atomic
@@ -162,6 +163,7 @@ def show_plan(plan: Any, json_out: Path | None) -> None:
             f"{plan.num_images} at {plan.input_size[0]}x{plan.input_size[1]}"
             + (f" (canvas margin {plan.canvas_margin} px)" if plan.canvas_margin else ""),
         ),
+        ("preprocessing", describe_preprocessing(plan.preprocessing) or "none: the tensors are the model's input as given"),
         ("metrics", ", ".join(plan.metrics)),
         ("engine", plan.strategy + (" (torch.compile)" if plan.compiled else "")),
         ("device", f"{plan.device}, {plan.precision}" + (", channels_last" if plan.channels_last else "")),
@@ -177,5 +179,5 @@ def show_plan(plan: Any, json_out: Path | None) -> None:
     for key, value in rows:
         t.add_row(key, text(value))
     console.print(t)
-    for note in plan.notes:
+    for note in [*plan.notes, *(data_notes or [])]:
         console.print(text(f"note: {note}", style="dim"), soft_wrap=True)

@@ -343,6 +343,10 @@ class AuditDataset(Dataset):
     def notes(self, value: list[str]) -> None:
         self._notes = list(value)
 
+    def add_note(self, note: str) -> None:
+        """One more note, after the ones given (the counts of converted, enlarged and skipped images stay last)."""
+        self._notes.append(note)
+
     def __repr__(self) -> str:
         return f"AuditDataset({self.description!r})"
 

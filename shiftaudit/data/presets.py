@@ -47,6 +47,12 @@ class Preprocessing:
     def channels(self) -> int:
         return len(self.mean)
 
+    def describe(self) -> str:
+        """In words, as the table header and the plan show it: "resize 297, centre crop 260x260, ImageNet mean/std"."""
+        h, w = self.size
+        steps = [f"resize {self.resize}" if self.resize is not None else "no resize", f"centre crop {h}x{w}"]
+        return ", ".join(steps + [describe_statistics(self.mean, self.std)])
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["size"] = list(self.size)
@@ -66,6 +72,21 @@ class Preprocessing:
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise UsageError(f"Invalid preprocessing description {d!r}: {exc}.") from None
+
+
+def describe_statistics(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    """``ImageNet mean/std``, ``CIFAR-10 mean/std``, ``mean 0.5, std 0.25`` (one value per channel when they differ)."""
+    known: dict[tuple[tuple[float, ...], tuple[float, ...]], str] = {
+        (IMAGENET_MEAN, IMAGENET_STD): "ImageNet mean/std", (CIFAR_MEAN, CIFAR_STD): "CIFAR-10 mean/std"
+    }
+    name = known.get((tuple(mean), tuple(std)))
+    if name:
+        return name
+
+    def values(v: tuple[float, ...]) -> str:
+        return f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)
+
+    return f"mean {values(mean)}, std {values(std)}"
 
 
 PRESETS: dict[str, Preprocessing] = {
@@ -90,22 +111,51 @@ def resolve_preprocessing(
     resize: int | None = None,
     default: Preprocessing | None = None,
 ) -> Preprocessing:
-    """Combine a preset (or the checkpoint's own preprocessing, ``default``) with explicit overrides."""
+    """Combine a preset (or the checkpoint's own preprocessing, ``default``; ImageNet's without either) with explicit
+    overrides.
+
+    A ``size`` without a ``resize`` keeps the base's crop fraction, as the model zoos do (timm's ``crop_pct``,
+    torchvision's resize 256 / crop 224): the shorter side is resized to ``floor(size * base.resize / base.size)``
+    (ImageNet: ``floor(size / 0.875)``, 297 for 260), then the centre ``size`` is cropped. A base without a resize
+    (CIFAR: the images are the input size already) stays without one. A centre crop of the raw image, which a 480 px
+    photo would turn into a small central patch, is never chosen silently: pass ``resize`` for another one.
+    """
     base = get_preset(preset) if preset else default
-    if base is None and size is None:
-        base = PRESETS["imagenet"]
     if size is not None:
         hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     else:
-        assert base is not None
-        hw = base.size
-    if base is None:
-        base = Preprocessing(size=hw, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        hw = (base or PRESETS["imagenet"]).size
+    frame = base or PRESETS["imagenet"]
     changed = size is not None or mean is not None or std is not None or resize is not None
+    if resize is None:
+        resize = crop_fraction_resize(hw, frame) if size is not None else frame.resize
     return Preprocessing(
         size=hw,
-        mean=tuple(mean) if mean is not None else base.mean,
-        std=tuple(std) if std is not None else base.std,
-        resize=resize if resize is not None else (base.resize if size is None else None),
-        name=base.name if not changed else "custom",
+        mean=tuple(mean) if mean is not None else frame.mean,
+        std=tuple(std) if std is not None else frame.std,
+        resize=resize,
+        name=frame.name if not changed else "custom",
+    )
+
+
+def crop_fraction_resize(size: tuple[int, int], frame: Preprocessing) -> int | None:
+    """The resize that gives a ``size`` crop the crop fraction of ``frame`` (None when ``frame`` has no resize)."""
+    if frame.resize is None:
+        return None
+    side = min(size)
+    resize = side * frame.resize // min(frame.size)  # whole numbers: floor(260 * 256 / 224) = 297, like timm
+    if resize > MAX_SIDE:
+        raise UsageError(
+            f"--size {side} is cropped from images resized to {resize} px (crop fraction {min(frame.size)}/"
+            f"{frame.resize}), more than the {MAX_SIDE} px allowed; pass --resize {side} to crop without the margin."
+        )
+    return resize
+
+
+def assumed_statistics_note(prep: Preprocessing) -> str:
+    """The note an audit carries when no preset, ``--mean``/``--std`` or record in the checkpoint gave the mean and std:
+    they decide what the model sees, and a wrong guess costs accuracy without any error."""
+    return (
+        f"{describe_statistics(prep.mean, prep.std)} assumed: the checkpoint records no normalisation and neither --preset "
+        "nor --mean/--std was given; pass the model's own (docs/loading.md, finding a model's preprocessing)"
     )

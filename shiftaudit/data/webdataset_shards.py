@@ -89,13 +89,33 @@ def shard_files(path: Path) -> list[Path]:
             raise DataError(f"No {SHARD_SUFFIX} shards found in {path}.")
         if len(found) > MAX_SHARDS:
             raise DataError(f"{path} holds {len(found):,} shards, more than the {MAX_SHARDS:,} allowed.")
+        refuse_repeated_shards(found, text)
         return found
     names = [Path(n) for n in expand_braces(text)]
     missing = [n for n in names if not n.exists()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"Shard {missing[0]} does not exist{more}.")
+    refuse_repeated_shards(names, text)
     return names
+
+
+def refuse_repeated_shards(names: list[Path], pattern: str) -> None:
+    """Refuse a pattern that names one file twice (``{a,a}.tar``, or a name and a link to it): its images would be
+    audited twice, and the twice-counted images would narrow every interval as if they were new ones."""
+    seen: dict[tuple[int, int], Path] = {}
+    for name in names:
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue  # unreadable: said when the shard is opened
+        first = seen.setdefault((st.st_dev, st.st_ino), name)
+        if first is not name:
+            same = f"{name} twice" if os.fspath(first) == os.fspath(name) else f"{first} and {name}, which are one file"
+            raise DataError(
+                f"--data {pattern} names {same}; each image would be audited twice and narrow the intervals as if it "
+                "were a new one: name each shard once."
+            )
 
 
 def has_shards(folder: Path) -> bool:

@@ -25,8 +25,9 @@ class AuditConfig:
     """An audit's settings (see :func:`shiftaudit.audit` for each one's meaning).
 
     ``metrics``: accumulators to run instead of the default ones; ``observers``: extra watchers of the forward
-    passes (e.g. per-layer distances); ``thresholds``: gate thresholds (:mod:`shiftaudit.gating`), checked against the
-    plan before any work and judged on the result. ``sequential``: decide the thresholds from random draws, stopping
+    passes (e.g. per-layer distances); ``thresholds``: gate thresholds (:mod:`shiftaudit.gating`), the mapping or
+    list :func:`shiftaudit.gate` takes, checked against the plan before any work and judged on the result.
+    ``sequential``: decide the thresholds from random draws, stopping
     as soon as each is clearly met or missed (:mod:`shiftaudit.engine.sequential`); ``decision_error`` bounds the chance
     that the verdict differs from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's
     forward passes spent before the exhaustive audit decides instead.
@@ -52,10 +53,17 @@ class AuditConfig:
     compile: bool = False
     pack_rows: bool | None = None  # dense rows share device batches across image batches; None: on CUDA only
     resume: str | Path | None = None
-    thresholds: tuple[Any, ...] = ()
+    thresholds: Any = ()  # a mapping or Threshold list when given; a tuple of Threshold once built
     sequential: bool = False
     decision_error: float = 0.01
     sequential_budget: float = 0.5
+
+    def __post_init__(self) -> None:
+        """``thresholds`` as :func:`shiftaudit.gate` takes them (a mapping such as ``{"min_consistency": 0.95}`` or
+        a list of :class:`~shiftaudit.gating.Threshold`), each checked, held as a tuple of Threshold."""
+        from shiftaudit.gating import thresholds_from
+
+        object.__setattr__(self, "thresholds", tuple(thresholds_from(self.thresholds or ())))
 
     def check(self) -> None:
         """Refuse settings that are wrong whatever the model and data."""

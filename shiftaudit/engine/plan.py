@@ -54,6 +54,7 @@ class AuditPlan:
     seed: int
     notes: tuple[str, ...] = ()
     sequential: bool = False  # the gate decides from random draws first; the planned audit runs only if it must
+    preprocessing: dict[str, Any] | None = None  # resize, crop, mean, std of the data; None: tensors taken as input
 
     @property
     def mode(self) -> str:
@@ -86,6 +87,7 @@ class AuditPlan:
             "pairs": self.pairs,
             "seed": self.seed,
             "sequential": self.sequential,
+            "preprocessing": self.preprocessing,
             "notes": list(self.notes),
         }
 
@@ -266,8 +268,14 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         seed=config.seed,
         notes=tuple(notes),
         sequential=sequential,
+        preprocessing=_preprocessing_json(dataset),
     )
     return PreparedAudit(plan, config, model, forward, dataset, metrics, observers, info, dev, dist, notes)
+
+
+def _preprocessing_json(dataset: Any) -> dict[str, Any] | None:
+    prep = getattr(dataset, "preprocessing", None)
+    return prep.to_json() if prep is not None and hasattr(prep, "to_json") else None
 
 
 def _plan_geometry(config: AuditConfig, dataset: Any, notes: list[str]) -> tuple[ShiftSet, bool, tuple[int, int], int]:
@@ -316,8 +324,9 @@ def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaust
 
 def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shifts: ShiftSet) -> None:
     if config.thresholds:
-        from shiftaudit.gating import validate_thresholds
+        from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
 
+        refuse_trivial_thresholds(list(config.thresholds), len(shifts))
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
 
 

@@ -71,15 +71,15 @@ def audit(
     curve and zero-shift accuracy). ``compile``: run the model through ``torch.compile`` (eager if that fails).
     ``pack_rows``: dense rows fill every device batch across image batches (:mod:`shiftaudit.engine.packing`);
     ``None`` packs on CUDA only, since it moves float metrics by rounding against the unpacked layout.
-    ``thresholds``: gate thresholds, checked against the plan before any work; the verdict is in ``result.gate``.
+    ``thresholds``: gate thresholds, the mapping (``{"min_consistency": 0.95, "min_adv_accuracy": {2: 0.8}}``) or
+    :class:`~shiftaudit.gating.Threshold` list that :func:`shiftaudit.gate` takes, checked against the plan before any
+    work; the verdict is in ``result.gate``.
     Under ``torchrun`` the images are sharded over the processes and every process returns the merged result.
     Ctrl-C or SIGTERM raises :class:`~shiftaudit.errors.AuditInterrupted` (how far it got, where it was saved).
     """
     if metrics is not None:
         settings["metrics"] = tuple(metrics)
     settings["observers"] = tuple(observers or ())
-    if "thresholds" in settings:
-        settings["thresholds"] = tuple(settings["thresholds"] or ())
     config = AuditConfig(**settings)
     return run_plan(plan_audit(config, model, data, model_info), progress)
 

@@ -170,6 +170,16 @@ def resolve_factory(arch: str) -> Callable[..., Any]:
     return obj
 
 
+def _missing_arguments(fn: Any, given: dict[str, Any]) -> list[str]:
+    """The arguments ``fn`` requires (no default) that ``given`` leaves out; none when its signature cannot be read."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in given]
+
+
 def accepts_num_classes(arch: str) -> bool:
     """Whether ``num_classes`` can be passed when building ``arch`` (always for torchvision and timm)."""
     if kind_of(arch) != "factory":
@@ -206,6 +216,14 @@ def _construct(arch: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn
             try:
                 inspect.signature(fn).bind(**extra)
             except TypeError as exc:
+                missing = _missing_arguments(fn, extra)
+                if missing:
+                    example = json.dumps({name: "..." for name in missing})
+                    raise UsageError(
+                        f"Factory {arch} needs the argument{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which "
+                        f"neither the checkpoint nor --arch-kwargs gives; pass --arch-kwargs '{example}' (arch_kwargs= "
+                        "in Python)."
+                    ) from None
                 raise UsageError(f"Factory {arch} does not accept the arguments {sorted(extra)} ({exc}).") from None
             except ValueError:
                 pass  # builtins without a signature: just call

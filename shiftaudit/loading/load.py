@@ -137,9 +137,11 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
     meta = parse_metadata(raw, source)
     if meta.num_classes is None:
         meta.num_classes = classes
-    if kind == ONNX and meta.preprocessing is None:
+    assumed = kind == ONNX and meta.preprocessing is None
+    if assumed:
         meta.preprocessing = default_preprocessing(onnx_module.input, notes)
     loaded = _whole_model(module, fmt, source, meta, arch, num_classes, notes)
+    loaded.preprocessing_assumed = assumed and loaded.preprocessing is not None
     if kind == ONNX:  # onnxruntime does not say; the graph's initializers do
         from shiftaudit.loading.onnx_inspect import parameter_count
 

@@ -16,6 +16,8 @@ class LoadedModel:
 
     ``arch_source`` says how the architecture was decided (``"--arch"``, ``"metadata"``,
     ``"identified from weights"``, ``"n/a"`` for whole-model files), so reports can show the user what was assumed.
+    ``preprocessing_assumed``: the preprocessing was not recorded in the file but guessed (an ONNX graph's input size
+    with ImageNet's mean and std), so an audit says so.
     """
 
     model: nn.Module
@@ -30,6 +32,7 @@ class LoadedModel:
     arch_source: str = "n/a"
     notes: list[str] = field(default_factory=list)
     parameter_count: int = 0
+    preprocessing_assumed: bool = False
 
     def __post_init__(self) -> None:
         if not self.parameter_count:

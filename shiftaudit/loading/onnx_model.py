@@ -190,9 +190,10 @@ class OnnxClassifier(nn.Module):
         return dev
 
 def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
-    """The graph's fixed input size with ImageNet's mean and std (3 channels; 0.5 and 0.5 otherwise), or None when the
-    graph leaves the size free (the usual default, ImageNet at 224, then applies)."""
-    from shiftaudit.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocessing
+    """The graph's fixed input size with ImageNet's mean, std and crop fraction (3 channels: resize to size / 0.875,
+    then the centre crop, as for ``--size`` alone; 0.5 and 0.5 and no resize otherwise), or None when the graph leaves
+    the size free (the usual default, ImageNet at 224, then applies)."""
+    from shiftaudit.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocessing, crop_fraction_resize
 
     size = graph_input.fixed_size
     if size is None:
@@ -201,8 +202,13 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
         return PRESETS["imagenet"]
     c = graph_input.channels or 3
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
-    notes.append(f"input size {size[0]}x{size[1]} read from the graph; mean and std are assumed (pass --preset or --mean/--std)")
-    return Preprocessing(size=size, mean=mean, std=std, name="custom")
+    resize = crop_fraction_resize(size, PRESETS["imagenet"]) if c == 3 else None
+    how = f"resize {resize} (ImageNet's crop fraction), " if resize is not None else ""
+    notes.append(
+        f"input size {size[0]}x{size[1]} read from the graph; {how}mean and std are assumed (pass --preset, --resize or "
+        "--mean/--std)"
+    )
+    return Preprocessing(size=size, mean=mean, std=std, resize=resize, name="custom")
 
 
 def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:

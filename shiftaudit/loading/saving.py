@@ -23,6 +23,39 @@ from shiftaudit.loading.model import LoadedModel
 from shiftaudit.loading.state_dict import infer_num_classes
 
 FORMATS = ("safetensors", "pt2", "torchscript")
+SUFFIX_OF = {"safetensors": ".safetensors", "pt2": ".pt2", "torchscript": ".pt"}
+# Suffixes that name a model format, and the formats that may be written under them: a reader (or a person) goes by
+# the suffix, so a safetensors file named .pt fails torch.load, and nothing here writes ONNX.
+SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
+    ".safetensors": ("safetensors",),
+    ".pt2": ("pt2",),
+    ".pt": ("torchscript",),
+    ".pth": ("torchscript",),
+    ".onnx": (),
+}
+SUFFIX_READ_AS = {".safetensors": "a safetensors file", ".pt2": "a torch.export archive", ".pt": "a torch.load file",
+                  ".pth": "a torch.load file"}
+
+
+def check_save_path(path: str | os.PathLike[str], format: str, *, flag: str = "path", format_flag: str = "format=") -> None:
+    """Refuse, before any work, a destination whose suffix names a format other than the one it would be written in:
+    ``.onnx`` (never written), ``.pt``/``.pth`` for safetensors or torch.export (readers would ``torch.load`` it),
+    ``.pt2`` or ``.safetensors`` for another format. Other suffixes are taken as they are. ``flag``/``format_flag``:
+    how the message names the destination and the format (the CLI passes ``--output`` and ``--format ``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    allowed = SUFFIX_FORMATS.get(suffix)
+    if allowed is None or format in allowed:
+        return
+    if not allowed:
+        raise UsageError(
+            f"{flag} {p} ends in {suffix}, but shiftaudit writes safetensors, torch.export (.pt2) or TorchScript, not "
+            f"ONNX; name it {p.with_suffix('.pt2').name} (torch.onnx.export turns that model into ONNX)."
+        )
+    raise UsageError(
+        f"{flag} {p} ends in {suffix}, which names {SUFFIX_READ_AS[suffix]}, but it would be written as {format}; name it "
+        f"{p.with_suffix(SUFFIX_OF[format]).name}, or pass {format_flag}{allowed[0]}."
+    )
 
 
 def _plain_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,6 +95,7 @@ def save_model(
     """Save atomically; values not given are taken from a :class:`LoadedModel` when one is passed."""
     if format not in FORMATS:
         raise UsageError(f"Unknown save format {format!r}; use one of {', '.join(FORMATS)}.")
+    check_save_path(path, format)
     if isinstance(loaded_or_module, LoadedModel):
         lm = loaded_or_module
         model = lm.model

@@ -53,6 +53,7 @@ class AccuracyAtRandomShift(PerImageMetric):
     """One uniformly drawn shift of the set per image, seeded per image (never one shift for a whole batch)."""
 
     name = "accuracy_random"
+    compares_shifts = True
     report_rank = 20
     report_key = ("accuracy", "random")
     entry_type = Proportion

@@ -15,6 +15,7 @@ from shiftaudit.shifts.sets import ShiftSet, offset_json
 @register_metric
 class AccuracyMap(Metric):
     name = "accuracy_map"
+    compares_shifts = True
     report_rank = 70
     entry_type = Grid
     needs_all_shifts = True

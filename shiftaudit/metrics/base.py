@@ -94,7 +94,9 @@ class Metric(ABC):
     ``report_key`` (where :meth:`compute` goes under the report's ``metrics``), ``entry_type`` (the type
     :meth:`compute` returns, an :class:`~shiftaudit.metrics.entries.Entry`: the report is written from it and read back
     into it; None: a JSON value kept as it is), ``per_image_column`` (the value kept per image, in ``per_image``) and
-    ``per_image_type`` (its JSON type), ``needs_labels``/``needs_all_shifts``, ``early_exit_safe`` (needs only the zero shift
+    ``per_image_type`` (its JSON type), ``needs_labels``/``needs_all_shifts``, ``compares_shifts`` (measures how an
+    image's shifted copies differ: with the zero shift alone it would read perfect by definition, so a default audit of
+    that set leaves it out), ``early_exit_safe`` (needs only the zero shift
     and each image's first misclassified shift), ``reported`` (False: read by the engine, never written),
     ``report_rank`` and ``display_order`` (position in the report and in the tables), :meth:`readings` (the numbers
     people read) and :meth:`default_for` (whether a default audit includes it). State is declared with
@@ -110,6 +112,7 @@ class Metric(ABC):
     per_image_type: ClassVar[Any] = float | None
     needs_labels: ClassVar[bool] = True
     needs_all_shifts: ClassVar[bool] = False
+    compares_shifts: ClassVar[bool] = False  # compares an image's shifted copies: left out of default audits of one shift
     early_exit_safe: ClassVar[bool] = False
     reported: ClassVar[bool] = True
     display_order: ClassVar[int] = 1000

@@ -17,6 +17,7 @@ class SampledConsistency(PerImageMetric):
     """The paper's protocol: k random pairs (a, b) per image, drawn independently (a = b allowed), seeded per image."""
 
     name = "consistency_sampled"
+    compares_shifts = True
     report_rank = 30
     report_key = ("consistency", "sampled")
     entry_type = Proportion
@@ -51,6 +52,7 @@ class ExactConsistency(PerImageMetric):
     """
 
     name = "consistency_exact"
+    compares_shifts = True
     report_rank = 40
     report_key = ("consistency", "exact")
     entry_type = Proportion

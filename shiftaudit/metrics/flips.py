@@ -27,6 +27,7 @@ class FlipExamples(Metric):
     """
 
     name = "flip_examples"
+    compares_shifts = True
     report_rank = 80
     entry_type = Flips
     needs_all_shifts = True

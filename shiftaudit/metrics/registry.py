@@ -52,9 +52,21 @@ def create_metric(name: str, *args: Any, **kwargs: Any) -> Metric:
 
 
 def default_metrics(ctx: MetricContext) -> list[Metric]:
-    """The metrics a default audit in ``ctx`` runs, in report order (each class decides; see ``default_for``)."""
+    """The metrics a default audit in ``ctx`` runs, in report order (each class decides; see ``default_for``).
+
+    A set of one shift (the zero shift: ``max_shift=0``) leaves out the metrics that compare an image's shifted copies
+    (``compares_shifts``), with a note: a consistency of 100 % with an interval would be true of every model."""
     out = []
+    single = len(ctx.shift_set) == 1
+    if single and any(cls.compares_shifts for cls in metric_classes()):
+        ctx.notes.append(
+            "only the zero shift was evaluated (max shift 0): consistency, variation, flip rate and the other metrics "
+            "that compare an image's shifted copies are not reported, since each would read perfect for any model; "
+            "raise --max-shift to measure them"
+        )
     for cls in metric_classes():
+        if single and cls.compares_shifts:
+            continue
         metric = cls.default_for(ctx)
         if metric is not None:
             out.append(metric)

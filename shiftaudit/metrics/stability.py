@@ -44,6 +44,7 @@ def neighbour_pairs(shifts: ShiftSet) -> np.ndarray:
 @register_metric
 class FlipRate(PerImageMetric):
     name = "flip_rate"
+    compares_shifts = True
     report_rank = 90
     entry_type = PairSummary
     needs_labels = False
@@ -58,9 +59,11 @@ class FlipRate(PerImageMetric):
         if metric.pairs.size:
             return metric
         # a grid with a step has no 1-px neighbours: omit the metric rather than report an empty mean (nan)
+        step = ctx.shift_set.step
+        advice = "pass --shift-step 1 to measure it" if step != 1 else "evaluate shifts one pixel apart to measure it"
         ctx.notes.append(
             f"flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one pixel "
-            f"apart (step {ctx.shift_set.step:g}); pass --shift-step 1 to measure it"
+            f"apart (step {step:g}); {advice}"
         )
         return None
 
@@ -96,6 +99,7 @@ class FlipRate(PerImageMetric):
 @register_metric
 class MeanAbsoluteChange(PerImageMetric):
     name = "mac"
+    compares_shifts = True
     report_rank = 100
     entry_type = Summary
     needs_labels = False

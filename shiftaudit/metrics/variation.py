@@ -15,6 +15,7 @@ from shiftaudit.metrics.stats import summary
 @register_metric
 class Variation(PerImageMetric):
     name = "variation"
+    compares_shifts = True
     report_rank = 50
     entry_type = Summary
     per_image_column = "variation"

@@ -134,6 +134,26 @@ def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
     return rows
 
 
+def left_out_radii(result: AuditResult) -> list[float]:
+    """The radii of a curve the table does not show (:func:`headline_radii` keeps a few); r = 0 is the no-shift
+    accuracy, shown on its own row."""
+    shown = {r.label for r in result_readings(result)}
+    return [r.radius for r in result_readings(result, curves="all")
+            if r.radius is not None and r.radius != 0 and r.label not in shown]
+
+
+def left_out_caption(result: AuditResult) -> str | None:
+    """One line under the table naming the radii it leaves out, so that none is missed: they are in the JSON."""
+    radii = left_out_radii(result)
+    if not radii:
+        return None
+    if len(radii) <= 4:
+        which = f"at {', '.join(f'{r:g}' for r in radii)} px"
+    else:
+        which = f"at {len(radii)} more radii ({radii[0]:g} to {radii[-1]:g} px)"
+    return f"Adversarial accuracy {which}: in the JSON report (metrics.adversarial), not shown."
+
+
 METRIC_MIN_WIDTH = 16  # the metric names wrap to this, never narrower
 
 
@@ -146,6 +166,7 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
     """
     rows = [(one_line(metric), value, ci) for metric, value, ci in audit_rows(result)]
     heading = text(title or "Shift audit")
+    caption = left_out_caption(result)
     values = max([len(r[1]) for r in rows] + [len("Value")])
     cis = max([len(r[2]) for r in rows] + [len("95% CI")])
     if width is not None and METRIC_MIN_WIDTH + values + cis + 6 > width:
@@ -157,14 +178,32 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
                 lines.append(Text(numbers))
             else:  # narrower still: the value, then its interval, each whole on its own line
                 lines += [Text(f"  {part}") for part in (value, ci) if part]
+        if caption:
+            lines.append(Text(caption, style="dim"))
         return Group(*lines)
     t = Table(title=heading, title_justify="left", show_edge=False, pad_edge=False)
+    if caption:
+        t.caption, t.caption_justify = Text(caption), "left"
     t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
     t.add_column("Value", justify="right", no_wrap=True)
     t.add_column("95% CI", justify="right", style="dim", no_wrap=True)
     for row in rows:
         t.add_row(*(text(c) for c in row))
     return t
+
+
+def describe_preprocessing(entry: Any) -> str:
+    """A report's ``data.preprocessing`` in words ("resize 297, centre crop 260x260, ImageNet mean/std"); "" when the
+    report has none (tensors taken as the model's input) or an entry that does not read as one."""
+    from shiftaudit.data.presets import Preprocessing
+    from shiftaudit.errors import UsageError
+
+    if not isinstance(entry, dict):
+        return ""
+    try:
+        return Preprocessing.from_json(entry).describe()
+    except UsageError:
+        return ""
 
 
 PADDING = {
@@ -203,6 +242,9 @@ def describe_run(result: AuditResult) -> str:
     model = result.model.get("arch") or result.model.get("description") or "model"
     src = result.model.get("source")
     data = result.data.get("description", "")
+    prep = describe_preprocessing(result.data.get("preprocessing"))
+    if prep:
+        data = f"{data} ({prep})"
     mode = result.settings.get("mode", "")
     dev = result.environment.get("device_name") or result.environment.get("device", "")
     name = f"{model} ({src})" if src else str(model)
