@@ -28,7 +28,7 @@ from shiftaudit.loading.pt2 import ExportedModel
 from shiftaudit.models.demo import DEMO_ARCH, demo_cnn
 from shiftaudit.ziparchive import ZipArchive
 from tests import zipcraft
-from tests.helpers import assert_clean_error, cli, nothing_written
+from tests.helpers import assert_clean_error, cli, examples, nothing_written
 
 SIZE = 32
 AUDIT = ["--max-shift", "2", "--device", "cpu", "--workers", "0", "--quiet"]
@@ -404,7 +404,7 @@ _EXPRESSIONS = ["9**9**9", "s0**9**9", "factorial(10**8)", "__import__('os').sys
                 "Integer(" + "9" * 5000 + ")", "Symbol('s0', positive=True, integer=True)", "2*s0", "(" * 200 + "s0" + ")" * 200]
 
 
-@settings(derandomize=True, max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_hostile_mutations_of_a_real_archive_never_run_code_or_hang(files, tmp_path_factory, data):
     root, _ = files

@@ -17,7 +17,7 @@ from shiftaudit.cli import app
 from shiftaudit.errors import one_line
 from shiftaudit.gating import build_thresholds, evaluate_gate
 from shiftaudit.report.junit import SUITE_NAME, build_junit, write_junit
-from tests.helpers import synthetic_result
+from tests.helpers import examples, synthetic_result
 
 runner = CliRunner()
 
@@ -156,7 +156,7 @@ def test_control_characters_in_user_strings_give_well_formed_xml_1_0(tmp_path):
 NAME_CHARS = st.one_of(st.characters(), st.sampled_from(list(NASTY) + ["\udcff", "\uffff", "\u2066", "\u0085", "\x7f"]))
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@settings(max_examples=examples(60), deadline=None)
 @given(name=st.text(NAME_CHARS, max_size=12))
 def test_any_name_gives_well_formed_xml_1_0_that_reads_back_escaped(name):
     root = assert_strict_xml_1_0(ET.tostring(build_junit(_with_names(name)), encoding="utf-8", xml_declaration=True))

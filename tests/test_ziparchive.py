@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shiftaudit.ziparchive import ZipArchive, ZipStructureError
+from tests.helpers import examples
 from tests.zipcraft import build, member
 
 BASE = [("r/a", b"alpha" * 7), ("r/b", b""), ("r/c.json", b'{"x": 1}')]
@@ -148,7 +149,7 @@ def test_a_deflated_member_is_inflated_in_bounded_steps():
         ZipArchive(build([member("r/a", b"\0" * 10, method=8, raw=bomb)]))
 
 
-@settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_any_damage_to_the_structure_is_read_or_refused_in_one_sentence(data):
     """Byte flips, cuts and insertions anywhere in the headers: a ZipStructureError or an archive whose members all
