@@ -313,23 +313,26 @@ class ZipArchive:
             raise ZipStructureError(f"a CRC mismatch in {name}")
         return data
 
+    def _bytes(self, member: Member) -> bytes:
+        """A member's stored bytes, copied: no view of a mapped file may outlive a failed check (the map could then
+        not close)."""
+        return bytes(self._view[member.data_offset:member.data_offset + member.compressed_size])
+
     def head(self, name: str, n: int) -> bytes:
         """The first ``n`` bytes of a member (inflating no more than that), unchecked: for reading a header."""
         member = self.members[name]
-        source = self._view[member.data_offset:member.data_offset + member.compressed_size]
         if member.method == 0:
-            return bytes(source[:n])
-        return zlib.decompressobj(-15).decompress(bytes(source), n)
+            return bytes(self._view[member.data_offset:member.data_offset + min(n, member.size)])
+        return zlib.decompressobj(-15).decompress(self._bytes(member), n)
 
     def _inflate(self, member: Member, *, keep: bool) -> bytes:
         """Inflate in bounded steps: the output may never exceed the declared size, and must reach it exactly."""
         if member.size > MAX_INFLATED:
             raise ZipStructureError(f"{member.name} declares {member.size:,} bytes when inflated, more than allowed")
-        source = self._view[member.data_offset:member.data_offset + member.compressed_size]
         inflater = zlib.decompressobj(-15)
         out: list[bytes] = []
         produced, crc, step = 0, 0, 1 << 20
-        pending = bytes(source)
+        pending = self._bytes(member)
         while True:
             chunk = inflater.decompress(pending, step)
             pending = inflater.unconsumed_tail

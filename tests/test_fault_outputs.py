@@ -651,7 +651,9 @@ def assert_all_outputs_whole(tmp_path: Path) -> None:
 def assert_no_blame(stderr: str | None) -> None:
     if stderr is None:
         return
-    for said in ("Traceback", "the model", "The model", "internal error", "BrokenPipe", "Exception ignored"):
+    # the blame a failed write used to earn ("the model's code ... stopped the run", a model error); a note that
+    # merely mentions the model (its assumed statistics) is not blame
+    for said in ("Traceback", "model's code", "stopped the run", "internal error", "BrokenPipe", "Exception ignored"):
         assert said not in stderr, stderr
 
 
