@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -340,7 +337,6 @@ def test_on_a_cuda_machine_auto_runs_the_graph_on_the_cpu_and_cuda_is_refused(fi
 def _classifier(path: Path, inits: list, nodes: list, feeds: str, sparse: list | None = None, small: bool = True) -> Path:
     """A tiny image classifier (global pool -> 3 scores) plus ``feeds`` summed into its logits: what a hostile graph
     needs to be taken for a classifier while it declares the tensors under test."""
-    import onnx
     from onnx import TensorProto, helper
 
     tail = [
@@ -392,7 +388,7 @@ def _crafted_graphs(tmp: Path) -> list[tuple[Path, tuple[str, ...]]]:
     os.mkfifo(tmp / "fifo.bin")
     sparse = helper.make_sparse_tensor(helper.make_tensor("sv", TensorProto.FLOAT, [1], [1.0]),
                                        helper.make_tensor("si", TensorProto.INT64, [1, 2], [0, 0]), [8192, 8192])
-    chain = [helper.make_node("Relu", [f"v{i}"], [f"v{i + 1}"]) for i in range(9_997)]  # + 4 nodes of the classifier: one over the limit
+    chain = [helper.make_node("Relu", [f"v{i}"], [f"v{i + 1}"]) for i in range(9_997)]  # + the classifier's 4: 10,001
     many = _classifier(tmp / "many.onnx", [_declared("v0", [1], b"\0" * 4)], chain, "v9997", small=False)
     return [
         (_classifier(tmp / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),

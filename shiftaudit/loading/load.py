@@ -134,7 +134,7 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
     else:
         from shiftaudit.loading.onnx_model import default_preprocessing, read_onnx
 
-        onnx_module, raw, classes = interruptible(read_onnx, p)
+        onnx_module, raw, classes = read_onnx(p)
         module, fmt = onnx_module, "onnx"
     meta = parse_metadata(raw, source)
     if meta.num_classes is None:
