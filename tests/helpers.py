@@ -450,7 +450,8 @@ def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tupl
 
 # -- a real CLI process under a memory limit: how long it took and how much memory it used ------------------------------
 MEMORY_LIMIT = 4 << 30  # address space of the child: a regression that allocates what a hostile file declares fails
-# inside it instead of taking the machine down (torch itself maps about 2 GiB)
+# inside it instead of taking the machine down. Enough for a refusal, not for an audit: torch maps about 2 GiB, and
+# oneDNN cannot create its convolution primitives under it
 
 
 def run_measured(*args: Any, timeout: float = 60, env: dict[str, str] | None = None) -> tuple[int, str, float, int]:
