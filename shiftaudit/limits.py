@@ -22,6 +22,16 @@ MAX_SHARDS = 100_000  # tar shards named by one --data (a brace pattern like {00
 MAX_SHARD_SAMPLES = 10_000_000  # samples in one shard: their offsets are held in memory
 MAX_BATCH_BYTES = 16 << 30  # input bytes of one forward pass (--batch-size x C x H x W x 4)
 
+# Sizes a file declares about itself (headers, footers, graph metadata), checked before memory is spent on them.
+MAX_DECODED_PIXELS = 64 * 1024 * 1024  # pixels an image header may declare (8k x 8k; PIL only warns up to 179M)
+MAX_TAR_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header, which tarfile reads whole into memory
+MAX_TAR_HEADER_CHAIN = 64  # extension headers before one member (tarfile reads each chain recursively)
+MAX_FILE_ROWS = MAX_SHARD_SAMPLES  # rows of one parquet file: their positions are held in memory, as a shard's samples
+MAX_ROW_GROUP_BYTES = 512 << 20  # uncompressed bytes of one parquet column chunk, which pyarrow reads whole
+MAX_ONNX_NODES = 10_000  # nodes of an ONNX graph: onnxruntime takes ~0.1 ms a node to create a session (no image
+# classifier comes near: an exported ViT-L has ~2,000), and it holds the GIL while it does
+MAX_ONNX_CONSTANT_BYTES = 64 << 20  # a tensor an ONNX graph builds from constants alone, or 4x its largest weight
+
 
 def max_workers() -> int:
     """Decoding worker processes: more than a few per CPU only costs memory and start-up time."""

@@ -446,3 +446,47 @@ def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tupl
             yield mod, ckpt, write_image_folder(root / "val", **folder)
         finally:
             sys.modules.pop(module, None)
+
+
+# -- a real CLI process under a memory limit: how long it took and how much memory it used ------------------------------
+MEMORY_LIMIT = 4 << 30  # address space of the child: a regression that allocates what a hostile file declares fails
+# inside it instead of taking the machine down. Enough for a refusal, not for an audit: torch maps about 2 GiB, and
+# oneDNN cannot create its convolution primitives under it
+
+
+def run_measured(*args: Any, timeout: float = 60, env: dict[str, str] | None = None) -> tuple[int, str, float, int]:
+    """``python -m shiftaudit ARGS`` in a real process under :data:`MEMORY_LIMIT`: (exit code, stderr, seconds, peak
+    resident bytes). ``os.wait4`` gives this child's own peak, not that of every child the test process ran."""
+    import os
+    import resource
+    import subprocess
+    import threading
+    import time
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *[str(a) for a in args]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit, env=env)  # noqa: PLW1509
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        stderr = proc.stderr.read() if proc.stderr else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    elapsed = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert elapsed < timeout, f"shiftaudit {args} still ran after {timeout} s"
+    return proc.returncode, stderr, elapsed, int(usage.ru_maxrss) * 1024
+
+
+def assert_one_error_line(stderr: str, *needles: str) -> str:
+    """Raw stderr of a real process: exactly one non-empty line, starting 'error: ', naming every needle."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and "internal error" not in lines[0], stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]

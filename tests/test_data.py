@@ -400,3 +400,100 @@ def test_numpy_arrays_round_trip_through_the_restricted_unpickler() -> None:
     for protocol in (2, 4, 5):
         out = restricted_load(pickle.dumps({b"data": arr, "k": [1, "x", b"y"]}, protocol=protocol))
         assert np.array_equal(out[b"data"], arr) and out["k"] == [1, "x", b"y"]
+
+
+# -- image headers that declare more pixels than the file holds ----------------------------------------------------------
+
+
+def _claiming(path: Path, width: int, height: int) -> Path:
+    """A real 1x1 image in ``path``'s format (by its extension) whose header then declares width x height."""
+    import io
+    import struct
+    import zlib
+
+    fmt = {".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".jpg": "JPEG", ".tif": "TIFF", ".webp": "WEBP"}[path.suffix]
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(buf, fmt)
+    data = bytearray(buf.getvalue())
+    if fmt == "PNG":
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    elif fmt == "GIF":
+        at = data.index(b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00")  # the image descriptor of a 1x1 frame
+        data[6:10] = data[at + 5:at + 9] = struct.pack("<HH", width, height)
+    elif fmt == "BMP":
+        data[18:26] = struct.pack("<ii", width, height)
+    elif fmt == "JPEG":
+        at = data.index(b"\xff\xc0")
+        data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    elif fmt == "TIFF":
+        ifd = struct.unpack("<I", data[4:8])[0]
+        for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+            entry = ifd + 2 + 12 * k
+            tag = struct.unpack("<H", data[entry:entry + 2])[0]
+            if tag in (256, 257):
+                data[entry + 2:entry + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
+    else:
+        at = data.index(b"\x9d\x01\x2a")  # a VP8 key frame's start code, then 14-bit width and height
+        data[at + 3:at + 7] = struct.pack("<HH", width, height)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            assert im.size == (width, height)  # PIL reads the lie from the header
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+    return path
+
+
+@pytest.mark.parametrize("ext", [".png", ".gif", ".bmp", ".jpg", ".tif", ".webp"])
+def test_an_image_header_declaring_too_many_pixels_is_refused_before_decoding(tmp_path: Path, ext: str) -> None:
+    """9000 x 9000 is under PIL's own guard (which only warns from 89 Mpixel) and over shiftaudit's 64 Mpixel; 16383 x
+    16383 (WebP's largest) and 60000 x 60000 are over PIL's, whose refusal is said in the same words. Skipped and
+    counted like any unreadable image; with --strict, exit 2 and one sentence naming the file."""
+    from tests.helpers import assert_clean_error, cli
+
+    side = 16383 if ext == ".webp" else 60000
+    for w, h, words in [(9000, 9000, "its header declares 9000x9000 pixels, more than the 67,108,864 allowed"),
+                        (side, side, f"image size ({side * side} pixels) exceeds limit")]:
+        root = tmp_path / f"{w}"
+        png(root / "fine.png")
+        bomb = _claiming(root / f"bomb{ext}", w, h)
+        data, name = root, str(bomb)
+        if ext == ".gif":  # folders follow torchvision's extensions, without GIF; tar shards take it
+            import tarfile
+
+            data = tmp_path / f"{w}.tar"
+            with tarfile.open(data, "w") as tar:
+                tar.add(bomb, "000000.gif")
+            name = f"{data.name}:000000"
+        res = cli("eval", "shiftaudit/assets/demo.safetensors", "--data", data, "--size", 8, "--max-shift", 1, "--workers",
+                  0, "--strict")
+        assert_clean_error(res, f"Cannot read image {name}: it is too large", words)
+
+
+@pytest.mark.slow
+def test_a_decompression_bomb_ends_in_seconds_and_little_memory_in_a_real_process(tmp_path: Path) -> None:
+    """A valid 9000 x 9000 16-bit PNG of zeros (160 KB): decoded, it was 162 MB of pixels read as float64 twice."""
+    import struct
+    import zlib
+
+    from tests.helpers import assert_one_error_line, run_measured
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    pack = zlib.compressobj(9)
+    row = b"\0" * (1 + 9000 * 2)
+    idat = b"".join(pack.compress(row) for _ in range(9000)) + pack.flush()
+    bomb = tmp_path / "data" / "bomb.png"
+    bomb.parent.mkdir()
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    assert bomb.stat().st_size < 1 << 20
+    code, stderr, seconds, peak = run_measured("eval", "shiftaudit/assets/demo.safetensors", "--data", bomb.parent,
+                                               "--size", 8, "--max-shift", 1, "--workers", 0, "--strict")
+    assert code == 2
+    assert_one_error_line(stderr, f"Cannot read image {bomb}: it is too large")
+    assert seconds < 30 and peak < 1 << 30, (seconds, peak)

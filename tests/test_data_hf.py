@@ -16,7 +16,7 @@ import torch
 from shiftaudit.data import load_data
 from shiftaudit.data.presets import get_preset
 from shiftaudit.errors import DataError, UsageError
-from tests.helpers import assert_clean_error, cli, write_image_folder
+from tests.helpers import assert_clean_error, assert_one_error_line, cli, run_measured, write_image_folder
 
 datasets = pytest.importorskip("datasets")
 
@@ -160,3 +160,98 @@ def test_without_the_extra_one_sentence_says_what_to_install(stores, monkeypatch
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now raises ImportError
     with pytest.raises(UsageError, match=r"pip install 'shiftaudit\[hf\]'"):
         load_data(stores["saved"], preprocessing=get_preset("cifar"))
+
+
+# -- declared sizes: a footer or an arrow header that claims more than the file holds -----------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _i64_field(value: int) -> bytes:
+    """A thrift compact-protocol i64 field one id after the previous one (header 0x16), as parquet footers write
+    ``num_rows``, ``num_values`` and the column chunk sizes."""
+    return b"\x16" + _varint((value << 1) ^ (value >> 63))
+
+
+def _patch_footer(src: Path, dest: Path, old: int, new: int, count: int | None = None) -> Path:
+    """``src`` with the footer's i64 fields equal to ``old`` set to ``new`` (the first ``count`` of them)."""
+    import struct
+
+    data = src.read_bytes()
+    n = struct.unpack("<I", data[-8:-4])[0]
+    footer = data[-8 - n:-8]
+    assert footer.count(_i64_field(old)) >= (count or 1)
+    footer = footer.replace(_i64_field(old), _i64_field(new), count if count is not None else -1)
+    dest.write_bytes(data[:-8 - n] + footer + struct.pack("<I", len(footer)) + b"PAR1")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, stores):
+    """Parquet files of a few KB whose footers lie, each made from a real 300-row file."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("hostile")
+    png = (stores["folder"] / "class_0" / "img_0.png").read_bytes()
+    rows = {"img": [{"bytes": png, "path": None}] * 300, "label": [0] * 300}
+    real = root / "real.parquet"
+    datasets.Dataset.from_dict(rows, features=_features()).to_parquet(str(real))
+    chunk = pq.ParquetFile(real).metadata.row_group(0).column(0)
+    assert chunk.path_in_schema == "img.bytes"  # the first column chunk; its uncompressed size comes before the rest
+    return {
+        "rows": (_patch_footer(real, root / "rows.parquet", 300, 3_000_000_000),
+                 ("is too large", "it declares 3,000,000,000 rows, more than the 10,000,000 allowed in one file")),
+        "count": (_patch_footer(real, root / "count.parquet", 300, 301, count=1),
+                  ("is damaged", "its row groups hold 300 rows, its footer says 301")),
+        "unpacked": (_patch_footer(real, root / "unpacked.parquet", chunk.total_uncompressed_size, 8 << 30, count=1),
+                     ("is too large", "row group 0 of column 'img.bytes' is 8.0 GiB uncompressed")),
+        "past_end": (_patch_footer(real, root / "past_end.parquet", chunk.total_compressed_size, 1 << 30),
+                     ("is damaged", "row group 0 declares 1,073,741,824 bytes of column 'img.bytes'", "past the end")),
+    }
+
+
+@pytest.mark.parametrize("case", ["rows", "count", "unpacked", "past_end"])
+def test_parquet_footers_are_checked_against_the_file_before_any_row_is_read(hostile, case, tmp_path):
+    path, needles = hostile[case]
+    out = tmp_path / "r.json"
+    res = cli("eval", DEMO, "--data", path, *AUDIT, "--json", out)
+    assert_clean_error(res, f"Parquet file {path}", *needles)
+    assert not out.exists()
+
+
+def _saved_with_length(stores, dest: Path, rows: int) -> Path:
+    """The saved dataset with every arrow length of 10 (the record batch and its columns) set to ``rows``: its
+    memory-mapped buffers stay 10 rows long."""
+    import shutil
+
+    shutil.copytree(stores["saved"], dest)
+    arrow = next(dest.glob("*.arrow"))
+    data = arrow.read_bytes()
+    ten = (10).to_bytes(8, "little")
+    assert data.count(ten) >= 3
+    arrow.write_bytes(data.replace(ten, rows.to_bytes(8, "little")))
+    return dest
+
+
+def test_a_saved_dataset_declaring_billions_of_rows_is_refused(stores, tmp_path):
+    saved = _saved_with_length(stores, tmp_path / "saved", 3_000_000_000)
+    assert_clean_error(cli("eval", DEMO, "--data", saved, *AUDIT), f"The saved dataset {saved} is too large",
+                       "3,000,000,000 rows")
+
+
+@pytest.mark.slow
+def test_a_saved_dataset_longer_than_its_buffers_is_refused_not_read_past_its_end(stores, tmp_path):
+    """Read past the end of its memory map, it was a bus error (exit -7, no message): a real process, so that a
+    regression cannot kill the test run."""
+    saved = _saved_with_length(stores, tmp_path / "saved", 1000)
+    code, stderr, seconds, peak = run_measured("eval", DEMO, "--data", saved, *AUDIT)
+    assert code == 2, stderr
+    assert_one_error_line(stderr, f"The saved dataset {saved} is damaged", "too small")
+    assert seconds < 30 and peak < 1 << 30, (seconds, peak)

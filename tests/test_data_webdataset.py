@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from shiftaudit.data import load_data
 from shiftaudit.data.presets import get_preset
 from shiftaudit.data.webdataset_shards import expand_braces
 from shiftaudit.engine.distributed import rank_indices
 from shiftaudit.errors import DataError, UsageError
-from tests.helpers import assert_clean_error, cli, write_image_folder
+from tests.helpers import assert_clean_error, assert_one_error_line, cli, run_measured, write_image_folder
 
 DEMO = "shiftaudit/assets/demo.safetensors"
 AUDIT = ("--max-shift", "1", "--limit", "7", "--seed", "3", "--workers", "0")
@@ -192,6 +193,64 @@ def test_a_shard_named_twice_is_refused_before_any_image_is_read(stores, tmp_pat
         load_data(str(stores["shards"] / "val-{001,001}.tar"), preprocessing=get_preset("cifar"))
     once = load_data(str(stores["shards"] / "val-{000,001}.tar"), preprocessing=get_preset("cifar"))
     assert len(once) == 8  # two different shards of 4 samples each (one of them skipped, one extra): as before
+
+
+def _header(name: str, size: int, kind: bytes) -> bytes:
+    """One tar header block declaring ``size`` bytes (base-256, as GNU tar writes sizes of 8 GiB and more)."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    block = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT)[:tarfile.BLOCKSIZE])
+    block[124:136] = b"\x80\0\0\0" + size.to_bytes(8, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _hostile_shards(folder: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Shards of a few KB whose extension headers declare what tarfile would read whole into memory, or chain
+    into a recursion: each after one good sample, so the shard opens fine."""
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(png, "PNG")
+    good = write_shard(folder / "good.tar", [("000000.png", png.getvalue()), ("000000.cls", b"0")]).read_bytes()
+    good = good[: 4 * tarfile.BLOCKSIZE]  # two members of one header and one data block each, no end-of-archive
+    big = 8 << 30
+    pad = b"\0" * 2048
+    long_name = b"".join(_header("././@LongLink", 100, tarfile.GNUTYPE_LONGNAME) + b"a" * 99 + b"\0" * 413
+                         for _ in range(5000))
+    cases = {
+        "pax.tar": (good + _header("pax", big, tarfile.XHDTYPE) + pad,
+                    ("is damaged", "a pax header at byte 2,048 declares 8,589,934,592 bytes, but only 2,048 follow it")),
+        "longname.tar": (good + _header("././@LongLink", big, tarfile.GNUTYPE_LONGNAME) + pad,
+                         ("is damaged", "a GNU long-name header at byte 2,048 declares 8,589,934,592 bytes")),
+        "bigpax.tar": (good + _header("pax", 2 << 20, tarfile.XHDTYPE) + b"\0" * (2 << 20) + pad,
+                       ("is too large", "declares 2,097,152 bytes, more than the 1,048,576 allowed")),
+        "chain.tar": (good + long_name + pad, ("is damaged", "more than 64 extension headers in a row")),
+    }
+    out = []
+    for name, (data, needles) in cases.items():
+        (folder / name).write_bytes(data)
+        out.append((folder / name, needles))
+    return out
+
+
+def test_tar_headers_declaring_more_than_the_shard_holds_are_refused(tmp_path):
+    """A pax header or GNU long name is read whole by tarfile (its declared size allocated first); thousands of
+    them chained recurse. Each shard is refused in one sentence naming it, exit 2, no report."""
+    out = tmp_path / "r.json"
+    for shard, needles in _hostile_shards(tmp_path):
+        res = cli("eval", DEMO, "--data", shard, *AUDIT, "--json", out)
+        assert_clean_error(res, f"Shard {shard}", *needles)
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_an_8_gib_tar_header_ends_in_seconds_and_little_memory_in_a_real_process(tmp_path):
+    """Under a 4 GiB address-space limit, tarfile's read of the declared 8 GiB was a MemoryError ("out of memory")."""
+    shard = _hostile_shards(tmp_path)[0][0]
+    code, stderr, seconds, peak = run_measured("eval", DEMO, "--data", shard, *AUDIT)
+    assert code == 2
+    assert_one_error_line(stderr, f"Shard {shard} is damaged")
+    assert seconds < 30 and peak < 1 << 30, (seconds, peak)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ compared with the PyTorch audit of the same weights (the same predictions at eve
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from shiftaudit.errors import CheckpointError
 from shiftaudit.loading import load_model
 from shiftaudit.loading.formats import ONNX, sniff_format
 from shiftaudit.loading.onnx_model import OnnxClassifier
-from tests.helpers import assert_clean_error, cli, nothing_written, tiny_cnn
+from tests.helpers import assert_clean_error, assert_one_error_line, cli, nothing_written, run_measured, tiny_cnn
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -328,3 +329,161 @@ def test_on_a_cuda_machine_auto_runs_the_graph_on_the_cpu_and_cuda_is_refused(fi
         model.plan_settings(AuditConfig(device="cuda"), cuda, 3, (SIZE, SIZE), notes)
     with pytest.raises(UsageError, match="takes 3-channel images but the data has 1 channels"):
         model.plan_settings(AuditConfig(device="cpu"), torch.device("cpu"), 1, (SIZE, SIZE), notes)
+
+
+# -- declared sizes: a graph of a few hundred bytes must not make onnxruntime allocate what it declares -----------------
+
+
+def _classifier(path: Path, inits: list, nodes: list, feeds: str, sparse: list | None = None, small: bool = True) -> Path:
+    """A tiny image classifier (global pool -> 3 scores) plus ``feeds`` summed into its logits: what a hostile graph
+    needs to be taken for a classifier while it declares the tensors under test."""
+    from onnx import TensorProto, helper
+
+    tail = [
+        helper.make_node("ReduceSum", [feeds], ["s"], keepdims=0),
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Add", ["f", "s"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes + tail, "crafted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits,
+                              sparse_initializer=sparse or [])
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    assert path.stat().st_size < 2048 or not small
+    return path
+
+
+def _declared(name: str, dims: list[int], raw: bytes = b"", **external: str):
+    import onnx
+
+    t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=dims)
+    if external:
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in external.items():
+            t.external_data.add(key=key, value=value)
+    else:
+        t.raw_data = raw
+    return t
+
+
+def _built_from_constants(path: Path, op: str, side: int) -> Path:
+    """``op`` (ConstantOfShape, Expand, Tile) of constants making a side x side float tensor: what constant folding
+    would build while onnxruntime creates the session."""
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([side, side], np.int64), "shape")
+    one = numpy_helper.from_array(np.ones((1, 1), np.float32), "one")
+    node = (helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32)))
+            if op == "ConstantOfShape" else helper.make_node(op, ["one", "shape"], ["big"]))
+    return _classifier(path, [shape, one], [node], "big")
+
+
+def _crafted_graphs(tmp: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Each hostile graph and the words of its refusal. The constant-building ones declare 256 MiB: without the
+    check, onnxruntime would build it in this very process; the real-process test below declares 16 GiB."""
+    from onnx import TensorProto, helper
+
+    (tmp / "small.bin").write_bytes(b"\0" * 100)
+    (tmp / "zero.bin").symlink_to("/dev/zero")
+    os.mkfifo(tmp / "fifo.bin")
+    sparse = helper.make_sparse_tensor(helper.make_tensor("sv", TensorProto.FLOAT, [1], [1.0]),
+                                       helper.make_tensor("si", TensorProto.INT64, [1, 2], [0, 0]), [8192, 8192])
+    chain = [helper.make_node("Relu", [f"v{i}"], [f"v{i + 1}"]) for i in range(9_997)]  # + the classifier's 4: 10,001
+    many = _classifier(tmp / "many.onnx", [_declared("v0", [1], b"\0" * 4)], chain, "v9997", small=False)
+    return [
+        (_classifier(tmp / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
+         ("is damaged", "initializer 'w' declares 17,179,869,184 bytes (shape [65536, 65536]) but holds 4")),
+        (_classifier(tmp / "short1g.onnx", [_declared("w", [16384, 16384], b"\0" * 4)], [], "w"),
+         ("is damaged", "declares 1,073,741,824 bytes")),
+        (_classifier(tmp / "devzero.onnx", [_declared("w", [4096, 4096], location="/dev/zero")], [], "w"),
+         ("refers to external data '/dev/zero'", "not a file inside the model's folder")),
+        (_classifier(tmp / "escape.onnx", [_declared("w", [2, 2], location="../../etc/passwd")], [], "w"),
+         ("refers to external data '../../etc/passwd'",)),
+        (_classifier(tmp / "link.onnx", [_declared("w", [4096, 4096], location="zero.bin")], [], "w"),
+         ("a link to /dev/zero outside the model's folder",)),
+        (_classifier(tmp / "fifo.onnx", [_declared("w", [4096, 4096], location="fifo.bin")], [], "w"),
+         ("not a regular file",)),
+        (_classifier(tmp / "past_end.onnx", [_declared("w", [4096, 4096], location="small.bin")], [], "w"),
+         ("is damaged", "declares 67,108,864 bytes of external data at offset 0 of small.bin, which holds 100 bytes")),
+        (_classifier(tmp / "sparse.onnx", [], [helper.make_node("Identity", ["sv"], ["sd"])], "sd", sparse=[sparse]),
+         ("is too large", "sparse tensor of shape [8192, 8192] that onnxruntime would expand to 256 MiB")),
+        (_built_from_constants(tmp / "cos.onnx", "ConstantOfShape", 8192),
+         ("is too large", "ConstantOfShape node", "shape [8192, 8192] (256 MiB) from constants")),
+        (_built_from_constants(tmp / "expand.onnx", "Expand", 8192), ("is too large", "Expand node")),
+        (_built_from_constants(tmp / "tile.onnx", "Tile", 8192), ("is too large", "Tile node")),
+        (many, ("is too large", "10,001 nodes, more than the 10,000 allowed")),
+    ]
+
+
+def test_sizes_a_graph_declares_are_checked_against_its_data_before_onnxruntime_sees_it(files, tmp_path):
+    """Each crafted graph: exit 2, one sentence naming the file as damaged or too large, no report."""
+    root, _ = files
+    out = tmp_path / "r.json"
+    for graph, needles in _crafted_graphs(tmp_path):
+        res = cli("eval", graph, "--data", root / "data.npz", "--size", 8, *SHIFT, "--json", out)
+        assert_clean_error(res, f"ONNX model {graph}", *needles)
+        assert nothing_written(out)
+
+
+@pytest.mark.slow
+def test_a_graph_that_would_fold_16_gib_ends_in_seconds_and_little_memory_in_a_real_process(files, tmp_path):
+    """The 1-KB graphs of the issue, in a real process: a ConstantOfShape of [65536, 65536] and an initializer
+    declaring 16 GiB with 4 bytes of data. Peak memory is the child's own (torch alone takes ~0.7 GB)."""
+    root, _ = files
+    for graph, needle in [(_built_from_constants(tmp_path / "fold.onnx", "ConstantOfShape", 65536), "16.0 GiB"),
+                          (_classifier(tmp_path / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
+                           "declares 17,179,869,184 bytes")]:
+        code, stderr, seconds, peak = run_measured("eval", graph, "--data", root / "data.npz", "--size", 8, *SHIFT)
+        assert code == 2
+        assert_one_error_line(stderr, f"ONNX model {graph}", needle)
+        assert seconds < 30 and peak < 1 << 30, (seconds, peak)
+
+
+def test_constant_folding_is_off_so_session_creation_builds_nothing(files, tmp_path, monkeypatch):
+    """Even a graph the size check would let through (here the check is bypassed) makes onnxruntime build nothing at
+    session creation: resident memory does not grow by the 256 MiB that folding would build."""
+    import shiftaudit.loading.onnx_check as check
+    from shiftaudit.loading.onnx_model import read_onnx
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(check, "check_onnx_file", lambda path: True)
+    shape = numpy_helper.from_array(np.array([8192, 8192], np.int64), "shape")
+    nodes = [  # the rows of `big` are gathered by an input-dependent index: folded, `big` stays in the session
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("ArgMax", ["f"], ["i"], axis=1, keepdims=0), helper.make_node("Gather", ["big", "i"], ["rows"]),
+        helper.make_node("ReduceMax", ["rows"], ["m"], axes=[1], keepdims=1), helper.make_node("Add", ["f", "m"], ["logits"]),
+    ]
+    g = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [shape])
+    graph = tmp_path / "fold.onnx"
+    graph.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    before = rss()
+    model, _, _ = read_onnx(graph)
+    assert rss() - before < 128 << 20
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 3)  # the graph still runs: `big` is built at run time instead
+
+
+@pytest.mark.slow
+def test_onnxruntimes_own_log_lines_never_reach_the_terminal(files, tmp_path):
+    """onnxruntime writes its C++ log to file descriptor 2, past Python: a graph that fails at run time (a Reshape
+    that does not fit the batch) must leave one 'error:' line on a real process's stderr, not ORT's lines too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    root, _ = files
+    shape = numpy_helper.from_array(np.array([4, -1], np.int64), "shape")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Reshape", ["f", "shape"], ["logits"])]
+    graph = helper.make_graph(nodes, "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [shape])
+    path = tmp_path / "reshape.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    code, stderr, _, _ = run_measured("eval", path, "--data", root / "data.npz", "--size", 8, *SHIFT, "--batch-size", 7)
+    assert code == 2
+    assert_one_error_line(stderr, "The model failed on a batch", "onnxruntime failed")
+    assert "[E:onnxruntime" not in stderr

@@ -5,6 +5,7 @@ Each command lives in its own module and only parses, calls the library and rend
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -55,17 +56,34 @@ def _root(
     """How shift-robust is your image model, where is robustness lost, and what would anti-aliasing buy?"""
 
 
+INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM
+
+
 def main() -> None:
     """The command line; a closed stdout or stderr (``>&-``) gets /dev/null first, and a reader that left does not turn
-    the flush at exit into a traceback or a changed exit code."""
+    the flush at exit into a traceback or a changed exit code.
+
+    After Ctrl-C or SIGTERM the process ends at once: its line is printed and every output has been removed or saved
+    by then, and Python's own shutdown (tearing down torch's modules) takes seconds on a busy machine, which a user
+    who pressed Ctrl-C, or a scheduler's kill timeout, should not wait for; a worker thread still inside a long call
+    (shiftaudit.interrupts) is not waited for either.
+    """
     from shiftaudit.cli.common import hold_standard_streams, quiet_stream
 
     hold_standard_streams()
+    code: object = None
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code
+        raise
     finally:
-        try:
-            if sys.stdout is not None:
-                sys.stdout.flush()
-        except OSError:  # BrokenPipeError, or EBADF: nothing left to tell that reader
-            quiet_stream(sys.stdout)
+        interrupted = isinstance(code, int) and code in INTERRUPTED
+        for stream in (sys.stdout, sys.stderr) if interrupted else (sys.stdout,):  # os._exit flushes nothing
+            try:
+                if stream is not None:
+                    stream.flush()
+            except OSError:  # BrokenPipeError, or EBADF: nothing left to tell that reader
+                quiet_stream(stream)
+        if interrupted:
+            os._exit(code)  # type: ignore[arg-type]  # an int: checked above

@@ -94,8 +94,14 @@ class FileSource(EncodedImageSource):
 
 def decode_reason(exc: BaseException, path: str) -> str:
     """Why PIL could not decode ``path``, in words (PIL's own messages repeat the path and name no fix)."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
+    from shiftaudit.data.preprocess import ImageTooLarge
+
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)
+    if isinstance(exc, Image.DecompressionBombError):  # PIL's own guard, above 179 Mpixel: same words as ours
+        return f"it is too large: {str(exc).split(',')[0].lower()} (a decompression bomb?)"
     if isinstance(exc, UnidentifiedImageError):
         return "it is not an image PIL can decode (corrupt, empty, or an unsupported format)"
     if isinstance(exc, OSError) and exc.strerror:

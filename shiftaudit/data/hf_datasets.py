@@ -21,8 +21,8 @@ import numpy as np
 
 from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.presets import Preprocessing
-from shiftaudit.errors import DataError, UsageError
-from shiftaudit.limits import MAX_IMAGE_BYTES
+from shiftaudit.errors import DataError, UsageError, first_line
+from shiftaudit.limits import MAX_FILE_ROWS, MAX_IMAGE_BYTES, MAX_ROW_GROUP_BYTES, gib
 
 PARQUET_SUFFIX = ".parquet"
 LABEL_NAMES = ("label", "labels", "class", "target")  # integer columns taken as labels when no ClassLabel names one
@@ -207,14 +207,14 @@ def _open_saved(path: Path, datasets: Any) -> Any:
     return ds
 
 
-def _parquet_rows(files: list[Path], where: str) -> tuple[Any, np.ndarray]:
-    """(the features, the (file, row group, row) of every row) of parquet files with one schema."""
+def _parquet_rows(files: list[Path], where: str) -> tuple[Any, list[Any]]:
+    """(the features, each file's pyarrow metadata) of parquet files with one schema."""
     import pyarrow.parquet as pq
 
     datasets = _require_datasets()
     features = None
-    groups: list[tuple[int, int, int]] = []
-    for f, path in enumerate(files):
+    metas: list[Any] = []
+    for path in files:
         try:
             pf = pq.ParquetFile(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow says "Parquet magic bytes not found" and the like
@@ -224,9 +224,59 @@ def _parquet_rows(files: list[Path], where: str) -> tuple[Any, np.ndarray]:
             features = here
         elif here != features:
             raise DataError(f"The parquet files of {where} have different columns: {files[0].name} and {path.name}.")
-        for g in range(pf.metadata.num_row_groups):
-            groups += [(f, g, r) for r in range(pf.metadata.row_group(g).num_rows)]
-    return features, np.asarray(groups, dtype=np.int64).reshape(-1, 3)
+        metas.append(pf.metadata)
+    return features, metas
+
+
+def check_parquet_sizes(path: Path, meta: Any, columns: list[str]) -> None:
+    """The sizes a parquet footer declares, checked against the file before anything is read or allocated.
+
+    Rows are counted from the row groups, each of which says how many it holds; a footer of a few hundred bytes can
+    claim billions (every row gets a position in memory), or column chunks of gigabytes that pyarrow would read whole.
+    Refused: rows that do not add up to the file's count or exceed :data:`MAX_FILE_ROWS` (as tar shards cap
+    samples), a chunk of a column we read that lies past the end of the file, or whose uncompressed size is more
+    than :data:`MAX_ROW_GROUP_BYTES`.
+    """
+    size = os.path.getsize(path)
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    if any(r < 0 for r in rows) or sum(rows) != meta.num_rows:
+        raise DataError(
+            f"Parquet file {path} is damaged: its row groups hold {sum(rows):,} rows, its footer says {meta.num_rows:,}."
+        )
+    if meta.num_rows > MAX_FILE_ROWS:
+        raise DataError(
+            f"Parquet file {path} is too large: it declares {meta.num_rows:,} rows, more than the {MAX_FILE_ROWS:,} allowed "
+            "in one file; split it into several files."
+        )
+    wanted = [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] in columns]
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for i in wanted:
+            chunk = group.column(i)
+            start = min(o for o in (chunk.dictionary_page_offset, chunk.data_page_offset) if o is not None)
+            if start < 0 or chunk.total_compressed_size < 0 or start + chunk.total_compressed_size > size:
+                raise DataError(
+                    f"Parquet file {path} is damaged: row group {g} declares {chunk.total_compressed_size:,} bytes of column "
+                    f"{chunk.path_in_schema!r} at byte {start:,}, past the end of the file ({size:,} bytes)."
+                )
+            if chunk.total_uncompressed_size > MAX_ROW_GROUP_BYTES:
+                raise DataError(
+                    f"Parquet file {path} is too large: row group {g} of column {chunk.path_in_schema!r} is "
+                    f"{gib(chunk.total_uncompressed_size)} uncompressed, more than the {gib(MAX_ROW_GROUP_BYTES)} read at "
+                    "once; write it with smaller row groups."
+                )
+
+
+def _row_positions(metas: list[Any]) -> np.ndarray:
+    """The (file, row group, row in group) of every row, built from the checked row counts."""
+    parts = []
+    for f, meta in enumerate(metas):
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            part = np.empty((n, 3), dtype=np.int64)
+            part[:, 0], part[:, 1], part[:, 2] = f, g, np.arange(n)
+            parts.append(part)
+    return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
 
 
 def _parquet_labels(files: list[Path], column: str) -> list[Any]:
@@ -236,6 +286,22 @@ def _parquet_labels(files: list[Path], column: str) -> list[Any]:
     for path in files:
         out += pq.read_table(path, columns=[column]).column(0).to_pylist()
     return out
+
+
+def _check_saved(ds: Any, columns: list[str], path: Path) -> None:
+    """A saved dataset's arrow files are memory-mapped: a length or offset that points past the data would be read
+    from outside the file (a bus error, not an exception). Arrow's full validation checks them without reading the
+    images; rows are capped as for parquet."""
+    table = ds.data.table
+    if table.num_rows > MAX_FILE_ROWS:
+        raise DataError(
+            f"The saved dataset {path} is too large: it declares {table.num_rows:,} rows, more than the {MAX_FILE_ROWS:,} "
+            "allowed."
+        )
+    try:
+        table.select(columns).validate(full=True)
+    except Exception as exc:  # noqa: BLE001 - pyarrow.ArrowInvalid
+        raise DataError(f"The saved dataset {path} is damaged: {first_line(exc)[:200].rstrip('.')}.") from None
 
 
 def load_hf(
@@ -256,15 +322,18 @@ def load_hf(
     where = os.fspath(path)
     files = [] if path.is_dir() and is_saved_dataset(path) else parquet_files(path)
     if files:
-        features, groups = _parquet_rows(files, where)
+        features, metas = _parquet_rows(files, where)
         image_col, label_col = pick_columns(features, image_column, label_column, where)
-        source = RowSource(files, image_col, saved=False, groups=groups)
+        for file, meta in zip(files, metas):
+            check_parquet_sizes(file, meta, [c for c in (image_col, label_col) if c])
+        source = RowSource(files, image_col, saved=False, groups=_row_positions(metas))
         raw_labels = _parquet_labels(files, label_col) if label_col else None
         what = f"parquet {where}"
     else:
         ds = _open_saved(path, datasets)
         features = ds.features
         image_col, label_col = pick_columns(features, image_column, label_column, where)
+        _check_saved(ds, [c for c in (image_col, label_col) if c], path)
         source = RowSource([path], image_col, saved=True)
         source._open = ds.data
         raw_labels = ds.data.column(label_col).to_pylist() if label_col else None

@@ -9,6 +9,7 @@ decoding ran in a DataLoader worker process.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,7 +20,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from shiftaudit.data.presets import Preprocessing
-from shiftaudit.limits import MAX_PIXELS
+from shiftaudit.limits import MAX_DECODED_PIXELS, MAX_PIXELS
 
 CONVERTED = 1  # colour mode or channel count changed to match the model
 UNREADABLE = 2  # the file could not be decoded
@@ -67,7 +68,11 @@ def decode_image(path: str | Path | BinaryIO, channels: int) -> tuple[torch.Tens
     """
     target = _PIL_MODE[channels]
     flags = 0
-    with Image.open(path) as im:
+    with warnings.catch_warnings():  # PIL warns from 89 Mpixel on; the check below refuses from 64 Mpixel
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
+        check_declared_size(im)
         im.load()
         if im.mode != target:
             flags |= CONVERTED
@@ -79,6 +84,22 @@ def decode_image(path: str | Path | BinaryIO, channels: int) -> tuple[torch.Tens
         if img.mode != target:
             img = img.convert(target)
         return F.pil_to_tensor(img), flags
+
+
+class ImageTooLarge(ValueError):
+    """An image header declares more pixels than :data:`MAX_DECODED_PIXELS`."""
+
+
+def check_declared_size(im: Image.Image) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_DECODED_PIXELS` pixels, before decoding it.
+
+    ``Image.open`` reads only the header; ``load`` allocates every pixel it declares (and a 16-bit or float image is
+    then read as float64, 8 bytes a pixel). A few-byte PNG, GIF or TIFF header can declare 100000x100000; PIL refuses
+    that itself (above 179 Mpixel) but only warns from 89 Mpixel, which still costs gigabytes here.
+    """
+    w, h = im.size
+    if w * h > MAX_DECODED_PIXELS:
+        raise ImageTooLarge(f"it is too large: its header declares {w}x{h} pixels, more than the {MAX_DECODED_PIXELS:,} allowed")
 
 
 def adapt_channels(img: torch.Tensor, channels: int) -> tuple[torch.Tensor, int]:

@@ -18,14 +18,14 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError
-from shiftaudit.limits import MAX_IMAGE_BYTES, MAX_SHARD_SAMPLES, MAX_SHARDS
+from shiftaudit.limits import MAX_IMAGE_BYTES, MAX_SHARD_SAMPLES, MAX_SHARDS, MAX_TAR_HEADER_BYTES, MAX_TAR_HEADER_CHAIN
 
 if TYPE_CHECKING:
     from shiftaudit.data.dataset import AuditDataset
@@ -172,6 +172,43 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+BLOCK = tarfile.BLOCKSIZE
+_EXTENSION_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE)
+
+
+class _HeaderLie(Exception):
+    """An extension header declares more than the shard holds or than any real header needs."""
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, checking an extension header before tarfile reads it.
+
+    A pax header or a GNU long name is read whole into memory (``fileobj.read(size)``, which allocates ``size`` bytes
+    before reading), and each one reads the next header recursively: a 2 KB shard can declare 8 GiB, or chain
+    thousands of headers into a RecursionError. Each is refused when its declared size is more than the bytes left in
+    the shard or than :data:`MAX_TAR_HEADER_BYTES`, and when more than :data:`MAX_TAR_HEADER_CHAIN` precede a member.
+    """
+
+    def _proc_member(self, tar: Any) -> Any:
+        if self.type not in _EXTENSION_TYPES:
+            return super()._proc_member(tar)  # type: ignore[misc]
+        left = os.fstat(tar.fileobj.fileno()).st_size - (self.offset + BLOCK)
+        what = f"a {'pax' if self.type in (b'x', b'g', b'X') else 'GNU long-name'} header at byte {self.offset:,}"
+        if self.size > left:
+            raise _HeaderLie(f"is damaged: {what} declares {self.size:,} bytes, but only {max(left, 0):,} follow it")
+        if self.size > MAX_TAR_HEADER_BYTES:
+            raise _HeaderLie(f"is too large: {what} declares {self.size:,} bytes, more than the {MAX_TAR_HEADER_BYTES:,} allowed")
+        depth = getattr(tar, "header_depth", 0) + 1
+        if depth > MAX_TAR_HEADER_CHAIN:
+            raise _HeaderLie(f"is damaged: more than {MAX_TAR_HEADER_CHAIN} extension headers in a row at byte {self.offset:,}")
+        tar.header_depth = depth
+        try:
+            return super()._proc_member(tar)  # type: ignore[misc]
+        finally:
+            tar.header_depth = depth - 1
+
+
 def _open_shard(path: Path) -> tuple[io.BufferedReader, tarfile.TarFile]:
     """A shard opened for reading headers; a compressed or non-tar file is one sentence."""
     try:
@@ -191,10 +228,14 @@ def _open_shard(path: Path) -> tuple[io.BufferedReader, tarfile.TarFile]:
             )
     fh.seek(0)
     try:
-        return fh, tarfile.open(fileobj=fh, mode="r:")
+        tar = tarfile.open(fileobj=fh, mode="r:", tarinfo=_CheckedTarInfo)  # noqa: SIM115 - closed by the caller
     except tarfile.TarError:
         fh.close()
         raise DataError(f"Shard {path} is not a tar file.") from None
+    except _HeaderLie as exc:
+        fh.close()
+        raise DataError(f"Shard {path} {exc}.") from None
+    return fh, tar
 
 
 def _index_one(path: Path, number: int, index: ShardIndex) -> None:
@@ -226,6 +267,8 @@ def _index_one(path: Path, number: int, index: ShardIndex) -> None:
                     raise DataError(f"Shard {path} holds more than the {MAX_SHARD_SAMPLES:,} samples allowed in one shard.")
         except tarfile.TarError as exc:
             index.skipped.append((path.name, f"the tar is damaged after {len(samples)} samples ({exc})"))
+        except _HeaderLie as exc:  # a crafted size, not a cut file: the whole shard is suspect
+            raise DataError(f"Shard {path} {exc}.") from None
     for s in samples.values():
         where = f"{path.name}:{s.key}"
         if s.problem:

@@ -121,12 +121,14 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
                  notes: list[str]) -> LoadedModel:
     """A ``.pt2`` archive or an ONNX model: a whole model whose graph fixes its class count (and, for ONNX, often
     its input size, which becomes the default preprocessing)."""
+    from shiftaudit.interrupts import interruptible
+
     source = str(p)
     module: nn.Module
-    if kind == PT2:
+    if kind == PT2:  # sympy and native loaders run here for seconds: Ctrl-C must not wait for them
         from shiftaudit.loading.pt2 import read_pt2
 
-        exported, raw, classes = read_pt2(p, trust_pickle=trust_pickle)
+        exported, raw, classes = interruptible(read_pt2, p, trust_pickle=trust_pickle)
         module, fmt = exported, "pt2"
         notes.extend(exported.notes)
     else:

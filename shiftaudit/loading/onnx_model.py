@@ -213,18 +213,29 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
 
 def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     """The graph as an :class:`OnnxClassifier` on the CPU, its string metadata, and its class count when fixed."""
+    from shiftaudit.interrupts import interruptible
+    from shiftaudit.loading.onnx_check import NO_FOLDING, check_onnx_file
+
     ort = _onnxruntime(path)
+    checked = check_onnx_file(path)  # declared sizes against the data, before onnxruntime allocates them
+    ort.set_default_logger_severity(4)  # the process-wide logger too (thread pools, environment): one per process
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # onnxruntime's warnings are not the user's concern; errors still raise
+    options.log_severity_level = 4  # fatal only: onnxruntime's C++ log lines bypass Python and would reach the terminal;
+    # every error still raises, and becomes the one sentence below
     options.intra_op_num_threads = max(1, torch.get_num_threads())  # as many threads as torch would use, not every core
-    try:  # onnxruntime prints a banner before it retries a failed load: the one-sentence error below says it all
+    try:  # onnxruntime prints a banner before it retries a failed load: the one-sentence error below says it all.
+        # The session is made in a worker thread (shiftaudit.interrupts) while this thread waits inside the redirect,
+        # so that Ctrl-C unwinds through it and its one line reaches the real stderr.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            session = interruptible(ort.InferenceSession, str(path), sess_options=options,
+                                    providers=["CPUExecutionProvider"], disabled_optimizers=NO_FOLDING)
     except Exception as exc:
         raise CheckpointError(
             f"ONNX model {path} cannot be loaded by onnxruntime ({first_line(exc)[:200].rstrip('.')}); it is damaged "
             "or uses operators this onnxruntime lacks."
         ) from None
+    if not checked:
+        raise CheckpointError(f"ONNX model {path} cannot be parsed by the onnx package to check its sizes; it is damaged.")
     graph_input, classes = read_graph_input(list(session.get_inputs()), list(session.get_outputs()), str(path))
     try:
         raw = dict(session.get_modelmeta().custom_metadata_map or {})
