@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError, first_line
+from shiftaudit.loading.fixed_batch import run_in_batches
 
 INSTALL = "pip install 'shiftaudit[onnx]'"
 FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -131,22 +132,16 @@ class OnnxClassifier(nn.Module):
         x = x.detach().to("cpu", torch.float32)
         if self.input.layout == "NHWC":
             x = x.permute(0, 2, 3, 1)
-        array = np.ascontiguousarray(x.numpy(), dtype=self.input.dtype)
-        n, rows = array.shape[0], self.input.batch
-        if rows is None:
-            out = self._run(array)
-        else:
-            parts = []
-            for start in range(0, n, rows):
-                chunk = array[start:start + rows]
-                if len(chunk) < rows:
-                    pad = np.zeros((rows - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
-                parts.append(self._run(chunk)[: min(rows, n - start)])
-            out = np.concatenate(parts)
-        if out.ndim == 4 and out.shape[2:] == (1, 1):
-            out = out.reshape(out.shape[0], -1)
-        return torch.from_numpy(np.ascontiguousarray(out)).to(device)
+
+        def run(chunk: torch.Tensor) -> torch.Tensor:
+            out = self._run(np.ascontiguousarray(chunk.numpy(), dtype=self.input.dtype))
+            if out.ndim == 4 and out.shape[2:] == (1, 1):
+                out = out.reshape(out.shape[0], -1)
+            return torch.from_numpy(np.ascontiguousarray(out))
+
+        rows = self.input.batch
+        out = run(x) if rows is None else run_in_batches(run, x, rows, rows)
+        return out.to(device)
 
     def check_input(self, channels: int, size: tuple[int, int]) -> None:
         """Refuse, before any work, data whose channels or size the graph does not take."""
