@@ -42,6 +42,11 @@ mutate: $(STAMP)
 	SHIFTAUDIT_TEST_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 || true
 	$(BIN)/python scripts/mutation_score.py
 
+# Every surviving mutant of the last `make mutate` with its changed lines, grouped by reason (generated, not kept).
+mutation-survivors: $(STAMP)
+	$(BIN)/python scripts/mutation_score.py --survivors > mutation-survivors.md
+	@echo "wrote mutation-survivors.md"
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
