@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.shiftaudit-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all fuzz planted mutate bench lint clean
+.PHONY: install demo test test-slow test-all fuzz planted mutate mutation-survivors bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
