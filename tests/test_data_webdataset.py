@@ -247,10 +247,10 @@ def test_tar_headers_declaring_more_than_the_shard_holds_are_refused(tmp_path):
 def test_an_8_gib_tar_header_ends_in_seconds_and_little_memory_in_a_real_process(tmp_path):
     """Under a 4 GiB address-space limit, tarfile's read of the declared 8 GiB was a MemoryError ("out of memory")."""
     shard = _hostile_shards(tmp_path)[0][0]
-    code, stderr, seconds, peak = run_measured("eval", DEMO, "--data", shard, *AUDIT)
+    code, stderr, startups, peak = run_measured("eval", DEMO, "--data", shard, *AUDIT)
     assert code == 2
     assert_one_error_line(stderr, f"Shard {shard} is damaged")
-    assert seconds < 30 and peak < 1 << 30, (seconds, peak)
+    assert startups < 4 and peak < 1 << 30, (startups, peak)  # time in start-ups of the CLI itself
 
 
 @pytest.mark.slow

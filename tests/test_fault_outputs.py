@@ -623,7 +623,7 @@ def shiftaudit_process(setup, args: list[object], *, stdout: object = subprocess
     cmd = [sys.executable, "-m", "shiftaudit", *map(str, args)]
     if shell_tail:
         cmd = ["bash", "-c", f'"$@" {shell_tail}; exit "${{PIPESTATUS[0]}}"', "bash", *cmd]
-    return subprocess.run(cmd, stdout=stdout, stderr=stderr, text=True, env=env, timeout=60,
+    return subprocess.run(cmd, stdout=stdout, stderr=stderr, text=True, env=env, timeout=150,
                           preexec_fn=(lambda: os.close(1)) if close_stdout else None)
 
 
@@ -667,6 +667,7 @@ GATE_PASSES, GATE_FAILS = ("--min-consistency", "0"), ("--min-accuracy", "1")  #
     pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed", marks=pytest.mark.slow),
     pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails", marks=pytest.mark.slow),
 ])
+@pytest.mark.timeout(180)  # a whole audit in a real process: minutes on a loaded 2-core machine
 def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(setup, tmp_path, how, gate, code):
     """`shiftaudit eval ... | head -1`: rich used to raise SystemExit(1) on the broken pipe, which the run took for
     the model's exit (exit 2, "the model's code stopped the run") and the report files, written after the table, were
@@ -689,6 +690,7 @@ def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(setup, 
 
 
 @pytest.mark.parametrize("how", ["reader gone", pytest.param("stdout closed", marks=pytest.mark.slow)])
+@pytest.mark.timeout(180)
 def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(setup, tmp_path, how):
     """`--json -` with its reader gone, or stdout closed: the files were written first (stdout comes last in a run),
     and the run ends like a writer killed by SIGPIPE, 141, with no traceback (it was exit 3, "internal error")."""

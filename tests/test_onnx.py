@@ -433,10 +433,10 @@ def test_a_graph_that_would_fold_16_gib_ends_in_seconds_and_little_memory_in_a_r
     for graph, needle in [(_built_from_constants(tmp_path / "fold.onnx", "ConstantOfShape", 65536), "16.0 GiB"),
                           (_classifier(tmp_path / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
                            "declares 17,179,869,184 bytes")]:
-        code, stderr, seconds, peak = run_measured("eval", graph, "--data", root / "data.npz", "--size", 8, *SHIFT)
+        code, stderr, startups, peak = run_measured("eval", graph, "--data", root / "data.npz", "--size", 8, *SHIFT)
         assert code == 2
         assert_one_error_line(stderr, f"ONNX model {graph}", needle)
-        assert seconds < 30 and peak < 1 << 30, (seconds, peak)
+        assert startups < 4 and peak < 1 << 30, (startups, peak)  # time in start-ups of the CLI itself
 
 
 def test_constant_folding_is_off_so_session_creation_builds_nothing(files, tmp_path, monkeypatch):
