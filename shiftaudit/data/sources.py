@@ -11,13 +11,12 @@ Dataset) are the ``memory`` kind (:func:`.tensors.in_memory`).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from shiftaudit.data.cifar import Cifar10
 from shiftaudit.data.classes import ClassMap, read_class_map
@@ -46,8 +45,16 @@ from shiftaudit.shifts.modes import check_canvas
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _image_extensions() -> tuple[str, ...]:
+    """The suffixes torchvision's ImageFolder reads (imported when first needed, as in :mod:`.preprocess`)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(IMG_EXTENSIONS)
+
+
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and has_file_allowed_extension(name, IMG_EXTENSIONS)
+    return not name.startswith(".") and name.lower().endswith(_image_extensions())
 
 
 def _not_a_file(path: str) -> str | None:
@@ -130,7 +137,7 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _no_images(folder: Path) -> DataError:
-    exts = " ".join(IMG_EXTENSIONS)
+    exts = " ".join(_image_extensions())
     return DataError(f"No images found in {folder}; looked for {exts} files.")
 
 
