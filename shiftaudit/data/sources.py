@@ -134,8 +134,6 @@ def _subfolders(folder: Path) -> list[Path]:
     return [p for p in _entries(folder) if p.is_dir() and not p.name.startswith(".")]
 
 
-
-
 def _no_images(folder: Path) -> DataError:
     exts = " ".join(_image_extensions())
     return DataError(f"No images found in {folder}; looked for {exts} files.")
