@@ -13,6 +13,7 @@ from shiftaudit.cli import choices
 from shiftaudit.data.presets import PRESETS
 from shiftaudit.data.sources import KINDS
 from shiftaudit.engine.config import PRECISIONS
+from shiftaudit.loading.saving import FORMATS
 from shiftaudit.shifts.modes import shift_mode_names
 
 
@@ -24,6 +25,7 @@ from shiftaudit.shifts.modes import shift_mode_names
     (choices.Preset, tuple(PRESETS)),
     (choices.PatchMethod, patch_method_names()),
     (choices.Pad, PAD_MODES),
+    (choices.ModelFormat, FORMATS),
 ], ids=lambda v: getattr(v, "__name__", ""))
 def test_each_choice_enum_lists_what_the_library_accepts(enum, library):
     assert [c.value for c in enum] == list(library)

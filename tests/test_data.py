@@ -113,6 +113,41 @@ def test_flat_folder_is_unlabelled(tmp_path: Path) -> None:
     assert y.tolist() == [-1, -1, -1]
 
 
+def test_a_data_kind_registered_from_outside_is_detected_listed_and_loaded(tmp_path):
+    """A kind is one DataKind subclass and one registration: auto-detection asks it in its rank, load_data builds
+    its dataset (labels checked, --limit applied) as for the built-in kinds, and the kind names list it."""
+    from shiftaudit.data import DataKind, data_kind_names, register_data_kind, unregister_data_kind
+    from shiftaudit.data.dataset import TensorSource
+    from shiftaudit.data.kinds import Loaded
+
+    class Gray(DataKind):
+        name = "gray"
+        detect_rank = 5  # asked before the built-in kinds
+        needs_preprocessing = False
+
+        def recognises(self, path, skipped):
+            return path.suffix == ".gray"
+
+        def load(self, path, request):
+            n = int(path.read_text())
+            images = TensorSource(torch.full((n, 1, 4, 4), 0.5), channels_last=False, raw=False, scale=None)
+            return Loaded(images, f"{n} gray images", None, labels=list(range(n)), image_size=(4, 4), channels=1)
+
+    path = tmp_path / "x.gray"
+    path.write_text("3")
+    register_data_kind(Gray())
+    try:
+        assert detect_kind(path) == "gray" and data_kind_names()[-1] == "gray"
+        ds = load_data(path, limit=2, seed=0)
+        assert ds.kind == "gray" and len(ds) == 2 and ds.image_size == (4, 4) and ds.channels == 1
+        assert ds.description == "3 gray images (random subset of 2 of 3, seed 0)"
+        with pytest.raises(DataError, match="Labels go up to 2 but the model has 2 classes"):
+            load_data(path, num_classes=2)
+    finally:
+        unregister_data_kind("gray")
+    assert "gray" not in data_kind_names()
+
+
 def test_loose_images_next_to_class_folders_are_ignored_with_a_note(tmp_path: Path) -> None:
     root = image_folder(tmp_path / "val", {"a": 1, "b": 1})
     png(root / "stray.png")

@@ -108,7 +108,7 @@ def test_a_zip_tensor_file_torch_could_read_differently_is_refused(tmp_path):
     members = [zipcraft.member(n, archive.read(n, 1 << 20)) for n in archive.names]
     path = tmp_path / "t.pt"
     path.write_bytes(zipcraft.build(members + [zipcraft.member(archive.names[0], b"again")]))
-    from shiftaudit.data.sources import _read_tensor_file
+    from shiftaudit.data.tensors import _read_tensor_file
     from shiftaudit.errors import DataError
 
     with pytest.raises(DataError, match="two members named"):

@@ -1,4 +1,4 @@
-"""The CIFAR-10 python folder (``cifar-10-batches-py``), read without trusting pickle.
+"""The CIFAR-10 python folder (``cifar-10-batches-py``), read without trusting pickle: the ``cifar10`` kind.
 
 The official files are pickles. When their md5 sums match the published ones, torchvision's reader is used (the
 content is then the known dataset). Otherwise -- a re-packed copy, a subset, a test fixture -- the test batch is
@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from shiftaudit.data.dataset import TensorSource
+from shiftaudit.data.kinds import DataKind, Loaded, Request, Skipped
 from shiftaudit.errors import DataError
 
 BATCHES_DIR = "cifar-10-batches-py"
@@ -125,3 +128,30 @@ def load_cifar10_test(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], li
     else:
         notes.append(f"no {META} in {batches}: classes are unnamed")
     return np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64), names, notes
+
+
+class Cifar10(DataKind):
+    name = "cifar10"
+    detect_rank = 10
+    needs_preprocessing = False
+
+    def recognises(self, path: Path, skipped: Skipped) -> bool:
+        return path.is_dir() and find_batches_dir(path) is not None
+
+    def load(self, path: Path, request: Request) -> Loaded:
+        images, labels, names, notes = load_cifar10_test(path)
+        prep = request.preprocessing
+        channels = prep.channels if prep is not None else 3
+        if channels != 3:
+            notes.append(f"CIFAR-10 RGB images converted to {channels} channel{'s' if channels != 1 else ''}")
+        n_classes = len(names) or len(set(labels.tolist()))
+        return Loaded(
+            TensorSource(torch.from_numpy(images), channels_last=True, raw=False, scale=None),
+            f"CIFAR-10 test set {path}: {len(images)} images, {n_classes} classes",
+            prep,
+            labels=labels.tolist(),
+            classes=names or None,
+            notes=notes,
+            image_size=prep.size if prep is not None else (32, 32),
+            channels=channels,
+        )

@@ -1,35 +1,42 @@
-"""The dataset every audit runs on, and the loader that feeds the engine.
+"""The dataset every audit runs on, and where its images come from (files, tensors, a user's Dataset).
 
 :class:`AuditDataset` yields ``(image, label)`` with the image already preprocessed (float ``(C, H, W)``) and the
 label an int (-1 when unlabelled). Image files are decoded lazily in ``__getitem__`` so that DataLoader workers
 decode in parallel; nothing but the file list is read up front.
 
 What happened while decoding (images converted to RGB, enlarged to the crop size, unreadable) is reported back to
-the main process by :func:`make_loader`'s loader and shows up in ``dataset.notes`` once the audit has run. An
-unreadable file is skipped by the loader (and, read directly with ``dataset[i]``, comes back as an all-NaN image,
-which the engine leaves out as non-finite); with ``strict=True`` it raises :class:`~shiftaudit.errors.DataError`.
+the main process by :func:`~shiftaudit.data.loader.make_loader`'s loader and shows up in ``dataset.notes`` once the
+audit has run. An unreadable file is skipped by the loader (and, read directly with ``dataset[i]``, comes back as an
+all-NaN image, which the engine leaves out as non-finite); with ``strict=True`` it raises
+:class:`~shiftaudit.errors.DataError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
-from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
+from shiftaudit.data.preprocess import (
+    CONVERTED,
+    ENLARGED,
+    NONFINITE,
+    UNREADABLE,
+    ImageTooLarge,
+    adapt_channels,
+    decode_image,
+    finish,
+    pil_mode_for,
+)
 from shiftaudit.data.presets import Preprocessing
-from shiftaudit.errors import DataError, ShiftAuditError
-from shiftaudit.limits import check_range, max_workers
-
-if TYPE_CHECKING:
-    from shiftaudit.data.hf_datasets import RowSource
-    from shiftaudit.data.webdataset_shards import ShardSource
+from shiftaudit.errors import DataError
 
 DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 
@@ -46,6 +53,9 @@ class EncodedImageSource:
     """
 
     in_memory = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def encoded(self, i: int) -> str | BinaryIO:
         raise NotImplementedError
@@ -94,10 +104,6 @@ class FileSource(EncodedImageSource):
 
 def decode_reason(exc: BaseException, path: str) -> str:
     """Why PIL could not decode ``path``, in words (PIL's own messages repeat the path and name no fix)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from shiftaudit.data.preprocess import ImageTooLarge
-
     if isinstance(exc, ImageTooLarge):
         return str(exc)
     if isinstance(exc, Image.DecompressionBombError):  # PIL's own guard, above 179 Mpixel: same words as ours
@@ -177,12 +183,11 @@ class DatasetSource:
         return "it could not be read"
 
 
+ImageSource = EncodedImageSource | TensorSource | DatasetSource  # shards and dataset rows are encoded images
+
+
 def to_chw(img: Any, prep: Preprocessing | None, channels: int, raw: bool) -> tuple[torch.Tensor, int]:
     """One in-memory image (PIL, ndarray or tensor; CHW, HWC or HW) to the preprocessed network input."""
-    from PIL import Image
-
-    from shiftaudit.data.preprocess import pil_mode_for
-
     flags = 0
     if isinstance(img, Image.Image):
         mode = pil_mode_for(channels)
@@ -223,11 +228,9 @@ class AuditDataset(Dataset):
     data (``load_data(..., canvas_margin=R)``): the items are canvases R px larger than the model input on every side.
     """
 
-    canvas_margin: int | None = None
-
     def __init__(
         self,
-        source: FileSource | TensorSource | DatasetSource | ShardSource | RowSource,
+        source: ImageSource,
         *,
         index: np.ndarray | None = None,
         labels: Sequence[int] | None,
@@ -240,6 +243,7 @@ class AuditDataset(Dataset):
         preprocessing: Preprocessing | None,
         notes: list[str] | None = None,
         strict: bool = False,
+        canvas_margin: int | None = None,
     ) -> None:
         self.source = source
         self.index = np.arange(len(source), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
@@ -254,6 +258,7 @@ class AuditDataset(Dataset):
         self.channels = int(channels)
         self.preprocessing = preprocessing
         self.strict = strict
+        self.canvas_margin = canvas_margin
         self._notes: list[str] = list(notes or [])
         self._flags = np.zeros(len(self.index), dtype=np.uint8)
         self._seen = np.zeros(len(self.index), dtype=bool)
@@ -359,110 +364,3 @@ class AuditDataset(Dataset):
 
 def _names(names: list[str]) -> str:
     return ", ".join(os.path.basename(b) for b in names[:5]) + (", ..." if len(names) > 5 else "")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The loader
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _Indexed(Dataset):
-    """Adds the item's index and decode flags; never raises for an unreadable file (the main process decides)."""
-
-    def __init__(self, ds: AuditDataset) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
-        x, y, flags = self.ds.load(i)
-        return x, y, i, flags
-
-
-class AuditLoader(DataLoader):
-    """A DataLoader yielding ``(images, labels, indices)``; it records decode flags and drops unreadable images."""
-
-    dataset: _Indexed  # what make_loader gives it
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        ds = self.dataset.ds
-        yielded = 0
-        for images, labels, ids, flags in _worker_errors_said(super().__iter__()):
-            ds.record(ids.numpy(), flags.numpy())
-            bad = (flags & DROPPED) != 0
-            if bool(bad.any()):
-                if ds.strict:
-                    raise ds.unreadable_error(int(ids[bad][0]))
-                keep = ~bad
-                if not bool(keep.any()):
-                    continue
-                images, labels, ids = images[keep], labels[keep], ids[keep]
-            yielded += int(ids.numel())
-            yield images, labels, ids
-        if yielded == 0 and len(ds) > 0:
-            first = int(np.flatnonzero(ds._flags & DROPPED)[0])
-            verb = "read" if ds._flags[first] & UNREADABLE else "used"
-            raise DataError(f"None of the {len(ds)} images could be {verb}; the first: {ds.unreadable_error(first).message}")
-
-
-def _worker_errors_said(batches: Iterator[Any]) -> Iterator[Any]:
-    """A decoding worker that dies (killed for memory, a crashing codec) is a one-sentence DataError, not a bug."""
-    while True:
-        try:
-            item = next(batches)
-        except StopIteration:
-            return
-        except Exception as exc:
-            text = str(exc).strip()
-            if "DataLoader worker" not in text:
-                raise
-            lines = text.splitlines()
-            if isinstance(exc, ShiftAuditError) and len(lines) > 1:  # re-raised from a worker with its traceback
-                raise type(exc)(lines[-1].split(": ", 1)[-1]) from None
-            first = lines[0].rstrip(".") if lines else type(exc).__name__
-            raise DataError(f"An image-decoding worker process failed ({first}); rerun with --workers 0.") from None
-        yield item
-
-
-def default_workers(dataset: AuditDataset, batch_size: int) -> int:
-    """0 for data in memory; for files min(4, CPUs - 1), and no more workers than batches."""
-    if getattr(dataset.source, "in_memory", True):
-        return 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    batches = -(-len(dataset) // max(1, batch_size))
-    return max(0, min(4, cpus - 1, batches))
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # decoding workers must not fight the model's threads
-
-
-def make_loader(
-    dataset: Any, *, batch_size: int, num_workers: int | None = None, pin_memory: bool = False,
-    indices: Sequence[int] | None = None,
-) -> AuditLoader:
-    """Batches of ``(images float, labels int64 (-1: unlabelled), indices int64)`` in dataset order.
-
-    ``indices``: only these dataset positions, in this order (a process's shard, the images a resumed run still
-    needs); the ids yielded stay dataset positions either way.
-    """
-    if not isinstance(dataset, AuditDataset):
-        from shiftaudit.data.sources import load_data
-
-        dataset = load_data(dataset, raw=True)
-    workers = default_workers(dataset, batch_size) if num_workers is None else int(num_workers)
-    check_range(workers, "--workers", 0, max_workers(), "each worker is a process holding a copy of the data set")
-    return AuditLoader(
-        _Indexed(dataset),
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=None if indices is None else [int(i) for i in indices],
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        worker_init_fn=_worker_init if workers > 0 else None,
-    )

@@ -1,4 +1,5 @@
-"""Hugging Face ``datasets`` on disk as audit data: a ``save_to_disk`` folder, or parquet files (a hub download).
+"""Hugging Face ``datasets`` on disk as audit data (the ``hf`` kind): a ``save_to_disk`` folder, or parquet files
+(a hub download).
 
 Needs the ``hf`` extra (``pip install 'shiftaudit[hf]'``). Only local files are read -- ``load_from_disk`` for a
 saved folder, ``pyarrow`` for parquet -- with the hub switched off, so nothing is downloaded and no cache is written.
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from shiftaudit.data.classes import map_class_names
 from shiftaudit.data.dataset import EncodedImageSource
-from shiftaudit.data.presets import Preprocessing
+from shiftaudit.data.kinds import DataKind, Loaded, Request, Skipped
 from shiftaudit.errors import DataError, UsageError, first_line
 from shiftaudit.limits import MAX_FILE_ROWS, MAX_IMAGE_BYTES, MAX_ROW_GROUP_BYTES, gib
 
@@ -90,12 +92,14 @@ class RowSource(EncodedImageSource):
     memory-mapped by ``load_from_disk``, parquet one row group at a time (the last one kept, as rows come in order).
     """
 
-    def __init__(self, paths: list[Path], column: str, *, saved: bool, groups: np.ndarray | None = None) -> None:
+    def __init__(
+        self, paths: list[Path], column: str, *, saved: bool, groups: np.ndarray | None = None, table: Any = None
+    ) -> None:
         self.paths = [str(p) for p in paths]
         self.column = column
         self.saved = saved
         self.groups = groups  # parquet: (file, row group, row in group) of every row
-        self._open: Any = None
+        self._open: Any = table  # a saved dataset's table, when the caller has it open already
         self._cached: tuple[tuple[int, int], Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -304,86 +308,84 @@ def _check_saved(ds: Any, columns: list[str], path: Path) -> None:
         raise DataError(f"The saved dataset {path} is damaged: {first_line(exc)[:200].rstrip('.')}.") from None
 
 
-def load_hf(
-    path: Path,
-    prep: Preprocessing,
-    class_map: Any,
-    strict: bool,
-    num_classes: int | None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-) -> Any:
-    """An :class:`~shiftaudit.data.dataset.AuditDataset` over a saved dataset or parquet files, in row order."""
-    from shiftaudit.data.classes import map_class_names
-    from shiftaudit.data.dataset import AuditDataset
-    from shiftaudit.data.webdataset_shards import check_skipped
-
+def _open_rows(path: Path, request: Request) -> tuple[RowSource, Any, str, str | None, list[Any] | None, str]:
+    """(rows, features, image column, label column, the label column's values, what to call the store)."""
     datasets = _require_datasets()
     where = os.fspath(path)
     files = [] if path.is_dir() and is_saved_dataset(path) else parquet_files(path)
     if files:
         features, metas = _parquet_rows(files, where)
-        image_col, label_col = pick_columns(features, image_column, label_column, where)
+        image_col, label_col = pick_columns(features, request.image_column, request.label_column, where)
         for file, meta in zip(files, metas):
             check_parquet_sizes(file, meta, [c for c in (image_col, label_col) if c])
         source = RowSource(files, image_col, saved=False, groups=_row_positions(metas))
         raw_labels = _parquet_labels(files, label_col) if label_col else None
-        what = f"parquet {where}"
-    else:
-        ds = _open_saved(path, datasets)
-        features = ds.features
-        image_col, label_col = pick_columns(features, image_column, label_column, where)
-        _check_saved(ds, [c for c in (image_col, label_col) if c], path)
-        source = RowSource([path], image_col, saved=True)
-        source._open = ds.data
-        raw_labels = ds.data.column(label_col).to_pylist() if label_col else None
-        what = f"Hugging Face dataset {where}"
-    n = len(source)
-    if n == 0:
-        raise DataError(f"The {what} holds no rows.")
-    notes = [f"images from column {image_col!r}" + (f", labels from {label_col!r}" if label_col else ", no labels")]
-    labels: list[int] | None = None
-    classes: list[str] | None = None
-    keep = np.arange(n, dtype=np.int64)
-    if raw_labels is not None:
-        raw = [-1 if v is None else int(v) for v in raw_labels]
-        bad = [i for i, v in enumerate(raw) if v < 0]
-        feature = features[label_col]
-        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-        if len(bad) == n:
-            raw, names = [], None  # no row labelled: an unlabelled audit, as for a flat folder
+        return source, features, image_col, label_col, raw_labels, f"parquet {where}"
+    ds = _open_saved(path, datasets)
+    features = ds.features
+    image_col, label_col = pick_columns(features, request.image_column, request.label_column, where)
+    _check_saved(ds, [c for c in (image_col, label_col) if c], path)
+    source = RowSource([path], image_col, saved=True, table=ds.data)
+    raw_labels = ds.data.column(label_col).to_pylist() if label_col else None
+    return source, features, image_col, label_col, raw_labels, f"Hugging Face dataset {where}"
+
+
+def _labels(
+    raw: list[int], feature: Any, label_col: str, request: Request, where: str, notes: list[str]
+) -> tuple[list[int], list[str] | None, np.ndarray]:
+    """(labels, class names, the rows to audit) of a label column with at least one label.
+
+    Rows without a label are skipped (an error with --strict). ``ClassLabel`` names are the class names, mapped
+    through the class map when there is one.
+    """
+    skipped = Skipped("row")
+    skipped += [(f"row {i}", f"no label in column {label_col!r}") for i, v in enumerate(raw) if v < 0]
+    skipped.check(request.strict, notes)
+    keep = np.flatnonzero(np.asarray(raw) >= 0).astype(np.int64)
+    labels = [raw[i] for i in keep]
+    if not isinstance(feature, _require_datasets().ClassLabel):
+        if request.class_map is not None:
+            raise UsageError(
+                f"A class map maps class names, but column {label_col!r} of {where} has none (not a ClassLabel)."
+            )
+        return labels, None, keep
+    names = list(feature.names)
+    if max(labels) >= len(names):
+        raise DataError(f"Column {label_col!r} of {where} holds {max(labels)}, but its ClassLabel has {len(names)} names.")
+    if request.class_map is None:
+        return labels, names, keep
+    to_model, classes = map_class_names(names, sorted(set(labels)), request.class_map, request.num_classes, where)
+    return [to_model[v] for v in labels], classes, keep
+
+
+class HfDataset(DataKind):
+    name = "hf"
+    detect_rank = 30
+    takes_class_map = True
+    takes_columns = True
+
+    def recognises(self, path: Path, skipped: Skipped) -> bool:
+        return (path.is_dir() and is_saved_dataset(path)) or bool(parquet_files(path))
+
+    def load(self, path: Path, request: Request) -> Loaded:
+        """A saved dataset or parquet files, in row order."""
+        source, features, image_col, label_col, raw_labels, what = _open_rows(path, request)
+        n = len(source)
+        if n == 0:
+            raise DataError(f"The {what} holds no rows.")
+        notes = [f"images from column {image_col!r}" + (f", labels from {label_col!r}" if label_col else ", no labels")]
+        labels: list[int] | None = None
+        classes: list[str] | None = None
+        keep = np.arange(n, dtype=np.int64)
+        raw = None if raw_labels is None else [-1 if v is None else int(v) for v in raw_labels]
+        if raw is None or label_col is None:
+            if request.class_map is not None:
+                raise UsageError(f"A class map maps class names, but {os.fspath(path)} has no label column.")
+        elif all(v < 0 for v in raw):  # no row labelled: an unlabelled audit, as for a flat folder
             notes[0] = f"images from column {image_col!r}, no labels (column {label_col!r} is empty)"
         else:
-            check_skipped([(f"row {i}", f"no label in column {label_col!r}") for i in bad], strict, notes, "row")
-            keep = np.flatnonzero(np.asarray(raw) >= 0).astype(np.int64)
-            labels = [raw[i] for i in keep]
-            if names is not None:
-                if max(labels) >= len(names):
-                    raise DataError(
-                        f"Column {label_col!r} of {where} holds {max(labels)}, but its ClassLabel has {len(names)} names."
-                    )
-                if class_map is not None:
-                    to_model, classes = map_class_names(names, sorted(set(labels)), class_map, num_classes, where)
-                    labels = [to_model[v] for v in labels]
-                else:
-                    classes = names
-            elif class_map is not None:
-                raise UsageError(
-                    f"A class map maps class names, but column {label_col!r} of {where} has none (not a ClassLabel)."
-                )
-    elif class_map is not None:
-        raise UsageError(f"A class map maps class names, but {where} has no label column.")
-    described = f"{len(classes)} classes" if classes else ("labelled" if labels is not None else "unlabelled")
-    return AuditDataset(
-        source,
-        index=keep,
-        labels=labels,
-        classes=classes,
-        kind="hf",
-        description=f"{what}: {len(keep)} images, {described}",
-        image_size=prep.size,
-        channels=prep.channels,
-        preprocessing=prep,
-        notes=notes,
-        strict=strict,
-    )
+            labels, classes, keep = _labels(raw, features[label_col], label_col, request, os.fspath(path), notes)
+        described = f"{len(classes)} classes" if classes else ("labelled" if labels is not None else "unlabelled")
+        return Loaded(
+            source, f"{what}: {len(keep)} images, {described}", request.prep, labels, classes, notes, index=keep
+        )

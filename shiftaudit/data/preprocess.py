@@ -4,6 +4,10 @@ Both image files (decoded with PIL) and tensor data go through :func:`finish`, s
 folder of PNGs with the same pixels give the same input. Every helper returns ``(image, flags)``: the flags say what
 was done to the image (converted, enlarged, unreadable) so the dataset can report it in its notes, even when the
 decoding ran in a DataLoader worker process.
+
+torchvision is imported where an image is first transformed, not with the module: importing it takes seconds, and
+the command line imports the data package (its kinds are ``--data-kind``'s choices) before it knows whether a
+command reads any image.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.limits import MAX_DECODED_PIXELS, MAX_PIXELS
@@ -66,6 +68,8 @@ def decode_image(path: str | Path | BinaryIO, channels: int) -> tuple[torch.Tens
 
     Raises whatever PIL raises for an unreadable file; the caller decides whether that is fatal (``strict``).
     """
+    from torchvision.transforms.v2 import functional as F
+
     target = _PIL_MODE[channels]
     flags = 0
     with warnings.catch_warnings():  # PIL warns from 89 Mpixel on; the check below refuses from 64 Mpixel
@@ -104,6 +108,8 @@ def check_declared_size(im: Image.Image) -> None:
 
 def adapt_channels(img: torch.Tensor, channels: int) -> tuple[torch.Tensor, int]:
     """Match a tensor image's channel count to the model's: RGB->gray (luma), gray->RGB (repeat), drop alpha."""
+    from torchvision.transforms.v2 import functional as F
+
     c = img.shape[0]
     if c == channels:
         return img, 0
@@ -140,6 +146,9 @@ def finish(img: torch.Tensor, prep: Preprocessing | None) -> tuple[torch.Tensor,
     than the crop (after the optional resize) is enlarged just enough to cover it rather than padded with zeros:
     black borders would change the audit far more than a slight upscale.
     """
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
     flags = 0
     if prep is not None:
         check_pixels(img.shape[-2:], prep)

@@ -1,4 +1,5 @@
-"""WebDataset tar shards (``train-{000..099}.tar``) as audit data, read in place: never unpacked to disk.
+"""WebDataset tar shards (``train-{000..099}.tar``) as audit data (the ``webdataset`` kind), read in place: never
+unpacked to disk.
 
 A shard is a plain tar file whose members are grouped into samples by key (the member path up to the first dot of
 its file name): ``cat/0001.jpg`` and ``cat/0001.cls`` are one sample with an image and a label. Loading reads each
@@ -18,17 +19,15 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from shiftaudit.data.classes import ClassMap, map_class_names
 from shiftaudit.data.dataset import EncodedImageSource
-from shiftaudit.data.presets import Preprocessing
-from shiftaudit.errors import DataError
+from shiftaudit.data.kinds import DataKind, Loaded, Request, Skipped
+from shiftaudit.errors import DataError, UsageError
 from shiftaudit.limits import MAX_IMAGE_BYTES, MAX_SHARD_SAMPLES, MAX_SHARDS, MAX_TAR_HEADER_BYTES, MAX_TAR_HEADER_CHAIN
-
-if TYPE_CHECKING:
-    from shiftaudit.data.dataset import AuditDataset
 
 SHARD_SUFFIX = ".tar"
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif"})
@@ -150,7 +149,7 @@ class ShardIndex:
     size: list[int] = field(default_factory=list)
     key: list[str] = field(default_factory=list)
     label: list[str | None] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (shard:key or shard, why)
+    skipped: Skipped = field(default_factory=lambda: Skipped("sample"))  # (shard:key or shard, why)
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
@@ -351,32 +350,14 @@ class ShardSource(EncodedImageSource):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def skipped_note(skipped: list[tuple[str, str]], what: str = "sample") -> str:
-    shown = ", ".join(f"{where} ({why})" for where, why in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-    return f"{len(skipped)} {what}{'s' if len(skipped) != 1 else ''} skipped: {shown}"
-
-
-def check_skipped(skipped: list[tuple[str, str]], strict: bool, notes: list[str], what: str = "sample") -> None:
-    """Count what cannot be audited in the notes; with --strict it is an error, like an unreadable image file."""
-    if not skipped:
-        return
-    if strict:
-        where, why = skipped[0]
-        raise DataError(f"Cannot use {what} {where}: {why}.", hint=f"leave out --strict to skip such {what}s")
-    notes.append(skipped_note(skipped, what))
-
-
 def shard_labels(
-    texts: list[str | None], class_map: object, num_classes: int | None, where: str
+    texts: list[str | None], class_map: ClassMap | None, num_classes: int | None, where: str
 ) -> tuple[list[int] | None, list[str] | None, list[int]]:
     """(labels, class names, positions without a label) from the ``.cls`` texts.
 
     Whole numbers are class indices; anything else is a class name, numbered like ImageFolder sub-folders (sorted)
     or through the class map. No label anywhere: unlabelled (None).
     """
-    from shiftaudit.data.classes import map_class_names
-    from shiftaudit.errors import UsageError
-
     missing = [i for i, t in enumerate(texts) if t is None]
     given = [t for t in texts if t is not None]
     if not given:
@@ -395,42 +376,49 @@ def shard_labels(
     if class_map is None:
         to_model, classes = list(range(len(names))), names
     else:
-        to_model, classes = map_class_names(names, used, class_map, num_classes, where)  # type: ignore[arg-type]
+        to_model, classes = map_class_names(names, used, class_map, num_classes, where)
     return [to_model[position[t]] if t is not None else -1 for t in texts], classes, missing
 
 
-def load_shards(path: Path, prep: Preprocessing, class_map: object, strict: bool, num_classes: int | None) -> AuditDataset:
-    """An :class:`~shiftaudit.data.dataset.AuditDataset` over the samples of the shards ``path`` names."""
-    from shiftaudit.data.dataset import AuditDataset
+class WebDataset(DataKind):
+    name = "webdataset"
+    detect_rank = 60
+    takes_class_map = True
 
-    shards = shard_files(path)
-    index = index_shards(shards)
-    where = os.fspath(path)
-    labels, classes, missing = shard_labels(index.label, class_map, num_classes, where)
-    notes: list[str] = []
-    skipped = list(index.skipped)
-    if labels is not None and missing:
-        skipped += [(f"{shards[index.shard[i]].name}:{index.key[i]}", f"no .{LABEL_EXT} label") for i in missing]
-        keep = [i for i in range(len(labels)) if labels[i] >= 0]
-        for name in ("shard", "offset", "size", "key"):
-            setattr(index, name, [getattr(index, name)[i] for i in keep])
-        labels = [labels[i] for i in keep]
-    if not index.key:
-        if skipped:
-            raise DataError(f"No sample of {where} can be audited; {skipped_note(skipped)}.")
-        raise DataError(f"The shards {where} hold no samples with an image ({', '.join(sorted(IMAGE_EXTS))}).")
-    check_skipped(skipped, strict, notes)
-    n = len(index.key)
-    described = f"{len(classes)} classes" if classes else ("labelled" if labels is not None else "unlabelled")
-    return AuditDataset(
-        ShardSource(index, path if path.is_dir() else path.parent),
-        labels=labels,
-        classes=classes,
-        kind="webdataset",
-        description=f"WebDataset {where}: {n} images in {len(shards)} shard{'s' if len(shards) != 1 else ''}, {described}",
-        image_size=prep.size,
-        channels=prep.channels,
-        preprocessing=prep,
-        notes=notes,
-        strict=strict,
-    )
+    def names_files(self, text: str) -> bool:
+        return is_shard_pattern(text)  # which of the files exist is checked when they are read
+
+    def recognises(self, path: Path, skipped: Skipped) -> bool:
+        if path.is_file():
+            return is_shard_pattern(path.name)
+        return has_shards(path) if path.is_dir() else not path.exists() and is_shard_pattern(os.fspath(path))
+
+    def load(self, path: Path, request: Request) -> Loaded:
+        """The samples of the shards ``path`` names."""
+        shards = shard_files(path)
+        index = index_shards(shards)
+        where = os.fspath(path)
+        labels, classes, missing = shard_labels(index.label, request.class_map, request.num_classes, where)
+        notes: list[str] = []
+        skipped = index.skipped
+        if labels is not None and missing:
+            skipped += [(f"{shards[index.shard[i]].name}:{index.key[i]}", f"no .{LABEL_EXT} label") for i in missing]
+            keep = [i for i in range(len(labels)) if labels[i] >= 0]
+            for name in ("shard", "offset", "size", "key"):
+                setattr(index, name, [getattr(index, name)[i] for i in keep])
+            labels = [labels[i] for i in keep]
+        if not index.key:
+            if skipped:
+                raise DataError(f"No sample of {where} can be audited; {skipped.note()}.")
+            raise DataError(f"The shards {where} hold no samples with an image ({', '.join(sorted(IMAGE_EXTS))}).")
+        skipped.check(request.strict, notes)
+        n = len(index.key)
+        described = f"{len(classes)} classes" if classes else ("labelled" if labels is not None else "unlabelled")
+        return Loaded(
+            ShardSource(index, path if path.is_dir() else path.parent),
+            f"WebDataset {where}: {n} images in {len(shards)} shard{'s' if len(shards) != 1 else ''}, {described}",
+            request.prep,
+            labels,
+            classes,
+            notes,
+        )

@@ -1,0 +1,66 @@
+"""A package's modules form a one-way chain: no module imports, even inside a function or for type checking only, a
+module that imports it back (directly or through others)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAINED = ["shiftaudit/data"]  # packages whose modules form a one-way chain (the others follow, issue 25)
+
+
+def module_imports(folder: Path) -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports, wherever the import statement is."""
+    package = ".".join(folder.relative_to(ROOT).parts)
+    modules = {f"{package}.{p.stem}": p for p in folder.glob("*.py") if p.name != "__init__.py"}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle, as the modules along it, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        state[m] = 2
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", CHAINED)
+def test_the_modules_of_a_package_import_one_way(package):
+    graph = module_imports(ROOT / package)
+    assert len(graph) > 3
+    assert cycle(graph) is None, " -> ".join(cycle(graph) or [])
+
+
+def test_a_circle_is_found():
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert cycle({"a": {"b"}, "b": set()}) is None
