@@ -217,8 +217,8 @@ class ExportedModel(nn.Module):
     layers are one flat graph of operators, with no modules to hook for per-layer distances.
 
     A graph exported for a batch range (what ``torch.export.export(model, (x,))`` gives without ``dynamic_shapes``
-    is the range [N, N]) is fed through :func:`~shiftaudit.loading.fixed_batch.run_in_batches` (ONNX graphs use it too): chunks no larger
-    than its largest batch, the last one padded up to its smallest, so any engine batch runs."""
+    is the range [N, N]) is fed through :func:`~shiftaudit.loading.fixed_batch.run_in_batches` (ONNX graphs use it
+    too): chunks no larger than its largest batch, the last one padded up to its smallest, so any engine batch runs."""
 
     flat_graph = "a torch.export archive (one flat graph of operators)"
 
