@@ -32,13 +32,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shiftaudit.atomicio import (
+from shiftaudit.errors import OutputError, one_line
+from shiftaudit.files import (
     all_or_nothing,
     atomic_path,
     write_bytes_atomic,
     write_json_atomic,
 )
-from shiftaudit.errors import OutputError, one_line
 from tests.helpers import (
     assert_clean_error,
     cli,
@@ -411,7 +411,7 @@ def test_a_bad_demo_patch_filter_is_refused_before_any_audit(tmp_path, monkeypat
 
 def test_patch_writes_the_model_and_the_report_together_or_neither(setup, tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
-        mp.setattr("shiftaudit.atomicio.write_json_atomic", disk_full)  # the report is written after the model
+        mp.setattr("shiftaudit.files.write_json_atomic", disk_full)  # the report is written after the model
         res = cli("patch", setup[1], "--arch", f"{MODULE}:tiny", "--size", "16", "-o", tmp_path / "aa.safetensors",
                   "--json", tmp_path / "patch.json")
     assert_clean_error(res, "patch.json", "no space left on device")
@@ -865,7 +865,7 @@ def test_a_failed_run_removes_no_stale_picture(setup, tmp_path, monkeypatch):
 
 def test_a_stale_file_that_cannot_be_removed_undoes_the_run(tmp_path, monkeypatch):
     """Removal is one of the run's renames: if it fails, the files already replaced are put back."""
-    from shiftaudit.atomicio import remove_stale
+    from shiftaudit.files import remove_stale
 
     stale, report = tmp_path / "layers.png", tmp_path / "report.json"
     stale.write_bytes(b"an earlier picture")
@@ -887,7 +887,7 @@ def test_a_stale_file_that_cannot_be_removed_undoes_the_run(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("kind", ["fifo", "socket", "symlink-to-file", "folder"])
 def test_a_stale_name_that_is_not_a_regular_file_is_never_removed(tmp_path, kind):
-    from shiftaudit.atomicio import remove_stale
+    from shiftaudit.files import remove_stale
 
     target = tmp_path / "layers.png"
     with contextlib.ExitStack() as stack:
