@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from shiftaudit.data.preprocess import CONVERTED, ENLARGED, NONFINITE, UNREADABLE, adapt_channels, decode_image, finish
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, ShiftAuditError
+from shiftaudit.files import reason
 from shiftaudit.limits import check_range, max_workers
 
 if TYPE_CHECKING:
@@ -104,8 +105,8 @@ def decode_reason(exc: BaseException, path: str) -> str:
         return f"it is too large: {str(exc).split(',')[0].lower()} (a decompression bomb?)"
     if isinstance(exc, UnidentifiedImageError):
         return "it is not an image PIL can decode (corrupt, empty, or an unsupported format)"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.rstrip(".").lower()
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return reason(exc)
     text = str(exc).replace(f"'{path}'", "the file").replace(path, "the file").strip().rstrip(".")
     if "truncated" in text.lower():
         return "the file is truncated"

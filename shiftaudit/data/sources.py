@@ -32,7 +32,8 @@ from shiftaudit.data.imagenet import imagenet_class_map, missing_class_map
 from shiftaudit.data.preprocess import check_pixels, pil_mode_for
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, UsageError, first_line
-from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.files import Refused, read_regular, reason
+from shiftaudit.jsonfile import JsonInputError, load_json
 from shiftaudit.limits import MAX_CLASSES, is_int
 from shiftaudit.npyfiles import load_numpy
 from shiftaudit.shifts.modes import check_canvas
@@ -68,7 +69,7 @@ def _not_a_file(path: str) -> str | None:
             return "a symbolic link loop"
         if isinstance(exc, FileNotFoundError):
             return "a broken symbolic link"
-        return (exc.strerror or type(exc).__name__).lower()
+        return reason(exc)
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -95,7 +96,7 @@ def _images_under(folder: Path, recursive: bool = True, skipped: Skipped | None 
     seen = {os.path.realpath(folder)}  # folders walked so far: a symlink loop or a second link is not followed
 
     def unreadable(exc: OSError) -> None:
-        skipped.append((str(exc.filename), f"unreadable folder: {(exc.strerror or type(exc).__name__).lower()}"))
+        skipped.append((str(exc.filename), f"unreadable folder: {reason(exc)}"))
 
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         here = os.path.realpath(root)
@@ -129,7 +130,7 @@ def _entries(folder: Path) -> list[Path]:
     try:
         return sorted(folder.iterdir())
     except OSError as exc:
-        raise DataError(f"Cannot read data folder {folder}: {(exc.strerror or type(exc).__name__).lower()}.") from None
+        raise DataError(f"Cannot read data folder {folder}: {reason(exc)}.") from None
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -222,11 +223,11 @@ def read_class_map(
     if isinstance(class_map, (str, Path)):
         p = Path(class_map)
         try:
-            obj = load_json(read_regular_file(p, MAX_CLASS_MAP_BYTES, "Class map"))
+            obj = load_json(read_regular(p, MAX_CLASS_MAP_BYTES))
+        except Refused as exc:
+            raise DataError(f"Class map {p} {exc}.") from None
         except JsonInputError as exc:
             raise DataError(f"Class map {p} cannot be used: {exc}.") from None
-        except UsageError as exc:
-            raise DataError(str(exc)) from None
     limit = num_classes if num_classes is not None else MAX_CLASSES
     whose = f"the model's {num_classes} classes" if num_classes is not None else f"the {MAX_CLASSES:,} allowed"
     mapping: dict[str, int] = {}
