@@ -346,7 +346,7 @@ class Outputs:
                 backup = self._backup(dest)
                 os.unlink(dest) if tmp is None else os.replace(tmp, dest)
                 done.append((dest, tmp, backup))
-        except OSError as exc:
+        except BaseException as exc:  # a failed rename, or Ctrl-C between two
             for put, tmp, backup in reversed(done):
                 with contextlib.suppress(OSError):
                     if backup is not None:
@@ -354,6 +354,8 @@ class Outputs:
                     elif tmp is not None:
                         os.replace(put, tmp)  # back to its temporary name, removed with the others
             self.discard()
+            if not isinstance(exc, OSError):
+                raise
             raise OutputError(
                 f"Cannot write {dest} ({reason(exc)}); no output of this run was written, previous files are unchanged."
             ) from None

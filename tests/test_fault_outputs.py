@@ -375,6 +375,32 @@ def test_ctrl_c_inside_a_staged_run_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
 
 
+def test_a_new_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A folder the run creates is built beside its place and renamed in with the run's files: nothing of it is seen
+    before the end, and a failed rename after it (or Ctrl-C between two renames) takes it back out."""
+    out, last = tmp_path / "new" / "report", tmp_path / "z.json"
+    (tmp_path / "z.json").write_text("old z")
+    with all_or_nothing() as outputs:
+        write_json_atomic(out / "report.json", {"new": 1})
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["z.json"]
+    assert json.loads((out / "report.json").read_text()) == {"new": 1} and outputs.removed == []
+    real_replace = os.replace
+    for failure in (OSError(5, "Input/output error"), KeyboardInterrupt()):
+
+        def replace(src: object, dst: object, failure: BaseException = failure) -> None:
+            if Path(dst) == last:  # type: ignore[arg-type]
+                raise failure
+            real_replace(src, dst)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(OutputError if isinstance(failure, OSError) else KeyboardInterrupt), all_or_nothing():
+            write_json_atomic(tmp_path / "other" / "r.json", {"new": 2})
+            write_json_atomic(out / "report.json", {"new": 3})
+            write_json_atomic(last, {"new": 4})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "z.json"] and last.read_text() == "old z"
+        assert json.loads((out / "report.json").read_text()) == {"new": 1} and not leftovers(tmp_path)
+
+
 def test_a_name_clash_inside_out_is_found_before_the_audit(setup, tmp_path, monkeypatch):
     forbid_audit(monkeypatch)
     (tmp_path / "report" / "report.html").mkdir(parents=True)
