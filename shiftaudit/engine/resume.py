@@ -142,9 +142,10 @@ def fingerprint_parts(
 
 
 def check_resume_path(path: str | Path) -> Path:
-    """Refuse, before any work, a --resume path that is a folder or a pipe (loading it would fail or block)."""
+    """Refuse, before any work, a --resume path that is a folder, a pipe or a link (loading it would fail or block, and
+    the state is never written through a link)."""
     p = Path(path)
-    kind = node_kind(p, follow=True)
+    kind = node_kind(p)
     if kind == "a folder":
         raise UsageError(f"--resume {p} is a folder; pass a file path for the saved progress, such as {p / 'audit-state.npz'}.")
     if kind is not None:
