@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftaudit.atomicio import write_json_atomic
 from shiftaudit.engine.runner import audit
+from shiftaudit.files import write_json_atomic
 from shiftaudit.shifts.sets import ShiftSet
 
 # Dense (not sparse) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; matched on the device name.

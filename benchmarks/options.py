@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftaudit.atomicio import write_json_atomic
+from shiftaudit.files import write_json_atomic
 
 OPTIONS = ("fp32", "bf16", "channels_last", "compile")
 

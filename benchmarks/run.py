@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftaudit.atomicio import write_json_atomic
 from shiftaudit.engine.runner import audit
+from shiftaudit.files import write_json_atomic
 from shiftaudit.shifts.sets import ShiftSet
 
 SCHEMA = "shiftaudit/bench"

@@ -1,17 +1,13 @@
-"""Reading JSON a user points at (reports to compare, class maps) without trusting it.
+"""Parsing JSON a user points at (reports to compare, class maps) without trusting it.
 
-``read_regular_file`` never blocks: the file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open
-descriptor, so a FIFO or a device is refused instead of read forever, and a file that grows past the size limit is
-refused before it fills memory. ``load_json`` refuses what Python's parser accepts but JSON does not (``NaN``,
-``Infinity``, numbers beyond a double such as ``1e400``) and nesting deeper than any file we read needs.
+The file is read with :func:`shiftaudit.files.read_regular` (never a FIFO or device, at most a size limit).
+``load_json`` refuses what Python's parser accepts but JSON does not (``NaN``, ``Infinity``, numbers beyond a double
+such as ``1e400``) and nesting deeper than any file we read needs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import stat
-from pathlib import Path
 from typing import Any
 
 from shiftaudit.errors import UsageError
@@ -21,41 +17,6 @@ MAX_DEPTH = 64  # a report nests about 6 levels deep; a class map 2
 
 class JsonInputError(UsageError):
     """The file is not JSON we can use; the message says why in a few words (the caller names the file)."""
-
-
-def read_regular_file(path: str | os.PathLike[str], max_bytes: int, what: str) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``; pipes, devices and folders are refused unread."""
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {p} does not exist.") from None
-    except IsADirectoryError:
-        raise UsageError(f"{what} {p} is a folder, not a file.") from None
-    except OSError as exc:
-        raise UsageError(f"Cannot read {what.lower()} {p}: {(exc.strerror or str(exc)).lower()}.") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"{what} {p} is a folder, not a file.")
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{what} {p} is not a regular file (a pipe or device?); save it to a file first.")
-        if st.st_size > max_bytes:
-            raise UsageError(f"{what} {p} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed.")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise UsageError(f"{what} {p} is more than the {max_bytes:,} bytes allowed.")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise UsageError(f"Cannot read {what.lower()} {p}: {(exc.strerror or str(exc)).lower()}.") from None
-    finally:
-        os.close(fd)
 
 
 def _no_constant(name: str) -> Any:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from shiftaudit.ziparchive import ZipArchive, ZipStructureError, mapped
+from shiftaudit.files import mapped
+from shiftaudit.ziparchive import ZipArchive, ZipStructureError
 
 _HEADER_BYTES = 1 << 16  # a .npy header is at most 64 KiB in format 1, and numpy caps later versions' too
 

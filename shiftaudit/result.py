@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shiftaudit.atomicio import write_json_atomic
+from shiftaudit.files import write_json_atomic
 from shiftaudit.metrics.entries import Curve, Entry, Proportion, ReportError, Summary, join, omitted, to_json
 from shiftaudit.metrics.layout import read_metrics, read_per_image
 

@@ -133,8 +133,8 @@ def _check_settings(settings: dict[str, Any]) -> None:
 def _check_report_folder(report: str | Path) -> Path:
     """The report folder, refused before the audit when it or one of its files is something other than what a writer
     may replace (a file where the folder should be; a folder, link or FIFO where a report file should be)."""
-    from shiftaudit.atomicio import check_destination, node_kind
     from shiftaudit.errors import OutputError
+    from shiftaudit.files import check_destination, node_kind
 
     folder = Path(report)
     kind = node_kind(folder)
@@ -151,12 +151,12 @@ def write_report(result: AuditResult, folder: Path, *, html: bool | None = None)
     """``report.json`` and, for a full audit, ``report.html``: the page of ``eval --out`` without its pictures, which
     would cost each test seconds of plotting. A sequential verdict holds only the gated estimates: the JSON alone, as
     with ``html=False``. All or nothing; returns the files written."""
-    from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir
+    from shiftaudit.files import all_or_nothing, make_folder
     from shiftaudit.report.html import write_html_report
     from shiftaudit.report.sequential import is_sequential
 
     with all_or_nothing():
-        out = ensure_writable_dir(folder)
+        out = make_folder(folder)
         written = [result.save_json(out / REPORT_JSON)]
         if html is not False and not is_sequential(result):
             written.append(write_html_report(result, out / REPORT_HTML))

@@ -11,21 +11,20 @@ reader: one end record at the very end of the file, the central directory right 
 file from byte 0 without gaps or overlaps, local headers that repeat their central entry, printable ASCII names
 unique without regard to case, and deflated sizes checked by inflating. Every declared size is checked against the
 data before memory is spent on it. The checks read bytes through ``memoryview`` slices of one buffer (the file's
-bytes, or a read-only map of the file), and that same buffer is what the loader is then given.
+bytes, or a read-only map of the file: :func:`shiftaudit.files.read_regular`, :func:`~shiftaudit.files.mapped`), and
+that same buffer is what the loader is then given.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
-import stat
 import struct
 import unicodedata
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from shiftaudit.files import mapped
 
 EOCD = b"PK\x05\x06"
 ZIP64_EOCD = b"PK\x06\x06"
@@ -347,45 +346,6 @@ class ZipArchive:
         if not inflater.eof or inflater.unused_data or produced != member.size or crc != member.crc:
             raise ZipStructureError(f"{member.name} does not inflate to its declared size and CRC")
         return b"".join(out)
-
-
-@contextmanager
-def mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
-    """A regular file's bytes as a read-only map (b'' for an empty file); pipes and devices are refused unread."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ZipStructureError("not a regular file")
-        if st.st_size == 0:
-            yield b""
-            return
-        with mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ) as mm:
-            yield mm
-    finally:
-        os.close(fd)
-
-
-def snapshot(path: Path, max_bytes: int) -> bytes:
-    """The whole file read once into memory: what is checked is then exactly what the loader reads, even if the
-    file changes on disk meanwhile."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ZipStructureError("not a regular file")
-        if st.st_size > max_bytes:
-            raise ZipStructureError(f"{st.st_size:,} bytes, more than the {max_bytes:,} allowed")
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, 1 << 24):
-            total += len(chunk)
-            if total > max_bytes:
-                raise ZipStructureError(f"more than the {max_bytes:,} bytes allowed")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def check_zip_file(path: Path) -> None:

@@ -569,8 +569,8 @@ def test_header_length_beyond_the_file_is_a_clean_error(files, tmp_path):
     [("FILE/report.json", "is a file, not a folder"), ("/proc/sa-report.json", "cannot be written"), ("DIR", "is a folder")],
 )
 def test_check_output_path_refuses_unwritable_places_without_creating_anything(tmp_path, where, needle):
-    from shiftaudit.cli.common import check_output_path
     from shiftaudit.errors import OutputError
+    from shiftaudit.files import check_output as check_output_path
 
     (tmp_path / "FILE").write_text("x")
     target = Path(where.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path)))

@@ -32,13 +32,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shiftaudit.atomicio import (
+from shiftaudit.errors import OutputError, one_line
+from shiftaudit.files import (
     all_or_nothing,
     atomic_path,
     write_bytes_atomic,
     write_json_atomic,
 )
-from shiftaudit.errors import OutputError, one_line
 from tests.helpers import (
     assert_clean_error,
     cli,
@@ -375,6 +375,32 @@ def test_ctrl_c_inside_a_staged_run_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
 
 
+def test_a_new_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A folder the run creates is built beside its place and renamed in with the run's files: nothing of it is seen
+    before the end, and a failed rename after it (or Ctrl-C between two renames) takes it back out."""
+    out, last = tmp_path / "new" / "report", tmp_path / "z.json"
+    (tmp_path / "z.json").write_text("old z")
+    with all_or_nothing() as outputs:
+        write_json_atomic(out / "report.json", {"new": 1})
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["z.json"]
+    assert json.loads((out / "report.json").read_text()) == {"new": 1} and outputs.removed == []
+    real_replace = os.replace
+    for failure in (OSError(5, "Input/output error"), KeyboardInterrupt()):
+
+        def replace(src: object, dst: object, failure: BaseException = failure) -> None:
+            if Path(dst) == last:  # type: ignore[arg-type]
+                raise failure
+            real_replace(src, dst)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(OutputError if isinstance(failure, OSError) else KeyboardInterrupt), all_or_nothing():
+            write_json_atomic(tmp_path / "other" / "r.json", {"new": 2})
+            write_json_atomic(out / "report.json", {"new": 3})
+            write_json_atomic(last, {"new": 4})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "z.json"] and last.read_text() == "old z"
+        assert json.loads((out / "report.json").read_text()) == {"new": 1} and not leftovers(tmp_path)
+
+
 def test_a_name_clash_inside_out_is_found_before_the_audit(setup, tmp_path, monkeypatch):
     forbid_audit(monkeypatch)
     (tmp_path / "report" / "report.html").mkdir(parents=True)
@@ -411,7 +437,7 @@ def test_a_bad_demo_patch_filter_is_refused_before_any_audit(tmp_path, monkeypat
 
 def test_patch_writes_the_model_and_the_report_together_or_neither(setup, tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
-        mp.setattr("shiftaudit.atomicio.write_json_atomic", disk_full)  # the report is written after the model
+        mp.setattr("shiftaudit.files.write_json_atomic", disk_full)  # the report is written after the model
         res = cli("patch", setup[1], "--arch", f"{MODULE}:tiny", "--size", "16", "-o", tmp_path / "aa.safetensors",
                   "--json", tmp_path / "patch.json")
     assert_clean_error(res, "patch.json", "no space left on device")
@@ -867,7 +893,7 @@ def test_a_failed_run_removes_no_stale_picture(setup, tmp_path, monkeypatch):
 
 def test_a_stale_file_that_cannot_be_removed_undoes_the_run(tmp_path, monkeypatch):
     """Removal is one of the run's renames: if it fails, the files already replaced are put back."""
-    from shiftaudit.atomicio import remove_stale
+    from shiftaudit.files import remove_stale
 
     stale, report = tmp_path / "layers.png", tmp_path / "report.json"
     stale.write_bytes(b"an earlier picture")
@@ -889,7 +915,7 @@ def test_a_stale_file_that_cannot_be_removed_undoes_the_run(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("kind", ["fifo", "socket", "symlink-to-file", "folder"])
 def test_a_stale_name_that_is_not_a_regular_file_is_never_removed(tmp_path, kind):
-    from shiftaudit.atomicio import remove_stale
+    from shiftaudit.files import remove_stale
 
     target = tmp_path / "layers.png"
     with contextlib.ExitStack() as stack:

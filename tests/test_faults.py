@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shiftaudit.atomicio import atomic_path, write_bytes_atomic, write_json_atomic
 from shiftaudit.errors import ModelError, OutputError, ShiftAuditError
+from shiftaudit.files import atomic_path, write_bytes_atomic, write_json_atomic
 from tests.helpers import (
     cli,
     tiny_models_on_path,

@@ -8,7 +8,6 @@ import functools
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +20,6 @@ from rich.text import Text
 
 from shiftaudit.errors import (
     AuditInterrupted,
-    OutputError,
     ShiftAuditError,
     Terminated,
     UsageError,
@@ -29,6 +27,7 @@ from shiftaudit.errors import (
     first_line,
     one_line,
 )
+from shiftaudit.files import check_output, name_length_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,7 +108,7 @@ def say_error(message: str) -> None:
 
 
 def say_stale(outputs: Any, quiet: bool = False) -> None:
-    """After a run's outputs are in place (``outputs``: what :func:`~shiftaudit.atomicio.all_or_nothing` yielded): the
+    """After a run's outputs are in place (``outputs``: what :func:`~shiftaudit.files.all_or_nothing` yielded): the
     pictures of an earlier run it removed from a reused report folder, and the files at its names that it left because
     nothing in them says shiftaudit drew them."""
     if quiet:
@@ -193,7 +192,7 @@ def name_the_option_first() -> None:
         box(exc)
 
     show.shiftaudit = True  # type: ignore[attr-defined]
-    rich_utils.rich_format_error = show
+    rich_utils.rich_format_error = show  # type: ignore[assignment]  # Typer's own hook, replaced in place
 
 
 @contextlib.contextmanager
@@ -231,11 +230,9 @@ def _out_of_memory_message(exc: BaseException) -> str | None:
 
 def _name_too_long_message(exc: BaseException) -> str | None:
     """A path the file system cannot take (``ENAMETOOLONG``: a model, --data or class map name over the limit) is the
-    user's to shorten, not a bug. Outputs are checked before any work (:func:`check_output_path`); inputs end here."""
+    user's to shorten, not a bug. Outputs are checked before any work (:func:`check_outputs`); inputs end here."""
     if not (isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG):
         return None
-    from shiftaudit.atomicio import name_length_problem
-
     if exc.filename is None:
         return "A file name is too long for the file system; use a shorter name."
     name = os.fsdecode(exc.filename)
@@ -257,66 +254,24 @@ def _terminated(exc: BaseException) -> bool:
     return isinstance(exc, Terminated) or bool(getattr(exc, "terminated", False))
 
 
-def check_output_path(
-    path: Path | None, flag: str, *, folder: bool = False, stdout: bool = False, names: tuple[str, ...] = ()
-) -> None:
-    """Refuse, before any work, an output location that cannot be written.
-
-    An audit must not run for an hour and then fail to save. Nothing is created: the destination must be a regular
-    file or nothing (:func:`~shiftaudit.atomicio.check_destination`: never a FIFO, device, socket or symlink), and the
-    nearest existing folder is tried with an anonymous temporary file (so pseudo file systems such as /proc are
-    caught too). ``folder``: a folder output, whose files ``names`` are checked the same way. ``stdout``: ``-``
-    means standard output.
-    """
-    from shiftaudit.atomicio import check_destination, check_name_length, node_kind
-
-    if path is None or (stdout and str(path) == "-"):
-        return
-    p = Path(path)  # as the writers will use it: a quoted '~' is a folder named '~', as for any other tool
-    if folder:
-        if str(p) == "-":
-            raise OutputError(
-                f"{flag} - would create a folder named '-'; only --json takes '-' (standard output), give a folder path."
-            )
-        for name in names:  # every name and the temporary names beside it fit the file system
-            check_name_length(p / name, flag)
-        if os.path.lexists(p) and not p.is_dir():  # a symlink to a folder is a folder: nothing is replaced
-            raise OutputError(f"{flag} {p} is {node_kind(p) or 'a file'}, not a folder; choose another output location.")
-        for name in names:
-            check_destination(p / name, flag)
-    else:
-        check_name_length(p, flag)
-        check_destination(p, flag)
-    ancestor = p if folder else p.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputError(f"{flag} {p} cannot be written: {ancestor} is a file, not a folder.")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as exc:
-        why = (exc.strerror or str(exc)).rstrip(".").lower()
-        raise OutputError(f"{flag} {p} cannot be written ({why}); choose another output location.") from None
-
-
 def check_outputs(
     files: dict[str, Path | None],
     folders: dict[str, tuple[Path | None, tuple[str, ...]]] | None = None,
     stdout: tuple[str, ...] = ("--json",),
     inputs: list[Path | None] | None = None,
 ) -> None:
-    """Check every output of a command before any work: each one (:func:`check_output_path`), that no two of them
-    name the same file, where one would silently replace the other, and that none replaces one of the command's
-    ``inputs`` (a checkpoint or report it reads). ``folders``: flag -> (folder, its file names)."""
+    """Check every output of a command before any work: each one (:func:`~shiftaudit.files.check_output`; ``-`` given
+    to a flag in ``stdout`` is standard output), that no two of them name the same file, where one would silently
+    replace the other, and that none replaces one of the command's ``inputs`` (a checkpoint or report it reads).
+    ``folders``: flag -> (folder, its file names)."""
     targets = []
     for flag, path in files.items():
-        check_output_path(path, flag, stdout=flag in stdout)
-        if path is not None and str(path) != "-":
+        if path is not None and not (flag in stdout and str(path) == "-"):
+            check_output(path, flag)
             targets.append((flag, Path(path)))
     for flag, (folder, names) in (folders or {}).items():
-        check_output_path(folder, flag, folder=True, names=names)
         if folder is not None:
+            check_output(folder, flag, folder=True, names=names)
             targets += [(flag, Path(folder) / name) for name in names]
     seen: dict[str, str] = {}
     for flag, path in targets:

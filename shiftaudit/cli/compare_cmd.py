@@ -16,7 +16,8 @@ from shiftaudit.antialias.report import SCHEMA as PATCH_SCHEMA
 from shiftaudit.cli import app
 from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout, say_stale
 from shiftaudit.errors import UsageError
-from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.files import Refused, read_regular
+from shiftaudit.jsonfile import JsonInputError, load_json
 from shiftaudit.limits import is_int
 from shiftaudit.result import AuditResult, short
 
@@ -67,7 +68,9 @@ def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
     Anything else (or a newer version of a schema) is refused in one sentence naming the field.
     """
     try:
-        raw = load_json(read_regular_file(path, MAX_REPORT_BYTES, "Report"))
+        raw = load_json(read_regular(path, MAX_REPORT_BYTES))
+    except Refused as exc:
+        raise UsageError(f"Report {path} {exc}.") from None
     except JsonInputError as exc:
         raise UsageError(f"{path} is not a shiftaudit audit report ({exc}); {NOT_OURS}.") from None
     if isinstance(raw, dict) and raw.get("schema") == PATCH_SCHEMA:
@@ -196,7 +199,7 @@ def compare_command(
 
     Exit codes: 0 compared, 2 a file is not a shiftaudit report, is newer than this version, or ran on other data.
     """
-    from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir, write_json_atomic
+    from shiftaudit.files import all_or_nothing, make_folder, write_json_atomic
     from shiftaudit.report.terminal import comparison_table, describe_shifts
 
     check_outputs({"--json": json_out}, {"--out": (out, PICTURES)}, inputs=list(files))
@@ -233,7 +236,7 @@ def compare_command(
         if out is not None:
             from shiftaudit.report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
 
-            folder = ensure_writable_dir(out)
+            folder = make_folder(out)
             pictures = [
                 plot_adversarial_curve(runs, folder / PICTURES[0]),
                 plot_variation_distribution(runs, folder / PICTURES[1]),

@@ -11,7 +11,6 @@ from rich.table import Table
 from rich.text import Text
 
 from shiftaudit.antialias.inspection import inspect_model
-from shiftaudit.atomicio import write_json_atomic
 from shiftaudit.cli import app
 from shiftaudit.cli.choices import value
 from shiftaudit.cli.common import check_outputs, console, handle_errors
@@ -26,6 +25,7 @@ from shiftaudit.cli.options import (
     SizeOpt,
     TrustPickleOpt,
 )
+from shiftaudit.files import write_json_atomic
 from shiftaudit.report.terminal import inspection_table, text
 
 BLACK_BOXES = {"torchscript": "TorchScript archives", "pt2": "torch.export archives (.pt2)"}  # no modules to hook

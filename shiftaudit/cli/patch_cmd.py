@@ -335,7 +335,7 @@ def patch_command(
             quiet=quiet,
         )
         report = _compare(report, loaded, dataset, control_model, (1, prep.channels, *prep.size), dev, audit_options)
-    from shiftaudit.atomicio import all_or_nothing
+    from shiftaudit.files import all_or_nothing
 
     with all_or_nothing() as outputs:
         written = _write(report, loaded, prep, model=model, output=output, fmt=fmt.value, json_out=json_out, out=out,
@@ -558,7 +558,7 @@ def _write(
     dataset: Any,
 ) -> list[Path]:
     """The report folder, the patched model and the JSON, together, once every step succeeded; returns the folder's files."""
-    from shiftaudit.atomicio import all_or_nothing, write_json_atomic
+    from shiftaudit.files import all_or_nothing, write_json_atomic
 
     written: list[Path] = []
     with all_or_nothing():

@@ -70,7 +70,7 @@ def write_outputs(
 ) -> list[Path]:
     """Write every output of the run, all of them or none (a full disk at the last picture leaves no new report
     beside old pictures); returns the files written, for the "wrote ..." lines."""
-    from shiftaudit.atomicio import all_or_nothing
+    from shiftaudit.files import all_or_nothing
 
     written: list[Path] = []
     with all_or_nothing():
@@ -116,7 +116,7 @@ def report_result(
     for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
         if note.startswith(LABEL_MISMATCH):
             err_console.print(text(f"warning: {note}", style="yellow"), soft_wrap=True)
-    from shiftaudit.atomicio import all_or_nothing
+    from shiftaudit.files import all_or_nothing
 
     with all_or_nothing() as outputs:
         written = write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset)
@@ -146,7 +146,7 @@ def show_plan(plan: Any, json_out: Path | None, data_notes: list[str] | None = N
     the data noted so far (an assumed mean and std), said after the plan's own notes."""
     from rich.table import Table
 
-    from shiftaudit.atomicio import write_json_atomic
+    from shiftaudit.files import write_json_atomic
 
     if json_out is not None:
         write_json_atomic(json_out, {"schema": PLAN_SCHEMA, "schema_version": 1, "plan": plan.to_json()})

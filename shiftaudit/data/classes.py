@@ -11,8 +11,9 @@ from typing import Any
 
 from shiftaudit.data.imagenet import BUILTIN as BUILTIN_CLASS_MAP
 from shiftaudit.data.imagenet import imagenet_class_map
-from shiftaudit.errors import DataError, UsageError
-from shiftaudit.jsonfile import JsonInputError, load_json, read_regular_file
+from shiftaudit.errors import DataError
+from shiftaudit.files import Refused, read_regular
+from shiftaudit.jsonfile import JsonInputError, load_json
 from shiftaudit.limits import MAX_CLASSES, is_int
 
 ClassMap = str | Path | Mapping[str, Any] | Sequence[str]
@@ -36,11 +37,11 @@ def read_class_map(
     if isinstance(class_map, (str, Path)):
         p = Path(class_map)
         try:
-            obj = load_json(read_regular_file(p, MAX_CLASS_MAP_BYTES, "Class map"))
+            obj = load_json(read_regular(p, MAX_CLASS_MAP_BYTES))
+        except Refused as exc:
+            raise DataError(f"Class map {p} {exc}.") from None
         except JsonInputError as exc:
             raise DataError(f"Class map {p} cannot be used: {exc}.") from None
-        except UsageError as exc:
-            raise DataError(str(exc)) from None
     limit = num_classes if num_classes is not None else MAX_CLASSES
     whose = f"the model's {num_classes} classes" if num_classes is not None else f"the {MAX_CLASSES:,} allowed"
     mapping: dict[str, int] = {}

@@ -37,6 +37,7 @@ from shiftaudit.data.preprocess import (
 )
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError
+from shiftaudit.files import reason
 
 DROPPED = UNREADABLE | NONFINITE  # images the loader leaves out (and --strict refuses)
 
@@ -110,8 +111,8 @@ def decode_reason(exc: BaseException, path: str) -> str:
         return f"it is too large: {str(exc).split(',')[0].lower()} (a decompression bomb?)"
     if isinstance(exc, UnidentifiedImageError):
         return "it is not an image PIL can decode (corrupt, empty, or an unsupported format)"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.rstrip(".").lower()
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return reason(exc)
     text = str(exc).replace(f"'{path}'", "the file").replace(path, "the file").strip().rstrip(".")
     if "truncated" in text.lower():
         return "the file is truncated"

@@ -38,6 +38,7 @@ from shiftaudit.data.presets import Preprocessing
 from shiftaudit.data.tensors import TENSOR_SUFFIXES, TensorFile, in_memory
 from shiftaudit.data.webdataset_shards import WebDataset
 from shiftaudit.errors import DataError, UsageError
+from shiftaudit.files import reason
 from shiftaudit.shifts.modes import check_canvas
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def _not_a_file(path: str) -> str | None:
             return "a symbolic link loop"
         if isinstance(exc, FileNotFoundError):
             return "a broken symbolic link"
-        return (exc.strerror or type(exc).__name__).lower()
+        return reason(exc)
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -93,7 +94,7 @@ def _images_under(folder: Path, recursive: bool = True, skipped: Skipped | None 
     seen = {os.path.realpath(folder)}  # folders walked so far: a symlink loop or a second link is not followed
 
     def unreadable(exc: OSError) -> None:
-        skipped.append((str(exc.filename), f"unreadable folder: {(exc.strerror or type(exc).__name__).lower()}"))
+        skipped.append((str(exc.filename), f"unreadable folder: {reason(exc)}"))
 
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         here = os.path.realpath(root)
@@ -127,7 +128,7 @@ def _entries(folder: Path) -> list[Path]:
     try:
         return sorted(folder.iterdir())
     except OSError as exc:
-        raise DataError(f"Cannot read data folder {folder}: {(exc.strerror or type(exc).__name__).lower()}.") from None
+        raise DataError(f"Cannot read data folder {folder}: {reason(exc)}.") from None
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,6 +26,7 @@ from shiftaudit.data.classes import ClassMap, map_class_names
 from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.kinds import DataKind, Loaded, Request, Skipped
 from shiftaudit.errors import DataError, UsageError
+from shiftaudit.files import node_kind, reason
 from shiftaudit.limits import MAX_IMAGE_BYTES, MAX_SHARD_SAMPLES, MAX_SHARDS, MAX_TAR_HEADER_BYTES, MAX_TAR_HEADER_CHAIN
 
 SHARD_SUFFIX = ".tar"
@@ -211,12 +211,12 @@ class _CheckedTarInfo(tarfile.TarInfo):
 def _open_shard(path: Path) -> tuple[io.BufferedReader, tarfile.TarFile]:
     """A shard opened for reading headers; a compressed or non-tar file is one sentence."""
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise DataError(f"Shard {path} is not a regular file.")
+        kind = node_kind(path, follow=True)
+        if kind is not None:
+            raise DataError(f"Shard {path} is {kind}, not a regular file.")
         fh = open(path, "rb")  # noqa: SIM115 - closed by the caller with the tar
     except OSError as exc:
-        raise DataError(f"Cannot read shard {path}: {(exc.strerror or type(exc).__name__).lower()}.") from None
+        raise DataError(f"Cannot read shard {path}: {reason(exc)}.") from None
     head = fh.read(6)
     for magic, name in _COMPRESSED.items():
         if head.startswith(magic):

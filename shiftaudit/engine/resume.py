@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from shiftaudit.atomicio import check_destination, write_bytes_atomic
 from shiftaudit.errors import UsageError
+from shiftaudit.files import check_destination, node_kind, write_bytes_atomic
 from shiftaudit.metrics.base import Metric
 from shiftaudit.npyfiles import load_numpy
 
@@ -142,12 +142,14 @@ def fingerprint_parts(
 
 
 def check_resume_path(path: str | Path) -> Path:
-    """Refuse, before any work, a --resume path that is a folder or a pipe (loading it would fail or block)."""
+    """Refuse, before any work, a --resume path that is a folder, a pipe or a link (loading it would fail or block, and
+    the state is never written through a link)."""
     p = Path(path)
-    if p.is_dir():
+    kind = node_kind(p)
+    if kind == "a folder":
         raise UsageError(f"--resume {p} is a folder; pass a file path for the saved progress, such as {p / 'audit-state.npz'}.")
-    if p.exists() and not p.is_file():
-        raise UsageError(f"--resume {p} is not a regular file (a pipe or device?); pass a file path for the saved progress.")
+    if kind is not None:
+        raise UsageError(f"--resume {p} is {kind}, not a regular file; pass a file path for the saved progress.")
     return p
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from shiftaudit.errors import CheckpointError, first_line
-from shiftaudit.ziparchive import ZipArchive, ZipStructureError, mapped, snapshot
+from shiftaudit.files import Refused, mapped, open_regular, read_regular, reason
+from shiftaudit.ziparchive import ZipArchive, ZipStructureError
 
 TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
@@ -36,20 +37,13 @@ def _first_line(exc: BaseException) -> str:
 def check_file(path: str | os.PathLike[str]) -> Path:
     """The path as a readable, non-empty regular file, or a one-sentence error."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"Checkpoint file {p} does not exist.")
     if p.is_dir():
         raise CheckpointError(f"Checkpoint path {p} is a directory, expected a checkpoint file.")
-    if not p.is_file():  # a FIFO or device would block or never end when read
-        raise CheckpointError(
-            f"Checkpoint path {p} is not a regular file (a pipe or device?); save the checkpoint to a file first."
-        )
     try:
-        size = p.stat().st_size
-        with p.open("rb"):
+        with open_regular(p) as (_, size):  # a FIFO or device would block or never end when read
             pass
-    except OSError as exc:
-        raise CheckpointError(f"Cannot read checkpoint {p}: {exc.strerror or exc}.") from None
+    except Refused as exc:
+        raise CheckpointError(f"Checkpoint file {p} {exc}.") from None
     if size == 0:
         raise CheckpointError(f"Checkpoint file {p} is empty.")
     return p
@@ -62,7 +56,7 @@ def _zip_names(path: Path) -> list[str]:
         with mapped(path) as buf, ZipArchive(buf) as archive:
             return archive.names
     except OSError as exc:
-        raise CheckpointError(f"Cannot read checkpoint {path}: {exc.strerror or exc}.") from None
+        raise CheckpointError(f"Cannot read checkpoint {path}: {reason(exc)}.") from None
     except ZipStructureError as exc:
         raise CheckpointError(
             f"Checkpoint {path} is a truncated or corrupt zip archive, or one that zip readers could read differently "
@@ -220,10 +214,10 @@ def read_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
     """A TorchScript archive on the CPU, plus our metadata when it was written by :func:`save_model`. The file is read
     once and its structure checked (:mod:`shiftaudit.ziparchive`); torch reads those same bytes."""
     try:
-        data = snapshot(path, MAX_TORCHSCRIPT_BYTES)
+        data = read_regular(path, MAX_TORCHSCRIPT_BYTES)
         ZipArchive(data)
-    except OSError as exc:
-        raise CheckpointError(f"Cannot read TorchScript archive {path}: {exc.strerror or exc}.") from None
+    except Refused as exc:
+        raise CheckpointError(f"TorchScript archive {path} {exc}.") from None
     except ZipStructureError as exc:
         raise CheckpointError(
             f"TorchScript archive {path} is damaged or ambiguous as a zip archive ({exc}); re-export it."

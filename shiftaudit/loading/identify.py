@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from shiftaudit.atomicio import atomic_path
 from shiftaudit.errors import ShiftAuditError
+from shiftaudit.files import atomic_path
 from shiftaudit.loading.architectures import TIMM_PREFIX, build_skeleton, timm_available, timm_names, torchvision_names
 from shiftaudit.loading.state_dict import NBT, strip_prefixes
 

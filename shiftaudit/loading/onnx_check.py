@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from shiftaudit.errors import CheckpointError
+from shiftaudit.files import Refused, open_regular
 from shiftaudit.limits import MAX_ONNX_CONSTANT_BYTES, MAX_ONNX_NODES, gib
 
 # bytes per entry of each typed field of a TensorProto, when raw_data is not used
@@ -101,20 +101,19 @@ def _external(t: Any, what: str, folder: Path, source: str) -> None:
     if os.path.commonpath([real, os.path.realpath(folder)]) != os.path.realpath(folder):
         raise CheckpointError(f"{outside}, a link to {real} outside the model's folder; it is damaged or crafted.")
     try:
-        st = os.stat(real)
-    except OSError as exc:
-        raise CheckpointError(f"{outside}, which cannot be read ({(exc.strerror or 'missing').lower()}).") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{outside}, which is not a regular file (a device, pipe or folder); it is damaged or crafted.")
+        with open_regular(real) as (_, size):
+            pass
+    except Refused as exc:
+        raise CheckpointError(f"{outside}, which {exc}; it is damaged or crafted.") from None
     try:
-        offset, length = int(info.get("offset", 0)), int(info.get("length", st.st_size - int(info.get("offset", 0))))
+        offset, length = int(info.get("offset", 0)), int(info.get("length", size - int(info.get("offset", 0))))
     except ValueError:
         raise CheckpointError(f"{outside} with an offset or length that is not a number; it is damaged.") from None
     declared = math.ceil(_elements(t.dims) * _itemsize(t.data_type))
-    if offset < 0 or length < 0 or offset + length > st.st_size or declared > length:
+    if offset < 0 or length < 0 or offset + length > size or declared > length:
         raise CheckpointError(
             f"ONNX model {source} is damaged: its {what} declares {declared:,} bytes of external data at offset "
-            f"{offset:,} of {location}, which holds {st.st_size:,} bytes."
+            f"{offset:,} of {location}, which holds {size:,} bytes."
         )
 
 

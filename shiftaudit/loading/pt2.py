@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError, first_line
+from shiftaudit.files import Refused, read_regular
 from shiftaudit.loading.fixed_batch import run_in_batches
 from shiftaudit.loading.formats import EXTRA_FILE, archive_metadata  # our metadata: torch.export.save(extra_files=...)
 from shiftaudit.loading.shape_expr import ExpressionBudget, TooCostly
-from shiftaudit.ziparchive import ZipArchive, ZipStructureError, snapshot
+from shiftaudit.ziparchive import ZipArchive, ZipStructureError
 
 MAX_ARCHIVE_BYTES = 8 * 2**30  # read whole into memory, so that the check and torch read the same bytes
 MAX_JSON_BYTES = 64 * 2**20  # the graph of a resnet50 with dynamic sizes is under 1 MiB of JSON
@@ -298,9 +299,9 @@ def read_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[ExportedModel, 
     """The archive's module on the CPU, its shiftaudit metadata, and the class count its output shape fixes."""
     what = f"torch.export archive {path}"
     try:
-        data = snapshot(path, MAX_ARCHIVE_BYTES)
-    except (OSError, ZipStructureError) as exc:
-        raise CheckpointError(f"Cannot read {what} ({getattr(exc, 'strerror', None) or exc}).") from None
+        data = read_regular(path, MAX_ARCHIVE_BYTES)
+    except Refused as exc:
+        raise CheckpointError(f"{what} {exc}.") from None
     try:
         archive = ZipArchive(data)
     except ZipStructureError as exc:

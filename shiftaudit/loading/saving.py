@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftaudit.atomicio import atomic_path
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import UsageError, first_line
+from shiftaudit.files import atomic_path
 from shiftaudit.loading.formats import EXTRA_FILE
 from shiftaudit.loading.metadata import encode_metadata
 from shiftaudit.loading.model import LoadedModel

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from shiftaudit.atomicio import atomic_path
+from shiftaudit.files import atomic_path
 from shiftaudit.report.plotting import PNG_METADATA, plt
 from shiftaudit.result import AuditResult
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shiftaudit.atomicio import pending, write_text_atomic
 from shiftaudit.errors import one_line
+from shiftaudit.files import pending, write_text_atomic
 from shiftaudit.report.terminal import LAYER_CAPTION, LAYER_HEADER, audit_rows, describe_run, layer_rows
 from shiftaudit.result import AuditResult
 

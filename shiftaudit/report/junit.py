@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from shiftaudit.atomicio import write_bytes_atomic
 from shiftaudit.errors import one_line
+from shiftaudit.files import write_bytes_atomic
 from shiftaudit.gating import GateReport
 from shiftaudit.result import AuditResult
 

@@ -3,14 +3,13 @@
 A folder used again holds only the new run's report: a picture of an earlier run that this run does not draw (the
 per-layer heatmaps of a run with ``--layers``, before one without) is removed together with the new files' renames,
 all or nothing. Only a regular file at one of the report's picture names that shiftaudit drew (its PNG Software text
-says so) is removed; anything else is left, and named (:attr:`~shiftaudit.atomicio._Stage.kept`).
+says so) is removed; anything else is left, and named (:attr:`~shiftaudit.files.Outputs.kept`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shiftaudit.atomicio import all_or_nothing, ensure_writable_dir, remove_stale
+from shiftaudit.files import Refused, all_or_nothing, keep_stale, make_folder, read_regular, remove_stale, write_text_atomic
 from shiftaudit.result import AuditResult
 
 PictureDraw = Callable[[AuditResult, Path, Any], "Path | None"]
@@ -88,17 +87,9 @@ def drawn_by_shiftaudit(path: str | Path) -> bool:
     from shiftaudit.report.plotting import PNG_METADATA
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+        head = read_regular(path, PNG_HEAD_BYTES, head=True, follow=False)
+    except Refused:
         return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        head = os.read(fd, PNG_HEAD_BYTES)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
     if not head.startswith(PNG_SIGNATURE):
         return False
     at = len(PNG_SIGNATURE)
@@ -125,8 +116,6 @@ def drawn_by_shiftaudit(path: str | Path) -> bool:
 def remove_stale_pictures(folder: str | Path, names: Iterable[str], written: Iterable[str | Path]) -> None:
     """Remove, with this run's outputs, the pictures among ``names`` in ``folder`` that an earlier run drew and this
     run did not (``written``); a file at such a name that shiftaudit did not draw is kept and named."""
-    from shiftaudit.atomicio import keep_stale
-
     done = {Path(p) for p in written}
     for name in names:
         path = Path(folder) / name
@@ -152,7 +141,7 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
 
         raise UsageError("A sequential gate result holds only the gated estimates, nothing to draw; audit with exact=True.")
     with all_or_nothing():
-        out = ensure_writable_dir(out_dir)
+        out = make_folder(out_dir)
         written = [result.save_json(out / "report.json")]
         pictures = write_pictures(result, out, dataset)
         written += pictures
@@ -171,11 +160,10 @@ def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: st
     """Several runs on the same data (``patch --eval --out``): each run's full report folder (what ``eval --out``
     writes) in a sub-folder, and ``report.html`` with the runs side by side. ``runs``: (name, sub-folder, result).
     All or nothing; returns the files written."""
-    from shiftaudit.atomicio import write_text_atomic
     from shiftaudit.report.html import render_side_by_side_html
 
     with all_or_nothing():
-        out = ensure_writable_dir(out_dir)
+        out = make_folder(out_dir)
         written: list[Path] = []
         pictures: list[list[Path]] = []
         for _name, folder, result in runs:

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from shiftaudit.atomicio import atomic_path  # noqa: E402
+from shiftaudit.files import atomic_path  # noqa: E402
 
 # Every PNG shiftaudit draws says so in its Software text chunk: a later run into the same report folder removes only
 # the stale pictures that carry it (report/outputs.py), never a file someone else made.
