@@ -531,7 +531,7 @@ def test_run_description_names_model_data_shifts_mode_and_device():
 
 
 def test_headline_radii_and_number_formats():
-    from shiftaudit.report.terminal import ci_text, headline_radii, num, pct
+    from shiftaudit.report.rows import ci_text, headline_radii, num, pct
 
     assert headline_radii([]) == []
     assert headline_radii([0, 1, 2, 3]) == [1, 2, 3]

@@ -27,21 +27,18 @@ from torch import nn
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.metrics.base import Reading
 from shiftaudit.metrics.entries import PairSummary, Proportion, Summary
+from shiftaudit.report.rows import CompareRow, audit_rows, compare_rows, value_text
 from shiftaudit.report.terminal import (
-    CompareRow,
     _compare_min_width,
     _comparison,
     _fit,
-    audit_rows,
     audit_table,
-    compare_rows,
     comparison_table,
     describe_run,
     describe_shifts,
     inspection_table,
     layers_table,
     sig,
-    value_text,
 )
 from tests.helpers import synthetic_result
 
