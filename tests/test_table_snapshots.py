@@ -119,23 +119,27 @@ def test_layers_table(width):
     _check(f"layers_{width}", _render(layers_table(LAYERS, width), width))
 
 
-def test_every_number_is_whole_and_no_line_too_wide_at_every_width():
-    """Rich lays the tables out; where it cannot keep every number whole, the table is stacked (or, for three runs,
-    split first). Whichever layout a width gets, each number a table holds is printed whole, and no line is cut."""
+def test_every_number_is_whole_every_name_shown_and_no_line_too_wide_at_every_width():
+    """Rich lays the tables out; where it cannot keep every number whole and every name at its minimum width, the table
+    is stacked (or, for three runs, split first). Whichever layout a width gets, each number a table holds is printed
+    whole, each name is there (folded, perhaps), and no line is cut."""
     result = synthetic_result()
     cases = [
-        (lambda w: audit_table(result, width=w), [c for row in audit_rows(result) for c in row[1:]]),
-        (lambda w: layers_table(LAYERS, w), [c for row in layer_rows(LAYERS) for c in row[1:]]),
+        (lambda w: audit_table(result, width=w), audit_rows(result)),
+        (lambda w: layers_table(LAYERS, w), layer_rows(LAYERS)),
         (lambda w: comparison_table(THREE_RUNS, width=w),
-         [c for row in compare_rows(THREE_RUNS) for i in range(3) for c in (row.cell(i), row.delta_text(i))]),
-        (_resnet18_inspection, ["64->32", "32->16", "16->8", "8->4", "shortcut", "global"]),
+         [(row.metric, *(c for i in range(3) for c in (row.cell(i), row.delta_text(i)))) for row in compare_rows(THREE_RUNS)]),
+        (_resnet18_inspection, [(p.name, f"{p.in_size[0]}->{p.out_size[0]}", p.role) for p in _resnet18().points]),
     ]
     for width in range(40, 121, 5):
-        for table, numbers in cases:
+        for table, rows in cases:
             text = _render(table(width), width)
             assert max(len(line) for line in text.splitlines()) <= width, (width, text)
-            for number in numbers:
-                assert number in text, (width, number, text)
+            names = "".join(_first_column(text).split())
+            for name, *numbers in rows:
+                assert "".join(name.split()) in names, (width, name, text)
+                for number in numbers:
+                    assert number in text, (width, number, text)
 
 
 def test_a_table_is_stacked_exactly_where_rich_stops_fitting_it():

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.cells import cell_len
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group
+from rich.measure import Measurement
 from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
@@ -78,12 +80,21 @@ def _add_whole(t: Table, header: str | Text, cells: Sequence[str], **kwargs: Any
     t.add_column(header, min_width=max(map(cell_len, cells), default=1), **kwargs)
 
 
+class _Cell(Text):
+    """A table cell, measured as folding anywhere: its column's declared ``min_width`` is its floor."""
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, super().__rich_measure__(console, options).maximum)
+
+
 def _fits(table: Table, width: int) -> bool:
-    """Whether rich lays ``table`` out within ``width`` columns. It folds the names, down to their minimum widths, and
-    never draws a column narrower than its ``min_width``: where that is not enough, it draws the table wider."""
+    """Whether rich lays ``table`` out within ``width`` columns, no column below its floor. It may not in two ways:
+    the narrowest table (every column at its floor) is wider; or rich, narrowing the widest columns evenly, takes one
+    below its floor and draws the table wider than ``width`` (rich gives no floor to a column it narrows to nothing)."""
     console = Console(width=width, file=io.StringIO(), color_system=None)
+    narrowest = table.__rich_measure__(console, console.options.update_width(sys.maxsize)).minimum
     lines = Segment.split_lines(console.render(table, console.options))
-    return all(Segment.get_line_length(line) <= width for line in lines)
+    return narrowest <= width and all(Segment.get_line_length(line) <= width for line in lines)
 
 
 def _stacked(table: Table) -> Group:
@@ -115,7 +126,7 @@ def audit_table(result: AuditResult, title: str | None = None, width: int | None
     _add_whole(t, "Value", [r[1] for r in rows])
     _add_whole(t, "95% CI", [r[2] for r in rows], style="dim")
     for row in rows:
-        t.add_row(*map(Text, row))
+        t.add_row(*map(_Cell, row))
     return _fitted(t, width)
 
 
@@ -150,9 +161,9 @@ def _comparison(rows: list[CompareRow], names: list[str], title: str) -> Table:
     headers = names + ["Change" if len(names) == 2 else f"\u0394 {names[i]}" for i in others]
     for header, cells in zip(headers, columns):
         widest = max(map(cell_len, cells), default=1)
-        _add_whole(t, Text(header), cells, no_wrap=False, overflow="fold", max_width=max(widest, RUN_NAME_WIDTH))
+        _add_whole(t, _Cell(header), cells, no_wrap=False, overflow="fold", max_width=max(widest, RUN_NAME_WIDTH))
     for row_cells in zip(metrics, *columns):
-        t.add_row(*map(Text, row_cells))
+        t.add_row(*map(_Cell, row_cells))
     return t
 
 
@@ -193,7 +204,7 @@ def inspection_table(
         else:
             _add_names(t, header, cells, NAME_MIN_WIDTH)
     for r in rows:
-        t.add_row(*map(Text, r))
+        t.add_row(*map(_Cell, r))
     return _fitted(t, width)
 
 
@@ -274,5 +285,5 @@ def layers_table(layers: dict[str, Any], width: int | None = None) -> Table | Gr
     for j, header in enumerate(LAYER_SHORT[1:], start=1):
         _add_whole(t, header, [r[j] for r in rows])
     for row in rows:
-        t.add_row(*map(Text, row))
+        t.add_row(*map(_Cell, row))
     return _fitted(t, width)
