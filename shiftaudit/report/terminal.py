@@ -57,7 +57,6 @@ def sig(v: float | None, digits: int = 3) -> str:
 METRIC_MIN_WIDTH = 16  # a metric name folds to this width, never narrower
 LAYER_NAME_MIN_WIDTH = 12  # a layer name, likewise
 NAME_MIN_WIDTH = 8  # the inspect table's layer names, types and patch actions
-RUN_NAME_WIDTH = 14  # a run's name (compare's header) folds to this width, or to its numbers' if they are wider
 LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", "Modulo")  # LAYER_HEADER, for 80 columns
 
 
@@ -150,8 +149,8 @@ def comparison_table(
 
 
 def _comparison(rows: list[CompareRow], names: list[str], title: str) -> Table:
-    """The side-by-side table of the runs ``names`` (escaped). A run's name folds above its numbers (to 14 columns,
-    less where the metric names need the room, never narrower than the numbers)."""
+    """The side-by-side table of the runs ``names`` (escaped); a run's name folds above its numbers, never narrower
+    than they are."""
     others = range(1, len(names))
     t = _table(title, f"Change from {names[0]}; {SIGNIFICANCE_RULE}" if others else None)
     metrics = [one_line(row.metric) for row in rows]
@@ -160,8 +159,7 @@ def _comparison(rows: list[CompareRow], names: list[str], title: str) -> Table:
     columns += [[row.delta_text(i) for row in rows] for i in others]
     headers = names + ["Change" if len(names) == 2 else f"\u0394 {names[i]}" for i in others]
     for header, cells in zip(headers, columns):
-        widest = max(map(cell_len, cells), default=1)
-        _add_whole(t, _Cell(header), cells, no_wrap=False, overflow="fold", max_width=max(widest, RUN_NAME_WIDTH))
+        _add_whole(t, _Cell(header), cells, no_wrap=False, overflow="fold")
     for row_cells in zip(metrics, *columns):
         t.add_row(*map(_Cell, row_cells))
     return t
