@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, TypeGuard
 
 from shiftaudit.metrics import Reading, metric_classes
@@ -77,51 +78,24 @@ def value_text(r: Reading) -> str:
     return pct(r.value, r.digits) if r.percent else num(r.value, r.digits)
 
 
-def reading_ci_text(r: Reading) -> str:
-    return ci_text(r.ci_low, r.ci_high, r.ci_digits, 100.0 if r.percent else 1.0)
-
-
 def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
     """(metric, value, 95% CI) rows shared by the table and the HTML report. Readings with parts of one label share a
     row: "Variation of P(correct), mean / median" shows both values and the first one's interval."""
-    rows: list[tuple[str, str, str]] = []
-    readings = result_readings(result)
-    i = 0
-    while i < len(readings):
-        r = readings[i]
-        group = [r]
-        while (
-            r.part is not None
-            and i + len(group) < len(readings)
-            and readings[i + len(group)].label == r.label
-            and readings[i + len(group)].part is not None
-        ):
-            group.append(readings[i + len(group)])
-        if r.part is None:
-            rows.append((r.label, value_text(r), reading_ci_text(r)))
-        else:
-            rows.append(
-                (
-                    f"{r.label}, {' / '.join(str(g.part) for g in group)}",
-                    " / ".join(value_text(g) for g in group),
-                    reading_ci_text(r),
-                )
-            )
-        i += len(group)
+    rows = []
+    for _, parts in groupby(result_readings(result), key=lambda r: id(r) if r.part is None else r.label):
+        first, *_ = group = list(parts)
+        label = first.label if first.part is None else f"{first.label}, {' / '.join(str(g.part) for g in group)}"
+        ci = ci_text(first.ci_low, first.ci_high, first.ci_digits, 100.0 if first.percent else 1.0)
+        rows.append((label, " / ".join(value_text(g) for g in group), ci))
     return rows
 
 
-def left_out_radii(result: AuditResult) -> list[float]:
-    """The radii of a curve the table does not show (:func:`headline_radii` keeps a few); r = 0 is the no-shift
-    accuracy, shown on its own row."""
-    shown = {r.label for r in result_readings(result)}
-    return [r.radius for r in result_readings(result, curves="all")
-            if r.radius is not None and r.radius != 0 and r.label not in shown]
-
-
 def left_out_caption(result: AuditResult) -> str | None:
-    """One line under the table naming the radii it leaves out, so that none is missed: they are in the JSON."""
-    radii = left_out_radii(result)
+    """One line under the table naming the radii of a curve it leaves out (:func:`headline_radii` keeps a few), so
+    that none is missed: they are in the JSON. r = 0 is the no-shift accuracy, shown on its own row."""
+    shown = {r.label for r in result_readings(result)}
+    radii = [r.radius for r in result_readings(result, curves="all")
+             if r.radius is not None and r.radius != 0 and r.label not in shown]
     if not radii:
         return None
     if len(radii) <= 4:
