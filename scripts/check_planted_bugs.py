@@ -63,7 +63,7 @@ PLANTS = [
     ),
     Plant(
         "table row 'Accuracy, random shift' shows the zero-shift value",
-        "shiftaudit/report/terminal.py",
+        "shiftaudit/report/rows.py",
         "        found = cls.readings(entry, result.settings)",
         '        found = cls.readings(m["accuracy"]["none"] if cls.key() == ("accuracy", "random") else entry, result.settings)',
         "tests/test_rendering.py::test_planted_table_random_shift_row_shows_zero_shift_value",

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from shiftaudit.cli import app
 from shiftaudit.report import figures
-from shiftaudit.report.terminal import compare_rows
+from shiftaudit.report.rows import compare_rows
 from tests.helpers import assert_real_png, synthetic_result
 
 runner = CliRunner()

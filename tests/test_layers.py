@@ -191,7 +191,7 @@ def test_table_and_heatmap_share_one_scale_and_the_html_has_the_table(vgg_layers
     """The table's relative column is the heatmap's colour value (red = 1 = half the reference, Fig. 4)."""
     import shiftaudit.report.heatmaps as heatmaps
     from shiftaudit.report.html import render_html
-    from shiftaudit.report.terminal import layer_rows
+    from shiftaudit.report.rows import layer_rows
     from tests.helpers import synthetic_result
 
     drawn = {}

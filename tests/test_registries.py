@@ -13,7 +13,7 @@ import torch
 import shiftaudit
 from shiftaudit.metrics import Metric, MetricContext, Reading, ShiftBatch, metric_classes, register_metric, unregister_metric
 from shiftaudit.metrics.entries import Entry
-from shiftaudit.report.terminal import audit_rows, compare_rows
+from shiftaudit.report.rows import audit_rows, compare_rows
 from shiftaudit.shifts.base import ShiftMode, register_shift_mode, unregister_shift_mode
 from tests.helpers import synthetic_result, tiny_cnn
 

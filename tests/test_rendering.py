@@ -449,7 +449,7 @@ def test_inspection_table_rows_equal_the_points():
     for row, p in zip(rows, shown):
         assert row == [p.name, p.module, _side(p.kernel) if p.kernel else "-", _side(p.stride) if p.stride else "-",
                        f"{_side(p.in_size)}->{_side(p.out_size)}", p.role, "MaxBlurPool" if p.name == "maxpool" else ""]
-    assert table.caption == "k kernel, s stride, size in->out"
+    assert str(table.caption) == "k kernel, s stride, size in->out"
 
 
 def test_inspection_table_counts_squeeze_pools_in_its_caption():
@@ -461,7 +461,7 @@ def test_inspection_table_counts_squeeze_pools_in_its_caption():
     insp = inspect_model(torchvision.models.mobilenet_v3_small(num_classes=10).eval(), (64, 64))
     squeeze = sum(p.role == "squeeze" for p in insp.points)
     assert squeeze > 0
-    assert inspection_table(insp).caption == (f"k kernel, s stride, size in->out; + {squeeze} squeeze-excitation pools "
+    assert str(inspection_table(insp).caption) == (f"k kernel, s stride, size in->out; + {squeeze} squeeze-excitation pools "
                                               "inside blocks (gating, not downsampling)")
 
 
@@ -531,7 +531,7 @@ def test_run_description_names_model_data_shifts_mode_and_device():
 
 
 def test_headline_radii_and_number_formats():
-    from shiftaudit.report.terminal import ci_text, headline_radii, num, pct
+    from shiftaudit.report.rows import ci_text, headline_radii, num, pct
 
     assert headline_radii([]) == []
     assert headline_radii([0, 1, 2, 3]) == [1, 2, 3]
@@ -578,7 +578,7 @@ def test_layers_table_at_80_columns_exactly():
 
 
 def test_inspection_table_narrows_the_wrapping_columns_to_fit_80():
-    """Long patch actions: the name, type and action columns give way (widest first), short values never wrap."""
+    """Long patch actions: rich narrows the name, type and action columns (widest first); short values never wrap."""
     import torchvision
 
     from shiftaudit.antialias.inspection import inspect_model
@@ -588,5 +588,5 @@ def test_inspection_table_narrows_the_wrapping_columns_to_fit_80():
     actions = {p.name: f"Conv(s2) -> Conv(s1) + BlurPool(s2) placed after {p.name}.bn" for p in insp.points}
     lines = _render_at(inspection_table(insp, {"Patch": actions}, width=80), 80)
     assert max(map(len, lines)) <= 80
-    assert lines[1].rstrip() == "Layer               ┃ Type           ┃ k ┃ s ┃   Size ┃ Role     ┃ Patch"
-    assert lines[3].rstrip() == "conv1               │ Conv2d         │ 7 │ 2 │ 64->32 │ stem     │ Conv(s2) ->"
+    assert lines[1].rstrip() == "Layer            ┃ Type            ┃ k ┃ s ┃   Size ┃ Role     ┃ Patch"
+    assert lines[3].rstrip() == "conv1            │ Conv2d          │ 7 │ 2 │ 64->32 │ stem     │ Conv(s2) ->"

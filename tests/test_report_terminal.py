@@ -10,7 +10,8 @@ from rich.console import Console
 
 from shiftaudit.cli import progress as progress_mod
 from shiftaudit.cli.progress import RichProgress
-from shiftaudit.report.terminal import audit_table, comparison_table, describe_run, pct, sig
+from shiftaudit.report.rows import pct
+from shiftaudit.report.terminal import audit_table, comparison_table, describe_run, sig
 from tests.helpers import cli, synthetic_result
 
 

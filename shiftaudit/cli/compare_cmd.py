@@ -1,7 +1,7 @@
 """``shiftaudit compare A.json B.json ...``: runs of the same data side by side, with each change from the first run.
 
 Typical pairs: baseline vs anti-aliased patch, two checkpoints, two filters. A change is marked significant when the
-two runs' 95 % confidence intervals do not overlap (see :data:`~shiftaudit.report.terminal.SIGNIFICANCE_RULE`).
+two runs' 95 % confidence intervals do not overlap (see :data:`~shiftaudit.report.rows.SIGNIFICANCE_RULE`).
 Runs on different data are refused: their numbers would look comparable and not be.
 """
 
@@ -156,7 +156,7 @@ def _shifts(result: AuditResult) -> str:
 
 
 def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], notes: list[str]) -> dict[str, Any]:
-    from shiftaudit.report.terminal import SIGNIFICANCE_RULE, compare_rows
+    from shiftaudit.report.rows import SIGNIFICANCE_RULE, compare_rows
 
     rows = []
     for row in compare_rows(runs):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from shiftaudit.report.terminal import num, sig
+from shiftaudit.report.rows import num
+from shiftaudit.report.terminal import sig
 from shiftaudit.result import AuditResult
 
 LABELS = {

@@ -1,21 +1,37 @@
-"""Rich tables for the terminal. Pure rendering: takes results, returns rich renderables."""
+"""Rich tables for the terminal. Pure rendering: takes results, returns rich renderables.
+
+Columns are declared and rich lays them out: numbers are right-aligned, never wrapped and never narrower than their
+widest cell (a wrapped "90.0 %" reads as two values); names fold, down to a minimum width. Where rich cannot fit a
+table in the console that way, the table is stacked instead: each row's name, then one ``header  value`` line per
+number (:func:`_stacked`); a comparison of three or more runs first becomes one table per later run.
+"""
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeGuard
+import sys
+from collections.abc import Sequence
+from typing import Any
 
-from rich.console import Group
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group
+from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 from shiftaudit.antialias.inspection import Inspection
 from shiftaudit.errors import one_line
-from shiftaudit.metrics import Reading, metric_classes
-from shiftaudit.metrics.base import value_readings
-from shiftaudit.metrics.layers import colour_scale
+from shiftaudit.report.rows import (
+    LAYER_CAPTION,
+    SIGNIFICANCE_RULE,
+    CompareRow,
+    audit_rows,
+    compare_rows,
+    layer_rows,
+    left_out_caption,
+)
 from shiftaudit.result import AuditResult
 
 
@@ -26,23 +42,10 @@ def text(value: object, style: str = "", **kwargs: Any) -> Text:
     return Text(one_line(str(value)), style=style, **kwargs)
 
 
-def _finite(v: Any) -> TypeGuard[float]:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def pct(v: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage; '-' for a value that was not measured (None, or NaN from an empty mean)."""
-    return f"{100 * v:.{digits}f} %" if _finite(v) else "-"
-
-
-def num(v: float | None, digits: int = 4) -> str:
-    return f"{v:.{digits}f}" if _finite(v) else "-"
-
-
 def sig(v: float | None, digits: int = 3) -> str:
     """A non-negative rate or duration to ``digits`` significant digits, never rounded to zero and never in exponent
     form: 0.00412, 0.35, 3.14, 412, 12,345. '-' when unknown."""
-    if not _finite(v) or v < 0:
+    if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         return "-"
     if v == 0:
         return "0"
@@ -51,145 +54,156 @@ def sig(v: float | None, digits: int = 3) -> str:
     return f"{v:,.{decimals}f}"
 
 
-def ci_text(lo: float | None, hi: float | None, digits: int = 1, scale: float = 100.0) -> str:
-    if not (_finite(lo) and _finite(hi)):
-        return ""
-    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+METRIC_MIN_WIDTH = 16  # a metric name folds to this width, never narrower
+LAYER_NAME_MIN_WIDTH = 12  # a layer name, likewise
+NAME_MIN_WIDTH = 8  # the inspect table's layer names, types and patch actions
+LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", "Modulo")  # LAYER_HEADER, for 80 columns
 
 
-def headline_radii(radii: Sequence[float]) -> list[float]:
-    """A few radii worth a column: 1, 2, 4, 8, 16... up to the largest measured."""
-    if not radii:
-        return []
-    top = max(radii)
-    picks: list[float] = [r for r in (1, 2, 4, 8, 16, 32, 64) if r <= top and r in radii]
-    fine = [r for r in radii if 0 < r < 1]  # sub-pixel sets: the smallest fractional radius too
-    if fine:
-        picks.insert(0, min(fine))
-    if top not in picks:
-        picks.append(top)
-    return picks
+def _table(title: str, caption: str | None = None) -> Table:
+    """A table in the house style, its title and caption shown literally (:func:`text`)."""
+    return Table(title=text(title), title_justify="left", caption=None if caption is None else text(caption),
+                 caption_justify="left", show_edge=False, pad_edge=False)
 
 
-def result_readings(result: AuditResult, curves: str = "headline") -> list[Reading]:
-    """Every number of the result a person reads, in table order: each registered metric's readings (by its
-    ``display_order``), then any other metric entry that has a ``value`` (a caller's own metric, unregistered).
-
-    ``curves``: ``headline`` keeps a few radii of a curve (1, 2, 4, ...: :func:`headline_radii`), ``all`` every one.
-    """
-    m = result.metrics
-    out: list[Reading] = []
-    claimed = set()
-    for cls in sorted(metric_classes(), key=lambda c: c.display_order):
-        claimed.add(cls.key()[0])
-        entry = result.entry(*cls.key())
-        if not isinstance(entry, Mapping):  # an entry, or a plug-in metric's JSON object
-            continue
-        found = cls.readings(entry, result.settings)
-        if curves == "headline":
-            keep = set(headline_radii([r.radius for r in found if r.radius is not None]))
-            found = [r for r in found if r.radius is None or r.radius in keep]
-        out += found
-    for name, value in m.items():
-        if name not in claimed and isinstance(value, dict) and "value" in value:
-            out += value_readings(name, value)
-    return out
+def _add_names(t: Table, header: str, cells: Sequence[str], min_width: int) -> None:
+    """A column of names: they fold, but never narrower than ``min_width`` (or their widest, if less)."""
+    t.add_column(header, overflow="fold", min_width=min(min_width, max(map(cell_len, cells), default=1)))
 
 
-def value_text(r: Reading) -> str:
-    return pct(r.value, r.digits) if r.percent else num(r.value, r.digits)
+def _add_whole(t: Table, header: str | Text, cells: Sequence[str], **kwargs: Any) -> None:
+    """A column of cells read whole (numbers: a wrapped "90.0 %" reads as two values; sizes, roles): right-aligned,
+    never wrapped nor narrower than its widest cell (where they do not fit, rich draws the table wider than the
+    console rather than cut one: :func:`_fits`)."""
+    kwargs = {"justify": "right", "no_wrap": True, **kwargs}
+    t.add_column(header, min_width=max(map(cell_len, cells), default=1), **kwargs)
 
 
-def reading_ci_text(r: Reading) -> str:
-    return ci_text(r.ci_low, r.ci_high, r.ci_digits, 100.0 if r.percent else 1.0)
+class _Cell(Text):
+    """A table cell, measured as folding anywhere: its column's declared ``min_width`` is its floor."""
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, super().__rich_measure__(console, options).maximum)
 
 
-def audit_rows(result: AuditResult) -> list[tuple[str, str, str]]:
-    """(metric, value, 95% CI) rows shared by the table and the HTML report. Readings with parts of one label share a
-    row: "Variation of P(correct), mean / median" shows both values and the first one's interval."""
-    rows: list[tuple[str, str, str]] = []
-    readings = result_readings(result)
-    i = 0
-    while i < len(readings):
-        r = readings[i]
-        group = [r]
-        while (
-            r.part is not None
-            and i + len(group) < len(readings)
-            and readings[i + len(group)].label == r.label
-            and readings[i + len(group)].part is not None
-        ):
-            group.append(readings[i + len(group)])
-        if r.part is None:
-            rows.append((r.label, value_text(r), reading_ci_text(r)))
-        else:
-            rows.append(
-                (
-                    f"{r.label}, {' / '.join(str(g.part) for g in group)}",
-                    " / ".join(value_text(g) for g in group),
-                    reading_ci_text(r),
-                )
-            )
-        i += len(group)
-    return rows
+def _fits(table: Table, width: int) -> bool:
+    """Whether rich lays ``table`` out within ``width`` columns, no column below its floor. It may not in two ways:
+    the narrowest table (every column at its floor) is wider; or rich, narrowing the widest columns evenly, takes one
+    below its floor and draws the table wider than ``width`` (rich gives no floor to a column it narrows to nothing)."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    narrowest = table.__rich_measure__(console, console.options.update_width(sys.maxsize)).minimum
+    lines = Segment.split_lines(console.render(table, console.options))
+    return narrowest <= width and all(Segment.get_line_length(line) <= width for line in lines)
 
 
-def left_out_radii(result: AuditResult) -> list[float]:
-    """The radii of a curve the table does not show (:func:`headline_radii` keeps a few); r = 0 is the no-shift
-    accuracy, shown on its own row."""
-    shown = {r.label for r in result_readings(result)}
-    return [r.radius for r in result_readings(result, curves="all")
-            if r.radius is not None and r.radius != 0 and r.label not in shown]
+def _stacked(table: Table) -> Group:
+    """``table`` as one block per row: the row's name, then a ``header  value`` line for each other cell that has
+    one. Only names fold, so no number is cut however narrow the console."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(overflow="fold")
+    grid.add_column(justify="right", no_wrap=True)
+    headers = [Text("  ") + str(column.header) for column in table.columns[1:]]
+    for name, *cells in zip(*(column.cells for column in table.columns)):
+        grid.add_row(name)
+        for header, cell in zip(headers, cells):
+            if str(cell):
+                grid.add_row(header, cell)
+    return Group(*(part for part in (table.title, grid, table.caption) if part is not None))
 
 
-def left_out_caption(result: AuditResult) -> str | None:
-    """One line under the table naming the radii it leaves out, so that none is missed: they are in the JSON."""
-    radii = left_out_radii(result)
-    if not radii:
-        return None
-    if len(radii) <= 4:
-        which = f"at {', '.join(f'{r:g}' for r in radii)} px"
-    else:
-        which = f"at {len(radii)} more radii ({radii[0]:g} to {radii[-1]:g} px)"
-    return f"Adversarial accuracy {which}: in the JSON report (metrics.adversarial), not shown."
-
-
-METRIC_MIN_WIDTH = 16  # the metric names wrap to this, never narrower
+def _fitted(table: Table, width: int | None) -> Table | Group:
+    """``table``, or :func:`_stacked` where it does not fit the console's ``width``."""
+    return table if width is None or _fits(table, width) else _stacked(table)
 
 
 def audit_table(result: AuditResult, title: str | None = None, width: int | None = None) -> Table | Group:
-    """Metric names wrap; numbers never do (at 80 columns a wrapped "90.0 %" reads as two values).
-
-    ``width``: the console width. Where the value and interval columns cannot fit beside names folded to 16 columns,
-    each metric's name goes on its own line with its value and interval below it (below about 35 columns, on a line
-    each), so that no number is cut.
-    """
-    rows = [(one_line(metric), value, ci) for metric, value, ci in audit_rows(result)]
-    heading = text(title or "Shift audit")
-    caption = left_out_caption(result)
-    values = max([len(r[1]) for r in rows] + [len("Value")])
-    cis = max([len(r[2]) for r in rows] + [len("95% CI")])
-    if width is not None and METRIC_MIN_WIDTH + values + cis + 6 > width:
-        lines = [heading]
-        for metric, value, ci in rows:
-            lines.append(text(metric, overflow="fold"))
-            numbers = f"  {value:>{values}}  {ci:>{cis}}".rstrip()
-            if len(numbers) <= width:
-                lines.append(Text(numbers))
-            else:  # narrower still: the value, then its interval, each whole on its own line
-                lines += [Text(f"  {part}") for part in (value, ci) if part]
-        if caption:
-            lines.append(Text(caption, style="dim"))
-        return Group(*lines)
-    t = Table(title=heading, title_justify="left", show_edge=False, pad_edge=False)
-    if caption:
-        t.caption, t.caption_justify = Text(caption), "left"
-    t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
-    t.add_column("Value", justify="right", no_wrap=True)
-    t.add_column("95% CI", justify="right", style="dim", no_wrap=True)
+    """Metric names fold; numbers never do. ``width``: the console width, where the numbers do not fit beside names
+    folded to 16 columns, each metric's name goes above its value and interval (:func:`_stacked`)."""
+    rows = [[one_line(c) for c in row] for row in audit_rows(result)]  # escaped before the columns are measured
+    t = _table(title or "Shift audit", left_out_caption(result))
+    _add_names(t, "Metric", [r[0] for r in rows], METRIC_MIN_WIDTH)
+    _add_whole(t, "Value", [r[1] for r in rows])
+    _add_whole(t, "95% CI", [r[2] for r in rows], style="dim")
     for row in rows:
-        t.add_row(*(text(c) for c in row))
+        t.add_row(*map(_Cell, row))
+    return _fitted(t, width)
+
+
+def comparison_table(
+    results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None
+) -> Table | Group:
+    """Side-by-side rows for several results (same data), with each run's change from the first.
+
+    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). ``width``:
+    the console width; metric and run names fold, the numbers never do. Where three or more runs do not fit side by
+    side, each later run gets its own table beside the first; two runs that do not fit are stacked.
+    """
+    table = _comparison(compare_rows(results), [one_line(name) for name, _ in results], title)
+    if width is None or _fits(table, width):
+        return table
+    if len(results) > 2:
+        parts = [comparison_table([results[0], results[i]], f"{title} ({i} of {len(results) - 1})", width)
+                 for i in range(1, len(results))]
+        return Group(*parts)
+    return _stacked(table)
+
+
+def _comparison(rows: list[CompareRow], names: list[str], title: str) -> Table:
+    """The side-by-side table of the runs ``names`` (escaped); a run's name folds above its numbers, never narrower
+    than they are."""
+    others = range(1, len(names))
+    t = _table(title, f"Change from {names[0]}; {SIGNIFICANCE_RULE}" if others else None)
+    metrics = [one_line(row.metric) for row in rows]
+    _add_names(t, "Metric", metrics, METRIC_MIN_WIDTH)
+    columns = [[row.cell(i) for row in rows] for i in range(len(names))]
+    columns += [[row.delta_text(i) for row in rows] for i in others]
+    headers = names + ["Change" if len(names) == 2 else f"\u0394 {names[i]}" for i in others]
+    for header, cells in zip(headers, columns):
+        _add_whole(t, _Cell(header), cells, no_wrap=False, overflow="fold")
+    for row_cells in zip(metrics, *columns):
+        t.add_row(*map(_Cell, row_cells))
     return t
+
+
+def inspection_table(
+    insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None, width: int | None = None
+) -> Table | Group:
+    """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map).
+
+    ``width``: the console width. Sizes, strides and roles never wrap; the layer name, its type and the patch action
+    fold, the widest first, down to 8 columns; narrower still, each point is stacked (:func:`_stacked`).
+    """
+    extra_columns = extra_columns or {}
+    points = [p for p in insp.points if p.role != "squeeze"]
+    notes = ["k kernel, s stride, size in->out"]
+    if len(points) < len(insp.points):
+        notes.append(f"+ {len(insp.points) - len(points)} squeeze-excitation pools inside blocks (gating, not downsampling)")
+    size = f"{insp.input_size[0]}x{insp.input_size[1]}"
+    t = _table(f"Downsampling points at {size} (total stride {insp.total_stride})", "; ".join(notes))
+    rows = [
+        [
+            one_line(c)  # layer and module names are the model's: escaped before the columns are measured
+            for c in (
+                p.name,
+                p.module if p.kind != "blurpool" or "blur" in p.module.lower() else f"{p.module} (blurpool)",
+                _side(p.kernel) if p.kernel else "-",
+                _side(p.stride) if p.stride else "-",
+                f"{_side(p.in_size)}->{_side(p.out_size)}",
+                p.role,
+                *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
+            )
+        ]
+        for p in points
+    ]
+    for j, header in enumerate(["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]):
+        cells = [r[j] for r in rows]
+        if header in ("k", "s", "Size", "Role"):
+            _add_whole(t, header, cells, justify="left" if header == "Role" else "right")
+        else:
+            _add_names(t, header, cells, NAME_MIN_WIDTH)
+    for r in rows:
+        t.add_row(*map(_Cell, r))
+    return _fitted(t, width)
 
 
 def describe_preprocessing(entry: Any) -> str:
@@ -251,262 +265,23 @@ def describe_run(result: AuditResult) -> str:
     return f"{name} on {data}; {describe_shifts(result)}, {mode}; {dev}"
 
 
-@dataclass
-class CompareRow:
-    """One metric across runs: numbers, their 95 % intervals, and the change of each run from the first."""
-
-    metric: str
-    percent: bool  # values are fractions shown as %, changes in percentage points
-    values: list[float | None]
-    ci_low: list[float | None]
-    ci_high: list[float | None]
-    digits: int = 1  # decimals of a cell (of the percentage, for a percent row)
-
-    def cell(self, i: int) -> str:
-        v = self.values[i]
-        return pct(v, self.digits) if self.percent else num(v, self.digits)
-
-    def delta(self, i: int) -> float | None:
-        """Change of run ``i`` from the first run (percentage points for percentages); None when either is unmeasured."""
-        a, b = self.values[0], self.values[i]
-        if not (_finite(a) and _finite(b)):
-            return None
-        return (b - a) * (100.0 if self.percent else 1.0)
-
-    def significant(self, i: int) -> bool | None:
-        """True when the 95 % intervals of run ``i`` and the first run do not overlap; None without intervals."""
-        lo0, hi0, lo, hi = self.ci_low[0], self.ci_high[0], self.ci_low[i], self.ci_high[i]
-        if None in (lo0, hi0, lo, hi):
-            return None
-        return bool(hi < lo0 or lo > hi0)  # type: ignore[operator]
-
-    def delta_text(self, i: int) -> str:
-        d = self.delta(i)
-        if d is None:
-            return ""
-        number = "0" if abs(d) < 5e-13 else (f"{d:+.2f}" if self.percent else f"{d:+.4f}")
-        text = number + (" pt" if self.percent else "")
-        return text + (" *" if self.significant(i) else "")
-
-
-SIGNIFICANCE_RULE = (
-    "* = the two 95 % confidence intervals do not overlap (a conservative rule: such a change is very unlikely to be "
-    "noise; an unmarked change may still be real)."
-)
-
-
-def compare_rows(results: list[tuple[str, AuditResult]]) -> list[CompareRow]:
-    """Rows for every metric any run has, in table order; a curve's radii limited to the headline ones of all runs."""
-    per_run = [{r.name: r for r in result_readings(res, curves="all")} for _, res in results]
-    radii = {r.radius for run in per_run for r in run.values() if r.radius is not None}
-    keep = set(headline_radii(sorted(radii)))
-    rows = []
-    for name in dict.fromkeys(k for run in per_run for k in run):
-        entries = [run.get(name) for run in per_run]
-        first = next(e for e in entries if e is not None)
-        if first.radius is not None and first.radius not in keep:
-            continue
-        rows.append(
-            CompareRow(
-                name,
-                first.percent,
-                [_num(e.value) if e else None for e in entries],
-                [_num(e.ci_low) if e else None for e in entries],
-                [_num(e.ci_high) if e else None for e in entries],
-                first.digits,
-            )
-        )
-    return rows
-
-
-def _num(v: Any) -> float | None:
-    return None if v is None else float(v)
-
-
-def comparison_table(
-    results: list[tuple[str, AuditResult]], title: str = "Before / after", width: int | None = None
-) -> Table | Group:
-    """Side-by-side rows for several results (same data), with each run's change from the first.
-
-    A change is marked ``*`` when it is beyond the confidence intervals (see :data:`SIGNIFICANCE_RULE`). ``width``:
-    the console width to fit; metric names and run names wrap, the numbers never do. When the numbers of three or
-    more runs cannot fit side by side, each later run gets its own table beside the first run, so that no column
-    and no part of the caption is cut off.
-    """
-    rows = compare_rows(results)
-    if width and len(results) > 2 and _compare_min_width(rows, len(results)) > width:
-        return Group(
-            *(comparison_table([results[0], results[i]], f"{title} ({i} of {len(results) - 1})", width)
-              for i in range(1, len(results)))
-        )
-    return _comparison(rows, results, title, width)
-
-
-def _compare_min_width(rows: list[CompareRow], runs: int) -> int:
-    """The narrowest the side-by-side table can be: metric names at their floor, every number whole."""
-    numbers = [[row.cell(i) for i in range(runs)] + [row.delta_text(i) for i in range(1, runs)] for row in rows]
-    widest = [max([len(r[j]) for r in numbers] + [6]) for j in range(2 * runs - 1)]
-    return METRIC_MIN_WIDTH + sum(widest) + 3 * len(widest)
-
-
-def _comparison(rows: list[CompareRow], results: list[tuple[str, AuditResult]], title: str, width: int | None) -> Table:
-    others = list(range(1, len(results)))
-    shown = [one_line(name) for name, _ in results]  # run names come from report paths: shown escaped, measured so
-    headers = shown + ["Change" if len(results) == 2 else f"\u0394 {shown[i]}" for i in others]
-    cells = [[one_line(row.metric), *[row.cell(i) for i in range(len(results))], *[row.delta_text(i) for i in others]]
-             for row in rows]
-    t = Table(title=text(title), title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("Metric", overflow="fold", min_width=METRIC_MIN_WIDTH)
-    k = len(headers)
-    names = min(36, max(len(c[0]) for c in cells)) if cells else 16
-    for j, header in enumerate(headers, start=1):
-        widest = max([len(c[j]) for c in cells] + [6])  # the numbers: never narrower
-        cap = None
-        if width:  # a run name gets its share of the width: beside whole metric names, else beside names at 16
-            share, tight = (width - names - 3 * k) // k, (width - METRIC_MIN_WIDTH - 3 * k) // k
-            word = max(len(w) for w in header.split())  # wrap between words where that fits
-            cap = max(widest, min(len(header), max(share, min(word, 12, tight))))
-        t.add_column(Text(header), justify="right", overflow="fold", min_width=widest, max_width=cap)
-    for row_cells in cells:
-        t.add_row(*(Text(c) for c in row_cells))
-    if others:
-        t.caption = Text(f"Change from {shown[0]}; " + SIGNIFICANCE_RULE)
-    return t
-
-
-def inspection_table(insp: Inspection, extra_columns: dict[str, dict[str, Any]] | None = None, width: int | None = None) -> Table:
-    """One row per downsampling point: k kernel, s stride, size in -> out (one number for a square map).
-
-    ``width``: the console width to fit. Short values (sizes, roles, numbers) are never wrapped; the layer name, its
-    type and the patch action wrap, the widest first, so that at 80 columns no column collapses to nothing.
-    """
-    t = Table(
-        title=f"Downsampling points at {insp.input_size[0]}x{insp.input_size[1]} (total stride {insp.total_stride})",
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-    )
-    extra_columns = extra_columns or {}
-    rows = []
-    squeeze = 0
-    for p in insp.points:
-        if p.role == "squeeze":
-            squeeze += 1
-            continue
-        k = _side(p.kernel) if p.kernel else "-"
-        s = _side(p.stride) if p.stride else "-"
-        module = p.module if p.kind != "blurpool" or "blur" in p.module.lower() else f"{p.module} (blurpool)"
-        rows.append(
-            [
-                one_line(c)  # layer and module names are the model's: escaped before the columns are measured
-                for c in (
-                    p.name,
-                    module,
-                    k,
-                    s,
-                    f"{_side(p.in_size)}->{_side(p.out_size)}",
-                    p.role,
-                    *[str(extra_columns[c].get(p.name, "")) for c in extra_columns],
-                )
-            ]
-        )
-    header = ["Layer", "Type", "k", "s", "Size", "Role", *extra_columns]
-    widths = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(header)]
-    if width is not None:  # wrap names at comfortable floors first, then, on a narrow console, at hard ones
-        for floor in ({"Layer": 14, "Type": 9, "Patch": 8}, {"Layer": 8, "Type": 6, "Patch": 6}):
-            floors = [floor.get(col, w) for col, w in zip(header, widths)]
-            widths = _fit(widths, floors, width - 3 * (len(header) - 1))
-    for col, w in zip(header, widths):
-        t.add_column(col, justify="right" if col in ("k", "s", "Size") else "left", width=w, overflow="fold")
-    for r in rows:
-        t.add_row(*(Text(c) for c in r))
-    notes = ["k kernel, s stride, size in->out"]
-    if squeeze:
-        notes.append(f"+ {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)")
-    t.caption, t.caption_justify = "; ".join(notes), "left"
-    return t
-
-
-def _fit(widths: list[int], floors: list[int], budget: int) -> list[int]:
-    """Narrow the columns that may wrap, always the one furthest above its floor (the rightmost on a tie: patch
-    actions wrap at spaces, names would break mid-word), until they fit ``budget``."""
-    widths = list(widths)
-    while sum(widths) > budget:
-        room = [w - f for w, f in zip(widths, floors)]
-        j = max(reversed(range(len(widths))), key=lambda i: room[i])
-        if room[j] <= 0:
-            break  # nothing left to narrow: rich folds the rest
-        widths[j] -= 1
-    return widths
-
-
 def _side(hw: Any) -> str:
     """ "224" for a square 224x224, "224x200" otherwise."""
     h, w = hw
     return f"{h}" if h == w else f"{h}x{w}"
 
 
-LAYER_HEADER = ("Layer", "Resolution", "Stride", "Equivariance", "Equiv. / (ref/2)", "Invariance", "Exact modulo")
-LAYER_NAME_MIN_WIDTH = 12  # a layer name folds to this width, never narrower
-LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", "Modulo")  # fits 80 columns
-LAYER_CAPTION = (
-    "Distances from shift-equivariance and -invariance: cosine, averaged over shifts and images. Equiv. / (ref/2): "
-    "the equivariance distance relative to half the distance between two different images, the heatmaps' colour "
-    "scale (0 = blue, exactly equivariant; 1 = red), as in the paper's Fig. 4. Exact modulo N: distance ~0 at every "
-    "shift that is a multiple of N (1 = exactly equivariant; '-' = at no modulo, e.g. zero padding)."
-)
-
-
-def layer_rows(layers: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Per layer: resolution, stride so far, mean distances (absolute and on the heatmap scale), exact modulo.
-    Shared by the terminal table and the HTML report."""
-    rows: list[tuple[str, ...]] = []
-    for layer in layers["layers"]:
-        h, w = layer["resolution"]
-        scale = colour_scale(layer.get("reference_distance"))
-        eq = layer["equivariance"]["mean"]
-        rel = num(eq / scale, 3) if scale and _finite(eq) else "-"
-        mod = layer.get("exact_modulo")
-        rows.append(
-            (
-                str(layer["name"]),
-                f"{h}x{w}",
-                str(layer["stride"]),
-                num(eq),
-                rel,
-                num(layer["invariance"]["mean"]),
-                "-" if mod is None else f"{mod}",
-            )
-        )
-    return rows
-
-
 def layers_table(layers: dict[str, Any], width: int | None = None) -> Table | Group:
-    """One row per measured layer; layer names fold, the numbers never do.
+    """One row per measured layer; layer names fold (to 12 columns, no narrower), the numbers never do.
 
     ``width``: the console width. Where the columns cannot fit it with every number whole, each layer becomes one
-    block of ``label value`` lines instead, so that no number is cut.
+    block of ``label value`` lines instead (:func:`_stacked`).
     """
-    rows = [(one_line(r[0]), *r[1:]) for r in layer_rows(layers)]
-    widest = [max([len(r[j]) for r in rows] + [len(col)]) for j, col in enumerate(LAYER_SHORT)]
-    name_width = min(LAYER_NAME_MIN_WIDTH, widest[0])
-    if width is not None and name_width + sum(widest[1:]) + 3 * (len(widest) - 1) > width:
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(overflow="fold")
-        grid.add_column(justify="right", no_wrap=True)
-        for r in rows:
-            grid.add_row(Text(r[0]), "")
-            for col, value in zip(LAYER_SHORT[1:], r[1:]):
-                grid.add_row(Text(f"  {col}"), Text(value))
-        return Group(Text("Per-layer distance from shift-equivariance"), grid, Text(LAYER_CAPTION))
-    t = Table(title="Per-layer distance from shift-equivariance", title_justify="left", show_edge=False, pad_edge=False)
-    for col in LAYER_SHORT:
-        if col == "Layer":  # names fold, but never to nothing: the numbers are unreadable without them
-            t.add_column(col, overflow="fold", min_width=name_width)
-        else:
-            t.add_column(col, justify="right", no_wrap=True)
+    rows = [(one_line(r[0]), *r[1:]) for r in layer_rows(layers)]  # the model's names, escaped before measuring
+    t = _table("Per-layer distance from shift-equivariance", LAYER_CAPTION)
+    _add_names(t, "Layer", [r[0] for r in rows], LAYER_NAME_MIN_WIDTH)
+    for j, header in enumerate(LAYER_SHORT[1:], start=1):
+        _add_whole(t, header, [r[j] for r in rows])
     for row in rows:
-        t.add_row(*(Text(c) for c in row))
-    t.caption = LAYER_CAPTION
-    t.caption_justify = "left"
-    return t
+        t.add_row(*map(_Cell, row))
+    return _fitted(t, width)
