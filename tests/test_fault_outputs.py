@@ -74,7 +74,8 @@ def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the audit started although an output was unusable")
 
     monkeypatch.setattr("shiftaudit.engine.runner.run_plan", audit)  # what audit() and the demo run
-    monkeypatch.setattr("shiftaudit.cli.running.run_plan", audit)  # what eval and patch --eval run
+    monkeypatch.setattr("shiftaudit.cli.eval_cmd.run_plan", audit)  # what eval runs
+    monkeypatch.setattr("shiftaudit.antialias.workflow.run_plan", audit)  # what patch --eval runs
 
 
 def disk_full(path: object, *args: object, **kwargs: object) -> None:

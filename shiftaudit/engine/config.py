@@ -27,10 +27,11 @@ class AuditConfig:
     ``metrics``: accumulators to run instead of the default ones; ``observers``: extra watchers of the forward
     passes (e.g. per-layer distances); ``thresholds``: gate thresholds (:mod:`shiftaudit.gating`), the mapping or
     list :func:`shiftaudit.gate` takes, checked against the plan before any work and judged on the result.
-    ``sequential``: decide the thresholds from random draws, stopping
-    as soon as each is clearly met or missed (:mod:`shiftaudit.engine.sequential`); ``decision_error`` bounds the chance
-    that the verdict differs from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's
-    forward passes spent before the exhaustive audit decides instead.
+    ``sequential``: decide the thresholds from random draws, stopping as soon as each is clearly met or missed
+    (:mod:`shiftaudit.engine.sequential`); ``None``: the plan decides, and does so when a verdict is all the audit
+    gives (thresholds, no ``layers``, no ``resume``). ``decision_error`` bounds the chance that the verdict differs
+    from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's forward passes spent
+    before the exhaustive audit decides instead.
     """
 
     shifts: Any = None  # a ShiftSet, or None for the default set of the image size
@@ -54,7 +55,7 @@ class AuditConfig:
     pack_rows: bool | None = None  # dense rows share device batches across image batches; None: on CUDA only
     resume: str | Path | None = None
     thresholds: Any = ()  # a mapping or Threshold list when given; a tuple of Threshold once built
-    sequential: bool = False
+    sequential: bool | None = False
     decision_error: float = 0.01
     sequential_budget: float = 0.5
 

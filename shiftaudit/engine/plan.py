@@ -336,8 +336,13 @@ SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audi
 def _plan_sequential(
     config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, exhaustive_rows: int, notes: list[str]
 ) -> bool:
-    """Whether the sequential gate runs first; when it was asked for and cannot, a note says why."""
-    if not config.sequential:
+    """Whether the sequential gate runs first; when it was asked for and cannot, a note says why. Left to the plan
+    (``sequential=None``), it is asked for when a verdict is all the audit gives: thresholds, and neither per-layer
+    distances nor a resume file, which need the full audit."""
+    asked = config.sequential
+    if asked is None:
+        asked = bool(config.thresholds) and config.layers is None and config.resume is None
+    if not asked:
         return False
     from shiftaudit.engine.sequential import sequential_blocker
 
