@@ -69,12 +69,12 @@ class AuditConfig:
     def check(self) -> None:
         """Refuse settings that are wrong whatever the model and data."""
         if self.precision not in PRECISIONS:
-            raise UsageError(f"Unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}.")
+            raise UsageError(f"Unknown `precision` {self.precision!r}; use one of {', '.join(PRECISIONS)}.")
         if self.pairs < 1:
-            raise UsageError(f"--pairs must be at least 1, got {self.pairs}.")
-        check_range(self.pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
+            raise UsageError(f"`pairs` must be at least 1, got {self.pairs}.")
+        check_range(self.pairs, "`pairs`", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
         if not 0.0 < self.decision_error <= 0.5:
-            raise UsageError(f"--decision-error takes a probability in (0, 0.5], e.g. 0.01; got {self.decision_error:g}.")
+            raise UsageError(f"`decision_error` takes a probability in (0, 0.5], e.g. 0.01; got {self.decision_error:g}.")
         if not 0.0 < self.sequential_budget <= 1.0:
             raise UsageError(
                 f"The sequential budget is a fraction of the exhaustive audit in (0, 1]; got {self.sequential_budget:g}."
@@ -91,7 +91,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise UsageError(f"Unknown device {device!r}; use auto, cpu or cuda[:N].") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+        raise UsageError("`device` cuda was asked for but no CUDA GPU is available; use `device` cpu or auto.")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"Device {device!r} is not supported; use auto, cpu or cuda[:N].")
     return dev
