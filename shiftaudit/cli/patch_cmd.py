@@ -10,20 +10,19 @@ import typer
 
 from shiftaudit.antialias import PatchConfig
 from shiftaudit.antialias.methods import get_patch_method
-from shiftaudit.antialias.report import PatchReport
-from shiftaudit.antialias.workflow import check_patchable, patch_and_evaluate, save_patched
-from shiftaudit.atomicio import all_or_nothing, write_json_atomic
+from shiftaudit.antialias.workflow import check_patchable, patch_and_evaluate
+from shiftaudit.atomicio import all_or_nothing
 from shiftaudit.cli import app
 from shiftaudit.cli import options as opt
 from shiftaudit.cli.choices import DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
 from shiftaudit.cli.common import check_outputs, handle_errors, json_to_stdout, say_stale
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
-from shiftaudit.cli.patch_views import RUN_FOLDERS, PatchSteps, comparison_title, runs, say_written, show_dry_run
+from shiftaudit.cli.patch_views import RUN_FOLDERS, PatchSteps, say_written, show_dry_run, write_outputs
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.errors import UsageError
 from shiftaudit.loading.saving import check_save_path
-from shiftaudit.report.outputs import side_by_side_files, write_side_by_side_dir
+from shiftaudit.report.outputs import side_by_side_files
 
 MethodOpt = Annotated[
     PatchMethod,
@@ -176,10 +175,7 @@ def patch_command(
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
     _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run, output, distill_data)
-    blur_pad, only_, skip_ = value(pad) or get_patch_method(method.value).default_pad, tuple(only or ()), tuple(skip or ())
-    config = PatchConfig(
-        method.value, filter_name, blur_pad, stem, shortcuts, circular_conv=circular_conv, only=only_, skip=skip_
-    )
+    config = _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
     check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(RUN_FOLDERS))}, inputs=[model])
     json_to_stdout(json_out)
     fmt = _save_format(output, fmt)
@@ -231,10 +227,32 @@ def patch_command(
     )
     report = dataclasses.replace(report, calibration_data=_named(calibration_data), distill_data=_named(distill_data))
     with all_or_nothing() as outputs:
-        written = _write(report, loaded, prep, output=output, fmt=fmt.value, json_out=json_out, out=out, dataset=dataset)
+        written = write_outputs(report, loaded, prep, output=output, fmt=fmt.value, json_out=json_out, out=out, dataset=dataset)
     if not quiet:
         say_written(output, fmt.value, loaded.arch, json_out=json_out, out=out, written=written)
     say_stale(outputs, quiet)
+
+
+def _patch_config(
+    method: PatchMethod,
+    filter_name: str | None,
+    pad: Pad | None,
+    stem: bool,
+    shortcuts: bool,
+    circular_conv: bool,
+    only: list[str] | None,
+    skip: list[str] | None,
+) -> PatchConfig:
+    return PatchConfig(
+        method=method.value,
+        filter=filter_name,
+        pad=value(pad) or get_patch_method(method.value).default_pad,
+        stem=stem,
+        shortcuts=shortcuts,
+        circular_conv=circular_conv,
+        only=tuple(only or ()),
+        skip=tuple(skip or ()),
+    )
 
 
 def _named(path: Path | None) -> str | None:
@@ -274,32 +292,3 @@ def _refuse_flag_mixes(
         raise UsageError("--out writes the before/after report of --eval: add --eval (and --data), or drop --out.")
     if dry_run and (output is not None or evaluate or recalibrate or distill_data is not None):
         raise UsageError("--dry-run only shows the plan: drop --output, --eval, --recalibrate and --distill, or drop --dry-run.")
-
-
-def _write(
-    report: PatchReport,
-    loaded: Any,
-    prep: Any,
-    *,
-    output: Path | None,
-    fmt: str,
-    json_out: Path | None,
-    out: Path | None,
-    dataset: Any,
-) -> list[Path]:
-    """The report folder, the patched model and the JSON, together, once every step succeeded; returns the folder's files."""
-    written: list[Path] = []
-    with all_or_nothing():
-        if out is not None and report.comparison is not None:
-            written = write_side_by_side_dir(
-                runs(report),
-                out,
-                title=f"shiftaudit patch: {Path(report.model).name}, before / after",
-                intro=comparison_title(report.comparison),
-                dataset=dataset,
-            )
-        if output is not None:
-            report = save_patched(report, loaded, output, format=fmt, preprocessing=prep)
-        if json_out is not None:
-            write_json_atomic(json_out, report.to_json())
-    return written

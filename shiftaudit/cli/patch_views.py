@@ -1,5 +1,5 @@
-"""What ``shiftaudit patch`` shows: the decision at every strided layer, each step as it ends, the before/after and
-latency comparison, how to reload."""
+"""What ``shiftaudit patch`` shows and writes: the decision at every strided layer, each step as it ends, the
+before/after and latency comparison, the outputs, how to reload."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from rich.text import Text
 from shiftaudit.antialias import SMALL_CALIBRATION, PatchConfig, PatchResult, patch_model
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchReport
+from shiftaudit.antialias.workflow import save_patched
+from shiftaudit.atomicio import all_or_nothing, write_json_atomic
 from shiftaudit.cli.common import console, err_console
+from shiftaudit.report.outputs import write_side_by_side_dir
 from shiftaudit.report.terminal import comparison_table, describe_shifts, inspection_table, sig, text
 
 RUN_FOLDERS = ("before", "after", "baseline_recalibrated")  # patch --eval --out: one report folder per model
@@ -209,3 +212,32 @@ def _installed(package: str) -> bool:
         return False
     roots = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
     return any(Path(origin).resolve().is_relative_to(root) for root in roots)
+
+
+def write_outputs(
+    report: PatchReport,
+    loaded: Any,
+    prep: Any,
+    *,
+    output: Path | None,
+    fmt: str,
+    json_out: Path | None,
+    out: Path | None,
+    dataset: Any,
+) -> list[Path]:
+    """The report folder, the patched model and the JSON, together, once every step succeeded; returns the folder's files."""
+    written: list[Path] = []
+    with all_or_nothing():
+        if out is not None and report.comparison is not None:
+            written = write_side_by_side_dir(
+                runs(report),
+                out,
+                title=f"shiftaudit patch: {Path(report.model).name}, before / after",
+                intro=comparison_title(report.comparison),
+                dataset=dataset,
+            )
+        if output is not None:
+            report = save_patched(report, loaded, output, format=fmt, preprocessing=prep)
+        if json_out is not None:
+            write_json_atomic(json_out, report.to_json())
+    return written
