@@ -8,7 +8,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,7 +23,9 @@ from shiftaudit.engine.observers import Progress
 from shiftaudit.engine.plan import plan_audit
 from shiftaudit.engine.runner import run_plan
 from shiftaudit.errors import UsageError
-from shiftaudit.loading import LoadedModel, load_model, save_model
+
+if TYPE_CHECKING:  # shiftaudit.loading imports the data package and torchvision: loaded when a job runs, not when the CLI starts
+    from shiftaudit.loading import LoadedModel
 
 UNPATCHABLE = {  # whole-model formats whose layers are a fixed graph, not modules to rewrite
     "torchscript": "A TorchScript archive",
@@ -77,7 +79,9 @@ def patch_and_evaluate(
     called after each step (``patch``, ``recalibrate``, ``distill``, ``agreement``, ``compare``) with the report so
     far, for a caller that shows progress as it goes.
     """
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    from shiftaudit.loading import load_model
+
+    loaded = load_model(model) if isinstance(model, nn.Module) else model
     check_patchable(loaded)
     settings = settings or AuditConfig()
     device = resolve_device(settings.device)
@@ -183,6 +187,8 @@ def save_patched(
     """Save the patched model of ``report`` (``loaded``: the original, for its architecture, classes and
     preprocessing) with the patch spec and what re-estimation and distillation did; returns the report naming the
     file."""
+    from shiftaudit.loading import save_model
+
     patched = report.patch.model
     patched.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before the audits ran it
     save_model(
