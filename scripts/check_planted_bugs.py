@@ -99,8 +99,8 @@ PLANTS = [
     ),
     Plant(
         "--arch-kwargs not stored by patch -o",
-        "shiftaudit/cli/patch_cmd.py",
-        "arch_kwargs=loaded.arch_kwargs, ",
+        "shiftaudit/antialias/workflow.py",
+        "        arch_kwargs=loaded.arch_kwargs,\n",
         "",
         "tests/test_cli_friction.py::test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched",
     ),

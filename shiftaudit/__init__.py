@@ -37,6 +37,7 @@ _EXPORTS = {
     "blur_pool2d": "shiftaudit.antialias.blurpool",
     "patch": "shiftaudit.antialias",
     "PatchReport": "shiftaudit.antialias.report",
+    "patch_and_evaluate": "shiftaudit.antialias.workflow",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -280,3 +280,21 @@ def test_inspect_at_an_odd_size_says_the_sizes_round_and_takes_resize(resnet_fil
     even = " ".join(run("inspect", ckpt, "--size", "256").stdout.split())
     assert "(total stride 32)" in even and "round their output sizes" not in even
     assert "Audit input │ resize 292, centre crop 256x256" in even  # --size alone: 256 / 0.875
+
+
+def test_library_errors_name_parameters_and_the_command_line_names_flags():
+    """The library says `max_shift`; the CLI rewrites it through one table, whose flags are eval's own options."""
+    import typer.main
+
+    from shiftaudit.cli.flags import FLAGS, as_flags
+    from shiftaudit.errors import UsageError
+    from shiftaudit.shifts.sets import ShiftSet
+
+    command = typer.main.get_command(app)
+    options = {o for p in command.commands["eval"].params for o in p.opts}
+    assert set(FLAGS.values()) <= options
+    with pytest.raises(UsageError) as refused:
+        ShiftSet.window((8, 8), 1, 2)
+    assert str(refused.value) == "`shift_step` 2 is larger than `max_shift` 1: only the zero shift would remain."
+    assert as_flags(str(refused.value)) == "--shift-step 2 is larger than --max-shift 1: only the zero shift would remain."
+    assert as_flags("try `shiftaudit demo`, `unknown`") == "try `shiftaudit demo`, `unknown`"

@@ -73,8 +73,10 @@ def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
     def audit(*args: object, **kwargs: object) -> None:
         raise AssertionError("the audit started although an output was unusable")
 
-    monkeypatch.setattr("shiftaudit.engine.runner.run_plan", audit)  # what audit() and the demo run
-    monkeypatch.setattr("shiftaudit.cli.running.run_plan", audit)  # what eval and patch --eval run
+    monkeypatch.setattr("shiftaudit.engine.runner.run_plan", audit)  # what audit() runs
+    monkeypatch.setattr("shiftaudit.cli.demo_cmd.run_plan", audit)  # what the demo runs
+    monkeypatch.setattr("shiftaudit.cli.eval_cmd.run_plan", audit)  # what eval runs
+    monkeypatch.setattr("shiftaudit.antialias.workflow.run_plan", audit)  # what patch --eval runs
 
 
 def disk_full(path: object, *args: object, **kwargs: object) -> None:
@@ -437,7 +439,7 @@ def test_a_bad_demo_patch_filter_is_refused_before_any_audit(tmp_path, monkeypat
 
 def test_patch_writes_the_model_and_the_report_together_or_neither(setup, tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
-        mp.setattr("shiftaudit.files.write_json_atomic", disk_full)  # the report is written after the model
+        mp.setattr("shiftaudit.cli.patch_views.write_json_atomic", disk_full)  # the report is written after the model
         res = cli("patch", setup[1], "--arch", f"{MODULE}:tiny", "--size", "16", "-o", tmp_path / "aa.safetensors",
                   "--json", tmp_path / "patch.json")
     assert_clean_error(res, "patch.json", "no space left on device")

@@ -188,7 +188,7 @@ def test_out_of_memory_outside_the_forward_is_exit_2_not_a_bug(setup, monkeypatc
     def oom(*args: object, **kwargs: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr("shiftaudit.cli.running.run_plan", oom)
+    monkeypatch.setattr("shiftaudit.cli.eval_cmd.run_plan", oom)
     res = _eval(ckpt, data, "tiny")
     assert res.exit_code == 2 and "internal error" not in res.stderr
     assert res.stderr.startswith("error: ") and "--batch-size" in res.stderr

@@ -28,11 +28,11 @@ def steady_clock() -> Any:
     return lambda: next(calls) * 0.001
 
 
-def scrub(obj: Any) -> Any:
+def scrub(obj: Any, also: frozenset[str] = frozenset()) -> Any:
     if isinstance(obj, dict):
-        return {k: scrub(v) for k, v in obj.items() if k not in VOLATILE}
+        return {k: scrub(v, also) for k, v in obj.items() if k not in VOLATILE | also}
     if isinstance(obj, list):
-        return [scrub(v) for v in obj]
+        return [scrub(v, also) for v in obj]
     return obj
 
 
@@ -72,6 +72,33 @@ def test_a_patch_report_built_in_python_is_what_patch_eval_writes(inputs, tmp_pa
     assert list(report.to_json()) == list(expected)  # the same keys, in the same order
     assert {"agreement", "before", "after", "latency_ms"} <= set(expected)
     assert scrub(json.loads(json.dumps(report.to_json()))) == expected
+
+
+def test_patch_and_evaluate_in_python_is_what_patch_eval_writes(inputs, tmp_path, monkeypatch):
+    """The one call: patch, re-estimate, distil, agreement, both audits and the comparison, as the command runs them."""
+    ckpt, data = inputs
+    written = tmp_path / "patch.json"
+    monkeypatch.setattr(costs, "clock", steady_clock())
+    res = cli("patch", ckpt, "--arch", ARCH, "--raw", "--size", "16", "--eval", "--data", data, "--max-shift", "1",
+              "--recalibrate", "4", "--calibration-data", data, "--distill", data, "--distill-steps", "2",
+              "--device", "cpu", "--workers", "0", "--quiet", "--json", written)
+    assert res.exit_code == 0, res.output
+
+    loaded = shiftaudit.load_model(ckpt, arch=ARCH)
+    dataset = shiftaudit.load_data(
+        data, preprocessing=resolve_preprocessing(None, size=16), raw=True, num_classes=loaded.num_classes
+    )
+    monkeypatch.setattr(costs, "clock", steady_clock())
+    steps: list[str] = []
+    report = shiftaudit.patch_and_evaluate(
+        loaded, data=dataset, settings=shiftaudit.AuditConfig(max_shift=1, device="cpu", num_workers=0),
+        calibration=dataset, recalibrate=4, distill=dataset, distill_steps=2, on_step=lambda name, _: steps.append(name),
+    )
+    assert steps == ["patch", "recalibrate", "distill", "agreement", "compare"]
+    doc = dataclasses.replace(report, calibration_data=str(data), distill_data=str(data)).to_json()
+    expected = json.loads(written.read_text())
+    assert list(doc) == list(expected)
+    assert scrub(doc, frozenset({"seconds"})) == scrub(expected, frozenset({"seconds"}))
 
 
 def stats(median: float, iqr: float) -> LatencyStats:

@@ -60,10 +60,10 @@ def test_audit_equals_plan_then_run():
 @pytest.mark.parametrize("settings, message", [
     ({"thresholds": build_thresholds(min_adv_accuracy=["3=0.5"])}, "asks for radius 3 but the shift set only reaches 2"),
     ({"thresholds": build_thresholds(max_variation=0.1), "mode": "sampled"}, "needs every shift evaluated"),
-    ({"precision": "fp64"}, "Unknown --precision"),
-    ({"pairs": 0}, "--pairs must be at least 1"),
-    ({"shift_mode": "mirror"}, "Unknown --shift-mode 'mirror'"),
-    ({"layers": "auto", "shift_mode": "crop"}, "--layers needs --shift-mode circular"),
+    ({"precision": "fp64"}, "Unknown `precision`"),
+    ({"pairs": 0}, "`pairs` must be at least 1"),
+    ({"shift_mode": "mirror"}, "Unknown `shift_mode` 'mirror'"),
+    ({"layers": "auto", "shift_mode": "crop"}, "`layers` needs `shift_mode` circular"),
     ({"batch_size": 10**9}, "needs"),
 ])
 def test_wrong_settings_are_refused_before_any_forward_pass(settings, message):

@@ -212,7 +212,7 @@ def test_a_shift_mode_registered_from_outside_audits_like_a_builtin(toy_mode):
 def test_an_unknown_shift_mode_names_the_registered_ones():
     from shiftaudit.errors import UsageError
 
-    with pytest.raises(UsageError, match="Unknown --shift-mode 'mirror'; use circular, crop, subpixel"):
+    with pytest.raises(UsageError, match="Unknown `shift_mode` 'mirror'; use circular, crop, subpixel"):
         shiftaudit.audit(tiny_cnn(size=8), (torch.randn(2, 3, 8, 8), torch.tensor([0, 1])), shift_mode="mirror")
 
 

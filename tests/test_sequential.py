@@ -279,7 +279,7 @@ def test_settings_are_checked_before_any_work():
     with pytest.raises(UsageError, match="give at least one"):
         audit(tiny_cnn(), x, device="cpu", sequential=True)
     for bad in (0.0, 0.6):
-        with pytest.raises(UsageError, match="--decision-error"):
+        with pytest.raises(UsageError, match="`decision_error`"):
             audit(tiny_cnn(), x, device="cpu", sequential=True, thresholds=build_thresholds(0.5), decision_error=bad)
     with pytest.raises(UsageError, match="budget"):
         audit(tiny_cnn(), x, device="cpu", sequential=True, thresholds=build_thresholds(0.5), sequential_budget=1.5)

@@ -209,8 +209,8 @@ def test_a_max_shift_beyond_half_the_input_is_refused_with_the_input_size():
 
     circular = get_shift_mode("circular")
     circular.check_max_shift(4, (8, 6))  # half of the longer side: allowed
-    with pytest.raises(UsageError, match=r"^--max-shift 5 is more than half the 8x6 input: every circular shift is "
-                       r"already within 4 px; use --max-shift 4 or less\.$"):
+    with pytest.raises(UsageError, match=r"^`max_shift` 5 is more than half the 8x6 input: every circular shift is "
+                       r"already within 4 px; use `max_shift` 4 or less\.$"):
         circular.check_max_shift(5, (8, 6))
     get_shift_mode("crop").check_max_shift(50, (8, 6))  # a crop never wraps: no such limit
 
@@ -237,10 +237,10 @@ def test_the_count_checked_before_building_a_set_is_the_size_of_the_set(mode, si
 
 def test_window_edges_and_messages():
     assert len(ShiftSet.window((8, 8), 0)) == 1 and len(ShiftSet.window((8, 8), 0, 2)) == 1  # no shift: any step
-    with pytest.raises(UsageError, match=r"^--max-shift must be >= 0, got -1\.$"):
+    with pytest.raises(UsageError, match=r"^`max_shift` must be >= 0, got -1\.$"):
         ShiftSet.window((8, 8), -1)
-    with pytest.raises(UsageError, match=r"^--shift-step must be a finite number, got nan\.$"):
+    with pytest.raises(UsageError, match=r"^`shift_step` must be a finite number, got nan\.$"):
         ShiftSet.window((8, 8), 2, float("nan"))
     assert len(ShiftSet.window((8, 8), 2, 2)) == 9  # a step equal to the max shift: -2, 0, 2
-    with pytest.raises(UsageError, match=r"^--shift-step 2 is larger than --max-shift 1: only the zero shift would remain\.$"):
+    with pytest.raises(UsageError, match=r"^`shift_step` 2 is larger than `max_shift` 1: only the zero shift would remain\.$"):
         ShiftSet.window((8, 8), 1, 2)

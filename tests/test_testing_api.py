@@ -187,7 +187,7 @@ def test_a_list_of_thresholds_is_the_gate_own_form(small):
         ({"min_adv_accuracy": {3: 0.5}}, {}, UsageError,
          "--min-adv-accuracy 3=0.5 asks for radius 3 but the shift set only reaches 2; raise --max-shift."),
         ({"min_consistency": 0.9}, {"decision_error": 0.9}, UsageError,
-         "--decision-error takes a probability in (0, 0.5], e.g. 0.01; got 0.9."),
+         "`decision_error` takes a probability in (0, 0.5], e.g. 0.01; got 0.9."),
     ],
 )
 def test_bad_thresholds_and_settings_raise_the_library_errors_before_any_work(small, tmp_path, thresholds, settings, error,

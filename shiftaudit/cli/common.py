@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.segment import Segment
 from rich.text import Text
 
+from shiftaudit.cli.flags import as_flags
 from shiftaudit.errors import (
     AuditInterrupted,
     ShiftAuditError,
@@ -145,7 +146,7 @@ def handle_errors(fn: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except ShiftAuditError as exc:
-            say_error(str(exc))
+            say_error(as_flags(str(exc)))  # the library names parameters, the command line its flags
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:  # standard output's reader went away while it carried this command's output (--json -)
             quiet_stream(sys.stdout)  # every file output was already written: stdout comes last

@@ -6,15 +6,25 @@ from typing import Annotated, Any
 
 import typer
 
+from shiftaudit.antialias import PatchConfig
+from shiftaudit.antialias.workflow import patch_and_evaluate
 from shiftaudit.cli import app
 from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
 from shiftaudit.cli.options import DeviceOpt, JsonOpt, OutOpt, QuietOpt
+from shiftaudit.cli.progress import RichProgress
 from shiftaudit.cli.running import report_result
+from shiftaudit.engine.config import AuditConfig
+from shiftaudit.engine.plan import plan_audit
+from shiftaudit.engine.runner import run_plan
+from shiftaudit.report.outputs import report_files
+from shiftaudit.report.terminal import comparison_table, describe_shifts
 from shiftaudit.result import AuditResult
+
+DESCRIPTION = "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
 
 
 def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:
-    import torch
+    import torch  # the data and loading packages import torchvision: loaded when the demo runs, not when the CLI starts
 
     from shiftaudit.data import load_data
     from shiftaudit.data.synthetic import make_synthetic
@@ -64,7 +74,7 @@ def demo_command(
         typer.Option(
             "--patch",
             help="Also anti-alias the demo model with this filter (e.g. tri3), re-estimate its BatchNorm statistics on other "
-                 "synthetic images, and compare.",
+            "synthetic images, and compare.",
         ),
     ] = None,
     compare_antialiased: Annotated[
@@ -72,7 +82,7 @@ def demo_command(
         typer.Option(
             "--compare-antialiased",
             help="Also audit the shipped demo model trained WITH blur-before-subsampling (same data, seed and schedule) and "
-                 "compare it with the baseline (and with --patch, if given).",
+            "compare it with the baseline (and with --patch, if given).",
         ),
     ] = False,
     device: DeviceOpt = "auto",
@@ -82,12 +92,8 @@ def demo_command(
 ) -> None:
     """Audit the built-in demo model (a small circularly padded CNN trained without shift augmentation) on built-in
     synthetic images, at every circular shift."""
-    from shiftaudit.antialias import PatchConfig
-    from shiftaudit.cli.progress import RichProgress
-    from shiftaudit.engine.runner import audit
     from shiftaudit.loading import load_model
     from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
-    from shiftaudit.report.outputs import report_files
 
     # everything that can be refused is refused before the first audit, and the outputs are written once every
     # audit is done: a run writes all its outputs or none
@@ -96,36 +102,25 @@ def demo_command(
     json_to_stdout(json_out)
     loaded = load_model(demo_checkpoint_path())
     dataset = demo_dataset(images, loaded.preprocessing)
-    result = audit(loaded, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
-    result.model["description"] = (
-        "built-in demo CNN (VGG-style, circular padding, max-pooling, trained without shift augmentation)"
-    )
-    result.model["source"] = "built-in demo.safetensors"
-    columns: list[tuple[str, AuditResult]] = [("Baseline", result)]
-    if config is not None:
-        import dataclasses
-
-        from shiftaudit.antialias import patch_model, recalibrate_batchnorm
-
-        patched = patch_model(loaded.model, config)
+    settings, progress = AuditConfig(max_shift=max_shift, device=device), RichProgress(enabled=not quiet)
+    columns: list[tuple[str, AuditResult]] = []
+    if config is None:
+        result = run_plan(plan_audit(settings, loaded, dataset), progress)
+    else:  # the baseline audit is the patch workflow's "before"
         calibration = demo_dataset(512, loaded.preprocessing, seed=DEMO_TRAIN_SEED)
-        recalibrate_batchnorm(patched.model, calibration, num_images=512)
-        after = audit(
-            dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec),
-            dataset,
-            max_shift=max_shift,
-            device=device,
-            progress=RichProgress(enabled=not quiet),
+        report = patch_and_evaluate(
+            loaded, config, data=dataset, settings=settings, calibration=calibration, control=False, progress=progress
         )
-        f = patched.config.filter
-        columns.append(
-            (f"Patched post hoc ({f}, new BN stats)" if compare_antialiased else f"Patched ({f}, BN re-estimated)", after)
-        )
+        assert report.comparison is not None
+        result, f = report.comparison.before, report.patch.config.filter
+        name = f"Patched post hoc ({f}, new BN stats)" if compare_antialiased else f"Patched ({f}, BN re-estimated)"
+        columns.append((name, report.comparison.after))
+    result.model.update(description=DESCRIPTION, source="built-in demo.safetensors")
+    columns.insert(0, ("Baseline", result))
     if compare_antialiased:
         trained = load_model(demo_aa_checkpoint_path())
         aa_filter = (trained.patch_spec or {}).get("filter", "blur")
-        aa_result = audit(trained, dataset, max_shift=max_shift, device=device, progress=RichProgress(enabled=not quiet))
-        columns.append((f"Trained with blur ({aa_filter})", aa_result))
+        columns.append((f"Trained with blur ({aa_filter})", run_plan(plan_audit(settings, trained, dataset), progress)))
     code = report_result(result, json_out=json_out, out=out, quiet=quiet, dataset=dataset)
     if not quiet:
         console.print()
@@ -133,8 +128,6 @@ def demo_command(
             console.print(line, soft_wrap=False)
         console.print()
     if len(columns) > 1:
-        from shiftaudit.report.terminal import comparison_table, describe_shifts
-
         console.print(
             comparison_table(
                 columns, title=f"Before / after: {result.data.get('description')}; {describe_shifts(result)}", width=console.width

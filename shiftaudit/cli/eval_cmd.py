@@ -44,9 +44,14 @@ from shiftaudit.cli.options import (
     TrustPickleOpt,
     WorkersOpt,
 )
-from shiftaudit.cli.running import plan_eval, report_result, run_eval, show_plan
+from shiftaudit.cli.progress import RichProgress
+from shiftaudit.cli.running import report_result, show_plan
+from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.distributed import finish as finish_distributed
 from shiftaudit.engine.distributed import is_main_process
+from shiftaudit.engine.plan import plan_audit
+from shiftaudit.engine.resume import check_resume_path
+from shiftaudit.engine.runner import run_plan
 from shiftaudit.errors import UsageError
 from shiftaudit.gating import build_thresholds
 from shiftaudit.report.outputs import report_files
@@ -179,21 +184,7 @@ def eval_command(
     143 terminated (SIGTERM); with --resume both save the progress.
     """
     thresholds = build_thresholds(min_consistency, min_accuracy, max_variation, min_adv_accuracy)
-    if junit is not None and not thresholds:
-        raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
-    if data is None:
-        raise UsageError(
-            "eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no "
-            "files."
-        )
-    check_outputs(
-        {"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, report_files())}, inputs=[model, data]
-    )
-    json_to_stdout(json_out)
-    if resume is not None:
-        from shiftaudit.engine.resume import check_resume_path
-
-        check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
+    data = _check_flags(model, data, thresholds, json_out=json_out, out=out, junit=junit, resume=resume, quiet=quiet)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
     dataset = load_dataset_from_cli(
         loaded,
@@ -214,31 +205,30 @@ def eval_command(
         image_column=image_column,
         label_column=label_column,
     )
-    if resume is not None and resume.exists() and not quiet:
-        console.print(text(f"resuming the audit saved in {resume}", style="dim"))
-    settings: dict[str, Any] = dict(
-        thresholds=thresholds,
+    config = AuditConfig(
         max_shift=max_shift,
         shift_step=shift_step,
         mode=mode.value,
+        shift_mode=shift_mode.value,
         pairs=pairs,
         seed=seed,
         device=device,
         precision=precision.value,
         batch_size=batch_size,
-        workers=workers,
+        num_workers=workers,
         layers=layers,
         polyphase=False if no_polyphase else None,
-        compile_model=compile_model,
+        compile=compile_model,
         resume=resume,
-        shift_mode=shift_mode.value,
-        sequential=bool(thresholds) and not exact and out is None and layers is None and resume is None,
+        thresholds=thresholds,
+        sequential=False if exact or out is not None else None,  # None: the plan decides (a gate-only run: sequential)
         decision_error=decision_error,
     )
+    prepared = plan_audit(config, loaded, dataset)
     if dry_run:
-        show_plan(plan_eval(loaded, dataset, **settings).plan, json_out, data_notes=list(dataset.notes))
+        show_plan(prepared.plan, json_out, data_notes=list(dataset.notes))
         raise typer.Exit(0)
-    result = run_eval(loaded, dataset, quiet=quiet or not is_main_process(), **settings)
+    result = run_plan(prepared, RichProgress(enabled=not quiet and is_main_process()))
     if not is_main_process():  # under torchrun every rank holds the merged result; rank 0 alone reports
         finish_distributed()
         raise typer.Exit(0)
@@ -247,3 +237,33 @@ def eval_command(
         resume.unlink(missing_ok=True)  # the report is written: nothing left to resume
     finish_distributed()
     raise typer.Exit(code)
+
+
+def _check_flags(
+    model: Path,
+    data: Path | None,
+    thresholds: list[Any],
+    *,
+    json_out: Path | None,
+    out: Path | None,
+    junit: Path | None,
+    resume: Path | None,
+    quiet: bool,
+) -> Path:
+    """Flags that need one another, and every output, checked before the model is loaded; returns --data."""
+    if junit is not None and not thresholds:
+        raise UsageError("--junit writes one testcase per gate threshold; add at least one, e.g. --min-consistency 0.9.")
+    if data is None:
+        raise UsageError(
+            "eval needs --data (an image folder, a CIFAR-10 folder or a tensor file); try `shiftaudit demo` for a run with no "
+            "files."
+        )
+    check_outputs(
+        {"--json": json_out, "--junit": junit, "--resume": resume}, {"--out": (out, report_files())}, inputs=[model, data]
+    )
+    json_to_stdout(json_out)
+    if resume is not None:
+        check_resume_path(resume)  # a folder or a pipe is refused before the model is loaded
+        if resume.exists() and not quiet:
+            console.print(text(f"resuming the audit saved in {resume}", style="dim"))
+    return data

@@ -1,4 +1,4 @@
-"""Running an audit and reporting it, as ``eval``, ``patch --eval`` and ``demo`` all do."""
+"""Reporting an audit, as ``eval`` and ``demo`` do: the tables, the outputs, the gate's verdict; ``eval --dry-run``'s plan."""
 
 from __future__ import annotations
 
@@ -6,63 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from shiftaudit.cli.common import console, err_console, say_stale
-from shiftaudit.cli.progress import RichProgress
-from shiftaudit.engine.config import AuditConfig
-from shiftaudit.engine.plan import PreparedAudit, plan_audit
-from shiftaudit.engine.runner import run_plan
 from shiftaudit.report.outputs import write_report_dir
 from shiftaudit.report.terminal import audit_table, describe_preprocessing, describe_run, layers_table, sig, text
-
-
-def plan_eval(
-    loaded: Any,
-    dataset: Any,
-    *,
-    thresholds: list[Any],
-    max_shift: int | None,
-    shift_step: int | float | None,
-    mode: str,
-    pairs: int,
-    seed: int,
-    device: str,
-    precision: str,
-    batch_size: int | None,
-    workers: int | None,
-    layers: str | None = None,
-    polyphase: bool | None = None,
-    compile_model: bool = False,
-    resume: Path | None = None,
-    shift_mode: str = "circular",
-    sequential: bool = False,
-    decision_error: float = 0.01,
-) -> PreparedAudit:
-    """The flags as an AuditConfig, planned: every check (the gate's thresholds against the shift set included) is
-    done before any image goes through the model."""
-    config = AuditConfig(
-        max_shift=max_shift,
-        shift_step=shift_step,
-        mode=mode,
-        shift_mode=shift_mode,
-        pairs=pairs,
-        seed=seed,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        num_workers=workers,
-        layers=layers,
-        polyphase=polyphase,
-        compile=compile_model,
-        resume=resume,
-        thresholds=tuple(thresholds),
-        sequential=sequential,
-        decision_error=decision_error,
-    )
-    return plan_audit(config, loaded, dataset)
-
-
-def run_eval(loaded: Any, dataset: Any, *, quiet: bool, **settings: Any) -> Any:
-    """Plan and run the audit with a progress bar; the gate verdict, if thresholds were given, is in ``result.gate``."""
-    return run_plan(plan_eval(loaded, dataset, **settings), RichProgress(enabled=not quiet))
 
 
 def write_outputs(

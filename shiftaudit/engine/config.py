@@ -27,10 +27,11 @@ class AuditConfig:
     ``metrics``: accumulators to run instead of the default ones; ``observers``: extra watchers of the forward
     passes (e.g. per-layer distances); ``thresholds``: gate thresholds (:mod:`shiftaudit.gating`), the mapping or
     list :func:`shiftaudit.gate` takes, checked against the plan before any work and judged on the result.
-    ``sequential``: decide the thresholds from random draws, stopping
-    as soon as each is clearly met or missed (:mod:`shiftaudit.engine.sequential`); ``decision_error`` bounds the chance
-    that the verdict differs from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's
-    forward passes spent before the exhaustive audit decides instead.
+    ``sequential``: decide the thresholds from random draws, stopping as soon as each is clearly met or missed
+    (:mod:`shiftaudit.engine.sequential`); ``None``: the plan decides, and does so when a verdict is all the audit
+    gives (thresholds, no ``layers``, no ``resume``). ``decision_error`` bounds the chance that the verdict differs
+    from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's forward passes spent
+    before the exhaustive audit decides instead.
     """
 
     shifts: Any = None  # a ShiftSet, or None for the default set of the image size
@@ -54,7 +55,7 @@ class AuditConfig:
     pack_rows: bool | None = None  # dense rows share device batches across image batches; None: on CUDA only
     resume: str | Path | None = None
     thresholds: Any = ()  # a mapping or Threshold list when given; a tuple of Threshold once built
-    sequential: bool = False
+    sequential: bool | None = False
     decision_error: float = 0.01
     sequential_budget: float = 0.5
 
@@ -68,12 +69,12 @@ class AuditConfig:
     def check(self) -> None:
         """Refuse settings that are wrong whatever the model and data."""
         if self.precision not in PRECISIONS:
-            raise UsageError(f"Unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}.")
+            raise UsageError(f"Unknown `precision` {self.precision!r}; use one of {', '.join(PRECISIONS)}.")
         if self.pairs < 1:
-            raise UsageError(f"--pairs must be at least 1, got {self.pairs}.")
-        check_range(self.pairs, "--pairs", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
+            raise UsageError(f"`pairs` must be at least 1, got {self.pairs}.")
+        check_range(self.pairs, "`pairs`", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")
         if not 0.0 < self.decision_error <= 0.5:
-            raise UsageError(f"--decision-error takes a probability in (0, 0.5], e.g. 0.01; got {self.decision_error:g}.")
+            raise UsageError(f"`decision_error` takes a probability in (0, 0.5], e.g. 0.01; got {self.decision_error:g}.")
         if not 0.0 < self.sequential_budget <= 1.0:
             raise UsageError(
                 f"The sequential budget is a fraction of the exhaustive audit in (0, 1]; got {self.sequential_budget:g}."
@@ -90,7 +91,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise UsageError(f"Unknown device {device!r}; use auto, cpu or cuda[:N].") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+        raise UsageError("`device` cuda was asked for but no CUDA GPU is available; use `device` cpu or auto.")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"Device {device!r} is not supported; use auto, cpu or cuda[:N].")
     return dev

@@ -122,8 +122,8 @@ def plan_shifts(
     """The shift set for ``size`` (the model input size) and whether every shift of it will be evaluated (exhaustive
     mode). ``shift_mode``: circular, crop or subpixel (:mod:`shiftaudit.shifts.modes`)."""
     if mode not in MODES:
-        raise UsageError(f"Unknown --mode {mode!r}; use auto, exhaustive or sampled.")
-    kind = get_shift_mode(shift_mode, "--shift-mode")
+        raise UsageError(f"Unknown `mode` {mode!r}; use auto, exhaustive or sampled.")
+    kind = get_shift_mode(shift_mode, "`shift_mode`")
     if shifts is None:
         if max_shift is not None:
             kind.check_max_shift(max_shift, size)
@@ -155,8 +155,8 @@ def check_batch_bytes(batch: int, channels: int, size: tuple[int, int]) -> None:
     need = batch * channels * size[0] * size[1] * 4.0
     if need > MAX_BATCH_BYTES:
         raise UsageError(
-            f"--batch-size {batch} at {channels}x{size[0]}x{size[1]} needs {gib(need)} of input per forward pass, more "
-            f"than the {gib(MAX_BATCH_BYTES)} allowed; use a smaller --batch-size."
+            f"`batch_size` {batch} at {channels}x{size[0]}x{size[1]} needs {gib(need)} of input per forward pass, more "
+            f"than the {gib(MAX_BATCH_BYTES)} allowed; use a smaller `batch_size`."
         )
 
 
@@ -202,7 +202,7 @@ def resolve_data(data: Any, preprocessing: Any, config: AuditConfig) -> Any:
         if is_path and preprocessing is None:
             raise UsageError("Pass the data through shiftaudit.load_data(path, preprocessing=...) to say how to preprocess it.")
         if is_path:
-            mode = get_shift_mode(config.shift_mode, "--shift-mode")
+            mode = get_shift_mode(config.shift_mode, "`shift_mode`")
             margin = mode.canvas_margin(config.shifts, config.max_shift, preprocessing.size)
             data = load_data(data, preprocessing=preprocessing, canvas_margin=margin)
         else:  # tensors or a dataset in memory: taken as already preprocessed
@@ -218,7 +218,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
     config.check()
     dev = resolve_device(config.device)
     if config.precision == "fp16" and dev.type == "cpu":
-        raise UsageError("--precision fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
+        raise UsageError("`precision` fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
     dataset = resolve_data(data, preprocessing, config)
     notes: list[str] = []
     shifts, exhaustive, size, margin = _plan_geometry(config, dataset, notes)
@@ -236,7 +236,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
     if dist is not None:
         dev = dist.device
         if observers:
-            raise UsageError("Per-layer distances are not supported under torchrun yet; run --layers in one process.")
+            raise UsageError("Per-layer distances are not supported under torchrun yet; run `layers` in one process.")
     use_cl = config.channels_last if config.channels_last is not None else dev.type == "cuda"
     model = model.eval().to(dev)
     if use_cl:
@@ -292,7 +292,7 @@ def _plan_geometry(config: AuditConfig, dataset: Any, notes: list[str]) -> tuple
     )
     if not get_shift_mode(config.shift_mode).rolls and (config.layers or config.observers):
         raise UsageError(
-            "Per-layer distances compare circularly shifted feature maps; --layers needs --shift-mode circular, not "
+            "Per-layer distances compare circularly shifted feature maps; `layers` needs `shift_mode` circular, not "
             f"{config.shift_mode}."
         )
     if config.mode == "auto" and not exhaustive:
@@ -318,7 +318,7 @@ def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaust
         if m.needs_labels and not labelled:
             raise UsageError(f"Metric {m.name} needs labelled data.")
         if m.needs_all_shifts and not exhaustive:
-            raise UsageError(f"Metric {m.name} needs every shift evaluated (--mode exhaustive).")
+            raise UsageError(f"Metric {m.name} needs every shift evaluated (`mode` exhaustive).")
     return metrics
 
 
@@ -336,8 +336,13 @@ SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audi
 def _plan_sequential(
     config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, exhaustive_rows: int, notes: list[str]
 ) -> bool:
-    """Whether the sequential gate runs first; when it was asked for and cannot, a note says why."""
-    if not config.sequential:
+    """Whether the sequential gate runs first; when it was asked for and cannot, a note says why. Left to the plan
+    (``sequential=None``), it is asked for when a verdict is all the audit gives: thresholds, and neither per-layer
+    distances nor a resume file, which need the full audit."""
+    asked = config.sequential
+    if asked is None:
+        asked = bool(config.thresholds) and config.layers is None and config.resume is None
+    if not asked:
         return False
     from shiftaudit.engine.sequential import sequential_blocker
 
@@ -359,7 +364,7 @@ def _plan_observers(
     flat = getattr(model, "flat_graph", None)
     if config.layers and flat:
         raise UsageError(
-            f"Per-layer feature distances hook PyTorch modules, and the model is {flat}; run --layers on its weights "
+            f"Per-layer feature distances hook PyTorch modules, and the model is {flat}; run `layers` on its weights "
             "(state dict or safetensors)."
         )
     if config.layers:
@@ -367,7 +372,7 @@ def _plan_observers(
 
         if not exhaustive:
             raise UsageError(
-                "Per-layer distances need every shift of the set evaluated: use --mode exhaustive or a smaller shift set."
+                "Per-layer distances need every shift of the set evaluated: use `mode` exhaustive or a smaller shift set."
             )
         layers = config.layers if isinstance(config.layers, str) else list(config.layers)
         observers.append(FeatureDistance(select_layers(model, layers, size, getattr(dataset, "channels", 3)), shifts))

@@ -69,9 +69,9 @@ class ShiftMode:
 
     def check_step(self, step: int | float) -> int | float:
         if float(step) != int(step):
-            raise UsageError(f"A fractional --shift-step ({float(step):g}) needs --shift-mode subpixel.")
+            raise UsageError(f"A fractional `shift_step` ({float(step):g}) needs `shift_mode` subpixel.")
         if int(step) < 1:
-            raise UsageError(f"--shift-step must be >= 1, got {int(step)}.")
+            raise UsageError(f"`shift_step` must be >= 1, got {int(step)}.")
         return int(step)
 
     def axis_offsets(self, max_shift: int, step: int | float) -> np.ndarray:
@@ -102,8 +102,8 @@ class ShiftMode:
         half = max(size) // 2
         if self.wraps and max_shift > half:
             raise UsageError(
-                f"--max-shift {max_shift} is more than half the {size[0]}x{size[1]} input: every circular shift is "
-                f"already within {half} px; use --max-shift {half} or less."
+                f"`max_shift` {max_shift} is more than half the {size[0]}x{size[1]} input: every circular shift is "
+                f"already within {half} px; use `max_shift` {half} or less."
             )
 
     def default_set(self, size: tuple[int, int], max_shift: int | None, step: int | float | None) -> ShiftSet:

@@ -82,14 +82,14 @@ class ShiftSet:
         m = shift_mode(mode)
         h, w = int(size[0]), int(size[1])
         if max_shift < 0:
-            raise UsageError(f"--max-shift must be >= 0, got {max_shift}.")
+            raise UsageError(f"`max_shift` must be >= 0, got {max_shift}.")
         if not math.isfinite(float(step)):
-            raise UsageError(f"--shift-step must be a finite number, got {float(step):g}.")
+            raise UsageError(f"`shift_step` must be a finite number, got {float(step):g}.")
         step = m.check_step(step)
         if max_shift > 0 and step > max_shift:
-            raise UsageError(f"--shift-step {step:g} is larger than --max-shift {max_shift}: only the zero shift would remain.")
+            raise UsageError(f"`shift_step` {step:g} is larger than `max_shift` {max_shift}: only the zero shift would remain.")
         if m.wraps and max_shift > max(h, w):
-            raise UsageError(f"--max-shift {max_shift} exceeds the image size {h}x{w}.")
+            raise UsageError(f"`max_shift` {max_shift} exceeds the image size {h}x{w}.")
         _check_count(m.count(h, w, max_shift, step), max_shift, step)
         offs = m.axis_offsets(max_shift, step)
         hh = np.unique(m.canonical(offs, h))
@@ -182,8 +182,8 @@ def _check_count(count: int, max_shift: int, step: int | float) -> None:
     """Refuse, before any offset array is built, a set larger than :data:`~shiftaudit.limits.MAX_SHIFTS`."""
     if count > MAX_SHIFTS:
         raise UsageError(
-            f"--max-shift {max_shift} with --shift-step {step:g} gives about {count:,} shifts, more than the "
-            f"{MAX_SHIFTS:,} allowed; use a larger --shift-step or a smaller --max-shift."
+            f"`max_shift` {max_shift} with `shift_step` {step:g} gives about {count:,} shifts, more than the "
+            f"{MAX_SHIFTS:,} allowed; use a larger `shift_step` or a smaller `max_shift`."
         )
 
 

@@ -51,14 +51,14 @@ __all__ = [
 
 
 def check_shift_mode(mode: str) -> str:
-    return get_shift_mode(mode, "--shift-mode").name
+    return get_shift_mode(mode, "`shift_mode`").name
 
 
 def input_geometry(
     dataset: Any, shift_mode: str, shifts: ShiftSet | None = None, max_shift: int | None = None, notes: list[str] | None = None
 ) -> tuple[tuple[int, int], int]:
     """``(model input size, canvas margin)`` of a dataset audited in ``shift_mode`` (see each mode's ``geometry``)."""
-    return get_shift_mode(shift_mode, "--shift-mode").geometry(dataset, shifts, max_shift, notes)
+    return get_shift_mode(shift_mode, "`shift_mode`").geometry(dataset, shifts, max_shift, notes)
 
 
 def make_bank(x: torch.Tensor, shifts: ShiftSet) -> Bank:

@@ -76,8 +76,8 @@ def check_canvas(size: tuple[int, int], margin: int, channels: int = 3) -> None:
     ch, cw = int(size[0]) + 2 * int(margin), int(size[1]) + 2 * int(margin)
     if max(ch, cw) > MAX_SIDE:
         raise UsageError(
-            f"--max-shift {margin} in crop mode needs {ch}x{cw} canvases ({gib(ch * cw * channels * 4.0)} per image as "
-            f"float32), more than the {MAX_SIDE} px allowed per side; use --max-shift {max(0, (MAX_SIDE - max(size)) // 2)} "
+            f"`max_shift` {margin} in crop mode needs {ch}x{cw} canvases ({gib(ch * cw * channels * 4.0)} per image as "
+            f"float32), more than the {MAX_SIDE} px allowed per side; use `max_shift` {max(0, (MAX_SIDE - max(size)) // 2)} "
             "or less."
         )
 
@@ -123,7 +123,7 @@ def crop_geometry(
     inner = (size[0] - 2 * margin, size[1] - 2 * margin)
     if min(inner) < 1:
         raise DataError(
-            f"A crop margin of {margin} px leaves nothing of the {size[0]}x{size[1]} canvas; use a smaller --max-shift."
+            f"A crop margin of {margin} px leaves nothing of the {size[0]}x{size[1]} canvas; use a smaller `max_shift`."
         )
     if shifts is not None:
         reach = crop_margin("crop", shifts, None, inner)
@@ -133,7 +133,7 @@ def crop_geometry(
                 f"canvas_margin={reach}."
             )
     elif max_shift is not None and max_shift > margin:
-        raise UsageError(f"--max-shift {max_shift} is larger than the {margin} px margin of the crop canvas.")
+        raise UsageError(f"`max_shift` {max_shift} is larger than the {margin} px margin of the crop canvas.")
     return inner, int(margin)
 
 

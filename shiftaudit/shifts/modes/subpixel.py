@@ -24,7 +24,7 @@ class SubpixelShifts(ShiftMode):
     def check_step(self, step: int | float) -> float:
         step = float(step)
         if not step > 0:
-            raise UsageError(f"--shift-step must be > 0, got {step:g}.")
+            raise UsageError(f"`shift_step` must be > 0, got {step:g}.")
         return step
 
     def axis_offsets(self, max_shift: int, step: int | float) -> np.ndarray:
