@@ -71,6 +71,21 @@ def node_kind(path: PathLike, *, follow: bool = False) -> str | None:
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
+def first_repeat(paths: list[Path]) -> tuple[Path, Path] | None:
+    """The first two of ``paths`` that are one file (the same name twice, or a name and a link to it), or None.
+    Unreadable paths are skipped: opening them says why."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first is not path:
+            return first, path
+    return None
+
+
 class Refused(OSError):
     """A file that cannot be read as asked; the message follows its name: ``f"Report {path} {exc}."``."""
 

@@ -255,3 +255,15 @@ def test_a_saved_dataset_longer_than_its_buffers_is_refused_not_read_past_its_en
     assert code == 2, stderr
     assert_one_error_line(stderr, f"The saved dataset {saved} is damaged", "too small")
     assert startups < 4 and peak < 1 << 30, (startups, peak)  # time in start-ups of the CLI itself
+
+
+def test_a_parquet_folder_holding_a_file_and_a_link_to_it_is_refused(stores, tmp_path):
+    """Each row would be audited twice, and the twice-counted rows would narrow every interval as if they were new."""
+    import shutil
+
+    hub = tmp_path / "hub"
+    shutil.copytree(stores["parquet"], hub)
+    real = next(hub.rglob("*.parquet"))
+    (real.parent / "zz-copy.parquet").symlink_to(real.name)
+    assert_clean_error(cli("eval", DEMO, "--data", hub, *AUDIT), f"--data {hub} holds", real.name, "zz-copy.parquet",
+                       "one parquet file")

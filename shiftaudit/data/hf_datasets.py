@@ -24,6 +24,7 @@ from shiftaudit.data.classes import map_class_names
 from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.kinds import DataKind, Loaded, Request, Skipped
 from shiftaudit.errors import DataError, UsageError, first_line
+from shiftaudit.files import first_repeat
 from shiftaudit.limits import MAX_FILE_ROWS, MAX_IMAGE_BYTES, MAX_ROW_GROUP_BYTES, gib
 
 PARQUET_SUFFIX = ".parquet"
@@ -313,6 +314,12 @@ def _open_rows(path: Path, request: Request) -> tuple[RowSource, Any, str, str |
     datasets = _require_datasets()
     where = os.fspath(path)
     files = [] if path.is_dir() and is_saved_dataset(path) else parquet_files(path)
+    repeat = first_repeat(files)
+    if repeat is not None:  # a file and a link to it: every row would be audited twice and narrow the intervals
+        raise DataError(
+            f"--data {path} holds {repeat[0].name} and {repeat[1].name}, which are one parquet file; each image would be "
+            "audited twice and narrow the intervals as if it were a new one: keep one of them."
+        )
     if files:
         features, metas = _parquet_rows(files, where)
         image_col, label_col = pick_columns(features, request.image_column, request.label_column, where)

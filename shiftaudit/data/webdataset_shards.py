@@ -26,7 +26,7 @@ from shiftaudit.data.classes import ClassMap, map_class_names
 from shiftaudit.data.dataset import EncodedImageSource
 from shiftaudit.data.kinds import DataKind, Loaded, Request, Skipped
 from shiftaudit.errors import DataError, UsageError
-from shiftaudit.files import node_kind, reason
+from shiftaudit.files import first_repeat, node_kind, reason
 from shiftaudit.limits import MAX_IMAGE_BYTES, MAX_SHARD_SAMPLES, MAX_SHARDS, MAX_TAR_HEADER_BYTES, MAX_TAR_HEADER_CHAIN
 
 SHARD_SUFFIX = ".tar"
@@ -102,19 +102,14 @@ def shard_files(path: Path) -> list[Path]:
 def refuse_repeated_shards(names: list[Path], pattern: str) -> None:
     """Refuse a pattern that names one file twice (``{a,a}.tar``, or a name and a link to it): its images would be
     audited twice, and the twice-counted images would narrow every interval as if they were new ones."""
-    seen: dict[tuple[int, int], Path] = {}
-    for name in names:
-        try:
-            st = os.stat(name)
-        except OSError:
-            continue  # unreadable: said when the shard is opened
-        first = seen.setdefault((st.st_dev, st.st_ino), name)
-        if first is not name:
-            same = f"{name} twice" if os.fspath(first) == os.fspath(name) else f"{first} and {name}, which are one file"
-            raise DataError(
-                f"--data {pattern} names {same}; each image would be audited twice and narrow the intervals as if it "
-                "were a new one: name each shard once."
-            )
+    repeat = first_repeat(names)
+    if repeat is not None:
+        first, name = repeat
+        same = f"{name} twice" if os.fspath(first) == os.fspath(name) else f"{first} and {name}, which are one file"
+        raise DataError(
+            f"--data {pattern} names {same}; each image would be audited twice and narrow the intervals as if it "
+            "were a new one: name each shard once."
+        )
 
 
 def has_shards(folder: Path) -> bool:
