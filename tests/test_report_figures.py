@@ -204,3 +204,30 @@ def test_every_picture_says_shiftaudit_drew_it_and_nothing_else_passes_for_one(t
     os.mkfifo(tmp_path / "fifo.png")  # read without blocking, or the test would hang
     for name in ("plain.png", "other.png", "cut.png", "text.png", "link.png", "fifo.png", "missing.png"):
         assert not drawn_by_shiftaudit(tmp_path / name), name
+
+
+def test_names_are_drawn_as_written_never_parsed_as_tex_or_sent_raw(tmp_path, monkeypatch):
+    """Class, file and run names are the user's: a ``$`` is a dollar sign (``cat$x^{$`` was TeX to parse and failed
+    the whole report) and a control character is shown as its escape, as in every other output."""
+    nasty = "cat$x^{$\x1b"
+    shown: list[str] = []
+    save = figures._save
+
+    def collect(fig, path):
+        shown.extend(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", collect)
+    r = synthetic_result()
+    flips = r.metrics["flip_examples"]
+    r.metrics["flip_examples"] = replace(flips, examples=[replace(ex, path=f"/data/{nasty}.png") for ex in flips.examples])
+    images = _Images()
+    images.classes = [nasty, "bar", "dot"]
+    runs = [(nasty, r), ("patched", synthetic_result(shift=-0.05))]
+    assert figures.plot_flip_examples(r, tmp_path / "f.png", dataset=images) is not None
+    assert figures.plot_adversarial_curve(runs, tmp_path / "a.png") is not None
+    text = "\n".join(shown)
+    assert "cat$x^{$\\x1b.png" in text and "cat$x^{$\\x1b" in text.replace(".png", ""), text
+    assert "\x1b" not in text
+    assert_real_png(tmp_path / "f.png")
+    assert_real_png(tmp_path / "a.png")

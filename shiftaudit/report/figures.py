@@ -18,8 +18,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from shiftaudit.errors import one_line
 from shiftaudit.files import atomic_path
-from shiftaudit.report.plotting import PNG_METADATA, plt
+from shiftaudit.report.plotting import PNG_METADATA, plain_text, plt
 from shiftaudit.result import AuditResult
 
 DPI = 100
@@ -36,13 +37,13 @@ Runs = AuditResult | Sequence[tuple[str, AuditResult]]
 def _runs(runs: Runs) -> list[tuple[str, AuditResult]]:
     if isinstance(runs, AuditResult):
         return [(_short_name(runs), runs)]
-    return list(runs)
+    return [(one_line(name), result) for name, result in runs]  # a run's name is the user's: shown, never obeyed
 
 
 def _short_name(result: AuditResult) -> str:
     m = result.model
     name = m.get("arch") or m.get("description") or "model"
-    return str(name).rsplit(":", 1)[-1]
+    return one_line(str(name).rsplit(":", 1)[-1])
 
 
 def _figure(size: tuple[float, float], ncols: int = 1, nrows: int = 1, **kw: Any) -> tuple[Figure, np.ndarray]:
@@ -65,6 +66,7 @@ def figure_pixels(size: tuple[float, float]) -> tuple[int, int]:
 
 
 # -- Fig. 9: accuracy against a max-shift adversary ------------------------------------------------------------------
+@plain_text
 def plot_adversarial_curve(runs: Runs, path: str | Path, title: str | None = None) -> Path | None:
     """Accuracy when an adversary may shift each image by up to r px, with the 95 % band; one line per run."""
     runs = [(name, r) for name, r in _runs(runs) if r.metrics.get("adversarial")]
@@ -104,6 +106,7 @@ def plot_adversarial_curve(runs: Runs, path: str | Path, title: str | None = Non
 
 
 # -- Fig. 6: per-image classification variation on a log axis --------------------------------------------------------
+@plain_text
 def plot_variation_distribution(runs: Runs, path: str | Path, title: str | None = None) -> Path | None:
     """Histogram over images of the std of P(correct class) across shifts, on log-spaced bins; one line per run."""
     series = []
@@ -155,6 +158,7 @@ def _extent(dh: list[int], dw: list[int]) -> tuple[float, float, float, float]:
     return (dw[0] - sw, dw[-1] + sw, dh[-1] + sh, dh[0] - sh)
 
 
+@plain_text
 def plot_accuracy_map(runs: Runs, path: str | Path, title: str | None = None) -> Path | None:
     """Left: accuracy at each (dh, dw) of the first run, zero shift at the centre. Right: the diagonal dh = dw, per run."""
     runs = [(name, r) for name, r in _runs(runs) if r.metrics.get("accuracy_map")]
@@ -209,7 +213,7 @@ def _display_image(dataset: Any, image_id: int) -> np.ndarray | None:
 def _class_name(dataset: Any, index: int) -> str:
     classes = getattr(dataset, "classes", None) if dataset is not None else None
     if classes and 0 <= index < len(classes):
-        return str(classes[index])
+        return one_line(str(classes[index]))
     return f"class {index}"
 
 
@@ -218,6 +222,7 @@ def flip_examples_size(n_examples: int, with_images: bool) -> tuple[float, float
     return ((10.0 if with_images else 6.4), FLIP_ROW_HEIGHT * n_examples + 0.4)
 
 
+@plain_text
 def plot_flip_examples(result: AuditResult, path: str | Path, dataset: Any = None, limit: int = 4) -> Path | None:
     """Per example: the image and the shifted copy that is misclassified (when ``dataset`` is given), P(correct) over
     (dh, dw) with the breaking shift marked, and P(correct) along the horizontal and diagonal shifts."""
@@ -278,12 +283,13 @@ def _image_name(ex: dict[str, Any]) -> str:
     """The example's file name when the data are files (so the photo can be found), else its index."""
     path = ex.get("path")
     if path:
-        name = str(path).rsplit("/", 1)[-1]
+        name = one_line(str(path).rsplit("/", 1)[-1])
         return name if len(name) <= 40 else name[:18] + "..." + name[-19:]
     return f"image {ex['image_id']}"
 
 
 # -- per-image consistency: how often the prediction survives a shift, image by image ------------------------------
+@plain_text
 def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None = None) -> Path | None:
     """Histogram over images of per-image consistency (exact: share of shift pairs with the same prediction; else the
     sampled agreement); needs no labels."""

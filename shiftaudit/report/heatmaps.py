@@ -13,14 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from shiftaudit.errors import one_line
 from shiftaudit.metrics.layers import colour_scale
-from shiftaudit.report.plotting import plt, save_png
+from shiftaudit.report.plotting import plain_text, plt, save_png
 
 
 def _grid(layer: dict[str, Any], kind: str) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in layer[kind]["map"]], dtype=float)
 
 
+@plain_text
 def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "equivariance", title: str | None = None) -> Path:
     entries = layers["layers"]
     dh, dw = layers["dh"], layers["dw"]
@@ -38,7 +40,8 @@ def plot_layer_heatmaps(layers: dict[str, Any], path: str | Path, kind: str = "e
         rel = _grid(layer, kind) / scale
         image = ax.imshow(rel, cmap=cmap, vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest")
         h, w = layer["resolution"]
-        ax.set_title(f"{layer['name']} [{h}x{w}]" if h != w else f"{layer['name']} [{h}]", fontsize=7)
+        name = one_line(layer["name"])
+        ax.set_title(f"{name} [{h}x{w}]" if h != w else f"{name} [{h}]", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[n:]:
