@@ -58,18 +58,6 @@ class Member:
     flags: int
 
 
-def _u16(buf: memoryview, at: int) -> int:
-    return int(struct.unpack_from("<H", buf, at)[0])
-
-
-def _u32(buf: memoryview, at: int) -> int:
-    return int(struct.unpack_from("<I", buf, at)[0])
-
-
-def _u64(buf: memoryview, at: int) -> int:
-    return int(struct.unpack_from("<Q", buf, at)[0])
-
-
 def _extra_blocks(extra: bytes, where: str) -> dict[int, bytes]:
     """The extra field's (id -> data) blocks; they must tile the field exactly and no id may repeat."""
     blocks: dict[int, bytes] = {}

@@ -51,14 +51,6 @@ NOT_OURS = "compare reads reports written by `shiftaudit eval --json` or `shifta
 PATCH_RUNS = (("before", "baseline"), ("baseline_recalibrated", "baseline recalibrated"), ("after", "patched"))
 
 
-def load_report(path: Path) -> AuditResult:
-    """Read one audit report (see :func:`load_runs`)."""
-    runs = load_runs(path)
-    if len(runs) != 1:
-        raise UsageError(f"{path} is a patch report with several runs; read it with load_runs.")
-    return runs[0][1]
-
-
 def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
     """The runs of one file: an audit report gives one (suffix None); a ``patch --eval --json`` report gives its
     baseline, the baseline recalibrated (when there is one) and the patched model, each with its suffix.

@@ -26,10 +26,6 @@ class DistContext:
     world: int
     device: torch.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 def env_world_size() -> int:
     try:

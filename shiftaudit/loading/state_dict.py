@@ -24,10 +24,6 @@ NBT = "num_batches_tracked"
 StateDict = dict[str, torch.Tensor]
 
 
-def _is_tensor_map(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def extract_state_dict(obj: Any, source: str, notes: list[str], _depth: int = 0) -> StateDict | nn.Module:
     """The weights inside a loaded checkpoint object: a flat tensor dict, or a whole module (pickles only)."""
     if isinstance(obj, nn.Module):

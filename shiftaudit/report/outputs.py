@@ -74,7 +74,6 @@ register_picture("flips.png", lambda r, p, d: _figures().plot_flip_examples(r, p
 register_picture("consistency.png",  # without labels: the picture that needs none
                  lambda r, p, d: None if r.data.get("labelled", True) else _figures().plot_consistency_histogram(r, p))
 register_picture("layers.png", _layers)
-REPORT_FILES = report_files()  # the built-in set, for callers that check outputs before any plug-in registers
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
