@@ -8,7 +8,7 @@ ends in one sentence instead of an out-of-memory kill, a hang or a traceback.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TypeGuard
 
 from shiftaudit.errors import UsageError
 
@@ -38,7 +38,7 @@ def max_workers() -> int:
     return max(64, 4 * (os.cpu_count() or 1))
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """A real integer: JSON ``true`` is a bool, ``0.9`` and ``1e20`` are floats; none of them is a class index."""
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -100,17 +100,9 @@ def heldout_split(n: int, seed: int, fraction: float = 0.2, most: int = 512) -> 
     return sorted(perm[k:]), sorted(perm[:k])
 
 
-def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | None = 300, seconds: float | None = None,
-            seed: int = 0, temperature: float = 4.0, lr: float = 1e-3, batch_size: int = 32, max_shift: int | None = None,
-            bn: str = "frozen", heldout_fraction: float = 0.2, device: str | torch.device = "cpu",
-            progress: Any = None) -> DistillResult:
-    """Fine-tune ``student`` (in place) to match ``teacher`` on the images of ``data`` (an
-    :class:`~shiftaudit.data.AuditDataset` or any sequence of ``(image, label)``; labels are ignored).
 
-    Stops after ``steps`` optimiser steps or ``seconds`` of training, whichever comes first (at least one must be
-    given). ``max_shift``: the student's random circular shifts are drawn from ``[-max_shift, max_shift]^2`` (all
-    offsets when None). ``progress``: an object with ``start(total, description)``, ``advance(n)``, ``stop()``
-    (counts images). Returns a :class:`DistillResult`; the student is left in eval mode."""
+def _check_settings(steps: int | None, seconds: float | None, bn: str, temperature: float, lr: float, batch_size: int) -> None:
+    """Refuse a budget or setting that cannot train, before any image is read."""
     if steps is None and seconds is None:
         raise UsageError("Distillation needs a budget: a number of steps, a number of seconds, or both.")
     if steps is not None and steps < 1:
@@ -121,32 +113,27 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | N
         raise UsageError(f"bn must be 'frozen' or 'train', got {bn!r}.")
     if temperature <= 0 or lr <= 0 or batch_size < 1:
         raise UsageError("Distillation needs a positive temperature, learning rate and batch size.")
-    device = torch.device(device)
+
+
+def _readable_split(data: Any, seed: int, heldout_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and held-out images, preprocessed once and kept (a few hundred small images); unreadable ones
+    (NaN) are dropped."""
     train_idx, held_idx = heldout_split(len(data), seed, heldout_fraction)
-    # images are preprocessed once and kept (a few hundred small images); unreadable ones (NaN) are dropped
     train = _images(data, train_idx)
     held = _images(data, held_idx)
     train = train[~torch.isnan(train).flatten(1).any(1)]
     held = held[~torch.isnan(held).flatten(1).any(1)]
     if train.shape[0] == 0 or held.shape[0] == 0:
         raise UsageError("No readable images to distill on.")
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = student.to(device)
-    dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    eval_seed = seed + 1  # the same held-out shifts before and after
-    student.eval()
-    before = _agreement(teacher, student, held, batch_size=batch_size, device=device, dtype=dtype, max_shift=max_shift,
-                        gen=torch.Generator().manual_seed(eval_seed))
-    params = [p for p in student.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    total = steps if steps is not None else 0
-    if progress is not None:
-        progress.start(total * batch_size if total else 0, "distilling the patched model")
+    return train, held
+
+
+def _train(teacher: nn.Module, student: nn.Module, train: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
+           *, steps: int | None, seconds: float | None, batch_size: int, max_shift: int | None, temperature: float,
+           bn: str, device: torch.device, dtype: torch.dtype, seed: int,
+           progress: Any) -> tuple[list[float], int, str, float]:
+    """Optimiser steps on shuffled batches until the budget runs out; the student is left in eval mode with its
+    parameters frozen, whatever happens. Returns the losses, the steps done, what stopped them and the seconds."""
     losses: list[float] = []
     t0 = time.monotonic()
     done = 0
@@ -165,19 +152,8 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | N
                 idx = order[pos:pos + batch_size]
                 pos += batch_size
                 x = train[idx]
-                xs = random_shifts(x, max_shift, gen).to(device, dtype=dtype)
-                with torch.no_grad():
-                    target = F.log_softmax(teacher(x.to(device, dtype=dtype)).float() / temperature, dim=1)
-                student.train(bn == "train")
-                out = student(xs).float()
-                loss = F.kl_div(F.log_softmax(out / temperature, dim=1), target, log_target=True,
-                                reduction="batchmean") * temperature ** 2
-                if not math.isfinite(float(loss.detach())):
-                    raise UsageError("Distillation diverged (a non-finite loss); try a smaller --distill-lr.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(_step(teacher, student, x, opt, gen, max_shift=max_shift, temperature=temperature, bn=bn,
+                                    device=device, dtype=dtype))
                 done += 1
                 if progress is not None:
                     progress.advance(x.shape[0])
@@ -187,7 +163,62 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | N
             p.requires_grad_(False)
         if progress is not None:
             progress.stop()
-    secs = time.monotonic() - t0
+    return losses, done, stopped_by, time.monotonic() - t0
+
+
+def _step(teacher: nn.Module, student: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator, *,
+          max_shift: int | None, temperature: float, bn: str, device: torch.device, dtype: torch.dtype) -> float:
+    """One optimiser step: the student sees randomly shifted images and learns the teacher's softened outputs on the
+    unshifted ones. Returns the loss."""
+    xs = random_shifts(x, max_shift, gen).to(device, dtype=dtype)
+    with torch.no_grad():
+        target = F.log_softmax(teacher(x.to(device, dtype=dtype)).float() / temperature, dim=1)
+    student.train(bn == "train")
+    out = student(xs).float()
+    loss = F.kl_div(F.log_softmax(out / temperature, dim=1), target, log_target=True,
+                    reduction="batchmean") * temperature ** 2
+    if not math.isfinite(float(loss.detach())):
+        raise UsageError("Distillation diverged (a non-finite loss); try a smaller --distill-lr.")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | None = 300, seconds: float | None = None,
+            seed: int = 0, temperature: float = 4.0, lr: float = 1e-3, batch_size: int = 32, max_shift: int | None = None,
+            bn: str = "frozen", heldout_fraction: float = 0.2, device: str | torch.device = "cpu",
+            progress: Any = None) -> DistillResult:
+    """Fine-tune ``student`` (in place) to match ``teacher`` on the images of ``data`` (an
+    :class:`~shiftaudit.data.AuditDataset` or any sequence of ``(image, label)``; labels are ignored).
+
+    Stops after ``steps`` optimiser steps or ``seconds`` of training, whichever comes first (at least one must be
+    given). ``max_shift``: the student's random circular shifts are drawn from ``[-max_shift, max_shift]^2`` (all
+    offsets when None). ``progress``: an object with ``start(total, description)``, ``advance(n)``, ``stop()``
+    (counts images). Returns a :class:`DistillResult`; the student is left in eval mode."""
+    _check_settings(steps, seconds, bn, temperature, lr, batch_size)
+    device = torch.device(device)
+    train, held = _readable_split(data, seed, heldout_fraction)
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = student.to(device)
+    dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    eval_seed = seed + 1  # the same held-out shifts before and after
+    student.eval()
+    before = _agreement(teacher, student, held, batch_size=batch_size, device=device, dtype=dtype, max_shift=max_shift,
+                        gen=torch.Generator().manual_seed(eval_seed))
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    total = steps if steps is not None else 0
+    if progress is not None:
+        progress.start(total * batch_size if total else 0, "distilling the patched model")
+    losses, done, stopped_by, secs = _train(
+        teacher, student, train, opt, gen, steps=steps, seconds=seconds, batch_size=batch_size, max_shift=max_shift,
+        temperature=temperature, bn=bn, device=device, dtype=dtype, seed=seed, progress=progress,
+    )
     after = _agreement(teacher, student, held, batch_size=batch_size, device=device, dtype=dtype, max_shift=max_shift,
                        gen=torch.Generator().manual_seed(eval_seed))
     for p in student.parameters():

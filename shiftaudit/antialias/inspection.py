@@ -204,6 +204,9 @@ def input_too_small(model: Any, size: tuple[int, int], channels: int) -> UsageEr
     return None
 
 
+_Record = tuple[str, nn.Module, tuple[int, int], tuple[int, int], int | None]  # name, module, in and out (H, W), channels
+
+
 def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels: int | None = None) -> Inspection:
     """Find every downsampling point of ``model`` for inputs of ``size`` (one forward pass on a blank image)."""
     if isinstance(model, torch.jit.ScriptModule):
@@ -212,7 +215,31 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
         )
     h, w = size
     c = channels or _first_input_channels(model, 3)
-    records: list[tuple[str, nn.Module, tuple[int, int], tuple[int, int], int | None]] = []
+    modules = dict(model.named_modules())
+    records, out = _record_spatial_ops(model, modules, c, (h, w))
+
+    # A patched conv (a conv owning its blur) downsamples through that blur: list the blur, the point where it happens.
+    blur_names = [r[0] for r in records if _kind(r[1]) == "blurpool"]
+    records = [r for r in records if not any(b.startswith(r[0] + ".") for b in blur_names)]
+    points, smallest = _downsampling_points(records, modules, (h, w))
+    out_t = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, (tuple, list)) else None)
+    return Inspection(
+        input_size=(h, w),
+        points=points,
+        total_stride=max(1, round(h / max(smallest[0], 1))),
+        final_size=smallest,
+        parameter_count=sum(p.numel() for p in model.parameters()),
+        output_shape=tuple(out_t.shape) if isinstance(out_t, torch.Tensor) else (),
+    )
+
+
+def _record_spatial_ops(
+    model: nn.Module, modules: dict[str, nn.Module], c: int, size: tuple[int, int]
+) -> tuple[list[_Record], Any]:
+    """Run ``model`` once on a blank ``c x H x W`` image, recording the input and output size of every spatial op and
+    blur: the sizes, not the module types, say where the model downsamples. Returns the records and the output."""
+    h, w = size
+    records: list[_Record] = []
     hooks = []
 
     def hook(name: str):
@@ -226,7 +253,6 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
 
         return fn
 
-    modules = dict(model.named_modules())
     for name, module in modules.items():
         blur = blur_filter(module) is not None
         if name and (blur or (is_spatial_op(module) and (not list(module.children()) or isinstance(module, nn.Conv2d)))):
@@ -246,10 +272,15 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
         for hd in hooks:
             hd.remove()
         model.train(was_training)
+    return records, out
 
-    # A patched conv (a conv owning its blur) downsamples through that blur: list the blur, the point where it happens.
-    blur_names = [r[0] for r in records if _kind(r[1]) == "blurpool"]
-    records = [r for r in records if not any(b.startswith(r[0] + ".") for b in blur_names)]
+
+def _downsampling_points(
+    records: list[_Record], modules: dict[str, nn.Module], size: tuple[int, int]
+) -> tuple[list[DownsamplingPoint], tuple[int, int]]:
+    """The recorded ops that make the map smaller (a global pool included), each with its role, and the smallest map
+    size met (the net's final resolution)."""
+    h, w = size
     points: list[DownsamplingPoint] = []
     smallest = (h, w)
     last_spatial = max((i for i, r in enumerate(records) if r[2] != (1, 1) and _kind(r[1]) != "global-pool"), default=-1)
@@ -268,14 +299,8 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
         if is_global:
             # A global pool followed by more spatial layers gates channels (squeeze-excitation), it does not end the net.
             role = "global" if i > last_spatial else "squeeze"
-        elif ins == (h, w):
-            role = "stem"
-        elif (kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1)) or (
-            kind == "blurpool" and _on_shortcut(name, modules)
-        ):
-            role = "shortcut"
         else:
-            role = "main"
+            role = _local_role(name, module, kind, ins, (h, w), modules)
         points.append(
             DownsamplingPoint(
                 name=name,
@@ -290,12 +315,18 @@ def inspect_model(model: nn.Module, size: tuple[int, int] = (224, 224), channels
                 role=role,
             )
         )
-    out_t = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, (tuple, list)) else None)
-    return Inspection(
-        input_size=(h, w),
-        points=points,
-        total_stride=max(1, round(h / max(smallest[0], 1))),
-        final_size=smallest,
-        parameter_count=sum(p.numel() for p in model.parameters()),
-        output_shape=tuple(out_t.shape) if isinstance(out_t, torch.Tensor) else (),
-    )
+    return points, smallest
+
+
+def _local_role(
+    name: str, module: nn.Module, kind: str, ins: tuple[int, int], size: tuple[int, int], modules: dict[str, nn.Module]
+) -> str:
+    """Where a (non-global) downsampling sits: on the input image (stem), a 1x1 or blurred shortcut, or the main path;
+    the patch and the layer picks treat them differently."""
+    if ins == size:
+        return "stem"
+    if (kind == "conv" and _opt_pair(getattr(module, "kernel_size", None)) == (1, 1)) or (
+        kind == "blurpool" and _on_shortcut(name, modules)
+    ):
+        return "shortcut"
+    return "main"

@@ -388,69 +388,10 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     todo = [s for s in steps if s.patched]
     convs = [s for s in todo if s.kind in ("conv", "stem")]
 
-    # Convs need the graph to place the blur after their norm/activation.
-    gm: fx.GraphModule | None = None
-    placements: dict[str, list[fx.Node]] = {}
-    if convs:
-        gm, why = _trace(model)
-        if gm is None:
-            notes.append(f"{why}: blurs go right after the strided convs, before their norm/activation")
-        else:
-            gm_modules = dict(gm.named_modules())
-            for s in convs:
-                nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == s.name]
-                placements[s.name] = nodes
-            if all(_placement(n, gm_modules) is n for nodes in placements.values() for n in nodes):
-                gm = None  # nothing to move past: module replacement keeps the model's own class
-
+    gm, placements = _conv_graph(model, convs, notes) if convs else (None, {})
     root: nn.Module = gm if gm is not None else model
     for s in todo:
-        m = root.get_submodule(s.name)
-        if s.kind in ("maxpool", "avgpool"):
-            blur = _make_blur(cfg, None, s.stride)
-            assert isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))  # what inspection calls a maxpool or avgpool
-            _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv or cfg.pad == "circular"))
-            s.blur = f"{s.name}.blur"
-            continue
-        assert isinstance(m, nn.Conv2d)
-        if s.kind == "shortcut":
-            blur = _make_blur(cfg, m.in_channels, s.stride, m)
-            if type(m) is nn.Conv2d:
-                _set_module(root, s.name, BlurThenConv2d.from_conv(m, blur))
-            else:
-                m.blur = blur
-                _set_stride_one(m)
-                m.register_forward_pre_hook(_blur_input, with_kwargs=True)
-            s.blur = f"{s.name}.blur"
-            continue
-        if gm is None:
-            blur = _make_blur(cfg, m.out_channels, s.stride, m)
-            if type(m) is nn.Conv2d:
-                _set_module(root, s.name, ConvThenBlur2d.from_conv(m, blur))
-            else:  # a conv subclass with its own forward (timm's same padding): keep it, blur its output
-                m.blur = blur
-                _set_stride_one(m)
-                m.register_forward_hook(_blur_output)
-            s.blur, s.placed_after = f"{s.name}.blur", s.name
-            continue
-        nodes = placements.get(s.name, [])
-        if not nodes:
-            s.patched, s.reason = False, "not called in the traced forward pass"
-            continue
-        gm_modules = dict(gm.named_modules())
-        blur_names = []
-        for node in nodes:
-            place = _placement(node, gm_modules)
-            blur_name = _free_name(gm, f"{s.name}_blur")
-            gm.add_submodule(blur_name, _make_blur(cfg, m.out_channels, s.stride, m))
-            with gm.graph.inserting_after(place):
-                blur_node = gm.graph.call_module(blur_name, (place,))
-            # every use of ``place`` now reads the blur, except the blur itself
-            place.replace_all_uses_with(blur_node, delete_user_cb=functools.partial(operator.is_not, blur_node))
-            blur_names.append(blur_name)
-            s.placed_after = _node_label(place)
-        _set_stride_one(m)
-        s.blur = ",".join(blur_names)
+        _patch_step(root, gm, s, cfg, placements)
     if gm is not None:
         gm.graph.lint()
         gm.recompile()
@@ -461,6 +402,91 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     model.train(was_training)
     return PatchResult(model=model, steps=steps, config=cfg, mode="graph" if gm is not None else "modules", notes=notes)
 
+
+def _conv_graph(
+    model: nn.Module, convs: list[PatchStep], notes: list[str]
+) -> tuple[fx.GraphModule | None, dict[str, list[fx.Node]]]:
+    """Convs need the graph to place the blur after their norm/activation: the traced model and each conv's call
+    nodes, or no graph when tracing fails (noted) or no blur would move past anything (module replacement then keeps
+    the model's own class)."""
+    placements: dict[str, list[fx.Node]] = {}
+    gm, why = _trace(model)
+    if gm is None:
+        notes.append(f"{why}: blurs go right after the strided convs, before their norm/activation")
+    else:
+        gm_modules = dict(gm.named_modules())
+        for s in convs:
+            nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == s.name]
+            placements[s.name] = nodes
+        if all(_placement(n, gm_modules) is n for nodes in placements.values() for n in nodes):
+            gm = None  # nothing to move past: module replacement keeps the model's own class
+    return gm, placements
+
+
+def _patch_step(
+    root: nn.Module, gm: fx.GraphModule | None, s: PatchStep, cfg: PatchConfig, placements: dict[str, list[fx.Node]]
+) -> None:
+    """Add the blur of one planned step to ``root`` (the graph when there is one), recording where it went in ``s``."""
+    m = root.get_submodule(s.name)
+    if s.kind in ("maxpool", "avgpool"):
+        blur = _make_blur(cfg, None, s.stride)
+        assert isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))  # what inspection calls a maxpool or avgpool
+        _set_module(root, s.name, PoolBlur2d(m, blur, circular=cfg.circular_conv or cfg.pad == "circular"))
+        s.blur = f"{s.name}.blur"
+        return
+    assert isinstance(m, nn.Conv2d)
+    if s.kind == "shortcut":
+        _blur_shortcut(root, s, m, cfg)
+    elif gm is None:
+        _blur_conv_output(root, s, m, cfg)
+    else:
+        _blur_in_graph(gm, s, m, cfg, placements.get(s.name, []))
+
+
+def _blur_shortcut(root: nn.Module, s: PatchStep, m: nn.Conv2d, cfg: PatchConfig) -> None:
+    """A strided 1x1 conv (a ResNet shortcut): the blur first, then the conv at stride 1."""
+    blur = _make_blur(cfg, m.in_channels, s.stride, m)
+    if type(m) is nn.Conv2d:
+        _set_module(root, s.name, BlurThenConv2d.from_conv(m, blur))
+    else:
+        m.blur = blur
+        _set_stride_one(m)
+        m.register_forward_pre_hook(_blur_input, with_kwargs=True)
+    s.blur = f"{s.name}.blur"
+
+
+def _blur_conv_output(root: nn.Module, s: PatchStep, m: nn.Conv2d, cfg: PatchConfig) -> None:
+    """Without a graph the blur goes right after the strided conv (before its norm/activation)."""
+    blur = _make_blur(cfg, m.out_channels, s.stride, m)
+    if type(m) is nn.Conv2d:
+        _set_module(root, s.name, ConvThenBlur2d.from_conv(m, blur))
+    else:  # a conv subclass with its own forward (timm's same padding): keep it, blur its output
+        m.blur = blur
+        _set_stride_one(m)
+        m.register_forward_hook(_blur_output)
+    s.blur, s.placed_after = f"{s.name}.blur", s.name
+
+
+def _blur_in_graph(gm: fx.GraphModule, s: PatchStep, m: nn.Conv2d, cfg: PatchConfig, nodes: list[fx.Node]) -> None:
+    """In the graph the blur goes after the conv's norm/activation (where the paper puts it), once per call of the
+    conv; the conv itself then runs with stride 1."""
+    if not nodes:
+        s.patched, s.reason = False, "not called in the traced forward pass"
+        return
+    gm_modules = dict(gm.named_modules())
+    blur_names = []
+    for node in nodes:
+        place = _placement(node, gm_modules)
+        blur_name = _free_name(gm, f"{s.name}_blur")
+        gm.add_submodule(blur_name, _make_blur(cfg, m.out_channels, s.stride, m))
+        with gm.graph.inserting_after(place):
+            blur_node = gm.graph.call_module(blur_name, (place,))
+        # every use of ``place`` now reads the blur, except the blur itself
+        place.replace_all_uses_with(blur_node, delete_user_cb=functools.partial(operator.is_not, blur_node))
+        blur_names.append(blur_name)
+        s.placed_after = _node_label(place)
+    _set_stride_one(m)
+    s.blur = ",".join(blur_names)
 
 def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,  # noqa: A002
           shortcuts: bool = True, circular_conv: bool = False, only: tuple[str, ...] | list[str] = (),

@@ -8,7 +8,7 @@ Runs on different data are refused: their numbers would look comparable and not 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -81,7 +81,7 @@ def load_runs(path: Path) -> list[tuple[str | None, AuditResult]]:
     return [(None, _audit(raw, path))]
 
 
-def _audit(raw: Any, path: Path) -> AuditResult:
+def _audit(raw: object, path: Path) -> AuditResult:
     result = AuditResult.from_json(raw, str(path), NOT_OURS)
     if "sequential" in result.metrics:
         raise UsageError(
@@ -147,7 +147,7 @@ def _shifts(result: AuditResult) -> str:
     return f"{s.get('count', '?')} shifts, max {s.get('max_shift', '?')} px, step {s.get('step', '?')}"
 
 
-def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], notes: list[str]) -> dict[str, Any]:
+def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], notes: list[str]) -> dict[str, object]:
     from shiftaudit.report.rows import SIGNIFICANCE_RULE, compare_rows
 
     rows = []
@@ -159,9 +159,8 @@ def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], note
                 "values": row.values,
                 "ci_low": row.ci_low,
                 "ci_high": row.ci_high,
-                "change": [None]
-                + [None if row.delta(i) is None else row.delta(i) / (100.0 if row.percent else 1.0) for i in range(1, len(runs))],
-                "significant": [None] + [row.significant(i) for i in range(1, len(runs))],
+                "change": [None, *(_change(row.delta(i), row.percent) for i in range(1, len(runs)))],
+                "significant": [None, *(row.significant(i) for i in range(1, len(runs)))],
             }
         )
     return {
@@ -176,6 +175,11 @@ def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], note
         "significance_rule": SIGNIFICANCE_RULE,
         "notes": notes,
     }
+
+
+def _change(delta: float | None, percent: bool) -> float | None:
+    """A change as a fraction for percentage rows (the JSON holds fractions, the table percentage points)."""
+    return None if delta is None else delta / (100.0 if percent else 1.0)
 
 
 @app.command("compare")
@@ -237,9 +241,9 @@ def compare_command(
             from shiftaudit.report.outputs import remove_stale_pictures
 
             remove_stale_pictures(folder, PICTURES, [p for p in pictures if p is not None])
-    for path in written + pictures:
-        if path is not None:
-            console.print(f"wrote {path}")
+    for output in written + pictures:
+        if output is not None:
+            console.print(f"wrote {output}")
     say_stale(outputs)
     if out is not None and not any(pictures):
         console.print("note: no run has the all-shift metrics (sampled mode or unlabelled data): no picture to draw", style="dim")

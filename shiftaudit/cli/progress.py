@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -35,7 +36,7 @@ class RichProgress:
         self.every_s = every_s
         self.min_gap_s = min_gap_s
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._lines: PlainLines | None = None
         self.unit = "images"  # what is counted; the sequential gate counts forward passes
 

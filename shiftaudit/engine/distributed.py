@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,10 @@ import torch.distributed as torch_dist
 
 from shiftaudit.errors import UsageError, first_line
 from shiftaudit.metrics.base import Metric, reduce_states
+
+if TYPE_CHECKING:
+    from shiftaudit.data.dataset import AuditDataset
+    from shiftaudit.data.loader import AuditLoader
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def setup(device: torch.device) -> DistContext | None:
         return None
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.index is None:
+        if cast("int | None", device.index) is None:  # torch's stub says int; torch.device("cuda").index is None
             device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
@@ -73,13 +77,15 @@ def shard_indices(n: int, rank: int, world: int, shards: np.ndarray | None = Non
     return np.flatnonzero(np.asarray(shards, dtype=np.int64) % world == rank).astype(np.int64)
 
 
-def rank_indices(dataset: Any, rank: int, world: int) -> np.ndarray:
+def rank_indices(dataset: AuditDataset, rank: int, world: int) -> np.ndarray:
     """This process's positions of ``dataset``: by shard where the data is tar shards, else by index."""
     shard_ids = getattr(dataset, "shard_ids", None)
     return shard_indices(len(dataset), rank, world, shard_ids() if callable(shard_ids) else None)
 
 
-def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool) -> Any:
+def shard_loader(
+    dataset: AuditDataset, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool
+) -> AuditLoader:
     """The engine's usual loader, reading only this process's shard; image ids stay dataset positions."""
     from shiftaudit.data import make_loader
 
@@ -87,16 +93,28 @@ def shard_loader(dataset: Any, ctx: DistContext, *, batch_size: int, num_workers
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, indices=indices)
 
 
-def merge(ctx: DistContext, metrics: list[Metric], dataset: Any, images: int, nonfinite: int, rows: int) -> tuple[int, int, int]:
+class _Shard(TypedDict):
+    """What each process contributes to the merge (sent with ``all_gather_object``)."""
+
+    states: list[dict[str, np.ndarray]]
+    counts: tuple[int, int, int]
+    flags: np.ndarray | None
+    seen: np.ndarray | None
+
+
+def merge(
+    ctx: DistContext, metrics: list[Metric], dataset: AuditDataset, images: int, nonfinite: int, rows: int
+) -> tuple[int, int, int]:
     """Gather every process's accumulator states and counts; every process ends with the merged state."""
-    mine = {
+    mine: _Shard = {
         "states": [m.state_dict() for m in metrics],
         "counts": (images, nonfinite, rows),
         "flags": getattr(dataset, "_flags", None),
         "seen": getattr(dataset, "_seen", None),
     }
-    gathered: list[Any] = [None] * ctx.world
-    torch_dist.all_gather_object(gathered, mine)
+    slots: list[_Shard | None] = [None] * ctx.world
+    torch_dist.all_gather_object(slots, mine)
+    gathered = cast("list[_Shard]", slots)  # all_gather_object filled every slot
     for i, m in enumerate(metrics):  # each state by its declared reduction, in rank order
         m.load_state_dict(reduce_states(m.reductions(), [g["states"][i] for g in gathered]))
     if mine["flags"] is not None:  # decode flags (unreadable, converted ...) feed the data notes

@@ -40,7 +40,7 @@ from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlu
 from shiftaudit.errors import first_line
 from shiftaudit.sizes import pair
 
-Signature = tuple[tuple[Any, ...], ...]  # per downsampling ("s", sh, sw); a final ("q", hf, wf) residual stack
+Signature = tuple[tuple[str, int, int], ...]  # per downsampling ("s", sh, sw); a final ("q", hf, wf) residual stack
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -174,10 +174,10 @@ def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
     conv = nn.Conv2d(
         m.in_channels,
         m.out_channels,
-        m.kernel_size,
-        stride=m.stride,
-        padding=m.padding,
-        dilation=m.dilation,
+        pair(m.kernel_size),
+        stride=pair(m.stride),
+        padding=m.padding if isinstance(m.padding, str) else pair(m.padding),
+        dilation=pair(m.dilation),
         groups=m.groups,
         bias=m.bias is not None,
         padding_mode=m.padding_mode,
@@ -237,7 +237,7 @@ def _split_blur_modules(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
+def _shape(node: object) -> tuple[int, ...] | None:
     meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
@@ -463,6 +463,7 @@ def _rewrite(gm: fx.GraphModule, expand: dict[fx.Node, tuple[str, tuple[int, int
     graph = gm.graph
     for node, (what, stride) in expand.items():
         src = node.args[0]
+        assert isinstance(src, fx.Node)  # only ops on a traced feature map are expanded
         with graph.inserting_before(node):
             new = graph.call_function(_phases, (src, *stride)) if what == "phases" else graph.call_function(_residuals, (src,))
         node.replace_input_with(src, new)
@@ -504,6 +505,8 @@ def phase_count(sig: Signature) -> int:
 
 class PolyphaseModel(nn.Module):
     """``forward(x)`` of ``b`` images gives ``(b * len(shifts), classes)`` logits: image-major, in shift-set order."""
+
+    order: torch.Tensor  # a buffer: each shift's row of the polyphase output
 
     def __init__(
         self, graph_module: fx.GraphModule, sig: Signature, size: tuple[int, int], dh: np.ndarray, dw: np.ndarray

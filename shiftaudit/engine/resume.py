@@ -20,9 +20,9 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from shiftaudit.npyfiles import load_numpy
 if TYPE_CHECKING:
     from torch import nn
 
+    from shiftaudit.data.dataset import AuditDataset
+    from shiftaudit.data.loader import AuditLoader
+    from shiftaudit.engine.distributed import DistContext
     from shiftaudit.engine.observers import Observer
     from shiftaudit.shifts.sets import ShiftSet
 
@@ -43,7 +46,7 @@ STATE_VERSION = 2  # 2: the fingerprint is stored part by part, so a refusal can
 SHORT = 120  # parts up to this long (as JSON) are stored as they are, so the refusal can show old and new
 
 
-def _digest(chunks: Any) -> str:
+def _digest(chunks: Iterable[object]) -> str:
     h = hashlib.sha256()
     for chunk in chunks:
         h.update(chunk if isinstance(chunk, (bytes, memoryview)) else str(chunk).encode())
@@ -51,16 +54,16 @@ def _digest(chunks: Any) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _tensor_bytes(t: Any) -> memoryview:
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw bytes of a tensor (any dtype, bfloat16 included), without converting its values."""
     t = t.detach().cpu().contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+    return t.view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
 
 
 def _weights(model: nn.Module) -> str:
     """Every parameter and buffer: name, dtype, shape and bytes."""
 
-    def chunks() -> Iterator[Any]:
+    def chunks() -> Iterator[object]:
         for name, t in sorted(model.state_dict().items()):
             if isinstance(t, torch.Tensor) and not t.is_meta:
                 yield from (name, t.dtype, tuple(t.shape), _tensor_bytes(t))
@@ -68,7 +71,7 @@ def _weights(model: nn.Module) -> str:
     return _digest(chunks())
 
 
-def _data_content(dataset: Any) -> str:
+def _data_content(dataset: Sized) -> str:
     """What the images are: each file's path, size and modification time (a file added, removed or rewritten
     changes it; reading every file would cost a pass over the data), or the bytes of a tensor stack. A torch Dataset
     in memory is known by its type and length only."""
@@ -76,7 +79,7 @@ def _data_content(dataset: Any) -> str:
     files = getattr(src, "files", None)
     if files is not None:
 
-        def stats() -> Iterator[Any]:
+        def stats() -> Iterator[str]:
             for f in files:
                 try:
                     st = os.stat(f)
@@ -92,7 +95,7 @@ def _data_content(dataset: Any) -> str:
 
 
 def fingerprint_parts(
-    model: nn.Module, info: dict[str, Any], dataset: Any, shifts: ShiftSet, settings: dict[str, Any]
+    model: nn.Module, info: Mapping[str, object], dataset: Sized, shifts: ShiftSet, settings: Mapping[str, object]
 ) -> dict[str, str]:
     """Everything that changes a number of the report, part by part, keyed by what the user would change.
 
@@ -105,7 +108,7 @@ def fingerprint_parts(
     prep_json = prep.to_json() if prep is not None and hasattr(prep, "to_json") else {}
     index = np.asarray(getattr(dataset, "index", np.arange(len(dataset))), dtype=np.int64)
     labels = getattr(dataset, "labels", None)
-    parts: dict[str, Any] = {
+    parts: dict[str, object] = {
         "the shiftaudit version": __version__,
         "the model weights": _weights(model),
         "the model (--arch, --num-classes or its patch)": {
@@ -153,7 +156,7 @@ def check_resume_path(path: str | Path) -> Path:
     return p
 
 
-def _changed(path: Path, saved: dict[str, Any], now: dict[str, str]) -> UsageError | None:
+def _changed(path: Path, saved: Mapping[str, object], now: dict[str, str]) -> UsageError | None:
     """One sentence naming every part that differs, with old and new values when they are short and readable."""
     names = [k for k in now if saved.get(k) != now[k]] + [str(k)[:60] for k in saved if k not in now]
     if not names:
@@ -175,7 +178,9 @@ def _changed(path: Path, saved: dict[str, Any], now: dict[str, str]) -> UsageErr
 class ResumeState:
     """Loads an existing state file (if any) and saves the current one, at most every ``interval`` seconds."""
 
-    def __init__(self, path: str | Path, parts: dict[str, str], interval: float = 20.0, dataset: Any = None) -> None:
+    def __init__(
+        self, path: str | Path, parts: dict[str, str], interval: float = 20.0, dataset: AuditDataset | None = None
+    ) -> None:
         self.path = check_resume_path(path)
         self.parts = parts
         self.dataset = dataset  # its decode flags (converted, unreadable, NaN pixels) are saved too: the notes need them
@@ -246,14 +251,14 @@ class ResumeState:
 
     def save(self, metric_list: list[Metric]) -> None:
         arrays: dict[str, np.ndarray] = {"__done__": self.done_ids}
-        if hasattr(self.dataset, "_flags"):
+        if self.dataset is not None and hasattr(self.dataset, "_flags"):
             arrays["__flags__"] = np.asarray(self.dataset._flags)
         for m in metric_list:
             for k, v in m.state_dict().items():
                 arrays[f"{m.name}/{k}"] = np.asarray(v)
         meta = {"format": STATE_FORMAT, "version": STATE_VERSION, "parts": self.parts, "counters": self.counters}
         buf = io.BytesIO()
-        np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
+        np.savez(buf, allow_pickle=True, __meta__=np.array(json.dumps(meta)), **arrays)
         write_bytes_atomic(self.path, buf.getvalue())
         self._last_save = time.monotonic()
 
@@ -261,14 +266,14 @@ class ResumeState:
 def resume_state(
     path: str | Path,
     model: nn.Module,
-    info: dict[str, Any],
-    dataset: Any,
+    info: Mapping[str, object],
+    dataset: AuditDataset,
     shifts: ShiftSet,
-    settings: dict[str, Any],
+    settings: Mapping[str, object],
     metric_list: list[Metric],
     observers: list[Observer],
-    dist: Any,
-) -> Any:
+    dist: DistContext | None,
+) -> ResumeState:
     """The state file of a resumable run, with what it already holds loaded into the accumulators.
 
     ``settings``: the run's numeric settings keyed by the flag that sets them (see :func:`fingerprint_parts`).
@@ -283,7 +288,9 @@ def resume_state(
     return state
 
 
-def subset_loader(dataset: Any, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> Any:
+def subset_loader(
+    dataset: AuditDataset, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool
+) -> AuditLoader:
     """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
     from shiftaudit.data import make_loader
 

@@ -79,29 +79,44 @@ def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadat
     meta = CheckpointMetadata(present=any(k.startswith(PREFIX) for k in raw))
     if not meta.present:
         return meta
+    _check_sizes(raw, source)
+    _check_format(raw, source)
+    _parse_model_entries(raw, source, meta)
+    _parse_data_entries(raw, source, meta)
+    return meta
 
-    def bad(key: str, what: str) -> CheckpointError:
-        return CheckpointError(f"Checkpoint {source} has malformed metadata: {PREFIX}{key} {what}.")
 
+def _bad(source: str, key: str, what: str) -> CheckpointError:
+    return CheckpointError(f"Checkpoint {source} has malformed metadata: {PREFIX}{key} {what}.")
+
+
+def _check_sizes(raw: dict[str, str], source: str) -> None:
+    """Every entry of ours is a string of bounded length, checked before any is decoded (the file is untrusted)."""
     for key in KEYS:
         value = raw.get(PREFIX + key)
         if value is not None and not isinstance(value, str):
-            raise bad(key, f"is a {type(value).__name__}, not a string")
+            raise _bad(source, key, f"is a {type(value).__name__}, not a string")
         if value is not None and len(value) > MAX_VALUE_CHARS:
-            raise bad(key, f"is {len(value):,} characters long, more than the {MAX_VALUE_CHARS:,} allowed")
+            raise _bad(source, key, f"is {len(value):,} characters long, more than the {MAX_VALUE_CHARS:,} allowed")
 
+
+def _check_format(raw: dict[str, str], source: str) -> None:
+    """A metadata format newer than this version is refused rather than half read."""
     version = raw.get(PREFIX + "format", FORMAT_VERSION)
     if not str(version).isdigit():
-        raise bad("format", f"is {version!r}, not a version number")
+        raise _bad(source, "format", f"is {version!r}, not a version number")
     if int(version) > int(FORMAT_VERSION):
         raise CheckpointError(
             f"Checkpoint {source} was written by a newer shiftaudit (metadata format {version}); upgrade shiftaudit to read it."
         )
 
+
+def _parse_model_entries(raw: dict[str, str], source: str, meta: CheckpointMetadata) -> None:
+    """The entries that build the model (arch, num_classes, arch_kwargs), into ``meta``."""
     arch = raw.get(PREFIX + "arch")
     if arch is not None:
         if not isinstance(arch, str) or not arch.strip():
-            raise bad("arch", "is empty")
+            raise _bad(source, "arch", "is empty")
         meta.arch = arch.strip()
 
     n = raw.get(PREFIX + "num_classes")
@@ -109,42 +124,43 @@ def parse_metadata(raw: dict[str, str] | None, source: str) -> CheckpointMetadat
         try:
             meta.num_classes = int(str(n).strip())
         except ValueError:
-            raise bad("num_classes", f"is {n!r}, not an integer") from None
+            raise _bad(source, "num_classes", f"is {n!r}, not an integer") from None
         if meta.num_classes < 1:
-            raise bad("num_classes", "is not positive")
+            raise _bad(source, "num_classes", "is not positive")
 
     kwargs = _json(raw, "arch_kwargs", source)
     if kwargs is not None:
         if not isinstance(kwargs, dict) or not all(
             isinstance(k, str) and k.isidentifier() and not k.startswith("_") for k in kwargs
         ):
-            raise bad("arch_kwargs", "is not an object of keyword arguments")
+            raise _bad(source, "arch_kwargs", "is not an object of keyword arguments")
         if "num_classes" in kwargs:
-            raise bad("arch_kwargs", "sets num_classes, which belongs in shiftaudit.num_classes")
+            raise _bad(source, "arch_kwargs", "sets num_classes, which belongs in shiftaudit.num_classes")
         meta.arch_kwargs = kwargs
 
+
+def _parse_data_entries(raw: dict[str, str], source: str, meta: CheckpointMetadata) -> None:
+    """The entries that describe the inputs and outputs (preprocessing, class names) and the patch, into ``meta``."""
     prep = _json(raw, "preprocessing", source)
     if prep is not None:
         if not isinstance(prep, dict):
-            raise bad("preprocessing", "is not an object")
+            raise _bad(source, "preprocessing", "is not an object")
         try:
             meta.preprocessing = Preprocessing.from_json(prep)
         except ShiftAuditError as exc:
-            raise bad("preprocessing", f"is invalid ({exc.message.rstrip('.')})") from None
+            raise _bad(source, "preprocessing", f"is invalid ({exc.message.rstrip('.')})") from None
 
     names = _json(raw, "class_names", source)
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
-            raise bad("class_names", "is not a list of strings")
+            raise _bad(source, "class_names", "is not a list of strings")
         meta.class_names = names
 
     patch = _json(raw, "patch", source)
     if patch is not None:
         if not isinstance(patch, dict):
-            raise bad("patch", "is not an object")
+            raise _bad(source, "patch", "is not an object")
         meta.patch_spec = patch
-    return meta
-
 
 def encode_metadata(
     *,

@@ -55,6 +55,26 @@ def parameter_count(path: Path) -> int:
 
 def inspect_onnx(path: Path, graph_input: GraphInput, size: tuple[int, int], channels: int) -> Inspection:
     """Every downsampling node of the graph at ``size`` (H, W) inputs, in graph order."""
+    model = _shaped_model(path, graph_input, size, channels)
+    graph = model.graph
+    shapes = {v.name: _shape(v) for v in [*graph.value_info, *graph.input, *graph.output]}
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    h, w = size
+    points, smallest = _downsampling_points(graph.node, shapes, weights, (h, w))
+    output = shapes.get(graph.output[0].name, []) if graph.output else []
+    return Inspection(
+        input_size=(h, w),
+        points=points,
+        total_stride=max(1, round(h / max(smallest[0], 1))),
+        final_size=smallest,
+        parameter_count=_count(weights.values()),
+        output_shape=tuple(d if d is not None else -1 for d in output),
+    )
+
+
+def _shaped_model(path: Path, graph_input: GraphInput, size: tuple[int, int], channels: int) -> Any:
+    """The ONNX model with its input fixed to one image of ``size`` and every shape inferred from there: the sizes of
+    the maps, not the operators alone, say where the graph downsamples."""
     try:
         import onnx
     except ImportError:
@@ -68,13 +88,18 @@ def inspect_onnx(path: Path, graph_input: GraphInput, size: tuple[int, int], cha
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # noqa: BLE001 - a graph onnxruntime ran but onnx cannot infer: say so
         raise CheckpointError(f"Cannot read the layers of ONNX model {path} ({first_line(exc)[:200].rstrip('.')}).") from None
-    graph = model.graph
-    shapes = {v.name: _shape(v) for v in [*graph.value_info, *graph.input, *graph.output]}
-    weights = {t.name: list(t.dims) for t in graph.initializer}
+    return model
+
+
+def _downsampling_points(
+    nodes: Any, shapes: dict[str, list[int | None]], weights: dict[str, list[int]], size: tuple[int, int]
+) -> tuple[list[DownsamplingPoint], tuple[int, int]]:
+    """The strided spatial nodes and global pools with known 4-D shapes, each with its role, and the smallest map size
+    met (the graph's final resolution)."""
     h, w = size
     points: list[DownsamplingPoint] = []
     smallest = (h, w)
-    for i, node in enumerate(graph.node):
+    for i, node in enumerate(nodes):
         if node.op_type not in SPATIAL and node.op_type not in GLOBAL:
             continue
         ins, outs = shapes.get(node.input[0]), shapes.get(node.output[0])
@@ -114,12 +139,4 @@ def inspect_onnx(path: Path, graph_input: GraphInput, size: tuple[int, int], cha
                 role=role,
             )
         )
-    output = shapes.get(graph.output[0].name, []) if graph.output else []
-    return Inspection(
-        input_size=(h, w),
-        points=points,
-        total_stride=max(1, round(h / max(smallest[0], 1))),
-        final_size=smallest,
-        parameter_count=_count(weights.values()),
-        output_shape=tuple(d if d is not None else -1 for d in output),
-    )
+    return points, smallest

@@ -138,36 +138,65 @@ def untrusted_content(archive: ZipArchive) -> str | None:
     for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
         if config not in inner:
             return f"no {config}"
-        folder = config.rsplit("/", 1)[0] + "/"
-        entries = _read_json(archive, root + config)
-        entries = entries.get("config") if isinstance(entries, dict) else None
-        if not isinstance(entries, dict):
-            raise ArchiveDamaged(f"a malformed {config}")
-        for fqn, meta in entries.items():
-            path = meta.get("path_name") if isinstance(meta, dict) else None
-            if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-                reasons.append(f"a pickled payload ({fqn[:80]})")
-            elif not isinstance(path, str) or not _PAYLOADS[folder].fullmatch(path):
-                reasons.append(f"a pickled Python object or an unexpected payload ({fqn[:80]})")
-            elif root + folder + path not in archive.members:
-                raise ArchiveDamaged(f"a payload named in {config} but missing ({path})")
-            else:
-                problem = _payload_problem(meta, archive.members[root + folder + path].size, dtype_sizes)
-                if problem is not None:
-                    raise ArchiveDamaged(f"{problem} ({fqn[:80]})")
-                referenced.add(folder + path)
-    for name in sorted(inner - referenced):
+        config_reasons, config_referenced = _payload_reasons(archive, root, config, dtype_sizes)
+        reasons.extend(config_reasons)
+        referenced |= config_referenced
+    reasons.extend(_member_reasons(inner - referenced))
+    if "models/model.json" not in inner:
+        return "no program (models/model.json)"
+    program = _read_json(archive, root + "models/model.json")
+    if not isinstance(program, dict):
+        raise ArchiveDamaged("a program that is not a JSON object")
+    reasons.extend(_program_reasons(program))
+    sample = root + "data/sample_inputs/model.pt"
+    if not reasons and sample in archive.members and _sample_needs_unpickling(archive, sample):
+        reasons.append("sample inputs that need full unpickling")
+    return reasons[0] if reasons else None
+
+
+def _payload_reasons(archive: ZipArchive, root: str, config: str, dtype_sizes: dict[int, int]) -> tuple[list[str], set[str]]:
+    """The weights or constants a config lists: a pickled one is a reason to need ``--trust-pickle``; a missing or
+    short one is damage. Returns the reasons and the members the config accounts for."""
+    reasons: list[str] = []
+    referenced: set[str] = set()
+    folder = config.rsplit("/", 1)[0] + "/"
+    entries = _read_json(archive, root + config)
+    entries = entries.get("config") if isinstance(entries, dict) else None
+    if not isinstance(entries, dict):
+        raise ArchiveDamaged(f"a malformed {config}")
+    for fqn, meta in entries.items():
+        path = meta.get("path_name") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
+            reasons.append(f"a pickled payload ({fqn[:80]})")
+        elif not isinstance(path, str) or not _PAYLOADS[folder].fullmatch(path):
+            reasons.append(f"a pickled Python object or an unexpected payload ({fqn[:80]})")
+        elif root + folder + path not in archive.members:
+            raise ArchiveDamaged(f"a payload named in {config} but missing ({path})")
+        else:
+            problem = _payload_problem(meta, archive.members[root + folder + path].size, dtype_sizes)
+            if problem is not None:
+                raise ArchiveDamaged(f"{problem} ({fqn[:80]})")
+            referenced.add(folder + path)
+    return reasons, referenced
+
+
+def _member_reasons(unreferenced: set[str]) -> list[str]:
+    """Members no config accounts for: compiled code, external weights or anything a plain program does not have."""
+    reasons: list[str] = []
+    for name in sorted(unreferenced):
         if name in _PLAIN_MEMBERS or name.startswith("extra/"):
             continue
         if name.startswith(("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")):
             reasons.append(f"compiled code or external weights ({name[:80]})")
         elif not name.startswith(tuple(_PAYLOADS)):
             reasons.append(f"a member torch.export does not write for a plain program ({name[:80]})")
-    if "models/model.json" not in inner:
-        return "no program (models/model.json)"
-    program = _read_json(archive, root + "models/model.json")
-    if not isinstance(program, dict):
-        raise ArchiveDamaged("a program that is not a JSON object")
+    return reasons
+
+
+def _program_reasons(program: dict[str, Any]) -> list[str]:
+    """What in the program would run code on load: guard code, calls outside ATen, custom objects, shape expressions
+    beyond plain arithmetic. Every shape expression is costed, even after a reason was found (too costly is damage)."""
+    reasons: list[str] = []
     if program.get("guards_code"):
         reasons.append("guard code that torch compiles and runs")
     budget = ExpressionBudget()
@@ -184,15 +213,18 @@ def untrusted_content(archive: ZipArchive) -> str | None:
                 raise ArchiveDamaged(f"a shape expression too costly to evaluate ({exc}: {str(value)[:60]})") from None
             if why is not None:
                 reasons.append(f"a shape expression that is not plain arithmetic ({why}: {value[:60]})")
-    sample = root + "data/sample_inputs/model.pt"
-    if not reasons and sample in archive.members:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.load(io.BytesIO(archive.read(sample, MAX_JSON_BYTES)), weights_only=True)
-        except Exception:  # noqa: BLE001 - torch would retry with full unpickling
-            reasons.append("sample inputs that need full unpickling")
-    return reasons[0] if reasons else None
+    return reasons
+
+
+def _sample_needs_unpickling(archive: ZipArchive, sample: str) -> bool:
+    """Whether the sample inputs fail to load with ``weights_only`` (torch would retry them with full unpickling)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(archive.read(sample, MAX_JSON_BYTES)), weights_only=True)
+    except Exception:  # noqa: BLE001 - torch would retry with full unpickling
+        return True
+    return False
 
 
 @contextmanager

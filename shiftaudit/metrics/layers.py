@@ -22,8 +22,9 @@ layers of all shifts held in memory. Only the zero-shift features of the images 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from shiftaudit.metrics.entries import Distances, Layer, LayerDistances
 from shiftaudit.module_inputs import input_tensor
 from shiftaudit.shifts.modes.circular import ShiftBank
 from shiftaudit.shifts.sets import ShiftSet
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 
 EPS = 1e-12
 SCALE_FRACTION = 0.5  # the colour scale's red: half the mean distance between two different images (Fig. 4)
@@ -169,7 +173,7 @@ class FeatureDistance:
         self.shift_set = shift_set
         self.H, self.W = shift_set.height, shift_set.width
         self.states = {spec.name: _LayerState(len(shift_set)) for spec in layers}
-        self._hooks: list[Any] = []
+        self._hooks: list[RemovableHandle] = []
         self._zero: dict[str, torch.Tensor] = {}  # layer -> (B, C, h, w) normalised zero-shift features of this batch
         self._prev_zero: dict[str, torch.Tensor] = {}  # last image's zero-shift features: the reference pair
         self._flat_image: torch.Tensor | None = None
@@ -237,13 +241,13 @@ class FeatureDistance:
             st.pending_ref.clear()
 
     # -- measurement ----------------------------------------------------------------------------------------------
-    def _make_hook(self, specs: list[LayerSpec]):  # type: ignore[no-untyped-def]
-        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def _make_hook(self, specs: list[LayerSpec]) -> Callable[[nn.Module, tuple[object, ...], dict[str, object], object], None]:
+        def hook(mod: nn.Module, args: tuple[object, ...], kwargs: dict[str, object], output: object) -> None:
             x_in = input_tensor(args, kwargs)
             for spec in specs:
                 if spec.where == "input" and isinstance(x_in, torch.Tensor):
                     self._measure(spec, x_in)
-                elif spec.where == "dense" and isinstance(x_in, torch.Tensor):
+                elif spec.where == "dense" and isinstance(x_in, torch.Tensor) and isinstance(mod, nn.MaxPool2d):
                     self._measure(spec, _dense_max_pool(mod, x_in))
                 elif spec.where == "output":
                     out = (
@@ -373,7 +377,7 @@ def exact_modulo(distance: np.ndarray, shift_set: ShiftSet, reference: float, to
     return None
 
 
-def _dense_max_pool(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _dense_max_pool(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
     """The strided max-pool evaluated densely (stride 1), circularly padded so the map keeps the input's size."""
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size, module.kernel_size)
     xp = F.pad(x, (0, k[1] - 1, 0, k[0] - 1), mode="circular")
