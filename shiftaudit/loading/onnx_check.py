@@ -21,6 +21,8 @@ from shiftaudit.errors import CheckpointError
 from shiftaudit.files import Refused, open_regular
 from shiftaudit.limits import MAX_ONNX_CONSTANT_BYTES, MAX_ONNX_NODES, gib
 
+INSTALL = "pip install 'shiftaudit[onnx]'"  # what the onnx extra needs (onnx_model and onnx_inspect say it too)
+
 # bytes per entry of each typed field of a TensorProto, when raw_data is not used
 _FIELD_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8, "uint64_data": 8}
 NO_FOLDING = ["ConstantFolding"]  # what read_onnx disables at session creation (what builds constants)
@@ -210,8 +212,6 @@ def check_onnx_file(path: Path) -> bool:
     try:
         import onnx
     except ImportError:
-        from shiftaudit.loading.onnx_model import INSTALL
-
         raise CheckpointError(f"Checking ONNX model {path} before loading it needs the onnx package: {INSTALL}.") from None
     source = str(path)
     try:

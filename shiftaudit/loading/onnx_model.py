@@ -22,8 +22,8 @@ from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError, first_line
 from shiftaudit.loading.fixed_batch import run_in_batches
+from shiftaudit.loading.onnx_check import INSTALL, NO_FOLDING
 
-INSTALL = "pip install 'shiftaudit[onnx]'"
 FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 IMAGE_CHANNELS = (1, 3, 4)
 
@@ -209,7 +209,7 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
 def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     """The graph as an :class:`OnnxClassifier` on the CPU, its string metadata, and its class count when fixed."""
     from shiftaudit.interrupts import interruptible
-    from shiftaudit.loading.onnx_check import NO_FOLDING, check_onnx_file
+    from shiftaudit.loading.onnx_check import check_onnx_file  # looked up per call: a test replaces it on onnx_check
 
     ort = _onnxruntime(path)
     checked = check_onnx_file(path)  # declared sizes against the data, before onnxruntime allocates them
