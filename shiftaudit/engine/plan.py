@@ -330,6 +330,25 @@ def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shi
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
 
 
+SEQUENTIAL_METRICS = ("consistency", "accuracy", "adversarial", "variation")
+
+
+def sequential_blocker(thresholds: list[Any], strategy: str, observers: list[Any], distributed: bool) -> str | None:
+    """Why the sequential gate cannot run this plan (None when it can)."""
+    if not thresholds:
+        return "no gate threshold was given"
+    unknown = sorted({t.metric for t in thresholds} - set(SEQUENTIAL_METRICS))
+    if unknown:
+        return f"no sequential estimate of {', '.join(unknown)}"
+    if strategy == "polyphase":
+        return "the polyphase engine evaluates every shift at once, for less than sampling would cost"
+    if observers:
+        return "per-layer distances need every shift"
+    if distributed:
+        return "it runs in one process (not under torchrun)"
+    return None
+
+
 SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audit is as quick as any sampling
 
 
@@ -344,8 +363,6 @@ def _plan_sequential(
         asked = bool(config.thresholds) and config.layers is None and config.resume is None
     if not asked:
         return False
-    from shiftaudit.engine.sequential import sequential_blocker
-
     why = sequential_blocker(list(config.thresholds), strategy, observers, distributed)
     if why is None and config.resume is not None:
         why = "--resume saves the progress of the full audit"
