@@ -30,8 +30,7 @@ from torch import fx, nn
 
 from shiftaudit.antialias.aps import APSDown2d
 from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
-from shiftaudit.antialias.methods import get_patch_method
+from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig, get_patch_method
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 from shiftaudit.errors import UsageError, first_line
 from shiftaudit.module_inputs import tensor_argument
