@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from shiftaudit.errors import UsageError
+from shiftaudit.errors import OutputError, UsageError
+from shiftaudit.files import all_or_nothing, check_destination, make_folder, node_kind
 
 if TYPE_CHECKING:
     from shiftaudit.result import AuditResult
@@ -133,9 +134,6 @@ def _check_settings(settings: dict[str, Any]) -> None:
 def _check_report_folder(report: str | Path) -> Path:
     """The report folder, refused before the audit when it or one of its files is something other than what a writer
     may replace (a file where the folder should be; a folder, link or FIFO where a report file should be)."""
-    from shiftaudit.errors import OutputError
-    from shiftaudit.files import check_destination, node_kind
-
     folder = Path(report)
     kind = node_kind(folder)
     if kind is not None and kind != "a folder":
@@ -151,7 +149,6 @@ def write_report(result: AuditResult, folder: Path, *, html: bool | None = None)
     """``report.json`` and, for a full audit, ``report.html``: the page of ``eval --out`` without its pictures, which
     would cost each test seconds of plotting. A sequential verdict holds only the gated estimates: the JSON alone, as
     with ``html=False``. All or nothing; returns the files written."""
-    from shiftaudit.files import all_or_nothing, make_folder
     from shiftaudit.report.html import write_html_report
     from shiftaudit.report.sequential import is_sequential
 

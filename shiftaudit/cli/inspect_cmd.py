@@ -26,6 +26,7 @@ from shiftaudit.cli.options import (
     TrustPickleOpt,
 )
 from shiftaudit.files import write_json_atomic
+from shiftaudit.loading.onnx_inspect import inspect_onnx
 from shiftaudit.report.terminal import inspection_table, text
 
 BLACK_BOXES = {"torchscript": "TorchScript archives", "pt2": "torch.export archives (.pt2)"}  # no modules to hook
@@ -113,8 +114,6 @@ def inspect_command(
     prep = resolve_cli_preprocessing(loaded, value(preset), size, resize, None, None, None)
     insp = None
     if loaded.format == "onnx":
-        from shiftaudit.loading.onnx_inspect import inspect_onnx
-
         insp = inspect_onnx(Path(loaded.source), loaded.model.input, prep.size, prep.channels)
     elif loaded.format not in BLACK_BOXES:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)

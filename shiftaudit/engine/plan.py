@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from shiftaudit.data import AuditDataset, load_data
 from shiftaudit.engine import distributed
 from shiftaudit.engine.config import MODES, AuditConfig, resolve_device
 from shiftaudit.engine.forward import BatchedForward, model_dtype
 from shiftaudit.engine.observers import Observer
 from shiftaudit.engine.strategies import compile_model, early_exit_strategy, try_polyphase
 from shiftaudit.errors import DataError, UsageError
+from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
 from shiftaudit.limits import MAX_BATCH_BYTES, gib
 from shiftaudit.metrics import Metric, MetricContext, default_metrics
 from shiftaudit.shifts.modes import check_shift_mode, get_shift_mode, input_geometry
@@ -195,8 +197,6 @@ def loaded_info(loaded: Any) -> dict[str, Any]:
 
 def resolve_data(data: Any, preprocessing: Any, config: AuditConfig) -> Any:
     """An AuditDataset from a dataset, tensors in memory or a path (loaded with a crop canvas in crop mode)."""
-    from shiftaudit.data import AuditDataset, load_data
-
     if not isinstance(data, AuditDataset):
         is_path = isinstance(data, str) or hasattr(data, "__fspath__")
         if is_path and preprocessing is None:
@@ -324,8 +324,6 @@ def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaust
 
 def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shifts: ShiftSet) -> None:
     if config.thresholds:
-        from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
-
         refuse_trivial_thresholds(list(config.thresholds), len(shifts))
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
 

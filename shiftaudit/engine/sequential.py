@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shiftaudit.data import make_loader
 from shiftaudit.engine.betting import BettingSequence
 from shiftaudit.engine.forward import model_dtype
 from shiftaudit.engine.plan import PreparedAudit
@@ -160,8 +161,6 @@ class SequentialGate:
 
     def _load(self, images: np.ndarray) -> tuple[torch.Tensor, dict[int, int], np.ndarray]:
         """The round's distinct images on the device, where each sits in the batch, and which were readable."""
-        from shiftaudit.data import make_loader
-
         prepared = self.prepared
         loader = make_loader(prepared.dataset, batch_size=len(images), num_workers=0, indices=images.tolist())
         chunks, ids = [], []

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from shiftaudit.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocessing, crop_fraction_resize
 from shiftaudit.errors import CheckpointError, UsageError, first_line
+from shiftaudit.interrupts import interruptible
 from shiftaudit.loading.fixed_batch import run_in_batches
 from shiftaudit.loading.onnx_check import INSTALL, NO_FOLDING
 
@@ -188,8 +190,6 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
     """The graph's fixed input size with ImageNet's mean, std and crop fraction (3 channels: resize to size / 0.875,
     then the centre crop, as for ``--size`` alone; 0.5 and 0.5 and no resize otherwise), or None when the graph leaves
     the size free (the usual default, ImageNet at 224, then applies)."""
-    from shiftaudit.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocessing, crop_fraction_resize
-
     size = graph_input.fixed_size
     if size is None:
         return None
@@ -208,7 +208,6 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
 
 def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     """The graph as an :class:`OnnxClassifier` on the CPU, its string metadata, and its class count when fixed."""
-    from shiftaudit.interrupts import interruptible
     from shiftaudit.loading.onnx_check import check_onnx_file  # looked up per call: a test replaces it on onnx_check
 
     ort = _onnxruntime(path)

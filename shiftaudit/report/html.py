@@ -16,7 +16,7 @@ from typing import Any
 
 from shiftaudit.errors import one_line
 from shiftaudit.files import pending, write_text_atomic
-from shiftaudit.report.rows import LAYER_CAPTION, LAYER_HEADER, audit_rows, layer_rows
+from shiftaudit.report.rows import LAYER_CAPTION, LAYER_HEADER, audit_rows, compare_rows, layer_rows
 from shiftaudit.report.terminal import describe_run
 from shiftaudit.result import AuditResult
 
@@ -250,7 +250,6 @@ def render_side_by_side_html(
     """One page with several runs of the same data side by side (``patch --eval --out``): the comparison table, then
     each kind of picture in one row, one column per run. ``pictures[i]`` are run i's PNGs (matched by file name)."""
     from shiftaudit import __version__
-    from shiftaudit.report.rows import compare_rows
 
     parts = [
         "<!DOCTYPE html>",

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shiftaudit.errors import UsageError
 from shiftaudit.files import Refused, all_or_nothing, keep_stale, make_folder, read_regular, remove_stale, write_text_atomic
+from shiftaudit.report.html import render_side_by_side_html, write_html_report
 from shiftaudit.result import AuditResult
 
 PictureDraw = Callable[[AuditResult, Path, Any], "Path | None"]
@@ -134,11 +136,7 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
 
     ``dataset`` (optional, the audited data) lets the flip-example picture show the images themselves.
     """
-    from shiftaudit.report.html import write_html_report
-
     if "sequential" in result.metrics:
-        from shiftaudit.errors import UsageError
-
         raise UsageError("A sequential gate result holds only the gated estimates, nothing to draw; audit with exact=True.")
     with all_or_nothing():
         out = make_folder(out_dir)
@@ -160,8 +158,6 @@ def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: st
     """Several runs on the same data (``patch --eval --out``): each run's full report folder (what ``eval --out``
     writes) in a sub-folder, and ``report.html`` with the runs side by side. ``runs``: (name, sub-folder, result).
     All or nothing; returns the files written."""
-    from shiftaudit.report.html import render_side_by_side_html
-
     with all_or_nothing():
         out = make_folder(out_dir)
         written: list[Path] = []
