@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from shiftaudit.data import make_loader
 from shiftaudit.errors import UsageError
 from shiftaudit.files import check_destination, node_kind, write_bytes_atomic
 from shiftaudit.metrics.base import Metric
@@ -285,6 +286,4 @@ def resume_state(
 
 def subset_loader(dataset: Any, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> Any:
     """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
-    from shiftaudit.data import make_loader
-
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin, indices=indices.tolist())
