@@ -461,7 +461,7 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     return PatchResult(model=model, steps=steps, config=cfg, mode="graph" if gm is not None else "modules", notes=notes)
 
 
-def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,  # noqa: A002
+def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,
           shortcuts: bool = True, circular_conv: bool = False, only: tuple[str, ...] | list[str] = (),
           skip: tuple[str, ...] | list[str] = (), inplace: bool = False) -> nn.Module:
     """Return ``model`` with blur-before-subsampling at every strided layer (see :func:`patch_model` for the report)."""

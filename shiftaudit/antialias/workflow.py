@@ -182,7 +182,7 @@ def save_patched(
     path: str | Path,
     *,
     format: str = "safetensors",
-    preprocessing: Any = None,  # noqa: A002
+    preprocessing: Any = None,
 ) -> PatchReport:
     """Save the patched model of ``report`` (``loaded``: the original, for its architecture, classes and
     preprocessing) with the patch spec and what re-estimation and distillation did; returns the report naming the

@@ -91,6 +91,6 @@ def compile_model(model: nn.Module, notes: list[str]) -> nn.Module:
         return model
     try:
         return torch.compile(model, dynamic=False)  # type: ignore[return-value]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"torch.compile failed ({type(exc).__name__}); ran the model eagerly")
         return model

@@ -39,7 +39,7 @@ def _itemsize(data_type: int) -> float:
         return 0.5
     try:
         return float(helper.tensor_dtype_to_np_dtype(data_type).itemsize)
-    except Exception:  # noqa: BLE001 - a type this onnx does not map: assume the widest
+    except Exception:  # a type this onnx does not map: assume the widest
         return 16.0
 
 
@@ -186,7 +186,7 @@ def _check_constants(model: Any, largest: int, source: str) -> None:
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - a graph onnx cannot infer: onnxruntime judges it, without folding
+    except Exception:  # a graph onnx cannot infer: onnxruntime judges it, without folding
         return
     types = {v.name: v.type.tensor_type for v in _value_types(inferred.graph) if v.type.HasField("tensor_type")}
     limit = max(MAX_ONNX_CONSTANT_BYTES, 4 * largest)
@@ -216,7 +216,7 @@ def check_onnx_file(path: Path) -> bool:
     source = str(path)
     try:
         model = onnx.load(source, load_external_data=False)
-    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not parsed, so not checked
+    except Exception:  # protobuf's DecodeError and friends: not parsed, so not checked
         return False
     nodes = sum(len(nodes) for nodes in _node_lists(model))
     if nodes > MAX_ONNX_NODES:

@@ -233,6 +233,6 @@ def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     graph_input, classes = read_graph_input(list(session.get_inputs()), list(session.get_outputs()), str(path))
     try:
         raw = dict(session.get_modelmeta().custom_metadata_map or {})
-    except Exception:  # noqa: BLE001 - metadata is optional
+    except Exception:  # metadata is optional
         raw = {}
     return OnnxClassifier(session, graph_input, str(path)), raw, classes

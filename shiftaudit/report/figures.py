@@ -196,7 +196,7 @@ def _display_image(dataset: Any, image_id: int) -> np.ndarray | None:
     """The image as the model saw it, un-normalised to [0, 1] (H, W, C), or None when the data cannot give it back."""
     try:
         x = dataset[image_id][0]
-    except Exception:  # noqa: BLE001 - a picture is optional: an image that cannot be read is simply not drawn
+    except Exception:  # a picture is optional: an image that cannot be read is simply not drawn
         return None
     arr = np.asarray(x.detach().cpu().float() if hasattr(x, "detach") else x, dtype=float)
     if arr.ndim != 3:
