@@ -232,6 +232,7 @@ def compare_command(
             if str(json_out) != "-":
                 written.append(json_out)
         if out is not None:
+            # local: matplotlib
             from shiftaudit.report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
 
             folder = make_folder(out)

@@ -165,7 +165,7 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:
         from shiftaudit.antialias import plan_patch
     except ImportError:
         return {}
-    from shiftaudit.antialias import conv_total_variation
+    from shiftaudit.antialias import conv_total_variation  # local: the patching module may be unavailable (see above)
 
     try:  # patch a copy to show where each blur would really go (after the conv's norm/activation)
         from shiftaudit.antialias import patch_model
@@ -179,6 +179,6 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:
 
 def _total_variation(model) -> dict[str, float]:
     """Normalised TV of every spatial conv's filters (Fig. 7: lower is smoother)."""
-    from shiftaudit.antialias import conv_total_variation
+    from shiftaudit.antialias import conv_total_variation  # local: the patching module may be unavailable (see above)
 
     return conv_total_variation(model)

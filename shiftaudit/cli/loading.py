@@ -27,7 +27,7 @@ def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 def load_model_from_cli(
     model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool, arch_kwargs: str | None = None
 ) -> Any:
-    from shiftaudit.loading import load_model
+    from shiftaudit.loading import load_model  # local: looked up per call: tests replace shiftaudit.loading.load_model
 
     kwargs = parse_arch_kwargs(arch_kwargs)
     return load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, arch_kwargs=kwargs)

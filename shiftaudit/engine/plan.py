@@ -166,7 +166,7 @@ def resolve_model(model: Any, info: dict[str, Any]) -> tuple[nn.Module, Any, dic
     """``(module, its preprocessing or None, model info)`` from a module, a LoadedModel or a checkpoint path."""
     preprocessing = None
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from shiftaudit.loading import load_model
+        from shiftaudit.loading import load_model  # local: loading imports antialias, whose workflow imports this module
 
         model = load_model(model)
     if hasattr(model, "model") and hasattr(model, "format") and not isinstance(model, nn.Module):
@@ -383,6 +383,7 @@ def _plan_observers(
             "(state dict or safetensors)."
         )
     if config.layers:
+        # local: metrics.layers imports antialias, whose workflow imports this module
         from shiftaudit.metrics.layers import FeatureDistance, select_layers
 
         if not exhaustive:

@@ -100,7 +100,7 @@ def fingerprint_parts(
     A resumed run adds its images to the saved accumulators, so any difference here would silently mix scores of two
     different audits and report the settings of the second. Each value is the part as JSON when short, else a digest.
     """
-    from shiftaudit import __version__
+    from shiftaudit import __version__  # local: read per call (tests change it)
 
     prep = getattr(dataset, "preprocessing", None)
     prep_json = prep.to_json() if prep is not None and hasattr(prep, "to_json") else {}

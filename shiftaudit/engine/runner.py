@@ -312,7 +312,7 @@ def _stopped(prepared: PreparedAudit, state: ResumeState | None, counters: _Coun
             counters.images_done, total, str(state.path) if state is not None else None, terminated=isinstance(exc, Terminated)
         ) from exc
     if isinstance(exc, ModelError) and counters.images_done == 0:  # failed at once: maybe --size is below its stride
-        from shiftaudit.antialias.inspection import input_too_small
+        from shiftaudit.antialias.inspection import input_too_small  # local: antialias (its workflow) imports this module
 
         plan = prepared.plan
         small = input_too_small(prepared.model, plan.input_size, int(getattr(prepared.dataset, "channels", 3)))

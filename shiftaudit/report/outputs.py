@@ -56,7 +56,7 @@ def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[
 
 
 def _figures() -> Any:
-    from shiftaudit.report import figures
+    from shiftaudit.report import figures  # local: matplotlib: only when pictures are drawn
 
     return figures
 
@@ -64,7 +64,7 @@ def _figures() -> Any:
 def _layers(result: AuditResult, path: Path, dataset: Any) -> Path | None:
     if "layers" not in result.metrics:
         return None
-    from shiftaudit.report.heatmaps import plot_layer_heatmaps
+    from shiftaudit.report.heatmaps import plot_layer_heatmaps  # local: matplotlib
 
     return plot_layer_heatmaps(result.metrics["layers"], path)
 
@@ -86,7 +86,7 @@ PNG_HEAD_BYTES = 1 << 20  # text chunks come before the pixels; a picture's firs
 def drawn_by_shiftaudit(path: str | Path) -> bool:
     """Whether ``path`` is a regular file, a PNG whose Software text (before its pixels) is shiftaudit's. Read without
     following a link or blocking on a FIFO, at most :data:`PNG_HEAD_BYTES`; anything unreadable is not ours."""
-    from shiftaudit.report.plotting import PNG_METADATA
+    from shiftaudit.report.plotting import PNG_METADATA  # local: matplotlib
 
     try:
         head = read_regular(path, PNG_HEAD_BYTES, head=True, follow=False)
