@@ -34,7 +34,7 @@ def interruptible(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     def work() -> None:
         try:
             outcome["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as it is
+        except BaseException as exc:  # handed to the caller's thread as it is
             outcome["error"] = exc
 
     worker = threading.Thread(target=work, name=f"shiftaudit:{getattr(fn, '__name__', 'call')}", daemon=True)

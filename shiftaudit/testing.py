@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from shiftaudit.errors import UsageError
+from shiftaudit.errors import OutputError, UsageError
+from shiftaudit.files import all_or_nothing, check_destination, make_folder, node_kind
 
 if TYPE_CHECKING:
     from shiftaudit.result import AuditResult
@@ -69,7 +70,7 @@ def assert_shift_robust(
     if html and report is None:
         raise UsageError("html=True writes the HTML report into the report folder; give report=FOLDER as well.")
     folder = _check_report_folder(report) if report is not None else None
-    from shiftaudit.engine.runner import audit
+    from shiftaudit.engine.runner import audit  # local: importing shiftaudit.testing stays free of torch
 
     result = audit(
         model, data, thresholds=gate_thresholds, sequential=not (exact or html), seed=seed, device=device, **settings
@@ -108,7 +109,7 @@ def assert_variation(model: Any, data: Any, max: float, **kwargs: Any) -> AuditR
 
 def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Any]:
     """The gate's thresholds (:func:`shiftaudit.gating.thresholds_from`); an assertion needs at least one."""
-    from shiftaudit.gating import THRESHOLD_KEYS
+    from shiftaudit.gating import THRESHOLD_KEYS  # local: torch-free import
     from shiftaudit.gating import thresholds_from as parse
 
     out = parse(thresholds)
@@ -119,7 +120,7 @@ def thresholds_from(thresholds: Mapping[str, Any] | Iterable[Any]) -> list[Any]:
 
 def _check_settings(settings: dict[str, Any]) -> None:
     """Refuse settings the assertion sets itself, and names :func:`shiftaudit.audit` does not know."""
-    from shiftaudit.engine.config import AuditConfig
+    from shiftaudit.engine.config import AuditConfig  # local: torch-free import
 
     for name, instead in _OWN_SETTINGS.items():
         if name in settings:
@@ -133,9 +134,6 @@ def _check_settings(settings: dict[str, Any]) -> None:
 def _check_report_folder(report: str | Path) -> Path:
     """The report folder, refused before the audit when it or one of its files is something other than what a writer
     may replace (a file where the folder should be; a folder, link or FIFO where a report file should be)."""
-    from shiftaudit.errors import OutputError
-    from shiftaudit.files import check_destination, node_kind
-
     folder = Path(report)
     kind = node_kind(folder)
     if kind is not None and kind != "a folder":
@@ -151,8 +149,7 @@ def write_report(result: AuditResult, folder: Path, *, html: bool | None = None)
     """``report.json`` and, for a full audit, ``report.html``: the page of ``eval --out`` without its pictures, which
     would cost each test seconds of plotting. A sequential verdict holds only the gated estimates: the JSON alone, as
     with ``html=False``. All or nothing; returns the files written."""
-    from shiftaudit.files import all_or_nothing, make_folder
-    from shiftaudit.report.html import write_html_report
+    from shiftaudit.report.html import write_html_report  # local: torch-free import
     from shiftaudit.report.sequential import is_sequential
 
     with all_or_nothing():

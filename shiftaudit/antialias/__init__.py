@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shiftaudit.antialias import methods as methods  # registers the built-in patch methods (blurpool, aps)
 from shiftaudit.antialias.calibrate import (
     SMALL_CALIBRATION,
     Recalibration,

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shiftaudit.antialias.aps import APSDown2d
+from shiftaudit.antialias.blurpool import BlurPool2d
 from shiftaudit.engine.forward import model_exits_fail
 
 SMALL_CALIBRATION = 256
@@ -43,9 +45,6 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def _is_change(m: nn.Module) -> bool:
-    from shiftaudit.antialias.aps import APSDown2d
-    from shiftaudit.antialias.blurpool import BlurPool2d
-
     return isinstance(m, (BlurPool2d, APSDown2d))
 
 

@@ -1,10 +1,19 @@
-"""What a patch does, as a small JSON-able spec: saved in a patched checkpoint so the model can be rebuilt exactly."""
+"""What a patch does, as a small JSON-able spec: saved in a patched checkpoint so the model can be rebuilt exactly.
+
+The registry of patch methods the spec names lives here too (:class:`PatchMethod`, :func:`register_patch_method`);
+the built-in methods register in :mod:`shiftaudit.antialias.methods`, which the package imports.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from torch import nn
+
+from shiftaudit.antialias.blurpool import normalize_pad_mode
+from shiftaudit.antialias.filters import canonical_filter_name
 from shiftaudit.errors import UsageError
 
 SPEC_VERSION = 1
@@ -29,10 +38,6 @@ class PatchConfig:
     skip: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        from shiftaudit.antialias.blurpool import normalize_pad_mode
-        from shiftaudit.antialias.filters import canonical_filter_name
-        from shiftaudit.antialias.methods import get_patch_method
-
         default = get_patch_method(self.method).default_filter
         object.__setattr__(self, "filter", canonical_filter_name(self.filter or default))
         object.__setattr__(self, "pad", normalize_pad_mode(self.pad))
@@ -64,3 +69,33 @@ class PatchConfig:
         if "filter" in known and known["filter"] is not None and not isinstance(known["filter"], str):
             raise UsageError("Patch spec field 'filter' must be a string.")
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class PatchMethod:
+    name: str
+    label: str  # in rules: "MaxPool(s2) -> MaxPool(s1) + BlurPool(s2)"
+    short: str  # in actions: "dense pool + blur"
+    default_filter: str
+    default_pad: str
+    make: Callable[[PatchConfig, int | None, int], nn.Module]  # (config, channels, stride) -> subsampling layer
+    finish: Callable[[nn.Module, list[Any]], list[str]] | None = None  # (patched model, steps) -> notes
+
+
+_METHODS: dict[str, PatchMethod] = {}
+
+
+def register_patch_method(method: PatchMethod) -> PatchMethod:
+    _METHODS[method.name] = method
+    return method
+
+
+def patch_method_names() -> tuple[str, ...]:
+    return tuple(_METHODS)
+
+
+def get_patch_method(name: str) -> PatchMethod:
+    try:
+        return _METHODS[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"Unknown patch method {name!r}; choose one of: {', '.join(_METHODS)}.") from None

@@ -188,7 +188,7 @@ def too_small_error(model: object, size: tuple[int, int], channels: int) -> Usag
     side = min(512, max(64, 4 * max(h, w)))
     try:
         stride = inspect_model(model, (side, side), channels).total_stride
-    except Exception:  # noqa: BLE001 - it fails at a larger size too: the model's problem, not the size
+    except Exception:  # it fails at a larger size too: the model's problem, not the size
         return None
     return UsageError(f"The model cannot run on {h}x{w} inputs (its total stride is {stride}); use --size {stride} or more.")
 
@@ -199,7 +199,7 @@ def input_too_small(model: Any, size: tuple[int, int], channels: int) -> UsageEr
         inspect_model(model, size, channels)
     except UsageError as exc:
         return exc
-    except Exception:  # noqa: BLE001 - any other failure is the model's, reported as it was
+    except Exception:  # any other failure is the model's, reported as it was
         return None
     return None
 

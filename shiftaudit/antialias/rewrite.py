@@ -30,8 +30,7 @@ from torch import fx, nn
 
 from shiftaudit.antialias.aps import APSDown2d
 from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
-from shiftaudit.antialias.methods import get_patch_method
+from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig, get_patch_method
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 from shiftaudit.errors import UsageError, first_line
 from shiftaudit.module_inputs import tensor_argument
@@ -488,7 +487,7 @@ def _blur_in_graph(gm: fx.GraphModule, s: PatchStep, m: nn.Conv2d, cfg: PatchCon
     _set_stride_one(m)
     s.blur = ",".join(blur_names)
 
-def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,  # noqa: A002
+def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,
           shortcuts: bool = True, circular_conv: bool = False, only: tuple[str, ...] | list[str] = (),
           skip: tuple[str, ...] | list[str] = (), inplace: bool = False) -> nn.Module:
     """Return ``model`` with blur-before-subsampling at every strided layer (see :func:`patch_model` for the report)."""

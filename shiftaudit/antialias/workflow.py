@@ -79,7 +79,7 @@ def patch_and_evaluate(
     called after each step (``patch``, ``recalibrate``, ``distill``, ``agreement``, ``compare``) with the report so
     far, for a caller that shows progress as it goes.
     """
-    from shiftaudit.loading import load_model
+    from shiftaudit.loading import load_model  # local: loading imports antialias back (load, onnx_inspect)
 
     loaded = load_model(model) if isinstance(model, nn.Module) else model
     check_patchable(loaded)
@@ -182,12 +182,12 @@ def save_patched(
     path: str | Path,
     *,
     format: str = "safetensors",
-    preprocessing: Any = None,  # noqa: A002
+    preprocessing: Any = None,
 ) -> PatchReport:
     """Save the patched model of ``report`` (``loaded``: the original, for its architecture, classes and
     preprocessing) with the patch spec and what re-estimation and distillation did; returns the report naming the
     file."""
-    from shiftaudit.loading import save_model
+    from shiftaudit.loading import save_model  # local: loading imports antialias back
 
     patched = report.patch.model
     patched.eval().cpu().to(memory_format=torch.contiguous_format)  # as it was before the audits ran it

@@ -10,6 +10,8 @@ import sys
 
 import typer
 
+from shiftaudit import __version__
+
 app = typer.Typer(
     name="shiftaudit",
     help="How shift-robust is your image model, where is robustness lost, and what would anti-aliasing buy?",
@@ -20,7 +22,7 @@ app = typer.Typer(
 )
 
 from shiftaudit.cli import compare_cmd, demo_cmd, eval_cmd, filters_cmd, inspect_cmd, patch_cmd  # noqa: E402,F401  (register commands)
-from shiftaudit.cli.common import name_the_option_first  # noqa: E402
+from shiftaudit.cli.common import hold_standard_streams, name_the_option_first, quiet_stream  # noqa: E402
 
 name_the_option_first()
 
@@ -32,8 +34,6 @@ def package_version() -> str:
     try:
         return version("shiftaudit")
     except PackageNotFoundError:
-        from shiftaudit import __version__
-
         return __version__
 
 
@@ -42,8 +42,6 @@ def _print_version(value: bool) -> None:
         try:
             typer.echo(f"shiftaudit {package_version()}")
         except BrokenPipeError:  # `shiftaudit --version | true`: the reader left before the line was written
-            from shiftaudit.cli.common import quiet_stream
-
             quiet_stream(sys.stdout)
             raise typer.Exit(141) from None
         raise typer.Exit(0)
@@ -68,8 +66,6 @@ def main() -> None:
     who pressed Ctrl-C, or a scheduler's kill timeout, should not wait for; a worker thread still inside a long call
     (shiftaudit.interrupts) is not waited for either.
     """
-    from shiftaudit.cli.common import hold_standard_streams, quiet_stream
-
     hold_standard_streams()
     code: object = None
     try:

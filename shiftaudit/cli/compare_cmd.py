@@ -16,9 +16,12 @@ from shiftaudit.antialias.report import SCHEMA as PATCH_SCHEMA
 from shiftaudit.cli import app
 from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout, say_stale
 from shiftaudit.errors import UsageError
-from shiftaudit.files import Refused, read_regular
+from shiftaudit.files import Refused, all_or_nothing, make_folder, read_regular, write_json_atomic
 from shiftaudit.jsonfile import JsonInputError, load_json
 from shiftaudit.limits import is_int
+from shiftaudit.report.outputs import remove_stale_pictures
+from shiftaudit.report.rows import SIGNIFICANCE_RULE, compare_rows
+from shiftaudit.report.terminal import comparison_table, describe_shifts
 from shiftaudit.result import AuditResult, short
 
 COMPARISON_SCHEMA = "shiftaudit/comparison"
@@ -148,8 +151,6 @@ def _shifts(result: AuditResult) -> str:
 
 
 def comparison_json(runs: list[tuple[str, AuditResult]], paths: list[Path], notes: list[str]) -> dict[str, object]:
-    from shiftaudit.report.rows import SIGNIFICANCE_RULE, compare_rows
-
     rows = []
     for row in compare_rows(runs):
         rows.append(
@@ -195,9 +196,6 @@ def compare_command(
 
     Exit codes: 0 compared, 2 a file is not a shiftaudit report, is newer than this version, or ran on other data.
     """
-    from shiftaudit.files import all_or_nothing, make_folder, write_json_atomic
-    from shiftaudit.report.terminal import comparison_table, describe_shifts
-
     check_outputs({"--json": json_out}, {"--out": (out, PICTURES)}, inputs=list(files))
     json_to_stdout(json_out)
     labels = run_names(files, names)
@@ -230,6 +228,7 @@ def compare_command(
             if str(json_out) != "-":
                 written.append(json_out)
         if out is not None:
+            # local: matplotlib
             from shiftaudit.report.figures import plot_accuracy_map, plot_adversarial_curve, plot_variation_distribution
 
             folder = make_folder(out)
@@ -238,8 +237,6 @@ def compare_command(
                 plot_variation_distribution(runs, folder / PICTURES[1]),
                 plot_accuracy_map(runs, folder / PICTURES[2]),
             ]
-            from shiftaudit.report.outputs import remove_stale_pictures
-
             remove_stale_pictures(folder, PICTURES, [p for p in pictures if p is not None])
     for output in written + pictures:
         if output is not None:

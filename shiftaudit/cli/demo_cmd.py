@@ -13,9 +13,13 @@ from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to
 from shiftaudit.cli.options import DeviceOpt, JsonOpt, OutOpt, QuietOpt
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.cli.running import report_result
+from shiftaudit.data import load_data
+from shiftaudit.data.synthetic import make_synthetic
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.plan import plan_audit
 from shiftaudit.engine.runner import run_plan
+from shiftaudit.loading import load_model
+from shiftaudit.models.demo import DEMO_TEST_SEED, DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
 from shiftaudit.report.outputs import report_files
 from shiftaudit.report.terminal import comparison_table, describe_shifts
 from shiftaudit.result import AuditResult
@@ -25,10 +29,6 @@ DESCRIPTION = "built-in demo CNN (VGG-style, circular padding, max-pooling, trai
 
 def demo_dataset(n: int, preprocessing: Any, seed: int | None = None) -> Any:
     import torch  # the data and loading packages import torchvision: loaded when the demo runs, not when the CLI starts
-
-    from shiftaudit.data import load_data
-    from shiftaudit.data.synthetic import make_synthetic
-    from shiftaudit.models.demo import DEMO_TEST_SEED
 
     seed = DEMO_TEST_SEED if seed is None else seed
     images, labels, names = make_synthetic(n, seed=seed)
@@ -92,9 +92,6 @@ def demo_command(
 ) -> None:
     """Audit the built-in demo model (a small circularly padded CNN trained without shift augmentation) on built-in
     synthetic images, at every circular shift."""
-    from shiftaudit.loading import load_model
-    from shiftaudit.models.demo import DEMO_TRAIN_SEED, demo_aa_checkpoint_path, demo_checkpoint_path
-
     # everything that can be refused is refused before the first audit, and the outputs are written once every
     # audit is done: a run writes all its outputs or none
     config = PatchConfig(filter=patch_filter, pad="circular") if patch_filter is not None else None

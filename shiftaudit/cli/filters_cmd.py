@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from shiftaudit.antialias.filters import list_filters
 from shiftaudit.cli import app
 from shiftaudit.cli.common import console, handle_errors
 
@@ -12,8 +13,6 @@ from shiftaudit.cli.common import console, handle_errors
 @handle_errors
 def filters_command() -> None:
     """List every blur filter by name, with its Table 1 weights and the normalised ones actually used."""
-    from shiftaudit.antialias.filters import list_filters
-
     t = Table(
         title="Blur filters (Zhang, Table 1); 2-D filter = outer product", title_justify="left", show_edge=False, pad_edge=False
     )

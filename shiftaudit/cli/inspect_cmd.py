@@ -26,6 +26,7 @@ from shiftaudit.cli.options import (
     TrustPickleOpt,
 )
 from shiftaudit.files import write_json_atomic
+from shiftaudit.loading.onnx_inspect import inspect_onnx
 from shiftaudit.report.terminal import inspection_table, text
 
 BLACK_BOXES = {"torchscript": "TorchScript archives", "pt2": "torch.export archives (.pt2)"}  # no modules to hook
@@ -113,8 +114,6 @@ def inspect_command(
     prep = resolve_cli_preprocessing(loaded, value(preset), size, resize, None, None, None)
     insp = None
     if loaded.format == "onnx":
-        from shiftaudit.loading.onnx_inspect import inspect_onnx
-
         insp = inspect_onnx(Path(loaded.source), loaded.model.input, prep.size, prep.channels)
     elif loaded.format not in BLACK_BOXES:
         insp = inspect_model(loaded.model, prep.size, channels=prep.channels)
@@ -166,13 +165,13 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:
         from shiftaudit.antialias import plan_patch
     except ImportError:
         return {}
-    from shiftaudit.antialias import conv_total_variation
+    from shiftaudit.antialias import conv_total_variation  # local: the patching module may be unavailable (see above)
 
     try:  # patch a copy to show where each blur would really go (after the conv's norm/activation)
         from shiftaudit.antialias import patch_model
 
         plan = patch_model(model).steps
-    except Exception:  # noqa: BLE001 - the plan alone still says what would change
+    except Exception:  # the plan alone still says what would change
         plan = plan_patch(model)
     tv = conv_total_variation(model)
     return {"Patch": {step.name: step.action for step in plan}, "TV": {n: f"{v:.3f}" for n, v in tv.items()}}
@@ -180,6 +179,6 @@ def _patch_column(model, insp) -> dict[str, dict[str, str]]:
 
 def _total_variation(model) -> dict[str, float]:
     """Normalised TV of every spatial conv's filters (Fig. 7: lower is smoother)."""
-    from shiftaudit.antialias import conv_total_variation
+    from shiftaudit.antialias import conv_total_variation  # local: the patching module may be unavailable (see above)
 
     return conv_total_variation(model)

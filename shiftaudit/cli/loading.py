@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shiftaudit.data import load_data
+from shiftaudit.data.presets import assumed_statistics_note, resolve_preprocessing
 from shiftaudit.errors import UsageError
+from shiftaudit.loading.architectures import parse_arch_kwargs
+from shiftaudit.shifts.modes import get_shift_mode
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -23,8 +27,7 @@ def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 def load_model_from_cli(
     model: Path, arch: str | None, num_classes: int | None, trust_pickle: bool, arch_kwargs: str | None = None
 ) -> Any:
-    from shiftaudit.loading import load_model
-    from shiftaudit.loading.architectures import parse_arch_kwargs
+    from shiftaudit.loading import load_model  # local: looked up per call: tests replace shiftaudit.loading.load_model
 
     kwargs = parse_arch_kwargs(arch_kwargs)
     return load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, arch_kwargs=kwargs)
@@ -33,8 +36,6 @@ def load_model_from_cli(
 def resolve_cli_preprocessing(
     loaded: Any, preset: str | None, size: int | None, resize: int | None, mean: str | None, std: str | None, data: Path | None
 ) -> Any:
-    from shiftaudit.data.presets import resolve_preprocessing
-
     default = getattr(loaded, "preprocessing", None)
     if preset is None and default is None and data is not None and _looks_like_cifar(data):
         preset = "cifar"
@@ -68,9 +69,6 @@ def load_dataset_from_cli(
     label_column: str | None = None,
 ) -> Any:
     """The audit data as the flags describe it; in crop mode each image is a canvas --max-shift px larger per side."""
-    from shiftaudit.data import load_data
-    from shiftaudit.shifts.modes import get_shift_mode
-
     prep = resolve_cli_preprocessing(loaded, preset, size, resize, mean, std, data)
     margin = get_shift_mode(shift_mode, "--shift-mode").canvas_margin(None, max_shift, prep.size)
     dataset = load_data(
@@ -89,7 +87,5 @@ def load_dataset_from_cli(
     )
     recorded = loaded.preprocessing is not None and not getattr(loaded, "preprocessing_assumed", False)
     if dataset.preprocessing is not None and not (recorded or preset or mean or std):
-        from shiftaudit.data.presets import assumed_statistics_note
-
         dataset.add_note(assumed_statistics_note(dataset.preprocessing))
     return dataset

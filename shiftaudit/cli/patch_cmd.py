@@ -21,6 +21,7 @@ from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.errors import UsageError
 from shiftaudit.files import all_or_nothing
+from shiftaudit.loading.saving import check_save_path
 from shiftaudit.report.outputs import side_by_side_files
 
 MethodOpt = Annotated[
@@ -261,8 +262,6 @@ def _named(path: Path | None) -> str | None:
 
 def _save_format(output: Path | None, fmt: ModelFormat | None) -> ModelFormat:
     """How ``-o`` saves: ``--format``, else pt2 for a .pt2 name, else safetensors; a suffix naming another format is refused."""
-    from shiftaudit.loading.saving import check_save_path  # the loading package is not imported when the CLI starts
-
     fmt = fmt or (ModelFormat.pt2 if output is not None and output.suffix.lower() == ".pt2" else ModelFormat.safetensors)
     if output is not None:
         check_save_path(output, fmt.value, flag="--output", format_flag="--format ")

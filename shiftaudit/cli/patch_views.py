@@ -15,6 +15,7 @@ from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchRepo
 from shiftaudit.antialias.workflow import save_patched
 from shiftaudit.cli.common import console, err_console
 from shiftaudit.files import all_or_nothing, write_json_atomic
+from shiftaudit.loading.architectures import kind_of
 from shiftaudit.report.outputs import write_side_by_side_dir
 from shiftaudit.report.terminal import comparison_table, describe_shifts, inspection_table, sig, text
 
@@ -165,8 +166,6 @@ def latency_warning(latency: PatchLatency) -> str | None:
 
 def rebuild_message(output: Path, fmt: str, arch: str | None) -> str:
     """What it takes to load the saved model again: true for every kind of architecture."""
-    from shiftaudit.loading.architectures import kind_of
-
     if fmt == "torchscript":
         return (
             f"wrote {output} (torchscript, deprecated by torch: prefer .pt2); `shiftaudit eval {output} --data ...` runs "

@@ -6,7 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from shiftaudit.cli.common import console, err_console, say_stale
+from shiftaudit.engine.runner import LABEL_MISMATCH
+from shiftaudit.files import all_or_nothing, write_json_atomic
+from shiftaudit.report.junit import write_junit
 from shiftaudit.report.outputs import write_report_dir
+from shiftaudit.report.sequential import is_sequential, sequential_summary, sequential_table
 from shiftaudit.report.terminal import audit_table, describe_preprocessing, describe_run, layers_table, sig, text
 
 
@@ -15,8 +19,6 @@ def write_outputs(
 ) -> list[Path]:
     """Write every output of the run, all of them or none (a full disk at the last picture leaves no new report
     beside old pictures); returns the files written, for the "wrote ..." lines."""
-    from shiftaudit.files import all_or_nothing
-
     written: list[Path] = []
     with all_or_nothing():
         if json_out is not None:
@@ -26,8 +28,6 @@ def write_outputs(
         if out is not None:
             written += write_report_dir(result, out, dataset=dataset)
         if junit is not None:
-            from shiftaudit.report.junit import write_junit
-
             written.append(write_junit(result, junit))
     return written
 
@@ -36,9 +36,6 @@ def report_result(
     result: Any, *, json_out: Path | None, out: Path | None, quiet: bool, junit: Path | None = None, dataset: Any = None
 ) -> int:
     """Print, write the outputs, say the verdict; returns the exit code (1 when the gate failed)."""
-    from shiftaudit.engine.runner import LABEL_MISMATCH
-    from shiftaudit.report.sequential import is_sequential, sequential_summary, sequential_table
-
     sequential = is_sequential(result)
     if not quiet:
         width = console.width
@@ -61,8 +58,6 @@ def report_result(
     for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
         if note.startswith(LABEL_MISMATCH):
             err_console.print(text(f"warning: {note}", style="yellow"), soft_wrap=True)
-    from shiftaudit.files import all_or_nothing
-
     with all_or_nothing() as outputs:
         written = write_outputs(result, json_out=json_out, out=out, junit=junit, dataset=dataset)
     for path in written:
@@ -90,8 +85,6 @@ def show_plan(plan: Any, json_out: Path | None, data_notes: list[str] | None = N
     """``eval --dry-run``: the plan as a table (and as JSON with ``--json``), nothing run; ``data_notes``: what loading
     the data noted so far (an assumed mean and std), said after the plan's own notes."""
     from rich.table import Table
-
-    from shiftaudit.files import write_json_atomic
 
     if json_out is not None:
         write_json_atomic(json_out, {"schema": PLAN_SCHEMA, "schema_version": 1, "plan": plan.to_json()})

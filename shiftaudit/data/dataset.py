@@ -73,7 +73,7 @@ class EncodedImageSource:
         """Why image i cannot be read (decoded and prepared again in the main process to get the reason)."""
         try:
             self.get(i, prep, channels)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason we report
+        except Exception as exc:  # any decoder failure is the reason we report
             return decode_reason(exc, self.name(i))
         return "it could not be decoded"
 
@@ -283,7 +283,7 @@ class AuditDataset(Dataset):
             x, flags = self.source.get(j, self.preprocessing, self.channels)
         except DataError:
             raise
-        except Exception:  # noqa: BLE001 - a corrupt file may raise anything from inside the decoder
+        except Exception:  # a corrupt file may raise anything from inside the decoder
             if self.source.in_memory:  # encoded images (files, shard members, dataset rows) may be corrupt; arrays not
                 raise
             x = torch.full((self.channels, *self.image_size), float("nan"))

@@ -207,7 +207,7 @@ def _open_saved(path: Path, datasets: Any) -> Any:
     try:
         with _quiet(datasets):
             ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - a damaged folder may raise anything from arrow or json
+    except Exception as exc:  # a damaged folder may raise anything from arrow or json
         raise DataError(f"Cannot read the saved dataset {path}: {type(exc).__name__}: {str(exc)[:200]}.") from None
     return ds
 
@@ -222,7 +222,7 @@ def _parquet_rows(files: list[Path], where: str) -> tuple[Any, list[Any]]:
     for path in files:
         try:
             pf = pq.ParquetFile(path)
-        except Exception as exc:  # noqa: BLE001 - pyarrow says "Parquet magic bytes not found" and the like
+        except Exception as exc:  # pyarrow says "Parquet magic bytes not found" and the like
             raise DataError(f"Cannot read {path} as parquet: {str(exc)[:200]}.") from None
         here = datasets.Features.from_arrow_schema(pf.schema_arrow)
         if features is None:
@@ -305,7 +305,7 @@ def _check_saved(ds: Any, columns: list[str], path: Path) -> None:
         )
     try:
         table.select(columns).validate(full=True)
-    except Exception as exc:  # noqa: BLE001 - pyarrow.ArrowInvalid
+    except Exception as exc:  # pyarrow.ArrowInvalid
         raise DataError(f"The saved dataset {path} is damaged: {first_line(exc)[:200].rstrip('.')}.") from None
 
 

@@ -38,7 +38,7 @@ def _as_numpy(x: Any, what: str) -> np.ndarray:
         return x.detach().cpu().numpy()
     try:
         arr = np.asarray(x)
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise DataError(f"The {what} cannot be read as an array (got {type(x).__name__}).") from None
     if arr.dtype == object:
         raise DataError(f"The {what} must be a numeric array, not a {type(x).__name__} of Python objects.")
@@ -148,7 +148,7 @@ def _read_tensor_file(path: Path) -> tuple[Any, Any, Any]:
         ) from None
     except ValueError as exc:
         raise DataError(f"Cannot read {path}: {exc}.") from None
-    except Exception as exc:  # noqa: BLE001 - zip/pickle/IO errors all mean the same to the user
+    except Exception as exc:  # zip/pickle/IO errors all mean the same to the user
         raise DataError(f"Cannot read {path}: {type(exc).__name__}: {exc}.") from None
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return obj, None, None

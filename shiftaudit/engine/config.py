@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from shiftaudit.errors import UsageError
+from shiftaudit.gating import thresholds_from
 from shiftaudit.limits import MAX_PAIRS, check_range
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -62,8 +63,6 @@ class AuditConfig:
     def __post_init__(self) -> None:
         """``thresholds`` as :func:`shiftaudit.gate` takes them (a mapping such as ``{"min_consistency": 0.95}`` or
         a list of :class:`~shiftaudit.gating.Threshold`), each checked, held as a tuple of Threshold."""
-        from shiftaudit.gating import thresholds_from
-
         object.__setattr__(self, "thresholds", tuple(thresholds_from(self.thresholds or ())))
 
     def check(self) -> None:

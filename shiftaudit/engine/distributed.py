@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from shiftaudit.data import make_loader
 from shiftaudit.errors import UsageError, first_line
 from shiftaudit.metrics.base import Metric, reduce_states
 
@@ -87,8 +88,6 @@ def shard_loader(
     dataset: AuditDataset, ctx: DistContext, *, batch_size: int, num_workers: int | None, pin_memory: bool
 ) -> AuditLoader:
     """The engine's usual loader, reading only this process's shard; image ids stay dataset positions."""
-    from shiftaudit.data import make_loader
-
     indices = rank_indices(dataset, ctx.rank, ctx.world).tolist()
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, indices=indices)
 

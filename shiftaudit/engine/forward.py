@@ -90,7 +90,7 @@ class BatchedForward:
             return self.model(x)
         except torch.cuda.OutOfMemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a compile failure must not cost the user the audit
+        except Exception as exc:  # a compile failure must not cost the user the audit
             first = first_line(exc)
             self.notes.append(f"torch.compile failed ({first[:120]}); ran the model eagerly")
             self.model, self.eager = self.eager, None

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from shiftaudit.data import AuditDataset, load_data
 from shiftaudit.engine import distributed
 from shiftaudit.engine.config import MODES, AuditConfig, resolve_device
 from shiftaudit.engine.forward import BatchedForward, model_dtype
 from shiftaudit.engine.observers import Observer
 from shiftaudit.engine.strategies import compile_model, early_exit_strategy, try_polyphase
 from shiftaudit.errors import DataError, UsageError
+from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
 from shiftaudit.limits import MAX_BATCH_BYTES, gib
 from shiftaudit.metrics import Metric, MetricContext, default_metrics
 from shiftaudit.shifts.modes import check_shift_mode, get_shift_mode, input_geometry
@@ -164,7 +166,7 @@ def resolve_model(model: Any, info: dict[str, Any]) -> tuple[nn.Module, Any, dic
     """``(module, its preprocessing or None, model info)`` from a module, a LoadedModel or a checkpoint path."""
     preprocessing = None
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from shiftaudit.loading import load_model
+        from shiftaudit.loading import load_model  # local: loading imports antialias, whose workflow imports this module
 
         model = load_model(model)
     if hasattr(model, "model") and hasattr(model, "format") and not isinstance(model, nn.Module):
@@ -195,8 +197,6 @@ def loaded_info(loaded: Any) -> dict[str, Any]:
 
 def resolve_data(data: Any, preprocessing: Any, config: AuditConfig) -> Any:
     """An AuditDataset from a dataset, tensors in memory or a path (loaded with a crop canvas in crop mode)."""
-    from shiftaudit.data import AuditDataset, load_data
-
     if not isinstance(data, AuditDataset):
         is_path = isinstance(data, str) or hasattr(data, "__fspath__")
         if is_path and preprocessing is None:
@@ -324,10 +324,27 @@ def _plan_metrics(config: AuditConfig, shifts: ShiftSet, labelled: bool, exhaust
 
 def _check_thresholds(config: AuditConfig, labelled: bool, exhaustive: bool, shifts: ShiftSet) -> None:
     if config.thresholds:
-        from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
-
         refuse_trivial_thresholds(list(config.thresholds), len(shifts))
         validate_thresholds(list(config.thresholds), labelled=labelled, exhaustive=exhaustive, radii=shifts.radii)
+
+
+SEQUENTIAL_METRICS = ("consistency", "accuracy", "adversarial", "variation")
+
+
+def sequential_blocker(thresholds: list[Any], strategy: str, observers: list[Any], distributed: bool) -> str | None:
+    """Why the sequential gate cannot run this plan (None when it can)."""
+    if not thresholds:
+        return "no gate threshold was given"
+    unknown = sorted({t.metric for t in thresholds} - set(SEQUENTIAL_METRICS))
+    if unknown:
+        return f"no sequential estimate of {', '.join(unknown)}"
+    if strategy == "polyphase":
+        return "the polyphase engine evaluates every shift at once, for less than sampling would cost"
+    if observers:
+        return "per-layer distances need every shift"
+    if distributed:
+        return "it runs in one process (not under torchrun)"
+    return None
 
 
 SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audit is as quick as any sampling
@@ -344,8 +361,6 @@ def _plan_sequential(
         asked = bool(config.thresholds) and config.layers is None and config.resume is None
     if not asked:
         return False
-    from shiftaudit.engine.sequential import sequential_blocker
-
     why = sequential_blocker(list(config.thresholds), strategy, observers, distributed)
     if why is None and config.resume is not None:
         why = "--resume saves the progress of the full audit"
@@ -368,6 +383,7 @@ def _plan_observers(
             "(state dict or safetensors)."
         )
     if config.layers:
+        # local: metrics.layers imports antialias, whose workflow imports this module
         from shiftaudit.metrics.layers import FeatureDistance, select_layers
 
         if not exhaustive:

@@ -538,14 +538,14 @@ def build_polyphase(model: nn.Module, sample: torch.Tensor, dh: np.ndarray, dw: 
         tracer = _Tracer()
         graph = tracer.trace(model)
         gm = fx.GraphModule(tracer.root, graph)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: not applicable
+    except Exception as exc:  # any tracing failure means: not applicable
         first = first_line(exc)
         raise PolyphaseUnsupported(f"torch.fx cannot trace the model ({first})") from None
     _split_blur_modules(gm)
     try:  # ShapeProp prints a traceback to stderr before raising: the failure is only "not applicable" here
         with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(sample)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PolyphaseUnsupported(f"the traced model does not run ({type(exc).__name__})") from None
     analyser = _Analyser(gm)
     sig = analyser.run()

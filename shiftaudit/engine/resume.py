@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from shiftaudit.data import make_loader
 from shiftaudit.errors import UsageError
 from shiftaudit.files import check_destination, node_kind, write_bytes_atomic
 from shiftaudit.metrics.base import Metric
@@ -102,7 +103,7 @@ def fingerprint_parts(
     A resumed run adds its images to the saved accumulators, so any difference here would silently mix scores of two
     different audits and report the settings of the second. Each value is the part as JSON when short, else a digest.
     """
-    from shiftaudit import __version__
+    from shiftaudit import __version__  # local: read per call (tests change it)
 
     prep = getattr(dataset, "preprocessing", None)
     prep_json = prep.to_json() if prep is not None and hasattr(prep, "to_json") else {}
@@ -292,6 +293,4 @@ def subset_loader(
     dataset: AuditDataset, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool
 ) -> AuditLoader:
     """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
-    from shiftaudit.data import make_loader
-
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin, indices=indices.tolist())

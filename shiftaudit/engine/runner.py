@@ -21,14 +21,18 @@ import numpy as np
 import torch
 
 from shiftaudit import __version__
+from shiftaudit.data import make_loader
 from shiftaudit.engine import distributed
 from shiftaudit.engine.config import AuditConfig
+from shiftaudit.engine.forward import model_dtype
 from shiftaudit.engine.observers import Observer, Progress
 from shiftaudit.engine.packing import RowPacker
 from shiftaudit.engine.passes import DrawPlan, dense_job, early_exit_batch, full_batch
 from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.resume import ResumeState, resume_state, subset_loader
+from shiftaudit.engine.sequential import Undecided, run_sequential
 from shiftaudit.errors import AuditInterrupted, ModelError, Terminated
+from shiftaudit.gating import evaluate_gate, sequential_gate
 from shiftaudit.metrics import Metric, ShiftBatch, ZeroShiftConfidence
 from shiftaudit.metrics.entries import Flips, Proportion
 from shiftaudit.metrics.layout import assemble
@@ -131,8 +135,6 @@ def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> Audit
 
 def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> AuditResult | None:
     """The sequential gate's result, or None (with a note saying why) when the full audit must decide."""
-    from shiftaudit.engine.sequential import Undecided, run_sequential
-
     config = prepared.config
     try:
         outcome = run_sequential(prepared, progress, config.decision_error, config.sequential_budget)
@@ -166,8 +168,6 @@ def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> Audit
             "forward_rows_full": float(outcome.exhaustive_rows),
         },
     )
-    from shiftaudit.gating import sequential_gate
-
     result.gate = sequential_gate(outcome.stats).to_json()
     return result
 
@@ -200,8 +200,6 @@ def _resume(prepared: PreparedAudit) -> ResumeState:
 def _loader(prepared: PreparedAudit, state: ResumeState | None) -> tuple[Any, int]:
     """The batches this process audits (its torchrun shard, or the images a resumed run has left) and how many
     images the progress counts."""
-    from shiftaudit.data import make_loader
-
     dataset, dist, image_batch = prepared.dataset, prepared.dist, prepared.plan.image_batch
     workers, pin = prepared.config.num_workers, prepared.device.type == "cuda"
     if dist is not None:
@@ -302,8 +300,6 @@ def _deliver(
 
 
 def _input_dtype(prepared: PreparedAudit) -> torch.dtype:
-    from shiftaudit.engine.forward import model_dtype
-
     return model_dtype(prepared.model)
 
 
@@ -316,7 +312,7 @@ def _stopped(prepared: PreparedAudit, state: ResumeState | None, counters: _Coun
             counters.images_done, total, str(state.path) if state is not None else None, terminated=isinstance(exc, Terminated)
         ) from exc
     if isinstance(exc, ModelError) and counters.images_done == 0:  # failed at once: maybe --size is below its stride
-        from shiftaudit.antialias.inspection import input_too_small
+        from shiftaudit.antialias.inspection import input_too_small  # local: antialias (its workflow) imports this module
 
         plan = prepared.plan
         small = input_too_small(prepared.model, plan.input_size, int(getattr(prepared.dataset, "channels", 3)))
@@ -365,8 +361,6 @@ def _result(prepared: PreparedAudit, counters: _Counters, elapsed: float) -> Aud
         timing=_timing(images_done, plan.slots_per_image, rows, elapsed),
     )
     if prepared.config.thresholds:
-        from shiftaudit.gating import evaluate_gate
-
         result.gate = evaluate_gate(result, list(prepared.config.thresholds)).to_json()
     return result
 

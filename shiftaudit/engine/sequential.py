@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from shiftaudit.data import make_loader
 from shiftaudit.engine.betting import BettingSequence
 from shiftaudit.engine.forward import model_dtype
 from shiftaudit.engine.plan import PreparedAudit
 from shiftaudit.rng import STREAM_SEQUENTIAL_IMAGE, STREAM_SEQUENTIAL_SHIFTS, uniform_integers
 from shiftaudit.shifts.modes import make_bank
 
-SEQUENTIAL_METRICS = ("consistency", "accuracy", "adversarial", "variation")
 FIRST_ROUND = 32  # images drawn in the first round; later rounds grow by half, so the looks are geometric
 MAX_ROUND = 4096
 DRAWS_PER_IMAGE = 64  # past this many draws per image every observation repeats cached ones: the full audit decides
@@ -44,22 +44,6 @@ DRAWS_PER_IMAGE = 64  # past this many draws per image every observation repeats
 
 class Undecided(Exception):
     """The sequential gate stops without a verdict; the exhaustive audit decides (the message says why)."""
-
-
-def sequential_blocker(thresholds: list[Any], strategy: str, observers: list[Any], distributed: bool) -> str | None:
-    """Why the sequential gate cannot run this plan (None when it can)."""
-    if not thresholds:
-        return "no gate threshold was given"
-    unknown = sorted({t.metric for t in thresholds} - set(SEQUENTIAL_METRICS))
-    if unknown:
-        return f"no sequential estimate of {', '.join(unknown)}"
-    if strategy == "polyphase":
-        return "the polyphase engine evaluates every shift at once, for less than sampling would cost"
-    if observers:
-        return "per-layer distances need every shift"
-    if distributed:
-        return "it runs in one process (not under torchrun)"
-    return None
 
 
 @dataclass
@@ -177,8 +161,6 @@ class SequentialGate:
 
     def _load(self, images: np.ndarray) -> tuple[torch.Tensor, dict[int, int], np.ndarray]:
         """The round's distinct images on the device, where each sits in the batch, and which were readable."""
-        from shiftaudit.data import make_loader
-
         prepared = self.prepared
         loader = make_loader(prepared.dataset, batch_size=len(images), num_workers=0, indices=images.tolist())
         chunks, ids = [], []

@@ -14,6 +14,7 @@ from torch import nn
 
 from shiftaudit.engine.forward import model_exits_fail
 from shiftaudit.engine.observers import Observer
+from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase, probe
 from shiftaudit.metrics import AdversarialCurve, Metric
 from shiftaudit.shifts.sets import ShiftSet
 
@@ -38,8 +39,6 @@ def try_polyphase(
             why = "per-layer distances watch each shifted input" if observers else "it needs exhaustive mode"
             notes.append(f"polyphase engine not used: {why}")
         return "dense", model
-    from shiftaudit.engine.polyphase import PolyphaseUnsupported, build_polyphase, probe
-
     gen = torch.Generator().manual_seed(0)  # a probe input: the check is about the model, not the data
     first = torch.randn((1, int(getattr(dataset, "channels", 3)), shifts.height, shifts.width), generator=gen)
     first = first.to(dev, dtype=dtype)
@@ -92,6 +91,6 @@ def compile_model(model: nn.Module, notes: list[str]) -> nn.Module:
         return model
     try:
         return torch.compile(model, dynamic=False)  # type: ignore[return-value]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"torch.compile failed ({type(exc).__name__}); ran the model eagerly")
         return model

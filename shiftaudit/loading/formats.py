@@ -18,6 +18,7 @@ import torch
 
 from shiftaudit.errors import CheckpointError, first_line
 from shiftaudit.files import Refused, mapped, open_regular, read_regular, reason
+from shiftaudit.loading.metadata import bounded_json
 from shiftaudit.ziparchive import ZipArchive, ZipStructureError
 
 TORCH_ZIP = "torch-zip"
@@ -242,8 +243,6 @@ def archive_metadata(extra: dict[str, Any], what: str) -> dict[str, str]:
         blob = blob.decode("utf-8", "replace")
     if not blob:
         return {}
-    from shiftaudit.loading.metadata import bounded_json
-
     parsed = bounded_json(blob, f"The shiftaudit metadata in {what}")
     if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
         raise CheckpointError(f"{what} has malformed shiftaudit metadata (expected string values).")

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from shiftaudit.errors import CheckpointError, UsageError
+from shiftaudit.interrupts import interruptible
 from shiftaudit.limits import MAX_CLASSES, check_range
 from shiftaudit.loading.architectures import accepts_num_classes, build_model, canonical_arch, kind_of, timm_preprocessing
 from shiftaudit.loading.formats import (
@@ -26,6 +27,9 @@ from shiftaudit.loading.formats import (
 from shiftaudit.loading.identify import identify_architecture
 from shiftaudit.loading.metadata import CheckpointMetadata, parse_metadata
 from shiftaudit.loading.model import LoadedModel
+from shiftaudit.loading.onnx_inspect import parameter_count
+from shiftaudit.loading.onnx_model import default_preprocessing, read_onnx
+from shiftaudit.loading.pt2 import read_pt2
 from shiftaudit.loading.state_dict import StateDict, extract_state_dict, infer_num_classes, load_weights, strip_prefixes
 
 
@@ -121,19 +125,13 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
                  notes: list[str]) -> LoadedModel:
     """A ``.pt2`` archive or an ONNX model: a whole model whose graph fixes its class count (and, for ONNX, often
     its input size, which becomes the default preprocessing)."""
-    from shiftaudit.interrupts import interruptible
-
     source = str(p)
     module: nn.Module
     if kind == PT2:  # sympy and native loaders run here for seconds: Ctrl-C must not wait for them
-        from shiftaudit.loading.pt2 import read_pt2
-
         exported, raw, classes = interruptible(read_pt2, p, trust_pickle=trust_pickle)
         module, fmt = exported, "pt2"
         notes.extend(exported.notes)
     else:
-        from shiftaudit.loading.onnx_model import default_preprocessing, read_onnx
-
         onnx_module, raw, classes = read_onnx(p)
         module, fmt = onnx_module, "onnx"
     meta = parse_metadata(raw, source)
@@ -145,8 +143,6 @@ def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, 
     loaded = _whole_model(module, fmt, source, meta, arch, num_classes, notes)
     loaded.preprocessing_assumed = assumed and loaded.preprocessing is not None
     if kind == ONNX:  # onnxruntime does not say; the graph's initializers do
-        from shiftaudit.loading.onnx_inspect import parameter_count
-
         loaded.parameter_count = parameter_count(p)
     return loaded
 

@@ -21,6 +21,8 @@ from shiftaudit.errors import CheckpointError
 from shiftaudit.files import Refused, open_regular
 from shiftaudit.limits import MAX_ONNX_CONSTANT_BYTES, MAX_ONNX_NODES, gib
 
+INSTALL = "pip install 'shiftaudit[onnx]'"  # what the onnx extra needs (onnx_model and onnx_inspect say it too)
+
 # bytes per entry of each typed field of a TensorProto, when raw_data is not used
 _FIELD_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8, "uint64_data": 8}
 NO_FOLDING = ["ConstantFolding"]  # what read_onnx disables at session creation (what builds constants)
@@ -37,7 +39,7 @@ def _itemsize(data_type: int) -> float:
         return 0.5
     try:
         return float(helper.tensor_dtype_to_np_dtype(data_type).itemsize)
-    except Exception:  # noqa: BLE001 - a type this onnx does not map: assume the widest
+    except Exception:  # a type this onnx does not map: assume the widest
         return 16.0
 
 
@@ -184,7 +186,7 @@ def _check_constants(model: Any, largest: int, source: str) -> None:
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - a graph onnx cannot infer: onnxruntime judges it, without folding
+    except Exception:  # a graph onnx cannot infer: onnxruntime judges it, without folding
         return
     types = {v.name: v.type.tensor_type for v in _value_types(inferred.graph) if v.type.HasField("tensor_type")}
     limit = max(MAX_ONNX_CONSTANT_BYTES, 4 * largest)
@@ -210,13 +212,11 @@ def check_onnx_file(path: Path) -> bool:
     try:
         import onnx
     except ImportError:
-        from shiftaudit.loading.onnx_model import INSTALL
-
         raise CheckpointError(f"Checking ONNX model {path} before loading it needs the onnx package: {INSTALL}.") from None
     source = str(path)
     try:
         model = onnx.load(source, load_external_data=False)
-    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not parsed, so not checked
+    except Exception:  # protobuf's DecodeError and friends: not parsed, so not checked
         return False
     nodes = sum(len(nodes) for nodes in _node_lists(model))
     if nodes > MAX_ONNX_NODES:

@@ -48,7 +48,7 @@ def parameter_count(path: Path) -> int:
         import onnx
 
         graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - a count for the report, never a reason to fail
+    except Exception:  # a count for the report, never a reason to fail
         return 0
     return _count(list(t.dims) for t in graph.initializer)
 
@@ -86,7 +86,7 @@ def _shaped_model(path: Path, graph_input: GraphInput, size: tuple[int, int], ch
         for dim, value in zip(inp.type.tensor_type.shape.dim, fixed):
             dim.dim_value = value
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # noqa: BLE001 - a graph onnxruntime ran but onnx cannot infer: say so
+    except Exception as exc:  # a graph onnxruntime ran but onnx cannot infer: say so
         raise CheckpointError(f"Cannot read the layers of ONNX model {path} ({first_line(exc)[:200].rstrip('.')}).") from None
     return model
 

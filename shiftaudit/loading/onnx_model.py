@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from shiftaudit.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocessing, crop_fraction_resize
 from shiftaudit.errors import CheckpointError, UsageError, first_line
+from shiftaudit.interrupts import interruptible
 from shiftaudit.loading.fixed_batch import run_in_batches
+from shiftaudit.loading.onnx_check import INSTALL, NO_FOLDING
 
-INSTALL = "pip install 'shiftaudit[onnx]'"
 FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 IMAGE_CHANNELS = (1, 3, 4)
 
@@ -188,8 +190,6 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
     """The graph's fixed input size with ImageNet's mean, std and crop fraction (3 channels: resize to size / 0.875,
     then the centre crop, as for ``--size`` alone; 0.5 and 0.5 and no resize otherwise), or None when the graph leaves
     the size free (the usual default, ImageNet at 224, then applies)."""
-    from shiftaudit.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocessing, crop_fraction_resize
-
     size = graph_input.fixed_size
     if size is None:
         return None
@@ -208,8 +208,7 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
 
 def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     """The graph as an :class:`OnnxClassifier` on the CPU, its string metadata, and its class count when fixed."""
-    from shiftaudit.interrupts import interruptible
-    from shiftaudit.loading.onnx_check import NO_FOLDING, check_onnx_file
+    from shiftaudit.loading.onnx_check import check_onnx_file  # looked up per call: a test replaces it on onnx_check
 
     ort = _onnxruntime(path)
     checked = check_onnx_file(path)  # declared sizes against the data, before onnxruntime allocates them
@@ -234,6 +233,6 @@ def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     graph_input, classes = read_graph_input(list(session.get_inputs()), list(session.get_outputs()), str(path))
     try:
         raw = dict(session.get_modelmeta().custom_metadata_map or {})
-    except Exception:  # noqa: BLE001 - metadata is optional
+    except Exception:  # metadata is optional
         raw = {}
     return OnnxClassifier(session, graph_input, str(path)), raw, classes

@@ -222,7 +222,7 @@ def _sample_needs_unpickling(archive: ZipArchive, sample: str) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.load(io.BytesIO(archive.read(sample, MAX_JSON_BYTES)), weights_only=True)
-    except Exception:  # noqa: BLE001 - torch would retry with full unpickling
+    except Exception:  # torch would retry with full unpickling
         return True
     return False
 
@@ -308,7 +308,7 @@ def _input_spec(program: Any) -> InputSpec:
         names = list(program.graph_signature.user_inputs)
         node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0])
         shape = tuple(node.meta["val"].shape)
-    except Exception:  # noqa: BLE001 - then every batch is tried as it comes
+    except Exception:  # then every batch is tried as it comes
         return InputSpec()
     if len(names) != 1 or len(shape) != 4:
         return InputSpec()
@@ -322,7 +322,7 @@ def _input_spec(program: Any) -> InputSpec:
             low = max(1, int(bounds.lower))
             high = int(bounds.upper) if bounds.upper.is_finite else None
             batch = (low, high if high is None or high >= low else low)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     return InputSpec(batch, (dims[1], dims[2], dims[3]))
 
@@ -373,7 +373,7 @@ def _output_classes(program: Any) -> int | None:
         val = out[0].meta.get("val") if isinstance(out, (list, tuple)) and len(out) == 1 else None
         shape = tuple(val.shape) if val is not None else ()
         return int(shape[1]) if len(shape) == 2 and isinstance(shape[1], int) else None
-    except Exception:  # noqa: BLE001 - a class count is a nicety
+    except Exception:  # a class count is a nicety
         return None
 
 

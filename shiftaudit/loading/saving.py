@@ -20,6 +20,7 @@ from shiftaudit.files import atomic_path
 from shiftaudit.loading.formats import EXTRA_FILE
 from shiftaudit.loading.metadata import encode_metadata
 from shiftaudit.loading.model import LoadedModel
+from shiftaudit.loading.pt2 import save_pt2
 from shiftaudit.loading.state_dict import infer_num_classes
 
 FORMATS = ("safetensors", "pt2", "torchscript")
@@ -123,8 +124,6 @@ def save_model(
         with atomic_path(dest, suffix=".safetensors") as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
     elif format == "pt2":
-        from shiftaudit.loading.pt2 import save_pt2
-
         prep = Preprocessing.from_json(preprocessing) if isinstance(preprocessing, dict) else preprocessing
         size, channels = (prep.size, prep.channels) if prep is not None else ((224, 224), 3)
         with atomic_path(dest, suffix=".pt2") as tmp:

@@ -22,6 +22,7 @@ from shiftaudit.errors import one_line
 from shiftaudit.files import atomic_path
 from shiftaudit.report.plotting import PNG_METADATA, plain_text, plt
 from shiftaudit.result import AuditResult
+from shiftaudit.shifts.modes import fourier_shift
 
 DPI = 100
 ADVERSARIAL_SIZE = (7.0, 4.2)
@@ -195,7 +196,7 @@ def _display_image(dataset: Any, image_id: int) -> np.ndarray | None:
     """The image as the model saw it, un-normalised to [0, 1] (H, W, C), or None when the data cannot give it back."""
     try:
         x = dataset[image_id][0]
-    except Exception:  # noqa: BLE001 - a picture is optional: an image that cannot be read is simply not drawn
+    except Exception:  # a picture is optional: an image that cannot be read is simply not drawn
         return None
     arr = np.asarray(x.detach().cpu().float() if hasattr(x, "detach") else x, dtype=float)
     if arr.ndim != 3:
@@ -342,8 +343,6 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
         return img[mh:mh + h, mw:mw + w], img[top:top + h, left:left + w]
     if mode == "subpixel":
         import torch
-
-        from shiftaudit.shifts.modes import fourier_shift
 
         chw = torch.as_tensor(img if img.ndim == 3 else img[:, :, None]).permute(2, 0, 1)[None].float()
         out = fourier_shift(chw, float(dh), float(dw))[0].permute(1, 2, 0).numpy().clip(0.0, 1.0)

@@ -16,7 +16,7 @@ from typing import Any
 
 from shiftaudit.errors import one_line
 from shiftaudit.files import pending, write_text_atomic
-from shiftaudit.report.rows import LAYER_CAPTION, LAYER_HEADER, audit_rows, layer_rows
+from shiftaudit.report.rows import LAYER_CAPTION, LAYER_HEADER, audit_rows, compare_rows, layer_rows
 from shiftaudit.report.terminal import describe_run
 from shiftaudit.result import AuditResult
 
@@ -195,7 +195,7 @@ def _gate_html(gate: dict[str, Any] | None) -> str:
 
 def render_html(result: AuditResult, pictures: Sequence[Path | tuple[str, Path]] = ()) -> str:
     """The page as a string (see :func:`write_html_report`)."""
-    from shiftaudit import __version__
+    from shiftaudit import __version__  # local: read per call (tests change it)
 
     title = f"shiftaudit report: {result.model.get('arch') or result.model.get('description') or 'model'}"
     parts = [
@@ -249,8 +249,7 @@ def render_side_by_side_html(
 ) -> str:
     """One page with several runs of the same data side by side (``patch --eval --out``): the comparison table, then
     each kind of picture in one row, one column per run. ``pictures[i]`` are run i's PNGs (matched by file name)."""
-    from shiftaudit import __version__
-    from shiftaudit.report.rows import compare_rows
+    from shiftaudit import __version__  # local: read per call (tests change it)
 
     parts = [
         "<!DOCTYPE html>",

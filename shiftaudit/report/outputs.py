@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shiftaudit.errors import UsageError
 from shiftaudit.files import Refused, all_or_nothing, keep_stale, make_folder, read_regular, remove_stale, write_text_atomic
+from shiftaudit.report.html import render_side_by_side_html, write_html_report
 from shiftaudit.result import AuditResult
 
 PictureDraw = Callable[[AuditResult, Path, Any], "Path | None"]
@@ -54,7 +56,7 @@ def write_pictures(result: AuditResult, out: Path, dataset: Any = None) -> list[
 
 
 def _figures() -> Any:
-    from shiftaudit.report import figures
+    from shiftaudit.report import figures  # local: matplotlib: only when pictures are drawn
 
     return figures
 
@@ -62,7 +64,7 @@ def _figures() -> Any:
 def _layers(result: AuditResult, path: Path, dataset: Any) -> Path | None:
     if "layers" not in result.metrics:
         return None
-    from shiftaudit.report.heatmaps import plot_layer_heatmaps
+    from shiftaudit.report.heatmaps import plot_layer_heatmaps  # local: matplotlib
 
     return plot_layer_heatmaps(result.metrics["layers"], path)
 
@@ -83,7 +85,7 @@ PNG_HEAD_BYTES = 1 << 20  # text chunks come before the pixels; a picture's firs
 def drawn_by_shiftaudit(path: str | Path) -> bool:
     """Whether ``path`` is a regular file, a PNG whose Software text (before its pixels) is shiftaudit's. Read without
     following a link or blocking on a FIFO, at most :data:`PNG_HEAD_BYTES`; anything unreadable is not ours."""
-    from shiftaudit.report.plotting import PNG_METADATA
+    from shiftaudit.report.plotting import PNG_METADATA  # local: matplotlib
 
     try:
         head = read_regular(path, PNG_HEAD_BYTES, head=True, follow=False)
@@ -133,11 +135,7 @@ def write_report_dir(result: AuditResult, out_dir: str | Path, dataset: Any = No
 
     ``dataset`` (optional, the audited data) lets the flip-example picture show the images themselves.
     """
-    from shiftaudit.report.html import write_html_report
-
     if "sequential" in result.metrics:
-        from shiftaudit.errors import UsageError
-
         raise UsageError("A sequential gate result holds only the gated estimates, nothing to draw; audit with exact=True.")
     with all_or_nothing():
         out = make_folder(out_dir)
@@ -159,8 +157,6 @@ def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: st
     """Several runs on the same data (``patch --eval --out``): each run's full report folder (what ``eval --out``
     writes) in a sub-folder, and ``report.html`` with the runs side by side. ``runs``: (name, sub-folder, result).
     All or nothing; returns the files written."""
-    from shiftaudit.report.html import render_side_by_side_html
-
     with all_or_nothing():
         out = make_folder(out_dir)
         written: list[Path] = []

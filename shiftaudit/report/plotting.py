@@ -11,10 +11,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from shiftaudit.files import atomic_path  # noqa: E402
+from shiftaudit.files import atomic_path
 
 # Every PNG shiftaudit draws says so in its Software text chunk: a later run into the same report folder removes only
 # the stale pictures that carry it (report/outputs.py), never a file someone else made.

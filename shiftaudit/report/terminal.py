@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from shiftaudit.antialias.inspection import Inspection
-from shiftaudit.errors import one_line
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.errors import UsageError, one_line
 from shiftaudit.report.rows import (
     LAYER_CAPTION,
     SIGNIFICANCE_RULE,
@@ -33,6 +34,7 @@ from shiftaudit.report.rows import (
     left_out_caption,
 )
 from shiftaudit.result import AuditResult
+from shiftaudit.shifts.sets import shift_mode as registered
 
 
 def text(value: object, style: str = "", **kwargs: Any) -> Text:
@@ -209,9 +211,6 @@ def inspection_table(
 def describe_preprocessing(entry: Any) -> str:
     """A report's ``data.preprocessing`` in words ("resize 297, centre crop 260x260, ImageNet mean/std"); "" when the
     report has none (tensors taken as the model's input) or an entry that does not read as one."""
-    from shiftaudit.data.presets import Preprocessing
-    from shiftaudit.errors import UsageError
-
     if not isinstance(entry, dict):
         return ""
     try:
@@ -243,9 +242,6 @@ def describe_shifts(result: AuditResult) -> str:
 
 def _mode_noun(shift_mode: str) -> str:
     """ "circular shifts", "crop shifts", ...: the registered mode's noun (a report may come from a plug-in mode)."""
-    from shiftaudit.errors import UsageError
-    from shiftaudit.shifts.sets import shift_mode as registered
-
     try:
         return registered(shift_mode).noun
     except UsageError:
