@@ -4,16 +4,20 @@ from one another."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from PIL import Image
+from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
@@ -499,3 +503,140 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+TINY_FILES_MODULE = "sa_tiny_files_models"
+
+
+TINY_FILES_ARCH = f"{TINY_FILES_MODULE}:tiny"
+
+
+@dataclass
+class TinyFiles:
+    root: Path
+    pt: Path
+    safetensors: Path
+    torchscript: Path
+    data: Path
+
+
+def files_eval_args(tiny_files: TinyFiles, *extra: Any, model: Any = None, data: Any = None,
+                    arch: str | None = TINY_FILES_ARCH) -> list[Any]:
+    args: list[Any] = ["eval", model if model is not None else tiny_files.pt]
+    if arch:
+        args += ["--arch", arch]
+    args += ["--data", data if data is not None else tiny_files.data, "--size", "16", "--max-shift", "2", "--device", "cpu",
+             "--workers", "0", *extra]
+    return args
+
+
+def safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import load_file
+
+    save_file(load_file(str(src)), str(dest), metadata=metadata)
+    return dest
+
+
+def small_image_folder(tmp: Path) -> Path:
+    return write_image_folder(tmp / "small", size=8)
+
+
+def folder_with_corrupt_images(tmp: Path) -> Path:
+    """Good images plus one corrupt PNG and one non-image file."""
+    root = write_image_folder(tmp / "mixed")
+    (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (root / "class_1" / "notes.txt").write_text("not an image")
+    return root
+
+
+def run_ok(args: list[Any], report: Path) -> dict[str, Any]:
+    res = cli(*args, "--json", report)
+    assert res.exit_code == 0, f"{res.stdout}\n{res.stderr}\n{res.exception!r}"
+    assert "Traceback" not in res.output
+    return {"res": res, "report": json.loads(report.read_text())}
+
+
+TINY_ENV_MODULE = "sa_tiny_env_models"
+
+
+def hypothesis_settings(n: int) -> settings:
+    """``n`` examples under the "ci" profile, more under "fuzz" (`make fuzz`); derandomised as the profile says."""
+    return settings(max_examples=examples(n), deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+MANY = hypothesis_settings(60)  # each example is a function call or a compare of two small files (~50 ms)
+
+
+def env_eval_args(tiny_env: dict[str, Any], *extra: Any, arch: str = "tiny", data: Any = None, ckpt: Any = None,
+                  size: str | None = "16") -> list[Any]:
+    return ["eval", ckpt or tiny_env["ckpt"], "--arch", f"{TINY_ENV_MODULE}:{arch}", "--data", data or tiny_env["data"],
+            *(["--size", size] if size else []), "--max-shift", "2", "--device", "cpu", "--workers", "0", *extra]
+
+
+TINY_SETUP_MODULE = "sa_tiny_setup_models"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any audit fail the test: a refusal must come before the work."""
+
+    def audit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the audit started although an output was unusable")
+
+    monkeypatch.setattr("shiftaudit.engine.runner.run_plan", audit)  # what audit() runs
+    monkeypatch.setattr("shiftaudit.cli.demo_cmd.run_plan", audit)  # what the demo runs
+    monkeypatch.setattr("shiftaudit.cli.eval_cmd.run_plan", audit)  # what eval runs
+    monkeypatch.setattr("shiftaudit.antialias.workflow.run_plan", audit)  # what patch --eval runs
+
+
+def setup_eval_args(tiny_setup, *extra: object, factory: str = "tiny") -> list[object]:
+    _, ckpt, data, _ = tiny_setup
+    return ["eval", ckpt, "--arch", f"{TINY_SETUP_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "1",
+            "--device", "cpu", "--workers", "0", *extra]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files of the atomic writer (``.NAME.xxxx``) anywhere under ``folder``."""
+    return [p for p in folder.rglob(".*") if p.is_file()]
+
+
+def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
+    """``folder`` / a name of exactly ``size`` bytes ending in ``ext``."""
+    return folder / (fill * (size - len(ext)) + ext)
+
+
+NAME_MAX = 255  # ext4, tmpfs, xfs, btrfs: what the temporary folders of a test run are on
+
+
+TINY_MODELS_MODULE = "sa_tiny_models"
+
+
+def eval_tiny(ckpt: Path, data: Path, factory: str, *extra: object):
+    return cli("eval", ckpt, "--arch", f"{TINY_MODELS_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "2",
+               "--device", "cpu", "--workers", "0", *extra)
+
+
+def net_state(width, num_classes=3):
+    torch.manual_seed(0)
+    conv, fc = torch.nn.Conv2d(3, width, 3, stride=2, padding=1), torch.nn.Linear(width, num_classes)
+    return {"conv.weight": conv.weight.data, "conv.bias": conv.bias.data, "fc.weight": fc.weight.data, "fc.bias": fc.bias.data}
+
+
+def inspect_json(*args):
+    res = runner.invoke(app, ["inspect", *map(str, args), "--size", "32", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+POSITIONAL = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"spatial_head": true, "size": 16}',
+              "--preset", "cifar", "--size", "16", "--max-shift", "2", "--device", "cpu", "--quiet"]
+
+
+def positional_model(path, num_classes=3):
+    """A net that classifies the flattened feature map: its predictions move with the image, so shifts flip them."""
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(num_classes, spatial_head=True, size=16).state_dict(), path)
+    return path
