@@ -82,6 +82,7 @@ def test_a_model_raising_an_exit_fails_the_gate_with_no_report(tiny_setup, tmp_p
     assert not list(tmp_path.iterdir()), "a report or a JUnit file was written"
 
 
+@pytest.mark.slow  # a real process (~8 s); the in-process test above holds the exit code
 def test_a_model_raising_systemexit_zero_fails_in_a_real_process(tiny_setup, tmp_path):
     root = tiny_setup[0]
     args = [str(a) for a in setup_eval_args(tiny_setup, "--min-consistency", "0", "--junit", tmp_path / "j.xml",
@@ -257,7 +258,9 @@ def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(tiny_se
     assert_all_outputs_whole(tmp_path)
 
 
-@pytest.mark.parametrize("how", ["reader gone", pytest.param("stdout closed", marks=pytest.mark.slow)])
+# a real process each (~10 s): the 141 itself is held by the version test below, the files by the reader test above
+@pytest.mark.parametrize("how", [pytest.param("reader gone", marks=pytest.mark.slow),
+                                 pytest.param("stdout closed", marks=pytest.mark.slow)])
 @pytest.mark.timeout(180)
 def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(tiny_setup, tmp_path, how):
     """`--json -` with its reader gone, or stdout closed: the files were written first (stdout comes last in a run),

@@ -186,6 +186,7 @@ def test_a_report_folder_onto_anything_but_a_folder_is_refused(tiny_setup, tmp_p
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.slow  # a real process (~5 s); the in-process refusals above hold the property
 def test_a_fifo_is_refused_in_a_real_process_within_seconds(tiny_setup, tmp_path):
     """The process, not just the CLI function: a FIFO opened for reading or writing would block it forever."""
     fifo = tmp_path / "pipe.json"

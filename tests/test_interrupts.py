@@ -107,6 +107,7 @@ def test_outside_the_main_thread_it_is_a_plain_call():
     assert seen == [worker.name]
 
 
+@pytest.mark.slow  # a real process with a slowed model (~8 s); test_resume.py resumes in-process interruptions
 @pytest.mark.timeout(120)
 def test_sigterm_saves_progress_and_the_resumed_run_equals_an_uninterrupted_one(tiny_env, tmp_path):
     """SIGTERM (timeout, schedulers) to a real process mid-audit: exit 143, progress saved; resuming gives the same
@@ -148,6 +149,7 @@ def test_sigterm_handler_is_restored_after_a_command(tiny_env, tmp_path):
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.slow  # a real process (~6 s); the in-process Ctrl-C tests of this file hold what is written
 def test_ctrl_c_sent_to_a_real_process_mid_audit_leaves_no_output(tiny_setup, tmp_path):
     """SIGINT to the real CLI while its (slow) model runs: exit 130, one line, no report, no JUnit, no temp file."""
     root = tiny_setup[0]
