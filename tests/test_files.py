@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -520,16 +521,24 @@ def test_a_path_at_the_path_limit_is_written_and_a_longer_one_refused_before_any
     assert [p.name for p in folder.iterdir()] == [report.name]
 
 
-def test_a_reused_report_folder_keeps_no_picture_of_an_earlier_run(tiny_setup, tmp_path):
+@pytest.fixture(scope="module")
+def layers_report(tiny_setup, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report folder of one `eval --out R --layers auto` run (with its layers.png), made once: each test copies it."""
+    out = tmp_path_factory.mktemp("layers") / "report"
+    res = cli(*setup_eval_args(tiny_setup, "--out", out, "--layers", "auto", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert "layers.png" in {p.name for p in out.iterdir()}
+    return out
+
+
+def test_a_reused_report_folder_keeps_no_picture_of_an_earlier_run(tiny_setup, layers_report, tmp_path):
     """`eval --layers --out R`, then `eval --out R`: layers.png of the first run used to stay beside the new report,
     a heatmap of another audit. Pictures shiftaudit drew and this run does not are removed (and said); files it did
     not draw are left, and a file at one of the report's picture names that it did not draw is named."""
     from PIL import Image
 
     out = tmp_path / "report"
-    res = cli(*setup_eval_args(tiny_setup, "--out", out, "--layers", "auto", "--quiet"))
-    assert res.exit_code == 0, res.output
-    assert "layers.png" in {p.name for p in out.iterdir()}
+    shutil.copytree(layers_report, out)  # as `eval --out R --layers auto` left it
     (out / "notes.txt").write_text("the user's own notes\n")
     Image.new("RGB", (4, 4)).save(out / "consistency.png")  # a report picture name (unlabelled runs), not drawn here
     res = cli(*setup_eval_args(tiny_setup, "--out", out))
@@ -542,10 +551,9 @@ def test_a_reused_report_folder_keeps_no_picture_of_an_earlier_run(tiny_setup, t
     assert not leftovers(tmp_path)
 
 
-def test_a_failed_run_removes_no_stale_picture(tiny_setup, tmp_path, monkeypatch):
+def test_a_failed_run_removes_no_stale_picture(tiny_setup, layers_report, tmp_path, monkeypatch):
     out = tmp_path / "report"
-    res = cli(*setup_eval_args(tiny_setup, "--out", out, "--layers", "auto", "--quiet"))
-    assert res.exit_code == 0, res.output
+    shutil.copytree(layers_report, out)  # as `eval --out R --layers auto` left it
     before = {p: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr("shiftaudit.report.junit.write_bytes_atomic", disk_full)  # the JUnit file is written last
     res = cli(*setup_eval_args(tiny_setup, "--out", out, "--junit", tmp_path / "j.xml", "--min-consistency", "0"))
