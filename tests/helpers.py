@@ -387,6 +387,7 @@ def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"
 
 
+
 # -- a real-format ImageNet case: a torchvision model with 1000 outputs, JPEG files in WordNet-id folders -------------
 IMAGENET_FOLDERS = {"n01530575": 1, "n02123045": 1, "n02690373": 1, "n04037443": 1}  # brambling, tabby, airliner, racer
 IMAGENET_INDICES = (10, 281, 404, 751)  # their ImageNet-1k indices
@@ -452,6 +453,7 @@ def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tupl
             sys.modules.pop(module, None)
 
 
+
 # -- a real CLI process under a memory limit: how long it took and how much memory it used ------------------------------
 MEMORY_LIMIT = 4 << 30  # address space of the child: a regression that allocates what a hostile file declares fails
 # inside it instead of taking the machine down. Enough for a refusal, not for an audit: torch maps about 2 GiB, and
@@ -505,9 +507,9 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     return lines[0]
 
 
+# -- the tiny test models on sys.path: the module-scoped fixtures of tests/conftest.py and their command lines ----------
+# Each fixture imports the models of MODELS_SOURCE under its own module name, so two of them can be alive at once.
 TINY_FILES_MODULE = "sa_tiny_files_models"
-
-
 TINY_FILES_ARCH = f"{TINY_FILES_MODULE}:tiny"
 
 
@@ -530,6 +532,40 @@ def files_eval_args(tiny_files: TinyFiles, *extra: Any, model: Any = None, data:
     return args
 
 
+TINY_ENV_MODULE = "sa_tiny_env_models"
+
+
+def env_eval_args(tiny_env: dict[str, Any], *extra: Any, arch: str = "tiny", data: Any = None, ckpt: Any = None,
+                  size: str | None = "16") -> list[Any]:
+    return ["eval", ckpt or tiny_env["ckpt"], "--arch", f"{TINY_ENV_MODULE}:{arch}", "--data", data or tiny_env["data"],
+            *(["--size", size] if size else []), "--max-shift", "2", "--device", "cpu", "--workers", "0", *extra]
+
+
+TINY_SETUP_MODULE = "sa_tiny_setup_models"
+
+
+def setup_eval_args(tiny_setup, *extra: object, factory: str = "tiny") -> list[object]:
+    _, ckpt, data, _ = tiny_setup
+    return ["eval", ckpt, "--arch", f"{TINY_SETUP_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "1",
+            "--device", "cpu", "--workers", "0", *extra]
+
+
+TINY_MODELS_MODULE = "sa_tiny_models"
+
+
+def eval_tiny(ckpt: Path, data: Path, factory: str, *extra: object):
+    return cli("eval", ckpt, "--arch", f"{TINY_MODELS_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "2",
+               "--device", "cpu", "--workers", "0", *extra)
+
+
+def run_ok(args: list[Any], report: Path) -> dict[str, Any]:
+    res = cli(*args, "--json", report)
+    assert res.exit_code == 0, f"{res.stdout}\n{res.stderr}\n{res.exception!r}"
+    assert "Traceback" not in res.output
+    return {"res": res, "report": json.loads(report.read_text())}
+
+
+# -- files to audit ---------------------------------------------------------------------------------------------------
 def safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, str]) -> Path:
     from safetensors.torch import load_file
 
@@ -549,34 +585,30 @@ def folder_with_corrupt_images(tmp: Path) -> Path:
     return root
 
 
-def run_ok(args: list[Any], report: Path) -> dict[str, Any]:
-    res = cli(*args, "--json", report)
-    assert res.exit_code == 0, f"{res.stdout}\n{res.stderr}\n{res.exception!r}"
-    assert "Traceback" not in res.output
-    return {"res": res, "report": json.loads(report.read_text())}
+def net_state(width, num_classes=3):
+    torch.manual_seed(0)
+    conv, fc = torch.nn.Conv2d(3, width, 3, stride=2, padding=1), torch.nn.Linear(width, num_classes)
+    return {"conv.weight": conv.weight.data, "conv.bias": conv.bias.data, "fc.weight": fc.weight.data, "fc.bias": fc.bias.data}
 
 
-TINY_ENV_MODULE = "sa_tiny_env_models"
+POSITIONAL = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"spatial_head": true, "size": 16}',
+              "--preset", "cifar", "--size", "16", "--max-shift", "2", "--device", "cpu", "--quiet"]
 
 
-def hypothesis_settings(n: int) -> settings:
-    """``n`` examples under the "ci" profile, more under "fuzz" (`make fuzz`); derandomised as the profile says."""
-    return settings(max_examples=examples(n), deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+def positional_model(path, num_classes=3):
+    """A net that classifies the flattened feature map: its predictions move with the image, so shifts flip them."""
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(num_classes, spatial_head=True, size=16).state_dict(), path)
+    return path
 
 
-MANY = hypothesis_settings(60)  # each example is a function call or a compare of two small files (~50 ms)
+def inspect_json(*args):
+    res = runner.invoke(app, ["inspect", *map(str, args), "--size", "32", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
 
 
-def env_eval_args(tiny_env: dict[str, Any], *extra: Any, arch: str = "tiny", data: Any = None, ckpt: Any = None,
-                  size: str | None = "16") -> list[Any]:
-    return ["eval", ckpt or tiny_env["ckpt"], "--arch", f"{TINY_ENV_MODULE}:{arch}", "--data", data or tiny_env["data"],
-            *(["--size", size] if size else []), "--max-shift", "2", "--device", "cpu", "--workers", "0", *extra]
-
-
-TINY_SETUP_MODULE = "sa_tiny_setup_models"
-
-
+# -- outputs -----------------------------------------------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -592,15 +624,12 @@ def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shiftaudit.antialias.workflow.run_plan", audit)  # what patch --eval runs
 
 
-def setup_eval_args(tiny_setup, *extra: object, factory: str = "tiny") -> list[object]:
-    _, ckpt, data, _ = tiny_setup
-    return ["eval", ckpt, "--arch", f"{TINY_SETUP_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "1",
-            "--device", "cpu", "--workers", "0", *extra]
-
-
 def leftovers(folder: Path) -> list[Path]:
     """Temporary files of the atomic writer (``.NAME.xxxx``) anywhere under ``folder``."""
     return [p for p in folder.rglob(".*") if p.is_file()]
+
+
+NAME_MAX = 255  # ext4, tmpfs, xfs, btrfs: what the temporary folders of a test run are on
 
 
 def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
@@ -608,35 +637,9 @@ def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
     return folder / (fill * (size - len(ext)) + ext)
 
 
-NAME_MAX = 255  # ext4, tmpfs, xfs, btrfs: what the temporary folders of a test run are on
-
-
-TINY_MODELS_MODULE = "sa_tiny_models"
-
-
-def eval_tiny(ckpt: Path, data: Path, factory: str, *extra: object):
-    return cli("eval", ckpt, "--arch", f"{TINY_MODELS_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "2",
-               "--device", "cpu", "--workers", "0", *extra)
-
-
-def net_state(width, num_classes=3):
-    torch.manual_seed(0)
-    conv, fc = torch.nn.Conv2d(3, width, 3, stride=2, padding=1), torch.nn.Linear(width, num_classes)
-    return {"conv.weight": conv.weight.data, "conv.bias": conv.bias.data, "fc.weight": fc.weight.data, "fc.bias": fc.bias.data}
-
-
-def inspect_json(*args):
-    res = runner.invoke(app, ["inspect", *map(str, args), "--size", "32", "--json", "-"])
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
-
-
-POSITIONAL = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"spatial_head": true, "size": 16}',
-              "--preset", "cifar", "--size", "16", "--max-shift", "2", "--device", "cpu", "--quiet"]
-
-
-def positional_model(path, num_classes=3):
-    """A net that classifies the flattened feature map: its predictions move with the image, so shifts flip them."""
-    torch.manual_seed(0)
-    torch.save(tiny_cnn(num_classes, spatial_head=True, size=16).state_dict(), path)
-    return path
+# -- hypothesis settings of the property tests that run commands ------------------------------------------------------
+def hypothesis_settings(n: int) -> settings:
+    """``n`` examples under the "ci" profile, more under "fuzz" (`make fuzz`); derandomised as the profile says.
+    Call it in the test file: tests/conftest.py imports this module before it loads the profile."""
+    return settings(max_examples=examples(n), deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])

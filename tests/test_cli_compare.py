@@ -17,13 +17,15 @@ from shiftaudit.cli import app
 from shiftaudit.report import figures
 from shiftaudit.report.rows import compare_rows
 from tests.helpers import (
-    MANY,
     assert_clean_error,
     assert_real_png,
     cli,
     env_eval_args,
+    hypothesis_settings,
     synthetic_result,
 )
+
+MANY = hypothesis_settings(60)  # each example is a compare of two small files (~50 ms)
 
 runner = CliRunner()
 

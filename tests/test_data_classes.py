@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from shiftaudit.data import read_class_map
 from shiftaudit.errors import DataError
 from tests.helpers import (
-    MANY,
     assert_clean_error,
     cli,
     env_eval_args,
+    hypothesis_settings,
     nothing_written,
 )
+
+MANY = hypothesis_settings(60)  # each example is a function call
 
 JSON_SCALARS = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30),
