@@ -19,6 +19,7 @@ from tests.helpers import (
     TINY_MODELS_MODULE,
     TINY_SETUP_MODULE,
     TinyFiles,
+    signature_cache_dir,
     synthetic_result,
     tiny_models_on_path,
     write_image_folder,
@@ -51,8 +52,8 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory):
     write_models_module(root / "pkgs", TINY_FILES_MODULE)
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(root / "pkgs"))
-        # identification's signature cache: one per test session (shared with the loading tests), never ~/.cache
-        mp.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
+        # identification's signature cache: one per test run (shared with the loading tests), never ~/.cache
+        mp.setenv("SHIFTAUDIT_CACHE_DIR", str(signature_cache_dir(tmp_path_factory)))
         mod = __import__(TINY_FILES_MODULE)
         torch.manual_seed(0)
         model = mod.tiny(3).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -452,6 +453,16 @@ def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tupl
         finally:
             sys.modules.pop(module, None)
 
+
+
+def signature_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where identification keeps its signature cache in tests: one folder per test run, shared by the xdist workers
+    (building torchvision's signatures takes ~20 s; a worker that comes second finds them, and atomic writes keep the
+    file whole), never the user's ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # .../pytest-N/popen-gwK: pytest-N is this run's, shared by its workers
+        base = base.parent
+    return base / "shiftaudit-cache"
 
 
 # -- a real CLI process under a memory limit: how long it took and how much memory it used ------------------------------

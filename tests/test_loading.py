@@ -36,14 +36,15 @@ from tests.helpers import (
     net_state,
     runner,
     safetensors_with_metadata,
+    signature_cache_dir,
     tiny_cnn,
 )
 
 
 @pytest.fixture(autouse=True)
 def _signature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One identification cache per test session, never the user's ~/.cache."""
-    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
+    """One identification cache per test run, never the user's ~/.cache."""
+    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(signature_cache_dir(tmp_path_factory)))
 
 
 @pytest.fixture(scope="module")

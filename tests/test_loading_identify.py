@@ -12,12 +12,13 @@ from shiftaudit.cli import app
 from shiftaudit.errors import CheckpointError
 from shiftaudit.loading import identify_architecture, load_model
 from shiftaudit.loading.identify import Candidate, Signature, SignatureCache, _decide
-from tests.helpers import assert_clean_error, net_state, runner, tiny_cnn
+from tests.helpers import assert_clean_error, net_state, runner, signature_cache_dir, tiny_cnn
 
 
 @pytest.fixture(autouse=True)
 def _signature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
+    """One identification cache per test run, never the user's ~/.cache."""
+    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(signature_cache_dir(tmp_path_factory)))
 
 
 @pytest.mark.slow
@@ -104,13 +105,8 @@ def test_signature_cache_corrupt_and_unwritable(tmp_path):
     assert ro.dirty
 
 
-@pytest.fixture
-def signature_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
-
-
 @pytest.mark.slow  # a cold search of every torchvision (and timm) signature; the threshold itself has a fast unit test
-def test_identification_without_a_useful_candidate_lists_none(tmp_path, signature_cache):
+def test_identification_without_a_useful_candidate_lists_none(tmp_path):
     ckpt = tmp_path / "mine.pt"
     torch.save(net_state(4), ckpt)  # four keys that no known architecture shares
     line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt)]), "unknown architecture", "pass --arch")
@@ -118,7 +114,7 @@ def test_identification_without_a_useful_candidate_lists_none(tmp_path, signatur
 
 
 @pytest.mark.slow
-def test_identification_names_a_close_candidate(tmp_path, signature_cache):
+def test_identification_names_a_close_candidate(tmp_path):
     sd = torchvision.models.resnet18(num_classes=3).state_dict()
     sd["head.weight"], sd["head.bias"] = sd.pop("fc.weight"), sd.pop("fc.bias")  # a renamed head: still resnet18
     ckpt = tmp_path / "r18_head.pt"
@@ -147,7 +143,7 @@ def antialiased_resnet18_state(filter_size=4):
     return out
 
 
-def test_antialiased_cnns_checkpoint_is_recognised_not_misidentified(tmp_path, signature_cache):
+def test_antialiased_cnns_checkpoint_is_recognised_not_misidentified(tmp_path):
     ckpt = tmp_path / "resnet18_lpf4.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in antialiased_resnet18_state().items()}}, ckpt)
     line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt)]), "antialiased-cnns", "maxpool.1.filt", "--arch",
