@@ -229,12 +229,13 @@ def assert_no_blame(stderr: str | None) -> None:
 GATE_PASSES, GATE_FAILS = ("--min-consistency", "0"), ("--min-accuracy", "1")  # the tiny model gets 1 of 3 right
 
 
+@pytest.mark.slow  # a whole audit in a real process each (~10 s); the closed-stdout and --version tests below are fast
 @pytest.mark.parametrize("how, gate, code", [
     pytest.param("reader gone", GATE_PASSES, 0, id="reader gone-gate passes"),
-    pytest.param("reader gone", GATE_FAILS, 1, id="reader gone-gate fails", marks=pytest.mark.slow),
-    pytest.param("| head -1", GATE_PASSES, 0, id="head -1", marks=pytest.mark.slow),
-    pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed", marks=pytest.mark.slow),
-    pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails", marks=pytest.mark.slow),
+    pytest.param("reader gone", GATE_FAILS, 1, id="reader gone-gate fails"),
+    pytest.param("| head -1", GATE_PASSES, 0, id="head -1"),
+    pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed"),
+    pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails"),
 ])
 @pytest.mark.timeout(180)  # a whole audit in a real process: minutes on a loaded 2-core machine
 def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(tiny_setup, tmp_path, how, gate, code):
@@ -258,9 +259,8 @@ def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(tiny_se
     assert_all_outputs_whole(tmp_path)
 
 
-# a real process each (~10 s): the 141 itself is held by the version test below, the files by the reader test above
-@pytest.mark.parametrize("how", [pytest.param("reader gone", marks=pytest.mark.slow),
-                                 pytest.param("stdout closed", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a whole audit in a real process each (~10 s); the 141 itself is held by the --version test below
+@pytest.mark.parametrize("how", ["reader gone", "stdout closed"])
 @pytest.mark.timeout(180)
 def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(tiny_setup, tmp_path, how):
     """`--json -` with its reader gone, or stdout closed: the files were written first (stdout comes last in a run),

@@ -255,7 +255,7 @@ def test_patch_eval_out_writes_before_and_after_side_by_side_and_compare_reads_t
     from tests.helpers import assert_real_png
 
     out, rep = tmp_path / "report", tmp_path / "patch.json"
-    res = cli("patch", DEMO, "--filter", "tri3", "--pad", "circular", "--data", files / "small.npz", "--eval", "--max-shift", "2",
+    res = cli("patch", DEMO, "--filter", "tri3", "--pad", "circular", "--data", files / "small.npz", "--eval", "--max-shift", "1",
               "--out", out, "--json", rep, "--quiet")
     assert res.exit_code == 0, res.output
     for sub in ("before", "after"):
