@@ -72,7 +72,7 @@ def measure(name: str, model: nn.Module, rows: torch.Tensor, batch: int, reps: i
         for opt in options:  # warm-up (and compile) outside the timed rounds; a failing compile is recorded, not fatal
             try:
                 callers[opt](rows[:batch])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failed[opt] = f"{type(exc).__name__}: {str(exc)[:200]}"
     options = tuple(o for o in options if o not in failed)
     times: dict[str, list[float]] = {opt: [] for opt in options}

@@ -88,21 +88,21 @@ PLANTS = [
         "shiftaudit/engine/runner.py",
         "    _add_image_paths(dataset, computed, per_image)\n",
         "",
-        "tests/test_cli_friction.py::test_json_and_flip_examples_carry_image_paths",
+        "tests/test_cli_eval.py::test_json_and_flip_examples_carry_image_paths",
     ),
     Plant(
         "latency noise never flagged",
         "shiftaudit/antialias/costs.py",
         "return overlap or max(a.iqr, b.iqr) >= abs(a.median - b.median)",
         "return False",
-        "tests/test_cli_friction.py::test_latency_warns_when_noise_exceeds_the_difference",
+        "tests/test_cli_patch.py::test_latency_warns_when_noise_exceeds_the_difference",
     ),
     Plant(
         "--arch-kwargs not stored by patch -o",
         "shiftaudit/antialias/workflow.py",
         "        arch_kwargs=loaded.arch_kwargs,\n",
         "",
-        "tests/test_cli_friction.py::test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched",
+        "tests/test_loading.py::test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched",
     ),
 ]
 

@@ -30,11 +30,11 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shiftaudit.antialias import PatchConfig, patch_model  # noqa: E402
-from shiftaudit.data.presets import Preprocessing  # noqa: E402
-from shiftaudit.data.synthetic import make_synthetic  # noqa: E402
-from shiftaudit.loading import save_model  # noqa: E402
-from shiftaudit.models.demo import (  # noqa: E402
+from shiftaudit.antialias import PatchConfig, patch_model
+from shiftaudit.data.presets import Preprocessing
+from shiftaudit.data.synthetic import make_synthetic
+from shiftaudit.loading import save_model
+from shiftaudit.models.demo import (
     DEMO_ARCH,
     DEMO_TEST_SEED,
     DEMO_TRAIN_SEED,

@@ -4,16 +4,21 @@ from one another."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from PIL import Image
+from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
@@ -383,6 +388,7 @@ def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"
 
 
+
 # -- a real-format ImageNet case: a torchvision model with 1000 outputs, JPEG files in WordNet-id folders -------------
 IMAGENET_FOLDERS = {"n01530575": 1, "n02123045": 1, "n02690373": 1, "n04037443": 1}  # brambling, tabby, airliner, racer
 IMAGENET_INDICES = (10, 281, 404, 751)  # their ImageNet-1k indices
@@ -448,6 +454,17 @@ def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tupl
             sys.modules.pop(module, None)
 
 
+
+def signature_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where identification keeps its signature cache in tests: one folder per test run, shared by the xdist workers
+    (building torchvision's signatures takes ~20 s; a worker that comes second finds them, and atomic writes keep the
+    file whole), never the user's ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # .../pytest-N/popen-gwK: pytest-N is this run's, shared by its workers
+        base = base.parent
+    return base / "shiftaudit-cache"
+
+
 # -- a real CLI process under a memory limit: how long it took and how much memory it used ------------------------------
 MEMORY_LIMIT = 4 << 30  # address space of the child: a regression that allocates what a hostile file declares fails
 # inside it instead of taking the machine down. Enough for a refusal, not for an audit: torch maps about 2 GiB, and
@@ -477,7 +494,7 @@ def _measured(args: list[Any], timeout: float, env: dict[str, str] | None) -> tu
 
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *[str(a) for a in args]], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit, env=env)  # noqa: PLW1509
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit, env=env)
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     try:
@@ -499,3 +516,141 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+# -- the tiny test models on sys.path: the module-scoped fixtures of tests/conftest.py and their command lines ----------
+# Each fixture imports the models of MODELS_SOURCE under its own module name, so two of them can be alive at once.
+TINY_FILES_MODULE = "sa_tiny_files_models"
+TINY_FILES_ARCH = f"{TINY_FILES_MODULE}:tiny"
+
+
+@dataclass
+class TinyFiles:
+    root: Path
+    pt: Path
+    safetensors: Path
+    torchscript: Path
+    data: Path
+
+
+def files_eval_args(tiny_files: TinyFiles, *extra: Any, model: Any = None, data: Any = None,
+                    arch: str | None = TINY_FILES_ARCH) -> list[Any]:
+    args: list[Any] = ["eval", model if model is not None else tiny_files.pt]
+    if arch:
+        args += ["--arch", arch]
+    args += ["--data", data if data is not None else tiny_files.data, "--size", "16", "--max-shift", "2", "--device", "cpu",
+             "--workers", "0", *extra]
+    return args
+
+
+TINY_ENV_MODULE = "sa_tiny_env_models"
+
+
+def env_eval_args(tiny_env: dict[str, Any], *extra: Any, arch: str = "tiny", data: Any = None, ckpt: Any = None,
+                  size: str | None = "16") -> list[Any]:
+    return ["eval", ckpt or tiny_env["ckpt"], "--arch", f"{TINY_ENV_MODULE}:{arch}", "--data", data or tiny_env["data"],
+            *(["--size", size] if size else []), "--max-shift", "2", "--device", "cpu", "--workers", "0", *extra]
+
+
+TINY_SETUP_MODULE = "sa_tiny_setup_models"
+
+
+def setup_eval_args(tiny_setup, *extra: object, factory: str = "tiny") -> list[object]:
+    _, ckpt, data, _ = tiny_setup
+    return ["eval", ckpt, "--arch", f"{TINY_SETUP_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "1",
+            "--device", "cpu", "--workers", "0", *extra]
+
+
+TINY_MODELS_MODULE = "sa_tiny_models"
+
+
+def eval_tiny(ckpt: Path, data: Path, factory: str, *extra: object):
+    return cli("eval", ckpt, "--arch", f"{TINY_MODELS_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "2",
+               "--device", "cpu", "--workers", "0", *extra)
+
+
+def run_ok(args: list[Any], report: Path) -> dict[str, Any]:
+    res = cli(*args, "--json", report)
+    assert res.exit_code == 0, f"{res.stdout}\n{res.stderr}\n{res.exception!r}"
+    assert "Traceback" not in res.output
+    return {"res": res, "report": json.loads(report.read_text())}
+
+
+# -- files to audit ---------------------------------------------------------------------------------------------------
+def safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import load_file
+
+    save_file(load_file(str(src)), str(dest), metadata=metadata)
+    return dest
+
+
+def small_image_folder(tmp: Path) -> Path:
+    return write_image_folder(tmp / "small", size=8)
+
+
+def folder_with_corrupt_images(tmp: Path) -> Path:
+    """Good images plus one corrupt PNG and one non-image file."""
+    root = write_image_folder(tmp / "mixed")
+    (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (root / "class_1" / "notes.txt").write_text("not an image")
+    return root
+
+
+def net_state(width, num_classes=3):
+    torch.manual_seed(0)
+    conv, fc = torch.nn.Conv2d(3, width, 3, stride=2, padding=1), torch.nn.Linear(width, num_classes)
+    return {"conv.weight": conv.weight.data, "conv.bias": conv.bias.data, "fc.weight": fc.weight.data, "fc.bias": fc.bias.data}
+
+
+POSITIONAL = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"spatial_head": true, "size": 16}',
+              "--preset", "cifar", "--size", "16", "--max-shift", "2", "--device", "cpu", "--quiet"]
+
+
+def positional_model(path, num_classes=3):
+    """A net that classifies the flattened feature map: its predictions move with the image, so shifts flip them."""
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(num_classes, spatial_head=True, size=16).state_dict(), path)
+    return path
+
+
+def inspect_json(*args):
+    res = runner.invoke(app, ["inspect", *map(str, args), "--size", "32", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def forbid_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any audit fail the test: a refusal must come before the work."""
+
+    def audit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the audit started although an output was unusable")
+
+    monkeypatch.setattr("shiftaudit.engine.runner.run_plan", audit)  # what audit() runs
+    monkeypatch.setattr("shiftaudit.cli.demo_cmd.run_plan", audit)  # what the demo runs
+    monkeypatch.setattr("shiftaudit.cli.eval_cmd.run_plan", audit)  # what eval runs
+    monkeypatch.setattr("shiftaudit.antialias.workflow.run_plan", audit)  # what patch --eval runs
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files of the atomic writer (``.NAME.xxxx``) anywhere under ``folder``."""
+    return [p for p in folder.rglob(".*") if p.is_file()]
+
+
+NAME_MAX = 255  # ext4, tmpfs, xfs, btrfs: what the temporary folders of a test run are on
+
+
+def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
+    """``folder`` / a name of exactly ``size`` bytes ending in ``ext``."""
+    return folder / (fill * (size - len(ext)) + ext)
+
+
+# -- hypothesis settings of the property tests that run commands ------------------------------------------------------
+def hypothesis_settings(n: int) -> settings:
+    """``n`` examples under the "ci" profile, more under "fuzz" (`make fuzz`); derandomised as the profile says.
+    Call it in the test file: tests/conftest.py imports this module before it loads the profile."""
+    return settings(max_examples=examples(n), deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])

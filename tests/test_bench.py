@@ -11,6 +11,7 @@ import torch
 from benchmarks import run as bench
 
 
+@pytest.mark.slow  # the whole benchmark suite (~35 s); `make bench` and CI run it
 def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:

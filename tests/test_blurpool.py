@@ -201,6 +201,7 @@ def test_benchmark_forms_agree(mode, name, size):
         assert torch.allclose(y, outs["strided"], atol=1e-6), k
 
 
+@pytest.mark.slow  # a timed benchmark (~9 s); the forms' equality is checked above
 def test_benchmark_quick_run_reports_ratios():
     from benchmarks import bench_blurpool
 

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
 from shiftaudit.report import figures
 from shiftaudit.report.rows import compare_rows
-from tests.helpers import assert_real_png, synthetic_result
+from tests.helpers import (
+    assert_clean_error,
+    assert_real_png,
+    cli,
+    env_eval_args,
+    hypothesis_settings,
+    synthetic_result,
+)
+
+MANY = hypothesis_settings(60)  # each example is a compare of two small files (~50 ms)
 
 runner = CliRunner()
 
 
-def write(path: Path, result) -> Path:  # noqa: ANN001
+def write(path: Path, result) -> Path:
     result.save_json(path)
     return path
 
@@ -28,7 +42,7 @@ def pair(tmp_path):
     return base, patched
 
 
-def run(*args):  # noqa: ANN001, ANN202
+def run(*args):
     return runner.invoke(app, ["compare", *[str(a) for a in args]])
 
 
@@ -71,7 +85,7 @@ def test_three_runs_json_and_combined_curve(pair, tmp_path):
     assert (out_dir / "variation.png").is_file() and (out_dir / "accuracy_map.png").is_file()
 
 
-def _one_line_refusal(res, *words: str) -> None:  # noqa: ANN001
+def _one_line_refusal(res, *words: str) -> None:
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), res.output
@@ -150,3 +164,110 @@ def test_a_report_compares_the_same_after_a_round_trip_through_its_types(pair, t
     AuditResult.from_json(json.loads(pair[1].read_text())).save_json(again)
     assert again.read_bytes() == pair[1].read_bytes()
     assert run(pair[0], again, "--names", "a,b").stdout == run(*pair, "--names", "a,b").stdout
+
+
+@pytest.fixture(scope="module")
+def report(tiny_env):
+    path = tiny_env["root"] / "report.json"
+    res = cli(*env_eval_args(tiny_env, "--quiet", "--json", path))
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def _compare(report: Path, other: Path, *extra: Any):
+    return cli("compare", report, other, "--names", "a,b", *extra)
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False),
+              st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+def _paths(node: Any, here: tuple = ()) -> list[tuple]:
+    """Every path into ``node`` (lists: their first 3 items)."""
+    out = [here]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*here, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node[:3]):
+            out += _paths(v, (*here, i))
+    return out
+
+
+@settings(MANY)
+@given(data=st.data())
+def test_damaged_reports_are_compared_or_refused_in_one_sentence(report, tmp_path, data):
+    """Any field of a real report replaced by any JSON value: compare either works (exit 0) or refuses in one
+    sentence with exit 2; never an internal error (exit 3). Raw NaN/Infinity/1e400 tokens and deep nesting are refused.
+    Every field is read into its type (``AuditResult.from_json``), so every path is fair game; the metric entries,
+    where a wrong type would bite the tables, are drawn twice as often."""
+    doc = json.loads(report.read_text())
+    entries = _paths(doc["metrics"], ("metrics",))[1:]
+    path = data.draw(st.one_of(st.sampled_from(entries), st.sampled_from(_paths(doc)[1:])), label="field")
+    value = data.draw(JSON_VALUES, label="value")
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    text = json.dumps(doc)
+    token = data.draw(st.sampled_from([None, "NaN", "-Infinity", "1e400", "[" * 5000 + "]" * 5000]), label="token")
+    if token is not None:
+        text = text.replace('"schema_version": 1', f'"schema_version": 1, "junk": {token}')
+    damaged = tmp_path / f"damaged{time.monotonic_ns()}.json"
+    damaged.write_text(text)
+    res = _compare(report, damaged, "--json", tmp_path / "cmp.json")
+    assert res.exit_code in (0, 2), (path, value, res.output)
+    if res.exit_code == 2:
+        line = assert_clean_error(res)
+        assert str(damaged) in line or line.startswith("error: b "), line  # the file, or the run by its --names name
+    assert token is None or res.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda d: {**d, "metrics": []}, "metrics is a list, not an object"),
+        (lambda d: {**d, "data": "x"}, "data is a string, not an object"),
+        (lambda d: {**d, "schema_version": True}, "schema_version is True"),
+        (
+            lambda d: {**d, "metrics": {**d["metrics"], "accuracy": {"none": {"value": "high"}}}},
+            "metrics.accuracy.none.value is a string",
+        ),
+        (
+            lambda d: {**d, "metrics": {**d["metrics"], "accuracy_map": {**d["metrics"]["accuracy_map"], "accuracy": [[0.5]]}}},
+            "not a dh x dw grid",
+        ),
+    ],
+)
+def test_reports_of_the_wrong_shape_name_the_field(report, tmp_path, damage, needle):
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(damage(json.loads(report.read_text()))))
+    assert_clean_error(_compare(report, damaged), needle, "not a", str(damaged))
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"schema": "shiftaudit/audit-report", "schema_version": NaN}', "NaN, which is not a JSON number"),
+    ('{"schema": "shiftaudit/audit-report", "schema_version": Infinity}', "Infinity, which is not a JSON number"),
+    ('{"schema": "shiftaudit/audit-report", "schema_version": 1e400}', "too large for a double"),
+    ('{"schema": "shiftaudit/audit-report", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ('{"schema": "shiftaudit/audit-report", "x": ' + "[" * 100 + "]" * 100 + "}", "nested more than 64 levels deep"),
+    ("\xff\xfe not text", "not UTF-8 text"),
+])
+def test_compare_refuses_what_python_json_would_accept_or_choke_on(report, tmp_path, text, needle):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    assert_clean_error(_compare(report, bad), needle)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_compare_never_opens_a_fifo_or_device(report, tmp_path, kind):
+    target = {"fifo": tmp_path / "pipe.json", "device": Path("/dev/zero"), "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(target)
+    line = assert_clean_error(_compare(report, target))
+    assert ("is a folder" if kind == "folder" else "not a regular file") in line

@@ -8,6 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
+from tests.helpers import (
+    assert_clean_error,
+    cli,
+    forbid_audit,
+)
 
 runner = CliRunner()
 
@@ -42,3 +47,10 @@ def test_demo_patch_and_compare_antialiased_print_three_columns():
                               "--compare-antialiased", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "Baseline" in res.stdout and "post hoc" in res.stdout and "with blur" in res.stdout  # headers wrap at 80 columns
+
+
+def test_a_bad_demo_patch_filter_is_refused_before_any_audit(tmp_path, monkeypatch):
+    forbid_audit(monkeypatch)
+    res = cli("demo", "--patch", "no-such-filter", "--out", tmp_path / "report", "--json", tmp_path / "r.json")
+    assert_clean_error(res, "no-such-filter")
+    assert not list(tmp_path.iterdir())

@@ -13,6 +13,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
+from tests.helpers import (
+    POSITIONAL,
+    TINY_FILES_MODULE,
+    files_eval_args,
+    positional_model,
+    run_ok,
+    write_images,
+)
+from tests.helpers import write_image_folder as write_small_folder
 
 runner = CliRunner()
 
@@ -136,7 +145,6 @@ MARKED = "sa_cli_eval_models"
 def marked_files(tmp_path_factory):
     """The test models on sys.path (their Slow model appends a line to $SA_MARK at every forward pass), a tiny
     checkpoint and a 16 px ImageFolder."""
-    from tests.helpers import write_image_folder as write_small_folder
     from tests.helpers import write_models_module
 
     root = tmp_path_factory.mktemp("marked")
@@ -298,3 +306,35 @@ def test_library_errors_name_parameters_and_the_command_line_names_flags():
     assert str(refused.value) == "`shift_step` 2 is larger than `max_shift` 1: only the zero shift would remain."
     assert as_flags(str(refused.value)) == "--shift-step 2 is larger than --max-shift 1: only the zero shift would remain."
     assert as_flags("try `shiftaudit demo`, `unknown`") == "try `shiftaudit demo`, `unknown`"
+
+
+def test_nan_logits_are_counted_and_left_out_never_averaged(tiny_files, tmp_path):
+    root = tmp_path / "nan"
+    write_images(root / "class_0", 2, lo=230, hi=255, prefix="bright")  # NaN at every shift
+    write_images(root / "class_1", 2, lo=0, hi=40, seed=1)
+    write_images(root / "class_2", 2, lo=0, hi=40, seed=2)
+    out = run_ok(files_eval_args(tiny_files, arch=f"{TINY_FILES_MODULE}:nan_on_bright", data=root), tmp_path / "r.json")
+    rep = out["report"]
+    assert rep["data"]["nonfinite_images"] == 2 and rep["data"]["num_images"] == 6
+    assert any("2 of 6 images gave NaN or infinite outputs" in n for n in rep["notes"])
+    assert len(rep["per_image"]["image_id"]) == 4  # the metrics saw only the finite images
+    cons = rep["metrics"]["consistency"]["exact"]["value"]
+    assert cons == cons  # a number, not NaN
+    assert "NaN or infinite" in out["res"].stdout
+
+
+def test_json_and_flip_examples_carry_image_paths(tmp_path):
+    data = write_small_folder(tmp_path / "photos", classes=3, per_class=4, size=16)
+    model = positional_model(tmp_path / "m.pt")
+    res = runner.invoke(app, ["eval", str(model), "--data", str(data), *POSITIONAL, "--json", str(tmp_path / "rep.json")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    paths = rep["per_image"]["path"]
+    assert len(paths) == len(rep["per_image"]["image_id"]) == 12
+    assert sorted(paths) == sorted(f"class_{c}/img_{i}.png" for c in range(3) for i in range(4))
+    assert all((data / p).is_file() for p in paths)
+    examples = rep["metrics"]["flip_examples"]["examples"]
+    assert examples, "the positional net must flip some correctly classified image"
+    by_id = dict(zip(rep["per_image"]["image_id"], paths))
+    assert all(ex["path"] == by_id[ex["image_id"]] for ex in examples)
+    assert "reference" not in rep["metrics"]["flip_examples"]  # labelled: unchanged keys

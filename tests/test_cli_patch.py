@@ -11,6 +11,11 @@ import torchvision
 from typer.testing import CliRunner
 
 from shiftaudit.cli import app
+from tests.helpers import (
+    POSITIONAL,
+    positional_model,
+    write_image_folder,
+)
 
 runner = CliRunner()
 
@@ -147,3 +152,49 @@ def test_a_torch_suffix_with_format_torchscript_writes_torchscript(files, tmp_pa
     from shiftaudit.loading import load_model
 
     assert load_model(out).format == "torchscript"
+
+
+def fake_clock(durations):
+    """A perf_counter whose (start, stop) pairs are ``durations`` apart in turn (the runs alternate baseline, patched)."""
+    import itertools
+
+    steps = itertools.cycle(durations)
+    state = {"t": 100.0, "calls": 0}
+
+    def clock():
+        state["calls"] += 1
+        if state["calls"] % 2 == 0:
+            state["t"] += next(steps)
+        return state["t"]
+
+    return clock
+
+
+def patch_eval(tmp_path, monkeypatch, durations):
+    from shiftaudit.antialias import costs
+
+    monkeypatch.setattr(costs, "clock", fake_clock(durations))
+    data = write_image_folder(tmp_path / "photos", classes=3, per_class=1, size=16)
+    model = positional_model(tmp_path / "m.pt")
+    rep = tmp_path / "patch.json"
+    res = runner.invoke(app, ["patch", str(model), "--eval", "--data", str(data), *POSITIONAL[:-1], "--max-shift", "1",
+                              "--json", str(rep)])
+    assert res.exit_code == 0, res.output
+    return res, json.loads(rep.read_text())["latency_ms"]
+
+
+def test_latency_reports_median_and_iqr_and_stays_quiet_when_the_difference_is_clear(tmp_path, monkeypatch):
+    res, lat = patch_eval(tmp_path, monkeypatch, [0.001, 0.002])  # baseline 1 ms, patched 2 ms, every time
+    assert lat["baseline"] == pytest.approx(1.0) and lat["patched"] == pytest.approx(2.0)  # the medians, as before
+    assert lat["repeats"] == 15 and lat["spread"]["baseline"]["repeats"] == 15
+    assert lat["spread"]["patched"] == pytest.approx({"median": 2.0, "q1": 2.0, "q3": 2.0, "iqr": 0.0, "repeats": 15})
+    assert lat["noise_exceeds_difference"] is False and "noise" not in res.stderr
+    assert "IQR" in res.stdout
+
+
+def test_latency_warns_when_noise_exceeds_the_difference(tmp_path, monkeypatch):
+    # baseline 1 or 3 ms, patched 1.2 or 3.2 ms: a 0.2 ms "overhead" inside a 2 ms spread
+    res, lat = patch_eval(tmp_path, monkeypatch, [0.001, 0.0012, 0.003, 0.0032])
+    assert lat["spread"]["baseline"]["iqr"] == pytest.approx(2.0) and lat["noise_exceeds_difference"] is True
+    warnings = [ln for ln in res.stderr.splitlines() if "noise exceeds the difference" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ")

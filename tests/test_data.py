@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,18 @@ from shiftaudit.data import AuditDataset, detect_kind, load_data, make_loader
 from shiftaudit.data.cifar import RestrictedUnpickler, restricted_load
 from shiftaudit.data.presets import Preprocessing
 from shiftaudit.errors import DataError, UsageError
+from tests.helpers import (
+    assert_clean_error,
+    cli,
+    env_eval_args,
+    files_eval_args,
+    folder_with_corrupt_images,
+    nothing_written,
+    run_ok,
+    small_image_folder,
+    write_image_folder,
+    write_images,
+)
 
 PREP = Preprocessing(size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), name="test")
 
@@ -532,3 +545,184 @@ def test_a_decompression_bomb_ends_in_seconds_and_little_memory_in_a_real_proces
     assert code == 2
     assert_one_error_line(stderr, f"Cannot read image {bomb}: it is too large")
     assert startups < 4 and peak < 1 << 30, (startups, peak)  # time in start-ups of the CLI itself
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unreadable_and_non_image_files_are_skipped_with_a_count(tiny_files, tmp_path, workers):
+    data = folder_with_corrupt_images(tmp_path)
+    args = [a if a != "0" else workers for a in files_eval_args(tiny_files, data=data)]  # decoded here, or in a worker process
+    out = run_ok(args, tmp_path / "r.json")
+    notes = out["report"]["notes"]
+    assert any("1 unreadable image skipped: broken.png" in n for n in notes), notes
+    assert out["report"]["data"]["num_images"] == 6  # the 6 good ones; notes.txt is not an image at all
+    assert "1 unreadable image skipped" in out["res"].stdout
+
+
+def test_symlink_loop_in_the_data_folder_is_walked_once(tiny_files, tmp_path):
+    root = write_image_folder(tmp_path / "loopy")
+    (root / "class_0" / "again").symlink_to(root, target_is_directory=True)
+    out = run_ok(files_eval_args(tiny_files, data=root), tmp_path / "r.json")
+    assert out["report"]["data"]["num_images"] == 6
+
+
+def test_grayscale_and_rgba_images_are_converted_and_said(tiny_files, tmp_path):
+    root = tmp_path / "modes"
+    write_images(root / "class_0", 2, mode="L")
+    write_images(root / "class_1", 2, mode="RGBA")
+    write_images(root / "class_2", 2, mode="RGB")
+    out = run_ok(files_eval_args(tiny_files, data=root), tmp_path / "r.json")
+    assert any("converted 4 images with another colour mode to RGB" in n for n in out["report"]["notes"])
+
+
+def test_images_smaller_than_the_crop_are_enlarged_and_said(tiny_files, tmp_path):
+    # --preset cifar: a crop without a resize (a --size alone resizes to 16 / 0.875 = 18 px first, enlarging them)
+    out = run_ok(files_eval_args(tiny_files, "--preset", "cifar", data=small_image_folder(tmp_path)), tmp_path / "r.json")
+    assert any("6 images smaller than the 16x16 crop enlarged" in n for n in out["report"]["notes"])
+
+
+def _save(path: Path, images: Any) -> Path:
+    if path.suffix == ".npz":
+        np.savez(path, images=images)
+    else:
+        torch.save({"images": images}, path)
+    return path
+
+
+TENSOR_FILES = [
+    ("strings", "s.npz", lambda: np.array([["a", "b"]] * 4), "not strings"),
+    ("dates", "d.npz", lambda: np.zeros((4, 3, 8, 8), dtype="datetime64[s]"), "not dates"),
+    ("0x0 images", "z.npz", lambda: np.zeros((4, 3, 0, 0), np.uint8), "hold no pixels"),
+    ("sparse", "sp.pt", lambda: torch.zeros(4, 3, 8, 8).to_sparse(), "not a sparse coo one"),
+    ("float8", "f8.pt", lambda: torch.zeros(4, 3, 8, 8).to(torch.float8_e4m3fn), "float8_e4m3fn"),
+    ("meta", "m.pt", lambda: torch.empty(4, 3, 8, 8, device="meta"), "meta tensor"),
+    ("complex", "c.npz", lambda: np.zeros((4, 3, 8, 8), np.complex64), "not complex"),
+    ("5-D", "five.npz", lambda: np.zeros((2, 2, 3, 8, 8), np.uint8), "must be 4-D"),
+    ("list of strings", "ls.pt", lambda: ["a", "b"], "not strings"),
+]
+
+
+@pytest.mark.parametrize("name, file, make, needle", TENSOR_FILES, ids=[t[0] for t in TENSOR_FILES])
+def test_tensor_files_that_cannot_be_images_are_one_sentence(tiny_env, tmp_path, name, file, make, needle):
+    path = tmp_path / file
+    if name == "list of strings":
+        torch.save(make(), path)
+    else:
+        _save(path, make())
+    res = cli(*env_eval_args(tiny_env, "--json", tmp_path / "r.json", data=path))
+    assert_clean_error(res, needle)
+    assert nothing_written(tmp_path / "r.json")
+
+
+def test_uint16_and_uint32_tensors_are_read_as_integers(tiny_env, tmp_path):
+    for dtype in (np.uint16, np.uint32):
+        path = tmp_path / f"{np.dtype(dtype).name}.npz"
+        np.savez(path, images=np.random.default_rng(0).integers(0, 60000, (3, 3, 16, 16)).astype(dtype), labels=np.arange(3))
+        res = cli(*env_eval_args(tiny_env, "--quiet", "--json", tmp_path / "r.json", data=path))
+        assert res.exit_code == 0, res.output
+
+
+def _run_report(args: list[Any], out: Path) -> dict[str, Any]:
+    res = cli(*args, "--json", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text())
+
+
+def test_unreadable_subfolder_is_counted_and_fatal_with_strict(tiny_env, tmp_path, monkeypatch):
+    """An unreadable sub-folder (os.scandir raises EACCES, as it does for a non-root user on a chmod 000 folder)."""
+    data = write_image_folder(tmp_path / "val")
+    write_images(data / "class_1" / "locked", 2, seed=5)
+    real_scandir = os.scandir
+
+    def scandir(path: Any = "."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rep = _run_report(env_eval_args(tiny_env, data=data), tmp_path / "r.json")
+    assert rep["data"]["num_images"] == 6
+    assert any("1 unreadable entry skipped: class_1/locked (unreadable folder: permission denied)" in n for n in rep["notes"]), (
+        rep["notes"]
+    )
+    res = cli(*env_eval_args(tiny_env, "--strict", data=data))
+    assert_clean_error(res, "Cannot read", "locked", "permission denied", "--strict")
+
+
+def test_links_to_devices_loops_and_nowhere_are_counted_and_fatal_with_strict(tiny_env, tmp_path):
+    data = write_image_folder(tmp_path / "val")
+    (data / "class_0" / "dev.png").symlink_to("/dev/zero")
+    (data / "class_1" / "a.png").symlink_to(data / "class_1" / "b.png")
+    (data / "class_1" / "b.png").symlink_to(data / "class_1" / "a.png")
+    (data / "class_2" / "gone.png").symlink_to(tmp_path / "missing.png")
+    (data / "class_2" / "up").symlink_to(data, target_is_directory=True)
+    rep = _run_report(env_eval_args(tiny_env, data=data), tmp_path / "r.json")
+    assert rep["data"]["num_images"] == 6
+    note = next(n for n in rep["notes"] if "unreadable entries skipped" in n)
+    for needle in (
+        "5 unreadable entries",
+        "dev.png (a device",
+        "a.png (a symbolic link loop)",
+        "gone.png (a broken symbolic link)",
+        "up (a link back to a folder above it",
+    ):
+        assert needle in note, note
+    assert_clean_error(cli(*env_eval_args(tiny_env, "--strict", data=data)), "Cannot read", "--strict")
+
+
+def test_device_named_like_an_image_in_a_flat_folder_is_counted(tiny_env, tmp_path):
+    folder = tmp_path / "flat"
+    write_images(folder, 2)
+    (folder / "zero.png").symlink_to("/dev/zero")
+    ds = load_data(folder, preprocessing=Preprocessing(size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3))
+    assert len(ds) == 2 and any("zero.png (a device, not an image file)" in n for n in ds.notes)
+
+
+def _float_tiff(path: Path, values: np.ndarray) -> Path:
+    Image.fromarray(values.astype(np.float32), mode="F").save(path)
+    return path
+
+
+def test_float_tiffs_are_scaled_by_their_range_not_clipped_black(tmp_path):
+    from shiftaudit.data.preprocess import decode_image, finish
+
+    rng = np.random.default_rng(0)
+    unit = rng.random((16, 16))
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.round(unit * 255).astype(np.uint8), mode="L").save(ref)
+    want, _ = finish(decode_image(ref, 3)[0], None)
+    for name, values in (("unit.tif", unit), ("bytes.tif", unit * 255)):
+        got, _ = finish(decode_image(_float_tiff(tmp_path / name, values), 3)[0], None)
+        assert got.shape == (3, 16, 16) and got.mean() > 0.3  # not black
+        assert torch.allclose(got, want, atol=0.5 / 255 + 1e-6)
+    with pytest.raises(ValueError, match="neither 0-1 nor 0-255"):
+        decode_image(_float_tiff(tmp_path / "wild.tif", unit * 1000 - 5), 3)
+
+
+def test_nan_pixels_are_the_datas_problem_naming_the_image(tiny_env, tmp_path):
+    folder = tmp_path / "tiffs" / "class_0"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        values = rng.random((16, 16))
+        if i == 1:
+            values[3, 4] = np.nan
+        _float_tiff(folder / f"t{i}.tif", values)
+    rep = _run_report(env_eval_args(tiny_env, data=folder.parent), tmp_path / "r.json")
+    assert rep["data"]["num_images"] == 2 and rep["data"]["nonfinite_images"] == 0  # not blamed on the model
+    assert any("1 image with NaN or infinite pixel values skipped (a problem in the data, not the model): t1.tif" in n
+               for n in rep["notes"]), rep["notes"]
+    res = cli(*env_eval_args(tiny_env, "--strict", data=folder.parent))
+    assert_clean_error(res, "t1.tif", "NaN or infinite pixel values", "--strict")
+
+
+def test_nan_pixels_in_every_tensor_image_is_a_data_error_not_a_model_error(tiny_env, tmp_path):
+    images = np.random.default_rng(0).random((4, 3, 16, 16)).astype(np.float32)
+    images[:, 0, 0, 0] = np.inf
+    path = tmp_path / "inf.npz"
+    np.savez(path, images=images, labels=np.arange(4) % 3)
+    line = assert_clean_error(
+        cli(*env_eval_args(tiny_env, "--json", tmp_path / "r.json", data=path)),
+        "None of the 4 images could be used",
+        "mage 0 has NaN or infinite pixel values",
+    )
+    assert "model gave" not in line

@@ -21,6 +21,7 @@ import torch
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.loading import LoadedModel, load_model, save_model
 from shiftaudit.models.demo import DEMO_ARCH, demo_cnn
+from tests.helpers import signature_cache_dir
 
 SEED = 20240611
 PER_FORMAT = 56  # mutations per real checkpoint (3 formats) plus the random-byte cases: about 200 in all
@@ -30,8 +31,8 @@ TIME_BUDGET_S = 60.0
 
 @pytest.fixture(autouse=True)
 def _signature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Identification (tried when no --arch fits) uses a cache per test session, never the user's ~/.cache."""
-    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
+    """Identification (tried when no --arch fits) uses a cache per test run, never the user's ~/.cache."""
+    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(signature_cache_dir(tmp_path_factory)))
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_loader_only_ever_raises_the_clean_error(originals, tmp_path):
             if "\n" in text or "Traceback" in text:
                 leaks.append(f"{fmt} {name}: multi-line message {text[:200]!r}")
             outcomes[type(exc).__name__] += 1
-        except BaseException as exc:  # noqa: BLE001 - this is exactly what the fuzzer hunts for
+        except BaseException as exc:  # this is exactly what the fuzzer hunts for
             leaks.append(f"{fmt} {name}: {type(exc).__name__}: {str(exc)[:200]}")
         else:
             assert isinstance(loaded, LoadedModel)

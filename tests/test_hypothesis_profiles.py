@@ -41,7 +41,7 @@ def test_the_profile_in_force_is_ci_derandomised_or_fuzz_random():
 
 def test_every_property_test_takes_derandomize_from_the_profile():
     tests = _property_tests()
-    assert len(tests) >= 7  # statistics, fault inputs, fault outputs (and this file's own)
+    assert len(tests) >= 7  # statistics, class maps, bad options, damaged reports, outputs (and this file's own)
     wrong = [name for name, fn in tests
              if fn._hypothesis_internal_use_settings.derandomize is not settings.default.derandomize]  # type: ignore[attr-defined]
     assert wrong == []

@@ -17,7 +17,14 @@ import pytest
 import torch
 
 from shiftaudit.interrupts import interruptible
-from tests.helpers import tiny_cnn
+from tests.helpers import (
+    REPO,
+    cli,
+    env_eval_args,
+    eval_tiny,
+    setup_eval_args,
+    tiny_cnn,
+)
 
 DRIVER = """
 import hashlib, os, sys, time
@@ -98,3 +105,111 @@ def test_outside_the_main_thread_it_is_a_plain_call():
     worker.start()
     worker.join()
     assert seen == [worker.name]
+
+
+@pytest.mark.slow  # a real process with a slowed model (~8 s); test_resume.py resumes in-process interruptions
+@pytest.mark.timeout(120)
+def test_sigterm_saves_progress_and_the_resumed_run_equals_an_uninterrupted_one(tiny_env, tmp_path):
+    """SIGTERM (timeout, schedulers) to a real process mid-audit: exit 143, progress saved; resuming gives the same
+    bytes as a run that was never interrupted."""
+    state, mark, resumed, reference = (
+        tmp_path / "run.state",
+        tmp_path / "forwards",
+        tmp_path / "resumed.json",
+        tmp_path / "ref.json",
+    )
+    args = [str(a) for a in env_eval_args(tiny_env, "--batch-size", "25", "--no-polyphase", "--quiet", arch="slow")]
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tiny_env["pkgs"]), os.getcwd()]), "SA_SLOW": "0.4",
+                 "SA_MARK": str(mark), "OMP_NUM_THREADS": str(torch.get_num_threads()), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *args, "--resume", str(state), "--json", str(resumed)],
+                            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (mark.exists() and mark.read_text().count("forward") >= 3) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the audit never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 143, (proc.returncode, out, err)
+    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): stopped cleanly after "), err
+    assert f"progress saved in {state}" in lines[0] and state.is_file() and not resumed.exists()
+    res = cli(*args, "--resume", state, "--json", resumed)  # the same command again: continues, then cleans up
+    assert res.exit_code == 0, res.output
+    assert not state.exists()
+    assert cli(*args, "--json", reference).exit_code == 0
+    assert resumed.read_bytes() == reference.read_bytes()
+
+
+def test_sigterm_handler_is_restored_after_a_command(tiny_env, tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli(*env_eval_args(tiny_env, "--quiet", "--limit", "1")).exit_code == 0
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.slow  # a real process (~6 s); the in-process Ctrl-C tests of this file hold what is written
+def test_ctrl_c_sent_to_a_real_process_mid_audit_leaves_no_output(tiny_setup, tmp_path):
+    """SIGINT to the real CLI while its (slow) model runs: exit 130, one line, no report, no JUnit, no temp file."""
+    root = tiny_setup[0]
+    marker = tmp_path / "started"
+    args = [str(a) for a in setup_eval_args(tiny_setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--junit",
+                                            tmp_path / "j.xml", "--min-consistency", "0", "--batch-size", "1",
+                                            factory="slow_with_marker")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "pkgs"), str(REPO)]), "SA_TEST_MARKER": str(marker)}
+    # a shell's background job (CI started with `&`, nohup) ignores SIGINT, and Python keeps an ignored SIGINT
+    # ignored: give the CLI the default disposition a terminal's Ctrl-C meets
+    proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 40
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the audit never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("interrupted: stopped cleanly") and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["started"]
+
+
+def test_ctrl_c_exits_130_says_how_far_and_writes_nothing(tiny_models, tmp_path):
+    _, ckpt, data = tiny_models
+    report, out = tmp_path / "r.json", tmp_path / "report"
+    # 25 shifts per image and a device batch of 25: one image per forward pass, Ctrl-C during the second
+    res = eval_tiny(ckpt, data, "interrupt_on_second_call", "--batch-size", "25", "--json", report, "--out", out)
+    assert res.exit_code == 130, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: stopped cleanly"), res.stderr
+    assert "after 1 of 6 images" in lines[0]
+    assert "Traceback" not in res.output
+    assert not report.exists() and not out.exists()
+    assert not list(tmp_path.glob(".r.json.*"))
+
+
+def test_ctrl_c_outside_an_audit_still_exits_130(tiny_models, tmp_path, monkeypatch):
+    """Interrupted while loading: no progress to report, the same clean exit."""
+    _, ckpt, data = tiny_models
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("shiftaudit.loading.load_model", interrupted)
+    res = eval_tiny(ckpt, data, "tiny")
+    assert res.exit_code == 130
+    assert res.stderr.strip() == "interrupted: stopped cleanly; no output file was left half-written."
+
+
+def test_interrupted_audit_says_how_far_it_got_and_where_it_saved():
+    from shiftaudit.cli.common import interrupted_message
+    from shiftaudit.errors import AuditInterrupted
+
+    assert interrupted_message(AuditInterrupted(40, 1000)) == (
+        "interrupted: stopped cleanly after 40 of 1000 images; no output file was left half-written.")
+    assert interrupted_message(AuditInterrupted(40, 1000, "run.state", terminated=True)) == (
+        "terminated (SIGTERM): stopped cleanly after 40 of 1000 images; progress saved in run.state: run the same "
+        "command again to continue.")

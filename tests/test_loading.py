@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import struct
 import sys
+import textwrap
 import types
+import uuid
 import warnings
 import zipfile
 
@@ -14,6 +17,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from shiftaudit.cli import app
 from shiftaudit.data.presets import PRESETS
 from shiftaudit.errors import CheckpointError, UsageError
 from shiftaudit.loading import (
@@ -23,13 +27,24 @@ from shiftaudit.loading import (
     read_state_dict,
     save_model,
 )
-from tests.helpers import tiny_cnn
+from tests.helpers import (
+    TINY_FILES_MODULE,
+    assert_clean_error,
+    cli,
+    files_eval_args,
+    inspect_json,
+    net_state,
+    runner,
+    safetensors_with_metadata,
+    signature_cache_dir,
+    tiny_cnn,
+)
 
 
 @pytest.fixture(autouse=True)
 def _signature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One identification cache per test session, never the user's ~/.cache."""
-    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
+    """One identification cache per test run, never the user's ~/.cache."""
+    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(signature_cache_dir(tmp_path_factory)))
 
 
 @pytest.fixture(scope="module")
@@ -411,3 +426,180 @@ def test_save_model_refuses_a_suffix_naming_another_format(tmp_path):
         assert not (tmp_path / name).exists()
     save_model(model, tmp_path / "m.bin", arch="tests.helpers:tiny_cnn")  # a suffix naming no format: as asked
     assert load_model(tmp_path / "m.bin", arch="tests.helpers:tiny_cnn").format == "safetensors"
+
+
+class _Evil:
+    """Unpickling this runs ``open(marker, 'w')``: proof of code execution if the marker appears."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_checkpoint_is_never_unpickled_without_trust_pickle(tiny_files, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(3, 8)}, "payload": _Evil(str(marker))}, evil)
+    for legacy in (False, True):
+        path = evil if not legacy else tmp_path / "evil_legacy.pt"
+        if legacy:
+            torch.save({"payload": _Evil(str(marker))}, path, _use_new_zipfile_serialization=False)
+        res = cli(*files_eval_args(tiny_files, "--json", tmp_path / "r.json", model=path))
+        line = assert_clean_error(res, "--trust-pickle", "runs code")
+        assert "pickled Python object" in line
+        assert not marker.exists(), "the pickle ran code without --trust-pickle"
+        res = cli("inspect", path)
+        assert_clean_error(res, "--trust-pickle")
+        assert not marker.exists()
+
+
+def test_trust_pickle_is_what_allows_full_unpickling(tiny_files, tmp_path):
+    """The flag really is the gate: with it, the same file is unpickled (here: the marker is written)."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(str(marker))}, path)
+    res = cli("inspect", path, "--trust-pickle")
+    assert marker.exists()
+    assert res.exit_code == 2 and "Traceback" not in res.output  # a file handle is no model: still a clean error
+
+
+def test_metadata_factory_outside_shiftaudit_is_not_imported(tiny_files, tmp_path, monkeypatch):
+    """A safetensors file naming ``evilmod:build`` must not import evilmod; the user has to pass --arch themselves."""
+    marker = tmp_path / "imported"
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    (pkgs / "sa_evilmod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom {TINY_FILES_MODULE} import tiny as build\n"
+    )
+    monkeypatch.syspath_prepend(str(pkgs))
+    monkeypatch.syspath_prepend(str(tiny_files.root / "pkgs"))
+    monkeypatch.delitem(sys.modules, "sa_evilmod", raising=False)
+    ckpt = safetensors_with_metadata(tiny_files.safetensors, tmp_path / "m.safetensors",
+                                     {"shiftaudit.format": "1", "shiftaudit.arch": "sa_evilmod:build"})
+    res = cli(*files_eval_args(tiny_files, model=ckpt, arch=None))
+    assert_clean_error(res, "sa_evilmod:build", "outside shiftaudit", "--arch")
+    assert not marker.exists() and "sa_evilmod" not in sys.modules
+    # naming it explicitly is the user's decision
+    res = cli(*files_eval_args(tiny_files, "--quiet", model=ckpt, arch="sa_evilmod:build"))
+    sys.modules.pop("sa_evilmod", None)
+    assert res.exit_code == 0, res.output
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("shiftaudit.arch_kwargs", '{"__class__": "os.system"}', "not an object of keyword arguments"),
+        ("shiftaudit.arch_kwargs", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("shiftaudit.patch", json.dumps({"x": "a" * 1_100_000}), "characters long"),
+        ("shiftaudit.class_names", '{"__class__": "builtins.eval"}', "not a list of strings"),
+        ("shiftaudit.preprocessing", '{"__reduce__": ["os.system", ["true"]]}', "preprocessing"),
+        ("shiftaudit.arch", "os:system", "outside shiftaudit"),
+    ],
+    ids=["dunder-kwargs", "deep-json", "huge-json", "class-names-object", "preprocessing-reduce", "arch-os-system"],
+)
+def test_safetensors_metadata_is_data_only(tiny_files, tmp_path, key, value, needle):
+    ckpt = safetensors_with_metadata(tiny_files.safetensors, tmp_path / "m.safetensors", {"shiftaudit.format": "1", key: value})
+    res = cli(*files_eval_args(tiny_files, model=ckpt, arch=None))
+    line = assert_clean_error(res)
+    assert needle in line
+    assert len(line) < 600  # the hostile value is not echoed back
+
+
+def test_header_length_beyond_the_file_is_a_clean_error(tiny_files, tmp_path):
+    path = tmp_path / "lie.safetensors"
+    path.write_bytes(struct.pack("<Q", 10**12) + b'{"__metadata__": {}}')
+    assert_clean_error(cli(*files_eval_args(tiny_files, model=path, arch=None)), "safetensors")
+
+
+FACTORY_SOURCE = '''
+from torch import nn
+
+WIDTHS = {"lite0": 4, "lite1": 6}
+
+
+class Net(nn.Module):
+    def __init__(self, width=4, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x).relu()).flatten(1))
+
+    @classmethod
+    def build(cls, width=4, num_classes=3):
+        return cls(width, num_classes)
+
+
+def make(model_name, num_classes=3):
+    return Net(WIDTHS[model_name], num_classes)
+'''
+
+
+def factory_module(folder):
+    """A factory module with a fresh name (so no earlier import is cached), written into ``folder``."""
+    name = f"friction_models_{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(FACTORY_SOURCE))
+    return name
+
+
+def test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched(tmp_path, monkeypatch):
+    mod = factory_module(tmp_path / "code")
+    monkeypatch.chdir(tmp_path / "code")  # no PYTHONPATH: the current folder is importable
+    ckpt = tmp_path / "lite1.pt"
+    torch.save(net_state(6), ckpt)
+    rep = inspect_json(ckpt, "--arch", f"{mod}:make", "--arch-kwargs", '{"model_name": "lite1"}')
+    assert rep["model"]["arch"] == f"{mod}:make" and rep["inspection"]["points"][0]["name"] == "conv"
+    # without the argument the factory cannot be called: said in one sentence that names the flag giving it
+    line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", f"{mod}:make"]), "model_name")
+    assert line == (f"error: Factory {mod}:make needs the argument model_name, which neither the checkpoint nor "
+                    """--arch-kwargs gives; pass --arch-kwargs '{"model_name": "..."}' (arch_kwargs= in Python).""")
+
+    out = tmp_path / "patched.safetensors"
+    res = runner.invoke(
+        app, ["patch", str(ckpt), "--arch", f"{mod}:make", "--arch-kwargs", '{"model_name": "lite1"}', "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    msg = " ".join(res.stdout.split())
+    assert f"--arch {mod}:make" in msg and "importable" in msg and "no other flags" not in msg
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["shiftaudit.arch_kwargs"]) == {"model_name": "lite1"}
+    # the exact command the message shows rebuilds it: the builder's arguments come from the file
+    rep = inspect_json(out, "--arch", f"{mod}:make")
+    assert rep["model"]["patch"] is not None and rep["model"]["num_classes"] == 3
+
+
+def test_class_method_factory(tmp_path, monkeypatch):
+    mod = factory_module(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "w5.pt"
+    torch.save(net_state(5), ckpt)
+    rep = inspect_json(ckpt, "--arch", f"{mod}:Net.build", "--arch-kwargs", '{"width": 5}')
+    assert rep["model"]["arch"] == f"{mod}:Net.build" and rep["model"]["parameters"] == 3 * 5 * 9 + 5 + 5 * 3 + 3
+
+
+def test_factory_module_not_found_says_how_to_make_it_importable(tmp_path, monkeypatch):
+    mod = factory_module(tmp_path / "code")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    ckpt = tmp_path / "w.pt"
+    torch.save(net_state(4), ckpt)
+    assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", f"{mod}:make"]), mod, "PYTHONPATH", "current folder")
+
+
+def test_bad_arch_kwargs_are_one_sentence(tmp_path):
+    ckpt = tmp_path / "w.pt"
+    torch.save(net_state(4), ckpt)
+    for bad, needle in (("{model_name: lite0}", "not valid JSON"), ('["lite0"]', "not a list"), ('"lite0"', "not a str"),
+                        ('{"num_classes": 3}', "--num-classes")):
+        for cmd in ("inspect", "eval", "patch"):
+            extra = ["--data", str(tmp_path)] if cmd == "eval" else []
+            res = runner.invoke(app, [cmd, str(ckpt), "--arch", "resnet18", "--arch-kwargs", bad, *extra])
+            assert_clean_error(res, "--arch-kwargs", needle)

@@ -8,15 +8,17 @@ import pytest
 import torch
 import torchvision
 
+from shiftaudit.cli import app
 from shiftaudit.errors import CheckpointError
 from shiftaudit.loading import identify_architecture, load_model
 from shiftaudit.loading.identify import Candidate, Signature, SignatureCache, _decide
-from tests.helpers import tiny_cnn
+from tests.helpers import assert_clean_error, net_state, runner, signature_cache_dir, tiny_cnn
 
 
 @pytest.fixture(autouse=True)
 def _signature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shiftaudit-cache"))
+    """One identification cache per test run, never the user's ~/.cache."""
+    monkeypatch.setenv("SHIFTAUDIT_CACHE_DIR", str(signature_cache_dir(tmp_path_factory)))
 
 
 @pytest.mark.slow
@@ -101,3 +103,51 @@ def test_signature_cache_corrupt_and_unwritable(tmp_path):
     ro.put("m", Signature(["a.weight"], [[2, 3]], "h"))
     ro.save()  # must not raise: identification just stays uncached
     assert ro.dirty
+
+
+@pytest.mark.slow  # a cold search of every torchvision (and timm) signature; the threshold itself has a fast unit test
+def test_identification_without_a_useful_candidate_lists_none(tmp_path):
+    ckpt = tmp_path / "mine.pt"
+    torch.save(net_state(4), ckpt)  # four keys that no known architecture shares
+    line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt)]), "unknown architecture", "pass --arch")
+    assert "closest" not in line and "alexnet" not in line and "vgg" not in line
+
+
+@pytest.mark.slow
+def test_identification_names_a_close_candidate(tmp_path):
+    sd = torchvision.models.resnet18(num_classes=3).state_dict()
+    sd["head.weight"], sd["head.bias"] = sd.pop("fc.weight"), sd.pop("fc.bias")  # a renamed head: still resnet18
+    ckpt = tmp_path / "r18_head.pt"
+    torch.save(sd, ckpt)
+    with pytest.raises(CheckpointError, match=r"closest candidates: resnet18 \(4 keys differ\)"):
+        load_model(ckpt)
+
+
+def antialiased_resnet18_state(filter_size=4):
+    """The key layout of antialiased-cnns' resnet18 (BlurPools in Sequentials, each with its ``filt`` buffer), built
+    from torchvision's names: no download."""
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    out = {}
+    for key, value in sd.items():
+        for layer in ("layer2", "layer3", "layer4"):
+            if key.startswith(f"{layer}.0.conv2."):
+                key = key.replace(f"{layer}.0.conv2.", f"{layer}.0.conv2.1.")
+            elif key.startswith(f"{layer}.0.downsample."):
+                i, rest = key[len(f"{layer}.0.downsample."):].split(".", 1)
+                key = f"{layer}.0.downsample.{int(i) + 1}.{rest}"
+        out[key] = value
+    out["maxpool.1.filt"] = torch.ones(64, 1, filter_size, filter_size) / filter_size**2
+    for layer, ch, inch in (("layer2", 128, 64), ("layer3", 256, 128), ("layer4", 512, 256)):
+        out[f"{layer}.0.conv2.0.filt"] = torch.ones(ch, 1, filter_size, filter_size) / filter_size**2
+        out[f"{layer}.0.downsample.0.filt"] = torch.ones(inch, 1, filter_size, filter_size) / filter_size**2
+    return out
+
+
+def test_antialiased_cnns_checkpoint_is_recognised_not_misidentified(tmp_path):
+    ckpt = tmp_path / "resnet18_lpf4.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in antialiased_resnet18_state().items()}}, ckpt)
+    line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt)]), "antialiased-cnns", "maxpool.1.filt", "--arch",
+                              "filter_size")
+    assert "identified" not in line and "closest" not in line
+    # told resnet18, the load fails on the extra keys, and the sentence says what the file really is
+    assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", "resnet18"]), "antialiased-cnns")

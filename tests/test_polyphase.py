@@ -279,6 +279,7 @@ def _assert_close_json(a, b, path=""):
         assert a == b, path
 
 
+@pytest.mark.slow  # 4 audits of 1,024 shifts (~20 s); circularly blurred models against the naive loop are the fast check
 def test_antialiased_demo_model_uses_polyphase_and_gives_the_same_report(one_thread):
     """The packaged anti-aliased demo (circular convs, MaxPool(2) -> PoolBlur2d(circular, tri3)) runs in polyphase
     form. In double precision the report is identical to the dense engine's; in float32 (the default) the

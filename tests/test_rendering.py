@@ -429,7 +429,7 @@ def test_build_thresholds_keeps_the_given_values_exactly():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _side(hw) -> str:  # noqa: ANN001
+def _side(hw) -> str:
     return f"{hw[0]}" if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
 
 

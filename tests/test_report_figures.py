@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from shiftaudit.cli import app
 from shiftaudit.engine.runner import audit
 from shiftaudit.metrics import FlipExamples
 from shiftaudit.report import figures
 from shiftaudit.report.outputs import write_report_dir
 from shiftaudit.report.terminal import PADDING
 from shiftaudit.shifts.sets import ShiftSet
-from tests.helpers import assert_real_png, synthetic_result
+from tests.helpers import (
+    POSITIONAL,
+    assert_real_png,
+    positional_model,
+    runner,
+    synthetic_result,
+    write_images,
+)
 
 
 def test_each_picture_has_its_size_and_content(tmp_path):
@@ -231,3 +240,23 @@ def test_names_are_drawn_as_written_never_parsed_as_tex_or_sent_raw(tmp_path, mo
     assert "\x1b" not in text
     assert_real_png(tmp_path / "f.png")
     assert_real_png(tmp_path / "a.png")
+
+
+def test_unlabelled_run_gets_flip_examples_and_a_consistency_histogram(tmp_path):
+    write_images(tmp_path / "photos", 6, size=16)
+    model = positional_model(tmp_path / "m.pt")
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["eval", str(model), "--data", str(tmp_path / "photos"), *POSITIONAL, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["data"]["labelled"] is False and "accuracy" not in rep["metrics"]
+    flips = rep["metrics"]["flip_examples"]
+    assert flips["reference"] == "zero-shift prediction" and flips["examples"]
+    zero = (flips["dh"].index(0), flips["dw"].index(0))
+    for ex in flips["examples"]:
+        assert ex["path"].startswith("img_") and ex["p_correct"][zero[0]][zero[1]] == 1.0  # agrees with itself unshifted
+        fh, fw = ex["flip_shift"]
+        assert ex["p_correct"][flips["dh"].index(fh)][flips["dw"].index(fw)] == 0.0 and ex["flip_prediction"] != ex["label"]
+    assert_real_png(out / "flips.png")
+    assert_real_png(out / "consistency.png")
+    assert "same prediction" in (out / "report.html").read_text()
