@@ -50,9 +50,10 @@ mutation-survivors: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# ruff over the whole repository, mypy over the package; both configured in pyproject.toml.
+# ruff (lint and format) over the whole repository, mypy over the package; all configured in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/mypy shiftaudit
 
 clean:

@@ -114,8 +114,7 @@ def run(quick: bool = False) -> dict:
             times = _time_all(fns, repeats, min_time)
             base = times["strided"]
             for form, t in times.items():
-                rows.append({"shape": list(shape), "filter": name, "pad": pad, "form": form, "ms": t * 1e3,
-                             "ratio": t / base})
+                rows.append({"shape": list(shape), "filter": name, "pad": pad, "form": form, "ms": t * 1e3, "ratio": t / base})
     return {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
 
 
@@ -123,13 +122,16 @@ def _print(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"BlurPool forms, CPU, {result['threads']} threads, torch {result['torch']} (ratio = time / strided)",
-              title_justify="left")
+    t = Table(
+        title=f"BlurPool forms, CPU, {result['threads']} threads, torch {result['torch']} (ratio = time / strided)",
+        title_justify="left",
+    )
     for col in ("Shape", "Filter", "Pad", "Form", "ms", "Ratio"):
         t.add_column(col, justify="right" if col in ("ms", "Ratio") else "left")
     for r in result["rows"]:
-        t.add_row("x".join(map(str, r["shape"])), r["filter"], r.get("pad", "reflect"), r["form"], f"{r['ms']:.2f}",
-                  f"{r['ratio']:.2f}")
+        t.add_row(
+            "x".join(map(str, r["shape"])), r["filter"], r.get("pad", "reflect"), r["form"], f"{r['ms']:.2f}", f"{r['ratio']:.2f}"
+        )
     Console().print(t)
 
 
@@ -138,8 +140,12 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, short timings (a smoke test)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="intra-op threads; 1 by default, as spinning OpenMP threads make timings erratic on a busy box")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads; 1 by default, as spinning OpenMP threads make timings erratic on a busy box",
+    )
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     _print(run(quick=args.quick))

@@ -80,9 +80,17 @@ def run(quick: bool = False) -> dict:
             base = times["original"]
             for k, ts in times.items():
                 ratios = [t / b for t, b in zip(ts, base)]
-                rows.append({"model": k, "batch": batch, "size": size, "ms": 1e3 * statistics.median(ts),
-                             "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
-                             "rounds": len(ts)})
+                rows.append(
+                    {
+                        "model": k,
+                        "batch": batch,
+                        "size": size,
+                        "ms": 1e3 * statistics.median(ts),
+                        "ratio": statistics.median(ratios),
+                        "ratio_range": [min(ratios), max(ratios)],
+                        "rounds": len(ts),
+                    }
+                )
     return {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
 
 
@@ -90,14 +98,16 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Patched resnet18 latency, CPU, {result['threads']} thread(s), torch {result['torch']} "
-                    "(ratio = median over rounds of time / original)", title_justify="left")
+    t = Table(
+        title=f"Patched resnet18 latency, CPU, {result['threads']} thread(s), torch {result['torch']} "
+        "(ratio = median over rounds of time / original)",
+        title_justify="left",
+    )
     for col in ("Model", "Batch", "Size", "ms (median)", "Ratio", "Ratio range"):
         t.add_column(col, justify="left" if col == "Model" else "right")
     for r in result["rows"]:
         lo, hi = r["ratio_range"]
-        t.add_row(r["model"], str(r["batch"]), str(r["size"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}",
-                  f"{lo:.2f}-{hi:.2f}")
+        t.add_row(r["model"], str(r["batch"]), str(r["size"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{lo:.2f}-{hi:.2f}")
     Console(width=140).print(t)
 
 

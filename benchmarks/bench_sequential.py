@@ -106,8 +106,11 @@ def cases(mode: str) -> list[SeqCase]:
     return [
         SeqCase("demo_zero_pad", _demo_zero(64 if quick else 128), lambda s: ShiftSet.window(s, 8), 20 if quick else 100),
         SeqCase(
-            "resnet18", _resnet18(48 if quick else 64, 64 if quick else 224),
-            lambda s: ShiftSet.window(s, 16, 8), 10 if quick else 50, batch=32,
+            "resnet18",
+            _resnet18(48 if quick else 64, 64 if quick else 224),
+            lambda s: ShiftSet.window(s, 16, 8),
+            10 if quick else 50,
+            batch=32,
         ),
     ]
 
@@ -150,16 +153,33 @@ def run_case(case: SeqCase) -> dict[str, Any]:
                     before = int(undecided[0].split("after ")[1].split(" forward")[0].replace(",", "")) if undecided else 0
                     spent.append(before + full_rows)
             median = float(np.median(spent))
-            rows.append({
-                "margin": margin, "threshold": tau, "full_verdict": "pass" if truth else "fail",
-                "live_verdict": "pass" if live.gate["passed"] else "fail", "live_engine": live.settings["engine"],
-                "live_seconds": live_s, "full_seconds": full_s, "seconds_ratio": full_s / live_s,
-                "repeats": case.repeats, "agreement": agree / case.repeats, "fallback_share": fell_back / case.repeats,
-                "median_forwards": median, "full_forwards": full_rows, "forwards_ratio": full_rows / median,
-            })
+            rows.append(
+                {
+                    "margin": margin,
+                    "threshold": tau,
+                    "full_verdict": "pass" if truth else "fail",
+                    "live_verdict": "pass" if live.gate["passed"] else "fail",
+                    "live_engine": live.settings["engine"],
+                    "live_seconds": live_s,
+                    "full_seconds": full_s,
+                    "seconds_ratio": full_s / live_s,
+                    "repeats": case.repeats,
+                    "agreement": agree / case.repeats,
+                    "fallback_share": fell_back / case.repeats,
+                    "median_forwards": median,
+                    "full_forwards": full_rows,
+                    "forwards_ratio": full_rows / median,
+                }
+            )
     return {
-        "name": case.name, "image_size": list(x.shape[-2:]), "images": int(x.shape[0]), "shifts": len(shifts),
-        "batch": case.batch, "exact_consistency": exact, "full_seconds": full_s, "rows": rows,
+        "name": case.name,
+        "image_size": list(x.shape[-2:]),
+        "images": int(x.shape[0]),
+        "shifts": len(shifts),
+        "batch": case.batch,
+        "exact_consistency": exact,
+        "full_seconds": full_s,
+        "rows": rows,
     }
 
 
@@ -172,16 +192,32 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="Time to a verdict: sequential gate vs the full audit (same batch size)", title_justify="left")
-    for col in ("Model", "Exact", "Threshold", "Verdict", "Forwards seq / full", "x fewer", "Seconds seq / full",
-                "x faster", "Agreement", "Fallback"):
+    for col in (
+        "Model",
+        "Exact",
+        "Threshold",
+        "Verdict",
+        "Forwards seq / full",
+        "x fewer",
+        "Seconds seq / full",
+        "x faster",
+        "Agreement",
+        "Fallback",
+    ):
         t.add_column(col, justify="left" if col in ("Model", "Verdict") else "right")
     for c in result["cases"]:
         for r in c["rows"]:
             t.add_row(
-                c["name"], f"{c['exact_consistency']:.4f}", f"{r['threshold']:.4f}", r["full_verdict"],
-                f"{r['median_forwards']:.0f} / {r['full_forwards']}", f"{r['forwards_ratio']:.1f}",
-                f"{r['live_seconds']:.2f} / {r['full_seconds']:.2f}", f"{r['seconds_ratio']:.1f}",
-                f"{100 * r['agreement']:.0f} % of {r['repeats']}", f"{100 * r['fallback_share']:.0f} %",
+                c["name"],
+                f"{c['exact_consistency']:.4f}",
+                f"{r['threshold']:.4f}",
+                r["full_verdict"],
+                f"{r['median_forwards']:.0f} / {r['full_forwards']}",
+                f"{r['forwards_ratio']:.1f}",
+                f"{r['live_seconds']:.2f} / {r['full_seconds']:.2f}",
+                f"{r['seconds_ratio']:.1f}",
+                f"{100 * r['agreement']:.0f} % of {r['repeats']}",
+                f"{100 * r['fallback_share']:.0f} %",
             )
     Console(width=160).print(t)
 

@@ -77,8 +77,12 @@ def card_peaks(device: torch.device, quick: bool) -> dict[str, Any]:
     with torch.inference_mode():
         cv = best_seconds(lambda: conv(x), device, 3 if quick else 10)
     conv_flops = 2.0 * batch * ch * ch * 9 * side * side
-    return {"matmul_bf16_tflops": 2.0 * n**3 / mm / 1e12, "conv3x3_bf16_tflops": conv_flops / cv / 1e12,
-            "matmul_size": n, "conv_shape": [batch, ch, side, side]}
+    return {
+        "matmul_bf16_tflops": 2.0 * n**3 / mm / 1e12,
+        "conv3x3_bf16_tflops": conv_flops / cv / 1e12,
+        "matmul_size": n,
+        "conv_shape": [batch, ch, side, side],
+    }
 
 
 def forward_flops(model: nn.Module, size: int, device: torch.device) -> float:
@@ -104,8 +108,9 @@ def resnet_case(arch: str, device: torch.device, quick: bool, peak: float | None
     y = torch.randint(0, 1000, (images,))
     shifts = ShiftSet.window((size, size), max_shift, step)
     amp = "bf16"
-    kw: dict[str, Any] = dict(shifts=shifts, mode="exhaustive", device=device, precision=amp, channels_last=True,
-                              polyphase=False, batch_size=batch)  # 256 rows: the default (64 at 224) starves a big card
+    kw: dict[str, Any] = dict(
+        shifts=shifts, mode="exhaustive", device=device, precision=amp, channels_last=True, polyphase=False, batch_size=batch
+    )  # 256 rows: the default (64 at 224) starves a big card
     audit(model, (x[:1], y[:1]), **kw)  # warm-up: cuDNN picks its kernels
     clock = _timer(device)
     t0 = clock()
@@ -115,11 +120,19 @@ def resnet_case(arch: str, device: torch.device, quick: bool, peak: float | None
     bare = bare_model_rate(model, size, batch, device)
     tflops = pairs / dt * flops / 1e12
     return {
-        "model": f"{arch} (random weights)", "image_size": size, "images": images, "shifts": len(shifts),
-        "precision": amp, "channels_last": True, "device_batch": int(r.settings["device_batch"]),
+        "model": f"{arch} (random weights)",
+        "image_size": size,
+        "images": images,
+        "shifts": len(shifts),
+        "precision": amp,
+        "channels_last": True,
+        "device_batch": int(r.settings["device_batch"]),
         "gflops_per_forward": flops / 1e9,
-        "seconds": dt, "pairs_per_s": pairs / dt, "achieved_tflops": tflops,
-        "bare_model_pairs_per_s": bare, "engine_vs_bare_model": pairs / dt / bare,
+        "seconds": dt,
+        "pairs_per_s": pairs / dt,
+        "achieved_tflops": tflops,
+        "bare_model_pairs_per_s": bare,
+        "engine_vs_bare_model": pairs / dt / bare,
         "fraction_of_datasheet_peak": tflops / peak if peak else None,
     }
 
@@ -150,9 +163,15 @@ def demo_polyphase(device: torch.device, quick: bool) -> dict[str, Any]:
     t0 = clock()
     r = audit(loaded, data, shifts=shifts, device=device)
     dt = clock() - t0
-    return {"model": "demo_cnn (trained, packaged)", "images": images, "shifts": len(shifts),
-            "engine": r.settings["engine"], "seconds": dt, "pairs_per_s": images * len(shifts) / dt,
-            "consistency": r.metrics["consistency"]["exact"]["value"]}
+    return {
+        "model": "demo_cnn (trained, packaged)",
+        "images": images,
+        "shifts": len(shifts),
+        "engine": r.settings["engine"],
+        "seconds": dt,
+        "pairs_per_s": images * len(shifts) / dt,
+        "consistency": r.metrics["consistency"]["exact"]["value"],
+    }
 
 
 class _Wide(nn.Module):
@@ -180,16 +199,22 @@ def forced_oom(device: torch.device) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = audit(_Wide().eval(), (x, y), max_shift=1, device=device, batch_size=batch, polyphase=False)
     notes = [n for n in r.notes if "out of memory" in n]
-    return {"asked_batch": batch, "rows": images * shifts_n, "seconds": time.perf_counter() - t0,
-            "halved": bool(notes), "notes": notes}
+    return {
+        "asked_batch": batch,
+        "rows": images * shifts_n,
+        "seconds": time.perf_counter() - t0,
+        "halved": bool(notes),
+        "notes": notes,
+    }
 
 
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "torch": torch.__version__, "device": device.type}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, memory_gib=props.total_memory / 2**30, cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            name=props.name, memory_gib=props.total_memory / 2**30, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version()
+        )
     return info
 
 
@@ -210,9 +235,18 @@ def run(device: torch.device, quick: bool, say: Callable[[str], None] = print) -
     demo = demo_polyphase(device, quick)
     say("forced out-of-memory halving")
     oom = forced_oom(device)
-    return {"schema": "shiftaudit/bench-gpu", "schema_version": 1, "quick": quick, "machine": machine(device),
-            "card": card, "resnets": cases, "demo_polyphase": demo, "oom_halving": oom,
-            "seconds": time.perf_counter() - t0, "dry_run": device.type != "cuda"}
+    return {
+        "schema": "shiftaudit/bench-gpu",
+        "schema_version": 1,
+        "quick": quick,
+        "machine": machine(device),
+        "card": card,
+        "resnets": cases,
+        "demo_polyphase": demo,
+        "oom_halving": oom,
+        "seconds": time.perf_counter() - t0,
+        "dry_run": device.type != "cuda",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     result = run(device, args.quick, say=lambda s: print(f"... {s}", flush=True))
     path = write_json_atomic(args.out / "gpu.json", result)
     for c in result["resnets"]:
-        print(f"{c['model']} {c['image_size']}px bf16: {c['pairs_per_s']:.0f} images x shifts/s, "
-              f"{c['achieved_tflops']:.1f} TFLOP/s ({c['engine_vs_bare_model']:.2f}x the bare model; "
-              f"{c['fraction_of_measured_conv']:.2f} of the measured conv throughput)")
+        print(
+            f"{c['model']} {c['image_size']}px bf16: {c['pairs_per_s']:.0f} images x shifts/s, "
+            f"{c['achieved_tflops']:.1f} TFLOP/s ({c['engine_vs_bare_model']:.2f}x the bare model; "
+            f"{c['fraction_of_measured_conv']:.2f} of the measured conv throughput)"
+        )
     d = result["demo_polyphase"]
     print(f"demo all {d['shifts']} shifts ({d['engine']}): {d['pairs_per_s']:.0f} images x shifts/s")
     print(f"card: {result['card']}; OOM halving: {result['oom_halving']}")

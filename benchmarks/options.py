@@ -54,8 +54,15 @@ def _clock(device: torch.device) -> Callable[[], float]:
     return time.process_time
 
 
-def measure(name: str, model: nn.Module, rows: torch.Tensor, batch: int, reps: int, device: torch.device,
-            options: tuple[str, ...] = OPTIONS) -> dict[str, Any]:
+def measure(
+    name: str,
+    model: nn.Module,
+    rows: torch.Tensor,
+    batch: int,
+    reps: int,
+    device: torch.device,
+    options: tuple[str, ...] = OPTIONS,
+) -> dict[str, Any]:
     """Median rows/s of each option over ``reps`` interleaved rounds, and its drift from fp32 on every row."""
     clock = _clock(device)
     model = model.eval().to(device)
@@ -84,8 +91,13 @@ def measure(name: str, model: nn.Module, rows: torch.Tensor, batch: int, reps: i
                 times[opt].append(clock() - t0)
                 outputs[opt] = out
     ref = outputs["fp32"]
-    result: dict[str, Any] = {"model": name, "rows": int(rows.shape[0]), "batch": batch, "input": list(rows.shape[1:]),
-                              "failed": failed}
+    result: dict[str, Any] = {
+        "model": name,
+        "rows": int(rows.shape[0]),
+        "batch": batch,
+        "input": list(rows.shape[1:]),
+        "failed": failed,
+    }
     base = statistics.median(times["fp32"])
     for opt in options:
         med = statistics.median(times[opt])
@@ -140,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         shown = [o for o in options if o in r]
         print(r["model"], {o: {k: round(v, 6) for k, v in r[o].items() if k != "seconds"} for o in shown}, r["failed"])
-    path = write_json_atomic(args.out / "options.json", {"device": device.type, "threads": args.threads,
-                                                         "torch": torch.__version__, "results": results})
+    path = write_json_atomic(
+        args.out / "options.json",
+        {"device": device.type, "threads": args.threads, "torch": torch.__version__, "results": results},
+    )
     print(f"wrote {path}")
     return 0
 

@@ -94,7 +94,9 @@ def config(mode: str) -> Config:
                 Case("vgg13_cifar_circular", _vgg(True), 32, _all, 1, 2, polyphase=True),
                 Case("resnet18", _resnet18, 32, _grid(2, 2), 1, 2),
             ),
-            early_exit_images=4, early_exit_shift=3, blur_quick=True,
+            early_exit_images=4,
+            early_exit_shift=3,
+            blur_quick=True,
         )
     quick = mode == "quick"
     cases = [
@@ -131,8 +133,9 @@ def naive_pass(
     return torch.stack(preds, 1).numpy(), torch.stack(plab, 1).numpy()
 
 
-def naive_metric(name: str, preds: np.ndarray, plab: np.ndarray, y: np.ndarray, radius: np.ndarray,
-                 dh: np.ndarray, dw: np.ndarray) -> Any:
+def naive_metric(
+    name: str, preds: np.ndarray, plab: np.ndarray, y: np.ndarray, radius: np.ndarray, dh: np.ndarray, dw: np.ndarray
+) -> Any:
     """Each all-shift metric as an evaluation script computes it from its table of predictions."""
     correct = preds == y[:, None]
     if name == "consistency_exact":
@@ -149,8 +152,9 @@ def naive_metric(name: str, preds: np.ndarray, plab: np.ndarray, y: np.ndarray, 
     return correct.mean(axis=0).tolist()  # accuracy map
 
 
-def time_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, n_shifts: int,
-               per_metric: bool) -> dict[str, Any]:
+def time_naive(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, n_shifts: int, per_metric: bool
+) -> dict[str, Any]:
     ks = np.arange(min(n_shifts, len(shifts)))
     y_np = y.cpu().numpy()
     _sync(x.device)
@@ -170,8 +174,9 @@ def time_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: Shift
     return {"shifts_timed": int(len(ks)), "passes": passes, "seconds": dt, "pairs_per_s": pairs / dt}
 
 
-def naive_batched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, ks: np.ndarray,
-                  batch: int) -> dict[str, Any]:
+def naive_batched(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, ks: np.ndarray, batch: int
+) -> dict[str, Any]:
     """The naive loop at the engine's batch size: the same (image, shift) rows, image-major, each made by torch.roll
     and stacked ``batch`` rows per forward; the engine's equal-batch reference."""
     rows = [(i, int(shifts.dh[k]), int(shifts.dw[k])) for i in range(x.shape[0]) for k in ks]
@@ -195,16 +200,22 @@ def naive_batched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: Sh
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def time_engine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, device: torch.device,
-                **kw: Any) -> dict[str, Any]:
+def time_engine(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, device: torch.device, **kw: Any
+) -> dict[str, Any]:
     _sync(device)
     t0 = time.perf_counter()
     r = audit(model, (x, y), shifts=shifts, mode="exhaustive", device=device, **kw)
     _sync(device)
     dt = time.perf_counter() - t0
     pairs = x.shape[0] * len(shifts)
-    return {"strategy": r.settings["engine"], "seconds": dt, "pairs_per_s": pairs / dt,
-            "forward_rows": int(r.timing["forward_rows"]), "device_batch": int(r.settings["device_batch"])}
+    return {
+        "strategy": r.settings["engine"],
+        "seconds": dt,
+        "pairs_per_s": pairs / dt,
+        "forward_rows": int(r.timing["forward_rows"]),
+        "device_batch": int(r.settings["device_batch"]),
+    }
 
 
 def run_case(case: Case, device: torch.device, seed: int = 0) -> dict[str, Any]:
@@ -230,9 +241,13 @@ def run_case(case: Case, device: torch.device, seed: int = 0) -> dict[str, Any]:
     dense = time_engine(model, x, y, sub, device, polyphase=False, pack_rows=False)
     packed = time_engine(model, x, y, sub, device, polyphase=False, pack_rows=True)
     naive_eq = naive_batched(model, x, y, sub, np.arange(len(sub)), dense["device_batch"])
-    out["equal_batch"] = {"engine": dense, "engine_packed": packed, "naive": naive_eq,
-                          "speedup": dense["pairs_per_s"] / naive_eq["pairs_per_s"],
-                          "speedup_packed": packed["pairs_per_s"] / naive_eq["pairs_per_s"]}
+    out["equal_batch"] = {
+        "engine": dense,
+        "engine_packed": packed,
+        "naive": naive_eq,
+        "speedup": dense["pairs_per_s"] / naive_eq["pairs_per_s"],
+        "speedup_packed": packed["pairs_per_s"] / naive_eq["pairs_per_s"],
+    }
     if case.polyphase:
         out["engine_dense"] = dense
     out["naive_shared"] = time_naive(model, x, y, shifts, case.naive_shifts, per_metric=False)
@@ -260,8 +275,15 @@ def run_early_exit(images: int, max_shift: int | None, device: torch.device) -> 
     runs = {}
     for key, flag in (("full", False), ("early_exit", True)):
         t0 = time.perf_counter()
-        r = audit(loaded, data, shifts=shifts, device=device, early_exit=flag, polyphase=False,
-                  metrics=[AdversarialCurve(shifts), AccuracyAtZeroShift()])
+        r = audit(
+            loaded,
+            data,
+            shifts=shifts,
+            device=device,
+            early_exit=flag,
+            polyphase=False,
+            metrics=[AdversarialCurve(shifts), AccuracyAtZeroShift()],
+        )
         runs[key] = (time.perf_counter() - t0, r)
     (tf, full), (te, fast) = runs["full"], runs["early_exit"]
     return {
@@ -355,8 +377,7 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
         "summary": {
             "engine_vs_naive_per_metric": main["speedup_vs_naive_per_metric"],
             "engine_vs_naive_shared": main["speedup_vs_naive_shared"],
-            "engine_vs_naive_equal_batch": {c["name"] + f"_{c['image_size'][0]}": c["equal_batch"]["speedup"]
-                                            for c in cases},
+            "engine_vs_naive_equal_batch": {c["name"] + f"_{c['image_size'][0]}": c["equal_batch"]["speedup"] for c in cases},
             "polyphase_vs_naive_per_metric": circ["speedup_vs_naive_per_metric"],
             "polyphase_vs_naive_shared": circ["speedup_vs_naive_shared"],
             "polyphase_vs_engine_dense": circ.get("speedup_vs_engine_dense"),
@@ -381,31 +402,63 @@ def print_tables(result: dict[str, Any]) -> None:
 
     m = result["machine"]
     con = Console(width=max(140, Console().width))
-    t = Table(title=f"All-shift audit, {m['device']} ({m['processor']}, {m['threads']} thread(s)), torch {m['torch']}: "
-                    "images x shifts per second", title_justify="left")
-    for col in ("Model", "Size", "Shifts", "Images", "Engine", "pairs/s", "naive 1 pass", "naive per metric",
-                "x vs 1 pass", "x vs per metric"):
+    t = Table(
+        title=f"All-shift audit, {m['device']} ({m['processor']}, {m['threads']} thread(s)), torch {m['torch']}: "
+        "images x shifts per second",
+        title_justify="left",
+    )
+    for col in (
+        "Model",
+        "Size",
+        "Shifts",
+        "Images",
+        "Engine",
+        "pairs/s",
+        "naive 1 pass",
+        "naive per metric",
+        "x vs 1 pass",
+        "x vs per metric",
+    ):
         t.add_column(col, justify="left" if col in ("Model", "Engine") else "right")
     for c in result["cases"]:
-        t.add_row(c["name"], f"{c['image_size'][0]}", str(c["shifts"]), str(c["images"]), c["engine"]["strategy"],
-                  f"{c['engine']['pairs_per_s']:.0f}", f"{c['naive_shared']['pairs_per_s']:.0f}",
-                  f"{c['naive_per_metric']['pairs_per_s']:.0f}", f"{c['speedup_vs_naive_shared']:.1f}",
-                  f"{c['speedup_vs_naive_per_metric']:.1f}")
+        t.add_row(
+            c["name"],
+            f"{c['image_size'][0]}",
+            str(c["shifts"]),
+            str(c["images"]),
+            c["engine"]["strategy"],
+            f"{c['engine']['pairs_per_s']:.0f}",
+            f"{c['naive_shared']['pairs_per_s']:.0f}",
+            f"{c['naive_per_metric']['pairs_per_s']:.0f}",
+            f"{c['speedup_vs_naive_shared']:.1f}",
+            f"{c['speedup_vs_naive_per_metric']:.1f}",
+        )
     con.print(t)
-    q = Table(title="Dense engine vs the naive roll loop at the same device batch (same rows, shift prefix)",
-              title_justify="left")
+    q = Table(
+        title="Dense engine vs the naive roll loop at the same device batch (same rows, shift prefix)", title_justify="left"
+    )
     for col in ("Model", "Size", "Shifts", "Batch", "engine pairs/s", "packed pairs/s", "naive pairs/s", "x", "x packed"):
         q.add_column(col, justify="left" if col == "Model" else "right")
     for c in result["cases"]:
         eq = c["equal_batch"]
-        q.add_row(c["name"], f"{c['image_size'][0]}", str(eq["naive"]["shifts_timed"]), str(eq["naive"]["batch"]),
-                  f"{eq['engine']['pairs_per_s']:.0f}", f"{eq['engine_packed']['pairs_per_s']:.0f}",
-                  f"{eq['naive']['pairs_per_s']:.0f}", f"{eq['speedup']:.2f}", f"{eq['speedup_packed']:.2f}")
+        q.add_row(
+            c["name"],
+            f"{c['image_size'][0]}",
+            str(eq["naive"]["shifts_timed"]),
+            str(eq["naive"]["batch"]),
+            f"{eq['engine']['pairs_per_s']:.0f}",
+            f"{eq['engine_packed']['pairs_per_s']:.0f}",
+            f"{eq['naive']['pairs_per_s']:.0f}",
+            f"{eq['speedup']:.2f}",
+            f"{eq['speedup_packed']:.2f}",
+        )
     con.print(q)
     e = result["early_exit"]
-    con.print(f"adversary early exit ({e['model']}, {e['images']} images x {e['shifts']} shifts): "
-              f"{e['early_exit']['forwards']} of {e['full']['forwards']} forwards "
-              f"({100 * e['forwards_saved']:.1f}% saved), {e['speedup']:.1f}x faster, same curve: {e['identical_curve']}")
+    con.print(
+        f"adversary early exit ({e['model']}, {e['images']} images x {e['shifts']} shifts): "
+        f"{e['early_exit']['forwards']} of {e['full']['forwards']} forwards "
+        f"({100 * e['forwards_saved']:.1f}% saved), {e['speedup']:.1f}x faster, same curve: {e['identical_curve']}"
+    )
     from benchmarks.bench_blurpool import _print
 
     _print(result["blurpool"])
@@ -416,13 +469,15 @@ def print_tables(result: dict[str, Any]) -> None:
 
     print_sequential(result["sequential"])
     s = result["summary"]
-    con.print(f"engine vs naive: {s['engine_vs_naive_per_metric']:.1f}x (per-metric passes), "
-              f"{s['engine_vs_naive_shared']:.1f}x (one shared pass); polyphase vs naive: "
-              f"{s['polyphase_vs_naive_per_metric']:.1f}x / {s['polyphase_vs_naive_shared']:.1f}x; "
-              f"BlurPool2d strided / best alternative: {s['blurpool_strided_vs_best_alternative']:.2f}; "
-              f"BlurPool2d layer / best third-party layer: {s['blurpool_module_vs_best_third_party'] or float('nan'):.2f}; "
-              f"patched / original resnet18 (batch: ratio): {s['patched_vs_original']}; "
-              f"{s['seconds']:.0f} s in all")
+    con.print(
+        f"engine vs naive: {s['engine_vs_naive_per_metric']:.1f}x (per-metric passes), "
+        f"{s['engine_vs_naive_shared']:.1f}x (one shared pass); polyphase vs naive: "
+        f"{s['polyphase_vs_naive_per_metric']:.1f}x / {s['polyphase_vs_naive_shared']:.1f}x; "
+        f"BlurPool2d strided / best alternative: {s['blurpool_strided_vs_best_alternative']:.2f}; "
+        f"BlurPool2d layer / best third-party layer: {s['blurpool_module_vs_best_third_party'] or float('nan'):.2f}; "
+        f"patched / original resnet18 (batch: ratio): {s['patched_vs_original']}; "
+        f"{s['seconds']:.0f} s in all"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

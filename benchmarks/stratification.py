@@ -35,13 +35,21 @@ def run() -> list[dict[str, float | str]]:
         model, x, y = build()
         r = audit(model, (x, y), shifts=shifts((x.shape[-2], x.shape[-1])), device="cpu", batch_size=64, mode="exhaustive")
         c = np.asarray(r.per_image["exact_consistency"], dtype=float)
-        rows.append({"case": name, "consistency": float(c.mean()), "between_image_share": between_image_share(c),
-                     "fully_consistent_images": float(np.mean(c == 1.0))})
+        rows.append(
+            {
+                "case": name,
+                "consistency": float(c.mean()),
+                "between_image_share": between_image_share(c),
+                "fully_consistent_images": float(np.mean(c == 1.0)),
+            }
+        )
     return rows
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for row in run():
-        print(f"{row['case']}: consistency {row['consistency']:.4f}, between-image share {row['between_image_share']:.3f}, "
-              f"fully consistent images {row['fully_consistent_images']:.2f}")
+        print(
+            f"{row['case']}: consistency {row['consistency']:.4f}, between-image share {row['between_image_share']:.3f}, "
+            f"fully consistent images {row['fully_consistent_images']:.2f}"
+        )

@@ -1,7 +1,8 @@
 """Distil the patched demo model once and print held-out and test agreement: used to choose frozen vs train-mode BatchNorm.
 
-    python scripts/distill_bn_choice.py FILTER {frozen,train} LR STEPS
+python scripts/distill_bn_choice.py FILTER {frozen,train} LR STEPS
 """
+
 import sys
 import time
 
@@ -18,7 +19,7 @@ test = demo_dataset(256, base.preprocessing)
 unl = demo_dataset(512, base.preprocessing, seed=DEMO_TRAIN_SEED)
 filt, bn, lr, steps = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 p = patch_model(base.model, PatchConfig(filter=filt, pad="circular"))
-t=time.time()
+t = time.time()
 d = distill(base.model, p.model, unl, steps=steps, seconds=300, seed=0, lr=lr, bn=bn)
 print(
     filt,

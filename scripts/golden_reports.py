@@ -70,20 +70,56 @@ def main(out: Path) -> None:
         runs: dict[str, list[object]] = {
             "demo": ["demo", "-n", "16", "--device", "cpu"],
             "demo_patch": ["demo", "-n", "8", "--max-shift", "3", "--patch", "tri3", "--device", "cpu"],
-            "dense": ["eval", *model, "--data", f["data"], "--max-shift", "2", "--min-consistency", "0.5",
-                      "--min-adv-accuracy", "1=0.1", "--max-variation", "0.5"],
+            "dense": [
+                "eval",
+                *model,
+                "--data",
+                f["data"],
+                "--max-shift",
+                "2",
+                "--min-consistency",
+                "0.5",
+                "--min-adv-accuracy",
+                "1=0.1",
+                "--max-variation",
+                "0.5",
+            ],
             "sampled": ["eval", *model, "--data", f["data"], "--mode", "sampled", "--pairs", "3", "--seed", "7"],
             "grid": ["eval", *model, "--data", f["data"], "--max-shift", "8", "--shift-step", "4"],
             "crop": ["eval", *model, "--data", f["data"], "--shift-mode", "crop", "--max-shift", "2"],
-            "subpixel": ["eval", *model, "--data", f["data"], "--shift-mode", "subpixel", "--max-shift", "1",
-                         "--shift-step", "0.5"],
+            "subpixel": [
+                "eval",
+                *model,
+                "--data",
+                f["data"],
+                "--shift-mode",
+                "subpixel",
+                "--max-shift",
+                "1",
+                "--shift-step",
+                "0.5",
+            ],
             "layers": ["eval", *model, "--data", f["data"], "--max-shift", "1", "--layers", "auto", "--limit", "4"],
             "unlabelled": ["eval", *model, "--data", f["unlabelled"], "--max-shift", "2"],
         }
         for name, args in runs.items():
             shiftaudit(*args, "--json", work / f"{name}.json")
-        shiftaudit("patch", *model[:5], "-o", work / "patched.safetensors", "--eval", "--data", f["data"], "--raw",
-                   "--max-shift", "2", "--device", "cpu", "--json", work / "patch.json")
+        shiftaudit(
+            "patch",
+            *model[:5],
+            "-o",
+            work / "patched.safetensors",
+            "--eval",
+            "--data",
+            f["data"],
+            "--raw",
+            "--max-shift",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            work / "patch.json",
+        )
         shiftaudit("compare", work / "dense.json", work / "grid.json", "--json", work / "compare.json")
         early_exit(f, work / "early_exit.json")
         for path in sorted(work.glob("*.json")):  # the temporary folder's name differs from run to run
@@ -102,8 +138,14 @@ def early_exit(f: dict[str, Path], path: Path) -> None:
     loaded = shiftaudit.load_model(f["ckpt"], arch="resnet18", num_classes=4)
     saved = torch.load(f["data"])
     shifts = ShiftSet.window((40, 40), 2)
-    result = shiftaudit.audit(loaded, (saved["images"], saved["labels"]), shifts=shifts, device="cpu",
-                              metrics=[AccuracyAtZeroShift(), AdversarialCurve(shifts)], early_exit=True)
+    result = shiftaudit.audit(
+        loaded,
+        (saved["images"], saved["labels"]),
+        shifts=shifts,
+        device="cpu",
+        metrics=[AccuracyAtZeroShift(), AdversarialCurve(shifts)],
+        early_exit=True,
+    )
     path.write_text(json.dumps(result.to_json()))
     np.testing.assert_equal(result.settings["engine"], "early-exit")
 

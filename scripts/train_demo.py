@@ -79,11 +79,19 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--test-images", type=int, default=1024)
-    ap.add_argument("--antialias", metavar="FILTER", default=None,
-                    help="anti-alias the model with this blur filter (e.g. binomial5) before training; "
-                         "default output becomes shiftaudit/assets/demo_aa.safetensors")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output file (default: the packaged demo.safetensors, or demo_aa.safetensors with --antialias)")
+    ap.add_argument(
+        "--antialias",
+        metavar="FILTER",
+        default=None,
+        help="anti-alias the model with this blur filter (e.g. binomial5) before training; "
+        "default output becomes shiftaudit/assets/demo_aa.safetensors",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output file (default: the packaged demo.safetensors, or demo_aa.safetensors with --antialias)",
+    )
     args = ap.parse_args()
     if args.out is None:
         args.out = demo_aa_checkpoint_path() if args.antialias else demo_checkpoint_path()
@@ -120,8 +128,11 @@ def main() -> None:
             sched.step()
             total += loss.item() * len(idx)
         acc, cons = evaluate(model, x_test[:256], y_test[:256], seed=epoch)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {total / len(x_train):.3f}, test acc {acc:.3f}, "
-              f"consistency {cons:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {total / len(x_train):.3f}, test acc {acc:.3f}, "
+            f"consistency {cons:.3f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     train_s = time.perf_counter() - t0
     acc, cons = evaluate(model, x_test, y_test, seed=12345, pairs=4)
     print(f"final: test accuracy {acc:.4f}, sampled consistency {cons:.4f} on {len(x_test)} images; trained in {train_s:.0f} s")
@@ -143,8 +154,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if patch_spec is not None:
         info["filter"] = patch_spec["filter"]
-        save_model(model, args.out, arch=DEMO_ARCH, num_classes=len(names), preprocessing=PREP,
-                   class_names=list(names), patch_spec=patch_spec, extra_metadata={"shiftaudit.train_info": json.dumps(info)})
+        save_model(
+            model,
+            args.out,
+            arch=DEMO_ARCH,
+            num_classes=len(names),
+            preprocessing=PREP,
+            class_names=list(names),
+            patch_spec=patch_spec,
+            extra_metadata={"shiftaudit.train_info": json.dumps(info)},
+        )
         args.out.chmod(0o644)
         print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
         return

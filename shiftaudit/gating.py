@@ -94,8 +94,14 @@ def sequential_gate(stats: Iterable[Any]) -> GateReport:
         entry = s.to_json()
         checks.append(
             SequentialCheck(
-                s.threshold, entry["estimate"], entry["ci_low"], entry["ci_high"], entry["decision"] == "pass",
-                f"sequential estimate of {s.threshold.label}", entry["confidence"], entry["draws"],
+                s.threshold,
+                entry["estimate"],
+                entry["ci_low"],
+                entry["ci_high"],
+                entry["decision"] == "pass",
+                f"sequential estimate of {s.threshold.label}",
+                entry["confidence"],
+                entry["draws"],
             )
         )
     return GateReport(checks)

@@ -72,9 +72,7 @@ def assert_shift_robust(
     folder = _check_report_folder(report) if report is not None else None
     from shiftaudit.engine.runner import audit  # local: importing shiftaudit.testing stays free of torch
 
-    result = audit(
-        model, data, thresholds=gate_thresholds, sequential=not (exact or html), seed=seed, device=device, **settings
-    )
+    result = audit(model, data, thresholds=gate_thresholds, sequential=not (exact or html), seed=seed, device=device, **settings)
     written = write_report(result, folder, html=html) if folder is not None else []
     gate = cast("dict[str, Any]", result.gate)  # thresholds were given, so the audit judged them
     failures = [check["message"] for check in gate["checks"] if not check["passed"]]

@@ -70,7 +70,7 @@ def _extra_blocks(extra: bytes, where: str) -> dict[int, bytes]:
             raise ZipStructureError(f"an extra field longer than its header in {where}")
         if kind in blocks:
             raise ZipStructureError(f"a repeated extra field in {where}")
-        blocks[kind] = bytes(extra[pos + 4:pos + 4 + length])
+        blocks[kind] = bytes(extra[pos + 4 : pos + 4 + length])
         pos += 4 + length
     return blocks
 
@@ -129,20 +129,20 @@ class ZipArchive:
         if size < 22:
             raise ZipStructureError("a file too short for a zip archive")
         end = size - 22
-        if bytes(view[end:end + 4]) != EOCD:
+        if bytes(view[end : end + 4]) != EOCD:
             raise ZipStructureError("no end-of-central-directory record at the very end of the file (a comment or trailing data)")
         disk, cd_disk, here, total, cd_size, cd_offset, comment = struct.unpack_from("<HHHHIIH", view, end + 4)
         if comment:
             raise ZipStructureError("an archive comment")
         cd_end = end
         locator = end - 20
-        if locator >= 0 and bytes(view[locator:locator + 4]) == ZIP64_LOCATOR:
+        if locator >= 0 and bytes(view[locator : locator + 4]) == ZIP64_LOCATOR:
             zdisk, record, disks = struct.unpack_from("<IQI", view, locator + 4)
             if zdisk != 0 or disks != 1:
                 raise ZipStructureError("a zip64 locator for a multi-disk archive")
             if record != locator - 56:
                 raise ZipStructureError("a zip64 locator that points away from the record just before it")
-            if record < 0 or bytes(view[record:record + 4]) != ZIP64_EOCD:
+            if record < 0 or bytes(view[record : record + 4]) != ZIP64_EOCD:
                 raise ZipStructureError("a zip64 locator without its end record")
             rec_size, _made, _need, z_disk, z_cd_disk, z_here, z_total, z_cd_size, z_cd_offset = struct.unpack_from(
                 "<QHHIIQQQQ", view, record + 4
@@ -151,8 +151,12 @@ class ZipArchive:
                 raise ZipStructureError("a zip64 end record with extensible data")
             if z_disk or z_cd_disk or z_here != z_total:
                 raise ZipStructureError("a zip64 end record of a multi-disk archive")
-            for small, big, full in ((here, z_here, _U16), (total, z_total, _U16), (cd_size, z_cd_size, _U32),
-                                     (cd_offset, z_cd_offset, _U32)):
+            for small, big, full in (
+                (here, z_here, _U16),
+                (total, z_total, _U16),
+                (cd_size, z_cd_size, _U32),
+                (cd_offset, z_cd_offset, _U32),
+            ):
                 if small != full and small != big:
                     raise ZipStructureError("end records that disagree with each other")
             total, cd_size, cd_offset, cd_end = z_total, z_cd_size, z_cd_offset, record
@@ -177,14 +181,14 @@ class ZipArchive:
         while pos < stop:
             if len(entries) >= total:
                 raise ZipStructureError("more central directory entries than the end record counts")
-            if pos + 46 > stop or bytes(view[pos:pos + 4]) != CENTRAL:
+            if pos + 46 > stop or bytes(view[pos : pos + 4]) != CENTRAL:
                 raise ZipStructureError("a damaged central directory entry")
             (flags, method, crc, csize, usize, nlen, elen, clen, disk, offset) = struct.unpack_from(
                 "<4xHH4xIIIHHHH6xI", view, pos + 4
             )
             if pos + 46 + nlen + elen + clen > stop:
                 raise ZipStructureError("a central directory entry longer than the directory")
-            name = _check_name(bytes(view[pos + 46:pos + 46 + nlen]), flags)
+            name = _check_name(bytes(view[pos + 46 : pos + 46 + nlen]), flags)
             where = f"the entry {name!r}"
             if flags & ~_ALLOWED_FLAGS:
                 raise ZipStructureError(f"encryption or unknown flags in {where}")
@@ -192,7 +196,7 @@ class ZipArchive:
                 raise ZipStructureError(f"compression method {method} in {where} (stored or deflated only)")
             if clen:
                 raise ZipStructureError(f"a file comment in {where}")
-            extra = _extra_blocks(bytes(view[pos + 46 + nlen:pos + 46 + nlen + elen]), where)
+            extra = _extra_blocks(bytes(view[pos + 46 + nlen : pos + 46 + nlen + elen]), where)
             usize, csize, offset, disk = self._zip64(extra.get(0x0001), usize, csize, offset, disk, where)
             if disk:
                 raise ZipStructureError(f"{where} on another disk")
@@ -239,14 +243,14 @@ class ZipArchive:
                 raise ZipStructureError(
                     "bytes before the first entry" if cursor == 0 else f"entries that overlap or leave gaps ({where})"
                 )
-            if at + 30 > cd_offset or bytes(view[at:at + 4]) != LOCAL:
+            if at + 30 > cd_offset or bytes(view[at : at + 4]) != LOCAL:
                 raise ZipStructureError(f"a missing or damaged local header for {where}")
             flags, method, crc, csize, usize, nlen, elen = struct.unpack_from("<2xHH4xIIIHH", view, at + 4)
-            if bytes(view[at + 30:at + 30 + nlen]) != entry.name.encode("utf-8"):
+            if bytes(view[at + 30 : at + 30 + nlen]) != entry.name.encode("utf-8"):
                 raise ZipStructureError(f"a local header whose name differs from the central directory's ({where})")
             if method != entry.method or flags != entry.flags:
                 raise ZipStructureError(f"a local header that disagrees with the central directory ({where})")
-            local_extra = _extra_blocks(bytes(view[at + 30 + nlen:at + 30 + nlen + elen]), where)
+            local_extra = _extra_blocks(bytes(view[at + 30 + nlen : at + 30 + nlen + elen]), where)
             described = bool(flags & 0x08)
             if not described:
                 z = local_extra.get(0x0001)
@@ -260,8 +264,9 @@ class ZipArchive:
                 raise ZipStructureError(f"{where} runs past the end of the data")
             if described:
                 stop += self._descriptor(stop, entry, cd_offset, where)
-            self.members[entry.name] = Member(entry.name, at, start, entry.compressed_size, entry.size, entry.method,
-                                              entry.crc, entry.flags)
+            self.members[entry.name] = Member(
+                entry.name, at, start, entry.compressed_size, entry.size, entry.method, entry.crc, entry.flags
+            )
             cursor = stop
         if cursor != cd_offset:
             raise ZipStructureError("data between the last entry and the central directory")
@@ -273,12 +278,12 @@ class ZipArchive:
         """The length of the data descriptor after a member's data; its values must be the central directory's, and
         its length (32- or 64-bit sizes) unambiguous."""
         view = self._view
-        if bytes(view[at:at + 4]) != DESCRIPTOR:
+        if bytes(view[at : at + 4]) != DESCRIPTOR:
             raise ZipStructureError(f"a data descriptor without its signature ({where})")
         want = (entry.crc, entry.compressed_size, entry.size)
         fits = [n for n, fmt in ((16, "<III"), (24, "<IQQ")) if at + n <= limit and struct.unpack_from(fmt, view, at + 4) == want]
         if len(fits) == 2:  # both read alike (empty sizes): the one the next header follows
-            fits = [n for n in fits if at + n == limit or bytes(view[at + n:at + n + 4]) == LOCAL]
+            fits = [n for n in fits if at + n == limit or bytes(view[at + n : at + n + 4]) == LOCAL]
         if len(fits) != 1:
             raise ZipStructureError(f"a data descriptor that differs from the central directory ({where})")
         return fits[0]
@@ -295,7 +300,7 @@ class ZipArchive:
             raise ZipStructureError(f"{name} is {member.size:,} bytes, more than the {max_bytes:,} allowed")
         if member.method == 8:
             return self._inflate(member, keep=True)
-        data = bytes(self._view[member.data_offset:member.data_offset + member.size])
+        data = bytes(self._view[member.data_offset : member.data_offset + member.size])
         if zlib.crc32(data) != member.crc:
             raise ZipStructureError(f"a CRC mismatch in {name}")
         return data
@@ -303,13 +308,13 @@ class ZipArchive:
     def _bytes(self, member: Member) -> bytes:
         """A member's stored bytes, copied: no view of a mapped file may outlive a failed check (the map could then
         not close)."""
-        return bytes(self._view[member.data_offset:member.data_offset + member.compressed_size])
+        return bytes(self._view[member.data_offset : member.data_offset + member.compressed_size])
 
     def head(self, name: str, n: int) -> bytes:
         """The first ``n`` bytes of a member (inflating no more than that), unchecked: for reading a header."""
         member = self.members[name]
         if member.method == 0:
-            return bytes(self._view[member.data_offset:member.data_offset + min(n, member.size)])
+            return bytes(self._view[member.data_offset : member.data_offset + min(n, member.size)])
         return zlib.decompressobj(-15).decompress(self._bytes(member), n)
 
     def _inflate(self, member: Member, *, keep: bool) -> bytes:

@@ -53,8 +53,9 @@ class StopAfter(nn.Module):
         return self.model(x)
 
 
-def tiny_cnn(num_classes: int = 5, padding_mode: str = "zeros", pool: bool = True, spatial_head: bool = False,
-             size: int = 12) -> nn.Module:
+def tiny_cnn(
+    num_classes: int = 5, padding_mode: str = "zeros", pool: bool = True, spatial_head: bool = False, size: int = 12
+) -> nn.Module:
     """A small conv net. With ``pool`` it downsamples (so it is not shift-invariant); ``spatial_head`` classifies the
     flattened feature map instead of its global average, which makes predictions depend strongly on position."""
     layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1, padding_mode=padding_mode), nn.ReLU()]
@@ -244,8 +245,9 @@ def write_models_module(folder: Path, name: str) -> Path:
     return path
 
 
-def write_images(folder: Path, count: int, size: int = 16, mode: str = "RGB", seed: int = 0, lo: int = 0, hi: int = 255,
-                 prefix: str = "img") -> None:
+def write_images(
+    folder: Path, count: int, size: int = 16, mode: str = "RGB", seed: int = 0, lo: int = 0, hi: int = 255, prefix: str = "img"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
@@ -345,8 +347,14 @@ def synthetic_result(shift: float = 0.0, max_shift: int = 3, n: int = 40, name: 
         metrics=metrics,
         per_image={"image_id": list(range(n)), "variation": variation},
         model={"arch": name, "description": f"test model {name}"},
-        data={"description": "synthetic test set", "kind": "memory", "num_images": n, "labelled": True, "image_size": [8, 8],
-              "nonfinite_images": 0},
+        data={
+            "description": "synthetic test set",
+            "kind": "memory",
+            "num_images": n,
+            "labelled": True,
+            "image_size": [8, 8],
+            "nonfinite_images": 0,
+        },
         settings={
             "shifts": {
                 "mode": "circular",
@@ -386,7 +394,6 @@ def assert_real_png(path: Path, size: tuple[int, int] | None = None) -> None:
         rgb = np.asarray(img.convert("RGB"), dtype=float)
     assert rgb.std() > 10, f"{path.name} looks blank"
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path.name} has too few colours"
-
 
 
 # -- a real-format ImageNet case: a torchvision model with 1000 outputs, JPEG files in WordNet-id folders -------------
@@ -454,7 +461,6 @@ def tiny_models_on_path(root: Path, module: str, **folder: Any) -> Iterator[tupl
             sys.modules.pop(module, None)
 
 
-
 def signature_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where identification keeps its signature cache in tests: one folder per test run, shared by the xdist workers
     (building torchvision's signatures takes ~20 s; a worker that comes second finds them, and atomic writes keep the
@@ -493,8 +499,14 @@ def _measured(args: list[Any], timeout: float, env: dict[str, str] | None) -> tu
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *[str(a) for a in args]], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shiftaudit", *[str(a) for a in args]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit,
+        env=env,
+    )
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     try:
@@ -533,23 +545,50 @@ class TinyFiles:
     data: Path
 
 
-def files_eval_args(tiny_files: TinyFiles, *extra: Any, model: Any = None, data: Any = None,
-                    arch: str | None = TINY_FILES_ARCH) -> list[Any]:
+def files_eval_args(
+    tiny_files: TinyFiles, *extra: Any, model: Any = None, data: Any = None, arch: str | None = TINY_FILES_ARCH
+) -> list[Any]:
     args: list[Any] = ["eval", model if model is not None else tiny_files.pt]
     if arch:
         args += ["--arch", arch]
-    args += ["--data", data if data is not None else tiny_files.data, "--size", "16", "--max-shift", "2", "--device", "cpu",
-             "--workers", "0", *extra]
+    args += [
+        "--data",
+        data if data is not None else tiny_files.data,
+        "--size",
+        "16",
+        "--max-shift",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
     return args
 
 
 TINY_ENV_MODULE = "sa_tiny_env_models"
 
 
-def env_eval_args(tiny_env: dict[str, Any], *extra: Any, arch: str = "tiny", data: Any = None, ckpt: Any = None,
-                  size: str | None = "16") -> list[Any]:
-    return ["eval", ckpt or tiny_env["ckpt"], "--arch", f"{TINY_ENV_MODULE}:{arch}", "--data", data or tiny_env["data"],
-            *(["--size", size] if size else []), "--max-shift", "2", "--device", "cpu", "--workers", "0", *extra]
+def env_eval_args(
+    tiny_env: dict[str, Any], *extra: Any, arch: str = "tiny", data: Any = None, ckpt: Any = None, size: str | None = "16"
+) -> list[Any]:
+    return [
+        "eval",
+        ckpt or tiny_env["ckpt"],
+        "--arch",
+        f"{TINY_ENV_MODULE}:{arch}",
+        "--data",
+        data or tiny_env["data"],
+        *(["--size", size] if size else []),
+        "--max-shift",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 TINY_SETUP_MODULE = "sa_tiny_setup_models"
@@ -557,16 +596,46 @@ TINY_SETUP_MODULE = "sa_tiny_setup_models"
 
 def setup_eval_args(tiny_setup, *extra: object, factory: str = "tiny") -> list[object]:
     _, ckpt, data, _ = tiny_setup
-    return ["eval", ckpt, "--arch", f"{TINY_SETUP_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "1",
-            "--device", "cpu", "--workers", "0", *extra]
+    return [
+        "eval",
+        ckpt,
+        "--arch",
+        f"{TINY_SETUP_MODULE}:{factory}",
+        "--data",
+        data,
+        "--size",
+        "16",
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 TINY_MODELS_MODULE = "sa_tiny_models"
 
 
 def eval_tiny(ckpt: Path, data: Path, factory: str, *extra: object):
-    return cli("eval", ckpt, "--arch", f"{TINY_MODELS_MODULE}:{factory}", "--data", data, "--size", "16", "--max-shift", "2",
-               "--device", "cpu", "--workers", "0", *extra)
+    return cli(
+        "eval",
+        ckpt,
+        "--arch",
+        f"{TINY_MODELS_MODULE}:{factory}",
+        "--data",
+        data,
+        "--size",
+        "16",
+        "--max-shift",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    )
 
 
 def run_ok(args: list[Any], report: Path) -> dict[str, Any]:
@@ -602,8 +671,21 @@ def net_state(width, num_classes=3):
     return {"conv.weight": conv.weight.data, "conv.bias": conv.bias.data, "fc.weight": fc.weight.data, "fc.bias": fc.bias.data}
 
 
-POSITIONAL = ["--arch", "tests.helpers:tiny_cnn", "--arch-kwargs", '{"spatial_head": true, "size": 16}',
-              "--preset", "cifar", "--size", "16", "--max-shift", "2", "--device", "cpu", "--quiet"]
+POSITIONAL = [
+    "--arch",
+    "tests.helpers:tiny_cnn",
+    "--arch-kwargs",
+    '{"spatial_head": true, "size": 16}',
+    "--preset",
+    "cifar",
+    "--size",
+    "16",
+    "--max-shift",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def positional_model(path, num_classes=3):
@@ -652,5 +734,6 @@ def named(folder: Path, size: int, ext: str = ".json", fill: str = "n") -> Path:
 def hypothesis_settings(n: int) -> settings:
     """``n`` examples under the "ci" profile, more under "fuzz" (`make fuzz`); derandomised as the profile says.
     Call it in the test file: tests/conftest.py imports this module before it loads the profile."""
-    return settings(max_examples=examples(n), deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=examples(n), deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )

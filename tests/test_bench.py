@@ -38,10 +38,15 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     assert early["identical_curve"] is True and early["early_exit"]["strategy"] == "early-exit"
     assert early["early_exit"]["forwards"] <= early["full"]["forwards"]
     assert {r["form"] for r in result["blurpool"]["rows"]} >= {"strided", "separable", "naive", "module"}
-    assert set(result["summary"]) >= {"engine_vs_naive_per_metric", "polyphase_vs_naive_per_metric",
-                                      "early_exit_forwards_saved", "blurpool_strided_vs_best_alternative",
-                                      "blurpool_module_vs_best_third_party",
-                                      "patched_vs_original", "engine_vs_naive_equal_batch"}
+    assert set(result["summary"]) >= {
+        "engine_vs_naive_per_metric",
+        "polyphase_vs_naive_per_metric",
+        "early_exit_forwards_saved",
+        "blurpool_strided_vs_best_alternative",
+        "blurpool_module_vs_best_third_party",
+        "patched_vs_original",
+        "engine_vs_naive_equal_batch",
+    }
     rows = {(tuple(r["shape"]), r["filter"], r["pad"], r["form"]): r["ms"] for r in result["blurpool"]["rows"]}
     third = [(k, v) for k, v in rows.items() if k[3] in ("timm", "kornia", "antialiased_cnns")]
     if third:  # the layer's ratio is the worst over shapes of module / fastest third-party layer of that row

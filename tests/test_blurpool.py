@@ -33,7 +33,7 @@ def _reference(x: np.ndarray, name: str, stride: int, mode: str) -> np.ndarray:
     out = np.zeros(x.shape[:2] + (math.ceil(h / stride), math.ceil(w / stride)))
     for i in range(out.shape[-2]):
         for j in range(out.shape[-1]):
-            patch = xp[..., i * stride:i * stride + k, j * stride:j * stride + k]
+            patch = xp[..., i * stride : i * stride + k, j * stride : j * stride + k]
             out[..., i, j] = (patch * k2).sum(axis=(-2, -1))
     return out
 

@@ -23,16 +23,20 @@ from tests.helpers import (
 )
 
 
-@pytest.mark.parametrize("enum, library", [
-    (choices.ShiftMode, shift_mode_names()),
-    (choices.Mode, ("auto", "exhaustive", "sampled")),
-    (choices.Precision, PRECISIONS),
-    (choices.DataKind, ("auto", *KINDS)),
-    (choices.Preset, tuple(PRESETS)),
-    (choices.PatchMethod, patch_method_names()),
-    (choices.Pad, PAD_MODES),
-    (choices.ModelFormat, FORMATS),
-], ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize(
+    "enum, library",
+    [
+        (choices.ShiftMode, shift_mode_names()),
+        (choices.Mode, ("auto", "exhaustive", "sampled")),
+        (choices.Precision, PRECISIONS),
+        (choices.DataKind, ("auto", *KINDS)),
+        (choices.Preset, tuple(PRESETS)),
+        (choices.PatchMethod, patch_method_names()),
+        (choices.Pad, PAD_MODES),
+        (choices.ModelFormat, FORMATS),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
 def test_each_choice_enum_lists_what_the_library_accepts(enum, library):
     assert [c.value for c in enum] == list(library)
 

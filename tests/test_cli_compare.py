@@ -179,8 +179,13 @@ def _compare(report: Path, other: Path, *extra: Any):
 
 
 JSON_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False),
-              st.text(max_size=6)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=6),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
     max_leaves=6,
 )
@@ -249,14 +254,17 @@ def test_reports_of_the_wrong_shape_name_the_field(report, tmp_path, damage, nee
     assert_clean_error(_compare(report, damaged), needle, "not a", str(damaged))
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('{"schema": "shiftaudit/audit-report", "schema_version": NaN}', "NaN, which is not a JSON number"),
-    ('{"schema": "shiftaudit/audit-report", "schema_version": Infinity}', "Infinity, which is not a JSON number"),
-    ('{"schema": "shiftaudit/audit-report", "schema_version": 1e400}', "too large for a double"),
-    ('{"schema": "shiftaudit/audit-report", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
-    ('{"schema": "shiftaudit/audit-report", "x": ' + "[" * 100 + "]" * 100 + "}", "nested more than 64 levels deep"),
-    ("\xff\xfe not text", "not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('{"schema": "shiftaudit/audit-report", "schema_version": NaN}', "NaN, which is not a JSON number"),
+        ('{"schema": "shiftaudit/audit-report", "schema_version": Infinity}', "Infinity, which is not a JSON number"),
+        ('{"schema": "shiftaudit/audit-report", "schema_version": 1e400}', "too large for a double"),
+        ('{"schema": "shiftaudit/audit-report", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"schema": "shiftaudit/audit-report", "x": ' + "[" * 100 + "]" * 100 + "}", "nested more than 64 levels deep"),
+        ("\xff\xfe not text", "not UTF-8 text"),
+    ],
+)
 def test_compare_refuses_what_python_json_would_accept_or_choke_on(report, tmp_path, text, needle):
     bad = tmp_path / "bad.json"
     bad.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())

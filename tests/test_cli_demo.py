@@ -43,8 +43,10 @@ def test_demo_compare_antialiased_adds_the_model_trained_with_blur():
 
 @pytest.mark.slow
 def test_demo_patch_and_compare_antialiased_print_three_columns():
-    res = runner.invoke(app, ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--patch", "tri3",
-                              "--compare-antialiased", "--quiet"])
+    res = runner.invoke(
+        app,
+        ["demo", "--images", "8", "--max-shift", "1", "--device", "cpu", "--patch", "tri3", "--compare-antialiased", "--quiet"],
+    )
     assert res.exit_code == 0, res.output
     assert "Baseline" in res.stdout and "post hoc" in res.stdout and "with blur" in res.stdout  # headers wrap at 80 columns
 

@@ -313,8 +313,16 @@ ROWS: list[tuple[str, Build, tuple[str, ...]]] = [
     ),
     (
         "patch output under a regular file",
-        lambda f, t: ["patch", f.pt, "--arch", TINY_FILES_ARCH, "--size", "16", "-o",
-                      _file_as_parent(t).parent / "p.safetensors"],
+        lambda f, t: [
+            "patch",
+            f.pt,
+            "--arch",
+            TINY_FILES_ARCH,
+            "--size",
+            "16",
+            "-o",
+            _file_as_parent(t).parent / "p.safetensors",
+        ],
         ("afile", "not a folder"),
     ),
 ]

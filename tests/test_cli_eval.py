@@ -55,8 +55,26 @@ def run(*args: str):
 def test_eval_writes_table_and_json_and_gate_passes(resnet_files, tmp_path):
     ckpt, data = resnet_files
     report = tmp_path / "r.json"
-    res = run("eval", ckpt, "--arch", "resnet18", "--data", data, "--size", "32", "--max-shift", "2", "--json", report,
-              "--min-consistency", "0.0", "--device", "cpu", "--workers", "0")
+    res = run(
+        "eval",
+        ckpt,
+        "--arch",
+        "resnet18",
+        "--data",
+        data,
+        "--size",
+        "32",
+        "--max-shift",
+        "2",
+        "--json",
+        report,
+        "--min-consistency",
+        "0.0",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert res.exit_code == 0, res.output
     assert "Consistency" in res.stdout and "Adversarial accuracy" in res.stdout
     rep = json.loads(report.read_text())
@@ -68,8 +86,27 @@ def test_eval_writes_table_and_json_and_gate_passes(resnet_files, tmp_path):
 
 def test_eval_gate_fails_with_exit_1_and_a_reason(resnet_files, tmp_path):
     ckpt, data = resnet_files
-    res = run("eval", ckpt, "--data", data, "--size", "32", "--max-shift", "2", "--device", "cpu", "--workers", "0",
-              "--min-consistency", "1.0", "--min-accuracy", "1.0", "--min-adv-accuracy", "2=1.0", "--quiet")
+    res = run(
+        "eval",
+        ckpt,
+        "--data",
+        data,
+        "--size",
+        "32",
+        "--max-shift",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--min-consistency",
+        "1.0",
+        "--min-accuracy",
+        "1.0",
+        "--min-adv-accuracy",
+        "2=1.0",
+        "--quiet",
+    )
     # identified without --arch; random weights cannot be perfectly accurate on 3 random classes
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.stderr and "--min-accuracy 1" in res.stderr
@@ -81,8 +118,27 @@ def test_eval_same_seed_same_json(resnet_files, tmp_path):
     outs = []
     for i in range(2):
         p = tmp_path / f"r{i}.json"
-        res = run("eval", ckpt, "--arch", "resnet18", "--data", data, "--size", "32", "--max-shift", "1", "--device",
-                  "cpu", "--workers", "0", "--json", p, "--quiet", "--seed", "3")
+        res = run(
+            "eval",
+            ckpt,
+            "--arch",
+            "resnet18",
+            "--data",
+            data,
+            "--size",
+            "32",
+            "--max-shift",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--json",
+            p,
+            "--quiet",
+            "--seed",
+            "3",
+        )
         assert res.exit_code == 0, res.output
         outs.append(p.read_bytes())
     assert outs[0] == outs[1]
@@ -104,8 +160,23 @@ def test_eval_same_seed_same_json(resnet_files, tmp_path):
 )
 def test_eval_usage_errors_exit_2_with_one_line(resnet_files, extra, message):
     ckpt, data = resnet_files
-    res = run("eval", ckpt, "--arch", "resnet18", "--data", data, "--size", "32", "--device", "cpu", "--workers", "0",
-              "--max-shift", "2", *extra)
+    res = run(
+        "eval",
+        ckpt,
+        "--arch",
+        "resnet18",
+        "--data",
+        data,
+        "--size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-shift",
+        "2",
+        *extra,
+    )
     assert res.exit_code == 2, res.output
     assert message in res.stderr
     assert "Traceback" not in res.output
@@ -127,8 +198,14 @@ def test_inspect_resnet18_lists_every_downsampling_point(resnet_files, tmp_path)
     assert insp["total_stride"] == 32
     strided = {p["name"]: p for p in insp["points"] if p["role"] != "global"}
     assert set(strided) == {
-        "conv1", "maxpool", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.0.conv1", "layer3.0.downsample.0",
-        "layer4.0.conv1", "layer4.0.downsample.0",
+        "conv1",
+        "maxpool",
+        "layer2.0.conv1",
+        "layer2.0.downsample.0",
+        "layer3.0.conv1",
+        "layer3.0.downsample.0",
+        "layer4.0.conv1",
+        "layer4.0.downsample.0",
     }
     assert all(p["stride"] == [2, 2] for p in strided.values())
     assert strided["conv1"]["role"] == "stem" and strided["layer2.0.downsample.0"]["role"] == "shortcut"
@@ -169,13 +246,28 @@ def marked_files(tmp_path_factory):
         (["--min-adv-accuracy", "1=."], "--min-adv-accuracy takes RADIUS=FRACTION"),
     ],
 )
-def test_gates_that_pass_on_nothing_or_on_no_number_are_refused_before_any_forward_pass(marked_files, monkeypatch,
-                                                                                       extra, flag):
+def test_gates_that_pass_on_nothing_or_on_no_number_are_refused_before_any_forward_pass(marked_files, monkeypatch, extra, flag):
     ckpt, data, root = marked_files
     mark = root / f"forward-{abs(hash(tuple(extra)))}.txt"
     monkeypatch.setenv("SA_MARK", str(mark))
-    res = run("eval", ckpt, "--arch", f"{MARKED}:slow", "--data", data, "--size", "16", "--device", "cpu", "--workers",
-              "0", "--max-shift", "1", "--exact", *extra)
+    res = run(
+        "eval",
+        ckpt,
+        "--arch",
+        f"{MARKED}:slow",
+        "--data",
+        data,
+        "--size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-shift",
+        "1",
+        "--exact",
+        *extra,
+    )
     from tests.helpers import assert_clean_error
 
     assert_clean_error(res, flag)
@@ -188,8 +280,28 @@ def test_max_shift_zero_reports_accuracy_and_says_why_nothing_else(marked_files,
     ckpt, data, root = marked_files
     monkeypatch.delenv("SA_MARK", raising=False)
     report = tmp_path / "r.json"
-    res = run("eval", ckpt, "--arch", f"{MARKED}:slow", "--data", data, "--size", "16", "--device", "cpu", "--workers",
-              "0", "--max-shift", "0", "--json", report, "--min-accuracy", "0", "--min-adv-accuracy", "0=0")
+    res = run(
+        "eval",
+        ckpt,
+        "--arch",
+        f"{MARKED}:slow",
+        "--data",
+        data,
+        "--size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-shift",
+        "0",
+        "--json",
+        report,
+        "--min-accuracy",
+        "0",
+        "--min-adv-accuracy",
+        "0=0",
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads(report.read_text())
     assert sorted(rep["metrics"]) == ["accuracy", "adversarial"]
@@ -221,8 +333,21 @@ def photos(tmp_path_factory):
 
 def _tiny_eval(photos, *extra):
     ckpt, data = photos
-    return run("eval", ckpt, "--arch", "tests.helpers:tiny_cnn", "--data", data, "--max-shift", "1", "--device", "cpu",
-               "--workers", "0", *extra)
+    return run(
+        "eval",
+        ckpt,
+        "--arch",
+        "tests.helpers:tiny_cnn",
+        "--data",
+        data,
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    )
 
 
 def test_size_alone_resizes_by_the_crop_fraction_and_the_header_plan_and_json_say_so(photos, tmp_path):
@@ -232,8 +357,7 @@ def test_size_alone_resizes_by_the_crop_fraction_and_the_header_plan_and_json_sa
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "r.json").read_text())
     prep = rep["data"]["preprocessing"]
-    assert prep == {"size": [24, 24], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": 27,
-                    "name": "custom"}
+    assert prep == {"size": [24, 24], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": 27, "name": "custom"}
     words = f"resize {prep['resize']}, centre crop {prep['size'][0]}x{prep['size'][1]}, ImageNet mean/std"
     header = " ".join(res.stdout.split("Metric")[0].split())
     assert f"on {rep['data']['description']} ({words});" in header
@@ -248,8 +372,10 @@ def test_size_alone_resizes_by_the_crop_fraction_and_the_header_plan_and_json_sa
 
 
 def test_mean_and_std_nobody_gave_are_said_to_be_assumed(photos, tmp_path):
-    note = ("ImageNet mean/std assumed: the checkpoint records no normalisation and neither --preset nor --mean/--std "
-            "was given; pass the model's own (docs/loading.md, finding a model's preprocessing)")
+    note = (
+        "ImageNet mean/std assumed: the checkpoint records no normalisation and neither --preset nor --mean/--std "
+        "was given; pass the model's own (docs/loading.md, finding a model's preprocessing)"
+    )
     res = _tiny_eval(photos, "--size", "24", "--json", tmp_path / "a.json")
     assert res.exit_code == 0 and note in json.loads((tmp_path / "a.json").read_text())["notes"]
     assert f"note: {note}" in " ".join(res.stdout.split())
@@ -282,8 +408,10 @@ def test_inspect_at_an_odd_size_says_the_sizes_round_and_takes_resize(resnet_fil
     assert res.exit_code == 0, res.output
     out = " ".join(res.stdout.split())
     assert "where no layer shows it" not in out and "(total stride 32)" in out
-    assert ("note: 260x260 is not a multiple of the total stride, so the downsampling layers round their output sizes "
-            "(260 / 32 = 8.125 -> 9)") in out
+    assert (
+        "note: 260x260 is not a multiple of the total stride, so the downsampling layers round their output sizes "
+        "(260 / 32 = 8.125 -> 9)"
+    ) in out
     assert "Audit input │ resize 300, centre crop 260x260, ImageNet mean/std" in out
     even = " ".join(run("inspect", ckpt, "--size", "256").stdout.split())
     assert "(total stride 32)" in even and "round their output sizes" not in even

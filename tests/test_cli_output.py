@@ -73,11 +73,15 @@ def test_patch_output_dash_is_refused(tiny_setup, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("factory, said", [("exit_zero", "SystemExit(0)"), ("generator_exit", "GeneratorExit"),
-                                           ("model_bail", "ModelBail")])
+@pytest.mark.parametrize(
+    "factory, said", [("exit_zero", "SystemExit(0)"), ("generator_exit", "GeneratorExit"), ("model_bail", "ModelBail")]
+)
 def test_a_model_raising_an_exit_fails_the_gate_with_no_report(tiny_setup, tmp_path, factory, said):
-    res = cli(*setup_eval_args(tiny_setup, "--min-consistency", "0", "--junit", tmp_path / "j.xml", "--json", tmp_path / "r.json",
-                               factory=factory))
+    res = cli(
+        *setup_eval_args(
+            tiny_setup, "--min-consistency", "0", "--junit", tmp_path / "j.xml", "--json", tmp_path / "r.json", factory=factory
+        )
+    )
     assert_clean_error(res, "The model failed", said)
     assert not list(tmp_path.iterdir()), "a report or a JUnit file was written"
 
@@ -85,8 +89,9 @@ def test_a_model_raising_an_exit_fails_the_gate_with_no_report(tiny_setup, tmp_p
 @pytest.mark.slow  # a real process (~8 s); the in-process test above holds the exit code
 def test_a_model_raising_systemexit_zero_fails_in_a_real_process(tiny_setup, tmp_path):
     root = tiny_setup[0]
-    args = [str(a) for a in setup_eval_args(tiny_setup, "--min-consistency", "0", "--junit", tmp_path / "j.xml",
-                                            factory="exit_zero")]
+    args = [
+        str(a) for a in setup_eval_args(tiny_setup, "--min-consistency", "0", "--junit", tmp_path / "j.xml", factory="exit_zero")
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "pkgs"), str(REPO)])}
     proc = subprocess.run([sys.executable, "-m", "shiftaudit", *args], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2, proc.stderr
@@ -118,6 +123,7 @@ def test_handle_errors_turns_any_stray_exit_into_exit_2():
     from shiftaudit.cli.common import handle_errors
 
     for exc in (SystemExit(0), SystemExit(None), GeneratorExit()):
+
         @handle_errors
         def run(exc: BaseException = exc) -> None:
             raise exc
@@ -135,8 +141,24 @@ def test_markup_in_folder_and_file_names_is_printed_literally(tiny_setup, tmp_pa
     model = tmp_path / "ck[" / "]pt[red].pt"
     model.write_bytes(ckpt.read_bytes())
     report = tmp_path / "[/]" / "r[bold].json"
-    res = cli("eval", model, "--arch", f"{TINY_SETUP_MODULE}:tiny", "--data", weird, "--size", "16", "--max-shift", "1",
-              "--device", "cpu", "--workers", "0", "--json", report)
+    res = cli(
+        "eval",
+        model,
+        "--arch",
+        f"{TINY_SETUP_MODULE}:tiny",
+        "--data",
+        weird,
+        "--size",
+        "16",
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        report,
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(report.read_text())["model"]["source"].endswith("ck[/]pt[red].pt")
     assert f"wrote {report}" in res.stdout.splitlines()
@@ -149,8 +171,10 @@ def test_markup_and_emoji_codes_in_an_error_are_literal(tmp_path):
     assert_clean_error(res, "[/]missing :smile:.pt")
 
 
-@pytest.mark.parametrize("name, shown", [("bad\nname.pt", "bad\\nname.pt"), ("esc\x1b[31mred.pt", "esc\\x1b[31mred.pt"),
-                                         ("cr\rname.pt", "cr\\rname.pt")])
+@pytest.mark.parametrize(
+    "name, shown",
+    [("bad\nname.pt", "bad\\nname.pt"), ("esc\x1b[31mred.pt", "esc\\x1b[31mred.pt"), ("cr\rname.pt", "cr\\rname.pt")],
+)
 def test_control_characters_in_a_file_name_keep_the_error_on_one_line(tmp_path, name, shown):
     path = tmp_path / name
     path.write_bytes(b"not a checkpoint at all")
@@ -182,8 +206,15 @@ def test_markup_in_a_progress_description_is_not_parsed(monkeypatch):
     assert "auditing [/] [bold]x" in screen.getvalue()
 
 
-def shiftaudit_process(tiny_setup, args: list[object], *, stdout: object = subprocess.PIPE, stderr: object = subprocess.PIPE,
-                       close_stdout: bool = False, shell_tail: str = "") -> subprocess.CompletedProcess[str]:
+def shiftaudit_process(
+    tiny_setup,
+    args: list[object],
+    *,
+    stdout: object = subprocess.PIPE,
+    stderr: object = subprocess.PIPE,
+    close_stdout: bool = False,
+    shell_tail: str = "",
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in its own process, with the test models importable. ``close_stdout``: started with descriptor 1
     closed (``>&-``); ``shell_tail``: run by bash with this after the command (``| head -1``), the exit status being
     the CLI's own."""
@@ -192,8 +223,15 @@ def shiftaudit_process(tiny_setup, args: list[object], *, stdout: object = subpr
     cmd = [sys.executable, "-m", "shiftaudit", *map(str, args)]
     if shell_tail:
         cmd = ["bash", "-c", f'"$@" {shell_tail}; exit "${{PIPESTATUS[0]}}"', "bash", *cmd]
-    return subprocess.run(cmd, stdout=stdout, stderr=stderr, text=True, env=env, timeout=150,
-                          preexec_fn=(lambda: os.close(1)) if close_stdout else None)
+    return subprocess.run(
+        cmd,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        env=env,
+        timeout=150,
+        preexec_fn=(lambda: os.close(1)) if close_stdout else None,
+    )
 
 
 @contextlib.contextmanager
@@ -230,20 +268,24 @@ GATE_PASSES, GATE_FAILS = ("--min-consistency", "0"), ("--min-accuracy", "1")  #
 
 
 @pytest.mark.slow  # a whole audit in a real process each (~10 s); the closed-stdout and --version tests below are fast
-@pytest.mark.parametrize("how, gate, code", [
-    pytest.param("reader gone", GATE_PASSES, 0, id="reader gone-gate passes"),
-    pytest.param("reader gone", GATE_FAILS, 1, id="reader gone-gate fails"),
-    pytest.param("| head -1", GATE_PASSES, 0, id="head -1"),
-    pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed"),
-    pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails"),
-])
+@pytest.mark.parametrize(
+    "how, gate, code",
+    [
+        pytest.param("reader gone", GATE_PASSES, 0, id="reader gone-gate passes"),
+        pytest.param("reader gone", GATE_FAILS, 1, id="reader gone-gate fails"),
+        pytest.param("| head -1", GATE_PASSES, 0, id="head -1"),
+        pytest.param("stdout closed", GATE_PASSES, 0, id="stdout closed"),
+        pytest.param("stderr reader gone", GATE_FAILS, 1, id="stderr reader gone-gate fails"),
+    ],
+)
 @pytest.mark.timeout(180)  # a whole audit in a real process: minutes on a loaded 2-core machine
 def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(tiny_setup, tmp_path, how, gate, code):
     """`shiftaudit eval ... | head -1`: rich used to raise SystemExit(1) on the broken pipe, which the run took for
     the model's exit (exit 2, "the model's code stopped the run") and the report files, written after the table, were
     lost. Now the table is cut, the files are written whole and the exit code is the run's own (the gate's verdict)."""
-    args = setup_eval_args(tiny_setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml",
-                           *gate)
+    args = setup_eval_args(
+        tiny_setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml", *gate
+    )
     if how == "reader gone":
         with reader_gone() as pipe:
             proc = shiftaudit_process(tiny_setup, args, stdout=pipe)
@@ -265,8 +307,9 @@ def test_a_reader_that_leaves_costs_no_file_and_keeps_the_runs_exit_code(tiny_se
 def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(tiny_setup, tmp_path, how):
     """`--json -` with its reader gone, or stdout closed: the files were written first (stdout comes last in a run),
     and the run ends like a writer killed by SIGPIPE, 141, with no traceback (it was exit 3, "internal error")."""
-    args = setup_eval_args(tiny_setup, "--json", "-", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml",
-                           "--min-consistency", "0")
+    args = setup_eval_args(
+        tiny_setup, "--json", "-", "--out", tmp_path / "report", "--junit", tmp_path / "j.xml", "--min-consistency", "0"
+    )
     if how == "reader gone":
         with reader_gone() as pipe:
             proc = shiftaudit_process(tiny_setup, args, stdout=pipe)
@@ -282,11 +325,14 @@ def test_json_to_a_stdout_nobody_reads_ends_141_after_every_file_is_written(tiny
 def test_a_closed_stdout_is_held_by_dev_null_so_no_file_takes_its_number(tiny_setup):
     """Started with descriptor 1 closed (`>&-`), the next file opened would be number 1, and anything a library writes
     to "stdout" would land in it (a report being written, say). The CLI holds /dev/null there first."""
-    code = ("import os, sys\nfrom shiftaudit.cli import main\nsys.argv = ['shiftaudit', '--version']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\nos.write(2, str(os.open(os.devnull, os.O_RDONLY)).encode())")
+    code = (
+        "import os, sys\nfrom shiftaudit.cli import main\nsys.argv = ['shiftaudit', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nos.write(2, str(os.open(os.devnull, os.O_RDONLY)).encode())"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
-                          preexec_fn=lambda: os.close(1))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, preexec_fn=lambda: os.close(1)
+    )
     assert proc.returncode == 0 and proc.stderr == "3", proc.stderr
 
 
@@ -305,7 +351,7 @@ RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-
 
 def assert_no_raw_control(text: str) -> None:
     found = RAW_CONTROL.search(text)
-    assert found is None, f"raw {found.group()!r} at {found.start()}: {text[max(0, found.start() - 80):found.end() + 40]!r}"
+    assert found is None, f"raw {found.group()!r} at {found.start()}: {text[max(0, found.start() - 80) : found.end() + 40]!r}"
 
 
 def test_control_characters_in_every_user_string_are_escaped_in_every_printed_line(tiny_setup, tmp_path):
@@ -318,8 +364,30 @@ def test_control_characters_in_every_user_string_are_escaped_in_every_printed_li
     (data / "c\x1b[32mat" / "bro\x1bken\u202e.png").write_bytes(b"not an image")  # skipped, named in a note
     out, report, junit = tmp_path / f"out{NASTY}", tmp_path / f"r{NASTY}.json", tmp_path / f"j{NASTY}.xml"
     _, ckpt, _, _ = tiny_setup
-    res = cli("eval", ckpt, "--arch", f"{TINY_SETUP_MODULE}:tiny", "--data", data, "--size", "16", "--max-shift", "1", "--device",
-              "cpu", "--workers", "0", "--json", report, "--out", out, "--junit", junit, "--min-consistency", "0")
+    res = cli(
+        "eval",
+        ckpt,
+        "--arch",
+        f"{TINY_SETUP_MODULE}:tiny",
+        "--data",
+        data,
+        "--size",
+        "16",
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        report,
+        "--out",
+        out,
+        "--junit",
+        junit,
+        "--min-consistency",
+        "0",
+    )
     assert res.exit_code == 0, res.output
     assert_no_raw_control(res.stdout + res.stderr)
     flat = "".join(res.stdout.split())

@@ -75,8 +75,29 @@ def test_patch_saves_a_model_that_reloads_without_flags(files, tmp_path):
 def test_patch_eval_prints_before_after_and_latency(files, tmp_path):
     _, ckpt, data = files
     report = tmp_path / "ba.json"
-    res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "2",
-              "--recalibrate", "8", "--calibration-data", data, "--device", "cpu", "--workers", "0", "--json", report)
+    res = run(
+        "patch",
+        ckpt,
+        "--arch",
+        "resnet18",
+        "--eval",
+        "--data",
+        data,
+        "--size",
+        "32",
+        "--max-shift",
+        "2",
+        "--recalibrate",
+        "8",
+        "--calibration-data",
+        data,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        report,
+    )
     assert res.exit_code == 0, res.output
     assert "Baseline" in res.stdout and "Patched (tri3)" in res.stdout and "Overhead" in res.stdout
     rep = json.loads(report.read_text())
@@ -88,8 +109,26 @@ def test_patch_eval_prints_before_after_and_latency(files, tmp_path):
 def test_patch_eval_quiet_prints_no_table_and_still_writes_the_report(files, tmp_path):
     _, ckpt, data = files
     report = tmp_path / "ba.json"
-    res = run("patch", ckpt, "--arch", "resnet18", "--eval", "--data", data, "--size", "32", "--max-shift", "1",
-              "--device", "cpu", "--workers", "0", "--json", report, "--quiet")
+    res = run(
+        "patch",
+        ckpt,
+        "--arch",
+        "resnet18",
+        "--eval",
+        "--data",
+        data,
+        "--size",
+        "32",
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        report,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == "" and "Baseline" not in res.stderr and "Overhead" not in res.stderr
     assert json.loads(report.read_text())["after"]["settings"]["shifts"]["max_shift"] == 1
@@ -118,16 +157,36 @@ def test_rebuild_message_is_true_for_installed_and_local_factories(tmp_path):
 @pytest.mark.parametrize(
     ("name", "fmt", "message"),
     [
-        ("aa.onnx", None, "--output {out} ends in .onnx, but shiftaudit writes safetensors, torch.export (.pt2) or "
-                          "TorchScript, not ONNX; name it aa.pt2 (torch.onnx.export turns that model into ONNX)."),
-        ("aa.pt", None, "--output {out} ends in .pt, which names a torch.load file, but it would be written as "
-                        "safetensors; name it aa.safetensors, or pass --format torchscript."),
-        ("aa.pth", "pt2", "--output {out} ends in .pth, which names a torch.load file, but it would be written as pt2; "
-                          "name it aa.pt2, or pass --format torchscript."),
-        ("aa.pt2", "safetensors", "--output {out} ends in .pt2, which names a torch.export archive, but it would be "
-                                  "written as safetensors; name it aa.safetensors, or pass --format pt2."),
-        ("aa.safetensors", "torchscript", "--output {out} ends in .safetensors, which names a safetensors file, but it "
-                                          "would be written as torchscript; name it aa.pt, or pass --format safetensors."),
+        (
+            "aa.onnx",
+            None,
+            "--output {out} ends in .onnx, but shiftaudit writes safetensors, torch.export (.pt2) or "
+            "TorchScript, not ONNX; name it aa.pt2 (torch.onnx.export turns that model into ONNX).",
+        ),
+        (
+            "aa.pt",
+            None,
+            "--output {out} ends in .pt, which names a torch.load file, but it would be written as "
+            "safetensors; name it aa.safetensors, or pass --format torchscript.",
+        ),
+        (
+            "aa.pth",
+            "pt2",
+            "--output {out} ends in .pth, which names a torch.load file, but it would be written as pt2; "
+            "name it aa.pt2, or pass --format torchscript.",
+        ),
+        (
+            "aa.pt2",
+            "safetensors",
+            "--output {out} ends in .pt2, which names a torch.export archive, but it would be "
+            "written as safetensors; name it aa.safetensors, or pass --format pt2.",
+        ),
+        (
+            "aa.safetensors",
+            "torchscript",
+            "--output {out} ends in .safetensors, which names a safetensors file, but it "
+            "would be written as torchscript; name it aa.pt, or pass --format safetensors.",
+        ),
     ],
 )
 def test_an_output_suffix_naming_another_format_is_refused_before_loading(tmp_path, name, fmt, message):
@@ -177,8 +236,9 @@ def patch_eval(tmp_path, monkeypatch, durations):
     data = write_image_folder(tmp_path / "photos", classes=3, per_class=1, size=16)
     model = positional_model(tmp_path / "m.pt")
     rep = tmp_path / "patch.json"
-    res = runner.invoke(app, ["patch", str(model), "--eval", "--data", str(data), *POSITIONAL[:-1], "--max-shift", "1",
-                              "--json", str(rep)])
+    res = runner.invoke(
+        app, ["patch", str(model), "--eval", "--data", str(data), *POSITIONAL[:-1], "--max-shift", "1", "--json", str(rep)]
+    )
     assert res.exit_code == 0, res.output
     return res, json.loads(rep.read_text())["latency_ms"]
 

@@ -292,8 +292,10 @@ def test_a_base_without_a_resize_keeps_none_and_an_explicit_resize_wins() -> Non
     assert resolve_preprocessing().resize == 256 and resolve_preprocessing(size=224).resize == 256
     with pytest.raises(UsageError) as err:
         resolve_preprocessing(size=4000)
-    assert str(err.value) == ("--size 4000 is cropped from images resized to 4571 px (crop fraction 224/256), more than "
-                              "the 4096 px allowed; pass --resize 4000 to crop without the margin.")
+    assert str(err.value) == (
+        "--size 4000 is cropped from images resized to 4571 px (crop fraction 224/256), more than "
+        "the 4096 px allowed; pass --resize 4000 to crop without the margin."
+    )
 
 
 def test_small_images_are_enlarged_to_the_crop_with_a_note(tmp_path: Path) -> None:
@@ -468,22 +470,22 @@ def _claiming(path: Path, width: int, height: int) -> Path:
         data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     elif fmt == "GIF":
         at = data.index(b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00")  # the image descriptor of a 1x1 frame
-        data[6:10] = data[at + 5:at + 9] = struct.pack("<HH", width, height)
+        data[6:10] = data[at + 5 : at + 9] = struct.pack("<HH", width, height)
     elif fmt == "BMP":
         data[18:26] = struct.pack("<ii", width, height)
     elif fmt == "JPEG":
         at = data.index(b"\xff\xc0")
-        data[at + 5:at + 9] = struct.pack(">HH", height, width)
+        data[at + 5 : at + 9] = struct.pack(">HH", height, width)
     elif fmt == "TIFF":
         ifd = struct.unpack("<I", data[4:8])[0]
-        for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
             entry = ifd + 2 + 12 * k
-            tag = struct.unpack("<H", data[entry:entry + 2])[0]
+            tag = struct.unpack("<H", data[entry : entry + 2])[0]
             if tag in (256, 257):
-                data[entry + 2:entry + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
+                data[entry + 2 : entry + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
     else:
         at = data.index(b"\x9d\x01\x2a")  # a VP8 key frame's start code, then 14-bit width and height
-        data[at + 3:at + 7] = struct.pack("<HH", width, height)
+        data[at + 3 : at + 7] = struct.pack("<HH", width, height)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(data))
     guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -503,8 +505,10 @@ def test_an_image_header_declaring_too_many_pixels_is_refused_before_decoding(tm
     from tests.helpers import assert_clean_error, cli
 
     side = 16383 if ext == ".webp" else 60000
-    for w, h, words in [(9000, 9000, "its header declares 9000x9000 pixels, more than the 67,108,864 allowed"),
-                        (side, side, f"image size ({side * side} pixels) exceeds limit")]:
+    for w, h, words in [
+        (9000, 9000, "its header declares 9000x9000 pixels, more than the 67,108,864 allowed"),
+        (side, side, f"image size ({side * side} pixels) exceeds limit"),
+    ]:
         root = tmp_path / f"{w}"
         png(root / "fine.png")
         bomb = _claiming(root / f"bomb{ext}", w, h)
@@ -516,8 +520,19 @@ def test_an_image_header_declaring_too_many_pixels_is_refused_before_decoding(tm
             with tarfile.open(data, "w") as tar:
                 tar.add(bomb, "000000.gif")
             name = f"{data.name}:000000"
-        res = cli("eval", "shiftaudit/assets/demo.safetensors", "--data", data, "--size", 8, "--max-shift", 1, "--workers",
-                  0, "--strict")
+        res = cli(
+            "eval",
+            "shiftaudit/assets/demo.safetensors",
+            "--data",
+            data,
+            "--size",
+            8,
+            "--max-shift",
+            1,
+            "--workers",
+            0,
+            "--strict",
+        )
         assert_clean_error(res, f"Cannot read image {name}: it is too large", words)
 
 
@@ -537,11 +552,26 @@ def test_a_decompression_bomb_ends_in_seconds_and_little_memory_in_a_real_proces
     idat = b"".join(pack.compress(row) for _ in range(9000)) + pack.flush()
     bomb = tmp_path / "data" / "bomb.png"
     bomb.parent.mkdir()
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 16, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 16, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     assert bomb.stat().st_size < 1 << 20
-    code, stderr, startups, peak = run_measured("eval", "shiftaudit/assets/demo.safetensors", "--data", bomb.parent,
-                                               "--size", 8, "--max-shift", 1, "--workers", 0, "--strict")
+    code, stderr, startups, peak = run_measured(
+        "eval",
+        "shiftaudit/assets/demo.safetensors",
+        "--data",
+        bomb.parent,
+        "--size",
+        8,
+        "--max-shift",
+        1,
+        "--workers",
+        0,
+        "--strict",
+    )
     assert code == 2
     assert_one_error_line(stderr, f"Cannot read image {bomb}: it is too large")
     assert startups < 4 and peak < 1 << 30, (startups, peak)  # time in start-ups of the CLI itself
@@ -709,8 +739,10 @@ def test_nan_pixels_are_the_datas_problem_naming_the_image(tiny_env, tmp_path):
         _float_tiff(folder / f"t{i}.tif", values)
     rep = _run_report(env_eval_args(tiny_env, data=folder.parent), tmp_path / "r.json")
     assert rep["data"]["num_images"] == 2 and rep["data"]["nonfinite_images"] == 0  # not blamed on the model
-    assert any("1 image with NaN or infinite pixel values skipped (a problem in the data, not the model): t1.tif" in n
-               for n in rep["notes"]), rep["notes"]
+    assert any(
+        "1 image with NaN or infinite pixel values skipped (a problem in the data, not the model): t1.tif" in n
+        for n in rep["notes"]
+    ), rep["notes"]
     res = cli(*env_eval_args(tiny_env, "--strict", data=folder.parent))
     assert_clean_error(res, "t1.tif", "NaN or infinite pixel values", "--strict")
 

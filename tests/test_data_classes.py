@@ -45,8 +45,10 @@ def test_class_map_values_are_whole_indices_within_the_classes_or_one_sentence(v
 
 
 @MANY
-@given(keys=st.lists(st.one_of(st.integers(-5, 10**25).map(str), st.text(max_size=6)), min_size=1, max_size=4, unique=True),
-       num_classes=st.integers(1, 10))
+@given(
+    keys=st.lists(st.one_of(st.integers(-5, 10**25).map(str), st.text(max_size=6)), min_size=1, max_size=4, unique=True),
+    num_classes=st.integers(1, 10),
+)
 def test_keras_class_index_keys_are_whole_indices_within_the_classes_or_one_sentence(keys, num_classes):
     obj = {k: [f"wnid{i}", f"name{i}"] for i, k in enumerate(keys)}
     if all(k.isascii() and k.isdigit() and int(k) < num_classes for k in keys):
@@ -56,15 +58,18 @@ def test_keras_class_index_keys_are_whole_indices_within_the_classes_or_one_sent
             read_class_map(obj, num_classes)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('{"class_0": 0, "class_1": 1e20, "class_2": 2}', "1e+20, not a whole class index"),
-    ('{"class_0": 0, "class_1": 0.9, "class_2": 2}', "0.9, not a whole class index"),
-    ('{"class_0": 0, "class_1": true, "class_2": 2}', "true, not a whole class index"),
-    ('{"class_0": 0, "class_1": 1e400, "class_2": 2}', "too large for a double"),
-    ('{"class_0": 0, "class_1": 100000000000000, "class_2": 2}', "outside 0..2 (the model's 3 classes)"),
-    ('{"0": ["class_0"], "1": ["class_1"], "99999999999999999999": ["class_2"]}', "not a whole class index"),
-    ('{"class_0": NaN}', "NaN, which is not a JSON number"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('{"class_0": 0, "class_1": 1e20, "class_2": 2}', "1e+20, not a whole class index"),
+        ('{"class_0": 0, "class_1": 0.9, "class_2": 2}', "0.9, not a whole class index"),
+        ('{"class_0": 0, "class_1": true, "class_2": 2}', "true, not a whole class index"),
+        ('{"class_0": 0, "class_1": 1e400, "class_2": 2}', "too large for a double"),
+        ('{"class_0": 0, "class_1": 100000000000000, "class_2": 2}', "outside 0..2 (the model's 3 classes)"),
+        ('{"0": ["class_0"], "1": ["class_1"], "99999999999999999999": ["class_2"]}', "not a whole class index"),
+        ('{"class_0": NaN}', "NaN, which is not a JSON number"),
+    ],
+)
 def test_class_map_values_through_the_cli(tiny_env, tmp_path, text, needle):
     cmap = tmp_path / "map.json"
     cmap.write_text(text)

@@ -186,10 +186,10 @@ def _patch_footer(src: Path, dest: Path, old: int, new: int, count: int | None =
 
     data = src.read_bytes()
     n = struct.unpack("<I", data[-8:-4])[0]
-    footer = data[-8 - n:-8]
+    footer = data[-8 - n : -8]
     assert footer.count(_i64_field(old)) >= (count or 1)
     footer = footer.replace(_i64_field(old), _i64_field(new), count if count is not None else -1)
-    dest.write_bytes(data[:-8 - n] + footer + struct.pack("<I", len(footer)) + b"PAR1")
+    dest.write_bytes(data[: -8 - n] + footer + struct.pack("<I", len(footer)) + b"PAR1")
     return dest
 
 
@@ -206,14 +206,22 @@ def hostile(tmp_path_factory, stores):
     chunk = pq.ParquetFile(real).metadata.row_group(0).column(0)
     assert chunk.path_in_schema == "img.bytes"  # the first column chunk; its uncompressed size comes before the rest
     return {
-        "rows": (_patch_footer(real, root / "rows.parquet", 300, 3_000_000_000),
-                 ("is too large", "it declares 3,000,000,000 rows, more than the 10,000,000 allowed in one file")),
-        "count": (_patch_footer(real, root / "count.parquet", 300, 301, count=1),
-                  ("is damaged", "its row groups hold 300 rows, its footer says 301")),
-        "unpacked": (_patch_footer(real, root / "unpacked.parquet", chunk.total_uncompressed_size, 8 << 30, count=1),
-                     ("is too large", "row group 0 of column 'img.bytes' is 8.0 GiB uncompressed")),
-        "past_end": (_patch_footer(real, root / "past_end.parquet", chunk.total_compressed_size, 1 << 30),
-                     ("is damaged", "row group 0 declares 1,073,741,824 bytes of column 'img.bytes'", "past the end")),
+        "rows": (
+            _patch_footer(real, root / "rows.parquet", 300, 3_000_000_000),
+            ("is too large", "it declares 3,000,000,000 rows, more than the 10,000,000 allowed in one file"),
+        ),
+        "count": (
+            _patch_footer(real, root / "count.parquet", 300, 301, count=1),
+            ("is damaged", "its row groups hold 300 rows, its footer says 301"),
+        ),
+        "unpacked": (
+            _patch_footer(real, root / "unpacked.parquet", chunk.total_uncompressed_size, 8 << 30, count=1),
+            ("is too large", "row group 0 of column 'img.bytes' is 8.0 GiB uncompressed"),
+        ),
+        "past_end": (
+            _patch_footer(real, root / "past_end.parquet", chunk.total_compressed_size, 1 << 30),
+            ("is damaged", "row group 0 declares 1,073,741,824 bytes of column 'img.bytes'", "past the end"),
+        ),
     }
 
 
@@ -242,8 +250,9 @@ def _saved_with_length(stores, dest: Path, rows: int) -> Path:
 
 def test_a_saved_dataset_declaring_billions_of_rows_is_refused(stores, tmp_path):
     saved = _saved_with_length(stores, tmp_path / "saved", 3_000_000_000)
-    assert_clean_error(cli("eval", DEMO, "--data", saved, *AUDIT), f"The saved dataset {saved} is too large",
-                       "3,000,000,000 rows")
+    assert_clean_error(
+        cli("eval", DEMO, "--data", saved, *AUDIT), f"The saved dataset {saved} is too large", "3,000,000,000 rows"
+    )
 
 
 @pytest.mark.slow
@@ -265,5 +274,6 @@ def test_a_parquet_folder_holding_a_file_and_a_link_to_it_is_refused(stores, tmp
     shutil.copytree(stores["parquet"], hub)
     real = next(hub.rglob("*.parquet"))
     (real.parent / "zz-copy.parquet").symlink_to(real.name)
-    assert_clean_error(cli("eval", DEMO, "--data", hub, *AUDIT), f"--data {hub} holds", real.name, "zz-copy.parquet",
-                       "one parquet file")
+    assert_clean_error(
+        cli("eval", DEMO, "--data", hub, *AUDIT), f"--data {hub} holds", real.name, "zz-copy.parquet", "one parquet file"
+    )

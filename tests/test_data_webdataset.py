@@ -199,7 +199,7 @@ def _header(name: str, size: int, kind: bytes) -> bytes:
     """One tar header block declaring ``size`` bytes (base-256, as GNU tar writes sizes of 8 GiB and more)."""
     info = tarfile.TarInfo(name)
     info.type = kind
-    block = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT)[:tarfile.BLOCKSIZE])
+    block = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT)[: tarfile.BLOCKSIZE])
     block[124:136] = b"\x80\0\0\0" + size.to_bytes(8, "big")
     block[148:156] = b" " * 8
     block[148:156] = b"%06o\0 " % sum(block)
@@ -215,15 +215,20 @@ def _hostile_shards(folder: Path) -> list[tuple[Path, tuple[str, ...]]]:
     good = good[: 4 * tarfile.BLOCKSIZE]  # two members of one header and one data block each, no end-of-archive
     big = 8 << 30
     pad = b"\0" * 2048
-    long_name = b"".join(_header("././@LongLink", 100, tarfile.GNUTYPE_LONGNAME) + b"a" * 99 + b"\0" * 413
-                         for _ in range(5000))
+    long_name = b"".join(_header("././@LongLink", 100, tarfile.GNUTYPE_LONGNAME) + b"a" * 99 + b"\0" * 413 for _ in range(5000))
     cases = {
-        "pax.tar": (good + _header("pax", big, tarfile.XHDTYPE) + pad,
-                    ("is damaged", "a pax header at byte 2,048 declares 8,589,934,592 bytes, but only 2,048 follow it")),
-        "longname.tar": (good + _header("././@LongLink", big, tarfile.GNUTYPE_LONGNAME) + pad,
-                         ("is damaged", "a GNU long-name header at byte 2,048 declares 8,589,934,592 bytes")),
-        "bigpax.tar": (good + _header("pax", 2 << 20, tarfile.XHDTYPE) + b"\0" * (2 << 20) + pad,
-                       ("is too large", "declares 2,097,152 bytes, more than the 1,048,576 allowed")),
+        "pax.tar": (
+            good + _header("pax", big, tarfile.XHDTYPE) + pad,
+            ("is damaged", "a pax header at byte 2,048 declares 8,589,934,592 bytes, but only 2,048 follow it"),
+        ),
+        "longname.tar": (
+            good + _header("././@LongLink", big, tarfile.GNUTYPE_LONGNAME) + pad,
+            ("is damaged", "a GNU long-name header at byte 2,048 declares 8,589,934,592 bytes"),
+        ),
+        "bigpax.tar": (
+            good + _header("pax", 2 << 20, tarfile.XHDTYPE) + b"\0" * (2 << 20) + pad,
+            ("is too large", "declares 2,097,152 bytes, more than the 1,048,576 allowed"),
+        ),
         "chain.tar": (good + long_name + pad, ("is damaged", "more than 64 extension headers in a row")),
     }
     out = []
@@ -260,13 +265,32 @@ def test_torchrun_by_shard_gives_the_single_process_json(stores, tmp_path):
     skipped samples and the unreadable image included."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     env.pop("WORLD_SIZE", None), env.pop("RANK", None)
-    args = ["-m", "shiftaudit", "eval", str(Path(DEMO).resolve()), "--data", str(stores["shards"]), "--max-shift", "1",
-            "--device", "cpu", "--workers", "0"]
-    one = subprocess.run([sys.executable, *args, "--json", "one.json"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=200)
+    args = [
+        "-m",
+        "shiftaudit",
+        "eval",
+        str(Path(DEMO).resolve()),
+        "--data",
+        str(stores["shards"]),
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
+    one = subprocess.run(
+        [sys.executable, *args, "--json", "one.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
-                          "--json", "two.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args, "--json", "two.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one.json").read_text())
     b = json.loads((tmp_path / "two.json").read_text())

@@ -137,9 +137,18 @@ def test_distillation_refuses_no_budget_and_too_few_images(demo):
 
 
 def two_stage_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
 
 
 def test_recalibration_touches_only_the_batchnorms_after_the_blur():
@@ -238,8 +247,24 @@ def test_recalibration_needs_separate_data_and_warns_on_few_images(files, tmp_pa
     res = cli("patch", DEMO, "--recalibrate", "64", "--data", files / "test.npz")
     assert_clean_error(res, "--calibration-data")
     rep = tmp_path / "r.json"
-    res = cli("patch", DEMO, "--filter", "tri3", "--recalibrate", "64", "--calibration-data", files / "few",
-              "--data", files / "small.npz", "--eval", "--max-shift", "2", "--json", rep, "--quiet")
+    res = cli(
+        "patch",
+        DEMO,
+        "--filter",
+        "tri3",
+        "--recalibrate",
+        "64",
+        "--calibration-data",
+        files / "few",
+        "--data",
+        files / "small.npz",
+        "--eval",
+        "--max-shift",
+        "2",
+        "--json",
+        rep,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     assert any(ln.startswith("warning:") and "only 24 images" in ln for ln in res.stderr.splitlines())
     report = json.loads(rep.read_text())
@@ -255,8 +280,24 @@ def test_patch_eval_out_writes_before_and_after_side_by_side_and_compare_reads_t
     from tests.helpers import assert_real_png
 
     out, rep = tmp_path / "report", tmp_path / "patch.json"
-    res = cli("patch", DEMO, "--filter", "tri3", "--pad", "circular", "--data", files / "small.npz", "--eval", "--max-shift", "1",
-              "--out", out, "--json", rep, "--quiet")
+    res = cli(
+        "patch",
+        DEMO,
+        "--filter",
+        "tri3",
+        "--pad",
+        "circular",
+        "--data",
+        files / "small.npz",
+        "--eval",
+        "--max-shift",
+        "1",
+        "--out",
+        out,
+        "--json",
+        rep,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     for sub in ("before", "after"):
         assert (out / sub / "report.html").is_file() and json.loads((out / sub / "report.json").read_text())[

@@ -36,12 +36,39 @@ def test_torchrun_two_processes_give_the_single_process_json(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)  # odd: the shards differ in size
     np.savez(tmp_path / "data.npz", images=images, labels=rng.integers(0, 10, size=7))
-    args = ["-m", "shiftaudit", "eval", str(demo_checkpoint_path()), "--data", "data.npz", "--max-shift", "3",
-            "--device", "cpu", "--min-consistency", "0.1", "--exact"]  # the full audit in both: the subject here
+    args = [
+        "-m",
+        "shiftaudit",
+        "eval",
+        str(demo_checkpoint_path()),
+        "--data",
+        "data.npz",
+        "--max-shift",
+        "3",
+        "--device",
+        "cpu",
+        "--min-consistency",
+        "0.1",
+        "--exact",
+    ]  # the full audit in both: the subject here
     one = _eval([sys.executable, *args, "--json", "one.json"], tmp_path)
     assert one.returncode in (0, 1), one.stderr
-    two = _eval([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
-                 "--json", "two.json", "--out", "report"], tmp_path)
+    two = _eval(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *args,
+            "--json",
+            "two.json",
+            "--out",
+            "report",
+        ],
+        tmp_path,
+    )
     assert two.returncode == one.returncode, two.stderr[-3000:]
     a = json.loads((tmp_path / "one.json").read_text())
     b = json.loads((tmp_path / "two.json").read_text())

@@ -26,8 +26,14 @@ def test_early_exit_gives_the_full_runs_adversarial_curve():
     shifts = ShiftSet.window((12, 12), 6)
     full = audit(model, (x, y), shifts=shifts, device="cpu")
     for batch in (7, 64, 5000):
-        fast = audit(model, (x, y), shifts=shifts, device="cpu", batch_size=batch,
-                     metrics=[AdversarialCurve(shifts), AccuracyAtZeroShift()])
+        fast = audit(
+            model,
+            (x, y),
+            shifts=shifts,
+            device="cpu",
+            batch_size=batch,
+            metrics=[AdversarialCurve(shifts), AccuracyAtZeroShift()],
+        )
         assert fast.settings["engine"] == "early-exit"
         assert fast.metrics["adversarial"] == full.metrics["adversarial"]
         assert fast.metrics["accuracy"]["none"] == full.metrics["accuracy"]["none"]
@@ -39,8 +45,7 @@ def test_early_exit_gives_the_full_runs_adversarial_curve():
 def test_no_early_exit_when_a_metric_needs_every_shift():
     model, x, y = _setup(6)
     shifts = ShiftSet.window((12, 12), 3)
-    r = audit(model, (x, y), shifts=shifts, device="cpu", early_exit=True,
-              metrics=[AdversarialCurve(shifts), ExactConsistency()])
+    r = audit(model, (x, y), shifts=shifts, device="cpu", early_exit=True, metrics=[AdversarialCurve(shifts), ExactConsistency()])
     assert r.settings["engine"] == "dense"
     assert r.timing["forward_rows"] == 6 * len(shifts)
     assert any("consistency_exact need every shift" in n for n in r.notes)

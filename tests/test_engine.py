@@ -31,8 +31,13 @@ def naive_all_shifts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts:
 def naive_top_probability(model: nn.Module, x: torch.Tensor, shifts: ShiftSet) -> np.ndarray:
     """Top-1 softmax probability at every shift, (N, K)."""
     with torch.no_grad():
-        return torch.stack([torch.softmax(model(torch.roll(x, (int(dh), int(dw)), (-2, -1))).double(), 1).amax(1)
-                            for dh, dw in zip(shifts.dh, shifts.dw)], 1).numpy()
+        return torch.stack(
+            [
+                torch.softmax(model(torch.roll(x, (int(dh), int(dw)), (-2, -1))).double(), 1).amax(1)
+                for dh, dw in zip(shifts.dh, shifts.dw)
+            ],
+            1,
+        ).numpy()
 
 
 @pytest.fixture
@@ -163,9 +168,10 @@ def test_same_seed_same_json_whatever_the_batch_size(setup):
     c = audit(model, (x, y), device="cpu", batch_size=64, seed=8).to_json()
     a["settings"].pop("device_batch"), b["settings"].pop("device_batch"), c["settings"].pop("device_batch")
     assert json.dumps(a) == json.dumps(b)
-    assert a["metrics"]["consistency"]["sampled"] != c["metrics"]["consistency"]["sampled"] or a["per_image"][
-        "sampled_agreement"
-    ] != c["per_image"]["sampled_agreement"]
+    assert (
+        a["metrics"]["consistency"]["sampled"] != c["metrics"]["consistency"]["sampled"]
+        or a["per_image"]["sampled_agreement"] != c["per_image"]["sampled_agreement"]
+    )
 
 
 def test_sampled_mode_gives_the_same_random_metrics_as_exhaustive(setup):

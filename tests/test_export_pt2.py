@@ -161,17 +161,20 @@ TAMPERED = {
     "pickled weight": (_edit_json("model_weights_config.json", _pickle_first_weight), None, "a pickled payload"),
     "guard code": (_edit_json("models/model.json", lambda o: o.update(guards_code=["print(1)"])), None, "guard code"),
     "call target": (
-        _edit_json("models/model.json", lambda o: _first_node(o).update(target="torch.os.system")), None,
+        _edit_json("models/model.json", lambda o: _first_node(o).update(target="torch.os.system")),
+        None,
         "a call to torch.os.system, which is not an ATen operator",
     ),
     "file access": (
-        _edit_json("models/model.json", lambda o: _first_node(o).update(target="torch.ops.aten.from_file.default")), None,
+        _edit_json("models/model.json", lambda o: _first_node(o).update(target="torch.ops.aten.from_file.default")),
+        None,
         "a call to torch.ops.aten.from_file.default",
     ),
     "shape expression": (_edit_json("models/model.json", _set_expr), None, "a shape expression that is not plain arithmetic"),
     "compiled code": (lambda n, d: d, {"data/aotinductor/model/model.so": b"\x7fELF"}, "compiled code or external weights"),
     "sample inputs": (
-        lambda n, d: pickle.dumps(_Touch(Path("never"))) if n.endswith("data/sample_inputs/model.pt") else d, None,
+        lambda n, d: pickle.dumps(_Touch(Path("never"))) if n.endswith("data/sample_inputs/model.pt") else d,
+        None,
         "sample inputs that need full unpickling",
     ),
 }
@@ -184,8 +187,12 @@ def test_an_archive_that_could_run_code_is_refused_without_trust_pickle(files, t
     bad = rewrite(root / "p.pt2", tmp_path / "bad.pt2", change, add)
     report = tmp_path / "r.json"
     res = cli("eval", bad, "--data", root / "data.npz", *AUDIT, "--json", report)
-    assert_clean_error(res, f"torch.export archive {bad} holds {needle}", "loading it can run code from the file",
-                       "Pass --trust-pickle if you trust it")
+    assert_clean_error(
+        res,
+        f"torch.export archive {bad} holds {needle}",
+        "loading it can run code from the file",
+        "Pass --trust-pickle if you trust it",
+    )
     assert nothing_written(report)
 
 
@@ -212,8 +219,11 @@ def test_a_pickled_weight_really_runs_code_when_trusted_and_never_without(files,
             return pickle.dumps(_Touch(marker))
         return data
 
-    config = json.loads(zipfile.ZipFile(root / "p.pt2").read(
-        next(n for n in zipfile.ZipFile(root / "p.pt2").namelist() if n.endswith("model_weights_config.json"))))
+    config = json.loads(
+        zipfile.ZipFile(root / "p.pt2").read(
+            next(n for n in zipfile.ZipFile(root / "p.pt2").namelist() if n.endswith("model_weights_config.json"))
+        )
+    )
     assert next(iter(config["config"].values()))["path_name"] == "weight_0"
     bad = rewrite(root / "p.pt2", tmp_path / "evil.pt2", change)
     assert_clean_error(cli("inspect", bad), "holds a pickled payload")
@@ -267,8 +277,12 @@ def _smuggle(members: list[tuple[str, bytes]], marker: Path, how: str) -> bytes:
     return zipcraft.build(out)
 
 
-SMUGGLED = ["duplicate name, hostile first", "duplicate name, hostile last", "case variant, hostile first",
-            "case variant, hostile last"]
+SMUGGLED = [
+    "duplicate name, hostile first",
+    "duplicate name, hostile last",
+    "case variant, hostile first",
+    "case variant, hostile last",
+]
 
 
 def test_an_archive_torch_reads_differently_never_runs_code(files, tmp_path):
@@ -334,7 +348,7 @@ def test_an_archive_we_write_names_no_temporary_file_and_no_local_path(files, tm
     blob = (root / "p.pt2").read_bytes()
     names = ZipArchive(blob).names
     assert {n.split("/", 1)[0] for n in names} == {"archive"}
-    for local in (str(Path.cwd()), str(Path(torch.__file__).parent), str(root), "site-packages", ".tmp", "stack_trace\": \"File"):
+    for local in (str(Path.cwd()), str(Path(torch.__file__).parent), str(root), "site-packages", ".tmp", 'stack_trace": "File'):
         assert local.encode() not in blob, local
 
 
@@ -367,8 +381,9 @@ def test_a_pt2_exported_with_a_fixed_batch_audits_like_the_dynamic_one(files, tm
     assert fixed["correct"] == dynamic["correct"] and fixed.keys() == dynamic.keys()
     for key in fixed:
         # the batch size changes the last bits of a float; None (no value) reads as NaN on both sides
-        np.testing.assert_allclose(np.array(fixed[key], dtype=float), np.array(dynamic[key], dtype=float), rtol=1e-4,
-                                   atol=1e-9, err_msg=key)
+        np.testing.assert_allclose(
+            np.array(fixed[key], dtype=float), np.array(dynamic[key], dtype=float), rtol=1e-4, atol=1e-9, err_msg=key
+        )
     assert any("fixed batch of 3" in n for n in reports["fixed"]["notes"])
 
 
@@ -400,8 +415,17 @@ def test_run_in_batches_pads_to_the_smallest_and_cuts_at_the_largest():
 
 # -- hostile mutations of a real archive: nothing runs, nothing hangs --------------------------------------------------
 
-_EXPRESSIONS = ["9**9**9", "s0**9**9", "factorial(10**8)", "__import__('os').system('true')", "Max(" + "s0, " * 40 + "s0)",
-                "Integer(" + "9" * 5000 + ")", "Symbol('s0', positive=True, integer=True)", "2*s0", "(" * 200 + "s0" + ")" * 200]
+_EXPRESSIONS = [
+    "9**9**9",
+    "s0**9**9",
+    "factorial(10**8)",
+    "__import__('os').system('true')",
+    "Max(" + "s0, " * 40 + "s0)",
+    "Integer(" + "9" * 5000 + ")",
+    "Symbol('s0', positive=True, integer=True)",
+    "2*s0",
+    "(" * 200 + "s0" + ")" * 200,
+]
 
 
 @settings(max_examples=examples(30), deadline=None, suppress_health_check=list(HealthCheck))
@@ -416,8 +440,10 @@ def test_hostile_mutations_of_a_real_archive_never_run_code_or_hang(files, tmp_p
     table = [[name, data_] for name, data_ in members]
     kw: dict = {}
     for _ in range(data.draw(st.integers(1, 4), label="steps")):
-        op = data.draw(st.sampled_from(["dup", "case", "swap config", "payload", "expr", "sample", "drop", "order",
-                                        "structure", "sizes"]), label="op")
+        op = data.draw(
+            st.sampled_from(["dup", "case", "swap config", "payload", "expr", "sample", "drop", "order", "structure", "sizes"]),
+            label="op",
+        )
         i = data.draw(st.integers(0, len(table) - 1), label="index")
         if op == "dup":
             table.insert(data.draw(st.integers(0, len(table))), [table[i][0], bad_config])
@@ -437,8 +463,20 @@ def test_hostile_mutations_of_a_real_archive_never_run_code_or_hang(files, tmp_p
         elif op == "order":
             table.insert(0, table.pop(i))
         elif op == "structure":
-            kw.update(data.draw(st.sampled_from([{"prefix": b"PK\x03\x04" * 4}, {"count_delta": -1}, {"zip64": False},
-                                                 {"locator_offset_delta": -4}, {"cd_offset_delta": 8}]), label="kw"))
+            kw.update(
+                data.draw(
+                    st.sampled_from(
+                        [
+                            {"prefix": b"PK\x03\x04" * 4},
+                            {"count_delta": -1},
+                            {"zip64": False},
+                            {"locator_offset_delta": -4},
+                            {"cd_offset_delta": 8},
+                        ]
+                    ),
+                    label="kw",
+                )
+            )
         elif op == "sizes":
             table = [[n, _huge_weight(d) if n == config_name else d] for n, d in table]
     path = work / "m.pt2"
@@ -470,22 +508,24 @@ def _huge_weight(blob: bytes) -> bytes:
 def test_a_payload_smaller_than_the_tensor_it_declares_is_refused_whatever_the_trust(files, tmp_path):
     root, _ = files
     members = _members(root / "p.pt2")
-    blob = zipcraft.build([zipcraft.member(n, _huge_weight(d) if n.endswith("model_weights_config.json") else d)
-                           for n, d in members])
+    blob = zipcraft.build(
+        [zipcraft.member(n, _huge_weight(d) if n.endswith("model_weights_config.json") else d) for n, d in members]
+    )
     bad = tmp_path / "huge.pt2"
     bad.write_bytes(blob)
     for extra in ([], ["--trust-pickle"]):
-        assert_clean_error(cli("inspect", bad, *extra), "a tensor of 1,000,000,000,000 elements declared over",
-                           "damaged or hostile")
+        assert_clean_error(
+            cli("inspect", bad, *extra), "a tensor of 1,000,000,000,000 elements declared over", "damaged or hostile"
+        )
 
 
-@pytest.mark.parametrize("expr", ["9**9**9", "Pow(Integer(10), Integer(1000000))", "Integer(" + "9" * 50 + ")",
-                                  "Max(" + ", ".join(["s0"] * 5) + ")"])
+@pytest.mark.parametrize(
+    "expr", ["9**9**9", "Pow(Integer(10), Integer(1000000))", "Integer(" + "9" * 50 + ")", "Max(" + ", ".join(["s0"] * 5) + ")"]
+)
 def test_a_shape_expression_too_costly_for_sympy_is_refused_whatever_the_trust(files, tmp_path, expr):
     root, _ = files
     members = _members(root / "p.pt2")
-    blob = zipcraft.build([zipcraft.member(n, _with_expr(d, expr) if n.endswith("models/model.json") else d)
-                           for n, d in members])
+    blob = zipcraft.build([zipcraft.member(n, _with_expr(d, expr) if n.endswith("models/model.json") else d) for n, d in members])
     bad = tmp_path / "bomb.pt2"
     bad.write_bytes(blob)
     start = time.monotonic()

@@ -124,8 +124,14 @@ def snapshot(path: Path) -> tuple[int, str | None, bytes | None] | None:
 SPECIAL = ["fifo", "socket", "symlink-to-file", "symlink-to-devnull", "chardev"]
 
 
-SAID = {"fifo": "FIFO", "socket": "socket", "symlink-to-file": "symbolic link", "symlink-to-devnull": "symbolic link",
-        "chardev": "character device", "folder": "folder"}
+SAID = {
+    "fifo": "FIFO",
+    "socket": "socket",
+    "symlink-to-file": "symbolic link",
+    "symlink-to-devnull": "symbolic link",
+    "chardev": "character device",
+    "folder": "folder",
+}
 
 
 def command(tiny_setup, flag: str, target: Path) -> list[object]:
@@ -150,8 +156,17 @@ def command(tiny_setup, flag: str, target: Path) -> list[object]:
     raise ValueError(flag)
 
 
-FILE_FLAGS = ["eval --json", "eval --junit", "eval --resume", "eval --out/report.json", "patch -o", "patch --json",
-              "demo --json", "compare --json", "inspect --json"]
+FILE_FLAGS = [
+    "eval --json",
+    "eval --junit",
+    "eval --resume",
+    "eval --out/report.json",
+    "patch -o",
+    "patch --json",
+    "demo --json",
+    "compare --json",
+    "inspect --json",
+]
 
 
 FOLDER_FLAGS = ["eval --out", "demo --out"]
@@ -228,8 +243,20 @@ def test_library_writes_refuse_nodes_too(tmp_path, kind):
 def test_created_files_take_the_umask_like_any_tool(tiny_setup, tmp_path, mask, mode):
     old = os.umask(mask)
     try:
-        res = cli(*setup_eval_args(tiny_setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--quiet",
-                                   "--junit", tmp_path / "j.xml", "--min-consistency", "0"))
+        res = cli(
+            *setup_eval_args(
+                tiny_setup,
+                "--json",
+                tmp_path / "r.json",
+                "--out",
+                tmp_path / "report",
+                "--quiet",
+                "--junit",
+                tmp_path / "j.xml",
+                "--min-consistency",
+                "0",
+            )
+        )
         write_bytes_atomic(tmp_path / "lib.bin", b"x")
     finally:
         os.umask(old)
@@ -271,8 +298,12 @@ def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, m
 def _previous_outputs(tmp_path: Path) -> dict[Path, bytes]:
     out = tmp_path / "report"
     out.mkdir()
-    files = {tmp_path / "r.json": b"old report\n", tmp_path / "j.xml": b"old junit\n", out / "report.json": b"old\n",
-             out / "report.html": b"old html\n"}
+    files = {
+        tmp_path / "r.json": b"old report\n",
+        tmp_path / "j.xml": b"old junit\n",
+        out / "report.json": b"old\n",
+        out / "report.html": b"old html\n",
+    }
     for path, data in files.items():
         path.write_bytes(data)
     return files
@@ -282,8 +313,19 @@ def test_a_failure_at_the_last_write_leaves_every_previous_output_as_it_was(tiny
     monkeypatch.setattr("shiftaudit.report.junit.write_bytes_atomic", disk_full)  # the JUnit file is written last
     previous = _previous_outputs(tmp_path)
     names_before = sorted(p.name for p in (tmp_path / "report").iterdir())
-    res = cli(*setup_eval_args(tiny_setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report",
-                               "--junit", tmp_path / "j.xml", "--min-consistency", "0"))
+    res = cli(
+        *setup_eval_args(
+            tiny_setup,
+            "--json",
+            tmp_path / "r.json",
+            "--out",
+            tmp_path / "report",
+            "--junit",
+            tmp_path / "j.xml",
+            "--min-consistency",
+            "0",
+        )
+    )
     assert_clean_error(res, "j.xml", "no space left on device")
     assert {p: p.read_bytes() for p in previous} == previous
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == names_before, "new pictures were left behind"
@@ -380,12 +422,32 @@ def test_an_unwritable_resume_path_is_refused_before_the_audit(tiny_setup, tmp_p
 def test_patch_writes_the_model_and_the_report_together_or_neither(tiny_setup, tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
         mp.setattr("shiftaudit.cli.patch_views.write_json_atomic", disk_full)  # the report is written after the model
-        res = cli("patch", tiny_setup[1], "--arch", f"{TINY_SETUP_MODULE}:tiny", "--size", "16",
-                  "-o", tmp_path / "aa.safetensors", "--json", tmp_path / "patch.json")
+        res = cli(
+            "patch",
+            tiny_setup[1],
+            "--arch",
+            f"{TINY_SETUP_MODULE}:tiny",
+            "--size",
+            "16",
+            "-o",
+            tmp_path / "aa.safetensors",
+            "--json",
+            tmp_path / "patch.json",
+        )
     assert_clean_error(res, "patch.json", "no space left on device")
     assert not list(tmp_path.iterdir()), "the patched model was written without its report"
-    res = cli("patch", tiny_setup[1], "--arch", f"{TINY_SETUP_MODULE}:tiny", "--size", "16", "-o", tmp_path / "aa.safetensors",
-              "--json", tmp_path / "patch.json")
+    res = cli(
+        "patch",
+        tiny_setup[1],
+        "--arch",
+        f"{TINY_SETUP_MODULE}:tiny",
+        "--size",
+        "16",
+        "-o",
+        tmp_path / "aa.safetensors",
+        "--json",
+        tmp_path / "patch.json",
+    )
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aa.safetensors", "patch.json"]
 
@@ -393,22 +455,46 @@ def test_patch_writes_the_model_and_the_report_together_or_neither(tiny_setup, t
 DESTINATION_KINDS = ["nothing", "regular", "fifo", "socket", "symlink-to-file", "symlink-to-devnull", "folder"]
 
 
-@settings(max_examples=examples(25), deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(json_kind=st.sampled_from(DESTINATION_KINDS), junit_kind=st.sampled_from(DESTINATION_KINDS),
-       inner_kind=st.sampled_from(DESTINATION_KINDS), html_kind=st.sampled_from(["nothing", "regular", "fifo"]))
+@settings(
+    max_examples=examples(25),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    json_kind=st.sampled_from(DESTINATION_KINDS),
+    junit_kind=st.sampled_from(DESTINATION_KINDS),
+    inner_kind=st.sampled_from(DESTINATION_KINDS),
+    html_kind=st.sampled_from(["nothing", "regular", "fifo"]),
+)
 def test_any_mix_of_destinations_writes_everything_or_touches_nothing(tiny_setup, json_kind, junit_kind, inner_kind, html_kind):
     with tempfile.TemporaryDirectory(prefix="sa") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         (root / "report").mkdir()
-        paths = {"json": root / "r.json", "junit": root / "j.xml", "inner": root / "report" / "report.json",
-                 "html": root / "report" / "report.html"}
+        paths = {
+            "json": root / "r.json",
+            "junit": root / "j.xml",
+            "inner": root / "report" / "report.json",
+            "html": root / "report" / "report.html",
+        }
         kinds = {"json": json_kind, "junit": junit_kind, "inner": inner_kind, "html": html_kind}
         for key, path in paths.items():
             make_node(path, kinds[key], stack)
         before = {path: snapshot(path) for path in root.rglob("*")}
-        res = cli(*setup_eval_args(tiny_setup, "--json", paths["json"], "--junit", paths["junit"], "--out", root / "report",
-                                   "--min-consistency", "0", "--quiet"))
+        res = cli(
+            *setup_eval_args(
+                tiny_setup,
+                "--json",
+                paths["json"],
+                "--junit",
+                paths["junit"],
+                "--out",
+                root / "report",
+                "--min-consistency",
+                "0",
+                "--quiet",
+            )
+        )
         if all(k in ("nothing", "regular") for k in kinds.values()):
             assert res.exit_code == 0, res.output
             assert all(stat.S_ISREG(os.lstat(p).st_mode) and b"previous content" not in p.read_bytes() for p in paths.values())
@@ -452,8 +538,22 @@ def test_outputs_named_at_the_file_systems_limit_are_written(tiny_setup, tmp_pat
     report, junit, state = named(tmp_path, NAME_MAX), named(tmp_path, NAME_MAX, ".xml"), named(tmp_path, NAME_MAX, ".npz")
     folder = named(tmp_path, NAME_MAX, "", fill="o")
     report.write_text("an earlier report, replaced")
-    res = cli(*setup_eval_args(tiny_setup, "--json", report, "--junit", junit, "--out", folder, "--resume", state,
-                               "--min-consistency", "0", "--quiet"))
+    res = cli(
+        *setup_eval_args(
+            tiny_setup,
+            "--json",
+            report,
+            "--junit",
+            junit,
+            "--out",
+            folder,
+            "--resume",
+            state,
+            "--min-consistency",
+            "0",
+            "--quiet",
+        )
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(report.read_text()) == json.loads((folder / "report.json").read_text())
     ET.parse(junit)

@@ -19,9 +19,27 @@ from shiftaudit.antialias.filters import (
 from shiftaudit.errors import UsageError
 
 TABLE1_ORDER = [
-    "delta", "rect2", "rect3", "rect4", "rect5", "rect6", "rect7", "tri3", "tri5", "tri7",
-    "binomial2", "binomial3", "binomial4", "binomial5", "binomial6", "binomial7",
-    "window3", "window6", "window7", "lsq3", "lsq7",
+    "delta",
+    "rect2",
+    "rect3",
+    "rect4",
+    "rect5",
+    "rect6",
+    "rect7",
+    "tri3",
+    "tri5",
+    "tri7",
+    "binomial2",
+    "binomial3",
+    "binomial4",
+    "binomial5",
+    "binomial6",
+    "binomial7",
+    "window3",
+    "window6",
+    "window7",
+    "lsq3",
+    "lsq7",
 ]
 
 
@@ -110,10 +128,24 @@ def test_2d_is_outer_product(name):
 @pytest.mark.parametrize(
     "alias, canonical",
     [
-        ("binomial-5", "binomial5"), ("bin5", "binomial5"), ("Bin-5", "binomial5"), ("BINOMIAL_5", "binomial5"),
-        ("pascal4", "binomial4"), ("triangle3", "tri3"), ("Tri-7", "tri7"), ("rect-2", "rect2"), ("box2", "rect2"),
-        ("rectangle 4", "rect4"), ("lsq-7", "lsq7"), ("least-squares-3", "lsq3"), ("window-3", "window3"),
-        ("win6", "window6"), ("none", "delta"), ("1", "delta"), ("Delta", "delta"), ("binomial1", "delta"),
+        ("binomial-5", "binomial5"),
+        ("bin5", "binomial5"),
+        ("Bin-5", "binomial5"),
+        ("BINOMIAL_5", "binomial5"),
+        ("pascal4", "binomial4"),
+        ("triangle3", "tri3"),
+        ("Tri-7", "tri7"),
+        ("rect-2", "rect2"),
+        ("box2", "rect2"),
+        ("rectangle 4", "rect4"),
+        ("lsq-7", "lsq7"),
+        ("least-squares-3", "lsq3"),
+        ("window-3", "window3"),
+        ("win6", "window6"),
+        ("none", "delta"),
+        ("1", "delta"),
+        ("Delta", "delta"),
+        ("binomial1", "delta"),
     ],
 )
 def test_aliases(alias, canonical):

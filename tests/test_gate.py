@@ -49,7 +49,11 @@ def test_check_json_carries_everything_the_line_says():
     check = Check(Threshold("adversarial", "min", 0.5, 2), 0.625, 0.5, 0.7, True, "max-shift adversarial accuracy at r=2")
     assert check.to_json() == {
         "threshold": {"metric": "adversarial", "bound": "min", "value": 0.5, "radius": 2},
-        "value": 0.625, "ci_low": 0.5, "ci_high": 0.7, "passed": True, "estimator": "max-shift adversarial accuracy at r=2",
+        "value": 0.625,
+        "ci_low": 0.5,
+        "ci_high": 0.7,
+        "passed": True,
+        "estimator": "max-shift adversarial accuracy at r=2",
         "flag": "--min-adv-accuracy 2=0.5",
         "message": "ok   adversarial accuracy at r=2 0.6250 (95% CI 0.5000-0.7000) >= 0.5 (--min-adv-accuracy 2=0.5)",
     }
@@ -79,8 +83,11 @@ def test_malformed_adversarial_thresholds_are_refused(text):
 
 
 def test_fractions_outside_0_1_are_refused_naming_the_flag():
-    for kwargs, flag in ((dict(min_consistency=1.5), "--min-consistency"), (dict(min_accuracy=-0.1), "--min-accuracy"),
-                         (dict(min_adv_accuracy=["2=1.01"]), "--min-adv-accuracy")):
+    for kwargs, flag in (
+        (dict(min_consistency=1.5), "--min-consistency"),
+        (dict(min_accuracy=-0.1), "--min-accuracy"),
+        (dict(min_adv_accuracy=["2=1.01"]), "--min-adv-accuracy"),
+    ):
         with pytest.raises(UsageError, match=f"{flag} takes a fraction between 0 and 1"):
             build_thresholds(**kwargs)
     with pytest.raises(UsageError, match="--max-variation must be >= 0"):
@@ -189,8 +196,14 @@ def test_failing_and_passing_checks_in_one_report():
 def test_a_registered_gate_metric_is_judged_like_the_built_in_ones():
     from shiftaudit.gating import _GATES, GateMetric, Threshold, gate, register_gate
 
-    register_gate(GateMetric("toy", needs_labels=False, needs_all_shifts=False,
-                             read=lambda m, t: (m["accuracy"]["none"]["value"], None, None, "toy estimator")))
+    register_gate(
+        GateMetric(
+            "toy",
+            needs_labels=False,
+            needs_all_shifts=False,
+            read=lambda m, t: (m["accuracy"]["none"]["value"], None, None, "toy estimator"),
+        )
+    )
     try:
         result = synthetic_result()
         value = result.metrics["accuracy"]["none"]["value"]
@@ -210,8 +223,10 @@ def test_a_registered_gate_metric_is_judged_like_the_built_in_ones():
         ({"min_consistency": True}, "min_consistency takes a number, got True."),
         ({"min_accuracy": float("nan")}, "min_accuracy takes a number, got nan."),
         ({"min_accuracy": 1.5}, "min_accuracy takes a fraction between 0 and 1 (e.g. 0.95), got 1.5."),
-        ({"max_variation": None, "min_consistency": -0.1},
-         "min_consistency takes a fraction between 0 and 1 (e.g. 0.95), got -0.1."),
+        (
+            {"max_variation": None, "min_consistency": -0.1},
+            "min_consistency takes a fraction between 0 and 1 (e.g. 0.95), got -0.1.",
+        ),
         ({"max_variation": "x"}, "max_variation takes a number, got 'x'."),
         ({"max_variation": -0.5}, "max_variation must be >= 0, got -0.5."),
         ({"min_adv_accuracy": 0.9}, "min_adv_accuracy takes a mapping radius -> fraction such as {2: 0.8}, got 0.9."),
@@ -234,10 +249,15 @@ def test_python_thresholds_accept_the_edges_and_both_adversarial_forms():
     from shiftaudit.gating import Threshold, thresholds_from
 
     assert thresholds_from({"max_variation": 0, "min_adv_accuracy": {0: 0.0, 3: 1}}) == [
-        Threshold("variation", "max", 0.0), Threshold("adversarial", "min", 0.0, 0), Threshold("adversarial", "min", 1.0, 3)]
+        Threshold("variation", "max", 0.0),
+        Threshold("adversarial", "min", 0.0, 0),
+        Threshold("adversarial", "min", 1.0, 3),
+    ]
     # the CLI's RADIUS=FRACTION strings add to the other thresholds, they do not replace them
     assert thresholds_from({"min_consistency": 1, "min_adv_accuracy": ["2=0.5"]}) == [
-        Threshold("consistency", "min", 1.0), Threshold("adversarial", "min", 0.5, 2)]
+        Threshold("consistency", "min", 1.0),
+        Threshold("adversarial", "min", 0.5, 2),
+    ]
     given = [Threshold("accuracy", "min", 0.5)]
     assert thresholds_from(given) == given and thresholds_from({}) == [] and thresholds_from([]) == []
 
@@ -248,8 +268,14 @@ def test_sequential_checks_carry_each_statistic_and_name_their_estimator():
             self.threshold, self.decision = threshold, decision
 
         def to_json(self) -> dict:
-            return {"estimate": 0.95, "ci_low": 0.93, "ci_high": 0.97, "decision": self.decision, "confidence": 0.995,
-                    "draws": 120}
+            return {
+                "estimate": 0.95,
+                "ci_low": 0.93,
+                "ci_high": 0.97,
+                "decision": self.decision,
+                "confidence": 0.995,
+                "draws": 120,
+            }
 
     consistency, accuracy = build_thresholds(0.9, 0.99)
     report = sequential_gate([Statistic(consistency, "pass"), Statistic(accuracy, "fail")])
@@ -296,8 +322,10 @@ def test_every_threshold_flag_refuses_nan_and_inf(make, message):
         ({"min_adv_accuracy": {1: math.inf}}, "min_adv_accuracy[1] takes a finite number, got inf."),
         ([Threshold("variation", "max", math.inf)], "Threshold('variation', 'max') takes a finite number, got inf."),
         ([Threshold("consistency", "min", math.nan)], "Threshold('consistency', 'min') takes a number, got nan."),
-        ([Threshold("accuracy", "min", 1.5)],
-         "Threshold('accuracy', 'min') takes a fraction between 0 and 1 (e.g. 0.95), got 1.5."),
+        (
+            [Threshold("accuracy", "min", 1.5)],
+            "Threshold('accuracy', 'min') takes a fraction between 0 and 1 (e.g. 0.95), got 1.5.",
+        ),
         ([Threshold("variation", "max", -0.1)], "Threshold('variation', 'max') must be >= 0, got -0.1."),
         ([Threshold("adversarial", "min", 0.5, -1)], "Threshold('adversarial', 'min') takes a whole radius >= 0 in px, got -1."),
         ([Threshold("consistency", "at least", 0.5)], "A Threshold's bound is 'min' or 'max', got 'at least'."),

@@ -39,8 +39,9 @@ def _demo() -> tuple[nn.Module, torch.Tensor]:
     return loaded.model.eval(), rows
 
 
-def _forward(model: nn.Module, rows: torch.Tensor, precision: str = "fp32", channels_last: bool = False,
-             batch: int = 128) -> tuple[torch.Tensor, ...]:
+def _forward(
+    model: nn.Module, rows: torch.Tensor, precision: str = "fp32", channels_last: bool = False, batch: int = 128
+) -> tuple[torch.Tensor, ...]:
     model = model.to(CUDA)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

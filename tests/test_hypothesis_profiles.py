@@ -24,8 +24,11 @@ def _property_tests() -> list[tuple[str, object]]:
         if "@given" not in path.read_text():
             continue
         module = importlib.import_module(f"tests.{path.stem}")
-        found += [(f"{path.stem}::{name}", fn) for name, fn in vars(module).items()
-                  if callable(fn) and hasattr(fn, "_hypothesis_internal_use_settings")]
+        found += [
+            (f"{path.stem}::{name}", fn)
+            for name, fn in vars(module).items()
+            if callable(fn) and hasattr(fn, "_hypothesis_internal_use_settings")
+        ]
     return found
 
 
@@ -42,8 +45,7 @@ def test_the_profile_in_force_is_ci_derandomised_or_fuzz_random():
 def test_every_property_test_takes_derandomize_from_the_profile():
     tests = _property_tests()
     assert len(tests) >= 7  # statistics, class maps, bad options, damaged reports, outputs (and this file's own)
-    wrong = [name for name, fn in tests
-             if fn._hypothesis_internal_use_settings.derandomize is not settings.default.derandomize]  # type: ignore[attr-defined]
+    wrong = [name for name, fn in tests if fn._hypothesis_internal_use_settings.derandomize is not settings.default.derandomize]  # type: ignore[attr-defined]
     assert wrong == []
     for path in TESTS.glob("*.py"):  # the profile decides: no test pins it either way
         if path.name != "conftest.py":

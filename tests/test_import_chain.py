@@ -42,7 +42,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(m)
         for dep in sorted(graph[m]):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (found := visit(dep)):
                 return found
         state[m] = 2

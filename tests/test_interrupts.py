@@ -59,14 +59,23 @@ def graph(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("busy", ["python", "native"])
-@pytest.mark.parametrize(("signum", "code", "words"), [(signal.SIGINT, 130, "interrupted"),
-                                                        (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["int", "term"])
+@pytest.mark.parametrize(
+    ("signum", "code", "words"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["int", "term"],
+)
 def test_a_signal_ends_the_process_within_2_s_while_a_long_load_call_runs(graph, tmp_path, busy, signum, code, words):
     mark = tmp_path / "started"
     env = {**os.environ, "SA_MARK": str(mark), "SA_SLOW": busy}
     # a shell's background job ignores SIGINT, and Python keeps it ignored: give the default a terminal's Ctrl-C meets
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(graph)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(graph)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while not mark.exists():
@@ -89,6 +98,7 @@ def test_a_signal_ends_the_process_within_2_s_while_a_long_load_call_runs(graph,
 def test_interruptible_gives_back_the_result_or_the_exception_of_the_call():
     assert interruptible(lambda a, b=0: a + b, 2, b=3) == 5
     for exc in (ValueError("bad"), SystemExit(0), KeyboardInterrupt()):
+
         def fail(exc=exc):
             raise exc
 
@@ -119,10 +129,21 @@ def test_sigterm_saves_progress_and_the_resumed_run_equals_an_uninterrupted_one(
         tmp_path / "ref.json",
     )
     args = [str(a) for a in env_eval_args(tiny_env, "--batch-size", "25", "--no-polyphase", "--quiet", arch="slow")]
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tiny_env["pkgs"]), os.getcwd()]), "SA_SLOW": "0.4",
-                 "SA_MARK": str(mark), "OMP_NUM_THREADS": str(torch.get_num_threads()), "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *args, "--resume", str(state), "--json", str(resumed)],
-                            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tiny_env["pkgs"]), os.getcwd()]),
+        "SA_SLOW": "0.4",
+        "SA_MARK": str(mark),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "COLUMNS": "200",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shiftaudit", *args, "--resume", str(state), "--json", str(resumed)],
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (mark.exists() and mark.read_text().count("forward") >= 3) and proc.poll() is None:
@@ -154,14 +175,34 @@ def test_ctrl_c_sent_to_a_real_process_mid_audit_leaves_no_output(tiny_setup, tm
     """SIGINT to the real CLI while its (slow) model runs: exit 130, one line, no report, no JUnit, no temp file."""
     root = tiny_setup[0]
     marker = tmp_path / "started"
-    args = [str(a) for a in setup_eval_args(tiny_setup, "--json", tmp_path / "r.json", "--out", tmp_path / "report", "--junit",
-                                            tmp_path / "j.xml", "--min-consistency", "0", "--batch-size", "1",
-                                            factory="slow_with_marker")]
+    args = [
+        str(a)
+        for a in setup_eval_args(
+            tiny_setup,
+            "--json",
+            tmp_path / "r.json",
+            "--out",
+            tmp_path / "report",
+            "--junit",
+            tmp_path / "j.xml",
+            "--min-consistency",
+            "0",
+            "--batch-size",
+            "1",
+            factory="slow_with_marker",
+        )
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "pkgs"), str(REPO)]), "SA_TEST_MARKER": str(marker)}
     # a shell's background job (CI started with `&`, nohup) ignores SIGINT, and Python keeps an ignored SIGINT
     # ignored: give the CLI the default disposition a terminal's Ctrl-C meets
-    proc = subprocess.Popen([sys.executable, "-m", "shiftaudit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shiftaudit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 40
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -209,7 +250,9 @@ def test_interrupted_audit_says_how_far_it_got_and_where_it_saved():
     from shiftaudit.errors import AuditInterrupted
 
     assert interrupted_message(AuditInterrupted(40, 1000)) == (
-        "interrupted: stopped cleanly after 40 of 1000 images; no output file was left half-written.")
+        "interrupted: stopped cleanly after 40 of 1000 images; no output file was left half-written."
+    )
     assert interrupted_message(AuditInterrupted(40, 1000, "run.state", terminated=True)) == (
         "terminated (SIGTERM): stopped cleanly after 40 of 1000 images; progress saved in run.state: run the same "
-        "command again to continue.")
+        "command again to continue."
+    )

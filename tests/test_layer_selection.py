@@ -14,8 +14,14 @@ from shiftaudit.metrics.layers import _dense_pool_input, select_layers
 
 def _seq() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
-        nn.MaxPool2d(2, (2, 2)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 1),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.MaxPool2d(2, (2, 2)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     )
 
 
@@ -50,7 +56,7 @@ def test_auto_on_resnet18_skips_the_stem_input_and_the_shortcut_inputs():
     ]
     for stage in (2, 3, 4):  # each stage: the main path's input and output, the shortcut's output only
         i = got.index((f"layer{stage}.0.conv1 (in)", f"layer{stage}.0.conv1", "input"))
-        assert got[i + 1:i + 3] == [
+        assert got[i + 1 : i + 3] == [
             (f"layer{stage}.0.conv1 (ds)", f"layer{stage}.0.conv1", "output"),
             (f"layer{stage}.0.downsample.0 Conv2d (ds)", f"layer{stage}.0.downsample.0", "output"),
         ]
@@ -159,8 +165,14 @@ class _ConcatPool(nn.Module):
 
 def test_auto_skips_squeeze_excitation_pools_and_keeps_every_global_pool():
     # the SE block's pool is no spatial downsampling (the net goes on at 8x8 after it), but what follows it is measured
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), _SqueezeExcite(4), nn.Conv2d(4, 4, 3, stride=2, padding=1),
-                          _ConcatPool(), nn.Flatten(), nn.Linear(8, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        _SqueezeExcite(4),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        _ConcatPool(),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
     assert _triples(model, "auto", 16) == [
         ("pixels", "", "input"),
         ("0 Conv2d (ds)", "0", "output"),
@@ -176,8 +188,11 @@ def test_auto_skips_squeeze_excitation_pools_and_keeps_every_global_pool():
 def test_auto_on_a_grayscale_net_and_on_a_net_without_convolutions():
     gray = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     assert [(s.name, s.where) for s in select_layers(gray, "auto", (16, 16), channels=1)] == [
-        ("pixels", "input"), ("0 Conv2d (ds)", "output"), ("1 AdaptiveAvgPool2d (pooled)", "output"),
-        ("logits", "output"), ("softmax", "output"),
+        ("pixels", "input"),
+        ("0 Conv2d (ds)", "output"),
+        ("1 AdaptiveAvgPool2d (pooled)", "output"),
+        ("logits", "output"),
+        ("softmax", "output"),
     ]
     # no conv, so no stem whose input would be the pixels: the first pool's input is measured; and nothing to read
     # the number of channels from, so it is the one given (a 3-channel probe would not fit the 1-feature head)
@@ -217,6 +232,8 @@ def test_a_layer_called_by_keyword_is_inspected_and_measured_like_one_called_by_
     assert _triples(keyword, "auto", 8) == _triples(positional, "auto", 8)
     assert ("pool (dense)", "pool", "dense") in _triples(keyword, "auto", 8)  # it was missed: no hook input
     x = torch.randn(4, 3, 8, 8)
-    a, b = (shiftaudit.audit(m, x, max_shift=1, device="cpu", layers="auto").to_json()["metrics"]["layers"]
-            for m in (positional, keyword))
+    a, b = (
+        shiftaudit.audit(m, x, max_shift=1, device="cpu", layers="auto").to_json()["metrics"]["layers"]
+        for m in (positional, keyword)
+    )
     assert a == b and [layer["name"] for layer in b["layers"]][:4] == ["pixels", "pool (in)", "pool (dense)", "pool (ds)"]

@@ -149,8 +149,13 @@ def test_an_anisotropic_pool_a_layer_never_called_and_no_layers_at_all():
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.MaxPool2d((2, 1)),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+            self.body = nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+                nn.MaxPool2d((2, 1)),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(4, 3),
+            )
             self.unused = nn.Conv2d(4, 4, 1)  # never called by forward: nothing to measure, and the rest stays
 
         def forward(self, x):
@@ -159,8 +164,11 @@ def test_an_anisotropic_pool_a_layer_never_called_and_no_layers_at_all():
     torch.manual_seed(0)
     model = Net().eval()
     shifts = ShiftSet.window((16, 16), 1)
-    specs = [LayerSpec("unused", "unused", "output"), LayerSpec("pool", "body.1", "output"),
-             LayerSpec("logits", "<logits>", "output")]
+    specs = [
+        LayerSpec("unused", "unused", "output"),
+        LayerSpec("pool", "body.1", "output"),
+        LayerSpec("logits", "<logits>", "output"),
+    ]
     result = audit(model, torch.randn(3, 3, 16, 16), shifts=shifts, device="cpu", observers=[FeatureDistance(specs, shifts)])
     layers = result.metrics["layers"]["layers"]
     assert [(e["name"], e["resolution"], e["stride"]) for e in layers] == [("pool", [8, 16], 2), ("logits", [1, 1], 16)]

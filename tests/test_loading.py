@@ -175,8 +175,11 @@ def test_save_tied_and_non_contiguous_tensors(tmp_path, monkeypatch):
 
 def test_malformed_metadata(tmp_path, resnet):
     path = tmp_path / "bad.safetensors"
-    save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(path),
-              metadata={"shiftaudit.format": "1", "shiftaudit.arch": "resnet18", "shiftaudit.preprocessing": "{not json"})
+    save_file(
+        {k: v.contiguous() for k, v in resnet.state_dict().items()},
+        str(path),
+        metadata={"shiftaudit.format": "1", "shiftaudit.arch": "resnet18", "shiftaudit.preprocessing": "{not json"},
+    )
     with pytest.raises(CheckpointError, match="shiftaudit.preprocessing") as exc:
         load_model(path)
     assert_one_line(exc)
@@ -308,7 +311,7 @@ def _corrupt_zip(tmp_path, resnet):
         info = zf.getinfo(name)
     data = bytearray(path.read_bytes())
     start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    data[start:start + 20] = b"\x00" * 20
+    data[start : start + 20] = b"\x00" * 20
     path.write_bytes(bytes(data))
     return path
 
@@ -321,7 +324,7 @@ def _corrupt_zip(tmp_path, resnet):
         (lambda d, m: (d / "empty.pt").write_bytes(b"") and d / "empty.pt" or d / "empty.pt", "is empty"),
         (lambda d, m: (d / "notes.pt").write_text("hello, this is text\n") and d / "notes.pt", "text file"),
         (lambda d, m: (d / "pic.pth").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64) and d / "pic.pth", "PNG image"),
-        (lambda d, m: (d / "x.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{\"a\":") and d / "x.safetensors", "safetensors"),
+        (lambda d, m: (d / "x.safetensors").write_bytes(b'\x10\0\0\0\0\0\0\0{"a":') and d / "x.safetensors", "safetensors"),
         (lambda d, m: _truncated_zip(d, m), "truncated or corrupt"),
         (lambda d, m: _corrupt_zip(d, m), "corrupt"),
     ],
@@ -419,8 +422,12 @@ def test_a_zip_checkpoint_torch_could_read_differently_is_refused_before_torch_o
 def test_save_model_refuses_a_suffix_naming_another_format(tmp_path):
     """The library refuses what `patch -o` refuses, naming its own parameters."""
     model = tiny_cnn(4).eval()
-    for name, fmt, needle in (("m.onnx", "safetensors", "not ONNX"), ("m.pt", "safetensors", "format=torchscript"),
-                              ("m.pt2", "torchscript", "format=pt2"), ("m.safetensors", "pt2", "format=safetensors")):
+    for name, fmt, needle in (
+        ("m.onnx", "safetensors", "not ONNX"),
+        ("m.pt", "safetensors", "format=torchscript"),
+        ("m.pt2", "torchscript", "format=pt2"),
+        ("m.safetensors", "pt2", "format=safetensors"),
+    ):
         with pytest.raises(UsageError, match=f"^path {tmp_path / name} ends in .*{needle}"):
             save_model(model, tmp_path / name, format=fmt)
         assert not (tmp_path / name).exists()
@@ -470,14 +477,13 @@ def test_metadata_factory_outside_shiftaudit_is_not_imported(tiny_files, tmp_pat
     marker = tmp_path / "imported"
     pkgs = tmp_path / "pkgs"
     pkgs.mkdir()
-    (pkgs / "sa_evilmod.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\nfrom {TINY_FILES_MODULE} import tiny as build\n"
-    )
+    (pkgs / "sa_evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom {TINY_FILES_MODULE} import tiny as build\n")
     monkeypatch.syspath_prepend(str(pkgs))
     monkeypatch.syspath_prepend(str(tiny_files.root / "pkgs"))
     monkeypatch.delitem(sys.modules, "sa_evilmod", raising=False)
-    ckpt = safetensors_with_metadata(tiny_files.safetensors, tmp_path / "m.safetensors",
-                                     {"shiftaudit.format": "1", "shiftaudit.arch": "sa_evilmod:build"})
+    ckpt = safetensors_with_metadata(
+        tiny_files.safetensors, tmp_path / "m.safetensors", {"shiftaudit.format": "1", "shiftaudit.arch": "sa_evilmod:build"}
+    )
     res = cli(*files_eval_args(tiny_files, model=ckpt, arch=None))
     assert_clean_error(res, "sa_evilmod:build", "outside shiftaudit", "--arch")
     assert not marker.exists() and "sa_evilmod" not in sys.modules
@@ -514,7 +520,7 @@ def test_header_length_beyond_the_file_is_a_clean_error(tiny_files, tmp_path):
     assert_clean_error(cli(*files_eval_args(tiny_files, model=path, arch=None)), "safetensors")
 
 
-FACTORY_SOURCE = '''
+FACTORY_SOURCE = """
 from torch import nn
 
 WIDTHS = {"lite0": 4, "lite1": 6}
@@ -537,7 +543,7 @@ class Net(nn.Module):
 
 def make(model_name, num_classes=3):
     return Net(WIDTHS[model_name], num_classes)
-'''
+"""
 
 
 def factory_module(folder):
@@ -557,8 +563,10 @@ def test_factory_with_arch_kwargs_in_the_current_folder_and_stored_when_patched(
     assert rep["model"]["arch"] == f"{mod}:make" and rep["inspection"]["points"][0]["name"] == "conv"
     # without the argument the factory cannot be called: said in one sentence that names the flag giving it
     line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", f"{mod}:make"]), "model_name")
-    assert line == (f"error: Factory {mod}:make needs the argument model_name, which neither the checkpoint nor "
-                    """--arch-kwargs gives; pass --arch-kwargs '{"model_name": "..."}' (arch_kwargs= in Python).""")
+    assert line == (
+        f"error: Factory {mod}:make needs the argument model_name, which neither the checkpoint nor "
+        """--arch-kwargs gives; pass --arch-kwargs '{"model_name": "..."}' (arch_kwargs= in Python)."""
+    )
 
     out = tmp_path / "patched.safetensors"
     res = runner.invoke(
@@ -597,8 +605,12 @@ def test_factory_module_not_found_says_how_to_make_it_importable(tmp_path, monke
 def test_bad_arch_kwargs_are_one_sentence(tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save(net_state(4), ckpt)
-    for bad, needle in (("{model_name: lite0}", "not valid JSON"), ('["lite0"]', "not a list"), ('"lite0"', "not a str"),
-                        ('{"num_classes": 3}', "--num-classes")):
+    for bad, needle in (
+        ("{model_name: lite0}", "not valid JSON"),
+        ('["lite0"]', "not a list"),
+        ('"lite0"', "not a str"),
+        ('{"num_classes": 3}', "--num-classes"),
+    ):
         for cmd in ("inspect", "eval", "patch"):
             extra = ["--data", str(tmp_path)] if cmd == "eval" else []
             res = runner.invoke(app, [cmd, str(ckpt), "--arch", "resnet18", "--arch-kwargs", bad, *extra])

@@ -133,7 +133,7 @@ def antialiased_resnet18_state(filter_size=4):
             if key.startswith(f"{layer}.0.conv2."):
                 key = key.replace(f"{layer}.0.conv2.", f"{layer}.0.conv2.1.")
             elif key.startswith(f"{layer}.0.downsample."):
-                i, rest = key[len(f"{layer}.0.downsample."):].split(".", 1)
+                i, rest = key[len(f"{layer}.0.downsample.") :].split(".", 1)
                 key = f"{layer}.0.downsample.{int(i) + 1}.{rest}"
         out[key] = value
     out["maxpool.1.filt"] = torch.ones(64, 1, filter_size, filter_size) / filter_size**2
@@ -146,8 +146,9 @@ def antialiased_resnet18_state(filter_size=4):
 def test_antialiased_cnns_checkpoint_is_recognised_not_misidentified(tmp_path):
     ckpt = tmp_path / "resnet18_lpf4.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in antialiased_resnet18_state().items()}}, ckpt)
-    line = assert_clean_error(runner.invoke(app, ["inspect", str(ckpt)]), "antialiased-cnns", "maxpool.1.filt", "--arch",
-                              "filter_size")
+    line = assert_clean_error(
+        runner.invoke(app, ["inspect", str(ckpt)]), "antialiased-cnns", "maxpool.1.filt", "--arch", "filter_size"
+    )
     assert "identified" not in line and "closest" not in line
     # told resnet18, the load fails on the extra keys, and the sentence says what the file really is
     assert_clean_error(runner.invoke(app, ["inspect", str(ckpt), "--arch", "resnet18"]), "antialiased-cnns")

@@ -35,12 +35,17 @@ def batch(preds, labels=None, p_label=None, p_top=None, ids=None, random_slot=No
     preds = np.asarray(preds, dtype=np.int64)
     b, s = preds.shape
     return ShiftBatch(
-        image_ids=np.arange(b) if ids is None else np.asarray(ids), labels=None if labels is None else np.asarray(labels),
-        preds=preds, p_label=None if p_label is None else np.asarray(p_label, np.float32),
+        image_ids=np.arange(b) if ids is None else np.asarray(ids),
+        labels=None if labels is None else np.asarray(labels),
+        preds=preds,
+        p_label=None if p_label is None else np.asarray(p_label, np.float32),
         p_top=np.zeros((b, s), np.float32) if p_top is None else np.asarray(p_top, np.float32),
-        shift_index=np.tile(np.arange(s), (b, 1)), zero_slot=np.zeros(b, np.int64),
+        shift_index=np.tile(np.arange(s), (b, 1)),
+        zero_slot=np.zeros(b, np.int64),
         random_slot=np.zeros(b, np.int64) if random_slot is None else np.asarray(random_slot),
-        pair_slots=np.zeros((b, 1, 2), np.int64) if pairs is None else np.asarray(pairs), exhaustive=True, num_shifts=s,
+        pair_slots=np.zeros((b, 1, 2), np.int64) if pairs is None else np.asarray(pairs),
+        exhaustive=True,
+        num_shifts=s,
         num_classes=int(preds.max()) + 1,
     )
 
@@ -176,8 +181,13 @@ def test_layout_names_every_metric_and_per_image_column():
     out, per_image = assemble(metrics)
     assert list(out) == ["accuracy", "consistency", "variation", "accuracy_map"]
     assert list(out["accuracy"]) == ["none", "random"] and list(out["consistency"]) == ["sampled", "exact"]
-    assert per_image == {"image_id": [0, 1], "correct": [True, False], "sampled_agreement": [1.0, 1.0],
-                         "exact_consistency": [1.0, 1.0], "variation": [0.0, 0.0]}
+    assert per_image == {
+        "image_id": [0, 1],
+        "correct": [True, False],
+        "sampled_agreement": [1.0, 1.0],
+        "exact_consistency": [1.0, 1.0],
+        "variation": [0.0, 0.0],
+    }
 
 
 def test_zero_shift_confidence_merges_and_round_trips_its_state():
@@ -198,7 +208,8 @@ def test_a_plug_in_metric_without_readings_is_read_as_a_plain_number_named_after
     from shiftaudit.metrics.base import Reading, value_readings
 
     assert value_readings("edge_flip_share", {"value": 0.125, "ci_low": 0.0625, "ci_high": 0.25}) == [
-        Reading("edge flip share", 0.125, 0.0625, 0.25, percent=False, digits=4, ci_digits=4)]
+        Reading("edge flip share", 0.125, 0.0625, 0.25, percent=False, digits=4, ci_digits=4)
+    ]
     assert value_readings("x", {"value": 0.5}) == [Reading("x", 0.5, None, None, percent=False, digits=4, ci_digits=4)]
     assert value_readings("x", {"mean": 0.5}) == []  # no "value": nothing to read
 
@@ -245,7 +256,7 @@ def test_normalised_features_are_float32_whatever_the_layer_gives_and_only_maps_
         f = torch.ones(2, 3, 4, 4, dtype=dtype)
         out = _normalise(f)
         assert out.dtype == torch.float32 and out.shape == (2, 4, 4, 4), dtype
-        assert torch.allclose(out[:, :3], torch.full((2, 3, 4, 4), 3 ** -0.5)) and not out[:, 3].any()
+        assert torch.allclose(out[:, :3], torch.full((2, 3, 4, 4), 3**-0.5)) and not out[:, 3].any()
     assert _normalise(torch.zeros(2, 3))[:, 3].all()  # pooled (N, C): one location, a zero vector flagged
     message = r"^A measured layer produced a 3-D tensor; only \(N, C, H, W\) feature maps can be compared\.$"
     with pytest.raises(UsageError, match=message):

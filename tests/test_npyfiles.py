@@ -47,17 +47,22 @@ LYING = {
     "npy declaring a terabyte": (lambda: _lying_npy((2**38,)), "declaring 1,099,511,627,776 bytes of data where 64"),
     "npz member declaring a terabyte": (
         lambda: zipcraft.build([zipcraft.member("images.npy", _lying_npy((2**38,)), flags=0)], zip64=False),
-        "its array images.npy holds an array header declaring"),
+        "its array images.npy holds an array header declaring",
+    ),
     "npz compressed member declaring a terabyte": (
         lambda: zipcraft.build([zipcraft.member("images.npy", _lying_npy((2**38,)), method=8, flags=0)], zip64=False),
-        "declaring 1,099,511,627,776 bytes"),
+        "declaring 1,099,511,627,776 bytes",
+    ),
     "npz with two arrays of one name": (
-        lambda: zipcraft.build([zipcraft.member("images.npy", _npy(np.zeros(4))),
-                                zipcraft.member("images.npy", _npy(np.ones(4)))]),
-        "two members named"),
+        lambda: zipcraft.build(
+            [zipcraft.member("images.npy", _npy(np.zeros(4))), zipcraft.member("images.npy", _npy(np.ones(4)))]
+        ),
+        "two members named",
+    ),
     "npz with bytes before the first member": (
         lambda: zipcraft.build([zipcraft.member("images.npy", _npy(np.zeros(4)))], prefix=b"x" * 64, zip64=False),
-        "before the first entry"),
+        "before the first entry",
+    ),
     "npy of Python objects": (lambda: _npy(np.array([None, 1], dtype=object)), "Python objects"),
 }
 

@@ -34,8 +34,16 @@ def export(model: nn.Module, path: Path, example: torch.Tensor, *, free_batch: b
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if free_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes=axes, **kw)
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+            **kw,
+        )
     return path
 
 
@@ -115,15 +123,19 @@ def test_an_onnx_eval_says_what_inspect_says_was_assumed(files, tmp_path):
     data = root / "data.npz"
     loaded = load_model(root / "r18.onnx")
     assert loaded.preprocessing_assumed and loaded.preprocessing.resize == 36
-    assert loaded.notes == ["input size 32x32 read from the graph; resize 36 (ImageNet's crop fraction), mean and std "
-                            "are assumed (pass --preset, --resize or --mean/--std)"]
+    assert loaded.notes == [
+        "input size 32x32 read from the graph; resize 36 (ImageNet's crop fraction), mean and std "
+        "are assumed (pass --preset, --resize or --mean/--std)"
+    ]
     inspected = cli("inspect", root / "r18.onnx")
     assert loaded.notes[0] in " ".join(inspected.stdout.split())
     report = audit_json(tmp_path, "guessed", root / "r18.onnx", "--data", data)
     assert report["data"]["preprocessing"]["resize"] == 36
     assumed = [n for n in report["notes"] if "assumed" in n]
-    assert assumed == ["ImageNet mean/std assumed: the checkpoint records no normalisation and neither --preset nor "
-                       "--mean/--std was given; pass the model's own (docs/loading.md, finding a model's preprocessing)"]
+    assert assumed == [
+        "ImageNet mean/std assumed: the checkpoint records no normalisation and neither --preset nor "
+        "--mean/--std was given; pass the model's own (docs/loading.md, finding a model's preprocessing)"
+    ]
     given = audit_json(tmp_path, "given", root / "r18.onnx", "--data", data, "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
     assert not [n for n in given["notes"] if "assumed" in n]
 
@@ -268,7 +280,7 @@ def test_a_damaged_onnx_file_is_one_sentence(files, tmp_path):
     assert_clean_error(cli("eval", cut, "--data", root / "data.npz", *SHIFT), f"ONNX model {cut} cannot be loaded by onnxruntime")
     at = data.index(b"\x05group") + 1  # a Conv attribute's name: a string, which must be UTF-8
     flipped = tmp_path / "flipped.onnx"
-    flipped.write_bytes(data[:at] + b"\xc1" + data[at + 1:])
+    flipped.write_bytes(data[:at] + b"\xc1" + data[at + 1 :])
     res = cli("inspect", flipped)
     assert_clean_error(res, f"ONNX model {flipped} cannot be loaded by onnxruntime", "invalid start byte")
     assert "EP Error" not in res.output  # onnxruntime's banner before its retry stays hidden
@@ -292,8 +304,14 @@ def test_dynamo_export_with_external_weights_audits_the_same(files, tmp_path):
     path = tmp_path / "dynamo.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(resnet, (torch.zeros(2, 3, SIZE, SIZE),), str(path), dynamo=True, verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.onnx.export(
+            resnet,
+            (torch.zeros(2, 3, SIZE, SIZE),),
+            str(path),
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     assert path.with_suffix(".onnx.data").is_file()
     data = root / "data.npz"
     torch_report = audit_json(tmp_path, "pt", root / "r18.pt", "--arch", "resnet18", "--data", data, "--size", SIZE)
@@ -345,9 +363,14 @@ def _classifier(path: Path, inits: list, nodes: list, feeds: str, sparse: list |
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Add", ["f", "s"], ["logits"]),
     ]
-    graph = helper.make_graph(nodes + tail, "crafted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits,
-                              sparse_initializer=sparse or [])
+    graph = helper.make_graph(
+        nodes + tail,
+        "crafted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        inits,
+        sparse_initializer=sparse or [],
+    )
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
     assert path.stat().st_size < 2048 or not small
     return path
@@ -373,8 +396,11 @@ def _built_from_constants(path: Path, op: str, side: int) -> Path:
 
     shape = numpy_helper.from_array(np.array([side, side], np.int64), "shape")
     one = numpy_helper.from_array(np.ones((1, 1), np.float32), "one")
-    node = (helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32)))
-            if op == "ConstantOfShape" else helper.make_node(op, ["one", "shape"], ["big"]))
+    node = (
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32)))
+        if op == "ConstantOfShape"
+        else helper.make_node(op, ["one", "shape"], ["big"])
+    )
     return _classifier(path, [shape, one], [node], "big")
 
 
@@ -386,29 +412,47 @@ def _crafted_graphs(tmp: Path) -> list[tuple[Path, tuple[str, ...]]]:
     (tmp / "small.bin").write_bytes(b"\0" * 100)
     (tmp / "zero.bin").symlink_to("/dev/zero")
     os.mkfifo(tmp / "fifo.bin")
-    sparse = helper.make_sparse_tensor(helper.make_tensor("sv", TensorProto.FLOAT, [1], [1.0]),
-                                       helper.make_tensor("si", TensorProto.INT64, [1, 2], [0, 0]), [8192, 8192])
+    sparse = helper.make_sparse_tensor(
+        helper.make_tensor("sv", TensorProto.FLOAT, [1], [1.0]),
+        helper.make_tensor("si", TensorProto.INT64, [1, 2], [0, 0]),
+        [8192, 8192],
+    )
     chain = [helper.make_node("Relu", [f"v{i}"], [f"v{i + 1}"]) for i in range(9_997)]  # + the classifier's 4: 10,001
     many = _classifier(tmp / "many.onnx", [_declared("v0", [1], b"\0" * 4)], chain, "v9997", small=False)
     return [
-        (_classifier(tmp / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
-         ("is damaged", "initializer 'w' declares 17,179,869,184 bytes (shape [65536, 65536]) but holds 4")),
-        (_classifier(tmp / "short1g.onnx", [_declared("w", [16384, 16384], b"\0" * 4)], [], "w"),
-         ("is damaged", "declares 1,073,741,824 bytes")),
-        (_classifier(tmp / "devzero.onnx", [_declared("w", [4096, 4096], location="/dev/zero")], [], "w"),
-         ("refers to external data '/dev/zero'", "not a file inside the model's folder")),
-        (_classifier(tmp / "escape.onnx", [_declared("w", [2, 2], location="../../etc/passwd")], [], "w"),
-         ("refers to external data '../../etc/passwd'",)),
-        (_classifier(tmp / "link.onnx", [_declared("w", [4096, 4096], location="zero.bin")], [], "w"),
-         ("a link to /dev/zero outside the model's folder",)),
-        (_classifier(tmp / "fifo.onnx", [_declared("w", [4096, 4096], location="fifo.bin")], [], "w"),
-         ("not a regular file",)),
-        (_classifier(tmp / "past_end.onnx", [_declared("w", [4096, 4096], location="small.bin")], [], "w"),
-         ("is damaged", "declares 67,108,864 bytes of external data at offset 0 of small.bin, which holds 100 bytes")),
-        (_classifier(tmp / "sparse.onnx", [], [helper.make_node("Identity", ["sv"], ["sd"])], "sd", sparse=[sparse]),
-         ("is too large", "sparse tensor of shape [8192, 8192] that onnxruntime would expand to 256 MiB")),
-        (_built_from_constants(tmp / "cos.onnx", "ConstantOfShape", 8192),
-         ("is too large", "ConstantOfShape node", "shape [8192, 8192] (256 MiB) from constants")),
+        (
+            _classifier(tmp / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
+            ("is damaged", "initializer 'w' declares 17,179,869,184 bytes (shape [65536, 65536]) but holds 4"),
+        ),
+        (
+            _classifier(tmp / "short1g.onnx", [_declared("w", [16384, 16384], b"\0" * 4)], [], "w"),
+            ("is damaged", "declares 1,073,741,824 bytes"),
+        ),
+        (
+            _classifier(tmp / "devzero.onnx", [_declared("w", [4096, 4096], location="/dev/zero")], [], "w"),
+            ("refers to external data '/dev/zero'", "not a file inside the model's folder"),
+        ),
+        (
+            _classifier(tmp / "escape.onnx", [_declared("w", [2, 2], location="../../etc/passwd")], [], "w"),
+            ("refers to external data '../../etc/passwd'",),
+        ),
+        (
+            _classifier(tmp / "link.onnx", [_declared("w", [4096, 4096], location="zero.bin")], [], "w"),
+            ("a link to /dev/zero outside the model's folder",),
+        ),
+        (_classifier(tmp / "fifo.onnx", [_declared("w", [4096, 4096], location="fifo.bin")], [], "w"), ("not a regular file",)),
+        (
+            _classifier(tmp / "past_end.onnx", [_declared("w", [4096, 4096], location="small.bin")], [], "w"),
+            ("is damaged", "declares 67,108,864 bytes of external data at offset 0 of small.bin, which holds 100 bytes"),
+        ),
+        (
+            _classifier(tmp / "sparse.onnx", [], [helper.make_node("Identity", ["sv"], ["sd"])], "sd", sparse=[sparse]),
+            ("is too large", "sparse tensor of shape [8192, 8192] that onnxruntime would expand to 256 MiB"),
+        ),
+        (
+            _built_from_constants(tmp / "cos.onnx", "ConstantOfShape", 8192),
+            ("is too large", "ConstantOfShape node", "shape [8192, 8192] (256 MiB) from constants"),
+        ),
         (_built_from_constants(tmp / "expand.onnx", "Expand", 8192), ("is too large", "Expand node")),
         (_built_from_constants(tmp / "tile.onnx", "Tile", 8192), ("is too large", "Tile node")),
         (many, ("is too large", "10,001 nodes, more than the 10,000 allowed")),
@@ -430,9 +474,13 @@ def test_a_graph_that_would_fold_16_gib_ends_in_seconds_and_little_memory_in_a_r
     """The 1-KB graphs of the issue, in a real process: a ConstantOfShape of [65536, 65536] and an initializer
     declaring 16 GiB with 4 bytes of data. Peak memory is the child's own (torch alone takes ~0.7 GB)."""
     root, _ = files
-    for graph, needle in [(_built_from_constants(tmp_path / "fold.onnx", "ConstantOfShape", 65536), "16.0 GiB"),
-                          (_classifier(tmp_path / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
-                           "declares 17,179,869,184 bytes")]:
+    for graph, needle in [
+        (_built_from_constants(tmp_path / "fold.onnx", "ConstantOfShape", 65536), "16.0 GiB"),
+        (
+            _classifier(tmp_path / "short.onnx", [_declared("w", [65536, 65536], b"\0" * 4)], [], "w"),
+            "declares 17,179,869,184 bytes",
+        ),
+    ]:
         code, stderr, startups, peak = run_measured("eval", graph, "--data", root / "data.npz", "--size", 8, *SHIFT)
         assert code == 2
         assert_one_error_line(stderr, f"ONNX model {graph}", needle)
@@ -455,12 +503,20 @@ def test_constant_folding_is_off_so_session_creation_builds_nothing(files, tmp_p
     shape = numpy_helper.from_array(np.array([8192, 8192], np.int64), "shape")
     nodes = [  # the rows of `big` are gathered by an input-dependent index: folded, `big` stays in the session
         helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32))),
-        helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("ArgMax", ["f"], ["i"], axis=1, keepdims=0), helper.make_node("Gather", ["big", "i"], ["rows"]),
-        helper.make_node("ReduceMax", ["rows"], ["m"], axes=[1], keepdims=1), helper.make_node("Add", ["f", "m"], ["logits"]),
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("ArgMax", ["f"], ["i"], axis=1, keepdims=0),
+        helper.make_node("Gather", ["big", "i"], ["rows"]),
+        helper.make_node("ReduceMax", ["rows"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["f", "m"], ["logits"]),
     ]
-    g = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [shape])
+    g = helper.make_graph(
+        nodes,
+        "fold",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [shape],
+    )
     graph = tmp_path / "fold.onnx"
     graph.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
     before = rss()
@@ -477,10 +533,18 @@ def test_onnxruntimes_own_log_lines_never_reach_the_terminal(files, tmp_path):
 
     root, _ = files
     shape = numpy_helper.from_array(np.array([4, -1], np.int64), "shape")
-    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("Reshape", ["f", "shape"], ["logits"])]
-    graph = helper.make_graph(nodes, "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [shape])
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Reshape", ["f", "shape"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [shape],
+    )
     path = tmp_path / "reshape.onnx"
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
     code, stderr, _, _ = run_measured("eval", path, "--data", root / "data.npz", "--size", 8, *SHIFT, "--batch-size", 7)

@@ -50,8 +50,9 @@ def _naive(model: nn.Module, x: torch.Tensor, shifts: ShiftSet) -> np.ndarray:
     return torch.stack(cols, 1).numpy()
 
 
-def _packed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, batch: int, image_batches: list[int],
-            carry: bool) -> tuple[list, Recorder]:
+def _packed(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, shifts: ShiftSet, batch: int, image_batches: list[int], carry: bool
+) -> tuple[list, Recorder]:
     """Every image batch as a job through one RowPacker: the ShiftBatches in order, and the recorded forwards."""
     rec = Recorder(model)
     forward = BatchedForward(rec, torch.device("cpu"), "fp32", batch, channels_last=False)
@@ -116,8 +117,10 @@ def test_the_input_buffer_is_reused_and_no_result_aliases_a_later_batch():
 
 def _naive_top(model: nn.Module, x: torch.Tensor, shifts: ShiftSet) -> np.ndarray:
     with torch.inference_mode():
-        cols = [torch.softmax(model(torch.roll(x, (int(a), int(b)), (-2, -1))).float(), 1).max(1).values
-                for a, b in zip(shifts.dh, shifts.dw)]
+        cols = [
+            torch.softmax(model(torch.roll(x, (int(a), int(b)), (-2, -1))).float(), 1).max(1).values
+            for a, b in zip(shifts.dh, shifts.dw)
+        ]
     return torch.stack(cols, 1).numpy()
 
 

@@ -50,8 +50,27 @@ def test_a_patch_report_built_in_python_is_what_patch_eval_writes(inputs, tmp_pa
     ckpt, data = inputs
     written = tmp_path / "patch.json"
     monkeypatch.setattr(costs, "clock", steady_clock())
-    res = cli("patch", ckpt, "--arch", ARCH, "--raw", "--size", "16", "--eval", "--data", data, "--max-shift", "1",
-              "--device", "cpu", "--workers", "0", "--quiet", "--json", written)
+    res = cli(
+        "patch",
+        ckpt,
+        "--arch",
+        ARCH,
+        "--raw",
+        "--size",
+        "16",
+        "--eval",
+        "--data",
+        data,
+        "--max-shift",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--quiet",
+        "--json",
+        written,
+    )
     assert res.exit_code == 0, res.output
 
     loaded = shiftaudit.load_model(ckpt, arch=ARCH)
@@ -60,11 +79,18 @@ def test_a_patch_report_built_in_python_is_what_patch_eval_writes(inputs, tmp_pa
     )
     patched = patch_model(loaded.model, PatchConfig())
     before = shiftaudit.audit(loaded, dataset, max_shift=1, device="cpu", num_workers=0)
-    after = shiftaudit.audit(dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec), dataset, max_shift=1,
-                             device="cpu", num_workers=0)
+    after = shiftaudit.audit(
+        dataclasses.replace(loaded, model=patched.model, patch_spec=patched.spec),
+        dataset,
+        max_shift=1,
+        device="cpu",
+        num_workers=0,
+    )
     monkeypatch.setattr(costs, "clock", steady_clock())
     report = shiftaudit.PatchReport(
-        model=str(ckpt), patch=patched, agreement=top1_agreement(loaded.model, patched.model, dataset),
+        model=str(ckpt),
+        patch=patched,
+        agreement=top1_agreement(loaded.model, patched.model, dataset),
         comparison=compare_patch(loaded.model, patched, before, after, input_shape=(1, 3, 16, 16), device=torch.device("cpu")),
     )
 
@@ -79,9 +105,35 @@ def test_patch_and_evaluate_in_python_is_what_patch_eval_writes(inputs, tmp_path
     ckpt, data = inputs
     written = tmp_path / "patch.json"
     monkeypatch.setattr(costs, "clock", steady_clock())
-    res = cli("patch", ckpt, "--arch", ARCH, "--raw", "--size", "16", "--eval", "--data", data, "--max-shift", "1",
-              "--recalibrate", "4", "--calibration-data", data, "--distill", data, "--distill-steps", "2",
-              "--device", "cpu", "--workers", "0", "--quiet", "--json", written)
+    res = cli(
+        "patch",
+        ckpt,
+        "--arch",
+        ARCH,
+        "--raw",
+        "--size",
+        "16",
+        "--eval",
+        "--data",
+        data,
+        "--max-shift",
+        "1",
+        "--recalibrate",
+        "4",
+        "--calibration-data",
+        data,
+        "--distill",
+        data,
+        "--distill-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--quiet",
+        "--json",
+        written,
+    )
     assert res.exit_code == 0, res.output
 
     loaded = shiftaudit.load_model(ckpt, arch=ARCH)
@@ -91,8 +143,14 @@ def test_patch_and_evaluate_in_python_is_what_patch_eval_writes(inputs, tmp_path
     monkeypatch.setattr(costs, "clock", steady_clock())
     steps: list[str] = []
     report = shiftaudit.patch_and_evaluate(
-        loaded, data=dataset, settings=shiftaudit.AuditConfig(max_shift=1, device="cpu", num_workers=0),
-        calibration=dataset, recalibrate=4, distill=dataset, distill_steps=2, on_step=lambda name, _: steps.append(name),
+        loaded,
+        data=dataset,
+        settings=shiftaudit.AuditConfig(max_shift=1, device="cpu", num_workers=0),
+        calibration=dataset,
+        recalibrate=4,
+        distill=dataset,
+        distill_steps=2,
+        on_step=lambda name, _: steps.append(name),
     )
     assert steps == ["patch", "recalibrate", "distill", "agreement", "compare"]
     doc = dataclasses.replace(report, calibration_data=str(data), distill_data=str(data)).to_json()

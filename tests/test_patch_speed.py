@@ -48,8 +48,8 @@ def tricky(shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool = Fal
     x = torch.randn(shape, generator=g).round(decimals=1)
     x[torch.rand(shape, generator=g) < 0.3] = 0.0
     x[torch.rand(shape, generator=g) < 0.15] = -0.0
-    x.view(-1)[:: 17] = float("inf")
-    x.view(-1)[5:: 23] = float("-inf")
+    x.view(-1)[::17] = float("inf")
+    x.view(-1)[5::23] = float("-inf")
     x = x.to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -67,10 +67,19 @@ def assert_same_values(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel,dilation,padding", [
-    ((3, 3), (1, 1), (1, 1)), ((2, 2), (1, 1), (0, 0)), ((3, 2), (1, 1), (1, 0)), ((5, 5), (1, 1), (2, 2)),
-    ((3, 3), (2, 2), (1, 1)), ((3, 3), (2, 1), (0, 1)), ((1, 3), (1, 1), (0, 1)), ((4, 4), (3, 1), (2, 2)),
-])
+@pytest.mark.parametrize(
+    "kernel,dilation,padding",
+    [
+        ((3, 3), (1, 1), (1, 1)),
+        ((2, 2), (1, 1), (0, 0)),
+        ((3, 2), (1, 1), (1, 0)),
+        ((5, 5), (1, 1), (2, 2)),
+        ((3, 3), (2, 2), (1, 1)),
+        ((3, 3), (2, 1), (0, 1)),
+        ((1, 3), (1, 1), (0, 1)),
+        ((4, 4), (3, 1), (2, 2)),
+    ],
+)
 def test_dense_max_matches_stride_one_max_pool2d(kernel, dilation, padding, dtype):
     for shape, cl in [((2, 3, 9, 11), False), ((1, 4, 8, 7), True), ((1, 2, 13, 6), False)]:
         x = tricky(shape, dtype, cl)
@@ -108,8 +117,9 @@ def test_pool_blur_fast_path_matches_the_old_formulation(kernel, stride, padding
         else:
             pool = nn.MaxPool2d(kernel, stride, padding, dilation=dilation, ceil_mode=ceil_mode)
         blur_stride = stride if isinstance(stride, int) else stride[0]
-        m = PoolBlur2d(pool, BlurPool2d(None, rng.choice(["tri3", "binomial5", "rect2"]), blur_stride, pad_mode),
-                       circular=circular).to(dtype)
+        m = PoolBlur2d(
+            pool, BlurPool2d(None, rng.choice(["tri3", "binomial5", "rect2"]), blur_stride, pad_mode), circular=circular
+        ).to(dtype)
         x = tricky((2, 3, *size), dtype, channels_last=rng.random() < 0.5, seed=rng.randrange(1000))
         with torch.no_grad():
             try:
@@ -124,8 +134,15 @@ def test_pool_blur_fast_path_matches_the_old_formulation(kernel, stride, padding
 def test_patched_average_pools_match_the_old_formulation(monkeypatch):
     """Average pools (DenseNet transitions, ceil_mode stems) in a patched model, NCHW and channels_last."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
-                          nn.AvgPool2d(3, 2, ceil_mode=True), nn.AvgPool2d(2, 2, padding=1), nn.Flatten())
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.AvgPool2d(2, 2, padding=1),
+        nn.Flatten(),
+    )
     model = patch(model).eval()
     assert sum(isinstance(m, PoolBlur2d) for m in model.modules()) == 3
     calls = []
@@ -196,7 +213,6 @@ def test_patched_resnet18_output_is_unchanged(pad, channels_last, monkeypatch):
         monkeypatch.setattr(BlurPool2d, "forward", old_blur_forward)
         slow = model(x)
     assert torch.equal(fast, slow)
-
 
 
 def test_traced_patched_model_follows_the_input_size():

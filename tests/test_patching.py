@@ -63,12 +63,16 @@ def test_resnet18_plan_and_placement():
     assert model.get_submodule("layer2.0.conv1").stride == (2, 2), "the input model must be left untouched"
 
 
-@pytest.mark.parametrize("factory", [
-    lambda: torchvision.models.resnet18(num_classes=4),
-    lambda: torchvision.models.mobilenet_v3_small(num_classes=4),
-    lambda: torchvision.models.densenet121(num_classes=4),
-    lambda: tiny_cnn(),
-], ids=["resnet18", "mobilenet_v3_small", "densenet121", "tiny_cnn"])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: torchvision.models.resnet18(num_classes=4),
+        lambda: torchvision.models.mobilenet_v3_small(num_classes=4),
+        lambda: torchvision.models.densenet121(num_classes=4),
+        lambda: tiny_cnn(),
+    ],
+    ids=["resnet18", "mobilenet_v3_small", "densenet121", "tiny_cnn"],
+)
 def test_delta_filter_patch_is_the_identity(factory):
     """Blur with the delta filter + subsample at phase 0 is exactly the strided layer: placement and sizes are right."""
     torch.manual_seed(0)

@@ -49,8 +49,12 @@ class TwoBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular")
-        self.main = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1, padding_mode="circular"), nn.BatchNorm2d(8),
-                                  nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"))
+        self.main = nn.Sequential(
+            nn.Conv2d(6, 8, 3, stride=2, padding=1, padding_mode="circular"),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"),
+        )
         self.short = nn.Conv2d(6, 8, 1, stride=2)
         self.tall = nn.Conv2d(8, 8, 3, stride=(2, 1), padding=1, padding_mode="circular")
         self.blur = BlurPool2d(8, "binomial3", stride=2, pad_mode="circular")
@@ -107,11 +111,27 @@ def test_vgg13_circular_equals_the_naive_loop(one_thread):
     "model, size, why",
     [
         (lambda: tiny_cnn(padding_mode="zeros"), 12, "zeros"),
-        (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.MaxPool2d(3, 2, 1),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten()), 12, "padded"),
+        (
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+                nn.MaxPool2d(3, 2, 1),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            ),
+            12,
+            "padded",
+        ),
         (lambda: tiny_cnn(padding_mode="circular"), 10, "size"),
-        (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.Upsample(scale_factor=2),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten()), 8, "Upsample"),
+        (
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+                nn.Upsample(scale_factor=2),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            ),
+            8,
+            "Upsample",
+        ),
     ],
 )
 def test_models_it_cannot_handle_are_refused(model, size, why):
@@ -163,11 +183,20 @@ def test_layers_fall_back_to_the_dense_engine():
 def _vgg_stack(spatial_head: bool = False, size: tuple[int, int] = (16, 16)) -> nn.Module:
     """conv-BN-ReLU, MaxPool(2), a strided conv straight into a conv (so the patch wraps it as ConvThenBlur2d),
     ReLU, MaxPool(2), then a global-pool or flatten head."""
+
     def conv(c_in, c_out, stride=1):
         return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, padding_mode="circular")
 
-    layers = [conv(3, 6), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2), conv(6, 8, stride=2), conv(8, 8), nn.ReLU(),
-              nn.MaxPool2d(2)]
+    layers = [
+        conv(3, 6),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(6, 8, stride=2),
+        conv(8, 8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ]
     if spatial_head:
         layers += [nn.Flatten(), nn.Linear(8 * (size[0] // 8) * (size[1] // 8), 5)]
     else:

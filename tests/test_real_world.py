@@ -20,8 +20,20 @@ import torch
 from shiftaudit.cli import app
 from tests.helpers import IMAGENET_FOLDERS, assert_clean_error, runner, save_imagenet_model, write_imagenet_jpegs
 
-COMMON = ("--arch", "mobilenet_v3_small", "--size", "72", "--resize", "80", "--device", "cpu", "--workers", "0",
-          "--batch-size", "128")
+COMMON = (
+    "--arch",
+    "mobilenet_v3_small",
+    "--size",
+    "72",
+    "--resize",
+    "80",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--batch-size",
+    "128",
+)
 NAN = re.compile(r"\bnan\b", re.IGNORECASE)
 NEGATIVE_CI = re.compile(r"\[-\d*\.\d")  # an interval printed with a negative lower end, e.g. "[-0.0000, ...]"
 
@@ -137,8 +149,21 @@ def test_imagenet_class_map_gives_imagenet_indices_and_class_names(case):
 def test_gate_at_a_radius_the_grid_does_not_evaluate_is_refused_before_work(case):
     ckpt, val = case
     out, state = val.parent / "gate.json", val.parent / "gate.state"
-    res = run("eval", ckpt, "--data", val, *COMMON, "--class-map", "imagenet", "--min-adv-accuracy", "1=0.5", "--json", out,
-              "--resume", state)
+    res = run(
+        "eval",
+        ckpt,
+        "--data",
+        val,
+        *COMMON,
+        "--class-map",
+        "imagenet",
+        "--min-adv-accuracy",
+        "1=0.5",
+        "--json",
+        out,
+        "--resume",
+        state,
+    )
     assert_clean_error(res, "radius 1", "radii are 0, 4, 8, 12, 16", "(0 or 4)")
     assert not out.exists() and not state.exists()  # refused before the audit started (it saves its state as it goes)
 
@@ -165,8 +190,24 @@ def test_confident_model_at_zero_accuracy_is_flagged_as_a_label_mismatch(case, t
 def test_crop_mode_report_never_says_circular(case):
     ckpt, val = case
     out = val.parent / "crop"
-    res = run("eval", ckpt, "--data", val, *COMMON, "--class-map", "imagenet", "--shift-mode", "crop", "--max-shift", "4",
-              "--shift-step", "4", "--out", out, "--quiet")
+    res = run(
+        "eval",
+        ckpt,
+        "--data",
+        val,
+        *COMMON,
+        "--class-map",
+        "imagenet",
+        "--shift-mode",
+        "crop",
+        "--max-shift",
+        "4",
+        "--shift-step",
+        "4",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     html = (out / "report.html").read_text()
     assert "circular" not in html.lower()
@@ -177,8 +218,26 @@ def test_crop_mode_report_never_says_circular(case):
 def test_patch_eval_has_no_nan_change_and_inspect_shows_the_whole_patch(case, tmp_path):
     ckpt, val = case
     patched = tmp_path / "aa.safetensors"
-    res = run("patch", ckpt, *COMMON, "--eval", "--data", val, "--class-map", "imagenet", "--max-shift", "4",
-              "--shift-step", "4", "--limit", "2", "-o", patched, "--json", tmp_path / "patch.json")
+    res = run(
+        "patch",
+        ckpt,
+        *COMMON,
+        "--eval",
+        "--data",
+        val,
+        "--class-map",
+        "imagenet",
+        "--max-shift",
+        "4",
+        "--shift-step",
+        "4",
+        "--limit",
+        "2",
+        "-o",
+        patched,
+        "--json",
+        tmp_path / "patch.json",
+    )
     assert res.exit_code == 0, res.output
     # the step-4 set has no 1-px neighbours: the before/after table had "Flip rate ... nan % ... +nan pt"
     assert "Change" in res.stdout and not NAN.search(res.stdout) and "Flip rate" not in res.stdout
@@ -194,7 +253,7 @@ def test_patch_eval_has_no_nan_change_and_inspect_shows_the_whole_patch(case, tm
     lines = shown.stdout.splitlines()
     first = next(i for i, ln in enumerate(lines) if ln.startswith("Patched"))
     cell = [lines[first]]
-    for line in lines[first + 1:]:
+    for line in lines[first + 1 :]:
         if not line.startswith(" "):  # the next row's key
             break
         cell.append(line)

@@ -75,8 +75,13 @@ def test_a_metric_registered_from_outside_runs_by_default_and_reaches_every_repo
     entry = result.metrics["worst_confidence_drop"]
     with torch.no_grad():  # naive: every shift of the set, one torch.roll at a time
         shifts = shiftaudit.ShiftSet.window((8, 8), 2)
-        p = torch.stack([model(torch.roll(images, (int(a), int(b)), (-2, -1))).softmax(1).max(1).values
-                         for a, b in zip(shifts.dh, shifts.dw)], 1).double()
+        p = torch.stack(
+            [
+                model(torch.roll(images, (int(a), int(b)), (-2, -1))).softmax(1).max(1).values
+                for a, b in zip(shifts.dh, shifts.dw)
+            ],
+            1,
+        ).double()
     want = (p[:, 0:1] - p).max(1).values.mean().item()
     assert entry == {"value": pytest.approx(want, abs=1e-6), "n": 6}
     assert list(result.metrics)[-1] == "worst_confidence_drop"  # registered last: reported last
@@ -194,10 +199,10 @@ def test_a_shift_mode_registered_from_outside_audits_like_a_builtin(toy_mode):
     with torch.no_grad():  # naive: pad by reflection, crop the shifted window, one shift at a time
         padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
         for a, b in zip(shifts.dh, shifts.dw):
-            preds.append(model(padded[:, :, 2 - a:10 - a, 2 - b:10 - b]).argmax(1))
+            preds.append(model(padded[:, :, 2 - a : 10 - a, 2 - b : 10 - b]).argmax(1))
     preds = torch.stack(preds, 1)
     share = torch.stack([(preds == c).double().mean(1) for c in range(5)], 1)
-    assert result.metrics["consistency"]["exact"]["value"] == pytest.approx((share ** 2).sum(1).mean().item(), abs=1e-12)
+    assert result.metrics["consistency"]["exact"]["value"] == pytest.approx((share**2).sum(1).mean().item(), abs=1e-12)
     adv1 = (preds[:, shifts.radius <= 1] == labels[:, None]).all(1).double().mean().item()
     curve = result.metrics["adversarial"]
     assert curve["accuracy"][curve["radius"].index(1)] == pytest.approx(adv1)
@@ -242,10 +247,18 @@ def test_reset_states_never_share_memory_with_their_defaults():
     m = AccuracyMap(shifts)
     s = len(shifts)
     batch = ShiftBatch(
-        image_ids=np.arange(2), labels=np.zeros(2, dtype=np.int64), preds=np.zeros((2, s), dtype=np.int64),
-        p_label=None, p_top=np.ones((2, s), dtype=np.float32), shift_index=np.tile(np.arange(s), (2, 1)),
-        zero_slot=np.zeros(2, dtype=np.int64), random_slot=np.zeros(2, dtype=np.int64),
-        pair_slots=np.zeros((2, 1, 2), dtype=np.int64), exhaustive=True, num_shifts=s, num_classes=2,
+        image_ids=np.arange(2),
+        labels=np.zeros(2, dtype=np.int64),
+        preds=np.zeros((2, s), dtype=np.int64),
+        p_label=None,
+        p_top=np.ones((2, s), dtype=np.float32),
+        shift_index=np.tile(np.arange(s), (2, 1)),
+        zero_slot=np.zeros(2, dtype=np.int64),
+        random_slot=np.zeros(2, dtype=np.int64),
+        pair_slots=np.zeros((2, 1, 2), dtype=np.int64),
+        exhaustive=True,
+        num_shifts=s,
+        num_classes=2,
     )
     for _ in range(2):
         m.reset()

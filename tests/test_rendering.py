@@ -51,7 +51,10 @@ def expected_numbers(label: str, report: dict[str, Any]) -> tuple[list[float], l
         "Accuracy, random shift": lambda: (*_entry_triplet(m["accuracy"]["random"]), 100),
         "Consistency (exact, all shifts)": lambda: (*_entry_triplet(m["consistency"]["exact"]), 100),
         "Variation of P(correct), mean / median": lambda: (
-            [m["variation"]["mean"], m["variation"]["median"]], [m["variation"]["ci_low"], m["variation"]["ci_high"]], 1),
+            [m["variation"]["mean"], m["variation"]["median"]],
+            [m["variation"]["ci_low"], m["variation"]["ci_high"]],
+            1,
+        ),
         "Flip rate between 1-px neighbouring shifts": lambda: (*_entry_triplet(m["flip_rate"], "mean"), 100),
         "Mean abs. change of top-1 probability": lambda: (*_entry_triplet(m["mac"], "mean"), 1),
         "Accuracy over shifts, worst / best": lambda: ([m["accuracy_map"]["min"], m["accuracy_map"]["max"]], [], 100),
@@ -139,14 +142,14 @@ def report_json(result: AuditResult, tmp_path: Path) -> dict[str, Any]:
 # A real run: a position-sensitive model so that every metric takes a distinct, non-trivial value.
 # ------------------------------------------------------------------------------------------------------------------
 
-FACTORY = '''
+FACTORY = """
 import torch
 from tests.helpers import tiny_cnn
 
 def build(num_classes=5):
     torch.manual_seed(0)
     return tiny_cnn(num_classes, spatial_head=True, size=12)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -166,21 +169,57 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             y = model(x).argmax(1)
         y[::4] = (y[::4] + 1) % 5  # some wrong at zero shift
         np.savez(root / "d.npz", images=x.numpy(), labels=y.numpy())
-        args = ["eval", root / "m.pt", "--arch", "rendering_models:build", "--data", root / "d.npz", "--raw", "--max-shift", "3",
-                "--device", "cpu", "--workers", "0", "--json", root / "r.json", "--junit", root / "j.xml", "--out", root / "out",
-                "--min-consistency", "0.3", "--min-accuracy", "0.99", "--max-variation", "0.5", "--min-adv-accuracy", "1=0.02"]
+        args = [
+            "eval",
+            root / "m.pt",
+            "--arch",
+            "rendering_models:build",
+            "--data",
+            root / "d.npz",
+            "--raw",
+            "--max-shift",
+            "3",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--json",
+            root / "r.json",
+            "--junit",
+            root / "j.xml",
+            "--out",
+            root / "out",
+            "--min-consistency",
+            "0.3",
+            "--min-accuracy",
+            "0.99",
+            "--max-variation",
+            "0.5",
+            "--min-adv-accuracy",
+            "1=0.02",
+        ]
         res = runner.invoke(app, [str(a) for a in args])
         sys_mod = __import__("sys").modules
         sys_mod.pop("rendering_models", None)
     assert res.exit_code == 1, res.output  # --min-accuracy 0.99 fails on purpose
-    return {"stdout": res.stdout, "stderr": res.stderr, "json": json.loads((root / "r.json").read_text()),
-            "junit": root / "j.xml", "html": (root / "out" / "report.html").read_text(), "root": root}
+    return {
+        "stdout": res.stdout,
+        "stderr": res.stderr,
+        "json": json.loads((root / "r.json").read_text()),
+        "junit": root / "j.xml",
+        "html": (root / "out" / "report.html").read_text(),
+        "root": root,
+    }
 
 
 def test_real_run_metrics_are_distinct_so_a_swapped_row_shows(real_run):
     m = real_run["json"]["metrics"]
-    shown = [m["accuracy"]["none"]["value"], m["accuracy"]["random"]["value"], m["consistency"]["exact"]["value"],
-             m["consistency"]["sampled"]["value"]]
+    shown = [
+        m["accuracy"]["none"]["value"],
+        m["accuracy"]["random"]["value"],
+        m["consistency"]["exact"]["value"],
+        m["consistency"]["sampled"]["value"],
+    ]
     assert len(set(shown)) == len(shown), shown
 
 
@@ -226,7 +265,8 @@ def metric_value(check: dict[str, Any], report: dict[str, Any]) -> tuple[float, 
 
 CHECK_LINE = re.compile(
     r"(?P<verdict>ok  |FAIL) (?P<label>.+?) (?P<value>\d+\.\d{4})(?: \(95% CI (?P<lo>\d+\.\d{4})-(?P<hi>\d+\.\d{4})\))?"
-    r" (?P<rel>>=|<=|<|>) (?P<threshold>\S+) \((?P<flag>--.+)\)")
+    r" (?P<rel>>=|<=|<|>) (?P<threshold>\S+) \((?P<flag>--.+)\)"
+)
 
 
 def assert_check_message(check: dict[str, Any], report: dict[str, Any]) -> None:
@@ -406,8 +446,22 @@ def test_cli_gate_at_the_exact_value_passes_and_one_ulp_above_fails(real_run):
     """The threshold given on the command line as the report's own value (repr round-trips) passes; the next
     float above it fails with exit 1."""
     root, value = real_run["root"], real_run["json"]["metrics"]["consistency"]["exact"]["value"]
-    base = ["eval", root / "m.pt", "--arch", "rendering_models:build", "--data", root / "d.npz", "--raw", "--max-shift", "3",
-            "--device", "cpu", "--workers", "0", "--quiet"]
+    base = [
+        "eval",
+        root / "m.pt",
+        "--arch",
+        "rendering_models:build",
+        "--data",
+        root / "d.npz",
+        "--raw",
+        "--max-shift",
+        "3",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(root))
         at = runner.invoke(app, [str(a) for a in [*base, "--min-consistency", repr(value)]])
@@ -420,8 +474,11 @@ def test_cli_gate_at_the_exact_value_passes_and_one_ulp_above_fails(real_run):
 def test_build_thresholds_keeps_the_given_values_exactly():
     ts = build_thresholds(min_consistency=0.95, min_accuracy=1 / 3, max_variation=0.0, min_adv_accuracy=["4=0.8"])
     assert [(t.metric, t.bound, t.value, t.radius) for t in ts] == [
-        ("consistency", "min", 0.95, None), ("accuracy", "min", 1 / 3, None), ("variation", "max", 0.0, None),
-        ("adversarial", "min", 0.8, 4)]
+        ("consistency", "min", 0.95, None),
+        ("accuracy", "min", 1 / 3, None),
+        ("variation", "max", 0.0, None),
+        ("adversarial", "min", 0.8, 4),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -447,8 +504,15 @@ def test_inspection_table_rows_equal_the_points():
     shown = [p for p in insp.points if p.role != "squeeze"]
     assert len(rows) == len(shown) == 9
     for row, p in zip(rows, shown):
-        assert row == [p.name, p.module, _side(p.kernel) if p.kernel else "-", _side(p.stride) if p.stride else "-",
-                       f"{_side(p.in_size)}->{_side(p.out_size)}", p.role, "MaxBlurPool" if p.name == "maxpool" else ""]
+        assert row == [
+            p.name,
+            p.module,
+            _side(p.kernel) if p.kernel else "-",
+            _side(p.stride) if p.stride else "-",
+            f"{_side(p.in_size)}->{_side(p.out_size)}",
+            p.role,
+            "MaxBlurPool" if p.name == "maxpool" else "",
+        ]
     assert str(table.caption) == "k kernel, s stride, size in->out"
 
 
@@ -461,8 +525,9 @@ def test_inspection_table_counts_squeeze_pools_in_its_caption():
     insp = inspect_model(torchvision.models.mobilenet_v3_small(num_classes=10).eval(), (64, 64))
     squeeze = sum(p.role == "squeeze" for p in insp.points)
     assert squeeze > 0
-    assert str(inspection_table(insp).caption) == (f"k kernel, s stride, size in->out; + {squeeze} squeeze-excitation pools "
-                                              "inside blocks (gating, not downsampling)")
+    assert str(inspection_table(insp).caption) == (
+        f"k kernel, s stride, size in->out; + {squeeze} squeeze-excitation pools inside blocks (gating, not downsampling)"
+    )
 
 
 def test_layers_table_rows_equal_the_layers_json():
@@ -558,12 +623,28 @@ def test_layers_table_at_80_columns_exactly():
     """Title, header, right-aligned numbers and no outer edge, as printed (the styling mutants of docs/testing.md)."""
     from shiftaudit.report.terminal import layers_table
 
-    layers = {"layers": [
-        {"name": "features.0", "resolution": [32, 32], "stride": 1, "equivariance": {"mean": 0.0},
-         "invariance": {"mean": 0.3125}, "reference_distance": 0.5, "exact_modulo": 1},
-        {"name": "a.rather.long.module.name.inside.layer4", "resolution": [16, 16], "stride": 2,
-         "equivariance": {"mean": 0.04321}, "invariance": {"mean": 0.25}, "reference_distance": 0.4, "exact_modulo": 2},
-    ]}
+    layers = {
+        "layers": [
+            {
+                "name": "features.0",
+                "resolution": [32, 32],
+                "stride": 1,
+                "equivariance": {"mean": 0.0},
+                "invariance": {"mean": 0.3125},
+                "reference_distance": 0.5,
+                "exact_modulo": 1,
+            },
+            {
+                "name": "a.rather.long.module.name.inside.layer4",
+                "resolution": [16, 16],
+                "stride": 2,
+                "equivariance": {"mean": 0.04321},
+                "invariance": {"mean": 0.25},
+                "reference_distance": 0.4,
+                "exact_modulo": 2,
+            },
+        ]
+    }
     lines = [line.rstrip() for line in _render_at(layers_table(layers), 80)]
     assert lines[:7] == [
         "Per-layer distance from shift-equivariance",

@@ -117,8 +117,16 @@ def test_flip_metric_merges_and_bounds_state():
             "p_correct": np.zeros((2, len(a.stored)), np.float32),
         }
     )
-    b.load_state_dict({"ids": np.array([9]), "label": np.array([0]), "radius": np.array([1]), "flip_shift": np.array([3]),
-                       "flip_pred": np.array([1]), "p_correct": np.zeros((1, len(b.stored)), np.float32)})
+    b.load_state_dict(
+        {
+            "ids": np.array([9]),
+            "label": np.array([0]),
+            "radius": np.array([1]),
+            "flip_shift": np.array([3]),
+            "flip_pred": np.array([1]),
+            "p_correct": np.zeros((1, len(b.stored)), np.float32),
+        }
+    )
     a.merge(copy.deepcopy(b))
     assert list(a.ids) == [9, 5] and a.p_correct.shape[0] == 2
 
@@ -181,8 +189,9 @@ def test_adversarial_curve_marks_only_the_evaluated_radii(tmp_path, monkeypatch)
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(str(path), fig.axes[0]) and path)
     grid = synthetic_result()
     adv = grid.metrics["adversarial"]
-    grid.metrics["adversarial"] = replace(adv, radius=[0, 4, 8], accuracy=adv.accuracy[:3], ci_low=adv.ci_low[:3],
-                                          ci_high=adv.ci_high[:3])
+    grid.metrics["adversarial"] = replace(
+        adv, radius=[0, 4, 8], accuracy=adv.accuracy[:3], ci_low=adv.ci_low[:3], ci_high=adv.ci_high[:3]
+    )
     figures.plot_adversarial_curve(grid, tmp_path / "grid.png")
     figures.plot_adversarial_curve(synthetic_result(), tmp_path / "window.png")
     ax = drawn[str(tmp_path / "grid.png")]

@@ -56,9 +56,21 @@ def demo_report(tmp_path_factory) -> Path:
 
 
 def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-           "--hide-scrollbars", f"--user-data-dir={user_dir}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={user_dir}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -174,7 +186,7 @@ def test_control_characters_in_user_strings_are_shown_escaped_in_the_page():
     r.notes.append(f"1 unreadable image skipped: bro{NASTY}ken.png")
     page = render_html(r)
     found = RAW_CONTROL.search(page)
-    assert found is None, page[max(0, found.start() - 60):found.end() + 20]
+    assert found is None, page[max(0, found.start() - 60) : found.end() + 20]
     shown = "\\x1b[31m\\r\\n\\x07\\x85\\x9b\\u202e[bold]&lt;script&gt;"
     assert f"/models/{shown}.pt" in page and f"ImageFolder d{shown}" in page and f"bro{shown}ken.png" in page
     assert "<script>" not in page

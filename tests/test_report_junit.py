@@ -95,9 +95,28 @@ def test_eval_junit_end_to_end(tmp_path):
     data = tmp_path / "demo.npz"
     np.savez(data, images=images, labels=labels)
     junit = tmp_path / "out" / "junit.xml"
-    res = runner.invoke(app, ["eval", str(demo_checkpoint_path()), "--data", str(data), "--max-shift", "1", "--device", "cpu",
-                              "--workers", "0", "--quiet", "--min-consistency", "0.0", "--max-variation", "0.0",
-                              "--junit", str(junit)])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            str(demo_checkpoint_path()),
+            "--data",
+            str(data),
+            "--max-shift",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--quiet",
+            "--min-consistency",
+            "0.0",
+            "--max-variation",
+            "0.0",
+            "--junit",
+            str(junit),
+        ],
+    )
     assert res.exit_code == 1, res.output  # any shift moves P(correct) a little: variation 0 cannot hold
     (suite,) = check_junit_structure(junit)
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")

@@ -90,8 +90,14 @@ def _nasty_tables() -> list[Any]:
     r.model["source"] = f"/models/{NASTY}.pt"
     r.data["description"] = f"ImageFolder d{NASTY}"
     r.metrics[f"own{NASTY}"] = {"value": 0.5}  # a metric no registry knows: its name is the row's label
-    layer = {"resolution": [8, 8], "stride": 2, "equivariance": {"mean": 0.1}, "invariance": {"mean": 0.2},
-             "reference_distance": 0.5, "exact_modulo": 2}
+    layer = {
+        "resolution": [8, 8],
+        "stride": 2,
+        "equivariance": {"mean": 0.1},
+        "invariance": {"mean": 0.2},
+        "reference_distance": 0.5,
+        "exact_modulo": 2,
+    }
     net = nn.Sequential()
     net.add_module(f"c{NASTY}", nn.Conv2d(3, 4, 3, stride=2, padding=1))
     net.add_module("pool", nn.AdaptiveAvgPool2d(1))

@@ -54,25 +54,43 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     files = shiftaudit.load_data(folder, preprocessing=shiftaudit.Preprocessing((12, 12), (0.5,) * 3, (0.25,) * 3))
     window = ShiftSet.window((12, 12), 2)
     runs = {
-        "dense, gated, files": lambda: shiftaudit.audit(model, files, thresholds=build_thresholds(0.1), polyphase=False,
-                                                         **common),
+        "dense, gated, files": lambda: shiftaudit.audit(
+            model, files, thresholds=build_thresholds(0.1), polyphase=False, **common
+        ),
         "polyphase": lambda: shiftaudit.audit(model, (x, y), **common),
         "sampled": lambda: shiftaudit.audit(model, (x, y), mode="sampled", pairs=2, **common),
         "unlabelled": lambda: shiftaudit.audit(model, x, **common),
         "crop": lambda: shiftaudit.audit(model, (x, y), shift_mode="crop", **common),
         "subpixel": lambda: shiftaudit.audit(model, (x, y), shift_mode="subpixel", shift_step=0.5, device="cpu", max_shift=1),
         "layers": lambda: shiftaudit.audit(model, (x[:2], y[:2]), layers="auto", device="cpu", max_shift=1),
-        "early exit": lambda: shiftaudit.audit(model, (x, y), shifts=window, device="cpu", early_exit=True,
-                                               metrics=[AccuracyAtZeroShift(), AdversarialCurve(window)]),
+        "early exit": lambda: shiftaudit.audit(
+            model, (x, y), shifts=window, device="cpu", early_exit=True, metrics=[AccuracyAtZeroShift(), AdversarialCurve(window)]
+        ),
     }
     out = {name: json.loads(json.dumps(run().to_json())) for name, run in runs.items()}
     sequential = copy.deepcopy(out["sampled"])
-    sequential["metrics"] = {"sequential": {
-        "decision_error": 0.01, "budget": 0.5, "draws": 40, "images_seen": 6, "forward_rows": 90,
-        "forward_rows_exhaustive": 150,
-        "statistics": [{"metric": "consistency", "radius": None, "estimate": 0.97, "ci_low": 0.9, "ci_high": 1.0,
-                        "confidence": 0.99, "draws": 40, "decision": "pass"}],
-    }}
+    sequential["metrics"] = {
+        "sequential": {
+            "decision_error": 0.01,
+            "budget": 0.5,
+            "draws": 40,
+            "images_seen": 6,
+            "forward_rows": 90,
+            "forward_rows_exhaustive": 150,
+            "statistics": [
+                {
+                    "metric": "consistency",
+                    "radius": None,
+                    "estimate": 0.97,
+                    "ci_low": 0.9,
+                    "ci_high": 1.0,
+                    "confidence": 0.99,
+                    "draws": 40,
+                    "decision": "pass",
+                }
+            ],
+        }
+    }
     sequential["per_image"] = {}
     out["sequential"] = sequential
     return out
@@ -186,21 +204,31 @@ def test_each_entry_missing_empty_mistyped_or_unknown_is_one_sentence_naming_its
     "damage, needle",
     [
         (lambda r: r["metrics"]["adversarial"]["ci_low"].pop(), "(metrics.adversarial has columns of different lengths"),
-        (lambda r: r["metrics"]["adversarial"].update(radius=[], accuracy=[], ci_low=[], ci_high=[]),
-         "(metrics.adversarial.radius is empty)"),
+        (
+            lambda r: r["metrics"]["adversarial"].update(radius=[], accuracy=[], ci_low=[], ci_high=[]),
+            "(metrics.adversarial.radius is empty)",
+        ),
         (lambda r: r["metrics"]["accuracy_map"]["accuracy"][1].pop(), "(metrics.accuracy_map.accuracy is not a dh x dw grid"),
         (lambda r: r["metrics"]["accuracy_map"].update(dw=[]), "(metrics.accuracy_map.dw is empty)"),
         (lambda r: r["metrics"]["accuracy_map"]["diagonal"]["shift"].pop(), "(metrics.accuracy_map.diagonal has columns"),
-        (lambda r: r["metrics"]["flip_examples"]["examples"][0]["p_correct"].pop(),
-         "(metrics.flip_examples.examples[0].p_correct is not a dh x dw grid"),
-        (lambda r: r["metrics"]["flip_examples"]["examples"][0].update(flip_shift=[1]),
-         "(metrics.flip_examples.examples[0].flip_shift is not a (dh, dw) pair)"),
-        (lambda r: r["metrics"]["flip_examples"]["examples"][0].update(path=None),
-         "(metrics.flip_examples.examples[0].path is null, not a string)"),
+        (
+            lambda r: r["metrics"]["flip_examples"]["examples"][0]["p_correct"].pop(),
+            "(metrics.flip_examples.examples[0].p_correct is not a dh x dw grid",
+        ),
+        (
+            lambda r: r["metrics"]["flip_examples"]["examples"][0].update(flip_shift=[1]),
+            "(metrics.flip_examples.examples[0].flip_shift is not a (dh, dw) pair)",
+        ),
+        (
+            lambda r: r["metrics"]["flip_examples"]["examples"][0].update(path=None),
+            "(metrics.flip_examples.examples[0].path is null, not a string)",
+        ),
         (lambda r: r["metrics"]["accuracy"]["none"].update(n=True), "(metrics.accuracy.none.n is true/false, not an integer)"),
         (lambda r: r["metrics"]["accuracy"]["none"].update(n=4.5), "(metrics.accuracy.none.n is a number, not an integer)"),
-        (lambda r: r["metrics"]["adversarial"]["accuracy"].__setitem__(1, None),
-         "(metrics.adversarial.accuracy[1] is null, not a number)"),
+        (
+            lambda r: r["metrics"]["adversarial"]["accuracy"].__setitem__(1, None),
+            "(metrics.adversarial.accuracy[1] is null, not a number)",
+        ),
         (lambda r: r["metrics"].update(accuracy={}), "(metrics.accuracy is empty)"),
         (lambda r: r["metrics"].update(accuracy=[1]), "(metrics.accuracy is a list, not an object)"),
         (lambda r: r["metrics"].update(my_score={"value": "high"}), "(metrics.my_score.value is a string, not a number or null)"),
@@ -233,8 +261,10 @@ def test_what_is_not_a_report_or_is_newer_is_refused_before_its_fields(reports):
         ([1], "r.json is not a shiftaudit audit report."),
         ({**report, "schema": "other"}, "r.json is not a shiftaudit audit report."),
         ({**report, "schema_version": "1"}, "r.json is not a shiftaudit audit report (its schema_version is '1')."),
-        ({**report, "schema_version": 2, "metrics": 5}, "r.json uses report schema version 2, newer than this shiftaudit "
-                                                        "reads (1); upgrade shiftaudit."),
+        (
+            {**report, "schema_version": 2, "metrics": 5},
+            "r.json uses report schema version 2, newer than this shiftaudit reads (1); upgrade shiftaudit.",
+        ),
     ]
     for doc, message in cases:
         with pytest.raises(ReportError) as err:
@@ -256,14 +286,16 @@ def test_headline_numbers_read_the_typed_entries(reports):
     back = AuditResult.from_json(reports["subpixel"])
     curve = back.metrics["adversarial"]
     assert back.accuracy == back.metrics["accuracy"]["none"].value
-    assert back.adversarial_curve == {r if isinstance(r, float) and not r.is_integer() else int(r): a
-                                      for r, a in zip(curve.radius, curve.accuracy)}
+    assert back.adversarial_curve == {
+        r if isinstance(r, float) and not r.is_integer() else int(r): a for r, a in zip(curve.radius, curve.accuracy)
+    }
     assert back.adversarial_accuracy(0.5) == curve.accuracy[1] and back.adversarial_accuracy(0.25) is None
     sampled = AuditResult.from_json(reports["sampled"])
     assert sampled.consistency == sampled.consistency_sampled and sampled.variation is None
     assert SequentialGate.from_json(reports["sequential"]["metrics"]["sequential"], "s").statistics[0].estimate == 0.97
-    assert math.isnan(AuditResult(**{**vars(back), "metrics": {"accuracy": {"none": Proportion(float("nan"), None, None, 0)}}})
-                      .accuracy)
+    assert math.isnan(
+        AuditResult(**{**vars(back), "metrics": {"accuracy": {"none": Proportion(float("nan"), None, None, 0)}}}).accuracy
+    )
 
 
 def test_a_plug_in_entry_is_typed_while_its_metric_is_registered_and_json_otherwise(reports):

@@ -83,8 +83,27 @@ def test_cli_resume_message_and_cleanup(setup, tmp_path, monkeypatch):
     ckpt = tmp_path / "m.pt"
     torch.save(StopAfter(model, None).state_dict(), ckpt)
     state, report = tmp_path / "run.state", tmp_path / "r.json"
-    args = ["eval", str(ckpt), "--data", str(data), "--raw", "--max-shift", "2", "--device", "cpu", "--workers", "0",
-            "--batch-size", "25", "--no-polyphase", "--json", str(report), "--resume", str(state), "--quiet"]
+    args = [
+        "eval",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--raw",
+        "--max-shift",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "25",
+        "--no-polyphase",
+        "--json",
+        str(report),
+        "--resume",
+        str(state),
+        "--quiet",
+    ]
     import stopmod
 
     monkeypatch.setattr(stopmod, "build", lambda num_classes=5: StopAfter(tiny_cnn(num_classes, spatial_head=True, size=8), 5))
@@ -109,8 +128,22 @@ def saved_states(tiny_env):
     states = {}
     for name, extra in BASES.items():
         state = tiny_env["root"] / f"{name}.state"
-        res = cli(*env_eval_args(tiny_env, *extra, "--class-map", tiny_env["map"], "--batch-size", "25", "--no-polyphase",
-                                 "--resume", state, "--quiet", arch="interrupt_on_second_call", size=_size(name)))
+        res = cli(
+            *env_eval_args(
+                tiny_env,
+                *extra,
+                "--class-map",
+                tiny_env["map"],
+                "--batch-size",
+                "25",
+                "--no-polyphase",
+                "--resume",
+                state,
+                "--quiet",
+                arch="interrupt_on_second_call",
+                size=_size(name),
+            )
+        )
         assert res.exit_code == 130 and state.is_file(), res.output
         states[name] = (state, extra)
     return states
@@ -157,8 +190,9 @@ CHANGES = [
 ]
 
 
-@pytest.mark.parametrize("base, change, needles", CHANGES,
-                         ids=[f"{b}:{c.__name__ if callable(c) else ' '.join(c)}" for b, c, _ in CHANGES])
+@pytest.mark.parametrize(
+    "base, change, needles", CHANGES, ids=[f"{b}:{c.__name__ if callable(c) else ' '.join(c)}" for b, c, _ in CHANGES]
+)
 def test_resume_refuses_any_change_that_changes_a_number_and_names_it(tiny_env, saved_states, tmp_path, base, change, needles):
     saved, extra = saved_states[base]
     state = tmp_path / "run.state"
@@ -168,9 +202,22 @@ def test_resume_refuses_any_change_that_changes_a_number_and_names_it(tiny_env, 
     changed = changed[2:] if swap else changed
     report = tmp_path / "r.json"
     class_map = [] if "--data-kind" in changed else ["--class-map", tiny_env["map"]]
-    args = env_eval_args(tiny_env, *extra, *class_map, "--batch-size", "25", "--no-polyphase", *changed, "--resume", state,
-                         "--json", report, arch=swap.get("@arch", "interrupt_on_second_call"), ckpt=swap.get("@ckpt"),
-                         size=_size(base))
+    args = env_eval_args(
+        tiny_env,
+        *extra,
+        *class_map,
+        "--batch-size",
+        "25",
+        "--no-polyphase",
+        *changed,
+        "--resume",
+        state,
+        "--json",
+        report,
+        arch=swap.get("@arch", "interrupt_on_second_call"),
+        ckpt=swap.get("@ckpt"),
+        size=_size(base),
+    )
     line = assert_clean_error(cli(*args), "Cannot resume: ", str(state), "delete that file or drop --resume", *needles)
     assert state.read_bytes() == saved.read_bytes() and nothing_written(report), line
 
@@ -179,8 +226,9 @@ def test_resume_refuses_any_change_that_changes_a_number_and_names_it(tiny_env, 
 def test_resume_refuses_data_files_added_removed_or_rewritten(tiny_env, tmp_path, what):
     data = write_image_folder(tmp_path / "val")
     state = tmp_path / "run.state"
-    args = env_eval_args(tiny_env, "--batch-size", "25", "--no-polyphase", "--resume", state, "--quiet",
-                         arch="interrupt_on_second_call", data=data)
+    args = env_eval_args(
+        tiny_env, "--batch-size", "25", "--no-polyphase", "--resume", state, "--quiet", arch="interrupt_on_second_call", data=data
+    )
     assert cli(*args).exit_code == 130 and state.is_file()
     victim = data / "class_1" / "img_0.png"
     if what == "added":
@@ -199,11 +247,12 @@ def test_resume_refuses_another_package_version(tiny_env, tmp_path, monkeypatch)
     import shiftaudit
 
     state = tmp_path / "run.state"
-    args = env_eval_args(tiny_env, "--batch-size", "25", "--no-polyphase", "--resume", state, "--quiet",
-                         arch="interrupt_on_second_call")
+    args = env_eval_args(
+        tiny_env, "--batch-size", "25", "--no-polyphase", "--resume", state, "--quiet", arch="interrupt_on_second_call"
+    )
     assert cli(*args).exit_code == 130
     monkeypatch.setattr(shiftaudit, "__version__", "99.0")
-    assert_clean_error(cli(*args), "Cannot resume: the shiftaudit version changed", "now \"99.0\"")
+    assert_clean_error(cli(*args), "Cannot resume: the shiftaudit version changed", 'now "99.0"')
 
 
 def test_resume_refuses_other_metrics_or_device_layout_through_the_api(tmp_path):
@@ -217,8 +266,9 @@ def test_resume_refuses_other_metrics_or_device_layout_through_the_api(tmp_path)
     state = tmp_path / "run.state"
 
     def run(stop: int | None, **kw: Any) -> Any:
-        return audit(StopAfter(model, stop), (images, labels), max_shift=1, device="cpu", batch_size=9, polyphase=False,
-                     resume=state, **kw)
+        return audit(
+            StopAfter(model, stop), (images, labels), max_shift=1, device="cpu", batch_size=9, polyphase=False, resume=state, **kw
+        )
 
     with pytest.raises(KeyboardInterrupt):
         run(3)
@@ -241,8 +291,16 @@ def test_a_resumed_run_keeps_the_notes_of_images_read_before_the_interruption(tm
     model, state = tiny_cnn(num_classes=3, size=8).eval(), tmp_path / "run.state"
 
     def run(stop: int | None, **kw: Any) -> dict[str, Any]:
-        return audit(StopAfter(model, stop), load_data(data, preprocessing=prep), max_shift=1, device="cpu", batch_size=9,
-                     polyphase=False, num_workers=0, **kw).to_json()
+        return audit(
+            StopAfter(model, stop),
+            load_data(data, preprocessing=prep),
+            max_shift=1,
+            device="cpu",
+            batch_size=9,
+            polyphase=False,
+            num_workers=0,
+            **kw,
+        ).to_json()
 
     want = run(None)
     with pytest.raises(KeyboardInterrupt):

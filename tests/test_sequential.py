@@ -264,12 +264,19 @@ def test_the_full_audit_decides_when_the_sequential_gate_cannot(zero_padded, tmp
 def test_a_small_audit_and_a_polyphase_model_go_straight_to_the_full_audit():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 16, 16)
-    small = audit(tiny_cnn(), x, shifts=ShiftSet.window((16, 16), 2), device="cpu", thresholds=build_thresholds(0.1),
-                  sequential=True)
+    small = audit(
+        tiny_cnn(), x, shifts=ShiftSet.window((16, 16), 2), device="cpu", thresholds=build_thresholds(0.1), sequential=True
+    )
     assert "sequential gate not used (the full audit needs only 100 forward passes); the full audit decides" in small.notes
     circular = tiny_cnn(padding_mode="circular")
-    poly = audit(circular, torch.randn(8, 3, 16, 16), shifts=ShiftSet.all_shifts((16, 16)), device="cpu",
-                 thresholds=build_thresholds(0.1), sequential=True)
+    poly = audit(
+        circular,
+        torch.randn(8, 3, 16, 16),
+        shifts=ShiftSet.all_shifts((16, 16)),
+        device="cpu",
+        thresholds=build_thresholds(0.1),
+        sequential=True,
+    )
     assert poly.settings["engine"] == "polyphase"
     assert any(n.startswith("sequential gate not used (the polyphase engine") for n in poly.notes)
 
@@ -309,8 +316,9 @@ def _eval(root, *args, data=("--data", "data.pt", "--raw")):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        return cli("eval", "model.pt", "--arch", "seqnet:build", *data, "--max-shift", "4", "--shift-step", "1",
-                   "--device", "cpu", *args)
+        return cli(
+            "eval", "model.pt", "--arch", "seqnet:build", *data, "--max-shift", "4", "--shift-step", "1", "--device", "cpu", *args
+        )
     finally:
         os.chdir(cwd)
 

@@ -51,7 +51,7 @@ def test_crop_offsets_by_hand_published_imagenet_geometry():
     bank = CropBank(canvas[None], (size, size))
     for dh, dw in [(0, 0), (16, 16), (-16, -16), (-15, 16), (3, -7), (1, 0)]:
         got = bank.gather(torch.tensor([0]), torch.tensor([dh]), torch.tensor([dw]))[0]
-        want = canvas[:, r - dh: r - dh + size, r - dw: r - dw + size]
+        want = canvas[:, r - dh : r - dh + size, r - dw : r - dw + size]
         assert torch.equal(got, want)
         assert got[0, 0, 0].item() == 1000 * (r - dh) + (r - dw)  # top-left pixel = the crop offset
     zero = bank.gather(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))[0]
@@ -95,13 +95,14 @@ def test_engine_feeds_the_model_exactly_the_canvas_crops():
     canvases = torch.stack([coordinate_canvas(size + 2 * r, size + 2 * r, 3) + 100000 * k for k in range(2)])
     model = Recorder(3, size, size)
     shifts = ShiftSet.window((size, size), r, 1, mode="crop")
-    res = audit(model, (canvases, torch.tensor([0, 1])), shifts=shifts, shift_mode="crop", device="cpu",
-                mode="exhaustive", batch_size=17)
+    res = audit(
+        model, (canvases, torch.tensor([0, 1])), shifts=shifts, shift_mode="crop", device="cpu", mode="exhaustive", batch_size=17
+    )
     seen = torch.cat(model.seen).view(2, len(shifts), 3, size, size)  # exhaustive: image-major, slot s = shift s
     for k in range(2):
         for s in range(len(shifts)):
             dh, dw = int(shifts.dh[s]), int(shifts.dw[s])
-            assert torch.equal(seen[k, s], canvases[k, :, r - dh: r - dh + size, r - dw: r - dw + size])
+            assert torch.equal(seen[k, s], canvases[k, :, r - dh : r - dh + size, r - dw : r - dw + size])
     assert res.settings["shift_mode"] == "crop" and res.settings["shifts"]["mode"] == "crop"
     assert res.data["image_size"] == [size, size]
 
@@ -143,8 +144,11 @@ def test_subpixel_half_pixel_shift_of_a_band_limited_signal_is_exact():
     h, w = 16, 12
 
     def f(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:  # frequencies below Nyquist: exactly band-limited
-        return (torch.cos(2 * math.pi * 2 * i / h + 0.3) + torch.sin(2 * math.pi * 3 * j / w)
-                + 0.5 * torch.cos(2 * math.pi * (i / h + 2 * j / w) - 1.0))
+        return (
+            torch.cos(2 * math.pi * 2 * i / h + 0.3)
+            + torch.sin(2 * math.pi * 3 * j / w)
+            + 0.5 * torch.cos(2 * math.pi * (i / h + 2 * j / w) - 1.0)
+        )
 
     i = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w)
     j = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w)
@@ -176,16 +180,19 @@ def _data(n: int = 6, side: int = 12, margin: int = 0):
     model = tiny_cnn(num_classes=4, spatial_head=True, size=side).eval()
     x = torch.randn(n, 3, side + 2 * margin, side + 2 * margin)
     with torch.no_grad():
-        y = model(x[:, :, margin: margin + side, margin: margin + side]).argmax(1)
+        y = model(x[:, :, margin : margin + side, margin : margin + side]).argmax(1)
     y[::3] = (y[::3] + 1) % 4
     return model, x, y
 
 
-@pytest.mark.parametrize("shift_mode,kwargs,margin", [
-    ("circular", dict(max_shift=2), 0),
-    ("crop", dict(max_shift=2), 2),
-    ("subpixel", dict(max_shift=1, shift_step=0.5), 0),
-])
+@pytest.mark.parametrize(
+    "shift_mode,kwargs,margin",
+    [
+        ("circular", dict(max_shift=2), 0),
+        ("crop", dict(max_shift=2), 2),
+        ("subpixel", dict(max_shift=1, shift_step=0.5), 0),
+    ],
+)
 def test_metrics_end_to_end_in_each_mode(shift_mode, kwargs, margin):
     model, x, y = _data(margin=margin)
     res = audit(model, (x, y), shift_mode=shift_mode, device="cpu", mode="exhaustive", **kwargs)
@@ -210,8 +217,11 @@ def test_metrics_end_to_end_in_each_mode(shift_mode, kwargs, margin):
     back = AuditResult.from_json(json.loads(text))
     assert back.settings["shift_mode"] == shift_mode
     title = describe_run(back)
-    noun, padding = {"circular": ("circular shifts", "wrap-around"), "crop": ("crop shifts", "new content enters"),
-                     "subpixel": ("sub-pixel shifts", "Fourier")}[shift_mode]
+    noun, padding = {
+        "circular": ("circular shifts", "wrap-around"),
+        "crop": ("crop shifts", "new content enters"),
+        "subpixel": ("sub-pixel shifts", "Fourier"),
+    }[shift_mode]
     assert noun in title and padding in title  # every report names its shift mode and its padding
     audit_table(back, title=title)  # renders with fractional radii too
     assert set(back.adversarial_curve) == set(adv["radius"])
@@ -220,8 +230,9 @@ def test_metrics_end_to_end_in_each_mode(shift_mode, kwargs, margin):
 def test_crop_and_subpixel_audits_change_with_the_mode():
     """A circular-padded net is exactly invariant to circular shifts only: crop shifts bring new content in."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
     x = torch.randn(8, 3, 16, 16)
     circ = audit(model, x, max_shift=2, device="cpu", mode="exhaustive", polyphase=False)
     crop = audit(model, x, max_shift=2, shift_mode="crop", device="cpu", mode="exhaustive")
@@ -233,8 +244,14 @@ def test_crop_and_subpixel_audits_change_with_the_mode():
 
 def test_polyphase_and_early_exit_only_in_circular_mode():
     model, x, y = _data(side=8)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 4),
+    ).eval()
     every = ShiftSet.window((8, 8), 4)
     circ = audit(model, (x, y), shifts=every, device="cpu", polyphase=True, early_exit=False)
     assert circ.settings["engine"] == "polyphase"  # the control: this model and set do use it in circular mode
@@ -245,8 +262,7 @@ def test_polyphase_and_early_exit_only_in_circular_mode():
     assert audit(model, (x, y), shifts=small, device="cpu", metrics=ee_metrics(small)).settings["engine"] == "early-exit"
     model2, xc, yc = _data(side=8, margin=2)
     crop_set = ShiftSet.window((8, 8), 2, 1, mode="crop")
-    r = audit(model2, (xc, yc), shifts=crop_set, shift_mode="crop", device="cpu", early_exit=True,
-              metrics=ee_metrics(crop_set))
+    r = audit(model2, (xc, yc), shifts=crop_set, shift_mode="crop", device="cpu", early_exit=True, metrics=ee_metrics(crop_set))
     assert r.settings["engine"] == "dense" and r.timing["forward_rows"] == len(xc) * len(crop_set)
     with pytest.raises(UsageError):
         audit(model, (x, y), shift_mode="crop", max_shift=2, device="cpu", layers="auto")
@@ -274,8 +290,22 @@ def test_cli_eval_crop_mode_and_compare_refuses_mixed_modes(tmp_path):
     torch.save(resnet18(num_classes=2).state_dict(), tmp_path / "r18.pt")
     ckpt = tmp_path / "r18.pt"
     data = _image_folder(tmp_path / "val")
-    common = ["eval", str(ckpt), "--arch", "resnet18", "--data", str(data), "--size", "16", "--device", "cpu",
-              "--workers", "0", "--max-shift", "4"]
+    common = [
+        "eval",
+        str(ckpt),
+        "--arch",
+        "resnet18",
+        "--data",
+        str(data),
+        "--size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-shift",
+        "4",
+    ]
     crop_json, circ_json = tmp_path / "crop.json", tmp_path / "circ.json"
     res = runner.invoke(app, common + ["--shift-mode", "crop", "--json", str(crop_json)])
     assert res.exit_code == 0, res.output

@@ -127,8 +127,15 @@ def test_from_offsets_adds_the_zero_shift_once_and_keeps_integer_offsets():
     assert (without.dh.tolist(), without.dw.tolist()) == ([0, 1], [0, 2])
     assert without.dh.dtype == np.int64 and without.radius.dtype == np.int64 and not without.fractional
     assert without.step == 1 and without.max_shift == 2
-    assert without.to_json() == {"mode": "circular", "kind": "custom", "image_size": [8, 8], "max_shift": 2, "step": 1,
-                                 "count": 2, "padding": "circular (wrap-around)"}
+    assert without.to_json() == {
+        "mode": "circular",
+        "kind": "custom",
+        "image_size": [8, 8],
+        "max_shift": 2,
+        "step": 1,
+        "count": 2,
+        "padding": "circular (wrap-around)",
+    }
 
 
 def test_all_shifts_of_an_odd_size():
@@ -148,9 +155,14 @@ def test_fractional_canonical_offsets_wrap_into_the_half_open_range():
     assert got.tolist() == [3.5, 4.0, -3.5, 0.0, -0.5, 0.0, 3.75]  # (-4, 4]; a hair below 0 rounds to 0, not 8
 
 
-@pytest.mark.parametrize("size, max_shift, step, count", [
-    ((64, 64), 32, 1, 4096), ((65, 65), 16, 4, 81), ((33, 33), 16, 1, 1089),
-])
+@pytest.mark.parametrize(
+    "size, max_shift, step, count",
+    [
+        ((64, 64), 32, 1, 4096),
+        ((65, 65), 16, 4, 81),
+        ((33, 33), 16, 1, 1089),
+    ],
+)
 def test_default_shift_set_switches_to_the_grid_above_64_px(size, max_shift, step, count):
     s = default_shift_set(size)
     assert (s.max_shift, s.step, len(s)) == (max_shift, step, count) and type(s.step) is int
@@ -209,8 +221,11 @@ def test_a_max_shift_beyond_half_the_input_is_refused_with_the_input_size():
 
     circular = get_shift_mode("circular")
     circular.check_max_shift(4, (8, 6))  # half of the longer side: allowed
-    with pytest.raises(UsageError, match=r"^`max_shift` 5 is more than half the 8x6 input: every circular shift is "
-                       r"already within 4 px; use `max_shift` 4 or less\.$"):
+    with pytest.raises(
+        UsageError,
+        match=r"^`max_shift` 5 is more than half the 8x6 input: every circular shift is "
+        r"already within 4 px; use `max_shift` 4 or less\.$",
+    ):
         circular.check_max_shift(5, (8, 6))
     get_shift_mode("crop").check_max_shift(50, (8, 6))  # a crop never wraps: no such limit
 
@@ -226,8 +241,16 @@ def test_fractional_offsets_take_the_float_path_and_stay_exact():
 
 @pytest.mark.parametrize(
     ("mode", "size", "max_shift", "step"),
-    [("circular", (8, 8), 3, 1), ("circular", (8, 6), 4, 1), ("circular", (32, 32), 16, 4), ("circular", (7, 5), 2, 2),
-     ("crop", (8, 8), 3, 1), ("crop", (32, 32), 16, 4), ("subpixel", (8, 8), 1, 0.5), ("subpixel", (6, 4), 2, 0.25)],
+    [
+        ("circular", (8, 8), 3, 1),
+        ("circular", (8, 6), 4, 1),
+        ("circular", (32, 32), 16, 4),
+        ("circular", (7, 5), 2, 2),
+        ("crop", (8, 8), 3, 1),
+        ("crop", (32, 32), 16, 4),
+        ("subpixel", (8, 8), 1, 0.5),
+        ("subpixel", (6, 4), 2, 0.25),
+    ],
 )
 def test_the_count_checked_before_building_a_set_is_the_size_of_the_set(mode, size, max_shift, step):
     from shiftaudit.shifts.base import get_shift_mode

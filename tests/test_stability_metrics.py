@@ -40,8 +40,17 @@ def test_flip_rate_and_mac_match_a_naive_loop():
     # MAC over the seeded random pairs of the consistency protocol (a pure function of seed and image id)
     shifts = ShiftSet.window((8, 8), 4)
     with torch.no_grad():
-        p_top = torch.stack([torch.softmax(model(torch.roll(images, (int(a), int(b)), (-2, -1))), 1).amax(1)
-                             for a, b in zip(shifts.dh, shifts.dw)], 1).double().numpy()
+        p_top = (
+            torch.stack(
+                [
+                    torch.softmax(model(torch.roll(images, (int(a), int(b)), (-2, -1))), 1).amax(1)
+                    for a, b in zip(shifts.dh, shifts.dw)
+                ],
+                1,
+            )
+            .double()
+            .numpy()
+        )
     pairs = DrawPlan(seed=0, pairs=5, num_shifts=len(shifts)).pair_shifts(np.arange(5))
     rows = np.arange(5)[:, None]
     mac = np.abs(p_top[rows, pairs[..., 0]] - p_top[rows, pairs[..., 1]]).mean(axis=1)
@@ -78,8 +87,10 @@ def test_a_step_1_set_without_neighbours_gets_no_advice_to_pass_step_1():
     assert shifts.step == 1 and neighbour_pairs(shifts).size == 0
     ctx = MetricContext(shifts, labelled=True, exhaustive=True)
     assert FlipRate.default_for(ctx) is None
-    assert ctx.notes == ["flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one "
-                         "pixel apart (step 1); evaluate shifts one pixel apart to measure it"]
+    assert ctx.notes == [
+        "flip rate between 1-px neighbouring shifts not reported: no two shifts of the set are one "
+        "pixel apart (step 1); evaluate shifts one pixel apart to measure it"
+    ]
 
 
 def test_intervals_of_quantities_that_cannot_be_negative_stay_at_or_above_zero():
@@ -107,12 +118,22 @@ def test_adversarial_interval_bounds_are_the_wilson_bounds_of_each_radius():
         if i % 4 < 3:
             preds[i, shifts.radius == i % 4] = 1
     curve = AdversarialCurve(shifts)
-    curve.update(ShiftBatch(
-        image_ids=np.arange(n), labels=np.zeros(n, dtype=np.int64), preds=preds, p_label=None,
-        p_top=np.ones((n, s), dtype=np.float32), shift_index=np.tile(np.arange(s), (n, 1)),
-        zero_slot=np.zeros(n, dtype=np.int64), random_slot=np.zeros(n, dtype=np.int64),
-        pair_slots=np.zeros((n, 1, 2), dtype=np.int64), exhaustive=True, num_shifts=s, num_classes=2,
-    ))
+    curve.update(
+        ShiftBatch(
+            image_ids=np.arange(n),
+            labels=np.zeros(n, dtype=np.int64),
+            preds=preds,
+            p_label=None,
+            p_top=np.ones((n, s), dtype=np.float32),
+            shift_index=np.tile(np.arange(s), (n, 1)),
+            zero_slot=np.zeros(n, dtype=np.int64),
+            random_slot=np.zeros(n, dtype=np.int64),
+            pair_slots=np.zeros((n, 1, 2), dtype=np.int64),
+            exhaustive=True,
+            num_shifts=s,
+            num_classes=2,
+        )
+    )
     out = curve.compute()
     correct = [sum(1 for i in range(n) if not (i % 4 < 3 and i % 4 <= r)) for r in out["radius"]]
     assert out["accuracy"] == [k / n for k in correct] == [0.7, 0.4, 0.2]

@@ -86,10 +86,18 @@ def _pair_batch(preds: np.ndarray, pairs: np.ndarray, p_top: np.ndarray | None =
     """A ShiftBatch of B images at S shift slots whose random pairs are the given (B, k, 2) slots."""
     b, s = preds.shape
     return ShiftBatch(
-        image_ids=np.arange(b), labels=None, preds=preds, p_label=None,
-        p_top=np.zeros((b, s), np.float32) if p_top is None else p_top, shift_index=np.tile(np.arange(s), (b, 1)),
-        zero_slot=np.zeros(b, np.int64), random_slot=np.zeros(b, np.int64), pair_slots=pairs, exhaustive=True,
-        num_shifts=s, num_classes=int(preds.max()) + 1,
+        image_ids=np.arange(b),
+        labels=None,
+        preds=preds,
+        p_label=None,
+        p_top=np.zeros((b, s), np.float32) if p_top is None else p_top,
+        shift_index=np.tile(np.arange(s), (b, 1)),
+        zero_slot=np.zeros(b, np.int64),
+        random_slot=np.zeros(b, np.int64),
+        pair_slots=pairs,
+        exhaustive=True,
+        num_shifts=s,
+        num_classes=int(preds.max()) + 1,
     )
 
 
@@ -166,8 +174,13 @@ def test_summary_clips_to_bounds_only_where_the_interval_leaves_them():
     values = np.array([0.1, 0.2, 0.3, 0.25])
     lo, hi = mean_interval(values)
     assert 0 < lo < hi < 1
-    assert summary(values, bounds=(0.0, 1.0)) == {"mean": pytest.approx(0.2125), "median": pytest.approx(0.225),
-                                                  "ci_low": lo, "ci_high": hi, "n": 4}
+    assert summary(values, bounds=(0.0, 1.0)) == {
+        "mean": pytest.approx(0.2125),
+        "median": pytest.approx(0.225),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": 4,
+    }
     tight = summary(values, bounds=(0.15, 0.22))
     assert (tight["ci_low"], tight["ci_high"]) == (max(lo, 0.15), min(hi, 0.22))
 

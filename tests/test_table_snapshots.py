@@ -102,16 +102,36 @@ def test_inspection_of_resnet18(width):
 
 
 LAYERS = {
-        "layers": [
-            {"name": "features.0", "resolution": [32, 32], "stride": 1, "equivariance": {"mean": 0.0},
-             "invariance": {"mean": 0.3125}, "reference_distance": 0.5, "exact_modulo": 1},
-            {"name": "features.some_long_block_name.3", "resolution": [16, 8], "stride": 2,
-             "equivariance": {"mean": 0.04321}, "invariance": {"mean": 0.25}, "reference_distance": 0.4,
-             "exact_modulo": 2},
-            {"name": "fc", "resolution": [1, 1], "stride": 32, "equivariance": {"mean": 0.125},
-             "invariance": {"mean": 0.125}, "reference_distance": None, "exact_modulo": None},
-        ]
-    }
+    "layers": [
+        {
+            "name": "features.0",
+            "resolution": [32, 32],
+            "stride": 1,
+            "equivariance": {"mean": 0.0},
+            "invariance": {"mean": 0.3125},
+            "reference_distance": 0.5,
+            "exact_modulo": 1,
+        },
+        {
+            "name": "features.some_long_block_name.3",
+            "resolution": [16, 8],
+            "stride": 2,
+            "equivariance": {"mean": 0.04321},
+            "invariance": {"mean": 0.25},
+            "reference_distance": 0.4,
+            "exact_modulo": 2,
+        },
+        {
+            "name": "fc",
+            "resolution": [1, 1],
+            "stride": 32,
+            "equivariance": {"mean": 0.125},
+            "invariance": {"mean": 0.125},
+            "reference_distance": None,
+            "exact_modulo": None,
+        },
+    ]
+}
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -127,8 +147,10 @@ def test_every_number_is_whole_every_name_shown_and_no_line_too_wide_at_every_wi
     cases = [
         (lambda w: audit_table(result, width=w), audit_rows(result)),
         (lambda w: layers_table(LAYERS, w), layer_rows(LAYERS)),
-        (lambda w: comparison_table(THREE_RUNS, width=w),
-         [(row.metric, *(c for i in range(3) for c in (row.cell(i), row.delta_text(i)))) for row in compare_rows(THREE_RUNS)]),
+        (
+            lambda w: comparison_table(THREE_RUNS, width=w),
+            [(row.metric, *(c for i in range(3) for c in (row.cell(i), row.delta_text(i)))) for row in compare_rows(THREE_RUNS)],
+        ),
         (_resnet18_inspection, [(p.name, f"{p.in_size[0]}->{p.out_size[0]}", p.role) for p in _resnet18().points]),
     ]
     for width in range(40, 121, 5):
@@ -239,8 +261,9 @@ class Downsample(nn.Module):
 
 
 def test_inspection_names_a_blur_layer_and_a_non_square_input():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Downsample(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), Downsample(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
     table = inspection_table(inspect_model(model, (32, 24)), width=100)
     assert str(table.title) == "Downsampling points at 32x24 (total stride 2)"
     types = list(table.columns[1].cells)
@@ -248,8 +271,9 @@ def test_inspection_names_a_blur_layer_and_a_non_square_input():
     assert str(list(table.columns[4].cells)[0]) == "32x24->16x12"  # a non-square map says both sides
     from shiftaudit.antialias.blurpool import BlurPool2d
 
-    named = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), BlurPool2d(4, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2)).eval()
+    named = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), BlurPool2d(4, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
     types = [str(c) for c in inspection_table(inspect_model(named, (32, 32)), width=100).columns[1].cells]
     assert types[0] == "BlurPool2d"  # and not said twice when it does
 
@@ -276,7 +300,8 @@ def test_descriptions_of_reports_that_lack_fields():
     result.model, result.data, result.environment = {}, {}, {}
     result.settings = {"shifts": {"mode": "crop", "max_shift": 4}}
     assert describe_shifts(result) == (
-        "? crop shifts within +/-4 px (none: crops of a larger canvas, new content enters at the border)")
+        "? crop shifts within +/-4 px (none: crops of a larger canvas, new content enters at the border)"
+    )
     assert describe_run(result) == f"model on ; {describe_shifts(result)}, ; "
     result.model = {"description": "a net", "source": "w.pt"}
     result.environment = {"device": "cpu"}
@@ -295,13 +320,17 @@ def test_sequential_gate_lines_for_both_bounds():
         return SequentialCheck(t, value, value - 0.01, value + 0.01, passed, "sequential", confidence=0.99, draws=640).line()
 
     assert line("min", "consistency", 0.97, True) == (
-        "ok   consistency 0.9700 (99 % confidence sequence 0.9600-0.9800, 640 draws) >= 0.95 (--min-consistency 0.95)")
+        "ok   consistency 0.9700 (99 % confidence sequence 0.9600-0.9800, 640 draws) >= 0.95 (--min-consistency 0.95)"
+    )
     assert line("min", "consistency", 0.90, False) == (
-        "FAIL consistency 0.9000 (99 % confidence sequence 0.8900-0.9100, 640 draws) < 0.95 (--min-consistency 0.95)")
+        "FAIL consistency 0.9000 (99 % confidence sequence 0.8900-0.9100, 640 draws) < 0.95 (--min-consistency 0.95)"
+    )
     assert line("max", "variation", 0.03, True) == (
-        "ok   variation 0.0300 (99 % confidence sequence 0.0200-0.0400, 640 draws) <= 0.05 (--max-variation 0.05)")
+        "ok   variation 0.0300 (99 % confidence sequence 0.0200-0.0400, 640 draws) <= 0.05 (--max-variation 0.05)"
+    )
     assert line("max", "variation", 0.08, False) == (
-        "FAIL variation 0.0800 (99 % confidence sequence 0.0700-0.0900, 640 draws) > 0.05 (--max-variation 0.05)")
+        "FAIL variation 0.0800 (99 % confidence sequence 0.0700-0.0900, 640 draws) > 0.05 (--max-variation 0.05)"
+    )
 
 
 def test_plain_numbers_keep_their_own_digits_in_the_table_and_in_compare():

@@ -129,7 +129,10 @@ def test_the_sequential_gate_decides_by_default_when_the_data_is_large_enough(la
     check = report["gate"]["checks"][0]
     stat = report["metrics"]["sequential"]["statistics"][0]
     assert (check["value"], check["ci_low"], check["ci_high"], check["draws"]) == (
-        stat["estimate"], stat["ci_low"], stat["ci_high"], stat["draws"]
+        stat["estimate"],
+        stat["ci_low"],
+        stat["ci_high"],
+        stat["draws"],
     )
     assert str(failed.value) == (
         f"FAIL consistency {stat['estimate']:.4f} (99 % confidence sequence {stat['ci_low']:.4f}-{stat['ci_high']:.4f}, "
@@ -168,30 +171,62 @@ def test_a_list_of_thresholds_is_the_gate_own_form(small):
         ({"min_accuracy": True}, {}, UsageError, "min_accuracy takes a number, got True."),
         ({"max_variation": -0.1}, {}, UsageError, "max_variation must be >= 0, got -0.1."),
         ({"min_adv_accuracy": {1.5: 0.5}}, {}, UsageError, "min_adv_accuracy takes whole radii >= 0 in px as keys, got 1.5."),
-        ({"min_adv_accuracy": {1: 2}}, {}, UsageError,
-         "min_adv_accuracy[1] takes a fraction between 0 and 1 (e.g. 0.95), got 2."),
-        ({"min_adv_accuracy": [0.5]}, {}, UsageError,
-         "min_adv_accuracy takes a mapping radius -> fraction such as {2: 0.8}, got [0.5]."),
-        ({"min_consistence": 0.9}, {}, UsageError,
-         "Unknown thresholds min_consistence; use min_consistency, min_accuracy, max_variation, min_adv_accuracy."),
+        (
+            {"min_adv_accuracy": {1: 2}},
+            {},
+            UsageError,
+            "min_adv_accuracy[1] takes a fraction between 0 and 1 (e.g. 0.95), got 2.",
+        ),
+        (
+            {"min_adv_accuracy": [0.5]},
+            {},
+            UsageError,
+            "min_adv_accuracy takes a mapping radius -> fraction such as {2: 0.8}, got [0.5].",
+        ),
+        (
+            {"min_consistence": 0.9},
+            {},
+            UsageError,
+            "Unknown thresholds min_consistence; use min_consistency, min_accuracy, max_variation, min_adv_accuracy.",
+        ),
         ({}, {}, UsageError, "Give at least one threshold (min_consistency, min_accuracy, max_variation, min_adv_accuracy)."),
-        ("0.95", {}, UsageError,
-         "thresholds takes a mapping such as {'min_consistency': 0.95} or a list of Threshold, got str."),
+        ("0.95", {}, UsageError, "thresholds takes a mapping such as {'min_consistency': 0.95} or a list of Threshold, got str."),
         ([0.95], {}, UsageError, "thresholds lists shiftaudit.Threshold values, got a float."),
-        ({"min_consistency": 0.9}, {"sequential": True}, UsageError,
-         "The assertion sets sequential itself; use exact=True (the full audit) or the default."),
-        ({"min_consistency": 0.9}, {"max_shfit": 2}, UsageError,
-         "Unknown audit setting max_shfit; see shiftaudit.audit for the settings it takes."),
-        ({"min_consistency": 0.9}, {"html": True}, UsageError,
-         "html=True writes the HTML report into the report folder; give report=FOLDER as well."),
-        ({"min_adv_accuracy": {3: 0.5}}, {}, UsageError,
-         "--min-adv-accuracy 3=0.5 asks for radius 3 but the shift set only reaches 2; raise --max-shift."),
-        ({"min_consistency": 0.9}, {"decision_error": 0.9}, UsageError,
-         "`decision_error` takes a probability in (0, 0.5], e.g. 0.01; got 0.9."),
+        (
+            {"min_consistency": 0.9},
+            {"sequential": True},
+            UsageError,
+            "The assertion sets sequential itself; use exact=True (the full audit) or the default.",
+        ),
+        (
+            {"min_consistency": 0.9},
+            {"max_shfit": 2},
+            UsageError,
+            "Unknown audit setting max_shfit; see shiftaudit.audit for the settings it takes.",
+        ),
+        (
+            {"min_consistency": 0.9},
+            {"html": True},
+            UsageError,
+            "html=True writes the HTML report into the report folder; give report=FOLDER as well.",
+        ),
+        (
+            {"min_adv_accuracy": {3: 0.5}},
+            {},
+            UsageError,
+            "--min-adv-accuracy 3=0.5 asks for radius 3 but the shift set only reaches 2; raise --max-shift.",
+        ),
+        (
+            {"min_consistency": 0.9},
+            {"decision_error": 0.9},
+            UsageError,
+            "`decision_error` takes a probability in (0, 0.5], e.g. 0.01; got 0.9.",
+        ),
     ],
 )
-def test_bad_thresholds_and_settings_raise_the_library_errors_before_any_work(small, tmp_path, thresholds, settings, error,
-                                                                                message):
+def test_bad_thresholds_and_settings_raise_the_library_errors_before_any_work(
+    small, tmp_path, thresholds, settings, error, message
+):
     model, data, _ = small
     counted = StopAfter(model, None)
     with pytest.raises(error) as refused:
@@ -221,13 +256,17 @@ def test_a_report_location_that_cannot_be_written_is_refused_before_the_audit(sm
             expected = f"Report file {target} is a folder; pass a file path, not a folder."
         elif plant == "fifo":
             os.mkfifo(target)
-            expected = (f"Report file {target} is a FIFO (named pipe), not a regular file; shiftaudit only replaces "
-                        "regular files, so choose another output path.")
+            expected = (
+                f"Report file {target} is a FIFO (named pipe), not a regular file; shiftaudit only replaces "
+                "regular files, so choose another output path."
+            )
         else:
             (tmp_path / "elsewhere.json").write_text("{}")
             target.symlink_to(tmp_path / "elsewhere.json")
-            expected = (f"Report file {target} is a symbolic link, not a regular file; shiftaudit only replaces "
-                        "regular files, so choose another output path.")
+            expected = (
+                f"Report file {target} is a symbolic link, not a regular file; shiftaudit only replaces "
+                "regular files, so choose another output path."
+            )
     counted = StopAfter(model, None)
     with pytest.raises(OutputError) as refused:
         assert_shift_consistency(counted, data, min=0.5, shifts=SMALL, report=folder)
@@ -242,8 +281,10 @@ def test_the_fixture_object_gives_each_assertion_a_folder_of_its_own(small, tmp_
     with pytest.raises(AssertionError, match="report: .*/shiftaudit/report-2/report.json"):
         asserts.assert_accuracy(model, data, min=0.9, shifts=SMALL)
     assert [p.relative_to(tmp_path).as_posix() for p in asserts.written] == [
-        "shiftaudit/report/report.html", "shiftaudit/report/report.json",
-        "shiftaudit/report-2/report.html", "shiftaudit/report-2/report.json",
+        "shiftaudit/report/report.html",
+        "shiftaudit/report/report.json",
+        "shiftaudit/report-2/report.html",
+        "shiftaudit/report-2/report.json",
     ]
     with pytest.raises(UsageError, match="chooses the report folder itself"):
         asserts.assert_variation(model, data, max=0.5, shifts=SMALL, report=tmp_path / "mine")
@@ -285,9 +326,23 @@ def test_the_sample_test_file_of_the_docs_runs_as_written_and_a_failing_variant_
     (tmp_path / "test_raised.py").write_text(sample.replace("min=0.9, max_shift=4", "min=0.999, max_shift=4"))
     base = tmp_path / "base"
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", f"--basetemp={base}",
-         "test_shift_robustness.py", "test_raised.py::test_shift_consistency"],
-        cwd=tmp_path, capture_output=True, text=True, env=_clean_env(), timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={base}",
+            "test_shift_robustness.py",
+            "test_raised.py::test_shift_consistency",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=300,
     )
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
@@ -304,11 +359,15 @@ def test_the_sample_test_file_of_the_docs_runs_as_written_and_a_failing_variant_
     assert section.split("\n", 2)[1] == str(report_path)  # the fixture's failure section names the same file
     report = json.loads(report_path.read_text())
     assert report["settings"]["engine"] == "sequential"
-    check, = report["gate"]["checks"]
-    stat, = report["metrics"]["sequential"]["statistics"]
-    assert check["message"] == line.group(1) == (
-        f"FAIL consistency {stat['estimate']:.4f} (99 % confidence sequence {stat['ci_low']:.4f}-{stat['ci_high']:.4f}, "
-        f"{stat['draws']} draws) < 0.999 (--min-consistency 0.999)"
+    (check,) = report["gate"]["checks"]
+    (stat,) = report["metrics"]["sequential"]["statistics"]
+    assert (
+        check["message"]
+        == line.group(1)
+        == (
+            f"FAIL consistency {stat['estimate']:.4f} (99 % confidence sequence {stat['ci_low']:.4f}-{stat['ci_high']:.4f}, "
+            f"{stat['draws']} draws) < 0.999 (--min-consistency 0.999)"
+        )
     )
     assert stat["decision"] == "fail" and stat["ci_high"] < 0.999
 

@@ -92,10 +92,16 @@ AMBIGUOUS = {
     "gap before the central directory": (entries(), {"gap": b"\0" * 4}, "between the last entry and the central"),
     "encrypted member": ([member("r/a", b"1", flags=0x0809)], {}, "encryption or unknown flags"),
     "unknown compression": ([member("r/a", b"1", method=12)], {}, "compression method 12"),
-    "deflate declaring more than it holds": ([member("r/a", b"x" * 100, method=8, declared_size=10**9)], {},
-                                             "does not inflate to its declared size"),
-    "deflate holding more than it declares": ([member("r/a", b"x" * 10**5, method=8, declared_size=10)], {},
-                                              "inflates to more than its declared size"),
+    "deflate declaring more than it holds": (
+        [member("r/a", b"x" * 100, method=8, declared_size=10**9)],
+        {},
+        "does not inflate to its declared size",
+    ),
+    "deflate holding more than it declares": (
+        [member("r/a", b"x" * 10**5, method=8, declared_size=10)],
+        {},
+        "inflates to more than its declared size",
+    ),
     "stored sizes that differ": ([member("r/a", b"abc", declared_size=5)], {}, "stored entry whose two sizes differ"),
     "descriptor missing": ([member("r/a", b"abc", descriptor=False), member("r/b", b"d")], {}, "data descriptor"),
     "control characters in a name": ([member("r/a\x1b[31m", b"1")], {}, "control characters"),
@@ -106,8 +112,11 @@ AMBIGUOUS = {
     "non-UTF-8 name": ([member("r/x", b"1", central_name=b"r/\xff")], {}, "not UTF-8"),
     "non-ASCII name not marked UTF-8": ([member("r/\u00e9", b"1", flags=0x0008)], {}, "not marked as UTF-8"),
     "repeated extra field": ([member("r/a", b"1", central_extra=b"UT\x01\x00\x00UT\x01\x00\x00")], {}, "a repeated extra field"),
-    "zip64 field without large sizes": ([member("r/a", b"1", central_extra=b"\x01\x00\x08\x00" + bytes(8))], {},
-                                        "zip64 field that does not match"),
+    "zip64 field without large sizes": (
+        [member("r/a", b"1", central_extra=b"\x01\x00\x08\x00" + bytes(8))],
+        {},
+        "zip64 field that does not match",
+    ),
 }
 
 
@@ -161,7 +170,7 @@ def test_any_damage_to_the_structure_is_read_or_refused_in_one_sentence(data):
         if op == "flip":
             blob[at] ^= data.draw(st.integers(1, 255))
         elif op == "cut":
-            del blob[at:at + data.draw(st.integers(1, 8))]
+            del blob[at : at + data.draw(st.integers(1, 8))]
         elif op == "insert":
             blob[at:at] = data.draw(st.binary(min_size=1, max_size=8))
         elif at + 4 <= len(blob):

@@ -30,9 +30,20 @@ def member(name: str, data: bytes, **kw: object) -> Entry:
     return Entry(name.encode("utf-8"), data, **kw)  # type: ignore[arg-type]
 
 
-def build(entries: list[Entry], *, prefix: bytes = b"", zip64: bool = True, count_delta: int = 0, comment: bytes = b"",
-          cd_offset_delta: int = 0, locator_offset_delta: int = 0, trailing: bytes = b"", gap: bytes = b"",
-          extra_central: bytes = b"", eocd_count: int | None = None) -> bytes:
+def build(
+    entries: list[Entry],
+    *,
+    prefix: bytes = b"",
+    zip64: bool = True,
+    count_delta: int = 0,
+    comment: bytes = b"",
+    cd_offset_delta: int = 0,
+    locator_offset_delta: int = 0,
+    trailing: bytes = b"",
+    gap: bytes = b"",
+    extra_central: bytes = b"",
+    eocd_count: int | None = None,
+) -> bytes:
     """The archive's bytes. ``prefix`` goes before the first entry without shifting any stored offset (what makes
     Python's zipfile and miniz read different central directories); ``gap`` goes between entries and the central
     directory; ``extra_central`` is appended inside the central directory's bytes (counted in its size)."""
@@ -45,15 +56,45 @@ def build(entries: list[Entry], *, prefix: bytes = b"", zip64: bool = True, coun
         offset = len(out) - len(prefix)
         described = bool(e.flags & 0x08)
         local_crc, local_c, local_u = (0, 0, 0) if described else (crc, len(payload), size)
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, e.flags, e.method, 0, 0x21, local_crc, local_c, local_u,
-                           len(e.name), len(e.local_extra))
+        out += struct.pack(
+            "<4sHHHHHIIIHH",
+            b"PK\x03\x04",
+            20,
+            e.flags,
+            e.method,
+            0,
+            0x21,
+            local_crc,
+            local_c,
+            local_u,
+            len(e.name),
+            len(e.local_extra),
+        )
         out += e.name + e.local_extra + payload
         if described and e.descriptor:
             out += struct.pack("<4sIII", b"PK\x07\x08", crc, len(payload), size)
         stated = e.offset if e.offset is not None else offset
         name = e.central_name if e.central_name is not None else e.name
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 0x031E, 20, e.flags, e.method, 0, 0x21, crc,
-                               len(payload), size, len(name), len(e.central_extra), 0, 0, 0, 0, stated)
+        central += struct.pack(
+            "<4sHHHHHHIIIHHHHHII",
+            b"PK\x01\x02",
+            0x031E,
+            20,
+            e.flags,
+            e.method,
+            0,
+            0x21,
+            crc,
+            len(payload),
+            size,
+            len(name),
+            len(e.central_extra),
+            0,
+            0,
+            0,
+            0,
+            stated,
+        )
         central += name + e.central_extra
     out += gap
     central += extra_central

@@ -25,20 +25,37 @@ from PIL import Image
 # The labelled photos: file in skimage/data (or sklearn's sample images), ImageNet WordNet id, class name.
 # Each label was chosen from what the photo shows, before looking at the model's prediction.
 LABELLED = [
-    ("chelsea.png", "n02123045", "tabby"),           # Chelsea the cat, a tabby
-    ("coffee.png", "n07920052", "espresso"),         # a cup of coffee with crema, on a saucer
-    ("rocket.jpg", "n03773504", "missile"),          # a rocket on its launch pad (ImageNet has no 'rocket')
-    ("camera.png", "n04485082", "tripod"),           # the cameraman: a camera on a tripod (grayscale)
-    ("china.jpg", "n03877845", "palace"),            # the Summer Palace, Beijing (scikit-learn)
+    ("chelsea.png", "n02123045", "tabby"),  # Chelsea the cat, a tabby
+    ("coffee.png", "n07920052", "espresso"),  # a cup of coffee with crema, on a saucer
+    ("rocket.jpg", "n03773504", "missile"),  # a rocket on its launch pad (ImageNet has no 'rocket')
+    ("camera.png", "n04485082", "tripod"),  # the cameraman: a camera on a tripod (grayscale)
+    ("china.jpg", "n03877845", "palace"),  # the Summer Palace, Beijing (scikit-learn)
 ]
 
 # Bundled images with no ImageNet-1k class (a person, a dahlia, a motorbike, textures, scans, drawings): the
 # unlabelled pool for distillation. Together with the labelled photos this is every PNG/JPEG bundled in the two wheels
 # except skimage's near-duplicate motorcycle_right, the 102-px microaneurysms crop and the grayscale chessboard.
 UNLABELLED = [
-    "astronaut.png", "motorcycle_left.png", "flower.jpg", "horse.png", "coins.png", "brick.png", "grass.png",
-    "gravel.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "color.png", "logo.png", "moon.png", "page.png",
-    "text.png", "clock_motion.png", "cell.png", "chessboard_RGB.png", "phantom.png",
+    "astronaut.png",
+    "motorcycle_left.png",
+    "flower.jpg",
+    "horse.png",
+    "coins.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "color.png",
+    "logo.png",
+    "moon.png",
+    "page.png",
+    "text.png",
+    "clock_motion.png",
+    "cell.png",
+    "chessboard_RGB.png",
+    "phantom.png",
 ]
 CROPS_PER_IMAGE = 8
 CROP_SIZE = 256
@@ -59,7 +76,7 @@ def _open(name: str) -> Image.Image:
     if not path.is_file():
         raise SystemExit(f"{name} is not in the installed scikit-image wheel ({path}); install scikit-image")
     image = Image.open(path)
-    if image.mode in ("RGBA", "LA", "P"):           # horse, logo: transparent background -> white
+    if image.mode in ("RGBA", "LA", "P"):  # horse, logo: transparent background -> white
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
@@ -98,8 +115,10 @@ def main(out: str) -> None:
         image = _open(name)
         for k in range(CROPS_PER_IMAGE):
             _random_crop(image, rng).save(pool / f"{Path(name).stem}_{k:02d}.png")
-    print(f"unlabelled/: {len(UNLABELLED) * CROPS_PER_IMAGE} crops ({CROPS_PER_IMAGE} of each of "
-          f"{len(UNLABELLED)} images, {CROP_SIZE}x{CROP_SIZE})")
+    print(
+        f"unlabelled/: {len(UNLABELLED) * CROPS_PER_IMAGE} crops ({CROPS_PER_IMAGE} of each of "
+        f"{len(UNLABELLED)} images, {CROP_SIZE}x{CROP_SIZE})"
+    )
 
 
 if __name__ == "__main__":

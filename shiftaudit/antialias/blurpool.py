@@ -31,8 +31,17 @@ from shiftaudit.antialias.filters import canonical_filter_name, filter_2d, get_f
 from shiftaudit.errors import UsageError
 
 PAD_MODES = ("reflect", "zero", "circular", "replicate")
-_PAD_ALIASES = {"reflect": "reflect", "reflection": "reflect", "zero": "zero", "zeros": "zero", "constant": "zero",
-                "circular": "circular", "wrap": "circular", "replicate": "replicate", "edge": "replicate"}
+_PAD_ALIASES = {
+    "reflect": "reflect",
+    "reflection": "reflect",
+    "zero": "zero",
+    "zeros": "zero",
+    "constant": "zero",
+    "circular": "circular",
+    "wrap": "circular",
+    "replicate": "replicate",
+    "edge": "replicate",
+}
 
 
 def normalize_pad_mode(mode: str) -> str:
@@ -55,8 +64,9 @@ def _pair(stride: int | Sequence[int]) -> tuple[int, int]:
     return s
 
 
-def make_blur_kernel(name: str, channels: int = 1, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def make_blur_kernel(
+    name: str, channels: int = 1, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Depthwise conv weight ``(channels, 1, k, k)``: the 2-D filter repeated once per channel."""
     k2 = filter_2d(name, dtype=dtype, device=device)
     return k2[None, None].repeat(int(channels), 1, 1, 1)
@@ -114,8 +124,12 @@ def pad_for_blur(x: torch.Tensor, kh: int, kw: int, pad_mode: str = "reflect") -
 
 
 @torch.fx.wrap
-def blur_pool2d(x: torch.Tensor, kernel: torch.Tensor | str | Sequence[float] = "binomial5",
-                stride: int | Sequence[int] = 2, pad_mode: str = "reflect") -> torch.Tensor:
+def blur_pool2d(
+    x: torch.Tensor,
+    kernel: torch.Tensor | str | Sequence[float] = "binomial5",
+    stride: int | Sequence[int] = 2,
+    pad_mode: str = "reflect",
+) -> torch.Tensor:
     """Blur ``x`` (N, C, H, W) with a low-pass filter and keep every ``stride``-th sample: output ``ceil(H/s)``.
 
     ``kernel`` is a filter name, a 1-D filter (made separable), a 2-D filter, or a depthwise weight ``(C or 1, 1, kh, kw)``.
@@ -148,8 +162,7 @@ class BlurPool2d(nn.Module):
 
     kernel: torch.Tensor  # a buffer
 
-    def __init__(self, channels: int | None = None, filt: str = "binomial5", stride: int = 2,
-                 pad_mode: str = "reflect") -> None:
+    def __init__(self, channels: int | None = None, filt: str = "binomial5", stride: int = 2, pad_mode: str = "reflect") -> None:
         super().__init__()
         if channels is not None and int(channels) < 1:
             raise UsageError(f"BlurPool channels must be positive, got {channels}.")

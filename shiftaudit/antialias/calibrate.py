@@ -128,7 +128,7 @@ def recalibrate_batchnorm(
         progress.start(n, "re-estimating BatchNorm statistics")
     try:
         for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             if len(idx) < 2 and seen > 0:
                 break  # a batch of one gives no variance; the statistics so far stand
             images = torch.stack([data[i][0] for i in idx])

@@ -14,8 +14,9 @@ from torch import nn
 from shiftaudit.engine.forward import model_exits_fail
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
-                    repeats: int = 10, warmup: int = 2) -> float:
+def measure_latency(
+    model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2
+) -> float:
     """Median wall time of one forward pass on ``input_shape``, in milliseconds."""
     return compare_latency([model], input_shape, device=device, repeats=repeats, warmup=warmup)[0]
 
@@ -55,16 +56,28 @@ def latency_too_noisy(a: LatencyStats, b: LatencyStats) -> bool:
 
 
 @torch.inference_mode()
-def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
-                    repeats: int = 15, warmup: int = 3) -> list[float]:
+def compare_latency(
+    models: list[nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    device: str | torch.device = "cpu",
+    repeats: int = 15,
+    warmup: int = 3,
+) -> list[float]:
     """Median forward time (ms) of each model, measured in alternation so that a busy machine slows all of them
     alike (timing one model after the other lets a burst of background load land on just one)."""
     return [s.median for s in compare_latency_stats(models, input_shape, device=device, repeats=repeats, warmup=warmup)]
 
 
 @torch.inference_mode()
-def compare_latency_stats(models: list[nn.Module], input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
-                          repeats: int = 15, warmup: int = 3) -> list[LatencyStats]:
+def compare_latency_stats(
+    models: list[nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    device: str | torch.device = "cpu",
+    repeats: int = 15,
+    warmup: int = 3,
+) -> list[LatencyStats]:
     """:func:`compare_latency` with the spread: median and IQR over ``repeats`` alternating runs of each model."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")

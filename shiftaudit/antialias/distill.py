@@ -22,6 +22,7 @@ Choices (measured on the packaged demo model; see docs/patching.md):
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -78,11 +79,20 @@ def random_shifts(images: torch.Tensor, max_shift: int | None, gen: torch.Genera
 
 
 @torch.no_grad()
-def _agreement(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, batch_size: int, device: str | torch.device,
-               dtype: torch.dtype, max_shift: int | None, gen: torch.Generator) -> tuple[float, float]:
+def _agreement(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    max_shift: int | None,
+    gen: torch.Generator,
+) -> tuple[float, float]:
     same = same_shifted = 0
     for s in range(0, images.shape[0], batch_size):
-        x = images[s:s + batch_size].to(device, dtype=dtype)
+        x = images[s : s + batch_size].to(device, dtype=dtype)
         t = teacher(x).argmax(1)
         same += int((student(x).argmax(1) == t).sum())
         xs = random_shifts(x.cpu(), max_shift, gen).to(device, dtype=dtype)
@@ -98,7 +108,6 @@ def heldout_split(n: int, seed: int, fraction: float = 0.2, most: int = 512) -> 
     k = min(most, max(1, int(round(n * fraction))), n - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[k:]), sorted(perm[:k])
-
 
 
 def _check_settings(steps: int | None, seconds: float | None, bn: str, temperature: float, lr: float, batch_size: int) -> None:
@@ -128,10 +137,24 @@ def _readable_split(data: Any, seed: int, heldout_fraction: float) -> tuple[torc
     return train, held
 
 
-def _train(teacher: nn.Module, student: nn.Module, train: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
-           *, steps: int | None, seconds: float | None, batch_size: int, max_shift: int | None, temperature: float,
-           bn: str, device: torch.device, dtype: torch.dtype, seed: int,
-           progress: Any) -> tuple[list[float], int, str, float]:
+def _train(
+    teacher: nn.Module,
+    student: nn.Module,
+    train: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    *,
+    steps: int | None,
+    seconds: float | None,
+    batch_size: int,
+    max_shift: int | None,
+    temperature: float,
+    bn: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    progress: Any,
+) -> tuple[list[float], int, str, float]:
     """Optimiser steps on shuffled batches until the budget runs out; the student is left in eval mode with its
     parameters frozen, whatever happens. Returns the losses, the steps done, what stopped them and the seconds."""
     losses: list[float] = []
@@ -149,11 +172,23 @@ def _train(teacher: nn.Module, student: nn.Module, train: torch.Tensor, opt: tor
                     break
                 if pos + batch_size > order.numel():
                     order, pos = torch.randperm(train.shape[0], generator=gen), 0
-                idx = order[pos:pos + batch_size]
+                idx = order[pos : pos + batch_size]
                 pos += batch_size
                 x = train[idx]
-                losses.append(_step(teacher, student, x, opt, gen, max_shift=max_shift, temperature=temperature, bn=bn,
-                                    device=device, dtype=dtype))
+                losses.append(
+                    _step(
+                        teacher,
+                        student,
+                        x,
+                        opt,
+                        gen,
+                        max_shift=max_shift,
+                        temperature=temperature,
+                        bn=bn,
+                        device=device,
+                        dtype=dtype,
+                    )
+                )
                 done += 1
                 if progress is not None:
                     progress.advance(x.shape[0])
@@ -166,8 +201,19 @@ def _train(teacher: nn.Module, student: nn.Module, train: torch.Tensor, opt: tor
     return losses, done, stopped_by, time.monotonic() - t0
 
 
-def _step(teacher: nn.Module, student: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator, *,
-          max_shift: int | None, temperature: float, bn: str, device: torch.device, dtype: torch.dtype) -> float:
+def _step(
+    teacher: nn.Module,
+    student: nn.Module,
+    x: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    *,
+    max_shift: int | None,
+    temperature: float,
+    bn: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> float:
     """One optimiser step: the student sees randomly shifted images and learns the teacher's softened outputs on the
     unshifted ones. Returns the loss."""
     xs = random_shifts(x, max_shift, gen).to(device, dtype=dtype)
@@ -175,8 +221,7 @@ def _step(teacher: nn.Module, student: nn.Module, x: torch.Tensor, opt: torch.op
         target = F.log_softmax(teacher(x.to(device, dtype=dtype)).float() / temperature, dim=1)
     student.train(bn == "train")
     out = student(xs).float()
-    loss = F.kl_div(F.log_softmax(out / temperature, dim=1), target, log_target=True,
-                    reduction="batchmean") * temperature ** 2
+    loss = F.kl_div(F.log_softmax(out / temperature, dim=1), target, log_target=True, reduction="batchmean") * temperature**2
     if not math.isfinite(float(loss.detach())):
         raise UsageError("Distillation diverged (a non-finite loss); try a smaller --distill-lr.")
     opt.zero_grad(set_to_none=True)
@@ -184,10 +229,24 @@ def _step(teacher: nn.Module, student: nn.Module, x: torch.Tensor, opt: torch.op
     opt.step()
     return float(loss.detach())
 
-def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | None = 300, seconds: float | None = None,
-            seed: int = 0, temperature: float = 4.0, lr: float = 1e-3, batch_size: int = 32, max_shift: int | None = None,
-            bn: str = "frozen", heldout_fraction: float = 0.2, device: str | torch.device = "cpu",
-            progress: Any = None) -> DistillResult:
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: Any,
+    *,
+    steps: int | None = 300,
+    seconds: float | None = None,
+    seed: int = 0,
+    temperature: float = 4.0,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    max_shift: int | None = None,
+    bn: str = "frozen",
+    heldout_fraction: float = 0.2,
+    device: str | torch.device = "cpu",
+    progress: Any = None,
+) -> DistillResult:
     """Fine-tune ``student`` (in place) to match ``teacher`` on the images of ``data`` (an
     :class:`~shiftaudit.data.AuditDataset` or any sequence of ``(image, label)``; labels are ignored).
 
@@ -198,16 +257,16 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | N
     _check_settings(steps, seconds, bn, temperature, lr, batch_size)
     device = torch.device(device)
     train, held = _readable_split(data, seed, heldout_fraction)
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = teacher.to(device).eval().requires_grad_(False)
     student = student.to(device)
     dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
     gen = torch.Generator().manual_seed(seed)
     eval_seed = seed + 1  # the same held-out shifts before and after
     student.eval()
-    before = _agreement(teacher, student, held, batch_size=batch_size, device=device, dtype=dtype, max_shift=max_shift,
-                        gen=torch.Generator().manual_seed(eval_seed))
+    held_agreement = functools.partial(  # the same held-out images and shifts before and after
+        _agreement, teacher, student, held, batch_size=batch_size, device=device, dtype=dtype, max_shift=max_shift
+    )
+    before = held_agreement(gen=torch.Generator().manual_seed(eval_seed))
     params = [p for p in student.parameters() if p.is_floating_point()]
     for p in params:
         p.requires_grad_(True)
@@ -216,16 +275,41 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, *, steps: int | N
     if progress is not None:
         progress.start(total * batch_size if total else 0, "distilling the patched model")
     losses, done, stopped_by, secs = _train(
-        teacher, student, train, opt, gen, steps=steps, seconds=seconds, batch_size=batch_size, max_shift=max_shift,
-        temperature=temperature, bn=bn, device=device, dtype=dtype, seed=seed, progress=progress,
+        teacher,
+        student,
+        train,
+        opt,
+        gen,
+        steps=steps,
+        seconds=seconds,
+        batch_size=batch_size,
+        max_shift=max_shift,
+        temperature=temperature,
+        bn=bn,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        progress=progress,
     )
-    after = _agreement(teacher, student, held, batch_size=batch_size, device=device, dtype=dtype, max_shift=max_shift,
-                       gen=torch.Generator().manual_seed(eval_seed))
+    after = held_agreement(gen=torch.Generator().manual_seed(eval_seed))
     for p in student.parameters():
         p.requires_grad_(True)
     tail = losses[-10:] or [float("nan")]
-    return DistillResult(steps=done, seconds=secs, stopped_by=stopped_by, train_images=int(train.shape[0]),
-                         heldout_images=int(held.shape[0]), batch_size=batch_size, temperature=temperature, lr=lr, bn=bn,
-                         seed=seed, loss_first=losses[0] if losses else float("nan"), loss_last=sum(tail) / len(tail),
-                         agreement_before=before[0], agreement_after=after[0],
-                         shifted_agreement_before=before[1], shifted_agreement_after=after[1])
+    return DistillResult(
+        steps=done,
+        seconds=secs,
+        stopped_by=stopped_by,
+        train_images=int(train.shape[0]),
+        heldout_images=int(held.shape[0]),
+        batch_size=batch_size,
+        temperature=temperature,
+        lr=lr,
+        bn=bn,
+        seed=seed,
+        loss_first=losses[0] if losses else float("nan"),
+        loss_last=sum(tail) / len(tail),
+        agreement_before=before[0],
+        agreement_after=after[0],
+        shifted_agreement_before=before[1],
+        shifted_agreement_after=after[1],
+    )

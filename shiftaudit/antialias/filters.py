@@ -42,8 +42,7 @@ class FilterInfo:
 
 def _info(name: str, family: str, weights: tuple[float, ...], source: str = TABLE1) -> FilterInfo:
     total = math.fsum(weights)
-    return FilterInfo(name, family, len(weights), tuple(float(w) for w in weights),
-                      tuple(w / total for w in weights), source)
+    return FilterInfo(name, family, len(weights), tuple(float(w) for w in weights), tuple(w / total for w in weights), source)
 
 
 # Table 1 order (binomial 2-3 slotted before the printed binomial 4-7).
@@ -69,11 +68,26 @@ _BY_NAME = {f.name: f for f in _FILTERS}
 
 # Spelling variants of the family part of a name, after lower-casing and dropping spaces, '-' and '_'.
 _FAMILY_ALIASES = {
-    "rect": "rect", "rectangle": "rect", "box": "rect",
-    "tri": "tri", "triangle": "tri", "triangular": "tri", "tent": "tri",
-    "binomial": "binomial", "bin": "binomial", "binom": "binomial", "pascal": "binomial",
-    "window": "window", "win": "window", "firwin": "window",
-    "lsq": "lsq", "leastsquares": "lsq", "leastsquare": "lsq", "leastsq": "lsq", "ls": "lsq", "firls": "lsq",
+    "rect": "rect",
+    "rectangle": "rect",
+    "box": "rect",
+    "tri": "tri",
+    "triangle": "tri",
+    "triangular": "tri",
+    "tent": "tri",
+    "binomial": "binomial",
+    "bin": "binomial",
+    "binom": "binomial",
+    "pascal": "binomial",
+    "window": "window",
+    "win": "window",
+    "firwin": "window",
+    "lsq": "lsq",
+    "leastsquares": "lsq",
+    "leastsquare": "lsq",
+    "leastsq": "lsq",
+    "ls": "lsq",
+    "firls": "lsq",
 }
 # A 1-tap filter of any family is the identity, so "rect1"/"binomial1" are the delta too.
 _DELTA_ALIASES = {"delta", "delta1", "none", "identity", "1", "rect1", "box1", "binomial1", "bin1"}

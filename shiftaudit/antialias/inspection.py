@@ -60,9 +60,7 @@ class Inspection:
 
     def explains_final_size(self, stride: int) -> bool:
         """Whether a total ``stride`` gives the final size from the input size, each side rounded down or up."""
-        return all(
-            math.floor(n / stride) <= f <= math.ceil(n / stride) for n, f in zip(self.input_size, self.final_size)
-        )
+        return all(math.floor(n / stride) <= f <= math.ceil(n / stride) for n, f in zip(self.input_size, self.final_size))
 
     @property
     def rounded(self) -> bool:

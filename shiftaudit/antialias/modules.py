@@ -31,8 +31,9 @@ def _running_max(x: torch.Tensor, dim: int, taps: int, dilation: int) -> torch.T
 
 
 @torch.fx.wrap
-def dense_max_pool2d(x: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int],
-                     pads: tuple[int, int, int, int]) -> torch.Tensor:
+def dense_max_pool2d(
+    x: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], pads: tuple[int, int, int, int]
+) -> torch.Tensor:
     """``max_pool2d`` at stride 1 after ``-inf`` padding ``pads`` (left, right, top, bottom), as shifted maxima.
 
     Why: on CPU torch's stride-1 max pool is several times slower than shifted ``torch.maximum`` calls (an
@@ -172,9 +173,15 @@ class _ConvWithBlur(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, blur: nn.Module) -> _ConvWithBlur:
         new = cls(
-            conv.in_channels, conv.out_channels, pair(conv.kernel_size), stride=1,
+            conv.in_channels,
+            conv.out_channels,
+            pair(conv.kernel_size),
+            stride=1,
             padding=conv.padding if isinstance(conv.padding, str) else pair(conv.padding),
-            dilation=pair(conv.dilation), groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            dilation=pair(conv.dilation),
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
             device="meta",
         )
         new.weight = conv.weight

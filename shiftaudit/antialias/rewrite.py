@@ -37,10 +37,35 @@ from shiftaudit.module_inputs import tensor_argument
 from shiftaudit.sizes import pair
 
 _OUR_MODULES = (BlurPool2d, PoolBlur2d, ConvThenBlur2d, BlurThenConv2d, APSDown2d)
-_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish,
-                nn.Hardtanh, nn.CELU, nn.SELU, nn.RReLU)
-_ACT_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu,
-                  F.elu, F.mish, F.hardtanh}
+_ACT_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.CELU,
+    nn.SELU,
+    nn.RReLU,
+)
+_ACT_FUNCTIONS = {
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    F.relu6,
+    F.silu,
+    F.gelu,
+    F.hardswish,
+    F.leaky_relu,
+    F.elu,
+    F.mish,
+    F.hardtanh,
+}
 _ACT_METHODS = {"relu", "relu_"}
 
 
@@ -80,8 +105,16 @@ class PatchStep:
         return f"{down} after {where}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "stride": self.stride, "patched": self.patched,
-                "reason": self.reason, "rule": self.rule, "placed_after": self.placed_after, "blur": self.blur}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "stride": self.stride,
+            "patched": self.patched,
+            "reason": self.reason,
+            "rule": self.rule,
+            "placed_after": self.placed_after,
+            "blur": self.blur,
+        }
 
 
 @dataclass
@@ -104,8 +137,7 @@ class PatchResult:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return {"version": SPEC_VERSION, **self.config.to_json(), "mode": self.mode,
-                "patched": [s.name for s in self.patched]}
+        return {"version": SPEC_VERSION, **self.config.to_json(), "mode": self.mode, "patched": [s.name for s in self.patched]}
 
     def to_json(self) -> dict[str, Any]:
         return {"spec": self.spec, "steps": [s.to_json() for s in self.steps], "notes": list(self.notes)}
@@ -487,13 +519,32 @@ def _blur_in_graph(gm: fx.GraphModule, s: PatchStep, m: nn.Conv2d, cfg: PatchCon
     _set_stride_one(m)
     s.blur = ",".join(blur_names)
 
-def patch(model: nn.Module, *, method: str = "blurpool", filter: str | None = None, pad: str | None = None, stem: bool = False,
-          shortcuts: bool = True, circular_conv: bool = False, only: tuple[str, ...] | list[str] = (),
-          skip: tuple[str, ...] | list[str] = (), inplace: bool = False) -> nn.Module:
+
+def patch(
+    model: nn.Module,
+    *,
+    method: str = "blurpool",
+    filter: str | None = None,
+    pad: str | None = None,
+    stem: bool = False,
+    shortcuts: bool = True,
+    circular_conv: bool = False,
+    only: tuple[str, ...] | list[str] = (),
+    skip: tuple[str, ...] | list[str] = (),
+    inplace: bool = False,
+) -> nn.Module:
     """Return ``model`` with blur-before-subsampling at every strided layer (see :func:`patch_model` for the report)."""
     pad = pad or get_patch_method(method).default_pad
-    cfg = PatchConfig(method=method, filter=filter, pad=pad, stem=stem, shortcuts=shortcuts, circular_conv=circular_conv,
-                      only=tuple(only), skip=tuple(skip))
+    cfg = PatchConfig(
+        method=method,
+        filter=filter,
+        pad=pad,
+        stem=stem,
+        shortcuts=shortcuts,
+        circular_conv=circular_conv,
+        only=tuple(only),
+        skip=tuple(skip),
+    )
     return patch_model(model, cfg, inplace=inplace).model
 
 

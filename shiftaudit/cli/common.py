@@ -55,8 +55,7 @@ class PlainConsole(Console):
 
     def _render_buffer(self, buffer: Iterable[Segment]) -> str:
         return super()._render_buffer(
-            segment if segment.control else Segment(_escape_lines(segment.text), segment.style)
-            for segment in buffer
+            segment if segment.control else Segment(_escape_lines(segment.text), segment.style) for segment in buffer
         )
 
     def on_broken_pipe(self) -> None:
@@ -222,8 +221,10 @@ def sigterm_as_interrupt() -> Any:
 def _out_of_memory_message(exc: BaseException) -> str | None:
     """Running out of memory is a resource limit the user can change, not a bug: say which knob to turn."""
     if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
-        return ("The GPU ran out of memory outside the batched forward passes; free the GPU, pass a smaller --batch-size, or "
-                "use --device cpu.")
+        return (
+            "The GPU ran out of memory outside the batched forward passes; free the GPU, pass a smaller --batch-size, or "
+            "use --device cpu."
+        )
     if isinstance(exc, MemoryError):
         return "The machine ran out of memory; pass a smaller --batch-size or --limit, or close other programs."
     return None

@@ -31,7 +31,7 @@ FilesArg = Annotated[
     list[Path],
     typer.Argument(
         help="JSON reports written by `eval --json` or `demo --json` on the same data, or `patch --eval --json` reports (each "
-             "gives its baseline and patched runs); two runs at least.",
+        "gives its baseline and patched runs); two runs at least.",
         show_default=False,
     ),
 ]
@@ -88,8 +88,7 @@ def _audit(raw: object, path: Path) -> AuditResult:
     result = AuditResult.from_json(raw, str(path), NOT_OURS)
     if "sequential" in result.metrics:
         raise UsageError(
-            f"{path} is a sequential gate report: it holds only the gated estimates; rerun that eval with --exact to "
-            "compare it."
+            f"{path} is a sequential gate report: it holds only the gated estimates; rerun that eval with --exact to compare it."
         )
     return result
 

@@ -62,7 +62,7 @@ LayersOpt = Annotated[
     typer.Option(
         "--layers",
         help="Also measure per-layer shift-equivariance: auto (Fig. 4's layers), all, or comma-separated module names; writes "
-             "layers.png to --out.",
+        "layers.png to --out.",
     ),
 ]
 MinConsOpt = Annotated[
@@ -86,7 +86,7 @@ NoPolyphaseOpt = Annotated[
     typer.Option(
         "--no-polyphase",
         help="Never use the polyphase (shift-and-stitch) engine, which evaluates every circular shift at once for "
-             "circular-padded nets.",
+        "circular-padded nets.",
     ),
 ]
 CompileOpt = Annotated[
@@ -97,7 +97,7 @@ ExactOpt = Annotated[
     typer.Option(
         "--exact",
         help="Gate on the full audit. Without it, a gate-only run (thresholds, no --out or --layers) draws shifts at "
-             "random and stops as soon as every threshold is clearly met or missed.",
+        "random and stops as soon as every threshold is clearly met or missed.",
     ),
 ]
 DecisionErrorOpt = Annotated[
@@ -165,7 +165,7 @@ def eval_command(
         typer.Option(
             "--dry-run",
             help="Check everything and show the audit plan (shift set, mode, metrics, engine, batch geometry, forward passes) "
-                 "without running it; --json writes the plan.",
+            "without running it; --json writes the plan.",
         ),
     ] = False,
     resume: Annotated[
@@ -173,7 +173,7 @@ def eval_command(
         typer.Option(
             "--resume",
             help="Save the audit's progress to this file as it goes; if it exists, continue from it (same final JSON as an "
-                 "uninterrupted run). Deleted once the report is written.",
+            "uninterrupted run). Deleted once the report is written.",
         ),
     ] = None,
 ) -> None:

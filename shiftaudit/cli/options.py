@@ -13,7 +13,7 @@ ModelArg = Annotated[
     Path,
     typer.Argument(
         help="Checkpoint: .pt/.pth/.bin state dict, .safetensors, .pt2 (torch.export), .onnx (the onnx extra), TorchScript "
-             "archive, or (with --trust-pickle) a pickled model.",
+        "archive, or (with --trust-pickle) a pickled model.",
         show_default=False,
     ),
 ]
@@ -22,7 +22,7 @@ ArchOpt = Annotated[
     typer.Option(
         "--arch",
         help="Architecture: a torchvision name (resnet18), timm:NAME, or package.module:factory. Identified from the weights "
-             "when omitted.",
+        "when omitted.",
     ),
 ]
 ArchKwargsOpt = Annotated[
@@ -30,7 +30,7 @@ ArchKwargsOpt = Annotated[
     typer.Option(
         "--arch-kwargs",
         help='Keyword arguments for the architecture builder, as a JSON object: \'{"model_name": "efficientnet-lite0"}\'. '
-             'Stored in a patched model\'s metadata.',
+        "Stored in a patched model's metadata.",
     ),
 ]
 NumClassesOpt = Annotated[
@@ -51,7 +51,7 @@ DataOpt = Annotated[
         "--data",
         "-d",
         help="ImageFolder tree, folder of unlabelled images, CIFAR-10 python folder, .npz/.pt tensor file, Hugging Face "
-             "dataset (save_to_disk folder or parquet), or WebDataset .tar shards ('train-{000..099}.tar', quoted).",
+        "dataset (save_to_disk folder or parquet), or WebDataset .tar shards ('train-{000..099}.tar', quoted).",
     ),
 ]
 DataKindOpt = Annotated[DataKind, typer.Option("--data-kind", help="What --data holds; auto tells it from the files.")]
@@ -60,7 +60,7 @@ ClassMapOpt = Annotated[
     typer.Option(
         "--class-map",
         help="Map folder (or dataset class) names to the model's class indices: imagenet (the built-in ImageNet-1k "
-             "index: WordNet-id or class-name folders) or a JSON file.",
+        "index: WordNet-id or class-name folders) or a JSON file.",
     ),
 ]
 ImageColumnOpt = Annotated[
@@ -69,9 +69,7 @@ ImageColumnOpt = Annotated[
 ]
 LabelColumnOpt = Annotated[
     str | None,
-    typer.Option(
-        "--label-column", help="Hugging Face dataset: the column of labels (default: the ClassLabel feature)."
-    ),
+    typer.Option("--label-column", help="Hugging Face dataset: the column of labels (default: the ClassLabel feature)."),
 ]
 PresetOpt = Annotated[
     Preset | None,
@@ -100,7 +98,7 @@ ShiftStepOpt = Annotated[
         "--shift-step",
         min=0.0,
         help="Evaluate shifts on a grid with this step (default 1 for small images, 4 for large); fractional (0.5, 0.25) with "
-             "--shift-mode subpixel (default 0.5).",
+        "--shift-mode subpixel (default 0.5).",
     ),
 ]
 ShiftModeOpt = Annotated[
@@ -108,7 +106,7 @@ ShiftModeOpt = Annotated[
     typer.Option(
         "--shift-mode",
         help="circular (roll, Eq. 4), crop (crops of a canvas resized and centre-cropped --max-shift px larger per side: the "
-             "published ImageNet protocol; nothing wraps) or subpixel (Fourier phase shifts, fractional --shift-step).",
+        "published ImageNet protocol; nothing wraps) or subpixel (Fourier phase shifts, fractional --shift-step).",
     ),
 ]
 ModeOpt = Annotated[

@@ -20,9 +20,7 @@ ClassMap = str | Path | Mapping[str, Any] | Sequence[str]
 MAX_CLASS_MAP_BYTES = 16 << 20  # ImageNet-21k's index file is under 1 MiB
 
 
-def read_class_map(
-    class_map: ClassMap, num_classes: int | None = None
-) -> tuple[dict[str, int], dict[int, str]]:
+def read_class_map(class_map: ClassMap, num_classes: int | None = None) -> tuple[dict[str, int], dict[int, str]]:
     """Folder name -> class index, and index -> name, from a JSON file or object.
 
     Accepted: ``"imagenet"`` (the packaged ImageNet-1k index: WordNet ids and class names); ``{"n01440764": 0, ...}``;

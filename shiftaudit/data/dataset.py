@@ -320,8 +320,10 @@ class AuditDataset(Dataset):
         j = int(self.index[i])
         if self._flags[i] & NONFINITE and not self._flags[i] & UNREADABLE:
             what = f"image {self.source.name(j)}" if not self.source.in_memory else self.source.name(j)
-            return DataError(f"{what[0].upper()}{what[1:]} has NaN or infinite pixel values (a problem in the data, "
-                             "not the model)", hint="leave out --strict to skip such images")
+            return DataError(
+                f"{what[0].upper()}{what[1:]} has NaN or infinite pixel values (a problem in the data, not the model)",
+                hint="leave out --strict to skip such images",
+            )
         return DataError(
             f"Cannot read image {self.source.name(j)}: {self.source.error(j, self.channels, self.preprocessing)}.",
             hint="leave out --strict to skip unreadable images",
@@ -347,8 +349,10 @@ class AuditDataset(Dataset):
             out.append(f"{len(bad)} unreadable image{'s' if len(bad) != 1 else ''} skipped: {_names(bad)}")
         nan = self.unreadable(NONFINITE)
         if nan:
-            out.append(f"{len(nan)} image{'s' if len(nan) != 1 else ''} with NaN or infinite pixel values skipped (a "
-                       f"problem in the data, not the model): {_names(nan)}")
+            out.append(
+                f"{len(nan)} image{'s' if len(nan) != 1 else ''} with NaN or infinite pixel values skipped (a "
+                f"problem in the data, not the model): {_names(nan)}"
+            )
         return out
 
     @notes.setter

@@ -352,9 +352,7 @@ def _labels(
     labels = [raw[i] for i in keep]
     if not isinstance(feature, _require_datasets().ClassLabel):
         if request.class_map is not None:
-            raise UsageError(
-                f"A class map maps class names, but column {label_col!r} of {where} has none (not a ClassLabel)."
-            )
+            raise UsageError(f"A class map maps class names, but column {label_col!r} of {where} has none (not a ClassLabel).")
         return labels, None, keep
     names = list(feature.names)
     if max(labels) >= len(names):
@@ -393,6 +391,4 @@ class HfDataset(DataKind):
         else:
             labels, classes, keep = _labels(raw, features[label_col], label_col, request, os.fspath(path), notes)
         described = f"{len(classes)} classes" if classes else ("labelled" if labels is not None else "unlabelled")
-        return Loaded(
-            source, f"{what}: {len(keep)} images, {described}", request.prep, labels, classes, notes, index=keep
-        )
+        return Loaded(source, f"{what}: {len(keep)} images, {described}", request.prep, labels, classes, notes, index=keep)

@@ -96,7 +96,11 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(
-    dataset: Any, *, batch_size: int, num_workers: int | None = None, pin_memory: bool = False,
+    dataset: Any,
+    *,
+    batch_size: int,
+    num_workers: int | None = None,
+    pin_memory: bool = False,
     indices: Sequence[int] | None = None,
 ) -> AuditLoader:
     """Batches of ``(images float, labels int64 (-1: unlabelled), indices int64)`` in dataset order.

@@ -77,7 +77,8 @@ class Preprocessing:
 def describe_statistics(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
     """``ImageNet mean/std``, ``CIFAR-10 mean/std``, ``mean 0.5, std 0.25`` (one value per channel when they differ)."""
     known: dict[tuple[tuple[float, ...], tuple[float, ...]], str] = {
-        (IMAGENET_MEAN, IMAGENET_STD): "ImageNet mean/std", (CIFAR_MEAN, CIFAR_STD): "CIFAR-10 mean/std"
+        (IMAGENET_MEAN, IMAGENET_STD): "ImageNet mean/std",
+        (CIFAR_MEAN, CIFAR_STD): "CIFAR-10 mean/std",
     }
     name = known.get((tuple(mean), tuple(std)))
     if name:

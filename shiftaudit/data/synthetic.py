@@ -57,9 +57,7 @@ def _masks(label: int, dy: np.ndarray, dx: np.ndarray, r: np.ndarray) -> np.ndar
     raise ValueError(label)
 
 
-def make_synthetic(
-    n: int, *, seed: int, size: int = 32, spread: float = 0.2
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def make_synthetic(n: int, *, seed: int, size: int = 32, spread: float = 0.2) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """``n`` images ``(n, size, size, 3)`` uint8, their labels ``(n,)`` int64 (balanced, shuffled) and class names.
 
     Each image: a uniform background, one shape of a contrasting colour (dark on light or light on dark) of random

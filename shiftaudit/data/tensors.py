@@ -90,8 +90,18 @@ def _layout(shape: tuple[int, ...], channels: int | None) -> tuple[bool, int]:
     )
 
 
-_IMAGE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
-                 torch.float32, torch.float64, torch.bool)
+_IMAGE_DTYPES = (
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.bool,
+)
 _KIND_WORDS = {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans", "V": "records", "O": "Python objects"}
 
 
@@ -199,9 +209,7 @@ def _four_d(images: Any, what: str, notes: list[str]) -> torch.Tensor:
         t = t[:, None]
         notes.append(f"3-D images {tuple(t.shape[:1]) + tuple(t.shape[2:])} taken as (N, H, W) one-channel images")
     if t.ndim != 4:
-        raise DataError(
-            f"Image tensors must be 4-D (N,C,H,W or N,H,W,C) or 3-D (N,H,W); got shape {tuple(t.shape)}."
-        )
+        raise DataError(f"Image tensors must be 4-D (N,C,H,W or N,H,W,C) or 3-D (N,H,W); got shape {tuple(t.shape)}.")
     if t.shape[0] == 0:
         raise DataError(f"The {what} holds no images.")
     if 0 in t.shape[1:]:
@@ -215,8 +223,7 @@ def _scale(t: torch.Tensor, notes: list[str]) -> float | None:
         lo, hi = float(t.min()), float(t.max())
         if lo < -0.01 or hi > 1.01:
             notes.append(
-                f"float images range from {lo:.3g} to {hi:.3g}, not 0-1; if they are already normalised, "
-                "pass raw=True (--raw)"
+                f"float images range from {lo:.3g} to {hi:.3g}, not 0-1; if they are already normalised, pass raw=True (--raw)"
             )
     elif t.dtype != torch.uint8:
         hi = int(t.max())

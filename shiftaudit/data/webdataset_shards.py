@@ -68,7 +68,7 @@ def expand_braces(pattern: str) -> list[str]:
         choices = body.split(",")
     else:
         raise DataError(f"Cannot read {{{body}}} in the shard pattern {pattern!r}; use {{000..099}} or {{a,b}}.")
-    rest = expand_braces(pattern[m.end():])
+    rest = expand_braces(pattern[m.end() :])
     if len(choices) * len(rest) > MAX_SHARDS:
         raise DataError(f"The shard pattern {pattern!r} names more than the {MAX_SHARDS:,} shards allowed.")
     return [pattern[: m.start()] + c + r for c in choices for r in rest]
@@ -167,8 +167,7 @@ def _split_key(name: str) -> tuple[str, str]:
 
 
 BLOCK = tarfile.BLOCKSIZE
-_EXTENSION_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                    tarfile.SOLARIS_XHDTYPE)
+_EXTENSION_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 
 
 class _HeaderLie(Exception):
@@ -361,9 +360,7 @@ def shard_labels(
         return None, None, missing
     if all(t.isascii() and t.isdigit() and len(t) <= 18 for t in given):
         if class_map is not None:
-            raise UsageError(
-                f"The .{LABEL_EXT} labels of {where} are class indices already; a class map applies to class names."
-            )
+            raise UsageError(f"The .{LABEL_EXT} labels of {where} are class indices already; a class map applies to class names.")
         return [int(t) if t is not None else -1 for t in texts], None, missing
     names = sorted(set(given))
     position = {name: i for i, name in enumerate(names)}

@@ -58,8 +58,9 @@ class Layout:
         return int(self.slot_shift.shape[1])
 
 
-def layout_pairs(b: int, ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int,
-                 dev: torch.device) -> Layout:
+def layout_pairs(
+    b: int, ids_np: np.ndarray, shifts: ShiftSet, exhaustive: bool, plan: DrawPlan, pairs: int, dev: torch.device
+) -> Layout:
     """Every planned pair of ``b`` images: every shift (exhaustive), or zero, random and the random pairs (sampled)."""
     rand = plan.random_shift(ids_np)
     pair = plan.pair_shifts(ids_np)

@@ -289,8 +289,6 @@ def resume_state(
     return state
 
 
-def subset_loader(
-    dataset: AuditDataset, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool
-) -> AuditLoader:
+def subset_loader(dataset: AuditDataset, indices: np.ndarray, batch_size: int, num_workers: int | None, pin: bool) -> AuditLoader:
     """The usual loader over some dataset positions (the images a resumed run still needs); ids stay positions."""
     return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin, indices=indices.tolist())

@@ -321,6 +321,12 @@ def run_sequential(prepared: PreparedAudit, progress: Any, decision_error: float
         if progress is not None:
             progress.stop()
     return SequentialOutcome(
-        gate.stats, gate.rows, gate.exhaustive_rows, gate.draws, len(gate.cache.pred), time.perf_counter() - t0,
-        decision_error, budget,
+        gate.stats,
+        gate.rows,
+        gate.exhaustive_rows,
+        gate.draws,
+        len(gate.cache.pred),
+        time.perf_counter() - t0,
+        decision_error,
+        budget,
     )

@@ -84,7 +84,7 @@ def canonical_arch(arch: str) -> str:
         raise UsageError("--arch is empty; name an architecture such as resnet18.")
     kind = kind_of(arch)
     if kind == "timm":
-        name = arch[len(TIMM_PREFIX):]
+        name = arch[len(TIMM_PREFIX) :]
         timm = _require_timm(arch)
         if not timm.is_model(name):
             close = _suggest(name, timm_names())
@@ -145,7 +145,7 @@ def parse_arch_kwargs(text: str | None, flag: str = "--arch-kwargs") -> dict[str
         value = json.loads(text)
     except (ValueError, RecursionError):
         raise UsageError(
-            f"{flag} must be a JSON object such as '{{\"model_name\": \"efficientnet-lite0\"}}', "
+            f'{flag} must be a JSON object such as \'{{"model_name": "efficientnet-lite0"}}\', '
             f"and {text[:80]!r} is not valid JSON."
         ) from None
     if not isinstance(value, dict):
@@ -208,7 +208,7 @@ def _construct(arch: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn
             timm = _require_timm(arch)
             extra.pop("pretrained", None)
             try:
-                model = timm.create_model(arch[len(TIMM_PREFIX):], pretrained=False, **extra)
+                model = timm.create_model(arch[len(TIMM_PREFIX) :], pretrained=False, **extra)
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"Cannot build {arch} with {sorted(extra)}: {exc}.") from None
         elif kind == "factory":

@@ -211,8 +211,10 @@ class IdentifyResult:
         if self.family:
             return f"{source} {self.family_message}"
         if len(self.matches) > 1:
-            return (f"Cannot tell the architecture of {source} from its weights: it fits {', '.join(self.matches[:5])} "
-                    f"equally well; pass --arch.")
+            return (
+                f"Cannot tell the architecture of {source} from its weights: it fits {', '.join(self.matches[:5])} "
+                f"equally well; pass --arch."
+            )
         useful = [c for c in self.candidates if c.overlap >= USEFUL_OVERLAP]
         tip = "" if timm_available() else " (timm is not installed, so only torchvision architectures were tried)"
         if not useful:
@@ -221,8 +223,7 @@ class IdentifyResult:
                 f"known one shares even half of its keys; pass --arch (a torchvision name, timm:NAME or package.module:factory)."
             )
         close = ", ".join(f"{c.arch} ({c.differences} key{'s' if c.differences != 1 else ''} differ)" for c in useful[:3])
-        return (f"Could not identify the architecture of {source} from its weights{tip}; "
-                f"closest candidates: {close}; pass --arch.")
+        return f"Could not identify the architecture of {source} from its weights{tip}; closest candidates: {close}; pass --arch."
 
 
 def _timm_prefilter(names: Iterable[str], ck_keys: set[str]) -> list[str]:
@@ -316,9 +317,11 @@ def recognise_antialiased_cnns(ck: Mapping[str, list[int]]) -> str | None:
     sizes = sorted({ck[k][-1] for k in filts})
     size = str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
     kw = f" --arch-kwargs '{{\"filter_size\": {sizes[0]}}}'" if len(sizes) == 1 else ""
-    return (f"is an antialiased-cnns checkpoint ({len(filts)} BlurPool filter buffers of size {size}, such as {filts[0]}), "
-            f"not a torchvision model: load it with the antialiased-cnns definition, e.g. `pip install antialiased-cnns` and "
-            f"--arch antialiased_cnns:<model>{kw}, or your own copy of the code via --arch package.module:factory.")
+    return (
+        f"is an antialiased-cnns checkpoint ({len(filts)} BlurPool filter buffers of size {size}, such as {filts[0]}), "
+        f"not a torchvision model: load it with the antialiased-cnns definition, e.g. `pip install antialiased-cnns` and "
+        f"--arch antialiased_cnns:<model>{kw}, or your own copy of the code via --arch package.module:factory."
+    )
 
 
 def _decide(found: list[Candidate]) -> IdentifyResult | None:

@@ -72,8 +72,14 @@ def load_model(
         check_range(num_classes, "--num-classes", 1, MAX_CLASSES, "the classifier is allocated before the weights are read")
     if isinstance(path, nn.Module):
         n, _ = infer_num_classes(path.state_dict())
-        return LoadedModel(model=path.eval(), format="module", source=type(path).__name__,
-                           num_classes=num_classes or n, arch=arch, arch_source="--arch" if arch else "n/a")
+        return LoadedModel(
+            model=path.eval(),
+            format="module",
+            source=type(path).__name__,
+            num_classes=num_classes or n,
+            arch=arch,
+            arch_source="--arch" if arch else "n/a",
+        )
     p = check_file(path)
     source = str(p)
     kind = sniff_format(p)
@@ -103,8 +109,15 @@ def load_model(
     return _from_state_dict(sd, fmt, source, meta, arch, num_classes, arch_kwargs, notes)
 
 
-def _whole_model(module: nn.Module, fmt: str, source: str, meta: CheckpointMetadata, arch: str | None,
-                 num_classes: int | None, notes: list[str]) -> LoadedModel:
+def _whole_model(
+    module: nn.Module,
+    fmt: str,
+    source: str,
+    meta: CheckpointMetadata,
+    arch: str | None,
+    num_classes: int | None,
+    notes: list[str],
+) -> LoadedModel:
     if arch:
         notes.append(f"--arch {arch} ignored: the file contains the whole model")
     if fmt == "pickle":
@@ -115,14 +128,22 @@ def _whole_model(module: nn.Module, fmt: str, source: str, meta: CheckpointMetad
         raise CheckpointError(f"Checkpoint {source} has {n} classes but --num-classes {num_classes} was given.")
     module = module.to("cpu").eval()
     return LoadedModel(
-        model=module, format=fmt, source=source, arch=meta.arch, num_classes=n if n is not None else num_classes,
-        preprocessing=meta.preprocessing, patch_spec=meta.patch_spec, class_names=meta.class_names,
-        arch_source="metadata" if meta.arch else "n/a", notes=notes,
+        model=module,
+        format=fmt,
+        source=source,
+        arch=meta.arch,
+        num_classes=n if n is not None else num_classes,
+        preprocessing=meta.preprocessing,
+        patch_spec=meta.patch_spec,
+        class_names=meta.class_names,
+        arch_source="metadata" if meta.arch else "n/a",
+        notes=notes,
     )
 
 
-def _graph_model(p: Path, kind: str, arch: str | None, num_classes: int | None, trust_pickle: bool,
-                 notes: list[str]) -> LoadedModel:
+def _graph_model(
+    p: Path, kind: str, arch: str | None, num_classes: int | None, trust_pickle: bool, notes: list[str]
+) -> LoadedModel:
     """A ``.pt2`` archive or an ONNX model: a whole model whose graph fixes its class count (and, for ONNX, often
     its input size, which becomes the default preprocessing)."""
     source = str(p)
@@ -159,31 +180,21 @@ def _trusted_metadata_arch(arch: str, source: str) -> str:
     return arch
 
 
-def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetadata, arch: str | None,
-                     num_classes: int | None, arch_kwargs: dict[str, Any] | None, notes: list[str]) -> LoadedModel:
+def _from_state_dict(
+    sd: StateDict,
+    fmt: str,
+    source: str,
+    meta: CheckpointMetadata,
+    arch: str | None,
+    num_classes: int | None,
+    arch_kwargs: dict[str, Any] | None,
+    notes: list[str],
+) -> LoadedModel:
     kwargs = dict(meta.arch_kwargs or {})
     kwargs.update(arch_kwargs or {})
     if "num_classes" in kwargs:
         raise UsageError("Pass the class count as num_classes=..., not inside arch_kwargs.")
-    identified_n: int | None = None
-    if arch:
-        arch = canonical_arch(arch)
-        arch_source = "--arch"
-        if meta.arch and meta.arch.lower() != arch.lower():
-            notes.append(f"--arch {arch} overrides the file's recorded architecture {meta.arch}")
-    elif meta.arch:
-        arch = canonical_arch(_trusted_metadata_arch(meta.arch, source))
-        arch_source = "metadata"
-    else:
-        result = identify_architecture(sd)
-        if result.arch is None:
-            raise CheckpointError(result.explain(source))
-        arch = result.arch
-        identified_n = result.num_classes
-        arch_source = "identified from weights"
-        also = [m for m in result.matches if m != arch]
-        notes.append(f"identified from weights as {arch}" + (f" (same structure as {', '.join(also[:3])})" if also else ""))
-
+    arch, arch_source, identified_n = _choose_arch(sd, meta, arch, source, notes)
     n = num_classes if num_classes is not None else meta.num_classes
     if n is None:
         n = identified_n
@@ -215,9 +226,38 @@ def _from_state_dict(sd: StateDict, fmt: str, source: str, meta: CheckpointMetad
     if preprocessing is None and kind_of(arch) == "timm":
         preprocessing = timm_preprocessing(model, arch)
     return LoadedModel(
-        model=model, format=fmt, source=source, arch=arch, arch_kwargs=kwargs or None, num_classes=n, preprocessing=preprocessing,
-        patch_spec=patch_spec, class_names=meta.class_names, arch_source=arch_source, notes=notes,
+        model=model,
+        format=fmt,
+        source=source,
+        arch=arch,
+        arch_kwargs=kwargs or None,
+        num_classes=n,
+        preprocessing=preprocessing,
+        patch_spec=patch_spec,
+        class_names=meta.class_names,
+        arch_source=arch_source,
+        notes=notes,
     )
+
+
+def _choose_arch(
+    sd: StateDict, meta: CheckpointMetadata, arch: str | None, source: str, notes: list[str]
+) -> tuple[str, str, int | None]:
+    """(architecture, where it came from, class count the identification found): ``--arch`` wins over the file's
+    record, and the weights are identified only when neither names one."""
+    if arch:
+        arch = canonical_arch(arch)
+        if meta.arch and meta.arch.lower() != arch.lower():
+            notes.append(f"--arch {arch} overrides the file's recorded architecture {meta.arch}")
+        return arch, "--arch", None
+    if meta.arch:
+        return canonical_arch(_trusted_metadata_arch(meta.arch, source)), "metadata", None
+    result = identify_architecture(sd)
+    if result.arch is None:
+        raise CheckpointError(result.explain(source))
+    also = [m for m in result.matches if m != result.arch]
+    notes.append(f"identified from weights as {result.arch}" + (f" (same structure as {', '.join(also[:3])})" if also else ""))
+    return result.arch, "identified from weights", result.num_classes
 
 
 def _wrong_arch_hint(sd: StateDict, arch: str) -> Callable[[], str | None]:

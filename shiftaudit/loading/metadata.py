@@ -162,6 +162,7 @@ def _parse_data_entries(raw: dict[str, str], source: str, meta: CheckpointMetada
             raise _bad(source, "patch", "is not an object")
         meta.patch_spec = patch
 
+
 def encode_metadata(
     *,
     arch: str | None,

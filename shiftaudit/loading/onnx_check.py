@@ -151,8 +151,7 @@ def _checked(t: Any, what: str, folder: Path, source: str) -> int:
     held = _held_bytes(t)
     if declared > held:
         raise CheckpointError(
-            f"ONNX model {source} is damaged: its {what} declares {declared:,} bytes (shape {list(t.dims)}) but holds "
-            f"{held:,}."
+            f"ONNX model {source} is damaged: its {what} declares {declared:,} bytes (shape {list(t.dims)}) but holds {held:,}."
         )
     return declared
 

@@ -88,9 +88,7 @@ def read_graph_input(inputs: list[Any], outputs: list[Any], source: str) -> tupl
     if oshape is not None and len(oshape) == 4 and [_dim(d) for d in oshape[2:]] == [1, 1]:
         oshape = oshape[:2]
     if oshape is not None and len(oshape) != 2:
-        raise CheckpointError(
-            f"{not_classifier}: its output {out.name} has shape {oshape}, expected class scores (N, classes)."
-        )
+        raise CheckpointError(f"{not_classifier}: its output {out.name} has shape {oshape}, expected class scores (N, classes).")
     classes = None if oshape is None else _dim(oshape[1])
     graph_input = GraphInput(str(inp.name), layout, n, channels, size, FLOAT_INPUTS[inp.type])
     return graph_input, classes
@@ -161,9 +159,9 @@ class OnnxClassifier(nn.Module):
                 f"--size {want_h or want_w}."
             )
 
-
-    def plan_settings(self, config: Any, dev: torch.device, channels: int, size: tuple[int, int],
-                      notes: list[str]) -> torch.device:
+    def plan_settings(
+        self, config: Any, dev: torch.device, channels: int, size: tuple[int, int], notes: list[str]
+    ) -> torch.device:
         """The audit settings the graph can take, decided before any work: the device it runs on (the CPU), and one
         sentence for what cannot apply (per-layer distances, autocast, CUDA). The plan calls it."""
         if config.layers or config.observers:
@@ -185,6 +183,7 @@ class OnnxClassifier(nn.Module):
         self.check_input(channels, size)
         notes.extend(self.notes)
         return dev
+
 
 def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
     """The graph's fixed input size with ImageNet's mean, std and crop fraction (3 channels: resize to size / 0.875,
@@ -221,8 +220,13 @@ def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
         # The session is made in a worker thread (shiftaudit.interrupts) while this thread waits inside the redirect,
         # so that Ctrl-C unwinds through it and its one line reaches the real stderr.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            session = interruptible(ort.InferenceSession, str(path), sess_options=options,
-                                    providers=["CPUExecutionProvider"], disabled_optimizers=NO_FOLDING)
+            session = interruptible(
+                ort.InferenceSession,
+                str(path),
+                sess_options=options,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=NO_FOLDING,
+            )
     except Exception as exc:
         raise CheckpointError(
             f"ONNX model {path} cannot be loaded by onnxruntime ({first_line(exc)[:200].rstrip('.')}); it is damaged "

@@ -47,8 +47,14 @@ _SAFE_TARGETS = re.compile(
 _UNSAFE_OPS = {"from_file"}  # aten operators that touch the file system
 # Members of a plain program as torch.export.save writes them (the payload files are the ones the configs name).
 _PLAIN_MEMBERS = {
-    "archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id", "models/model.json",
-    "data/weights/model_weights_config.json", "data/constants/model_constants_config.json",
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+    "models/model.json",
+    "data/weights/model_weights_config.json",
+    "data/constants/model_constants_config.json",
     "data/sample_inputs/model.pt",
 }
 _PAYLOADS = {"data/weights/": re.compile(r"weight_\d+"), "data/constants/": re.compile(r"tensor_\d+")}
@@ -130,7 +136,7 @@ def untrusted_content(archive: ZipArchive) -> str | None:
     root = names[0].split("/", 1)[0] + "/"  # torch takes the first member's folder as the archive's
     if any(not n.startswith(root) for n in names):
         return "files outside one archive folder (the old torch.export layout, read with full unpickling)"
-    inner = {n[len(root):] for n in names}
+    inner = {n[len(root) :] for n in names}
     if "archive_format" not in inner or archive.read(root + "archive_format", 64) != b"pt2":
         return "an archive format other than pt2"
     referenced: set[str] = set()
@@ -266,8 +272,10 @@ class ExportedModel(nn.Module):
         """What the report should say about how the graph was run."""
         low, high = self.spec.batch
         if low == high:
-            return [f"the torch.export archive takes a fixed batch of {low}: rows went through it in chunks of {low}"
-                    + (", the last one padded" if low > 1 else "")]
+            return [
+                f"the torch.export archive takes a fixed batch of {low}: rows went through it in chunks of {low}"
+                + (", the last one padded" if low > 1 else "")
+            ]
         return []
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -348,10 +356,7 @@ def read_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[ExportedModel, 
     except (ZipStructureError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{what} is damaged ({first_line(exc)[:200].rstrip('.')}).") from None
     if why is not None and not trust_pickle:
-        raise CheckpointError(
-            f"{what} holds {why}; loading it can run code from the file. Pass --trust-pickle if you "
-            "trust it."
-        )
+        raise CheckpointError(f"{what} holds {why}; loading it can run code from the file. Pass --trust-pickle if you trust it.")
     extra: dict[str, Any] = {EXTRA_FILE: ""}
     try:
         with _quiet_torch_export():

@@ -34,8 +34,12 @@ SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
     ".pth": ("torchscript",),
     ".onnx": (),
 }
-SUFFIX_READ_AS = {".safetensors": "a safetensors file", ".pt2": "a torch.export archive", ".pt": "a torch.load file",
-                  ".pth": "a torch.load file"}
+SUFFIX_READ_AS = {
+    ".safetensors": "a safetensors file",
+    ".pt2": "a torch.export archive",
+    ".pt": "a torch.load file",
+    ".pth": "a torch.load file",
+}
 
 
 def check_save_path(path: str | os.PathLike[str], format: str, *, flag: str = "path", format_flag: str = "format=") -> None:
@@ -113,8 +117,13 @@ def save_model(
     if num_classes is None and not isinstance(model, torch.jit.ScriptModule):
         num_classes, _ = infer_num_classes(model.state_dict())
     metadata = encode_metadata(
-        arch=arch, num_classes=num_classes, arch_kwargs=arch_kwargs, preprocessing=preprocessing,
-        class_names=class_names, patch_spec=patch_spec, extra=extra_metadata,
+        arch=arch,
+        num_classes=num_classes,
+        arch_kwargs=arch_kwargs,
+        preprocessing=preprocessing,
+        class_names=class_names,
+        patch_spec=patch_spec,
+        extra=extra_metadata,
     )
     dest = Path(path)
     if format == "safetensors":

@@ -23,9 +23,7 @@ MAX_POWERS = 2
 MAX_ARGS = 16  # arguments of one Add or Mul (torch writes a few)
 MAX_CHOICES = 2  # Max/Min calls in one expression, and their arguments: sympy compares every pair, slowly
 
-_TOKEN = re.compile(
-    r"\s*(?:(?P<num>\d+)|(?P<name>[A-Za-z_]\w*)|(?P<str>'[^'\\]*')|(?P<op>\*\*|//|==|!=|<=|>=|[-+*/%(),=<>]))"
-)
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+)|(?P<name>[A-Za-z_]\w*)|(?P<str>'[^'\\]*')|(?P<op>\*\*|//|==|!=|<=|>=|[-+*/%(),=<>]))")
 _SYMBOL_NAME = re.compile(r"[a-z]{1,3}\d{1,7}")  # s0, u3, zf12: torch's size, unbacked and float symbols
 _ASSUMPTIONS = {"positive", "negative", "integer", "real", "nonnegative", "nonpositive", "finite", "zero", "nonzero"}
 _CONSTANTS = {"True", "False", "oo"}
@@ -33,9 +31,33 @@ _CONSTANTS = {"True", "False", "oo"}
 _CALLS = {
     **dict.fromkeys(("Add", "Mul", "And", "Or"), (1, MAX_ARGS)),
     **dict.fromkeys(("Max", "Min"), (1, MAX_CHOICES)),
-    **dict.fromkeys(("FloorDiv", "CeilDiv", "CleanDiv", "Mod", "PythonMod", "IntTrueDiv", "FloatTrueDiv", "Eq", "Ne",
-                     "Ge", "Gt", "Le", "Lt", "Equality", "Unequality", "GreaterThan", "LessThan", "StrictGreaterThan",
-                     "StrictLessThan", "Rational", "LShift", "RShift"), (2, 2)),
+    **dict.fromkeys(
+        (
+            "FloorDiv",
+            "CeilDiv",
+            "CleanDiv",
+            "Mod",
+            "PythonMod",
+            "IntTrueDiv",
+            "FloatTrueDiv",
+            "Eq",
+            "Ne",
+            "Ge",
+            "Gt",
+            "Le",
+            "Lt",
+            "Equality",
+            "Unequality",
+            "GreaterThan",
+            "LessThan",
+            "StrictGreaterThan",
+            "StrictLessThan",
+            "Rational",
+            "LShift",
+            "RShift",
+        ),
+        (2, 2),
+    ),
     **dict.fromkeys(("ModularIndexing", "Where"), (3, 3)),
     **dict.fromkeys(("Not", "FloorToInt", "CeilToInt", "TruncToInt", "ToFloat", "floor", "ceiling"), (1, 1)),
 }

@@ -68,20 +68,31 @@ def strip_prefixes(sd: StateDict, notes: list[str]) -> StateDict:
         changed = False
         for prefix in STRIP_PREFIXES:
             if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 notes.append(f"stripped the {prefix!r} prefix from every key")
                 changed = True
     return sd
 
 
-_CLASSIFIER_EXACT = ("fc.weight", "classifier.weight", "head.weight", "head.fc.weight", "heads.head.weight",
-                     "last_linear.weight", "logits.weight", "classif.weight", "head.linear.weight", "head.l.weight")
+_CLASSIFIER_EXACT = (
+    "fc.weight",
+    "classifier.weight",
+    "head.weight",
+    "head.fc.weight",
+    "heads.head.weight",
+    "last_linear.weight",
+    "logits.weight",
+    "classif.weight",
+    "head.linear.weight",
+    "head.l.weight",
+)
 _CLASSIFIER_SEQ = re.compile(r"^(classifier|head|fc)\.(\d+)\.weight$")
 _CLASSIFIER_LOOSE = re.compile(r"(^|\.)(fc|classifier|head|logits|last_linear)(\.\d+)?\.weight$")
 
 
 def classifier_key(sd: Mapping[str, torch.Tensor]) -> str | None:
     """The key of the final classification weight, by naming convention (torchvision and timm)."""
+
     def ok(key: str) -> bool:
         t = sd[key]
         return t.dim() == 2 or (t.dim() == 4 and tuple(t.shape[2:]) == (1, 1))
@@ -123,9 +134,9 @@ def align_keys(sd: StateDict, model_keys: set[str], notes: list[str]) -> StateDi
     firsts = {k.split(".", 1)[0] for k in sd}
     if len(firsts) == 1 and all("." in k for k in sd):
         prefix = next(iter(firsts)) + "."
-        if {k[len(prefix):] for k in ck} == want:
+        if {k[len(prefix) :] for k in ck} == want:
             notes.append(f"stripped the {prefix!r} prefix from every key")
-            return {k[len(prefix):]: v for k, v in sd.items()}
+            return {k[len(prefix) :]: v for k, v in sd.items()}
     mfirsts = {k.split(".", 1)[0] for k in want}
     if len(mfirsts) == 1:
         prefix = next(iter(mfirsts)) + "."
@@ -144,8 +155,9 @@ def _names(keys: list[str], limit: int = 3) -> str:
     return shown + (", …" if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, sd: StateDict, *, label: str, source: str,
-                 hint: str | Callable[[], str | None] | None = None) -> list[str]:
+def load_weights(
+    model: nn.Module, sd: StateDict, *, label: str, source: str, hint: str | Callable[[], str | None] | None = None
+) -> list[str]:
     """Load ``sd`` into ``model`` strictly; on mismatch raise one sentence naming the first offending keys.
 
     ``hint`` (or a function computing it, called only on failure) ends the sentence, e.g. a better architecture.
@@ -159,6 +171,7 @@ def load_weights(model: nn.Module, sd: StateDict, *, label: str, source: str,
     def tail() -> str:
         text = hint() if callable(hint) else hint
         return f"; {text}." if text else "; is the architecture right?"
+
     if missing or unexpected:
         parts = []
         if missing:

@@ -182,7 +182,7 @@ class Entry(Mapping[str, Any]):
 
 
 def columns_problem(path: str, columns: Mapping[str, list[Any]], nonempty: bool = False) -> str | None:
-    """"PATH has columns of different lengths" (or an empty first column when ``nonempty``), or None."""
+    """ "PATH has columns of different lengths" (or an empty first column when ``nonempty``), or None."""
     lengths = {len(v) for v in columns.values()}
     if len(lengths) > 1:
         return f"{path} has columns of different lengths ({', '.join(columns)})"

@@ -88,8 +88,15 @@ def plot_adversarial_curve(runs: Runs, path: str | Path, title: str | None = Non
         # a solid line that reads as measured values in between
         steps = np.diff(r)
         gaps = steps.size > 0 and (steps.max() > 1 + 1e-9 or not np.allclose(steps, steps[0]))
-        ax.plot(r, 100 * acc, marker="o", markersize=4, color=colour, linestyle=":" if gaps else "-",
-                label=f"{name} (n={adv.get('n', '?')})")
+        ax.plot(
+            r,
+            100 * acc,
+            marker="o",
+            markersize=4,
+            color=colour,
+            linestyle=":" if gaps else "-",
+            label=f"{name} (n={adv.get('n', '?')})",
+        )
         ax.fill_between(r, 100 * lo, 100 * hi, color=colour, alpha=0.15, linewidth=0)
         top = max(top, int(np.ceil(r.max())) if r.size else 0)
         evaluated.update(r.tolist())
@@ -308,8 +315,15 @@ def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None =
     for i, (name, values, _) in enumerate(series):
         counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=bins)
         share = 100 * counts / max(1, values.size)
-        ax.stairs(share, bins, color=f"C{i % 10}", linewidth=1.6, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0,
-                  label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)")
+        ax.stairs(
+            share,
+            bins,
+            color=f"C{i % 10}",
+            linewidth=1.6,
+            fill=len(series) == 1,
+            alpha=0.8 if len(series) == 1 else 1.0,
+            label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)",
+        )
     exact = series[0][2] == "exact_consistency"
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(
@@ -340,7 +354,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
         h, w = result.data.get("image_size") or img.shape[:2]
         mh, mw = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2  # the canvas margin on each side
         top, left = int(round(mh - dh)), int(round(mw - dw))
-        return img[mh:mh + h, mw:mw + w], img[top:top + h, left:left + w]
+        return img[mh : mh + h, mw : mw + w], img[top : top + h, left : left + w]
     if mode == "subpixel":
         import torch
 

@@ -117,8 +117,10 @@ def _shift_text(shifts: dict[str, Any]) -> str:
         text = f"all {shifts.get('count')} shifts of {size[0]}x{size[1]}"
     else:
         step = f", step {shifts['step']:g}" if shifts.get("step", 1) != 1 else ""
-        text = (f"{shifts.get('count')} shifts in [-{shifts.get('max_shift')}, {shifts.get('max_shift')}]²{step} of "
-                f"{size[0]}x{size[1]}")
+        text = (
+            f"{shifts.get('count')} shifts in [-{shifts.get('max_shift')}, {shifts.get('max_shift')}]²{step} of "
+            f"{size[0]}x{size[1]}"
+        )
     mode = shifts.get("mode", "circular")
     padding = shifts.get("padding") or ("circular (wrap-around)" if mode == "circular" else "-")
     return f"{text}; shift mode {mode}; padding {padding}"

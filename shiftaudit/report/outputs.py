@@ -73,8 +73,10 @@ register_picture("adversarial.png", lambda r, p, d: _figures().plot_adversarial_
 register_picture("variation.png", lambda r, p, d: _figures().plot_variation_distribution(r, p))
 register_picture("accuracy_map.png", lambda r, p, d: _figures().plot_accuracy_map(r, p))
 register_picture("flips.png", lambda r, p, d: _figures().plot_flip_examples(r, p, dataset=d))
-register_picture("consistency.png",  # without labels: the picture that needs none
-                 lambda r, p, d: None if r.data.get("labelled", True) else _figures().plot_consistency_histogram(r, p))
+register_picture(
+    "consistency.png",  # without labels: the picture that needs none
+    lambda r, p, d: None if r.data.get("labelled", True) else _figures().plot_consistency_histogram(r, p),
+)
 register_picture("layers.png", _layers)
 
 
@@ -152,8 +154,9 @@ def side_by_side_files(folders: tuple[str, ...]) -> tuple[str, ...]:
     return ("report.html", *(f"{f}/{name}" for f in folders for name in report_files()))
 
 
-def write_side_by_side_dir(runs: list[tuple[str, str, AuditResult]], out_dir: str | Path, *, title: str, intro: str = "",
-                           dataset: Any = None) -> list[Path]:
+def write_side_by_side_dir(
+    runs: list[tuple[str, str, AuditResult]], out_dir: str | Path, *, title: str, intro: str = "", dataset: Any = None
+) -> list[Path]:
     """Several runs on the same data (``patch --eval --out``): each run's full report folder (what ``eval --out``
     writes) in a sub-folder, and ``report.html`` with the runs side by side. ``runs``: (name, sub-folder, result).
     All or nothing; returns the files written."""

@@ -94,8 +94,9 @@ def left_out_caption(result: AuditResult) -> str | None:
     """One line under the table naming the radii of a curve it leaves out (:func:`headline_radii` keeps a few), so
     that none is missed: they are in the JSON. r = 0 is the no-shift accuracy, shown on its own row."""
     shown = {r.label for r in result_readings(result)}
-    radii = [r.radius for r in result_readings(result, curves="all")
-             if r.radius is not None and r.radius != 0 and r.label not in shown]
+    radii = [
+        r.radius for r in result_readings(result, curves="all") if r.radius is not None and r.radius != 0 and r.label not in shown
+    ]
     if not radii:
         return None
     if len(radii) <= 4:

@@ -64,8 +64,14 @@ LAYER_SHORT = ("Layer", "Size", "Stride", "Equiv.", "Equiv./(ref/2)", "Invar.", 
 
 def _table(title: str, caption: str | None = None) -> Table:
     """A table in the house style, its title and caption shown literally (:func:`text`)."""
-    return Table(title=text(title), title_justify="left", caption=None if caption is None else text(caption),
-                 caption_justify="left", show_edge=False, pad_edge=False)
+    return Table(
+        title=text(title),
+        title_justify="left",
+        caption=None if caption is None else text(caption),
+        caption_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
 
 
 def _add_names(t: Table, header: str, cells: Sequence[str], min_width: int) -> None:
@@ -144,8 +150,10 @@ def comparison_table(
     if width is None or _fits(table, width):
         return table
     if len(results) > 2:
-        parts = [comparison_table([results[0], results[i]], f"{title} ({i} of {len(results) - 1})", width)
-                 for i in range(1, len(results))]
+        parts = [
+            comparison_table([results[0], results[i]], f"{title} ({i} of {len(results) - 1})", width)
+            for i in range(1, len(results))
+        ]
         return Group(*parts)
     return _stacked(table)
 
