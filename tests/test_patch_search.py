@@ -223,3 +223,11 @@ def test_configuration_json() -> None:
         "agreement_drop": 0.25,
         "consistency": 0.5,
     }
+
+
+def test_budget_comparison_is_exact_on_shares() -> None:
+    """1 - 99/100 is 0.010000000000000009 in floating point: a 1 % budget admits 99 of 100, not 98."""
+    plan = PatchPlan.of({"3": Treatment()})
+    assert Configuration(plan, False, 99 / 100, 0.5).within(0.01)
+    assert not Configuration(plan, False, 98 / 100, 0.5).within(0.01)
+    assert Configuration(plan, False, 1.0, 0.5).within(0.0)

@@ -143,6 +143,11 @@ class Treatment:
         return cls(**d)
 
 
+def _layer_order(name: str) -> list[tuple[int, int, str]]:
+    """``features.6`` before ``features.13``: numbered parts by number, as the model lists its layers."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
 @dataclass(frozen=True)
 class PatchPlan:
     """A per-point patch: each named strided layer gets its own :class:`Treatment`; every other one is left as it is.
@@ -154,7 +159,7 @@ class PatchPlan:
         points = dict(self.points)
         if len(points) != len(self.points):
             raise UsageError("A patch plan names a layer twice.")
-        object.__setattr__(self, "points", tuple(sorted(points.items())))
+        object.__setattr__(self, "points", tuple(sorted(points.items(), key=lambda item: _layer_order(item[0]))))
 
     @classmethod
     def of(cls, points: dict[str, Treatment]) -> PatchPlan:

@@ -31,6 +31,7 @@ from shiftaudit.errors import UsageError
 if TYPE_CHECKING:  # shiftaudit.loading imports antialias back: loaded when a search runs
     from shiftaudit.loading import LoadedModel
 
+SEARCH_SCHEMA = "shiftaudit/patch-search"
 SEARCH_VERSION = 1
 DEFAULT_FILTERS = ("tri3", "binomial5")
 EXHAUSTIVE_LIMIT = 64
@@ -110,7 +111,8 @@ class Frontier:
     def to_json(self) -> dict[str, Any]:
         front = self.pareto()
         return {
-            "version": SEARCH_VERSION,
+            "schema": SEARCH_SCHEMA,
+            "schema_version": SEARCH_VERSION,
             "points": list(self.points),
             "candidates": [t.to_json() for t in self.candidates],
             "max_agreement_drop": self.max_agreement_drop,
