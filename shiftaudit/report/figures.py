@@ -88,8 +88,15 @@ def plot_adversarial_curve(runs: Runs, path: str | Path, title: str | None = Non
         # a solid line that reads as measured values in between
         steps = np.diff(r)
         gaps = steps.size > 0 and (steps.max() > 1 + 1e-9 or not np.allclose(steps, steps[0]))
-        ax.plot(r, 100 * acc, marker="o", markersize=4, color=colour, linestyle=":" if gaps else "-",
-                label=f"{name} (n={adv.get('n', '?')})")
+        ax.plot(
+            r,
+            100 * acc,
+            marker="o",
+            markersize=4,
+            color=colour,
+            linestyle=":" if gaps else "-",
+            label=f"{name} (n={adv.get('n', '?')})",
+        )
         ax.fill_between(r, 100 * lo, 100 * hi, color=colour, alpha=0.15, linewidth=0)
         top = max(top, int(np.ceil(r.max())) if r.size else 0)
         evaluated.update(r.tolist())
@@ -308,8 +315,15 @@ def plot_consistency_histogram(runs: Runs, path: str | Path, title: str | None =
     for i, (name, values, _) in enumerate(series):
         counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=bins)
         share = 100 * counts / max(1, values.size)
-        ax.stairs(share, bins, color=f"C{i % 10}", linewidth=1.6, fill=len(series) == 1, alpha=0.8 if len(series) == 1 else 1.0,
-                  label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)")
+        ax.stairs(
+            share,
+            bins,
+            color=f"C{i % 10}",
+            linewidth=1.6,
+            fill=len(series) == 1,
+            alpha=0.8 if len(series) == 1 else 1.0,
+            label=f"{name} (mean {values.mean():.3f}, {int((values < 1).sum())} of {values.size} images below 1)",
+        )
     exact = series[0][2] == "exact_consistency"
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(
@@ -340,7 +354,7 @@ def _as_shown(img: np.ndarray, dh: float, dw: float, result: AuditResult) -> tup
         h, w = result.data.get("image_size") or img.shape[:2]
         mh, mw = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2  # the canvas margin on each side
         top, left = int(round(mh - dh)), int(round(mw - dw))
-        return img[mh:mh + h, mw:mw + w], img[top:top + h, left:left + w]
+        return img[mh : mh + h, mw : mw + w], img[top : top + h, left : left + w]
     if mode == "subpixel":
         import torch
 
@@ -375,3 +389,36 @@ __all__ = [
     "plot_flip_examples",
     "plot_variation_distribution",
 ]
+
+
+# -- patch --search: agreement against consistency, one point per configuration --------------------------------------
+FRONTIER_SIZE = (7.0, 4.6)
+
+
+@plain_text
+def plot_frontier(frontier: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """The search's trade-off (``Frontier.to_json()``): zero-shift agreement with the original against consistency,
+    every configuration a dot, the frontier joined, the unpatched model and the chosen plan marked, the budget a line."""
+    configs = frontier["configurations"]
+    agreement = np.array([c["agreement"] for c in configs], dtype=float)
+    consistency = np.array([c["consistency"] for c in configs], dtype=float)
+    recal = np.array([bool(c["recalibrated"]) for c in configs])
+    fig, axes = _figure(FRONTIER_SIZE)
+    ax = axes[0, 0]
+    ax.scatter(agreement[~recal], consistency[~recal], s=18, color="C0", alpha=0.6, label="plan")
+    if recal.any():
+        ax.scatter(agreement[recal], consistency[recal], s=18, color="C2", marker="^", alpha=0.6, label="plan + BN re-estimated")
+    front = sorted(i for i, c in enumerate(configs) if c["pareto"])
+    front.sort(key=lambda i: agreement[i])
+    ax.plot(agreement[front], consistency[front], color="C1", linewidth=1.2, label="frontier")
+    ax.scatter(agreement[:1], consistency[:1], s=60, facecolors="none", edgecolors="black", label="unpatched")
+    chosen = int(frontier["chosen"])
+    ax.scatter(agreement[chosen : chosen + 1], consistency[chosen : chosen + 1], s=160, marker="*", color="C3", label="chosen")
+    budget = 1.0 - float(frontier["max_agreement_drop"])
+    ax.axvline(budget, color="C3", linestyle="--", linewidth=1, label=f"budget: agreement {budget:.3f}")
+    ax.set_xlabel("Top-1 agreement with the original at zero shift")
+    ax.set_ylabel(f"Consistency ({frontier.get('consistency', '')})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or f"Patch plans on {frontier['images']} images: what each costs and buys", fontsize=10)
+    return _save(fig, path)
