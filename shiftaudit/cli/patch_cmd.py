@@ -206,18 +206,17 @@ def patch_command(
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
-    flags = SearchFlags(search, max_agreement_drop, tuple(search_filters or ()), plan_out, plan_in)
+    search_flags = SearchFlags(search, max_agreement_drop, tuple(search_filters or ()), plan_out, plan_in)
     one_config = method != PatchMethod.blurpool or bool(filter_name or pad or stem or only or skip)
-    flags.check(data=data, evaluate=evaluate, distill=distill_data is not None, one_config=one_config)
+    search_flags.check(data=data, evaluate=evaluate, distill=distill_data is not None, one_config=one_config)
     _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, distill_data, search)
     config = (
-        _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
-        if plan_in is None
-        else read_plan(plan_in)
+        read_plan(plan_in) if plan_in else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
     )
     folder = SEARCH_FILES if search else side_by_side_files(RUN_FOLDERS)
-    files = {"--output": output, "--json": json_out, "--plan-out": plan_out}
-    check_outputs(files, {"--out": (out, folder)}, inputs=[model, plan_in])
+    check_outputs(
+        {"--output": output, "--json": json_out, "--plan-out": plan_out}, {"--out": (out, folder)}, inputs=[model, plan_in]
+    )
     json_to_stdout(json_out)
     fmt = _save_format(output, fmt)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
@@ -237,22 +236,11 @@ def patch_command(
         None if path is None else load_dataset_from_cli(loaded, path, **flags)
         for path, flags in ((data, labelled), (calibration_data, unlabelled), (distill_data, unlabelled))
     )
-    settings = AuditConfig(
-        max_shift=max_shift,
-        shift_step=shift_step,
-        mode=mode.value,
-        shift_mode=shift_mode.value,
-        pairs=pairs,
-        seed=seed,
-        device=device,
-        precision=precision.value,
-        batch_size=batch_size,
-        num_workers=workers,
-    )
+    settings = _settings(max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers)
     if search:
         to_write = dict(output=output, fmt=fmt.value, json_out=json_out, out=out)
         return run_search(
-            loaded, prep, flags, data=dataset, calibration=calibration, recalibrate=recalibrate, settings=settings,
+            loaded, prep, search_flags, data=dataset, calibration=calibration, recalibrate=recalibrate, settings=settings,
             dry_run=dry_run, outputs=to_write, quiet=quiet,
         )  # fmt: skip
     report = patch_and_evaluate(
@@ -278,6 +266,33 @@ def patch_command(
     if not quiet:
         say_written(output, fmt.value, loaded.arch, json_out=json_out, out=out, written=written)
     say_stale(outputs, quiet)
+
+
+def _settings(
+    max_shift: int | None,
+    shift_step: float | None,
+    mode: Mode,
+    shift_mode: ShiftMode,
+    pairs: int,
+    seed: int,
+    device: str,
+    precision: Precision,
+    batch_size: int | None,
+    workers: int | None,
+) -> AuditConfig:
+    """The audits' settings (the search's too), as ``eval`` takes them."""
+    return AuditConfig(
+        max_shift=max_shift,
+        shift_step=shift_step,
+        mode=mode.value,
+        shift_mode=shift_mode.value,
+        pairs=pairs,
+        seed=seed,
+        device=device,
+        precision=precision.value,
+        batch_size=batch_size,
+        num_workers=workers,
+    )
 
 
 def _patch_config(
