@@ -87,6 +87,9 @@ def test_chosen_model_stores_the_plan_and_patch_plan_rebuilds_it(files, searched
         assert torch.equal(saved.model.eval()(x), expected(x))  # no BatchNorm re-estimation was asked for
     report = json.loads((files / "again.json").read_text())
     assert report["spec"]["plan"] == plan.to_json()
+    shown = run("inspect", files / "chosen.safetensors")
+    assert shown.exit_code == 0, shown.output
+    assert "plan: " + plan.label in " ".join(shown.stdout.split())
 
 
 def test_dry_run_states_the_cost_and_writes_nothing(files, tmp_path) -> None:
