@@ -100,6 +100,12 @@ def test_dry_run_states_the_cost_and_writes_nothing(files, tmp_path) -> None:
     assert not (tmp_path / "p.json").exists()
 
 
+def test_stem_is_taken_by_the_search(files) -> None:
+    res = run("patch", DEMO, "--data", files / "data.npz", *SEARCH, "--dry-run", "--stem")
+    assert res.exit_code == 0, res.output
+    assert "3 strided layers" in res.stdout  # the demo reads its pixels with a stride-1 conv: no stem to add
+
+
 def test_recalibration_doubles_the_configurations_in_the_cost(files) -> None:
     calibration = ("--recalibrate", "40", "--calibration-data", files / "calib.npz")
     res = run("patch", DEMO, "--data", files / "data.npz", *SEARCH, "--dry-run", *calibration)
@@ -115,6 +121,9 @@ def test_recalibration_doubles_the_configurations_in_the_cost(files) -> None:
         (("--search",), "--search needs --data"),
         (("--search", "--data", "DATA", "--eval"), "--search measures plans and stops"),
         (("--plan", "PLAN", "--method", "aps"), "--plan gives every layer its own treatment"),
+        (("--plan", "PLAN", "--stem"), "--plan gives every layer its own treatment"),
+        (("--search", "--data", "DATA", "--filter", "tri3"), "--search chooses each layer's treatment"),
+        (("--search", "--data", "DATA", "--circular-conv"), "--search chooses each layer's treatment"),
         (("--plan", "BAD"), "is not a patch plan"),
         (("--plan", "WRONG"), "patch plan must be a JSON object"),
     ],

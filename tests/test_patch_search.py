@@ -12,7 +12,7 @@ from torch import nn
 
 from shiftaudit.antialias import PatchConfig, PatchPlan, Treatment, patch_model, recalibrate_batchnorm
 from shiftaudit.antialias.rewrite import apply_patch_spec
-from shiftaudit.antialias.search import Configuration, search_cost, search_patch_plans
+from shiftaudit.antialias.search import Configuration, search_cost, search_patch_plans, search_points
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.errors import UsageError
 
@@ -231,3 +231,9 @@ def test_budget_comparison_is_exact_on_shares() -> None:
     assert Configuration(plan, False, 99 / 100, 0.5).within(0.01)
     assert not Configuration(plan, False, 98 / 100, 0.5).within(0.01)
     assert Configuration(plan, False, 1.0, 0.5).within(0.0)
+
+
+def test_stem_is_a_point_only_when_asked() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    assert search_points(model) == ["2"]
+    assert search_points(model, stem=True) == ["0", "2"]

@@ -206,8 +206,8 @@ def patch_command(
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
-    search_flags = SearchFlags(search, max_agreement_drop, tuple(search_filters or ()), plan_out, plan_in)
-    one_config = method != PatchMethod.blurpool or bool(filter_name or pad or stem or only or skip)
+    search_flags = SearchFlags(search, max_agreement_drop, tuple(search_filters or ()), plan_out, plan_in, stem)
+    one_config = method != PatchMethod.blurpool or bool(filter_name or pad or only or skip or circular_conv or not shortcuts)
     search_flags.check(data=data, evaluate=evaluate, distill=distill_data is not None, one_config=one_config)
     _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, distill_data, search)
     config = (

@@ -36,10 +36,13 @@ class SearchFlags:
     filters: tuple[str, ...] = ()
     plan_out: Path | None = None
     plan_in: Path | None = None
+    stem: bool = False  # --stem: the search considers the stem too
 
     def check(self, *, data: Path | None, evaluate: bool, distill: bool, one_config: bool) -> None:
         """Flags that need, or exclude, one another: refused before the model is loaded. ``one_config``: a flag
-        that shapes the one-config patch (--method, --filter, --pad, --stem, --only, --skip) was given."""
+        that shapes the one-config patch (--method, --filter, --pad, --only, --skip, --circular-conv, --no-shortcuts)
+        was given."""
+        one_method = "--method, --filter, --pad, --only, --skip, --circular-conv and --no-shortcuts"
         if not self.search:
             named = (("--max-agreement-drop", self.max_agreement_drop), ("--plan-out", self.plan_out))
             given = [f for f, v in named if v is not None]
@@ -54,10 +57,12 @@ class SearchFlags:
                 "--search measures plans and stops: drop --eval, --distill and --plan, then apply the chosen plan with "
                 "`shiftaudit patch MODEL --plan PLAN.json` and those flags."
             )
-        if self.plan_in is not None and one_config:
+        if self.search and one_config:
             raise UsageError(
-                "--plan gives every layer its own treatment: drop --method, --filter, --pad, --stem, --only and --skip."
+                f"--search chooses each layer's treatment (--search-filter sets the blurs it tries): drop {one_method}."
             )
+        if self.plan_in is not None and (one_config or self.stem):
+            raise UsageError(f"--plan gives every layer its own treatment: drop --stem, {one_method}.")
 
 
 def read_plan(path: Path) -> PatchPlan:
@@ -89,7 +94,9 @@ def run_search(
     """Search (or with ``dry_run`` say what it would cost), show the frontier, write ``outputs`` (``output``, ``fmt``,
     ``json_out``, ``out``) all or nothing."""
     filters = flags.filters or DEFAULT_FILTERS
-    how: dict[str, Any] = dict(settings=settings, filters=filters, calibration=calibration, recalibrate=recalibrate)
+    how: dict[str, Any] = dict(
+        settings=settings, filters=filters, calibration=calibration, recalibrate=recalibrate, stem=flags.stem
+    )
     if dry_run:
         return show_cost(search_cost(loaded, data, **how))
     budget = DEFAULT_BUDGET if flags.max_agreement_drop is None else flags.max_agreement_drop
