@@ -10,8 +10,9 @@ from shiftaudit.antialias.calibrate import (
     downstream_batchnorms,
     recalibrate_batchnorm,
     top1_agreement,
+    top1_predictions,
 )
-from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig
+from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig, PatchPlan, Treatment
 from shiftaudit.antialias.costs import (
     LatencyStats,
     compare_latency,
@@ -33,6 +34,7 @@ from shiftaudit.antialias.rewrite import (
     patch_model,
     plan_patch,
 )
+from shiftaudit.antialias.search import Configuration, Frontier, SearchCost, search_cost, search_patch_plans
 
 __all__ = [
     "SMALL_CALIBRATION",
@@ -40,6 +42,14 @@ __all__ = [
     "DistillResult",
     "LatencyStats",
     "PatchConfig",
+    "PatchPlan",
+    "Treatment",
+    "Configuration",
+    "Frontier",
+    "SearchCost",
+    "search_cost",
+    "search_patch_plans",
+    "top1_predictions",
     "Recalibration",
     "distill",
     "downstream_batchnorms",

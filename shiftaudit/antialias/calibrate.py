@@ -147,18 +147,30 @@ def recalibrate_batchnorm(
 
 
 @torch.no_grad()
-def top1_agreement(a: nn.Module, b: nn.Module, data: Any, *, batch_size: int = 64, device: str | torch.device = "cpu") -> float:
-    """Share of the images of ``data`` (at zero shift) on which ``a`` and ``b`` predict the same class."""
-    dtype = next((p.dtype for p in a.parameters() if p.is_floating_point()), torch.float32)
-    a, b = a.to(device).eval(), b.to(device).eval()
-    same = total = 0
+def top1_predictions(model: nn.Module, data: Any, *, batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
+    """``model``'s top-1 class on each image of ``data`` at zero shift, -1 for an image with NaN pixels (skipped)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    model = model.to(device).eval()
+    preds = torch.full((len(data),), -1, dtype=torch.long)
     for s in range(0, len(data), batch_size):
         x = torch.stack([data[i][0] for i in range(s, min(len(data), s + batch_size))])
         keep = ~torch.isnan(x).flatten(1).any(1)
-        x = x[keep].to(device, dtype=dtype)
-        if x.shape[0] == 0:
+        if not bool(keep.any()):
             continue
         with model_exits_fail("The model failed while comparing the patched model with the original"):
-            same += int((a(x).argmax(1) == b(x).argmax(1)).sum())
-        total += x.shape[0]
-    return same / total if total else float("nan")
+            out = model(x[keep].to(device, dtype=dtype)).argmax(1).cpu()
+        preds[s : s + x.shape[0]][keep] = out
+    return preds
+
+
+def agreement_of(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of the images both predictions cover (not -1) on which they name the same class."""
+    valid = (a >= 0) & (b >= 0)
+    total = int(valid.sum())
+    return int((a[valid] == b[valid]).sum()) / total if total else float("nan")
+
+
+def top1_agreement(a: nn.Module, b: nn.Module, data: Any, *, batch_size: int = 64, device: str | torch.device = "cpu") -> float:
+    """Share of the images of ``data`` (at zero shift) on which ``a`` and ``b`` predict the same class."""
+    pa = top1_predictions(a, data, batch_size=batch_size, device=device)
+    return agreement_of(pa, top1_predictions(b, data, batch_size=batch_size, device=device))

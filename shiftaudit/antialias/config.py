@@ -99,3 +99,91 @@ def get_patch_method(name: str) -> PatchMethod:
         return _METHODS[name]
     except (KeyError, TypeError):
         raise UsageError(f"Unknown patch method {name!r}; choose one of: {', '.join(_METHODS)}.") from None
+
+
+PLAN_VERSION = 1
+PLAN_SPEC_VERSION = 2
+"""A checkpoint patched by a per-point plan stores ``{"version": 2, "plan": ...}``: a shiftaudit that knows only the
+one-config spec (version 1) then says "upgrade" instead of rebuilding another model."""
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """What one downsampling point gets: ``method`` (``blurpool`` or ``aps``) with its blur ``filter`` and padding
+    (the method's defaults when left out)."""
+
+    method: str = "blurpool"
+    filter: str | None = None
+    pad: str | None = None
+
+    def __post_init__(self) -> None:
+        method = get_patch_method(self.method)
+        object.__setattr__(self, "filter", canonical_filter_name(self.filter or method.default_filter))
+        object.__setattr__(self, "pad", normalize_pad_mode(self.pad or method.default_pad))
+
+    @property
+    def label(self) -> str:
+        if self.method == "blurpool":
+            return f"blur {self.filter}"
+        return "APS" if self.filter == "delta" else f"APS {self.filter}"
+
+    def config(self) -> PatchConfig:
+        """The one-method config of this treatment (every kind of strided layer allowed: the plan names them)."""
+        return PatchConfig(method=self.method, filter=self.filter, pad=str(self.pad), stem=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "filter": self.filter, "pad": self.pad}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> Treatment:
+        if not isinstance(d, dict) or set(d) - {"method", "filter", "pad"}:
+            raise UsageError(f"The plan's treatment of {where!r} must be an object with method, filter and pad only.")
+        if not all(isinstance(v, str) for v in d.values()):
+            raise UsageError(f"The plan's treatment of {where!r} must give method, filter and pad as strings.")
+        return cls(**d)
+
+
+def _layer_order(name: str) -> list[tuple[int, int, str]]:
+    """``features.6`` before ``features.13``: numbered parts by number, as the model lists its layers."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """A per-point patch: each named strided layer gets its own :class:`Treatment`; every other one is left as it is.
+    ``shiftaudit patch --search`` chooses one, ``patch --plan FILE`` applies it, and a patched checkpoint stores it."""
+
+    points: tuple[tuple[str, Treatment], ...] = ()
+
+    def __post_init__(self) -> None:
+        points = dict(self.points)
+        if len(points) != len(self.points):
+            raise UsageError("A patch plan names a layer twice.")
+        object.__setattr__(self, "points", tuple(sorted(points.items(), key=lambda item: _layer_order(item[0]))))
+
+    @classmethod
+    def of(cls, points: dict[str, Treatment]) -> PatchPlan:
+        return cls(tuple(points.items()))
+
+    def treatments(self) -> dict[str, Treatment]:
+        return dict(self.points)
+
+    def with_point(self, name: str, treatment: Treatment) -> PatchPlan:
+        return PatchPlan.of({**self.treatments(), name: treatment})
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{n}: {t.label}" for n, t in self.points) or "no change"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": PLAN_VERSION, "points": {n: t.to_json() for n, t in self.points}}
+
+    @classmethod
+    def from_json(cls, d: Any) -> PatchPlan:
+        """Strict: a plan with an unknown field, a newer version or a malformed treatment is refused."""
+        if not isinstance(d, dict) or set(d) - {"version", "points"} or not isinstance(d.get("points"), dict):
+            raise UsageError("A patch plan must be a JSON object with `version` and `points` (layer name -> treatment).")
+        version = d.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= PLAN_VERSION:
+            raise UsageError(f"The patch plan has version {version!r}; this shiftaudit reads version {PLAN_VERSION}.")
+        return cls.of({str(n): Treatment.from_json(t, str(n)) for n, t in d["points"].items()})

@@ -30,7 +30,7 @@ from torch import fx, nn
 
 from shiftaudit.antialias.aps import APSDown2d
 from shiftaudit.antialias.blurpool import BlurPool2d
-from shiftaudit.antialias.config import SPEC_VERSION, PatchConfig, get_patch_method
+from shiftaudit.antialias.config import PLAN_SPEC_VERSION, SPEC_VERSION, PatchConfig, PatchPlan, get_patch_method
 from shiftaudit.antialias.modules import BlurThenConv2d, ConvThenBlur2d, PoolBlur2d
 from shiftaudit.errors import UsageError, first_line
 from shiftaudit.module_inputs import tensor_argument
@@ -126,6 +126,7 @@ class PatchResult:
     config: PatchConfig
     mode: str  # "graph" (torch.fx) or "modules"
     notes: list[str] = field(default_factory=list)
+    plan: PatchPlan | None = None  # a per-point plan (``config`` is then only the base that found the layers)
 
     @property
     def patched(self) -> list[PatchStep]:
@@ -137,6 +138,13 @@ class PatchResult:
 
     @property
     def spec(self) -> dict[str, Any]:
+        if self.plan is not None:
+            return {
+                "version": PLAN_SPEC_VERSION,
+                "plan": self.plan.to_json(),
+                "mode": self.mode,
+                "patched": [s.name for s in self.patched],
+            }
         return {"version": SPEC_VERSION, **self.config.to_json(), "mode": self.mode, "patched": [s.name for s in self.patched]}
 
     def to_json(self) -> dict[str, Any]:
@@ -399,14 +407,17 @@ def make_convs_circular(model: nn.Module) -> int:
     return changed
 
 
-def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace: bool = False) -> PatchResult:
-    """Patch ``model`` by ``config``; the input model is left untouched unless ``inplace``."""
-    cfg = config or PatchConfig()
+def patch_model(model: nn.Module, config: PatchConfig | PatchPlan | None = None, *, inplace: bool = False) -> PatchResult:
+    """Patch ``model`` by ``config`` (one config for every selected layer, or a per-point :class:`PatchPlan`); the
+    input model is left untouched unless ``inplace``."""
+    plan = config if isinstance(config, PatchPlan) else None
+    cfg = PatchConfig(stem=True) if plan is not None else (config if isinstance(config, PatchConfig) else PatchConfig())
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise UsageError("Only a Python nn.Module can be patched (a TorchScript archive cannot).")
     steps = plan_patch(model, config=cfg)
+    per_step = _plan_configs(steps, plan) if plan is not None else {}
     for step in steps:
-        step.method = cfg.method
+        step.method = per_step.get(step.name, cfg).method
     if not inplace:
         model = copy.deepcopy(model)
     notes: list[str] = []
@@ -422,16 +433,36 @@ def patch_model(model: nn.Module, config: PatchConfig | None = None, *, inplace:
     gm, placements = _conv_graph(model, convs, notes) if convs else (None, {})
     root: nn.Module = gm if gm is not None else model
     for s in todo:
-        _patch_step(root, gm, s, cfg, placements)
+        _patch_step(root, gm, s, per_step.get(s.name, cfg), placements)
     if gm is not None:
         gm.graph.lint()
         gm.recompile()
         model = gm
-    finish = get_patch_method(cfg.method).finish
-    if finish is not None:
-        notes.extend(finish(model, steps))
+    for method in dict.fromkeys(s.method for s in todo) if plan is not None else (cfg.method,):
+        finish = get_patch_method(method).finish
+        if finish is not None:
+            notes.extend(finish(model, [s for s in steps if s.method == method]))
     model.train(was_training)
-    return PatchResult(model=model, steps=steps, config=cfg, mode="graph" if gm is not None else "modules", notes=notes)
+    mode = "graph" if gm is not None else "modules"
+    return PatchResult(model=model, steps=steps, config=cfg, mode=mode, notes=notes, plan=plan)
+
+
+def _plan_configs(steps: list[PatchStep], plan: PatchPlan) -> dict[str, PatchConfig]:
+    """Each planned layer's one-method config; the steps the plan leaves out are marked so. A plan naming a layer that
+    is no patchable strided layer of this model is refused."""
+    wanted = plan.treatments()
+    found = {s.name: s for s in steps}
+    for name in wanted:
+        if name not in found:
+            raise UsageError(
+                f"The patch plan names {name!r}, which is no strided layer of this model; `shiftaudit inspect` lists them."
+            )
+        if not found[name].patched:
+            raise UsageError(f"The patch plan names {name!r}, which cannot be patched ({found[name].reason}).")
+    for s in steps:
+        if s.patched and s.name not in wanted:
+            s.patched, s.reason = False, "not in the plan"
+    return {name: t.config() for name, t in wanted.items()}
 
 
 def _conv_graph(
@@ -553,9 +584,10 @@ def apply_patch_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     if not isinstance(spec, dict):
         raise UsageError("The checkpoint's patch spec is not a JSON object.")
     version = spec.get("version", SPEC_VERSION)
-    if not isinstance(version, int) or version > SPEC_VERSION:
+    if not isinstance(version, int) or version > PLAN_SPEC_VERSION:
         raise UsageError(f"The checkpoint was patched by a newer shiftaudit (patch spec version {version}); upgrade shiftaudit.")
-    result = patch_model(model, PatchConfig.from_json(spec), inplace=True)
+    how = PatchPlan.from_json(spec.get("plan")) if version == PLAN_SPEC_VERSION else PatchConfig.from_json(spec)
+    result = patch_model(model, how, inplace=True)
     want = spec.get("patched")
     got = [s.name for s in result.patched]
     if isinstance(want, list) and sorted(map(str, want)) != sorted(got):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from shiftaudit.antialias.calibrate import recalibrate_batchnorm, top1_agreement
-from shiftaudit.antialias.config import PatchConfig
+from shiftaudit.antialias.config import PatchConfig, PatchPlan
 from shiftaudit.antialias.distill import distill as distill_model
 from shiftaudit.antialias.report import PatchReport, compare_patch
 from shiftaudit.antialias.rewrite import patch_model
@@ -47,7 +47,7 @@ def check_patchable(loaded: LoadedModel) -> None:
 
 def patch_and_evaluate(
     model: LoadedModel | nn.Module,
-    config: PatchConfig | None = None,
+    config: PatchConfig | PatchPlan | None = None,
     *,
     data: Any = None,
     evaluate: bool = True,
@@ -64,7 +64,8 @@ def patch_and_evaluate(
     progress: Progress | None = None,
     on_step: OnStep | None = None,
 ) -> PatchReport:
-    """Patch ``model`` (a :class:`~shiftaudit.loading.LoadedModel` or an ``nn.Module``; left untouched) by ``config``
+    """Patch ``model`` (a :class:`~shiftaudit.loading.LoadedModel` or an ``nn.Module``; left untouched) by ``config`` (or a
+    per-point :class:`~shiftaudit.antialias.config.PatchPlan`)
     and measure what the patch changed; returns the :class:`PatchReport` ``shiftaudit patch --json`` writes.
 
     ``calibration``: images whose first ``recalibrate`` (seeded draw) re-estimate the BatchNorm layers after the

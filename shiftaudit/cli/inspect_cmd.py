@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from shiftaudit.antialias.config import PatchPlan
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.cli import app
 from shiftaudit.cli.choices import value
@@ -66,8 +67,10 @@ def patch_summary(spec: dict[str, Any]) -> str:
     parts += [
         f"{key}={json.dumps(spec[key])}"
         for key in spec
-        if key not in ("version", "method", "filter", "pad", "patched", "mode") and spec[key] not in ([], None)
+        if key not in ("version", "method", "filter", "pad", "patched", "mode", "plan") and spec[key] not in ([], None)
     ]
+    if "plan" in spec:  # a per-layer plan (patch --search, --plan): its treatments, layer by layer
+        parts = ["plan: " + PatchPlan.from_json(spec["plan"]).label]
     patched = spec.get("patched")
     if isinstance(patched, list):
         parts.append(f"{len(patched)} layer{'s' if len(patched) != 1 else ''}: {', '.join(map(str, patched))}")

@@ -16,6 +16,7 @@ from shiftaudit.cli import options as opt
 from shiftaudit.cli.choices import DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
 from shiftaudit.cli.common import check_outputs, handle_errors, json_to_stdout, say_stale
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
+from shiftaudit.cli.patch_search import SEARCH_FILES, SearchFlags, read_plan, run_search
 from shiftaudit.cli.patch_views import RUN_FOLDERS, PatchSteps, say_written, show_dry_run, write_outputs
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
@@ -68,6 +69,37 @@ def patch_command(
     circular_conv: Annotated[
         bool, typer.Option("--circular-conv", help="Make every conv's zero padding circular (the paper's clean testbed).")
     ] = False,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search",
+            help="Measure per-layer plans (no change, blur with each --search-filter, APS; with and without --recalibrate) on "
+            "--data, labels unused: zero-shift top-1 agreement with the original and consistency; choose the most consistent "
+            "within --max-agreement-drop, show the frontier and stop (see docs/patching.md).",
+        ),
+    ] = False,
+    max_agreement_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-agreement-drop",
+            min=0.0,
+            max=1.0,
+            help="--search budget: the share of agreement the plan may lose (default 0.01).",
+        ),
+    ] = None,
+    search_filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--search-filter", help="Blur filter --search tries at each layer; repeatable (default: tri3 and binomial5)."
+        ),
+    ] = None,
+    plan_out: Annotated[
+        Path | None, typer.Option("--plan-out", help="Write the plan --search chose here (JSON), for `patch --plan`.")
+    ] = None,
+    plan_in: Annotated[
+        Path | None,
+        typer.Option("--plan", help="Patch each layer as this plan says (written by --search --plan-out) instead of one method."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and stop.")] = False,
     output: Annotated[
         Path | None,
@@ -174,9 +206,17 @@ def patch_command(
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
-    _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run, output, distill_data)
-    config = _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
-    check_outputs({"--output": output, "--json": json_out}, {"--out": (out, side_by_side_files(RUN_FOLDERS))}, inputs=[model])
+    search_flags = SearchFlags(search, max_agreement_drop, tuple(search_filters or ()), plan_out, plan_in, stem)
+    one_config = method != PatchMethod.blurpool or bool(filter_name or pad or only or skip or circular_conv or not shortcuts)
+    search_flags.check(data=data, evaluate=evaluate, distill=distill_data is not None, one_config=one_config)
+    _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, distill_data, search)
+    config = (
+        read_plan(plan_in) if plan_in else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
+    )
+    folder = SEARCH_FILES if search else side_by_side_files(RUN_FOLDERS)
+    check_outputs(
+        {"--output": output, "--json": json_out, "--plan-out": plan_out}, {"--out": (out, folder)}, inputs=[model, plan_in]
+    )
     json_to_stdout(json_out)
     fmt = _save_format(output, fmt)
     loaded = load_model_from_cli(model, arch, num_classes, trust_pickle, arch_kwargs)
@@ -184,7 +224,7 @@ def patch_command(
     prep = resolve_cli_preprocessing(loaded, value(preset), size, resize, mean, std, data)
     if output is not None and fmt == ModelFormat.safetensors and not loaded.arch:
         raise UsageError("Saving a patched model as safetensors needs its architecture: pass --arch, or save it as .pt2.")
-    if dry_run:
+    if dry_run and not search:
         return show_dry_run(loaded.model, config, prep)
     how: dict[str, Any] = dict(
         preset=value(preset), size=size, resize=resize, mean=mean, std=std, seed=seed, strict=strict, raw=raw
@@ -196,18 +236,13 @@ def patch_command(
         None if path is None else load_dataset_from_cli(loaded, path, **flags)
         for path, flags in ((data, labelled), (calibration_data, unlabelled), (distill_data, unlabelled))
     )
-    settings = AuditConfig(
-        max_shift=max_shift,
-        shift_step=shift_step,
-        mode=mode.value,
-        shift_mode=shift_mode.value,
-        pairs=pairs,
-        seed=seed,
-        device=device,
-        precision=precision.value,
-        batch_size=batch_size,
-        num_workers=workers,
-    )
+    settings = _settings(max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers)
+    if search:
+        to_write = dict(output=output, fmt=fmt.value, json_out=json_out, out=out)
+        return run_search(
+            loaded, prep, search_flags, data=dataset, calibration=calibration, recalibrate=recalibrate, settings=settings,
+            dry_run=dry_run, outputs=to_write, quiet=quiet,
+        )  # fmt: skip
     report = patch_and_evaluate(
         loaded,
         config,
@@ -231,6 +266,33 @@ def patch_command(
     if not quiet:
         say_written(output, fmt.value, loaded.arch, json_out=json_out, out=out, written=written)
     say_stale(outputs, quiet)
+
+
+def _settings(
+    max_shift: int | None,
+    shift_step: float | None,
+    mode: Mode,
+    shift_mode: ShiftMode,
+    pairs: int,
+    seed: int,
+    device: str,
+    precision: Precision,
+    batch_size: int | None,
+    workers: int | None,
+) -> AuditConfig:
+    """The audits' settings (the search's too), as ``eval`` takes them."""
+    return AuditConfig(
+        max_shift=max_shift,
+        shift_step=shift_step,
+        mode=mode.value,
+        shift_mode=shift_mode.value,
+        pairs=pairs,
+        seed=seed,
+        device=device,
+        precision=precision.value,
+        batch_size=batch_size,
+        num_workers=workers,
+    )
 
 
 def _patch_config(
@@ -277,6 +339,7 @@ def _refuse_flag_mixes(
     dry_run: bool,
     output: Path | None,
     distill_data: Path | None,
+    search: bool = False,
 ) -> None:
     """Flags that need, or exclude, one another: refused before the model is loaded."""
     if evaluate and data is None:
@@ -288,7 +351,7 @@ def _refuse_flag_mixes(
         )
     if calibration_data is not None and not recalibrate:
         raise UsageError("--calibration-data is used by --recalibrate N: add --recalibrate, or drop --calibration-data.")
-    if out is not None and not evaluate:
+    if out is not None and not evaluate and not search:
         raise UsageError("--out writes the before/after report of --eval: add --eval (and --data), or drop --out.")
     if dry_run and (output is not None or evaluate or recalibrate or distill_data is not None):
         raise UsageError("--dry-run only shows the plan: drop --output, --eval, --recalibrate and --distill, or drop --dry-run.")

@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from shiftaudit.antialias import SMALL_CALIBRATION, PatchConfig, PatchResult, patch_model
+from shiftaudit.antialias import SMALL_CALIBRATION, PatchConfig, PatchPlan, PatchResult, patch_model
 from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchReport
 from shiftaudit.antialias.workflow import save_patched
 from shiftaudit.cli.common import console, err_console
+from shiftaudit.errors import one_line
 from shiftaudit.files import all_or_nothing, write_json_atomic
 from shiftaudit.loading.architectures import kind_of
 from shiftaudit.report.outputs import write_side_by_side_dir
@@ -93,6 +95,8 @@ def runs(report: PatchReport) -> list[tuple[str, str, Any]]:
     c, config = report.comparison, report.patch.config
     assert c is not None
     name = f"Patched ({config.filter})" if config.method == "blurpool" else f"Patched (APS, {config.filter})"
+    if report.patch.plan is not None:
+        name = "Patched (plan)"
     if report.distillation is not None:
         name = name[:-1] + ", distilled)"
     control = [] if c.baseline_recalibrated is None else [("Baseline recalibrated", RUN_FOLDERS[2], c.baseline_recalibrated)]
@@ -104,7 +108,7 @@ def comparison_title(comparison: PatchComparison) -> str:
     return f"Before / after: {before.data.get('description', 'data')}; {describe_shifts(before)}"
 
 
-def show_dry_run(model: Any, config: PatchConfig, prep: Any) -> None:
+def show_dry_run(model: Any, config: PatchConfig | PatchPlan, prep: Any) -> None:
     insp = inspect_model(model, prep.size, channels=prep.channels)
     plan = {s.name: s for s in patch_model(model, config).steps}  # a copy: shows the real placements
     console.print(inspection_table(insp, {"Patch": {n: s.action for n, s in plan.items()}}, width=console.width))
@@ -126,6 +130,8 @@ def say_written(
 def steps_table(result: PatchResult) -> Table:
     cfg = result.config
     what = f"{cfg.filter}, {cfg.pad} padding" if cfg.method == "blurpool" else f"APS, blur {cfg.filter}, {cfg.pad} padding"
+    if result.plan is not None:
+        what = escape("plan: " + one_line(result.plan.label))  # layer names are the model's: shown, never markup
     t = Table(title=f"Patch ({what})", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("Layer", "Kind", "Rule", "Decision"):
         t.add_column(col)

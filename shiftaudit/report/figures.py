@@ -389,3 +389,36 @@ __all__ = [
     "plot_flip_examples",
     "plot_variation_distribution",
 ]
+
+
+# -- patch --search: agreement against consistency, one point per configuration --------------------------------------
+FRONTIER_SIZE = (7.0, 4.6)
+
+
+@plain_text
+def plot_frontier(frontier: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """The search's trade-off (``Frontier.to_json()``): zero-shift agreement with the original against consistency,
+    every configuration a dot, the frontier joined, the unpatched model and the chosen plan marked, the budget a line."""
+    configs = frontier["configurations"]
+    agreement = np.array([c["agreement"] for c in configs], dtype=float)
+    consistency = np.array([c["consistency"] for c in configs], dtype=float)
+    recal = np.array([bool(c["recalibrated"]) for c in configs])
+    fig, axes = _figure(FRONTIER_SIZE)
+    ax = axes[0, 0]
+    ax.scatter(agreement[~recal], consistency[~recal], s=18, color="C0", alpha=0.6, label="plan")
+    if recal.any():
+        ax.scatter(agreement[recal], consistency[recal], s=18, color="C2", marker="^", alpha=0.6, label="plan + BN re-estimated")
+    front = sorted(i for i, c in enumerate(configs) if c["pareto"])
+    front.sort(key=lambda i: agreement[i])
+    ax.plot(agreement[front], consistency[front], color="C1", linewidth=1.2, label="frontier")
+    ax.scatter(agreement[:1], consistency[:1], s=60, facecolors="none", edgecolors="black", label="unpatched")
+    chosen = int(frontier["chosen"])
+    ax.scatter(agreement[chosen : chosen + 1], consistency[chosen : chosen + 1], s=160, marker="*", color="C3", label="chosen")
+    budget = 1.0 - float(frontier["max_agreement_drop"])
+    ax.axvline(budget, color="C3", linestyle="--", linewidth=1, label=f"budget: agreement {budget:.3f}")
+    ax.set_xlabel("Top-1 agreement with the original at zero shift")
+    ax.set_ylabel(f"Consistency ({frontier.get('consistency', '')})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or f"Patch plans on {frontier['images']} images: what each costs and buys", fontsize=10)
+    return _save(fig, path)
