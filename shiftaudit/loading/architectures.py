@@ -275,11 +275,24 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+class _NoFillsOnMeta(TorchFunctionMode):
+    """Skip the random initialisers on meta tensors: they have no values to fill, yet torch runs each through its
+    reference decomposition, which was two thirds of building a skeleton (torchvision's 80 models: 37 s -> 15 s,
+    identical signatures). A torch function mode is thread-local, so no other thread's initialisation is touched."""
+
+    FILLS = frozenset({"normal_", "uniform_", "random_", "exponential_", "log_normal_", "cauchy_", "bernoulli_", "erfinv_"})
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", None) in self.FILLS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def build_skeleton(arch: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """The model without real storage (meta device): enough for its state-dict names and shapes, cheaply."""
     arch = canonical_arch(arch)
     try:
-        with _quiet(), torch.device("meta"):
+        with _quiet(), torch.device("meta"), _NoFillsOnMeta():
             return _construct(arch, num_classes, kwargs)
     except UsageError:
         raise
