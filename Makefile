@@ -19,13 +19,13 @@ demo: $(STAMP)
 
 # The suite without the tests marked slow (under 3 minutes on 2 cores); CI runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 # The property tests (hypothesis) with fresh randomness and ten times the examples: profile "fuzz" of
 # tests/conftest.py. `make test` runs them derandomised (profile "ci"), so CI never depends on luck (docs/testing.md).
