@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The search section of docs/worked-example.md ("Choosing what to anti-alias: the measured frontier"): on the worked
 # example's pretrained EfficientNet-Lite0 and its five labelled photos, `shiftaudit patch --search` measures which
-# downsampling points to anti-alias and how (no change, blur tri3, blur binomial5, APS; each with and without the
-# BatchNorm statistics re-estimated on unlabelled crops), picks the most consistent plan within an agreement budget,
-# and `patch --plan --eval` applies the chosen plan with the before/after audit.
+# downsampling points to anti-alias and how (no change, blur tri3, blur binomial5, APS; over +/-2 px each also with
+# the BatchNorm statistics re-estimated on unlabelled crops), picks the most consistent plan within a 1-point
+# agreement budget, over the page's shifts (+/-2 px) and over larger ones (+/-16 px, step 8), and `patch --plan
+# --eval` applies each chosen plan with the before/after audit. The searches measure 20-60 configurations of 125
+# forward passes each: roughly 10-15 minutes on a quiet 2-core CPU, nearly two hours of CPU on the loaded one of the
+# page's run; `--dry-run` (step 1) gives the count first.
 #
 #   bash docs/examples/real_photos.sh              # first: the example's packages and WORK/val, WORK/unlabelled
 #   bash docs/examples/real_photos_search.sh [WORK] # then this: writes WORK/search/ (WORK defaults to real-photos/)
