@@ -265,8 +265,10 @@ def test_settings_that_cannot_train_are_refused_before_any_image_is_read():
     ):
         with pytest.raises(UsageError, match=match):
             TrainConfig(**bad)
-    with pytest.raises(UsageError, match="fewer than one batch of 64"):
-        run({**CONFIG, "batch_size": 64})
+    small, _ = run({**CONFIG, "batch_size": 64, "accumulate": 4, "steps": 1})
+    assert small.batch_size == 32 and small.notes == ["the batch of 64 was lowered to 32: there are 32 training images"]
+    with pytest.raises(UsageError, match="fewer than one batch of 8"):
+        run({**CONFIG, "batch_size": 8, "accumulate": 8}, data=tiny_data(n=6))
     assert math.isfinite(run({**CONFIG, "steps": 1})[0].loss_first)
 
 

@@ -15,6 +15,7 @@ boundary: the state is saved (with ``resume``) and the run ends with :class:`~sh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -134,7 +135,14 @@ class Trainer:
         self.rank, self.world = (ctx.rank, ctx.world) if ctx else (0, 1)
         self.device = ctx.device if ctx else device
         self.config, self.data, self.progress = config, data, progress if self.rank == 0 else None
+        if config.ce_weight and not getattr(data, "has_labels", False):
+            raise UsageError(
+                "Fine-tuning on labels (--finetune, ce_weight) needs labelled images (a class-folder tree, or data with a "
+                "label column); for unlabelled images use label-free distillation (--distill)."
+            )
         self.train_pos, held_pos = heldout_split(len(data), config.seed, config.heldout_fraction, config.heldout_most)
+        self.notes: list[str] = []
+        self.config = config = self._fit_batch(config, len(self.train_pos))
         self.per_epoch = self._check_batches(len(self.train_pos))
         self.horizon = config.horizon(self.per_epoch)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
@@ -168,6 +176,16 @@ class Trainer:
         self.eval_s: float | None = None
         self.clock0: float | None = None
         self.elapsed0 = 0.0
+
+    def _fit_batch(self, config: TrainConfig, n: int) -> TrainConfig:
+        """A batch larger than the training images is lowered to them (to a multiple of the micro-batches and
+        processes), with a note: a handful of photos can still be fine-tuned on."""
+        unit = config.accumulate * self.world
+        if n >= config.batch_size or n < unit:
+            return config
+        lowered = n // unit * unit
+        self.notes.append(f"the batch of {config.batch_size} was lowered to {lowered}: there are {n} training images")
+        return dataclasses.replace(config, batch_size=lowered)
 
     def _check_batches(self, n: int) -> int:
         c, per = self.config, self.config.batch_size // self.config.accumulate
@@ -259,6 +277,13 @@ class Trainer:
         self.eval_s = time.monotonic() - t0
         return e
 
+    def _prior_step_time(self, eval_s: float) -> None:
+        """A first guess at a step's time, before any step ran (so the time budget holds from the first step): an
+        evaluation runs 3 forwards per held-out image; a step runs the teacher's forward and the student's forward and
+        backward (about 2 forwards) per image of this process's share of the batch."""
+        local = max(1, self.held.images.shape[0])
+        self.step_s = eval_s / (3 * local) * 4 * self.config.batch_size / self.world
+
     def _elapsed(self) -> float:
         """Seconds of training so far, across a resumed run's sessions."""
         return self.elapsed0 + (time.monotonic() - self.clock0 if self.clock0 is not None else 0.0)
@@ -339,7 +364,9 @@ class Trainer:
         )
         self.run = resumed or saved.RunState()
         self.elapsed0 = self.run.elapsed
+        t0 = time.monotonic()
         original = self.held.evaluate(self.teacher, -1)
+        self._prior_step_time(time.monotonic() - t0)
         if resumed is None:
             self._evaluate(None)  # step 0: the patched model as given, the first candidate for "best"
         self.batches = Batches(self.train_pos, c, self.rank, self.world, self.run.step, self.horizon)
@@ -355,6 +382,7 @@ class Trainer:
         finally:
             if self.progress is not None:
                 self.progress.stop()
+        self.elapsed0, self.clock0 = self._elapsed(), None  # the budget's clock stops with the loop
         if self.run.history[-1]["step"] != self.run.step:
             self._evaluate(self.run.losses[-1] if self.run.losses else None)
         self._save()
@@ -396,6 +424,7 @@ class Trainer:
             resumed_at_step=run.resumed_at,
             settings=c.to_json(),
             history=run.history,
+            notes=self.notes,
         )
 
 
