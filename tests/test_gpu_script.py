@@ -91,6 +91,7 @@ def test_an_interpreter_that_sees_a_gpu_is_preferred_and_runs_the_gpu_mode(tmp_p
     res = run_script(
         out,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
+        CUDA_VISIBLE_DEVICES="",  # a real .venv's torch sees no GPU even on a machine with one
         GPU_SH_STAGES="finetune",
         GPU_SH_FINETUNE=str(hook(tmp_path, RECORDING_HOOK)),
     )
