@@ -206,7 +206,7 @@ def test_dry_run_on_the_cpu_runs_every_stage_and_writes_its_files(tmp_path):
     record = run_record(out)
     assert record["mode"] == "dry-run" and record["ok"] is True and record["python"] == sys.executable
     stages = {s["name"]: s["status"] for s in record["stages"]}
-    assert stages == dict.fromkeys(("env", "package", "cli", "collect", "tests", "bench", "options"), "ok")
+    assert stages == dict.fromkeys(("env", "package", "cli", "collect", "tests", "bench", "options", "finetune"), "ok")
     assert record["seconds"] <= 600
     assert {p.name for p in out.iterdir()} == {
         "gpu-summary.txt",
@@ -216,6 +216,7 @@ def test_dry_run_on_the_cpu_runs_every_stage_and_writes_its_files(tmp_path):
         "gpu-tests.xml",
         "gpu.json",
         "options.json",
+        "gpu-finetune.json",
     }
     summary = (out / "gpu-summary.txt").read_text()
     assert "no GPU: dry run" in summary and "all stages passed" in summary and "skipped=8" in summary
@@ -224,4 +225,6 @@ def test_dry_run_on_the_cpu_runs_every_stage_and_writes_its_files(tmp_path):
     assert checked["modules_imported"] > 100 and "eval --help" in checked["cli"]
     assert json.loads((out / "gpu.json").read_text())["dry_run"] is True
     assert json.loads((out / "options.json").read_text())["device"] == "cpu"
+    finetune = json.loads((out / "gpu-finetune.json").read_text())  # 2 gloo processes under torchrun, toy sizes
+    assert finetune["processes"] == 2 and finetune["steps"] == 2 and finetune["device"].startswith("cpu (dry run")
     assert res.stdout.rstrip().endswith(summary.rstrip().splitlines()[-1])

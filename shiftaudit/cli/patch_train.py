@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,11 @@ TrainResumeOpt = Annotated[
 ]
 
 
+TRAIN_FLAGS = {
+    "steps": "--train-steps", "epochs": "--train-epochs", "seconds": "--train-seconds", "lr": "--train-lr",
+    "batch_size": "--train-batch", "accumulate": "--accumulate", "warmup": "--warmup", "weight_decay": "--weight-decay",
+    "ema": "--ema", "ce_weight": "--ce-weight", "eval_every": "--eval-every", "patience": "--patience",
+}  # fmt: skip
 DEFAULT_BUDGET = (300, 120.0)  # steps, seconds: a CPU-sized run; give any budget flag to set your own
 
 
@@ -126,6 +132,11 @@ class TrainFlags:
             if distill is None and finetune is None:
                 raise UsageError("--resume saves a fine-tuning run: add --distill or --finetune, or drop it.")
             check_resume_path(self.resume)
+        if distill is not None or finetune is not None:
+            try:
+                self.config(finetune=finetune is not None, max_shift=None, seed=0, precision="fp32")
+            except UsageError as exc:  # the library names TrainConfig's fields; here they are this command's flags
+                raise UsageError(re.sub(r"`([a-z_]+)`", lambda m: TRAIN_FLAGS.get(m.group(1), m.group(0)), str(exc))) from None
 
     def config(self, *, finetune: bool, max_shift: int | None, seed: int, precision: str) -> TrainConfig:
         """The run's settings; with no budget given, the default one (300 steps or 120 s)."""
