@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms as T
-import torchvision.transforms.v2.functional as TF
 
 from shiftaudit.rng import STREAM_TRAIN_ORDER, STREAM_TRAIN_VIEW, splitmix64, uniform_integers
 
@@ -65,6 +63,9 @@ def roll_each(images: torch.Tensor, shifts: np.ndarray) -> torch.Tensor:
 
 def _crop(image: torch.Tensor, key: int) -> torch.Tensor:
     """torchvision's RandomResizedCrop, its parameters drawn from ``key`` (not the global generator), back to size."""
+    import torchvision.transforms as T  # local: torchvision loads when a crop is drawn, not when the CLI starts
+    import torchvision.transforms.v2.functional as TF  # local: as above
+
     h, w = image.shape[-2:]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(key)
