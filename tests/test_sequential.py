@@ -491,10 +491,10 @@ def test_the_fallback_runs_no_pair_twice_and_writes_the_full_audits_report(zero_
     (gate_note,) = [n for n in r.notes if n.startswith("sequential gate undecided after ")]
     spent = int(gate_note.split("after ")[1].split(" forward")[0].replace(",", ""))
     assert 0 < spent == progress.starts[1][3] <= 160  # what the gate had run when the full audit started: its budget
+    assert len(set(wrapped.rows)) == len(wrapped.rows)  # no input twice: not one cached prediction was recomputed
     ran = len(wrapped.rows) - spent
     reused = f"the full audit reused {spent:,} of the sequential gate's {spent:,} predictions and ran {ran:,} "
     assert reused in " ".join(r.notes) or engine == "early-exit"
-    assert len(set(wrapped.rows)) == len(wrapped.rows)  # no input twice: not one cached prediction was recomputed
     if engine == "dense":
         assert len(wrapped.rows) == 1600 and ran == 1600 - spent  # the full audit's own passes, less the cached
     else:  # the walk reads what the gate walked, in chunks of its own: it may need some of the gate's, not all
