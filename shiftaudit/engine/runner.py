@@ -135,6 +135,7 @@ def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> Audit
         state.save(prepared.metrics)
     if cache is not None:
         counters.rows_reused = cache.reused
+    if cache is not None and cache.held:
         prepared.notes.append(
             f"the full audit reused {cache.reused:,} of the sequential gate's {cache.held:,} predictions and ran "
             f"{prepared.forward.rows:,} forward passes of its own"
