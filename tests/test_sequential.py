@@ -591,3 +591,20 @@ def test_known_values_bound_the_mean_for_certain():
     assert stat.decision is None
     stat.exact = 0.65  # every value known: the full audit's value, and at the threshold it passes
     assert stat.decision is True and stat.to_json()["exact"] is True
+
+
+def test_in_sampled_mode_the_budget_is_a_share_of_the_sampled_audit(zero_padded):
+    """The planned full audit of a sampled run costs 2 + 2 x pairs passes per image (12 here, 2,400 in all), not every
+    shift of the set (16,200): the budget and the saving are counted against that."""
+    model, x, y, shifts, full = zero_padded
+    r = _gate(model, x, y, shifts, build_thresholds(0.5), mode="sampled")
+    seq = r.metrics["sequential"]
+    assert r.settings["engine"] == "sequential" and seq["forward_rows_exhaustive"] == 2400 > seq["forward_rows"]
+    wrapped = RowByRow(model, one_by_one=False)
+    value = r.metrics["sequential"]["statistics"][0]["estimate"]
+    r = _gate(wrapped, x, y, shifts, build_thresholds(round(value, 3)), mode="sampled", sequential_budget=0.1)
+    assert r.settings["engine"] == "dense" and r.settings["mode"] == "sampled"
+    (note,) = [n for n in r.notes if n.startswith("sequential gate undecided after ")]
+    spent = int(note.split("after ")[1].split(" forward")[0].replace(",", ""))
+    assert spent <= 240 and "(10 % of the full audit's)" in note
+    assert r.timing["forward_rows"] == 2400  # the sampled audit's rows, each run or reused once
