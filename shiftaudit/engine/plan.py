@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,6 +135,8 @@ def plan_shifts(
         raise UsageError(f"The shift set is for {shifts.height}x{shifts.width} inputs but the data is {size[0]}x{size[1]}.")
     elif shifts.mode != shift_mode:
         raise UsageError(f"The shift set is a {shifts.mode} set but the audit asks for shift mode {shift_mode}.")
+    elif not bool(((np.asarray(shifts.dh) == 0) & (np.asarray(shifts.dw) == 0)).any()):
+        raise UsageError("The shift set lacks the zero shift (0, 0), where accuracy and every adversarial radius start.")
     exhaustive = mode == "exhaustive" or (mode == "auto" and len(shifts) <= EXHAUSTIVE_LIMIT)
     return shifts, exhaustive
 
@@ -247,7 +250,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         config, model, dataset, shifts, exhaustive, labelled, metrics, observers, dev, device_batch, use_cl, notes
     )
     slots = len(shifts) if exhaustive else 2 + 2 * config.pairs
-    sequential = _plan_sequential(config, strategy, observers, dist is not None, len(dataset) * len(shifts), notes)
+    sequential = _plan_sequential(config, strategy, observers, dist is not None, len(dataset) * slots, notes)
     plan = AuditPlan(
         shifts=shifts,
         exhaustive=exhaustive,
@@ -351,7 +354,7 @@ SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audi
 
 
 def _plan_sequential(
-    config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, exhaustive_rows: int, notes: list[str]
+    config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, full_rows: int, notes: list[str]
 ) -> bool:
     """Whether the sequential gate runs first; when it was asked for and cannot, a note says why. Left to the plan
     (``sequential=None``), it is asked for when a verdict is all the audit gives: thresholds, and neither per-layer
@@ -364,8 +367,8 @@ def _plan_sequential(
     why = sequential_blocker(list(config.thresholds), strategy, observers, distributed)
     if why is None and config.resume is not None:
         why = "--resume saves the progress of the full audit"
-    if why is None and exhaustive_rows <= SEQUENTIAL_MIN_ROWS:
-        why = f"the full audit needs only {exhaustive_rows} forward passes"
+    if why is None and full_rows <= SEQUENTIAL_MIN_ROWS:
+        why = f"the full audit needs only {full_rows} forward passes"
     if why is not None:
         notes.append(f"sequential gate not used ({why}); the full audit decides")
         return False
