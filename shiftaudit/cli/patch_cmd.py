@@ -13,7 +13,7 @@ from shiftaudit.antialias.methods import get_patch_method
 from shiftaudit.antialias.workflow import check_patchable, patch_and_evaluate
 from shiftaudit.cli import app
 from shiftaudit.cli import options as opt
-from shiftaudit.cli.choices import DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
+from shiftaudit.cli.choices import BackendChoice, DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
 from shiftaudit.cli.common import check_outputs, handle_errors, json_to_stdout, say_stale
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
 from shiftaudit.cli.patch_search import SEARCH_FILES, SearchFlags, read_plan, run_search
@@ -199,6 +199,8 @@ def patch_command(
     device: opt.DeviceOpt = "auto",
     precision: opt.PrecisionOpt = Precision.fp32,
     batch_size: opt.BatchOpt = None,
+    backend: opt.BackendOpt = BackendChoice.torch,
+    threads: opt.ThreadsOpt = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON ('-' for stdout)."),
@@ -229,14 +231,12 @@ def patch_command(
     how: dict[str, Any] = dict(
         preset=value(preset), size=size, resize=resize, mean=mean, std=std, seed=seed, strict=strict, raw=raw
     )
-    unlabelled = dict(how, data_kind="auto", class_map=None, limit=None)
-    labelled = dict(how, data_kind=data_kind.value, class_map=class_map, limit=limit, max_shift=max_shift)
+    labelled = dict(data_kind=data_kind.value, class_map=class_map, limit=limit, max_shift=max_shift)
     labelled["shift_mode"] = shift_mode.value if evaluate else "circular"
-    dataset, calibration, distill_set = (
-        None if path is None else load_dataset_from_cli(loaded, path, **flags)
-        for path, flags in ((data, labelled), (calibration_data, unlabelled), (distill_data, unlabelled))
+    dataset, calibration, distill_set = _datasets(loaded, (data, calibration_data, distill_data), how, labelled)
+    settings = _audits(
+        max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers, backend, threads
     )
-    settings = _settings(max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers)
     if search:
         to_write = dict(output=output, fmt=fmt.value, json_out=json_out, out=out)
         return run_search(
@@ -268,7 +268,18 @@ def patch_command(
     say_stale(outputs, quiet)
 
 
-def _settings(
+def _datasets(
+    loaded: Any, paths: tuple[Path | None, Path | None, Path | None], how: dict[str, Any], labelled: dict[str, Any]
+) -> tuple[Any, Any, Any]:
+    """The --data, --calibration-data and --distill sets (None where not given): --data as ``eval`` loads it (with
+    ``labelled``'s flags), the other two as unlabelled images."""
+    unlabelled = dict(how, data_kind="auto", class_map=None, limit=None)
+    flags = (dict(how, **labelled), unlabelled, unlabelled)
+    first, second, third = (None if path is None else load_dataset_from_cli(loaded, path, **f) for path, f in zip(paths, flags))
+    return first, second, third
+
+
+def _audits(
     max_shift: int | None,
     shift_step: float | None,
     mode: Mode,
@@ -279,9 +290,13 @@ def _settings(
     precision: Precision,
     batch_size: int | None,
     workers: int | None,
+    backend: BackendChoice,
+    threads: int | None,
 ) -> AuditConfig:
     """The audits' settings (the search's too), as ``eval`` takes them."""
     return AuditConfig(
+        backend=backend.value,
+        threads=threads,
         max_shift=max_shift,
         shift_step=shift_step,
         mode=mode.value,
