@@ -220,7 +220,20 @@ def test_a_named_runtime_skips_the_polyphase_engine_and_float64_models(name):
     assert any("the runtimes run float32 models and this one is float64" in n for n in double.notes)
 
 
-def test_auto_takes_the_first_installed_runtime_when_the_audit_is_long_enough(monkeypatch):
+@pytest.mark.parametrize("asked", ["auto", pytest.param("openvino", marks=RUNTIME[0].marks)])
+def test_an_onnx_model_runs_as_it_came(asked, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from shiftaudit.engine.backends import export_onnx
+    from shiftaudit.loading import load_model
+
+    loaded = load_model(export_onnx(_model(), _data()[0][:2], tmp_path))
+    result = shiftaudit.audit(loaded, _data(), max_shift=1, device="cpu", backend=asked)
+    assert "backend" not in result.settings and result.model["format"] == "onnx"
+    assert f"backend {asked}: not used, the model is an ONNX graph run by onnxruntime already" in result.notes
+
+
+def test_auto_takes_the_fastest_installed_runtime_when_the_audit_is_long_enough(monkeypatch):
     installed = [n for n in backend_plan.AUTO_ORDER if RUNTIMES[n].installed()]
     if not installed:
         pytest.skip("no inference runtime installed")
@@ -228,8 +241,45 @@ def test_auto_takes_the_first_installed_runtime_when_the_audit_is_long_enough(mo
     assert short.settings["backend"] == {"name": "torch", "asked": "auto", "export_seconds": None, "probe": None}
     assert any("too few for exporting the model to pay" in n for n in short.notes)
     monkeypatch.setattr(backend_plan, "AUTO_MIN_SECONDS", 0.0)
+    torch_logits = backend_plan._torch_logits  # torch timed at 10 s a probe batch: any runtime is faster
+    monkeypatch.setattr(backend_plan, "_torch_logits", lambda model, x, timed: (torch_logits(model, x, timed)[0], 10.0))
     long = _audit(_model(), "auto")
-    assert long.settings["backend"]["name"] == installed[0] and long.settings["backend"]["asked"] == "auto"
+    assert long.settings["backend"]["name"] in installed and long.settings["backend"]["asked"] == "auto"
+    race = next(n for n in long.notes if n.startswith("backend auto: "))
+    assert "probe batch: torch " in race and all(RUNTIMES[n].label in race for n in installed)
+    assert_same_report(short.to_json(), long.to_json())
+
+
+@pytest.mark.parametrize("fastest", NAMES)
+def test_auto_takes_the_runtime_that_was_fastest_on_the_probe(fastest, monkeypatch):
+    if not all(RUNTIMES[n].installed() for n in NAMES):
+        pytest.skip("needs every runtime installed")
+    monkeypatch.setattr(backend_plan, "AUTO_MIN_SECONDS", 0.0)
+    torch_logits, compare = backend_plan._torch_logits, backend_plan.compare
+    monkeypatch.setattr(backend_plan, "_torch_logits", lambda model, x, timed: (torch_logits(model, x, timed)[0], 10.0))
+
+    def timed(module, x, ref, timed=False):
+        probe, ok, _ = compare(module, x, ref, timed)
+        name = "openvino" if type(module).__name__ == "RuntimeModule" else "onnxruntime"
+        return probe, ok, 1.0 if name == fastest else 2.0
+
+    monkeypatch.setattr(backend_plan, "compare", timed)
+    result = _audit(_model(), "auto")
+    assert result.settings["backend"]["name"] == fastest
+    race = next(n for n in result.notes if n.startswith("backend auto: "))
+    assert "probe batch: torch 10 s, OpenVINO" in race and f"{RUNTIMES[fastest].label} 1 s" in race
+
+
+def test_auto_keeps_torch_when_torch_was_the_fastest_on_the_probe(monkeypatch):
+    if not any(RUNTIMES[n].installed() for n in backend_plan.AUTO_ORDER):
+        pytest.skip("no inference runtime installed")
+    monkeypatch.setattr(backend_plan, "AUTO_MIN_SECONDS", 0.0)
+    torch_logits = backend_plan._torch_logits
+    monkeypatch.setattr(backend_plan, "_torch_logits", lambda model, x, timed: (torch_logits(model, x, timed)[0], 1e-9))
+    result = _audit(_model(), "auto")
+    backend = result.settings["backend"]
+    assert backend["name"] == "torch" and backend["export_seconds"] > 0 and backend["probe"]["top1_agreement"] == 1.0
+    assert any(n.endswith("torch was the fastest, and ran the model") for n in result.notes)
 
 
 def test_auto_without_runtimes_measures_channels_last(monkeypatch):

@@ -14,12 +14,13 @@
   :data:`PROBE_TOLERANCE` of torch's and every top-1 prediction agrees; otherwise torch does, with a note. Export
   seconds and the probe's figures go into the plan and the report's ``settings.backend``.
 
-``auto`` takes the first installed runtime of :data:`AUTO_ORDER` (OpenVINO was the faster on the machine of
-docs/performance.md, ONNX Runtime close behind), and only when the audit's forward passes, estimated from the timed
-torch probe, would take at least :data:`AUTO_MIN_SECONDS` with torch: below that, exporting (seconds for a resnet)
-would not pay. Where auto ends on torch on the CPU for a long audit, it also measures whether the channels_last
-memory format is faster and takes it when it is. Auto's choices depend on timings, so its reports are not
-reproducible bit for bit; a named backend's are, on one machine.
+``auto`` considers a runtime only when the audit's forward passes, estimated from a timed (warm) torch call on the
+probe batch, would take at least :data:`AUTO_MIN_SECONDS` with torch: below that, exporting (seconds for a resnet)
+would not pay. It then exports once, compiles every installed runtime of :data:`AUTO_ORDER`, probes each, times a
+warm call of each on the probe batch, and the fastest that agrees with torch runs the audit, if it was faster than
+torch (which otherwise runs it, with a note giving the times). Where auto ends on torch on the CPU for a long audit,
+it also measures whether the channels_last memory format is faster and takes it when it is. Auto's choices depend on
+timings, so its reports are not reproducible bit for bit; a named backend's are, on one machine.
 """
 
 from __future__ import annotations
@@ -96,8 +97,6 @@ def _torch_entry(asked: str, export_seconds: float | None = None, probe: Probe |
 def _skip_reason(req: BackendRequest) -> str | None:
     """Why no runtime can run this audit (auto's reasons; a named runtime was refused the others already)."""
     config = req.config
-    if req.outside is not None:
-        return f"the model is {req.outside} already"
     if req.device.type != "cpu":
         return f"the inference runtimes run on the CPU, and this audit runs on {req.device.type}"
     if config.layers or config.observers:
@@ -120,6 +119,9 @@ def plan_backend(req: BackendRequest, forward: BatchedForward, notes: list[str])
     asked = req.config.backend
     if asked == "torch":
         return None
+    if req.outside is not None:  # nothing to export: the graph runs as it came
+        notes.append(f"backend {asked}: not used, the model is {req.outside} already")
+        return None
     why = _skip_reason(req)
     if why is not None:
         notes.append(f"backend {asked}: {why}; torch ran the model")
@@ -132,13 +134,13 @@ def plan_backend(req: BackendRequest, forward: BatchedForward, notes: list[str])
             "few for exporting the model to pay)"
         )
         return _torch_entry(asked)
-    runtime = RUNTIMES[asked] if asked in RUNTIMES else next((RUNTIMES[n] for n in AUTO_ORDER if RUNTIMES[n].installed()), None)
-    if runtime is None:
+    runtimes = [RUNTIMES[asked]] if asked in RUNTIMES else [RUNTIMES[n] for n in AUTO_ORDER if RUNTIMES[n].installed()]
+    if not runtimes:
         hint = " or ".join(RUNTIMES[n].install() for n in AUTO_ORDER)
         notes.append(f"backend auto: no inference runtime is installed ({hint}); torch ran the model")
         entry = _torch_entry(asked)
     else:
-        entry = _try_runtime(req, runtime(req.threads), x, ref, forward, notes)
+        entry = _try_runtimes(req, [cls(req.threads) for cls in runtimes], (x, ref, seconds), forward, notes)
     if entry.name == "torch" and asked == "auto" and req.config.channels_last is None:
         _choose_layout(req.model, x, seconds, forward, notes)
     return entry
@@ -181,60 +183,110 @@ def _torch_logits(model: nn.Module, x: torch.Tensor, timed: bool) -> tuple[torch
     return ref, seconds
 
 
-def _compile(runtime: Runtime, model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """The model exported to a temporary folder (deleted once compiled) and compiled by the runtime."""
+def _compile(runtimes: list[Runtime], model: nn.Module, x: torch.Tensor) -> dict[str, nn.Module | Exception]:
+    """The model exported once to a temporary folder (deleted once compiled) and compiled by each runtime (or the
+    runtime's error); :class:`ExportFailed` when it does not export."""
+    built: dict[str, nn.Module | Exception] = {}
     with tempfile.TemporaryDirectory(prefix="shiftaudit-export-") as folder:
-        return runtime.module(export_onnx(model, x[:2], Path(folder)))
+        path = export_onnx(model, x[:2], Path(folder))
+        for runtime in runtimes:
+            try:
+                built[runtime.name] = runtime.module(path)
+            except Exception as exc:  # the runtime's own error classes
+                built[runtime.name] = exc
+    return built
 
 
-def _try_runtime(
-    req: BackendRequest, runtime: Runtime, x: torch.Tensor, ref: torch.Tensor, forward: BatchedForward, notes: list[str]
+@dataclass
+class _Candidate:
+    runtime: Runtime
+    module: nn.Module
+    probe: Probe
+    seconds: float  # a warm call on the probe batch
+
+
+def _try_runtimes(
+    req: BackendRequest,
+    runtimes: list[Runtime],
+    reference: tuple[torch.Tensor, torch.Tensor, float],
+    forward: BatchedForward,
+    notes: list[str],
 ) -> Backend:
-    """Export, compile and probe; the runtime runs the audit if its probe agrees with torch, torch otherwise."""
-    asked, label = req.config.backend, runtime.label
+    """Export once, compile and probe each runtime; the fastest that agrees with torch runs the audit (for auto, only
+    if it beat torch on the probe), torch otherwise."""
+    asked, (x, ref, torch_seconds) = req.config.backend, reference
     t0 = time.perf_counter()
     try:
-        module = _compile(runtime, req.model, x)
+        built = _compile(runtimes, req.model, x)
     except ExportFailed as exc:
         notes.append(f"backend {asked}: the model does not export to ONNX ({exc}); torch ran the model")
         return _torch_entry(asked)
-    except Exception as exc:  # the runtime's own error classes
+    export_seconds = time.perf_counter() - t0
+    probed = [_probe_one(asked, runtime, built[runtime.name], x, ref, notes) for runtime in runtimes]
+    passed = [c for c in probed if isinstance(c, _Candidate)]
+    if not passed:
+        return _torch_entry(asked, export_seconds, next((c for c in probed if isinstance(c, Probe)), None))
+    best = min(passed, key=lambda c: c.seconds)
+    if asked == "auto" and not best.seconds < torch_seconds:
+        notes.append(f"backend auto: {_race(passed, torch_seconds)}: torch was the fastest, and ran the model")
+        return _torch_entry(asked, export_seconds, best.probe)
+    forward.model, forward.channels_last = best.module, False
+    c, (h, w), label = x.shape[1], req.size, best.runtime.label
+    what = f"max |logit difference| {best.probe.max_abs_logit_diff:.2g} against torch on a probe of {best.probe.rows} images"
+    race = f" ({_race(passed, torch_seconds)})" if asked == "auto" else ""
+    notes.append(f"backend {asked}: {label} ran the model{race}, exported to ONNX at {c}x{h}x{w} with a free batch axis; {what}")
+    return Backend(name=best.runtime.name, asked=asked, export_seconds=export_seconds, probe=best.probe)
+
+
+def _race(passed: list[_Candidate], torch_seconds: float) -> str:
+    times = ", ".join(f"{c.runtime.label} {c.seconds:.2g} s" for c in passed)
+    return f"probe batch: torch {torch_seconds:.2g} s, {times}"
+
+
+def _probe_one(
+    asked: str, runtime: Runtime, built: nn.Module | Exception, x: torch.Tensor, ref: torch.Tensor, notes: list[str]
+) -> _Candidate | Probe | None:
+    """A runtime that agreed with torch on the probe (timed for auto); else its probe (or None) and a note why not."""
+    label = runtime.label
+    if isinstance(built, Exception):
         notes.append(
-            f"backend {asked}: {label} could not compile the exported model ({first_line(exc)[:200]}); torch ran the model"
+            f"backend {asked}: {label} could not compile the exported model ({first_line(built)[:200]}); torch ran the model"
         )
-        return _torch_entry(asked)
-    seconds = time.perf_counter() - t0
+        return None
     try:
-        probe, ok = compare(module, x, ref)
+        probe, ok, seconds = compare(built, x, ref, timed=asked == "auto")
     except Exception as exc:
         notes.append(f"backend {asked}: {label} failed on the probe batch ({first_line(exc)[:200]}); torch ran the model")
-        return _torch_entry(asked, seconds)
-    what = f"a probe of {probe.rows} images through {label} and torch: max |logit difference| {probe.max_abs_logit_diff:.2g}"
+        return None
     if not ok:
         notes.append(
-            f"backend {asked}: {what} (allowed {probe.tolerance:g} x (1 + max |logit|)), top-1 agreement "
+            f"backend {asked}: a probe of {probe.rows} images through {label} and torch: max |logit difference| "
+            f"{probe.max_abs_logit_diff:.2g} (allowed {probe.tolerance:g} x (1 + max |logit|)), top-1 agreement "
             f"{100 * probe.top1_agreement:.1f} %; the runtime's predictions would differ, so torch ran the model"
         )
-        return _torch_entry(asked, seconds, probe)
-    forward.model, forward.channels_last = module, False
-    c, (h, w) = x.shape[1], req.size
-    notes.append(f"backend {asked}: {label} ran the model, exported to ONNX at {c}x{h}x{w} with a free batch axis; {what}")
-    return Backend(name=runtime.name, asked=asked, export_seconds=seconds, probe=probe)
+        return probe
+    return _Candidate(runtime, built, probe, seconds)
 
 
-def compare(module: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> tuple[Probe, bool]:
+def compare(module: nn.Module, x: torch.Tensor, ref: torch.Tensor, timed: bool = False) -> tuple[Probe, bool, float]:
     """The runtime's logits against torch's on the probe batch (and on its first row alone, which a graph whose batch
-    was fixed at export fails): the report's probe, and whether the runtime may run the audit."""
+    was fixed at export fails): the report's probe, whether the runtime may run the audit, and when ``timed`` the
+    seconds of a second (warm) call on the batch."""
     with torch.inference_mode():
         out = as_logits(module(x), x.shape[0]).float()
         one = as_logits(module(x[:1]), 1).float()
+        t0 = time.perf_counter()
+        if timed:
+            module(x)
+        seconds = time.perf_counter() - t0
     if out.shape != ref.shape:
         raise RuntimeError(f"it returned {tuple(out.shape)} logits where torch returned {tuple(ref.shape)}")
     diff = max(float((out - ref).abs().max()), float((one - ref[:1]).abs().max()))
     agreement = float((out.argmax(1) == ref.argmax(1)).double().mean())
     scale = 1.0 + float(ref.abs().max())
     ok = diff <= PROBE_TOLERANCE * scale and agreement == 1.0 and bool(one.argmax(1) == ref[:1].argmax(1))
-    return Probe(rows=int(x.shape[0]), max_abs_logit_diff=diff, top1_agreement=agreement, tolerance=PROBE_TOLERANCE), ok
+    probe = Probe(rows=int(x.shape[0]), max_abs_logit_diff=diff, top1_agreement=agreement, tolerance=PROBE_TOLERANCE)
+    return probe, ok, seconds
 
 
 def _choose_layout(model: nn.Module, x: torch.Tensor, seconds: float, forward: BatchedForward, notes: list[str]) -> None:
