@@ -24,6 +24,8 @@ from shiftaudit.antialias.config import PatchConfig, PatchPlan, Treatment
 from shiftaudit.antialias.rewrite import patch_model, plan_patch
 from shiftaudit.engine.config import AuditConfig, resolve_device
 from shiftaudit.engine.observers import Progress
+from shiftaudit.engine.plan import plan_audit, resolve_data
+from shiftaudit.engine.runner import run_plan
 from shiftaudit.errors import UsageError
 
 if TYPE_CHECKING:  # shiftaudit.loading imports antialias back: loaded when a search runs
@@ -168,8 +170,6 @@ def search_cost(
     loaded, data, points, candidates, variants = _prepare(
         model, data, settings, filters, aps, 0.0, calibration, recalibrate, stem
     )
-    from shiftaudit.engine.plan import plan_audit  # local: the engine imports antialias (polyphase), which imports this
-
     settings = settings or AuditConfig()
     chosen = _strategy(strategy, len(points), len(candidates), len(variants))
     count = (_exhaustive_count if chosen == "exhaustive" else _greedy_count)(len(points), len(candidates), len(variants))
@@ -239,9 +239,6 @@ class _Measure:
         self.kind = ""
 
     def __call__(self, plan: PatchPlan, recalibrated: bool) -> Configuration:
-        from shiftaudit.engine.plan import plan_audit  # local: the engine imports antialias (polyphase), which imports this
-        from shiftaudit.engine.runner import run_plan  # local: as plan_audit
-
         model, spec = self.loaded.model, self.loaded.patch_spec
         if plan.points:
             result = patch_model(self.loaded.model, plan)
@@ -331,7 +328,6 @@ def _prepare(
     """Check the request before any work: the loaded model, the data as the audits read it, the points, the
     treatments and the re-estimation variants."""
     from shiftaudit.antialias.workflow import check_patchable  # local: workflow imports loading, which imports antialias
-    from shiftaudit.engine.plan import resolve_data  # local: the engine imports antialias (polyphase), which imports this
     from shiftaudit.loading import load_model  # local: loading imports antialias back (load, onnx_inspect)
 
     if not 0.0 <= max_agreement_drop <= 1.0:

@@ -14,6 +14,7 @@ from shiftaudit.data.presets import PRESETS
 from shiftaudit.engine.config import MODES, PRECISIONS, backend_names
 from shiftaudit.loading.saving import FORMATS
 from shiftaudit.shifts.modes import shift_mode_names
+from shiftaudit.training.config import AUGMENTS, BN_POLICIES
 
 
 def _choices(name: str, names: tuple[str, ...]) -> Any:
@@ -49,6 +50,12 @@ if TYPE_CHECKING:  # for type checkers, the members the CLI names; at run time e
         safetensors = "safetensors"
         pt2 = "pt2"
 
+    class Augment(str, Enum):
+        none = "none"
+
+    class BatchNormPolicy(str, Enum):
+        frozen = "frozen"
+
 else:
     ShiftMode = _choices("ShiftMode", shift_mode_names())
     PatchMethod = _choices("PatchMethod", patch_method_names())
@@ -59,6 +66,8 @@ else:
     Preset = _choices("Preset", tuple(PRESETS))
     Pad = _choices("Pad", PAD_MODES)
     ModelFormat = _choices("ModelFormat", FORMATS)
+    Augment = _choices("Augment", AUGMENTS)
+    BatchNormPolicy = _choices("BatchNormPolicy", BN_POLICIES)
 
 
 def value(choice: Enum | None) -> str | None:
