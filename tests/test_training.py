@@ -163,6 +163,27 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
 # -- resume ---------------------------------------------------------------------------------------------------------
 
 
+def test_the_progress_bar_counts_steps_and_is_given_back_counting_images():
+    class Bar:
+        unit = "images"
+
+        def __init__(self):
+            self.calls = []
+
+        def start(self, total, description):
+            self.calls.append((self.unit, total))
+
+        def advance(self, n):
+            pass
+
+        def stop(self):
+            pass
+
+    bar = Bar()
+    run({**CONFIG, "steps": 2}, progress=bar)
+    assert bar.calls == [("steps", 2)] and bar.unit == "images"  # the audits after fine-tuning count images again
+
+
 class SignalAt:
     """A progress object that sends ``signum`` to this process once ``step`` steps are done."""
 

@@ -16,6 +16,7 @@ from shiftaudit.cli import options as opt
 from shiftaudit.cli import patch_train as pt
 from shiftaudit.cli.choices import (
     Augment,
+    BackendChoice,
     BatchNormPolicy,
     DataKind,
     Mode,
@@ -215,6 +216,8 @@ def patch_command(
     device: opt.DeviceOpt = "auto",
     precision: opt.PrecisionOpt = Precision.fp32,
     batch_size: opt.BatchOpt = None,
+    backend: opt.BackendOpt = BackendChoice.torch,
+    threads: opt.ThreadsOpt = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON ('-' for stdout)."),
@@ -256,7 +259,9 @@ def patch_command(
         shift_mode=shift_mode.value if evaluate else "circular",
     )  # fmt: skip
     dataset, calibration, train_set = _datasets(loaded, how, data, calibration_data, train_path, finetune_data is not None)
-    settings = _settings(max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers)
+    settings = _audits(
+        max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers, backend, threads
+    )
     if search:
         to_write = dict(output=output, fmt=fmt.value, json_out=json_out, out=out)
         return run_search(
@@ -293,7 +298,7 @@ def _datasets(
     )  # type: ignore[return-value]
 
 
-def _settings(
+def _audits(
     max_shift: int | None,
     shift_step: float | None,
     mode: Mode,
@@ -304,9 +309,13 @@ def _settings(
     precision: Precision,
     batch_size: int | None,
     workers: int | None,
+    backend: BackendChoice,
+    threads: int | None,
 ) -> AuditConfig:
     """The audits' settings (the search's too), as ``eval`` takes them."""
     return AuditConfig(
+        backend=backend.value,
+        threads=threads,
         max_shift=max_shift,
         shift_step=shift_step,
         mode=mode.value,

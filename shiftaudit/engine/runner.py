@@ -23,6 +23,7 @@ import torch
 from shiftaudit import __version__
 from shiftaudit.data import make_loader
 from shiftaudit.engine import distributed
+from shiftaudit.engine.backends import RUNTIMES
 from shiftaudit.engine.cache import PredictionCache
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.forward import model_dtype
@@ -32,6 +33,7 @@ from shiftaudit.engine.passes import DrawPlan, dense_job, early_exit_batch, full
 from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.resume import ResumeState, resume_state, subset_loader
 from shiftaudit.engine.sequential import Undecided, run_sequential
+from shiftaudit.engine.threads import using_threads
 from shiftaudit.errors import AuditInterrupted, ModelError, Terminated
 from shiftaudit.gating import evaluate_gate, sequential_gate
 from shiftaudit.metrics import Metric, ShiftBatch, ZeroShiftConfidence
@@ -98,7 +100,13 @@ class _Counters:
 
 
 def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> AuditResult:
-    """Execute a prepared plan: every image through the model at its planned shifts, then the report."""
+    """Execute a prepared plan: every image through the model at its planned shifts, then the report; torch (and the
+    runtime) on the plan's CPU threads, the caller's thread count restored after."""
+    with using_threads(prepared.plan.threads):
+        return _run_plan(prepared, progress)
+
+
+def _run_plan(prepared: PreparedAudit, progress: Progress | None) -> AuditResult:
     plan = prepared.plan
     cache = None
     if plan.sequential:
@@ -170,7 +178,7 @@ def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> tuple
         model=prepared.info or {"description": type(prepared.model).__name__},
         data=data,
         settings=settings,
-        environment=_environment(prepared.device),
+        environment=_environment(prepared.device, plan),
         notes=list(getattr(prepared.dataset, "notes", []) or []) + notes,
         timing={
             "seconds": outcome.seconds,
@@ -194,6 +202,8 @@ def _resume(prepared: PreparedAudit) -> ResumeState:
         "--batch-size": plan.device_batch,
         "the engine (--no-polyphase, --compile)": [plan.strategy, plan.compiled],
     }
+    if plan.backend is not None:  # absent for torch, so that a torch audit's state file is what it always was
+        numeric["--backend"] = plan.backend.name
     assert config.resume is not None
     return resume_state(
         config.resume,
@@ -376,7 +386,7 @@ def _result(prepared: PreparedAudit, counters: _Counters, elapsed: float) -> Aud
         model=prepared.info or {"description": type(prepared.model).__name__},
         data=_data_info(dataset, plan, images_done, nonfinite_images),
         settings=_settings(plan),
-        environment=_environment(prepared.device),
+        environment=_environment(prepared.device, plan),
         notes=list(getattr(dataset, "notes", []) or []) + notes,
         timing=_timing(images_done, plan.slots_per_image, rows, elapsed),
     )
@@ -395,6 +405,7 @@ def _settings(plan: Any) -> dict[str, Any]:
         "precision": plan.precision,
         "device_batch": plan.device_batch,
         "engine": plan.strategy,
+        **({"backend": plan.backend.to_json()} if plan.backend is not None else {}),
     }
 
 
@@ -457,7 +468,7 @@ def label_mismatch_note(computed: dict[str, Any], metric_list: list[Metric]) -> 
     )
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
+def _environment(device: torch.device, plan: Any) -> dict[str, Any]:
     env = {
         "shiftaudit": __version__,
         "torch": torch.__version__.split("+")[0],
@@ -466,4 +477,7 @@ def _environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
+    backend = getattr(plan, "backend", None)
+    if backend is not None and backend.name in RUNTIMES:  # the runtime that ran the model, by its version
+        env[backend.name] = RUNTIMES[backend.name].version()
     return env

@@ -370,8 +370,9 @@ class Trainer:
         if resumed is None:
             self._evaluate(None)  # step 0: the patched model as given, the first candidate for "best"
         self.batches = Batches(self.train_pos, c, self.rank, self.world, self.run.step, self.horizon)
+        unit = getattr(self.progress, "unit", None)
         if self.progress is not None:
-            self.progress.unit = "steps"  # the CLI's bar counts images unless told
+            self.progress.unit = "steps"  # the CLI's bar counts images unless told; given back after
             self.progress.start(self.horizon or 0, "fine-tuning the patched model")
             if self.run.step:
                 self.progress.advance(self.run.step)
@@ -382,6 +383,7 @@ class Trainer:
         finally:
             if self.progress is not None:
                 self.progress.stop()
+                self.progress.unit = unit
         self.elapsed0, self.clock0 = self._elapsed(), None  # the budget's clock stops with the loop
         if self.run.history[-1]["step"] != self.run.step:
             self._evaluate(self.run.losses[-1] if self.run.losses else None)
