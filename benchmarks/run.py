@@ -15,7 +15,9 @@
 - adversary early exit against the full adversarial run (forwards saved, same curve) on the trained demo model;
 - BlurPool2d forms (``benchmarks.bench_blurpool``);
 - a patched resnet18 against the original, 224 px, batch 1 and 8 (``benchmarks.bench_patched``);
-- time to a gate verdict: the sequential gate against the full audit (``benchmarks.bench_sequential``).
+- time to a gate verdict: the sequential gate against the full audit (``benchmarks.bench_sequential``);
+- whole audits through each backend (eager torch, OpenVINO, ONNX Runtime; export included), and the default audit
+  before and after ``--backend auto`` and the default thread count (``benchmarks.bench_backends``).
 
 Results go to ``OUT/bench.json`` (written atomically) and a table. One intra-op thread by default: on a shared
 machine spinning OpenMP threads make small-batch timings erratic (the naive loop would look far worse than it is).
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks import bench_backends
 from shiftaudit.engine.runner import audit
 from shiftaudit.files import write_json_atomic
 from shiftaudit.shifts.sets import ShiftSet
@@ -343,7 +346,12 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    mode: str = "default",
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+    starting: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     dev = torch.device(device)
     cfg = config(mode)
     say = progress or (lambda _: None)
@@ -362,6 +370,7 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
     from benchmarks import bench_sequential
 
     sequential = bench_sequential.run(mode)
+    backends = bench_backends.run(mode, say, starting) if dev.type == "cpu" else None  # the runtimes run on the CPU
     main = next(c for c in cases if c["name"] == "vgg13_cifar")
     circ = next(c for c in cases if c["name"] == "vgg13_cifar_circular")
     return {
@@ -374,6 +383,7 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
         "blurpool": blur,
         "patched": patched,
         "sequential": sequential,
+        "backends": backends,
         "summary": {
             "engine_vs_naive_per_metric": main["speedup_vs_naive_per_metric"],
             "engine_vs_naive_shared": main["speedup_vs_naive_shared"],
@@ -391,6 +401,9 @@ def run(mode: str = "default", device: str = "cpu", progress: Callable[[str], No
                 for r in c["rows"]
             },
             "sequential_agreement": min((r["agreement"] for c in sequential["cases"] for r in c["rows"]), default=None),
+            "backend_best_vs_torch": backends and backends["best_speedup_vs_torch"],
+            "backend_all_shift_vs_naive_equal_batch": backends and backends["best_all_shift_vs_naive_equal_batch"],
+            "backend_default_audit_speedup": backends and backends["defaults"]["speedup"],
             "seconds": time.perf_counter() - t0,
         },
     }
@@ -468,6 +481,8 @@ def print_tables(result: dict[str, Any]) -> None:
     from benchmarks.bench_sequential import print_table as print_sequential
 
     print_sequential(result["sequential"])
+    if result.get("backends"):
+        bench_backends.print_tables(result["backends"])
     s = result["summary"]
     con.print(
         f"engine vs naive: {s['engine_vs_naive_per_metric']:.1f}x (per-metric passes), "
@@ -488,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (1: steady timings on a shared machine)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args(argv)
+    starting = bench_backends.starting_threads()  # before the benchmark's own thread count is set
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     mode = "tiny" if args.tiny else "quick" if args.quick else "default"
-    result = run(mode, args.device, progress=lambda s: print(f"... {s}", flush=True))
+    result = run(mode, args.device, progress=lambda s: print(f"... {s}", flush=True), starting=starting)
     path = write_json_atomic(args.out / "bench.json", result)
     print_tables(result)
     print(f"wrote {path}")

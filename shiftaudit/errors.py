@@ -58,13 +58,21 @@ class AuditInterrupted(KeyboardInterrupt):
     ``resume_path``: the state file an audit with the same settings continues from, or None without ``resume``.
     """
 
+    unit = "images"
+
     def __init__(self, done: int, total: int, resume_path: str | None = None, terminated: bool = False) -> None:
-        super().__init__(f"audit interrupted after {done} of {total} images")
+        super().__init__(f"interrupted after {done} of {total} {self.unit}")
         self.done, self.total, self.resume_path, self.terminated = done, total, resume_path, terminated
 
     @property
     def progress(self) -> tuple[int, int]:
         return self.done, self.total
+
+
+class TrainingInterrupted(AuditInterrupted):
+    """Ctrl-C or SIGTERM stopped a fine-tuning run at a step boundary; with a resume file, its state was saved there."""
+
+    unit = "steps"
 
 
 def first_line(exc: BaseException, default: str | None = None) -> str:

@@ -65,20 +65,30 @@ class Check:
 @dataclass
 class SequentialCheck(Check):
     """A check decided by the sequential gate: its interval is an anytime-valid confidence sequence at
-    ``confidence`` (not a 95 % interval), and ``draws`` images were drawn."""
+    ``confidence`` (not a 95 % interval), and ``draws`` images were drawn. ``exact``: every image's value was known,
+    so the value is the full audit's and the check was decided on it."""
 
     confidence: float = 0.99
     draws: int = 0
+    exact: bool = False
 
     def line(self) -> str:
         verdict = "ok  " if self.passed else "FAIL"
         rel = {("min", True): ">=", ("min", False): "<", ("max", True): "<=", ("max", False): ">"}[
             (self.threshold.bound, self.passed)
         ]
-        return (
-            f"{verdict} {self.threshold.label} {self.value:.4f} ({_percent(self.confidence)} confidence sequence "
-            f"{self.ci_low:.4f}-{self.ci_high:.4f}, {self.draws} draws) {rel} {self.threshold.value:g} ({self.threshold.flag})"
+        how = (
+            f"exact: every image's value known, {self.draws} draws"
+            if self.exact
+            else f"{_percent(self.confidence)} confidence sequence {self.ci_low:.4f}-{self.ci_high:.4f}, {self.draws} draws"
         )
+        return f"{verdict} {self.threshold.label} {self.value:.4f} ({how}) {rel} {self.threshold.value:g} ({self.threshold.flag})"
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if not self.exact:  # the key only where it says something: a sampled check reads as it always did
+            del d["exact"]
+        return d
 
 
 def _percent(p: float) -> str:
@@ -92,6 +102,7 @@ def sequential_gate(stats: Iterable[Any]) -> GateReport:
     checks: list[Check] = []
     for s in stats:
         entry = s.to_json()
+        exact = bool(entry.get("exact"))
         checks.append(
             SequentialCheck(
                 s.threshold,
@@ -99,9 +110,10 @@ def sequential_gate(stats: Iterable[Any]) -> GateReport:
                 entry["ci_low"],
                 entry["ci_high"],
                 entry["decision"] == "pass",
-                f"sequential estimate of {s.threshold.label}",
+                f"{'exact value of' if exact else 'sequential estimate of'} {s.threshold.label}",
                 entry["confidence"],
                 entry["draws"],
+                exact,
             )
         )
     return GateReport(checks)

@@ -1,7 +1,9 @@
 """The outcome of an audit, and the versioned JSON report it is written as and read back from.
 
 The JSON holds only what the run determines (no timestamps, no durations), so the same seed, data and device give
-byte-identical reports: reports can be diffed, cached and compared across runs and processes.
+byte-identical reports: reports can be diffed, cached and compared across runs and processes. The one exception is an
+audit that asked for an inference runtime (``settings.backend``): it records how long the export took, and its floats
+depend on the runtime's kernels (docs/performance.md).
 
 Typed values travel and the JSON is their serialisation: each metric entry is its metric's ``entry_type``
 (:mod:`shiftaudit.metrics.entries`), written by ``to_json`` and read back by :meth:`AuditResult.from_json` through the
@@ -61,8 +63,31 @@ class ShiftsInfo(Entry):
 
 
 @dataclass(frozen=True, eq=False)
+class Probe(Entry):
+    """``settings.backend.probe``: the same images through torch and through the runtime before the audit."""
+
+    rows: int
+    max_abs_logit_diff: float
+    top1_agreement: float
+    tolerance: float  # the largest logit difference accepted, relative to 1 + the largest |logit|
+
+
+@dataclass(frozen=True, eq=False)
+class Backend(Entry):
+    """``settings.backend``: who ran the forward passes when an inference runtime was asked for (``backend`` other
+    than torch; absent otherwise, so a torch audit's report is what it always was). ``name``: torch or the runtime
+    that ran them; ``asked``: what was asked; ``export_seconds``: exporting and compiling the model, when it was."""
+
+    name: str
+    asked: str
+    export_seconds: float | None
+    probe: Probe | None
+
+
+@dataclass(frozen=True, eq=False)
 class Settings(Entry):
-    """The fields of ``settings`` that readers use (the sequential gate adds ``sequential``)."""
+    """The fields of ``settings`` that readers use (the sequential gate adds ``sequential``, an audit that asked for an
+    inference runtime ``backend``)."""
 
     open = True
     shifts: ShiftsInfo
@@ -73,6 +98,7 @@ class Settings(Entry):
     precision: str
     device_batch: int
     engine: str
+    backend: Backend | None = omitted()
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,6 +22,9 @@ STREAM_PAIRS = 2
 # number once used is never reused for a different kind of draw.
 STREAM_SEQUENTIAL_IMAGE = 5  # the sequential gate: which image draw t looks at
 STREAM_SEQUENTIAL_SHIFTS = 6  # ... and its two independent shifts
+STREAM_TRAIN_ORDER = 7  # fine-tuning: the order of the training images in each epoch
+STREAM_TRAIN_VIEW = 8  # ... each training sample's shift, flip and crop
+STREAM_HELDOUT = 9  # ... the held-out images' fixed evaluation shifts
 
 
 def splitmix64(x: npt.ArrayLike) -> np.ndarray:

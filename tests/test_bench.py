@@ -62,7 +62,24 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     for row in seq["rows"]:
         assert row["agreement"] == 1.0 and row["full_forwards"] == seq["images"] * seq["shifts"]
         assert row["forwards_ratio"] == row["full_forwards"] / row["median_forwards"]
+    assert_backends_section(result["backends"])
     assert "wrote" in capsys.readouterr().out
+
+
+def assert_backends_section(backends):
+    """Each runtime's audit in the backends section has torch's predictions, and its export time is counted."""
+    assert backends["backends"][0] == "torch" and backends["audits"]
+    for case in [*backends["audits"], backends["all_shift"]]:
+        assert case["rows"][0]["backend"] == "torch" and case["rows"][0]["speedup_vs_torch"] == 1.0
+        for row in case["rows"][1:]:
+            assert row["ran_on"] == row["backend"] and row["export_seconds"] > 0 and row["probe"]["top1_agreement"] == 1.0
+            assert row["identical_predictions"] is True and row["max_float_diff"] < 1e-5
+            assert row["seconds"] > row["export_seconds"]  # the whole audit call, export included
+    every = backends["all_shift"]
+    assert every["naive"]["batch"] == every["rows"][0]["device_batch"]
+    assert backends["best_all_shift_vs_naive_equal_batch"] == max(r["speedup_vs_naive_equal_batch"] for r in every["rows"])
+    defaults = backends["defaults"]
+    assert defaults["before"]["backend"] == "torch" and defaults["identical_predictions"] is True
 
 
 @pytest.mark.slow

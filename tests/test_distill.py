@@ -98,9 +98,9 @@ def test_distillation_respects_the_step_and_time_budgets(demo):
             calls.append(("stop",))
 
     d = distill(base.model, patched_demo(base), unlabelled, steps=3, seed=0, batch_size=8, progress=Counter())
-    assert d.steps == 3 and calls[0] == ("start", 24) and calls.count(("advance", 8)) == 3 and calls[-1] == ("stop",)
+    assert d.steps == 3 and calls[0] == ("start", 3) and calls.count(("advance", 1)) == 3 and calls[-1] == ("stop",)
     d = distill(base.model, patched_demo(base), unlabelled, steps=10_000, seconds=0.5, seed=0, batch_size=8)
-    assert d.stopped_by == "seconds" and 1 <= d.steps < 10_000  # one step past the budget at most (a shared CPU is slow)
+    assert d.stopped_by == "seconds" and d.steps < 10_000 and d.seconds < 0.5 + d.seconds / max(1, d.steps)  # not a step late
 
 
 def test_distillation_is_deterministic_with_the_seed(demo):

@@ -4,6 +4,8 @@ module that imports it back (directly or through others)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,11 @@ def test_every_package_is_chained():
 def test_a_circle_is_found():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", ["shiftaudit.engine.runner", "benchmarks.run"])
+def test_the_engine_imports_first_in_a_fresh_interpreter(module):
+    """Packages may import each other (the engine's polyphase check imports antialias, whose search runs audits), but
+    no order of first import may break: `python -m benchmarks.run` (make bench) imports the engine before anything."""
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -3,18 +3,22 @@ fewer forward passes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from shiftaudit.engine.betting import TRUNCATION, BettingSequence, bet_sizes, bounds
 from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
 from shiftaudit.gating import build_thresholds
+from shiftaudit.metrics import AccuracyAtZeroShift, AdversarialCurve
 from shiftaudit.report.sequential import sequential_rows
+from shiftaudit.result import AuditResult
 from shiftaudit.rng import STREAM_SEQUENTIAL_IMAGE, uniform_integers
 from shiftaudit.shifts.sets import ShiftSet
 from tests.helpers import cli, tiny_cnn
@@ -206,12 +210,23 @@ def test_a_threshold_at_the_exact_value_falls_back_to_the_full_audit(zero_padded
     assert r.timing["forward_rows"] == full.timing["forward_rows"]  # the full audit's own count
 
 
-def test_an_accuracy_threshold_at_its_exact_value_stops_drawing_and_the_full_audit_decides(zero_padded):
-    """Only the zero shift is drawn for accuracy, so the forward budget is never reached: the draw cap ends it."""
+def test_an_accuracy_threshold_at_its_exact_value_is_decided_exactly_once_every_image_is_known(zero_padded):
+    """Only the zero shift is drawn for accuracy: once every image's zero-shift prediction is cached (200 forward
+    passes), the value is the full audit's, and a value at its threshold passes, as in the full audit."""
     model, x, y, shifts, full = zero_padded
-    r = _gate(model, x, y, shifts, build_thresholds(None, full.metrics["accuracy"]["none"]["value"]))
-    assert r.settings["engine"] != "sequential" and r.gate["passed"]
-    assert any(n.startswith("sequential gate undecided after 200 forward passes (1 %") for n in r.notes)
+    value = full.metrics["accuracy"]["none"]["value"]
+    r = _gate(model, x, y, shifts, build_thresholds(None, value))
+    assert r.settings["engine"] == "sequential" and r.gate["passed"]
+    seq = r.metrics["sequential"]
+    assert (seq["forward_rows"], seq["images_seen"]) == (200, 200)
+    (stat,) = seq["statistics"]
+    assert (stat["estimate"], stat["ci_low"], stat["ci_high"], stat["confidence"]) == (value, value, value, 1.0)
+    assert stat["exact"] is True and stat["decision"] == "pass"
+    check = r.gate["checks"][0]
+    assert check["exact"] is True and check["estimator"] == "exact value of accuracy"
+    assert check["message"] == (
+        f"ok   accuracy 0.6650 (exact: every image's value known, {stat['draws']} draws) >= 0.665 (--min-accuracy 0.665)"
+    )
 
 
 def test_the_gate_reads_the_cached_predictions_like_the_full_audit(zero_padded):
@@ -394,3 +409,202 @@ def test_a_sequential_result_has_no_report_folder(zero_padded, tmp_path):
     with pytest.raises(UsageError, match="nothing to draw; audit with exact=True"):
         write_report_dir(r, tmp_path / "rep")
     assert not (tmp_path / "rep").exists()
+
+
+# -- exact decisions, the fallback's reuse, the budget, any shift order ---------------------------------------------
+
+
+class RowByRow(nn.Module):
+    """The model, recording each input row's bytes (a row run twice shows as a repeat in ``rows``). ``one_by_one``:
+    one row at a time, so that no row's output depends on the batch it came in (a CPU kernel picked for a batch of
+    one gives other last bits than the batched one: the same caveat as ``pack_rows``)."""
+
+    def __init__(self, model: nn.Module, one_by_one: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.one_by_one = one_by_one
+        self.rows: list[bytes] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += [hashlib.sha1(r.cpu().numpy().tobytes()).digest() for r in x]
+        return torch.cat([self.model(r[None]) for r in x]) if self.one_by_one else self.model(x)
+
+
+class Recorder:
+    """A progress that can say what it counts, as the CLI's does: records each start with what it counted then, and
+    how many forward passes the model had run."""
+
+    def __init__(self, model: RowByRow) -> None:
+        self.model = model
+        self.unit = "images"
+        self.starts: list[tuple[str, int, str, int]] = []
+
+    def start(self, total: int, description: str) -> None:
+        self.starts.append((self.unit, total, description, len(self.model.rows)))
+
+    def advance(self, n: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+GATE_NOTES = ("sequential gate ", "the full audit reused ")
+
+
+def _without_the_gate(report: AuditResult) -> str:
+    """The report's JSON, less what describes the sequential gate (its notes)."""
+    out = report.to_json()
+    out["notes"] = [n for n in out["notes"] if not n.startswith(GATE_NOTES)]
+    return json.dumps(out)
+
+
+@pytest.mark.parametrize("engine", ["dense", "early-exit"])
+def test_the_fallback_runs_no_pair_twice_and_writes_the_full_audits_report(zero_padded, engine):
+    """Undecided within its budget, the gate hands its cache to the full audit, which runs only the pairs the gate did
+    not: every (image, shift) input goes through the model once in all, and the report is the plain full audit's,
+    byte for byte but for the gate's notes, with the forward rows it used (run or reused) counted alike."""
+    model, x, y, _, _ = zero_padded
+    x, y, shifts = x[:64], y[:64], ShiftSet.window((16, 16), 2)  # 64 x 25 = 1,600 pairs, one forward each
+    wrapped = RowByRow(model)
+    metrics = (lambda: {"metrics": [AccuracyAtZeroShift(), AdversarialCurve(shifts)]}) if engine == "early-exit" else dict
+    plain = audit(wrapped, (x, y), shifts=shifts, device="cpu", **metrics())
+    if engine == "early-exit":  # only metrics the early exit serves: it walks each image to its first mistake
+        thresholds = build_thresholds(None, None, None, [f"2={plain.adversarial_accuracy(2)}"])
+    else:
+        thresholds = build_thresholds(plain.metrics["consistency"]["exact"]["value"])
+    wrapped.rows = []
+    plain = audit(wrapped, (x, y), shifts=shifts, device="cpu", thresholds=thresholds, **metrics())
+    plain_rows = len(wrapped.rows)
+    assert plain.settings["engine"] == engine and plain_rows == plain.timing["forward_rows"]
+    wrapped.rows, progress = [], Recorder(wrapped)
+    r = audit(
+        wrapped,
+        (x, y),
+        shifts=shifts,
+        device="cpu",
+        thresholds=thresholds,
+        sequential=True,
+        sequential_budget=0.1,
+        progress=progress,
+        **metrics(),
+    )
+    assert r.settings["engine"] == engine and r.gate["passed"]
+    (gate_note,) = [n for n in r.notes if n.startswith("sequential gate undecided after ")]
+    spent = int(gate_note.split("after ")[1].split(" forward")[0].replace(",", ""))
+    assert 0 < spent == progress.starts[1][3] <= 160  # what the gate had run when the full audit started: its budget
+    assert len(set(wrapped.rows)) == len(wrapped.rows)  # no input twice: not one cached prediction was recomputed
+    ran = len(wrapped.rows) - spent
+    reused = f"the full audit reused {spent:,} of the sequential gate's {spent:,} predictions and ran {ran:,} "
+    assert reused in " ".join(r.notes) or engine == "early-exit"
+    if engine == "dense":
+        assert len(wrapped.rows) == 1600 and ran == 1600 - spent  # the full audit's own passes, less the cached
+    else:  # the walk reads what the gate walked, in chunks of its own: it may need some of the gate's, not all
+        assert spent < len(wrapped.rows) <= plain_rows + spent
+    assert r.timing["forward_rows"] == plain.timing["forward_rows"]
+    assert _without_the_gate(r) == _without_the_gate(plain)
+
+
+def test_the_budget_holds_within_a_round_and_the_fallback_counts_images(zero_padded):
+    """A variation draw runs all 81 shifts of its image: the first round alone (32 images, 2,592 passes) is over a
+    budget of 0.1 (1,620 of 16,200). The gate stops at the budget, mid-round; the full audit's progress counts
+    images, not forward passes."""
+    model, x, y, shifts, full = zero_padded
+    wrapped = RowByRow(model, one_by_one=False)
+    progress = Recorder(wrapped)
+    for budget in (0.1, 0.37):
+        wrapped.rows, progress.starts = [], []
+        mean = full.metrics["variation"]["mean"] + 1e-6  # within noise: undecided
+        r = _gate(wrapped, x, y, shifts, build_thresholds(None, None, mean), sequential_budget=budget, progress=progress)
+        assert r.settings["engine"] == "dense" and r.gate["passed"]
+        (gate, fallback) = progress.starts
+        assert gate[:3] == ("forward passes", int(budget * 16_200), "sequential gate")
+        assert fallback[:3] == ("images", 200, "auditing 200 images x 81 shifts")
+        assert fallback[3] <= budget * 16_200  # the forward passes the gate had run when the full audit started
+        assert len(wrapped.rows) == 16_200
+
+
+def _shuffled(shifts: ShiftSet, seed: int) -> ShiftSet:
+    order = np.random.default_rng(seed).permutation(len(shifts))
+    return ShiftSet(shifts.height, shifts.width, shifts.dh[order], shifts.dw[order], shifts.kind, shifts.max_shift, shifts.step)
+
+
+def test_any_shift_order_gives_the_radius_ordered_verdicts_and_values(zero_padded):
+    """A set built directly may list its shifts in any order: the gate draws and walks them in radius order, so a
+    shuffled set gives the same report as the ordered one; the full audit's gated values, its early exit included,
+    are the same too."""
+    model, x, y, shifts, full = zero_padded
+    shuffled = _shuffled(shifts, 7)
+    assert shuffled.zero_index != 0 and (shuffled.dh[shuffled.zero_index], shuffled.dw[shuffled.zero_index]) == (0, 0)
+    assert not np.all(np.diff(shuffled.radius) >= 0)
+    thresholds = build_thresholds(0.9, 0.6, None, ["1=0.6", "3=0.4"])
+    a, b = (_gate(model, x, y, s, thresholds, seed=3).to_json() for s in (shifts, shuffled))
+    assert b["settings"]["engine"] == "sequential"
+    assert json.dumps(a) == json.dumps(b)
+    for s in (shifts, shuffled):  # every image walked for the adversary: its statistic is exact, the full audit's
+        r = _gate(model, x, y, s, build_thresholds(None, None, None, ["2=0.545"]), sequential_budget=1.0)
+        (stat,) = r.metrics["sequential"]["statistics"]
+        assert stat["exact"] and stat["estimate"] == full.adversarial_accuracy(2) == 0.545
+    for engine in ({}, {"metrics": [AccuracyAtZeroShift(), AdversarialCurve(shuffled)], "early_exit": True}):
+        r = audit(model, (x, y), shifts=shuffled, device="cpu", **engine)
+        assert r.metrics["adversarial"] == full.metrics["adversarial"]
+        assert r.metrics["accuracy"]["none"] == full.metrics["accuracy"]["none"]
+
+
+def test_a_shift_set_without_the_zero_shift_is_refused(zero_padded):
+    model, x, y, shifts, full = zero_padded
+    zero = shifts.zero_index
+    keep = np.arange(len(shifts)) != zero
+    no_zero = ShiftSet(16, 16, shifts.dh[keep], shifts.dw[keep], "custom", 4, 1)
+    with pytest.raises(UsageError, match=r"lacks the zero shift \(0, 0\)"):
+        audit(model, (x, y), shifts=no_zero, device="cpu")
+
+
+def test_the_exact_value_decides_though_the_sampled_estimate_is_on_the_wrong_side(zero_padded):
+    """Seed 190 at decision error 0.5: by the round in which every image's zero-shift prediction is known, the draws
+    put accuracy below 0.66 (the sampled confidence sequence alone said FAIL there), while the exact value, 0.665,
+    is known. The verdict is the exact one."""
+    model, x, y, shifts, full = zero_padded
+    exact = full.metrics["accuracy"]["none"]["value"]
+    r = _gate(model, x, y, shifts, build_thresholds(None, 0.66), seed=190, decision_error=0.5)
+    assert r.settings["engine"] == "sequential" and r.gate["passed"]
+    (stat,) = r.metrics["sequential"]["statistics"]
+    assert stat["exact"] and (stat["estimate"], stat["decision"]) == (exact, "pass") and exact == 0.665
+    drawn = uniform_integers(190, STREAM_SEQUENTIAL_IMAGE, np.arange(stat["draws"]), 1, 200)[:, 0]
+    correct = np.asarray(full.per_image["correct"], dtype=float)
+    assert len(set(drawn.tolist())) == 200 and correct[drawn].mean() < 0.66 < exact  # the draws' side: the wrong one
+
+
+def test_known_values_bound_the_mean_for_certain():
+    """K of D values known, summing to S: the mean is in [S / D, (S + D - K) / D] whatever the rest are; the
+    interval is cut to it, and decides where it lies wholly on one side."""
+    from shiftaudit.engine.sequential import GateStatistic
+
+    stat = GateStatistic(build_thresholds(0.5)[0], BettingSequence(0.01), population=10)
+    stat.sequence.extend(np.array([1.0, 0.0, 1.0]))
+    assert stat.decision is None and stat.interval == (stat.sequence.low, stat.sequence.high)
+    for img in range(6):
+        stat.learn(img, 1.0)
+    stat.learn(0, 0.0)  # learnt once: a value is known or not
+    low, high = stat.known_range
+    assert low == pytest.approx(0.6) and high == pytest.approx(1.0) and low < 0.6
+    assert stat.interval[0] == low and stat.decision is True
+    stat.threshold = build_thresholds(0.65)[0]
+    assert stat.decision is None
+    stat.exact = 0.65  # every value known: the full audit's value, and at the threshold it passes
+    assert stat.decision is True and stat.to_json()["exact"] is True
+
+
+def test_in_sampled_mode_the_budget_is_a_share_of_the_sampled_audit(zero_padded):
+    """The planned full audit of a sampled run costs 2 + 2 x pairs passes per image (12 here, 2,400 in all), not every
+    shift of the set (16,200): the budget and the saving are counted against that."""
+    model, x, y, shifts, full = zero_padded
+    r = _gate(model, x, y, shifts, build_thresholds(0.5), mode="sampled")
+    seq = r.metrics["sequential"]
+    assert r.settings["engine"] == "sequential" and seq["forward_rows_exhaustive"] == 2400 > seq["forward_rows"]
+    wrapped = RowByRow(model, one_by_one=False)
+    value = r.metrics["sequential"]["statistics"][0]["estimate"]
+    r = _gate(wrapped, x, y, shifts, build_thresholds(round(value, 3)), mode="sampled", sequential_budget=0.1)
+    assert r.settings["engine"] == "dense" and r.settings["mode"] == "sampled"
+    (note,) = [n for n in r.notes if n.startswith("sequential gate undecided after ")]
+    spent = int(note.split("after ")[1].split(" forward")[0].replace(",", ""))
+    assert spent <= 240 and "(10 % of the full audit's)" in note
+    assert r.timing["forward_rows"] == 2400  # the sampled audit's rows, each run or reused once

@@ -122,8 +122,8 @@ def test_the_sequential_gate_decides_by_default_when_the_data_is_large_enough(la
     seq = passed.metrics["sequential"]
     assert passed.settings["engine"] == "sequential" and seq["forward_rows"] < seq["forward_rows_exhaustive"] == 1600
     assert sorted(p.name for p in (tmp_path / "pass").iterdir()) == ["report.json"]  # nothing else to show
-    with pytest.raises(AssertionError) as failed:
-        assert_shift_consistency(model, data, min=0.999, shifts=SMALL, report=tmp_path / "fail")
+    with pytest.raises(AssertionError) as failed:  # 2 points below: 896 of the 1,600 passes, over the default half
+        assert_shift_consistency(model, data, min=0.999, shifts=SMALL, report=tmp_path / "fail", sequential_budget=0.75)
     report = json.loads((tmp_path / "fail" / "report.json").read_text())
     assert report["settings"]["engine"] == "sequential"
     check = report["gate"]["checks"][0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from shiftaudit.antialias import methods as methods  # registers the built-in patch methods (blurpool, aps)
 from shiftaudit.antialias.calibrate import (
     SMALL_CALIBRATION,
@@ -34,7 +36,23 @@ from shiftaudit.antialias.rewrite import (
     patch_model,
     plan_patch,
 )
-from shiftaudit.antialias.search import Configuration, Frontier, SearchCost, search_cost, search_patch_plans
+
+if TYPE_CHECKING:
+    from shiftaudit.antialias.search import Configuration, Frontier, SearchCost, search_cost, search_patch_plans
+
+# The search runs audits (shiftaudit.engine), and the engine imports shiftaudit.antialias.aps, which runs this file
+# first: importing the search here made `import shiftaudit.engine.plan` (and `shiftaudit.audit` used first) a circular
+# import. Its names load on first use instead.
+_SEARCH_NAMES = frozenset({"Configuration", "Frontier", "SearchCost", "search_cost", "search_patch_plans"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SEARCH_NAMES:
+        from shiftaudit.antialias import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SMALL_CALIBRATION",

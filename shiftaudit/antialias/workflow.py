@@ -15,14 +15,15 @@ from torch import nn
 
 from shiftaudit.antialias.calibrate import recalibrate_batchnorm, top1_agreement
 from shiftaudit.antialias.config import PatchConfig, PatchPlan
-from shiftaudit.antialias.distill import distill as distill_model
 from shiftaudit.antialias.report import PatchReport, compare_patch
 from shiftaudit.antialias.rewrite import patch_model
+from shiftaudit.data.loader import default_workers
 from shiftaudit.engine.config import AuditConfig, resolve_device
 from shiftaudit.engine.observers import Progress
 from shiftaudit.engine.plan import plan_audit
 from shiftaudit.engine.runner import run_plan
 from shiftaudit.errors import UsageError
+from shiftaudit.training import TrainConfig, finetune
 
 if TYPE_CHECKING:  # shiftaudit.loading imports the data package and torchvision: loaded when a job runs, not when the CLI starts
     from shiftaudit.loading import LoadedModel
@@ -59,6 +60,8 @@ def patch_and_evaluate(
     distill_steps: int | None = 300,
     distill_seconds: float | None = 120.0,
     distill_lr: float = 1e-3,
+    train: TrainConfig | None = None,
+    train_resume: str | Path | None = None,
     min_agreement: float = 0.9,
     input_shape: tuple[int, ...] | None = None,
     progress: Progress | None = None,
@@ -71,10 +74,11 @@ def patch_and_evaluate(
     ``calibration``: images whose first ``recalibrate`` (seeded draw) re-estimate the BatchNorm layers after the
     first blur; with ``control`` and ``evaluate``, the same layers of a copy of the original too (the "baseline
     recalibrated" audit, which separates what the blur buys from what fresh statistics buy). ``distill``: unlabelled
-    images to fine-tune the patched model on towards the original (budget ``distill_steps``/``distill_seconds``,
-    learning rate ``distill_lr``). ``data``: the patched model's zero-shift top-1 agreement with the original on
-    these images and, with ``evaluate``, the audits of both on them and their latencies on ``input_shape`` (default:
-    one image of the audited size) in ``report.comparison``.
+    images to fine-tune the patched model on towards the original: with the settings of ``train`` (a
+    :class:`~shiftaudit.training.TrainConfig`; else budget ``distill_steps``/``distill_seconds``, learning rate
+    ``distill_lr``), saving its state to ``train_resume`` as it goes and continuing from it. ``data``: the patched
+    model's zero-shift top-1 agreement with the original on these images and, with ``evaluate``, the audits of both
+    on them and their latencies on ``input_shape`` (default: one image of the audited size) in ``report.comparison``.
     ``settings``: the audits' :class:`~shiftaudit.engine.config.AuditConfig`; its ``device``, ``seed`` and
     ``max_shift`` also serve the re-estimation, the distillation and the agreement. ``on_step(name, report)`` is
     called after each step (``patch``, ``recalibrate``, ``distill``, ``agreement``, ``compare``) with the report so
@@ -96,16 +100,18 @@ def patch_and_evaluate(
         )
         step("recalibrate", report)
     if distill is not None:
-        d = distill_model(
+        train_config = train or TrainConfig(
+            steps=distill_steps, seconds=distill_seconds, lr=distill_lr, max_shift=settings.max_shift, seed=settings.seed
+        )
+        workers = settings.num_workers if settings.num_workers is not None else default_workers(distill, train_config.batch_size)
+        d = finetune(
             loaded.model,
             report.patch.model,
             distill,
-            steps=distill_steps,
-            seconds=distill_seconds,
-            seed=settings.seed,
-            lr=distill_lr,
-            max_shift=settings.max_shift,
+            train_config,
             device=device,
+            resume=train_resume,
+            num_workers=workers,
             progress=progress,
         )
         report = dataclasses.replace(report, distillation=d, distill_data=_name(distill))

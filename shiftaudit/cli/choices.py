@@ -11,9 +11,10 @@ from shiftaudit.antialias.blurpool import PAD_MODES
 from shiftaudit.antialias.methods import patch_method_names
 from shiftaudit.data import data_kind_names
 from shiftaudit.data.presets import PRESETS
-from shiftaudit.engine.config import MODES, PRECISIONS
+from shiftaudit.engine.config import MODES, PRECISIONS, backend_names
 from shiftaudit.loading.saving import FORMATS
 from shiftaudit.shifts.modes import shift_mode_names
+from shiftaudit.training.config import AUGMENTS, BN_POLICIES
 
 
 def _choices(name: str, names: tuple[str, ...]) -> Any:
@@ -35,6 +36,9 @@ if TYPE_CHECKING:  # for type checkers, the members the CLI names; at run time e
     class Precision(str, Enum):
         fp32 = "fp32"
 
+    class BackendChoice(str, Enum):
+        torch = "torch"
+
     class DataKind(str, Enum):
         auto = "auto"
 
@@ -46,15 +50,24 @@ if TYPE_CHECKING:  # for type checkers, the members the CLI names; at run time e
         safetensors = "safetensors"
         pt2 = "pt2"
 
+    class Augment(str, Enum):
+        none = "none"
+
+    class BatchNormPolicy(str, Enum):
+        frozen = "frozen"
+
 else:
     ShiftMode = _choices("ShiftMode", shift_mode_names())
     PatchMethod = _choices("PatchMethod", patch_method_names())
     Mode = _choices("Mode", MODES)
     Precision = _choices("Precision", PRECISIONS)
+    BackendChoice = _choices("BackendChoice", backend_names())
     DataKind = _choices("DataKind", ("auto", *data_kind_names()))
     Preset = _choices("Preset", tuple(PRESETS))
     Pad = _choices("Pad", PAD_MODES)
     ModelFormat = _choices("ModelFormat", FORMATS)
+    Augment = _choices("Augment", AUGMENTS)
+    BatchNormPolicy = _choices("BatchNormPolicy", BN_POLICIES)
 
 
 def value(choice: Enum | None) -> str | None:

@@ -244,7 +244,7 @@ def _name_too_long_message(exc: BaseException) -> str | None:
 def interrupted_message(exc: BaseException) -> str:
     """One line for Ctrl-C or SIGTERM: how far the audit got (:class:`~shiftaudit.errors.AuditInterrupted`) and
     whether its progress was saved."""
-    where = f" after {exc.done} of {exc.total} images" if isinstance(exc, AuditInterrupted) else ""
+    where = f" after {exc.done} of {exc.total} {exc.unit}" if isinstance(exc, AuditInterrupted) else ""
     saved = exc.resume_path if isinstance(exc, AuditInterrupted) else None
     how = "terminated (SIGTERM)" if _terminated(exc) else "interrupted"
     if saved:

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from shiftaudit.cli import app
-from shiftaudit.cli.choices import DataKind, Mode, Precision, ShiftMode, value
+from shiftaudit.cli.choices import BackendChoice, DataKind, Mode, Precision, ShiftMode, value
 from shiftaudit.cli.common import check_outputs, console, handle_errors, json_to_stdout
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli
 from shiftaudit.cli.options import (
     ArchKwargsOpt,
     ArchOpt,
+    BackendOpt,
     BatchOpt,
     ClassMapOpt,
     DataKindOpt,
@@ -41,6 +42,7 @@ from shiftaudit.cli.options import (
     SizeOpt,
     StdOpt,
     StrictOpt,
+    ThreadsOpt,
     TrustPickleOpt,
     WorkersOpt,
 )
@@ -147,6 +149,8 @@ def eval_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchOpt = None,
+    backend: BackendOpt = BackendChoice.torch,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = None,
     out: OutOpt = None,
     quiet: QuietOpt = False,
@@ -223,6 +227,8 @@ def eval_command(
         thresholds=thresholds,
         sequential=False if exact or out is not None else None,  # None: the plan decides (a gate-only run: sequential)
         decision_error=decision_error,
+        backend=backend.value,
+        threads=threads,
     )
     prepared = plan_audit(config, loaded, dataset)
     if dry_run:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 
 FLAGS = {
+    "backend": "--backend",
     "batch_size": "--batch-size",
+    "compile": "--compile",
     "decision_error": "--decision-error",
     "device": "--device",
     "layers": "--layers",
@@ -18,6 +20,7 @@ FLAGS = {
     "resume": "--resume",
     "shift_mode": "--shift-mode",
     "shift_step": "--shift-step",
+    "threads": "--threads",
 }
 
 _PARAMETER = re.compile(r"`([a-z_]+)`")

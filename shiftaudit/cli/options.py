@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from shiftaudit.cli.choices import DataKind, Mode, Precision, Preset, ShiftMode
+from shiftaudit.cli.choices import BackendChoice, DataKind, Mode, Precision, Preset, ShiftMode
 
 ModelArg = Annotated[
     Path,
@@ -119,6 +119,24 @@ ModeOpt = Annotated[
 PairsOpt = Annotated[int, typer.Option("--pairs", min=1, help="Random shift pairs per image for sampled consistency.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Autocast precision; fp16 needs CUDA.")]
+BackendOpt = Annotated[
+    BackendChoice,
+    typer.Option(
+        "--backend",
+        help="Who runs the forward passes on the CPU: torch, openvino or onnxruntime (the model exported once and checked "
+        "against torch on a probe batch; the openvino and onnx extras), or auto (a runtime when one is installed and the "
+        "audit is long enough to pay for the export).",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for the forward passes (default: torch's, but one under pytest-xdist or torchrun, and fewer on a "
+        "loaded machine).",
+    ),
+]
 BatchOpt = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Images x shifts per forward pass (default depends on device and image size)."),

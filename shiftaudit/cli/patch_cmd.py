@@ -13,13 +13,27 @@ from shiftaudit.antialias.methods import get_patch_method
 from shiftaudit.antialias.workflow import check_patchable, patch_and_evaluate
 from shiftaudit.cli import app
 from shiftaudit.cli import options as opt
-from shiftaudit.cli.choices import DataKind, Mode, ModelFormat, Pad, PatchMethod, Precision, ShiftMode, value
+from shiftaudit.cli import patch_train as pt
+from shiftaudit.cli.choices import (
+    Augment,
+    BackendChoice,
+    BatchNormPolicy,
+    DataKind,
+    Mode,
+    ModelFormat,
+    Pad,
+    PatchMethod,
+    Precision,
+    ShiftMode,
+    value,
+)
 from shiftaudit.cli.common import check_outputs, handle_errors, json_to_stdout, say_stale
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
 from shiftaudit.cli.patch_search import SEARCH_FILES, SearchFlags, read_plan, run_search
 from shiftaudit.cli.patch_views import RUN_FOLDERS, PatchSteps, say_written, show_dry_run, write_outputs
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
+from shiftaudit.engine.distributed import is_main_process
 from shiftaudit.errors import UsageError
 from shiftaudit.files import all_or_nothing
 from shiftaudit.loading.saving import check_save_path
@@ -143,20 +157,23 @@ def patch_command(
             "the images here (any data --data reads; labels ignored).",
         ),
     ] = None,
-    distill_steps: Annotated[
-        int, typer.Option("--distill-steps", min=1, help="Distillation budget: optimiser steps (batches of 32).")
-    ] = 300,
-    distill_seconds: Annotated[
-        float,
-        typer.Option(
-            "--distill-seconds",
-            min=0.001,
-            help="Distillation budget: seconds of training; it stops at whichever budget comes first.",
-        ),
-    ] = 120.0,
-    distill_lr: Annotated[
-        float, typer.Option("--distill-lr", min=1e-9, help="Distillation learning rate (Adam, every parameter).")
-    ] = 1e-3,
+    finetune_data: pt.FinetuneOpt = None,
+    train_steps: pt.StepsOpt = None,
+    train_epochs: pt.EpochsOpt = None,
+    train_seconds: pt.SecondsOpt = None,
+    train_lr: pt.LrOpt = 1e-3,
+    train_batch: pt.TrainBatchOpt = 32,
+    accumulate: pt.AccumulateOpt = 1,
+    warmup: pt.WarmupOpt = 0,
+    cosine: pt.ScheduleOpt = True,
+    weight_decay: pt.WeightDecayOpt = 0.0,
+    ema: pt.EmaOpt = None,
+    augment: pt.AugmentOpt = Augment.none,
+    ce_weight: pt.CeWeightOpt = None,
+    eval_every: pt.EvalEveryOpt = 50,
+    patience: pt.PatienceOpt = None,
+    train_bn: pt.TrainBnOpt = BatchNormPolicy.frozen,
+    train_resume: pt.TrainResumeOpt = None,
     min_agreement: Annotated[
         float,
         typer.Option(
@@ -199,6 +216,8 @@ def patch_command(
     device: opt.DeviceOpt = "auto",
     precision: opt.PrecisionOpt = Precision.fp32,
     batch_size: opt.BatchOpt = None,
+    backend: opt.BackendOpt = BackendChoice.torch,
+    threads: opt.ThreadsOpt = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Write the patch report (and the before/after audits with --eval) as JSON ('-' for stdout)."),
@@ -208,14 +227,22 @@ def patch_command(
     """Anti-alias MODEL: MaxPool -> MaxBlurPool, strided conv -> conv + BlurPool, AvgPool -> BlurPool, weights kept."""
     search_flags = SearchFlags(search, max_agreement_drop, tuple(search_filters or ()), plan_out, plan_in, stem)
     one_config = method != PatchMethod.blurpool or bool(filter_name or pad or only or skip or circular_conv or not shortcuts)
-    search_flags.check(data=data, evaluate=evaluate, distill=distill_data is not None, one_config=one_config)
-    _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, distill_data, search)
+    train = pt.TrainFlags(
+        train_steps, train_epochs, train_seconds, train_lr, train_batch, accumulate, warmup, cosine, weight_decay, ema,
+        augment.value, ce_weight, eval_every, patience, train_bn.value, train_resume,
+    )  # fmt: skip
+    train.check(distill=distill_data, finetune=finetune_data)
+    train_path = distill_data or finetune_data
+    search_flags.check(data=data, evaluate=evaluate, distill=train_path is not None, one_config=one_config)
+    _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, train_path, search)
     config = (
         read_plan(plan_in) if plan_in else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
     )
     folder = SEARCH_FILES if search else side_by_side_files(RUN_FOLDERS)
     check_outputs(
-        {"--output": output, "--json": json_out, "--plan-out": plan_out}, {"--out": (out, folder)}, inputs=[model, plan_in]
+        {"--output": output, "--json": json_out, "--plan-out": plan_out, "--resume": train_resume},
+        {"--out": (out, folder)},
+        inputs=[model, plan_in],
     )
     json_to_stdout(json_out)
     fmt = _save_format(output, fmt)
@@ -227,40 +254,31 @@ def patch_command(
     if dry_run and not search:
         return show_dry_run(loaded.model, config, prep)
     how: dict[str, Any] = dict(
-        preset=value(preset), size=size, resize=resize, mean=mean, std=std, seed=seed, strict=strict, raw=raw
+        preset=value(preset), size=size, resize=resize, mean=mean, std=std, seed=seed, strict=strict, raw=raw,
+        data_kind=data_kind.value, class_map=class_map, limit=limit, max_shift=max_shift,
+        shift_mode=shift_mode.value if evaluate else "circular",
+    )  # fmt: skip
+    dataset, calibration, train_set = _datasets(loaded, how, data, calibration_data, train_path, finetune_data is not None)
+    settings = _audits(
+        max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers, backend, threads
     )
-    unlabelled = dict(how, data_kind="auto", class_map=None, limit=None)
-    labelled = dict(how, data_kind=data_kind.value, class_map=class_map, limit=limit, max_shift=max_shift)
-    labelled["shift_mode"] = shift_mode.value if evaluate else "circular"
-    dataset, calibration, distill_set = (
-        None if path is None else load_dataset_from_cli(loaded, path, **flags)
-        for path, flags in ((data, labelled), (calibration_data, unlabelled), (distill_data, unlabelled))
-    )
-    settings = _settings(max_shift, shift_step, mode, shift_mode, pairs, seed, device, precision, batch_size, workers)
     if search:
         to_write = dict(output=output, fmt=fmt.value, json_out=json_out, out=out)
         return run_search(
             loaded, prep, search_flags, data=dataset, calibration=calibration, recalibrate=recalibrate, settings=settings,
             dry_run=dry_run, outputs=to_write, quiet=quiet,
         )  # fmt: skip
+    main = is_main_process()  # under torchrun every rank trains and audits alike; rank 0 alone speaks and writes
     report = patch_and_evaluate(
-        loaded,
-        config,
-        data=dataset,
-        evaluate=evaluate,
-        settings=settings,
-        calibration=calibration,
-        recalibrate=recalibrate,
-        distill=distill_set,
-        distill_steps=distill_steps,
-        distill_seconds=distill_seconds,
-        distill_lr=distill_lr,
-        min_agreement=min_agreement,
-        input_shape=(1, prep.channels, *prep.size),
-        progress=RichProgress(enabled=not quiet),
-        on_step=PatchSteps(quiet),
-    )
-    report = dataclasses.replace(report, calibration_data=_named(calibration_data), distill_data=_named(distill_data))
+        loaded, config, data=dataset, evaluate=evaluate, settings=settings, calibration=calibration, recalibrate=recalibrate,
+        distill=train_set, train_resume=train_resume,
+        train=train.config(finetune=finetune_data is not None, max_shift=max_shift, seed=seed, precision=precision.value),
+        min_agreement=min_agreement, input_shape=(1, prep.channels, *prep.size),
+        progress=RichProgress(enabled=not quiet and main), on_step=PatchSteps(quiet or not main),
+    )  # fmt: skip
+    report = dataclasses.replace(report, calibration_data=_named(calibration_data), distill_data=_named(train_path))
+    if not main:
+        return None
     with all_or_nothing() as outputs:
         written = write_outputs(report, loaded, prep, output=output, fmt=fmt.value, json_out=json_out, out=out, dataset=dataset)
     if not quiet:
@@ -268,7 +286,19 @@ def patch_command(
     say_stale(outputs, quiet)
 
 
-def _settings(
+def _datasets(
+    loaded: Any, how: dict[str, Any], data: Path | None, calibration: Path | None, train: Path | None, labelled_train: bool
+) -> tuple[Any, Any, Any]:
+    """The images to audit (--data, as flagged), to re-estimate on and to train on (labels read for --finetune only)."""
+    unlabelled = dict(how, data_kind="auto", class_map=None, limit=None, shift_mode="circular", max_shift=None)
+    for_training = dict(unlabelled, class_map=how["class_map"] if labelled_train else None)
+    return tuple(
+        None if path is None else load_dataset_from_cli(loaded, path, **flags)
+        for path, flags in ((data, how), (calibration, unlabelled), (train, for_training))
+    )  # type: ignore[return-value]
+
+
+def _audits(
     max_shift: int | None,
     shift_step: float | None,
     mode: Mode,
@@ -279,9 +309,13 @@ def _settings(
     precision: Precision,
     batch_size: int | None,
     workers: int | None,
+    backend: BackendChoice,
+    threads: int | None,
 ) -> AuditConfig:
     """The audits' settings (the search's too), as ``eval`` takes them."""
     return AuditConfig(
+        backend=backend.value,
+        threads=threads,
         max_shift=max_shift,
         shift_step=shift_step,
         mode=mode.value,

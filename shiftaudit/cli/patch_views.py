@@ -63,12 +63,19 @@ class PatchSteps:
     def distill(self, report: PatchReport) -> None:
         d = report.distillation
         assert d is not None
+        how = "fine-tuned" if d.settings.get("ce_weight") else "distilled"
+        stop = f"{d.stopped_by} budget" if d.stopped_by in ("steps", "epochs", "seconds") else d.stopped_by
+        kept = f"; kept the weights of step {d.best_step}" if d.best_step != d.steps else ""
         self.say(
-            f"distilled {d.steps} steps ({d.stopped_by} budget) in {sig(d.seconds)} s on {d.train_images} images; "
-            f"top-1 agreement with the original on {d.heldout_images} held-out images: "
+            f"{how} {d.steps} steps ({stop}) in {sig(d.seconds)} s on {d.train_images} images{kept}; "
+            f"on {d.heldout_images} held-out images: top-1 agreement with the original "
             f"{100 * d.agreement_before:.1f} % -> {100 * d.agreement_after:.1f} % as given, "
-            f"{100 * d.shifted_agreement_before:.1f} % -> {100 * d.shifted_agreement_after:.1f} % shifted"
+            f"{100 * d.shifted_agreement_before:.1f} % -> {100 * d.shifted_agreement_after:.1f} % shifted; "
+            f"consistency {100 * d.consistency_before:.1f} % -> {100 * d.consistency_after:.1f} % "
+            f"(the original: {100 * d.teacher_consistency:.1f} %)"
         )
+        for note in d.notes:
+            self.warn(f"note: {note}", style="yellow")
 
     def agreement(self, report: PatchReport) -> None:
         if report.agreement is not None and report.agreement_too_low:

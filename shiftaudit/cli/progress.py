@@ -74,6 +74,20 @@ class RichProgress:
         if speed:
             self._progress.update(self._task, rate=f"{sig(speed)} {'img' if self.unit == 'images' else self.unit}/s")
 
+    def set_total(self, total: int) -> None:
+        """A new length (a time budget will end the run first): the bar's ETA stays honest."""
+        if self._lines is not None:
+            self._lines.total = max(0, int(total))
+        elif self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=total)
+
+    def describe(self, text: str) -> None:
+        """A new description (fine-tuning shows its loss and held-out agreement)."""
+        if self._lines is not None:
+            self._lines.description = one_line(text)
+        elif self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=one_line(text))
+
     def stop(self) -> None:
         if self._lines is not None:
             self._lines.stop()

@@ -50,9 +50,11 @@ def report_result(
         if sequential:
             console.print(sequential_summary(result), style="dim")
         elif t:
+            exported = (result.settings.get("backend") or {}).get("export_seconds")
             console.print(
                 f"{result.data['num_images']} images in {sig(t['seconds'])} s ({sig(t['images_per_s'])} images/s, "
-                f"{sig(t['forwards_per_s'])} forward passes/s)",
+                f"{sig(t['forwards_per_s'])} forward passes/s)"
+                + (f", after {sig(exported)} s exporting and compiling the model" if exported is not None else ""),
                 style="dim",
             )
     for note in result.notes:  # numbers that are likely wrong: said on stderr, even with --quiet
@@ -112,6 +114,8 @@ def show_plan(plan: Any, json_out: Path | None, data_notes: list[str] | None = N
         ),
         ("forward rows", f"{plan.forward_rows:,} ({plan.slots_per_image} per image)"),
     ]
+    if plan.backend is not None:
+        rows.append(("backend", describe_backend(plan.backend)))
     if plan.sequential:
         rows.append(("gate", "sequential: random draws until every threshold is decided (the rows above if undecided)"))
     for key, value in rows:
@@ -119,3 +123,17 @@ def show_plan(plan: Any, json_out: Path | None, data_notes: list[str] | None = N
     console.print(t)
     for note in [*plan.notes, *(data_notes or [])]:
         console.print(text(f"note: {note}", style="dim"), soft_wrap=True)
+
+
+def describe_backend(backend: Any) -> str:
+    """Who runs the forward passes, in a few words: ``openvino (asked: auto), exported in 4.2 s, probe: ...``."""
+    words = backend.name + ("" if backend.asked == backend.name else f" (asked: {backend.asked})")
+    if backend.export_seconds is not None:
+        words += f", exported and compiled in {backend.export_seconds:.1f} s"
+    probe = backend.probe
+    if probe is not None:
+        words += (
+            f"; probe of {probe.rows} images: max |logit difference| {probe.max_abs_logit_diff:.2g}, top-1 agreement "
+            f"{100 * probe.top1_agreement:.0f} %"
+        )
+    return words

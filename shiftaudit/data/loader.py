@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,19 @@ def default_workers(dataset: AuditDataset, batch_size: int) -> int:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not fight the model's threads
+
+
+def sampled_loader(dataset: AuditDataset, batch_sampler: Iterable[list[int]], *, num_workers: int = 0) -> DataLoader:
+    """Batches of ``(images, labels, indices, decode flags)`` in the order ``batch_sampler`` gives, nothing dropped:
+    for a caller that must keep every batch in step with its own schedule (fine-tuning) and masks unreadable images
+    itself (``flags & DROPPED``)."""
+    check_range(num_workers, "--workers", 0, max_workers(), "each worker is a process holding a copy of the data set")
+    return DataLoader(
+        _Indexed(dataset),
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+    )
 
 
 def make_loader(

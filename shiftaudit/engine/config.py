@@ -13,12 +13,20 @@ from typing import Any
 
 import torch
 
+from shiftaudit.engine.backends import runtime_names
 from shiftaudit.errors import UsageError
 from shiftaudit.gating import thresholds_from
 from shiftaudit.limits import MAX_PAIRS, check_range
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("auto", "exhaustive", "sampled")
+MAX_THREADS = 1024
+
+
+def backend_names() -> tuple[str, ...]:
+    """Who may run the model's forward passes: auto, torch, or an inference runtime of
+    :mod:`shiftaudit.engine.backends` (CPU only); auto picks a runtime where one is installed, applies and pays."""
+    return ("auto", "torch", *runtime_names())
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,9 @@ class AuditConfig:
     (:mod:`shiftaudit.engine.sequential`); ``None``: the plan decides, and does so when a verdict is all the audit
     gives (thresholds, no ``layers``, no ``resume``). ``decision_error`` bounds the chance that the verdict differs
     from the exhaustive audit's, ``sequential_budget`` the fraction of the exhaustive audit's forward passes spent
-    before the exhaustive audit decides instead.
+    before the exhaustive audit decides instead. ``backend``: torch (the default), openvino, onnxruntime or auto
+    (:mod:`shiftaudit.engine.backend_plan`); ``threads``: CPU threads for the forward passes (None: torch's own
+    count, one under pytest-xdist, torchrun or on a loaded machine; :mod:`shiftaudit.engine.threads`).
     """
 
     shifts: Any = None  # a ShiftSet, or None for the default set of the image size
@@ -59,6 +69,8 @@ class AuditConfig:
     sequential: bool | None = False
     decision_error: float = 0.01
     sequential_budget: float = 0.5
+    backend: str = "torch"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         """``thresholds`` as :func:`shiftaudit.gate` takes them (a mapping such as ``{"min_consistency": 0.95}`` or
@@ -69,6 +81,10 @@ class AuditConfig:
         """Refuse settings that are wrong whatever the model and data."""
         if self.precision not in PRECISIONS:
             raise UsageError(f"Unknown `precision` {self.precision!r}; use one of {', '.join(PRECISIONS)}.")
+        if self.backend not in backend_names():
+            raise UsageError(f"Unknown `backend` {self.backend!r}; use one of {', '.join(backend_names())}.")
+        if self.threads is not None:
+            check_range(self.threads, "`threads`", 1, MAX_THREADS, "the forward passes' CPU threads")
         if self.pairs < 1:
             raise UsageError(f"`pairs` must be at least 1, got {self.pairs}.")
         check_range(self.pairs, "`pairs`", 1, MAX_PAIRS, "sampled mode runs 2 + 2 x pairs forward passes per image")

@@ -6,7 +6,9 @@ model; :func:`dense_job` lays out the same dense rows as a job for the
 :class:`~shiftaudit.engine.packing.RowPacker` (one reused input buffer, optionally rows shared across image batches),
 which the runner uses for every dense run without per-layer observers. :func:`early_exit_batch` walks the shifts in
 order of growing radius and drops each image at its first misclassified shift. All leave out images whose outputs
-are not finite and return how many there were.
+are not finite and return how many there were. Given the sequential gate's
+:class:`~shiftaudit.engine.cache.PredictionCache`, the dense job and the early exit look every pair up there first
+and run only the pairs it lacks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shiftaudit.engine.cache import CachedRows, PredictionCache
 from shiftaudit.engine.forward import BatchedForward
 from shiftaudit.engine.observers import Observer
 from shiftaudit.engine.packing import PackJob
@@ -168,23 +171,46 @@ def dense_job(
     pairs: int,
     dh_all: torch.Tensor,
     dw_all: torch.Tensor,
+    cache: PredictionCache | None = None,
 ) -> PackJob:
     """The same rows as :func:`full_batch`'s dense path, as a job whose rows may share device batches with the
-    previous and next image batches; the job's result is the same ``(ShiftBatch | None, nonfinite count)``."""
+    previous and next image batches; the job's result is the same ``(ShiftBatch | None, nonfinite count)``. With a
+    ``cache``, the job's rows are the pairs it lacks, and the result holds the cached outputs of the others."""
     lay = layout_pairs(x.shape[0], ids_np, shifts, exhaustive, plan, pairs, x.device)
     bank = make_bank(x, shifts)
     lab = labels if lab_dev is not None else None
+    cached = cache.lookup(ids_np, lay.slot_shift) if cache is not None else None
+    todo = torch.as_tensor(np.flatnonzero(~cached.hit.reshape(-1)), device=x.device) if cached is not None else None
+    rows_image = lay.flat_image if todo is None else lay.flat_image[todo]
+    rows_shift = lay.flat_shift if todo is None else lay.flat_shift[todo]
 
     def fill(out: torch.Tensor, start: int, stop: int) -> None:
-        k = lay.flat_shift[start:stop]
-        gather_into(bank, out, lay.flat_image[start:stop], dh_all[k], dw_all[k])
+        k = rows_shift[start:stop]
+        gather_into(bank, out, rows_image[start:stop], dh_all[k], dw_all[k])
 
     def finish(outputs: tuple[torch.Tensor, ...]) -> tuple[ShiftBatch | None, int]:
+        if cached is not None and todo is not None:
+            outputs = with_cached(outputs, todo, cached)
         return read_back(outputs, lay, lab, ids_np, shifts, exhaustive, forward.num_classes)
 
-    flat_labels = lab_dev[lay.flat_image] if lab_dev is not None else None
+    flat_labels = lab_dev[rows_image] if lab_dev is not None else None
     row_shape = (int(x.shape[1]), shifts.height, shifts.width)  # crop mode: x holds the larger canvases
-    return PackJob(int(lay.flat_image.numel()), row_shape, x.dtype, fill, flat_labels, finish)
+    return PackJob(int(rows_image.numel()), row_shape, x.dtype, fill, flat_labels, finish)
+
+
+def with_cached(outputs: tuple[torch.Tensor, ...], todo: torch.Tensor, cached: CachedRows) -> tuple[torch.Tensor, ...]:
+    """Per-row (pred, P(label), top-1, finite) of every slot of a layout: the cached slots' outputs, and ``outputs``
+    (the rows just run) at the flat slots ``todo``. A cached output was finite (the gate keeps no other)."""
+    dev = todo.device
+    full = (
+        torch.as_tensor(cached.pred.reshape(-1), device=dev).clone(),
+        torch.as_tensor(cached.p_label.reshape(-1), device=dev).clone(),
+        torch.as_tensor(cached.p_top.reshape(-1), device=dev).clone(),
+        torch.ones(cached.hit.size, dtype=torch.bool, device=dev),
+    )
+    for whole, run in zip(full, outputs):
+        whole[todo] = run.to(whole.dtype)
+    return full
 
 
 def early_exit_batch(
@@ -197,17 +223,20 @@ def early_exit_batch(
     dh_all: torch.Tensor,
     dw_all: torch.Tensor,
     pairs: int,
+    cache: PredictionCache | None = None,
 ) -> tuple[ShiftBatch | None, int]:
     """Shifts in order of growing radius; an image leaves the batch at its first misclassified shift.
 
-    The set is ordered by radius, so the first wrong column of a chunk is a smallest-radius failure and earlier
+    The walk follows the set's :attr:`~shiftaudit.shifts.sets.ShiftSet.radius_order` (the set's own order for the
+    sets the constructors build), so the first wrong column of a chunk is a smallest-radius failure and earlier
     chunks had none. Each chunk looks at most as far ahead as has been evaluated so far (at least 8 shifts), which
     bounds the work past an image's failure to about twice what it needed. The metrics get two slots per image: the
-    zero shift and the first failure (the zero shift again for an image that never failed).
+    zero shift and the first failure (the zero shift again for an image that never failed). With a ``cache``, the
+    pairs found there are not run again.
     """
-    dev = x.device
     b, n_shifts = x.shape[0], len(shifts)
     bank = ShiftBank(x)
+    walk = shifts.radius_order  # the zero shift first: the only shift of radius 0
     fail = np.full(b, shifts.zero_index, dtype=np.int64)
     out = {k: np.zeros((b, 2), dtype=d) for k, d in (("pred", np.int64), ("p_lab", np.float32), ("p_top", np.float32))}
     nonfinite = np.zeros(b, dtype=bool)
@@ -216,15 +245,8 @@ def early_exit_batch(
     while active.size and pos < n_shifts:
         k = max(1, forward.batch // active.size)
         k = min(k, max(8, pos), n_shifts - pos)
-        cols = np.arange(pos, pos + k)
-        flat_image = torch.as_tensor(np.repeat(active, k), device=dev)
-        flat_shift = torch.as_tensor(np.tile(cols, active.size), device=dev)
-
-        def make_inputs(sl: slice, fi: torch.Tensor = flat_image, fs: torch.Tensor = flat_shift) -> torch.Tensor:
-            return bank.gather(fi[sl], dh_all[fs[sl]], dw_all[fs[sl]])
-
-        res = forward.run(make_inputs, active.size * k, lab_dev[flat_image])
-        pred, p_lab, p_top, finite = (t.view(active.size, k).cpu().numpy() for t in res)
+        cols = walk[pos : pos + k]
+        pred, p_lab, p_top, finite = _walk_chunk(forward, bank, lab_dev, ids_np, active, cols, dh_all, dw_all, cache)
         if pos == 0:  # column 0 is the zero shift: every image's unshifted output
             out["pred"][active, 0] = out["pred"][active, 1] = pred[:, 0]
             out["p_lab"][active, 0] = out["p_lab"][active, 1] = p_lab[:, 0]
@@ -261,3 +283,37 @@ def early_exit_batch(
         num_shifts=n_shifts,
         num_classes=forward.num_classes,
     ), int(b - n)
+
+
+def _walk_chunk(
+    forward: BatchedForward,
+    bank: ShiftBank,
+    lab_dev: torch.Tensor,
+    ids_np: np.ndarray,
+    active: np.ndarray,
+    cols: np.ndarray,
+    dh_all: torch.Tensor,
+    dw_all: torch.Tensor,
+    cache: PredictionCache | None,
+) -> tuple[np.ndarray, ...]:
+    """(pred, P(label), top-1, finite) of each active image at each shift of ``cols``, as ``(images, shifts)``
+    arrays: the pairs in ``cache`` from there, the others run now."""
+    dev = lab_dev.device
+    rows = active.size * cols.size
+    cached = cache.lookup(ids_np[active], np.broadcast_to(cols, (active.size, cols.size))) if cache is not None else None
+    todo = np.arange(rows) if cached is None else np.flatnonzero(~cached.hit.reshape(-1))
+    flat_image = torch.as_tensor(np.repeat(active, cols.size)[todo], device=dev)
+    flat_shift = torch.as_tensor(np.tile(cols, active.size)[todo], device=dev)
+
+    def make_inputs(sl: slice) -> torch.Tensor:
+        return bank.gather(flat_image[sl], dh_all[flat_shift[sl]], dw_all[flat_shift[sl]])
+
+    res = forward.run(make_inputs, todo.size, lab_dev[flat_image]) if todo.size else None
+    if cached is not None:
+        res = with_cached(res or _no_rows(dev), torch.as_tensor(todo, device=dev), cached)
+    assert res is not None
+    return tuple(t.view(active.size, cols.size).cpu().numpy() for t in res)
+
+
+def _no_rows(dev: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(0, dtype=d, device=dev) for d in (torch.long, torch.float32, torch.float32, torch.bool))

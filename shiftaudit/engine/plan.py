@@ -14,19 +14,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from shiftaudit.data import AuditDataset, load_data
 from shiftaudit.engine import distributed
+from shiftaudit.engine.backend_plan import BackendRequest, check_backend, plan_backend, runtime_device
 from shiftaudit.engine.config import MODES, AuditConfig, resolve_device
 from shiftaudit.engine.forward import BatchedForward, model_dtype
 from shiftaudit.engine.observers import Observer
 from shiftaudit.engine.strategies import compile_model, early_exit_strategy, try_polyphase
+from shiftaudit.engine.threads import resolve_threads, using_threads
 from shiftaudit.errors import DataError, UsageError
 from shiftaudit.gating import refuse_trivial_thresholds, validate_thresholds
 from shiftaudit.limits import MAX_BATCH_BYTES, gib
 from shiftaudit.metrics import Metric, MetricContext, default_metrics
+from shiftaudit.result import Backend
 from shiftaudit.shifts.modes import check_shift_mode, get_shift_mode, input_geometry
 from shiftaudit.shifts.sets import ShiftSet, default_shift_set
 
@@ -57,6 +61,8 @@ class AuditPlan:
     notes: tuple[str, ...] = ()
     sequential: bool = False  # the gate decides from random draws first; the planned audit runs only if it must
     preprocessing: dict[str, Any] | None = None  # resize, crop, mean, std of the data; None: tensors taken as input
+    threads: int = 1  # CPU threads of the forward passes (shiftaudit.engine.threads)
+    backend: Backend | None = None  # who runs the forward passes, when a runtime was asked for (backend_plan)
 
     @property
     def mode(self) -> str:
@@ -90,6 +96,8 @@ class AuditPlan:
             "seed": self.seed,
             "sequential": self.sequential,
             "preprocessing": self.preprocessing,
+            "threads": self.threads,
+            **({"backend": self.backend.to_json()} if self.backend is not None else {}),
             "notes": list(self.notes),
         }
 
@@ -134,6 +142,8 @@ def plan_shifts(
         raise UsageError(f"The shift set is for {shifts.height}x{shifts.width} inputs but the data is {size[0]}x{size[1]}.")
     elif shifts.mode != shift_mode:
         raise UsageError(f"The shift set is a {shifts.mode} set but the audit asks for shift mode {shift_mode}.")
+    elif not bool(((np.asarray(shifts.dh) == 0) & (np.asarray(shifts.dw) == 0)).any()):
+        raise UsageError("The shift set lacks the zero shift (0, 0), where accuracy and every adversarial radius start.")
     exhaustive = mode == "exhaustive" or (mode == "auto" and len(shifts) <= EXHAUSTIVE_LIMIT)
     return shifts, exhaustive
 
@@ -213,12 +223,10 @@ def resolve_data(data: Any, preprocessing: Any, config: AuditConfig) -> Any:
 
 
 def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str, Any] | None = None) -> PreparedAudit:
-    """Check everything and make every decision of the audit; no image passes through the model yet."""
+    """Check everything and make every decision of the audit; no image passes through the model yet (but for the
+    probes of the polyphase engine and of an inference runtime, which run the model on a few inputs)."""
     model, preprocessing, info = resolve_model(model, dict(model_info or {}))
-    config.check()
-    dev = resolve_device(config.device)
-    if config.precision == "fp16" and dev.type == "cpu":
-        raise UsageError("`precision` fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
+    dev = _plan_device(config)
     dataset = resolve_data(data, preprocessing, config)
     notes: list[str] = []
     shifts, exhaustive, size, margin = _plan_geometry(config, dataset, notes)
@@ -243,11 +251,15 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         model = model.to(memory_format=torch.channels_last)
     device_batch = config.batch_size or default_device_batch(dev, size)
     check_batch_bytes(device_batch, int(getattr(dataset, "channels", 3)), size)
-    strategy, forward = _plan_strategy(
-        config, model, dataset, shifts, exhaustive, labelled, metrics, observers, dev, device_batch, use_cl, notes
-    )
-    slots = len(shifts) if exhaustive else 2 + 2 * config.pairs
-    sequential = _plan_sequential(config, strategy, observers, dist is not None, len(dataset) * len(shifts), notes)
+    threads = resolve_threads(config.threads)
+    with using_threads(threads):
+        strategy, forward = _plan_strategy(
+            config, model, dataset, shifts, exhaustive, labelled, metrics, observers, dev, device_batch, use_cl, notes
+        )
+        slots = len(shifts) if exhaustive else 2 + 2 * config.pairs
+        request = BackendRequest(config, model, dataset, strategy, dev, size, threads, len(dataset) * slots, _outside(model))
+        backend = plan_backend(request, forward, notes)
+    sequential = _plan_sequential(config, strategy, observers, dist is not None, len(dataset) * slots, notes)
     plan = AuditPlan(
         shifts=shifts,
         exhaustive=exhaustive,
@@ -259,7 +271,7 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         strategy=strategy,
         compiled=bool(config.compile) and not outside,
         device=dev.type,
-        channels_last=bool(use_cl),
+        channels_last=bool(forward.channels_last),
         precision=config.precision,
         device_batch=device_batch,
         image_batch=_image_batch(strategy, device_batch, forward, slots),
@@ -269,8 +281,25 @@ def plan_audit(config: AuditConfig, model: Any, data: Any, model_info: dict[str,
         notes=tuple(notes),
         sequential=sequential,
         preprocessing=_preprocessing_json(dataset),
+        threads=threads,
+        backend=backend,
     )
     return PreparedAudit(plan, config, model, forward, dataset, metrics, observers, info, dev, dist, notes)
+
+
+def _plan_device(config: AuditConfig) -> torch.device:
+    """The settings checked on their own, and the device they run on."""
+    config.check()
+    check_backend(config)
+    dev = runtime_device(config, resolve_device(config.device))
+    if config.precision == "fp16" and dev.type == "cpu":
+        raise UsageError("`precision` fp16 needs a CUDA device; on the CPU use fp32 or bf16.")
+    return dev
+
+
+def _outside(model: Any) -> str | None:
+    """What runs a model that is not PyTorch (its ``black_box`` words), or None."""
+    return str(model.black_box) if _runs_outside_torch(model) else None
 
 
 def _preprocessing_json(dataset: Any) -> dict[str, Any] | None:
@@ -351,7 +380,7 @@ SEQUENTIAL_MIN_ROWS = 1024  # below this many forward passes the exhaustive audi
 
 
 def _plan_sequential(
-    config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, exhaustive_rows: int, notes: list[str]
+    config: AuditConfig, strategy: str, observers: list[Observer], distributed: bool, full_rows: int, notes: list[str]
 ) -> bool:
     """Whether the sequential gate runs first; when it was asked for and cannot, a note says why. Left to the plan
     (``sequential=None``), it is asked for when a verdict is all the audit gives: thresholds, and neither per-layer
@@ -364,8 +393,8 @@ def _plan_sequential(
     why = sequential_blocker(list(config.thresholds), strategy, observers, distributed)
     if why is None and config.resume is not None:
         why = "--resume saves the progress of the full audit"
-    if why is None and exhaustive_rows <= SEQUENTIAL_MIN_ROWS:
-        why = f"the full audit needs only {exhaustive_rows} forward passes"
+    if why is None and full_rows <= SEQUENTIAL_MIN_ROWS:
+        why = f"the full audit needs only {full_rows} forward passes"
     if why is not None:
         notes.append(f"sequential gate not used ({why}); the full audit decides")
         return False

@@ -61,7 +61,7 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return t.view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
 
 
-def _weights(model: nn.Module) -> str:
+def weights_digest(model: nn.Module) -> str:
     """Every parameter and buffer: name, dtype, shape and bytes."""
 
     def chunks() -> Iterator[object]:
@@ -72,7 +72,7 @@ def _weights(model: nn.Module) -> str:
     return _digest(chunks())
 
 
-def _data_content(dataset: Sized) -> str:
+def data_digest(dataset: Sized) -> str:
     """What the images are: each file's path, size and modification time (a file added, removed or rewritten
     changes it; reading every file would cost a pass over the data), or the bytes of a tensor stack. A torch Dataset
     in memory is known by its type and length only."""
@@ -111,12 +111,12 @@ def fingerprint_parts(
     labels = getattr(dataset, "labels", None)
     parts: dict[str, object] = {
         "the shiftaudit version": __version__,
-        "the model weights": _weights(model),
+        "the model weights": weights_digest(model),
         "the model (--arch, --num-classes or its patch)": {
             k: v for k, v in info.items() if k in ("arch", "num_classes", "patch")
         },
         "--data": [getattr(dataset, "description", ""), getattr(dataset, "kind", ""), len(dataset)],
-        "the data's files or content (added, removed or rewritten)": _data_content(dataset),
+        "the data's files or content (added, removed or rewritten)": data_digest(dataset),
         "the images chosen (--limit)": _digest([index.tobytes()]),
         "the labels (--class-map)": [
             bool(getattr(dataset, "has_labels", False)),
@@ -157,7 +157,7 @@ def check_resume_path(path: str | Path) -> Path:
     return p
 
 
-def _changed(path: Path, saved: Mapping[str, object], now: dict[str, str]) -> UsageError | None:
+def changed_parts(path: Path, saved: Mapping[str, object], now: dict[str, str]) -> UsageError | None:
     """One sentence naming every part that differs, with old and new values when they are short and readable."""
     names = [k for k in now if saved.get(k) != now[k]] + [str(k)[:60] for k in saved if k not in now]
     if not names:
@@ -209,7 +209,7 @@ class ResumeState:
             raise UsageError(
                 f"--resume file {self.path} is not a shiftaudit audit state of this version; delete it to start over."
             )
-        changed = _changed(self.path, meta["parts"], self.parts)
+        changed = changed_parts(self.path, meta["parts"], self.parts)
         if changed is not None:
             raise changed
         for m in metric_list:

@@ -23,6 +23,8 @@ import torch
 from shiftaudit import __version__
 from shiftaudit.data import make_loader
 from shiftaudit.engine import distributed
+from shiftaudit.engine.backends import RUNTIMES
+from shiftaudit.engine.cache import PredictionCache
 from shiftaudit.engine.config import AuditConfig
 from shiftaudit.engine.forward import model_dtype
 from shiftaudit.engine.observers import Observer, Progress
@@ -31,6 +33,7 @@ from shiftaudit.engine.passes import DrawPlan, dense_job, early_exit_batch, full
 from shiftaudit.engine.plan import PreparedAudit, plan_audit
 from shiftaudit.engine.resume import ResumeState, resume_state, subset_loader
 from shiftaudit.engine.sequential import Undecided, run_sequential
+from shiftaudit.engine.threads import using_threads
 from shiftaudit.errors import AuditInterrupted, ModelError, Terminated
 from shiftaudit.gating import evaluate_gate, sequential_gate
 from shiftaudit.metrics import Metric, ShiftBatch, ZeroShiftConfidence
@@ -93,13 +96,21 @@ class _Counters:
     images_done: int = 0
     nonfinite_images: int = 0
     rows_before: int = 0
+    rows_reused: int = 0  # forward rows the sequential gate had run, taken from its cache instead of run again
 
 
 def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> AuditResult:
-    """Execute a prepared plan: every image through the model at its planned shifts, then the report."""
+    """Execute a prepared plan: every image through the model at its planned shifts, then the report; torch (and the
+    runtime) on the plan's CPU threads, the caller's thread count restored after."""
+    with using_threads(prepared.plan.threads):
+        return _run_plan(prepared, progress)
+
+
+def _run_plan(prepared: PreparedAudit, progress: Progress | None) -> AuditResult:
     plan = prepared.plan
+    cache = None
     if plan.sequential:
-        decided = _run_sequential(prepared, progress)
+        decided, cache = _run_sequential(prepared, progress)
         if decided is not None:
             return decided
     state = None
@@ -118,7 +129,7 @@ def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> Audit
         if counters.images_done:
             progress.advance(counters.images_done)
     try:
-        _run_batches(prepared, loader, state, counters, progress)
+        _run_batches(prepared, loader, state, counters, progress, cache)
     except BaseException as exc:
         _stopped(prepared, state, counters, total_images, exc)
         raise
@@ -130,18 +141,26 @@ def run_plan(prepared: PreparedAudit, progress: Progress | None = None) -> Audit
     elapsed = time.perf_counter() - t0
     if state is not None:
         state.save(prepared.metrics)
+    if cache is not None:
+        counters.rows_reused = cache.reused
+    if cache is not None and cache.held:
+        prepared.notes.append(
+            f"the full audit reused {cache.reused:,} of the sequential gate's {cache.held:,} predictions and ran "
+            f"{prepared.forward.rows:,} forward passes of its own"
+        )
     return _result(prepared, counters, elapsed)
 
 
-def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> AuditResult | None:
-    """The sequential gate's result, or None (with a note saying why) when the full audit must decide."""
+def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> tuple[AuditResult | None, PredictionCache | None]:
+    """The sequential gate's result; or, when the full audit must decide, None (with a note saying why) and the
+    gate's cache of predictions, for the full audit to reuse."""
     config = prepared.config
     try:
         outcome = run_sequential(prepared, progress, config.decision_error, config.sequential_budget)
     except Undecided as exc:
         prepared.notes.append(f"sequential gate {exc}; the full audit decided")
-        prepared.forward.rows = 0  # the full audit's timing counts its own forward passes
-        return None
+        prepared.forward.rows = 0  # the full audit's timing counts the forward rows it uses: run, or reused
+        return None, exc.cache
     plan = prepared.plan
     settings = {**_settings(plan), "mode": "sequential", "engine": "sequential"}
     settings["sequential"] = {"decision_error": config.decision_error, "budget": config.sequential_budget}
@@ -159,7 +178,7 @@ def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> Audit
         model=prepared.info or {"description": type(prepared.model).__name__},
         data=data,
         settings=settings,
-        environment=_environment(prepared.device),
+        environment=_environment(prepared.device, plan),
         notes=list(getattr(prepared.dataset, "notes", []) or []) + notes,
         timing={
             "seconds": outcome.seconds,
@@ -169,7 +188,7 @@ def _run_sequential(prepared: PreparedAudit, progress: Progress | None) -> Audit
         },
     )
     result.gate = sequential_gate(outcome.stats).to_json()
-    return result
+    return result, None
 
 
 def _resume(prepared: PreparedAudit) -> ResumeState:
@@ -183,6 +202,8 @@ def _resume(prepared: PreparedAudit) -> ResumeState:
         "--batch-size": plan.device_batch,
         "the engine (--no-polyphase, --compile)": [plan.strategy, plan.compiled],
     }
+    if plan.backend is not None:  # absent for torch, so that a torch audit's state file is what it always was
+        numeric["--backend"] = plan.backend.name
     assert config.resume is not None
     return resume_state(
         config.resume,
@@ -211,8 +232,15 @@ def _loader(prepared: PreparedAudit, state: ResumeState | None) -> tuple[Any, in
 
 
 def _run_batches(
-    prepared: PreparedAudit, loader: Any, state: ResumeState | None, counters: _Counters, progress: Progress | None
+    prepared: PreparedAudit,
+    loader: Any,
+    state: ResumeState | None,
+    counters: _Counters,
+    progress: Progress | None,
+    cache: PredictionCache | None = None,
 ) -> None:
+    """Every image batch through the planned strategy, each finished batch into the metrics. ``cache``: the
+    sequential gate's predictions, looked up before any (image, shift) pair is run."""
     plan, forward, dev = prepared.plan, prepared.forward, prepared.device
     shifts = plan.shifts
     off_dtype = torch.float64 if shifts.fractional else torch.long  # sub-pixel offsets are fractional
@@ -230,11 +258,13 @@ def _run_batches(
             if plan.strategy == "early-exit":
                 assert lab_dev is not None
                 batch, bad = early_exit_batch(
-                    forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np, shifts, dh_all, dw_all, plan.pairs
+                    forward, x, lab_dev, labels.numpy().astype(np.int64), ids_np, shifts, dh_all, dw_all, plan.pairs, cache
                 )
                 done = [(batch, bad, ids_np)]
             elif packer is not None:  # rows may share device batches with the next image batch; results come in order
-                job = dense_job(forward, x, lab_dev, labels, ids_np, shifts, plan.exhaustive, draws, plan.pairs, dh_all, dw_all)
+                job = dense_job(
+                    forward, x, lab_dev, labels, ids_np, shifts, plan.exhaustive, draws, plan.pairs, dh_all, dw_all, cache
+                )
                 job.finish = _with_ids(job.finish, ids_np)
                 done = packer.add(job)  # lazy: each result leaves the packer as it is delivered
             else:
@@ -324,7 +354,7 @@ def _result(prepared: PreparedAudit, counters: _Counters, elapsed: float) -> Aud
     plan, dataset, metrics = prepared.plan, prepared.dataset, prepared.metrics
     notes = list(prepared.notes)
     images_done, nonfinite_images = counters.images_done, counters.nonfinite_images
-    rows = counters.rows_before + prepared.forward.rows
+    rows = counters.rows_before + prepared.forward.rows + counters.rows_reused
     if prepared.dist is not None:
         images_done, nonfinite_images, rows = distributed.merge(
             prepared.dist, metrics, dataset, images_done, nonfinite_images, rows
@@ -356,7 +386,7 @@ def _result(prepared: PreparedAudit, counters: _Counters, elapsed: float) -> Aud
         model=prepared.info or {"description": type(prepared.model).__name__},
         data=_data_info(dataset, plan, images_done, nonfinite_images),
         settings=_settings(plan),
-        environment=_environment(prepared.device),
+        environment=_environment(prepared.device, plan),
         notes=list(getattr(dataset, "notes", []) or []) + notes,
         timing=_timing(images_done, plan.slots_per_image, rows, elapsed),
     )
@@ -375,6 +405,7 @@ def _settings(plan: Any) -> dict[str, Any]:
         "precision": plan.precision,
         "device_batch": plan.device_batch,
         "engine": plan.strategy,
+        **({"backend": plan.backend.to_json()} if plan.backend is not None else {}),
     }
 
 
@@ -437,7 +468,7 @@ def label_mismatch_note(computed: dict[str, Any], metric_list: list[Metric]) -> 
     )
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
+def _environment(device: torch.device, plan: Any) -> dict[str, Any]:
     env = {
         "shiftaudit": __version__,
         "torch": torch.__version__.split("+")[0],
@@ -446,4 +477,7 @@ def _environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
+    backend = getattr(plan, "backend", None)
+    if backend is not None and backend.name in RUNTIMES:  # the runtime that ran the model, by its version
+        env[backend.name] = RUNTIMES[backend.name].version()
     return env

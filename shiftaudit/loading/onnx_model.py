@@ -205,17 +205,36 @@ def default_preprocessing(graph_input: GraphInput, notes: list[str]) -> Any:
     return Preprocessing(size=size, mean=mean, std=std, resize=resize, name="custom")
 
 
+def session_options(ort: Any, threads: int) -> Any:
+    """Session options that keep onnxruntime quiet and on ``threads`` intra-op threads."""
+    ort.set_default_logger_severity(4)  # the process-wide logger too (thread pools, environment): one per process
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: onnxruntime's C++ log lines bypass Python and would reach the terminal;
+    # every error still raises, and becomes one sentence
+    options.intra_op_num_threads = threads
+    return options
+
+
+def exported_classifier(path: Path, threads: int) -> OnnxClassifier:
+    """A graph shiftaudit exported itself (:mod:`shiftaudit.engine.backends`) as an :class:`OnnxClassifier`: trusted,
+    so with every graph optimisation onnxruntime has; failures raise as they are (the caller falls back to torch)."""
+    ort = _onnxruntime(path)
+    options = session_options(ort, threads)
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    _, channels, height, width = (_dim(d) for d in inp.shape)
+    graph_input = GraphInput(str(inp.name), "NCHW", None, channels, (height, width), np.float32)  # as exported
+    return OnnxClassifier(session, graph_input, "the exported model")
+
+
 def read_onnx(path: Path) -> tuple[OnnxClassifier, dict[str, str], int | None]:
     """The graph as an :class:`OnnxClassifier` on the CPU, its string metadata, and its class count when fixed."""
     from shiftaudit.loading.onnx_check import check_onnx_file  # looked up per call: a test replaces it on onnx_check
 
     ort = _onnxruntime(path)
     checked = check_onnx_file(path)  # declared sizes against the data, before onnxruntime allocates them
-    ort.set_default_logger_severity(4)  # the process-wide logger too (thread pools, environment): one per process
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: onnxruntime's C++ log lines bypass Python and would reach the terminal;
-    # every error still raises, and becomes the one sentence below
-    options.intra_op_num_threads = max(1, torch.get_num_threads())  # as many threads as torch would use, not every core
+    options = session_options(ort, max(1, torch.get_num_threads()))  # as many threads as torch would use, not every core
     try:  # onnxruntime prints a banner before it retries a failed load: the one-sentence error below says it all.
         # The session is made in a worker thread (shiftaudit.interrupts) while this thread waits inside the redirect,
         # so that Ctrl-C unwinds through it and its one line reaches the real stderr.

@@ -361,6 +361,7 @@ class GateStatistic(Entry):
     confidence: float
     draws: int
     decision: str
+    exact: bool | None = omitted()  # true when every image's value was known: the full audit's value, decided on it
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -276,9 +277,18 @@ class ShiftSet:
     def __len__(self) -> int:
         return int(self.dh.shape[0])
 
-    @property
+    @cached_property
     def zero_index(self) -> int:
-        return 0  # ordered by radius: the zero shift comes first
+        """Where the zero shift sits: first in every set the constructors build (ordered by radius), found by its
+        offsets in a set built directly in another order (``plan_audit`` refuses a set without it)."""
+        hits = np.flatnonzero((np.asarray(self.dh) == 0) & (np.asarray(self.dw) == 0))
+        return int(hits[0]) if hits.size else 0
+
+    @cached_property
+    def radius_order(self) -> np.ndarray:
+        """The set's indices in order of growing radius (ties by offset), as the constructors order a set: the
+        identity for their sets, the walk order for a set built directly in another order."""
+        return np.lexsort((self.dw, self.dh, self.radius))
 
     @property
     def radii(self) -> list[int] | list[float]:
