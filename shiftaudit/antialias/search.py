@@ -295,6 +295,8 @@ def search_patch_plans(
         measured += walk(
             points, candidates, variants, lambda p, r: _step(measure, progress, p, r), max_agreement_drop, measured[0]
         )
+        if progress is not None and hasattr(progress, "set_total"):  # a greedy walk ends below its upper bound
+            progress.set_total(len(measured))
     finally:
         if progress is not None:
             progress.stop()

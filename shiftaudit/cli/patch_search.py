@@ -177,7 +177,7 @@ def frontier_table(frontier: Frontier) -> Table:
     base = frontier.baseline.consistency
     t = Table(
         title=f"Patch plans on {frontier.images} images: agreement budget {frontier.max_agreement_drop:g} ({frontier.strategy} "
-        f"search, {len(shown)} of {len(front)} configurations: the frontier)",
+        f"search, {sum(front)} of {len(front)} configurations on the frontier)",
         title_justify="left",
         show_edge=False,
         pad_edge=False,

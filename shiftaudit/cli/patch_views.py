@@ -48,7 +48,8 @@ class PatchSteps:
             for note in result.notes:
                 console.print(text(f"note: {note}", style="dim"), soft_wrap=True)
         if not result.patched:
-            console.print("nothing to patch: the model has no strided layer the policy selects.", style="yellow")
+            why = "the plan patches no layer" if result.plan is not None else "the model has no strided layer the policy selects"
+            console.print(f"nothing to patch: {why}.", style="yellow")
 
     def recalibrate(self, report: PatchReport) -> None:
         rec = report.recalibration
