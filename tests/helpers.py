@@ -482,42 +482,64 @@ def run_measured(*args: Any, timeout: float = 180, env: dict[str, str] | None = 
     resident bytes). Start-ups: the run's seconds over those of ``shiftaudit --version`` measured just before under the
     same limit. Importing torch alone takes 4 s on an idle 2-core machine and several times that on a loaded one, so
     "within seconds" is a small number of start-ups (an idle machine refuses these files in about 2).
-    ``os.wait4`` gives this child's own peak, not that of every child the test process ran."""
+    The peak is the measured process's own (see ``_LAUNCH``), not that of every child the test process ran, nor the
+    test worker's size carried across exec."""
     startup = _measured(["--version"], timeout, env)[2]
     code, stderr, elapsed, peak = _measured(list(args), timeout, env)
     return code, stderr, elapsed / max(startup, 0.1), peak
 
 
+# A fresh launcher forks the measured process and reports its peak: Linux carries a process's peak resident size across
+# exec, so a child forked straight from this (large, long-lived) test worker would report the worker's size as its own.
+_LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "shiftaudit", *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def _measured(args: list[Any], timeout: float, env: dict[str, str] | None) -> tuple[int, str, float, int]:
     import os
     import resource
+    import signal
     import subprocess
+    import tempfile
     import threading
     import time
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
+    fd, peak_file = tempfile.mkstemp(prefix="shiftaudit-peak-")
+    os.close(fd)
     start = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shiftaudit", *[str(a) for a in args]],
+        [sys.executable, "-c", _LAUNCH, peak_file, *[str(a) for a in args]],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=limit,
+        start_new_session=True,  # the timer ends the launcher and the measured process together
         env=env,
     )
-    timer = threading.Timer(timeout, proc.kill)
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
     timer.start()
     try:
         stderr = proc.stderr.read() if proc.stderr else ""
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
     finally:
         timer.cancel()
     elapsed = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     assert elapsed < timeout, f"shiftaudit {args} still ran after {timeout} s"
-    return proc.returncode, stderr, elapsed, int(usage.ru_maxrss) * 1024
+    with open(peak_file) as f:
+        peak = int(f.read() or 0) * 1024
+    os.remove(peak_file)
+    return proc.returncode, stderr, elapsed, peak
 
 
 def assert_one_error_line(stderr: str, *needles: str) -> str:
