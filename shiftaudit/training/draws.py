@@ -8,6 +8,8 @@ and a resumed run equal an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -19,6 +21,7 @@ _DRAWS = 4  # per sample: shift rows, shift columns, flip, crop seed
 _HIGH = 1 << 30
 
 
+@functools.lru_cache(maxsize=2)  # drawn once per epoch, not once per step (n is a data set's size); read, never written
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """A permutation of ``range(n)``: the order of the training images in ``epoch``."""
     key = int(splitmix64(np.uint64(seed & 0xFFFFFFFF) * np.uint64(1 << 20) + np.uint64(STREAM_TRAIN_ORDER * 65599 + epoch)))
