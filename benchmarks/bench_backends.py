@@ -12,6 +12,11 @@
 - ``all_shift``: the zero-padded VGG-13 (CIFAR, 32 px, all 1024 shifts, where the polyphase engine does not apply)
   through each backend against the naive eager loop at the same batch (``benchmarks.run.naive_batched``: the same
   (image, shift) rows, rolled and stacked, on a prefix of the shift set);
+- ``forwards``: the forward pass alone at the device batch (16 at 224 px, 64 at 32 px) of every model above, torch
+  against each runtime with the exported free batch axis (what audits run) and with the batch fixed at the device
+  batch (OpenVINO's ``reshape``, ONNX Runtime's free-dimension override): the runtime's ceiling on a whole audit, and
+  whether a static export would pay. Calls are interleaved and each contender's best of ``repeats`` is kept
+  (``torch.utils.benchmark`` times each), which a shared machine's drift affects least;
 - ``defaults``: resnet18's default audit as ``shiftaudit eval`` ran it before ``--backend`` and ``--threads``
   (torch on torch's own thread count when the process started) against ``--backend auto`` on the new default thread
   count (:func:`shiftaudit.engine.threads.default_threads`, measured when the benchmark starts): what a user of the
@@ -199,6 +204,65 @@ def run_all_shift(case: Model, naive_shifts: int) -> dict[str, Any]:
     return {"model": case.name, "size": case.size, "images": case.images, "shifts": len(shifts), "rows": rows, "naive": naive}
 
 
+def _static(name: str, path: Path, shape: tuple[int, ...], threads: int) -> Callable[[np.ndarray], Any]:
+    """The exported graph compiled with its batch axis fixed at ``shape[0]`` (benchmark only: audits run it free)."""
+    if name == "openvino":
+        import openvino
+
+        core = openvino.Core()
+        graph = core.read_model(str(path))
+        graph.reshape(list(shape))
+        settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        request = core.compile_model(graph, "CPU", settings).create_infer_request()
+        return lambda a: request.infer({0: a})
+    import onnxruntime
+
+    from shiftaudit.loading.onnx_model import session_options
+
+    options = session_options(onnxruntime, threads)
+    options.inter_op_num_threads = 1
+    options.add_free_dimension_override_by_name("batch", shape[0])
+    session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return lambda a: session.run(None, {"images": a})
+
+
+def run_forwards(case: Model, batch: int, repeats: int) -> dict[str, Any]:
+    """One forward pass at the device batch: torch, each runtime (free batch axis, as audits run), each runtime with
+    the batch fixed; interleaved, the best of ``repeats`` timings of two calls each (see the module doc)."""
+    import tempfile
+
+    from torch.utils.benchmark import Timer
+
+    from shiftaudit.engine.backends import export_onnx
+
+    torch.manual_seed(0)
+    model = case.build().eval()
+    x = torch.randn(batch, 3, case.size, case.size, generator=torch.Generator().manual_seed(0))
+    array = x.numpy()
+    threads = torch.get_num_threads()
+    calls: dict[str, Callable[[], Any]] = {"torch": lambda: model(x)}
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as folder:
+        path = export_onnx(model, x[:2], Path(folder))
+        for name in backends()[1:]:
+            free = RUNTIMES[name](threads).module(path)
+            fixed = _static(name, path, tuple(x.shape), threads)
+            calls[name] = lambda free=free: free(x)
+            calls[f"{name} static"] = lambda fixed=fixed: fixed(array)
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        for call in calls.values():  # warm: kernels are chosen on the first call of a shape
+            call()
+        for _ in range(repeats):
+            for label, call in calls.items():
+                seconds = Timer("f()", globals={"f": call}, num_threads=threads).timeit(2).mean
+                best[label] = min(best.get(label, float("inf")), seconds)
+    rows = [
+        {"backend": label, "seconds_per_batch": s, "images_per_s": batch / s, "speedup_vs_torch": best["torch"] / s}
+        for label, s in best.items()
+    ]
+    return {"model": case.name, "size": case.size, "batch": batch, "repeats": repeats, "rows": rows}
+
+
 def run_defaults(case: Model, starting: tuple[int, int]) -> dict[str, Any]:
     """The default audit before this change (torch on its starting thread count) against backend auto on the new
     default thread count, same model and images."""
@@ -231,6 +295,12 @@ def run(
         audits.append(run_model(case))
     say(f"backends: {all_shift.name} zero-padded, every shift")
     every = run_all_shift(all_shift, naive_shifts)
+    repeats = {"tiny": 1, "quick": 2}.get(mode, 5)
+    forwards = []
+    for case in [*cases, all_shift]:
+        say(f"backends: {case.name} forward passes alone, free and fixed batch")
+        batch = 2 if mode == "tiny" else 64 if case.size <= 32 else 16  # the engine's device batches
+        forwards.append(run_forwards(case, batch, repeats))
     say("backends: the default audit before and after (threads and backend auto)")
     defaults = run_defaults(cases[0], starting or starting_threads())
     best = {a["model"]: max(r["speedup_vs_torch"] for r in a["rows"][1:]) if len(a["rows"]) > 1 else None for a in audits}
@@ -241,6 +311,7 @@ def run(
         "versions": {n: RUNTIMES[n].version() for n in backends() if n in RUNTIMES},
         "audits": audits,
         "all_shift": every,
+        "forwards": forwards,
         "defaults": defaults,
         "best_speedup_vs_torch": best,
         "best_all_shift_vs_naive_equal_batch": naive,
@@ -287,6 +358,14 @@ def print_tables(result: dict[str, Any]) -> None:
         f"{every['model']} zero-padded, all {every['shifts']} shifts, against the naive eager loop at batch {naive['batch']} "
         f"({naive['pairs_per_s']:.0f} pairs/s on {naive['shifts_timed']} shifts): {ratios}"
     )
+    f = Table(title="Forward passes alone at the device batch (best of interleaved repeats)", title_justify="left")
+    for col in ("Model", "Batch", "Backend", "ms/batch", "images/s", "x torch"):
+        f.add_column(col, justify="left" if col in ("Model", "Backend") else "right")
+    for case in result["forwards"]:
+        for r in case["rows"]:
+            f.add_row(case["model"], str(case["batch"]), r["backend"], f"{1000 * r['seconds_per_batch']:.0f}",
+                      f"{r['images_per_s']:.1f}", f"{r['speedup_vs_torch']:.2f}")  # fmt: skip
+    con.print(f)
     d = result["defaults"]
     con.print(
         f"default audit of {d['model']} ({d['images']} x {d['shifts']}): torch on {d['before']['threads']} thread(s) "

@@ -463,3 +463,50 @@ def test_an_audit_runs_on_its_threads_and_restores_the_callers(monkeypatch):
     assert set(seen) == {2} and torch.get_num_threads() == before
     with pytest.raises(UsageError, match="`threads` must be at least 1"):
         _audit(model, "torch", threads=0)
+
+
+def _stat(*cpus):
+    """A /proc/stat text: per CPU (user, nice, system, idle, iowait, irq, softirq, steal)."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"] + [f"cpu{i} " + " ".join(map(str, t)) + " 0 0" for i, t in enumerate(cpus)]
+    return "\n".join(lines + ["intr 1 2 3", "ctxt 5"]) + "\n"
+
+
+def test_busy_cores_are_measured_from_proc_stat_not_guessed_from_the_load_average(fresh_default, monkeypatch):
+    # cpu0 idle (idle and iowait ticks only); cpu1 busy: 60 user + 20 system + 20 steal, no idle, over the window
+    snapshots = iter(
+        [
+            _stat((100, 0, 50, 1000, 10, 0, 0, 5), (200, 0, 70, 900, 0, 0, 0, 30)),
+            _stat((100, 0, 50, 1090, 20, 0, 0, 5), (260, 0, 90, 900, 0, 0, 0, 50)),
+        ]
+    )
+    monkeypatch.setattr(threads, "_read_stat", lambda: next(snapshots))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    monkeypatch.setattr(threads, "_cpus", lambda: {0, 1})
+    assert threads._busy_cpus() == pytest.approx(1.0)
+
+    # the idle VM of docs/performance.md: every CPU idle while the load average reads about one
+    idle = iter(
+        [
+            _stat((0, 0, 0, 100, 0, 0, 0, 0), (0, 0, 0, 100, 0, 0, 0, 0)),
+            _stat((0, 0, 0, 200, 0, 0, 0, 0), (0, 0, 0, 200, 0, 0, 0, 0)),
+        ]
+    )
+    monkeypatch.setattr(threads, "_read_stat", lambda: next(idle))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.06, 1.7, 1.6))
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert threads.default_threads() == 2
+
+
+def test_only_this_process_s_cpus_count_and_the_load_average_is_the_fallback(fresh_default, monkeypatch):
+    before = _stat((0, 0, 0, 100, 0, 0, 0, 0), (0, 0, 0, 100, 0, 0, 0, 0))
+    after = _stat((0, 0, 0, 200, 0, 0, 0, 0), (100, 0, 0, 100, 0, 0, 0, 0))  # cpu1 busy, cpu0 idle
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    for cpus, want in (({0}, 0.0), ({1}, 1.0), ({0, 1}, 1.0)):
+        texts = iter([before, after])
+        monkeypatch.setattr(threads, "_read_stat", lambda texts=texts: next(texts))
+        monkeypatch.setattr(threads, "_cpus", lambda cpus=cpus: cpus)
+        assert threads._busy_cpus() == pytest.approx(want)
+    monkeypatch.setattr(threads, "_read_stat", lambda: None)  # no /proc: the load average
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.5, 0.0, 0.0))
+    assert threads._load() == 2.5

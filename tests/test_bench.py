@@ -80,6 +80,14 @@ def assert_backends_section(backends):
     assert backends["best_all_shift_vs_naive_equal_batch"] == max(r["speedup_vs_naive_equal_batch"] for r in every["rows"])
     defaults = backends["defaults"]
     assert defaults["before"]["backend"] == "torch" and defaults["identical_predictions"] is True
+    runtimes = backends["backends"][1:]
+    assert [f["model"] for f in backends["forwards"]] == [a["model"] for a in backends["audits"]] + [every["model"]]
+    for case in backends["forwards"]:
+        labels = [r["backend"] for r in case["rows"]]
+        assert labels == ["torch", *(x for n in runtimes for x in (n, f"{n} static"))]
+        for r in case["rows"]:
+            assert r["images_per_s"] == pytest.approx(case["batch"] / r["seconds_per_batch"])
+            assert r["speedup_vs_torch"] == pytest.approx(case["rows"][0]["seconds_per_batch"] / r["seconds_per_batch"])
 
 
 @pytest.mark.slow
