@@ -49,7 +49,7 @@ from shiftaudit.engine.threads import default_threads
 from shiftaudit.files import write_json_atomic
 from shiftaudit.shifts.sets import ShiftSet
 
-DEFAULTS_IMAGES = {"default": 12}  # the defaults section: 972 rows, about 50 s of torch on two threads here
+DEFAULTS_IMAGES = {"default": 12, "tiny": 2}  # the defaults section: 972 rows, about 50 s of torch on two threads here
 PREDICTIONS = ("accuracy", "consistency", "adversarial", "accuracy_map", "flip_examples", "flip_rate")
 PER_IMAGE = ("correct", "sampled_agreement", "exact_consistency", "first_failure_radius")
 
@@ -276,7 +276,7 @@ def run_defaults(case: Model, starting: tuple[int, int], images: int) -> dict[st
     return {
         "model": case.name,
         "size": case.size,
-        "images": case.images,
+        "images": images,
         "shifts": int(result.settings["shifts"]["count"]),
         "before": {"backend": "torch", "threads": starting[0], "seconds": before},
         "after": {"backend": "auto", "ran_on": auto.settings["backend"]["name"], "threads": starting[1], "seconds": after},

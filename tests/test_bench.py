@@ -80,6 +80,7 @@ def assert_backends_section(backends):
     assert backends["best_all_shift_vs_naive_equal_batch"] == max(r["speedup_vs_naive_equal_batch"] for r in every["rows"])
     defaults = backends["defaults"]
     assert defaults["before"]["backend"] == "torch" and defaults["identical_predictions"] is True
+    assert defaults["images"] == 2  # the images audited (tiny mode; 12 in the default mode), not the cases' 1
     runtimes = backends["backends"][1:]
     assert [f["model"] for f in backends["forwards"]] == [a["model"] for a in backends["audits"]] + [every["model"]]
     for case in backends["forwards"]:
