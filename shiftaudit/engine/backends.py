@@ -1,9 +1,10 @@
 """Inference runtimes that run a PyTorch model's forward passes on the CPU, registered by name.
 
-On a CPU an audit's time is almost all forward passes, and eager PyTorch is not the fastest way to run them:
-OpenVINO and ONNX Runtime ran resnet18 at 224 px 1.3-2.7x faster on the 2-core machine of docs/performance.md,
-with the same predictions. :func:`export_onnx` exports the model once, at the audit's input shape with a free batch
-axis, to a temporary folder; each :class:`Runtime` compiles that file and runs it as an ``nn.Module`` that
+On a CPU an audit's time is almost all forward passes, and eager PyTorch is not the fastest way to run them: on the
+idle 2-core machine of docs/performance.md, OpenVINO and ONNX Runtime ran resnet18's forward pass at 224 px 1.5-1.9x
+faster and EfficientNet-Lite0's 3.7-4.6x, with the same predictions. :func:`export_onnx` exports the model once, at
+the audit's input shape with a free batch axis (a fixed one measured no faster), to a temporary folder; each
+:class:`Runtime` compiles that file and runs it as an ``nn.Module`` that
 :class:`~shiftaudit.engine.forward.BatchedForward` calls like the model itself, so every strategy that runs the model
 batch by batch (dense, sampled, early exit, the sequential gate) uses it unchanged. Which runtime runs, and whether
 its probe agreed with torch, is decided by :mod:`shiftaudit.engine.backend_plan`.
