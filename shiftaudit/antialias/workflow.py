@@ -175,8 +175,8 @@ def _compare(
         return run_plan(plan_audit(settings, candidate, data), progress)
 
     before = audit(loaded)
-    if _unchanged(report):
-        after = dataclasses.replace(before, model={**before.model, "patch": patch.spec})  # the audit of the copy, by name
+    if _unchanged(report):  # the same audit, recording the empty patch as the copy's own audit would
+        after = dataclasses.replace(before, model={**before.model, "patch": patch.spec})
     else:
         after = audit(dataclasses.replace(loaded, model=patch.model, patch_spec=patch.spec))
     control = None if control_model is None else audit(dataclasses.replace(loaded, model=control_model))
