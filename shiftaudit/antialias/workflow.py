@@ -167,20 +167,36 @@ def _compare(
     input_shape: tuple[int, ...] | None,
     progress: Progress | None,
 ) -> PatchReport:
-    """Audit the original, the patched model (and the control) alike, and time the first two."""
+    """Audit the original, the patched model (and the control) alike, and time the first two; a copy that is still
+    the original is not audited again: its audit would repeat the first, image for image."""
     patch = report.patch
 
     def audit(candidate: LoadedModel) -> Any:
         return run_plan(plan_audit(settings, candidate, data), progress)
 
     before = audit(loaded)
-    after = audit(dataclasses.replace(loaded, model=patch.model, patch_spec=patch.spec))
+    if _unchanged(report):  # the same audit, recording the empty patch as the copy's own audit would
+        after = dataclasses.replace(before, model={**before.model, "patch": patch.spec})
+    else:
+        after = audit(dataclasses.replace(loaded, model=patch.model, patch_spec=patch.spec))
     control = None if control_model is None else audit(dataclasses.replace(loaded, model=control_model))
     shape = input_shape or (1, int(getattr(data, "channels", 3)), *before.data["image_size"])
     comparison = compare_patch(
         loaded.model, patch, before, after, input_shape=tuple(shape), device=device, baseline_recalibrated=control
     )
     return dataclasses.replace(report, comparison=comparison)
+
+
+def _unchanged(report: PatchReport) -> bool:
+    """Whether the patched copy is the original still: no layer patched, no conv made circular, no BatchNorm layer
+    re-estimated, not distilled."""
+    rec = report.recalibration
+    return (
+        not report.patch.patched
+        and not report.patch.config.circular_conv
+        and not (rec is not None and rec.layers)
+        and report.distillation is None
+    )
 
 
 def save_patched(

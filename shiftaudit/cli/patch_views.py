@@ -15,6 +15,7 @@ from shiftaudit.antialias.inspection import inspect_model
 from shiftaudit.antialias.report import PatchComparison, PatchLatency, PatchReport
 from shiftaudit.antialias.workflow import save_patched
 from shiftaudit.cli.common import console, err_console
+from shiftaudit.engine.runner import LABEL_MISMATCH
 from shiftaudit.errors import one_line
 from shiftaudit.files import all_or_nothing, write_json_atomic
 from shiftaudit.loading.architectures import kind_of
@@ -89,10 +90,15 @@ class PatchSteps:
     def compare(self, report: PatchReport) -> None:
         comparison = report.comparison
         assert comparison is not None
+        results = [(n, r) for n, _, r in runs(report)]
         if not self.quiet:  # only the verdict and errors (the JSON and --out hold the tables)
-            results = [(n, r) for n, _, r in runs(report)]
             console.print(comparison_table(title=comparison_title(comparison), results=results, width=console.width))
             console.print(latency_table(comparison.latency))
+        for note, whose in audit_notes(results):
+            if note.startswith(LABEL_MISMATCH):  # numbers that are likely wrong: said on stderr, even with --quiet
+                err_console.print(text(f"warning{whose}: {note}", style="yellow"), soft_wrap=True)
+            elif not self.quiet:
+                console.print(text(f"note{whose}: {note}", style="dim"), soft_wrap=True)
         noisy = latency_warning(comparison.latency)
         if noisy:
             self.warn(noisy, style="yellow")
@@ -109,6 +115,17 @@ def runs(report: PatchReport) -> list[tuple[str, str, Any]]:
         name = name[:-1] + ", distilled)"
     control = [] if c.baseline_recalibrated is None else [("Baseline recalibrated", RUN_FOLDERS[2], c.baseline_recalibrated)]
     return [("Baseline", RUN_FOLDERS[0], c.before), *control, (name, RUN_FOLDERS[1], c.after)]
+
+
+def audit_notes(results: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """Each note of the compared audits once, naming the audits that hold it (" [Baseline]") only when not all do:
+    the data's notes, every audit's, are said once, as ``eval`` says them."""
+    holders: dict[str, list[str]] = {}
+    for name, result in results:
+        for note in result.notes:
+            if name not in holders.setdefault(note, []):
+                holders[note].append(name)
+    return [(note, "" if len(names) == len(results) else f" [{', '.join(names)}]") for note, names in holders.items()]
 
 
 def comparison_title(comparison: PatchComparison) -> str:
