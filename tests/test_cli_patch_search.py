@@ -65,15 +65,69 @@ def test_search_table_shows_the_json_numbers(files, searched) -> None:
     assert chosen["agreement_drop"] <= 0.05 + 1e-9
     assert json.loads((files / "out" / "frontier.json").read_text()) == frontier
     assert (files / "out" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((files / "plan.json").read_text()) == frontier["plan"] == {"version": 1, "points": chosen["plan"]}
+    assert frontier["plan"] == {"version": 1, "points": chosen["plan"]}
+    record = {"recalibrated": False, "calibration_images": 0}  # no --recalibrate: no configuration re-estimated
+    assert json.loads((files / "plan.json").read_text()) == {**frontier["plan"], **record}
+
+
+def test_search_json_records_what_an_audit_report_records(files, searched, tmp_path) -> None:
+    """The search JSON's settings: the shift set, draws and preprocessing of its audits, as `eval` reports them."""
+    assert searched.exit_code == 0, searched.output
+    settings = json.loads((files / "frontier.json").read_text())["settings"]
+    assert settings["shifts"]["max_shift"] == 1 and settings["shifts"]["count"] == 9
+    assert settings["shifts"]["image_size"] == [32, 32] and settings["shifts"]["mode"] == "circular"
+    assert (settings["mode"], settings["pairs"], settings["seed"]) == ("exhaustive", 5, 0)
+    assert settings["preprocessing"]["size"] == [32, 32]
+    res = run("eval", DEMO, "--data", files / "data.npz", "--max-shift", "1", "--json", tmp_path / "audit.json")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert settings == {
+        **{k: report["settings"][k] for k in ("shifts", "mode", "pairs", "seed", "precision")},
+        "preprocessing": report["data"]["preprocessing"],
+    }
+
+
+RECALIBRATED_PLAN = {"version": 1, "points": {"6": {"method": "aps"}}, "recalibrated": True, "calibration_images": 40}
+
+
+def test_plan_measured_with_re_estimation_warns_when_applied_without(files, tmp_path) -> None:
+    plan = tmp_path / "plan\x1b[31m.json"
+    plan.write_text(json.dumps(RECALIBRATED_PLAN))
+    res = run("patch", DEMO, "--plan", plan)
+    assert res.exit_code == 0, res.output
+    assert "plan: 6: APS" in res.stdout and "warning" not in res.stdout
+    warned = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned == [
+        f"warning: the figures of {tmp_path}/plan\\x1b[31m.json assume BatchNorm statistics re-estimated on 40 images, as "
+        "the search measured it; add --recalibrate 40 --calibration-data DIR (the search's calibration images) to patch as "
+        "measured"
+    ]
+    again = run("patch", DEMO, "--plan", plan, "--recalibrate", "40", "--calibration-data", files / "calib.npz")
+    assert again.exit_code == 0, again.output
+    assert "BatchNorm statistics re-estimated on 40" not in again.stderr
+
+
+def test_plan_file_without_the_re_estimation_record_still_applies(tmp_path) -> None:
+    """A plan written before the plan file said whether its numbers re-estimated BatchNorm: applied, no warning."""
+    from shiftaudit.antialias import PatchPlan, Treatment, patch_model
+    from shiftaudit.loading import load_model
+
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "points": {"6": {"method": "aps"}}}))
+    res = run("patch", DEMO, "--plan", tmp_path / "plan.json", "-o", tmp_path / "p.safetensors")
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr
+    expected = patch_model(load_model(DEMO).model, PatchPlan.of({"6": Treatment("aps")})).model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "p.safetensors").model.eval()(x), expected(x))
 
 
 def test_chosen_model_stores_the_plan_and_patch_plan_rebuilds_it(files, searched) -> None:
     assert searched.exit_code == 0, searched.output
-    from shiftaudit.antialias import PatchPlan, patch_model
+    from shiftaudit.antialias import PatchPlan, PlanFile, patch_model
     from shiftaudit.loading import load_model
 
-    plan = PatchPlan.from_json(json.loads((files / "plan.json").read_text()))
+    plan = PlanFile.from_json(json.loads((files / "plan.json").read_text())).plan
     saved = load_model(files / "chosen.safetensors")
     assert saved.patch_spec["version"] == 2 and PatchPlan.from_json(saved.patch_spec["plan"]) == plan
     res = run("patch", DEMO, "--plan", files / "plan.json", "-o", files / "again.safetensors", "--json", files / "again.json")

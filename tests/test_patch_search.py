@@ -4,17 +4,22 @@ the chosen plan is the best one within the budget (brute force over every combin
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from shiftaudit.antialias import PatchConfig, PatchPlan, Treatment, patch_model, recalibrate_batchnorm
 from shiftaudit.antialias.rewrite import apply_patch_spec
-from shiftaudit.antialias.search import Configuration, search_cost, search_patch_plans, search_points
+from shiftaudit.antialias.search import Configuration, PlanFile, search_cost, search_patch_plans, search_points
+from shiftaudit.data.presets import Preprocessing
 from shiftaudit.engine.config import AuditConfig
+from shiftaudit.engine.runner import audit
 from shiftaudit.errors import UsageError
+from shiftaudit.loading import load_model
 
 MAX_SHIFT = 2
 SETTINGS = AuditConfig(max_shift=MAX_SHIFT, device="cpu", seed=3)
@@ -237,3 +242,106 @@ def test_stem_is_a_point_only_when_asked() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2))
     assert search_points(model) == ["2"]
     assert search_points(model, stem=True) == ["0", "2"]
+
+
+def test_search_json_records_the_audit_settings(frontier) -> None:
+    """The numbers depend on the shift set and the draws: the JSON says which, as an audit report does. Tensors in
+    memory are taken as already preprocessed: no preprocessing to record."""
+    report = frontier.to_json()
+    assert report["schema_version"] == 1  # an added key: read back by no strict reader, as the audit report's are
+    assert list(report) == [
+        "schema", "schema_version", "points", "candidates", "max_agreement_drop", "strategy", "images", "consistency",
+        "recalibrate", "settings", "seconds", "configurations", "chosen", "plan",
+    ]  # fmt: skip
+    assert report["settings"] == {
+        "shifts": {
+            "mode": "circular",
+            "kind": "window",
+            "image_size": [16, 16],
+            "max_shift": MAX_SHIFT,
+            "step": 1,
+            "count": (2 * MAX_SHIFT + 1) ** 2,
+            "padding": "circular (wrap-around)",
+        },
+        "mode": "exhaustive",
+        "pairs": 5,
+        "seed": SETTINGS.seed,
+        "precision": "fp32",
+        "preprocessing": None,
+    }
+
+
+def test_search_json_records_the_preprocessing_and_sampled_shifts(tmp_path) -> None:
+    """Image files are preprocessed as the model says: the JSON holds that preprocessing and the sampled shift set, as
+    an audit of the same files and settings records them."""
+    pixels = np.random.default_rng(4).integers(0, 256, size=(6, 20, 20, 3), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", images=pixels, labels=np.zeros(6, dtype=np.int64))
+    prep = Preprocessing(size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize=18)
+    loaded = dataclasses.replace(load_model(tiny_cnn()), preprocessing=prep)
+    settings = AuditConfig(max_shift=2, shift_step=2, mode="sampled", pairs=3, seed=5, device="cpu")
+    found = search_patch_plans(loaded, tmp_path / "data.npz", settings=settings, filters=("tri3",), aps=False)
+    recorded = found.to_json()["settings"]
+    assert recorded == {
+        "shifts": {
+            "mode": "circular",
+            "kind": "grid",
+            "image_size": [16, 16],
+            "max_shift": 2,
+            "step": 2,
+            "count": 9,
+            "padding": "circular (wrap-around)",
+        },
+        "mode": "sampled",
+        "pairs": 3,
+        "seed": 5,
+        "precision": "fp32",
+        "preprocessing": {"size": [16, 16], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "resize": 18, "name": "custom"},
+    }
+    assert found.consistency_kind == "sampled"
+    report = audit(loaded, tmp_path / "data.npz", **dataclasses.asdict(settings)).to_json()
+    assert recorded == {
+        **{k: report["settings"][k] for k in recorded if k != "preprocessing"},
+        "preprocessing": report["data"]["preprocessing"],
+    }
+
+
+def test_plan_file_records_the_re_estimation(frontier) -> None:
+    """What --plan-out writes: the chosen plan, and whether (on how many images) its numbers had BatchNorm re-estimated."""
+    for recalibrated in (True, False):
+        i = next(i for i, c in enumerate(frontier.configurations) if c.recalibrated == recalibrated and c.plan.points)
+        chosen = dataclasses.replace(frontier, chosen=i)
+        file = chosen.plan_file()
+        assert file == PlanFile(chosen.best.plan, len(CALIBRATION) if recalibrated else 0)
+        assert file.to_json() == {
+            "version": 1,
+            "points": chosen.best.plan.to_json()["points"],
+            "recalibrated": recalibrated,
+            "calibration_images": len(CALIBRATION) if recalibrated else 0,
+        }
+        assert PlanFile.from_json(file.to_json()) == file
+        assert chosen.to_json()["plan"] == chosen.best.plan.to_json()  # the search JSON's plan is as it was
+
+
+def test_plan_file_without_the_record_still_reads() -> None:
+    old = {"version": 1, "points": {"3": {"method": "aps", "filter": "delta", "pad": "circular"}}}
+    assert PlanFile.from_json(old) == PlanFile(PatchPlan.of({"3": Treatment("aps")}), 0)
+    assert not PlanFile.from_json(old).recalibrated
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"recalibrated": True},
+        {"calibration_images": 20},
+        {"recalibrated": True, "calibration_images": 0},
+        {"recalibrated": False, "calibration_images": 20},
+        {"recalibrated": 1, "calibration_images": 20},
+        {"recalibrated": True, "calibration_images": True},
+        {"recalibrated": True, "calibration_images": 2.5},
+        {"recalibrated": False, "calibration_images": -1},
+        {"recalibrated": True, "calibration_images": 20, "seed": 0},
+    ],
+)
+def test_plan_file_record_is_strict(record) -> None:
+    with pytest.raises(UsageError):
+        PlanFile.from_json({"version": 1, "points": {"3": {"method": "aps"}}, **record})

@@ -38,12 +38,12 @@ from shiftaudit.antialias.rewrite import (
 )
 
 if TYPE_CHECKING:
-    from shiftaudit.antialias.search import Configuration, Frontier, SearchCost, search_cost, search_patch_plans
+    from shiftaudit.antialias.search import Configuration, Frontier, PlanFile, SearchCost, search_cost, search_patch_plans
 
 # The search runs audits (shiftaudit.engine), and the engine imports shiftaudit.antialias.aps, which runs this file
 # first: importing the search here made `import shiftaudit.engine.plan` (and `shiftaudit.audit` used first) a circular
 # import. Its names load on first use instead.
-_SEARCH_NAMES = frozenset({"Configuration", "Frontier", "SearchCost", "search_cost", "search_patch_plans"})
+_SEARCH_NAMES = frozenset({"Configuration", "Frontier", "PlanFile", "SearchCost", "search_cost", "search_patch_plans"})
 
 
 def __getattr__(name: str) -> Any:
@@ -64,6 +64,7 @@ __all__ = [
     "Treatment",
     "Configuration",
     "Frontier",
+    "PlanFile",
     "SearchCost",
     "search_cost",
     "search_patch_plans",

@@ -14,7 +14,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -39,6 +39,9 @@ EXHAUSTIVE_LIMIT = 64
 greedily."""
 STRATEGIES = ("auto", "exhaustive", "greedy")
 BUDGET_SLACK = 1e-9  # agreement is k/n: 1 - 99/100 is 0.010000000000000009 in floating point, within a 0.01 budget
+AUDIT_SETTINGS = ("shifts", "mode", "pairs", "seed", "precision")
+"""The keys of an audit report's ``settings`` that the search JSON's ``settings`` copies: what its consistencies depend on."""
+PLAN_FILE_KEYS = ("recalibrated", "calibration_images")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Frontier:
     images: int
     consistency_kind: str  # "exact" (every shift) or "sampled"
     recalibrate: int  # calibration images of the re-estimated configurations (0: none measured)
+    settings: dict[str, Any] = field(hash=False)  # the audits' shift set and draws, the data's preprocessing (a dict: unhashed)
     seconds: float = 0.0
 
     @property
@@ -120,11 +124,56 @@ class Frontier:
             "images": self.images,
             "consistency": self.consistency_kind,
             "recalibrate": self.recalibrate,
+            "settings": self.settings,
             "seconds": self.seconds,
             "configurations": [{**c.to_json(), "pareto": p} for c, p in zip(self.configurations, front)],
             "chosen": self.chosen,
             "plan": self.best.plan.to_json(),
         }
+
+    def plan_file(self) -> PlanFile:
+        """The chosen plan as ``--plan-out`` writes it: with the re-estimation its numbers assumed, which the plan
+        alone does not say."""
+        return PlanFile(self.best.plan, self.recalibrate if self.best.recalibrated else 0)
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """A plan file (``patch --search --plan-out``, read by ``patch --plan``): the plan and the calibration images its
+    BatchNorm statistics were re-estimated on when it was measured (0: none), so that applying it without the
+    re-estimation can be warned about. A file written before the search recorded this reads as 0."""
+
+    plan: PatchPlan
+    calibration_images: int = 0
+
+    @property
+    def recalibrated(self) -> bool:
+        return self.calibration_images > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.plan.to_json(), "recalibrated": self.recalibrated, "calibration_images": self.calibration_images}
+
+    @classmethod
+    def from_json(cls, d: Any) -> PlanFile:
+        """As strict as :meth:`PatchPlan.from_json`; the two keys come together, and agree, or are both absent."""
+        if not isinstance(d, dict):
+            return cls(PatchPlan.from_json(d))  # refused there, in its words
+        plan = PatchPlan.from_json({k: v for k, v in d.items() if k not in PLAN_FILE_KEYS})
+        if not any(k in d for k in PLAN_FILE_KEYS):
+            return cls(plan)
+        recalibrated, images = d.get("recalibrated"), d.get("calibration_images")
+        if (
+            not isinstance(recalibrated, bool)
+            or not isinstance(images, int)
+            or isinstance(images, bool)
+            or images < 0
+            or recalibrated != (images > 0)
+        ):
+            raise UsageError(
+                "The patch plan's `recalibrated` (true or false) and `calibration_images` (how many images its BatchNorm "
+                "statistics were re-estimated on, 0 when not) must be given together and agree."
+            )
+        return cls(plan, images)
 
 
 @dataclass(frozen=True)
@@ -237,6 +286,7 @@ class _Measure:
         self.reference = top1_predictions(loaded.model, data, device=self.device)
         loaded.model.eval().cpu()
         self.kind = ""
+        self.audit_settings: dict[str, Any] = {}
 
     def __call__(self, plan: PatchPlan, recalibrated: bool) -> Configuration:
         model, spec = self.loaded.model, self.loaded.patch_spec
@@ -255,6 +305,10 @@ class _Measure:
         if consistency is None:
             raise UsageError("The search compares shifted copies of each image: give a --max-shift above 0.")
         self.kind = "exact" if audit.consistency_exact is not None else "sampled"
+        self.audit_settings = {
+            **{k: audit.settings[k] for k in AUDIT_SETTINGS},
+            "preprocessing": audit.data.get("preprocessing"),
+        }  # as the audit report records them: every configuration's audit has the same
         return Configuration(plan, recalibrated, agreement, float(consistency))
 
 
@@ -312,6 +366,7 @@ def search_patch_plans(
         images=len(data),
         consistency_kind=measure.kind,
         recalibrate=recalibrate if len(variants) > 1 else 0,
+        settings=measure.audit_settings,
         seconds=time.perf_counter() - started,
     )
 

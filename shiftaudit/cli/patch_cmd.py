@@ -29,7 +29,7 @@ from shiftaudit.cli.choices import (
 )
 from shiftaudit.cli.common import check_outputs, handle_errors, json_to_stdout, say_stale
 from shiftaudit.cli.loading import load_dataset_from_cli, load_model_from_cli, resolve_cli_preprocessing
-from shiftaudit.cli.patch_search import SEARCH_FILES, SearchFlags, read_plan, run_search
+from shiftaudit.cli.patch_search import SEARCH_FILES, SearchFlags, read_plan, run_search, warn_unrecalibrated
 from shiftaudit.cli.patch_views import RUN_FOLDERS, PatchSteps, say_written, show_dry_run, write_outputs
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
@@ -235,8 +235,11 @@ def patch_command(
     train_path = distill_data or finetune_data
     search_flags.check(data=data, evaluate=evaluate, distill=train_path is not None, one_config=one_config)
     _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, train_path, search)
+    plan_file = read_plan(plan_in) if plan_in else None
     config = (
-        read_plan(plan_in) if plan_in else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
+        plan_file.plan
+        if plan_file is not None
+        else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
     )
     folder = SEARCH_FILES if search else side_by_side_files(RUN_FOLDERS)
     check_outputs(
@@ -253,6 +256,8 @@ def patch_command(
         raise UsageError("Saving a patched model as safetensors needs its architecture: pass --arch, or save it as .pt2.")
     if dry_run and not search:
         return show_dry_run(loaded.model, config, prep)
+    if plan_in is not None and plan_file is not None:
+        warn_unrecalibrated(plan_in, plan_file, calibration_data)
     how: dict[str, Any] = dict(
         preset=value(preset), size=size, resize=resize, mean=mean, std=std, seed=seed, strict=strict, raw=raw,
         data_kind=data_kind.value, class_map=class_map, limit=limit, max_shift=max_shift,

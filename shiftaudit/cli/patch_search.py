@@ -9,10 +9,9 @@ from typing import Any
 
 from rich.table import Table
 
-from shiftaudit.antialias.config import PatchPlan
-from shiftaudit.antialias.search import DEFAULT_FILTERS, Frontier, search_cost, search_patch_plans
+from shiftaudit.antialias.search import DEFAULT_FILTERS, Frontier, PlanFile, search_cost, search_patch_plans
 from shiftaudit.antialias.workflow import patch_and_evaluate, save_patched
-from shiftaudit.cli.common import console
+from shiftaudit.cli.common import console, err_console
 from shiftaudit.cli.patch_views import rebuild_message
 from shiftaudit.cli.progress import RichProgress
 from shiftaudit.engine.config import AuditConfig
@@ -65,7 +64,7 @@ class SearchFlags:
             raise UsageError(f"--plan gives every layer its own treatment: drop --stem, {one_method}.")
 
 
-def read_plan(path: Path) -> PatchPlan:
+def read_plan(path: Path) -> PlanFile:
     """The plan ``patch --search --plan-out`` wrote (strict: anything else is refused in one sentence)."""
     try:
         raw = load_json(read_regular(path, MAX_PLAN_BYTES))
@@ -75,7 +74,18 @@ def read_plan(path: Path) -> PatchPlan:
         raise UsageError(
             f"{path} is not a patch plan ({exc}); write one with `shiftaudit patch MODEL --search --plan-out FILE`."
         ) from None
-    return PatchPlan.from_json(raw)
+    return PlanFile.from_json(raw)
+
+
+def warn_unrecalibrated(path: Path, plan: PlanFile, calibration_data: Path | None) -> None:
+    """A plan measured with BatchNorm re-estimation, applied without it: its figures are not what the patch gives."""
+    if plan.recalibrated and calibration_data is None:
+        n = plan.calibration_images
+        line = (
+            f"warning: the figures of {path} assume BatchNorm statistics re-estimated on {n} images, as the search measured "
+            f"it; add --recalibrate {n} --calibration-data DIR (the search's calibration images) to patch as measured"
+        )
+        err_console.print(text(line, style="yellow"), soft_wrap=True)
 
 
 def run_search(
@@ -111,7 +121,7 @@ def run_search(
             console.print(text(line + "the same --recalibrate and --calibration-data"), soft_wrap=True)
     with all_or_nothing():
         if flags.plan_out is not None:
-            write_json_atomic(flags.plan_out, frontier.best.plan.to_json())
+            write_json_atomic(flags.plan_out, frontier.plan_file().to_json())
         if outputs["json_out"] is not None:
             write_json_atomic(outputs["json_out"], frontier.to_json())
         if outputs["out"] is not None:
