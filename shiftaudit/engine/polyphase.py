@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from shiftaudit.antialias.aps import APSDown2d
 from shiftaudit.antialias.blurpool import BlurPool2d
@@ -237,9 +236,19 @@ def _split_blur_modules(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+class _ShapeProp(fx.Interpreter):
+    """Runs the graph once and keeps each tensor node's output shape in ``node.meta["shape"]``: all the analysis
+    needs of torch.fx's ``ShapeProp``, which imports sympy on its first node (0.7 s of every all-shift audit's plan)."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["shape"] = tuple(result.shape)
+        return result
+
+
 def _shape(node: object) -> tuple[int, ...] | None:
-    meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    return node.meta.get("shape") if isinstance(node, fx.Node) else None
 
 
 @dataclass
@@ -467,8 +476,8 @@ def _rewrite(gm: fx.GraphModule, expand: dict[fx.Node, tuple[str, tuple[int, int
         with graph.inserting_before(node):
             new = graph.call_function(_phases, (src, *stride)) if what == "phases" else graph.call_function(_residuals, (src,))
         node.replace_input_with(src, new)
-    for node in graph.nodes:  # in-place ops on a stacked input would be fine, but keep ShapeProp metadata honest
-        node.meta.pop("tensor_meta", None)
+    for node in graph.nodes:  # the stacked inputs change the shapes: drop the dense ones rather than keep them wrong
+        node.meta.pop("shape", None)
     graph.lint()
     gm.recompile()
     return gm
@@ -542,9 +551,9 @@ def build_polyphase(model: nn.Module, sample: torch.Tensor, dh: np.ndarray, dw: 
         first = first_line(exc)
         raise PolyphaseUnsupported(f"torch.fx cannot trace the model ({first})") from None
     _split_blur_modules(gm)
-    try:  # ShapeProp prints a traceback to stderr before raising: the failure is only "not applicable" here
-        with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(gm).propagate(sample)
+    try:
+        with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):  # a failure only means "not applicable"
+            _ShapeProp(gm).run(sample)
     except Exception as exc:
         raise PolyphaseUnsupported(f"the traced model does not run ({type(exc).__name__})") from None
     analyser = _Analyser(gm)
