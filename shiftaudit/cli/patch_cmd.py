@@ -236,11 +236,7 @@ def patch_command(
     search_flags.check(data=data, evaluate=evaluate, distill=train_path is not None, one_config=one_config)
     _refuse_flag_mixes(evaluate, data, recalibrate, calibration_data, out, dry_run and not search, output, train_path, search)
     plan_file = read_plan(plan_in) if plan_in else None
-    config = (
-        plan_file.plan
-        if plan_file is not None
-        else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
-    )
+    config = plan_file.plan if plan_file else _patch_config(method, filter_name, pad, stem, shortcuts, circular_conv, only, skip)
     folder = SEARCH_FILES if search else side_by_side_files(RUN_FOLDERS)
     check_outputs(
         {"--output": output, "--json": json_out, "--plan-out": plan_out, "--resume": train_resume},
@@ -256,7 +252,7 @@ def patch_command(
         raise UsageError("Saving a patched model as safetensors needs its architecture: pass --arch, or save it as .pt2.")
     if dry_run and not search:
         return show_dry_run(loaded.model, config, prep)
-    if plan_in is not None and plan_file is not None:
+    if plan_file is not None and plan_in is not None:
         warn_unrecalibrated(plan_in, plan_file, calibration_data)
     how: dict[str, Any] = dict(
         preset=value(preset), size=size, resize=resize, mean=mean, std=std, seed=seed, strict=strict, raw=raw,
