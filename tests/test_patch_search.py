@@ -107,7 +107,7 @@ def frontier():
         filters=("tri3",),
         max_agreement_drop=BUDGET,
         calibration=CALIBRATION,
-        recalibrate=len(CALIBRATION),
+        recalibrate=10 * len(CALIBRATION),  # more than there are: the record says the 20 used
     )
 
 
@@ -320,6 +320,7 @@ def test_plan_file_records_the_re_estimation(frontier) -> None:
         }
         assert PlanFile.from_json(file.to_json()) == file
         assert chosen.to_json()["plan"] == chosen.best.plan.to_json()  # the search JSON's plan is as it was
+    assert frontier.recalibrate == frontier.to_json()["recalibrate"] == len(CALIBRATION)  # used, not the 200 asked
 
 
 def test_plan_file_without_the_record_still_reads() -> None:

@@ -365,7 +365,7 @@ def search_patch_plans(
         strategy=chosen_strategy,
         images=len(data),
         consistency_kind=measure.kind,
-        recalibrate=recalibrate if len(variants) > 1 else 0,
+        recalibrate=min(recalibrate, len(calibration)) if len(variants) > 1 else 0,  # the images re-estimation used
         settings=measure.audit_settings,
         seconds=time.perf_counter() - started,
     )
