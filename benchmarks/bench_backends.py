@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftaudit.engine.backends import RUNTIMES
+from shiftaudit.engine.backends import RUNTIMES, OpenVino
 from shiftaudit.engine.runner import audit
 from shiftaudit.engine.threads import default_threads
 from shiftaudit.files import write_json_atomic
@@ -214,8 +214,7 @@ def _static(name: str, path: Path, shape: tuple[int, ...], threads: int) -> Call
         core = openvino.Core()
         graph = core.read_model(str(path))
         graph.reshape(list(shape))
-        settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        request = core.compile_model(graph, "CPU", settings).create_infer_request()
+        request = core.compile_model(graph, "CPU", OpenVino(threads).settings()).create_infer_request()
         return lambda a: request.infer({0: a})
     import onnxruntime
 

@@ -481,7 +481,7 @@ def test_busy_cores_are_measured_from_proc_stat_not_guessed_from_the_load_averag
     )
     monkeypatch.setattr(threads, "_read_stat", lambda: next(snapshots))
     monkeypatch.setattr(threads.time, "sleep", lambda s: None)
-    monkeypatch.setattr(threads, "_cpus", lambda: {0, 1})
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: {0, 1})
     assert threads._busy_cpus() == pytest.approx(1.0)
 
     # the idle VM of docs/performance.md: every CPU idle while the load average reads about one
@@ -505,7 +505,7 @@ def test_only_this_process_s_cpus_count_and_the_load_average_is_the_fallback(fre
     for cpus, want in (({0}, 0.0), ({1}, 1.0), ({0, 1}, 1.0)):
         texts = iter([before, after])
         monkeypatch.setattr(threads, "_read_stat", lambda texts=texts: next(texts))
-        monkeypatch.setattr(threads, "_cpus", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(threads, "allowed_cpus", lambda cpus=cpus: cpus)
         assert threads._busy_cpus() == pytest.approx(want)
     monkeypatch.setattr(threads, "_read_stat", lambda: None)  # no /proc: the load average
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.5, 0.0, 0.0))

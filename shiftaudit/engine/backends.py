@@ -116,13 +116,16 @@ class OpenVino(Runtime):
         import openvino  # local: an optional extra
 
         core = openvino.Core()
-        settings = {
+        request = core.compile_model(core.read_model(str(path)), "CPU", self.settings()).create_infer_request()
+        return lambda array: request.infer({0: array})[0]
+
+    def settings(self) -> dict[str, Any]:
+        """How the CPU plugin compiles the graph."""
+        return {
             "INFERENCE_NUM_THREADS": self.threads,
             "INFERENCE_PRECISION_HINT": "f32",  # never bf16, which OpenVINO picks on CPUs that have it
             "PERFORMANCE_HINT": "LATENCY",  # one stream: the engine sends one batch at a time
         }
-        request = core.compile_model(core.read_model(str(path)), "CPU", settings).create_infer_request()
-        return lambda array: request.infer({0: array})[0]
 
 
 @register_runtime

@@ -30,12 +30,16 @@ from collections.abc import Iterator
 import torch
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else every CPU)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return set(range(os.cpu_count() or 1))
+
+
+def available_cpus() -> int:
+    return max(1, len(allowed_cpus()))
 
 
 def _shares_machine() -> str | None:
@@ -81,16 +85,9 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
     return (busy, total) if total else None
 
 
-def _cpus() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set(range(os.cpu_count() or 1))
-
-
 def _busy_cpus(seconds: float = SAMPLE_SECONDS) -> float | None:
     """How many of this process's CPUs other work kept busy over ``seconds`` (this process sleeps meanwhile)."""
-    cpus = _cpus()
+    cpus = allowed_cpus()
     before = _cpu_ticks(cpus)
     if before is None:
         return None
@@ -118,7 +115,7 @@ def default_threads() -> int:
     own = max(1, torch.get_num_threads())
     if _shares_machine() is not None:
         return 1
-    free = available_cpus() - _load()  # cores that the last minute's other work left idle
+    free = available_cpus() - _load()  # cores that other work leaves idle now
     return max(1, min(own, math.floor(free + 0.5)))
 
 
